@@ -1,0 +1,81 @@
+"""Renkei's one exception hierarchy and its stable reason codes.
+
+Every rejection carries a :class:`Reason` (a stable, documented code that
+operators filter dead letters by) and a message a person can act on.
+Messages must never contain personal data: a My Number, a name, an account
+number.  Callers name the *field* and the *rule*, never the value.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Stable reason codes. Never rename or reuse one; add new ones at the end."""
+
+    MALFORMED = "MALFORMED"  # bytes are not a decodable envelope / record
+    OVERSIZE = "OVERSIZE"  # larger than the configured maximum
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"  # writer fingerprint not in the catalogue
+    INVALID_FIELD = "INVALID_FIELD"  # a field breaks a domain rule
+    BAD_SIGNATURE = "BAD_SIGNATURE"  # signature or batch proof does not verify
+    UNKNOWN_KEY = "UNKNOWN_KEY"  # key id not in the key directory
+    REVOKED_KEY = "REVOKED_KEY"  # key revoked or retired
+    EXPIRED = "EXPIRED"  # past expires_at (or created in the future)
+    REPLAYED = "REPLAYED"  # message id seen before
+    WRONG_RECIPIENT = "WRONG_RECIPIENT"  # envelope not addressed to the opener
+    UNDECRYPTABLE = "UNDECRYPTABLE"  # body cannot be decrypted / bound info mismatch
+    UNAUTHORISED = "UNAUTHORISED"  # no policy rule allows this combination
+    SUSPENDED = "SUSPENDED"  # sender or recipient is suspended
+    UNKNOWN_PARTICIPANT = "UNKNOWN_PARTICIPANT"  # sender or recipient not registered
+    RECORD_FAILED = "RECORD_FAILED"  # provision record could not be written (fail closed)
+
+
+class RenkeiError(Exception):
+    """Base of every error Renkei raises on purpose."""
+
+
+class ConfigError(RenkeiError):
+    """Configuration is missing or inconsistent; the message says what to set."""
+
+
+class StackError(RenkeiError):
+    """The embedded broker or database could not be started or reached."""
+
+
+class Rejection(RenkeiError):
+    """A message or input was refused, with a stable reason code.
+
+    ``str(rejection)`` is ``"<CODE>: <message>"``; the message must be safe to
+    log (no personal data).
+    """
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        self.reason = Reason(reason)
+        self.message = message
+        super().__init__(f"{self.reason.value}: {message}")
+
+    @property
+    def code(self) -> str:
+        return self.reason.value
+
+
+class CodecError(Rejection):
+    """Bytes could not be decoded as a catalogue record (MALFORMED, UNKNOWN_SCHEMA, OVERSIZE)."""
+
+
+class ValidationError(Rejection):
+    """A field broke a domain rule. Carries the field name and the rule, never the value."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(Reason.INVALID_FIELD, f"{field}: {rule}")
+
+
+class EnvelopeRejection(Rejection):
+    """An envelope failed signature, key, freshness, replay, recipient or decryption checks."""
+
+
+class PolicyDenied(Rejection):
+    """The default-deny policy refused the combination (UNAUTHORISED, SUSPENDED, UNKNOWN_PARTICIPANT)."""
