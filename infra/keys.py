@@ -1,0 +1,668 @@
+"""Keys: per-participant keysets, the root-signed key directory, and encrypted key files.
+
+Tink-like: a :class:`Keyset` holds a participant's private keys with key ids
+(a primary signing key and a primary encryption key, plus older keys kept to
+verify or decrypt what is still in flight). Callers ask it to ``sign`` or
+``decrypt``; they never see raw private bytes. Rotation is ``rotate()`` and a
+directory update, not a code change.
+
+The :class:`KeyDirectory` is everyone's view of everyone's *public* keys:
+entries root-signed by the platform :class:`RootAuthority`, one record per key
+on the compacted ``renkei.keys`` topic (Kafka key = key id).
+
+Key lifecycle, decided precisely (``signed_at`` is the envelope's ``created_at``):
+
+* ``ACTIVE``  — verifies; an ACTIVE encryption key may be chosen for new messages.
+* ``RETIRED`` — ``not_after`` is the retirement instant. Signatures made at or
+  before it still verify (in-flight messages stay valid until they expire);
+  later ones are refused (REVOKED_KEY). Never chosen for new encryption; the
+  holder keeps the private key to decrypt in-flight messages.
+* ``REVOKED`` — refused at once, whatever the timestamp (REVOKED_KEY).
+  Revocation is terminal: no later record makes the key usable again.
+* removed (tombstone) — UNKNOWN_KEY, as for a key never seen.
+
+Because freshness caps a message's lifetime, a retired key can be abused for at
+most that lifetime after retirement; a compromised key must be *revoked*.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from infra.errors import ConfigError, EnvelopeRejection, Reason
+
+ROOT_PARTICIPANT = "root"
+ENTRY_SIGNATURE_DOMAIN = b"renkei key-directory entry v1\x00"
+
+
+class Purpose(str, Enum):
+    SIGN = "SIGN"
+    ENCRYPT = "ENCRYPT"
+
+
+class Status(str, Enum):
+    ACTIVE = "ACTIVE"
+    RETIRED = "RETIRED"
+    REVOKED = "REVOKED"
+
+
+_STATUS_RANK = {Status.ACTIVE: 0, Status.RETIRED: 1, Status.REVOKED: 2}
+
+ED25519 = "Ed25519"
+X25519 = "X25519"  # HPKE DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM
+MLKEM768_X25519 = "MLKEM768-X25519"  # HPKE ML-KEM-768+X25519 hybrid, HKDF-SHA256, AES-256-GCM
+
+_KEM_NAMES = {"x25519": X25519, "mlkem768-x25519": MLKEM768_X25519}
+_SUITES = {
+    X25519: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+    MLKEM768_X25519: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
+}
+_MLKEM768_PUB_LEN = 1184
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def to_ms(value: datetime | int | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    return int(value.timestamp() * 1000)
+
+
+def _from_ms(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+
+def make_key_id(participant_id: str, purpose: Purpose, public_key: bytes) -> str:
+    """Short, stable key id: ``<participant>:<purpose>:<16 hex of SHA-256(public key)>``."""
+    return f"{participant_id}:{purpose.value.lower()}:{hashlib.sha256(public_key).digest()[:8].hex()}"
+
+
+# --------------------------------------------------------------------------- public keys
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One public key as listed in the key directory."""
+
+    participant_id: str
+    key_id: str
+    purpose: Purpose
+    algorithm: str
+    public_key: bytes
+    status: Status
+    not_before: int  # epoch millis
+    not_after: int | None = None  # epoch millis; the retirement instant for RETIRED keys
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyEntry({self.key_id!r}, {self.purpose.value}, {self.algorithm}, {self.status.value}, "
+            f"not_before={self.not_before}, not_after={self.not_after})"
+        )
+
+    def to_record(self) -> dict:
+        return {
+            "participant_id": self.participant_id,
+            "key_id": self.key_id,
+            "purpose": self.purpose.value,
+            "algorithm": self.algorithm,
+            "public_key": self.public_key,
+            "status": self.status.value,
+            "not_before": _from_ms(self.not_before),
+            "not_after": _from_ms(self.not_after),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> KeyEntry:
+        try:
+            purpose = Purpose(record["purpose"])
+            status = _STATUS_FROM_WIRE.get(record["status"], Status.REVOKED)  # UNKNOWN -> refused
+            entry = cls(
+                participant_id=record["participant_id"],
+                key_id=record["key_id"],
+                purpose=purpose,
+                algorithm=record["algorithm"],
+                public_key=bytes(record["public_key"]),
+                status=status,
+                not_before=to_ms(record["not_before"]),
+                not_after=to_ms(record.get("not_after")),
+            )
+        except (KeyError, ValueError, TypeError):
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry has a missing or unusable field") from None
+        if entry.key_id != make_key_id(entry.participant_id, entry.purpose, entry.public_key):
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry: key id does not match its public key")
+        return entry
+
+
+_STATUS_FROM_WIRE = {s.value: s for s in Status}
+
+
+class SigningPublicKey:
+    """A verifier for one Ed25519 key from the directory."""
+
+    __slots__ = ("key_id", "participant_id", "_key", "_entry")
+
+    def __init__(self, entry: KeyEntry) -> None:
+        if entry.purpose is not Purpose.SIGN or entry.algorithm != ED25519:
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry: not an Ed25519 signing key")
+        self.key_id = entry.key_id
+        self.participant_id = entry.participant_id
+        self._entry = entry
+        try:
+            self._key = ed25519.Ed25519PublicKey.from_public_bytes(entry.public_key)
+        except ValueError:
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry: bad Ed25519 public key") from None
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self._key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"SigningPublicKey({self.key_id!r})"
+
+
+class EncryptionPublicKey:
+    """An HPKE recipient key from the directory: ``seal(plaintext, info)``."""
+
+    __slots__ = ("key_id", "participant_id", "algorithm", "_key", "_suite")
+
+    def __init__(self, entry: KeyEntry) -> None:
+        if entry.purpose is not Purpose.ENCRYPT or entry.algorithm not in _SUITES:
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry: not a supported HPKE key")
+        self.key_id = entry.key_id
+        self.participant_id = entry.participant_id
+        self.algorithm = entry.algorithm
+        self._suite = _SUITES[entry.algorithm]
+        raw = entry.public_key
+        try:
+            if entry.algorithm == X25519:
+                self._key = x25519.X25519PublicKey.from_public_bytes(raw)
+            else:
+                self._key = hpke.MLKEM768X25519PublicKey(
+                    mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUB_LEN]),
+                    x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUB_LEN:]),
+                )
+        except ValueError:
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory entry: bad HPKE public key") from None
+
+    def seal(self, plaintext: bytes, info: bytes) -> bytes:
+        """HPKE base-mode encryption (RFC 9180); output is encapsulated key then ciphertext."""
+        return self._suite.encrypt(plaintext, self._key, info=info)
+
+    def __repr__(self) -> str:
+        return f"EncryptionPublicKey({self.key_id!r}, {self.algorithm})"
+
+
+# --------------------------------------------------------------------------- private keys
+
+
+class _SignKey:
+    __slots__ = ("key_id", "private", "public_raw", "created_at", "retired_at")
+
+    def __init__(self, participant_id: str, private: ed25519.Ed25519PrivateKey, created_at: int, retired_at=None):
+        self.private = private
+        self.public_raw = private.public_key().public_bytes_raw()
+        self.key_id = make_key_id(participant_id, Purpose.SIGN, self.public_raw)
+        self.created_at = created_at
+        self.retired_at = retired_at
+
+    def secret(self) -> bytes:
+        return self.private.private_bytes_raw()
+
+
+class _EncKey:
+    __slots__ = ("key_id", "algorithm", "hpke_private", "public_raw", "_secret", "created_at", "retired_at")
+
+    def __init__(self, participant_id: str, algorithm: str, secret: bytes, created_at: int, retired_at=None):
+        self.algorithm = algorithm
+        self._secret = secret
+        if algorithm == X25519:
+            priv = x25519.X25519PrivateKey.from_private_bytes(secret)
+            self.hpke_private = priv
+            self.public_raw = priv.public_key().public_bytes_raw()
+        elif algorithm == MLKEM768_X25519:
+            kem = mlkem.MLKEM768PrivateKey.from_seed_bytes(secret[:64])
+            dh = x25519.X25519PrivateKey.from_private_bytes(secret[64:])
+            self.hpke_private = hpke.MLKEM768X25519PrivateKey(kem, dh)
+            self.public_raw = kem.public_key().public_bytes_raw() + dh.public_key().public_bytes_raw()
+        else:
+            raise ConfigError(f"unsupported encryption algorithm {algorithm!r}")
+        self.key_id = make_key_id(participant_id, Purpose.ENCRYPT, self.public_raw)
+        self.created_at = created_at
+        self.retired_at = retired_at
+
+    @staticmethod
+    def new_secret(algorithm: str) -> bytes:
+        if algorithm == X25519:
+            return x25519.X25519PrivateKey.generate().private_bytes_raw()
+        return mlkem.MLKEM768PrivateKey.generate().private_bytes_raw() + x25519.X25519PrivateKey.generate().private_bytes_raw()
+
+    def secret(self) -> bytes:
+        return self._secret
+
+
+class Keyset:
+    """A participant's private keys: one primary signing and one primary encryption key, plus older ones."""
+
+    def __init__(self, participant_id: str, kem: str, signing: list[_SignKey], encryption: list[_EncKey]) -> None:
+        if not signing or not encryption:
+            raise ConfigError("a keyset needs at least one signing and one encryption key")
+        self.participant_id = participant_id
+        self.kem = kem
+        self._signing = signing  # [0] is primary
+        self._encryption = encryption  # [0] is primary
+        self._enc_by_id = {k.key_id: k for k in encryption}
+
+    @classmethod
+    def generate(cls, participant_id: str, kem: str = "x25519", *, now: datetime | int | None = None) -> Keyset:
+        if kem not in _KEM_NAMES:
+            raise ConfigError(f"kem must be one of {sorted(_KEM_NAMES)}")
+        if not participant_id or ":" in participant_id:
+            raise ConfigError("participant id must be non-empty and contain no ':'")
+        at = to_ms(now) if now is not None else now_ms()
+        alg = _KEM_NAMES[kem]
+        return cls(
+            participant_id,
+            kem,
+            [_SignKey(participant_id, ed25519.Ed25519PrivateKey.generate(), at)],
+            [_EncKey(participant_id, alg, _EncKey.new_secret(alg), at)],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Keyset({self.participant_id!r}, kem={self.kem!r}, signing={self.signing_key_id!r}, "
+            f"encryption={self.encryption_key_id!r}, older={len(self._signing) + len(self._encryption) - 2})"
+        )
+
+    # -- primitives
+    @property
+    def signing_key_id(self) -> str:
+        return self._signing[0].key_id
+
+    @property
+    def encryption_key_id(self) -> str:
+        return self._encryption[0].key_id
+
+    def sign(self, data: bytes) -> bytes:
+        """Ed25519 signature with the primary signing key (id: ``signing_key_id``)."""
+        return self._signing[0].private.sign(data)
+
+    def has_encryption_key(self, key_id: str) -> bool:
+        return key_id in self._enc_by_id
+
+    def decrypt(self, key_id: str, ciphertext: bytes, info: bytes) -> bytes:
+        """HPKE-open ``ciphertext`` sealed to our key ``key_id`` with ``info``; UNDECRYPTABLE otherwise."""
+        key = self._enc_by_id.get(key_id)
+        if key is None:
+            raise EnvelopeRejection(Reason.UNDECRYPTABLE, "sealed to an encryption key this keyset does not hold")
+        try:
+            return _SUITES[key.algorithm].decrypt(ciphertext, key.hpke_private, info=info)
+        except (InvalidTag, ValueError):
+            raise EnvelopeRejection(
+                Reason.UNDECRYPTABLE, "ciphertext does not open under our key with these routing fields"
+            ) from None
+
+    # -- lifecycle
+    def rotate(self, *, now: datetime | int | None = None) -> None:
+        """New primary signing and encryption keys; the old ones are kept, marked retired at ``now``."""
+        at = to_ms(now) if now is not None else now_ms()
+        alg = self._encryption[0].algorithm
+        for k in self._signing + self._encryption:
+            if k.retired_at is None:
+                k.retired_at = at
+        self._signing.insert(0, _SignKey(self.participant_id, ed25519.Ed25519PrivateKey.generate(), at))
+        new = _EncKey(self.participant_id, alg, _EncKey.new_secret(alg), at)
+        self._encryption.insert(0, new)
+        self._enc_by_id[new.key_id] = new
+
+    def forget(self, key_id: str) -> None:
+        """Destroy an older (non-primary) key once nothing in flight can need it."""
+        if key_id in (self.signing_key_id, self.encryption_key_id):
+            raise ConfigError("cannot forget a primary key; rotate first")
+        self._signing = [k for k in self._signing if k.key_id != key_id]
+        self._encryption = [k for k in self._encryption if k.key_id != key_id]
+        self._enc_by_id.pop(key_id, None)
+
+    def public_entries(self) -> list[KeyEntry]:
+        """Directory entries for every key: primaries ACTIVE, older keys RETIRED at their rotation time."""
+        out = []
+        for purpose, keys, alg in (
+            (Purpose.SIGN, self._signing, lambda k: ED25519),
+            (Purpose.ENCRYPT, self._encryption, lambda k: k.algorithm),
+        ):
+            for i, k in enumerate(keys):
+                out.append(
+                    KeyEntry(
+                        participant_id=self.participant_id,
+                        key_id=k.key_id,
+                        purpose=purpose,
+                        algorithm=alg(k),
+                        public_key=k.public_raw,
+                        status=Status.ACTIVE if i == 0 else Status.RETIRED,
+                        not_before=k.created_at,
+                        not_after=None if i == 0 else k.retired_at,
+                    )
+                )
+        return out
+
+    # -- storage
+    def save(self, path: str | os.PathLike, passphrase: bytes) -> None:
+        """Write the keyset encrypted (scrypt + AES-256-GCM) to ``path``, atomically, mode 0600."""
+        payload = {
+            "participant_id": self.participant_id,
+            "kem": self.kem,
+            "signing": [_key_json(k, ED25519) for k in self._signing],
+            "encryption": [_key_json(k, k.algorithm) for k in self._encryption],
+        }
+        write_encrypted(path, b"keyset", json.dumps(payload).encode(), passphrase)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, passphrase: bytes) -> Keyset:
+        p = json.loads(read_encrypted(path, b"keyset", passphrase))
+        pid = p["participant_id"]
+        signing = [
+            _SignKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(_b64d(k["secret"])), k["created_at"], k["retired_at"])
+            for k in p["signing"]
+        ]
+        encryption = [
+            _EncKey(pid, k["algorithm"], _b64d(k["secret"]), k["created_at"], k["retired_at"]) for k in p["encryption"]
+        ]
+        for stored, k in zip(p["signing"] + p["encryption"], signing + encryption, strict=True):
+            if stored["key_id"] != k.key_id:
+                raise ConfigError(f"keyset file {os.fspath(path)!r} is inconsistent (key id mismatch)")
+        return cls(pid, p["kem"], signing, encryption)
+
+
+def _key_json(k, algorithm: str) -> dict:
+    return {
+        "key_id": k.key_id,
+        "algorithm": algorithm,
+        "secret": base64.b64encode(k.secret()).decode(),
+        "created_at": k.created_at,
+        "retired_at": k.retired_at,
+    }
+
+
+def _b64d(s: str) -> bytes:
+    return base64.b64decode(s.encode())
+
+
+# --------------------------------------------------------------------------- encrypted files
+
+_FILE_MAGIC = b"RENKEI-ENCRYPTED-KEY v1\n"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+
+
+def _file_key(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    if not isinstance(passphrase, bytes) or not passphrase:
+        raise ConfigError("a non-empty passphrase (bytes) is required for key files")
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+
+
+def write_encrypted(path: str | os.PathLike, kind: bytes, plaintext: bytes, passphrase: bytes) -> None:
+    """``magic | header JSON | AES-256-GCM(scrypt(passphrase), plaintext, aad=magic+header)``; atomic, 0600."""
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    header = json.dumps(
+        {"kind": kind.decode(), "kdf": "scrypt", "n": _SCRYPT_N, "r": _SCRYPT_R, "p": _SCRYPT_P,
+         "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode()}
+    ).encode() + b"\n"
+    key = _file_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    blob = _FILE_MAGIC + header + AESGCM(key).encrypt(nonce, plaintext, _FILE_MAGIC + header)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates 0600
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_encrypted(path: str | os.PathLike, kind: bytes, passphrase: bytes) -> bytes:
+    where = os.fspath(path)
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {where!r}: {exc.strerror}") from None
+    try:
+        if not blob.startswith(_FILE_MAGIC):
+            raise ValueError
+        header, _, ct = blob[len(_FILE_MAGIC):].partition(b"\n")
+        h = json.loads(header)
+        if h["kind"] != kind.decode() or h["kdf"] != "scrypt":
+            raise ValueError
+        salt, nonce = base64.b64decode(h["salt"]), base64.b64decode(h["nonce"])
+        n, r, p = int(h["n"]), int(h["r"]), int(h["p"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{where!r} is not a Renkei {kind.decode()} file") from None
+    key = _file_key(passphrase, salt, n, r, p)
+    try:
+        return AESGCM(key).decrypt(nonce, ct, _FILE_MAGIC + header + b"\n")
+    except InvalidTag:
+        raise ConfigError(f"cannot decrypt {where!r}: wrong passphrase or the file was altered") from None
+
+
+# --------------------------------------------------------------------------- root and directory
+
+
+class RootAuthority:
+    """The platform root key: signs key directory entries. Kept offline / in an HSM in production."""
+
+    def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public_key = private.public_key().public_bytes_raw()
+        self.key_id = make_key_id(ROOT_PARTICIPANT, Purpose.SIGN, self.public_key)
+
+    @classmethod
+    def generate(cls) -> RootAuthority:
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    def __repr__(self) -> str:
+        return f"RootAuthority({self.key_id!r})"
+
+    def save(self, path: str | os.PathLike, passphrase: bytes) -> None:
+        write_encrypted(path, b"root", self._private.private_bytes_raw(), passphrase)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, passphrase: bytes) -> RootAuthority:
+        return cls(ed25519.Ed25519PrivateKey.from_private_bytes(read_encrypted(path, b"root", passphrase)))
+
+    def sign_entry(self, entry: KeyEntry) -> bytes:
+        """One ``signed_key_entry`` record (the value published on ``renkei.keys``)."""
+        from schemas import codec
+
+        entry_bytes = codec.encode("key_directory_entry", entry.to_record())
+        return codec.encode(
+            "signed_key_entry",
+            {
+                "entry": entry_bytes,
+                "root_key_id": self.key_id,
+                "root_signature": self._private.sign(ENTRY_SIGNATURE_DOMAIN + entry_bytes),
+            },
+        )
+
+    def to_records(self, entries: Iterable[KeyEntry]) -> list[tuple[str, bytes]]:
+        """``(kafka key, value)`` pairs for the compacted ``renkei.keys`` topic."""
+        return [(e.key_id, self.sign_entry(e)) for e in entries]
+
+    def snapshot(self, entries: Iterable[KeyEntry], *, now: datetime | None = None) -> bytes:
+        """The whole directory as one ``key_directory_snapshot`` record."""
+        from schemas import codec
+
+        return codec.encode(
+            "key_directory_snapshot",
+            {"entries": [self.sign_entry(e) for e in entries], "issued_at": now or datetime.now(UTC)},
+        )
+
+
+class KeyDirectory:
+    """Verified public keys of every participant, with lifecycle checks on every lookup."""
+
+    def __init__(self, root_public_key: bytes) -> None:
+        self._root = ed25519.Ed25519PublicKey.from_public_bytes(root_public_key)
+        self._root_key_id = make_key_id(ROOT_PARTICIPANT, Purpose.SIGN, root_public_key)
+        self._entries: dict[str, KeyEntry] = {}
+        self._verifiers: dict[str, SigningPublicKey | EncryptionPublicKey] = {}
+        self._revoked: set[str] = set()  # survives tombstones: revocation is terminal
+        self._encryption_ids: dict[str, set[str]] = {}  # participant -> its encryption key ids
+
+    @classmethod
+    def verify_and_load(cls, signed_bytes: bytes, root_public_key: bytes) -> KeyDirectory:
+        """Load a ``RootAuthority.snapshot``; every entry must carry a valid root signature."""
+        from schemas import codec
+
+        directory = cls(root_public_key)
+        for value in codec.decode(signed_bytes, "key_directory_snapshot")["entries"]:
+            directory.apply_record(None, value)
+        return directory
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"KeyDirectory({len(self._entries)} keys, {len(self._revoked)} revoked)"
+
+    def entries(self) -> list[KeyEntry]:
+        return list(self._entries.values())
+
+    def apply_record(self, key: str | bytes | None, value: bytes | None) -> bool:
+        """Apply one ``renkei.keys`` record. Returns whether the directory changed.
+
+        ``value is None`` is a compaction tombstone: the key is removed (lookups
+        then say UNKNOWN_KEY; a revoked key stays refused). Status never moves
+        backwards (ACTIVE -> RETIRED -> REVOKED): an older record is ignored.
+        Raises EnvelopeRejection BAD_SIGNATURE / MALFORMED for a bad record.
+        """
+        from schemas import codec
+
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        if value is None:
+            if key is None:
+                raise EnvelopeRejection(Reason.MALFORMED, "key directory tombstone without a key id")
+            removed = self._entries.pop(key, None)
+            self._verifiers.pop(key, None)
+            if removed is not None and removed.purpose is Purpose.ENCRYPT:
+                self._encryption_ids.get(removed.participant_id, set()).discard(key)
+            return removed is not None
+        signed = codec.decode(value, "signed_key_entry")
+        if signed["root_key_id"] != self._root_key_id:
+            raise EnvelopeRejection(Reason.UNKNOWN_KEY, "key directory entry signed by an unknown root key")
+        try:
+            self._root.verify(signed["root_signature"], ENTRY_SIGNATURE_DOMAIN + signed["entry"])
+        except InvalidSignature:
+            raise EnvelopeRejection(Reason.BAD_SIGNATURE, "key directory entry: root signature does not verify") from None
+        entry = KeyEntry.from_record(codec.decode(signed["entry"], "key_directory_entry"))
+        if key is not None and key != entry.key_id:
+            raise EnvelopeRejection(Reason.MALFORMED, "key directory record: Kafka key differs from the key id")
+        return self._put(entry)
+
+    def add(self, entry: KeyEntry) -> bool:
+        """Add a locally trusted entry (tests, bootstrap from a verified source)."""
+        return self._put(entry)
+
+    def _put(self, entry: KeyEntry) -> bool:
+        if entry.key_id in self._revoked:
+            return False
+        old = self._entries.get(entry.key_id)
+        if old is not None:
+            if (old.participant_id, old.purpose, old.algorithm, old.public_key) != (
+                entry.participant_id, entry.purpose, entry.algorithm, entry.public_key
+            ):
+                raise EnvelopeRejection(Reason.MALFORMED, "key directory record changes an existing key")
+            if _STATUS_RANK[entry.status] < _STATUS_RANK[old.status] or entry == old:
+                return False
+        verifier = SigningPublicKey(entry) if entry.purpose is Purpose.SIGN else EncryptionPublicKey(entry)
+        self._entries[entry.key_id] = entry
+        self._verifiers[entry.key_id] = verifier
+        if entry.purpose is Purpose.ENCRYPT:
+            self._encryption_ids.setdefault(entry.participant_id, set()).add(entry.key_id)
+        if entry.status is Status.REVOKED:
+            self._revoked.add(entry.key_id)
+        return True
+
+    def revoke(self, key_id: str) -> None:
+        """Refuse ``key_id`` from now on, immediately and for good (publish the root-signed record too)."""
+        self._revoked.add(key_id)
+        entry = self._entries.get(key_id)
+        if entry is not None:
+            self._entries[key_id] = replace(entry, status=Status.REVOKED)
+
+    def retire(self, key_id: str, *, at: datetime | int | None = None) -> None:
+        """Mark ``key_id`` retired at ``at`` (default now): see the module docstring for what that allows."""
+        entry = self._entries.get(key_id)
+        if entry is None:
+            raise EnvelopeRejection(Reason.UNKNOWN_KEY, "no such key in the directory")
+        if entry.status is Status.ACTIVE:
+            self._entries[key_id] = replace(entry, status=Status.RETIRED, not_after=to_ms(at) if at is not None else now_ms())
+
+    def _usable(self, key_id: str, purpose: Purpose, at_ms: int):
+        entry = self._entries.get(key_id)
+        if entry is None or entry.purpose is not purpose:
+            if key_id in self._revoked:
+                raise EnvelopeRejection(Reason.REVOKED_KEY, f"{purpose.value.lower()} key has been revoked")
+            raise EnvelopeRejection(Reason.UNKNOWN_KEY, f"no {purpose.value.lower()} key with this id in the directory")
+        if entry.status is Status.REVOKED or key_id in self._revoked:
+            raise EnvelopeRejection(Reason.REVOKED_KEY, f"{purpose.value.lower()} key has been revoked")
+        if entry.not_after is not None and at_ms > entry.not_after:
+            raise EnvelopeRejection(
+                Reason.REVOKED_KEY, f"{purpose.value.lower()} key was retired before the message was created"
+            )
+        return self._verifiers[key_id]
+
+    def signing_key(self, key_id: str, *, signed_at: datetime | int) -> SigningPublicKey:
+        """Verifier for ``key_id`` for a signature made at ``signed_at``.
+
+        UNKNOWN_KEY if absent; REVOKED_KEY if revoked, or retired/expired before ``signed_at``.
+        """
+        return self._usable(key_id, Purpose.SIGN, to_ms(signed_at))
+
+    def recipient_key(self, key_id: str, *, sealed_at: datetime | int) -> EncryptionPublicKey:
+        """The encryption key ``key_id``, checked as for signing keys (the hub checks what senders sealed to)."""
+        return self._usable(key_id, Purpose.ENCRYPT, to_ms(sealed_at))
+
+    def encryption_key(self, participant_id: str) -> EncryptionPublicKey:
+        """``participant_id``'s newest ACTIVE encryption key: what new messages are sealed to."""
+        best = None
+        now = now_ms()
+        for key_id in self._encryption_ids.get(participant_id, ()):
+            entry = self._entries[key_id]
+            if (
+                entry.status is Status.ACTIVE
+                and key_id not in self._revoked
+                and (entry.not_after is None or entry.not_after > now)
+                and (best is None or (entry.not_before, key_id) > (best.not_before, best.key_id))
+            ):
+                best = entry
+        if best is None:
+            raise EnvelopeRejection(Reason.UNKNOWN_KEY, "participant has no active encryption key in the directory")
+        return self._verifiers[best.key_id]
