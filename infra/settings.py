@@ -1,0 +1,211 @@
+"""Settings: the one typed configuration object, built once and passed down.
+
+Sources, lowest to highest precedence: built-in defaults < TOML file
+(``--config`` or ``RENKEI_CONFIG``) < ``RENKEI_*`` environment variables <
+CLI flags.  No other module reads the environment.  An unset Kafka bootstrap
+or PostgreSQL DSN means "use the embedded stack".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.errors import ConfigError
+
+ENV_PREFIX = "RENKEI_"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka. ``bootstrap`` empty = the embedded Tansu broker."""
+
+    bootstrap: str = ""
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    topic_prefix: str = "renkei"
+    replication: int = 1  # replication factor for created topics (3 on a production cluster)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (bootstrap and security)."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None,
+                certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None,
+            )
+        if self.security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = self.sasl_password
+        return opts
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Renkei process needs to know, typed and immutable."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    pg_dsn: str = field(default="", repr=False)
+    state_dir: Path = Path(".renkei")
+    participant_id: str = "hub"
+    keys_dir: Path | None = None  # default: <state_dir>/keys
+    participants_file: Path | None = None  # default: the built-in demo set
+    banks: int = 5  # simulated banks in the built-in participant set
+    embedded_kafka_port: int = 0  # 0 = pick a free loopback port
+    embedded_pg_port: int = 0
+    hub_workers: int = 1
+    log_level: str = "INFO"
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka.bootstrap
+
+    @property
+    def embedded_pg(self) -> bool:
+        return not self.pg_dsn
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.state_dir / "keys"
+
+    def with_endpoints(self, *, bootstrap: str, pg_dsn: str) -> Settings:
+        """A copy pointing at concrete endpoints (e.g. those the embedded stack started)."""
+        return dataclasses.replace(
+            self, kafka=dataclasses.replace(self.kafka, bootstrap=bootstrap), pg_dsn=pg_dsn
+        )
+
+
+# Flat key -> (section path, type). Flat keys are what env vars and CLI flags use.
+_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
+    "kafka_bootstrap": (("kafka", "bootstrap"), str),
+    "kafka_security_protocol": (("kafka", "security_protocol"), str),
+    "kafka_ssl_cafile": (("kafka", "ssl_cafile"), str),
+    "kafka_ssl_certfile": (("kafka", "ssl_certfile"), str),
+    "kafka_ssl_keyfile": (("kafka", "ssl_keyfile"), str),
+    "kafka_sasl_mechanism": (("kafka", "sasl_mechanism"), str),
+    "kafka_sasl_username": (("kafka", "sasl_username"), str),
+    "kafka_sasl_password": (("kafka", "sasl_password"), str),
+    "kafka_topic_prefix": (("kafka", "topic_prefix"), str),
+    "kafka_replication": (("kafka", "replication"), int),
+    "pg_dsn": (("pg_dsn",), str),
+    "state_dir": (("state_dir",), Path),
+    "participant_id": (("participant_id",), str),
+    "keys_dir": (("keys_dir",), Path),
+    "participants_file": (("participants_file",), Path),
+    "banks": (("banks",), int),
+    "embedded_kafka_port": (("embedded_kafka_port",), int),
+    "embedded_pg_port": (("embedded_pg_port",), int),
+    "hub_workers": (("hub_workers",), int),
+    "log_level": (("log_level",), str),
+}
+
+_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+
+
+def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "kafka" and isinstance(value, Mapping):
+            for sub, subval in value.items():
+                flat[f"kafka_{sub}"] = subval
+        elif key == "postgres" and isinstance(value, Mapping):
+            if "dsn" in value:
+                flat["pg_dsn"] = value["dsn"]
+        else:
+            flat[key] = value
+    unknown = sorted(k for k in flat if k not in _FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    return flat
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    flat = {}
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and environ[env_name] != "":
+            flat[name] = environ[env_name]
+    # Short aliases used by the test harness and documented in the README.
+    if "RENKEI_KAFKA_BOOTSTRAP" in environ:
+        flat["kafka_bootstrap"] = environ["RENKEI_KAFKA_BOOTSTRAP"]
+    if "RENKEI_PG_DSN" in environ:
+        flat["pg_dsn"] = environ["RENKEI_PG_DSN"]
+    return flat
+
+
+def _coerce(name: str, value: Any) -> Any:
+    typ = _FIELDS[name][1]
+    try:
+        if typ is int:
+            out = int(value)
+            if out < 0:
+                raise ValueError
+            return out
+        if typ is Path:
+            return Path(str(value)).expanduser()
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {typ.__name__}") from None
+
+
+def load_settings(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults < TOML file < environment < CLI flags.
+
+    ``cli`` holds flat keys (see ``_FIELDS``); ``None`` values are ignored so
+    argparse namespaces can be passed through unchanged.
+    """
+    environ = os.environ if environ is None else environ
+    cli = {k: v for k, v in (cli or {}).items() if v is not None and k in _FIELDS}
+    if config_file is None and environ.get("RENKEI_CONFIG"):
+        config_file = Path(environ["RENKEI_CONFIG"])
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                merged.update(_flatten_toml(tomllib.load(fh)))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from None
+    merged.update(_from_env(environ))
+    merged.update(cli)
+
+    kafka_kwargs: dict[str, Any] = {}
+    top_kwargs: dict[str, Any] = {}
+    for name, raw in merged.items():
+        path, _ = _FIELDS[name]
+        value = _coerce(name, raw)
+        if path[0] == "kafka":
+            kafka_kwargs[path[1]] = value
+        else:
+            top_kwargs[path[0]] = value
+    kafka = KafkaSettings(**kafka_kwargs)
+    if kafka.security_protocol not in _PROTOCOLS:
+        raise ConfigError(
+            f"kafka_security_protocol: must be one of {', '.join(sorted(_PROTOCOLS))}"
+        )
+    if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
+        raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    return Settings(kafka=kafka, **top_kwargs)

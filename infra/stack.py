@@ -1,0 +1,116 @@
+"""The running platform: embedded stack (where configured) + topic layout + workers.
+
+``Platform`` is what ``renkei up`` starts and ``renkei demo`` uses.  Worker
+processes (hub, registry, simulated participants) are registered in
+``WORKERS`` by the modules that provide them and are started as supervised
+children recorded next to the broker and PostgreSQL in ``stack.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infra.embedded import EmbeddedStack, process_alive, spawn_python
+from infra.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A worker process: ``python -m module`` with args derived from the settings."""
+
+    name: str
+    module: str
+    args: Callable[[Settings], list[str]]
+    health: Callable[[Settings], str] = lambda s: ""
+
+
+WORKERS: list[WorkerSpec] = []
+"""Workers `renkei up` starts, in order. Filled by later layers (hub, registry, banks)."""
+
+
+def settings_args(settings: Settings) -> list[str]:
+    """CLI flags that hand a worker the platform's concrete endpoints and folders."""
+    return [
+        "--kafka-bootstrap", settings.kafka.bootstrap,
+        "--pg-dsn", settings.pg_dsn,
+        "--state-dir", str(settings.state_dir),
+        "--topic-prefix", settings.kafka.topic_prefix,
+        "--banks", str(settings.banks),
+        *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
+    ]
+
+
+class Platform:
+    """Start/stop the whole platform the same way for the CLI, the demo and tests."""
+
+    def __init__(self, settings: Settings, workers: list[WorkerSpec] | None = None) -> None:
+        self.base_settings = settings
+        self.settings = settings
+        self.workers = WORKERS if workers is None else workers
+        self.stack = EmbeddedStack(
+            settings.state_dir,
+            kafka_port=settings.embedded_kafka_port,
+            pg_port=settings.embedded_pg_port,
+            with_broker=settings.embedded_kafka,
+            with_postgres=settings.embedded_pg,
+        )
+        self._reported_dead: set[str] = set()
+
+    async def __aenter__(self) -> Platform:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        from infra.kafka import admin_client
+        from infra.participants import load_participants
+        from infra.topics import TopicNames, apply_layout, layout
+
+        await self.stack.start()
+        try:
+            self.settings = self.base_settings.with_endpoints(
+                bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
+                pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+            )
+            self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
+            admin = admin_client(self.settings)
+            await admin.start()
+            try:
+                await apply_layout(admin, layout(TopicNames(self.settings.kafka.topic_prefix), self.participants),
+                                   replication=self.settings.kafka.replication)
+            finally:
+                await admin.close()
+            for worker in self.workers:
+                self.start_worker(worker)
+        except BaseException:
+            await self.stack.stop()
+            raise
+
+    def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
+        name = name or worker.name
+        log = self.stack.logs_dir / f"{name}.log"
+        proc = spawn_python(worker.module, worker.args(self.settings), log)
+        self.stack.adopt(name, proc, worker.health(self.settings), log, worker.module)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
+                for c in self.stack.components.values()]
+
+    def check_children(self) -> list[str]:
+        """Names of components that died since the last call (each reported once)."""
+        dead = []
+        for c in self.stack.components.values():
+            proc = self.stack._procs.get(c.name)
+            if proc is not None:
+                proc.poll()  # reap, so a dead child is not a zombie
+            if c.name not in self._reported_dead and not process_alive(c.pid, c.cmd_marker):
+                self._reported_dead.add(c.name)
+                dead.append(c.name)
+        return dead
+
+    async def stop(self) -> None:
+        await self.stack.stop()

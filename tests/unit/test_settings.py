@@ -1,0 +1,83 @@
+"""Settings precedence: defaults < TOML file < RENKEI_* environment < CLI flags."""
+
+from pathlib import Path
+
+import pytest
+
+from infra.errors import ConfigError
+from infra.settings import load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "renkei.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_mean_embedded(tmp_path):
+    s = load_settings(environ={})
+    assert s.embedded_kafka and s.embedded_pg
+    assert s.state_dir == Path(".renkei")
+    assert s.resolved_keys_dir == Path(".renkei") / "keys"
+    assert s.kafka.topic_prefix == "renkei"
+
+
+def test_file_then_env_then_cli(tmp_path):
+    cfg = write(tmp_path, """
+state_dir = "/srv/renkei"
+banks = 7
+[kafka]
+bootstrap = "file:9092"
+topic_prefix = "fromfile"
+[postgres]
+dsn = "postgresql://file/db"
+""")
+    s = load_settings(environ={}, config_file=cfg)
+    assert (s.kafka.bootstrap, s.pg_dsn, s.banks, s.kafka.topic_prefix) == (
+        "file:9092", "postgresql://file/db", 7, "fromfile")
+    env = {"RENKEI_KAFKA_BOOTSTRAP": "env:9092", "RENKEI_BANKS": "9"}
+    s = load_settings(environ=env, config_file=cfg)
+    assert (s.kafka.bootstrap, s.banks, s.pg_dsn) == ("env:9092", 9, "postgresql://file/db")
+    s = load_settings(environ=env, config_file=cfg, cli={"kafka_bootstrap": "cli:9092", "banks": None})
+    assert (s.kafka.bootstrap, s.banks) == ("cli:9092", 9)
+    assert s.state_dir == Path("/srv/renkei")
+
+
+def test_config_file_from_env(tmp_path):
+    cfg = write(tmp_path, 'participant_id = "agency-nta"\n')
+    assert load_settings(environ={"RENKEI_CONFIG": str(cfg)}).participant_id == "agency-nta"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('nonsense = 1\n', "unknown configuration keys: nonsense"),
+    ('banks = "many"\n', "banks: expected int"),
+    ('banks = -1\n', "banks: expected int"),
+    ('[kafka]\nsecurity_protocol = "TLS"\n', "kafka_security_protocol: must be one of"),
+    ('[kafka]\nsecurity_protocol = "SASL_SSL"\n', "kafka_sasl_username: required"),
+    ('banks = [\n', "not valid TOML"),
+])
+def test_bad_configuration_is_named(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        load_settings(environ={}, config_file=write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(environ={}, config_file=tmp_path / "absent.toml")
+
+
+def test_sasl_options_and_secret_not_in_repr():
+    s = load_settings(environ={
+        "RENKEI_KAFKA_BOOTSTRAP": "k:9093", "RENKEI_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RENKEI_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "RENKEI_KAFKA_SASL_USERNAME": "hub",
+        "RENKEI_KAFKA_SASL_PASSWORD": "s3cret", "RENKEI_PG_DSN": "postgresql://u:pw@h/db"})
+    opts = s.kafka.client_options()
+    assert opts["sasl_mechanism"] == "SCRAM-SHA-512" and opts["sasl_plain_username"] == "hub"
+    assert "s3cret" not in repr(s) and "pw@" not in repr(s)
+
+
+def test_with_endpoints_keeps_the_rest():
+    s = load_settings(environ={"RENKEI_BANKS": "3"})
+    t = s.with_endpoints(bootstrap="b:1", pg_dsn="postgresql://x/y")
+    assert (t.kafka.bootstrap, t.pg_dsn, t.banks) == ("b:1", "postgresql://x/y", 3)
+    assert not t.embedded_kafka and not t.embedded_pg
