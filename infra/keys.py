@@ -35,7 +35,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
@@ -76,14 +76,19 @@ _SUITES = {
 _MLKEM768_PUB_LEN = 1184
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return (datetime.now(UTC) - _EPOCH) // _MS
 
 
 def to_ms(value: datetime | int | None) -> int | None:
+    """Epoch milliseconds, exactly (no float rounding)."""
     if value is None or isinstance(value, int):
         return value
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // _MS
 
 
 def _from_ms(value: int | None) -> datetime | None:

@@ -1,0 +1,738 @@
+"""The envelope: the only way Renkei code sends or reads a message.
+
+Senders ``Sealer.seal`` a body dict; recipients ``Opener.open`` bytes and get
+the body back only after every check passed. The hub, which can never decrypt
+a body, ``Verifier.verify``s what arrives on ingress and ``HubForwarder``
+re-addresses it with the translated subject token and its countersignature.
+Nothing here lets a caller pick a key, a nonce or a check to skip.
+
+Signed data (see docs/security.md for the full layout):
+
+* origin leaf = ``H(0x00 | ORIGIN | message_id | correlation_id | type | sender |
+  recipient binding | subject_commitment | data_item | legal_basis | created_at |
+  expires_at | sender_key_id | SHA-256(body))``; recipient binding is the
+  recipient and its key id, or for a fan-out the Merkle root of the wraps.
+  ``subject_commitment = SHA-256(SUBJECT | message_id | subject)``: the hub
+  checks it on ingress, then replaces the subject with the recipient's token;
+  the origin signature stays valid and the sender's token never reaches the
+  recipient.
+* hub leaf = ``H(0x00 | HUB | origin leaf | subject | recipient |
+  recipient_key_id | wrap leaf | forwarded_at | hub key id)``.
+* Each leaf sits in a Merkle tree (``infra.merkle``) whose root is signed
+  with Ed25519 over ``domain | leaf count | root``; one message is a tree of one.
+  Verifiers cache verified roots, so a batch costs one signature check.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from infra import merkle
+from infra.errors import CodecError, EnvelopeRejection, Reason
+from infra.keys import KeyDirectory, Keyset, SigningPublicKey
+from schemas import codec
+from schemas.types import BODY_SCHEMA
+
+__all__ = [
+    "FANOUT",
+    "EnvelopeMeta",
+    "HubForwarder",
+    "MemoryReplayGuard",
+    "Message",
+    "Opened",
+    "Opener",
+    "ReplayGuard",
+    "Sealer",
+    "Verifier",
+    "peek",
+]
+
+FANOUT = "*"  # the recipient of a fan-out envelope as sent to the hub
+DEFAULT_MAX_BYTES = 1_048_576
+DEFAULT_TTL_S = 300
+MAX_TTL_S = 86_400  # bounds how long a replay guard must remember a message id
+DEFAULT_SKEW_S = 30
+SCHEMA = "envelope"
+
+_ORIGIN = b"renkei envelope origin v1\x00"
+_HUB = b"renkei envelope hub v1\x00"
+_ORIGIN_ROOT = b"renkei batch root origin v1\x00"
+_HUB_ROOT = b"renkei batch root hub v1\x00"
+_SUBJECT = b"renkei subject v1\x00"
+_BODY_INFO = b"renkei body v1\x00"
+_WRAP_INFO = b"renkei wrap v1\x00"
+_WRAP_LEAF = b"renkei wrap leaf v1\x00"
+_DATA_AAD = b"renkei data v1\x00"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _lp(value: str) -> bytes:
+    raw = value.encode()
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def _ms(value: datetime | int) -> int:
+    return value if isinstance(value, int) else (value - _EPOCH) // _MS
+
+
+def _reject(reason: Reason, message: str) -> EnvelopeRejection:
+    return EnvelopeRejection(reason, message)
+
+
+def subject_commitment(message_id: str, subject: str) -> bytes:
+    return sha256(_SUBJECT + _lp(message_id) + _lp(subject)).digest()
+
+
+def _body_info(mid: str, type_: str, sender: str, recipient: str, key_id: str) -> bytes:
+    return _BODY_INFO + _lp(mid) + _lp(type_) + _lp(sender) + _lp(recipient) + _lp(key_id)
+
+
+def _wrap_info(mid: str, type_: str, sender: str, recipient: str, key_id: str) -> bytes:
+    return _WRAP_INFO + _lp(mid) + _lp(type_) + _lp(sender) + _lp(recipient) + _lp(key_id)
+
+
+def _wrap_leaf(wrap: dict) -> bytes:
+    return merkle.leaf_hash(
+        _WRAP_LEAF + _lp(wrap["recipient"]) + _lp(wrap["recipient_key_id"]) + wrap["wrapped_key"]
+    )
+
+
+def _origin_leaf(r: dict, mid: str, cid: str, created: int, expires: int, recipient_binding: bytes) -> bytes:
+    return merkle.leaf_hash(
+        b"".join(
+            (
+                _ORIGIN,
+                _lp(mid),
+                _lp(cid),
+                _lp(r["type"]),
+                _lp(r["sender"]),
+                recipient_binding,
+                _lp_bytes(r["subject_commitment"]),
+                _lp(r["data_item"]),
+                _lp(r["legal_basis"]),
+                created.to_bytes(8, "big", signed=True),
+                expires.to_bytes(8, "big", signed=True),
+                _lp(r["sender_key_id"]),
+                sha256(r["body"]).digest(),
+            )
+        )
+    )
+
+
+def _lp_bytes(raw: bytes) -> bytes:
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def _single_binding(recipient: str, key_id: str) -> bytes:
+    return b"1" + _lp(recipient) + _lp(key_id)
+
+
+def _fanout_binding(wraps_root: bytes) -> bytes:
+    return b"N" + wraps_root
+
+
+def _hub_leaf(origin_leaf: bytes, r: dict, wrap_leaf: bytes, forwarded_at: int, hub_key_id: str) -> bytes:
+    return merkle.leaf_hash(
+        b"".join(
+            (
+                _HUB,
+                origin_leaf,
+                _lp(r["subject"]),
+                _lp(r["recipient"]),
+                _lp(r["recipient_key_id"]),
+                wrap_leaf,
+                forwarded_at.to_bytes(8, "big", signed=True),
+                _lp(hub_key_id),
+            )
+        )
+    )
+
+
+def _root_tbs(domain: bytes, count: int, root: bytes) -> bytes:
+    return domain + count.to_bytes(4, "big") + root
+
+
+def _tree_signatures(keyset: Keyset, domain: bytes, leaves: list[bytes]) -> list[dict]:
+    root, paths = merkle.build(leaves)
+    signature = keyset.sign(_root_tbs(domain, len(leaves), root))
+    n = len(leaves)
+    return [
+        {"proof": {"leaf_index": i, "leaf_count": n, "siblings": paths[i]}, "root_signature": signature}
+        for i in range(n)
+    ]
+
+
+def _body_schema(type_: str) -> str:
+    name = BODY_SCHEMA.get(type_)
+    if name is None:
+        raise _reject(Reason.UNKNOWN_SCHEMA, "message type is not in the catalogue (schemas.types)")
+    return name
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeMeta:
+    """The routing fields of an envelope (never the body). Safe to log: the subject is truncated in repr."""
+
+    message_id: str
+    correlation_id: str
+    type: str
+    sender: str
+    recipient: str
+    subject: str
+    data_item: str
+    legal_basis: str
+    created_at: datetime
+    expires_at: datetime
+    sender_key_id: str
+    recipient_key_id: str
+    recipients: tuple[str, ...] = ()  # fan-out: every recipient with a wrap
+    hub_key_id: str | None = None  # set once countersigned by the hub
+    _handle: Any = field(default=None, repr=False, compare=False)  # verified envelope, for forwarding
+
+    @property
+    def fanout(self) -> bool:
+        return bool(self.recipients)
+
+    def __repr__(self) -> str:
+        subject = f"{self.subject[:6]}…" if len(self.subject) > 6 else self.subject
+        extra = f", recipients={len(self.recipients)}" if self.recipients else ""
+        hub = f", hub_key_id={self.hub_key_id!r}" if self.hub_key_id else ""
+        return (
+            f"EnvelopeMeta(message_id={self.message_id!r}, correlation_id={self.correlation_id!r}, "
+            f"type={self.type!r}, sender={self.sender!r}, recipient={self.recipient!r}, subject={subject!r}, "
+            f"data_item={self.data_item!r}, legal_basis={self.legal_basis!r}, "
+            f"created_at={self.created_at.isoformat()}, expires_at={self.expires_at.isoformat()}{extra}{hub})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A verified, decrypted message. ``repr`` never shows the body."""
+
+    meta: EnvelopeMeta
+    body: dict = field(repr=False)
+
+
+class _Handle:
+    """What ``Verifier.verify`` learned, kept so forwarding need not redo it."""
+
+    __slots__ = ("record", "origin_leaf", "wrap_leaves", "_wrap_paths")
+
+    def __init__(self, record: dict, origin_leaf: bytes, wrap_leaves: list[bytes]) -> None:
+        self.record = record
+        self.origin_leaf = origin_leaf
+        self.wrap_leaves = wrap_leaves
+        self._wrap_paths: list[list[bytes]] | None = None
+
+    def wrap_path(self, index: int) -> list[bytes]:
+        if self._wrap_paths is None:
+            self._wrap_paths = merkle.build(self.wrap_leaves)[1]
+        return self._wrap_paths[index]
+
+
+def _decode(data: bytes, max_bytes: int) -> dict:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise _reject(Reason.MALFORMED, "envelope must be bytes")
+    if len(data) > max_bytes:
+        raise _reject(Reason.OVERSIZE, f"envelope is {len(data)} bytes, maximum is {max_bytes}")
+    try:
+        record = codec.decode(bytes(data), SCHEMA, max_size=max_bytes)
+    except CodecError as exc:
+        raise _reject(exc.reason, f"envelope: {exc.message}") from None
+    record["message_id"] = str(record["message_id"])
+    record["correlation_id"] = str(record["correlation_id"])
+    return record
+
+
+def _meta(r: dict, handle: _Handle | None = None) -> EnvelopeMeta:
+    countersignature = r["countersignature"]
+    return EnvelopeMeta(
+        message_id=r["message_id"],
+        correlation_id=r["correlation_id"],
+        type=r["type"],
+        sender=r["sender"],
+        recipient=r["recipient"],
+        subject=r["subject"],
+        data_item=r["data_item"],
+        legal_basis=r["legal_basis"],
+        created_at=r["created_at"],
+        expires_at=r["expires_at"],
+        sender_key_id=r["sender_key_id"],
+        recipient_key_id=r["recipient_key_id"],
+        recipients=tuple(w["recipient"] for w in r["wraps"]) if r["recipient"] == FANOUT else (),
+        hub_key_id=countersignature["key_id"] if countersignature else None,
+        _handle=handle,
+    )
+
+
+def peek(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> EnvelopeMeta:
+    """Decode the routing fields WITHOUT verifying anything (ops inspection; needs no keys)."""
+    return _meta(_decode(data, max_bytes))
+
+
+# --------------------------------------------------------------------------- replay guard
+
+
+class ReplayGuard(Protocol):
+    def check_and_remember(self, message_id: str) -> bool:
+        """True if ``message_id`` is new (and now remembered); False if seen before."""
+        ...
+
+
+class MemoryReplayGuard:
+    """In-process replay guard: the last ``max_entries`` message ids (LRU).
+
+    Size it for the message rate times MAX_TTL_S; an id evicted earlier than
+    its message expires could be replayed. The hub uses a PostgreSQL guard.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._max = max_entries
+
+    def check_and_remember(self, message_id: str) -> bool:
+        if message_id in self._seen:
+            self._seen.move_to_end(message_id)
+            return False
+        self._seen[message_id] = None
+        if len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+# --------------------------------------------------------------------------- sealing
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to seal. ``to`` is a participant id, or a sequence of them for a fan-out."""
+
+    body: dict = field(repr=False)
+    type: str
+    to: str | Sequence[str]
+    subject: str
+    data_item: str
+    basis: str
+    correlation_id: str | None = None
+    ttl_s: int = DEFAULT_TTL_S
+
+
+class Sealer:
+    """Seals messages from one participant: encrypts each body to its recipient(s) and signs."""
+
+    def __init__(self, keyset: Keyset, directory: KeyDirectory, *, clock: Callable[[], float] = time.time) -> None:
+        self._keyset = keyset
+        self._directory = directory
+        self._clock = clock
+
+    def seal(
+        self,
+        body: dict,
+        *,
+        type: str,
+        to: str,
+        subject: str,
+        data_item: str,
+        basis: str,
+        correlation_id: str | None = None,
+        ttl_s: int = DEFAULT_TTL_S,
+    ) -> bytes:
+        """One envelope to ``to``, signed on its own."""
+        if not isinstance(to, str):
+            raise TypeError("seal() takes one recipient; use seal_multi() for a fan-out")
+        return self.seal_batch([Message(body, type, to, subject, data_item, basis, correlation_id, ttl_s)])[0]
+
+    def seal_multi(
+        self,
+        body: dict,
+        *,
+        type: str,
+        to: Sequence[str],
+        subject: str,
+        data_item: str,
+        basis: str,
+        correlation_id: str | None = None,
+        ttl_s: int = DEFAULT_TTL_S,
+    ) -> bytes:
+        """One fan-out envelope: the body encrypted once, its data key wrapped for each of ``to``."""
+        if isinstance(to, str):
+            raise TypeError("seal_multi() takes a sequence of recipients")
+        return self.seal_batch([Message(body, type, tuple(to), subject, data_item, basis, correlation_id, ttl_s)])[0]
+
+    def seal_batch(self, messages: Sequence[Message]) -> list[bytes]:
+        """Seal ``messages`` under ONE signature over the Merkle root of their digests."""
+        if not messages:
+            return []
+        now = int(self._clock() * 1000)
+        sender = self._keyset.participant_id
+        key_id = self._keyset.signing_key_id
+        records, leaves = [], []
+        for m in messages:
+            if not 0 < m.ttl_s <= MAX_TTL_S:
+                raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}]")
+            mid = str(uuid.uuid4())
+            cid = str(uuid.UUID(m.correlation_id)) if m.correlation_id else mid
+            plaintext = codec.encode(_body_schema(m.type), m.body)
+            r = {
+                "message_id": mid,
+                "correlation_id": cid,
+                "type": m.type,
+                "sender": sender,
+                "subject": m.subject,
+                "subject_commitment": subject_commitment(mid, m.subject),
+                "data_item": m.data_item,
+                "legal_basis": m.basis,
+                "created_at": now,
+                "expires_at": now + m.ttl_s * 1000,
+                "sender_key_id": key_id,
+                "wrap_proof": None,
+                "countersignature": None,
+            }
+            if isinstance(m.to, str):
+                rk = self._directory.encryption_key(m.to)
+                r["recipient"], r["recipient_key_id"], r["wraps"] = m.to, rk.key_id, []
+                r["body"] = rk.seal(plaintext, _body_info(mid, m.type, sender, m.to, rk.key_id))
+                binding = _single_binding(m.to, rk.key_id)
+            else:
+                recipients = list(m.to)
+                if not recipients or len(set(recipients)) != len(recipients) or FANOUT in recipients:
+                    raise ValueError("a fan-out needs distinct recipients")
+                data_key = AESGCM.generate_key(bit_length=256)
+                nonce = secrets.token_bytes(12)
+                aad = _DATA_AAD + _lp(mid) + _lp(m.type) + _lp(sender)
+                r["body"] = nonce + AESGCM(data_key).encrypt(nonce, plaintext, aad)
+                wraps = []
+                for recipient in recipients:
+                    rk = self._directory.encryption_key(recipient)
+                    wraps.append(
+                        {
+                            "recipient": recipient,
+                            "recipient_key_id": rk.key_id,
+                            "wrapped_key": rk.seal(data_key, _wrap_info(mid, m.type, sender, recipient, rk.key_id)),
+                        }
+                    )
+                r["recipient"], r["recipient_key_id"], r["wraps"] = FANOUT, "", wraps
+                binding = _fanout_binding(merkle.build([_wrap_leaf(w) for w in wraps])[0])
+            records.append(r)
+            leaves.append(_origin_leaf(r, mid, cid, r["created_at"], r["expires_at"], binding))
+        for r, signature in zip(records, _tree_signatures(self._keyset, _ORIGIN_ROOT, leaves), strict=True):
+            r["signature"] = signature
+        return [codec.encode(SCHEMA, r) for r in records]
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class Verifier:
+    """Checks signatures, batch proofs, key status and freshness — never decrypts.
+
+    The hub calls ``verify`` on ingress; ``Opener`` builds on the same checks.
+    Verified batch roots are cached (LRU), so the Ed25519 check is paid once
+    per batch; key status is still looked up for every message, so revocation
+    takes effect at once.
+    """
+
+    def __init__(
+        self,
+        directory: KeyDirectory,
+        *,
+        hub_id: str = "hub",
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_skew_s: int = DEFAULT_SKEW_S,
+        root_cache_size: int = 4096,
+    ) -> None:
+        self._directory = directory
+        self._hub_id = hub_id
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self._skew_ms = max_skew_s * 1000
+        self._roots: OrderedDict[tuple, bytes] = OrderedDict()
+        self._roots_max = root_cache_size
+
+    # -- public
+    def verify(self, data: bytes, *, replay_guard: ReplayGuard | None = None) -> EnvelopeMeta:
+        """Verify an envelope as sent by its origin (hub ingress). Returns its metadata.
+
+        Checks the origin signature or batch proof, the sender's and the
+        recipient keys' status, freshness and the subject commitment. With
+        ``replay_guard`` the message id is also checked and remembered.
+        """
+        r = _decode(data, self.max_bytes)
+        if r["countersignature"] is not None:
+            raise _reject(Reason.MALFORMED, "envelope is already countersigned; only origin envelopes enter the hub")
+        if r["wrap_proof"] is not None:
+            raise _reject(Reason.MALFORMED, "a fan-out envelope entering the hub must carry every wrap")
+        handle = self._check_origin(r)
+        if r["subject_commitment"] != subject_commitment(r["message_id"], r["subject"]):
+            raise _reject(Reason.BAD_SIGNATURE, "subject does not match the signed subject commitment")
+        created = _ms(r["created_at"])
+        if r["wraps"]:
+            for w in r["wraps"]:
+                self._check_sealed_to(w["recipient_key_id"], w["recipient"], created)
+        else:
+            self._check_sealed_to(r["recipient_key_id"], r["recipient"], created)
+        self._check_fresh(r)
+        _body_schema(r["type"])
+        if replay_guard is not None and not replay_guard.check_and_remember(r["message_id"]):
+            raise _reject(Reason.REPLAYED, "message id was seen before")
+        return _meta(r, handle)
+
+    # -- shared checks
+    def _check_sealed_to(self, key_id: str, participant: str, created: int) -> None:
+        key = self._directory.recipient_key(key_id, sealed_at=created)
+        if key.participant_id != participant:
+            raise _reject(Reason.UNDECRYPTABLE, "body is sealed to a key that is not the recipient's")
+
+    def _check_origin(self, r: dict) -> _Handle:
+        """Shape checks, then the origin key and signature. Returns the handle for forwarding."""
+        mid, cid = r["message_id"], r["correlation_id"]
+        wraps = r["wraps"]
+        if len(r["subject_commitment"]) != 32:
+            raise _reject(Reason.MALFORMED, "subject_commitment must be 32 bytes")
+        wrap_leaves: list[bytes] = []
+        if wraps:
+            wrap_leaves = [_wrap_leaf(w) for w in wraps]
+            proof = r["wrap_proof"]
+            if proof is None:
+                if r["recipient"] != FANOUT or r["recipient_key_id"]:
+                    raise _reject(Reason.MALFORMED, "fan-out envelope must be addressed to '*' with no key id")
+                if len({w["recipient"] for w in wraps}) != len(wraps):
+                    raise _reject(Reason.MALFORMED, "fan-out envelope lists a recipient twice")
+                wraps_root = merkle.build(wrap_leaves)[0]
+            else:
+                if len(wraps) != 1:
+                    raise _reject(Reason.MALFORMED, "forwarded fan-out envelope must carry exactly one wrap")
+                w = wraps[0]
+                if r["recipient"] != w["recipient"] or r["recipient_key_id"] != w["recipient_key_id"]:
+                    raise _reject(Reason.BAD_SIGNATURE, "recipient does not match its wrap")
+                wraps_root = merkle.root_from_path(
+                    wrap_leaves[0], proof["leaf_index"], proof["leaf_count"], proof["siblings"]
+                )
+                if wraps_root is None:
+                    raise _reject(Reason.BAD_SIGNATURE, "wrap proof is ill-formed")
+            binding = _fanout_binding(wraps_root)
+        else:
+            if r["wrap_proof"] is not None or r["recipient"] == FANOUT:
+                raise _reject(Reason.MALFORMED, "single-recipient envelope with fan-out fields")
+            binding = _single_binding(r["recipient"], r["recipient_key_id"])
+        created = _ms(r["created_at"])
+        leaf = _origin_leaf(r, mid, cid, created, _ms(r["expires_at"]), binding)
+        key = self._directory.signing_key(r["sender_key_id"], signed_at=created)
+        if key.participant_id != r["sender"]:
+            raise _reject(Reason.BAD_SIGNATURE, "signing key does not belong to the sender")
+        if not self._check_tree(key, _ORIGIN_ROOT, leaf, r["signature"]):
+            raise _reject(Reason.BAD_SIGNATURE, "origin signature or batch proof does not verify")
+        return _Handle(r, leaf, wrap_leaves)
+
+    def _check_countersignature(self, r: dict, handle: _Handle) -> None:
+        cs = r["countersignature"]
+        forwarded_at = _ms(cs["forwarded_at"])
+        key = self._directory.signing_key(cs["key_id"], signed_at=forwarded_at)
+        if key.participant_id != self._hub_id:
+            raise _reject(Reason.BAD_SIGNATURE, "countersignature is not by the hub")
+        wrap_leaf = handle.wrap_leaves[0] if handle.wrap_leaves else b""
+        leaf = _hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, cs["key_id"])
+        if not self._check_tree(key, _HUB_ROOT, leaf, cs["signature"]):
+            raise _reject(Reason.BAD_SIGNATURE, "hub countersignature or batch proof does not verify")
+        if forwarded_at > int(self._clock() * 1000) + self._skew_ms:
+            raise _reject(Reason.EXPIRED, "forwarded in the future (clock skew beyond the allowed maximum)")
+
+    def _check_tree(self, key: SigningPublicKey, domain: bytes, leaf: bytes, ts: dict) -> bool:
+        proof = ts["proof"]
+        count = proof["leaf_count"]
+        root = merkle.root_from_path(leaf, proof["leaf_index"], count, proof["siblings"])
+        if root is None:
+            return False
+        signature = ts["root_signature"]
+        if count == 1:  # a per-message signature: nothing to share, do not cache
+            return key.verify(signature, _root_tbs(domain, count, root))
+        cache_key = (domain, key.key_id, count, root)
+        cached = self._roots.get(cache_key)
+        if cached is not None:
+            self._roots.move_to_end(cache_key)
+            return cached == signature
+        if not key.verify(signature, _root_tbs(domain, count, root)):
+            return False
+        self._roots[cache_key] = signature
+        if len(self._roots) > self._roots_max:
+            self._roots.popitem(last=False)
+        return True
+
+    def _check_fresh(self, r: dict) -> None:
+        now = int(self._clock() * 1000)
+        created, expires = _ms(r["created_at"]), _ms(r["expires_at"])
+        if expires <= created or expires - created > MAX_TTL_S * 1000:
+            raise _reject(Reason.EXPIRED, f"lifetime must be positive and at most {MAX_TTL_S} s")
+        if now >= expires:
+            raise _reject(Reason.EXPIRED, "message has expired")
+        if created > now + self._skew_ms:
+            raise _reject(Reason.EXPIRED, "created in the future (clock skew beyond the allowed maximum)")
+
+
+class Opener:
+    """Opens envelopes addressed to one participant: verify everything, then decrypt.
+
+    Order: size and decoding (OVERSIZE, MALFORMED, UNKNOWN_SCHEMA), hub
+    countersignature, origin signature and key status (BAD_SIGNATURE,
+    UNKNOWN_KEY, REVOKED_KEY), freshness (EXPIRED), addressee
+    (WRONG_RECIPIENT), decryption (UNDECRYPTABLE), body decoding (MALFORMED,
+    UNKNOWN_SCHEMA), and last the replay guard (REPLAYED), so a message that
+    fails any check does not burn its id.
+
+    Envelopes must be countersigned by the hub (which binds the translated
+    subject) unless the hub itself is the origin; ``require_countersignature=False``
+    accepts direct envelopes and checks their subject against the commitment.
+    """
+
+    def __init__(
+        self,
+        keyset: Keyset,
+        directory: KeyDirectory,
+        replay_guard: ReplayGuard,
+        *,
+        hub_id: str = "hub",
+        require_countersignature: bool = True,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_skew_s: int = DEFAULT_SKEW_S,
+        root_cache_size: int = 4096,
+    ) -> None:
+        self._keyset = keyset
+        self._guard = replay_guard
+        self._hub_id = hub_id
+        self._require_cs = require_countersignature
+        self._verifier = Verifier(
+            directory,
+            hub_id=hub_id,
+            clock=clock,
+            max_bytes=max_bytes,
+            max_skew_s=max_skew_s,
+            root_cache_size=root_cache_size,
+        )
+
+    def open(self, data: bytes) -> Opened:
+        v = self._verifier
+        r = _decode(data, v.max_bytes)
+        handle = v._check_origin(r)
+        if r["countersignature"] is not None:
+            v._check_countersignature(r, handle)
+        elif self._require_cs and r["sender"] != self._hub_id:
+            raise _reject(Reason.BAD_SIGNATURE, "envelope is not countersigned by the hub")
+        elif r["subject_commitment"] != subject_commitment(r["message_id"], r["subject"]):
+            raise _reject(Reason.BAD_SIGNATURE, "subject does not match the signed subject commitment")
+        v._check_fresh(r)
+        me = self._keyset.participant_id
+        if r["recipient"] != me:
+            raise _reject(Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
+        schema = _body_schema(r["type"])
+        mid, type_, sender = r["message_id"], r["type"], r["sender"]
+        if r["wraps"]:
+            w = r["wraps"][0]
+            data_key = self._keyset.decrypt(
+                w["recipient_key_id"], w["wrapped_key"], _wrap_info(mid, type_, sender, me, w["recipient_key_id"])
+            )
+            body = r["body"]
+            try:
+                plaintext = AESGCM(data_key).decrypt(
+                    body[:12], body[12:], _DATA_AAD + _lp(mid) + _lp(type_) + _lp(sender)
+                )
+            except (InvalidTag, ValueError):
+                raise _reject(Reason.UNDECRYPTABLE, "fan-out body does not open under its data key") from None
+        else:
+            plaintext = self._keyset.decrypt(
+                r["recipient_key_id"], r["body"], _body_info(mid, type_, sender, me, r["recipient_key_id"])
+            )
+        try:
+            body = codec.decode(plaintext, schema, max_size=v.max_bytes)
+        except CodecError as exc:
+            raise _reject(exc.reason, f"body: {exc.message}") from None
+        if not self._guard.check_and_remember(mid):
+            raise _reject(Reason.REPLAYED, "message id was seen before")
+        return Opened(_meta(r), body)
+
+
+# --------------------------------------------------------------------------- hub forwarding
+
+
+class HubForwarder:
+    """The hub's side: re-address verified envelopes with the translated subject and countersign them.
+
+    The hub never holds a body key. ``forward`` takes the ``EnvelopeMeta`` that
+    ``Verifier.verify`` returned (or raw bytes, verified here first), the
+    subject token translated into the recipient's token space, and for a
+    fan-out the one recipient this copy is for.
+    """
+
+    def __init__(
+        self, hub_keyset: Keyset, directory: KeyDirectory, *, clock: Callable[[], float] = time.time, **verifier_options
+    ) -> None:
+        self._keyset = hub_keyset
+        self._clock = clock
+        self.verifier = Verifier(directory, hub_id=hub_keyset.participant_id, clock=clock, **verifier_options)
+
+    def forward(self, envelope: EnvelopeMeta | bytes, new_subject: str, *, recipient: str | None = None) -> bytes:
+        """One forwarded envelope, countersigned on its own."""
+        return self.forward_batch([(envelope, new_subject, recipient)])[0]
+
+    def forward_batch(
+        self, items: Sequence[tuple[EnvelopeMeta | bytes, str] | tuple[EnvelopeMeta | bytes, str, str | None]]
+    ) -> list[bytes]:
+        """Forward many envelopes under ONE countersignature over the Merkle root of their hub digests."""
+        if not items:
+            return []
+        forwarded_at = int(self._clock() * 1000)
+        key_id = self._keyset.signing_key_id
+        records, leaves = [], []
+        for item in items:
+            envelope, new_subject = item[0], item[1]
+            recipient = item[2] if len(item) > 2 else None
+            meta = self.verifier.verify(envelope) if isinstance(envelope, (bytes, bytearray)) else envelope
+            handle = meta._handle
+            if not isinstance(handle, _Handle):
+                raise ValueError("forward() needs an EnvelopeMeta returned by Verifier.verify(), not peek()")
+            src = handle.record
+            r = dict(src)
+            r["subject"] = new_subject
+            wrap_leaf = b""
+            if src["wraps"]:
+                index = next((i for i, w in enumerate(src["wraps"]) if w["recipient"] == recipient), None)
+                if index is None:
+                    raise ValueError("forward() of a fan-out needs recipient= one of its wrap recipients")
+                w = src["wraps"][index]
+                r["recipient"], r["recipient_key_id"], r["wraps"] = w["recipient"], w["recipient_key_id"], [w]
+                r["wrap_proof"] = {
+                    "leaf_index": index,
+                    "leaf_count": len(src["wraps"]),
+                    "siblings": handle.wrap_path(index),
+                }
+                wrap_leaf = handle.wrap_leaves[index]
+            elif recipient is not None and recipient != src["recipient"]:
+                raise ValueError("recipient= differs from the envelope's recipient")
+            r["countersignature"] = {"key_id": key_id, "forwarded_at": forwarded_at, "signature": None}
+            records.append(r)
+            leaves.append(_hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, key_id))
+        for r, signature in zip(records, _tree_signatures(self._keyset, _HUB_ROOT, leaves), strict=True):
+            r["countersignature"]["signature"] = signature
+        return [codec.encode(SCHEMA, r) for r in records]
