@@ -43,24 +43,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infra.errors import ValidationError
+from infra.validation import validate_my_number
 
 if TYPE_CHECKING:
     from infra.keys import EncryptionPublicKey, Keyset
-
-try:  # the validation module is written in parallel; fall back to the official rule
-    from infra.validation import validate_my_number as _validate_my_number
-except ImportError:  # pragma: no cover - removed once infra.validation lands
-
-    def _validate_my_number(value: str) -> str:
-        if not isinstance(value, str) or len(value) != 12 or not value.isascii() or not value.isdigit():
-            raise ValidationError("my_number", "must be 12 ASCII digits")
-        digits = [int(c) for c in value]
-        total = sum(digits[11 - n] * (n + 1 if n <= 6 else n - 5) for n in range(1, 12))
-        rem = total % 11
-        if digits[11] != (0 if rem <= 1 else 11 - rem):
-            raise ValidationError("my_number", "check digit does not match")
-        return value
-
 
 TOKEN_INFO_PREFIX = b"renkei token v1|"
 ISSUANCE_INFO_PREFIX = b"renkei token-issue v1|"
@@ -128,7 +114,7 @@ class TokenAuthority:
 
     def link_id(self, my_number: str) -> bytes:
         """The person's internal link id. Never leaves the authority."""
-        my_number = _validate_my_number(my_number) or my_number
+        my_number = validate_my_number(my_number)
         return hmac.new(self._link_key, my_number.encode("ascii"), hashlib.sha256).digest()
 
     def token_for(self, my_number: str, participant_id: str) -> str:
@@ -200,7 +186,7 @@ class TokenIssuanceClient:
         """A ``token_issue_request`` record (Avro) carrying the My Number sealed with HPKE."""
         from schemas import codec
 
-        my_number = _validate_my_number(my_number) or my_number
+        my_number = validate_my_number(my_number)
         local_ref = local_ref or secrets.token_hex(16)
         info = issuance_info(self.requester, local_ref, self.authority_key.key_id)
         sealed = self.authority_key.seal(my_number.encode("ascii"), info)
