@@ -1,0 +1,192 @@
+"""The catalogue's rules: FULL_TRANSITIVE compatibility, docs, naming, no My Number."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import avro.schema
+import fastavro
+import pytest
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+from schemas import catalogue, types
+
+ROOT = catalogue.AVSC_ROOT
+FILES = sorted(ROOT.glob("*/*.avsc"))
+NAMES = sorted(p.name for p in ROOT.iterdir() if p.is_dir())
+
+
+def _source(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _versions(name: str) -> list[tuple[int, dict[str, Any]]]:
+    found = []
+    for path in sorted((ROOT / name).glob("v*.avsc")):
+        found.append((int(path.stem[1:]), _source(path)))
+    return sorted(found, key=lambda pair: pair[0])
+
+
+def _compatible(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
+    result = ReaderWriterCompatibilityChecker().get_compatibility(
+        reader=avro.schema.parse(json.dumps(reader)), writer=avro.schema.parse(json.dumps(writer))
+    )
+    return result.compatibility is SchemaCompatibilityType.compatible
+
+
+# --- compatibility -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_pair_of_versions_is_mutually_compatible(name):
+    """FULL_TRANSITIVE: any version reads any other version's data, both ways."""
+    versions = _versions(name)
+    for (va, a), (vb, b) in itertools.combinations(versions, 2):
+        assert _compatible(reader=b, writer=a), f"{name}: v{vb} cannot read v{va}"
+        assert _compatible(reader=a, writer=b), f"{name}: v{va} cannot read v{vb}"
+
+
+def test_the_history_has_a_real_second_version():
+    assert [v for v, _ in _versions("provision_inquiry")] == [1, 2]
+
+
+def test_checker_fails_on_a_new_required_field():
+    """The guard can fail: a field without default breaks backward compatibility."""
+    _, latest = _versions("provision_inquiry")[-1]
+    broken = copy.deepcopy(latest)
+    broken["fields"].append({"name": "agency_ref", "type": "string", "doc": "Breaking: no default."})
+    assert not _compatible(reader=broken, writer=latest)  # new reader, old data
+    assert _compatible(reader=latest, writer=broken)  # old reader ignores the field
+
+
+def test_checker_fails_on_a_new_enum_symbol_without_reader_default():
+    _, response = _versions("registration_request")[-1]
+    grown = copy.deepcopy(response)
+    grown["fields"][0]["type"]["symbols"].append("SUSPEND")  # RegistrationOperation has no default
+    assert not _compatible(reader=response, writer=grown)
+
+
+def test_enum_default_lets_old_readers_accept_new_symbols():
+    _, response = _versions("provision_response")[-1]
+    grown = copy.deepcopy(response)
+    grown["fields"][0]["type"]["symbols"].append("PENDING")
+    assert _compatible(reader=response, writer=grown)
+    assert _compatible(reader=grown, writer=response)
+
+
+def test_checker_fails_on_a_changed_type():
+    _, latest = _versions("numbering_ack")[-1]
+    broken = copy.deepcopy(latest)
+    broken["fields"][2]["type"] = "string"  # accounts_linked: int -> string
+    assert not _compatible(reader=broken, writer=latest)
+
+
+# --- files, names, docs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_file_parses_and_is_named_after_its_folder(path):
+    source = _source(path)
+    assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", path.parent.name)
+    assert re.fullmatch(r"v[1-9][0-9]*\.avsc", path.name)
+    assert source["type"] == "record"
+    assert source.get("namespace", "renkei") == "renkei" or source["name"].startswith("renkei.")
+    assert source["name"].split(".")[-1] == catalogue.camel_name(path.parent.name)
+    fastavro.parse_schema(source, named_schemas={})
+    avro.schema.parse(json.dumps(source))
+
+
+def _undocumented(schema: Any, where: str, seen: set[str]) -> list[str]:
+    if isinstance(schema, list):
+        return [m for branch in schema for m in _undocumented(branch, where, seen)]
+    if not isinstance(schema, dict):
+        return []
+    missing = []
+    kind = schema.get("type")
+    if kind in ("record", "enum", "fixed"):
+        if schema["name"] in seen:
+            return []
+        seen.add(schema["name"])
+        if not str(schema.get("doc", "")).strip():
+            missing.append(f"{where}:{schema['name']}")
+    if kind == "record":
+        for field in schema["fields"]:
+            if not str(field.get("doc", "")).strip():
+                missing.append(f"{where}.{field['name']}")
+            missing += _undocumented(field["type"], f"{where}.{field['name']}", seen)
+    elif kind == "array":
+        missing += _undocumented(schema["items"], where, seen)
+    elif kind == "map":
+        missing += _undocumented(schema["values"], where, seen)
+    return missing
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_record_enum_and_field_has_a_doc(path):
+    assert _undocumented(_source(path), path.parent.name, set()) == []
+
+
+def _fields(schema: Any, seen: set[str]):
+    if isinstance(schema, list):
+        for branch in schema:
+            yield from _fields(branch, seen)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "record" and schema["name"] not in seen:
+            seen.add(schema["name"])
+            for field in schema["fields"]:
+                yield field
+                yield from _fields(field["type"], seen)
+        elif kind == "array":
+            yield from _fields(schema["items"], seen)
+        elif kind == "map":
+            yield from _fields(schema["values"], seen)
+
+
+MY_NUMBER = re.compile(r"my_?number|mynumber|kojin_?bango|individual_?number", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_my_number_field_except_the_sealed_one(path):
+    for field in _fields(_source(path), set()):
+        if MY_NUMBER.search(field["name"]):
+            assert (path.parent.name, field["name"]) == ("token_issue_request", "sealed_my_number")
+            assert field["type"] == "bytes"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_enum_defaults_are_symbols(path):
+    for field in _fields(_source(path), set()):
+        kind = field["type"]
+        if isinstance(kind, dict) and kind.get("type") == "enum" and "default" in kind:
+            assert kind["default"] in kind["symbols"]
+
+
+def test_bank_account_is_the_same_everywhere():
+    """BankAccount is inlined per file (self-contained .avsc); the copies must not drift."""
+    copies = {}
+    for path in FILES:
+        for field in _fields(_source(path), set()):
+            kind = field["type"]
+            candidates = kind if isinstance(kind, list) else [kind]
+            for candidate in candidates:
+                if isinstance(candidate, dict) and candidate.get("type") == "array":
+                    candidate = candidate["items"]
+                if isinstance(candidate, dict) and candidate.get("name") == "BankAccount":
+                    copies[str(path.relative_to(ROOT))] = candidate
+    users = {"registration_request", "existence_check", "provision_response", "lookup_answer", "lookup_result"}
+    assert {where.split("/")[0] for where in copies} >= users
+    first = next(iter(copies.values()))
+    for where, found in copies.items():
+        assert found == first, where
+
+
+def test_message_types_name_real_schemas():
+    assert set(types.BODY_SCHEMA.values()) <= set(NAMES)
+    assert all(re.fullmatch(r"[a-z]+(\.[a-z]+)+", t) for t in types.BODY_SCHEMA)
+    assert types.MESSAGE_TYPES == frozenset(types.BODY_SCHEMA)
