@@ -1,0 +1,231 @@
+"""The default-deny policy (アクセス制御): may this sender send this message to this recipient?
+
+A message is allowed only when a rule in ``infra/policy.toml`` matches its
+(sender, recipient, message type, data item, legal basis). Anything else is
+refused with a :class:`~infra.errors.PolicyDenied` carrying a stable reason:
+
+- ``UNKNOWN_PARTICIPANT`` — sender or recipient is not registered;
+- ``SUSPENDED`` — sender or recipient is suspended (checked before the rules);
+- ``UNAUTHORISED`` — no rule matches.
+
+A rule names its sender and recipient as a participant id, ``kind:<kind>`` or
+``*`` (any participant). The most specific match wins (id, then kind, then
+``*``). A rule also says whether the message produces a provision record
+(情報提供等記録), whether that record is withheld from the person (不開示), and
+which side of the record the sender is (requester or provider).
+
+The hub calls :meth:`Policy.authorise` for every message: rules are indexed by
+their full key at load time, so a decision is at most nine dict look-ups.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from infra.errors import ConfigError, PolicyDenied, Reason
+from infra.participants import Kind, Participant
+from schemas.types import MESSAGE_TYPES
+
+DEFAULT_FILE = Path(__file__).with_name("policy.toml")
+
+# --- Legal bases (根拠法令). ASCII so they are safe in headers, logs and topic tools.
+# 口座登録法 = 公的給付の支給等の迅速かつ確実な実施のための預貯金口座の登録等に関する法律 (令和3年法律第38号)
+BASIS_REGISTRATION: Final = "account-registration-act/art3"  # 登録 via the portal (§3)
+BASIS_CHANGE: Final = "account-registration-act/art6"  # 変更・抹消 (§6)
+BASIS_BANK_INTAKE: Final = "account-registration-act/art8"  # 金融機関経由の登録 (§8)
+BASIS_PROVISION: Final = "account-registration-act/art9"  # 行政機関等への提供 (§9)
+# 口座管理法 = 預貯金者の意思に基づく個人番号の利用による預貯金口座の管理等に関する法律 (令和3年法律第39号)
+BASIS_NUMBERING: Final = "deposit-account-management-act/art3"  # 付番申出 (§3)
+BASIS_INHERITANCE_LOOKUP: Final = "deposit-account-management-act/inheritance-lookup"  # 相続時照会
+BASIS_DISASTER_LOOKUP: Final = "deposit-account-management-act/disaster-lookup"  # 災害時照会
+# 番号法 §21-2: obtaining the token (情報提供用個人識別符号).
+BASIS_TOKEN_ISSUANCE: Final = "my-number-act/art21-2"
+# The network's own operation (rejection notices): no personal data item is exchanged.
+BASIS_NETWORK_OPERATION: Final = "renkei/network-operation"
+
+BASES: Final = frozenset({
+    BASIS_REGISTRATION, BASIS_CHANGE, BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_NUMBERING,
+    BASIS_INHERITANCE_LOOKUP, BASIS_DISASTER_LOOKUP, BASIS_TOKEN_ISSUANCE, BASIS_NETWORK_OPERATION,
+})
+
+# --- Data items (特定個人情報の項目).
+DATA_PUBLIC_FUNDS_ACCOUNT: Final = "public_funds_account"  # 公金受取口座情報
+DATA_DEPOSIT_ACCOUNT_NUMBERING: Final = "deposit_account_numbering"  # 預貯金口座への付番
+DATA_DEPOSIT_ACCOUNT_HOLDINGS: Final = "deposit_account_holdings"  # which banks hold accounts
+DATA_PERSON_TOKEN: Final = "person_token"  # 符号
+DATA_NONE: Final = "none"  # the message carries no personal data item (rejection notices)
+
+DATA_ITEMS: Final = frozenset({
+    DATA_PUBLIC_FUNDS_ACCOUNT, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_PERSON_TOKEN, DATA_NONE,
+})
+
+ANY: Final = "*"
+KIND_PREFIX: Final = "kind:"
+_KIND_SPEC: Final = {k: KIND_PREFIX + k.value for k in Kind}
+
+SenderRole = Literal["requester", "provider"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One allowed combination, as declared in the policy file."""
+
+    id: str
+    sender: str  # participant id, "kind:<kind>" or "*"
+    recipient: str
+    type: str
+    data_item: str
+    bases: tuple[str, ...]
+    records: bool
+    not_disclosed: bool = False
+    sender_role: SenderRole = "requester"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What an allowed message entails: which rule allowed it and what to record."""
+
+    rule_id: str
+    records: bool  # the message produces a provision record
+    not_disclosed: bool  # that record is withheld from the person (不開示)
+    sender_role: SenderRole = "requester"  # the sender is the record's requester or provider
+
+
+class Policy:
+    """Default-deny rules plus the live suspension list. Build with :meth:`load`."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self._index: dict[tuple[str, str, str, str, str], Decision] = {}
+        ids: set[str] = set()
+        for rule in self.rules:
+            _check_rule(rule)
+            if rule.id in ids:
+                raise ConfigError(f"policy: duplicate rule id {rule.id!r}")
+            ids.add(rule.id)
+            decision = Decision(rule.id, rule.records, rule.not_disclosed, rule.sender_role)
+            for basis in rule.bases:
+                key = (rule.type, rule.sender, rule.recipient, rule.data_item, basis)
+                other = self._index.get(key)
+                if other is not None:
+                    raise ConfigError(f"policy: rules {other.rule_id!r} and {rule.id!r} overlap")
+                self._index[key] = decision
+        # pid -> suspended, overriding Participant.suspended from the registry.
+        self._suspension: dict[str, bool] = {}
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Policy:
+        """Load the rules file (``infra/policy.toml`` beside this module by default)."""
+        path = path or DEFAULT_FILE
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"policy file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+        return cls(_parse_rule(raw) for raw in data.get("rule", []))
+
+    # --- suspension (immediate, no reload) ---------------------------------
+
+    def suspend(self, pid: str) -> None:
+        """Refuse everything from or to ``pid`` from now on."""
+        self._suspension[pid] = True
+
+    def resume(self, pid: str) -> None:
+        """Lift a suspension (also one declared in the participants file)."""
+        self._suspension[pid] = False
+
+    def is_suspended(self, participant: Participant) -> bool:
+        return self._suspension.get(participant.id, participant.suspended)
+
+    # --- the decision -------------------------------------------------------
+
+    def authorise(
+        self,
+        sender: Participant | None,
+        recipient: Participant | None,
+        type: str,  # noqa: A002 - the envelope's field name
+        data_item: str,
+        basis: str,
+    ) -> Decision:
+        """The :class:`Decision` for this message, or :class:`PolicyDenied`."""
+        if sender is None:
+            raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "sender is not a registered participant")
+        if recipient is None:
+            raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "recipient is not a registered participant")
+        suspension = self._suspension
+        if suspension.get(sender.id, sender.suspended):
+            raise PolicyDenied(Reason.SUSPENDED, f"sender {sender.id} is suspended")
+        if suspension.get(recipient.id, recipient.suspended):
+            raise PolicyDenied(Reason.SUSPENDED, f"recipient {recipient.id} is suspended")
+        index = self._index
+        for s in (sender.id, _KIND_SPEC[sender.kind], ANY):
+            for r in (recipient.id, _KIND_SPEC[recipient.kind], ANY):
+                decision = index.get((type, s, r, data_item, basis))
+                if decision is not None:
+                    return decision
+        # Name the combination (ids, type, item, basis are metadata, never personal data).
+        raise PolicyDenied(
+            Reason.UNAUTHORISED,
+            f"no rule allows {type} from {sender.id} to {recipient.id} "
+            f"for data item {data_item!r} under basis {basis!r}",
+        )
+
+
+# --- loading -----------------------------------------------------------------
+
+_RULE_KEYS = {"id", "sender", "recipient", "type", "data_item", "bases", "records",
+              "not_disclosed", "sender_role"}
+
+
+def _parse_rule(raw: Any) -> Rule:
+    if not isinstance(raw, dict):
+        raise ConfigError("policy: every [[rule]] must be a table")
+    rid = raw.get("id")
+    label = f"policy rule {rid!r}"
+    unknown = sorted(set(raw) - _RULE_KEYS)
+    if unknown:
+        raise ConfigError(f"{label}: unknown keys {', '.join(unknown)}")
+    for key in ("id", "sender", "recipient", "type", "data_item"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{label}: {key} must be a non-empty string")
+    bases = raw.get("bases")
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{label}: bases must be a non-empty list of strings")
+    if not isinstance(raw.get("records"), bool):
+        raise ConfigError(f"{label}: records must be true or false (no default: decide per rule)")
+    not_disclosed = raw.get("not_disclosed", False)
+    if not isinstance(not_disclosed, bool):
+        raise ConfigError(f"{label}: not_disclosed must be true or false")
+    role = raw.get("sender_role", "requester")
+    if role not in ("requester", "provider"):
+        raise ConfigError(f"{label}: sender_role must be 'requester' or 'provider'")
+    return Rule(
+        id=raw["id"], sender=raw["sender"], recipient=raw["recipient"], type=raw["type"],
+        data_item=raw["data_item"], bases=tuple(bases), records=raw["records"],
+        not_disclosed=not_disclosed, sender_role=role,
+    )
+
+
+def _check_rule(rule: Rule) -> None:
+    label = f"policy rule {rule.id!r}"
+    if rule.type not in MESSAGE_TYPES:
+        raise ConfigError(f"{label}: unknown message type {rule.type!r}")
+    for name in ("sender", "recipient"):
+        spec = getattr(rule, name)
+        if spec == ANY:
+            continue
+        if spec.startswith(KIND_PREFIX):
+            if spec not in _KIND_SPEC.values():
+                kinds = ", ".join(_KIND_SPEC.values())
+                raise ConfigError(f"{label}: {name} {spec!r} is not one of {kinds}")
+        elif not all(c.isascii() and (c.isalnum() or c in "-_") for c in spec):
+            raise ConfigError(f"{label}: {name} must be a participant id, kind:<kind> or *")
+    if len(set(rule.bases)) != len(rule.bases):
+        raise ConfigError(f"{label}: bases lists a basis twice")
