@@ -1,0 +1,154 @@
+"""PostgreSQL plumbing: the connection pool, the migration runner and the replay guard.
+
+- :func:`create_pool` — an asyncpg pool with bounded size and a command timeout.
+- :func:`migrate` — numbered SQL migrations applied once per component, in one
+  transaction, serialised by an advisory lock so concurrent workers don't race.
+- :func:`claim` — the idempotency / replay guard (DESIGN §7): inserts message
+  ids into ``processed_messages`` and returns the ones that were new. Call it in
+  the same transaction as the effect, so a redelivered message finds its id
+  already claimed exactly when its effect is already committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = [
+    "IDEMPOTENCY_MIGRATIONS",
+    "applied_versions",
+    "claim",
+    "create_pool",
+    "forget_before",
+    "migrate",
+    "migrate_idempotency",
+]
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS renkei_migrations (
+    component  text        NOT NULL,
+    version    integer     NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (component, version)
+)
+"""
+
+IDEMPOTENCY_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE processed_messages (
+        consumer     text        NOT NULL,
+        message_id   uuid        NOT NULL,
+        processed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer, message_id)
+    );
+    CREATE INDEX processed_messages_processed_at ON processed_messages (processed_at);
+    """,
+]
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    command_timeout: float = 30.0,
+    **kw: Any,
+) -> asyncpg.Pool:
+    """An asyncpg pool; extra keyword arguments go to :func:`asyncpg.create_pool`."""
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout, **kw
+    )
+
+
+async def migrate(pool_or_conn: Executor, component: str, migrations: Sequence[str]) -> list[int]:
+    """Apply ``migrations`` (version = index + 1) not yet applied for ``component``.
+
+    All pending migrations run in one transaction, under a transaction-scoped
+    advisory lock keyed by the current schema, so two workers starting together
+    apply each migration once. Returns the versions applied now. Versions the
+    database has beyond ``migrations`` (a newer worker migrated first) are left alone.
+    """
+    if isinstance(pool_or_conn, asyncpg.Pool):
+        async with pool_or_conn.acquire() as conn:
+            return await _migrate(conn, component, migrations)
+    return await _migrate(pool_or_conn, component, migrations)
+
+
+async def _migrate(conn: asyncpg.Connection, component: str, migrations: Sequence[str]) -> list[int]:
+    async with conn.transaction():
+        # One lock per schema: it also covers creating renkei_migrations itself.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('renkei_migrations:' || current_schema(), 0))"
+        )
+        await conn.execute(MIGRATIONS_TABLE)
+        done = {
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM renkei_migrations WHERE component = $1", component)
+        }
+        applied: list[int] = []
+        for version, sql in enumerate(migrations, start=1):
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO renkei_migrations (component, version) VALUES ($1, $2)", component, version
+            )
+            applied.append(version)
+        return applied
+
+
+async def applied_versions(pool_or_conn: Executor, component: str) -> list[int]:
+    """Versions of ``component`` recorded as applied (empty before the first migration)."""
+    exists = await pool_or_conn.fetchval("SELECT to_regclass('renkei_migrations') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await pool_or_conn.fetch(
+        "SELECT version FROM renkei_migrations WHERE component = $1 ORDER BY version", component
+    )
+    return [r["version"] for r in rows]
+
+
+async def migrate_idempotency(pool_or_conn: Executor) -> list[int]:
+    """Create ``processed_messages`` (component ``idempotency``)."""
+    return await migrate(pool_or_conn, "idempotency", IDEMPOTENCY_MIGRATIONS)
+
+
+_CLAIM = """
+INSERT INTO processed_messages (consumer, message_id)
+SELECT $1, id FROM unnest($2::uuid[]) AS id
+ON CONFLICT DO NOTHING
+RETURNING message_id
+"""
+
+
+async def claim(
+    conn: asyncpg.Connection, consumer: str, message_ids: Iterable[uuid.UUID | str]
+) -> set[uuid.UUID]:
+    """Claim ``message_ids`` for ``consumer``; return the ids that were not claimed before.
+
+    Run it inside the transaction that performs the effect: if that transaction
+    rolls back, the claim does too. Ids are de-duplicated and sorted first, so
+    two workers claiming overlapping batches lock index entries in the same
+    order (no deadlock); the later one waits, then sees the ids as taken.
+    """
+    ids = sorted({i if isinstance(i, uuid.UUID) else uuid.UUID(i) for i in message_ids})
+    if not ids:
+        return set()
+    rows = await conn.fetch(_CLAIM, consumer, ids)
+    return {uuid.UUID(bytes=r["message_id"].bytes) for r in rows}
+
+
+async def forget_before(pool_or_conn: Executor, before: datetime) -> int:
+    """Delete claims older than ``before``; returns how many.
+
+    Only safe for ids whose messages can no longer be accepted (older than the
+    longest envelope lifetime: the envelope check refuses them as EXPIRED).
+    """
+    status = await pool_or_conn.execute("DELETE FROM processed_messages WHERE processed_at < $1", before)
+    return int(status.split()[-1])
