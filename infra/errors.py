@@ -29,6 +29,7 @@ class Reason(str, Enum):
     SUSPENDED = "SUSPENDED"  # sender or recipient is suspended
     UNKNOWN_PARTICIPANT = "UNKNOWN_PARTICIPANT"  # sender or recipient not registered
     RECORD_FAILED = "RECORD_FAILED"  # provision record could not be written (fail closed)
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug in the processor; dead-lettered so the partition moves on
 
 
 class RenkeiError(Exception):
