@@ -140,8 +140,9 @@ def _single_binding(recipient: str, key_id: str) -> bytes:
     return b"1" + _lp(recipient) + _lp(key_id)
 
 
-def _fanout_binding(wraps_root: bytes) -> bytes:
-    return b"N" + wraps_root
+def _fanout_binding(count: int, wraps_root: bytes) -> bytes:
+    # The count is bound too: RFC 9162 paths alone do not fix the tree size.
+    return b"N" + count.to_bytes(4, "big") + wraps_root
 
 
 def _hub_leaf(origin_leaf: bytes, r: dict, wrap_leaf: bytes, forwarded_at: int, hub_key_id: str) -> bytes:
@@ -391,6 +392,10 @@ class Sealer:
         for m in messages:
             if not 0 < m.ttl_s <= MAX_TTL_S:
                 raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}]")
+            if not isinstance(m.to, str) and (
+                not m.to or len(set(m.to)) != len(m.to) or FANOUT in m.to or not all(isinstance(t, str) for t in m.to)
+            ):
+                raise ValueError("a fan-out needs one or more distinct recipient ids")
             mid = str(uuid.uuid4())
             cid = str(uuid.UUID(m.correlation_id)) if m.correlation_id else mid
             plaintext = codec.encode(_body_schema(m.type), m.body)
@@ -416,8 +421,6 @@ class Sealer:
                 binding = _single_binding(m.to, rk.key_id)
             else:
                 recipients = list(m.to)
-                if not recipients or len(set(recipients)) != len(recipients) or FANOUT in recipients:
-                    raise ValueError("a fan-out needs distinct recipients")
                 data_key = AESGCM.generate_key(bit_length=256)
                 nonce = secrets.token_bytes(12)
                 aad = _DATA_AAD + _lp(mid) + _lp(m.type) + _lp(sender)
@@ -433,7 +436,7 @@ class Sealer:
                         }
                     )
                 r["recipient"], r["recipient_key_id"], r["wraps"] = FANOUT, "", wraps
-                binding = _fanout_binding(merkle.build([_wrap_leaf(w) for w in wraps])[0])
+                binding = _fanout_binding(len(wraps), merkle.build([_wrap_leaf(w) for w in wraps])[0])
             records.append(r)
             leaves.append(_origin_leaf(r, mid, cid, r["created_at"], r["expires_at"], binding))
         for r, signature in zip(records, _tree_signatures(self._keyset, _ORIGIN_ROOT, leaves), strict=True):
@@ -520,19 +523,18 @@ class Verifier:
                     raise _reject(Reason.MALFORMED, "fan-out envelope must be addressed to '*' with no key id")
                 if len({w["recipient"] for w in wraps}) != len(wraps):
                     raise _reject(Reason.MALFORMED, "fan-out envelope lists a recipient twice")
-                wraps_root = merkle.build(wrap_leaves)[0]
+                wraps_root, count = merkle.build(wrap_leaves)[0], len(wraps)
             else:
                 if len(wraps) != 1:
                     raise _reject(Reason.MALFORMED, "forwarded fan-out envelope must carry exactly one wrap")
                 w = wraps[0]
                 if r["recipient"] != w["recipient"] or r["recipient_key_id"] != w["recipient_key_id"]:
                     raise _reject(Reason.BAD_SIGNATURE, "recipient does not match its wrap")
-                wraps_root = merkle.root_from_path(
-                    wrap_leaves[0], proof["leaf_index"], proof["leaf_count"], proof["siblings"]
-                )
+                count = proof["leaf_count"]
+                wraps_root = merkle.root_from_path(wrap_leaves[0], proof["leaf_index"], count, proof["siblings"])
                 if wraps_root is None:
                     raise _reject(Reason.BAD_SIGNATURE, "wrap proof is ill-formed")
-            binding = _fanout_binding(wraps_root)
+            binding = _fanout_binding(count, wraps_root)
         else:
             if r["wrap_proof"] is not None or r["recipient"] == FANOUT:
                 raise _reject(Reason.MALFORMED, "single-recipient envelope with fan-out fields")

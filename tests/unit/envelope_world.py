@@ -1,0 +1,126 @@
+"""A small bus for envelope tests: root, keysets, directory, token authority, a settable clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from infra.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
+from infra.keys import KeyDirectory, Keyset, RootAuthority
+from infra.tokens import TokenAuthority
+from schemas import codec
+from schemas.types import BODY_SCHEMA
+from tests.unit.leakguard import used
+
+T0 = 1_750_000_000.0  # seconds
+MY_NUMBER = used("123456789018")
+OTHER_MY_NUMBER = used("987654321093")
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    PARTICIPANTS = {
+        "hub": "x25519",
+        "agency-a": "x25519",
+        "agency-b": "x25519",
+        "registry": "mlkem768-x25519",
+        "bank-1": "x25519",
+        "bank-2": "mlkem768-x25519",
+        "bank-3": "x25519",
+    }
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.root = RootAuthority.generate()
+        self.keys = {p: Keyset.generate(p, kem, now=int(T0 * 1000) - 86_400_000) for p, kem in self.PARTICIPANTS.items()}
+        self.directory = self.fresh_directory()
+        self.tokens = TokenAuthority(bytes(32) + b"link", bytes(32) + b"master")
+        self.hub = HubForwarder(self.keys["hub"], self.directory, clock=self.clock)
+        self.ingress = Verifier(self.directory, clock=self.clock)
+
+    def fresh_directory(self) -> KeyDirectory:
+        entries = [e for k in self.keys.values() for e in k.public_entries()]
+        return KeyDirectory.verify_and_load(self.root.snapshot(entries), self.root.public_key)
+
+    def publish(self, keyset: Keyset) -> None:
+        for key, value in self.root.to_records(keyset.public_entries()):
+            self.directory.apply_record(key, value)
+
+    def token(self, participant: str, my_number: str = MY_NUMBER) -> str:
+        return self.tokens.token_for(my_number, participant)
+
+    def sealer(self, participant: str) -> Sealer:
+        return Sealer(self.keys[participant], self.directory, clock=self.clock)
+
+    def opener(self, participant: str, **options: Any) -> Opener:
+        return Opener(self.keys[participant], self.directory, MemoryReplayGuard(), clock=self.clock, **options)
+
+    def seal(self, sender: str = "agency-a", to: str = "registry", type_: str = "provision.inquiry", **kw: Any) -> bytes:
+        body = kw.pop("body") if "body" in kw else example_body(type_)
+        return self.sealer(sender).seal(
+            body,
+            type=type_,
+            to=to,
+            subject=kw.pop("subject", self.token(sender)),
+            data_item=kw.pop("data_item", "public_funds_account"),
+            basis=kw.pop("basis", "koza-toroku-ho-9"),
+            **kw,
+        )
+
+    def forward(self, envelope: bytes, recipient: str | None = None) -> bytes:
+        """Hub ingress verification, token translation and countersigned forwarding."""
+        meta = self.ingress.verify(envelope)
+        to = recipient or meta.recipient
+        return self.hub.forward(meta, self.tokens.translate(meta.subject, meta.sender, to), recipient=recipient)
+
+
+def example_body(type_: str) -> dict:
+    """A schema-valid body for a message type, built from its Avro schema."""
+    return _example(codec.schema(BODY_SCHEMA[type_]), {})
+
+
+def _example(schema: Any, named: dict) -> Any:
+    if isinstance(schema, list):
+        return _example(next(s for s in schema if s != "null") if len(schema) > 1 else schema[0], named)
+    if isinstance(schema, str):
+        if schema in named:
+            return _example(named[schema], named)
+        return {
+            "string": "x",
+            "bytes": b"\x01\x02",
+            "int": 1,
+            "long": 2,
+            "boolean": True,
+            "float": 1.5,
+            "double": 2.5,
+            "null": None,
+        }[schema]
+    kind = schema["type"]
+    logical = schema.get("logicalType")
+    if logical in ("timestamp-millis", "timestamp-micros"):
+        return datetime(2025, 4, 1, tzinfo=UTC)
+    if logical == "uuid":
+        return "6f1c1e4e-2f4a-4b8a-9d7e-1b2c3d4e5f60"
+    if logical == "date":
+        return datetime(2025, 4, 1).date()
+    if kind == "record":
+        named[schema["name"]] = schema
+        return {f["name"]: _example(f["type"], named) for f in schema["fields"]}
+    if kind == "enum":
+        named[schema["name"]] = schema
+        return schema["symbols"][0]
+    if kind == "array":
+        return [_example(schema["items"], named)]
+    if kind == "map":
+        return {"k": _example(schema["values"], named)}
+    if kind == "fixed":
+        named[schema["name"]] = schema
+        return b"\x00" * schema["size"]
+    return _example(kind, named)
