@@ -1,0 +1,173 @@
+"""Provision records without a database: canonical encoding, hash chain, drafts, Avro."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from infra.errors import Reason, Rejection
+from infra.provisions import (
+    CANONICAL_TAG,
+    GENESIS_HASH,
+    ProvisionRecord,
+    ProvisionStatus,
+    RecordDraft,
+    _verify,
+    canonical_bytes,
+    chain_hash,
+    from_avro,
+    to_avro,
+)
+from schemas import codec
+
+JST = timezone(timedelta(hours=9))
+TOKEN = "dG9rZW4tZm9yLWEtcGVyc29u"
+
+
+def draft(**over) -> RecordDraft:
+    fields = dict(
+        message_id=uuid.UUID("00000000-0000-4000-8000-000000000001"),
+        correlation_id=uuid.UUID("00000000-0000-4000-8000-000000000002"),
+        person_token=TOKEN, requester="agency-nta", provider="registry",
+        data_item="public_funds_account", legal_basis="account-registration-act/art9",
+        requested_at=datetime(2025, 4, 1, 9, 30, 0, 123456, tzinfo=JST),
+    )
+    fields.update(over)
+    return RecordDraft(**fields)
+
+
+RID = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
+
+
+def first(**over) -> ProvisionRecord:
+    return ProvisionRecord.chain(draft(**over), seq=1, prev_hash=GENESIS_HASH, record_id=RID)
+
+
+# SHA-256 of the record built by first(), computed independently from the documented encoding.
+KNOWN_HASH = "ee172a97386673fea38b78d019394a1bd0a88e124ccfb0f65f3c6bc6132254e0"
+
+
+def test_known_answer_pins_the_encoding():
+    record = first()
+    canonical = canonical_bytes(record)
+    assert canonical.startswith(len(CANONICAL_TAG).to_bytes(4, "big") + CANONICAL_TAG)
+    # If this changes, every stored chain stops verifying: bump CANONICAL_TAG instead.
+    assert record.hash.hex() == KNOWN_HASH
+
+
+def test_hash_is_sha256_of_prev_hash_and_canonical_bytes():
+    import hashlib
+
+    record = first()
+    assert record.hash == hashlib.sha256(GENESIS_HASH + canonical_bytes(record)).digest()
+    with pytest.raises(ValueError):
+        chain_hash(b"short", b"")
+
+
+@pytest.mark.parametrize("change", [
+    {"record_id": uuid.UUID(int=1)},
+    {"message_id": uuid.UUID(int=2)},
+    {"correlation_id": uuid.UUID(int=3)},
+    {"person_token": TOKEN + "A"},
+    {"requester": "agency-mhlw"},
+    {"provider": "registry2"},
+    {"data_item": "deposit_account_holdings"},
+    {"legal_basis": "account-registration-act/art3"},
+    {"requested_at": datetime(2025, 4, 1, 0, 30, 0, 124000, tzinfo=timezone.utc)},
+    {"provided_at": datetime(2025, 4, 1, tzinfo=timezone.utc)},
+    {"status": ProvisionStatus.PROVIDED},
+    {"not_disclosed": True},
+    {"seq": 2},
+], ids=lambda c: next(iter(c)))
+def test_every_field_is_covered_by_the_hash(change):
+    record = first()
+    altered = dataclasses.replace(record, **change)
+    assert chain_hash(altered.prev_hash, canonical_bytes(altered)) != record.hash
+
+
+def test_length_prefixes_make_field_boundaries_unambiguous():
+    a = first(requester="ab", provider="c")
+    b = first(requester="a", provider="bc")
+    assert canonical_bytes(a) != canonical_bytes(b)
+
+
+def test_absent_provided_at_differs_from_the_epoch():
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert canonical_bytes(first()) != canonical_bytes(first(provided_at=epoch))
+
+
+def test_times_are_utc_milliseconds_so_the_hash_survives_avro():
+    d = draft()
+    assert d.requested_at == datetime(2025, 4, 1, 0, 30, 0, 123000, tzinfo=timezone.utc)
+    assert d.requested_at.tzinfo is timezone.utc
+
+
+def test_prev_hash_links_records():
+    one = first()
+    two = ProvisionRecord.chain(draft(message_id=uuid.uuid4(), status="PROVIDED"), seq=2, prev_hash=one.hash)
+    assert two.prev_hash == one.hash
+    assert _verify([one, two], (2, two.hash)).ok
+    verdict = _verify([two], (2, two.hash))
+    assert verdict.problems == ["seq 1 missing (deleted)"]
+    verdict = _verify([one], (2, two.hash))
+    assert verdict.problems == ["head says seq 2, last record is 1 (tail deleted)"]
+    forged = dataclasses.replace(one, data_item="x")
+    assert _verify([forged, two], (2, two.hash)).problems == ["seq 1: hash mismatch (altered)"]
+    rehashed = ProvisionRecord.chain(draft(data_item="x"), seq=1, prev_hash=GENESIS_HASH, record_id=RID)
+    assert _verify([rehashed, two], (2, two.hash)).problems == [
+        "seq 2: prev_hash does not match seq 1 (chain broken)"]
+    assert _verify([one, two], None).problems == ["no chain head for this person (head deleted)"]
+    assert _verify([], None).ok
+
+
+def test_status_enum_matches_the_schema_symbols():
+    status = next(f for f in codec.schema("provision_record")["fields"] if f["name"] == "status")
+    symbols = status["type"]["symbols"]
+    assert [s.value for s in ProvisionStatus] == [s for s in symbols if s != "UNKNOWN"]
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"message_id": "not-a-uuid"}, "message_id"),
+    ({"person_token": ""}, "person_token"),
+    ({"person_token": "トークン"}, "person_token"),
+    ({"person_token": "has space"}, "person_token"),
+    ({"requester": ""}, "requester"),
+    ({"legal_basis": None}, "legal_basis"),
+    ({"requested_at": datetime(2025, 4, 1)}, "requested_at"),
+    ({"status": "UNKNOWN"}, "status"),
+    ({"not_disclosed": "no"}, "not_disclosed"),
+])
+def test_bad_drafts_are_refused_as_record_failed(over, field):
+    with pytest.raises(Rejection) as caught:
+        draft(**over)
+    assert caught.value.reason is Reason.RECORD_FAILED
+    assert field in caught.value.message
+
+
+def test_drafts_accept_uuid_strings_and_status_strings():
+    d = draft(message_id="00000000-0000-4000-8000-000000000001", status="NO_ANSWER")
+    assert d.message_id == uuid.UUID(int=0x00000000000040008000000000000001)
+    assert d.status is ProvisionStatus.NO_ANSWER
+
+
+def test_reprs_do_not_show_the_person_token_or_hashes():
+    record = first()
+    assert TOKEN not in repr(draft()) and TOKEN not in repr(record)
+    assert record.hash.hex() not in repr(record)
+
+
+def test_avro_round_trip_keeps_the_hash_verifiable():
+    record = ProvisionRecord.chain(
+        draft(status=ProvisionStatus.PROVIDED, provided_at=datetime(2025, 4, 1, 1, tzinfo=timezone.utc)),
+        seq=7, prev_hash=bytes(range(32)))
+    datum = to_avro(record)
+    assert datum["person_token"] == TOKEN.encode("ascii")
+    decoded = codec.decode(codec.encode("provision_record", datum), "provision_record")
+    back = from_avro(decoded, seq=7)
+    assert back == record
+    assert chain_hash(back.prev_hash, canonical_bytes(back)) == back.hash
+    # a never-provided record carries null
+    assert codec.decode(codec.encode("provision_record", to_avro(first())), "provision_record")["provided_at"] is None
