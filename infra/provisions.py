@@ -160,23 +160,19 @@ class ProvisionRecord:
     def chain(cls, draft: RecordDraft, *, seq: int, prev_hash: bytes,
               record_id: uuid.UUID | None = None) -> ProvisionRecord:
         """The record ``draft`` becomes at position ``seq`` after ``prev_hash``."""
-        unhashed = cls(
-            record_id=record_id or uuid.uuid4(), message_id=draft.message_id,
+        record_id = record_id or uuid.uuid4()
+        digest = chain_hash(prev_hash, _canonical(draft, record_id, seq))
+        return cls(
+            record_id=record_id, message_id=draft.message_id,
             correlation_id=draft.correlation_id, person_token=draft.person_token,
             requester=draft.requester, provider=draft.provider, data_item=draft.data_item,
             legal_basis=draft.legal_basis, requested_at=draft.requested_at,
             provided_at=draft.provided_at, status=draft.status, not_disclosed=draft.not_disclosed,
-            seq=seq, prev_hash=prev_hash, hash=b"",
+            seq=seq, prev_hash=prev_hash, hash=digest,
         )
-        object.__setattr__(unhashed, "hash", chain_hash(prev_hash, canonical_bytes(unhashed)))
-        return unhashed
 
 
 # --- canonical encoding and hash ----------------------------------------------
-
-
-def _ms(value: datetime) -> bytes:
-    return struct.pack(">q", (value - _EPOCH) // _MS)
 
 
 def canonical_bytes(record: ProvisionRecord) -> bytes:
@@ -190,23 +186,40 @@ def canonical_bytes(record: ProvisionRecord) -> bytes:
     when absent), status (its ASCII symbol), not_disclosed (one byte 0/1),
     seq (8-byte unsigned big-endian).
     """
-    items = (
-        CANONICAL_TAG,
-        record.record_id.bytes,
-        record.message_id.bytes,
-        record.correlation_id.bytes,
-        record.person_token.encode("ascii"),
-        record.requester.encode("utf-8"),
-        record.provider.encode("utf-8"),
-        record.data_item.encode("utf-8"),
-        record.legal_basis.encode("utf-8"),
-        _ms(record.requested_at),
-        b"" if record.provided_at is None else _ms(record.provided_at),
-        ProvisionStatus(record.status).value.encode("ascii"),
-        b"\x01" if record.not_disclosed else b"\x00",
-        struct.pack(">Q", record.seq),
-    )
-    return b"".join(struct.pack(">I", len(item)) + item for item in items)
+    return _canonical(record, record.record_id, record.seq)
+
+
+_pack_len = struct.Struct(">I").pack
+_pack_ms = struct.Struct(">q").pack
+_pack_seq = struct.Struct(">Q").pack
+_TAG_ITEM: Final = _pack_len(len(CANONICAL_TAG)) + CANONICAL_TAG
+_LEN0, _LEN1, _LEN8, _LEN16 = (_pack_len(n) for n in (0, 1, 8, 16))
+
+
+def _text(value: str, encoding: str = "utf-8") -> bytes:
+    data = value.encode(encoding)
+    return _pack_len(len(data)) + data
+
+
+def _canonical(src: RecordDraft | ProvisionRecord, record_id: uuid.UUID, seq: int) -> bytes:
+    # Same layout as the canonical_bytes docstring; fixed-size lengths are precomputed.
+    provided = src.provided_at
+    return b"".join((
+        _TAG_ITEM,
+        _LEN16, record_id.bytes,
+        _LEN16, src.message_id.bytes,
+        _LEN16, src.correlation_id.bytes,
+        _text(src.person_token, "ascii"),
+        _text(src.requester),
+        _text(src.provider),
+        _text(src.data_item),
+        _text(src.legal_basis),
+        _LEN8, _pack_ms((src.requested_at - _EPOCH) // _MS),
+        _LEN0 if provided is None else _LEN8 + _pack_ms((provided - _EPOCH) // _MS),
+        _text(ProvisionStatus(src.status).value, "ascii"),
+        _LEN1, b"\x01" if src.not_disclosed else b"\x00",
+        _LEN8, _pack_seq(seq),
+    ))
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
