@@ -423,6 +423,15 @@ class ProvisionStore:
         rows = await self._pool.fetch(sql + " ORDER BY seq", person_token)
         return [_from_row(r) for r in rows]
 
+    async def by_message_ids(self, conn: asyncpg.Connection | asyncpg.Pool,
+                             message_ids: Iterable[uuid.UUID | str]) -> list[ProvisionRecord]:
+        """Records already written for these messages (e.g. to republish after a crash), by person and seq."""
+        ids = sorted({_as_uuid("message_id", m) for m in message_ids})
+        if not ids:
+            return []
+        rows = await conn.fetch(f"{_SELECT} WHERE message_id = ANY($1::uuid[]) ORDER BY person_token, seq", ids)
+        return [_from_row(r) for r in rows]
+
     async def verify_chain(self, person_token: str) -> ChainVerdict:
         """Recompute the person's chain and compare it with the stored hashes and head."""
         async with self._pool.acquire() as conn:

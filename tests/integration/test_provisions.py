@@ -92,6 +92,17 @@ async def test_fan_out_makes_one_record_per_provider(pool, store):
     assert (await store.verify_chain(person)).ok
 
 
+async def test_by_message_ids_finds_written_records(pool, store):
+    person = token()
+    mid = uuid.uuid4()
+    written = await append(pool, store, [draft(person, message_id=mid, provider=f"bank-{n}") for n in range(3)]
+                           + [draft(person)])
+    async with pool.acquire() as conn:
+        found = await store.by_message_ids(conn, [mid, str(mid), uuid.uuid4()])
+    assert found == written[:3]
+    assert await store.by_message_ids(pool, []) == []
+
+
 async def test_one_batch_many_people_each_gets_its_own_chain(pool, store):
     people = [token() for _ in range(4)]
     drafts = [draft(p) for _ in range(3) for p in people]
