@@ -217,7 +217,8 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def common_parser() -> argparse.ArgumentParser:
+    """The configuration flags every command and every worker process accepts."""
     common = argparse.ArgumentParser(add_help=False)
     S = argparse.SUPPRESS
     g = common.add_argument_group("configuration (flags > RENKEI_* env > --config file > defaults)")
@@ -229,8 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--participants-file", dest="participants_file", default=S, help="participants TOML file")
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
     g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
+    g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
+    return common
 
+
+def worker_settings(argv: list[str] | None = None, *, participant_id: str | None = None) -> Settings:
+    """Settings for a worker process (``python -m streams.hub --kafka-bootstrap ...``)."""
+    args = argparse.ArgumentParser(parents=[common_parser()]).parse_args(argv)
+    flat = {k: v for k, v in vars(args).items() if k not in ("json", "config")}
+    if participant_id and "participant_id" not in flat:
+        flat["participant_id"] = participant_id
+    return load_settings(cli=flat, config_file=getattr(args, "config", None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_parser()
+    S = argparse.SUPPRESS
     parser = argparse.ArgumentParser(prog="renkei", parents=[common],
                                      description="Renkei (連携): public-funds account integration bus on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -23,11 +23,8 @@ class WorkerSpec:
     name: str
     module: str
     args: Callable[[Settings], list[str]]
+    group: Callable[[Settings], str] | None = None  # consumer group whose membership means "ready"
     health: Callable[[Settings], str] = lambda s: ""
-
-
-WORKERS: list[WorkerSpec] = []
-"""Workers `renkei up` starts, in order. Filled by later layers (hub, registry, banks)."""
 
 
 def settings_args(settings: Settings) -> list[str]:
@@ -40,6 +37,14 @@ def settings_args(settings: Settings) -> list[str]:
         "--banks", str(settings.banks),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
+
+
+WORKERS: list[WorkerSpec] = [
+    WorkerSpec("hub", "streams.hub", settings_args, lambda s: f"{s.kafka.topic_prefix}.hub"),
+    WorkerSpec("registry", "streams.registry", settings_args, lambda s: f"{s.kafka.topic_prefix}.registry"),
+    WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks"),
+]
+"""Workers `renkei up` starts, in order, each a supervised child process."""
 
 
 class Platform:
@@ -84,11 +89,16 @@ class Platform:
                                    replication=self.settings.kafka.replication)
             finally:
                 await admin.close()
+            await bootstrap_keys(self.settings, self.participants)
             for worker in self.workers:
                 self.start_worker(worker)
         except BaseException:
             await self.stack.stop()
             raise
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every worker's consumer group has members (faust start-up takes a few seconds)."""
+        await wait_for_groups(self.settings, [w.group(self.settings) for w in self.workers if w.group], timeout)
 
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
@@ -114,3 +124,47 @@ class Platform:
 
     async def stop(self) -> None:
         await self.stack.stop()
+
+
+async def bootstrap_keys(settings: Settings, participants: Any) -> None:
+    """Create missing keys (embedded world) and publish the signed key directory on the keys topic."""
+    import asyncio
+
+    from infra.keystore import KeyStore, directory_records, publish_directory
+
+    store = KeyStore.for_settings(settings)
+    await asyncio.to_thread(store.bootstrap, participants)
+    await publish_directory(settings, await asyncio.to_thread(directory_records, store, participants))
+
+
+async def wait_for_groups(settings: Settings, groups: list[str], timeout: float) -> None:
+    """Poll the broker until each consumer group has at least one member with an assignment."""
+    import asyncio
+    import time
+
+    from infra.errors import StackError
+    from infra.kafka import admin_client
+
+    admin = admin_client(settings)
+    await admin.start()
+    deadline = time.monotonic() + timeout
+    try:
+        pending = set(groups)
+        while pending:
+            for group in list(pending):
+                try:
+                    described = await admin.describe_consumer_groups([group])
+                except Exception:
+                    continue
+                for g in described:
+                    members = g.groups[0][5] if hasattr(g, "groups") else []
+                    if g.groups[0][2] == "Stable" and members:
+                        pending.discard(group)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"workers did not join their consumer groups within {timeout:.0f} s: "
+                                 f"{', '.join(sorted(pending))}; see the logs under {settings.state_dir / 'logs'}")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()

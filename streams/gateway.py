@@ -1,0 +1,178 @@
+"""The hub gateway's business step, as pure logic: verify → authorise → translate → countersign.
+
+``HubCore.decide`` takes a batch of raw ingress records and returns one
+:class:`Decision` per record — accepted (with the translated subject, the
+policy decision and the provision-record drafts) or rejected (with a stable
+reason code).  It touches neither Kafka nor PostgreSQL: ``streams.hub`` wires
+it to the ingress topic, claims message ids and writes provision records in
+one PostgreSQL transaction, and only then calls ``HubCore.forward`` and
+produces.  Nothing here can raise for a single bad record: every failure
+becomes a rejection, so one poison message never stalls a partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from datetime import UTC, datetime
+
+from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, Message, Opener, Sealer, Verifier
+from infra.errors import Reason, Rejection
+from infra.participants import Participants
+from infra.policy import Decision as PolicyDecision
+from infra.policy import Policy
+from infra.provisions import ProvisionStatus, RecordDraft
+from infra.tokens import TokenAuthority
+from schemas import codec
+from schemas.types import TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
+
+log = logging.getLogger("renkei.hub")
+
+PORTAL_ID = "portal"
+"""Provision records are keyed by the person's token in the portal's token space (the person reads them there)."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One record read from the ingress topic."""
+
+    value: bytes
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+
+@dataclass
+class Decision:
+    inbound: Inbound
+    meta: EnvelopeMeta | None = None
+    reason: Reason | None = None  # None = accepted
+    detail: str = ""
+    legs: list[tuple[str, str]] = field(default_factory=list)  # (recipient, subject in its token space)
+    records: list[RecordDraft] = field(default_factory=list)
+    local: bool = False  # addressed to the hub itself (token issuance)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+    def reject(self, reason: Reason, detail: str) -> Decision:
+        self.reason, self.detail, self.legs, self.records = reason, detail, [], []
+        return self
+
+
+class HubCore:
+    """Everything the hub decides about an envelope, without I/O."""
+
+    def __init__(
+        self,
+        *,
+        verifier: Verifier,
+        forwarder: HubForwarder,
+        policy: Policy,
+        participants: Participants,
+        tokens: TokenAuthority,
+        hub_id: str = "hub",
+        opener: Opener | None = None,
+        sealer: Sealer | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.forwarder = forwarder
+        self.policy = policy
+        self.participants = participants
+        self.tokens = tokens
+        self.hub_id = hub_id
+        self.opener = opener  # the hub's own inbox: only token issuance is addressed to it
+        self.sealer = sealer
+
+    def decide(self, batch: list[Inbound]) -> list[Decision]:
+        return [self._decide_one(item) for item in batch]
+
+    def _decide_one(self, item: Inbound) -> Decision:
+        decision = Decision(item)
+        try:
+            meta = self.verifier.verify(item.value)
+            decision.meta = meta
+            sender = self.participants.get(meta.sender)
+            if meta.recipient == self.hub_id:
+                self.policy.authorise(sender, self.participants.get(self.hub_id), meta.type, meta.data_item,
+                                      meta.legal_basis)
+                decision.local = True
+                return decision
+            recipients = list(meta.recipients) if meta.recipient == FANOUT else [meta.recipient]
+            person = None
+            for recipient_id in recipients:
+                recipient = self.participants.get(recipient_id)
+                verdict = self.policy.authorise(sender, recipient, meta.type, meta.data_item, meta.legal_basis)
+                subject = self.tokens.translate(meta.subject, meta.sender, recipient_id)
+                decision.legs.append((recipient_id, subject))
+                if verdict.records:
+                    if person is None:
+                        person = self.tokens.translate(meta.subject, meta.sender, PORTAL_ID)
+                    decision.records.append(_draft(meta, recipient_id, person, verdict))
+        except Rejection as exc:
+            return decision.reject(exc.reason, exc.message)
+        except Exception as exc:  # a bug must dead-letter the message, not stall the partition
+            log.exception("unexpected error deciding an ingress record at partition %s offset %s",
+                          item.partition, item.offset)
+            return decision.reject(Reason.INTERNAL_ERROR, f"unexpected {type(exc).__name__} in the hub")
+        return decision
+
+    def answer_local(self, decisions: list[Decision]) -> tuple[list[tuple[str, str, bytes]], list[Decision]]:
+        """Answer envelopes addressed to the hub (token issuance, 符号取得). Returns answers and failures."""
+        answers: list[tuple[str, str, bytes]] = []
+        failed: list[Decision] = []
+        messages: list[Message] = []
+        for d in decisions:
+            if not (d.accepted and d.local):
+                continue
+            assert d.meta is not None
+            try:
+                if d.meta.type != TOKEN_ISSUE_REQUEST or self.opener is None:
+                    raise Rejection(Reason.UNAUTHORISED, f"the hub does not answer {d.meta.type}")
+                body = self.opener.open(d.inbound.value).body
+                token = self.tokens.issue(codec.encode("token_issue_request", body), d.meta.sender)
+            except Rejection as exc:
+                failed.append(d.reject(exc.reason, exc.message))
+                continue
+            messages.append(Message(
+                body={"token": token.encode(), "local_ref": body["local_ref"], "issued_at": datetime.now(UTC)},
+                type=TOKEN_ISSUE_RESPONSE, to=d.meta.sender, subject=token, data_item=d.meta.data_item,
+                basis=d.meta.legal_basis, correlation_id=d.meta.correlation_id))
+        if messages and self.sealer is not None:
+            for m, envelope in zip(messages, self.sealer.seal_batch(messages), strict=True):
+                answers.append((m.to, m.subject, envelope))
+        return answers, failed
+
+    def forward(self, decisions: list[Decision]) -> list[tuple[str, str, bytes]]:
+        """Countersign every accepted leg in one batch: ``(recipient, key, envelope bytes)``."""
+        items, targets = [], []
+        for d in decisions:
+            if not d.accepted or d.local:
+                continue
+            assert d.meta is not None
+            for recipient, subject in d.legs:
+                items.append((d.meta, subject, recipient if d.meta.recipient == FANOUT else None))
+                targets.append((recipient, subject))
+        envelopes = self.forwarder.forward_batch(items) if items else []
+        return [(r, s, e) for (r, s), e in zip(targets, envelopes, strict=True)]
+
+
+def _draft(meta: EnvelopeMeta, recipient: str, person: str, verdict: PolicyDecision) -> RecordDraft:
+    """A provision record for one leg; the policy says whether the sender is the requester or the provider."""
+    answer = verdict.sender_role == "provider"
+    return RecordDraft(
+        message_id=uuid.UUID(meta.message_id),
+        correlation_id=uuid.UUID(meta.correlation_id),
+        person_token=person,
+        requester=recipient if answer else meta.sender,
+        provider=meta.sender if answer else recipient,
+        data_item=meta.data_item,
+        legal_basis=meta.legal_basis,
+        requested_at=meta.created_at,
+        provided_at=meta.created_at if answer else None,
+        status=ProvisionStatus.PROVIDED if answer else ProvisionStatus.REQUESTED,
+        not_disclosed=verdict.not_disclosed,
+    )

@@ -1,0 +1,310 @@
+"""The hub worker: a faust-streaming agent over ``renkei.hub.ingress``.
+
+For each batch (``stream.take``), in this order:
+
+1. ``HubCore.decide`` — verify, authorise, translate (pure, no I/O);
+2. one PostgreSQL transaction: claim every verified message id with its
+   source partition/offset (a different offset = a replay → REPLAYED; the
+   same offset = a redelivery after a crash → forwarded again, no new
+   record) and append the provision records;
+3. only after that commit: countersign and produce the forwards to the
+   recipients' inboxes, the dead letters to ``renkei.hub.rejected``, the
+   signed rejection notices to the senders' inboxes and the records to
+   ``renkei.audit.provisions``; wait for the broker's acks;
+4. return to faust, which acks the batch (at-least-once).
+
+If step 2 fails (database down), nothing is forwarded and the batch is
+retried with back-off until it succeeds: fail closed, nothing lost.  Run it
+as ``python -m streams.hub`` (``renkei up`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from infra.envelope import HubForwarder, Opener, Sealer, Verifier
+from infra.errors import Reason
+from infra.keystore import KeyStore, load_directory
+from infra.participants import Participants, load_participants
+from infra.policy import Policy
+from infra.provisions import ProvisionStore, to_avro
+from infra.settings import Settings
+from infra.storage import create_pool, migrate
+from infra.topics import TopicNames
+from schemas import codec
+from schemas.types import REJECTION_NOTICE
+from streams.gateway import Decision, HubCore, Inbound
+from streams.participant import ClaimedInTransaction
+
+log = logging.getLogger("renkei.hub")
+
+HUB_MIGRATIONS = [
+    """
+    CREATE TABLE hub_messages (
+        message_id    uuid PRIMARY KEY,
+        src_partition integer NOT NULL,
+        src_offset    bigint NOT NULL,
+        accepted      boolean NOT NULL,
+        reason        text,
+        type          text NOT NULL,
+        sender        text NOT NULL,
+        received_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX hub_messages_received_at ON hub_messages (received_at);
+    """,
+]
+
+_CLAIM_SQL = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::text[])
+        AS t(message_id, src_partition, src_offset, accepted, reason, type, sender)
+), existing AS (
+    SELECT h.message_id, h.src_partition, h.src_offset
+    FROM hub_messages h JOIN input i USING (message_id)
+), inserted AS (
+    INSERT INTO hub_messages (message_id, src_partition, src_offset, accepted, reason, type, sender)
+    SELECT message_id, src_partition, src_offset, accepted, reason, type, sender FROM input
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id
+)
+SELECT e.message_id, e.src_partition, e.src_offset FROM existing e
+"""
+
+
+@dataclass
+class BatchStats:
+    received: int = 0
+    forwarded: int = 0
+    rejected: int = 0
+    redelivered: int = 0
+    records: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class HubService:
+    """Ingress batch → decisions → one PostgreSQL transaction → produce. Transport-agnostic."""
+
+    def __init__(self, settings: Settings, core: HubCore, sealer: Sealer, pool: asyncpg.Pool, producer: Any) -> None:
+        self.settings = settings
+        self.core = core
+        self.sealer = sealer
+        self.pool = pool
+        self.producer = producer
+        self.names = TopicNames(settings.kafka.topic_prefix)
+        self.records = ProvisionStore(pool)
+        self.totals = BatchStats()
+
+    @classmethod
+    async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
+                     participants: Participants | None = None) -> HubService:
+        participants = participants or load_participants(settings.participants_file, banks=settings.banks)
+        store = KeyStore.for_settings(settings)
+        directory = await load_directory(settings, store.root_public_key())
+        hub_keys = store.keyset(settings.participant_id)
+        sealer = Sealer(hub_keys, directory)
+        core = HubCore(
+            verifier=Verifier(directory, hub_id=hub_keys.participant_id),
+            forwarder=HubForwarder(hub_keys, directory),
+            policy=policy or Policy.load(),
+            participants=participants,
+            tokens=store.token_authority(),
+            hub_id=hub_keys.participant_id,
+            opener=Opener(hub_keys, directory, ClaimedInTransaction(), require_countersignature=False),
+            sealer=sealer,
+        )
+        pool = await create_pool(settings.pg_dsn)
+        await migrate(pool, "hub", HUB_MIGRATIONS)
+        await ProvisionStore(pool).migrate()
+        return cls(settings, core, sealer, pool, producer)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- the batch step ---------------------------------------------------------------------------
+    async def process(self, batch: Sequence[Inbound]) -> BatchStats:
+        decisions = self.core.decide(list(batch))
+        redelivered, new_records = await self._commit_with_retry(decisions)
+        stats = await self._emit(decisions, redelivered, new_records)
+        t = self.totals
+        t.received += stats.received
+        t.forwarded += stats.forwarded
+        t.rejected += stats.rejected
+        t.redelivered += stats.redelivered
+        t.records += stats.records
+        for k, v in stats.by_reason.items():
+            t.by_reason[k] = t.by_reason.get(k, 0) + v
+        return stats
+
+    async def _commit_with_retry(self, decisions: list[Decision]) -> tuple[set[str], list[Any]]:
+        delay = 0.2
+        while True:
+            try:
+                return await self._commit(decisions)
+            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+                # Fail closed: nothing of this batch is forwarded until its records are written.
+                log.error("provision records could not be written (%s); retrying in %.1f s, nothing forwarded",
+                          type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _commit(self, decisions: list[Decision]) -> tuple[set[str], list[Any]]:
+        """Claim verified message ids and write provision records, in one transaction."""
+        seen_in_batch: set[str] = set()
+        claim: list[Decision] = []
+        for d in decisions:
+            if d.meta is None:
+                continue
+            if d.meta.message_id in seen_in_batch:
+                d.reject(Reason.REPLAYED, "message id seen before (twice in one batch)")
+                continue
+            seen_in_batch.add(d.meta.message_id)
+            claim.append(d)
+        redelivered: set[str] = set()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if claim:
+                rows = await conn.fetch(
+                    _CLAIM_SQL,
+                    [uuid.UUID(d.meta.message_id) for d in claim],
+                    [d.inbound.partition for d in claim],
+                    [d.inbound.offset for d in claim],
+                    [d.accepted for d in claim],
+                    [d.reason.value if d.reason else None for d in claim],
+                    [d.meta.type for d in claim],
+                    [d.meta.sender for d in claim],
+                )
+                earlier = {str(r["message_id"]): (r["src_partition"], r["src_offset"]) for r in rows}
+                for d in claim:
+                    where = earlier.get(d.meta.message_id)
+                    if where is None:
+                        continue
+                    if where == (d.inbound.partition, d.inbound.offset):
+                        redelivered.add(d.meta.message_id)  # our own crash: forward again, record nothing new
+                    else:
+                        d.reject(Reason.REPLAYED, "message id seen before")
+            drafts = [r for d in decisions if d.accepted and d.meta.message_id not in redelivered for r in d.records]
+            new_records = await self.records.append(conn, drafts) if drafts else []
+            if redelivered:
+                # Republish their records: the crash may have come before the audit topic got them.
+                new_records += await self.records.by_message_ids(conn, [uuid.UUID(m) for m in redelivered])
+        return redelivered, new_records
+
+    async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
+        stats = BatchStats(received=len(decisions), redelivered=len(redelivered), records=len(records))
+        futures = []
+        send = self.producer.send
+        answers, _ = self.core.answer_local(decisions)
+        for recipient, subject, envelope in self.core.forward(decisions) + answers:
+            futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode()))
+            stats.forwarded += 1
+        notices = []
+        for d in decisions:
+            if d.accepted:
+                continue
+            stats.rejected += 1
+            stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
+            futures.append(await send(self.names.rejected, d.inbound.value, key=d.inbound.key,
+                                      headers=_dead_letter_headers(d)))
+            if d.meta is not None and d.meta.sender in self.core.participants and d.meta.type != REJECTION_NOTICE:
+                notices.append(d)
+        if notices:
+            for d, envelope in zip(notices, self._seal_notices(notices)):
+                futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode()))
+        for record in records:
+            futures.append(await send(self.names.audit, codec.encode("provision_record", to_avro(record)),
+                                      key=record.person_token.encode()))
+        if futures:
+            await asyncio.gather(*futures)
+        return stats
+
+    def _seal_notices(self, decisions: list[Decision]) -> list[bytes]:
+        from infra.envelope import Message
+
+        now = datetime.now(UTC)
+        messages = [
+            Message(
+                body={"reason_code": d.reason.value, "message": d.detail, "original_message_id": d.meta.message_id,
+                      "original_type": d.meta.type, "rejected_at": now},
+                type=REJECTION_NOTICE, to=d.meta.sender, subject=d.meta.subject,
+                data_item=d.meta.data_item, basis=d.meta.legal_basis, correlation_id=d.meta.correlation_id,
+            )
+            for d in decisions
+        ]
+        try:
+            return self.sealer.seal_batch(messages)
+        except Exception:  # e.g. the sender has no encryption key: the dead letter is still there
+            log.exception("could not seal rejection notices; the dead letters stand")
+            return []
+
+
+def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
+    headers = [
+        ("renkei.reason", d.reason.value.encode()),
+        ("renkei.detail", d.detail.encode()[:500]),
+        ("renkei.src.partition", str(d.inbound.partition).encode()),
+        ("renkei.src.offset", str(d.inbound.offset).encode()),
+        ("renkei.rejected_at", str(int(time.time() * 1000)).encode()),
+    ]
+    if d.meta is not None:
+        headers += [("renkei.message_id", d.meta.message_id.encode()), ("renkei.type", d.meta.type.encode()),
+                    ("renkei.sender", d.meta.sender.encode())]
+    return headers
+
+
+# -- the faust worker -------------------------------------------------------------------------------
+
+
+def build_app(settings: Settings) -> Any:
+    """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX."""
+    from infra.kafka import producer as make_producer
+    from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
+
+    names = TopicNames(settings.kafka.topic_prefix)
+    app = make_app(settings, f"{settings.kafka.topic_prefix}.hub")
+    ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw")
+    holder: dict[str, Any] = {}
+
+    @app.task
+    async def _start_service() -> None:
+        prod = make_producer(settings, linger_ms=2)
+        await prod.start()
+        holder["service"] = await HubService.create(settings, prod)
+        holder["producer"] = prod
+        log.info("hub ready: consuming %s", names.ingress)
+
+    @app.agent(ingress)
+    async def gateway(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            while "service" not in holder:
+                await asyncio.sleep(0.05)
+            batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key)
+                     for e in events]
+            stats = await holder["service"].process(batch)
+            if stats.rejected:
+                log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
+                         stats.rejected, stats.by_reason)
+
+    # No shutdown hook is needed for correctness: every produced message is acknowledged by the
+    # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    from infra.cli import worker_settings
+    from streams.app import run_worker
+
+    settings = worker_settings(argv, participant_id="hub")
+    run_worker(build_app(settings), log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The participant runtime: how a registry, a bank, an agency or the portal joins the bus.
+
+One runtime serves one or many participant identities (a bank process can
+serve 1,000 banks), each with its own keys, inbox topic and token space.
+For every message in an identity's inbox it:
+
+1. opens the envelope (verify hub countersignature and origin signature,
+   freshness, recipient, decrypt) — a message that does not open is kept in
+   ``participant_dead_letters`` with its reason, never dropped;
+2. in ONE PostgreSQL transaction: claims the message id (``infra.storage.claim``),
+   runs the handler's effect, and stores every reply sealed in the outbox;
+3. after commit, relays the outbox to the ingress topic and marks rows sent.
+
+A redelivered message finds its id claimed and is skipped: redelivery and
+replay never duplicate an effect.  Replies wait in the outbox while the
+broker is away and go out when it returns (transactional outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from infra.envelope import Message, Opened, Opener, Sealer, peek
+from infra.errors import Rejection
+from infra.keys import KeyDirectory
+from infra.keystore import KeyStore, load_directory
+from infra.participants import Participants, load_participants
+from infra.settings import Settings
+from infra.storage import claim, create_pool, migrate, migrate_idempotency
+from infra.topics import TopicNames
+
+log = logging.getLogger("renkei.participant")
+
+RUNTIME_MIGRATIONS = [
+    """
+    CREATE TABLE participant_outbox (
+        id          bigserial PRIMARY KEY,
+        sender      text NOT NULL,
+        message_id  uuid NOT NULL UNIQUE,
+        type        text NOT NULL,
+        kafka_key   bytea,
+        envelope    bytea NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        sent_at     timestamptz
+    );
+    CREATE INDEX participant_outbox_pending ON participant_outbox (id) WHERE sent_at IS NULL;
+    CREATE TABLE participant_dead_letters (
+        id          bigserial PRIMARY KEY,
+        participant text NOT NULL,
+        reason      text NOT NULL,
+        detail      text NOT NULL,
+        src_topic   text NOT NULL,
+        src_partition integer NOT NULL,
+        src_offset  bigint NOT NULL,
+        envelope    bytea NOT NULL,
+        at          timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (src_topic, src_partition, src_offset)
+    );
+    """,
+]
+
+
+class ClaimedInTransaction:
+    """The opener's replay guard: the real check is the PostgreSQL claim in the effect's transaction."""
+
+    def check_and_remember(self, message_id: str) -> bool:
+        return True
+
+
+@dataclass
+class Context:
+    """What a handler sees: the opened message, its transaction, and a way to send replies."""
+
+    me: str
+    opened: Opened
+    conn: asyncpg.Connection
+    participants: Participants
+    outgoing: list[Message] = field(default_factory=list)
+
+    @property
+    def meta(self):  # noqa: ANN201 - EnvelopeMeta
+        return self.opened.meta
+
+    @property
+    def body(self) -> dict:
+        return self.opened.body
+
+    def send(self, *, type: str, to: str, subject: str, body: dict, data_item: str | None = None,
+             basis: str | None = None, correlation_id: str | None = None, ttl_s: int = 3600) -> None:
+        """Queue a message; it is sealed into the outbox in this handler's transaction."""
+        self.outgoing.append(Message(
+            body=body, type=type, to=to, subject=subject,
+            data_item=data_item or self.meta.data_item, basis=basis or self.meta.legal_basis,
+            correlation_id=correlation_id or self.meta.correlation_id, ttl_s=ttl_s,
+        ))
+
+    def reply(self, *, type: str, body: dict, **kw: Any) -> None:
+        """Answer the sender about the same person, in the same correlation."""
+        self.send(type=type, to=self.meta.sender, subject=self.meta.subject, body=body, **kw)
+
+
+Handler = Callable[[Context], Awaitable[None]]
+
+
+@dataclass
+class Identity:
+    participant_id: str
+    sealer: Sealer
+    opener: Opener
+    inbox: str
+
+
+class ParticipantRuntime:
+    """Inbox → open → (claim + effect + outbox) in one transaction → relay. See the module docstring."""
+
+    def __init__(self, settings: Settings, identities: Iterable[str], handlers: dict[str, Handler], *,
+                 group: str, migrations: dict[str, list[str]] | None = None) -> None:
+        self.settings = settings
+        self.identity_ids = list(identities)
+        self.handlers = handlers
+        self.group = group
+        self.migrations = migrations or {}
+        self.names = TopicNames(settings.kafka.topic_prefix)
+        self.identities: dict[str, Identity] = {}
+        self.by_inbox: dict[str, Identity] = {}
+        self.pool: asyncpg.Pool | None = None
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.directory: KeyDirectory | None = None
+        self.participants: Participants = load_participants(settings.participants_file, banks=settings.banks)
+        self._relay_lock = asyncio.Lock()
+        self._relay_wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
+        self.processed = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self, *, consume: bool = True) -> None:
+        from infra.kafka import consumer, producer
+
+        store = KeyStore.for_settings(self.settings)
+        self.directory = await load_directory(self.settings, store.root_public_key())
+        for pid in self.identity_ids:
+            keyset = store.keyset(pid)
+            ident = Identity(pid, Sealer(keyset, self.directory),
+                             Opener(keyset, self.directory, ClaimedInTransaction()), self.names.inbox(pid))
+            self.identities[pid] = ident
+            self.by_inbox[ident.inbox] = ident
+        self.pool = await create_pool(self.settings.pg_dsn)
+        await migrate_idempotency(self.pool)
+        await migrate(self.pool, "participant-runtime", RUNTIME_MIGRATIONS)
+        for component, steps in self.migrations.items():
+            await migrate(self.pool, component, steps)
+        self.producer = producer(self.settings, linger_ms=2)
+        await self.producer.start()
+        self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
+        if consume:
+            self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group)
+            await self.consumer.start()
+            self._tasks.append(asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def __aenter__(self) -> ParticipantRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- consuming ---------------------------------------------------------------------------------
+    async def _consume_loop(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=500)
+            if not batches:
+                continue
+            for tp, records in batches.items():
+                await self.handle_records(tp.topic, [(r.value, r.partition, r.offset) for r in records])
+            await self.consumer.commit()  # only after every effect of the batch is committed
+
+    async def handle_records(self, topic: str, records: list[tuple[bytes, int, int]]) -> None:
+        ident = self.by_inbox[topic]
+        for value, partition, offset in records:
+            await self._handle_one(ident, topic, value, partition, offset)
+        self._relay_wakeup.set()
+
+    async def _handle_one(self, ident: Identity, topic: str, value: bytes, partition: int, offset: int) -> None:
+        assert self.pool is not None
+        try:
+            opened = ident.opener.open(value)
+        except Rejection as exc:
+            await self._dead_letter(ident, topic, partition, offset, value, exc.code, exc.message)
+            return
+        handler = self.handlers.get(opened.meta.type)
+        delay = 0.2
+        while True:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if not await claim(conn, ident.participant_id, [uuid.UUID(opened.meta.message_id)]):
+                        break  # already processed: redelivery or replay, no second effect
+                    ctx = Context(ident.participant_id, opened, conn, self.participants)
+                    if handler is not None:
+                        await handler(ctx)
+                    await self._store_outgoing(conn, ident, ctx.outgoing)
+                break
+            except Rejection as exc:  # the handler refused the content: keep it, move on
+                await self._dead_letter(ident, topic, partition, offset, value, exc.code, exc.message)
+                break
+            except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError) as exc:
+                log.error("%s: database unavailable (%s); retrying in %.1f s", ident.participant_id,
+                          type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:  # a handler bug must not stall the inbox: keep the message, move on
+                log.exception("%s: handler for %s failed", ident.participant_id, opened.meta.type)
+                await self._dead_letter(ident, topic, partition, offset, value, "INTERNAL_ERROR",
+                                        f"handler raised {type(exc).__name__}")
+                break
+        self.processed += 1
+        waiter = self.waiters.pop((ident.participant_id, opened.meta.correlation_id), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(opened)
+
+    async def _dead_letter(self, ident: Identity, topic: str, partition: int, offset: int, value: bytes,
+                           reason: str, detail: str) -> None:
+        assert self.pool is not None
+        log.warning("%s: message at %s[%d]@%d refused: %s", ident.participant_id, topic, partition, offset, reason)
+        await self.pool.execute(
+            "INSERT INTO participant_dead_letters (participant, reason, detail, src_topic, src_partition, "
+            "src_offset, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            ident.participant_id, reason, detail, topic, partition, offset, value)
+
+    # -- sending -----------------------------------------------------------------------------------
+    async def _store_outgoing(self, conn: asyncpg.Connection, ident: Identity, messages: list[Message]) -> list[str]:
+        if not messages:
+            return []
+        envelopes = ident.sealer.seal_batch(messages)
+        rows = []
+        for m, env in zip(messages, envelopes, strict=True):
+            meta = peek(env)
+            rows.append((ident.participant_id, uuid.UUID(meta.message_id), m.type, m.subject.encode(), env))
+        await conn.executemany(
+            "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope) VALUES ($1, $2, $3, $4, $5)",
+            rows)
+        return [str(r[1]) for r in rows]
+
+    async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
+        """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay."""
+        assert self.pool is not None
+        ident = self.identities[sender]
+        if conn is not None:
+            ids = await self._store_outgoing(conn, ident, messages)
+        else:
+            async with self.pool.acquire() as c, c.transaction():
+                ids = await self._store_outgoing(c, ident, messages)
+        self._relay_wakeup.set()
+        return ids
+
+    async def request(self, sender: str, message: Message, *, timeout: float = 30.0) -> Opened:
+        """Send one message and wait for the first message in ``sender``'s inbox with the same correlation."""
+        correlation = message.correlation_id or str(uuid.uuid4())
+        message = dataclasses.replace(message, correlation_id=correlation)
+        future: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
+        self.waiters[(sender, correlation)] = future
+        await self.send(sender, [message])
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.waiters.pop((sender, correlation), None)
+
+    async def relay_once(self, limit: int = 500) -> int:
+        """Send pending outbox rows to the ingress topic; mark them sent after the broker acks."""
+        assert self.pool is not None
+        async with self._relay_lock:
+            rows = await self.pool.fetch(
+                "SELECT id, kafka_key, envelope FROM participant_outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                limit)
+            if not rows:
+                return 0
+            futures = [await self.producer.send(self.names.ingress, r["envelope"], key=r["kafka_key"]) for r in rows]
+            await asyncio.gather(*futures)
+            await self.pool.execute("UPDATE participant_outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                                    [r["id"] for r in rows])
+            return len(rows)
+
+    async def _relay_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.wait_for(self._relay_wakeup.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._relay_wakeup.clear()
+            try:
+                while await self.relay_once() > 0:
+                    pass
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database away: rows wait in the outbox
+                log.warning("outbox relay failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
