@@ -213,6 +213,30 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+async def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.inspection import run
+
+    return await run(resolve_running(settings), args)
+
+
+async def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.lag import run
+
+    return await run(resolve_running(settings), args)
+
+
+async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.dlq import run
+
+    return await run(resolve_running(settings), args)
+
+
+async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.replay import run
+
+    return await run(resolve_running(settings), args)
+
+
 # ---------------------------------------------------------------------------
 # parser
 
@@ -270,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("participants", cmd_participants, "list the registered participants")
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
+    from infra import ops
+
+    ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
+    ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
+    ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
+    ops.replay_args(add("replay", cmd_replay, "replay a time window into a topic, or rewind a group to it"))
     return parser
 
 
