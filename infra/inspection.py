@@ -13,7 +13,8 @@ import argparse
 from typing import Any
 
 from infra.errors import ConfigError, Rejection
-from infra.ops import emit, high_watermarks, iso, partitions_of, read_range, renkei_headers, scan_consumer, short_subject
+from infra.ops import (emit, high_watermarks, iso, partitions_of, read_range, renkei_headers, scan_consumer,
+                       short_subject)
 from infra.settings import Settings
 
 

@@ -91,7 +91,8 @@ async def replay_into(settings: Settings, topic: str, window: Window, into: str,
             await producer.stop()
             await consumer.stop()
     return {"mode": "into", "topic": topic, "into": into, "dry_run": dry_run, "window": window.to_json(),
-            "partitions": parts, "totals": _totals(parts), "audit": {"id": audit["id"], "topic": _audit_topic(settings)}}
+            "partitions": parts, "totals": _totals(parts),
+            "audit": {"id": audit["id"], "topic": _audit_topic(settings)}}
 
 
 async def rewind_group(settings: Settings, topic: str, window: Window, group: str, *, reason: str,
@@ -118,6 +119,7 @@ async def rewind_group(settings: Settings, topic: str, window: Window, group: st
     try:
         state, members = await describe_group(admin, group)
         if members and not evict_stale:
+            status = "refused"
             raise GroupActive(
                 f"consumer group {group} has {members} active member(s) (state {state}): stop its consumers "
                 "first (on the embedded broker a stopped lone member stays listed: add --evict-stale-members)")
@@ -131,10 +133,15 @@ async def rewind_group(settings: Settings, topic: str, window: Window, group: st
                 targets[tp] = await _first_offset_at(consumer, tp, window, marks[tp], skew, advance)
         for tp in tps:
             old = before.get(tp)
-            parts.append({"partition": tp.partition, "committed_before": old.offset if old and old.offset >= 0 else None,
+            parts.append({"partition": tp.partition,
+                          "committed_before": old.offset if old and old.offset >= 0 else None,
                           "target": targets[tp], "high_watermark": marks[tp], "committed_after": None})
         if not dry_run:
-            await _commit(settings, group, topic, targets, evict_stale=evict_stale and bool(members))
+            try:
+                await _commit(settings, group, topic, targets, evict_stale=evict_stale and bool(members))
+            except GroupActive:
+                status = "refused"
+                raise
             after = await admin.list_consumer_group_offsets(group, partitions=tps)
             for row, tp in zip(parts, tps):
                 row["committed_after"] = after[tp].offset if tp in after else None

@@ -81,7 +81,10 @@ def run_cli(settings: Settings, pg_dsn: str, state_dir: Path, *argv: str) -> tup
     runner = (
         "import json, sys\n"
         "opened = []\n"
-        "sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == 'open' and isinstance(a[0], (str, bytes)) else None)\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], (str, bytes)):\n"
+        "        opened.append(str(args[0]))\n"
+        "sys.addaudithook(hook)\n"
         "from infra.cli import main\n"
         "rc = main(sys.argv[1:])\n"
         "keyish = [p for p in opened if p.endswith(('.keyset', '.key', '.secret', 'passphrase')) or '/keys/' in p]\n"
