@@ -6,16 +6,37 @@ checks (口座実在性確認) against their accounts and holder names, and reco
 registry's answers to their bank-channel registrations (STEP3).  The
 connectors issue turns this into real bridges (batch files, HTTP); the
 handlers here are the bank's side of the protocol.
+
+Account numbering (付番申出) and lookups (相続時・災害時照会):
+
+- ``bank_customers`` is the bank's own customer knowledge (本人確認 at account
+  opening): which of its accounts belong to the person it knows by ITS token.
+  A numbering request carries no account data (its schema has none), so the
+  bank decides from this table which accounts are the person's.
+- ``bank_numbered_accounts`` records the link (付番): one row per account,
+  primary key the account itself, so an account is numbered at most once; a
+  repeated request for the same person is a no-op (LINKED with the same
+  count); an account already numbered to another person is REFUSED, never
+  silently re-linked.
+- A lookup is answered from ``bank_numbered_accounts`` only (the law's
+  lookups find numbered accounts), sealed end to end to DICJ.
+- ``bank_sim_behaviour`` makes a simulated bank slow (``answer_delay_ms``:
+  the answer is held in ``bank_delayed_answers`` and really leaves only when
+  due, without blocking the other banks) or buggy (``answer_twice``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.participants import load_participants
+from infra.envelope import Message
+from infra.participants import Kind, load_participants
+from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.settings import Settings
 from infra.validation import validate_bank_account
 from schemas import types as T
@@ -42,6 +63,64 @@ BANK_MIGRATIONS = [
         status         text NOT NULL,
         received_at    timestamptz NOT NULL DEFAULT now()
     );
+    """,
+    """
+    CREATE TABLE bank_customers (
+        bank_code      text NOT NULL,
+        token          text NOT NULL,
+        branch_code    text NOT NULL,
+        account_type   text NOT NULL,
+        account_number text NOT NULL,
+        PRIMARY KEY (bank_code, branch_code, account_type, account_number),
+        FOREIGN KEY (bank_code, branch_code, account_type, account_number) REFERENCES bank_accounts
+    );
+    CREATE INDEX bank_customers_token ON bank_customers (bank_code, token);
+    CREATE TABLE bank_numbered_accounts (
+        bank_code      text NOT NULL,
+        branch_code    text NOT NULL,
+        account_type   text NOT NULL,
+        account_number text NOT NULL,
+        token          text NOT NULL,
+        correlation_id uuid NOT NULL,
+        message_id     uuid NOT NULL,
+        numbered_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (bank_code, branch_code, account_type, account_number)
+    );
+    CREATE INDEX bank_numbered_accounts_token ON bank_numbered_accounts (bank_code, token);
+    CREATE TABLE bank_numbering_results (
+        participant    text NOT NULL,
+        message_id     uuid PRIMARY KEY,
+        correlation_id uuid NOT NULL,
+        token          text NOT NULL,
+        outcomes       jsonb NOT NULL,
+        banks_not_answered jsonb NOT NULL,
+        received_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE bank_lookups_received (
+        participant    text NOT NULL,
+        message_id     uuid NOT NULL,  -- the legs of one fan-out share its message id
+        correlation_id uuid NOT NULL,
+        type           text NOT NULL,
+        received_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (participant, message_id)
+    );
+    CREATE TABLE bank_sim_behaviour (
+        bank_id         text PRIMARY KEY,
+        answer_delay_ms integer NOT NULL DEFAULT 0,
+        answer_twice    boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE bank_delayed_answers (
+        id             bigserial PRIMARY KEY,
+        participant    text NOT NULL,
+        requester      text NOT NULL,
+        subject        text NOT NULL,
+        correlation_id uuid NOT NULL,
+        data_item      text NOT NULL,
+        legal_basis    text NOT NULL,
+        copies         integer NOT NULL,
+        due_at         timestamptz NOT NULL
+    );
+    CREATE INDEX bank_delayed_answers_due ON bank_delayed_answers (due_at);
     """,
 ]
 
@@ -86,9 +165,155 @@ async def on_registration_result(ctx: Context) -> None:
         ctx.me, ctx.meta.message_id, ctx.meta.correlation_id, ctx.meta.subject, ctx.body["status"])
 
 
+async def enrol_customer(conn: Any, token: str, account: dict) -> None:
+    """Seed the bank's knowledge that ``account`` (opened first) belongs to the person it knows as ``token``."""
+    a = validate_bank_account(account)
+    await conn.execute(
+        "INSERT INTO bank_customers VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bank_code, branch_code, account_type, "
+        "account_number) DO UPDATE SET token = EXCLUDED.token",
+        a["bank_code"], token, a["branch_code"], a["account_type"], a["account_number"])
+
+
+async def set_behaviour(conn: Any, bank_id: str, *, answer_delay_ms: int = 0, answer_twice: bool = False) -> None:
+    """Make a simulated bank slow or buggy (read by the bank worker on every inquiry)."""
+    await conn.execute(
+        "INSERT INTO bank_sim_behaviour VALUES ($1, $2, $3) ON CONFLICT (bank_id) DO UPDATE "
+        "SET answer_delay_ms = $2, answer_twice = $3", bank_id, answer_delay_ms, answer_twice)
+
+
+async def link_accounts(conn: Any, bank_code: str, token: str, correlation_id: str, message_id: str) -> tuple[str, int]:
+    """Number (付番) the person's accounts at this bank: ``(status, accounts linked)``. Idempotent."""
+    mine = await conn.fetch(
+        "SELECT c.branch_code, c.account_type, c.account_number, n.token AS numbered_to FROM bank_customers c "
+        "JOIN bank_accounts a USING (bank_code, branch_code, account_type, account_number) "
+        "LEFT JOIN bank_numbered_accounts n USING (bank_code, branch_code, account_type, account_number) "
+        "WHERE c.bank_code = $1 AND c.token = $2 AND NOT a.closed", bank_code, token)
+    if not mine:
+        return "NO_ACCOUNT", 0
+    if any(r["numbered_to"] is not None and r["numbered_to"] != token for r in mine):
+        return "REFUSED", 0  # numbered to another person: never re-linked silently
+    await conn.executemany(
+        "INSERT INTO bank_numbered_accounts (bank_code, branch_code, account_type, account_number, token, "
+        "correlation_id, message_id) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        [(bank_code, r["branch_code"], r["account_type"], r["account_number"], token, uuid.UUID(correlation_id),
+          uuid.UUID(message_id)) for r in mine])
+    return "LINKED", len(mine)
+
+
+async def numbered_accounts(conn: Any, bank_code: str, token: str) -> list[dict]:
+    rows = await conn.fetch(
+        "SELECT n.bank_code, n.branch_code, n.account_type, n.account_number, a.holder_kana "
+        "FROM bank_numbered_accounts n JOIN bank_accounts a USING (bank_code, branch_code, account_type, account_number) "
+        "WHERE n.bank_code = $1 AND n.token = $2 ORDER BY 2, 3, 4", bank_code, token)
+    return [dict(r) for r in rows]
+
+
+async def on_numbering_request(ctx: Context) -> None:
+    me = ctx.participants.get(ctx.me)
+    assert me is not None and me.bank_code is not None
+    if me.bank_code in ctx.body["bank_codes"]:
+        status, linked = await link_accounts(ctx.conn, me.bank_code, ctx.meta.subject, ctx.meta.correlation_id,
+                                             ctx.meta.message_id)
+    else:
+        status, linked = "REFUSED", 0  # not named in the request
+    ctx.reply(type=T.NUMBERING_ACK, body={"bank_code": me.bank_code, "status": status, "accounts_linked": linked,
+                                          "acknowledged_at": datetime.now(UTC)})
+
+
+async def on_numbering_result(ctx: Context) -> None:
+    await ctx.conn.execute(
+        "INSERT INTO bank_numbering_results (participant, message_id, correlation_id, token, outcomes, "
+        "banks_not_answered) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb) ON CONFLICT DO NOTHING",
+        ctx.me, ctx.meta.message_id, ctx.meta.correlation_id, ctx.meta.subject,
+        json.dumps(ctx.body["outcomes"]), json.dumps(ctx.body["banks_not_answered"]))
+
+
+def _lookup_answer(bank_code: str, accounts: list[dict], *, to: str, subject: str, correlation_id: str,
+                   data_item: str, basis: str) -> Message:
+    return Message(body={"bank_code": bank_code, "accounts": accounts, "answered_at": datetime.now(UTC)},
+                   type=T.LOOKUP_ANSWER, to=to, subject=subject, data_item=data_item, basis=basis,
+                   correlation_id=correlation_id)
+
+
+async def on_lookup(ctx: Context) -> None:
+    """Inheritance or disaster lookup: answer DICJ with the person's numbered accounts here (or none)."""
+    me = ctx.participants.get(ctx.me)
+    assert me is not None and me.bank_code is not None
+    m = ctx.meta
+    await ctx.conn.execute(
+        "INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING", ctx.me, m.message_id, m.correlation_id, m.type)
+    behaviour = await ctx.conn.fetchrow(
+        "SELECT answer_delay_ms, answer_twice FROM bank_sim_behaviour WHERE bank_id = $1", ctx.me)
+    delay = behaviour["answer_delay_ms"] if behaviour else 0
+    copies = 2 if behaviour and behaviour["answer_twice"] else 1
+    if delay > 0:
+        await ctx.conn.execute(
+            "INSERT INTO bank_delayed_answers (participant, requester, subject, correlation_id, data_item, "
+            "legal_basis, copies, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now() + $8 * interval '1 millisecond')",
+            ctx.me, m.sender, m.subject, m.correlation_id, m.data_item, m.legal_basis, copies, delay)
+        return
+    accounts = await numbered_accounts(ctx.conn, me.bank_code, m.subject)
+    for _ in range(copies):
+        ctx.outgoing.append(_lookup_answer(me.bank_code, accounts, to=m.sender, subject=m.subject,
+                                           correlation_id=m.correlation_id, data_item=m.data_item,
+                                           basis=m.legal_basis))
+
+
+async def send_delayed_answers(runtime: ParticipantRuntime) -> int:
+    """Send the slow banks' answers that are due (each exactly once: deleted in the sending transaction)."""
+    assert runtime.pool is not None
+    sent = 0
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "DELETE FROM bank_delayed_answers WHERE id IN (SELECT id FROM bank_delayed_answers WHERE due_at <= now() "
+            "AND participant = ANY($1::text[]) ORDER BY due_at LIMIT 200 FOR UPDATE SKIP LOCKED) RETURNING *",
+            list(runtime.identities))
+        for r in rows:
+            bank = runtime.participants.get(r["participant"])
+            assert bank is not None and bank.bank_code is not None
+            accounts = await numbered_accounts(conn, bank.bank_code, r["subject"])
+            message = _lookup_answer(bank.bank_code, accounts, to=r["requester"], subject=r["subject"],
+                                     correlation_id=str(r["correlation_id"]), data_item=r["data_item"],
+                                     basis=r["legal_basis"])
+            await runtime.send(r["participant"], [message] * r["copies"], conn=conn)
+            sent += 1
+    return sent
+
+
+async def file_numbering_at_counter(runtime: ParticipantRuntime, bank_id: str, token: str,
+                                    bank_codes: list[str]) -> tuple[str, str, int]:
+    """A person files 付番申出 at ``bank_id``'s counter for ``bank_codes`` (this bank among them or not).
+
+    The bank links its own accounts at once and, when other banks are named,
+    passes the request to DICJ (bank → DICJ → other banks), in one transaction.
+    Returns ``(correlation id, own status, own accounts linked)``.
+    """
+    assert runtime.pool is not None
+    bank = runtime.participants.get(bank_id)
+    assert bank is not None and bank.kind is Kind.BANK and bank.bank_code is not None
+    correlation = str(uuid.uuid4())
+    others = [c for c in dict.fromkeys(bank_codes) if c != bank.bank_code]
+    status, linked = "REFUSED", 0
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        if bank.bank_code in bank_codes:
+            status, linked = await link_accounts(conn, bank.bank_code, token, correlation, correlation)
+        if others:
+            await runtime.send(bank_id, [Message(
+                body={"bank_codes": others, "channel": "BANK", "receiving_bank_code": bank.bank_code,
+                      "requested_at": datetime.now(UTC)},
+                type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
+                basis=BASIS_NUMBERING, correlation_id=correlation)], conn=conn)
+    return correlation, status, linked
+
+
 HANDLERS = {
     T.EXISTENCE_CHECK: on_existence_check,
     T.REGISTRATION_RESULT: on_registration_result,
+    T.NUMBERING_REQUEST: on_numbering_request,
+    T.NUMBERING_RESULT: on_numbering_result,
+    T.LOOKUP_INHERITANCE: on_lookup,
+    T.LOOKUP_DISASTER: on_lookup,
 }
 
 
@@ -104,7 +329,12 @@ async def serve(settings: Settings) -> None:
     await runtime.start()
     log.info("serving %d banks", len(runtime.identity_ids))
     try:
-        await asyncio.Event().wait()
+        while True:  # the slow banks' answers leave when due
+            await asyncio.sleep(0.1)
+            try:
+                await send_delayed_answers(runtime)  # runtime.send wakes the outbox relay
+            except Exception as exc:  # database away: the rows wait for the next round
+                log.warning("delayed answers not sent yet (%s)", type(exc).__name__)
     finally:
         await runtime.stop()
 

@@ -27,6 +27,7 @@ from infra.provisions import ProvisionStatus, RecordDraft
 from infra.tokens import TokenAuthority
 from schemas import codec
 from schemas.types import TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
+from streams.lookups import fanout_leg_allowed
 
 log = logging.getLogger("renkei.hub")
 
@@ -101,10 +102,13 @@ class HubCore:
                                       meta.legal_basis)
                 decision.local = True
                 return decision
-            recipients = list(meta.recipients) if meta.recipient == FANOUT else [meta.recipient]
+            fanout = meta.recipient == FANOUT
+            recipients = list(meta.recipients) if fanout else [meta.recipient]
             person = None
             for recipient_id in recipients:
                 recipient = self.participants.get(recipient_id)
+                if fanout and not fanout_leg_allowed(self.policy, meta.type, recipient):
+                    continue  # a suspended or non-participating bank's leg is dropped, not the whole fan-out
                 verdict = self.policy.authorise(sender, recipient, meta.type, meta.data_item, meta.legal_basis)
                 subject = self.tokens.translate(meta.subject, meta.sender, recipient_id)
                 decision.legs.append((recipient_id, subject))
@@ -112,6 +116,9 @@ class HubCore:
                     if person is None:
                         person = self.tokens.translate(meta.subject, meta.sender, PORTAL_ID)
                     decision.records.append(_draft(meta, recipient_id, person, verdict))
+            if not decision.legs:
+                raise Rejection(Reason.SUSPENDED, "no recipient of this fan-out may receive it "
+                                                  "(suspended or not participating)")
         except Rejection as exc:
             return decision.reject(exc.reason, exc.message)
         except Exception as exc:  # a bug must dead-letter the message, not stall the partition

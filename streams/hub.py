@@ -43,6 +43,7 @@ from infra.topics import TopicNames
 from schemas import codec
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound
+from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker
 from streams.participant import ClaimedInTransaction
 
 log = logging.getLogger("renkei.hub")
@@ -102,6 +103,8 @@ class HubService:
         self.names = TopicNames(settings.kafka.topic_prefix)
         self.records = ProvisionStore(pool)
         self.totals = BatchStats()
+        self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
+                                     policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id)
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
@@ -124,6 +127,7 @@ class HubService:
         pool = await create_pool(settings.pg_dsn)
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
+        await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
         return cls(settings, core, sealer, pool, producer)
 
     async def close(self) -> None:
@@ -134,6 +138,8 @@ class HubService:
         decisions = self.core.decide(list(batch))
         redelivered, new_records = await self._commit_with_retry(decisions)
         stats = await self._emit(decisions, redelivered, new_records)
+        if self.lookups.pending:  # lookup results sealed in this batch's transaction
+            await self.lookups.flush()
         t = self.totals
         t.received += stats.received
         t.forwarded += stats.forwarded
@@ -195,6 +201,7 @@ class HubService:
             if redelivered:
                 # Republish their records: the crash may have come before the audit topic got them.
                 new_records += await self.records.by_message_ids(conn, [uuid.UUID(m) for m in redelivered])
+            await self.lookups.track(conn, decisions, redelivered)  # scatter-gather state, same transaction
         return redelivered, new_records
 
     async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
@@ -279,6 +286,7 @@ def build_app(settings: Settings) -> Any:
         await prod.start()
         holder["service"] = await HubService.create(settings, prod)
         holder["producer"] = prod
+        holder["sweeps"] = asyncio.ensure_future(holder["service"].lookups.run_sweeps())
         log.info("hub ready: consuming %s", names.ingress)
 
     @app.agent(ingress)

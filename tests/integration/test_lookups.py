@@ -1,0 +1,372 @@
+"""付番申出 and 相続時・災害時照会 end to end: hub, banks as real processes, DICJ and portal as clients.
+
+Real broker, real PostgreSQL.  The platform runs with its own participants
+file: six participating banks (9000-9005), ``bank-8999`` outside the lookup
+scheme and ``bank-8998`` suspended.  A bank's token for a person is taken
+from the token authority directly, standing for the 符号取得 the bank did when
+the person opened the account; DICJ's and the portal's go through the
+token-issuance exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import TopicPartition
+
+from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
+from connectors.client import BusClient
+from connectors.dicj import DicjDesk
+from infra.envelope import peek
+from infra.keystore import KeyStore
+from infra.kafka import consumer
+from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.provisions import ProvisionStore
+from infra.settings import KafkaSettings, Settings
+from infra.stack import WORKERS, Platform
+from infra.topics import TopicNames
+from infra.validation import generate_my_number
+from schemas import types as T
+from streams.participant import ParticipantRuntime
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_rng = random.Random(5150)
+BANKS = [f"{9000 + i:04d}" for i in range(6)]
+
+PARTICIPANTS = """
+[[participant]]
+id = "hub"
+kind = "hub"
+name = "hub"
+[[participant]]
+id = "registry"
+kind = "registry"
+name = "registry"
+[[participant]]
+id = "portal"
+kind = "portal"
+name = "portal"
+[[participant]]
+id = "dicj"
+kind = "dicj"
+name = "DICJ"
+[[participant]]
+id = "bank-8999"
+kind = "bank"
+name = "not in the lookup scheme"
+bank_code = "8999"
+participating = false
+[[participant]]
+id = "bank-8998"
+kind = "bank"
+name = "suspended"
+bank_code = "8998"
+suspended = true
+[banks]
+count = 6
+code_start = 9000
+"""
+
+
+@pytest.fixture(scope="module")
+async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
+    prefix = "l" + uuid.uuid4().hex[:10]
+    conn = await asyncpg.connect(endpoints.pg_dsn)
+    await conn.execute(f'CREATE SCHEMA "{prefix}"')
+    await conn.close()
+    state: Path = tmp_path_factory.mktemp("lookups")
+    (state / "participants.toml").write_text(PARTICIPANTS)
+    sep = "&" if "?" in endpoints.pg_dsn else "?"
+    settings = Settings(kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
+                        pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}", state_dir=state,
+                        participants_file=state / "participants.toml", banks=6)
+    p = Platform(settings, workers=[w for w in WORKERS if w.name in ("hub", "banks")])
+    await p.start()
+    try:
+        await p.wait_ready(120)
+        yield p
+    finally:
+        await p.stop()
+        conn = await asyncpg.connect(endpoints.pg_dsn)
+        await conn.execute(f'DROP SCHEMA "{prefix}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def dicj(platform: Platform) -> AsyncIterator[DicjDesk]:
+    async with DicjDesk(platform.settings, group=f"{platform.settings.kafka.topic_prefix}.dicj",
+                        numbering_deadline_s=8) as desk:
+        yield desk
+
+
+@pytest.fixture(scope="module")
+async def portal(platform: Platform) -> AsyncIterator[BusClient]:
+    async with BusClient(platform.settings, ["portal"], group=f"{platform.settings.kafka.topic_prefix}.portal") as c:
+        yield c
+
+
+@pytest.fixture
+async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    await conn.execute("DELETE FROM bank_sim_behaviour")
+    yield conn
+    await conn.execute("DELETE FROM bank_sim_behaviour")
+    await conn.execute("DELETE FROM bank_delayed_answers")
+    await conn.close()
+
+
+def bank_token(platform: Platform, my_number: str, bank_code: str) -> str:
+    return KeyStore.for_settings(platform.settings).token_authority().token_for(my_number, f"bank-{bank_code}")
+
+
+def account(bank_code: str, kana: str = "サトウ ハナコ") -> dict:
+    return {"bank_code": bank_code, "branch_code": f"{_rng.randrange(1, 999):03d}", "account_type": "ORDINARY",
+            "account_number": f"{_rng.randrange(10**7):07d}", "holder_kana": kana}
+
+
+async def customer(pg, platform: Platform, my_number: str, holdings: dict[str, int]) -> dict[str, list[dict]]:
+    """Open ``holdings[code]`` accounts for the person at each bank, known to it by its own token."""
+    out: dict[str, list[dict]] = {}
+    for code, n in holdings.items():
+        for _ in range(n):
+            a = account(code)
+            await open_account(pg, a)
+            await enrol_customer(pg, bank_token(platform, my_number, code), a)
+            out.setdefault(code, []).append(a)
+    return out
+
+
+async def number_via_portal(portal: BusClient, my_number: str, code: str) -> dict:
+    token = await portal.token_for("portal", my_number)
+    answer = await portal.request(
+        "portal", type=T.NUMBERING_REQUEST, to=f"bank-{code}", subject=token,
+        body={"bank_codes": [code], "channel": "PORTAL", "receiving_bank_code": None,
+              "requested_at": datetime.now(UTC)},
+        data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
+    assert answer.meta.type == T.NUMBERING_ACK
+    return answer.body
+
+
+async def numbered_person(pg, platform, portal, holdings: dict[str, int]) -> tuple[str, dict[str, list[dict]]]:
+    mn = generate_my_number(_rng)
+    accounts = await customer(pg, platform, mn, holdings)
+    for code in accounts:
+        assert (await number_via_portal(portal, mn, code))["status"] == "LINKED"
+    return mn, accounts
+
+
+async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+# ---- 付番申出 -------------------------------------------------------------------------------------
+
+
+async def test_numbering_via_portal_links_once_and_is_idempotent(pg, platform, portal):
+    mn = generate_my_number(_rng)
+    accts = await customer(pg, platform, mn, {"9000": 2})
+    first = await number_via_portal(portal, mn, "9000")
+    again = await number_via_portal(portal, mn, "9000")
+    assert (first["status"], first["accounts_linked"]) == ("LINKED", 2)
+    assert (again["status"], again["accounts_linked"]) == ("LINKED", 2)
+    rows = await pg.fetch("SELECT token FROM bank_numbered_accounts WHERE bank_code = '9000' AND account_number = "
+                          "ANY($1::text[])", [a["account_number"] for a in accts["9000"]])
+    assert len(rows) == 2 and {r["token"] for r in rows} == {bank_token(platform, mn, "9000")}
+    # Someone else claiming one of these accounts is refused, not silently re-linked.
+    other = generate_my_number(_rng)
+    await enrol_customer(pg, bank_token(platform, other, "9000"), accts["9000"][0])
+    assert (await number_via_portal(portal, other, "9000"))["status"] == "REFUSED"
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pg.execute("INSERT INTO bank_numbered_accounts (bank_code, branch_code, account_type, account_number, "
+                         "token, correlation_id, message_id) VALUES ($1, $2, $3, $4, 'x', $5, $5)",
+                         "9000", accts["9000"][0]["branch_code"], "ORDINARY", accts["9000"][0]["account_number"],
+                         uuid.uuid4())
+
+
+async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_back(pg, platform, dicj, portal):
+    mn = generate_my_number(_rng)
+    await customer(pg, platform, mn, {"9001": 1, "9002": 2})  # nothing at 9003; 7777 is no participant
+    await portal.token_for("portal", mn)
+    counter = ParticipantRuntime(platform.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.counter")
+    await counter.start(consume=False)
+    try:
+        cid, own, linked = await file_numbering_at_counter(counter, "bank-9001", bank_token(platform, mn, "9001"),
+                                                           ["9001", "9002", "9003", "7777"])
+    finally:
+        await counter.stop()
+    assert (own, linked) == ("LINKED", 1)
+
+    async def notified() -> bool:
+        return bool(await pg.fetchval("SELECT count(*) FROM bank_numbering_results WHERE correlation_id = $1", cid))
+
+    await wait_for(notified, 60, "the numbering result at the receiving bank")
+    row = await pg.fetchrow("SELECT * FROM bank_numbering_results WHERE correlation_id = $1", cid)
+    import json
+
+    outcomes = {o["bank_code"]: (o["status"], o["accounts_linked"]) for o in json.loads(row["outcomes"])}
+    assert outcomes == {"9002": ("LINKED", 2), "9003": ("NO_ACCOUNT", 0), "7777": ("REFUSED", 0)}
+    assert json.loads(row["banks_not_answered"]) == []
+    assert row["token"] == bank_token(platform, mn, "9001")
+    # The person is notified on the portal too, exactly once.
+    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
+                                       uuid.UUID(cid), T.NUMBERING_RESULT), 30, "the portal's copy")
+    assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE bank_code = '9002' AND token = $1",
+                             bank_token(platform, mn, "9002")) == 2
+
+
+# ---- 相続時照会 -----------------------------------------------------------------------------------
+
+
+async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(pg, platform, dicj, portal):
+    mn, accts = await numbered_person(pg, platform, portal, {"9000": 2, "9001": 1, "9003": 1})
+    await set_behaviour(pg, "bank-9003", answer_delay_ms=6000)  # answers after the deadline
+    await set_behaviour(pg, "bank-9004", answer_delay_ms=3_600_000)  # never in time
+    subject = await dicj.token_for("dicj", mn)
+    started = time.monotonic()
+    cid = await dicj.start_lookup("INHERITANCE", subject, deadline_s=3)
+    view = await dicj.wait_result(cid, timeout=30)
+    assert time.monotonic() - started >= 2.5  # waited for the deadline, not for the slow banks
+    assert view["answering_banks"] == ["9000", "9001", "9002", "9005"]
+    assert view["banks_with_accounts"] == ["9000", "9001"]
+    assert sorted(a["account_number"] for a in view["accounts"]) == sorted(
+        a["account_number"] for c in ("9000", "9001") for a in accts[c])
+    assert view["missing_banks"] == ["9003", "9004"] and view["late_banks"] == []
+    # The slow bank's answer still arrives: a supplement, not lost.
+    async def supplemented() -> bool:
+        return (await dicj.view(cid))["late_banks"] == ["9003"]
+
+    await wait_for(supplemented, 30, "the supplement")
+    view = await dicj.view(cid)
+    assert view["missing_banks"] == ["9004"]
+    assert [a["account_number"] for a in view["supplement_accounts"]] == [accts["9003"][0]["account_number"]]
+    assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_results WHERE correlation_id = $1 AND NOT is_supplement",
+                             uuid.UUID(cid)) == 1
+    # Provision records: every bank asked, who answered, who did not in time, the consolidated result.
+    pool = await asyncpg.create_pool(platform.settings.pg_dsn, min_size=1, max_size=2)
+    try:
+        records = [r for r in await ProvisionStore(pool).for_person(await portal.token_for("portal", mn))
+                   if str(r.correlation_id) == cid]
+    finally:
+        await pool.close()
+    by = {(r.provider, r.status.value) for r in records}
+    assert {(f"bank-{c}", "REQUESTED") for c in BANKS} <= by
+    assert {(f"bank-{c}", "PROVIDED") for c in ("9000", "9001", "9002", "9005", "9003")} <= by
+    assert {("bank-9003", "NO_ANSWER"), ("bank-9004", "NO_ANSWER"), ("hub", "PROVIDED")} <= by
+    assert ("bank-9004", "PROVIDED") not in by
+
+
+async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
+    mn, _ = await numbered_person(pg, platform, portal, {"9002": 1})
+    await set_behaviour(pg, "bank-9002", answer_twice=True)
+    before = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE type = $1 AND sender = 'bank-9002' "
+                               "AND accepted", T.LOOKUP_ANSWER)
+    cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=20)
+    view = await dicj.wait_result(cid, timeout=30)
+    assert view["answering_banks"] == BANKS and view["missing_banks"] == []
+    assert len(view["accounts"]) == 1
+    await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 2 FROM hub_messages WHERE type = $1 AND "
+                                       "sender = 'bank-9002' AND accepted", T.LOOKUP_ANSWER, before),
+                   20, "both copies at the hub")
+    await asyncio.sleep(1.0)
+    results = await pg.fetch("SELECT is_supplement FROM dicj_lookup_results WHERE correlation_id = $1", uuid.UUID(cid))
+    assert [r["is_supplement"] for r in results] == [False]  # the second answer made no supplement
+    assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1",
+                             uuid.UUID(cid)) == len(BANKS)
+
+
+async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(pg, platform, dicj, portal):
+    mn, _ = await numbered_person(pg, platform, portal, {"9000": 1})
+    everyone = [p.id for p in platform.participants.banks()]
+    assert {"bank-8999", "bank-8998"} <= set(everyone)
+    assert {b.id for b in dicj.lookup_banks()} == {f"bank-{c}" for c in BANKS}
+    cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=20, banks=everyone)
+    view = await dicj.wait_result(cid, timeout=30)
+    assert view["answering_banks"] == BANKS  # the two dropped legs were never counted as asked
+    asked = {r["bank_id"] for r in await pg.fetch("SELECT bank_id FROM hub_lookup_banks WHERE correlation_id = $1",
+                                                  uuid.UUID(cid))}
+    assert asked == {f"bank-{c}" for c in BANKS}
+    names = TopicNames(platform.settings.kafka.topic_prefix)
+    cons = consumer(platform.settings, group_id=None)
+    await cons.start()
+    try:
+        for bank in ("bank-8999", "bank-8998"):
+            tp = TopicPartition(names.inbox(bank), 0)
+            cons.assign([tp])
+            await cons.seek_to_beginning(tp)
+            got = await cons.getmany(tp, timeout_ms=1500)
+            assert not got.get(tp), f"{bank} received something"
+    finally:
+        await cons.stop()
+    assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant IN "
+                                 "('bank-8999', 'bank-8998')")
+    # A fan-out with no allowed recipient at all is refused as a whole.
+    cid2 = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), banks=["bank-8999", "bank-8998"])
+    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM hub_messages WHERE reason = 'SUSPENDED' AND "
+                                       "type = $1 AND sender = 'dicj'", T.LOOKUP_INHERITANCE), 20, "the refusal")
+    assert not await pg.fetchval("SELECT count(*) FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid2))
+
+
+async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, platform, dicj, portal):
+    mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
+    await set_behaviour(pg, "bank-9005", answer_delay_ms=2500)  # still gathering when the hub dies
+    cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=40)
+    await wait_for(lambda: pg.fetchval("SELECT count(*) >= 3 FROM hub_lookup_banks WHERE correlation_id = $1 AND "
+                                       "answered_at IS NOT NULL", uuid.UUID(cid)), 30, "some answers")
+    os.kill(platform.stack.components["hub"].pid, signal.SIGKILL)
+    platform.check_children()
+    await asyncio.sleep(0.5)
+    platform.start_worker(next(w for w in WORKERS if w.name == "hub"))
+    view = await dicj.wait_result(cid, timeout=90)
+    assert view["answering_banks"] == BANKS and view["missing_banks"] == []
+    await asyncio.sleep(1.5)  # a second emission, if any, would have arrived by now
+    assert await pg.fetchval("SELECT count(*) FROM hub_lookup_outbox WHERE correlation_id = $1",
+                             uuid.UUID(cid)) == 1
+    assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_results WHERE correlation_id = $1",
+                             uuid.UUID(cid)) == 1
+    # On the wire too: one lookup.result envelope for this correlation in DICJ's inbox.
+    tp = TopicPartition(TopicNames(platform.settings.kafka.topic_prefix).inbox("dicj"), 0)
+    cons = consumer(platform.settings, group_id=None)
+    await cons.start()
+    try:
+        cons.assign([tp])
+        await cons.seek_to_beginning(tp)
+        high, results = None, 0
+        while high is None or await cons.position(tp) < high:
+            batch = await cons.getmany(tp, timeout_ms=1000)
+            for rec in batch.get(tp, []):
+                meta = peek(rec.value)
+                results += meta.correlation_id == cid and meta.type == T.LOOKUP_RESULT
+            high = cons.highwater(tp)
+    finally:
+        await cons.stop()
+    assert results == 1
+
+
+# ---- 災害時照会 -----------------------------------------------------------------------------------
+
+
+async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, dicj, portal):
+    mn, accts = await numbered_person(pg, platform, portal, {"9000": 1, "9004": 1})
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), deadline_s=20,
+                                  designated_bank_codes=["9000", "9002"], disaster_id="2026-NOTO-01")
+    view = await dicj.wait_result(cid, timeout=30)
+    assert view["answering_banks"] == ["9000", "9002"] and view["missing_banks"] == []
+    assert [a["account_number"] for a in view["accounts"]] == [accts["9000"][0]["account_number"]]
+    received = {r["participant"] for r in await pg.fetch(
+        "SELECT participant FROM bank_lookups_received WHERE correlation_id = $1", uuid.UUID(cid))}
+    assert received == {"bank-9000", "bank-9002"}
