@@ -60,6 +60,25 @@ class KeyStore:
             fh.write(value)
         return value
 
+    def _store_salt(self) -> bytes:
+        """The scrypt salt shared by this store's keyset files, created once (0600).
+
+        One derivation per process instead of one per file: the bank simulator loads 1,000
+        keysets.  Files written before (their own salts) still load, one derivation each.
+        """
+        path = self.dir / "kdf.salt"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it meanwhile
+                return path.read_bytes()
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(16))
+            return path.read_bytes()
+
     def _path(self, participant_id: str) -> Path:
         return self.dir / f"{participant_id}.keyset"
 
@@ -79,9 +98,10 @@ class KeyStore:
         if any(p.kind is Kind.REGISTRY for p in participants):
             self.secret(REGISTRY_KEK)  # created here, once, never raced by two workers
         created = []
+        salt = self._store_salt()
         for p in participants:
             if not self._path(p.id).exists():
-                Keyset.generate(p.id, kem).save(self._path(p.id), passphrase)
+                Keyset.generate(p.id, kem).save(self._path(p.id), passphrase, salt=salt)
                 created.append(p.id)
         return created
 
@@ -101,7 +121,7 @@ class KeyStore:
         return Keyset.load(path, self._passphrase())
 
     def save_keyset(self, keyset: Keyset) -> None:
-        keyset.save(self._path(keyset.participant_id), self._passphrase())
+        keyset.save(self._path(keyset.participant_id), self._passphrase(), salt=self._store_salt())
 
     def secret(self, name: str, size: int = 32) -> bytes:
         """A named symmetric secret of this participant (e.g. the registry's data-key KEK), created once."""
