@@ -174,6 +174,12 @@ async def enrol_customer(conn: Any, token: str, account: dict) -> None:
         a["bank_code"], token, a["branch_code"], a["account_type"], a["account_number"])
 
 
+async def seed_customer(conn: Any, token: str, account: dict) -> None:
+    """Open a (simulated) account and record that it belongs to the person known as ``token`` (demo, tests)."""
+    await open_account(conn, account)
+    await enrol_customer(conn, token, account)
+
+
 async def set_behaviour(conn: Any, bank_id: str, *, answer_delay_ms: int = 0, answer_twice: bool = False) -> None:
     """Make a simulated bank slow or buggy (read by the bank worker on every inquiry)."""
     await conn.execute(

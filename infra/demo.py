@@ -74,6 +74,9 @@ async def run_demo(settings: Settings, progress: Any = None) -> dict[str, Any]:
             progress.print(f"Stack up: broker {platform.settings.kafka.bootstrap}, "
                            f"PostgreSQL {platform.settings.pg_dsn.split('@')[-1]}")
         flows = [await _broker_and_database_roundtrip(platform.settings)]
+        from infra.demo_lookups import lookup_flows  # 付番申出, 相続時・災害時照会
+
+        flows += await lookup_flows(platform.settings)
     return {
         "ok": all(f["ok"] for f in flows),
         "flows": flows,
