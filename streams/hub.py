@@ -196,12 +196,13 @@ class HubService:
                         redelivered.add(d.meta.message_id)  # our own crash: forward again, record nothing new
                     else:
                         d.reject(Reason.REPLAYED, "message id seen before")
+            # Scatter-gather state first: lookup rows, then provision-record heads, the order the sweep takes too.
+            await self.lookups.track(conn, decisions, redelivered)
             drafts = [r for d in decisions if d.accepted and d.meta.message_id not in redelivered for r in d.records]
             new_records = await self.records.append(conn, drafts) if drafts else []
             if redelivered:
                 # Republish their records: the crash may have come before the audit topic got them.
                 new_records += await self.records.by_message_ids(conn, [uuid.UUID(m) for m in redelivered])
-            await self.lookups.track(conn, decisions, redelivered)  # scatter-gather state, same transaction
         return redelivered, new_records
 
     async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
