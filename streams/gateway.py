@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from datetime import UTC, datetime
 
-from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, Message, Opener, Sealer, Verifier
+from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, Message, Opener, Sealer, Verifier, peek
 from infra.errors import Reason, Rejection
 from infra.participants import Participants
 from infra.policy import Decision as PolicyDecision
@@ -43,6 +43,7 @@ class Inbound:
     partition: int
     offset: int
     key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()  # Kafka headers; dead letters keep the ops ones
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Decision:
     legs: list[tuple[str, str]] = field(default_factory=list)  # (recipient, subject in its token space)
     records: list[RecordDraft] = field(default_factory=list)
     local: bool = False  # addressed to the hub itself (token issuance)
+    unverified: EnvelopeMeta | None = None  # what a refused envelope claims about itself (dead-letter metadata only)
 
     @property
     def accepted(self) -> bool:
@@ -120,6 +122,11 @@ class HubCore:
                 raise Rejection(Reason.SUSPENDED, "no recipient of this fan-out may receive it "
                                                   "(suspended or not participating)")
         except Rejection as exc:
+            if decision.meta is None:
+                try:  # metadata for the dead letter, so ops can find it; never trusted for routing
+                    decision.unverified = peek(item.value)
+                except Rejection:
+                    pass
             return decision.reject(exc.reason, exc.message)
         except Exception as exc:  # a bug must dead-letter the message, not stall the partition
             log.exception("unexpected error deciding an ingress record at partition %s offset %s",

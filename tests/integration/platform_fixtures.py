@@ -1,0 +1,68 @@
+"""A running platform for integration tests: hub, registry and simulated banks as real processes.
+
+``running_platform`` starts the workers (faust hub, faust registry, bank
+simulator) as child processes against the session's broker and PostgreSQL,
+under a fresh topic prefix and PostgreSQL schema, and waits until every
+worker has joined its consumer group.  Import the fixtures into a test
+module with ``from tests.integration.platform_fixtures import *``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from connectors.client import BusClient
+from infra.settings import KafkaSettings, Settings
+from infra.stack import Platform
+
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE"]
+
+PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
+"""The built-in set plus ``agency-suspended`` (suspended) and ``bank-8999`` (not in lookup fan-outs)."""
+
+
+@pytest.fixture(scope="module")
+async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
+    prefix = "p" + uuid.uuid4().hex[:10]
+    conn = await asyncpg.connect(endpoints.pg_dsn)
+    await conn.execute(f'CREATE SCHEMA "{prefix}"')
+    await conn.close()
+    sep = "&" if "?" in endpoints.pg_dsn else "?"
+    state: Path = tmp_path_factory.mktemp("platform")
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
+        pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}",
+        state_dir=state,
+        participants_file=PARTICIPANTS_FILE,
+    )
+    platform = Platform(settings)
+    await platform.start()
+    try:
+        await platform.wait_ready(120)
+        yield platform
+    finally:
+        await platform.stop()
+        conn = await asyncpg.connect(endpoints.pg_dsn)
+        await conn.execute(f'DROP SCHEMA "{prefix}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def bus(running_platform: Platform) -> AsyncIterator[BusClient]:
+    """The portal and every agency, as one client process of the bus."""
+    ids = ["portal", "dicj"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
+    async with BusClient(running_platform.settings, ids,
+                         group=f"{running_platform.settings.kafka.topic_prefix}.clients") as client:
+        yield client
+
+
+@pytest.fixture
+async def pg(running_platform: Platform) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(running_platform.settings.pg_dsn)
+    yield conn
+    await conn.close()
