@@ -1,0 +1,611 @@
+"""The connector runtime: one runner for every channel bridge (agency, bank files, bank HTTP, portal).
+
+In the spirit of Kafka Connect, offsets, retries, dead letters, health and
+metrics belong here; a channel adapter (:class:`ChannelAdapter`) is only the
+channel.  It is built ON :class:`streams.participant.ParticipantRuntime`, which
+already owns the inbox → open → claim + effect + outbox → relay path:
+
+Source side (channel → bus)
+    An adapter reads its channel and calls :meth:`ConnectorRuntime.publish`
+    inside ONE PostgreSQL transaction that also records the channel position
+    (an outbox row marked, a file's digest, an idempotency key).  ``publish``
+    claims the item's *source key* in ``connector_source_log`` and seals the
+    messages into the participant outbox: a source item is published once,
+    and its position is committed only with the durable outbox row.  The
+    participant runtime's relay sends the outbox to the broker when it is
+    reachable; while it is not, rows wait (``sent_at IS NULL``).
+
+Sink side (bus → channel)
+    A handler (run by the participant runtime in the message's claim
+    transaction) either makes its effect in PostgreSQL directly, or calls
+    :meth:`ConnectorRuntime.enqueue` to store a *delivery*.  The Kafka offset
+    is committed by the participant runtime only after that transaction, so
+    the delivery is durable before the offset moves.  A delivery loop per
+    adapter hands due deliveries to :meth:`ChannelAdapter.deliver`, with
+    bounded retries and exponential backoff; a permanent failure or the last
+    attempt dead-letters it (``connector_dead_letters``, with its reason).
+    A delivery that is a question to the channel (an existence check) stays
+    ``DELIVERED`` until :meth:`ConnectorRuntime.answer` sends the reply.
+
+Health (``/health``) and Prometheus metrics (``/metrics``) are served by a
+small aiohttp app (:meth:`ConnectorRuntime.serve_ops`).  Nothing personal is
+ever logged, counted or put in a dead letter's detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from infra.envelope import Message, Opened
+from infra.errors import Rejection
+from infra.settings import Settings
+from streams.participant import Context, Handler, ParticipantRuntime
+
+log = logging.getLogger("renkei.connector")
+
+CONNECTOR_MIGRATIONS = [
+    """
+    CREATE TABLE connector_source_log (
+        connector   text NOT NULL,
+        source_key  text NOT NULL,
+        message_ids uuid[] NOT NULL,
+        at          timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (connector, source_key)
+    );
+    CREATE TABLE connector_deliveries (
+        id             bigserial PRIMARY KEY,
+        connector      text NOT NULL,
+        participant    text NOT NULL,
+        message_id     uuid NOT NULL,
+        correlation_id uuid NOT NULL,
+        type           text NOT NULL,
+        reply_to       text NOT NULL,
+        subject        text NOT NULL,
+        data_item      text NOT NULL,
+        basis          text NOT NULL,
+        payload        jsonb NOT NULL,
+        status         text NOT NULL DEFAULT 'PENDING'
+                       CHECK (status IN ('PENDING', 'DELIVERED', 'ANSWERED', 'DEAD')),
+        attempts       integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL DEFAULT now(),
+        last_error     text,
+        created_at     timestamptz NOT NULL DEFAULT now(),
+        delivered_at   timestamptz,
+        UNIQUE (connector, message_id)
+    );
+    CREATE INDEX connector_deliveries_due ON connector_deliveries (connector, next_attempt_at)
+        WHERE status = 'PENDING';
+    CREATE TABLE connector_dead_letters (
+        id          bigserial PRIMARY KEY,
+        connector   text NOT NULL,
+        direction   text NOT NULL CHECK (direction IN ('source', 'sink')),
+        ref         text NOT NULL,
+        reason      text NOT NULL,
+        detail      text NOT NULL,
+        at          timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE connector_person_tokens (
+        participant text NOT NULL,
+        local_id    text NOT NULL,
+        token       text NOT NULL,
+        enrolled_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (participant, local_id)
+    );
+    """,
+]
+
+
+class TransientError(Exception):
+    """The channel is unavailable for now (timeout, 5xx, disk full): retry with backoff.
+
+    The message must be safe to log: no personal data.
+    """
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff: attempt n waits min(base * 2**(n-1), cap) seconds."""
+
+    max_attempts: int = 5
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempts: int) -> float:
+        return min(self.base_s * (2 ** max(attempts - 1, 0)), self.cap_s)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message waiting to be handed to the channel (one row of ``connector_deliveries``)."""
+
+    id: int
+    participant: str
+    message_id: str
+    correlation_id: str
+    type: str
+    reply_to: str
+    subject: str = field(repr=False)
+    data_item: str
+    basis: str
+    payload: dict = field(repr=False)
+    attempts: int
+
+
+class ChannelAdapter:
+    """Base of a channel adapter: override what the channel needs, nothing else.
+
+    - ``name``: stable connector name (metrics label, dead letters, source log).
+    - :meth:`handlers`: message type → handler for messages arriving in the inbox.
+    - :meth:`poll`: one source pass (read the channel, :meth:`ConnectorRuntime.publish`).
+    - :meth:`deliver`: hand deliveries to the channel; return ``{id: None | error}``.
+    - :meth:`start` / :meth:`stop`: open and close the channel (servers, folders).
+    """
+
+    name: str = "adapter"
+    migrations: list[str] = []
+    poll_interval_s: float = 0.5
+    retry: RetryPolicy = RetryPolicy()
+
+    def handlers(self) -> dict[str, Handler]:
+        return {}
+
+    async def start(self, runtime: ConnectorRuntime) -> None:
+        self.runtime = runtime
+
+    async def stop(self) -> None:
+        return None
+
+    async def poll(self) -> None:
+        return None
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | None]:
+        raise NotImplementedError(f"{self.name} has no sink side")
+
+    @property
+    def has_source(self) -> bool:
+        return type(self).poll is not ChannelAdapter.poll
+
+    @property
+    def has_sink(self) -> bool:
+        return type(self).deliver is not ChannelAdapter.deliver
+
+
+class Metrics:
+    """Counters and gauges rendered in the Prometheus text format (no personal data in labels)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.help: dict[str, str] = {}
+
+    def inc(self, name: str, help_text: str, value: float = 1.0, **labels: str) -> None:
+        self.help.setdefault(name, help_text)
+        self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    @staticmethod
+    def render(samples: Iterable[tuple[str, str, str, dict[str, str], float]]) -> str:
+        """``samples``: (name, type, help, labels, value). Grouped by name, one HELP/TYPE each."""
+        by_name: dict[str, list[tuple[str, str, dict[str, str], float]]] = defaultdict(list)
+        for name, kind, help_text, labels, value in samples:
+            by_name[name].append((kind, help_text, labels, value))
+        lines = []
+        for name, rows in by_name.items():
+            lines.append(f"# HELP {name} {rows[0][1]}")
+            lines.append(f"# TYPE {name} {rows[0][0]}")
+            for _, _, labels, value in rows:
+                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"
+
+    def counter_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]:
+        return [(name, "counter", self.help[name], dict(labels), value)
+                for (name, labels), value in sorted(self.counters.items())]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class ConnectorRuntime:
+    """Runs channel adapters for one or more participant identities. See the module docstring."""
+
+    def __init__(self, settings: Settings, identities: Iterable[str], adapters: Sequence[ChannelAdapter], *,
+                 group: str, ops_port: int | None = None, ops_host: str = "127.0.0.1") -> None:
+        self.settings = settings
+        self.adapters = list(adapters)
+        self.metrics = Metrics()
+        handlers: dict[str, Handler] = {}
+        migrations: dict[str, list[str]] = {"connector-runtime": CONNECTOR_MIGRATIONS}
+        for adapter in self.adapters:
+            for type_, handler in adapter.handlers().items():
+                if type_ in handlers:
+                    raise ValueError(f"two adapters handle {type_}")
+                handlers[type_] = self._counted(adapter.name, type_, handler)
+            if adapter.migrations:
+                migrations[f"connector-{adapter.name}"] = adapter.migrations
+        self.runtime = ParticipantRuntime(settings, identities, handlers, group=group, migrations=migrations)
+        self.ops_port = ops_port
+        self.ops_host = ops_host
+        self.ops_url: str | None = None
+        self._ops_runner: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._wakeups: dict[str, asyncio.Event] = {a.name: asyncio.Event() for a in self.adapters}
+        self.started_at = time.time()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.runtime.start()
+        for adapter in self.adapters:
+            await adapter.start(self)
+        for adapter in self.adapters:
+            if adapter.has_source:
+                self._tasks.append(asyncio.create_task(self._source_loop(adapter), name=f"{adapter.name}-source"))
+            if adapter.has_sink:
+                self._tasks.append(asyncio.create_task(self._sink_loop(adapter), name=f"{adapter.name}-sink"))
+        if self.ops_port is not None:
+            await self.serve_ops(self.ops_port, self.ops_host)
+
+    async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
+        """Graceful: finish the pass in flight, flush the outbox (bounded), then close everything."""
+        self._stopping.set()
+        for event in self._wakeups.values():
+            event.set()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+        for adapter in reversed(self.adapters):
+            try:
+                await adapter.stop()
+            except Exception:  # noqa: BLE001 - one adapter failing to close must not keep the others open
+                log.exception("%s: stop failed", adapter.name)
+        try:
+            await asyncio.wait_for(self.flush(), drain_timeout_s)
+        except (asyncio.TimeoutError, Exception) as exc:  # broker away: the rows stay for the next start
+            log.warning("outbox not flushed on stop (%s); rows wait for the next start", type(exc).__name__)
+        if self._ops_runner is not None:
+            await self._ops_runner.cleanup()
+            self._ops_runner = None
+        await self.runtime.stop()
+
+    async def __aenter__(self) -> ConnectorRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self.runtime.pool is not None, "start the connector runtime first"
+        return self.runtime.pool
+
+    def wake(self, adapter_name: str) -> None:
+        """Run the adapter's source and sink passes now instead of at the next interval."""
+        self._wakeups[adapter_name].set()
+
+    async def flush(self) -> int:
+        """Relay every pending outbox row now (used by graceful stop and by tests)."""
+        total = 0
+        while (n := await self.runtime.relay_once()) > 0:
+            total += n
+        return total
+
+    # -- source side ------------------------------------------------------------------------------
+    async def publish(self, conn: asyncpg.Connection, adapter: ChannelAdapter, sender: str, source_key: str,
+                      messages: Sequence[Message]) -> list[str] | None:
+        """Publish ``messages`` for one source item, at most once per ``source_key``.
+
+        Must run in the caller's transaction, which also commits the channel position.
+        Returns the message ids, or ``None`` when the item was published before.
+        """
+        if not conn.is_in_transaction():
+            raise RuntimeError("publish must run inside the caller's transaction")
+        claimed = await conn.fetchval(
+            "INSERT INTO connector_source_log (connector, source_key, message_ids) VALUES ($1, $2, '{}') "
+            "ON CONFLICT DO NOTHING RETURNING source_key", adapter.name, source_key)
+        if claimed is None:
+            self.metrics.inc("renkei_connector_source_duplicates_total",
+                             "Source items seen again and not published twice", connector=adapter.name)
+            return None
+        ids = await self.runtime.send(sender, list(messages), conn=conn) if messages else []
+        await conn.execute("UPDATE connector_source_log SET message_ids = $3::uuid[] WHERE connector = $1 "
+                           "AND source_key = $2", adapter.name, source_key, ids)
+        for m in messages:
+            self.metrics.inc("renkei_connector_published_total", "Messages published from the channel",
+                             connector=adapter.name, type=m.type)
+        return ids
+
+    async def dead_letter(self, adapter: ChannelAdapter, direction: str, ref: str, reason: str, detail: str,
+                          conn: asyncpg.Connection | None = None) -> None:
+        """Keep a refused item with its reason. ``ref`` and ``detail`` must not carry personal data."""
+        log.warning("%s: %s item %s dead-lettered: %s", adapter.name, direction, ref, reason)
+        await (conn or self.pool).execute(
+            "INSERT INTO connector_dead_letters (connector, direction, ref, reason, detail) VALUES ($1, $2, $3, $4, $5)",
+            adapter.name, direction, ref, reason, detail)
+        self.metrics.inc("renkei_connector_dead_letters_total", "Items dead-lettered, by reason",
+                         connector=adapter.name, direction=direction, reason=reason)
+
+    async def _source_loop(self, adapter: ChannelAdapter) -> None:
+        failures = 0
+        wakeup = self._wakeups[adapter.name]
+        while not self._stopping.is_set():
+            try:
+                await adapter.poll()
+                failures = 0
+                delay = adapter.poll_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # channel or database away: the item stays where it is
+                failures += 1
+                delay = adapter.retry.delay(failures)
+                log.warning("%s: source pass failed (%s); retrying in %.1f s", adapter.name, type(exc).__name__, delay)
+                self.metrics.inc("renkei_connector_source_errors_total", "Failed source passes (retried)",
+                                 connector=adapter.name)
+            try:
+                await asyncio.wait_for(wakeup.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            wakeup.clear()
+
+    # -- sink side --------------------------------------------------------------------------------
+    async def enqueue(self, ctx: Context, adapter: ChannelAdapter, payload: dict) -> None:
+        """Store a delivery for ``ctx``'s message, in the handler's transaction (called from a handler)."""
+        m = ctx.meta
+        await ctx.conn.execute(
+            "INSERT INTO connector_deliveries (connector, participant, message_id, correlation_id, type, reply_to, "
+            "subject, data_item, basis, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+            "ON CONFLICT (connector, message_id) DO NOTHING",
+            adapter.name, ctx.me, uuid.UUID(m.message_id), uuid.UUID(m.correlation_id), m.type, m.sender,
+            m.subject, m.data_item, m.legal_basis, json.dumps(payload, default=str))
+        self._wakeups[adapter.name].set()
+
+    async def deliver_once(self, adapter: ChannelAdapter, limit: int = 200) -> int:
+        """One sink pass: hand due deliveries to the channel; retry, back off or dead-letter each."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT * FROM connector_deliveries WHERE connector = $1 AND status = 'PENDING' "
+                "AND next_attempt_at <= now() ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED", adapter.name, limit)
+            if not rows:
+                return 0
+            batch = [_delivery(r) for r in rows]
+            try:
+                outcomes = await adapter.deliver(batch)
+            except Exception as exc:  # the whole pass failed: every item counts one attempt
+                outcomes = {d.id: exc for d in batch}
+            for d in batch:
+                await self._settle(conn, adapter, d, outcomes.get(d.id, TransientError("no outcome reported")))
+            return len(batch)
+
+    async def _settle(self, conn: asyncpg.Connection, adapter: ChannelAdapter, d: Delivery,
+                      error: Exception | None) -> None:
+        labels = {"connector": adapter.name, "type": d.type}
+        if error is None:
+            await conn.execute("UPDATE connector_deliveries SET status = 'DELIVERED', attempts = attempts + 1, "
+                               "delivered_at = now(), last_error = NULL WHERE id = $1", d.id)
+            self.metrics.inc("renkei_connector_delivered_total", "Deliveries handed to the channel", **labels)
+            return
+        attempts = d.attempts + 1
+        if isinstance(error, Rejection):
+            reason, detail = error.code, error.message
+        elif isinstance(error, TransientError):
+            reason, detail = "CHANNEL_UNAVAILABLE", str(error)
+        else:
+            reason, detail = "CHANNEL_ERROR", type(error).__name__
+        if isinstance(error, Rejection) or attempts >= adapter.retry.max_attempts:
+            if not isinstance(error, Rejection):
+                detail = f"gave up after {attempts} attempts: {detail}"
+            await conn.execute("UPDATE connector_deliveries SET status = 'DEAD', attempts = $2, last_error = $3, "
+                               "payload = '{}'::jsonb WHERE id = $1", d.id, attempts, f"{reason}: {detail}")
+            await self.dead_letter(adapter, "sink", f"{d.type}/{d.message_id}", reason, detail, conn)
+            return
+        delay = adapter.retry.delay(attempts)
+        await conn.execute("UPDATE connector_deliveries SET attempts = $2, last_error = $3, "
+                           "next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
+                           d.id, attempts, f"{reason}: {detail}", delay)
+        self.metrics.inc("renkei_connector_retries_total", "Delivery attempts that failed and will be retried",
+                         **labels)
+
+    async def answer(self, conn: asyncpg.Connection, adapter: ChannelAdapter, correlation_id: str, *, type: str,
+                     body: dict) -> bool:
+        """Reply to a delivered question (e.g. an existence check) once the channel answered.
+
+        Runs in the caller's transaction; sends at most one reply per delivery (False if
+        the delivery is unknown or already answered).
+        """
+        row = await conn.fetchrow(
+            "SELECT * FROM connector_deliveries WHERE connector = $1 AND correlation_id = $2 "
+            "AND status = 'DELIVERED' FOR UPDATE", adapter.name, uuid.UUID(str(correlation_id)))
+        if row is None:
+            return False
+        d = _delivery(row)
+        await self.runtime.send(d.participant, [Message(
+            body=body, type=type, to=d.reply_to, subject=d.subject, data_item=d.data_item, basis=d.basis,
+            correlation_id=d.correlation_id)], conn=conn)
+        await conn.execute("UPDATE connector_deliveries SET status = 'ANSWERED', payload = '{}'::jsonb "
+                           "WHERE id = $1", d.id)
+        self.metrics.inc("renkei_connector_answered_total", "Channel answers sent back to the bus",
+                         connector=adapter.name, type=type)
+        return True
+
+    async def _sink_loop(self, adapter: ChannelAdapter) -> None:
+        wakeup = self._wakeups[adapter.name]
+        while not self._stopping.is_set():
+            try:
+                while await self.deliver_once(adapter) > 0 and not self._stopping.is_set():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away: deliveries wait in their table
+                log.warning("%s: sink pass failed (%s)", adapter.name, type(exc).__name__)
+            try:
+                await asyncio.wait_for(wakeup.wait(), adapter.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            wakeup.clear()
+
+    def _counted(self, connector: str, type_: str, handler: Handler) -> Handler:
+        async def counted(ctx: Context) -> None:
+            await handler(ctx)
+            self.metrics.inc("renkei_connector_received_total", "Messages received from the bus and handled",
+                             connector=connector, type=type_)
+        return counted
+
+    # -- tokens (符号) ----------------------------------------------------------------------------
+    async def request(self, sender: str, *, type: str, to: str, subject: str, body: dict, data_item: str,
+                      basis: str, timeout: float = 30.0) -> Opened:
+        """Send one message and await the answer (same signature as ``BusClient.request``)."""
+        message = Message(body=body, type=type, to=to, subject=subject, data_item=data_item, basis=basis,
+                          correlation_id=str(uuid.uuid4()))
+        return await self.runtime.request(sender, message, timeout=timeout)
+
+    async def token_for(self, participant: str, my_number: str, *, timeout: float = 30.0) -> str:
+        """The token-issuance exchange of ``BusClient.token_for``, on this runtime's own identities."""
+        from connectors.client import BusClient
+
+        return await BusClient.token_for(self, participant, my_number, timeout=timeout)  # type: ignore[arg-type]
+
+    async def enrol(self, participant: str, local_id: str, my_number: str) -> str:
+        """Map a local person id to ``participant``'s token (中間サーバー style). The My Number is not kept."""
+        token = await self.token_for(participant, my_number)
+        await self.pool.execute(
+            "INSERT INTO connector_person_tokens (participant, local_id, token) VALUES ($1, $2, $3) "
+            "ON CONFLICT (participant, local_id) DO UPDATE SET token = $3, enrolled_at = now()",
+            participant, local_id, token)
+        return token
+
+    @staticmethod
+    async def token_of(conn: asyncpg.Connection | asyncpg.Pool, participant: str, local_id: str) -> str | None:
+        return await conn.fetchval("SELECT token FROM connector_person_tokens WHERE participant = $1 "
+                                   "AND local_id = $2", participant, local_id)
+
+    # -- health, lag and metrics ------------------------------------------------------------------
+    async def lag(self) -> dict[str, int]:
+        """Inbox records not yet consumed, per partition (high watermark from fetches, not end_offsets)."""
+        consumer = self.runtime.consumer
+        out: dict[str, int] = {}
+        if consumer is None:
+            return out
+        for tp in sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition)):
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - not yet positioned after a rebalance
+                continue
+            out[f"{tp.topic}[{tp.partition}]"] = max(0, high - position)
+        return out
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness and backlog: ``status`` is ``ok`` or ``degraded`` (broker or channel backlog stuck)."""
+        pool = self.pool
+        outbox = await pool.fetchrow(
+            "SELECT count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest FROM participant_outbox "
+            "WHERE sent_at IS NULL AND sender = ANY($1::text[])", list(self.runtime.identities))
+        deliveries = {r["connector"]: r for r in await pool.fetch(
+            "SELECT connector, count(*) AS n, max(attempts) AS attempts FROM connector_deliveries "
+            "WHERE status = 'PENDING' GROUP BY connector")}
+        dead = {r["connector"]: r["n"] for r in await pool.fetch(
+            "SELECT connector, count(*) AS n FROM connector_dead_letters GROUP BY connector")}
+        oldest = float(outbox["oldest"] or 0.0)
+        tasks_alive = all(not t.done() for t in self._tasks)
+        adapters = []
+        for a in self.adapters:
+            d = deliveries.get(a.name)
+            adapters.append({"name": a.name, "deliveries_pending": int(d["n"]) if d else 0,
+                             "max_attempts_pending": int(d["attempts"]) if d else 0,
+                             "dead_letters": int(dead.get(a.name, 0))})
+        degraded = oldest > 30.0 or not tasks_alive
+        return {
+            "status": "stopping" if self._stopping.is_set() else ("degraded" if degraded else "ok"),
+            "identities": list(self.runtime.identities),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "outbox_pending": int(outbox["n"]),
+            "outbox_oldest_s": round(oldest, 1),
+            "processed": self.runtime.processed,
+            "lag": await self.lag(),
+            "adapters": adapters,
+            "checked_at": datetime.now(UTC).isoformat(),
+        }
+
+    async def metrics_text(self) -> str:
+        h = await self.health()
+        gauges: list[tuple[str, str, str, dict[str, str], float]] = [
+            ("renkei_connector_up", "gauge", "1 when the runtime is healthy, 0 when degraded or stopping", {},
+             1.0 if h["status"] == "ok" else 0.0),
+            ("renkei_connector_outbox_pending", "gauge", "Sealed messages waiting for the broker", {},
+             h["outbox_pending"]),
+            ("renkei_connector_outbox_oldest_seconds", "gauge", "Age of the oldest message waiting for the broker",
+             {}, h["outbox_oldest_s"]),
+            ("renkei_connector_inbox_processed_total", "counter", "Inbox messages handled by the participant runtime",
+             {}, h["processed"]),
+        ]
+        for part, lag in h["lag"].items():
+            gauges.append(("renkei_connector_consumer_lag", "gauge", "Inbox records not yet consumed",
+                           {"partition": part}, lag))
+        for a in h["adapters"]:
+            gauges.append(("renkei_connector_deliveries_pending", "gauge", "Deliveries waiting for the channel",
+                           {"connector": a["name"]}, a["deliveries_pending"]))
+        return Metrics.render(gauges + self.metrics.counter_samples())
+
+    def ops_routes(self) -> list[Any]:
+        from aiohttp import web
+
+        async def health(_: web.Request) -> web.Response:
+            h = await self.health()
+            return web.json_response(h, status=200 if h["status"] == "ok" else 503)
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(text=await self.metrics_text(), content_type="text/plain", charset="utf-8",
+                                headers={"X-Prometheus-Format": "0.0.4"})
+
+        return [web.get("/health", health), web.get("/metrics", metrics)]
+
+    async def serve_ops(self, port: int, host: str = "127.0.0.1") -> str:
+        """Serve ``/health`` and ``/metrics``; returns the base URL (port 0 picks a free port)."""
+        from aiohttp import web
+
+        app = web.Application()
+        app.add_routes(self.ops_routes())
+        self._ops_runner, self.ops_url = await start_site(app, host, port)
+        return self.ops_url
+
+
+async def start_site(app: Any, host: str, port: int) -> tuple[Any, str]:
+    """Start an aiohttp app; returns (runner, base URL) with the port actually bound."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://{host}:{bound}"
+
+
+def _delivery(r: asyncpg.Record) -> Delivery:
+    payload = r["payload"]
+    return Delivery(id=r["id"], participant=r["participant"], message_id=str(r["message_id"]),
+                    correlation_id=str(r["correlation_id"]), type=r["type"], reply_to=r["reply_to"],
+                    subject=r["subject"], data_item=r["data_item"], basis=r["basis"],
+                    payload=json.loads(payload) if isinstance(payload, str) else dict(payload),
+                    attempts=r["attempts"])
+
+
+__all__ = [
+    "ChannelAdapter", "ConnectorRuntime", "Delivery", "Metrics", "RetryPolicy", "TransientError", "start_site",
+]

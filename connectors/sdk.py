@@ -1,0 +1,129 @@
+"""The agency SDK: ask the bus from the agency's own code, through its own database.
+
+    async with AgencyClient(dsn, "agency-nta") as client:
+        answer = await client.inquire("resident-00042", item="public_funds_account")
+        if answer.status == "REGISTERED":
+            pay_into(answer.account)
+
+The SDK never talks to Kafka.  :meth:`AgencyClient.submit` writes an inquiry
+row into ``agency_outbox`` — pass ``conn=`` to write it inside the agency's own
+business transaction (the transactional-outbox pattern) — and the agency
+connector (:mod:`connectors.agency`) relays it.  :meth:`AgencyClient.answer`
+waits for the row in ``agency_inbox`` (``LISTEN agency_inbox`` plus a slow
+poll, so a missed notification only costs latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from connectors.agency import AGENCY_MIGRATIONS, NOTIFY_CHANNEL, SUPPORTED_ITEMS
+from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.storage import create_pool, migrate
+
+
+@dataclass(frozen=True)
+class InquiryAnswer:
+    """The answer to one inquiry. ``status``: REGISTERED / NOT_REGISTERED / BLOCKED / REJECTED:<reason>."""
+
+    inquiry_id: str
+    status: str
+    account: dict | None = field(default=None, repr=False)
+    detail: str | None = None
+
+
+class InquiryFailed(Exception):
+    """The connector could not send the inquiry (e.g. the person is not enrolled); see ``failure``."""
+
+    def __init__(self, inquiry_id: str, failure: str) -> None:
+        super().__init__(f"inquiry {inquiry_id} failed: {failure}")
+        self.inquiry_id = inquiry_id
+        self.failure = failure
+
+
+class AgencyClient:
+    """One agency's handle on its outbox and inbox tables."""
+
+    def __init__(self, dsn: str, agency: str, *, poll_interval_s: float = 1.0) -> None:
+        self.dsn = dsn
+        self.agency = agency
+        self.poll_interval_s = poll_interval_s
+        self.pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._waiting: dict[str, asyncio.Event] = {}
+
+    async def __aenter__(self) -> AgencyClient:
+        self.pool = await create_pool(self.dsn, min_size=1, max_size=4)
+        await migrate(self.pool, "connector-agency", AGENCY_MIGRATIONS)
+        self._listener = await asyncpg.connect(self.dsn)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        event = self._waiting.get(payload)
+        if event is not None:
+            event.set()
+
+    async def submit(self, person_local_id: str, *, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
+                     procedure_code: str = "benefit-payment", conn: asyncpg.Connection | None = None) -> str:
+        """Queue an inquiry; returns its id. With ``conn``, it commits or rolls back with the caller's work."""
+        if item not in SUPPORTED_ITEMS:
+            raise ValueError(f"no inquiry is defined for data item {item!r}; supported: {', '.join(SUPPORTED_ITEMS)}")
+        if not person_local_id:
+            raise ValueError("person_local_id must not be empty")
+        assert self.pool is not None, "use AgencyClient as an async context manager"
+        return str(await (conn or self.pool).fetchval(
+            "INSERT INTO agency_outbox (agency, person_local_id, data_item, procedure_code) VALUES ($1, $2, $3, $4) "
+            "RETURNING inquiry_id", self.agency, person_local_id, item, procedure_code))
+
+    async def answer(self, inquiry_id: str, *, timeout: float = 30.0) -> InquiryAnswer:
+        """Wait for the answer to ``inquiry_id``; TimeoutError if none arrives in time."""
+        assert self.pool is not None
+        event = self._waiting.setdefault(inquiry_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    found = await self._lookup(inquiry_id)
+                    if found is not None:
+                        return found
+                    try:
+                        await asyncio.wait_for(event.wait(), self.poll_interval_s)
+                    except TimeoutError:
+                        pass
+                    event.clear()
+        finally:
+            self._waiting.pop(inquiry_id, None)
+
+    async def inquire(self, person_local_id: str, *, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
+                      procedure_code: str = "benefit-payment", timeout: float = 30.0) -> InquiryAnswer:
+        """Submit an inquiry and await its answer."""
+        return await self.answer(await self.submit(person_local_id, item=item, procedure_code=procedure_code),
+                                 timeout=timeout)
+
+    async def _lookup(self, inquiry_id: str) -> InquiryAnswer | None:
+        assert self.pool is not None
+        row = await self.pool.fetchrow(
+            "SELECT o.status AS state, o.failure, i.status, i.account, i.detail FROM agency_outbox o "
+            "LEFT JOIN agency_inbox i ON i.inquiry_id = o.inquiry_id WHERE o.inquiry_id = $1 "
+            "ORDER BY i.received_at LIMIT 1", uuid.UUID(inquiry_id))
+        if row is None:
+            raise KeyError(f"no inquiry {inquiry_id} in agency_outbox")
+        if row["state"] == "FAILED":
+            raise InquiryFailed(inquiry_id, row["failure"])
+        if row["status"] is None:
+            return None
+        account = row["account"]
+        return InquiryAnswer(inquiry_id, row["status"],
+                             json.loads(account) if isinstance(account, str) else account, row["detail"])

@@ -1,0 +1,157 @@
+"""Agency connector: transactional outbox → hub → registry → agency_inbox, on the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+import pytest
+
+from connectors.agency import AgencyConnector
+from connectors.sdk import AgencyClient, InquiryFailed
+from infra.kafka import producer
+from tests.integration.platform_fixtures import *  # noqa: F403
+from tests.integration.test_connectors_support import (
+    account,
+    eventually,
+    my_number,
+    own_database,
+    register_through_portal,
+)
+
+pytestmark = pytest.mark.integration
+
+AGENCY = "agency-nta"
+
+
+@pytest.fixture(scope="module")
+async def agency_settings(running_platform):
+    return await own_database(running_platform.settings, "agency")
+
+
+@pytest.fixture(scope="module")
+async def connector(agency_settings):
+    async with AgencyConnector(agency_settings, [AGENCY], ops_port=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def sdk(agency_settings, connector):
+    async with AgencyClient(agency_settings.pg_dsn, AGENCY, poll_interval_s=0.5) as client:
+        yield client
+
+
+async def test_inquiry_returns_the_registered_account(running_platform, pg, connector, sdk):
+    mn, acct = my_number(), account()
+    await register_through_portal(running_platform.settings, pg, mn, acct)
+    await connector.enrol(AGENCY, "resident-1", mn)
+
+    answer = await sdk.inquire("resident-1", timeout=60)
+
+    assert answer.status == "REGISTERED"
+    assert answer.account["account_number"] == acct["account_number"]
+    row = await connector.runtime.pool.fetchrow(
+        "SELECT status, message_id, sent_at FROM agency_outbox WHERE inquiry_id = $1::uuid", answer.inquiry_id)
+    assert row["status"] == "ANSWERED" and row["message_id"] is not None and row["sent_at"] is not None
+
+
+async def test_unregistered_person_and_unenrolled_local_id(connector, sdk):
+    await connector.enrol(AGENCY, "resident-2", my_number())
+    assert (await sdk.inquire("resident-2", timeout=60)).status == "NOT_REGISTERED"
+
+    with pytest.raises(InquiryFailed, match="NOT_ENROLLED"):
+        await sdk.inquire("nobody-we-know", timeout=30)
+    dead = await connector.runtime.pool.fetchval(
+        "SELECT count(*) FROM connector_dead_letters WHERE connector = 'agency' AND reason = 'NOT_ENROLLED'")
+    assert dead >= 1
+
+
+async def test_outbox_row_commits_or_rolls_back_with_the_business_transaction(agency_settings, connector, sdk):
+    await connector.enrol(AGENCY, "resident-3", my_number())
+    conn = await asyncpg.connect(agency_settings.pg_dsn)
+    try:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await sdk.submit("resident-3", conn=conn)
+                raise RuntimeError("business change failed")
+        assert await conn.fetchval("SELECT count(*) FROM agency_outbox WHERE person_local_id = 'resident-3'") == 0
+        async with conn.transaction():
+            inquiry = await sdk.submit("resident-3", conn=conn)
+    finally:
+        await conn.close()
+    assert (await sdk.answer(inquiry, timeout=60)).status == "NOT_REGISTERED"
+
+
+async def test_broker_unreachable_rows_wait_then_go_out_exactly_once(running_platform, pg, connector, sdk):
+    """What this proves: while the connector cannot produce, inquiries are sealed and WAIT (nothing lost),
+    and once it can, each goes out exactly once and is answered once.
+
+    How "broker unreachable" is simulated: the relay's producer is closed (every send fails at once, as
+    with a dead connection) and later replaced by a fresh one.  The broker itself is not restarted: the
+    embedded broker loses every topic on restart, which would prove nothing about this connector.
+    """
+    runtime = connector.runtime.runtime
+    local_ids = [f"outage-{n}" for n in range(5)]
+    for local_id in local_ids:
+        await connector.enrol(AGENCY, local_id, my_number())
+
+    async with runtime._relay_lock:  # noqa: SLF001 - swap between relay passes, never during one
+        healthy = runtime.producer
+        await healthy.stop()
+    inquiries = [await sdk.submit(local_id) for local_id in local_ids]
+
+    async def all_sealed():
+        return await connector.runtime.pool.fetchval(
+            "SELECT count(*) = $2 FROM agency_outbox WHERE inquiry_id = ANY($1::uuid[]) AND status = 'SEALED'",
+            inquiries, len(inquiries))
+
+    await eventually(all_sealed)
+    await asyncio.sleep(2.0)  # several relay attempts fail meanwhile
+    pending = await connector.runtime.pool.fetchval(
+        "SELECT count(*) FROM participant_outbox p JOIN agency_outbox a ON a.message_id = p.message_id "
+        "WHERE a.inquiry_id = ANY($1::uuid[]) AND p.sent_at IS NULL", inquiries)
+    assert pending == len(inquiries)
+    health = await connector.runtime.health()
+    assert health["outbox_pending"] >= len(inquiries)
+
+    fresh = producer(connector.runtime.settings, linger_ms=2)
+    await fresh.start()
+    async with runtime._relay_lock:  # noqa: SLF001
+        runtime.producer = fresh
+
+    answers = [await sdk.answer(i, timeout=60) for i in inquiries]
+    assert {a.status for a in answers} == {"NOT_REGISTERED"}
+    # exactly once: one message per inquiry reached the hub, each accepted (no REPLAYED copy)
+    message_ids = await connector.runtime.pool.fetch(
+        "SELECT message_id FROM agency_outbox WHERE inquiry_id = ANY($1::uuid[])", inquiries)
+    hub = await pg.fetch("SELECT message_id, accepted FROM hub_messages WHERE message_id = ANY($1::uuid[])",
+                         [r["message_id"] for r in message_ids])
+    assert len(hub) == len(inquiries) and all(r["accepted"] for r in hub)
+    inbox = await connector.runtime.pool.fetchval(
+        "SELECT count(*) FROM agency_inbox WHERE inquiry_id = ANY($1::uuid[])", inquiries)
+    assert inbox == len(inquiries)
+
+
+async def test_rows_written_while_the_connector_is_down_go_out_when_it_starts(agency_settings, connector, sdk):
+    await connector.enrol(AGENCY, "late-1", my_number())
+    await connector.runtime.stop()  # graceful: the process is gone, the agency keeps writing
+    inquiry = await sdk.submit("late-1")
+    async with AgencyConnector(agency_settings, [AGENCY]) as again:
+        assert (await sdk.answer(inquiry, timeout=90)).status == "NOT_REGISTERED"
+        assert await again.runtime.pool.fetchval(
+            "SELECT count(*) FROM connector_source_log WHERE source_key = $1", f"inquiry/{inquiry}") == 1
+
+
+async def test_health_and_metrics_endpoints(running_platform):
+    # a fresh connector (the module's one was stopped above) with its ops server on a free port
+    settings = await own_database(running_platform.settings, "agency2")
+    async with AgencyConnector(settings, ["agency-mhlw"], ops_port=0) as c, aiohttp.ClientSession() as http:
+        async with http.get(f"{c.runtime.ops_url}/health") as resp:
+            body = await resp.json()
+            assert resp.status == 200 and body["status"] == "ok" and body["identities"] == ["agency-mhlw"]
+        async with http.get(f"{c.runtime.ops_url}/metrics") as resp:
+            text = await resp.text()
+        assert resp.status == 200
+        assert "# TYPE renkei_connector_outbox_pending gauge" in text
+        assert "renkei_connector_up 1" in text
