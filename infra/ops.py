@@ -11,7 +11,8 @@ past the end Tansu answers offset 0 with timestamp -1), so every scan filters
 by the *record* timestamp itself.
 
 Every action (replay, rewind, redrive) writes one JSON event to the ops audit
-topic ``<prefix>.audit.ops`` (1 partition, created on first use), separate
+topic ``<prefix>.audit.ops`` (declared in ``infra.topics.layout``: 1 partition, no time limit;
+created here on first use where the layout was not applied), separate
 from the Avro provision records on ``<prefix>.audit.provisions``.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from infra.errors import ConfigError, StackError
 from infra.settings import Settings
+from infra.topics import TopicNames, ops_audit_spec
 
 DEFAULT_SKEW_MS = 5 * 60 * 1000
 """How far a producer's clock may run ahead of the broker's store time (seek hint margin)."""
@@ -40,7 +42,7 @@ SUBJECT_SHOWN = 6
 
 
 def ops_audit_topic(prefix: str) -> str:
-    return f"{prefix}.audit.ops"
+    return TopicNames(prefix).ops_audit
 
 
 # --------------------------------------------------------------------------- time
@@ -250,14 +252,15 @@ async def ensure_ops_audit_topic(settings: Settings) -> str:
 
     from infra.kafka import admin_client
 
-    name = ops_audit_topic(settings.kafka.topic_prefix)
+    spec = ops_audit_spec(TopicNames(settings.kafka.topic_prefix))
+    name = spec.name
     admin = admin_client(settings)
     await admin.start()
     try:
         if name in set(await admin.list_topics()):
             return name
-        response = await admin.create_topics([NewTopic(name, 1, settings.kafka.replication,
-                                                       topic_configs={"retention.ms": "-1"})])
+        response = await admin.create_topics([NewTopic(name, spec.partitions, settings.kafka.replication,
+                                                       topic_configs=spec.configs)])
         for topic, code, *rest in response.topic_errors:
             if code not in (0, 36):  # 36: created concurrently
                 raise StackError(f"creating the ops audit topic {topic} failed: error {code} {rest[0] if rest else ''}")

@@ -45,6 +45,11 @@ class TopicNames:
         return f"{self.prefix}.audit.provisions"
 
     @property
+    def ops_audit(self) -> str:
+        """Ops actions (replay, rewind, re-drive) as JSON events; see docs/operations.md."""
+        return f"{self.prefix}.audit.ops"
+
+    @property
     def keys(self) -> str:
         return f"{self.prefix}.keys"
 
@@ -54,6 +59,11 @@ class TopicNames:
 
 INGRESS_PARTITIONS = 4
 """Hub workers scale up to this many consumers; keyed by subject token."""
+
+
+def ops_audit_spec(names: TopicNames) -> TopicSpec:
+    """The ops audit trail: one partition (one order of events), kept without time limit."""
+    return TopicSpec(names.ops_audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"})
 
 
 def layout(names: TopicNames, participants: Iterable[Participant]) -> list[TopicSpec]:
@@ -66,6 +76,7 @@ def layout(names: TopicNames, participants: Iterable[Participant]) -> list[Topic
         # Provision records are also kept in PostgreSQL; the topic is the stream
         # the portal and auditors follow, kept without time limit.
         TopicSpec(names.audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"}),
+        ops_audit_spec(names),
         TopicSpec(names.keys, 1, "keys", {"cleanup.policy": "compact"}),
     ]
     for p in participants:
