@@ -1,0 +1,404 @@
+"""Bank batch-file channel: the bank's folders, bridged to the bus (Zengin-style CSV with header and trailer).
+
+A channel adapter of :class:`connectors.runtime.ConnectorRuntime` for ONE bank.
+Folders under ``root``:
+
+- ``inbound/``  — the bank drops files here.  Only ``*.csv`` are read: a writer
+  writes ``NAME.csv.tmp`` (or ``.part``) and renames it to ``NAME.csv`` when
+  complete (rename is atomic on one filesystem), so a half-written file is
+  never read.
+- ``outbound/`` — the connector writes result, reject and check files here,
+  the same way (``.tmp`` then rename).
+- ``archive/``  — processed inbound files are moved here.
+
+Kinds, by file-name prefix (full format in docs/connectors.md):
+
+- ``REG*.csv``  registrations by the bank (STEP3, 口座登録法 §8) → ``registration.request`` to the registry;
+  ``RES_<name>.csv`` lists each record's result once the registry answered all of them.
+- ``NUM*.csv``  numbering requests taken at the counter (付番申出, 口座管理法 §3) → ``numbering.request``
+  to DICJ; ``RES_<name>.csv`` lists each record as ACCEPTED (published).
+- ``ANS*.csv``  the bank's answers to our ``CHK_*.csv`` existence checks (口座実在性確認) → ``existence.answer``.
+- bad records of any file → ``REJ_<name>.csv`` (line number, reason code, reason); good ones flow on.
+
+Every record is validated with :mod:`infra.validation` (holder names in
+half-width kana, Zengin style).  A file whose structure is broken (no header,
+wrong bank, trailer count ≠ records) is rejected whole: a count mismatch means
+a truncated or padded file.  A file is identified by its SHA-256 and each
+record by (digest, sequence number), so re-dropping a file publishes nothing
+twice.  My Numbers in REG/NUM files are sent only sealed to the token authority
+(token-issuance exchange) and never written to any output, log or dead letter.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from infra.envelope import Message
+from infra.errors import ValidationError
+from infra.policy import BASIS_BANK_INTAKE, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.validation import (
+    to_zengin_halfwidth,
+    validate_account_type,
+    validate_bank_account,
+    validate_bank_code,
+    validate_my_number,
+)
+from schemas import types as T
+from streams.participant import Context
+
+from connectors.runtime import ChannelAdapter, Delivery
+
+log = logging.getLogger("renkei.connector.bankfiles")
+
+HEADER, DATA, TRAILER, END = "1", "2", "8", "9"
+KINDS = ("REG", "NUM", "ANS")
+OPERATIONS = {"R": "REGISTER", "C": "CHANGE", "D": "DELETE"}
+ACCOUNT_TYPE_CODES = {"ORDINARY": "1", "CURRENT": "2", "SAVINGS": "4"}
+EXISTENCE_RESULTS = ("CONFIRMED", "ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "ACCOUNT_CLOSED")
+DATA_WIDTH = {"REG": 9, "NUM": 5, "ANS": 3}
+"""Columns of a data record per kind (record type included)."""
+
+BANKFILE_MIGRATIONS = [
+    """
+    CREATE TABLE bankfile_files (
+        digest      text PRIMARY KEY,
+        bank_code   text NOT NULL,
+        name        text NOT NULL,
+        kind        text NOT NULL,
+        records     integer NOT NULL,
+        rejected    integer NOT NULL,
+        status      text NOT NULL CHECK (status IN ('PUBLISHED', 'REJECTED', 'RESULTS_WRITTEN')),
+        received_at timestamptz NOT NULL DEFAULT now(),
+        results_at  timestamptz
+    );
+    CREATE TABLE bankfile_lines (
+        correlation_id uuid PRIMARY KEY,
+        digest      text NOT NULL REFERENCES bankfile_files (digest),
+        seq         text NOT NULL,
+        status      text NOT NULL,
+        detail      text,
+        answered_at timestamptz,
+        UNIQUE (digest, seq)
+    );
+    """,
+]
+
+
+# --- parsing (pure) -----------------------------------------------------------------------------
+
+
+@dataclass
+class FileRecord:
+    line: int
+    seq: str
+    fields: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class ParsedFile:
+    """A parsed inbound file: good records, rejected lines, or a whole-file rejection (``fatal``)."""
+
+    kind: str
+    bank_code: str | None = None
+    serial: str | None = None
+    records: list[FileRecord] = field(default_factory=list)
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason code, reason)
+    fatal: tuple[int, str, str] | None = None
+
+
+def parse_file(text: str, kind: str, bank_code: str) -> ParsedFile:
+    """Parse and validate a REG / NUM / ANS file of bank ``bank_code``. Never raises on bad content."""
+    out = ParsedFile(kind)
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [(n, r) for n, r in enumerate(rows, start=1) if r and any(c.strip() for c in r)]
+    if not rows or rows[0][1][0] != HEADER:
+        out.fatal = (1, "MALFORMED", "the first record must be a header (record type 1)")
+        return out
+    n, header = rows[0]
+    if len(header) != 5 or header[1] != kind:
+        out.fatal = (n, "MALFORMED", f"header must be 1,{kind},<bank code>,<YYYYMMDD>,<serial>")
+        return out
+    if header[2] != bank_code:
+        out.fatal = (n, "NOT_THIS_BANK", "the header's bank code is not this connector's bank")
+        return out
+    out.bank_code, out.serial = header[2], header[4]
+    body, trailer, end = rows[1:], None, None
+    if body and body[-1][1][0] == END:
+        end, body = body[-1], body[:-1]
+    if body and body[-1][1][0] == TRAILER:
+        trailer, body = body[-1], body[:-1]
+    if trailer is None or end is None:
+        out.fatal = (rows[-1][0], "MALFORMED", "the file must end with a trailer (8,<count>) and an end record (9)")
+        return out
+    if len(trailer[1]) != 2 or not trailer[1][1].isdigit() or int(trailer[1][1]) != len(body):
+        out.fatal = (trailer[0], "COUNT_MISMATCH",
+                     f"the trailer's record count does not match the {len(body)} data records")
+        return out
+    seen: set[str] = set()
+    for line, row in body:
+        if row[0] != DATA or len(row) != DATA_WIDTH[kind]:
+            out.rejects.append((line, "MALFORMED", f"a data record is 2 followed by {DATA_WIDTH[kind] - 1} fields"))
+            continue
+        seq = row[1].strip()
+        if not seq or len(seq) > 36 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in seq):
+            out.rejects.append((line, "INVALID_FIELD", "reference: 1 to 36 ASCII letters, digits, - or _"))
+            continue
+        if seq in seen:
+            out.rejects.append((line, "DUPLICATE", "this reference appears earlier in the file"))
+            continue
+        try:
+            fields = _validate(kind, row, bank_code)
+        except ValidationError as exc:
+            out.rejects.append((line, exc.code, exc.message))
+            continue
+        seen.add(seq)
+        out.records.append(FileRecord(line, seq, fields))
+    return out
+
+
+def _customer_ref(value: str) -> str:
+    if not value or len(value) > 32 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise ValidationError("customer_ref", "must be 1 to 32 ASCII letters, digits, - or _")
+    return value
+
+
+def _validate(kind: str, row: list[str], bank_code: str) -> dict[str, Any]:
+    if kind == "REG":
+        _, _, op, ref, my_number, branch, type_code, number, holder = row
+        operation = OPERATIONS.get(op.strip())
+        if operation is None:
+            raise ValidationError("operation", "must be R (register), C (change) or D (delete)")
+        fields: dict[str, Any] = {"operation": operation, "customer_ref": _customer_ref(ref.strip()),
+                                  "my_number": validate_my_number(my_number.strip())}
+        if operation == "DELETE" and not any(v.strip() for v in (branch, type_code, number, holder)):
+            fields["account"] = None
+        else:
+            fields["account"] = validate_bank_account({
+                "bank_code": bank_code, "branch_code": branch.strip(), "account_type": type_code.strip(),
+                "account_number": number.strip(), "holder_kana": holder})
+        return fields
+    if kind == "NUM":
+        _, _, ref, my_number, codes = row
+        bank_codes = [validate_bank_code(c, field="bank_codes") for c in codes.split()]
+        if not bank_codes:
+            raise ValidationError("bank_codes", "at least one 4-digit bank code, separated by spaces")
+        return {"customer_ref": _customer_ref(ref.strip()), "my_number": validate_my_number(my_number.strip()),
+                "bank_codes": sorted(set(bank_codes))}
+    _, ref, result = row
+    if result.strip() not in EXISTENCE_RESULTS:
+        raise ValidationError("result", f"must be one of {', '.join(EXISTENCE_RESULTS)}")
+    return {"reference": ref.strip(), "result": result.strip()}
+
+
+def render_file(kind: str, bank_code: str, serial: str, records: Sequence[Sequence[str]], *,
+                at: datetime | None = None) -> str:
+    """A file in the channel's format: header, data records, trailer with the count, end record."""
+    at = at or datetime.now(UTC)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow([HEADER, kind, bank_code, at.strftime("%Y%m%d"), serial])
+    for rec in records:
+        w.writerow([DATA, *rec])
+    w.writerow([TRAILER, str(len(records))])
+    w.writerow([END])
+    return buf.getvalue()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` so that no reader ever sees it half-written (``.tmp`` + fsync + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# --- the adapter ----------------------------------------------------------------------------------
+
+
+class BankFiles(ChannelAdapter):
+    """The batch-file channel of one bank (``bank_id`` with 金融機関コード ``bank_code``)."""
+
+    name = "bank-files"
+    migrations = BANKFILE_MIGRATIONS
+    poll_interval_s = 0.5
+
+    def __init__(self, bank_id: str, bank_code: str, root: Path) -> None:
+        self.bank_id = bank_id
+        self.bank_code = bank_code
+        self.root = Path(root)
+        self.inbound, self.outbound, self.archive = (self.root / d for d in ("inbound", "outbound", "archive"))
+
+    async def start(self, runtime: Any) -> None:
+        await super().start(runtime)
+        for folder in (self.inbound, self.outbound, self.archive):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def handlers(self) -> dict:
+        return {T.EXISTENCE_CHECK: self.on_existence_check, T.REGISTRATION_RESULT: self.on_result,
+                T.REJECTION_NOTICE: self.on_result}
+
+    # sink: existence checks become CHK files ----------------------------------------------------
+    async def on_existence_check(self, ctx: Context) -> None:
+        await self.runtime.enqueue(ctx, self, {"account": ctx.body["account"]})
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | None]:
+        records = []
+        for d in deliveries:
+            a = d.payload["account"]
+            records.append([d.correlation_id, a["branch_code"], ACCOUNT_TYPE_CODES[a["account_type"]],
+                            a["account_number"], to_zengin_halfwidth(a["holder_kana"])])
+        now = datetime.now(UTC)
+        serial = f"{now:%Y%m%d%H%M%S}{deliveries[0].id:08d}"
+        write_atomically(self.outbound / f"CHK_{self.bank_code}_{serial}.csv",
+                         render_file("CHK", self.bank_code, serial, records, at=now))
+        return {d.id: None for d in deliveries}
+
+    async def on_result(self, ctx: Context) -> None:
+        if ctx.meta.type == T.REGISTRATION_RESULT:
+            status, detail = ctx.body["status"], ctx.body.get("detail")
+        else:
+            status, detail = f"REJECTED:{ctx.body['reason_code']}", ctx.body["message"]
+        await ctx.conn.execute(
+            "UPDATE bankfile_lines SET status = $2, detail = $3, answered_at = now() WHERE correlation_id = $1::uuid",
+            ctx.meta.correlation_id, status, detail)
+        self.runtime.wake(self.name)
+
+    # source: inbound files -------------------------------------------------------------------------
+    async def poll(self) -> None:
+        for path in sorted(self.inbound.glob("*.csv")):
+            await self._take(path)
+        await self._write_results()
+
+    async def _take(self, path: Path) -> None:
+        rt = self.runtime
+        raw = path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        kind = path.name[:3].upper()
+        if await rt.pool.fetchval("SELECT 1 FROM bankfile_files WHERE digest = $1", digest):
+            self._archive(path)  # taken before (crash before the move, or dropped twice)
+            return
+        if kind not in KINDS:
+            parsed = ParsedFile(kind, fatal=(0, "UNKNOWN_KIND", "file names start with REG, NUM or ANS"))
+        else:
+            try:
+                parsed = parse_file(raw.decode("utf-8-sig"), kind, self.bank_code)
+            except UnicodeDecodeError:
+                parsed = ParsedFile(kind, fatal=(0, "MALFORMED", "files are UTF-8"))
+        if parsed.fatal is not None:
+            async with rt.pool.acquire() as conn, conn.transaction():
+                await self._record_file(conn, digest, path.name, parsed, "REJECTED")
+                await rt.dead_letter(self, "source", f"file/{digest[:16]}", parsed.fatal[1], parsed.fatal[2], conn)
+            self._write_rejects(path, parsed)
+            self._archive(path)
+            return
+        if kind == "ANS":
+            await self._take_answers(path, digest, parsed)
+            return
+        tokens = {}
+        for rec in parsed.records:  # the token-issuance exchange: network, outside the transaction
+            tokens[rec.seq] = await rt.enrol(self.bank_id, rec.fields["customer_ref"], rec.fields.pop("my_number"))
+        async with rt.pool.acquire() as conn, conn.transaction():
+            await self._record_file(conn, digest, path.name, parsed, "PUBLISHED")
+            for rec in parsed.records:
+                message = self._message(kind, rec, tokens[rec.seq])
+                ids = await rt.publish(conn, self, self.bank_id, f"{digest}:{rec.seq}", [message])
+                if ids is not None:
+                    await conn.execute(
+                        "INSERT INTO bankfile_lines (correlation_id, digest, seq, status) VALUES ($1::uuid, $2, $3, $4)",
+                        message.correlation_id, digest, rec.seq, "ACCEPTED" if kind == "NUM" else "SENT")
+        self._write_rejects(path, parsed)
+        self._archive(path)
+
+    def _message(self, kind: str, rec: FileRecord, token: str) -> Message:
+        import uuid
+
+        now = datetime.now(UTC)
+        if kind == "REG":
+            body = {"operation": rec.fields["operation"], "account": rec.fields["account"],
+                    "channel": "BANK_COUNTER", "requested_at": now}
+            return Message(body=body, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+                           data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE,
+                           correlation_id=str(uuid.uuid4()))
+        body = {"bank_codes": rec.fields["bank_codes"], "channel": "BANK", "receiving_bank_code": self.bank_code,
+                "requested_at": now}
+        return Message(body=body, type=T.NUMBERING_REQUEST, to="dicj", subject=token,
+                       data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
+                       correlation_id=str(uuid.uuid4()))
+
+    async def _take_answers(self, path: Path, digest: str, parsed: ParsedFile) -> None:
+        rt = self.runtime
+        async with rt.pool.acquire() as conn, conn.transaction():
+            for rec in list(parsed.records):
+                try:
+                    import uuid
+
+                    ref = str(uuid.UUID(rec.fields["reference"]))
+                except ValueError:
+                    ref = None
+                answered = ref is not None and await rt.answer(
+                    conn, self, ref, type=T.EXISTENCE_ANSWER,
+                    body={"bank_code": self.bank_code, "result": rec.fields["result"],
+                          "answered_at": datetime.now(UTC)})
+                if not answered:
+                    parsed.records.remove(rec)
+                    parsed.rejects.append((rec.line, "UNKNOWN_REFERENCE",
+                                           "no open existence check has this reference (unknown or answered)"))
+            await self._record_file(conn, digest, path.name, parsed, "RESULTS_WRITTEN")
+        self._write_rejects(path, parsed)
+        self._archive(path)
+
+    async def _record_file(self, conn: Any, digest: str, name: str, parsed: ParsedFile, status: str) -> None:
+        await conn.execute(
+            "INSERT INTO bankfile_files (digest, bank_code, name, kind, records, rejected, status) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)", digest, self.bank_code, name, parsed.kind,
+            len(parsed.records), len(parsed.rejects) + (parsed.fatal is not None), status)
+
+    def _write_rejects(self, path: Path, parsed: ParsedFile) -> None:
+        rejects = ([parsed.fatal] if parsed.fatal else []) + sorted(parsed.rejects)
+        if not rejects:
+            return
+        write_atomically(self.outbound / f"REJ_{path.stem}.csv",
+                         render_file("REJ", self.bank_code, path.name, [[str(n), code, msg] for n, code, msg in rejects]))
+
+    def _archive(self, path: Path) -> None:
+        os.replace(path, self.archive / path.name)
+
+    async def _write_results(self) -> None:
+        rt = self.runtime
+        async with rt.pool.acquire() as conn, conn.transaction():
+            files = await conn.fetch(
+                "SELECT f.digest, f.name FROM bankfile_files f WHERE f.status = 'PUBLISHED' AND f.bank_code = $1 "
+                "AND NOT EXISTS (SELECT 1 FROM bankfile_lines l WHERE l.digest = f.digest AND l.status = 'SENT') "
+                "FOR UPDATE SKIP LOCKED", self.bank_code)
+            for f in files:
+                lines = await conn.fetch("SELECT seq, status, detail FROM bankfile_lines WHERE digest = $1 "
+                                         "ORDER BY seq", f["digest"])
+                write_atomically(self.outbound / f"RES_{Path(f['name']).stem}.csv",
+                                 render_file("RES", self.bank_code, f["name"],
+                                             [[r["seq"], r["status"], r["detail"] or ""] for r in lines]))
+                await conn.execute("UPDATE bankfile_files SET status = 'RESULTS_WRITTEN', results_at = now() "
+                                   "WHERE digest = $1", f["digest"])
+
+
+def bank_file_connector(settings: Any, bank_id: str, bank_code: str, root: Path, *,
+                        ops_port: int | None = None) -> Any:
+    """The runtime with this bank's file channel (one process per bank, or add adapters per bank)."""
+    from connectors.runtime import ConnectorRuntime
+
+    return ConnectorRuntime(settings, [bank_id], [BankFiles(bank_id, bank_code, root)],
+                            group=f"{settings.kafka.topic_prefix}.connector.{bank_id}", ops_port=ops_port)
+
+
+__all__ = ["BankFiles", "ParsedFile", "bank_file_connector", "parse_file", "render_file", "write_atomically",
+           "validate_account_type"]

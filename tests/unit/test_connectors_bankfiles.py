@@ -1,0 +1,92 @@
+"""Bank batch files: parsing, validation, reject reasons and rendering (pure, no broker)."""
+
+from __future__ import annotations
+
+from connectors.bankfiles import parse_file, render_file, write_atomically
+from connectors.runtime import Metrics, RetryPolicy
+
+MN = "123456789018"  # check-digit-valid test number (not a real person's)
+
+
+def reg(records: list[list[str]], count: int | None = None, bank: str = "9001") -> str:
+    lines = [f"1,REG,{bank},20250401,0001"] + ["2," + ",".join(r) for r in records]
+    lines += [f"8,{len(records) if count is None else count}", "9"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+GOOD = ["1", "R", "cust-1", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ ﾀﾛｳ"]
+
+
+def test_valid_check_digit_fixture():
+    from infra.validation import validate_my_number
+
+    assert validate_my_number(MN) == MN
+
+
+def test_good_records_flow_and_bad_ones_are_rejected_with_line_and_reason():
+    parsed = parse_file(reg([GOOD,
+                             ["2", "X", "cust-2", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ"],
+                             ["3", "R", "cust-3", "123456789012", "123", "1", "1234567", "ﾔﾏﾀﾞ"],
+                             ["4", "R", "cust-4", MN, "12", "1", "1234567", "ﾔﾏﾀﾞ"],
+                             ["5", "R", "cust-5", MN, "123", "1", "1234567", "山田"],
+                             ["1", "R", "cust-6", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ"],
+                             ["7", "D", "cust-7", MN, "", "", "", ""]]), "REG", "9001")
+    assert parsed.fatal is None
+    assert [r.seq for r in parsed.records] == ["1", "7"]
+    assert parsed.records[0].fields["account"]["holder_kana"] == "ヤマダ タロウ"
+    assert parsed.records[1].fields["account"] is None
+    reasons = {line: (code, msg) for line, code, msg in parsed.rejects}
+    assert reasons[3] == ("INVALID_FIELD", "operation: must be R (register), C (change) or D (delete)")
+    assert reasons[4] == ("INVALID_FIELD", "my_number: check digit does not match")
+    assert reasons[5][1].startswith("account.branch_code")
+    assert reasons[6][1].startswith("account.holder_kana")
+    assert reasons[7][0] == "DUPLICATE"
+    # rejects never echo a value
+    assert all(MN not in msg and "山田" not in msg for _, _, msg in parsed.rejects)
+
+
+def test_trailer_count_mismatch_rejects_the_whole_file():
+    parsed = parse_file(reg([GOOD], count=2), "REG", "9001")
+    assert parsed.fatal is not None and parsed.fatal[1] == "COUNT_MISMATCH"
+    assert parsed.records == []
+
+
+def test_missing_trailer_wrong_bank_and_no_header_are_fatal():
+    assert parse_file("1,REG,9001,20250401,1\r\n2," + ",".join(GOOD) + "\r\n", "REG", "9001").fatal[1] == "MALFORMED"
+    assert parse_file(reg([GOOD], bank="9002"), "REG", "9001").fatal[1] == "NOT_THIS_BANK"
+    assert parse_file("2," + ",".join(GOOD) + "\r\n8,1\r\n9\r\n", "REG", "9001").fatal[1] == "MALFORMED"
+
+
+def test_numbering_and_answer_records():
+    num = "1,NUM,9001,20250401,7\r\n2,1,cust-1," + MN + ",9002 9003 9002\r\n2,2,cust-2," + MN + ",\r\n8,2\r\n9\r\n"
+    parsed = parse_file(num, "NUM", "9001")
+    assert parsed.records[0].fields["bank_codes"] == ["9002", "9003"]
+    assert parsed.rejects[0][0] == 3
+    ans = "1,ANS,9001,20250401,9\r\n2,abc,CONFIRMED\r\n2,def,MAYBE\r\n8,2\r\n9\r\n"
+    parsed = parse_file(ans, "ANS", "9001")
+    assert [r.fields["result"] for r in parsed.records] == ["CONFIRMED"]
+    assert parsed.rejects[0][:2] == (3, "INVALID_FIELD")
+
+
+def test_render_round_trips_through_the_parser_shape(tmp_path):
+    text = render_file("ANS", "9001", "42", [["ref-1", "CONFIRMED"]])
+    assert text.splitlines() == ["1,ANS,9001," + text.splitlines()[0].split(",")[3] + ",42", "2,ref-1,CONFIRMED",
+                                 "8,1", "9"]
+    assert parse_file(text, "ANS", "9001").records[0].fields == {"reference": "ref-1", "result": "CONFIRMED"}
+    target = tmp_path / "ANS_1.csv"
+    write_atomically(target, text)
+    assert target.read_bytes() == text.encode() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_retry_backoff_is_bounded():
+    policy = RetryPolicy(max_attempts=4, base_s=0.5, cap_s=3.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_metrics_render_prometheus_text():
+    m = Metrics()
+    m.inc("renkei_connector_published_total", "Messages published", connector="bank-files", type="x")
+    m.inc("renkei_connector_published_total", "Messages published", connector="bank-files", type="x")
+    text = Metrics.render([("renkei_up", "gauge", "Up", {}, 1.0)] + m.counter_samples())
+    assert "# TYPE renkei_up gauge\nrenkei_up 1\n" in text
+    assert 'renkei_connector_published_total{connector="bank-files",type="x"} 2' in text
