@@ -114,6 +114,14 @@ class TransientError(Exception):
 
 
 @dataclass(frozen=True)
+class Answered:
+    """A delivery outcome for synchronous channels: delivered, and the channel already answered."""
+
+    type: str
+    body: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries with exponential backoff: attempt n waits min(base * 2**(n-1), cap) seconds."""
 
@@ -169,7 +177,7 @@ class ChannelAdapter:
     async def poll(self) -> None:
         return None
 
-    async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | None]:
+    async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | Answered | None]:
         raise NotImplementedError(f"{self.name} has no sink side")
 
     @property
@@ -391,12 +399,14 @@ class ConnectorRuntime:
             return len(batch)
 
     async def _settle(self, conn: asyncpg.Connection, adapter: ChannelAdapter, d: Delivery,
-                      error: Exception | None) -> None:
+                      error: Exception | Answered | None) -> None:
         labels = {"connector": adapter.name, "type": d.type}
-        if error is None:
+        if error is None or isinstance(error, Answered):
             await conn.execute("UPDATE connector_deliveries SET status = 'DELIVERED', attempts = attempts + 1, "
                                "delivered_at = now(), last_error = NULL WHERE id = $1", d.id)
             self.metrics.inc("renkei_connector_delivered_total", "Deliveries handed to the channel", **labels)
+            if isinstance(error, Answered):  # synchronous channel: reply in the same transaction
+                await self.answer(conn, adapter, d.correlation_id, type=error.type, body=error.body)
             return
         attempts = d.attempts + 1
         if isinstance(error, Rejection):
@@ -607,5 +617,5 @@ def _delivery(r: asyncpg.Record) -> Delivery:
 
 
 __all__ = [
-    "ChannelAdapter", "ConnectorRuntime", "Delivery", "Metrics", "RetryPolicy", "TransientError", "start_site",
+    "Answered", "ChannelAdapter", "ConnectorRuntime", "Delivery", "Metrics", "RetryPolicy", "TransientError", "start_site",
 ]
