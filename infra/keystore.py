@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.errors import ConfigError
@@ -210,3 +211,50 @@ async def load_directory(settings: Settings, root_public_key: bytes, *, timeout:
     finally:
         await cons.stop()
     return directory
+
+
+async def follow_directory(settings: Settings, directory: KeyDirectory, *,
+                           on_change: Callable[[int], None] | None = None) -> None:
+    """Apply every record of the keys topic to ``directory`` for as long as it runs (cancel to stop).
+
+    Workers build the directory with :func:`load_directory` at start and then follow: a rotated key
+    is usable, and a revoked one refused, as soon as its record reaches the topic.  It reads from the
+    beginning (records are idempotent; a record between the load and the follow is never missed).
+    A record that fails the root signature is logged and skipped: it changes nothing.
+    ``on_change(n)`` is called after each fetch in which ``n > 0`` records changed the directory.
+    """
+    import asyncio
+    import logging
+
+    from aiokafka import TopicPartition
+
+    from infra.errors import Rejection
+    from infra.kafka import consumer
+    from infra.topics import TopicNames
+
+    log = logging.getLogger("renkei.keys")
+    topic = TopicNames(settings.kafka.topic_prefix).keys
+    cons = consumer(settings, group_id=None)
+    await cons.start()
+    try:
+        partitions = cons.partitions_for_topic(topic) or set()
+        while not partitions:
+            await asyncio.sleep(1.0)
+            await cons._client.force_metadata_update()
+            partitions = cons.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        while True:
+            batch = await cons.getmany(*tps, timeout_ms=500)
+            changed = 0
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        changed += directory.apply_record(m.key, m.value)
+                    except Rejection as exc:
+                        log.warning("key directory record at offset %d skipped: %s", m.offset, exc.code)
+            if changed and on_change is not None:
+                on_change(changed)
+    finally:
+        await cons.stop()
