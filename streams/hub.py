@@ -30,9 +30,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.partitioner import DefaultPartitioner
 
 from infra.envelope import HubForwarder, Opener, Sealer, Verifier
 from infra.errors import Reason
+from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
 from infra.policy import Policy
@@ -89,13 +91,16 @@ class BatchStats:
     redelivered: int = 0
     records: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    provision_write_s: float = 0.0  # the claim + provision-record transaction, retries included (not totalled)
 
 
 class HubService:
     """Ingress batch → decisions → one PostgreSQL transaction → produce. Transport-agnostic."""
 
-    def __init__(self, settings: Settings, core: HubCore, sealer: Sealer, pool: asyncpg.Pool, producer: Any) -> None:
+    def __init__(self, settings: Settings, core: HubCore, sealer: Sealer, pool: asyncpg.Pool, producer: Any,
+                 directory: KeyDirectory | None = None) -> None:
         self.settings = settings
+        self.directory = directory  # what the verifier and sealer use: follow_directory keeps it current
         self.core = core
         self.sealer = sealer
         self.pool = pool
@@ -128,7 +133,7 @@ class HubService:
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
-        return cls(settings, core, sealer, pool, producer)
+        return cls(settings, core, sealer, pool, producer, directory)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -136,8 +141,11 @@ class HubService:
     # -- the batch step ---------------------------------------------------------------------------
     async def process(self, batch: Sequence[Inbound]) -> BatchStats:
         decisions = self.core.decide(list(batch))
+        started = time.monotonic()
         redelivered, new_records = await self._commit_with_retry(decisions)
+        write_s = time.monotonic() - started
         stats = await self._emit(decisions, redelivered, new_records)
+        stats.provision_write_s = write_s
         if self.lookups.pending:  # lookup results sealed in this batch's transaction
             await self.lookups.flush()
         t = self.totals
@@ -264,7 +272,34 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
     if d.meta is not None:
         headers += [("renkei.message_id", d.meta.message_id.encode()), ("renkei.type", d.meta.type.encode()),
                     ("renkei.sender", d.meta.sender.encode())]
+    # A re-driven or replayed message that fails again keeps its history (count, earlier dead letters,
+    # ops event): `renkei dlq redrive` continues from it.
+    headers += [(k, v) for k, v in d.inbound.headers if k.startswith(_CARRIED_HEADERS) or k == "renkei.ops.event"]
     return headers
+
+
+_CARRIED_HEADERS = ("renkei.redrive", "renkei.replay")
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """Kafka headers as faust hands them (a list of pairs, a mapping, or None)."""
+    if not raw:
+        return ()
+    items = raw.items() if hasattr(raw, "items") else raw
+    return tuple((str(k), bytes(v or b"")) for k, v in items)
+
+
+def single_partition_first(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's default partitioner, minus its pure-Python murmur2 (~40 µs a call) where there is nothing to choose.
+
+    Inboxes, the audit and the rejected topics have one partition; the answer there is the same.
+    """
+    if len(all_partitions) == 1:
+        return all_partitions[0]
+    return _DEFAULT_PARTITIONER(key, all_partitions, available)
+
+
+_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 # -- the faust worker -------------------------------------------------------------------------------
@@ -273,6 +308,8 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
 def build_app(settings: Settings) -> Any:
     """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX."""
     from infra.kafka import producer as make_producer
+    from infra.keystore import follow_directory
+    from infra.metrics import MetricsServer, WorkerMetrics
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
@@ -280,14 +317,34 @@ def build_app(settings: Settings) -> Any:
     ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
     holder: dict[str, Any] = {}
+    metrics = WorkerMetrics("hub")
+
+    def health() -> tuple[str, str]:
+        if "service" not in holder:
+            return "starting", "loading keys and connecting to PostgreSQL"
+        for name in ("sweeps", "directory"):
+            task = holder[name]
+            if task.done():
+                return "failing", f"the {name} task stopped"
+        return "ok", ""
 
     @app.task
     async def _start_service() -> None:
-        prod = make_producer(settings, linger_ms=2)
+        await MetricsServer(metrics, health, state_dir=settings.state_dir).start()
+        prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
         await prod.start()
-        holder["service"] = await HubService.create(settings, prod)
+        service = await HubService.create(settings, prod)
+        directory = service.directory
+        metrics.directory_entries.set(len(directory))
+
+        def directory_changed(n: int) -> None:
+            metrics.directory_updates.inc(n)
+            metrics.directory_entries.set(len(directory))
+
+        holder["directory"] = asyncio.ensure_future(follow_directory(settings, directory, on_change=directory_changed))
         holder["producer"] = prod
-        holder["sweeps"] = asyncio.ensure_future(holder["service"].lookups.run_sweeps())
+        holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
+        holder["service"] = service
         log.info("hub ready: consuming %s", names.ingress)
 
     @app.agent(ingress)
@@ -295,9 +352,11 @@ def build_app(settings: Settings) -> Any:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             while "service" not in holder:
                 await asyncio.sleep(0.05)
-            batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key)
-                     for e in events]
+            started = time.monotonic()
+            batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key,
+                             _headers(e.message.headers)) for e in events]
             stats = await holder["service"].process(batch)
+            _observe(metrics, stats, started, app.consumer, events)
             if stats.rejected:
                 log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
                          stats.rejected, stats.by_reason)
@@ -305,6 +364,21 @@ def build_app(settings: Settings) -> Any:
     # No shutdown hook is needed for correctness: every produced message is acknowledged by the
     # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
     return app
+
+
+def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:
+    """Feed one batch's figures to the worker's metrics (every message finished with the batch)."""
+    metrics.batch_done(stats.received, started)
+    metrics.messages_out.inc(stats.forwarded)
+    for reason, n in stats.by_reason.items():
+        metrics.reject(reason, n)
+    metrics.duplicates.inc(stats.redelivered)
+    metrics.provision_records.inc(stats.records)
+    metrics.provision_write_seconds.observe(stats.provision_write_s)
+    last: dict[Any, int] = {}
+    for e in events:
+        last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+    metrics.record_lag(consumer, last)
 
 
 def main(argv: list[str] | None = None) -> None:
