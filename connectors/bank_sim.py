@@ -327,11 +327,12 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
     if bank_ids is None:
         bank_ids = [p.id for p in load_participants(settings.participants_file, banks=settings.banks).banks()]
     return ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or f"{settings.kafka.topic_prefix}.banks",
-                              migrations={"bank-sim": BANK_MIGRATIONS})
+                              migrations={"bank-sim": BANK_MIGRATIONS}, worker="banks")
 
 
 async def serve(settings: Settings) -> None:
     runtime = bank_runtime(settings)
+    await runtime.serve_metrics()
     await runtime.start()
     log.info("serving %d banks", len(runtime.identity_ids))
     try:

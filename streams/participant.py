@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ import asyncpg
 from infra.envelope import Message, Opened, Opener, Sealer, peek
 from infra.errors import Rejection
 from infra.keys import KeyDirectory
-from infra.keystore import KeyStore, load_directory
+from infra.keystore import KeyStore, follow_directory, load_directory
+from infra.metrics import MetricsServer, WorkerMetrics
 from infra.participants import Participants, load_participants
 from infra.settings import Settings
 from infra.storage import claim, create_pool, migrate, migrate_idempotency
@@ -122,7 +124,7 @@ class ParticipantRuntime:
     """Inbox → open → (claim + effect + outbox) in one transaction → relay. See the module docstring."""
 
     def __init__(self, settings: Settings, identities: Iterable[str], handlers: dict[str, Handler], *,
-                 group: str, migrations: dict[str, list[str]] | None = None) -> None:
+                 group: str, migrations: dict[str, list[str]] | None = None, worker: str = "participant") -> None:
         self.settings = settings
         self.identity_ids = list(identities)
         self.handlers = handlers
@@ -141,6 +143,9 @@ class ParticipantRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
         self.processed = 0
+        self.metrics = WorkerMetrics(worker)
+        self._metrics_server: MetricsServer | None = None
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, consume: bool = True) -> None:
@@ -148,6 +153,7 @@ class ParticipantRuntime:
 
         store = KeyStore.for_settings(self.settings)
         self.directory = await load_directory(self.settings, store.root_public_key())
+        self.metrics.directory_entries.set(len(self.directory))
         for pid in self.identity_ids:
             keyset = store.keyset(pid)
             ident = Identity(pid, Sealer(keyset, self.directory),
@@ -162,10 +168,33 @@ class ParticipantRuntime:
         self.producer = producer(self.settings, linger_ms=2)
         await self.producer.start()
         self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
+        # Follow the keys topic: rotated keys work and revoked ones are refused without a restart.
+        self._tasks.append(asyncio.create_task(
+            follow_directory(self.settings, self.directory, on_change=self._directory_changed),
+            name=f"{self.group}-keys"))
         if consume:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group)
             await self.consumer.start()
             self._tasks.append(asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume"))
+        self._started = True
+
+    def _directory_changed(self, n: int) -> None:
+        assert self.directory is not None
+        self.metrics.directory_updates.inc(n)
+        self.metrics.directory_entries.set(len(self.directory))
+
+    async def serve_metrics(self) -> str:
+        """Serve ``/metrics`` and ``/health`` on a free loopback port (infra.metrics); returns the URL."""
+        self._metrics_server = MetricsServer(self.metrics, self.health, state_dir=self.settings.state_dir)
+        return await self._metrics_server.start()
+
+    def health(self) -> tuple[str, str]:
+        if not self._started:
+            return "starting", "loading keys and connecting"
+        stopped = [t.get_name() for t in self._tasks if t.done()]
+        if stopped:
+            return "failing", f"stopped: {', '.join(stopped)}"
+        return "ok", ""
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -176,6 +205,8 @@ class ParticipantRuntime:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -199,11 +230,16 @@ class ParticipantRuntime:
             for tp, records in batches.items():
                 await self.handle_records(tp.topic, [(r.value, r.partition, r.offset) for r in records])
             await self.consumer.commit()  # only after every effect of the batch is committed
+            self.metrics.record_lag(self.consumer, {tp: records[-1].offset for tp, records in batches.items()})
 
     async def handle_records(self, topic: str, records: list[tuple[bytes, int, int]]) -> None:
         ident = self.by_inbox[topic]
+        started = time.monotonic()
+        done = []
         for value, partition, offset in records:
             await self._handle_one(ident, topic, value, partition, offset)
+            done.append(time.monotonic())
+        self.metrics.batch_done(len(records), started, done)
         self._relay_wakeup.set()
 
     async def _handle_one(self, ident: Identity, topic: str, value: bytes, partition: int, offset: int) -> None:
@@ -219,6 +255,7 @@ class ParticipantRuntime:
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     if not await claim(conn, ident.participant_id, [uuid.UUID(opened.meta.message_id)]):
+                        self.metrics.duplicates.inc()
                         break  # already processed: redelivery or replay, no second effect
                     ctx = Context(ident.participant_id, opened, conn, self.participants)
                     if handler is not None:
@@ -247,6 +284,7 @@ class ParticipantRuntime:
                            reason: str, detail: str) -> None:
         assert self.pool is not None
         log.warning("%s: message at %s[%d]@%d refused: %s", ident.participant_id, topic, partition, offset, reason)
+        self.metrics.reject(reason)
         await self.pool.execute(
             "INSERT INTO participant_dead_letters (participant, reason, detail, src_topic, src_partition, "
             "src_offset, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -303,6 +341,7 @@ class ParticipantRuntime:
             await asyncio.gather(*futures)
             await self.pool.execute("UPDATE participant_outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
                                     [r["id"] for r in rows])
+            self.metrics.messages_out.inc(len(rows))
             return len(rows)
 
     async def _relay_loop(self) -> None:

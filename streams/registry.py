@@ -205,7 +205,7 @@ def registry_runtime(settings: Settings) -> ParticipantRuntime:
     vault = AccountVault(KeyStore.for_settings(settings).secret(REGISTRY_KEK))
     return ParticipantRuntime(settings, [REGISTRY_ID], Registry(vault).handlers(),
                               group=f"{settings.kafka.topic_prefix}.{REGISTRY_ID}",
-                              migrations={"registry": REGISTRY_MIGRATIONS})
+                              migrations={"registry": REGISTRY_MIGRATIONS}, worker=REGISTRY_ID)
 
 
 def build_app(settings: Settings) -> Any:
@@ -223,6 +223,7 @@ def build_app(settings: Settings) -> Any:
 
     @app.task
     async def _start_runtime() -> None:
+        await runtime.serve_metrics()
         await runtime.start(consume=False)
         ready.set()
 
@@ -232,6 +233,10 @@ def build_app(settings: Settings) -> Any:
             await ready.wait()
             await runtime.handle_records(inbox, [(e.message.value, e.message.partition, e.message.offset)
                                                  for e in events])
+            last: dict[Any, int] = {}
+            for e in events:
+                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+            runtime.metrics.record_lag(app.consumer, last)
 
     return app
 
