@@ -111,17 +111,23 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from infra.embedded import read_state
+    from infra.metrics import add_worker_health
 
     components = read_state(settings.state_dir)
     rows = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint} for c in components]
+    await add_worker_health(settings.state_dir, rows)  # workers: metrics URL, health, processed, rejected
     if args.json:
         _print_json({"components": rows})
     elif not rows:
         _console().print(f"No Renkei stack recorded under {settings.state_dir}.")
     else:
-        _table(f"Renkei under {settings.state_dir}", ["name", "pid", "alive", "endpoint"],
-               [[r["name"], r["pid"], "yes" if r["alive"] else "[red]NO[/red]", r["endpoint"]] for r in rows])
-    return 0 if rows and all(r["alive"] for r in rows) else 1
+        _table(f"Renkei under {settings.state_dir}",
+               ["name", "pid", "alive", "endpoint", "health", "processed", "rejected"],
+               [[r["name"], r["pid"], "yes" if r["alive"] else "[red]NO[/red]", r["endpoint"],
+                 r["health"] if r["health"] in (None, "ok", "starting") else f"[red]{r['health']}[/red]",
+                 r["processed"], r["rejected"]] for r in rows])
+    unhealthy = any(r["health"] in ("failing", "unreachable") for r in rows)
+    return 0 if rows and all(r["alive"] for r in rows) and not unhealthy else 1
 
 
 async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
@@ -286,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loopback port of the embedded broker (0 = a free one)")
     up.add_argument("--pg-port", dest="embedded_pg_port", type=int, default=S,
                     help="loopback port of the embedded PostgreSQL (0 = a free one)")
-    add("status", cmd_status, "show each component: pid, alive, endpoint")
+    add("status", cmd_status, "show each component: pid, alive, endpoint; workers: health, processed, rejected")
     down = add("down", cmd_down, "stop everything `renkei up` started")
     down.add_argument("--purge", action="store_true", help="also delete the embedded PostgreSQL data")
     topics = add("topics", cmd_topics, "apply or list the topic layout")

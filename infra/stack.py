@@ -106,6 +106,14 @@ class Platform:
         proc = spawn_python(worker.module, worker.args(self.settings), log)
         self.stack.adopt(name, proc, worker.health(self.settings), log, worker.module)
 
+    async def stop_worker(self, name: str) -> None:
+        """Stop one worker process (SIGTERM, SIGKILL after 10 s); ``start_worker`` brings it back."""
+        import asyncio
+
+        from infra.embedded import _terminate
+
+        await asyncio.to_thread(_terminate, self.stack.components[name], self.stack._procs.get(name))
+
     def status(self) -> list[dict[str, Any]]:
         return [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
                 for c in self.stack.components.values()]
