@@ -191,7 +191,16 @@ async def _commit(settings: Settings, group: str, topic: str, targets: dict[Any,
     from infra.kafka import admin_client
     from infra.lag import describe_group
 
-    joiner = make_consumer(settings, topic, group_id=group)
+    from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    class FaustProtocol(RoundRobinPartitionAssignor):
+        """Round robin under faust's protocol name: a join must share a protocol with the stale member
+        (the hub and registry are faust workers), or the broker answers INCONSISTENT_GROUP_PROTOCOL."""
+
+        name = "faust"
+
+    joiner = make_consumer(settings, topic, group_id=group,
+                           partition_assignment_strategy=(RoundRobinPartitionAssignor, FaustProtocol))
     admin = admin_client(settings)
     await admin.start()
     await joiner.start()
