@@ -1,0 +1,119 @@
+"""Where the hub's time goes: ``HubService.process`` in this process, phase by phase.
+
+Starts an embedded stack (temporary folder), seals N STEP2 inquiries, feeds
+them to ``HubService`` from a plain aiokafka loop in batches of up to 500 and
+prints msgs/s with the wall time spent in each phase of a batch: decide
+(verify, policy, tokens), the PostgreSQL transaction (claim, records,
+lookups), and emit (countersign, produce, acks).  ``--profile FILE`` also
+writes a cProfile of the run (read it with ``python -m pstats``).
+
+    /tmp/rk/bin/python -m benchmarks.hub_bench --messages 5000 [--per-message] [--profile /tmp/hub.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from infra import bench
+from infra.settings import KafkaSettings, Settings
+
+
+def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:
+    if asyncio.iscoroutinefunction(fn):
+        async def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await fn(*a, **kw)
+            finally:
+                totals[name] += time.perf_counter() - t
+    else:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                totals[name] += time.perf_counter() - t
+    return wrapper
+
+
+async def run(messages: int, per_message: bool, profile: str | None) -> dict[str, Any]:
+    from infra.embedded import EmbeddedStack
+    from infra.kafka import producer as make_producer
+    from streams.gateway import Inbound
+    from streams.hub import HubService, single_partition_first
+
+    root = Path(tempfile.mkdtemp(prefix="renkei-hub-bench-"))
+    try:
+        async with EmbeddedStack(root / "stack") as stack:
+            base = Settings(kafka=KafkaSettings(bootstrap=stack.bootstrap), pg_dsn=stack.pg_dsn, state_dir=root,
+                            log_level="WARNING")
+            plat = await bench.sub_platform(base, root, "thr", banks=5, workers=[])
+            s = plat.settings
+            t = time.perf_counter()
+            records = bench.seal_inquiries(s, messages, per_message=per_message)
+            seal_s = time.perf_counter() - t
+            src = f"{s.kafka.topic_prefix}.bench.hub-src"
+            await bench.create_topics(s, {src: 4})
+            await bench.produce_all(s, src, records)
+            prod = make_producer(s, linger_ms=2, partitioner=single_partition_first)
+            await prod.start()
+            service = await HubService.create(s, prod)
+            totals: dict[str, float] = defaultdict(float)
+            service.core.decide = _timed(totals, "decide", service.core.decide)
+            service.core.forward = _timed(totals, "countersign", service.core.forward)
+            service._commit = _timed(totals, "pg_transaction", service._commit)
+            service._emit = _timed(totals, "emit (countersign + produce + acks)", service._emit)
+            cons = bench.plain_consumer(s)
+            await cons.start()
+            await bench.assign_from(cons, src, 4)
+            profiler = cProfile.Profile() if profile else None
+            batches = 0
+            started = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            done = 0
+            while done < len(records):
+                got = await cons.getmany(timeout_ms=100, max_records=500)
+                batch = [Inbound(r.value, r.partition, r.offset, r.key) for rs in got.values() for r in rs]
+                if batch:
+                    t = time.perf_counter()
+                    done += (await service.process(batch)).received
+                    totals["process (all)"] += time.perf_counter() - t
+                    batches += 1
+            elapsed = time.perf_counter() - started
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(profile)
+            await cons.stop()
+            await service.close()
+            await prod.stop()
+            await plat.stop()
+            per_msg = {k: round(v / messages * 1e6, 1) for k, v in totals.items()}
+            return {"messages": messages, "per_message_signatures": per_message, "batches": batches,
+                    "msgs_per_s": round(messages / elapsed), "seal_us_per_msg": round(seal_s / messages * 1e6, 1),
+                    "us_per_msg": per_msg, "forwarded": service.totals.forwarded,
+                    "rejected": service.totals.by_reason}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--per-message", action="store_true", help="one signature per envelope")
+    parser.add_argument("--profile", help="write a cProfile to this file")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.messages, args.per_message, args.profile)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
