@@ -51,16 +51,17 @@ class BenchPlan:
     messages: int  # N for the raw and hub figures
     step2_rate: float  # offered round trips per second
     step2_seconds: float
+    step2_low_rate: float  # a second, lower offered rate: latency within capacity
     banks: int
     lookups_sequential: int
     lookup_sustain_s: float
     lookup_concurrency: int
 
 
-FULL = BenchPlan(messages=20_000, step2_rate=500, step2_seconds=20, banks=1000, lookups_sequential=5,
-                 lookup_sustain_s=30, lookup_concurrency=8)
-QUICK = BenchPlan(messages=4_000, step2_rate=500, step2_seconds=5, banks=100, lookups_sequential=2,
-                  lookup_sustain_s=8, lookup_concurrency=4)
+FULL = BenchPlan(messages=10_000, step2_rate=500, step2_seconds=10, step2_low_rate=100, banks=1000,
+                 lookups_sequential=3, lookup_sustain_s=30, lookup_concurrency=8)
+QUICK = BenchPlan(messages=2_000, step2_rate=500, step2_seconds=3, step2_low_rate=100, banks=50,
+                  lookups_sequential=2, lookup_sustain_s=8, lookup_concurrency=4)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -88,6 +89,57 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def cpu_seconds(pid: int, *, with_children_of: bool = False) -> float:
+    """User + system CPU seconds of a process (and, for PostgreSQL, of every backend it forked)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def one(p: int) -> float:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return 0.0
+
+    total = one(pid)
+    if with_children_of:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                            total += one(int(entry))
+                except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                    continue
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used by each component of the stack between ``start()`` and ``stop()``."""
+
+    def __init__(self, components: dict[str, tuple[int, bool]]) -> None:
+        self.components = components  # name -> (pid, include forked children)
+        self._start: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        return {n: cpu_seconds(pid, with_children_of=kids) for n, (pid, kids) in self.components.items()}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        return {n: end[n] - self._start.get(n, 0.0) for n in end}
+
+
+def stack_components(stack: Any, plat: Any) -> dict[str, tuple[int, bool]]:
+    comps = {"broker": (stack.components["broker"].pid, False), "postgres": (stack.components["postgres"].pid, True),
+             "bench process (clients)": (os.getpid(), False)}
+    for name, c in plat.stack.components.items():
+        comps[name] = (c.pid, False)
+    return comps
 
 
 # -- envelopes ---------------------------------------------------------------------------------------
@@ -365,7 +417,7 @@ async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks
     return plat
 
 
-async def step2_round_trips(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
+async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
     import asyncpg
 
@@ -383,7 +435,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float) -> 
     async with BusClient(settings, ["portal", AGENCY], group=f"{prefix}.bench-clients") as bus:
         conn = await asyncpg.connect(settings.pg_dsn)
         try:  # 20 people registered through STEP1 (the registry checks the account with the bank)
-            for i, mn in enumerate(people[:20]):
+            for i, mn in enumerate(people[:20] if register else []):
                 acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
                         "account_number": f"{1000000 + i:07d}", "holder_kana": "ヤマダ タロウ"}
                 await open_account(conn, acct)
@@ -542,8 +594,16 @@ async def run_bench(settings: Settings, *, quick: bool = False,
         say(f"end-to-end platform: hub, registry, {plan.banks} simulated banks")
         e2e = await sub_platform(base, root, "e2e", banks=plan.banks, workers=["hub", "registry", "banks"])
         try:
-            say(f"STEP2 round trips at {plan.step2_rate:g}/s for {plan.step2_seconds:g} s")
-            out.update(await step2_round_trips(e2e.settings, plan.step2_rate, plan.step2_seconds))
+            say(f"STEP2 round trips at {plan.step2_low_rate:g}/s and {plan.step2_rate:g}/s, {plan.step2_seconds:g} s each")
+            await step2_round_trips(e2e.settings, 20, 1, register=True)  # registrations and warm-up
+            meter = CpuMeter(stack_components(stack, e2e))
+            meter.start()
+            low = await step2_round_trips(e2e.settings, plan.step2_low_rate, plan.step2_seconds, register=False)
+            used = meter.stop()
+            out.update({k.replace("step2_", "step2_low_"): v for k, v in low.items()})
+            trips = low["step2_answered"] + int(plan.step2_low_rate)  # and the one-second warm-up
+            out["step2_cpu_ms_per_round_trip"] = {n: round(v / trips * 1000, 2) for n, v in used.items()}
+            out.update(await step2_round_trips(e2e.settings, plan.step2_rate, plan.step2_seconds, register=False))
             say(f"inheritance lookups to {plan.banks} banks")
             out.update(await lookups(e2e.settings, plan.lookups_sequential, plan.lookup_sustain_s,
                                      plan.lookup_concurrency))
@@ -610,6 +670,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         (f"inheritance lookups, {report['lookup_banks']} banks, {report['lookup_concurrency']} in flight",
          f"p50 {report['lookup_p50_ms']} ms, p99 {report['lookup_p99_ms']} ms, {report['lookups_per_s']}/s",
          f"p99 ≤ 3 s at ≥ 5/s: {mark('lookup_p99<=3s@>=5/s')}"),
+        (f"STEP2 round trip at {report['step2_low_rate']:g}/s offered",
+         f"p50 {report['step2_low_p50_ms']} ms, p99 {report['step2_low_p99_ms']} ms "
+         f"({report['step2_low_completed_per_s']}/s completed)", ""),
         ("hub worker peak RSS", f"{report['worker_rss_mb']} MB", f"≤ 250 MB: {mark('worker_rss<=250MB')}"),
     ]
     for row in rows:

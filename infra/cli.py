@@ -243,6 +243,30 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return await run(resolve_running(settings), args)
 
 
+async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.bench import print_report, run_bench
+
+    console = None if args.json else _console()
+    report = await run_bench(settings, quick=args.quick, progress=console.print if console else None)
+    if args.json:
+        _print_json(report)
+    else:
+        print_report(report, console)
+    return 0
+
+
+async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.chaos import print_report, run_chaos
+
+    console = None if args.json else _console()
+    report = await run_chaos(settings, quick=args.quick, say=console.print if console else None)
+    if args.json:
+        _print_json(report)
+    else:
+        print_report(report, console)
+    return 0 if report["ok"] else 1
+
+
 # ---------------------------------------------------------------------------
 # parser
 
@@ -306,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
     ops.replay_args(add("replay", cmd_replay, "replay a time window into a topic, or rewind a group to it"))
+    add("bench", cmd_bench, "measure throughput and latency on a fresh embedded stack (docs/performance.md)") \
+        .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
+    add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers") \
+        .add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
     return parser
 
 

@@ -1,0 +1,704 @@
+"""``renkei chaos``: crash safety, hostile input and a leak scan, on a running platform.
+
+1. **Crash safety** (:func:`crash_safety`) — mixed traffic of every flow
+   (token issuance, STEP1 registration with the bank's existence check,
+   STEP2 inquiries from every agency, numbering via the portal, inheritance
+   lookups to every bank, and a few injected bad envelopes) while hub workers
+   are SIGKILLed and restarted, the registry worker once and the bank worker
+   once; then drain and check the invariants (exactly-once answers, effects
+   and provision records; chains verify; no dead letter but the injected
+   ones and REPLAYED copies of accepted messages — the outbox re-sends a
+   killed participant could not mark as sent).
+2. **Hostile input** (:func:`bad_input`) — generated and mutated envelopes
+   produced straight onto the ingress topic (random bytes, truncations, bit
+   flips, wrong fingerprints, forged, swapped and re-addressed signatures,
+   whole-envelope replays, expired, unauthorised, oversize), interleaved with
+   good traffic: every bad one must be dead-lettered with a reason code, every
+   good one delivered, no worker may die and the hub must keep moving.
+3. **Leak scan** (:mod:`infra.leakscan`) — every topic, table and log file
+   searched for every My Number used, including the demo's.
+
+``run_chaos`` runs the three on its own embedded stack (``<state>/chaos``);
+tests call the parts on their own platform with a smaller :class:`ChaosPlan`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from infra.settings import Settings
+
+log = logging.getLogger("renkei.chaos")
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    traffic_s: float = 60.0
+    hub_kills: int = 3
+    registry_kills: int = 1
+    bank_kills: int = 1
+    hub_workers: int = 2
+    inquiry_rate: float = 12.0  # STEP2 inquiries per second
+    people: int = 60
+    injected_bad: int = 30  # bad envelopes mixed into the crash-safety traffic
+    bad_envelopes: int = 100_000
+    good_envelopes: int = 2_000
+    banks: int = 20
+
+
+FULL = ChaosPlan()
+QUICK = ChaosPlan(traffic_s=15, hub_kills=1, registry_kills=1, bank_kills=1, hub_workers=1, inquiry_rate=6,
+                  people=16, injected_bad=10, bad_envelopes=2_000, good_envelopes=200, banks=6)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- killing workers ---------------------------------------------------------------------------------
+
+
+def kill_and_restart(platform: Any, name: str) -> None:
+    """SIGKILL one worker of ``platform`` and start a fresh one under the same name."""
+    from infra.stack import WORKERS
+
+    component = platform.stack.components[name]
+    os.kill(component.pid, signal.SIGKILL)
+    proc = platform.stack._procs.get(name)
+    if proc is not None:
+        proc.wait(timeout=10)  # reap it
+    spec = next(w for w in WORKERS if name == w.name or name.startswith(f"{w.name}-"))
+    platform.start_worker(spec, name=name)
+
+
+# -- crash safety ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    kind: str
+    correlation_id: str
+    answer_type: str
+    sender: str
+    outcome: str = "pending"  # answered | timeout | error:<type>
+
+
+@dataclass
+class CrashReport:
+    invariants: dict[str, bool] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+class _Traffic:
+    """The clients of the crash-safety run and what they sent."""
+
+    def __init__(self, platform: Any, plan: ChaosPlan, rng: random.Random) -> None:
+        from infra.keystore import KeyStore
+        from infra.validation import generate_my_number
+
+        self.platform, self.plan, self.rng = platform, plan, rng
+        self.settings = platform.settings
+        self.participants = platform.participants
+        self.agencies = [p.id for p in self.participants if p.kind.value == "agency" and not p.suspended]
+        self.banks = [b for b in self.participants.banks(participating_only=True) if not b.suspended]
+        self.authority = KeyStore.for_settings(self.settings).token_authority()
+        self.people = [generate_my_number(rng) for _ in range(plan.people)]
+        self.sent: list[Sent] = []
+        self.lookups: list[str] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.injected = 0
+        self.registered: set[int] = set()
+
+    def token(self, i: int, participant: str) -> str:
+        return self.authority.token_for(self.people[i], participant)
+
+    async def setup(self, conn: Any) -> None:
+        """Bank accounts for everyone; customers known to two banks each for numbering and lookups."""
+        from connectors.bank_sim import open_account, seed_customer
+
+        for i in range(len(self.people)):
+            bank = self.banks[i % len(self.banks)]
+            await open_account(conn, self.account(i))
+            other = self.banks[(i + 1) % len(self.banks)]
+            await seed_customer(conn, self.token(i, other.id), {
+                "bank_code": other.bank_code, "branch_code": "202", "account_type": "ORDINARY",
+                "account_number": f"{5000000 + i:07d}", "holder_kana": "スズキ イチロウ"})
+            assert bank.bank_code is not None
+
+    def account(self, i: int) -> dict:
+        return {"bank_code": self.banks[i % len(self.banks)].bank_code, "branch_code": "101",
+                "account_type": "ORDINARY", "account_number": f"{3000000 + i:07d}", "holder_kana": "ヤマダ タロウ"}
+
+    def request(self, bus: Any, kind: str, sender: str, answer_type: str, **message: Any) -> None:
+        from infra.envelope import Message
+
+        cid = str(uuid.uuid4())
+        entry = Sent(kind, cid, answer_type, sender)
+        self.sent.append(entry)
+
+        async def go() -> None:
+            try:
+                answer = await bus.runtime.request(sender, Message(correlation_id=cid, **message), timeout=300)
+                entry.outcome = "answered" if answer.meta.type == answer_type else f"answered:{answer.meta.type}"
+            except (TimeoutError, asyncio.TimeoutError):
+                entry.outcome = "timeout"
+            except Exception as exc:  # counted, and the invariant fails
+                entry.outcome = f"error:{type(exc).__name__}"
+
+        self.tasks.append(asyncio.create_task(go()))
+
+    def inquiry(self, bus: Any) -> None:
+        from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+        from schemas import types as T
+
+        agency = self.rng.choice(self.agencies)
+        i = self.rng.randrange(len(self.people))
+        self.request(bus, "step2", agency, T.PROVISION_RESPONSE, type=T.PROVISION_INQUIRY, to="registry",
+                     subject=self.token(i, agency), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
+                     body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()}, ttl_s=600)
+
+    def registration(self, bus: Any) -> None:
+        from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+        from schemas import types as T
+
+        todo = [i for i in range(len(self.people)) if i not in self.registered]
+        if not todo:
+            return
+        i = self.rng.choice(todo)
+        self.registered.add(i)
+        self.request(bus, "step1", "portal", T.REGISTRATION_RESULT, type=T.REGISTRATION_REQUEST, to="registry",
+                     subject=self.token(i, "portal"), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION,
+                     body={"operation": "REGISTER", "account": self.account(i), "channel": "PORTAL",
+                           "requested_at": _now()}, ttl_s=600)
+
+    def token_issuance(self, bus: Any) -> None:
+        from infra.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
+        from infra.tokens import TokenIssuanceClient
+        from schemas import codec
+        from schemas import types as T
+
+        agency = self.rng.choice(self.agencies)
+        issuer = TokenIssuanceClient(agency, bus.runtime.directory.encryption_key("hub"))
+        body = codec.decode(issuer.request(self.rng.choice(self.people)), "token_issue_request")
+        self.request(bus, "token", agency, T.TOKEN_ISSUE_RESPONSE, type=T.TOKEN_ISSUE_REQUEST, to="hub", subject="",
+                     body=body, data_item=DATA_PERSON_TOKEN, basis=BASIS_TOKEN_ISSUANCE, ttl_s=600)
+
+    def numbering(self, bus: Any) -> None:
+        from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+        from schemas import types as T
+
+        i = self.rng.randrange(len(self.people))
+        bank = self.banks[(i + 1) % len(self.banks)]
+        self.request(bus, "numbering", "portal", T.NUMBERING_ACK, type=T.NUMBERING_REQUEST, to=bank.id,
+                     subject=self.token(i, "portal"), data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
+                     body={"bank_codes": [bank.bank_code], "channel": "PORTAL", "receiving_bank_code": None,
+                           "requested_at": _now()}, ttl_s=600)
+
+    async def lookup(self, dicj: Any) -> None:
+        i = self.rng.randrange(len(self.people))
+        self.lookups.append(await dicj.start_lookup("INHERITANCE", self.token(i, "dicj"), deadline_s=300))
+
+    async def inject_bad(self, producer: Any, count: int) -> None:
+        """Envelopes the hub must dead-letter: expired, and an agency asking a bank directly (no rule)."""
+        from infra.envelope import Message, Sealer
+        from infra.keystore import KeyStore
+        from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+        from infra.topics import TopicNames
+        from schemas import types as T
+
+        store = KeyStore.for_settings(self.settings)
+        directory = store.local_directory(self.participants)
+        agency = self.agencies[0]
+        expired = Sealer(store.keyset(agency), directory, clock=lambda: time.time() - 7200)
+        current = Sealer(store.keyset(agency), directory)
+        ingress = TopicNames(self.settings.kafka.topic_prefix).ingress
+        for _ in range(count):
+            sealer, to = (expired, "registry") if self.injected % 2 else (current, self.banks[0].id)
+            m = Message(body={"procedure_code": "BAD", "purpose": None, "requested_at": _now()},
+                        type=T.PROVISION_INQUIRY, to=to, subject=self.token(self.injected % len(self.people), agency),
+                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
+            await producer.send_and_wait(ingress, sealer.seal_batch([m])[0], key=m.subject.encode())
+            self.injected += 1
+
+
+async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | None = None,
+                       say: Any = None) -> tuple[CrashReport, list[str]]:
+    """Traffic + kills + drain + invariants on a running ``platform`` (hub, registry, banks). Returns the report
+    and the My Numbers used (for the leak scan)."""
+    import asyncpg
+
+    from connectors.client import BusClient
+    from connectors.dicj import DicjDesk
+    from infra.kafka import producer as make_producer
+
+    say = say or (lambda _m: None)
+    rng = rng or random.Random(20261126)
+    s = platform.settings
+    prefix = s.kafka.topic_prefix
+    traffic = _Traffic(platform, plan, rng)
+    report = CrashReport()
+    conn = await asyncpg.connect(s.pg_dsn)
+    prod = make_producer(s)
+    await prod.start()
+    try:
+        await traffic.setup(conn)
+        await conn.execute("DELETE FROM bank_sim_behaviour")  # the demo's slow and double-answering banks
+        rejected_from = await _rejected_end(s)
+        participant_dead_before = await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
+        async with BusClient(s, ["portal", *traffic.agencies], group=f"{prefix}.chaos-clients") as bus, \
+                DicjDesk(s, group=f"{prefix}.chaos-dicj") as dicj:
+            hubs = ["hub" if plan.hub_workers == 1 or k % 2 == 0 else "hub-2" for k in range(plan.hub_kills)]
+            others = ["registry"] * plan.registry_kills + ["banks"] * plan.bank_kills
+            order: list[str] = []
+            while hubs or others:  # hub kills alternate with the others
+                order += [hubs.pop(0)] if hubs else []
+                order += [others.pop(0)] if others else []
+            times = [plan.traffic_s * (k + 1) / (len(order) + 1) for k in range(len(order))]
+            say(f"traffic for {plan.traffic_s:g} s; kills: {', '.join(order)}")
+            started = time.monotonic()
+            tick = 0
+            next_kill = 0
+            while (elapsed := time.monotonic() - started) < plan.traffic_s:
+                if next_kill < len(order) and elapsed >= times[next_kill]:
+                    kill_and_restart(platform, order[next_kill])
+                    next_kill += 1
+                traffic.inquiry(bus)
+                if tick % max(1, round(plan.inquiry_rate / 2)) == 0:
+                    traffic.registration(bus)
+                    traffic.token_issuance(bus)
+                if tick % max(1, round(plan.inquiry_rate)) == 0:
+                    traffic.numbering(bus)
+                if tick % max(1, round(plan.inquiry_rate * 3)) == 0:
+                    await traffic.lookup(dicj)
+                if traffic.injected < plan.injected_bad and tick % 5 == 0:
+                    await traffic.inject_bad(prod, 1)
+                tick += 1
+                await asyncio.sleep(1 / plan.inquiry_rate)
+            while next_kill < len(order):
+                kill_and_restart(platform, order[next_kill])
+                next_kill += 1
+            say(f"draining {len(traffic.tasks)} requests and {len(traffic.lookups)} lookups")
+            await asyncio.gather(*traffic.tasks)
+            lookup_views = []
+            for cid in traffic.lookups:
+                try:
+                    lookup_views.append(await dicj.wait_result(cid, timeout=300))
+                except TimeoutError:
+                    lookup_views.append(None)
+            await _quiesce(conn)
+            report = await _check(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
+    finally:
+        await prod.stop()
+        await conn.close()
+    return report, traffic.people
+
+
+async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
+    """Wait until outboxes are sent and the hub has taken nothing new for two seconds."""
+    end = time.monotonic() + timeout
+    last, steady = -1, 0
+    while time.monotonic() < end and steady < 4:
+        pending = await conn.fetchval("SELECT count(*) FROM participant_outbox WHERE sent_at IS NULL")
+        seen = await conn.fetchval("SELECT count(*) FROM hub_messages")
+        steady = steady + 1 if (pending == 0 and seen == last) else 0
+        last = seen
+        await asyncio.sleep(0.5)
+
+
+async def read_topic(settings: Settings, topic: str, partitions: int = 1) -> list[Any]:
+    """Every record of ``topic`` from offset 0 (read until idle)."""
+    from aiokafka import TopicPartition
+
+    from infra.kafka import consumer
+
+    cons = consumer(settings, group_id=None, fetch_max_wait_ms=50)
+    await cons.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        cons.assign(tps)
+        for tp in tps:
+            cons.seek(tp, 0)
+        out: list[Any] = []
+        idle = 0
+        while idle < 3:
+            batches = await cons.getmany(timeout_ms=200, max_records=10000)
+            got = [r for rs in batches.values() for r in rs]
+            out.extend(got)
+            idle = 0 if got else idle + 1
+        return out
+    finally:
+        await cons.stop()
+
+
+def dead_letter_info(record: Any) -> dict[str, str]:
+    headers = {k: (v or b"").decode(errors="replace") for k, v in (record.headers or ())}
+    return {"reason": headers.get("renkei.reason", ""), "message_id": headers.get("renkei.message_id", ""),
+            "verified": headers.get("renkei.verified", ""),
+            "source": f"{headers.get('renkei.src.partition', '')}@{headers.get('renkei.src.offset', '')}"}
+
+
+def distinct_sources(dead: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One dead letter per ingress record: a batch redelivered after a hub crash dead-letters its refusals again."""
+    return list({d["source"]: d for d in dead}.values())
+
+
+async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[Any], platform: Any,
+                 rejected_from: dict[int, int], participant_dead_before: int) -> CrashReport:
+    from infra.provisions import ProvisionStore
+    from infra.storage import create_pool
+    from infra.topics import TopicNames
+    from schemas import types as T
+
+    r = CrashReport()
+    outcomes = Counter(e.outcome for e in traffic.sent)
+    by_kind = Counter(e.kind for e in traffic.sent)
+    rows = await conn.fetch(
+        "SELECT correlation_id::text AS cid, type, count(DISTINCT message_id) AS n FROM client_inbox "
+        "WHERE correlation_id = ANY($1::uuid[]) GROUP BY 1, 2", [e.correlation_id for e in traffic.sent])
+    answers = {(x["cid"], x["type"]): x["n"] for x in rows}
+    missing = [e for e in traffic.sent if answers.get((e.correlation_id, e.answer_type), 0) == 0]
+    twice = [e for e in traffic.sent if answers.get((e.correlation_id, e.answer_type), 0) > 1]
+    twice_by_kind = Counter(e.kind for e in twice)
+    # The hub answers token issuance itself, sealing a fresh answer each time it processes the request:
+    # after a hub crash a redelivered request is answered again (same token, new message id). Counted apart.
+    twice_inquiries = [e for e in twice if e.kind != "token"]
+    r.invariants["every_inquiry_answered_exactly_once"] = not missing and not twice_inquiries and \
+        outcomes.get("answered", 0) == len(traffic.sent)
+    # Effects: one registry/bank message per (correlation, requester, provider, status), seen in the records.
+    ours = [e.correlation_id for e in traffic.sent] + traffic.lookups
+    dup_effects = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT correlation_id, requester, provider, status FROM provision_records "
+        "WHERE correlation_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4 HAVING count(DISTINCT message_id) > 1) d", ours)
+    registered_twice = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT token FROM registry_accounts GROUP BY token HAVING count(*) > 1) d")
+    results = await conn.fetch(
+        "SELECT correlation_id::text AS cid, count(DISTINCT message_id) AS n FROM dicj_lookup_results "
+        "WHERE NOT is_supplement GROUP BY 1")
+    result_counts = {x["cid"]: x["n"] for x in results}
+    bank_twice = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT participant, correlation_id FROM bank_lookups_received "
+        "GROUP BY 1, 2 HAVING count(*) > 1) d")
+    asked = len(traffic.banks)
+    complete = [v for v in views if v is not None and len(v["answering_banks"]) == asked]
+    r.invariants["registry_and_bank_effects_applied_once"] = dup_effects == 0 and registered_twice == 0 and \
+        bank_twice == 0 and all(result_counts.get(c) == 1 for c in traffic.lookups)
+    r.invariants["every_lookup_complete_once"] = len(complete) == len(traffic.lookups)
+    # Provision records: once per (message, requester, provider); present for every accepted recorded message.
+    dup_records = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT message_id, requester, provider FROM provision_records "
+        "GROUP BY 1, 2, 3 HAVING count(*) > 1) d")
+    unrecorded = await conn.fetchval(
+        "SELECT count(*) FROM hub_messages h WHERE accepted AND type = ANY($1::text[]) AND NOT EXISTS "
+        "(SELECT 1 FROM provision_records p WHERE p.message_id = h.message_id)",
+        [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])
+    persons = [x["person_token"] for x in await conn.fetch("SELECT DISTINCT person_token FROM provision_records")]
+    pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
+    try:
+        store = ProvisionStore(pool)
+        broken = [p for p in persons if not (await store.verify_chain(p)).ok]
+    finally:
+        await pool.close()
+    r.invariants["provision_records_once_and_chains_verify"] = dup_records == 0 and unrecorded == 0 and not broken
+    # Dead letters: only the injected ones, plus REPLAYED copies of accepted messages (outbox re-sends).
+    names = TopicNames(settings.kafka.topic_prefix)
+    dead_all = [dead_letter_info(x) for x in await _records_from(settings, names.rejected, rejected_from)]
+    dead = distinct_sources(dead_all)
+    accepted_ids = {str(x["message_id"]) for x in await conn.fetch("SELECT message_id FROM hub_messages WHERE accepted")}
+    resent = [d for d in dead if d["reason"] == "REPLAYED" and d["message_id"] in accepted_ids]
+    other = len(dead) - len(resent)
+    participant_dead = await conn.fetchval("SELECT count(*) FROM participant_dead_letters") - participant_dead_before
+    r.invariants["nothing_dead_lettered_but_the_injected"] = other == traffic.injected and participant_dead == 0
+    dead_workers = [c["name"] for c in platform.status() if not c["alive"]]
+    r.invariants["workers_alive_at_end"] = not dead_workers
+    r.counts = {
+        "requests": dict(by_kind), "outcomes": dict(outcomes), "lookups": len(traffic.lookups),
+        "lookups_complete": len(complete), "answers_missing": len(missing), "answered_twice": dict(twice_by_kind),
+        "duplicate_effects": dup_effects, "registry_accounts_twice": registered_twice,
+        "bank_lookups_twice": bank_twice, "provision_records": await conn.fetchval("SELECT count(*) FROM provision_records"),
+        "duplicate_records": dup_records, "accepted_without_record": unrecorded, "chains_checked": len(persons),
+        "chains_broken": len(broken), "hub_messages": await conn.fetchval("SELECT count(*) FROM hub_messages"),
+        "outbox_resends_refused_as_replayed": len(resent), "dead_letters": len(dead),
+        "dead_letters_written_twice": len(dead_all) - len(dead), "injected": traffic.injected,
+        "dead_letter_reasons": dict(Counter(d["reason"] for d in dead)), "participant_dead_letters": participant_dead,
+        "dead_workers": dead_workers,
+    }
+    return r
+
+
+# -- hostile input ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BadInputReport:
+    invariants: dict[str, bool] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def _mutations(valid: list[bytes], sealed: dict[str, list[bytes]], n: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    """``n`` bad envelopes: (kind, bytes). ``sealed`` holds pre-sealed expired/unauthorised/replay sources."""
+    from infra.envelope import DEFAULT_MAX_BYTES
+    from schemas import codec
+
+    def flip(data: bytes) -> bytes:
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(b))
+            b[pos] ^= 1 << rng.randrange(8)
+        return bytes(b)
+
+    def reencode(data: bytes, change: Any) -> bytes:
+        r = codec.decode(data, "envelope")
+        change(r)
+        return codec.encode("envelope", r)
+
+    def forge(r: dict) -> None:
+        r["signature"]["root_signature"] = rng.randbytes(64)
+
+    def swap_signature(r: dict) -> None:
+        other = codec.decode(rng.choice(valid), "envelope")
+        r["signature"] = other["signature"]
+
+    def readdress(r: dict) -> None:
+        r["sender"] = "agency-nta" if r["sender"] != "agency-nta" else "agency-mhlw"
+
+    kinds = [
+        ("random_bytes", 30, lambda: rng.randbytes(rng.randrange(0, 2000))),
+        ("random_after_header", 10, lambda: rng.choice(valid)[:10] + rng.randbytes(rng.randrange(0, 1500))),
+        ("truncated", 15, lambda: (lambda v: v[:rng.randrange(len(v))])(rng.choice(valid))),
+        ("bit_flip", 25, lambda: flip(rng.choice(valid))),
+        ("wrong_fingerprint", 4, lambda: (lambda v: v[:2] + rng.randbytes(8) + v[10:])(rng.choice(valid))),
+        ("forged_signature", 3, lambda: reencode(rng.choice(valid), forge)),
+        ("swapped_signature", 3, lambda: reencode(rng.choice(valid), swap_signature)),
+        ("wrong_sender", 3, lambda: reencode(rng.choice(valid), readdress)),
+        ("replayed", 3, lambda: rng.choice(sealed["replay"])),
+        ("expired", 2, lambda: rng.choice(sealed["expired"])),
+        ("unauthorised", 2, lambda: rng.choice(sealed["unauthorised"])),
+    ]
+    population = [k for k in kinds for _ in range(k[1])]
+    out: list[tuple[str, bytes]] = [("oversize", rng.randbytes(DEFAULT_MAX_BYTES + 1)) for _ in range(max(1, n // 20000))]
+    while len(out) < n:
+        name, _, make = rng.choice(population)
+        out.append((name, make()))
+    return out
+
+
+async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None = None,
+                    say: Any = None) -> BadInputReport:
+    """Hostile envelopes interleaved with good ones, straight onto ingress; see the module docstring."""
+    from infra.bench import Arrivals, end_offsets_by_reading, fast_producer, seal_inquiries
+    from infra.envelope import Message, Sealer, peek
+    from infra.keystore import KeyStore
+    from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.topics import TopicNames
+    from schemas import types as T
+
+    say = say or (lambda _m: None)
+    rng = rng or random.Random(4242)
+    s = platform.settings
+    names = TopicNames(s.kafka.topic_prefix)
+    report = BadInputReport()
+    hub_pids = {c["name"]: c["pid"] for c in platform.status() if c["name"].startswith("hub")}
+    say(f"sealing {plan.good_envelopes} good envelopes and the sources of expired/unauthorised/replayed ones")
+    good = seal_inquiries(s, plan.good_envelopes, per_message=False, people=200, rng=rng)
+    good_ids = {peek(v).message_id for _, v in good}
+    store = KeyStore.for_settings(s)
+    directory = store.local_directory(platform.participants)
+    agency = "agency-city-minato"
+    bank = next(b.id for b in platform.participants.banks(participating_only=True) if not b.suspended)
+    subject = store.token_authority().token_for("123456789018", agency)  # synthetic, check digit valid
+
+    def messages(to: str, k: int) -> list[Message]:
+        return [Message(body={"procedure_code": "BAD", "purpose": None, "requested_at": _now()},
+                        type=T.PROVISION_INQUIRY, to=to, subject=subject, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+                        basis=BASIS_PROVISION) for _ in range(k)]
+
+    k = max(20, plan.bad_envelopes // 200)
+    sealed = {
+        "expired": Sealer(store.keyset(agency), directory, clock=lambda: time.time() - 7200).seal_batch(
+            messages("registry", k)),
+        "unauthorised": Sealer(store.keyset(agency), directory).seal_batch(messages(bank, k)),
+        "replay": [v for _, v in good[:k]],  # exact copies of good envelopes, produced after them
+    }
+    say(f"generating {plan.bad_envelopes} bad envelopes")
+    bad = _mutations([v for _, v in good], sealed, plan.bad_envelopes, rng)
+    kinds = Counter(kind for kind, _ in bad)
+    # Interleave: originals first for the replays' sake (same key → same partition → earlier offset).
+    stream: list[tuple[bytes | None, bytes, bool]] = [(key, v, True) for key, v in good[:k]]
+    rest: list[tuple[bytes | None, bytes, bool]] = [(key, v, True) for key, v in good[k:]]
+    rest += [(rng.randbytes(8), v, False) for _, v in bad]
+    rng.shuffle(rest)
+    # A replayed copy must follow its original in the same partition: key it like its original.
+    original_key = {v: key for key, v in good[:k]}
+    stream += [(original_key.get(v, key) if not is_good else key, v, is_good) for key, v, is_good in rest]
+    rejected_from = await end_offsets_by_reading(s, names.rejected)
+    inbox_from = await end_offsets_by_reading(s, names.inbox("registry"))
+    dead = Arrivals(s, names.rejected)
+    dead.keep = False
+    delivered = Arrivals(s, names.inbox("registry"))
+    delivered.keep = True
+    await dead.start(rejected_from)
+    await delivered.start(inbox_from)
+    max_gap, stalled_at = 0.0, None
+    try:
+        say(f"producing {len(stream)} records onto {names.ingress}")
+        started = time.monotonic()
+        prod = fast_producer(s)
+        await prod.start()
+        try:
+            futures = [await prod.send(names.ingress, v, key=key) for key, v, _ in stream]
+            await asyncio.gather(*futures)
+        finally:
+            await prod.stop()
+        want_dead, want_good = len(bad), len(good)
+        last_total, last_change = -1, time.monotonic()
+        deadline = time.monotonic() + max(300.0, len(stream) / 150)
+        while time.monotonic() < deadline:
+            total = dead.count + delivered.count
+            now = time.monotonic()
+            if total != last_total:
+                max_gap = max(max_gap, now - last_change)
+                last_total, last_change = total, now
+            elif now - last_change > 60:
+                stalled_at = total
+                break
+            if dead.count >= want_dead and delivered.count >= want_good:
+                break
+            await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+    finally:
+        await dead.stop()
+        await delivered.stop()
+    got_ids = {peek(v).message_id for v in delivered.values}
+    records = await _records_from(s, names.rejected, rejected_from)
+    reasons = Counter(dead_letter_info(x)["reason"] for x in records)
+    without_reason = sum(1 for x in records if not dead_letter_info(x)["reason"])
+    alive = {c["name"]: c for c in platform.status() if c["name"].startswith("hub")}
+    crashed = [n for n, pid in hub_pids.items() if n not in alive or alive[n]["pid"] != pid or not alive[n]["alive"]]
+    report.invariants = {
+        "no_worker_crash": not crashed,
+        "every_bad_one_dead_lettered_with_a_reason": len(records) == len(bad) and without_reason == 0,
+        "every_good_one_delivered": good_ids <= got_ids,
+        "partition_never_stalled": stalled_at is None,
+    }
+    report.counts = {"bad": len(bad), "good": len(good), "bad_by_kind": dict(kinds), "dead_letters": len(records),
+                     "dead_letter_reasons": dict(reasons), "without_reason": without_reason,
+                     "good_delivered": len(good_ids & got_ids), "elapsed_s": round(elapsed, 1),
+                     "records_per_s": round(len(stream) / elapsed), "longest_pause_s": round(max_gap, 1),
+                     "crashed_workers": crashed}
+    return report
+
+
+async def _rejected_end(settings: Settings) -> dict[int, int]:
+    from infra.bench import end_offsets_by_reading
+    from infra.topics import TopicNames
+
+    return await end_offsets_by_reading(settings, TopicNames(settings.kafka.topic_prefix).rejected)
+
+
+async def _records_from(settings: Settings, topic: str, offsets: dict[int, int]) -> list[Any]:
+    return [r for r in await read_topic(settings, topic) if r.offset >= offsets.get(r.partition, 0)]
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+
+
+async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
+    """The demo's flows on this platform, recording the My Numbers they generate (for the leak scan)."""
+    import infra.demo_accounts as accounts
+    import infra.demo_lookups as lookups
+
+    used: list[str] = []
+    original = accounts.generate_my_number
+
+    def recording(rng: random.Random) -> str:
+        mn = original(rng)
+        used.append(mn)
+        return mn
+
+    saved = (accounts.generate_my_number, lookups.generate_my_number)
+    accounts.generate_my_number = lookups.generate_my_number = recording
+    try:
+        flows, _ = await accounts.account_flows(settings)
+        flows += await lookups.lookup_flows(settings)
+    finally:
+        accounts.generate_my_number, lookups.generate_my_number = saved
+    return flows, used
+
+
+async def run_chaos(settings: Settings, *, quick: bool = False, say: Any = None) -> dict[str, Any]:
+    """Demo flows, crash safety, hostile input and the leak scan on a fresh embedded platform."""
+    from infra.embedded import stop_recorded
+    from infra.leakscan import scan
+    from infra.stack import WORKERS, Platform
+
+    plan = QUICK if quick else FULL
+    say = say or (lambda _m: None)
+    chaos_settings = dataclasses.replace(settings, state_dir=(settings.state_dir / "chaos").absolute(),
+                                         banks=plan.banks, log_level="INFO")
+    stop_recorded(chaos_settings.state_dir)
+    shutil.rmtree(chaos_settings.state_dir, ignore_errors=True)
+    started = time.perf_counter()
+    out: dict[str, Any] = {"invariants": {}, "counts": {}}
+    async with Platform(chaos_settings) as platform:
+        log_file = platform.stack.logs_dir / "chaos.log"
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        try:
+            for n in range(2, plan.hub_workers + 1):
+                platform.start_worker(next(w for w in WORKERS if w.name == "hub"), name=f"hub-{n}")
+            await platform.wait_ready(180)
+            say("demo flows")
+            flows, demo_numbers = await demo_flows(platform.settings)
+            out["invariants"]["demo_flows_ok"] = all(f["ok"] for f in flows)
+            out["counts"]["demo_flows"] = {f["name"]: f["ok"] for f in flows}
+            say("crash safety")
+            crash, numbers = await crash_safety(platform, plan, say=say)
+            out["invariants"].update(crash.invariants)
+            out["counts"]["crash"] = crash.counts
+            say("hostile input")
+            hostile = await bad_input(platform, plan, say=say)
+            out["invariants"].update({f"bad_input_{k}": v for k, v in hostile.invariants.items()})
+            out["counts"]["bad_input"] = hostile.counts
+            say("leak scan")
+            leaks = await scan(platform.settings, [*demo_numbers, *numbers, "123456789018"],
+                               [platform.stack.logs_dir, chaos_settings.state_dir / "logs"])
+            out["invariants"]["no_my_number_anywhere"] = leaks.ok
+            out["counts"]["leak_scan"] = leaks.to_json()
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    out["ok"] = all(out["invariants"].values())
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def print_report(report: dict[str, Any], console: Any) -> None:
+    import json
+
+    from rich.table import Table
+
+    table = Table(title="Renkei chaos: invariants")
+    table.add_column("invariant")
+    table.add_column("result")
+    for name, ok in report["invariants"].items():
+        table.add_row(name, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
+    console.print(table)
+    console.print(json.dumps(report["counts"], indent=1, ensure_ascii=False, default=str))
+    console.print(f"{'All invariants hold' if report['ok'] else 'Some invariants FAILED'} "
+                  f"({report['elapsed_s']} s, load {report['load_avg_1m']}).")
