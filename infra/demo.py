@@ -24,7 +24,7 @@ async def run_demo(settings: Settings, progress: Any = None) -> dict[str, Any]:
 
     shutil.rmtree(demo_settings.state_dir, ignore_errors=True)
     started = time.perf_counter()
-    async with Platform(demo_settings) as platform:
+    async with Platform(demo_settings, die_with_parent=True) as platform:
         if progress is not None:
             progress.print(f"Stack up: broker {platform.settings.kafka.bootstrap}, "
                            f"PostgreSQL {platform.settings.pg_dsn.split('@')[-1]}")

@@ -153,6 +153,7 @@ class EmbeddedStack:
         start_timeout: float = 30.0,
         with_broker: bool = True,
         with_postgres: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.kafka_port = kafka_port
@@ -160,6 +161,7 @@ class EmbeddedStack:
         self.start_timeout = start_timeout
         self.with_broker = with_broker
         self.with_postgres = with_postgres
+        self.die_with_parent = die_with_parent
         self.components: dict[str, Component] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -203,7 +205,8 @@ class EmbeddedStack:
                 self._start_broker(kafka_port)
                 await self._wait_broker(kafka_port)
             if self.with_postgres:
-                await asyncio.to_thread(self._start_postgres, pg_port)
+                user = await asyncio.to_thread(self._prepare_postgres)
+                self._start_postgres(pg_port, user)  # spawned from this thread: die_with_parent is per thread
                 await self._wait_postgres(pg_port)
         except BaseException:
             await self.stop()
@@ -235,7 +238,7 @@ class EmbeddedStack:
         log = self.logs_dir / "broker.log"
         argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/", "--cluster-id", "renkei"]
-        proc = _spawn(argv, log)
+        proc = _spawn(argv, log, die_with_parent=self.die_with_parent)
         self._procs["broker"] = proc
         self.components["broker"] = Component(
             "broker", proc.pid, f"127.0.0.1:{port}", str(log), Path(binary).name
@@ -260,11 +263,11 @@ class EmbeddedStack:
         raise StackError(f"the embedded Kafka broker did not listen on port {port} within {self.start_timeout:.0f} s")
 
     # -- PostgreSQL ---------------------------------------------------------
-    def _start_postgres(self, port: int) -> None:
+    def _prepare_postgres(self) -> str | None:
+        """initdb once (slow: run in a thread); returns the system user PostgreSQL runs as, if not us."""
         bin_path = _pg_bin()
         data = self.state_dir / "pg" / "data"
         user = _pg_run_as_user()
-        log = self.logs_dir / "postgres.log"
         if not (data / "PG_VERSION").exists():
             data.mkdir(parents=True, exist_ok=True)
             if user:
@@ -278,10 +281,15 @@ class EmbeddedStack:
                 raise StackError(f"initdb failed (code {result.returncode}): {result.stderr.strip()[-400:]}")
         elif user:
             _chown_tree(self.state_dir / "pg", user)
-        argv = [str(bin_path / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+        return user
+
+    def _start_postgres(self, port: int, user: str | None) -> None:
+        data = self.state_dir / "pg" / "data"
+        log = self.logs_dir / "postgres.log"
+        argv = [str(_pg_bin() / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
                 "-c", "unix_socket_directories=", "-c", "max_connections=300",
                 "-c", "shared_buffers=128MB"]
-        proc = _spawn(argv, log, user=user)
+        proc = _spawn(argv, log, user=user, die_with_parent=self.die_with_parent)
         self._procs["postgres"] = proc
         self.components["postgres"] = Component(
             "postgres", proc.pid, f"postgresql://postgres@127.0.0.1:{port}/{PG_DATABASE}",
@@ -327,9 +335,29 @@ class EmbeddedStack:
         tmp.replace(path)
 
 
+def _die_with_parent_hook() -> Any:
+    """Linux: a pre-exec hook that has the kernel SIGKILL the child when its starter dies.
+
+    libc is loaded here, in the parent: nothing is imported between fork and exec.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(pr_set_pdeathsig, sigkill)
+
+    return hook
+
+
 def _spawn(argv: list[str], log: Path, *, user: str | None = None, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (it outlives a detached `renkei up`), output to ``log``."""
+           cwd: Path | None = None, die_with_parent: bool = False) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (it outlives a detached `renkei up`), output to ``log``.
+
+    ``die_with_parent`` ties the child's life to its starter (tests: a killed test run leaves no
+    broker, database or worker behind).
+    """
     with open(log, "ab") as fh:
         if user:
             os.chown(log, *_uid_gid(user))
@@ -337,14 +365,16 @@ def _spawn(argv: list[str], log: Path, *, user: str | None = None, env: dict[str
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True, user=user, env=env, cwd=cwd,
+                preexec_fn=_die_with_parent_hook() if die_with_parent and sys.platform == "linux" else None,
             )
         except OSError as exc:
             raise StackError(f"could not start {Path(argv[0]).name}: {exc.strerror}") from None
 
 
-def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | None = None, *,
+                 die_with_parent: bool = False) -> subprocess.Popen[bytes]:
     """Start ``python -m module args`` with this interpreter as a supervised child."""
-    return _spawn([sys.executable, "-m", module, *args], log, env=env)
+    return _spawn([sys.executable, "-m", module, *args], log, env=env, die_with_parent=die_with_parent)
 
 
 def _uid_gid(user: str) -> tuple[int, int]:

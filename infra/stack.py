@@ -50,8 +50,10 @@ WORKERS: list[WorkerSpec] = [
 class Platform:
     """Start/stop the whole platform the same way for the CLI, the demo and tests."""
 
-    def __init__(self, settings: Settings, workers: list[WorkerSpec] | None = None) -> None:
+    def __init__(self, settings: Settings, workers: list[WorkerSpec] | None = None, *,
+                 die_with_parent: bool = False) -> None:
         self.base_settings = settings
+        self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
         self.stack = EmbeddedStack(
@@ -60,6 +62,7 @@ class Platform:
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
             with_postgres=settings.embedded_pg,
+            die_with_parent=die_with_parent,
         )
         self._reported_dead: set[str] = set()
 
@@ -103,7 +106,7 @@ class Platform:
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
         log = self.stack.logs_dir / f"{name}.log"
-        proc = spawn_python(worker.module, worker.args(self.settings), log)
+        proc = spawn_python(worker.module, worker.args(self.settings), log, die_with_parent=self.die_with_parent)
         self.stack.adopt(name, proc, worker.health(self.settings), log, worker.module)
 
     async def stop_worker(self, name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 import warnings
 from collections.abc import AsyncIterator
@@ -22,6 +23,10 @@ from pathlib import Path
 import pytest
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+# `timeout` and CI stop a run with SIGTERM: turn it into KeyboardInterrupt so fixtures tear down
+# (children are also tied to this process with die_with_parent, for SIGKILL).
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 from infra.settings import KafkaSettings, Settings  # noqa: E402
 
@@ -57,7 +62,7 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
             return
     from infra.embedded import EmbeddedStack
 
-    async with EmbeddedStack(tmp_path_factory.mktemp("stack")) as embedded:
+    async with EmbeddedStack(tmp_path_factory.mktemp("stack"), die_with_parent=True) as embedded:
         yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded")
 
 

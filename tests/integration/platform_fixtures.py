@@ -40,7 +40,7 @@ async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platfor
         state_dir=state,
         participants_file=PARTICIPANTS_FILE,
     )
-    platform = Platform(settings)
+    platform = Platform(settings, die_with_parent=True)
     await platform.start()
     try:
         await platform.wait_ready(120)

@@ -94,7 +94,7 @@ async def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> 
                         pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}", state_dir=state,
                         participants_file=PARTICIPANTS_FILE)
     workers = [w for w in WORKERS if with_bank_sim or w.name != "banks"]
-    platform = Platform(settings, workers=workers)
+    platform = Platform(settings, workers=workers, die_with_parent=True)
     await platform.start()
     await platform.wait_ready(120)
     return platform

@@ -91,7 +91,7 @@ async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
     settings = Settings(kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
                         pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}", state_dir=state,
                         participants_file=state / "participants.toml", banks=6)
-    p = Platform(settings, workers=[w for w in WORKERS if w.name in ("hub", "banks")])
+    p = Platform(settings, workers=[w for w in WORKERS if w.name in ("hub", "banks")], die_with_parent=True)
     await p.start()
     try:
         await p.wait_ready(120)

@@ -109,3 +109,26 @@ def test_cli_participants_json():
 def test_cli_configuration_error_exits_2(tmp_path):
     result = renkei("status", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2 and "configuration file not found" in result.stderr
+
+
+def test_children_die_with_a_killed_parent_when_tied(tmp_path):
+    """die_with_parent (used by tests and the demo): SIGKILL of the starter leaves no broker or database."""
+    script = (
+        "import asyncio, json, os, sys\n"
+        "from infra.embedded import EmbeddedStack\n"
+        "async def main():\n"
+        f"    s = EmbeddedStack({str(tmp_path / 's')!r}, die_with_parent=True)\n"
+        "    await s.start()\n"
+        "    print(json.dumps([c.pid for c in s.components.values()]), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = json.loads(proc.stdout.readline())
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(process_alive(p) for p in pids)
