@@ -45,7 +45,7 @@ def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:
     return wrapper
 
 
-async def run(messages: int, per_message: bool, profile: str | None) -> dict[str, Any]:
+async def run(messages: int, per_message: bool, profile: str | None, murmur2: bool = False) -> dict[str, Any]:
     from infra.embedded import EmbeddedStack
     from infra.kafka import producer as make_producer
     from streams.gateway import Inbound
@@ -64,7 +64,8 @@ async def run(messages: int, per_message: bool, profile: str | None) -> dict[str
             src = f"{s.kafka.topic_prefix}.bench.hub-src"
             await bench.create_topics(s, {src: 4})
             await bench.produce_all(s, src, records)
-            prod = make_producer(s, linger_ms=2, partitioner=single_partition_first)
+            # --murmur2: aiokafka's default partitioner (pure-Python murmur2 on every send), for before/after
+            prod = make_producer(s, linger_ms=2, **({} if murmur2 else {"partitioner": single_partition_first}))
             await prod.start()
             service = await HubService.create(s, prod)
             totals: dict[str, float] = defaultdict(float)
@@ -111,8 +112,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--per-message", action="store_true", help="one signature per envelope")
     parser.add_argument("--profile", help="write a cProfile to this file")
+    parser.add_argument("--murmur2", action="store_true", help="aiokafka's default partitioner (before/after)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.messages, args.per_message, args.profile)), indent=2))
+    print(json.dumps(asyncio.run(run(args.messages, args.per_message, args.profile, args.murmur2)), indent=2))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +62,86 @@ class LeakReport:
         return {"ok": self.ok, "people": self.people, "scanned": self.scanned, "hits": self.hits}
 
 
+def _table(mapping: dict[bytes, bytes]) -> bytes:
+    table = bytearray(b"." * 256)
+    for chars, cls in mapping.items():
+        for c in chars:
+            table[c] = cls[0]
+    return bytes(table)
+
+
+_CLASSES = _table({b"0123456789": b"d", b"\x00": b"z"})
+_HEX = _table({b"0123456789abcdefABCDEF": b"h"})
+_B64 = _table({b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-": b"b"})
+
+
 class Scanner:
+    """Finds the given My Numbers in bytes, in one pass per encoding (regex candidates, then a set lookup).
+
+    Searching every pattern of every person in every record is O(people × records); instead each blob is
+    scanned once per encoding for anything that COULD be a My Number (12 digits, in that encoding) and
+    the candidates are looked up in the set of numbers used.
+    """
+
+    _DIGITS = re.compile(rb"\d{12,}")
+    _UTF16LE = re.compile(rb"(?:\d\x00){12,}")
+    _UTF16BE = re.compile(rb"(?:\x00\d){12,}")
+    _HEX_ASCII = re.compile(rb"(?:3\d){12,}")
+    _HEX_RUN = re.compile(rb"[0-9a-fA-F]{8,}")
+    _BASE64 = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
+
     def __init__(self, my_numbers: Iterable[str]) -> None:
         numbers = sorted(set(my_numbers))
-        self.patterns = [(i, name, p) for i, mn in enumerate(numbers) for name, ps in encodings(mn).items()
-                         for p in ps]
+        self.index = {mn.encode(): i for i, mn in enumerate(numbers)}
+        self.by_value = {int(mn): i for i, mn in enumerate(numbers)}
         self.people = len(numbers)
 
+    def _digits(self, run: bytes, encoding: str, hits: set[tuple[int, str]]) -> None:
+        for k in range(len(run) - 11):  # every 12-digit window of a longer run
+            person = self.index.get(run[k:k + 12])
+            if person is not None:
+                hits.add((person, encoding))
+
     def search(self, blob: bytes) -> list[tuple[int, str]]:
-        return [(i, name) for i, name, p in self.patterns if p in blob]
+        hits: set[tuple[int, str]] = set()
+        # Cheap prefilters (C-speed translate + find): ciphertext almost never has the runs the regexes need.
+        classes = blob.translate(_CLASSES)
+        if b"d" * 12 in classes:  # 12 digits in a row: ASCII, and hex of ASCII (24 digits)
+            for m in self._DIGITS.finditer(blob):
+                self._digits(m.group(0), "ascii", hits)
+            for m in self._HEX_ASCII.finditer(blob):
+                self._digits(bytes.fromhex(m.group(0).decode()), "hex", hits)
+                self._digits(bytes.fromhex(m.group(0)[1:-1].decode()), "hex", hits)  # odd alignment
+        if b"dz" * 12 in classes or b"zd" * 12 in classes:
+            for m in self._UTF16LE.finditer(blob):
+                self._digits(m.group(0)[::2], "utf-16", hits)
+            for m in self._UTF16BE.finditer(blob):
+                self._digits(m.group(0)[1::2], "utf-16", hits)
+        if b"h" * 8 in blob.translate(_HEX):
+            self._hex_values(blob, hits)
+        if b"b" * 16 in blob.translate(_B64):
+            self._base64(blob, hits)
+        return sorted(hits)
+
+    def _hex_values(self, blob: bytes, hits: set[tuple[int, str]]) -> None:
+        for m in self._HEX_RUN.finditer(blob):  # the value in hex: 8 to 10 hex digits
+            run = m.group(0)
+            for size in (8, 9, 10):
+                for k in range(len(run) - size + 1):
+                    person = self.by_value.get(int(run[k:k + size], 16))
+                    if person is not None:
+                        hits.add((person, "hex"))
+    def _base64(self, blob: bytes, hits: set[tuple[int, str]]) -> None:
+        for m in self._BASE64.finditer(blob):
+            run = m.group(0).replace(b"-", b"+").replace(b"_", b"/")
+            for shift in range(4):  # the encoded number may start at any character
+                chunk = run[shift:]
+                try:
+                    decoded = base64.b64decode(chunk[: len(chunk) // 4 * 4])
+                except ValueError:
+                    continue
+                for d in self._DIGITS.finditer(decoded):
+                    self._digits(d.group(0), "base64", hits)
 
 
 async def scan(settings: Settings, my_numbers: Iterable[str], log_dirs: Iterable[Path]) -> LeakReport:
