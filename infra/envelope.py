@@ -649,8 +649,8 @@ class Verifier:
         if root is None:
             return False
         signature = ts["root_signature"]
-        if count == 1:  # a per-message signature: nothing to share, do not cache
-            return key.verify(signature, _root_tbs(domain, count, root))
+        # Per-message signatures are cached too: every leg of a fan-out (a lookup to 1,000 banks, opened
+        # by one bank process) carries the same origin root. The key's status is checked before this.
         cache_key = (domain, key.key_id, count, root)
         cached = self._roots.get(cache_key)
         if cached is not None:
