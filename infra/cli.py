@@ -82,6 +82,11 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     platform = Platform(settings)
     await platform.start()
+    try:
+        await platform.wait_ready(120)  # `up` returns once every worker has joined its consumer group
+    except BaseException:
+        await platform.stop()
+        raise
     rows = platform.status()
     if args.json:
         _print_json({"components": rows, "detached": bool(args.detach)})

@@ -63,10 +63,15 @@ def test_cli_up_detach_status_down_leaves_nothing(tmp_path):
     state = str(tmp_path / "cli")
     up = renkei("up", "--detach", "--json", "--state-dir", state)
     assert up.returncode == 0, up.stderr
-    status = renkei("status", "--json", "--state-dir", state)
+    deadline = time.monotonic() + 60
+    while True:  # workers publish their metrics endpoint once their HTTP server is up
+        status = renkei("status", "--json", "--state-dir", state)
+        rows = json.loads(status.stdout)["components"]
+        if all(r["endpoint"] for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout)["components"]
-    assert {r["name"] for r in rows} >= {"broker", "postgres"}
+    assert {r["name"] for r in rows} == {"broker", "postgres", "hub", "registry", "banks"}
     assert all(r["alive"] and r["pid"] > 0 and r["endpoint"] for r in rows)
     topics = renkei("topics", "list", "--json", "--state-dir", state)
     names = {t["name"] for t in json.loads(topics.stdout)["topics"]}
