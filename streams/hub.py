@@ -269,9 +269,11 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
         ("renkei.src.offset", str(d.inbound.offset).encode()),
         ("renkei.rejected_at", str(int(time.time() * 1000)).encode()),
     ]
-    if d.meta is not None:
-        headers += [("renkei.message_id", d.meta.message_id.encode()), ("renkei.type", d.meta.type.encode()),
-                    ("renkei.sender", d.meta.sender.encode())]
+    meta = d.meta or d.unverified
+    if meta is not None:
+        headers += [("renkei.message_id", meta.message_id.encode()), ("renkei.type", meta.type.encode()),
+                    ("renkei.sender", meta.sender.encode()),
+                    ("renkei.verified", b"true" if d.meta is not None else b"false")]
     # A re-driven or replayed message that fails again keeps its history (count, earlier dead letters,
     # ops event): `renkei dlq redrive` continues from it.
     headers += [(k, v) for k, v in d.inbound.headers if k.startswith(_CARRIED_HEADERS) or k == "renkei.ops.event"]

@@ -184,6 +184,7 @@ class ParticipantRuntime:
         self.metrics = WorkerMetrics(worker)
         self._metrics_server: MetricsServer | None = None
         self._started = False
+        self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, consume: bool = True) -> None:
@@ -236,13 +237,14 @@ class ParticipantRuntime:
         return "ok", ""
 
     async def stop(self) -> None:
+        # The flag, not only cancel(): asyncio.wait_for in 3.11 can swallow a cancellation that
+        # races with its inner future, which would leave a loop running for ever.
+        self._stopping = True
+        self._relay_wakeup.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
         self._tasks.clear()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
@@ -262,7 +264,7 @@ class ParticipantRuntime:
 
     # -- consuming ---------------------------------------------------------------------------------
     async def _consume_loop(self) -> None:
-        while True:
+        while not self._stopping:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=500)
             if not batches:
                 continue
@@ -405,28 +407,36 @@ class ParticipantRuntime:
             self.waiters.pop((sender, correlation), None)
 
     async def relay_once(self, limit: int = 500) -> int:
-        """Send pending outbox rows to the ingress topic; mark them sent after the broker acks."""
+        """Send this runtime's pending outbox rows to the ingress topic; mark them sent after the broker acks.
+
+        Rows are locked (SKIP LOCKED) while in flight, so two relays of the same identities never
+        send a row twice; a crash before the mark re-sends it (the hub then dead-letters the copy
+        as REPLAYED — no effect is duplicated).
+        """
         assert self.pool is not None
-        async with self._relay_lock:
-            rows = await self.pool.fetch(
-                "SELECT id, kafka_key, envelope FROM participant_outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-                limit)
+        async with self._relay_lock, self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, kafka_key, envelope FROM participant_outbox WHERE sent_at IS NULL "
+                "AND sender = ANY($2::text[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                limit, list(self.identities))
             if not rows:
                 return 0
             futures = [await self.producer.send(self.names.ingress, r["envelope"], key=r["kafka_key"]) for r in rows]
             await asyncio.gather(*futures)
-            await self.pool.execute("UPDATE participant_outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                                    [r["id"] for r in rows])
+            await conn.execute("UPDATE participant_outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                               [r["id"] for r in rows])
             self.metrics.messages_out.inc(len(rows))
             return len(rows)
 
     async def _relay_loop(self) -> None:
         delay = 0.2
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._relay_wakeup.wait(), 1.0)
             except asyncio.TimeoutError:
                 pass
+            if self._stopping:
+                return
             self._relay_wakeup.clear()
             try:
                 while await self.relay_once() > 0:
