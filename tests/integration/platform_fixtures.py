@@ -9,38 +9,47 @@ module with ``from tests.integration.platform_fixtures import *``.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from connectors.client import BusClient
 from infra.settings import KafkaSettings, Settings
-from infra.stack import Platform
+from infra.stack import WORKERS, Platform
 
-__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE"]
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform"]
 
 PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 """The built-in set plus ``agency-suspended`` (suspended) and ``bank-8999`` (not in lookup fan-outs)."""
 
 
-@pytest.fixture(scope="module")
-async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
-    prefix = "p" + uuid.uuid4().hex[:10]
+@contextlib.asynccontextmanager
+async def isolated_platform(endpoints: Any, state: Path, *, participants_file: Path = PARTICIPANTS_FILE,
+                            workers: list[str] | None = None, banks: int | None = None,
+                            prefix_letter: str = "p") -> AsyncIterator[Platform]:
+    """Workers as real processes under a fresh topic prefix and PostgreSQL schema, ready to serve.
+
+    ``workers`` names a subset of ``infra.stack.WORKERS`` (default: all of them).
+    """
+    prefix = prefix_letter + uuid.uuid4().hex[:10]
     conn = await asyncpg.connect(endpoints.pg_dsn)
     await conn.execute(f'CREATE SCHEMA "{prefix}"')
     await conn.close()
     sep = "&" if "?" in endpoints.pg_dsn else "?"
-    state: Path = tmp_path_factory.mktemp("platform")
     settings = Settings(
         kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
         pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}",
         state_dir=state,
-        participants_file=PARTICIPANTS_FILE,
+        participants_file=participants_file,
+        **({"banks": banks} if banks is not None else {}),
     )
-    platform = Platform(settings, die_with_parent=True)
+    chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
+    platform = Platform(settings, workers=chosen, die_with_parent=True)
     await platform.start()
     try:
         await platform.wait_ready(120)
@@ -50,6 +59,12 @@ async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platfor
         conn = await asyncpg.connect(endpoints.pg_dsn)
         await conn.execute(f'DROP SCHEMA "{prefix}" CASCADE')
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
+    async with isolated_platform(endpoints, tmp_path_factory.mktemp("platform")) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="module")

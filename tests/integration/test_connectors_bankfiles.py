@@ -24,11 +24,8 @@ BANK, CODE = "bank-9001", "9001"
 
 @pytest.fixture(scope="module")
 async def platform(endpoints, tmp_path_factory):
-    p = await start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False)
-    try:
+    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,8 @@ class BankSystem:
 
 @pytest.fixture(scope="module")
 async def platform(endpoints, tmp_path_factory):
-    p = await start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False)
-    try:
+    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -76,25 +76,13 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 30
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
-async def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:
+def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:
     """Hub + registry (+ the simulated banks) as real processes, under a fresh prefix and schema.
 
     Without the bank simulator a bank connector under test is the only consumer of its bank's inbox.
+    An async context manager: ``async with start_platform(...) as platform``.
     """
-    from tests.integration.platform_fixtures import PARTICIPANTS_FILE
-    from infra.settings import KafkaSettings
-    from infra.stack import WORKERS, Platform
+    from tests.integration.platform_fixtures import isolated_platform
 
-    prefix = "c" + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(endpoints.pg_dsn)
-    await conn.execute(f'CREATE SCHEMA "{prefix}"')
-    await conn.close()
-    sep = "&" if "?" in endpoints.pg_dsn else "?"
-    settings = Settings(kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
-                        pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}", state_dir=state,
-                        participants_file=PARTICIPANTS_FILE)
-    workers = [w for w in WORKERS if with_bank_sim or w.name != "banks"]
-    platform = Platform(settings, workers=workers, die_with_parent=True)
-    await platform.start()
-    await platform.wait_ready(120)
-    return platform
+    workers = ["hub", "registry", "banks"] if with_bank_sim else ["hub", "registry"]
+    return isolated_platform(endpoints, state, workers=workers, prefix_letter="c")

@@ -32,12 +32,12 @@ from infra.keystore import KeyStore
 from infra.kafka import consumer
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.provisions import ProvisionStore
-from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 from infra.topics import TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
+from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,26 +81,11 @@ code_start = 9000
 
 @pytest.fixture(scope="module")
 async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
-    prefix = "l" + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(endpoints.pg_dsn)
-    await conn.execute(f'CREATE SCHEMA "{prefix}"')
-    await conn.close()
     state: Path = tmp_path_factory.mktemp("lookups")
     (state / "participants.toml").write_text(PARTICIPANTS)
-    sep = "&" if "?" in endpoints.pg_dsn else "?"
-    settings = Settings(kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
-                        pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}", state_dir=state,
-                        participants_file=state / "participants.toml", banks=6)
-    p = Platform(settings, workers=[w for w in WORKERS if w.name in ("hub", "banks")], die_with_parent=True)
-    await p.start()
-    try:
-        await p.wait_ready(120)
+    async with isolated_platform(endpoints, state, participants_file=state / "participants.toml",
+                                 workers=["hub", "banks"], banks=6, prefix_letter="l") as p:
         yield p
-    finally:
-        await p.stop()
-        conn = await asyncpg.connect(endpoints.pg_dsn)
-        await conn.execute(f'DROP SCHEMA "{prefix}" CASCADE')
-        await conn.close()
 
 
 @pytest.fixture(scope="module")
