@@ -300,6 +300,7 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                     lookup_views.append(None)
             await _quiesce(conn)
             report = await _check(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
+            report.counts["kills"] = order
     finally:
         await prod.stop()
         await conn.close()
