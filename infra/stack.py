@@ -24,7 +24,6 @@ class WorkerSpec:
     module: str
     args: Callable[[Settings], list[str]]
     group: Callable[[Settings], str] | None = None  # consumer group whose membership means "ready"
-    health: Callable[[Settings], str] = lambda s: ""
 
 
 def settings_args(settings: Settings) -> list[str]:
@@ -107,7 +106,9 @@ class Platform:
         name = name or worker.name
         log = self.stack.logs_dir / f"{name}.log"
         proc = spawn_python(worker.module, worker.args(self.settings), log, die_with_parent=self.die_with_parent)
-        self.stack.adopt(name, proc, worker.health(self.settings), log, worker.module)
+        # The endpoint stays empty here: the worker publishes its metrics URL itself once serving
+        # (infra.metrics), and `renkei status` fills it in from there.
+        self.stack.adopt(name, proc, "", log, worker.module)
 
     async def stop_worker(self, name: str) -> None:
         """Stop one worker process (SIGTERM, SIGKILL after 10 s); ``start_worker`` brings it back."""
