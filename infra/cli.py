@@ -339,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
     add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers") \
         .add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    # The participants' own commands (portal, agency, dicj, bank) and the connector operations.
+    from connectors import commands as participant_commands
+    from connectors import ops as connector_ops
+
+    participant_commands.register(add, common)
+    connector_ops.register(add, common)
     return parser
 
 
