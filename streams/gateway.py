@@ -106,21 +106,23 @@ class HubCore:
                 return decision
             fanout = meta.recipient == FANOUT
             recipients = list(meta.recipients) if fanout else [meta.recipient]
-            person = None
+            allowed: list[tuple[str, PolicyDecision]] = []
             for recipient_id in recipients:
                 recipient = self.participants.get(recipient_id)
                 if fanout and not fanout_leg_allowed(self.policy, meta.type, recipient):
                     continue  # a suspended or non-participating bank's leg is dropped, not the whole fan-out
-                verdict = self.policy.authorise(sender, recipient, meta.type, meta.data_item, meta.legal_basis)
-                subject = self.tokens.translate(meta.subject, meta.sender, recipient_id)
-                decision.legs.append((recipient_id, subject))
-                if verdict.records:
-                    if person is None:
-                        person = self.tokens.translate(meta.subject, meta.sender, PORTAL_ID)
-                    decision.records.append(_draft(meta, recipient_id, person, verdict))
-            if not decision.legs:
+                allowed.append((recipient_id, self.policy.authorise(sender, recipient, meta.type, meta.data_item,
+                                                                    meta.legal_basis)))
+            if not allowed:
                 raise Rejection(Reason.SUSPENDED, "no recipient of this fan-out may receive it "
                                                   "(suspended or not participating)")
+            # One decryption of the sender's token for every leg and the portal's record key.
+            *subjects, person = self.tokens.translate_many(meta.subject, meta.sender,
+                                                            [r for r, _ in allowed] + [PORTAL_ID])
+            for (recipient_id, verdict), subject in zip(allowed, subjects, strict=True):
+                decision.legs.append((recipient_id, subject))
+                if verdict.records:
+                    decision.records.append(_draft(meta, recipient_id, person, verdict))
         except Rejection as exc:
             if decision.meta is None:
                 try:  # metadata for the dead letter, so ops can find it; never trusted for routing

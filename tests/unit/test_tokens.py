@@ -60,6 +60,13 @@ def test_translation_round_trips(my_number, p, q, r):
     assert AUTHORITY.translate(AUTHORITY.translate(token_p, p, r), r, q) == token_q
 
 
+@given(my_numbers, participants, st.lists(participants, max_size=5))
+def test_translate_many_equals_one_translation_per_target(my_number, p, targets):
+    used(my_number)
+    token_p = AUTHORITY.token_for(my_number, p)
+    assert AUTHORITY.translate_many(token_p, p, targets) == [AUTHORITY.token_for(my_number, t) for t in targets]
+
+
 @settings(max_examples=30)
 @given(st.lists(my_numbers, min_size=20, max_size=20, unique=True))
 def test_tokens_look_unlinkable(numbers):
