@@ -35,6 +35,11 @@ class KafkaSettings:
     sasl_password: str = field(default="", repr=False)
     topic_prefix: str = "renkei"
     replication: int = 1  # replication factor for created topics (3 on a production cluster)
+    # How long the broker may hold a fetch that found nothing (streams.participant.fetch_wait_ms):
+    # short, because Tansu answers a held fetch only when the wait ends; longer for a consumer of
+    # many inboxes, whose every fetch costs the broker and the client per partition.
+    fetch_wait_ms: int = 20
+    fetch_wait_max_ms: int = 250
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (bootstrap and security)."""
@@ -105,6 +110,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_sasl_password": (("kafka", "sasl_password"), str),
     "kafka_topic_prefix": (("kafka", "topic_prefix"), str),
     "kafka_replication": (("kafka", "replication"), int),
+    "kafka_fetch_wait_ms": (("kafka", "fetch_wait_ms"), int),
+    "kafka_fetch_wait_max_ms": (("kafka", "fetch_wait_max_ms"), int),
     "pg_dsn": (("pg_dsn",), str),
     "state_dir": (("state_dir",), Path),
     "participant_id": (("participant_id",), str),
@@ -210,4 +217,6 @@ def load_settings(
         )
     if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
+        raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
     return Settings(kafka=kafka, **top_kwargs)

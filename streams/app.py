@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 
+from infra.kafka import fetch_wait_ms
 from infra.settings import Settings
 
 BATCH_MAX = 500
@@ -57,20 +58,18 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         datadir=str(datadir),
         logging_config=None,
     )
-    _short_fetch_wait(app)
+    _short_fetch_wait(app, fetch_wait_ms(settings.kafka))
     return app
 
 
-def _short_fetch_wait(app: faust.App) -> None:
-    """Make the app's consumer hold empty fetches for FETCH_MAX_WAIT_MS instead of faust's fixed 1500 ms."""
+def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
+    """Make the app's consumer hold empty fetches for ``wait_ms`` instead of faust's fixed 1500 ms."""
     from faust.transport.drivers import aiokafka as driver
-
-    from streams.participant import FETCH_MAX_WAIT_MS
 
     class Thread(driver.AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
-            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+            consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
             return consumer
 
     class Consumer(driver.Consumer):

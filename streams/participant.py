@@ -71,16 +71,6 @@ RUNTIME_MIGRATIONS = [
 ]
 
 
-FETCH_MAX_WAIT_MS = 20
-"""How long the broker may hold a fetch that found nothing.
-
-The embedded broker (Tansu) answers a held fetch only when this wait ends, even
-if records arrive meanwhile: measured ~600 ms per consumer hop at faust's fixed
-1500 ms, ~120 ms at aiokafka's default 500 ms, ~6 ms at 20 ms.  Every hop of a
-flow pays it, so it is kept short (Apache Kafka answers as soon as data arrives
-and is not affected)."""
-
-
 class ClaimedInTransaction:
     """The opener's replay guard: the real check is the PostgreSQL claim in the effect's transaction."""
 
@@ -188,7 +178,7 @@ class ParticipantRuntime:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, consume: bool = True) -> None:
-        from infra.kafka import consumer, producer
+        from infra.kafka import consumer, fetch_wait_ms, producer
 
         store = KeyStore.for_settings(self.settings)
         self.directory = await load_directory(self.settings, store.root_public_key())
@@ -213,7 +203,7 @@ class ParticipantRuntime:
             name=f"{self.group}-keys"))
         if consume:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,
-                                     fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+                                     fetch_max_wait_ms=fetch_wait_ms(self.settings.kafka, len(self.by_inbox)))
             await self.consumer.start()
             self._tasks.append(asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume"))
         self._started = True

@@ -81,3 +81,19 @@ def test_with_endpoints_keeps_the_rest():
     t = s.with_endpoints(bootstrap="b:1", pg_dsn="postgresql://x/y")
     assert (t.kafka.bootstrap, t.pg_dsn, t.banks) == ("b:1", "postgresql://x/y", 3)
     assert not t.embedded_kafka and not t.embedded_pg
+
+
+def test_fetch_wait_grows_with_the_partitions_a_consumer_asks_about():
+    from infra.kafka import fetch_wait_ms
+
+    kafka = load_settings(environ={"RENKEI_KAFKA_FETCH_WAIT_MAX_MS": "300"}).kafka
+    assert fetch_wait_ms(kafka) == fetch_wait_ms(kafka, 80) == 20  # few inboxes: the short wait
+    assert fetch_wait_ms(kafka, 400) == 100
+    assert fetch_wait_ms(kafka, 5000) == 300  # capped
+
+
+@pytest.mark.parametrize("env", [{"RENKEI_KAFKA_FETCH_WAIT_MS": "0"},
+                                 {"RENKEI_KAFKA_FETCH_WAIT_MS": "400", "RENKEI_KAFKA_FETCH_WAIT_MAX_MS": "300"}])
+def test_fetch_wait_out_of_range_is_a_config_error(env):
+    with pytest.raises(ConfigError, match="kafka_fetch_wait_ms"):
+        load_settings(environ=env)
