@@ -282,20 +282,29 @@ class Portal(ChannelAdapter):
         person = await self._person(request)
         if self.provisions is None:
             return _problem(503, "UNAVAILABLE", "provision records are not configured on this portal")
-        records = await self.provisions.for_person(person["token"])  # 不開示 records excluded
-        verdict = await self.provisions.verify_chain(person["token"])
-        bad = {int(n) for p in verdict.problems for n in re.findall(r"seq (\d+)", p)}
-        return web.json_response({
-            "chain_ok": verdict.ok,
-            "problems": verdict.problems,
-            "records": [{
-                "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
-                "legal_basis": r.legal_basis, "status": r.status.value,
-                "requested_at": r.requested_at.isoformat(),
-                "provided_at": r.provided_at and r.provided_at.isoformat(),
-                "verified": verdict.ok or r.seq not in bad,
-            } for r in records],
-        })
+        return web.json_response(await records_view(self.provisions, person["token"]))
+
+
+async def records_view(provisions: ProvisionStore, token: str) -> dict:
+    """The person's provision records as the portal shows them: 不開示 records excluded, each marked verified.
+
+    ``{chain_ok, problems, records: [{requester, provider, data_item, legal_basis, status, requested_at,
+    provided_at, verified}]}``; ``token`` is the person's PORTAL token. Also ``renkei portal records``.
+    """
+    records = await provisions.for_person(token)  # 不開示 records excluded
+    verdict = await provisions.verify_chain(token)
+    bad = {int(n) for p in verdict.problems for n in re.findall(r"seq (\d+)", p)}
+    return {
+        "chain_ok": verdict.ok,
+        "problems": verdict.problems,
+        "records": [{
+            "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
+            "legal_basis": r.legal_basis, "status": r.status.value,
+            "requested_at": r.requested_at.isoformat(),
+            "provided_at": r.provided_at and r.provided_at.isoformat(),
+            "verified": verdict.ok or r.seq not in bad,
+        } for r in records],
+    }
 
 
 class PortalConnector:
