@@ -111,6 +111,9 @@ class Context:
 
 
 Handler = Callable[[Context], Awaitable[None]]
+Divert = Callable[[asyncpg.Connection, "list[_Item]"], Awaitable[set[int]]]
+"""Called in each batch transaction before the claims; returns the indices of the messages this runtime
+must leave alone: not claimed, no effect (another consumer of the same inbox handles them)."""
 
 
 @dataclass
@@ -171,6 +174,7 @@ class ParticipantRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
         self.processed = 0
+        self.divert: Divert | None = None  # e.g. the bank simulator parks what a channel connector holds
         self.metrics = WorkerMetrics(worker)
         self._metrics_server: MetricsServer | None = None
         self._started = False
@@ -306,6 +310,9 @@ class ParticipantRuntime:
         dead = list(refused)
         duplicates = 0
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.divert is not None and items:  # decided in the effect's transaction, before any claim
+                diverted = await self.divert(conn, items)
+                items = [item for n, item in enumerate(items) if n not in diverted]
             wanted: dict[str, list[uuid.UUID]] = {}
             for item in items:
                 wanted.setdefault(item.ident.participant_id, []).append(uuid.UUID(item.opened.meta.message_id))
