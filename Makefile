@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench up down clean
+.PHONY: demo test test-fast bench chaos up down clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
@@ -22,6 +22,12 @@ test: $(STAMP)  ## unit + integration tests on the real embedded broker and Post
 
 test-fast: $(STAMP)  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+bench: $(STAMP)  ## throughput and latency against the broker's own limit (docs/performance.md)
+	$(BIN)/renkei bench
+
+chaos: $(STAMP)  ## crash safety, hostile input and leak scan (docs/performance.md)
+	$(BIN)/renkei chaos
 
 up: $(STAMP)
 	$(BIN)/renkei up --detach
