@@ -416,6 +416,7 @@ class Message:
     basis: str
     correlation_id: str | None = None
     ttl_s: int = DEFAULT_TTL_S
+    message_id: str | None = None  # None = a fresh random id; set for a reply that must be the same when re-sealed
 
 
 class Sealer:
@@ -475,7 +476,7 @@ class Sealer:
                 not m.to or len(set(m.to)) != len(m.to) or FANOUT in m.to or not all(isinstance(t, str) for t in m.to)
             ):
                 raise ValueError("a fan-out needs one or more distinct recipient ids")
-            mid = str(uuid.uuid4())
+            mid = str(uuid.UUID(m.message_id)) if m.message_id else str(uuid.uuid4())
             cid = str(uuid.UUID(m.correlation_id)) if m.correlation_id else mid
             plaintext = codec.encode(_body_schema(m.type), m.body)
             r = {

@@ -46,6 +46,19 @@ class Inbound:
     headers: tuple[tuple[str, bytes], ...] = ()  # Kafka headers; dead letters keep the ops ones
 
 
+_REPLY_IDS = uuid.UUID("6f0b7c52-3c1e-5d7e-9a51-52656e6b6569")
+
+
+def reply_id(kind: str, inbound: Inbound, message_id: str) -> str:
+    """The message id of the hub's own reply (a token answer, a rejection notice) to one ingress record.
+
+    Derived from the record's message id and position, so a batch redelivered after a hub crash
+    re-seals its replies under the same ids and the recipient's claim drops the second copy; a
+    replay of the message at another offset gets its own notice.
+    """
+    return str(uuid.uuid5(_REPLY_IDS, f"{kind}|{message_id}|{inbound.partition}|{inbound.offset}"))
+
+
 @dataclass
 class Decision:
     inbound: Inbound
@@ -156,7 +169,8 @@ class HubCore:
             messages.append(Message(
                 body={"token": token.encode(), "local_ref": body["local_ref"], "issued_at": datetime.now(UTC)},
                 type=TOKEN_ISSUE_RESPONSE, to=d.meta.sender, subject=token, data_item=d.meta.data_item,
-                basis=d.meta.legal_basis, correlation_id=d.meta.correlation_id))
+                basis=d.meta.legal_basis, correlation_id=d.meta.correlation_id,
+                message_id=reply_id("token-answer", d.inbound, d.meta.message_id)))
         if messages and self.sealer is not None:
             for m, envelope in zip(messages, self.sealer.seal_batch(messages), strict=True):
                 answers.append((m.to, m.subject, envelope))

@@ -44,7 +44,7 @@ from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
 from schemas import codec
 from schemas.types import REJECTION_NOTICE
-from streams.gateway import Decision, HubCore, Inbound
+from streams.gateway import Decision, HubCore, Inbound, reply_id
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker
 from streams.participant import ClaimedInTransaction
 
@@ -251,6 +251,7 @@ class HubService:
                       "original_type": d.meta.type, "rejected_at": now},
                 type=REJECTION_NOTICE, to=d.meta.sender, subject=d.meta.subject,
                 data_item=d.meta.data_item, basis=d.meta.legal_basis, correlation_id=d.meta.correlation_id,
+                message_id=reply_id("rejection-notice", d.inbound, d.meta.message_id),
             )
             for d in decisions
         ]

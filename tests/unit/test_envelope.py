@@ -492,3 +492,21 @@ def test_rejections_never_carry_personal_data(world, no_personal_data):
             fn(arg)
         assert token not in str(info.value) and MY_NUMBER not in str(info.value)
     assert no_personal_data  # the guard recorded the messages
+
+
+def test_a_reply_resealed_with_its_message_id_keeps_it(world):
+    """The hub re-seals its own replies after a crash under the same id, so the recipient's claim drops the copy."""
+    from streams.gateway import Inbound, reply_id
+
+    request = peek(world.seal())
+    at = Inbound(b"", 2, 41)
+    rid = reply_id("token-answer", at, request.message_id)
+    assert rid == reply_id("token-answer", Inbound(b"other bytes", 2, 41), request.message_id)  # a redelivery
+    assert rid != reply_id("token-answer", Inbound(b"", 2, 42), request.message_id)  # a replay elsewhere
+    assert rid != reply_id("rejection-notice", at, request.message_id)
+    message = E.Message(example_body("provision.inquiry"), "provision.inquiry", "registry", world.token("agency-a"),
+                        "public_funds_account", "koza-toroku-ho-9", message_id=rid)
+    first, again = (world.sealer("agency-a").seal_batch([message])[0] for _ in range(2))
+    assert first != again  # a fresh encryption and signature…
+    assert peek(first).message_id == peek(again).message_id == rid  # …under the same id
+    assert peek(world.seal()).message_id != peek(world.seal()).message_id  # without one: a fresh id each time
