@@ -639,14 +639,14 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     return flows, used
 
 
-async def run_chaos(settings: Settings, *, quick: bool = False, say: Any = None) -> dict[str, Any]:
+async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = None) -> dict[str, Any]:
     """Demo flows, crash safety, hostile input and the leak scan on a fresh embedded platform."""
     from infra.embedded import stop_recorded
     from infra.leakscan import scan
     from infra.stack import WORKERS, Platform
 
     plan = QUICK if quick else FULL
-    say = say or (lambda _m: None)
+    say = progress or (lambda _m: None)
     chaos_settings = dataclasses.replace(settings, state_dir=(settings.state_dir / "chaos").absolute(),
                                          banks=plan.banks, log_level="INFO")
     stop_recorded(chaos_settings.state_dir)
