@@ -27,9 +27,13 @@ Sink side (bus → channel)
     A delivery that is a question to the channel (an existence check) stays
     ``DELIVERED`` until :meth:`ConnectorRuntime.answer` sends the reply.
 
-Health (``/health``) and Prometheus metrics (``/metrics``) are served by a
-small aiohttp app (:meth:`ConnectorRuntime.serve_ops`).  Nothing personal is
-ever logged, counted or put in a dead letter's detail.
+Health (``/health``) and Prometheus metrics (``/metrics``) are the platform's
+one system (:mod:`infra.metrics`): the connector's series
+(:class:`ConnectorMetrics`) are registered in the participant runtime's
+``WorkerMetrics`` and served, with the common ``renkei_*`` worker series, by a
+``MetricsServer`` (``ops_port``: a fixed port, else a free loopback one; the
+endpoint is published under the state folder).  Nothing personal is ever
+logged, counted or put in a dead letter's detail.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import json
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +52,9 @@ import asyncpg
 
 from infra.envelope import Message, Opened
 from infra.errors import Rejection
+from infra.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
 from infra.settings import Settings
+from schemas.types import MESSAGE_TYPES
 from streams.participant import Context, Handler, ParticipantRuntime
 
 log = logging.getLogger("renkei.connector")
@@ -189,49 +194,75 @@ class ChannelAdapter:
         return type(self).deliver is not ChannelAdapter.deliver
 
 
-class Metrics:
-    """Counters and gauges rendered in the Prometheus text format (no personal data in labels)."""
+CONNECTOR_REASONS = frozenset({
+    "CHANNEL_UNAVAILABLE", "CHANNEL_ERROR",  # sink: the channel did not take a delivery
+    "NOT_ENROLLED", "UNSUPPORTED_ITEM",  # agency outbox rows
+    "COUNT_MISMATCH", "NOT_THIS_BANK", "UNKNOWN_KIND", "UNKNOWN_REFERENCE", "DUPLICATE",  # bank files
+})
+"""Connector reason codes besides the platform's (``infra.errors.Reason``); others are counted as OTHER."""
 
-    def __init__(self) -> None:
-        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
-        self.help: dict[str, str] = {}
-
-    def inc(self, name: str, help_text: str, value: float = 1.0, **labels: str) -> None:
-        self.help.setdefault(name, help_text)
-        self.counters[(name, tuple(sorted(labels.items())))] += value
-
-    @staticmethod
-    def render(samples: Iterable[tuple[str, str, str, dict[str, str], float]]) -> str:
-        """``samples``: (name, type, help, labels, value). Grouped by name, one HELP/TYPE each."""
-        by_name: dict[str, list[tuple[str, str, dict[str, str], float]]] = defaultdict(list)
-        for name, kind, help_text, labels, value in samples:
-            by_name[name].append((kind, help_text, labels, value))
-        lines = []
-        for name, rows in by_name.items():
-            lines.append(f"# HELP {name} {rows[0][1]}")
-            lines.append(f"# TYPE {name} {rows[0][0]}")
-            for _, _, labels, value in rows:
-                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-                lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
-        return "\n".join(lines) + "\n"
-
-    def counter_samples(self) -> list[tuple[str, str, str, dict[str, str], float]]:
-        return [(name, "counter", self.help[name], dict(labels), value)
-                for (name, labels), value in sorted(self.counters.items())]
+OUTBOX_STUCK_S = 30.0
+"""Health fails when the oldest sealed message has waited longer than this for the broker."""
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class ConnectorMetrics:
+    """The connector runtime's series, registered in the participant runtime's :class:`WorkerMetrics`.
+
+    Labels take closed sets only: the runtime's adapter names, the catalogue's message types,
+    reason codes, ``source``/``sink``; the lag gauge's topic and partition come from the
+    consumer's own assignment.  Names are listed in docs/connectors.md (alerts use them).
+    """
+
+    def __init__(self, worker: WorkerMetrics, connectors: Iterable[str]) -> None:
+        c = {"connector": frozenset(connectors)}
+        ct = {**c, "type": MESSAGE_TYPES}
+        add = worker.register
+        self.up = add(Gauge("renkei_connector_up", "1 when the runtime is healthy, 0 when failing or stopping"))
+        self.outbox_pending = add(Gauge("renkei_connector_outbox_pending", "Sealed messages waiting for the broker"))
+        self.outbox_oldest = add(Gauge("renkei_connector_outbox_oldest_seconds",
+                                       "Age of the oldest message waiting for the broker"))
+        self.consumer_lag = add(Gauge("renkei_connector_consumer_lag",
+                                      "Inbox records not yet consumed (fetch high watermark - position), at scrape",
+                                      labels={"topic": None, "partition": None}))
+        self.deliveries_pending = add(Gauge("renkei_connector_deliveries_pending",
+                                            "Deliveries waiting for the channel", labels=c))
+        self.dead_letters_open = add(Gauge("renkei_connector_dead_letters_open",
+                                           "Dead letters kept by the connector", labels=c))
+        self.inbox_processed = add(Counter("renkei_connector_inbox_processed_total",
+                                           "Inbox messages handled by the participant runtime"))
+        self.published = add(Counter("renkei_connector_published_total", "Messages published from the channel",
+                                     labels=ct))
+        self.received = add(Counter("renkei_connector_received_total",
+                                    "Messages received from the bus and handled", labels=ct))
+        self.delivered = add(Counter("renkei_connector_delivered_total", "Deliveries handed to the channel",
+                                     labels=ct))
+        self.retries = add(Counter("renkei_connector_retries_total",
+                                   "Delivery attempts that failed and will be retried", labels=ct))
+        self.answered = add(Counter("renkei_connector_answered_total", "Channel answers sent back to the bus",
+                                    labels=ct))
+        self.dead_letters = add(Counter(
+            "renkei_connector_dead_letters_total", "Items dead-lettered, by reason",
+            labels={**c, "direction": frozenset({"source", "sink"}), "reason": REASON_CODES | CONNECTOR_REASONS}))
+        self.source_errors = add(Counter("renkei_connector_source_errors_total", "Failed source passes (retried)",
+                                         labels=c))
+        self.source_duplicates = add(Counter("renkei_connector_source_duplicates_total",
+                                             "Source items seen again and not published twice", labels=c))
+        self.unanswered = add(Counter("renkei_connector_unanswered_total",
+                                      "Items reported without an answer because their deadline passed", labels=c))
+        self.late_answers = add(Counter("renkei_connector_late_answers_total",
+                                        "Answers that came after their deadline (reported separately)", labels=c))
 
 
 class ConnectorRuntime:
     """Runs channel adapters for one or more participant identities. See the module docstring."""
 
     def __init__(self, settings: Settings, identities: Iterable[str], adapters: Sequence[ChannelAdapter], *,
-                 group: str, ops_port: int | None = None, ops_host: str = "127.0.0.1") -> None:
+                 group: str, ops_port: int | None = None, ops_host: str = "127.0.0.1",
+                 worker: str | None = None) -> None:
+        """``ops_port``: where ``/health`` and ``/metrics`` listen (None or 0: a free port on ``ops_host``);
+        ``worker``: the ``worker`` label of every series (default ``connector-<adapter names>``)."""
         self.settings = settings
         self.adapters = list(adapters)
-        self.metrics = Metrics()
         handlers: dict[str, Handler] = {}
         migrations: dict[str, list[str]] = {"connector-runtime": CONNECTOR_MIGRATIONS}
         for adapter in self.adapters:
@@ -241,11 +272,13 @@ class ConnectorRuntime:
                 handlers[type_] = self._counted(adapter.name, type_, handler)
             if adapter.migrations:
                 migrations[f"connector-{adapter.name}"] = adapter.migrations
-        self.runtime = ParticipantRuntime(settings, identities, handlers, group=group, migrations=migrations)
-        self.ops_port = ops_port
-        self.ops_host = ops_host
-        self.ops_url: str | None = None
-        self._ops_runner: Any = None
+        worker = worker or "connector-" + "-".join(a.name for a in self.adapters)
+        self.runtime = ParticipantRuntime(settings, identities, handlers, group=group, migrations=migrations,
+                                          worker=worker)
+        self.metrics = ConnectorMetrics(self.runtime.metrics, (a.name for a in self.adapters))
+        self.ops = MetricsServer(self.runtime.metrics, self._health, state_dir=settings.state_dir, host=ops_host,
+                                 port=ops_port or 0, collect=self._collect, details=self._details)
+        self._figures: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {a.name: asyncio.Event() for a in self.adapters}
@@ -261,8 +294,7 @@ class ConnectorRuntime:
                 self._tasks.append(asyncio.create_task(self._source_loop(adapter), name=f"{adapter.name}-source"))
             if adapter.has_sink:
                 self._tasks.append(asyncio.create_task(self._sink_loop(adapter), name=f"{adapter.name}-sink"))
-        if self.ops_port is not None:
-            await self.serve_ops(self.ops_port, self.ops_host)
+        await self.ops.start()
 
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Graceful: finish the pass in flight, flush the outbox (bounded), then close everything."""
@@ -284,9 +316,7 @@ class ConnectorRuntime:
             await asyncio.wait_for(self.flush(), drain_timeout_s)
         except (asyncio.TimeoutError, Exception) as exc:  # broker away: the rows stay for the next start
             log.warning("outbox not flushed on stop (%s); rows wait for the next start", type(exc).__name__)
-        if self._ops_runner is not None:
-            await self._ops_runner.cleanup()
-            self._ops_runner = None
+        await self.ops.stop()
         await self.runtime.stop()
 
     async def __aenter__(self) -> ConnectorRuntime:
@@ -295,6 +325,11 @@ class ConnectorRuntime:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+    @property
+    def ops_url(self) -> str | None:
+        """Base URL of ``/health`` and ``/metrics`` once started."""
+        return self.ops.endpoint or None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -326,15 +361,13 @@ class ConnectorRuntime:
             "INSERT INTO connector_source_log (connector, source_key, message_ids) VALUES ($1, $2, '{}') "
             "ON CONFLICT DO NOTHING RETURNING source_key", adapter.name, source_key)
         if claimed is None:
-            self.metrics.inc("renkei_connector_source_duplicates_total",
-                             "Source items seen again and not published twice", connector=adapter.name)
+            self.metrics.source_duplicates.inc(connector=adapter.name)
             return None
         ids = await self.runtime.send(sender, list(messages), conn=conn) if messages else []
         await conn.execute("UPDATE connector_source_log SET message_ids = $3::uuid[] WHERE connector = $1 "
                            "AND source_key = $2", adapter.name, source_key, ids)
         for m in messages:
-            self.metrics.inc("renkei_connector_published_total", "Messages published from the channel",
-                             connector=adapter.name, type=m.type)
+            self.metrics.published.inc(connector=adapter.name, type=m.type)
         return ids
 
     async def dead_letter(self, adapter: ChannelAdapter, direction: str, ref: str, reason: str, detail: str,
@@ -344,8 +377,7 @@ class ConnectorRuntime:
         await (conn or self.pool).execute(
             "INSERT INTO connector_dead_letters (connector, direction, ref, reason, detail) VALUES ($1, $2, $3, $4, $5)",
             adapter.name, direction, ref, reason, detail)
-        self.metrics.inc("renkei_connector_dead_letters_total", "Items dead-lettered, by reason",
-                         connector=adapter.name, direction=direction, reason=reason)
+        self.metrics.dead_letters.inc(connector=adapter.name, direction=direction, reason=reason)
 
     async def _source_loop(self, adapter: ChannelAdapter) -> None:
         failures = 0
@@ -361,8 +393,7 @@ class ConnectorRuntime:
                 failures += 1
                 delay = adapter.retry.delay(failures)
                 log.warning("%s: source pass failed (%s); retrying in %.1f s", adapter.name, type(exc).__name__, delay)
-                self.metrics.inc("renkei_connector_source_errors_total", "Failed source passes (retried)",
-                                 connector=adapter.name)
+                self.metrics.source_errors.inc(connector=adapter.name)
             try:
                 await asyncio.wait_for(wakeup.wait(), delay)
             except asyncio.TimeoutError:
@@ -404,7 +435,7 @@ class ConnectorRuntime:
         if error is None or isinstance(error, Answered):
             await conn.execute("UPDATE connector_deliveries SET status = 'DELIVERED', attempts = attempts + 1, "
                                "delivered_at = now(), last_error = NULL WHERE id = $1", d.id)
-            self.metrics.inc("renkei_connector_delivered_total", "Deliveries handed to the channel", **labels)
+            self.metrics.delivered.inc(**labels)
             if isinstance(error, Answered):  # synchronous channel: reply in the same transaction
                 await self.answer(conn, adapter, d.correlation_id, type=error.type, body=error.body)
             return
@@ -426,8 +457,7 @@ class ConnectorRuntime:
         await conn.execute("UPDATE connector_deliveries SET attempts = $2, last_error = $3, "
                            "next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1",
                            d.id, attempts, f"{reason}: {detail}", delay)
-        self.metrics.inc("renkei_connector_retries_total", "Delivery attempts that failed and will be retried",
-                         **labels)
+        self.metrics.retries.inc(**labels)
 
     async def answer(self, conn: asyncpg.Connection, adapter: ChannelAdapter, correlation_id: str, *, type: str,
                      body: dict) -> bool:
@@ -447,8 +477,7 @@ class ConnectorRuntime:
             correlation_id=d.correlation_id)], conn=conn)
         await conn.execute("UPDATE connector_deliveries SET status = 'ANSWERED', payload = '{}'::jsonb "
                            "WHERE id = $1", d.id)
-        self.metrics.inc("renkei_connector_answered_total", "Channel answers sent back to the bus",
-                         connector=adapter.name, type=type)
+        self.metrics.answered.inc(connector=adapter.name, type=type)
         return True
 
     async def _sink_loop(self, adapter: ChannelAdapter) -> None:
@@ -470,8 +499,7 @@ class ConnectorRuntime:
     def _counted(self, connector: str, type_: str, handler: Handler) -> Handler:
         async def counted(ctx: Context) -> None:
             await handler(ctx)
-            self.metrics.inc("renkei_connector_received_total", "Messages received from the bus and handled",
-                             connector=connector, type=type_)
+            self.metrics.received.inc(connector=connector, type=type_)
         return counted
 
     # -- tokens (符号) ----------------------------------------------------------------------------
@@ -503,10 +531,10 @@ class ConnectorRuntime:
                                    "AND local_id = $2", participant, local_id)
 
     # -- health, lag and metrics ------------------------------------------------------------------
-    async def lag(self) -> dict[str, int]:
-        """Inbox records not yet consumed, per partition (high watermark from fetches, not end_offsets)."""
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Inbox records not yet consumed, per (topic, partition) (high watermark from fetches, not end_offsets)."""
         consumer = self.runtime.consumer
-        out: dict[str, int] = {}
+        out: dict[tuple[str, int], int] = {}
         if consumer is None:
             return out
         for tp in sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition)):
@@ -517,82 +545,80 @@ class ConnectorRuntime:
                 position = await consumer.position(tp)
             except Exception:  # noqa: BLE001 - not yet positioned after a rebalance
                 continue
-            out[f"{tp.topic}[{tp.partition}]"] = max(0, high - position)
+            out[(tp.topic, tp.partition)] = max(0, high - position)
         return out
 
-    async def health(self) -> dict[str, Any]:
-        """Liveness and backlog: ``status`` is ``ok`` or ``degraded`` (broker or channel backlog stuck)."""
-        pool = self.pool
-        outbox = await pool.fetchrow(
-            "SELECT count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest FROM participant_outbox "
-            "WHERE sent_at IS NULL AND sender = ANY($1::text[])", list(self.runtime.identities))
-        deliveries = {r["connector"]: r for r in await pool.fetch(
-            "SELECT connector, count(*) AS n, max(attempts) AS attempts FROM connector_deliveries "
-            "WHERE status = 'PENDING' GROUP BY connector")}
-        dead = {r["connector"]: r["n"] for r in await pool.fetch(
-            "SELECT connector, count(*) AS n FROM connector_dead_letters GROUP BY connector")}
-        oldest = float(outbox["oldest"] or 0.0)
-        tasks_alive = all(not t.done() for t in self._tasks)
+    async def _collect(self) -> None:
+        """Read the backlog figures (database, consumer) into the gauges; the ops server calls it per request."""
+        m = self.metrics
+        m.inbox_processed.inc(max(0, self.runtime.processed - m.inbox_processed.value()))
+        if self.runtime.pool is None:  # not started (or stopped): nothing to read
+            m.up.set(0)
+            return
+        try:
+            outbox = await self.pool.fetchrow(
+                "SELECT count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest "
+                "FROM participant_outbox WHERE sent_at IS NULL AND sender = ANY($1::text[])",
+                list(self.runtime.identities))
+            deliveries = {r["connector"]: r for r in await self.pool.fetch(
+                "SELECT connector, count(*) AS n, max(attempts) AS attempts FROM connector_deliveries "
+                "WHERE status = 'PENDING' GROUP BY connector")}
+            dead = {r["connector"]: r["n"] for r in await self.pool.fetch(
+                "SELECT connector, count(*) AS n FROM connector_dead_letters GROUP BY connector")}
+            lag = await self.lag()
+        except Exception:
+            m.up.set(0)
+            raise
         adapters = []
         for a in self.adapters:
             d = deliveries.get(a.name)
             adapters.append({"name": a.name, "deliveries_pending": int(d["n"]) if d else 0,
                              "max_attempts_pending": int(d["attempts"]) if d else 0,
                              "dead_letters": int(dead.get(a.name, 0))})
-        degraded = oldest > 30.0 or not tasks_alive
-        return {
-            "status": "stopping" if self._stopping.is_set() else ("degraded" if degraded else "ok"),
-            "identities": list(self.runtime.identities),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "outbox_pending": int(outbox["n"]),
-            "outbox_oldest_s": round(oldest, 1),
-            "processed": self.runtime.processed,
-            "lag": await self.lag(),
-            "adapters": adapters,
-            "checked_at": datetime.now(UTC).isoformat(),
-        }
+            m.deliveries_pending.set(adapters[-1]["deliveries_pending"], connector=a.name)
+            m.dead_letters_open.set(adapters[-1]["dead_letters"], connector=a.name)
+        oldest = float(outbox["oldest"] or 0.0)
+        m.outbox_pending.set(int(outbox["n"]))
+        m.outbox_oldest.set(round(oldest, 1))
+        m.consumer_lag.clear()
+        for (topic, partition), n in lag.items():
+            m.consumer_lag.set(n, topic=topic, partition=partition)
+        self._figures = {"outbox_pending": int(outbox["n"]), "outbox_oldest_s": round(oldest, 1),
+                         "inbox_lag": {f"{t}[{p}]": n for (t, p), n in lag.items()}, "adapters": adapters,
+                         "checked_at": datetime.now(UTC).isoformat()}
+        m.up.set(1 if self._health()[0] == "ok" else 0)
+
+    def _health(self) -> tuple[str, str]:
+        if self._stopping.is_set():
+            return "failing", "stopping"
+        status, detail = self.runtime.health()
+        if status != "ok":
+            return status, detail
+        stopped = [t.get_name() for t in self._tasks if t.done()]
+        if stopped:
+            return "failing", f"stopped: {', '.join(stopped)}"
+        oldest = self._figures.get("outbox_oldest_s", 0.0)
+        if oldest > OUTBOX_STUCK_S:
+            return "failing", f"the oldest outbox message has waited {oldest:.0f} s: the broker is not taking messages"
+        return "ok", ""
+
+    def _details(self) -> dict[str, Any]:
+        return {"identities": list(self.runtime.identities), **self._figures}
+
+    async def health(self) -> dict[str, Any]:
+        """The ``/health`` report: ``status`` (ok | starting | failing), ``detail``, the worker headline
+        (processed, out, rejected, duplicates, lag) and the connector's backlog (identities,
+        ``outbox_pending``, ``outbox_oldest_s``, ``inbox_lag``, per adapter ``deliveries_pending``,
+        ``max_attempts_pending``, ``dead_letters``)."""
+        return await self.ops.report()
 
     async def metrics_text(self) -> str:
-        h = await self.health()
-        gauges: list[tuple[str, str, str, dict[str, str], float]] = [
-            ("renkei_connector_up", "gauge", "1 when the runtime is healthy, 0 when degraded or stopping", {},
-             1.0 if h["status"] == "ok" else 0.0),
-            ("renkei_connector_outbox_pending", "gauge", "Sealed messages waiting for the broker", {},
-             h["outbox_pending"]),
-            ("renkei_connector_outbox_oldest_seconds", "gauge", "Age of the oldest message waiting for the broker",
-             {}, h["outbox_oldest_s"]),
-            ("renkei_connector_inbox_processed_total", "counter", "Inbox messages handled by the participant runtime",
-             {}, h["processed"]),
-        ]
-        for part, lag in h["lag"].items():
-            gauges.append(("renkei_connector_consumer_lag", "gauge", "Inbox records not yet consumed",
-                           {"partition": part}, lag))
-        for a in h["adapters"]:
-            gauges.append(("renkei_connector_deliveries_pending", "gauge", "Deliveries waiting for the channel",
-                           {"connector": a["name"]}, a["deliveries_pending"]))
-        return Metrics.render(gauges + self.metrics.counter_samples())
+        """The ``/metrics`` exposition (Prometheus text 0.0.4)."""
+        return await self.ops.render()
 
     def ops_routes(self) -> list[Any]:
-        from aiohttp import web
-
-        async def health(_: web.Request) -> web.Response:
-            h = await self.health()
-            return web.json_response(h, status=200 if h["status"] == "ok" else 503)
-
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=await self.metrics_text(), content_type="text/plain", charset="utf-8",
-                                headers={"X-Prometheus-Format": "0.0.4"})
-
-        return [web.get("/health", health), web.get("/metrics", metrics)]
-
-    async def serve_ops(self, port: int, host: str = "127.0.0.1") -> str:
-        """Serve ``/health`` and ``/metrics``; returns the base URL (port 0 picks a free port)."""
-        from aiohttp import web
-
-        app = web.Application()
-        app.add_routes(self.ops_routes())
-        self._ops_runner, self.ops_url = await start_site(app, host, port)
-        return self.ops_url
+        """``/health`` and ``/metrics`` for a connector's own API server (portal, bank HTTP)."""
+        return self.ops.routes()
 
 
 async def start_site(app: Any, host: str, port: int) -> tuple[Any, str]:
@@ -617,5 +643,6 @@ def _delivery(r: asyncpg.Record) -> Delivery:
 
 
 __all__ = [
-    "Answered", "ChannelAdapter", "ConnectorRuntime", "Delivery", "Metrics", "RetryPolicy", "TransientError", "start_site",
+    "Answered", "ChannelAdapter", "ConnectorMetrics", "ConnectorRuntime", "Delivery", "RetryPolicy", "TransientError",
+    "start_site",
 ]

@@ -9,7 +9,10 @@ start (faust's own web server stays off):
   200 only when ``ok``, with a few headline counts.
 
 The server writes ``<state>/workers/<pid>.json`` (worker name, pid, URLs) so
-``renkei status`` finds it; the file goes when the server stops.
+``renkei status`` finds it; the file goes when the server stops.  A worker
+kind adds its own metrics with :meth:`WorkerMetrics.register` (the connector
+runtime's ``renkei_connector_*``) and figures read on demand with the
+server's ``collect`` hook.
 
 Label values never carry personal data or tokens: every label is declared with
 the closed set of values it may take (reason codes) or comes from the worker's
@@ -26,10 +29,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from infra.errors import Reason
 
@@ -126,6 +129,10 @@ class Gauge(Counter):
     def set(self, value: float, **labels: Any) -> None:
         self._values[self._key(labels)] = float(value)
 
+    def clear(self) -> None:
+        """Forget every label combination (a gauge refreshed as a whole, e.g. per assigned partition)."""
+        self._values = {} if self.labels else {(): 0.0}
+
 
 class Histogram(_Metric):
     """Observations counted into cumulative buckets (no labels: one per worker is what ops read)."""
@@ -161,6 +168,9 @@ class Histogram(_Metric):
         return lines
 
 
+M = TypeVar("M", bound=_Metric)
+
+
 class WorkerMetrics:
     """The metrics every Renkei worker exposes (names in docs/operations.md#metrics-and-health)."""
 
@@ -192,9 +202,17 @@ class WorkerMetrics:
                                          "Key directory records applied after start (rotation, revocation)")
         self.start_time = Gauge("renkei_start_time_seconds", "When the worker started (Unix time)")
         self.start_time.set(self.started)
+        self._extra: list[_Metric] = []
+
+    def register(self, metric: M) -> M:
+        """Add a metric of this worker's own kind (e.g. the connector runtime's); rendered after the common ones."""
+        if any(m.name == metric.name for m in self.all()):
+            raise ValueError(f"metric {metric.name} is already registered")
+        self._extra.append(metric)
+        return metric
 
     def all(self) -> list[_Metric]:
-        return [m for m in vars(self).values() if isinstance(m, _Metric)]
+        return [m for m in vars(self).values() if isinstance(m, _Metric)] + self._extra
 
     # -- what the workers call -----------------------------------------------------------------
     def batch_done(self, received: int, started: float, per_message_done: Iterable[float] | None = None) -> None:
@@ -276,25 +294,34 @@ def workers_dir(state_dir: Path) -> Path:
 
 
 class MetricsServer:
-    """A small aiohttp site on loopback serving ``/metrics`` and ``/health``; an async context manager."""
+    """A small aiohttp site on loopback serving ``/metrics`` and ``/health``; an async context manager.
+
+    ``collect`` (optional, async) runs before each answer to refresh what is read on demand (the
+    connector runtime's backlog gauges come from its database); if it raises, ``/health`` says
+    ``failing``.  ``details`` (optional) adds fields to the ``/health`` report.  :meth:`routes` serves
+    the same two endpoints on another aiohttp app (a connector's own API server).
+    """
 
     def __init__(self, metrics: WorkerMetrics, health: Health, *, state_dir: Path | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, collect: Callable[[], Awaitable[None]] | None = None,
+                 details: Callable[[], dict[str, Any]] | None = None) -> None:
         self.metrics = metrics
         self.health = health
         self.state_dir = state_dir
         self.host = host
         self.port = port
+        self.collect = collect
+        self.details = details
         self.endpoint = ""
         self._runner: Any = None
         self._file: Path | None = None
+        self._collect_error: str | None = None
 
     async def start(self) -> str:
         from aiohttp import web
 
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/health", self._health)
+        app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -309,6 +336,7 @@ class MetricsServer:
     async def stop(self) -> None:
         if self._file is not None:
             self._file.unlink(missing_ok=True)
+            _CLAIMED.discard(self._file)
             self._file = None
         if self._runner is not None:
             await self._runner.cleanup()
@@ -321,31 +349,71 @@ class MetricsServer:
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
+    def routes(self) -> list[Any]:
+        from aiohttp import web
+
+        return [web.get("/metrics", self._metrics), web.get("/health", self._health)]
+
+    async def refresh(self) -> None:
+        """Run ``collect``; a failure is remembered for the health report, never raised."""
+        if self.collect is None:
+            return
+        try:
+            await self.collect()
+            self._collect_error = None
+        except Exception as exc:  # database away: the report says so, the scrape still answers
+            self._collect_error = type(exc).__name__
+
     def health_report(self) -> dict[str, Any]:
         try:
             status, detail = self.health()
         except Exception as exc:  # a broken check is a failing worker, not a 500 without a body
             status, detail = "failing", f"health check raised {type(exc).__name__}"
-        return {"status": status, "detail": detail, "worker": self.metrics.worker, "pid": os.getpid(),
-                "uptime_s": round(time.time() - self.metrics.started, 1), **self.metrics.headline()}
+        if self._collect_error is not None and status == "ok":
+            status, detail = "failing", f"collecting figures failed ({self._collect_error})"
+        report = {"status": status, "detail": detail, "worker": self.metrics.worker, "pid": os.getpid(),
+                  "uptime_s": round(time.time() - self.metrics.started, 1), **self.metrics.headline()}
+        if self.details is not None:
+            report.update({k: v for k, v in self.details().items() if k not in report})
+        return report
+
+    async def report(self) -> dict[str, Any]:
+        """Refresh, then the ``/health`` report."""
+        await self.refresh()
+        return self.health_report()
+
+    async def render(self) -> str:
+        """Refresh, then the ``/metrics`` text."""
+        await self.refresh()
+        return self.metrics.render()
 
     async def _metrics(self, request: Any) -> Any:
         from aiohttp import web
 
-        return web.Response(text=self.metrics.render(), content_type="text/plain",
+        return web.Response(text=await self.render(), content_type="text/plain",
                             headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
 
     async def _health(self, request: Any) -> Any:
         from aiohttp import web
 
-        report = self.health_report()
+        report = await self.report()
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
 
+_CLAIMED: set[Path] = set()
+"""Discovery files written by this process's servers (a process may run more than one)."""
+
+
 def write_endpoint(state_dir: Path, endpoint: WorkerEndpoint) -> Path:
+    """Write ``<state>/workers/<pid>.json``; a second server of the same process writes ``<pid>-<n>.json``."""
     folder = workers_dir(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{endpoint.pid}.json"
+    n = 1
+    while path in _CLAIMED:
+        n += 1
+        path = folder / f"{endpoint.pid}-{n}.json"
+    _CLAIMED.add(path)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(endpoint.to_json()))
     tmp.replace(path)

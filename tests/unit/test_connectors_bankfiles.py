@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from connectors.bankfiles import parse_file, render_file, write_atomically
-from connectors.runtime import Metrics, RetryPolicy
+from connectors.runtime import RetryPolicy
 
 MN = "123456789018"  # check-digit-valid test number (not a real person's)
 
@@ -81,12 +81,3 @@ def test_render_round_trips_through_the_parser_shape(tmp_path):
 def test_retry_backoff_is_bounded():
     policy = RetryPolicy(max_attempts=4, base_s=0.5, cap_s=3.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-
-
-def test_metrics_render_prometheus_text():
-    m = Metrics()
-    m.inc("renkei_connector_published_total", "Messages published", connector="bank-files", type="x")
-    m.inc("renkei_connector_published_total", "Messages published", connector="bank-files", type="x")
-    text = Metrics.render([("renkei_up", "gauge", "Up", {}, 1.0)] + m.counter_samples())
-    assert "# TYPE renkei_up gauge\nrenkei_up 1\n" in text
-    assert 'renkei_connector_published_total{connector="bank-files",type="x"} 2' in text

@@ -7,7 +7,7 @@ import os
 import pytest
 from aiokafka import TopicPartition
 
-from infra.metrics import (MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
+from infra.metrics import (Gauge, MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
                            fetch_metrics, parse_text, read_endpoint, workers_dir)
 from streams.gateway import Decision, Inbound
 from streams.hub import _dead_letter_headers, _headers
@@ -126,3 +126,74 @@ async def test_a_raising_health_check_reports_failing(tmp_path):
         report = await fetch_health(WorkerEndpoint("hub", os.getpid(), server.endpoint))
     assert report["status"] == "failing" and "RuntimeError" in report["detail"]
     assert json.dumps(report)
+
+
+def test_a_worker_kind_registers_its_own_metrics_with_closed_labels():
+    from connectors.runtime import ConnectorMetrics
+
+    m = WorkerMetrics("connector-bank-files")
+    c = ConnectorMetrics(m, ["bank-files"])
+    c.published.inc(connector="bank-files", type="registration.request")
+    c.dead_letters.inc(connector="bank-files", direction="source", reason="COUNT_MISMATCH")
+    c.dead_letters.inc(connector="bank-files", direction="sink", reason="123456789012")  # never a label value
+    c.published.inc(connector="someone-else", type="x.y")
+    c.up.set(1)
+    c.consumer_lag.set(3, topic="renkei.inbox.bank-9001", partition=0)
+    c.consumer_lag.clear()  # refreshed as a whole: a partition no longer assigned disappears
+    c.consumer_lag.set(1, topic="renkei.inbox.bank-9001", partition=1)
+    text = m.render()
+    values = parse_text(text)
+    w = 'worker="connector-bank-files"'
+    assert values[f'renkei_connector_up{{{w}}}'] == 1
+    assert values[f'renkei_connector_published_total{{{w},connector="bank-files",type="registration.request"}}'] == 1
+    assert values[f'renkei_connector_published_total{{{w},connector="OTHER",type="OTHER"}}'] == 1
+    assert values[f'renkei_connector_dead_letters_total{{{w},connector="bank-files",direction="source",'
+                  f'reason="COUNT_MISMATCH"}}'] == 1
+    assert values[f'renkei_connector_dead_letters_total{{{w},connector="bank-files",direction="sink",'
+                  f'reason="OTHER"}}'] == 1
+    assert "123456789012" not in text and 'partition="0"' not in text
+    assert values[f'renkei_connector_consumer_lag{{{w},topic="renkei.inbox.bank-9001",partition="1"}}'] == 1
+    assert f'renkei_messages_in_total{{{w}}}' in values  # one exposition: the worker series too
+    with pytest.raises(ValueError):
+        m.register(m.messages_in)
+
+
+async def test_collect_runs_per_request_details_extend_health_and_routes_embed(tmp_path):
+    from aiohttp import ClientSession, web
+
+    from connectors.runtime import start_site
+
+    m = WorkerMetrics("connector-portal")
+    gauge = m.register(Gauge("renkei_test_backlog", "Read on demand"))
+    calls = {"n": 0, "fail": False}
+
+    async def collect() -> None:
+        calls["n"] += 1
+        if calls["fail"]:
+            raise OSError("database away")
+        gauge.set(calls["n"])
+
+    server = MetricsServer(m, lambda: ("ok", ""), state_dir=tmp_path, collect=collect,
+                           details=lambda: {"outbox_pending": 4, "status": "overridden?"})
+    async with server:
+        second = MetricsServer(WorkerMetrics("connector-agency"), lambda: ("ok", ""), state_dir=tmp_path)
+        async with second:  # two servers in one process: two discovery files, the first one is <pid>.json
+            assert read_endpoint(tmp_path, os.getpid()).worker == "connector-portal"
+            assert sorted(p.name for p in workers_dir(tmp_path).glob("*.json")) == [
+                f"{os.getpid()}-2.json", f"{os.getpid()}.json"]
+        found = read_endpoint(tmp_path, os.getpid())
+        assert (await fetch_metrics(found.metrics))['renkei_test_backlog{worker="connector-portal"}'] == 1
+        report = await fetch_health(found)
+        assert report["status"] == "ok" and report["outbox_pending"] == 4 and calls["n"] == 2
+        calls["fail"] = True
+        report = await fetch_health(found)
+        assert report["status"] == "failing" and "OSError" in report["detail"]
+        app = web.Application()  # the same endpoints on another app (a connector's API server)
+        app.add_routes(server.routes())
+        runner, url = await start_site(app, "127.0.0.1", 0)
+        try:
+            async with ClientSession() as http, http.get(f"{url}/health") as resp:
+                assert resp.status == 503 and (await resp.json())["worker"] == "connector-portal"
+        finally:
+            await runner.cleanup()
+    assert not list(workers_dir(tmp_path).glob("*.json"))
