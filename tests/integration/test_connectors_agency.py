@@ -154,4 +154,4 @@ async def test_health_and_metrics_endpoints(running_platform):
             text = await resp.text()
         assert resp.status == 200
         assert "# TYPE renkei_connector_outbox_pending gauge" in text
-        assert "renkei_connector_up 1" in text
+        assert 'renkei_connector_up{worker="connector-agency"} 1' in text
