@@ -108,7 +108,28 @@ CONNECTOR_MIGRATIONS = [
         PRIMARY KEY (participant, local_id)
     );
     """,
+    # Re-drive (renkei connector dlq): a dead letter names its delivery, is closed when re-driven, and
+    # every re-drive is kept (who, when, why, the ops audit event) — the history is never overwritten.
+    """
+    ALTER TABLE connector_dead_letters ADD COLUMN delivery_id bigint REFERENCES connector_deliveries (id),
+        ADD COLUMN redriven_at timestamptz;
+    CREATE INDEX connector_dead_letters_open ON connector_dead_letters (connector, id) WHERE redriven_at IS NULL;
+    CREATE TABLE connector_redrives (
+        id             bigserial PRIMARY KEY,
+        dead_letter_id bigint NOT NULL REFERENCES connector_dead_letters (id),
+        connector      text NOT NULL,
+        who            text NOT NULL,
+        reason         text NOT NULL,
+        ops_event      uuid NOT NULL,
+        outcome        text NOT NULL,
+        at             timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
+
+
+class NotRedrivable(Exception):
+    """A dead letter that cannot be re-driven; the message says why and what to do (safe to print)."""
 
 
 class TransientError(Exception):
@@ -163,6 +184,7 @@ class ChannelAdapter:
     - :meth:`poll`: one source pass (read the channel, :meth:`ConnectorRuntime.publish`).
     - :meth:`deliver`: hand deliveries to the channel; return ``{id: None | error}``.
     - :meth:`start` / :meth:`stop`: open and close the channel (servers, folders).
+    - :meth:`redrive_source`: put a dead-lettered source item back (``renkei connector dlq redrive``).
     """
 
     name: str = "adapter"
@@ -184,6 +206,15 @@ class ChannelAdapter:
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | Answered | None]:
         raise NotImplementedError(f"{self.name} has no sink side")
+
+    @classmethod
+    async def redrive_source(cls, conn: asyncpg.Connection, ref: str) -> None:
+        """Make the source item ``ref`` of a source-side dead letter pending again, in ``conn``'s transaction.
+
+        Called by the ops tool, not by a running adapter (the next source pass takes the item).
+        Raise :class:`NotRedrivable` saying what to do instead when the channel cannot take it back.
+        """
+        raise NotRedrivable(f"{cls.name} has no re-drive for source items")
 
     @property
     def has_source(self) -> bool:
@@ -227,7 +258,7 @@ class ConnectorMetrics:
         self.deliveries_pending = add(Gauge("renkei_connector_deliveries_pending",
                                             "Deliveries waiting for the channel", labels=c))
         self.dead_letters_open = add(Gauge("renkei_connector_dead_letters_open",
-                                           "Dead letters kept by the connector", labels=c))
+                                           "Dead letters not re-driven (renkei connector dlq)", labels=c))
         self.inbox_processed = add(Counter("renkei_connector_inbox_processed_total",
                                            "Inbox messages handled by the participant runtime"))
         self.published = add(Counter("renkei_connector_published_total", "Messages published from the channel",
@@ -371,12 +402,12 @@ class ConnectorRuntime:
         return ids
 
     async def dead_letter(self, adapter: ChannelAdapter, direction: str, ref: str, reason: str, detail: str,
-                          conn: asyncpg.Connection | None = None) -> None:
+                          conn: asyncpg.Connection | None = None, *, delivery_id: int | None = None) -> None:
         """Keep a refused item with its reason. ``ref`` and ``detail`` must not carry personal data."""
         log.warning("%s: %s item %s dead-lettered: %s", adapter.name, direction, ref, reason)
         await (conn or self.pool).execute(
-            "INSERT INTO connector_dead_letters (connector, direction, ref, reason, detail) VALUES ($1, $2, $3, $4, $5)",
-            adapter.name, direction, ref, reason, detail)
+            "INSERT INTO connector_dead_letters (connector, direction, ref, reason, detail, delivery_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6)", adapter.name, direction, ref, reason, detail, delivery_id)
         self.metrics.dead_letters.inc(connector=adapter.name, direction=direction, reason=reason)
 
     async def _source_loop(self, adapter: ChannelAdapter) -> None:
@@ -449,9 +480,11 @@ class ConnectorRuntime:
         if isinstance(error, Rejection) or attempts >= adapter.retry.max_attempts:
             if not isinstance(error, Rejection):
                 detail = f"gave up after {attempts} attempts: {detail}"
-            await conn.execute("UPDATE connector_deliveries SET status = 'DEAD', attempts = $2, last_error = $3, "
-                               "payload = '{}'::jsonb WHERE id = $1", d.id, attempts, f"{reason}: {detail}")
-            await self.dead_letter(adapter, "sink", f"{d.type}/{d.message_id}", reason, detail, conn)
+            # The payload stays (this database only, never shown) so that an operator can re-drive it.
+            await conn.execute("UPDATE connector_deliveries SET status = 'DEAD', attempts = $2, last_error = $3 "
+                               "WHERE id = $1", d.id, attempts, f"{reason}: {detail}")
+            await self.dead_letter(adapter, "sink", f"{d.type}/{d.message_id}", reason, detail, conn,
+                                   delivery_id=d.id)
             return
         delay = adapter.retry.delay(attempts)
         await conn.execute("UPDATE connector_deliveries SET attempts = $2, last_error = $3, "
@@ -564,7 +597,8 @@ class ConnectorRuntime:
                 "SELECT connector, count(*) AS n, max(attempts) AS attempts FROM connector_deliveries "
                 "WHERE status = 'PENDING' GROUP BY connector")}
             dead = {r["connector"]: r["n"] for r in await self.pool.fetch(
-                "SELECT connector, count(*) AS n FROM connector_dead_letters GROUP BY connector")}
+                "SELECT connector, count(*) AS n FROM connector_dead_letters WHERE redriven_at IS NULL "
+                "GROUP BY connector")}
             lag = await self.lag()
         except Exception:
             m.up.set(0)
@@ -643,6 +677,7 @@ def _delivery(r: asyncpg.Record) -> Delivery:
 
 
 __all__ = [
-    "Answered", "ChannelAdapter", "ConnectorMetrics", "ConnectorRuntime", "Delivery", "RetryPolicy", "TransientError",
+    "Answered", "ChannelAdapter", "ConnectorMetrics", "ConnectorRuntime", "Delivery", "NotRedrivable", "RetryPolicy",
+    "TransientError",
     "start_site",
 ]
