@@ -14,7 +14,9 @@ Folders under ``root``:
 Kinds, by file-name prefix (full format in docs/connectors.md):
 
 - ``REG*.csv``  registrations by the bank (STEP3, 口座登録法 §8) → ``registration.request`` to the registry;
-  ``RES_<name>.csv`` lists each record's result once the registry answered all of them.
+  ``RES_<name>.csv`` lists each record's result once the registry answered all of them, or when the
+  result deadline (``result_deadline_s``, default 300 s) passes: unanswered records are then ``NO_ANSWER``
+  and answers that come later go out in ``LATE_<name>_<n>.csv`` (same layout, n = 1, 2, …).
 - ``NUM*.csv``  numbering requests taken at the counter (付番申出, 口座管理法 §3) → ``numbering.request``
   to DICJ; ``RES_<name>.csv`` lists each record as ACCEPTED (published).
 - ``ANS*.csv``  the bank's answers to our ``CHK_*.csv`` existence checks (口座実在性確認) → ``existence.answer``.
@@ -55,7 +57,7 @@ from infra.validation import (
 from schemas import types as T
 from streams.participant import Context
 
-from connectors.runtime import ChannelAdapter, Delivery
+from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
 
 log = logging.getLogger("renkei.connector.bankfiles")
 
@@ -66,6 +68,10 @@ ACCOUNT_TYPE_CODES = {"ORDINARY": "1", "CURRENT": "2", "SAVINGS": "4"}
 EXISTENCE_RESULTS = ("CONFIRMED", "ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "ACCOUNT_CLOSED")
 DATA_WIDTH = {"REG": 9, "NUM": 5, "ANS": 3}
 """Columns of a data record per kind (record type included)."""
+RESULT_DEADLINE_S = 300.0
+"""How long a REG file's RES_ file waits for the registry's answers (from the file's intake)."""
+NO_ANSWER = "NO_ANSWER"
+"""RES_ status of a record whose answer had not come when the deadline passed."""
 
 BANKFILE_MIGRATIONS = [
     """
@@ -89,6 +95,14 @@ BANKFILE_MIGRATIONS = [
         answered_at timestamptz,
         UNIQUE (digest, seq)
     );
+    """,
+    # Result deadline: a line is reported once, in RES_ or (answered after the deadline) in a LATE_ file.
+    """
+    ALTER TABLE bankfile_lines ADD COLUMN reported_at timestamptz;
+    UPDATE bankfile_lines l SET reported_at = f.results_at FROM bankfile_files f
+        WHERE f.digest = l.digest AND f.status = 'RESULTS_WRITTEN';
+    CREATE INDEX bankfile_lines_unreported ON bankfile_lines (digest) WHERE reported_at IS NULL;
+    ALTER TABLE bankfile_files ADD COLUMN late_files integer NOT NULL DEFAULT 0;
     """,
 ]
 
@@ -233,10 +247,14 @@ class BankFiles(ChannelAdapter):
     migrations = BANKFILE_MIGRATIONS
     poll_interval_s = 0.5
 
-    def __init__(self, bank_id: str, bank_code: str, root: Path) -> None:
+    def __init__(self, bank_id: str, bank_code: str, root: Path, *,
+                 result_deadline_s: float = RESULT_DEADLINE_S) -> None:
+        if result_deadline_s <= 0:
+            raise ValueError("result_deadline_s must be positive")
         self.bank_id = bank_id
         self.bank_code = bank_code
         self.root = Path(root)
+        self.result_deadline_s = result_deadline_s
         self.inbound, self.outbound, self.archive = (self.root / d for d in ("inbound", "outbound", "archive"))
 
     async def start(self, runtime: Any) -> None:
@@ -269,9 +287,9 @@ class BankFiles(ChannelAdapter):
             status, detail = ctx.body["status"], ctx.body.get("detail")
         else:
             status, detail = f"REJECTED:{ctx.body['reason_code']}", ctx.body["message"]
-        await ctx.conn.execute(
-            "UPDATE bankfile_lines SET status = $2, detail = $3, answered_at = now() WHERE correlation_id = $1::uuid",
-            ctx.meta.correlation_id, status, detail)
+        await ctx.conn.execute(  # the first answer counts; reported in RES_ or, after the deadline, LATE_
+            "UPDATE bankfile_lines SET status = $2, detail = $3, answered_at = now() WHERE correlation_id = $1::uuid "
+            "AND answered_at IS NULL", ctx.meta.correlation_id, status, detail)
         self.runtime.wake(self.name)
 
     # source: inbound files -------------------------------------------------------------------------
@@ -375,30 +393,68 @@ class BankFiles(ChannelAdapter):
         os.replace(path, self.archive / path.name)
 
     async def _write_results(self) -> None:
+        """RES_ for files whose records are all answered or whose deadline passed; LATE_ for answers after it."""
         rt = self.runtime
         async with rt.pool.acquire() as conn, conn.transaction():
             files = await conn.fetch(
                 "SELECT f.digest, f.name FROM bankfile_files f WHERE f.status = 'PUBLISHED' AND f.bank_code = $1 "
-                "AND NOT EXISTS (SELECT 1 FROM bankfile_lines l WHERE l.digest = f.digest AND l.status = 'SENT') "
-                "FOR UPDATE SKIP LOCKED", self.bank_code)
+                "AND (f.received_at <= now() - make_interval(secs => $2) OR NOT EXISTS "
+                "(SELECT 1 FROM bankfile_lines l WHERE l.digest = f.digest AND l.status = 'SENT')) "
+                "FOR UPDATE SKIP LOCKED", self.bank_code, self.result_deadline_s)
             for f in files:
+                stem = Path(f["name"]).stem
                 lines = await conn.fetch("SELECT seq, status, detail FROM bankfile_lines WHERE digest = $1 "
                                          "ORDER BY seq", f["digest"])
-                write_atomically(self.outbound / f"RES_{Path(f['name']).stem}.csv",
-                                 render_file("RES", self.bank_code, f["name"],
-                                             [[r["seq"], r["status"], r["detail"] or ""] for r in lines]))
+                late = (f"no answer within {self.result_deadline_s:g} s; a late answer is reported in "
+                        f"LATE_{stem}_<n>.csv")
+                self._write_result_file(f"RES_{stem}.csv", f["name"], [
+                    [r["seq"], NO_ANSWER, late] if r["status"] == "SENT" else [r["seq"], r["status"], r["detail"] or ""]
+                    for r in lines])
+                await conn.execute("UPDATE bankfile_lines SET reported_at = now() WHERE digest = $1 "
+                                   "AND status <> 'SENT'", f["digest"])
                 await conn.execute("UPDATE bankfile_files SET status = 'RESULTS_WRITTEN', results_at = now() "
                                    "WHERE digest = $1", f["digest"])
+                unanswered = sum(r["status"] == "SENT" for r in lines)
+                if unanswered:
+                    log.warning("%s: RES_%s written at the deadline with %d record(s) %s", self.bank_id, stem,
+                                unanswered, NO_ANSWER)
+                    rt.metrics.unanswered.inc(unanswered, connector=self.name)
+            overdue = await conn.fetch(
+                "SELECT f.digest, f.name, f.late_files FROM bankfile_files f WHERE f.status = 'RESULTS_WRITTEN' "
+                "AND f.bank_code = $1 AND EXISTS (SELECT 1 FROM bankfile_lines l WHERE l.digest = f.digest "
+                "AND l.reported_at IS NULL AND l.status <> 'SENT') FOR UPDATE SKIP LOCKED", self.bank_code)
+            for f in overdue:
+                n = f["late_files"] + 1
+                lines = await conn.fetch("SELECT seq, status, detail FROM bankfile_lines WHERE digest = $1 "
+                                         "AND reported_at IS NULL AND status <> 'SENT' ORDER BY seq", f["digest"])
+                self._write_result_file(f"LATE_{Path(f['name']).stem}_{n}.csv", f["name"],
+                                        [[r["seq"], r["status"], r["detail"] or ""] for r in lines])
+                await conn.execute("UPDATE bankfile_lines SET reported_at = now() WHERE digest = $1 "
+                                   "AND reported_at IS NULL AND status <> 'SENT'", f["digest"])
+                await conn.execute("UPDATE bankfile_files SET late_files = $2 WHERE digest = $1", f["digest"], n)
+                rt.metrics.late_answers.inc(len(lines), connector=self.name)
+
+    def _write_result_file(self, name: str, input_name: str, records: list[list[str]]) -> None:
+        """A RES-layout file (written before the transaction commits: a crash rewrites the same file)."""
+        write_atomically(self.outbound / name, render_file("RES", self.bank_code, input_name, records))
+
+    @classmethod
+    async def redrive_source(cls, conn: Any, ref: str) -> None:
+        raise NotRedrivable(
+            "a file rejected whole is reported to the bank in REJ_<name>.csv and archived; the bank corrects "
+            "it and drops it again (a corrected file is a new file). Bad records of an accepted file are "
+            "likewise in REJ_<name>.csv for the bank to resubmit.")
 
 
 def bank_file_connector(settings: Any, bank_id: str, bank_code: str, root: Path, *,
-                        ops_port: int | None = None) -> Any:
+                        ops_port: int | None = None, result_deadline_s: float = RESULT_DEADLINE_S) -> Any:
     """The runtime with this bank's file channel (one process per bank, or add adapters per bank)."""
     from connectors.runtime import ConnectorRuntime
 
-    return ConnectorRuntime(settings, [bank_id], [BankFiles(bank_id, bank_code, root)],
+    return ConnectorRuntime(settings, [bank_id], [BankFiles(bank_id, bank_code, root,
+                                                            result_deadline_s=result_deadline_s)],
                             group=f"{settings.kafka.topic_prefix}.connector.{bank_id}", ops_port=ops_port)
 
 
-__all__ = ["BankFiles", "ParsedFile", "bank_file_connector", "parse_file", "render_file", "write_atomically",
-           "validate_account_type"]
+__all__ = ["NO_ANSWER", "RESULT_DEADLINE_S", "BankFiles", "ParsedFile", "bank_file_connector", "parse_file",
+           "render_file", "write_atomically", "validate_account_type"]

@@ -13,7 +13,9 @@ import pytest
 
 from connectors.bankfiles import bank_file_connector, parse_file, render_file, write_atomically
 from connectors.client import BusClient
+from infra.metrics import fetch_metrics, parse_text, read_endpoint
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.stack import WORKERS
 from schemas import types as T
 from tests.integration.test_connectors_support import eventually, my_number, own_database, start_platform
 
@@ -143,13 +145,57 @@ async def test_existence_check_goes_out_as_a_file_and_the_answer_file_comes_back
     assert uuid.UUID(line[1])
 
 
-async def test_health_reports_the_file_channel(bank):
+async def test_health_and_metrics_are_the_platform_ones(platform, bank):
+    """One metrics system: the connector's series are served with the worker series by infra.metrics,
+    whose endpoint file under the state folder is what `renkei status` reads."""
     runtime, _ = bank
     health = await runtime.health()
-    assert health["status"] == "ok"
+    assert health["status"] == "ok" and health["worker"] == "connector-bank-files"
     assert [a["name"] for a in health["adapters"]] == ["bank-files"]
-    text = await runtime.metrics_text()
-    assert 'renkei_connector_published_total{connector="bank-files",type="registration.request"}' in text
+    assert health["identities"] == [BANK] and health["processed"] >= 1
+    found = read_endpoint(platform.settings.state_dir, os.getpid())
+    assert found is not None and found.endpoint == runtime.ops_url and found.worker == "connector-bank-files"
+    values = await fetch_metrics(found.metrics)
+    w = 'worker="connector-bank-files"'
+    assert values[f'renkei_connector_published_total{{{w},connector="bank-files",type="registration.request"}}'] >= 3
+    assert values[f'renkei_connector_up{{{w}}}'] == 1
+    assert values[f'renkei_connector_dead_letters_total{{{w},connector="bank-files",direction="source",'
+                  f'reason="COUNT_MISMATCH"}}'] == 1
+    assert values[f'renkei_messages_in_total{{{w}}}'] >= 1  # the participant runtime's series, same exposition
+
+
+async def test_result_deadline_reports_no_answer_then_the_late_answers(platform, bank):
+    """The registry is stopped: the RES_ file goes out at the deadline with NO_ANSWER, and the answers
+    that come once the registry is back go out in LATE_ files, each record reported once."""
+    runtime, root = bank
+    adapter = runtime.adapters[0]
+    adapter.result_deadline_s = 3.0
+    records = [[ref, "R", f"cust-{ref}", my_number(), "105", "1", f"{n:07d}", "ｷﾑﾗ ﾀｸﾔ"]
+               for n, ref in enumerate(["late-1", "late-2"], start=1)]
+    await platform.stop_worker("registry")
+    try:
+        drop(root, "REG_deadline.csv", reg_file(records))
+        result = await eventually(lambda: _exists(root / "outbound" / "RES_REG_deadline.csv"), timeout=60)
+        rows = read_records(result)
+        assert [(r[1], r[2]) for r in rows] == [("late-1", "NO_ANSWER"), ("late-2", "NO_ANSWER")]
+        assert "LATE_REG_deadline_<n>.csv" in rows[0][3]
+    finally:
+        platform.start_worker(next(w for w in WORKERS if w.name == "registry"))
+        adapter.result_deadline_s = 300.0
+
+    async def late_answers():
+        found = {r[1]: r[2] for f in sorted((root / "outbound").glob("LATE_REG_deadline_*.csv"))
+                 for r in read_records(f)}
+        return found if len(found) == 2 else None
+
+    assert await eventually(late_answers, timeout=180) == {"late-1": "DONE", "late-2": "DONE"}
+    late_files = sorted((root / "outbound").glob("LATE_REG_deadline_*.csv"))
+    assert sum(len(read_records(f)) for f in late_files) == 2  # each late record reported once
+    assert read_records(result) == rows  # RES_ was not rewritten
+    values = parse_text(await runtime.metrics_text())
+    w = 'worker="connector-bank-files",connector="bank-files"'
+    assert values[f"renkei_connector_unanswered_total{{{w}}}"] == 2
+    assert values[f"renkei_connector_late_answers_total{{{w}}}"] == 2
 
 
 async def _exists(path: Path) -> Path | None:
