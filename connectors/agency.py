@@ -33,7 +33,7 @@ from infra.settings import Settings
 from schemas import types as T
 from streams.participant import Context
 
-from connectors.runtime import ChannelAdapter, ConnectorRuntime
+from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
 
 log = logging.getLogger("renkei.connector.agency")
 
@@ -126,6 +126,15 @@ class AgencyOutbox(ChannelAdapter):
                 "UPDATE agency_outbox a SET status = 'SENT', sent_at = p.sent_at FROM participant_outbox p "
                 "WHERE a.status = 'SEALED' AND a.agency = ANY($1::text[]) AND p.message_id = a.message_id "
                 "AND p.sent_at IS NOT NULL", self.agencies)
+
+    @classmethod
+    async def redrive_source(cls, conn: Any, ref: str) -> None:
+        """``renkei connector dlq redrive``: a FAILED row (e.g. enrolled since) becomes PENDING again."""
+        inquiry = ref.removeprefix("inquiry/")
+        status = await conn.fetchval("UPDATE agency_outbox SET status = 'PENDING', failure = NULL "
+                                     "WHERE inquiry_id::text = $1 AND status = 'FAILED' RETURNING status", inquiry)
+        if status is None:
+            raise NotRedrivable("the outbox row is gone or no longer FAILED")
 
     async def on_answer(self, ctx: Context) -> None:
         body = ctx.body
