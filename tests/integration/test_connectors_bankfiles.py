@@ -17,17 +17,12 @@ from infra.metrics import fetch_metrics, parse_text, read_endpoint
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.stack import WORKERS
 from schemas import types as T
-from tests.integration.test_connectors_support import eventually, my_number, own_database, start_platform
+from tests.integration.test_connectors_support import eventually, my_number, own_database
+from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.integration
 
 BANK, CODE = "bank-9001", "9001"
-
-
-@pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
-    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from connectors.runtime import RetryPolicy, start_site
 from infra.envelope import Message
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
-from tests.integration.test_connectors_support import eventually, my_number, own_database, start_platform
+from tests.integration.test_connectors_support import eventually, my_number, own_database
+from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +37,6 @@ class BankSystem:
         if first:
             return web.json_response({"error": "busy"}, status=503)
         return web.json_response({"result": "CONFIRMED"})
-
-
-@pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
-    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import pytest
 
 from connectors.bank_sim import open_account
 from connectors.client import BusClient
@@ -86,3 +87,10 @@ def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:
 
     workers = ["hub", "registry", "banks"] if with_bank_sim else ["hub", "registry"]
     return isolated_platform(endpoints, state, workers=workers, prefix_letter="c")
+
+
+@pytest.fixture(scope="module")
+async def platform(endpoints, tmp_path_factory):
+    """Hub and registry for one test module, without the bank simulator (import it into the module)."""
+    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
+        yield p
