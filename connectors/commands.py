@@ -1,9 +1,592 @@
-"""``renkei portal|agency|dicj|bank …``: each participant's own commands against a running stack."""
+"""``renkei bank|portal|agency|dicj …``: each participant's own commands against a running stack.
+
+Each command acts as ONE participant of the stack started by ``renkei up``
+(endpoints from ``infra.cli.resolve_running``, keys from the state folder):
+
+- ``bank seed-account``: the simulated bank's own customer data (an account,
+  and with ``--my-number`` the bank's link from ITS token to the account);
+- ``portal register|change|delete|numbering|records``: what a person does on
+  the portal (STEP1, 付番申出 to each named bank, 情報提供等記録);
+- ``agency inquire``: STEP2, an agency asks the registry for the account;
+- ``dicj lookup``: an inheritance or disaster lookup (相続時・災害時照会).
+
+A My Number is accepted at the edge only: validated (check digit), exchanged
+for the acting participant's token through token issuance (sealed to the
+token authority), and never printed, logged or put in an error.  Output is a
+table, or with ``--json`` one stable JSON object (docs/cli.md).  Exit codes:
+0 done, 2 rejected (the reason code in the output), 1 error (no answer in
+time, broker or database away; one line on stderr).
+
+Other modules add subcommands to these groups with :func:`subcommand` from
+their own ``register`` (``infra.cli.build_parser`` calls this module's first),
+e.g. ``subcommand("bank", "serve", handler, "…")``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+EXIT_DONE, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
+
+GROUPS = {
+    "bank": "a bank's own commands (its customer data)",
+    "portal": "what a person does on the portal: register, change, delete, numbering, records",
+    "agency": "an agency's commands: ask the registry for a person's account (STEP2)",
+    "dicj": "DICJ's commands: inheritance and disaster lookups across banks",
+}
+
+# Answer statuses that mean "done" and those that are a refusal (exit 2); anything else is an error (exit 1).
+DONE = {
+    "registration": {"DONE"},
+    "inquiry": {"REGISTERED", "NOT_REGISTERED"},
+    "numbering": {"LINKED", "NO_ACCOUNT"},
+}
+REFUSALS = {
+    "registration": {"ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "NOT_REGISTERED", "REFUSED"},
+    "inquiry": {"BLOCKED"},
+    "numbering": {"REFUSED"},
+}
+
+Run = Callable[[Any, argparse.Namespace], Awaitable[int]]
+
+_subparsers: dict[str, Any] = {}
+_common: argparse.ArgumentParser | None = None
+
+
+def exit_code(kind: str, status: str) -> int:
+    """0, 2 or 1 for an answer ``status`` to a request of ``kind`` (``REJECTED``: a hub rejection notice)."""
+    if status in DONE[kind]:
+        return EXIT_DONE
+    if status == "REJECTED" or status in REFUSALS[kind]:
+        return EXIT_REJECTED
+    return EXIT_ERROR
+
+
+def worst(codes: list[int]) -> int:
+    """One exit code for several outcomes: an error outranks a refusal, a refusal outranks done."""
+    return max(codes, key=[EXIT_DONE, EXIT_REJECTED, EXIT_ERROR].index, default=EXIT_DONE)
+
+
+def split_codes(value: str) -> list[str]:
+    """``"9000,9001 bank-9002"`` → ``["9000", "9001", "bank-9002"]`` (commas or spaces; first seen first, no repeats)."""
+    return list(dict.fromkeys(v for v in value.replace(",", " ").split() if v))
+
+
+def normalise_my_number(raw: str) -> str:
+    """Drop the spaces and hyphens of a written My Number (``1234-5678-9012``), then validate it.
+
+    Raises ``ValidationError`` whose message names the rule, never the value.
+    """
+    from infra.validation import validate_my_number
+
+    return validate_my_number(raw.replace(" ", "").replace("-", "").strip())
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass
+class Outcome:
+    """What a command reports: exit code, JSON object, tables, and a one-line note for stderr."""
+
+    code: int
+    report: dict[str, Any]
+    tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
+    note: str | None = None
+
+
+def _report(args: argparse.Namespace, status: str, *, reason: str | None = None, detail: str | None = None,
+            **fields: Any) -> dict[str, Any]:
+    """The JSON object: ``command, status, reason, detail``, the command's own keys (defaults first)."""
+    return {"command": args.command_name, "status": status, "reason": reason, "detail": detail,
+            **args.report_defaults, **fields}
+
+
+def _stopped(args: argparse.Namespace, code: int, status: str, reason: str | None, detail: str | None,
+             request_id: str | None = None) -> Outcome:
+    """A command that ended before its normal report: refused at the edge or by the hub, or no answer."""
+    report = _report(args, status, reason=reason, detail=detail)
+    if "request_id" in report:
+        report["request_id"] = request_id
+    verb = "rejected" if code == EXIT_REJECTED else "failed"
+    return Outcome(code, report, [(f"renkei {args.command_name}", ["status", "reason", "detail"],
+                                   [[status, reason, detail]])],
+                   note=f"{args.command_name} {verb}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def refused(args: argparse.Namespace, reason: str, detail: str | None, request_id: str | None = None) -> Outcome:
+    return _stopped(args, EXIT_REJECTED, "REJECTED", reason, detail, request_id)
+
+
+def emit(args: argparse.Namespace, outcome: Outcome) -> int:
+    from infra.cli import _print_json, _table
+
+    if args.json:
+        _print_json(outcome.report)
+    else:
+        for title, columns, rows in outcome.tables:
+            _table(title, columns, rows)
+    if outcome.note and outcome.code != EXIT_DONE:
+        print(f"renkei: {outcome.note}", file=sys.stderr)
+    return outcome.code
+
+
+# --------------------------------------------------------------------------- the shared path
+
+
+def _participants(settings: Any) -> Any:
+    from infra.participants import load_participants
+
+    return load_participants(settings.participants_file, banks=settings.banks)
+
+
+def _bank(participants: Any, value: str) -> Any:
+    """A bank participant by bank code (``9000``) or participant id (``bank-9000``); None if there is none."""
+    from infra.participants import Kind
+
+    p = participants.by_bank_code(value) or participants.get(value)
+    return p if p is not None and p.kind is Kind.BANK else None
+
+
+def _account(args: argparse.Namespace, bank_code: str) -> dict[str, str]:
+    from infra.validation import validate_bank_account
+
+    return validate_bank_account({"bank_code": bank_code, "branch_code": args.branch, "account_type": args.type,
+                                  "account_number": args.number, "holder_kana": args.holder}, field="account")
+
+
+async def act(settings: Any, args: argparse.Namespace, identity: str | None,
+              work: Callable[[Any, Any, str | None], Awaitable[Outcome]], *, person: bool = True) -> int:
+    """The common path: check the My Number, start a client as ``identity``, run ``work``, map the answer.
+
+    ``work(settings, client, my_number)`` returns the command's :class:`Outcome`; a hub rejection
+    notice (:class:`~connectors.cli_client.Refused`) becomes exit 2 with its reason code, no answer in
+    time exit 1.  ``identity`` ``"dicj"`` gets DICJ's desk, None no client at all.
+    """
+    from infra.cli import resolve_running
+    from infra.errors import RenkeiError, ValidationError
+
+    my_number = None
+    if person:
+        raw = sys.stdin.readline() if args.my_number == "-" else args.my_number
+        try:
+            my_number = normalise_my_number(raw)
+        except ValidationError as exc:
+            return emit(args, refused(args, exc.code, exc.message))
+    settings = resolve_running(settings)  # StackError: one line from infra.cli.main, exit 1
+    from connectors.cli_client import CommandClient, CommandDicj, Refused
+
+    try:
+        if identity is None:
+            outcome = await work(settings, None, my_number)
+        else:
+            client = CommandDicj(settings) if identity == "dicj" else CommandClient(settings, [identity])
+            async with client:
+                outcome = await work(settings, client, my_number)
+    except Refused as exc:
+        outcome = refused(args, exc.code, exc.message, exc.request_id)
+    except TimeoutError:
+        outcome = _stopped(args, EXIT_ERROR, "TIMEOUT", "TIMEOUT",
+                           f"no answer within {args.timeout:g} s; is the stack running (`renkei status`)?")
+    except RenkeiError:
+        raise  # infra.cli.main prints it on one line (configuration error: exit 2, others: exit 1)
+    except Exception as exc:  # broker or database away, …: one line, no traceback
+        outcome = _stopped(args, EXIT_ERROR, "ERROR", "ERROR", f"{type(exc).__name__}: {exc}".rstrip(": "))
+    return emit(args, outcome)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)
+
+
+# --------------------------------------------------------------------------- bank
+
+
+async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
+    """The bank's own data: open the account; with --my-number also link it to the bank's token for the person."""
+    from infra.errors import ValidationError
+
+    bank = _bank(_participants(settings), args.bank)
+    if bank is None:
+        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--bank names no bank (a bank code or a bank id)"))
+    try:
+        account = _account(args, bank.bank_code)
+    except ValidationError as exc:
+        return emit(args, refused(args, exc.code, exc.message))
+
+    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+        import asyncpg
+
+        from connectors.bank_sim import BANK_MIGRATIONS, enrol_customer, open_account
+        from infra.storage import migrate
+
+        token = await client.token_for(bank.id, my_number, timeout=args.timeout) if client is not None else None
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            await migrate(conn, "bank-sim", BANK_MIGRATIONS)
+            async with conn.transaction():
+                held = await conn.fetchrow(
+                    "SELECT holder_kana, closed FROM bank_accounts WHERE bank_code = $1 AND branch_code = $2 "
+                    "AND account_type = $3 AND account_number = $4 FOR UPDATE",
+                    account["bank_code"], account["branch_code"], account["account_type"], account["account_number"])
+                if held is not None and (held["holder_kana"], held["closed"]) != (account["holder_kana"], args.closed):
+                    return refused(args, "ACCOUNT_EXISTS", "the bank already holds this account with another holder "
+                                   "name or state")
+                await open_account(conn, account, closed=args.closed)
+                if token is not None:  # seed_customer would open it again, ignoring --closed
+                    await enrol_customer(conn, token, account)
+        finally:
+            await conn.close()
+        report = _report(args, "DONE", bank=bank.id, account=account, closed=args.closed, created=held is None,
+                         customer_linked=token is not None)
+        return Outcome(EXIT_DONE, report, [(
+            f"{bank.name}: account {'opened' if held is None else 'already held'}",
+            ["bank", "branch", "type", "number", "holder", "closed", "customer linked"],
+            [[account["bank_code"], account["branch_code"], account["account_type"], account["account_number"],
+              account["holder_kana"], "yes" if args.closed else "no", "yes" if token is not None else "no"]])])
+
+    return await act(settings, args, bank.id if args.my_number is not None else None, work,
+                     person=args.my_number is not None)
+
+
+# --------------------------------------------------------------------------- portal
+
+
+async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
+    """STEP1 through the portal: REGISTER / CHANGE / DELETE the public-funds account."""
+    from infra.errors import ValidationError
+    from infra.policy import BASIS_CHANGE, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from schemas import types as T
+
+    operation = args.operation
+    account = None
+    if operation != "DELETE":
+        bank = _bank(_participants(settings), args.bank)
+        code = bank.bank_code if bank is not None else args.bank  # an unknown code: the registry answers
+        try:
+            account = _account(args, code)
+        except ValidationError as exc:
+            return emit(args, refused(args, exc.code, exc.message))
+
+    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+        start = time.perf_counter()
+        answer = await client.request(
+            "portal", type=T.REGISTRATION_REQUEST, to="registry",
+            subject=await client.token_for("portal", my_number, timeout=args.timeout),
+            body={"operation": operation, "account": account, "channel": "PORTAL", "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE,
+            timeout=args.timeout)
+        status, detail = answer.body["status"], answer.body.get("detail")
+        code = exit_code("registration", status)
+        report = _report(args, status, reason=None if code == EXIT_DONE else status, detail=detail,
+                         operation=operation, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+        return Outcome(code, report, [(f"Portal: {operation.lower()} the public-funds account",
+                                       ["status", "detail", "request id", "ms"],
+                                       [[status, detail, report["request_id"], report["elapsed_ms"]]])],
+                       note=f"{args.command_name} rejected: {status}" + (f" ({detail})" if detail else ""))
+
+    return await act(settings, args, "portal", work)
+
+
+async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
+    """付番申出 from the portal: one numbering.request to each named bank, each bank's acknowledgement reported."""
+    from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+    from schemas import types as T
+
+    from connectors.cli_client import Refused
+
+    participants = _participants(settings)
+    named = split_codes(args.bank_codes)
+    banks = [_bank(participants, v) for v in named]
+    if not named or None in banks:
+        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--banks: a value names no bank (bank codes or ids)"))
+    banks = sorted({b.id: b for b in banks}.values(), key=lambda b: b.bank_code)
+    codes = [b.bank_code for b in banks]
+
+    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+        token = await client.token_for("portal", my_number, timeout=args.timeout)
+
+        async def one(bank: Any) -> dict[str, Any]:
+            row: dict[str, Any] = {"bank_code": bank.bank_code, "bank": bank.id, "status": None,
+                                   "accounts_linked": None, "reason": None, "request_id": None}
+            try:
+                ack = await client.request(
+                    "portal", type=T.NUMBERING_REQUEST, to=bank.id, subject=token,
+                    body={"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None,
+                          "requested_at": _now()},
+                    data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=args.timeout)
+                row.update(status=ack.body["status"], accounts_linked=ack.body["accounts_linked"],
+                           request_id=ack.meta.correlation_id)
+                if exit_code("numbering", row["status"]) != EXIT_DONE:
+                    row["reason"] = row["status"]
+            except Refused as exc:
+                row.update(status="REJECTED", reason=exc.code, request_id=exc.request_id)
+            except TimeoutError:
+                row.update(status="TIMEOUT", reason="TIMEOUT")
+            return row
+
+        rows = await asyncio.gather(*(one(b) for b in banks))
+        code = worst([exit_code("numbering", r["status"]) for r in rows])
+        first = next((r for r in rows if exit_code("numbering", r["status"]) == code), rows[0])
+        status = {EXIT_DONE: "DONE", EXIT_REJECTED: "REJECTED", EXIT_ERROR: "TIMEOUT"}[code]
+        reason = None if code == EXIT_DONE else first["reason"]
+        detail = None if code == EXIT_DONE else f"bank {first['bank_code']}: {first['status']}"
+        report = _report(args, status, reason=reason, detail=detail, banks=rows)
+        return Outcome(code, report, [(f"Numbering (portal → each bank): {status}",
+                                       ["bank", "status", "accounts linked", "reason"],
+                                       [[r["bank_code"], r["status"], r["accounts_linked"], r["reason"]]
+                                        for r in rows])],
+                       note=f"{args.command_name}: {reason} ({detail})")
+
+    return await act(settings, args, "portal", work)
+
+
+async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
+    """The person's provision records as the portal shows them, the chain verified (exit 1 if it is broken)."""
+    from infra.provisions import ProvisionStore
+    from infra.storage import create_pool
+
+    from connectors.portal import records_view
+
+    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+        token = await client.token_for("portal", my_number, timeout=args.timeout)
+        pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
+        try:
+            view = await records_view(ProvisionStore(pool), token)
+        finally:
+            await pool.close()
+        ok = view["chain_ok"]
+        report = _report(args, "OK" if ok else "CHAIN_BROKEN", reason=None if ok else "CHAIN_BROKEN",
+                         detail=None if ok else "; ".join(view["problems"]), **view)
+        tables = [(f"Provision records (情報提供等記録): chain {'verified' if ok else '[red]BROKEN[/red]'}",
+                   ["requested at", "requester", "provider", "data item", "legal basis", "status", "provided at",
+                    "verified"],
+                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"], r["status"],
+                     r["provided_at"], "[green]yes[/green]" if r["verified"] else "[red]NO[/red]"]
+                    for r in view["records"]])]
+        if view["problems"]:
+            tables.append(("Chain problems", ["problem"], [[p] for p in view["problems"]]))
+        return Outcome(EXIT_DONE if ok else EXIT_ERROR, report, tables,
+                       note=f"{args.command_name}: the hash chain does not verify")
+
+    return await act(settings, args, "portal", work)
+
+
+# --------------------------------------------------------------------------- agency
+
+
+ITEMS = {"public-funds-account": "public_funds_account", "public_funds_account": "public_funds_account"}
+
+
+async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
+    """STEP2: the agency asks the registry which account to pay into."""
+    from infra.participants import Kind
+
+    from connectors.agency import SUPPORTED_ITEMS
+
+    agency = _participants(settings).get(args.agency)
+    if agency is None or agency.kind is not Kind.AGENCY:
+        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--agency names no agency"))
+    item = ITEMS[args.item]
+    type_, basis = SUPPORTED_ITEMS[item]
+
+    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+        start = time.perf_counter()
+        answer = await client.request(
+            agency.id, type=type_, to="registry",
+            subject=await client.token_for(agency.id, my_number, timeout=args.timeout),
+            body={"procedure_code": args.procedure_code, "requested_at": _now()},
+            data_item=item, basis=basis, timeout=args.timeout)
+        status, account = answer.body["status"], answer.body.get("account")
+        code = exit_code("inquiry", status)
+        report = _report(args, status, reason=None if code == EXIT_DONE else status, agency=agency.id, item=item,
+                         account=account, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+        a = account or {}
+        return Outcome(code, report, [(f"{agency.name}: provision inquiry ({item})",
+                                       ["status", "bank", "branch", "type", "number", "holder", "ms"],
+                                       [[status, a.get("bank_code"), a.get("branch_code"), a.get("account_type"),
+                                         a.get("account_number"), a.get("holder_kana"), report["elapsed_ms"]]])],
+                       note=f"{args.command_name} rejected: {status}")
+
+    return await act(settings, args, agency.id, work)
+
+
+# --------------------------------------------------------------------------- dicj
+
+
+async def cmd_dicj_lookup(settings: Any, args: argparse.Namespace) -> int:
+    """An inheritance or disaster lookup: DICJ asks the banks, the hub gathers until the deadline."""
+    participants = _participants(settings)
+    named = split_codes(args.bank_codes) if args.bank_codes else []
+    banks = [_bank(participants, v) for v in named]
+    if None in banks:
+        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--banks: a value names no bank (bank codes or ids)"))
+    designated = sorted({b.bank_code for b in banks}) or None
+    kind = args.kind.upper()
+    timeout = args.timeout if args.timeout is not None else args.deadline + 30
+    args.timeout = timeout
+
+    async def work(settings: Any, desk: Any, my_number: str | None) -> Outcome:
+        asked = sorted(b.bank_code for b in desk.lookup_banks(designated))
+        if not asked:
+            return refused(args, "NOT_PARTICIPATING", "no named bank takes part in lookups")
+        start = time.perf_counter()
+        token = await desk.token_for("dicj", my_number, timeout=timeout)
+        cid = await desk.start_lookup(kind, token, deadline_s=args.deadline, designated_bank_codes=designated,
+                                      disaster_id=args.disaster_id if kind == "DISASTER" else "")
+        result = asyncio.ensure_future(desk.wait_result(cid, timeout=timeout))
+        refusal = asyncio.ensure_future(desk.refusal(cid))
+        try:
+            await asyncio.wait({result, refusal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (result, refusal):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(result, refusal, return_exceptions=True)
+        if not result.done() or result.cancelled():
+            raise refusal.result()
+        view = result.result()  # TimeoutError: exit 1
+        report = _report(args, "COMPLETE", kind=kind, request_id=cid, banks_asked=asked,
+                         answering_banks=view["answering_banks"], banks_with_accounts=view["banks_with_accounts"],
+                         missing_banks=view["missing_banks"], late_banks=view["late_banks"],
+                         accounts=view["accounts"], elapsed_ms=_ms(start))
+        held = {c: sum(1 for a in view["accounts"] if a["bank_code"] == c) for c in asked}
+        state = {c: "answered" for c in view["answering_banks"]} | {c: "missing" for c in view["missing_banks"]}
+        tables = [(f"{kind.capitalize()} lookup: {len(view['answering_banks'])}/{len(asked)} banks answered",
+                   ["bank", "answer", "accounts"], [[c, state.get(c, "missing"), held[c]] for c in asked])]
+        if view["accounts"]:
+            tables.append(("Accounts found", ["bank", "branch", "type", "number", "holder"],
+                           [[a["bank_code"], a["branch_code"], a["account_type"], a["account_number"],
+                             a["holder_kana"]] for a in view["accounts"]]))
+        return Outcome(EXIT_DONE, report, tables)
+
+    return await act(settings, args, "dicj", work)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+async def _dispatch(settings: Any, args: argparse.Namespace) -> int:
+    return await args.run(settings, args)
+
+
+def subcommand(group: str, name: str, run: Run, help_text: str, *, report_defaults: dict[str, Any] | None = None,
+               bank_codes: bool = False) -> argparse.ArgumentParser:
+    """Add ``renkei <group> <name>`` (``group``: bank, portal, agency, dicj) and return its parser.
+
+    ``run(settings, args) -> exit code``; the configuration flags (``--json``, ``--state-dir``, …) work after
+    the subcommand too.  Call it after :func:`register` (``infra.cli.build_parser`` runs this module's
+    ``register`` before ``connectors.ops.register``).  ``bank_codes`` makes ``--banks`` this command's list
+    of banks (``args.bank_codes``) instead of the number of generated demo banks.
+    """
+    assert _common is not None and group in _subparsers, "connectors.commands.register() must run first"
+    if bank_codes:
+        from infra.cli import common_parser
+
+        # A fresh copy of the configuration flags, so that resolving the --banks clash touches only this parser.
+        parser = _subparsers[group].add_parser(name, parents=[common_parser()], conflict_handler="resolve",
+                                               help=help_text, description=help_text)
+    else:
+        parser = _subparsers[group].add_parser(name, parents=[_common], help=help_text, description=help_text)
+    parser.set_defaults(run=run, command_name=f"{group} {name}", report_defaults=report_defaults or {})
+    return parser
+
+
+def _my_number_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--my-number", dest="my_number", required=required, metavar="N",
+                   help="the person's My Number (12 digits; `-` reads it from stdin). Checked here, exchanged for "
+                        "this participant's token, never printed or sent on")
+
+
+def _timeout_arg(p: argparse.ArgumentParser, default: float | None = 30.0) -> None:
+    p.add_argument("--timeout", type=float, default=default, metavar="S",
+                   help=f"seconds to wait for each answer (default {default:g})" if default else
+                   "seconds to wait for the result (default: the deadline + 30)")
+
+
+def _account_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bank", required=True, help="bank code (9000) or bank participant id (bank-9000)")
+    p.add_argument("--branch", required=True, help="branch code, 3 digits")
+    p.add_argument("--type", default="ordinary", help="ordinary, current, savings (普通/当座/貯蓄, Zengin 1/2/4)")
+    p.add_argument("--number", required=True, help="account number, up to 7 digits")
+    p.add_argument("--holder", required=True, help="holder name in katakana, e.g. 'ヤマダ タロウ'")
 
 
 def register(add: Any, common: Any) -> None:
     """Add the participant command groups to the ``renkei`` parser (``add(name, handler, help)``)."""
+    global _common
+    _common = common
+    _subparsers.clear()
+    for group, help_text in GROUPS.items():
+        _subparsers[group] = add(group, _dispatch, help_text).add_subparsers(
+            dest=f"{group}_command", required=True, metavar="COMMAND")
+
+    p = subcommand("bank", "seed-account", cmd_bank_seed_account,
+                   "the simulated bank's own customer data: open an account (and link it to the person)",
+                   report_defaults={"bank": None, "account": None, "closed": None, "created": None,
+                                    "customer_linked": None})
+    _account_args(p)
+    _my_number_arg(p, required=False)
+    p.add_argument("--closed", action="store_true", help="the account is closed")
+    _timeout_arg(p)
+
+    account_keys = {"operation": None, "request_id": None, "elapsed_ms": None}
+    for operation, help_text in (("register", "register the person's public-funds account (STEP1)"),
+                                 ("change", "change the person's public-funds account"),
+                                 ("delete", "delete the person's public-funds account")):
+        p = subcommand("portal", operation, cmd_portal_account, help_text, report_defaults=account_keys)
+        p.set_defaults(operation=operation.upper())
+        _my_number_arg(p)
+        if operation != "delete":
+            _account_args(p)
+        _timeout_arg(p)
+    p = subcommand("portal", "numbering", cmd_portal_numbering,
+                   "file an account-numbering request (付番申出) with each named bank",
+                   report_defaults={"banks": []}, bank_codes=True)
+    _my_number_arg(p)
+    p.add_argument("--banks", dest="bank_codes", required=True, metavar="CODES",
+                   help="banks to number at: codes or ids, comma-separated (9000,9001)")
+    _timeout_arg(p)
+    p = subcommand("portal", "records", cmd_portal_records,
+                   "the person's provision records (情報提供等記録), the hash chain verified",
+                   report_defaults={"chain_ok": None, "problems": [], "records": []})
+    _my_number_arg(p)
+    _timeout_arg(p)
+
+    p = subcommand("agency", "inquire", cmd_agency_inquire,
+                   "ask the registry for the person's public-funds account (STEP2)",
+                   report_defaults={"agency": None, "item": None, "account": None, "request_id": None,
+                                    "elapsed_ms": None})
+    p.add_argument("--agency", required=True, help="the agency's participant id (e.g. agency-nta)")
+    _my_number_arg(p)
+    p.add_argument("--item", choices=sorted(ITEMS), default="public-funds-account", help="the data item")
+    p.add_argument("--procedure-code", dest="procedure_code", default="benefit-payment",
+                   help="the agency's procedure (default benefit-payment)")
+    _timeout_arg(p)
+
+    p = subcommand("dicj", "lookup", cmd_dicj_lookup,
+                   "inheritance or disaster lookup: which banks hold the person's numbered accounts",
+                   report_defaults={"kind": None, "request_id": None, "banks_asked": [], "answering_banks": [],
+                                    "banks_with_accounts": [], "missing_banks": [], "late_banks": [],
+                                    "accounts": [], "elapsed_ms": None},
+                   bank_codes=True)
+    p.add_argument("--kind", required=True, choices=["inheritance", "disaster"])
+    _my_number_arg(p)
+    p.add_argument("--banks", dest="bank_codes", default=None, metavar="CODES",
+                   help="only these banks (codes or ids, comma-separated); default every participating bank. "
+                        "For a disaster lookup they are the designated banks")
+    p.add_argument("--deadline", type=int, default=30, metavar="S",
+                   help="seconds the hub gathers answers (default 30)")
+    p.add_argument("--disaster-id", dest="disaster_id", default="cli", help="the disaster's id (disaster lookups)")
+    _timeout_arg(p, default=None)

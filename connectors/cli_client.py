@@ -1,0 +1,187 @@
+"""Bus clients for one command-line request (``renkei portal|agency|bank|dicj …``, see connectors.commands).
+
+:class:`CommandClient` sends as a participant and waits for the answer, like
+:class:`connectors.client.BusClient`, but it only *listens* to the identity's
+inbox; it does not consume it:
+
+- a group-less consumer (partitions assigned, nothing committed, no group to
+  join: no JoinGroup wait on the embedded broker) starts at each inbox
+  partition's high watermark, read from a fetch response *before* anything is
+  sent, so the answer cannot be missed;
+- each record's routing fields are peeked at, and only an answer somebody is
+  waiting for (same identity and correlation id) is opened — verified and
+  decrypted — and handed over;
+- it claims nothing in ``processed_messages`` and makes no effect.
+
+A BusClient in a consumer group of its own would claim every message of the
+identity's inbox in the participant's database: a long-running connector of
+the same participant (the portal connector, an agency connector) on that
+database would then find the answers to ITS requests already claimed and
+skip their effects.  Two commands run at once cannot take each other's answers
+either (a shared group would give the single inbox partition to one of them).
+
+DICJ's lookup (:class:`CommandDicj`) needs the desk's effects (the banks'
+answers and the hub's result stored in ``dicj_*``): it reads the same way but
+runs every record through the desk's runtime (claim + effect).  Every DICJ
+process writes the same tables, so whichever claims a message, the view is
+the same.  Without a group join, a command does not wait for the embedded
+broker's JoinGroup (about 5 s, more right after the previous member left).
+
+With either client, a hub rejection notice answering a request raises
+:class:`Refused` with the reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from connectors.client import BusClient
+from connectors.dicj import DicjDesk
+from infra.envelope import Opened, peek
+from infra.errors import Rejection
+from infra.settings import Settings
+from schemas import types as T
+from streams.participant import Identity
+
+log = logging.getLogger("renkei.cli")
+
+
+class Refused(Exception):
+    """The hub refused a request (a ``rejection.notice``): a stable reason code and a safe message."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class RaisesRefusals:
+    """Mixin for a BusClient: ``request`` raises :class:`Refused` when the answer is a rejection notice."""
+
+    async def request(self, sender: str, **kw: Any) -> Opened:
+        answer: Opened = await super().request(sender, **kw)  # type: ignore[misc]
+        if answer.meta.type == T.REJECTION_NOTICE:
+            raise Refused(answer.body["reason_code"], answer.body["message"], answer.meta.correlation_id)
+        return answer
+
+
+class Listening(RaisesRefusals):
+    """Mixin for a BusClient: read the identities' inboxes from their high watermarks, without a consumer group.
+
+    ``apply = False``: hand awaited answers to their waiters, claim nothing, make no effect.
+    ``apply = True``: run every record through the runtime (claim + handler effect in one transaction).
+    """
+
+    apply = False
+    runtime: Any
+
+    async def __aenter__(self) -> Any:
+        await self.runtime.start(consume=False)
+        self._consumer: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        try:
+            await self._start_listening()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self.runtime.stop()
+
+    async def _start_listening(self) -> None:
+        from aiokafka import TopicPartition
+
+        from infra.kafka import consumer, fetch_wait_ms
+        from infra.ops import high_watermarks, partitions_of
+
+        settings = self.runtime.settings
+        self._consumer = consumer(settings, group_id=None,
+                                  fetch_max_wait_ms=fetch_wait_ms(settings.kafka, len(self.runtime.by_inbox)))
+        await self._consumer.start()
+        tps = [TopicPartition(topic, p) for topic in self.runtime.by_inbox
+               for p in await partitions_of(self._consumer, topic)]
+        # The high watermark from a fetch response (end_offsets is wrong on the embedded broker).
+        for tp, offset in (await high_watermarks(self._consumer, tps)).items():
+            self._consumer.seek(tp, offset)
+        self._listener = asyncio.create_task(self._listen(), name="cli-listener")
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away: the request's own timeout decides
+                log.warning("inbox listener: fetch failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.apply:
+                records = [(tp.topic, r.value, r.partition, r.offset) for tp, rs in batches.items() for r in rs]
+                if records:
+                    await self.runtime.handle_batch(records)  # effects, then the waiters
+                continue
+            for tp, records in batches.items():
+                ident = self.runtime.by_inbox[tp.topic]
+                for record in records:
+                    self._offer(ident, record.value)
+
+    def _offer(self, ident: Identity, value: bytes) -> None:
+        """Hand an awaited answer to its waiter; anything else is left alone (never claimed, never opened)."""
+        try:
+            meta = peek(value)
+        except Exception:
+            return
+        waiter = self.runtime.waiters.get((ident.participant_id, meta.correlation_id))
+        if waiter is None or waiter.done():
+            return
+        try:
+            opened = ident.opener.open(value)
+        except Rejection as exc:  # forged, expired or not for us: keep waiting for the real answer
+            log.warning("%s: a message answering request %s did not open: %s", ident.participant_id,
+                        meta.correlation_id, exc.code)
+            return
+        waiter.set_result(opened)
+
+
+class CommandClient(Listening, BusClient):
+    """Participant identities for one command: send, await the answer; listen without consuming (module docstring)."""
+
+    def __init__(self, settings: Settings, identities: list[str]) -> None:
+        # The group is never joined (the runtime does not consume); it only names the runtime's tasks.
+        super().__init__(settings, identities, group=f"{settings.kafka.topic_prefix}.cli")
+
+
+class CommandDicj(Listening, DicjDesk):
+    """DICJ's desk for one command: its handlers store the banks' answers and the hub's result (module docstring).
+
+    The numbering sweep of a long-running desk is not started.
+    """
+
+    apply = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, group=f"{settings.kafka.topic_prefix}.cli.dicj")
+
+    async def refusal(self, correlation_id: str) -> Refused:
+        """Wait for a hub rejection notice answering ``correlation_id`` (never returns if the hub accepted it)."""
+        while True:
+            future: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
+            self.runtime.waiters[("dicj", correlation_id)] = future
+            try:
+                opened = await future
+            finally:
+                self.runtime.waiters.pop(("dicj", correlation_id), None)
+            if opened.meta.type == T.REJECTION_NOTICE:
+                return Refused(opened.body["reason_code"], opened.body["message"], correlation_id)

@@ -1,0 +1,214 @@
+"""The participants' CLI (``renkei bank|portal|agency|dicj …``) against a real running platform.
+
+One platform for the module (hub, registry and simulated banks as real processes on the real broker and
+PostgreSQL); every command runs through ``infra.cli.main`` exactly as typed, pointed at the platform with
+the configuration flags, its stdout and stderr captured.  Every My Number used is registered and may
+appear in no output, log record or exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connectors.commands import exit_code, normalise_my_number, split_codes, worst
+from infra.cli import main
+from tests.integration.platform_fixtures import *  # noqa: F403
+from tests.integration.test_connectors_support import RNG, my_number
+from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
+
+OUTPUT: list[str] = []
+"""Everything the commands printed, for the final leak check."""
+PEOPLE: dict[str, str] = {}
+"""Name → My Number of everyone the tests act for."""
+ACCOUNTS: dict[str, str] = {}
+
+
+def person(name: str) -> str:
+    if name not in PEOPLE:
+        PEOPLE[name] = used(my_number())
+    return PEOPLE[name]
+
+
+def account_args(bank: str = "9000", holder: str = "ヤマダ タロウ") -> list[str]:
+    return ["--bank", bank, "--branch", f"{RNG.randrange(1, 1000):03d}", "--type", "ordinary",
+            "--number", f"{RNG.randrange(10**7):07d}", "--holder", holder]
+
+
+@pytest.fixture(scope="module")
+def flags(running_platform) -> list[str]:
+    s = running_platform.settings
+    return ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", s.pg_dsn, "--state-dir", str(s.state_dir),
+            "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file)]
+
+
+@pytest.fixture
+def renkei(capsys, flags, monkeypatch):
+    """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr)."""
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped cells
+
+    async def run(*argv: str, as_json: bool = True) -> tuple[int, object, str]:
+        capsys.readouterr()
+        patience = [] if "--timeout" in argv else ["--timeout", "120"]  # a loaded CI machine: the CLI default is 30
+        code = await asyncio.to_thread(main, [*argv, *patience, *flags, *(["--json"] if as_json else [])])
+        out, err = capsys.readouterr()
+        OUTPUT.extend((out, err))
+        return code, (json.loads(out) if as_json else out), err
+
+    return run
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def test_exit_codes_and_parsing():
+    assert exit_code("registration", "DONE") == 0
+    assert exit_code("registration", "HOLDER_MISMATCH") == 2
+    assert exit_code("registration", "NOT_REGISTERED") == 2  # CHANGE / DELETE with nothing registered
+    assert exit_code("inquiry", "NOT_REGISTERED") == 0  # an answer: the person has no account
+    assert exit_code("inquiry", "BLOCKED") == 2
+    assert exit_code("inquiry", "REJECTED") == 2
+    assert exit_code("inquiry", "UNKNOWN") == 1
+    assert exit_code("numbering", "NO_ACCOUNT") == 0
+    assert worst([0, 2, 0]) == 2 and worst([2, 1]) == 1 and worst([]) == 0
+    assert split_codes("9000, 9001 bank-9002,9000") == ["9000", "9001", "bank-9002"]
+    mn = person("written")
+    assert normalise_my_number(f" {mn[:4]}-{mn[4:8]} {mn[8:]} ") == mn
+
+
+# --------------------------------------------------------------------------- the flows
+
+
+async def test_seed_account_then_register(renkei):
+    mn = person("a")
+    acct = account_args("bank-9000")
+    code, out, _ = await renkei("bank", "seed-account", *acct, "--my-number", mn)
+    assert code == 0, out
+    assert out["status"] == "DONE" and out["created"] and out["customer_linked"] and out["bank"] == "bank-9000"
+    assert out["account"]["bank_code"] == "9000" and out["account"]["account_type"] == "ORDINARY"
+    ACCOUNTS["a"] = out["account"]["account_number"]
+
+    code, out, _ = await renkei("bank", "seed-account", *acct)  # the same data again: nothing changes
+    assert code == 0 and out["created"] is False and out["customer_linked"] is False
+    code, out, _ = await renkei("bank", "seed-account", *acct, "--closed")
+    assert code == 2 and out["reason"] == "ACCOUNT_EXISTS"
+
+    code, out, err = await renkei("portal", "register", "--my-number", mn, *acct)
+    assert code == 0, (out, err)
+    assert out["status"] == "DONE" and out["reason"] is None and out["operation"] == "REGISTER"
+    assert out["request_id"] and err == ""
+
+
+async def test_register_with_a_wrong_holder_is_rejected(renkei):
+    acct = account_args("9001")
+    assert (await renkei("bank", "seed-account", *acct))[0] == 0
+    wrong = acct[:-1] + ["スズキ ハナコ"]
+    code, out, err = await renkei("portal", "register", "--my-number", person("b"), *wrong)
+    assert code == 2, out
+    assert out["status"] == "HOLDER_MISMATCH" and out["reason"] == "HOLDER_MISMATCH"
+    assert "HOLDER_MISMATCH" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_agency_inquire_gets_the_account(renkei):
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+                                "--item", "public-funds-account")
+    assert code == 0, out
+    assert out["status"] == "REGISTERED" and out["agency"] == "agency-nta" and out["item"] == "public_funds_account"
+    assert out["account"]["account_number"] == ACCOUNTS["a"]
+    code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+                                  as_json=False)
+    assert code == 0 and "REGISTERED" in table and ACCOUNTS["a"] in table
+
+
+async def test_suspended_agency_is_rejected_by_the_hub(renkei):
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--my-number", person("a"))
+    assert code == 2, out
+    assert out["status"] == "REJECTED" and out["reason"] == "SUSPENDED" and out["account"] is None
+    assert err.startswith("renkei: agency inquire rejected: SUSPENDED")
+
+
+async def test_portal_records_with_the_chain_verified(renkei):
+    code, out, _ = await renkei("portal", "records", "--my-number", person("a"))
+    assert code == 0, out
+    assert out["chain_ok"] is True and out["problems"] == [] and out["status"] == "OK"
+    assert out["records"] and all(r["verified"] for r in out["records"])
+    assert any(r["requester"] == "agency-nta" and r["provider"] == "registry" for r in out["records"])
+    code, table, _ = await renkei("portal", "records", "--my-number", person("a"), as_json=False)
+    assert code == 0 and "chain verified" in table and "agency-nta" in table
+
+
+async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei):
+    mn = person("c")
+    for bank in ("9000", "9000", "9001"):
+        assert (await renkei("bank", "seed-account", *account_args(bank), "--my-number", mn))[0] == 0
+
+    code, out, _ = await renkei("portal", "numbering", "--my-number", mn, "--banks", "9000,bank-9001,9002")
+    assert code == 0, out
+    assert out["status"] == "DONE"
+    assert [(b["bank_code"], b["status"], b["accounts_linked"]) for b in out["banks"]] == [
+        ("9000", "LINKED", 2), ("9001", "LINKED", 1), ("9002", "NO_ACCOUNT", 0)]
+
+    code, out, _ = await renkei("dicj", "lookup", "--kind", "inheritance", "--my-number", mn, "--deadline", "15")
+    assert code == 0, out
+    assert out["status"] == "COMPLETE" and out["kind"] == "INHERITANCE"
+    assert out["banks_asked"] == ["9000", "9001", "9002", "9003", "9004"]  # bank-8999 takes no part
+    assert out["answering_banks"] == out["banks_asked"] and out["missing_banks"] == []
+    assert out["banks_with_accounts"] == ["9000", "9001"] and len(out["accounts"]) == 3
+
+    code, out, _ = await renkei("dicj", "lookup", "--kind", "disaster", "--my-number", mn, "--banks", "9000,9002",
+                                "--deadline", "15")
+    assert code == 0, out
+    assert out["banks_asked"] == ["9000", "9002"] and out["banks_with_accounts"] == ["9000"]
+    assert len(out["accounts"]) == 2
+
+
+async def test_delete_then_inquire_finds_nothing(renkei):
+    code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
+    assert code == 0 and out["status"] == "DONE", out
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--my-number", person("a"))
+    assert code == 0 and out["status"] == "NOT_REGISTERED" and out["account"] is None, out
+    code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
+    assert code == 2 and out["reason"] == "NOT_REGISTERED", out
+
+
+async def test_a_bad_my_number_is_refused_at_the_edge(renkei):
+    good = person("bad-base")
+    bad = PEOPLE["bad"] = used(good[:11] + str((int(good[11]) + 1) % 10))
+    code, out, err = await renkei("portal", "records", "--my-number", bad)
+    assert code == 2 and out["reason"] == "INVALID_FIELD" and "check digit" in out["detail"]
+    assert bad not in json.dumps(out, ensure_ascii=False) + err
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", "12345")
+    assert code == 2 and out["detail"] == "my_number: must be 12 ASCII digits"
+
+
+async def test_no_answer_in_time_is_an_error(renkei):
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+                                  "--timeout", "0.001")
+    assert code == 1 and out["status"] == "TIMEOUT", out
+    assert err.startswith("renkei: agency inquire failed: TIMEOUT") and "Traceback" not in err
+
+
+def test_stack_not_running_is_one_line(tmp_path):
+    mn = person("d")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
+    done = subprocess.run([sys.executable, "-m", "infra.cli", "portal", "records", "--my-number", mn,
+                           "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parents[2], timeout=60)
+    OUTPUT.extend((done.stdout, done.stderr))
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+    assert "renkei up --detach" in done.stderr
+
+
+def test_no_my_number_in_any_output():
+    assert PEOPLE and OUTPUT
+    leaked = [name for name, mn in PEOPLE.items() if any(mn in text for text in OUTPUT)]
+    assert not leaked, f"My Numbers of {leaked} appeared in the CLI's output"
