@@ -283,4 +283,7 @@ async def _connect(settings: Settings) -> Any:
 
 
 def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    """A database time as the ops tools print times (``infra.ops.iso``: UTC, milliseconds, ``Z``)."""
+    from infra.ops import iso
+
+    return iso(int(value.timestamp() * 1000)) if value is not None else None
