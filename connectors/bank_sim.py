@@ -23,11 +23,24 @@ Account numbering (付番申出) and lookups (相続時・災害時照会):
 - ``bank_sim_behaviour`` makes a simulated bank slow (``answer_delay_ms``:
   the answer is held in ``bank_delayed_answers`` and really leaves only when
   due, without blocking the other banks) or buggy (``answer_twice``).
+
+Handover to a channel connector (``python -m connectors.serve bank``): a
+connector that bridges bank X to its real channel holds a lease in
+``bank_channel_leases`` naming the message types it handles.  In each batch
+transaction, before any claim, the simulator checks the live leases; a message
+to X of a leased type is *parked* (``bank_parked_messages``, the sealed
+envelope only), not claimed and not handled (``renkei_bank_parked_total``).
+Parked messages are handled by the lease holder while it holds the lease, and
+by the simulator once no live lease covers them (graceful release or expiry);
+a parked row goes once its message is claimed or dead-lettered.  Both sides
+share the database and its claims, so a message's effect happens once
+whichever of them reads it first (docs/connectors.md, "Deploying").
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import uuid
@@ -40,6 +53,7 @@ from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.settings import Settings
 from infra.validation import validate_bank_account
 from schemas import types as T
+from infra.metrics import Counter
 from streams.participant import Context, ParticipantRuntime
 
 log = logging.getLogger("renkei.bank")
@@ -313,6 +327,99 @@ async def file_numbering_at_counter(runtime: ParticipantRuntime, bank_id: str, t
     return correlation, status, linked
 
 
+# -- handover to a channel connector ----------------------------------------------------------
+
+HANDOVER_MIGRATIONS = [
+    """
+    CREATE TABLE bank_channel_leases (
+        bank_id     text PRIMARY KEY,
+        channel     text NOT NULL,
+        holder      text NOT NULL,
+        types       text[] NOT NULL,
+        taken_at    timestamptz NOT NULL DEFAULT now(),
+        expires_at  timestamptz NOT NULL,
+        released_at timestamptz
+    );
+    CREATE TABLE bank_parked_messages (
+        id            bigserial PRIMARY KEY,
+        bank_id       text NOT NULL,
+        message_id    uuid NOT NULL,
+        type          text NOT NULL,
+        src_topic     text NOT NULL,
+        src_partition integer NOT NULL,
+        src_offset    bigint NOT NULL,
+        envelope      bytea NOT NULL,
+        parked_at     timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (src_topic, src_partition, src_offset)
+    );
+    CREATE INDEX bank_parked_messages_bank ON bank_parked_messages (bank_id, id);
+    """,
+]
+"""Component ``bank-handover``: applied by the simulator and by every served bank connector."""
+
+_LIVE_LEASES = "SELECT bank_id, holder, types FROM bank_channel_leases WHERE expires_at > now()"
+_COVERED = ("EXISTS (SELECT 1 FROM bank_channel_leases l WHERE l.bank_id = p.bank_id AND l.expires_at > now() "
+            "AND p.type = ANY(l.types){holder})")
+
+
+def parking(runtime: ParticipantRuntime) -> Any:
+    """The simulator's divert hook: park the messages a live lease gives to a channel connector."""
+    parked = Counter("renkei_bank_parked_total", "Messages left to the bank's channel connector (live lease): "
+                     "parked, not handled by the simulator", labels={"bank": None})
+    runtime.metrics.parked = parked  # type: ignore[attr-defined]  # rendered with the worker's metrics
+
+    async def park(conn: Any, items: list[Any]) -> set[int]:
+        leases = {r["bank_id"]: set(r["types"]) for r in await conn.fetch(_LIVE_LEASES)}
+        if not leases:
+            return set()
+        chosen = {n: item for n, item in enumerate(items)
+                  if item.opened.meta.type in leases.get(item.ident.participant_id, ())}
+        if chosen:
+            await conn.executemany(
+                "INSERT INTO bank_parked_messages (bank_id, message_id, type, src_topic, src_partition, src_offset, "
+                "envelope) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                [(i.ident.participant_id, uuid.UUID(i.opened.meta.message_id), i.opened.meta.type, i.topic,
+                  i.partition, i.offset, i.value) for i in chosen.values()])
+            for item in chosen.values():  # a batch retried after a database error counts again
+                parked.inc(bank=item.ident.participant_id)
+        return set(chosen)
+
+    return park
+
+
+async def drain_parked(runtime: ParticipantRuntime, *, holder: str | None = None, limit: int = 200) -> int:
+    """Handle parked messages of ``runtime``'s banks: those no live lease covers (the simulator,
+    ``holder=None``) or those ``holder``'s live lease covers (the connector).  Returns how many were taken.
+
+    A row is deleted only once its message is claimed (by either side) or dead-lettered, so a message
+    re-parked meanwhile (a lease taken again) stays parked.
+    """
+    assert runtime.pool is not None
+    banks = list(runtime.identities)
+    cover = _COVERED.format(holder=" AND l.holder = $3" if holder else "")
+    async with runtime.pool.acquire() as conn:
+        await _forget_done(conn, banks)
+        rows = await conn.fetch(
+            f"SELECT src_topic, envelope, src_partition, src_offset FROM bank_parked_messages p "
+            f"WHERE bank_id = ANY($1::text[]) AND {'' if holder else 'NOT '}{cover} ORDER BY id LIMIT $2",
+            banks, limit, *([holder] if holder else []))
+    if not rows:
+        return 0
+    await runtime.handle_batch([(r["src_topic"], bytes(r["envelope"]), r["src_partition"], r["src_offset"])
+                                for r in rows])
+    async with runtime.pool.acquire() as conn:
+        await _forget_done(conn, banks)
+    return len(rows)
+
+
+async def _forget_done(conn: Any, banks: list[str]) -> None:
+    await conn.execute(
+        "DELETE FROM bank_parked_messages p WHERE bank_id = ANY($1::text[]) AND (EXISTS (SELECT 1 FROM "
+        "processed_messages c WHERE c.consumer = p.bank_id AND c.message_id = p.message_id) OR EXISTS (SELECT 1 "
+        "FROM participant_dead_letters d WHERE d.src_topic = p.src_topic AND d.src_partition = p.src_partition "
+        "AND d.src_offset = p.src_offset))", banks)
+
+
 HANDLERS = {
     T.EXISTENCE_CHECK: on_existence_check,
     T.REGISTRATION_RESULT: on_registration_result,
@@ -323,11 +430,19 @@ HANDLERS = {
 }
 
 
+def simulator_group(settings: Settings) -> str:
+    """The simulated banks' consumer group (the ``banks`` worker of ``renkei up``)."""
+    return f"{settings.kafka.topic_prefix}.banks"
+
+
 def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group: str | None = None) -> ParticipantRuntime:
     if bank_ids is None:
         bank_ids = [p.id for p in load_participants(settings.participants_file, banks=settings.banks).banks()]
-    return ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or f"{settings.kafka.topic_prefix}.banks",
-                              migrations={"bank-sim": BANK_MIGRATIONS}, worker="banks")
+    runtime = ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or simulator_group(settings),
+                                 migrations={"bank-sim": BANK_MIGRATIONS, "bank-handover": HANDOVER_MIGRATIONS},
+                                 worker="banks")
+    runtime.divert = parking(runtime)
+    return runtime
 
 
 async def serve(settings: Settings) -> None:
@@ -336,12 +451,14 @@ async def serve(settings: Settings) -> None:
     await runtime.start()
     log.info("serving %d banks", len(runtime.identity_ids))
     try:
-        while True:  # the slow banks' answers leave when due
+        for tick in itertools.count():  # the slow banks' answers leave when due; parked messages once released
             await asyncio.sleep(0.1)
             try:
                 await send_delayed_answers(runtime)  # runtime.send wakes the outbox relay
+                if tick % 10 == 0:
+                    await drain_parked(runtime)
             except Exception as exc:  # database away: the rows wait for the next round
-                log.warning("delayed answers not sent yet (%s)", type(exc).__name__)
+                log.warning("delayed answers or parked messages not handled yet (%s)", type(exc).__name__)
     finally:
         await runtime.stop()
 
