@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from infra.envelope import Message
@@ -161,10 +162,12 @@ class AgencyOutbox(ChannelAdapter):
 class AgencyConnector:
     """The agency connector process: the runtime with the outbox adapter, for one or more agencies."""
 
-    def __init__(self, settings: Settings, agencies: list[str], *, ops_port: int | None = None) -> None:
+    def __init__(self, settings: Settings, agencies: list[str], *, ops_port: int | None = None,
+                 ops_host: str = "127.0.0.1") -> None:
         self.adapter = AgencyOutbox(agencies)
         self.runtime = ConnectorRuntime(settings, agencies, [self.adapter],
-                                        group=f"{settings.kafka.topic_prefix}.connector.agency", ops_port=ops_port)
+                                        group=f"{settings.kafka.topic_prefix}.connector.agency", ops_port=ops_port,
+                                        ops_host=ops_host)
 
     async def __aenter__(self) -> AgencyConnector:
         await self.runtime.start()
@@ -178,10 +181,14 @@ class AgencyConnector:
         return await self.runtime.enrol(agency, person_local_id, my_number)
 
 
-async def serve(settings: Settings, agencies: list[str], ops_port: int | None) -> None:
-    async with AgencyConnector(settings, agencies, ops_port=ops_port) as connector:
+async def serve(settings: Settings, agencies: list[str], ops_port: int | None, *, ops_host: str = "127.0.0.1",
+                ready: Callable[[AgencyConnector], None] | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the connector until ``stop`` is set (or the task is cancelled); ``ready`` is called once it serves."""
+    async with AgencyConnector(settings, agencies, ops_port=ops_port, ops_host=ops_host) as connector:
         log.info("agency connector for %s; ops at %s", ", ".join(agencies), connector.runtime.ops_url)
-        await asyncio.Event().wait()
+        if ready is not None:
+            ready(connector)
+        await (stop or asyncio.Event()).wait()
 
 
 def main(argv: list[str] | None = None) -> None:
