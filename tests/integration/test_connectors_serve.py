@@ -1,0 +1,323 @@
+"""Connector processes (``python -m connectors.serve``) on a running platform WITH the bank simulator.
+
+The platform runs the hub, the registry and the simulated banks (every bank, as ``renkei up`` does);
+the connectors run as real child processes against the platform's database, as ``renkei bank serve``
+does against ``renkei up``.  What is checked: a bank connector takes its bank over from the simulator
+under a lease and each message to that bank is handled once (by the connector, not also by the
+simulator); a second connector for the bank is refused (exit 2); SIGTERM stops a connector within
+seconds (exit 0) and releases the lease, after which the simulator serves the bank again; messages
+parked by the simulator while a lease was held go back to it when the lease ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from connectors.bankfiles import render_file, write_atomically
+from connectors.client import BusClient
+from connectors.runtime import start_site
+from connectors.serve import BankChannelLease, LeaseHeld
+from infra.embedded import spawn_python
+from infra.metrics import fetch_metrics, read_endpoint
+from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.stack import settings_args
+from schemas import types as T
+from tests.integration.test_connectors_support import (
+    account,
+    eventually,
+    my_number,
+    register_through_portal,
+    start_platform,
+)
+
+pytestmark = pytest.mark.integration
+
+BANK, CODE = "bank-9003", "9003"
+
+
+@pytest.fixture(scope="module")
+async def platform(endpoints, tmp_path_factory):
+    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=True) as p:
+        yield p
+
+
+@pytest.fixture
+async def db(platform):
+    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    yield conn
+    await conn.close()
+
+
+class Served:
+    """A ``python -m connectors.serve …`` child process, its output in a log file."""
+
+    def __init__(self, platform: Any, log: Path, *args: str) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[bytes] = spawn_python(
+            "connectors.serve", [*args, *settings_args(platform.settings), "--json"], log, die_with_parent=True)
+
+    def lines(self) -> list[dict]:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    async def started(self, timeout: float = 90) -> dict:
+        async def line() -> dict | None:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+            return next((x for x in self.lines() if "connector" in x), None)
+
+        return await eventually(line, timeout=timeout, interval=0.2)
+
+    async def exited(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"still running after {timeout} s: {self.log.read_text()[-3000:]}"
+            await asyncio.sleep(0.1)
+        return self.proc.returncode
+
+    async def terminate(self, timeout: float = 20) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds it took)."""
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = await self.exited(timeout)
+        return code, time.monotonic() - began
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+async def answers_from(db: asyncpg.Connection, bank: str) -> int:
+    """Existence answers the bank sent (connector and simulator share the outbox: one count for both)."""
+    return await db.fetchval("SELECT count(*) FROM participant_outbox WHERE sender = $1 AND type = $2",
+                             bank, T.EXISTENCE_ANSWER)
+
+
+async def parked_metric(platform: Any, bank: str) -> float:
+    endpoint = read_endpoint(platform.settings.state_dir, platform.stack.components["banks"].pid)
+    assert endpoint is not None, "the banks worker publishes its metrics endpoint"
+    metrics = await fetch_metrics(endpoint.metrics)
+    return metrics.get(f'renkei_bank_parked_total{{worker="banks",bank="{bank}"}}', 0.0)
+
+
+@contextlib.asynccontextmanager
+async def portal_registration(platform: Any, acct: dict) -> AsyncIterator[asyncio.Task]:
+    """STEP1 at the portal for ``acct`` (the registry then asks the account's bank): the pending answer."""
+    async with BusClient(platform.settings, ["portal"],
+                         group=f"{platform.settings.kafka.topic_prefix}.serve-{uuid.uuid4().hex[:6]}") as client:
+        token = await client.token_for("portal", my_number())
+        yield asyncio.create_task(client.request(
+            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+            body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120))
+
+
+async def _exists(path: Path) -> Path | None:
+    return path if path.exists() else None
+
+
+async def _first(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern))
+    return found[0] if found else None
+
+
+def _records(path: Path) -> list[list[str]]:
+    return [line.split(",") for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("2,")]
+
+
+async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, db, tmp_path):
+    root = tmp_path / "bank-9003"
+    files = Served(platform, tmp_path / "files.log", "bank", "--bank", CODE, "--channel", "files", "--root", str(root))
+    try:
+        start = await files.started()
+        assert start["bank"] == BANK and start["channel"] == "files" and start["inbound"] == str(root / "inbound")
+        assert set(start["lease"]["types"]) == {T.EXISTENCE_CHECK, T.REGISTRATION_RESULT, T.REJECTION_NOTICE}
+        lease = await db.fetchrow("SELECT holder, channel, expires_at > now() AS live FROM bank_channel_leases "
+                                  "WHERE bank_id = $1", BANK)
+        assert (lease["holder"], lease["channel"], lease["live"]) == (start["lease"]["holder"], "bank-files", True)
+        async with aiohttp.ClientSession() as http, http.get(start["health"]) as resp:
+            assert resp.status == 200 and (await resp.json())["identities"] == [BANK]
+
+        # a second connector for the same bank is refused while the first holds the lease
+        second = Served(platform, tmp_path / "second.log", "bank", "--bank", BANK, "--channel", "http",
+                        "--bank-url", "http://127.0.0.1:9")
+        try:
+            assert await second.exited(60) == 2
+            refusal = next(x for x in second.lines() if x.get("reason"))
+            assert refusal == {**refusal, "reason": "LEASE_HELD", "bank": BANK, "holder": start["lease"]["holder"]}
+        finally:
+            second.kill()
+
+        # STEP3 by file: the bank registers its customer's account; the registry's result comes back to the
+        # connector (RES file), not to the simulator (which records the results it handles)
+        mn = my_number()
+        write_atomically(root / "inbound" / "REG_0001.csv", render_file("REG", CODE, "0001", [
+            ["1", "R", "cust-1", mn, "201", "1", "0012345", "ﾀﾅｶ ｲﾁﾛｳ"]]))
+        result = await eventually(lambda: _exists(root / "outbound" / "RES_REG_0001.csv"), timeout=90)
+        assert [r[2] for r in _records(result)] == ["DONE"]
+        assert await db.fetchval("SELECT count(*) FROM bank_registration_results WHERE participant = $1", BANK) == 0
+
+        # STEP1 at the portal with an account at this bank: the existence check becomes a CHK file, the bank's
+        # ANS file answers it — once: the simulator (which does not know the account) would say ACCOUNT_NOT_FOUND
+        before = await answers_from(db, BANK)
+        acct = account(CODE, "タナカ イチロウ")
+        async with portal_registration(platform, acct) as pending:
+            check = await eventually(lambda: _first(root / "outbound", "CHK_*.csv"), timeout=90)
+            [line] = _records(check)
+            write_atomically(root / "inbound" / "ANS_0001.csv",
+                             render_file("ANS", CODE, "0001", [[line[1], "CONFIRMED"]]))
+            answer = await pending
+        assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+        assert await answers_from(db, BANK) == before + 1
+        assert await eventually(lambda: parked_metric(platform, BANK)) >= 2  # the simulator parked what it read
+
+        async def parked_rows_gone() -> bool:
+            return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1", BANK) == 0
+
+        await eventually(parked_rows_gone)
+        for out in (root / "outbound").iterdir():
+            assert mn not in out.read_text(encoding="utf-8")
+        assert mn not in files.log.read_text(encoding="utf-8")
+
+        # SIGTERM: graceful stop within seconds, lease released
+        code, took = await files.terminate()
+        assert code == 0 and took < 15, files.log.read_text()[-3000:]
+    finally:
+        files.kill()
+    lease = await db.fetchrow("SELECT expires_at <= now() AS over, released_at FROM bank_channel_leases "
+                              "WHERE bank_id = $1", BANK)
+    assert lease["over"] and lease["released_at"] is not None
+
+    # the simulator serves the bank again: it answers the next existence check itself (CONFIRMED)
+    before = await answers_from(db, BANK)
+    await register_through_portal(platform.settings, db, my_number(), account(CODE, "スズキ ハナコ"))
+    assert await answers_from(db, BANK) == before + 1
+
+
+async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_ends(platform, db):
+    """The handover window: a connector holds the lease but does not read (stopping, crashed) — what the
+    simulator parked meanwhile is answered by the simulator once the lease ends (released or expired)."""
+    bank, code = "bank-9004", "9004"
+    await db.execute(
+        "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) "
+        "VALUES ($1, 'bank-files', 'test:0:gone', $2, now() + interval '1 hour')", bank, [T.EXISTENCE_CHECK])
+    acct = account(code, "サトウ ジロウ")
+    from connectors.bank_sim import open_account
+
+    await open_account(db, acct)
+    before = await answers_from(db, bank)
+    async with portal_registration(platform, acct) as pending:
+
+        async def parked() -> bool:
+            return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
+                                     bank, T.EXISTENCE_CHECK) == 1
+
+        await eventually(parked, timeout=60)
+        await asyncio.sleep(2.0)  # several simulator rounds: nothing is answered while the lease lives
+        assert not pending.done() and await answers_from(db, bank) == before
+        await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank)
+        answer = await pending
+    assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+    assert await answers_from(db, bank) == before + 1
+    assert await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1", bank) == 0
+
+
+async def test_http_connector_serves_the_bank_and_stops_on_sigterm(platform, db, tmp_path):
+    calls: list[str] = []
+
+    async def check(request: web.Request) -> web.Response:
+        calls.append(request.headers["Idempotency-Key"])
+        return web.json_response({"result": "CONFIRMED"})
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/existence-checks", check)])
+    runner, bank_url = await start_site(app, "127.0.0.1", 0)
+    served = Served(platform, tmp_path / "http.log", "bank", "--bank", CODE, "--channel", "http",
+                    "--bank-url", bank_url)
+    try:
+        start = await served.started()
+        assert start["channel"] == "http" and start["bank_url"] == bank_url
+        # STEP3 over HTTP: the bank's registration, answered by the registry to the connector
+        body = {"operation": "REGISTER", "customer_ref": "cust-h", "my_number": my_number(),
+                "account": {"branch_code": "301", "account_type": "1", "account_number": "0000765",
+                            "holder_kana": "ｲﾄｳ ﾕｷ"}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(start["registrations"], json=body, headers={"Idempotency-Key": "serve-1"}) as resp:
+                assert resp.status == 202, await resp.text()
+
+            async def done() -> dict | None:
+                async with http.get(f"{start['registrations']}/serve-1") as resp:
+                    state = await resp.json()
+                    return state if state["status"] != "SENT" else None
+
+            assert (await eventually(done, timeout=90))["status"] == "DONE"
+        # STEP1 with an account at this bank: the existence check is posted to the bank's endpoint, once
+        before = await answers_from(db, BANK)
+        async with portal_registration(platform, account(CODE, "イトウ ユキ")) as pending:
+            answer = await pending
+        assert answer.body["status"] == "DONE"
+        assert len(calls) == 1 and await answers_from(db, BANK) == before + 1
+        answered = {k: v for k, v in (await fetch_metrics(start["metrics"])).items()
+                    if k.startswith("renkei_connector_answered_total{") and 'type="existence.answer"' in k}
+        assert list(answered.values()) == [1.0], answered
+        code, took = await served.terminate()
+        assert code == 0 and took < 15, served.log.read_text()[-3000:]
+    finally:
+        served.kill()
+        await runner.cleanup()
+
+
+async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
+    portal = Served(platform, tmp_path / "portal.log", "portal", "--port", "0")
+    agency = Served(platform, tmp_path / "agency.log", "agency", "--agency", "agency-nta")
+    try:
+        p, a = await asyncio.gather(portal.started(), agency.started())
+        assert a["agencies"] == ["agency-nta"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(p["url"] + "/") as resp:
+                assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+            for health in (p["health"], a["health"]):
+                async with http.get(health) as resp:
+                    assert resp.status == 200, await resp.text()
+        codes = await asyncio.gather(portal.terminate(), agency.terminate())
+        assert [c for c, _ in codes] == [0, 0] and all(took < 15 for _, took in codes)
+    finally:
+        portal.kill()
+        agency.kill()
+
+
+async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
+    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=3)
+    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=3)
+    await first.open()
+    await second.open()
+    try:
+        await first.acquire(standby=False, stop=asyncio.Event())
+        with pytest.raises(LeaseHeld) as refused:
+            await second.acquire(standby=False, stop=asyncio.Event())
+        assert refused.value.detail["holder"] == first.holder
+        standby = asyncio.create_task(second.acquire(standby=True, stop=asyncio.Event()))
+        await asyncio.sleep(2.5)
+        assert not standby.done() and await first.renew()  # renewed: the standby keeps waiting
+        await first.release()
+        await asyncio.wait_for(standby, 5)  # taken within one standby round
+        assert second.held and not await first.renew()  # the first would now stop (exit 1)
+    finally:
+        await second.release()
+        await first.close()
+        await second.close()
