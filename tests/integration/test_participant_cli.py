@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.commands import exit_code, normalise_my_number, split_codes, worst
-from infra.cli import main
+from connectors.commands import exit_code, normalise_my_number, split_codes, subcommand, worst
+from infra.cli import build_parser, main
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import RNG, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
@@ -82,6 +82,19 @@ def test_exit_codes_and_parsing():
     assert split_codes("9000, 9001 bank-9002,9000") == ["9000", "9001", "bank-9002"]
     mn = person("written")
     assert normalise_my_number(f" {mn[:4]}-{mn[4:8]} {mn[8:]} ") == mn
+
+
+def test_other_modules_can_add_to_a_group():
+    parser = build_parser()
+
+    async def run(settings, args):
+        return 0
+
+    subcommand("bank", "example", run, "an example").add_argument("--channel", choices=["files", "http"])
+    args = parser.parse_args(["bank", "example", "--channel", "files", "--json", "--state-dir", "/x"])
+    assert args.run is run and args.channel == "files" and args.json and args.state_dir == "/x"
+    args = parser.parse_args(["portal", "numbering", "--my-number", "-", "--banks", "9000,9001"])
+    assert args.bank_codes == "9000,9001" and not hasattr(args, "banks")  # --banks here: the command's banks
 
 
 # --------------------------------------------------------------------------- the flows
