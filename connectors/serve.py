@@ -235,7 +235,8 @@ async def start_where_the_simulator_is(settings: Settings, group: str, simulator
 
 def _print_start(args: argparse.Namespace, info: dict[str, Any]) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(info, ensure_ascii=False, default=str), flush=True)
+        print(json.dumps({k: v for k, v in info.items() if k != "title"}, ensure_ascii=False, default=str),
+              flush=True)
         return
     print(f"{info['title']} (pid {info['pid']})", flush=True)
     for key in ("url", "registrations", "bank_url", "inbound", "outbound", "archive", "health", "metrics"):
