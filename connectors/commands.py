@@ -36,9 +36,9 @@ from typing import Any
 EXIT_DONE, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 
 GROUPS = {
-    "bank": "a bank's own commands (its customer data)",
-    "portal": "what a person does on the portal: register, change, delete, numbering, records",
-    "agency": "an agency's commands: ask the registry for a person's account (STEP2)",
+    "bank": "a bank's own commands: its customer data, its channel connector (serve)",
+    "portal": "what a person does on the portal: register, change, delete, numbering, records; serve the portal",
+    "agency": "an agency's commands: ask the registry for a person's account (STEP2); serve the outbox relay",
     "dicj": "DICJ's commands: inheritance and disaster lookups across banks",
 }
 

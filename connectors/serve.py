@@ -500,6 +500,15 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], Any], Callable[...
 }
 
 
+def register() -> None:
+    """Add ``renkei bank serve``, ``renkei portal serve`` and ``renkei agency serve`` (after
+    :func:`connectors.commands.register`, which creates the groups)."""
+    from connectors.commands import subcommand
+
+    for group, (add, handler, help_text) in COMMANDS.items():
+        add(subcommand(group, "serve", handler, f"serve {help_text} until SIGTERM or SIGINT"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from infra.cli import common_parser
 

@@ -338,11 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
         .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
     add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers") \
         .add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
-    # The participants' own commands (portal, agency, dicj, bank) and the connector operations.
+    # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
+    # operations.
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
+    from connectors import serve as connector_serve
 
     participant_commands.register(add, common)
+    connector_serve.register()
     connector_ops.register(add, common)
     return parser
 

@@ -64,12 +64,13 @@ async def db(platform):
 
 
 class Served:
-    """A ``python -m connectors.serve …`` child process, its output in a log file."""
+    """A ``python -m connectors.serve …`` (or ``renkei … serve``: ``module="infra.cli"``) child process, its
+    output in a log file."""
 
-    def __init__(self, platform: Any, log: Path, *args: str) -> None:
+    def __init__(self, platform: Any, log: Path, *args: str, module: str = "connectors.serve") -> None:
         self.log = log
         self.proc: subprocess.Popen[bytes] = spawn_python(
-            "connectors.serve", [*args, *settings_args(platform.settings), "--json"], log, die_with_parent=True)
+            module, [*args, *settings_args(platform.settings), "--json"], log, die_with_parent=True)
 
     def lines(self) -> list[dict]:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
@@ -284,7 +285,9 @@ async def test_http_connector_serves_the_bank_and_stops_on_sigterm(platform, db,
 
 async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
     portal = Served(platform, tmp_path / "portal.log", "portal", "--port", "0")
-    agency = Served(platform, tmp_path / "agency.log", "agency", "--agency", "agency-nta")
+    # The same handler behind the renkei CLI: `renkei agency serve`.
+    agency = Served(platform, tmp_path / "agency.log", "agency", "serve", "--agency", "agency-nta",
+                    module="infra.cli")
     try:
         p, a = await asyncio.gather(portal.started(), agency.started())
         assert a["agencies"] == ["agency-nta"]
