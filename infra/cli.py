@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import signal
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from infra.errors import ConfigError, RenkeiError, StackError
 from infra.settings import Settings, load_settings
@@ -293,9 +294,28 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
+_DIGIT_RUN = re.compile(r"\d(?:[\d \-]*\d)?")
+
+
+def hide_digit_runs(text: str) -> str:
+    """``text`` with every run of 10 or more digits (spaces and hyphens allowed between them) replaced by
+    ``[digits hidden]``: a mistyped flag must not echo a My Number (12 digits) into a terminal or a log."""
+    return _DIGIT_RUN.sub(
+        lambda m: "[digits hidden]" if sum(c.isdigit() for c in m.group()) >= 10 else m.group(), text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (unrecognized arguments, invalid values) never echo a long digit run.
+
+    Subcommand parsers are of the same class (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(hide_digit_runs(message))
+
+
 def worker_settings(argv: list[str] | None = None, *, participant_id: str | None = None) -> Settings:
     """Settings for a worker process (``python -m streams.hub --kafka-bootstrap ...``)."""
-    args = argparse.ArgumentParser(parents=[common_parser()]).parse_args(argv)
+    args = Parser(parents=[common_parser()]).parse_args(argv)
     flat = {k: v for k, v in vars(args).items() if k not in ("json", "config")}
     if participant_id and "participant_id" not in flat:
         flat["participant_id"] = participant_id
@@ -305,7 +325,7 @@ def worker_settings(argv: list[str] | None = None, *, participant_id: str | None
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     S = argparse.SUPPRESS
-    parser = argparse.ArgumentParser(prog="renkei", parents=[common],
+    parser = Parser(prog="renkei", parents=[common],
                                      description="Renkei (連携): public-funds account integration bus on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
