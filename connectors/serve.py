@@ -148,7 +148,7 @@ class BankChannelLease:
         ``metrics``: the participant runtime's ``WorkerMetrics`` (the lapse counter is added to it)."""
         lapsed = Counter("renkei_connector_lease_lapsed_total",
                          "Messages of the channel's types left to others while this connector's lease had lapsed")
-        metrics.lease_lapsed = lapsed  # rendered with the worker's metrics
+        metrics.register(lapsed)  # rendered with the worker's metrics
 
         async def divert(conn: Any, items: list[Any]) -> set[int]:
             held = set(await conn.fetchval(
@@ -510,10 +510,10 @@ def register() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infra.cli import common_parser
+    from infra.cli import Parser, common_parser
 
     common = common_parser()
-    parser = argparse.ArgumentParser(prog="python -m connectors.serve", parents=[common],
+    parser = Parser(prog="python -m connectors.serve", parents=[common],
                                      description="Serve a connector until SIGTERM or SIGINT.")
     sub = parser.add_subparsers(dest="connector", required=True, metavar="CONNECTOR")
     for name, (add, handler, help_text) in COMMANDS.items():
