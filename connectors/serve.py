@@ -313,6 +313,9 @@ def add_bank_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--bank", required=True, help="the bank: its code (9003) or participant id (bank-9003)")
     parser.add_argument("--channel", required=True, choices=["files", "http"], help="the channel adapter")
     parser.add_argument("--root", type=Path, help="files: the bank's folder (inbound/, outbound/, archive/)")
+    parser.add_argument("--result-deadline", dest="result_deadline", type=float, metavar="S",
+                        help="files: seconds a result file waits for the hub's answers before the rest are "
+                             "NO_ANSWER (default 300; later answers go out in LATE_ files)")
     parser.add_argument("--listen-host", default="127.0.0.1", help="http: address of the registration server")
     parser.add_argument("--listen-port", type=int, default=0, help="http: its port (0 = a free one)")
     parser.add_argument("--bank-url", help="http: the bank's endpoint for existence checks")
@@ -352,6 +355,8 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("--channel files needs --root DIR (the bank's folder)")
     if args.channel == "http" and not args.bank_url:
         raise ConfigError("--channel http needs --bank-url URL (the bank's endpoint for existence checks)")
+    if args.result_deadline is not None and args.result_deadline <= 0:
+        raise ConfigError("--result-deadline: a positive number of seconds")
     if args.lease_ttl < 3:
         raise ConfigError("--lease-ttl: at least 3 seconds")
     settings = _resolve(settings)
@@ -359,7 +364,9 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     assert bank.bank_code is not None
     group = f"{settings.kafka.topic_prefix}.connector.{bank.id}"
     if args.channel == "files":
-        runtime = bank_file_connector(settings, bank.id, bank.bank_code, args.root, ops_port=args.ops_port)
+        deadline = {} if args.result_deadline is None else {"result_deadline_s": args.result_deadline}
+        runtime = bank_file_connector(settings, bank.id, bank.bank_code, args.root, ops_port=args.ops_port,
+                                      **deadline)
         http = None
     else:
         http = BankHttpConnector(settings, bank.id, bank.bank_code, args.bank_url, host=args.listen_host,

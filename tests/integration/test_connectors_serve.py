@@ -143,7 +143,8 @@ def _records(path: Path) -> list[list[str]]:
 
 async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, db, tmp_path):
     root = tmp_path / "bank-9003"
-    files = Served(platform, tmp_path / "files.log", "bank", "--bank", CODE, "--channel", "files", "--root", str(root))
+    files = Served(platform, tmp_path / "files.log", "bank", "--bank", CODE, "--channel", "files", "--root", str(root),
+                   "--result-deadline", "120")
     try:
         start = await files.started()
         assert start["bank"] == BANK and start["channel"] == "files" and start["inbound"] == str(root / "inbound")
@@ -302,6 +303,13 @@ async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
     finally:
         portal.kill()
         agency.kill()
+
+
+async def test_bad_flags_exit_2_before_anything_starts(platform, tmp_path):
+    bad = Served(platform, tmp_path / "bad.log", "bank", "serve", "--bank", CODE, "--channel", "files", "--root",
+                 str(tmp_path), "--result-deadline", "0", module="infra.cli")
+    assert await bad.exited(60) == 2
+    assert "--result-deadline" in bad.log.read_text() and not bad.lines()
 
 
 async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
