@@ -60,6 +60,14 @@ BANKHTTP_MIGRATIONS = [
         answered_at     timestamptz
     );
     """,
+    # An Idempotency-Key is the bank's own: two banks served from one database may use the same one.
+    # Rows from before carry bank_id '' and still answer for their key at any bank (as they did).
+    """
+    ALTER TABLE bankhttp_requests ADD COLUMN bank_id text NOT NULL DEFAULT '';
+    ALTER TABLE bankhttp_requests DROP CONSTRAINT bankhttp_requests_pkey;
+    ALTER TABLE bankhttp_requests ADD PRIMARY KEY (bank_id, idempotency_key);
+    ALTER TABLE bankhttp_requests ALTER COLUMN bank_id DROP DEFAULT;
+    """,
 ]
 
 
@@ -138,8 +146,9 @@ class BankHttp(ChannelAdapter):
         return app
 
     async def _state(self, key: str) -> dict | None:
-        row = await self.runtime.pool.fetchrow("SELECT status, detail FROM bankhttp_requests WHERE idempotency_key = $1",
-                                               key)
+        row = await self.runtime.pool.fetchrow(
+            "SELECT status, detail FROM bankhttp_requests WHERE idempotency_key = $1 AND bank_id IN ($2, '') "
+            "ORDER BY bank_id DESC LIMIT 1", key, self.bank_id)
         return None if row is None else {"request_id": key, "status": row["status"], "detail": row["detail"]}
 
     async def register(self, request: web.Request) -> web.Response:
@@ -168,10 +177,11 @@ class BankHttp(ChannelAdapter):
                           data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE, correlation_id=correlation)
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                "INSERT INTO bankhttp_requests (idempotency_key, correlation_id, status) VALUES ($1, $2::uuid, 'SENT') "
-                "ON CONFLICT DO NOTHING RETURNING idempotency_key", key, correlation)
+                "INSERT INTO bankhttp_requests (bank_id, idempotency_key, correlation_id, status) "
+                "VALUES ($1, $2, $3::uuid, 'SENT') ON CONFLICT DO NOTHING RETURNING idempotency_key",
+                self.bank_id, key, correlation)
             if inserted is not None:
-                await self.runtime.publish(conn, self, self.bank_id, f"http/{key}", [message])
+                await self.runtime.publish(conn, self, self.bank_id, f"http/{self.bank_id}/{key}", [message])
         if inserted is None:  # a concurrent request with the same key won
             return web.json_response(await self._state(key), status=200)
         return web.json_response({"request_id": key, "status": "SENT", "detail": None}, status=202)

@@ -444,11 +444,15 @@ class ConnectorRuntime:
         self._wakeups[adapter.name].set()
 
     async def deliver_once(self, adapter: ChannelAdapter, limit: int = 200) -> int:
-        """One sink pass: hand due deliveries to the channel; retry, back off or dead-letter each."""
+        """One sink pass: hand due deliveries to the channel; retry, back off or dead-letter each.
+
+        Only this runtime's identities' deliveries: connectors of the same channel kind for different
+        participants (two file banks) may share a database."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT * FROM connector_deliveries WHERE connector = $1 AND status = 'PENDING' "
-                "AND next_attempt_at <= now() ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED", adapter.name, limit)
+                "SELECT * FROM connector_deliveries WHERE connector = $1 AND participant = ANY($3::text[]) "
+                "AND status = 'PENDING' AND next_attempt_at <= now() ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                adapter.name, limit, list(self.runtime.identities))
             if not rows:
                 return 0
             batch = [_delivery(r) for r in rows]

@@ -84,7 +84,7 @@ async def test_registration_request_is_validated_published_once_and_answered(ban
                 return state if state["status"] != "SENT" else None
         assert (await eventually(done, timeout=60))["status"] == "DONE"
     assert await connector.runtime.pool.fetchval(
-        "SELECT count(*) FROM connector_source_log WHERE source_key = 'http/k-1'") == 1
+        "SELECT count(*) FROM connector_source_log WHERE source_key = 'http/bank-9002/k-1'") == 1
     assert await connector.runtime.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = 'registration.request'") == 1
 
 
@@ -105,6 +105,47 @@ async def test_existence_check_is_posted_with_idempotency_key_retried_and_answer
         "SELECT status, attempts, message_id FROM connector_deliveries WHERE connector = 'bank-http'")
     assert (row["status"], row["attempts"]) == ("ANSWERED", 2)
     assert system.calls[0][0] == str(row["message_id"])
+
+
+async def test_two_banks_in_one_database_keep_their_keys_and_deliveries_apart(platform, bank):
+    """A second bank's HTTP connector on the same database: the same Idempotency-Key is that bank's own
+    request, and an existence check for that bank goes to its endpoint only."""
+    connector, system = bank
+    other_system = BankSystem()
+    app = web.Application()
+    app.add_routes([web.post("/v1/existence-checks", other_system.check)])
+    runner, other_url = await start_site(app, "127.0.0.1", 0)
+    other = BankHttpConnector(connector.runtime.settings, "bank-9003", "9003", other_url, timeout_s=3.0)
+    other.adapter.retry = RetryPolicy(max_attempts=4, base_s=0.2, cap_s=1.0)
+    calls_before = len(system.calls)
+    try:
+        async with other, aiohttp.ClientSession() as http:
+            url = f"{other.url}/v1/registrations"
+            async with http.post(url, json=registration(my_number()), headers={"Idempotency-Key": "k-1"}) as resp:
+                assert resp.status == 202 and (await resp.json())["status"] == "SENT"  # not bank-9002's k-1
+            account = {"bank_code": "9003", "branch_code": "304", "account_type": "ORDINARY",
+                       "account_number": "0000044", "holder_kana": "イトウ ユキ"}
+            group = f"{platform.settings.kafka.topic_prefix}.portal-2b"
+            async with BusClient(platform.settings, ["portal"], group=group) as portal:
+                token = await portal.token_for("portal", my_number())
+                answer = await portal.request(
+                    "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+                    body={"operation": "REGISTER", "account": account, "channel": "PORTAL",
+                          "requested_at": datetime.now(UTC)},
+                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90)
+            assert answer.body["status"] == "DONE"
+
+            async def done():
+                async with http.get(f"{url}/k-1") as resp:
+                    state = await resp.json()
+                    return state if state["status"] != "SENT" else None
+            assert (await eventually(done, timeout=60))["status"] == "DONE"
+    finally:
+        await runner.cleanup()
+    assert len(other_system.calls) >= 2 and len(system.calls) == calls_before  # each bank's checks at its own
+    assert [r["bank_id"] for r in await connector.runtime.pool.fetch(
+        "SELECT bank_id FROM bankhttp_requests WHERE idempotency_key = 'k-1' ORDER BY bank_id")] == \
+        ["bank-9002", "bank-9003"]
 
 
 async def test_bank_down_dead_letters_after_bounded_retries(platform, bank):
