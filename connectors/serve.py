@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = common_parser()
     parser = Parser(prog="python -m connectors.serve", parents=[common],
-                                     description="Serve a connector until SIGTERM or SIGINT.")
+                    description="Serve a connector until SIGTERM or SIGINT.")
     sub = parser.add_subparsers(dest="connector", required=True, metavar="CONNECTOR")
     for name, (add, handler, help_text) in COMMANDS.items():
         add(sub.add_parser(name, parents=[common], help=help_text, description=help_text)).set_defaults(

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     S = argparse.SUPPRESS
     parser = Parser(prog="renkei", parents=[common],
-                                     description="Renkei (連携): public-funds account integration bus on Kafka.")
+                    description="Renkei (連携): public-funds account integration bus on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
