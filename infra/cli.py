@@ -117,10 +117,15 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from infra.embedded import read_state
-    from infra.metrics import add_worker_health
+    from infra.metrics import add_worker_health, other_endpoints
 
     components = read_state(settings.state_dir)
     rows = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint} for c in components]
+    recorded = bool(rows)
+    # Connectors started by hand (`renkei bank serve`, …) under the same state folder, while they run.
+    rows += [{"name": e.worker, "pid": e.pid, "alive": True, "endpoint": e.endpoint}
+             for e in other_endpoints(settings.state_dir, {c.pid for c in components})
+             if e.worker.startswith("connector-")]
     await add_worker_health(settings.state_dir, rows)  # workers: metrics URL, health, processed, rejected
     if args.json:
         _print_json({"components": rows})
@@ -133,7 +138,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                  r["health"] if r["health"] in (None, "ok", "starting") else f"[red]{r['health']}[/red]",
                  r["processed"], r["rejected"]] for r in rows])
     unhealthy = any(r["health"] in ("failing", "unreachable") for r in rows)
-    return 0 if rows and all(r["alive"] for r in rows) and not unhealthy else 1
+    return 0 if recorded and all(r["alive"] for r in rows) and not unhealthy else 1
 
 
 async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:

@@ -429,6 +429,33 @@ def read_endpoint(state_dir: Path, pid: int) -> WorkerEndpoint | None:
         return None
 
 
+def other_endpoints(state_dir: Path, known_pids: set[int]) -> list[WorkerEndpoint]:
+    """Live processes with a discovery file that the stack did not start (connectors run with
+    ``renkei … serve``, say), one per process, by pid; files of processes that are gone are skipped."""
+    found: dict[int, WorkerEndpoint] = {}
+    folder = workers_dir(state_dir)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            endpoint = WorkerEndpoint(str(data["worker"]), int(data["pid"]), str(data["endpoint"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if endpoint.pid in known_pids or endpoint.pid in found or not _alive(endpoint.pid):
+            continue
+        found[endpoint.pid] = endpoint
+    return list(found.values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 async def fetch_health(endpoint: WorkerEndpoint, timeout: float = 2.0) -> dict[str, Any]:
     """The worker's ``/health`` report, or ``{"status": "unreachable"}``."""
     import aiohttp

@@ -16,6 +16,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -298,6 +299,14 @@ async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
             for health in (p["health"], a["health"]):
                 async with http.get(health) as resp:
                     assert resp.status == 200, await resp.text()
+        # `renkei status` lists connectors started by hand under the same state folder, with their health
+        status = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "infra.cli", "status", "--json", *settings_args(platform.settings)],
+            capture_output=True, text=True, timeout=60)
+        listed = {r["pid"]: r for r in json.loads(status.stdout)["components"]}
+        for started in (p, a):
+            row = listed[started["pid"]]
+            assert row["name"].startswith("connector-") and row["alive"] and row["health"] == "ok", row
         codes = await asyncio.gather(portal.terminate(), agency.terminate())
         assert [c for c, _ in codes] == [0, 0] and all(took < 15 for _, took in codes)
     finally:
