@@ -124,8 +124,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     recorded = bool(rows)
     # Connectors started by hand (`renkei bank serve`, …) under the same state folder, while they run.
     rows += [{"name": e.worker, "pid": e.pid, "alive": True, "endpoint": e.endpoint}
-             for e in other_endpoints(settings.state_dir, {c.pid for c in components})
-             if e.worker.startswith("connector-")]
+             for e in other_endpoints(settings.state_dir, {c.pid for c in components}, prefix="connector-")]
     await add_worker_health(settings.state_dir, rows)  # workers: metrics URL, health, processed, rejected
     if args.json:
         _print_json({"components": rows})

@@ -429,9 +429,10 @@ def read_endpoint(state_dir: Path, pid: int) -> WorkerEndpoint | None:
         return None
 
 
-def other_endpoints(state_dir: Path, known_pids: set[int]) -> list[WorkerEndpoint]:
+def other_endpoints(state_dir: Path, known_pids: set[int], prefix: str = "") -> list[WorkerEndpoint]:
     """Live processes with a discovery file that the stack did not start (connectors run with
-    ``renkei … serve``, say), one per process, by pid; files of processes that are gone are skipped."""
+    ``renkei … serve``, say) and a worker name starting with ``prefix``, one per process, by pid; files
+    of processes that are gone are skipped."""
     found: dict[int, WorkerEndpoint] = {}
     folder = workers_dir(state_dir)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -440,7 +441,8 @@ def other_endpoints(state_dir: Path, known_pids: set[int]) -> list[WorkerEndpoin
             endpoint = WorkerEndpoint(str(data["worker"]), int(data["pid"]), str(data["endpoint"]))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        if endpoint.pid in known_pids or endpoint.pid in found or not _alive(endpoint.pid):
+        if (not endpoint.worker.startswith(prefix) or endpoint.pid in known_pids or endpoint.pid in found
+                or not _alive(endpoint.pid)):
             continue
         found[endpoint.pid] = endpoint
     return list(found.values())

@@ -197,3 +197,22 @@ async def test_collect_runs_per_request_details_extend_health_and_routes_embed(t
         finally:
             await runner.cleanup()
     assert not list(workers_dir(tmp_path).glob("*.json"))
+
+
+def test_other_endpoints_lists_live_processes_the_stack_did_not_start(tmp_path):
+    import os
+    import subprocess
+
+    from infra.metrics import WorkerEndpoint, other_endpoints, write_endpoint
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = os.getpid()
+    write_endpoint(tmp_path, WorkerEndpoint("participant", me, "http://127.0.0.1:1"))  # <pid>.json
+    write_endpoint(tmp_path, WorkerEndpoint("connector-portal", me, "http://127.0.0.1:2"))  # <pid>-2.json
+    write_endpoint(tmp_path, WorkerEndpoint("connector-agency", gone.pid, "http://127.0.0.1:3"))
+    (tmp_path / "workers" / "broken.json").write_text("{not json")
+    found = other_endpoints(tmp_path, set(), prefix="connector-")
+    assert [(e.worker, e.pid, e.endpoint) for e in found] == [("connector-portal", me, "http://127.0.0.1:2")]
+    assert other_endpoints(tmp_path, {me}, prefix="connector-") == []  # a component of the stack: not "other"
+    assert len(other_endpoints(tmp_path, set())) == 1  # one row per process, however many servers it runs
