@@ -36,8 +36,8 @@ async def run_demo(settings: Settings, progress: Any = None) -> dict[str, Any]:
 
         flows, records = await account_flows(platform.settings)
         flows += await lookup_flows(platform.settings)
-    return {
-        "ok": all(f["ok"] for f in flows),
+    return {  # the person must also see their records, each verified
+        "ok": all(f["ok"] for f in flows) and bool(records) and all(r["chain_ok"] for r in records),
         "flows": flows,
         "provision_records": records,
         "elapsed_s": round(time.perf_counter() - started, 2),

@@ -5,11 +5,19 @@ They drive the demo platform (hub, registry and simulated banks as real
 processes) as the portal, an agency and a bank counter would: every token
 comes from the token-issuance exchange with the hub, every message is sealed
 end to end and signed, every answer is awaited from the participant's inbox.
+The bank's customer data, STEP1, STEP2 and the person's records go through the
+participant commands a user would type (``renkei bank seed-account``, ``renkei
+portal register``, ``renkei agency inquire``, ``renkei portal records``), each
+a process of its own with the My Number on its stdin; STEP3, the bank
+counter's own system, runs in process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +26,7 @@ import asyncpg
 
 from connectors.bank_sim import open_account
 from connectors.client import BusClient
-from infra.policy import BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.provisions import ProvisionStore
+from infra.policy import BASIS_BANK_INTAKE, BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
 from schemas import types as T
@@ -36,6 +43,40 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
+async def renkei(settings: Settings, *argv: str, my_number: str | None = None,
+                 timeout_s: float = 120.0) -> dict[str, Any]:
+    """``renkei <argv> --json`` against this platform, as a participant's user would run it.
+
+    The My Number (if any) goes on stdin (``--my-number -``), never on the command line.  Returns the
+    command's JSON report with its exit code under ``exit_code`` (``status`` ``ERROR`` when it printed
+    no report); stderr is not kept (it names no person, but the demo has no use for it).
+    """
+    from infra.stack import settings_args
+
+    cmd = [sys.executable, "-m", "infra.cli", *argv, *(["--my-number", "-"] if my_number else []),
+           "--timeout", f"{timeout_s / 2:g}", "--json", *settings_args(settings)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(f"{my_number}\n".encode() if my_number else b""), timeout_s)
+    except TimeoutError:
+        return {"status": "TIMEOUT", "exit_code": None, "detail": f"no report within {timeout_s:g} s"}
+    finally:
+        if proc.returncode is None:  # timed out, or the demo was interrupted: the command goes with it
+            proc.kill()
+            await proc.wait()
+    try:
+        report = json.loads(out)
+    except ValueError:
+        report = {"status": "ERROR", "detail": "no JSON report"}
+    return {**report, "exit_code": proc.returncode}
+
+
+def _account_flags(account: dict[str, str]) -> list[str]:
+    return ["--bank", account["bank_code"], "--branch", account["branch_code"], "--type",
+            account["account_type"].lower(), "--number", account["account_number"], "--holder", account["holder_kana"]]
+
+
 async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run STEP1 → STEP2 → STEP3; return the flows and the demo person's provision records."""
     rng = random.Random()
@@ -44,66 +85,58 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
                "account_number": f"{rng.randrange(10**7):07d}", "holder_kana": "ヤマダ タロウ"}
     counter_account = {"bank_code": "9002", "branch_code": "202", "account_type": "SAVINGS",
                        "account_number": f"{rng.randrange(10**7):07d}", "holder_kana": "ヤマダ タロウ"}
-    conn = await asyncpg.connect(settings.pg_dsn)
     flows: list[dict[str, Any]] = []
+
+    # STEP1: the person registers an account through the portal; the registry checks it with the bank,
+    # which holds it (the bank's own customer data, seeded as the bank would).
+    start = time.perf_counter()
+    seeded = await renkei(settings, "bank", "seed-account", *_account_flags(account))
+    result = await renkei(settings, "portal", "register", *_account_flags(account), my_number=person)
+    flows.append({"name": "step1-registration", "ok": seeded["exit_code"] == 0 and result["exit_code"] == 0
+                  and result["status"] == "DONE", "status": result["status"], "bank": account["bank_code"],
+                  "via": "renkei bank seed-account, renkei portal register", "elapsed_ms": _ms(start)})
+
+    # STEP2: an agency asks which account to pay a benefit into.
+    start = time.perf_counter()
+    answer = await renkei(settings, "agency", "inquire", "--agency", AGENCY, my_number=person)
+    got = answer.get("account") or {}
+    flows.append({"name": "step2-provision", "ok": answer["exit_code"] == 0 and answer["status"] == "REGISTERED"
+                  and got.get("account_number") == account["account_number"],
+                  "status": answer["status"], "agency": AGENCY, "via": "renkei agency inquire",
+                  "elapsed_ms": _ms(start)})
+
+    # STEP3: at a bank counter, the bank's own system registers the person's account there instead.
+    conn = await asyncpg.connect(settings.pg_dsn)
     try:
-        await open_account(conn, account)
         await open_account(conn, counter_account)
-        async with BusClient(settings, ["portal", AGENCY, COUNTER_BANK], group=f"{settings.kafka.topic_prefix}.demo") as bus:
-            # STEP1: the person registers an account through the portal; the registry checks it with the bank.
-            start = time.perf_counter()
-            portal_token = await bus.token_for("portal", person)
-            result = await bus.request(
-                "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=portal_token,
-                body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": _now()},
-                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION)
-            flows.append({"name": "step1-registration", "ok": result.body["status"] == "DONE",
-                          "status": result.body["status"], "bank": account["bank_code"], "elapsed_ms": _ms(start)})
-
-            # STEP2: an agency asks which account to pay a benefit into.
-            start = time.perf_counter()
-            answer = await bus.request(
-                AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, person),
-                body={"procedure_code": "BENEFIT-001", "purpose": "benefit payment", "requested_at": _now()},
-                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
-            got = answer.body.get("account") or {}
-            flows.append({"name": "step2-provision", "ok": answer.body["status"] == "REGISTERED"
-                          and got.get("account_number") == account["account_number"],
-                          "status": answer.body["status"], "agency": AGENCY, "elapsed_ms": _ms(start)})
-
-            # STEP3: at a bank counter, the bank registers the person's account there instead.
-            start = time.perf_counter()
-            result = await bus.request(
-                COUNTER_BANK, type=T.REGISTRATION_REQUEST, to="registry",
-                subject=await bus.token_for(COUNTER_BANK, person),
-                body={"operation": "CHANGE", "account": counter_account, "channel": "BANK_COUNTER",
-                      "requested_at": _now()},
-                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
-            after = await bus.request(
-                AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, person),
-                body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()},
-                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
-            flows.append({"name": "step3-bank-registration",
-                          "ok": result.body["status"] == "DONE"
-                          and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
-                          "status": result.body["status"], "bank": COUNTER_BANK, "elapsed_ms": _ms(start)})
-        records = await person_records(settings, portal_token)
     finally:
         await conn.close()
-    return flows, records
+    async with BusClient(settings, [AGENCY, COUNTER_BANK], group=f"{settings.kafka.topic_prefix}.demo") as bus:
+        start = time.perf_counter()
+        result = await bus.request(
+            COUNTER_BANK, type=T.REGISTRATION_REQUEST, to="registry",
+            subject=await bus.token_for(COUNTER_BANK, person),
+            body={"operation": "CHANGE", "account": counter_account, "channel": "BANK_COUNTER",
+                  "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
+        after = await bus.request(
+            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, person),
+            body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
+        flows.append({"name": "step3-bank-registration",
+                      "ok": result.body["status"] == "DONE"
+                      and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
+                      "status": result.body["status"], "bank": COUNTER_BANK, "elapsed_ms": _ms(start)})
+    return flows, await person_records(settings, person)
 
 
-async def person_records(settings: Settings, portal_token: str) -> list[dict[str, Any]]:
-    """What the person would see on the portal: their provision records, each marked by chain verification."""
-    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=2)
-    try:
-        store = ProvisionStore(pool)
-        verdict = await store.verify_chain(portal_token)
-        return [
-            {"seq": r.seq, "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
-             "legal_basis": r.legal_basis, "status": r.status.value, "requested_at": r.requested_at.isoformat(),
-             "provided_at": r.provided_at.isoformat() if r.provided_at else None, "chain_ok": verdict.ok}
-            for r in await store.for_person(portal_token)
-        ]
-    finally:
-        await pool.close()
+async def person_records(settings: Settings, my_number: str) -> list[dict[str, Any]]:
+    """What the person sees on the portal (``renkei portal records``): their provision records, each
+    marked by chain verification; [] when the command failed."""
+    shown = await renkei(settings, "portal", "records", my_number=my_number)
+    return [
+        {"seq": n, "requester": r["requester"], "provider": r["provider"], "data_item": r["data_item"],
+         "legal_basis": r["legal_basis"], "status": r["status"], "requested_at": r["requested_at"],
+         "provided_at": r["provided_at"], "chain_ok": r["verified"]}
+        for n, r in enumerate(shown.get("records") or [], start=1)
+    ]
