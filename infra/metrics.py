@@ -433,6 +433,8 @@ def other_endpoints(state_dir: Path, known_pids: set[int], prefix: str = "") -> 
     """Live processes with a discovery file that the stack did not start (connectors run with
     ``renkei … serve``, say) and a worker name starting with ``prefix``, one per process, by pid; files
     of processes that are gone are skipped."""
+    from infra.embedded import process_alive
+
     found: dict[int, WorkerEndpoint] = {}
     folder = workers_dir(state_dir)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -442,20 +444,10 @@ def other_endpoints(state_dir: Path, known_pids: set[int], prefix: str = "") -> 
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
         if (not endpoint.worker.startswith(prefix) or endpoint.pid in known_pids or endpoint.pid in found
-                or not _alive(endpoint.pid)):
+                or not process_alive(endpoint.pid)):
             continue
         found[endpoint.pid] = endpoint
     return list(found.values())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 async def fetch_health(endpoint: WorkerEndpoint, timeout: float = 2.0) -> dict[str, Any]:
