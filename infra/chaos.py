@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.settings import Settings
+from infra.storage import count_everywhere
 
 log = logging.getLogger("renkei.chaos")
 
@@ -243,6 +244,7 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
     from infra.kafka import producer as make_producer
+    from infra.pgdsn import observer_dsn
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(20261126)
@@ -250,14 +252,14 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     prefix = s.kafka.topic_prefix
     traffic = _Traffic(platform, plan, rng)
     report = CrashReport()
-    conn = await asyncpg.connect(s.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(s))  # every component's schema, as the operator
     prod = make_producer(s)
     await prod.start()
     try:
         await traffic.setup(conn)
         await conn.execute("DELETE FROM bank_sim_behaviour")  # the demo's slow and double-answering banks
         rejected_from = await _rejected_end(s)
-        participant_dead_before = await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
+        participant_dead_before = await count_everywhere(conn, "participant_dead_letters")
         async with BusClient(s, ["portal", *traffic.agencies], group=f"{prefix}.chaos-clients") as bus, \
                 DicjDesk(s, group=f"{prefix}.chaos-dicj") as dicj:
             hubs = ["hub" if plan.hub_workers == 1 or k % 2 == 0 else "hub-2" for k in range(plan.hub_kills)]
@@ -312,7 +314,7 @@ async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     last, steady = -1, 0
     while time.monotonic() < end and steady < 4:
-        pending = await conn.fetchval("SELECT count(*) FROM participant_outbox WHERE sent_at IS NULL")
+        pending = await count_everywhere(conn, "participant_outbox", "sent_at IS NULL")
         seen = await conn.fetchval("SELECT count(*) FROM hub_messages")
         steady = steady + 1 if (pending == 0 and seen == last) else 0
         last = seen
@@ -358,6 +360,7 @@ def distinct_sources(dead: list[dict[str, str]]) -> list[dict[str, str]]:
 
 async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[Any], platform: Any,
                  rejected_from: dict[int, int], participant_dead_before: int) -> CrashReport:
+    from infra.pgdsn import observer_dsn
     from infra.provisions import ProvisionStore
     from infra.storage import create_pool
     from infra.topics import TopicNames
@@ -406,7 +409,7 @@ async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[A
         "(SELECT 1 FROM provision_records p WHERE p.message_id = h.message_id)",
         [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])
     persons = [x["person_token"] for x in await conn.fetch("SELECT DISTINCT person_token FROM provision_records")]
-    pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
+    pool = await create_pool(observer_dsn(settings), min_size=1, max_size=2)
     try:
         store = ProvisionStore(pool)
         broken = [p for p in persons if not (await store.verify_chain(p)).ok]
@@ -420,7 +423,7 @@ async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[A
     accepted_ids = {str(x["message_id"]) for x in await conn.fetch("SELECT message_id FROM hub_messages WHERE accepted")}
     resent = [d for d in dead if d["reason"] == "REPLAYED" and d["message_id"] in accepted_ids]
     other = len(dead) - len(resent)
-    participant_dead = await conn.fetchval("SELECT count(*) FROM participant_dead_letters") - participant_dead_before
+    participant_dead = await count_everywhere(conn, "participant_dead_letters") - participant_dead_before
     r.invariants["nothing_dead_lettered_but_the_injected"] = other == traffic.injected and participant_dead == 0
     dead_workers = [c["name"] for c in platform.status() if not c["alive"]]
     r.invariants["workers_alive_at_end"] = not dead_workers

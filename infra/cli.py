@@ -141,13 +141,12 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    import shutil
-
     from infra.embedded import stop_recorded
+    from infra.embedded_pg import EmbeddedPostgres
 
     stopped = await asyncio.to_thread(stop_recorded, settings.state_dir)
     if args.purge:
-        shutil.rmtree(settings.state_dir / "pg", ignore_errors=True)
+        EmbeddedPostgres(settings.state_dir).purge()
     if args.json:
         _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -26,6 +27,8 @@ import asyncpg
 
 from connectors.bank_sim import open_account
 from connectors.client import BusClient
+from infra.pgdsn import component_dsn
+from infra.pglayout import BANKS
 from infra.policy import BASIS_BANK_INTAKE, BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -51,11 +54,12 @@ async def renkei(settings: Settings, *argv: str, my_number: str | None = None,
     command's JSON report with its exit code under ``exit_code`` (``status`` ``ERROR`` when it printed
     no report); stderr is not kept (it names no person, but the demo has no use for it).
     """
-    from infra.stack import settings_args
+    from infra.stack import settings_args, settings_env
 
     cmd = [sys.executable, "-m", "infra.cli", *argv, *(["--my-number", "-"] if my_number else []),
            "--timeout", f"{timeout_s / 2:g}", "--json", *settings_args(settings)]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **settings_env(settings)},
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(f"{my_number}\n".encode() if my_number else b""), timeout_s)
@@ -106,7 +110,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
                   "elapsed_ms": _ms(start)})
 
     # STEP3: at a bank counter, the bank's own system registers the person's account there instead.
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the bank's own system (the simulator)
     try:
         await open_account(conn, counter_account)
     finally:

@@ -40,6 +40,7 @@ from infra.participants import Participants, load_participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStore, to_avro
 from infra.settings import Settings
+from infra.pgdsn import component_dsn
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
 from schemas import codec
@@ -129,7 +130,7 @@ class HubService:
             opener=Opener(hub_keys, directory, ClaimedInTransaction(), require_countersignature=False),
             sealer=sealer,
         )
-        pool = await create_pool(settings.pg_dsn)
+        pool = await create_pool(component_dsn(settings, "hub"))
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)

@@ -36,6 +36,7 @@ from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, follow_directory, load_directory
 from infra.metrics import MetricsServer, WorkerMetrics
 from infra.participants import Participants, load_participants
+from infra.pgdsn import participants_dsn
 from infra.settings import Settings
 from infra.storage import claim, create_pool, migrate, migrate_idempotency
 from infra.topics import TopicNames
@@ -193,7 +194,7 @@ class ParticipantRuntime:
                              Opener(keyset, self.directory, ClaimedInTransaction()), self.names.inbox(pid))
             self.identities[pid] = ident
             self.by_inbox[ident.inbox] = ident
-        self.pool = await create_pool(self.settings.pg_dsn)
+        self.pool = await create_pool(participants_dsn(self.settings, self.identity_ids, self.participants))
         await migrate_idempotency(self.pool)
         await migrate(self.pool, "participant-runtime", RUNTIME_MIGRATIONS)
         for component, steps in self.migrations.items():

@@ -52,8 +52,8 @@ BANK, CODE = "bank-9003", "9003"
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
-    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=True) as p:
+async def platform(endpoints, database, tmp_path_factory):
+    async with start_platform(endpoints, database, tmp_path_factory.mktemp("platform"), with_bank_sim=True) as p:
         yield p
 
 

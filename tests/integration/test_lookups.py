@@ -80,10 +80,10 @@ code_start = 9000
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
+async def platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
     state: Path = tmp_path_factory.mktemp("lookups")
     (state / "participants.toml").write_text(PARTICIPANTS)
-    async with isolated_platform(endpoints, state, participants_file=state / "participants.toml",
+    async with isolated_platform(endpoints, database, state, participants_file=state / "participants.toml",
                                  workers=["hub", "banks"], banks=6, prefix_letter="l") as p:
         yield p
 
