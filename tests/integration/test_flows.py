@@ -15,6 +15,7 @@ import pytest
 from connectors.bank_sim import open_account
 from connectors.client import BusClient
 from infra.policy import BASIS_BANK_INTAKE, BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.pgdsn import observer_dsn
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
 from schemas import types as T
@@ -73,7 +74,7 @@ async def test_step1_registration_then_step2_provision(bus, pg, running_platform
     assert rows and all(acct["account_number"].encode() not in bytes(r["account_ct"]) for r in rows)
     # Provision records: the inquiry and the provision, keyed by the person's portal token, chain verifies.
     portal_token = await bus.token_for("portal", mn)
-    store = ProvisionStore(running_platform_pool := await asyncpg.create_pool(running_platform.settings.pg_dsn))
+    store = ProvisionStore(running_platform_pool := await asyncpg.create_pool(observer_dsn(running_platform.settings)))
     try:
         records = await store.for_person(portal_token)
         kinds = {(r.requester, r.provider, r.status.value) for r in records}
@@ -111,7 +112,7 @@ async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_p
     assert await pg.fetchval("SELECT count(*) FROM registry_data_keys") == keys_before - 1  # crypto-shredded
     assert (await inquire(bus, mn))["status"] == "NOT_REGISTERED"
     portal_token = await bus.token_for("portal", mn)
-    pool = await asyncpg.create_pool(running_platform.settings.pg_dsn)
+    pool = await asyncpg.create_pool(observer_dsn(running_platform.settings))
     try:
         verdict = await ProvisionStore(pool).verify_chain(portal_token)
         assert verdict.ok and verdict.checked >= 4
@@ -191,7 +192,7 @@ async def test_provision_chain_detects_deleted_and_altered_records(bus, pg, runn
     await register(bus, mn, acct)
     await inquire(bus, mn)
     portal_token = await bus.token_for("portal", mn)
-    pool = await asyncpg.create_pool(running_platform.settings.pg_dsn)
+    pool = await asyncpg.create_pool(observer_dsn(running_platform.settings))
     try:
         store = ProvisionStore(pool)
         assert (await store.verify_chain(portal_token)).ok

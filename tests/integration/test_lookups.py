@@ -31,6 +31,7 @@ from infra.envelope import peek
 from infra.keystore import KeyStore
 from infra.kafka import consumer
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.pgdsn import observer_dsn
 from infra.provisions import ProvisionStore
 from infra.stack import WORKERS, Platform
 from infra.topics import TopicNames
@@ -103,7 +104,7 @@ async def portal(platform: Platform) -> AsyncIterator[BusClient]:
 
 @pytest.fixture
 async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(platform.settings))
     await conn.execute("DELETE FROM bank_sim_behaviour")
     yield conn
     await conn.execute("DELETE FROM bank_sim_behaviour")
@@ -242,7 +243,7 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_results WHERE correlation_id = $1 AND NOT is_supplement",
                              uuid.UUID(cid)) == 1
     # Provision records: every bank asked, who answered, who did not in time, the consolidated result.
-    pool = await asyncpg.create_pool(platform.settings.pg_dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(observer_dsn(platform.settings), min_size=1, max_size=2)
     try:
         records = [r for r in await ProvisionStore(pool).for_person(await portal.token_for("portal", mn))
                    if str(r.correlation_id) == cid]

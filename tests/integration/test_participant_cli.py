@@ -19,6 +19,7 @@ import pytest
 
 from connectors.commands import exit_code, normalise_my_number, split_codes, subcommand, worst
 from infra.cli import build_parser, main
+from infra.stack import settings_env
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import RNG, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
@@ -46,14 +47,16 @@ def account_args(bank: str = "9000", holder: str = "ヤマダ タロウ") -> lis
 @pytest.fixture(scope="module")
 def flags(running_platform) -> list[str]:
     s = running_platform.settings
-    return ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", s.pg_dsn, "--state-dir", str(s.state_dir),
+    return ["--kafka-bootstrap", s.kafka.bootstrap, "--state-dir", str(s.state_dir),
             "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file)]
 
 
 @pytest.fixture
-def renkei(capsys, flags, monkeypatch):
+def renkei(capsys, flags, monkeypatch, running_platform):
     """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr)."""
     monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped cells
+    for name, value in settings_env(running_platform.settings).items():  # PostgreSQL, as a worker gets it
+        monkeypatch.setenv(name, value)
 
     async def run(*argv: str, as_json: bool = True) -> tuple[int, object, str]:
         capsys.readouterr()
