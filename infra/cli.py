@@ -366,10 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
+    from infra import db_commands
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
+    db_commands.register(add, common)
     return parser
 
 

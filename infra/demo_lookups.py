@@ -70,7 +70,8 @@ async def _numbering(w: _World) -> dict[str, Any]:
     started = time.perf_counter()
     mn, _ = await w.person({"9000": 2, "9001": 1, "9002": 1})
     ack = await w.number_via_portal(mn, "9000")
-    counter = ParticipantRuntime(w.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.demo-counter")
+    counter = ParticipantRuntime(w.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.demo-counter",
+                                 database=BANKS)  # the simulated bank's own counter system
     await counter.start(consume=False)
     try:
         cid, own, _ = await file_numbering_at_counter(counter, "bank-9001", w.bank_token(mn, "9001"),

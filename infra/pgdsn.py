@@ -77,10 +77,10 @@ def public_dsn(dsn: str) -> str:
 
 
 def with_search_path(dsn: str, schemas: Sequence[str]) -> str:
-    """``dsn`` with its search path replaced by ``schemas``."""
+    """``dsn`` (credentials and all) with its search path replaced by ``schemas``."""
     parts, query = _split(dsn)
-    return _join(parts, _user(parts, query),
-                 [(k, v) for k, v in query if k not in ("search_path", "user")] + [("search_path", path_setting(schemas))])
+    query = [(k, v) for k, v in query if k != "search_path"] + [("search_path", path_setting(schemas))]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 @lru_cache(maxsize=32)
@@ -112,9 +112,11 @@ def _role_dsn(settings: Settings, role: str, path: Sequence[str]) -> str:
     return _join(parts, role, query)
 
 
-def participants_dsn(settings: Settings, identities: Iterable[str], participants: Participants) -> str:
-    """The DSN of a runtime serving ``identities`` (:func:`infra.pglayout.component_for`)."""
-    return component_dsn(settings, component_for(identities, participants))
+def participants_dsn(settings: Settings, identities: Iterable[str], participants: Participants,
+                     component: str | None = None) -> str:
+    """The DSN of a runtime serving ``identities``: ``component``'s, or the one those participants work in
+    (:func:`infra.pglayout.component_for`)."""
+    return component_dsn(settings, component or component_for(identities, participants))
 
 
 def records_dsn(settings: Settings) -> str:

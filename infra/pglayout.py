@@ -222,18 +222,23 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
 _ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 
 
-def role_statements(layout: DbLayout, database: str, verifiers: dict[str, str], existing: Iterable[str], *,
+def role_statements(layout: DbLayout, database: str, verifiers: dict[str, str], existing: Iterable[str] | None, *,
                     reassert: bool = True) -> list[str]:
     """Create the missing roles and (re)assert each role's rights: login with its verifier, nothing more.
 
     ``verifiers``: role → SCRAM verifier, for the roles whose password is (re)set now (every missing
-    role needs one). ``existing``: roles the server already has. ``reassert``: also every existing
+    role needs one). ``existing``: roles the server already has (``None``: not known — a script for
+    someone else's server creates each role only if missing). ``reassert``: also every existing
     role (at every ``renkei up``: it undoes a role raised to superuser or granted a server-program
     role by hand); otherwise only the roles created or given a secret now.
     """
-    have = set(existing)
     out: list[str] = [f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC',
                       "REVOKE CREATE ON SCHEMA public FROM PUBLIC"]
+    if existing is None:
+        out += [f'DO $$ BEGIN CREATE ROLE "{role}"; EXCEPTION WHEN duplicate_object THEN NULL; END $$'
+                for role in layout.roles]
+        existing = layout.roles
+    have = set(existing)
     for role in layout.roles:
         verifier = verifiers.get(role)
         if role in have and verifier is None and not reassert:

@@ -188,7 +188,8 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     mn = generate_my_number(_rng)
     await customer(pg, platform, mn, {"9001": 1, "9002": 2})  # nothing at 9003; 7777 is no participant
     await portal.token_for("portal", mn)
-    counter = ParticipantRuntime(platform.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.counter")
+    counter = ParticipantRuntime(platform.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.counter",
+                                 database="banks")  # the simulated bank's counter: the simulator's system
     await counter.start(consume=False)
     try:
         cid, own, linked = await file_numbering_at_counter(counter, "bank-9001", bank_token(platform, mn, "9001"),
