@@ -349,8 +349,8 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     """``renkei bank serve --bank B --channel files|http …``: one bank's channel connector, under its lease."""
     from connectors.bank_sim import simulator_group
     from connectors.bankfiles import bank_file_connector
-    from infra.pgdsn import component_dsn
     from connectors.bankhttp import BankHttpConnector
+    from infra.pgdsn import component_dsn
 
     if args.channel == "files" and args.root is None:
         raise ConfigError("--channel files needs --root DIR (the bank's folder)")
@@ -375,7 +375,8 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
         runtime = http.runtime
     assert runtime.runtime.group == group
     types = sorted(t for adapter in runtime.adapters for t in adapter.handlers())
-    lease = BankChannelLease(component_dsn(settings, bank.id), bank.id, f"bank-{args.channel}", types, ttl_s=args.lease_ttl)
+    lease = BankChannelLease(component_dsn(settings, bank.id), bank.id, f"bank-{args.channel}", types,
+                             ttl_s=args.lease_ttl)  # as the bank's own role
     runtime.runtime.divert = lease.divert(runtime.runtime.metrics)
 
     async def body(stop: asyncio.Event, announce: Announce) -> None:

@@ -43,9 +43,7 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from infra.pgdsn import layout_for, names_user
 
     if args.apply:
-        from infra.cli import resolve_running
-
-        settings = resolve_running(settings)
+        settings = _running_postgres(settings)
         if not names_user(settings.pg_dsn):
             raise ConfigError("--apply: name the administrator in --pg-dsn (postgresql://ADMIN@host/db; its password "
                               "from ?passfile= or a password file, not the command line)")
@@ -77,6 +75,23 @@ async def _statements(settings: Settings, layout: Any) -> list[str]:
              f"{shared_grant_statements(layout, {(hub, t)})[0]}; END IF; END $$" for t in SHARED_TABLES_OF[HUB]]
     return (role_statements(layout, database, verifiers, existing=None)
             + namespace_statements(layout, database, role_defaults=not layout.schema_prefix) + later)
+
+
+def _running_postgres(settings: Settings) -> Settings:
+    """``settings`` with the embedded PostgreSQL running under the state folder, where none is configured
+    (this command needs no broker)."""
+    import dataclasses
+
+    from infra.embedded import read_state
+    from infra.errors import StackError
+
+    if not settings.embedded_pg:
+        return settings
+    running = [c for c in read_state(settings.state_dir) if c.name == "postgres" and c.alive()]
+    if not running:
+        raise StackError(f"no running embedded PostgreSQL under {settings.state_dir}: start it with "
+                         "`renkei up --detach`, or name the database with RENKEI_PG_DSN")
+    return dataclasses.replace(settings, pg_dsn=running[0].endpoint)
 
 
 def _print_json(obj: Any) -> None:

@@ -296,7 +296,8 @@ def shared_grant_statements(layout: DbLayout, relations: Iterable[tuple[str, str
     hub, portal = layout.schema(HUB), layout.role(PORTAL)
     if HUB in layout.components and PORTAL in layout.components:
         like = re.compile("^" + re.escape(RECORDS_TABLES).replace("%", ".*") + "$")
-        out += [f'GRANT SELECT ON "{hub}"."{t}" TO "{portal}"' for s, t in sorted(present) if s == hub and like.match(t)]
+        out += [f'GRANT SELECT ON "{hub}"."{t}" TO "{portal}"'
+                for s, t in sorted(present) if s == hub and like.match(t)]
     sim = layout.schema(BANKS)
     if BANKS not in layout.components or not layout.banks:
         return out

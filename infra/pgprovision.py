@@ -33,8 +33,8 @@ from infra.pglayout import (
 from infra.pgpass import ensure_secrets
 from infra.settings import Settings
 
-__all__ = ["Provisioned", "drop_namespace", "grant_shared", "grant_shared_when_ready", "provision",
-           "provision_database"]
+__all__ = ["Provisioned", "drop_database_namespace", "drop_namespace", "grant_shared", "grant_shared_when_ready",
+           "provision", "provision_database"]
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('renkei.provision', 0))"
 
@@ -121,6 +121,17 @@ async def grant_shared_when_ready(settings: Settings, owners: Iterable[str], *, 
 async def drop_namespace(conn: asyncpg.Connection, layout: DbLayout) -> None:
     """Drop the namespace's schemas and everything in them (the roles stay)."""
     await _run(conn, drop_statements(layout))
+
+
+async def drop_database_namespace(settings: Settings) -> None:
+    """:func:`drop_namespace` of ``settings``' namespace, through its administrator's DSN (after a test)."""
+    from infra.pgdsn import admin_dsn, layout_for
+
+    conn = await asyncpg.connect(admin_dsn(settings))
+    try:
+        await drop_namespace(conn, layout_for(settings))
+    finally:
+        await conn.close()
 
 
 async def provision_database(settings: Settings, *, reassert: bool = False,

@@ -113,20 +113,13 @@ def unique() -> str:
 @contextlib.asynccontextmanager
 async def namespace(settings: Settings) -> AsyncIterator[Settings]:
     """``settings``' component schemas (and any missing role), dropped afterwards."""
-    import asyncpg
-
-    from infra.pgdsn import admin_dsn, layout_for
-    from infra.pgprovision import drop_namespace, provision_database
+    from infra.pgprovision import drop_database_namespace, provision_database
 
     await provision_database(settings)
     try:
         yield settings
     finally:
-        conn = await asyncpg.connect(admin_dsn(settings))
-        try:
-            await drop_namespace(conn, layout_for(settings))
-        finally:
-            await conn.close()
+        await drop_database_namespace(settings)
 
 
 @pytest.fixture

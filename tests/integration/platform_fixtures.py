@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
-from infra.pgdsn import admin_dsn, layout_for, observer_dsn
-from infra.pgprovision import drop_namespace
+from infra.pgdsn import observer_dsn
+from infra.pgprovision import drop_database_namespace
 from infra.stack import WORKERS, Platform
 
 __all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform"]
@@ -52,11 +52,7 @@ async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
         yield platform
     finally:
         await platform.stop()
-        conn = await asyncpg.connect(admin_dsn(settings))
-        try:
-            await drop_namespace(conn, layout_for(settings))
-        finally:
-            await conn.close()
+        await drop_database_namespace(settings)
 
 
 @pytest.fixture(scope="module")

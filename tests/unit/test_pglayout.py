@@ -189,7 +189,8 @@ def test_a_component_dsn_names_its_role_and_password_file_never_a_password():
     assert records_dsn(s).startswith("postgresql://renkei_portal@") and records_dsn(s).endswith("search_path=t1_hub")
     assert ops_dsn(s).startswith("postgresql://renkei_ops@") and "TopSecret" not in ops_dsn(s)
     assert observer_dsn(s).startswith("postgresql://admin:TopSecret@")  # the administrator, for inspection only
-    assert component_dsn(_settings(pg_passfile=Path("/run/secrets/pg")), "hub").count("passfile=%2Frun%2Fsecrets%2Fpg") == 1
+    own_file = component_dsn(_settings(pg_passfile=Path("/run/secrets/pg")), "hub")
+    assert own_file.count("passfile=%2Frun%2Fsecrets%2Fpg") == 1
 
 
 def test_what_a_child_process_is_handed_has_no_secret_and_no_password_file_of_the_administrator():
