@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from infra.errors import ConfigError
 from infra.participants import Participants, load_participants
 from infra.pglayout import HUB, OPS, PORTAL, DbLayout, component_for, path_setting
 from infra.settings import Settings
@@ -101,6 +102,10 @@ def component_dsn(settings: Settings, component: str, *, reading: str | None = N
     or, with ``reading``, in another component's schema where the layout grants it rights (the portal
     reading the hub's provision records: :func:`records_dsn`)."""
     layout = layout_for(settings)
+    for name in (component, reading):
+        if name is not None and name not in layout.components:
+            raise ConfigError(f"{name}: no database component of that name (a participant id, or one of "
+                              f"banks, agencies, clients; see infra/pglayout.py)")
     path = layout.search_path(component) if reading is None else [layout.schema(reading)]
     return _role_dsn(settings, layout.role(component), path)
 

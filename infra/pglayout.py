@@ -166,6 +166,10 @@ class DbLayout:
                          schema_prefix: str = "") -> DbLayout:
         """Every participant's own component, plus the simulator, the multi-agency connector and clients."""
         own = [p.id for p in participants]
+        reserved = sorted({ident(c) for c in (BANKS, AGENCIES, CLIENTS, OPS)} & {ident(c) for c in own})
+        if reserved:  # it would work with the simulator's, several agencies', the clients' or ops' rights
+            raise ConfigError(f"participants: {', '.join(reserved)} names a database component of Renkei's own; "
+                              "choose another id")
         fixed = [c for c in (HUB, BANKS, AGENCIES, CLIENTS) if c not in own]
         return cls(components=tuple(own + fixed), banks=tuple(p.id for p in participants.of_kind(Kind.BANK)),
                    role_prefix=role_prefix, schema_prefix=schema_prefix)

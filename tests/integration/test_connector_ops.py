@@ -59,7 +59,8 @@ class BankSystem:
 
 @pytest.fixture(scope="module")
 async def connectors(platform, tmp_path_factory):
-    """The three connectors, on one connector database; yields (settings, bank system, runtimes, files root)."""
+    """The three connectors, each in its own schema of one namespace; yields (settings, bank system, runtimes,
+    files root)."""
     settings = await own_database(platform.settings, "ops")
     system = BankSystem()
     app = web.Application()

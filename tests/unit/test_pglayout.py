@@ -75,6 +75,10 @@ def test_names_that_would_share_a_role_are_refused():
     clash = Participants([Participant("agency-x", Kind.AGENCY, "a"), Participant("agency_x", Kind.AGENCY, "b")])
     with pytest.raises(ConfigError, match="share a database role"):
         DbLayout.for_participants(clash)
+    for reserved in ("banks", "ops", "Clients"):
+        impostor = Participants([Participant(reserved, Kind.AGENCY, "an agency named like a component")])
+        with pytest.raises(ConfigError, match="database component of Renkei's own"):
+            DbLayout.for_participants(impostor)
     with pytest.raises(ConfigError, match="pg_schema_prefix"):
         DbLayout.for_participants(PARTICIPANTS, schema_prefix="Bad-Prefix")
 
@@ -189,6 +193,8 @@ def test_a_component_dsn_names_its_role_and_password_file_never_a_password():
     assert records_dsn(s).startswith("postgresql://renkei_portal@") and records_dsn(s).endswith("search_path=t1_hub")
     assert ops_dsn(s).startswith("postgresql://renkei_ops@") and "TopSecret" not in ops_dsn(s)
     assert observer_dsn(s).startswith("postgresql://admin:TopSecret@")  # the administrator, for inspection only
+    with pytest.raises(ConfigError, match="no database component"):
+        component_dsn(s, "bank-7777")
     own_file = component_dsn(_settings(pg_passfile=Path("/run/secrets/pg")), "hub")
     assert own_file.count("passfile=%2Frun%2Fsecrets%2Fpg") == 1
 
