@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from infra.errors import ConfigError
+from infra.errors import ConfigError, StackError
 from infra.participants import Participants, load_participants
 from infra.pglayout import HUB, OPS, PORTAL, DbLayout, component_for, path_setting
 from infra.settings import Settings
@@ -38,7 +38,8 @@ _CREDENTIALS = ("user", "password", "passfile")
 
 def _split(dsn: str) -> tuple[urllib.parse.SplitResult, list[tuple[str, str]]]:
     if not dsn:
-        raise ValueError("no PostgreSQL DSN: start the embedded stack or set RENKEI_PG_DSN")
+        raise StackError("no PostgreSQL to connect to: start the embedded stack (`renkei up --detach`) or set "
+                         "RENKEI_PG_DSN")
     parts = urllib.parse.urlsplit(dsn)
     return parts, urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
 
