@@ -294,6 +294,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
     g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
+    g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
+                   help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 
@@ -367,10 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
+    from connectors import channel_key_command
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
+    channel_key_command.register()
     return parser
 
 

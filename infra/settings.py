@@ -78,6 +78,9 @@ class Settings:
     embedded_pg_port: int = 0
     hub_workers: int = 1
     log_level: str = "INFO"
+    # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
+    # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
+    registry_check_deadline_s: int = 3600
 
     @property
     def embedded_kafka(self) -> bool:
@@ -123,6 +126,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_pg_port": (("embedded_pg_port",), int),
     "hub_workers": (("hub_workers",), int),
     "log_level": (("log_level",), str),
+    "registry_check_deadline_s": (("registry_check_deadline_s",), int),
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -217,6 +221,8 @@ def load_settings(
         )
     if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    if top_kwargs.get("registry_check_deadline_s", 1) < 1:
+        raise ConfigError("registry_check_deadline_s: at least 1 second")
     if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
         raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
     return Settings(kafka=kafka, **top_kwargs)
