@@ -60,6 +60,7 @@ from infra.validation import (
     validate_bank_code,
     validate_consent,
     validate_my_number,
+    validate_reference,
 )
 from schemas import types as T
 from streams.participant import Context
@@ -186,9 +187,7 @@ def parse_file(text: str, kind: str, bank_code: str) -> ParsedFile:
 
 
 def _customer_ref(value: str) -> str:
-    if not value or len(value) > 32 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
-        raise ValidationError("customer_ref", "must be 1 to 32 ASCII letters, digits, - or _")
-    return value
+    return validate_reference(value, field="customer_ref", max_length=32)
 
 
 def _validate(kind: str, row: list[str], bank_code: str) -> dict[str, Any]:

@@ -60,7 +60,13 @@ from infra.errors import ConfigError, Reason, Rejection, ValidationError
 from infra.metrics import Counter
 from infra.policy import BASIS_BANK_INTAKE, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
-from infra.validation import existence_outcome, validate_bank_account, validate_consent, validate_my_number
+from infra.validation import (
+    existence_outcome,
+    validate_bank_account,
+    validate_consent,
+    validate_my_number,
+    validate_reference,
+)
 from schemas import types as T
 from streams.participant import Context
 
@@ -81,7 +87,6 @@ from connectors.httpsig import (
 from connectors.runtime import Answered, ChannelAdapter, ConnectorRuntime, Delivery, TransientError, start_site
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_REF_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 AUTH_REASONS = frozenset({"AUTH_REQUIRED", "UNKNOWN_KEY", "BAD_SIGNATURE", "EXPIRED", "REPLAYED"})
 
 BANKHTTP_MIGRATIONS = [
@@ -321,10 +326,7 @@ class BankHttp(ChannelAdapter):
 
     @staticmethod
     def _customer_ref(body: dict) -> str:
-        ref = body.get("customer_ref")
-        if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
-            raise ValidationError("customer_ref", "must be 1 to 32 ASCII letters, digits, - or _")
-        return ref
+        return validate_reference(body.get("customer_ref"), field="customer_ref", max_length=32)
 
     async def link_customer(self, request: web.Request) -> web.Response:
         try:
@@ -355,16 +357,18 @@ class BankHttpConnector:
     ``keys``: the bank's channel keys (default: from the key store, the first one issued if there is
     none); ``tls``: the server certificate (default: issued from the platform's channel CA for ``host``);
     ``bank_ca``: the CA file that signs the bank's endpoint (default: the system's trust store).
+    ``/health`` and ``/metrics`` are served on the API server and, in plain HTTP for monitoring, on the
+    runtime's loopback ops server (``ops_port``; ``runtime.ops_url``).
     """
 
     def __init__(self, settings: Settings, bank_id: str, bank_code: str, bank_url: str, *, host: str = "127.0.0.1",
                  port: int = 0, timeout_s: float = 5.0, keys: ChannelKeys | None = None,
                  tls: ServerCertificate | None = None, bank_ca: Path | None = None, token_timeout_s: float = 30.0,
-                 group: str | None = None) -> None:
+                 group: str | None = None, ops_port: int | None = None) -> None:
         keys = keys or channel_keys.load(settings, bank_id, create=True)
         self.adapter = BankHttp(bank_id, bank_code, bank_url, keys=keys, bank_tls=client_context(bank_ca),
                                 timeout_s=timeout_s, token_timeout_s=token_timeout_s)
-        self.runtime = ConnectorRuntime(settings, [bank_id], [self.adapter],
+        self.runtime = ConnectorRuntime(settings, [bank_id], [self.adapter], ops_port=ops_port,
                                         group=group or f"{settings.kafka.topic_prefix}.connector.{bank_id}")
         self.tls = tls or server_certificate(settings, bank_id, certificate_hosts(host))
         self.host, self.port = host, port
