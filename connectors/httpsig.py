@@ -121,7 +121,7 @@ def verify(keys: ChannelKeys, header: str | None, direction: str, method: str, p
     key_id, timestamp, nonce, signature = found.groups()
     key = keys.get(key_id)
     if key is None:
-        raise AuthFailed("UNKNOWN_KEY", f"key {key_id} is not a channel key of {keys.bank_id}")
+        raise AuthFailed("UNKNOWN_KEY", f"the KeyId is not a channel key of {keys.bank_id}")  # not echoed
     clock = time.time() if now is None else now
     if abs(clock - int(timestamp)) > max_skew_s:
         raise AuthFailed("EXPIRED", f"the request's timestamp is more than {max_skew_s} s from the receiver's clock")
