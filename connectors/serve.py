@@ -334,8 +334,8 @@ def add_bank_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "issued certificate)")
     parser.add_argument("--timeout", type=float, default=5.0, help="http: seconds per call to the bank (default 5)")
     parser.add_argument("--ops-port", type=int, default=0,
-                        help="files: loopback port of /health and /metrics (0 = a free one); http serves them on "
-                             "--listen-port")
+                        help="loopback port of /health and /metrics, plain HTTP (0 = a free one); http also serves "
+                             "them on its TLS server")
     parser.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S,
                         help=f"seconds a lease lives unrenewed (default {LEASE_TTL_S:g}; renewed every third)")
     parser.add_argument("--standby", action="store_true",
@@ -392,7 +392,8 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
         else:
             tls = server_certificate(settings, bank.id, certificate_hosts(args.listen_host, args.tls_names))
         http = BankHttpConnector(settings, bank.id, bank.bank_code, args.bank_url, host=args.listen_host,
-                                 port=args.listen_port, timeout_s=args.timeout, tls=tls, bank_ca=args.bank_ca)
+                                 port=args.listen_port, timeout_s=args.timeout, tls=tls, bank_ca=args.bank_ca,
+                                 ops_port=args.ops_port)
         runtime = http.runtime
     assert runtime.runtime.group == group
     types = sorted(t for adapter in runtime.adapters for t in adapter.handlers())
@@ -429,7 +430,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
                          "openapi": f"{http.url}/openapi.json", "bank_url": _without_userinfo(args.bank_url),
                          "key_id": http.adapter.keys.current.key_id,
                          "tls_ca": None if args.tls_cert else str(settings.resolved_keys_dir / CA_FILE),
-                         **_ops(http.url)}
+                         **_ops(runtime.ops_url)}
                 stopping = http.__aexit__
             stopping_now = asyncio.Event()
             keeper = asyncio.create_task(keep_lease(lease, runtime.runtime, lost, stopping_now), name=f"{bank.id}-lease")
