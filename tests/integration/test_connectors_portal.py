@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from connectors.bank_sim import open_account
 from connectors.portal import PortalConnector
 from infra.provisions import ProvisionStore, RecordDraft
 from infra.storage import create_pool
 from tests.integration.platform_fixtures import *  # noqa: F403
-from tests.integration.test_connectors_support import account, eventually, my_number, own_database
+from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, own_database
 
 pytestmark = pytest.mark.integration
 
@@ -60,9 +59,9 @@ async def test_wrong_pins_lock_the_card(portal):
 
 
 async def test_register_then_records_are_listed_verified_and_withheld_ones_hidden(running_platform, pg, portal):
-    acct = account("9000", "スズキ ハナコ")
-    await open_account(pg, acct)
-    await portal.enrol("card-0001", my_number(), "4321")
+    acct, mn = account("9000", "スズキ ハナコ"), my_number()
+    await hold_account(running_platform.settings, pg, mn, acct)  # the bank's records: the card holder's account
+    await portal.enrol("card-0001", mn, "4321")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         assert (await login(http, portal.url, "card-0001", "4321")).status == 200
         bad = dict(acct, branch_code="12")
@@ -133,9 +132,9 @@ def _browser_missing() -> str | None:
 async def test_browser_login_register_and_see_the_record(pg, portal):
     from playwright.async_api import async_playwright, expect
 
-    acct = account("9000", "タカハシ ケン")
-    await open_account(pg, acct)
-    await portal.enrol("card-web1", my_number(), "2468")
+    acct, mn = account("9000", "タカハシ ケン"), my_number()
+    await hold_account(portal.settings, pg, mn, acct)
+    await portal.enrol("card-web1", mn, "2468")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
