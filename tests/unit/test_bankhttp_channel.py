@@ -220,3 +220,28 @@ def test_an_adapter_takes_only_its_own_banks_keys():
         BankHttp("bank-9003", "9003", "https://bank.example", keys=KEYS)
     with pytest.raises(ValueError):
         ChannelKeys("bank-9002", ())
+
+
+def test_the_channel_key_command_issues_rotates_exports_and_never_prints_a_secret(store_settings, tmp_path, capsys):
+    import base64
+
+    from infra.cli import main
+
+    flags = ["--state-dir", str(store_settings.state_dir), "--json"]
+    assert main(["bank", "channel-key", "--bank", "9002", *flags]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["status"], first["bank"], first["keys"], first["current"]) == (
+        "DONE", "bank-9002", ["bank-9002.1"], "bank-9002.1")
+    out = tmp_path / "bank.keys"
+    assert main(["bank", "channel-key", "--bank", "bank-9002", "--rotate", "--export", str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    second = json.loads(printed)
+    assert second["keys"] == ["bank-9002.1", "bank-9002.2"] and second["exported_to"] == str(out)
+    exported = channel_keys.load_exported(out)
+    assert exported == channel_keys.load(store_settings, "bank-9002")
+    for key in exported.keys:
+        assert base64.b64encode(key.secret).decode() not in printed and key.secret.hex() not in printed
+    assert main(["bank", "channel-key", "--bank", "9002", "--retire", "bank-9002.2", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["keys"] == ["bank-9002.1"]
+    assert main(["bank", "channel-key", "--bank", "9002", "--retire", "bank-9002.1", *flags]) == 2  # the last one
+    assert main(["bank", "channel-key", "--bank", "agency-nta", *flags]) == 2
