@@ -187,7 +187,7 @@ async def test_existence_check_goes_out_as_a_file_and_the_answer_file_comes_back
             "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
             body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90))
-        check = await eventually(lambda: _first(root / "outbound", "CHK_*.csv"), timeout=60)
+        check = await eventually(lambda: _check_for(root, "201", "0012345"), timeout=60)
         parsed = parse_file(check.read_text(encoding="utf-8").replace("1,CHK,", "1,ANS,", 1).replace("\r\n", "\n"),
                             "ANS", CODE)  # only to reuse the structural checks on the CHK layout
         assert parsed.fatal is None
@@ -265,6 +265,9 @@ async def _exists(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-async def _first(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.glob(pattern))
-    return found[0] if found else None
+async def _check_for(root: Path, branch: str, number: str) -> Path | None:
+    """The CHK file asking about this account (the file tests' STEP3 checks are in the same folder)."""
+    for check in sorted((root / "outbound").glob("CHK_*.csv")):
+        if any(r[2] == branch and r[4] == number for r in read_records(check)):
+            return check
+    return None
