@@ -78,6 +78,12 @@ class Settings:
     embedded_pg_port: int = 0
     hub_workers: int = 1
     log_level: str = "INFO"
+    # Provision records (infra.checkpoints, infra.provisions): a signed checkpoint of the chain heads is made
+    # when this many records wait for one, or this many seconds after the last one; records are kept this
+    # many years (the 住基ネット disclosure period) before `renkei records purge` may remove them.
+    records_checkpoint_interval_s: int = 10
+    records_checkpoint_records: int = 1000
+    records_retention_years: int = 7
 
     @property
     def embedded_kafka(self) -> bool:
@@ -123,6 +129,9 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_pg_port": (("embedded_pg_port",), int),
     "hub_workers": (("hub_workers",), int),
     "log_level": (("log_level",), str),
+    "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
+    "records_checkpoint_records": (("records_checkpoint_records",), int),
+    "records_retention_years": (("records_retention_years",), int),
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -219,4 +228,7 @@ def load_settings(
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
     if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
         raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
+    for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):
+        if top_kwargs.get(name, 1) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
     return Settings(kafka=kafka, **top_kwargs)
