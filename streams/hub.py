@@ -39,6 +39,7 @@ from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStore, to_avro
+from infra.records_keys import RecordsKey
 from infra.settings import Settings
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
@@ -98,7 +99,7 @@ class HubService:
     """Ingress batch → decisions → one PostgreSQL transaction → produce. Transport-agnostic."""
 
     def __init__(self, settings: Settings, core: HubCore, sealer: Sealer, pool: asyncpg.Pool, producer: Any,
-                 directory: KeyDirectory | None = None) -> None:
+                 directory: KeyDirectory | None = None, records_key: RecordsKey | None = None) -> None:
         self.settings = settings
         self.directory = directory  # what the verifier and sealer use: follow_directory keeps it current
         self.core = core
@@ -106,10 +107,12 @@ class HubService:
         self.pool = pool
         self.producer = producer
         self.names = TopicNames(settings.kafka.topic_prefix)
-        self.records = ProvisionStore(pool)
+        self.records_key = records_key  # seals chain heads (no key: nothing is recorded, nothing forwarded)
+        self.records = ProvisionStore(pool, records_key)
         self.totals = BatchStats()
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
-                                     policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id)
+                                     policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
+                                     records=self.records)
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
@@ -133,7 +136,7 @@ class HubService:
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
-        return cls(settings, core, sealer, pool, producer, directory)
+        return cls(settings, core, sealer, pool, producer, directory, records_key=store.records_key())
 
     async def close(self) -> None:
         await self.pool.close()
@@ -325,7 +328,7 @@ def build_app(settings: Settings) -> Any:
     def health() -> tuple[str, str]:
         if "service" not in holder:
             return "starting", "loading keys and connecting to PostgreSQL"
-        for name in ("sweeps", "directory"):
+        for name in ("sweeps", "directory", "checkpoints"):
             task = holder[name]
             if task.done():
                 return "failing", f"the {name} task stopped"
@@ -347,6 +350,7 @@ def build_app(settings: Settings) -> Any:
         holder["directory"] = asyncio.ensure_future(follow_directory(settings, directory, on_change=directory_changed))
         holder["producer"] = prod
         holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
+        holder["checkpoints"] = asyncio.ensure_future(_checkpoints(settings, service, prod, metrics))
         holder["service"] = service
         log.info("hub ready: consuming %s", names.ingress)
 
@@ -367,6 +371,28 @@ def build_app(settings: Settings) -> Any:
     # No shutdown hook is needed for correctness: every produced message is acknowledged by the
     # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
     return app
+
+
+async def _checkpoints(settings: Settings, service: HubService, producer: Any, metrics: Any) -> None:
+    """Signed checkpoints of the provision-record chain heads on the checkpoint topic (infra.checkpoint_builder)."""
+    from infra.checkpoint_builder import run_checkpoints
+    from infra.metrics import Counter
+
+    made = metrics.register(Counter("renkei_checkpoints_total", "Hub: provision checkpoints made"))
+    left_out = metrics.register(Counter("renkei_checkpoint_heads_left_out_total",
+                                        "Hub: moved chain heads left out of a checkpoint as tampered",
+                                        labels={"reason": None}))
+    refused = metrics.register(Counter("renkei_checkpoints_refused_total",
+                                       "Hub: checkpoint rounds refused because the stored state was altered"))
+
+    def on_made(result: Any) -> None:
+        if result.checkpoint is not None:
+            made.inc()
+        for reason, n in result.left_out.items():
+            left_out.inc(n, reason=reason)
+
+    await run_checkpoints(settings, service.pool, producer, service.records_key, on_made=on_made,
+                          on_refused=lambda _: refused.inc())
 
 
 def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:

@@ -162,7 +162,7 @@ class LookupTracker:
 
     def __init__(self, pool: asyncpg.Pool, *, sealer: Sealer, tokens: TokenAuthority, participants: Participants,
                  policy: Policy, producer: Any, names: TopicNames, hub_id: str = "hub",
-                 sweep_limit: int = 200) -> None:
+                 sweep_limit: int = 200, records: ProvisionStore | None = None) -> None:
         self.pool = pool
         self.sealer = sealer
         self.tokens = tokens
@@ -172,7 +172,7 @@ class LookupTracker:
         self.names = names
         self.hub_id = hub_id
         self.sweep_limit = sweep_limit
-        self.records = ProvisionStore(pool)
+        self.records = records or ProvisionStore(pool)  # the hub's, with the records key that seals heads
         self.pending = False  # results were sealed into the outbox since the last flush
         self._flush_lock = asyncio.Lock()
 
