@@ -106,12 +106,13 @@ class CheckpointBuilder:
         self.keys = key.public()
         self.published = published
 
-    async def waiting(self) -> tuple[int, datetime | None]:
-        """Records not yet in a checkpoint, and when the latest checkpoint was made (None: never)."""
+    async def waiting(self) -> tuple[int, int, datetime | None]:
+        """Heads moved since the latest checkpoint, the records they added, and when it was made (None: never)."""
         row = await self.pool.fetchrow(
-            "SELECT (SELECT coalesce(sum(seq - cp_seq), 0) FROM provision_chain_heads WHERE seq <> cp_seq) AS n, "
-            "(SELECT max(issued_at) FROM provision_checkpoints) AS at")
-        return int(row["n"]), row["at"]
+            "SELECT h.heads, h.records, (SELECT max(issued_at) FROM provision_checkpoints) AS at FROM "
+            "(SELECT count(*) AS heads, coalesce(sum(greatest(seq - cp_seq, 0)), 0) AS records "
+            " FROM provision_chain_heads WHERE seq <> cp_seq) h")
+        return row["heads"], int(row["records"]), row["at"]
 
     async def build(self) -> BuildResult | None:
         """Make the next checkpoint (stored unpublished). None: another worker holds the lock, or nothing moved."""
@@ -271,9 +272,9 @@ async def run_checkpoints(settings: Settings, pool: asyncpg.Pool, producer: Any,
             delay, problem = poll_s, ""
             try:
                 await builder.publish(producer, topic)
-                waiting, last_at = await builder.waiting()
+                heads, records, last_at = await builder.waiting()
                 age = None if last_at is None else time.time() - last_at.timestamp()
-                if waiting and (waiting >= enough or age is None or age >= interval):
+                if heads and (records >= enough or age is None or age >= interval):
                     result = await builder.build()
                     if result is not None:
                         await builder.publish(producer, topic)

@@ -121,7 +121,7 @@ async def overwrite(attacker: asyncpg.Connection, person: str, records: list[Pro
 
 
 @asynccontextmanager
-async def records_world(settings: Settings) -> AsyncIterator[RecordsWorld]:
+async def records_world(settings: Settings, key: RecordsKey | None = None) -> AsyncIterator[RecordsWorld]:
     names = TopicNames(settings.kafka.topic_prefix)
     from aiokafka.admin import NewTopic
 
@@ -133,7 +133,7 @@ async def records_world(settings: Settings) -> AsyncIterator[RecordsWorld]:
     finally:
         await admin.close()
     pool = await create_pool(settings.pg_dsn, min_size=1, max_size=8)
-    key = RecordsKey.generate()
+    key = key or RecordsKey.generate()
     store = ProvisionStore(pool, key)
     await store.migrate()
     producer = make_producer(settings)
