@@ -147,7 +147,15 @@ class CheckpointBuilder:
                 before[bucket_of(t)][t] = head
             for b in touched:
                 roots[b] = bucket_root(b, [(t, s, h) for t, (s, h) in before[b].items()])
+            checkpoint = sign_checkpoint(
+                self.key, number=(previous.number if previous else 0) + 1, issued_at=datetime.now(UTC),
+                root=tree_root(roots), chains=(previous.chains if previous else 0) + new_chains,
+                records=(previous.records if previous else 0) + new_records,
+                previous=previous.digest if previous else GENESIS_HASH)
+            # The writes last, heads locked in person order as appenders lock them (no deadlock, short waits).
             tokens = sorted(taken)
+            await conn.execute("SELECT 1 FROM provision_chain_heads WHERE person_token = ANY($1::text[]) "
+                               "ORDER BY person_token FOR UPDATE", tokens)
             unsealed = [r["person_token"] for r in moved if r["person_token"] in taken and r["seal"] is None]
             if unsealed:  # the first checkpoint's heads from before the records key: sealed now, verified above
                 seals = self.key.seal(HEAD_DOMAIN, [head_statement(t, *taken[t]) for t in unsealed])
@@ -162,11 +170,6 @@ class CheckpointBuilder:
             await conn.executemany(
                 "INSERT INTO provision_checkpoint_buckets (bucket, root) VALUES ($1, $2) "
                 "ON CONFLICT (bucket) DO UPDATE SET root = $2", [(b, roots[b]) for b in touched])
-            checkpoint = sign_checkpoint(
-                self.key, number=(previous.number if previous else 0) + 1, issued_at=datetime.now(UTC),
-                root=tree_root(roots), chains=(previous.chains if previous else 0) + new_chains,
-                records=(previous.records if previous else 0) + new_records,
-                previous=previous.digest if previous else GENESIS_HASH)
             await conn.execute("INSERT INTO provision_checkpoints (number, signed, issued_at) VALUES ($1, $2, $3)",
                                checkpoint.number, checkpoint.signed, checkpoint.issued_at)
         return BuildResult(checkpoint, len(taken), left_out)
