@@ -46,7 +46,8 @@ from infra.checkpoints import (
     empty_bucket_root,
     open_checkpoint,
     sign_checkpoint,
-    tree_root,
+    tree_levels,
+    updated_root,
 )
 from infra.errors import RenkeiError
 from infra.provisions import (
@@ -109,7 +110,8 @@ class CheckpointBuilder:
     async def waiting(self) -> tuple[int, int, datetime | None]:
         """Heads moved since the latest checkpoint, the records they added, and when it was made (None: never)."""
         row = await self.pool.fetchrow(
-            "SELECT h.heads, h.records, (SELECT max(issued_at) FROM provision_checkpoints) AS at FROM "
+            "SELECT h.heads, h.records, (SELECT issued_at FROM provision_checkpoints ORDER BY number DESC LIMIT 1) "
+            "AS at FROM "
             "(SELECT count(*) AS heads, coalesce(sum(greatest(seq - cp_seq, 0)), 0) AS records "
             " FROM provision_chain_heads WHERE seq <> cp_seq) h")
         return row["heads"], int(row["records"]), row["at"]
@@ -123,7 +125,8 @@ class CheckpointBuilder:
             previous = await self._previous(conn, published)
             roots = {r["bucket"]: bytes(r["root"]) for r in await conn.fetch(
                 "SELECT bucket, root FROM provision_checkpoint_buckets")}
-            if previous is not None and tree_root(roots) != previous.root:
+            levels = tree_levels(roots)
+            if previous is not None and levels[-1][0] != previous.root:
                 raise CheckpointRefused(f"the stored bucket roots do not reproduce checkpoint #{previous.number}")
             moved = await conn.fetch(_MOVED, MAX_HEADS)
             taken, left_out = await self._take(conn, moved, first=previous is None)
@@ -149,7 +152,7 @@ class CheckpointBuilder:
                 roots[b] = bucket_root(b, [(t, s, h) for t, (s, h) in before[b].items()])
             checkpoint = sign_checkpoint(
                 self.key, number=(previous.number if previous else 0) + 1, issued_at=datetime.now(UTC),
-                root=tree_root(roots), chains=(previous.chains if previous else 0) + new_chains,
+                root=updated_root(levels, {b: roots[b] for b in touched}), chains=(previous.chains if previous else 0) + new_chains,
                 records=(previous.records if previous else 0) + new_records,
                 previous=previous.digest if previous else GENESIS_HASH)
             # The writes last, heads locked in person order as appenders lock them (no deadlock, short waits).

@@ -56,7 +56,9 @@ __all__ = [
     "open_checkpoint",
     "read_evidence",
     "sign_checkpoint",
+    "tree_levels",
     "tree_root",
+    "updated_root",
 ]
 
 BUCKETS: Final = 1 << BUCKET_BITS
@@ -149,9 +151,38 @@ def empty_bucket_root(bucket: int) -> bytes:
     return bucket_root(bucket, ())
 
 
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()  # RFC 9162 interior node, as infra.merkle
+
+
+def tree_levels(bucket_roots: Mapping[int, bytes]) -> list[list[bytes]]:
+    """Every level of the top tree, leaves first. ``BUCKETS`` is a power of two: the RFC 9162 tree over it is
+    the perfect binary tree, so a level is a list and a bucket's ancestors are found by halving its index."""
+    level = [merkle.leaf_hash(bucket_roots.get(b) or empty_bucket_root(b)) for b in range(BUCKETS)]
+    levels = [level]
+    while len(level) > 1:
+        level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        levels.append(level)
+    return levels
+
+
 def tree_root(bucket_roots: Mapping[int, bytes]) -> bytes:
     """The checkpoint root over all ``BUCKETS`` bucket roots (an absent bucket is empty)."""
-    return merkle.build([merkle.leaf_hash(bucket_roots.get(b) or empty_bucket_root(b)) for b in range(BUCKETS)])[0]
+    return tree_levels(bucket_roots)[-1][0]
+
+
+def updated_root(levels: list[list[bytes]], changed: Mapping[int, bytes]) -> bytes:
+    """The root once the buckets in ``changed`` get new roots: only their paths are re-hashed (``levels`` is
+    updated in place)."""
+    touched = set(changed)
+    for b, root in changed.items():
+        levels[0][b] = merkle.leaf_hash(root)
+    for depth in range(1, len(levels)):
+        touched = {i // 2 for i in touched}
+        below = levels[depth - 1]
+        for i in touched:
+            levels[depth][i] = _node(below[2 * i], below[2 * i + 1])
+    return levels[-1][0]
 
 
 # --- the evidence in the hub database -----------------------------------------------------------------

@@ -402,6 +402,7 @@ PROVISION_MIGRATIONS: list[str] = [
         published    boolean     NOT NULL DEFAULT false,
         topic_offset bigint
     );
+    CREATE INDEX provision_checkpoints_unpublished ON provision_checkpoints (number) WHERE NOT published;
     CREATE TABLE provision_checkpoint_buckets (
         bucket smallint PRIMARY KEY,
         root   bytea    NOT NULL

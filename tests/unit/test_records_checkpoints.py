@@ -16,7 +16,9 @@ from infra.checkpoints import (
     empty_bucket_root,
     open_checkpoint,
     sign_checkpoint,
+    tree_levels,
     tree_root,
+    updated_root,
 )
 from infra.errors import ConfigError
 from infra.provisions import (
@@ -126,6 +128,17 @@ def test_the_tree_commits_to_every_head_and_nothing_per_person_shows():
     assert tree_root({**roots, some: bucket_root(some, moved)}) != root
     assert bucket_root(some, ()) == empty_bucket_root(some) != empty_bucket_root(some + 1)
     assert bucket_root(some, [("never-checkpointed", 0, GENESIS_HASH)]) == empty_bucket_root(some)
+
+
+def test_the_top_tree_is_the_rfc_9162_tree_and_updates_in_place():
+    from infra import merkle
+
+    roots = {b: bytes([b % 251]) * 32 for b in range(0, BUCKETS, 7)}
+    leaves = [merkle.leaf_hash(roots.get(b) or empty_bucket_root(b)) for b in range(BUCKETS)]
+    assert tree_root(roots) == merkle.build(leaves)[0]
+    levels = tree_levels(roots)
+    changed = {3: b"\x01" * 32, 4095: b"\x02" * 32, 0: b"\x03" * 32}
+    assert updated_root(levels, changed) == tree_root({**roots, **changed})
 
 
 # --------------------------------------------------------------------------- the verdict
