@@ -25,8 +25,10 @@ database's operator saw earlier (docs/policy-and-records.md).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import accumulate
 from enum import Enum
 from typing import Any
 
@@ -191,10 +193,14 @@ def judge(state: ChainState, evidence: CheckpointEvidence, published: Checkpoint
                 problems.append(ChainProblem(last, last, f"seq {last}: does not match the chain head (altered)"))
         at_head = sealed and head.seq == last and head.last_hash == walk.last_hash
 
-    bad = {s for p in problems if p.first is not None for s in range(p.first, (p.last or p.first) + 1)}
+    spans = sorted((p.first, p.last or p.first) for p in problems if p.first is not None)
+    bad = {s for first, last_ in spans for s in range(first, last_ + 1)}
+    firsts = [first for first, _ in spans]
+    reach = list(accumulate((last_ for _, last_ in spans), max))  # how far the spans starting so far reach
 
     def linked(seq: int, to: int) -> bool:  # no deleted, inserted or altered record from seq up to ``to``
-        return not any(s in bad for s in range(seq, to + 1))
+        i = bisect_right(firsts, to)  # the spans that start at or before ``to`` ...
+        return i == 0 or reach[i - 1] < seq  # ... all end before ``seq``
 
     states: dict[int, RecordState] = {}
     for record in records:

@@ -194,6 +194,19 @@ def test_checkpointed_then_pending_records():
     assert judge(state, ev, published, KEYS).verdict is Verdict.OK
 
 
+def test_only_records_linked_to_a_proof_point_are_verified():
+    records = chain(12)
+    ev, published = evidence(10, records[9].hash)
+    tampered = [r for r in records if r.seq != 3]
+    tampered[5] = dataclasses.replace(tampered[5], requester="agency-mhlw")  # seq 7 altered in place
+    verdict = judge(ChainState(TOKEN, tampered, sealed_head(records, cp=10), None), ev, published, KEYS)
+    assert verdict.problems == ["seq 3 missing (deleted)", "seq 7: hash mismatch (altered)"]
+    S = RecordState
+    assert verdict.states == {1: S.UNVERIFIED, 2: S.UNVERIFIED, 4: S.UNVERIFIED, 5: S.UNVERIFIED, 6: S.UNVERIFIED,
+                              7: S.TAMPERED, 8: S.CHECKPOINTED, 9: S.CHECKPOINTED, 10: S.CHECKPOINTED,
+                              11: S.PENDING, 12: S.PENDING}
+
+
 def test_the_database_may_be_ahead_of_the_topic_never_behind_it():
     records = chain(2)
     state = ChainState(TOKEN, records, sealed_head(records, cp=2), None)
