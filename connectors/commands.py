@@ -373,7 +373,8 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         ok, verdict, checkpoint = view["chain_ok"], view["verdict"], view["checkpoint"]
         report = _report(args, "OK" if ok else "TAMPERED", reason=None if ok else "TAMPERED",
                          detail=None if ok else "; ".join(view["problems"]), **view)
-        against = f"checkpoint #{checkpoint['number']} of {checkpoint['issued_at']}" if checkpoint else "no checkpoint yet"
+        against = (f"checkpoint #{checkpoint['number']} of {checkpoint['issued_at']}" if checkpoint
+                   else "no checkpoint yet")
         headline = {"OK": "[green]OK[/green]: every record is covered by a signed checkpoint",
                     "PENDING": f"PENDING: {view['pending']} record(s) not yet checkpointed, verified against the "
                                "signed head",
@@ -573,7 +574,7 @@ def register(add: Any, common: Any) -> None:
                    help="banks to number at: codes or ids, comma-separated (9000,9001)")
     _timeout_arg(p)
     p = subcommand("portal", "records", cmd_portal_records,
-                   "the person's provision records (情報提供等記録), verified against the latest signed checkpoint",
+                   "the person's provision records (情報提供等記録), verified against the signed checkpoint",
                    report_defaults={"verdict": None, "chain_ok": None, "problems": [], "checkpoint": None,
                                     "pending": None, "purged_before": None, "records": []})
     _my_number_arg(p)

@@ -152,7 +152,8 @@ class CheckpointBuilder:
                 roots[b] = bucket_root(b, [(t, s, h) for t, (s, h) in before[b].items()])
             checkpoint = sign_checkpoint(
                 self.key, number=(previous.number if previous else 0) + 1, issued_at=datetime.now(UTC),
-                root=updated_root(levels, {b: roots[b] for b in touched}), chains=(previous.chains if previous else 0) + new_chains,
+                root=updated_root(levels, {b: roots[b] for b in touched}),
+                chains=(previous.chains if previous else 0) + new_chains,
                 records=(previous.records if previous else 0) + new_records,
                 previous=previous.digest if previous else GENESIS_HASH)
             # The writes last, heads locked in person order as appenders lock them (no deadlock, short waits).

@@ -107,7 +107,7 @@ def sign_checkpoint(key: RecordsKey, *, number: int, issued_at: datetime, root: 
 
 
 def open_checkpoint(signed: bytes, keys: RecordsPublicKeys) -> Checkpoint:
-    """The checkpoint in ``signed`` once its signature verifies with a trusted records key; CheckpointError otherwise."""
+    """The checkpoint in ``signed`` once its signature verifies with a trusted records key, else CheckpointError."""
     try:
         outer = codec.decode(bytes(signed), "signed_provision_checkpoint")
         body = bytes(outer["checkpoint"])

@@ -56,7 +56,7 @@ def register(add: Any) -> None:
     """Add ``renkei records purge`` to the ``renkei`` parser (``add(name, handler, help)`` from infra.cli)."""
     from infra.cli import common_parser
 
-    group = add("records", cmd_purge, "provision records (情報提供等記録): remove those past the retention period")
+    group = add("records", cmd_purge, "provision records (情報提供等記録): remove those past their retention")
     sub = group.add_subparsers(dest="records_command", required=True, metavar="COMMAND")
     text = ("remove the provision records older than --before (at most the retention cutoff), leaving each "
             "chain a signed anchor; audited in the ops audit trail")

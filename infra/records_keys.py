@@ -60,7 +60,7 @@ class Seal:
     path: tuple[bytes, ...] = field(repr=False)
 
     def to_bytes(self) -> bytes:
-        """``1 | len | key id | signature (64) | index | size | n | n × 32-byte siblings`` (what the database keeps)."""
+        """``1 | len | key id | signature (64) | index | size | n | n × 32-byte siblings``: what the database keeps."""
         kid = self.key_id.encode("ascii")
         return b"".join((bytes((_SEAL_VERSION, len(kid))), kid, self.signature, _U32.pack(self.index),
                          _U32.pack(self.size), bytes((len(self.path),)), *self.path))
