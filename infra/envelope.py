@@ -41,9 +41,10 @@ import fastavro
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra import merkle
+from infra import merkle, senders
 from infra.errors import CodecError, EnvelopeRejection, Reason
 from infra.keys import KeyDirectory, Keyset, SigningPublicKey
+from infra.participants import Participants
 from schemas import codec
 from schemas.bounds import ArrayCaps
 from schemas.catalogue import SINGLE_OBJECT_MARKER, catalogue
@@ -718,13 +719,18 @@ class Opener:
     one wrap or an audit path over 40 siblings is refused before decoding), hub
     countersignature, origin signature and key status (BAD_SIGNATURE,
     UNKNOWN_KEY, REVOKED_KEY), freshness (EXPIRED), addressee
-    (WRONG_RECIPIENT), decryption (UNDECRYPTABLE), body decoding (MALFORMED,
+    (WRONG_RECIPIENT), who may send this type to us (SENDER_NOT_ALLOWED,
+    UNKNOWN_PARTICIPANT: ``infra.senders``, judged on the verified origin
+    sender), decryption (UNDECRYPTABLE), body decoding (MALFORMED,
     UNKNOWN_SCHEMA), and last the replay guard (REPLAYED), so a message that
     fails any check does not burn its id.
 
     Envelopes must be countersigned by the hub (which binds the translated
-    subject) unless the hub itself is the origin; ``require_countersignature=False``
-    accepts direct envelopes and checks their subject against the commitment.
+    subject) unless the hub itself is the origin — and the hub originates only
+    its own answers (token issuance, lookup results, rejection notices);
+    ``require_countersignature=False`` accepts direct envelopes and checks
+    their subject against the commitment.  ``participants`` gives the kinds the
+    sender table is written in.
     """
 
     def __init__(
@@ -733,6 +739,7 @@ class Opener:
         directory: KeyDirectory,
         replay_guard: ReplayGuard,
         *,
+        participants: Participants,
         hub_id: str = "hub",
         require_countersignature: bool = True,
         clock: Callable[[], float] = time.time,
@@ -742,6 +749,7 @@ class Opener:
     ) -> None:
         self._keyset = keyset
         self._guard = replay_guard
+        self._participants = participants
         self._hub_id = hub_id
         self._require_cs = require_countersignature
         self._verifier = Verifier(
@@ -770,6 +778,9 @@ class Opener:
             raise _reject(Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
         schema = _body_schema(r["type"])
         mid, type_, sender = r["message_id"], r["type"], r["sender"]
+        refused = senders.refusal(type_, sender, me, self._participants, hub_id=self._hub_id)
+        if refused is not None:
+            raise _reject(*refused)
         if r["wraps"]:
             w = r["wraps"][0]
             data_key = self._keyset.decrypt(

@@ -218,20 +218,20 @@ def test_hub_batch_countersignature_tampering(world):
 
 
 def test_mixed_batch_of_single_and_fanout_messages(world):
-    sealer = world.sealer("agency-a")
+    sealer = world.sealer("dicj")
     body = example_body("lookup.inheritance")
     sealed = sealer.seal_batch(
         [
-            Message(body, "lookup.inheritance", ("bank-1", "bank-2"), world.token("agency-a"), "deposits", "law-7"),
-            Message(example_body("provision.inquiry"), "provision.inquiry", "registry", world.token("agency-a"), "a", "b"),
+            Message(body, "lookup.inheritance", ("bank-1", "bank-2"), world.token("dicj"), "deposits", "law-7"),
+            Message(example_body("numbering.request"), "numbering.request", "bank-3", world.token("dicj"), "a", "b"),
         ]
     )
     fan, single = (world.ingress.verify(s) for s in sealed)
-    items = [(fan, world.token("bank-1"), "bank-1"), (fan, world.token("bank-2"), "bank-2"), (single, world.token("registry"))]
+    items = [(fan, world.token("bank-1"), "bank-1"), (fan, world.token("bank-2"), "bank-2"), (single, world.token("bank-3"))]
     out = world.hub.forward_batch(items)
     assert world.opener("bank-1").open(out[0]).meta.recipient == "bank-1"
     assert world.opener("bank-2").open(out[1]).meta.recipient == "bank-2"
-    assert world.opener("registry").open(out[2]).meta.recipient == "registry"
+    assert world.opener("bank-3").open(out[2]).meta.recipient == "bank-3"
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

@@ -15,6 +15,8 @@ from infra import merkle
 from infra.envelope import FANOUT, MemoryReplayGuard, Opener, peek
 from infra.errors import EnvelopeRejection, Reason
 from infra.keys import Keyset
+from infra.participants import Kind
+from infra.senders import SENDERS
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body
@@ -58,16 +60,37 @@ def resign(record: dict, keyset: Keyset) -> bytes:
 # --- round trips -----------------------------------------------------------------------------
 
 
+# One participant of the world per kind, for the routes of the sender table.
+ONE_OF = {Kind.AGENCY: "agency-a", Kind.REGISTRY: "registry", Kind.BANK: "bank-1", Kind.PORTAL: "portal",
+          Kind.DICJ: "dicj", Kind.HUB: "hub"}
+
+
+def a_route(type_: str) -> tuple[str, str]:
+    """``(sender, recipient)`` of the world that the sender table allows for ``type_``."""
+    rule = SENDERS[type_]
+    if rule.from_hub:
+        return "hub", ONE_OF[sorted(rule.from_hub)[0]]
+    sender, recipient = sorted(rule.routes)[0]
+    return ONE_OF[sender], "bank-2" if sender is recipient is Kind.BANK else ONE_OF[recipient]
+
+
 @pytest.mark.parametrize("type_", sorted(BODY_SCHEMA))
 def test_seal_forward_open_round_trip_for_every_body_type(world, type_):
     body = example_body(type_)
-    sealed = world.seal(type_=type_, body=body)
-    opened = world.opener("registry").open(world.forward(sealed))
+    sender, recipient = a_route(type_)
+    sealed = world.seal(sender=sender, to=recipient, type_=type_, body=body)
+    if sender == "hub":  # the hub's own answers arrive as it sealed them
+        opened = world.opener(recipient).open(sealed)
+    elif recipient == "hub":  # token issuance is addressed to the hub itself, never forwarded
+        opened = world.opener("hub", require_countersignature=False).open(sealed)
+    else:
+        opened = world.opener(recipient).open(world.forward(sealed))
     assert opened.body == codec.decode(codec.encode(BODY_SCHEMA[type_], body), BODY_SCHEMA[type_])
     meta = opened.meta
-    assert (meta.type, meta.sender, meta.recipient) == (type_, "agency-a", "registry")
-    assert meta.subject == world.token("registry")  # translated into the recipient's token space
-    assert meta.hub_key_id == world.keys["hub"].signing_key_id
+    assert (meta.type, meta.sender, meta.recipient) == (type_, sender, recipient)
+    if sender != "hub" and recipient != "hub":
+        assert meta.subject == world.token(recipient)  # translated into the recipient's token space
+        assert meta.hub_key_id == world.keys["hub"].signing_key_id
     assert meta.correlation_id == meta.message_id
     assert meta.expires_at - meta.created_at == timedelta(seconds=300)
 
@@ -356,12 +379,12 @@ def test_unknown_recipient_cannot_be_sealed_to(world):
 
 def test_revocation_is_immediate():
     world = World()
-    first = world.forward(world.seal(sender="bank-3"))
+    first = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
     world.opener("registry").open(first)
-    in_flight = world.forward(world.seal(sender="bank-3"))
+    in_flight = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
     world.directory.revoke(world.keys["bank-3"].signing_key_id)
     assert rejected(world.opener("registry").open, in_flight) is Reason.REVOKED_KEY
-    assert rejected(world.ingress.verify, world.seal(sender="bank-3")) is Reason.REVOKED_KEY
+    assert rejected(world.ingress.verify, world.seal(sender="bank-3", type_="existence.answer")) is Reason.REVOKED_KEY
     world.directory.revoke(world.keys["hub"].signing_key_id)
     assert rejected(world.opener("registry").open, world.forward(world.seal())) is Reason.REVOKED_KEY
 
@@ -387,12 +410,12 @@ def test_rotation_old_key_verifies_in_flight_messages_until_retired(tmp_path):
 
 def test_rotation_of_the_recipient_old_key_still_decrypts():
     world = World()
-    before = world.forward(world.seal(to="bank-1"))
+    before = world.forward(world.seal(sender="registry", to="bank-1", type_="existence.check"))
     world.keys["bank-1"].rotate(now=int(T0 * 1000) + 1)
     world.publish(world.keys["bank-1"])
     world.clock.now = T0 + 5
     assert world.opener("bank-1").open(before)
-    after = world.seal(to="bank-1")
+    after = world.seal(sender="registry", to="bank-1", type_="existence.check")
     assert codec.decode(after, "envelope")["recipient_key_id"] == world.keys["bank-1"].encryption_key_id
 
 
@@ -403,11 +426,11 @@ BANKS = ["bank-1", "bank-2", "bank-3"]
 
 
 def _fanout(world: World) -> bytes:
-    return world.sealer("agency-a").seal_multi(
+    return world.sealer("dicj").seal_multi(
         example_body("lookup.inheritance"),
         type="lookup.inheritance",
         to=BANKS,
-        subject=world.token("agency-a"),
+        subject=world.token("dicj"),
         data_item="deposit_accounts",
         basis="koza-kanri-ho-7",
     )
@@ -510,3 +533,4 @@ def test_a_reply_resealed_with_its_message_id_keeps_it(world):
     assert first != again  # a fresh encryption and signature…
     assert peek(first).message_id == peek(again).message_id == rid  # …under the same id
     assert peek(world.seal()).message_id != peek(world.seal()).message_id  # without one: a fresh id each time
+
