@@ -534,3 +534,73 @@ def test_a_reply_resealed_with_its_message_id_keeps_it(world):
     assert peek(first).message_id == peek(again).message_id == rid  # …under the same id
     assert peek(world.seal()).message_id != peek(world.seal()).message_id  # without one: a fresh id each time
 
+
+# --- impersonation, lifetime and forwarding time (each test fails when its one check is removed) ------
+
+
+class Impersonator:
+    """A participant that signs with its OWN valid key but names another participant as the sender."""
+
+    def __init__(self, own: Keyset, claimed_sender: str) -> None:
+        self._own = own
+        self.participant_id = claimed_sender
+        self.signing_key_id = own.signing_key_id
+
+    def sign(self, data: bytes) -> bytes:
+        return self._own.sign(data)
+
+
+def test_a_participant_signing_as_another_with_its_own_valid_key_is_refused(world):
+    """agency-b seals as ``sender=agency-a``: body bound to agency-a, signature valid under agency-b's key.
+
+    Only the "signing key belongs to the sender" check refuses this (the signature itself verifies):
+    at the hub's ingress, in the hub's decision, at an opener taking direct delivery, and at an
+    opener given a countersigned copy (a hub that forwarded it anyway).
+    """
+    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+        example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
+        data_item="public_funds_account", basis="koza-toroku-ho-9")
+    assert peek(forged).sender == "agency-a" and peek(forged).sender_key_id == world.keys["agency-b"].signing_key_id
+    assert rejected(world.ingress.verify, forged) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry", require_countersignature=False).open, forged) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").open, world.countersign(forged)) is Reason.BAD_SIGNATURE
+    # the same message honestly sealed by agency-a opens (the forgery is refused for its key alone)
+    honest = world.seal(sender="agency-a")
+    assert world.opener("registry").open(world.countersign(honest)).meta.sender == "agency-a"
+
+
+def test_impersonation_is_refused_by_the_hub_gateway(world):
+    from infra.policy import Policy
+    from streams.gateway import HubCore, Inbound
+
+    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=Policy.load(),
+                   participants=world.participants, tokens=world.tokens)
+    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+        example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
+        data_item="public_funds_account", basis="account-registration-act/art9")
+    [decision] = core.decide([Inbound(forged, 0, 0)])
+    assert decision.reason is Reason.BAD_SIGNATURE and not decision.legs and not decision.records
+
+
+def test_a_lifetime_over_the_cap_resigned_by_a_valid_key_is_expired(world):
+    """A sender (here agency-a, with its own key) signs a 25-hour lifetime: over MAX_TTL_S, refused at once."""
+    record = codec.decode(world.seal(), "envelope")
+    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S + 3600)
+    long_lived = resign(record, world.keys["agency-a"])
+    assert rejected(world.ingress.verify, long_lived) is Reason.EXPIRED
+    assert rejected(world.opener("registry").open, world.countersign(long_lived)) is Reason.EXPIRED
+    # exactly the cap is still accepted
+    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S)
+    world.ingress.verify(resign(record, world.keys["agency-a"]))
+
+
+def test_a_forwarder_clock_ahead_beyond_the_skew_is_expired(world):
+    """The hub's clock 60 s ahead of the recipient's: its forwarded_at lies in the future → EXPIRED."""
+    sealed = world.seal()
+    meta = world.ingress.verify(sealed)
+    ahead = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + 60)
+    forwarded = ahead.forward(meta, world.token("registry"))
+    assert rejected(world.opener("registry").open, forwarded) is Reason.EXPIRED
+    # within the allowed skew (29 s ahead) the same message opens
+    near = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + E.DEFAULT_SKEW_S - 1)
+    assert world.opener("registry").open(near.forward(meta, world.token("registry"))).meta.sender == "agency-a"
