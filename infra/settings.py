@@ -77,6 +77,10 @@ class Settings:
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
     embedded_pg_port: int = 0
     hub_workers: int = 1
+    # Per verified sender and hub worker (infra.ratelimit): a sustained rate and a burst a batch job
+    # may send at once; beyond them the hub refuses with RATE_LIMITED.  0 = no limit.
+    hub_sender_rate: int = 200
+    hub_sender_burst: int = 20_000
     log_level: str = "INFO"
 
     @property
@@ -122,6 +126,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_kafka_port": (("embedded_kafka_port",), int),
     "embedded_pg_port": (("embedded_pg_port",), int),
     "hub_workers": (("hub_workers",), int),
+    "hub_sender_rate": (("hub_sender_rate",), int),
+    "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
 }
 

@@ -39,6 +39,7 @@ from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStore, to_avro
+from infra.ratelimit import SenderRateLimiter
 from infra.settings import Settings
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
@@ -119,15 +120,20 @@ class HubService:
         directory = await load_directory(settings, store.root_public_key())
         hub_keys = store.keyset(settings.participant_id)
         sealer = Sealer(hub_keys, directory)
+        # No fan-out names more recipients than there are participants: refuse more before decoding them.
+        max_wraps = max(1, len(participants))
         core = HubCore(
-            verifier=Verifier(directory, hub_id=hub_keys.participant_id),
-            forwarder=HubForwarder(hub_keys, directory),
+            verifier=Verifier(directory, hub_id=hub_keys.participant_id, max_wraps=max_wraps),
+            forwarder=HubForwarder(hub_keys, directory, max_wraps=max_wraps),
             policy=policy or Policy.load(),
             participants=participants,
             tokens=store.token_authority(),
             hub_id=hub_keys.participant_id,
-            opener=Opener(hub_keys, directory, ClaimedInTransaction(), require_countersignature=False),
+            opener=Opener(hub_keys, directory, ClaimedInTransaction(), participants=participants,
+                          require_countersignature=False),
             sealer=sealer,
+            limiter=(SenderRateLimiter(settings.hub_sender_rate, settings.hub_sender_burst)
+                     if settings.hub_sender_rate > 0 else None),
         )
         pool = await create_pool(settings.pg_dsn)
         await migrate(pool, "hub", HUB_MIGRATIONS)
