@@ -237,8 +237,13 @@ class HubService:
                     redelivered.add(d.meta.message_id)  # our own crash: forward again, record nothing new
                 else:
                     d.reject(Reason.REPLAYED, "message id seen before")
+            claimed_accepted = [d for d in claim if d.accepted and d.meta.message_id not in earlier]
             # Scatter-gather state first: lookup rows, then provision-record heads, the order the sweep takes too.
             await self.lookups.track(conn, decisions, redelivered)
+            refused = [d for d in claimed_accepted if not d.accepted]  # e.g. an answer from a bank not asked
+            if refused:
+                await conn.executemany("UPDATE hub_messages SET accepted = false, reason = $2 WHERE message_id = $1",
+                                       [(uuid.UUID(d.meta.message_id), d.reason.value) for d in refused])
             drafts = [r for d in decisions if d.accepted and d.meta.message_id not in redelivered for r in d.records]
             new_records = await self.records.append(conn, drafts) if drafts else []
             if redelivered:
