@@ -10,6 +10,9 @@ from infra.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Veri
 from infra.keys import KeyDirectory, Keyset, RootAuthority
 from infra.participants import Kind, Participant, Participants
 from infra.tokens import TokenAuthority
+import pytest
+
+from infra.errors import EnvelopeRejection, Reason
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.leakguard import used
@@ -104,6 +107,26 @@ class World:
         r["countersignature"] = {"key_id": hub.signing_key_id, "forwarded_at": at,
                                  "signature": E._tree_signatures(hub, E._HUB_ROOT, [leaf])[0]}
         return codec.encode("envelope", r)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    """One world per test module (key generation is the slow part); import it with ``fresh_clock``."""
+    return World()
+
+
+@pytest.fixture(autouse=True)
+def fresh_clock(request: pytest.FixtureRequest) -> None:
+    """Every test of a module that imports it starts at T0 (when it uses ``world``)."""
+    if "world" in request.fixturenames:
+        request.getfixturevalue("world").clock.now = T0
+
+
+def rejected(fn: Any, *args: Any) -> Reason:
+    """The reason ``fn(*args)`` is refused with (it must be)."""
+    with pytest.raises(EnvelopeRejection) as info:
+        fn(*args)
+    return info.value.reason
 
 
 def participant(pid: str) -> Participant:

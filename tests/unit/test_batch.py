@@ -14,6 +14,7 @@ from infra.errors import EnvelopeRejection, Reason
 from infra.keys import SigningPublicKey
 from schemas import codec
 from tests.unit.envelope_world import T0, World, example_body
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
@@ -72,16 +73,6 @@ def test_interior_node_cannot_pass_as_a_leaf():
 
 
 # --- batch-sealed envelopes ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture(autouse=True)
-def _reset_clock(world):
-    world.clock.now = T0
 
 
 def batch(world: World, n: int, sender: str = "agency-a", to: str = "registry") -> list[bytes]:

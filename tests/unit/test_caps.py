@@ -10,32 +10,17 @@ import pytest
 
 from infra import envelope as E
 from infra import merkle
-from infra.errors import CodecError, EnvelopeRejection, Reason
+from infra.errors import CodecError, Reason
 from infra.policy import Policy
 from infra.ratelimit import SenderRateLimiter
 from schemas import codec
 from schemas.bounds import ArrayCaps, CapExceeded
 from streams.gateway import HubCore, Inbound
-from tests.unit.envelope_world import T0, Clock, World, example_body
+from tests.unit.envelope_world import Clock, World, example_body, rejected
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture(autouse=True)
-def _reset_clock(world):
-    world.clock.now = T0
-
-
-def rejected(fn, *args) -> Reason:
-    with pytest.raises(EnvelopeRejection) as info:
-        fn(*args)
-    return info.value.reason
 
 
 class Work:

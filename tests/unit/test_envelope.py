@@ -19,26 +19,11 @@ from infra.participants import Kind
 from infra.senders import SENDERS
 from schemas import codec
 from schemas.types import BODY_SCHEMA
-from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body
+from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body, rejected
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture(autouse=True)
-def _reset_clock(world):
-    world.clock.now = T0
-
-
-def rejected(fn, *args) -> Reason:
-    with pytest.raises(EnvelopeRejection) as info:
-        fn(*args)
-    return info.value.reason
 
 
 def resign(record: dict, keyset: Keyset) -> bytes:

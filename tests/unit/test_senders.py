@@ -13,7 +13,8 @@ from infra.policy import Policy
 from infra.senders import SENDERS, refusal
 from schemas import types as T
 from schemas.types import BODY_SCHEMA
-from tests.unit.envelope_world import World, example_body
+from tests.unit.envelope_world import example_body
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
@@ -23,12 +24,8 @@ ONE_OF = {Kind.AGENCY: "agency-a", Kind.REGISTRY: "registry", Kind.BANK: "bank-1
           Kind.DICJ: "dicj", Kind.HUB: "hub"}
 
 
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-def rejected(fn, *args) -> Reason | None:
+def refusal_of(fn, *args) -> Reason | None:
+    """The reason ``fn(*args)`` is refused with, or None if it is not."""
     try:
         fn(*args)
     except EnvelopeRejection as exc:
@@ -65,8 +62,7 @@ def test_the_table_allows_exactly_what_the_built_in_policy_allows():
     assert from_table == from_policy
 
 
-def test_refusal_names_ids_and_kinds_only():
-    world = World()
+def test_refusal_names_ids_and_kinds_only(world):
     ps = world.participants
     assert refusal(T.PROVISION_INQUIRY, "agency-a", "registry", ps, hub_id="hub") is None
     assert refusal(T.PROVISION_INQUIRY, "hub", "registry", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
@@ -95,7 +91,7 @@ def test_each_receiver_opens_a_type_only_from_the_kinds_allowed_to_send_it(world
         sealed = world.seal(sender=sender, to=recipient, type_=type_, body=example_body(type_),
                             subject=world.token(recipient if sender == "hub" else sender))
         envelope = sealed if sender == "hub" else world.countersign(sealed)
-        got = rejected(world.opener(recipient).open, envelope)
+        got = refusal_of(world.opener(recipient).open, envelope)
         if sender == "hub":
             allowed = world.participants.get(recipient).kind in rule.from_hub
         else:
@@ -120,9 +116,9 @@ def test_the_hub_keyset_cannot_ask_the_registry_or_delete_a_registration(world):
     self_countersigned = HubForwarder(hub, world.directory, clock=world.clock)
     opener = world.opener("registry")
     for envelope in (inquiry, delete):
-        assert rejected(opener.open, envelope) is Reason.SENDER_NOT_ALLOWED
+        assert refusal_of(opener.open, envelope) is Reason.SENDER_NOT_ALLOWED
         forwarded = self_countersigned.forward(envelope, registry_token)  # the hub "forwards" its own message
-        assert rejected(opener.open, forwarded) is Reason.SENDER_NOT_ALLOWED
+        assert refusal_of(opener.open, forwarded) is Reason.SENDER_NOT_ALLOWED
     # the refusals burnt nothing: an agency's inquiry through the hub still opens
     assert opener.open(world.forward(world.seal(sender="agency-a"))).meta.sender == "agency-a"
 
@@ -133,18 +129,18 @@ def test_the_hubs_own_opener_opens_only_token_requests_addressed_to_the_hub(worl
     assert hub_opener.open(token_request).meta.type == T.TOKEN_ISSUE_REQUEST
     # addressed to someone else: never, forwarded or direct
     to_registry = world.seal(sender="agency-a", to="registry")
-    assert rejected(hub_opener.open, to_registry) is Reason.WRONG_RECIPIENT
-    assert rejected(hub_opener.open, world.forward(to_registry)) is Reason.WRONG_RECIPIENT
+    assert refusal_of(hub_opener.open, to_registry) is Reason.WRONG_RECIPIENT
+    assert refusal_of(hub_opener.open, world.forward(to_registry)) is Reason.WRONG_RECIPIENT
     # a fan-out naming the hub among its recipients carries more than one wrap: refused before decoding
     fanout = world.sealer("dicj").seal_multi(example_body(T.LOOKUP_INHERITANCE), type=T.LOOKUP_INHERITANCE,
                                              to=["hub", "bank-1"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="x")
-    assert rejected(hub_opener.open, fanout) is Reason.OVERSIZE
+    assert refusal_of(hub_opener.open, fanout) is Reason.OVERSIZE
     # addressed to the hub, but not a type the hub receives
     for type_ in sorted(set(BODY_SCHEMA) - {T.TOKEN_ISSUE_REQUEST}):
         sender = "hub" if SENDERS[type_].from_hub else "agency-a"
         envelope = world.seal(sender=sender, to="hub", type_=type_, body=example_body(type_))
-        assert rejected(hub_opener.open, envelope) is Reason.SENDER_NOT_ALLOWED, type_
+        assert refusal_of(hub_opener.open, envelope) is Reason.SENDER_NOT_ALLOWED, type_
     # nor does the hub ask itself for a token
     own = world.seal(sender="hub", to="hub", type_=T.TOKEN_ISSUE_REQUEST)
-    assert rejected(hub_opener.open, own) is Reason.SENDER_NOT_ALLOWED
+    assert refusal_of(hub_opener.open, own) is Reason.SENDER_NOT_ALLOWED
