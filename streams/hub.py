@@ -2,13 +2,15 @@
 
 For each batch (``stream.take``), in this order:
 
-1. ``HubCore.decide`` — verify, authorise, translate (pure, no I/O);
+1. ``HubCore.decide`` — verify (wraps and audit paths capped before decoding),
+   rate-limit each verified sender, authorise, translate (pure, no I/O);
 2. one PostgreSQL transaction: claim every verified message id with its
    source partition/offset (a different offset = a replay → REPLAYED; the
    same offset = a redelivery after a crash → forwarded again, no new
    record; a concurrent claim by another worker counts as earlier, so a
-   duplicate racing between workers is REPLAYED too) and append the
-   provision records;
+   duplicate racing between workers is REPLAYED too), track lookups (an
+   answer from a bank the lookup did not ask is refused UNSOLICITED) and
+   append the provision records;
 3. only after that commit: countersign and produce the forwards to the
    recipients' inboxes, the dead letters to ``renkei.hub.rejected``, the
    signed rejection notices to the senders' inboxes and the records to
