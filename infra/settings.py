@@ -77,6 +77,10 @@ class Settings:
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
     embedded_pg_port: int = 0
     hub_workers: int = 1
+    # Per verified sender and hub worker (infra.ratelimit): a sustained rate and a burst a batch job
+    # may send at once; beyond them the hub refuses with RATE_LIMITED.  0 = no limit.
+    hub_sender_rate: int = 200
+    hub_sender_burst: int = 20_000
     log_level: str = "INFO"
     # Provision records (infra.checkpoints, infra.provisions): a signed checkpoint of the chain heads is made
     # when this many records wait for one, or this many seconds after the last one; records are kept this
@@ -128,6 +132,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_kafka_port": (("embedded_kafka_port",), int),
     "embedded_pg_port": (("embedded_pg_port",), int),
     "hub_workers": (("hub_workers",), int),
+    "hub_sender_rate": (("hub_sender_rate",), int),
+    "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
     "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
     "records_checkpoint_records": (("records_checkpoint_records",), int),
