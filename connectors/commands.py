@@ -379,8 +379,11 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
-    """The person's provision records as the portal shows them, the chain verified (exit 1 if it is broken)."""
-    from infra.provisions import ProvisionStore
+    """The person's provision records as the portal shows them, verified against the latest checkpoint.
+
+    Exit 0 for OK and PENDING (records not yet checkpointed verify against the signed head), 1 for TAMPERED.
+    """
+    from infra.records_verify import RecordsVerifier
     from infra.storage import create_pool
 
     from connectors.portal import records_view
@@ -389,22 +392,34 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         token = await client.token_for("portal", my_number, timeout=args.timeout)
         pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
         try:
-            view = await records_view(ProvisionStore(pool), token)
+            async with RecordsVerifier.for_settings(settings, pool) as verifier:
+                view = await records_view(verifier, token)
         finally:
             await pool.close()
-        ok = view["chain_ok"]
-        report = _report(args, "OK" if ok else "CHAIN_BROKEN", reason=None if ok else "CHAIN_BROKEN",
+        ok, verdict, checkpoint = view["chain_ok"], view["verdict"], view["checkpoint"]
+        report = _report(args, "OK" if ok else "TAMPERED", reason=None if ok else "TAMPERED",
                          detail=None if ok else "; ".join(view["problems"]), **view)
-        tables = [(f"Provision records (情報提供等記録): chain {'verified' if ok else '[red]BROKEN[/red]'}",
+        against = (f"checkpoint #{checkpoint['number']} of {checkpoint['issued_at']}" if checkpoint
+                   else "no checkpoint yet")
+        headline = {"OK": "[green]OK[/green]: every record is covered by a signed checkpoint",
+                    "PENDING": f"PENDING: {view['pending']} record(s) not yet checkpointed, verified against the "
+                               "signed head",
+                    "TAMPERED": "[red]TAMPERED[/red]: see the problems below"}[verdict]
+        shown = {"CHECKPOINTED": "[green]checkpointed[/green]", "PENDING": "[yellow]not yet checkpointed[/yellow]",
+                 "TAMPERED": "[red]TAMPERED[/red]", "UNVERIFIED": "[red]cannot verify[/red]"}
+        tables = [(f"Provision records (情報提供等記録): {headline} ({against})",
                    ["requested at", "requester", "provider", "data item", "legal basis", "status", "provided at",
-                    "verified"],
+                    "record"],
                    [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"], r["status"],
-                     r["provided_at"], "[green]yes[/green]" if r["verified"] else "[red]NO[/red]"]
-                    for r in view["records"]])]
+                     r["provided_at"], shown[r["state"]]] for r in view["records"]])]
+        if view["purged_before"]:
+            tables.append(("Retention", ["records before", "removed"],
+                           [[view["purged_before"], "under the retention period (a signed anchor keeps the rest "
+                                                    "verifiable)"]]))
         if view["problems"]:
-            tables.append(("Chain problems", ["problem"], [[p] for p in view["problems"]]))
+            tables.append(("Problems", ["problem"], [[p] for p in view["problems"]]))
         return Outcome(EXIT_DONE if ok else EXIT_ERROR, report, tables,
-                       note=f"{args.command_name}: the hash chain does not verify")
+                       note=f"{args.command_name}: the records were tampered with")
 
     return await act(settings, args, "portal", work)
 
@@ -585,8 +600,9 @@ def register(add: Any, common: Any) -> None:
                    help="banks to number at: codes or ids, comma-separated (9000,9001)")
     _timeout_arg(p)
     p = subcommand("portal", "records", cmd_portal_records,
-                   "the person's provision records (情報提供等記録), the hash chain verified",
-                   report_defaults={"chain_ok": None, "problems": [], "records": []})
+                   "the person's provision records (情報提供等記録), verified against the signed checkpoint",
+                   report_defaults={"verdict": None, "chain_ok": None, "problems": [], "checkpoint": None,
+                                    "pending": None, "purged_before": None, "records": []})
     _my_number_arg(p)
     _timeout_arg(p)
 

@@ -138,7 +138,7 @@ def use_keyset(runtime: ParticipantRuntime, keyset) -> None:
     """What the agency's process does after a rotation: seal and open with the new keyset."""
     old = runtime.identities[keyset.participant_id]
     new = Identity(keyset.participant_id, Sealer(keyset, runtime.directory),
-                   Opener(keyset, runtime.directory, ClaimedInTransaction()), old.inbox)
+                   Opener(keyset, runtime.directory, ClaimedInTransaction(), participants=runtime.participants), old.inbox)
     runtime.identities[keyset.participant_id] = new
     runtime.by_inbox[old.inbox] = new
 
