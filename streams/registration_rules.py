@@ -102,9 +102,9 @@ def answer_refusal(*, asked: str | None, answered_by: str, outcome: str | None) 
     """Why an existence answer is not accepted, or None: it must come from the bank that was asked
     (the verified sender) for a check still open (``outcome`` None)."""
     if asked is None:
-        return Rejection(Reason.UNAUTHORISED, "no existence check with this correlation id was asked")
+        return Rejection(Reason.UNSOLICITED, "no existence check with this correlation id was asked")
     if answered_by != asked:
-        return Rejection(Reason.UNAUTHORISED, f"existence answer from {answered_by}, but {asked} was asked")
+        return Rejection(Reason.UNSOLICITED, f"existence answer from {answered_by}, but {asked} was asked")
     if outcome == "TIMEOUT":
         return Rejection(Reason.EXPIRED, "the existence check had expired (TIMEOUT was answered) before this answer")
     if outcome is not None:

@@ -264,7 +264,7 @@ async def test_an_entitled_agency_registers_alongside_a_procedure_and_others_are
 
 async def test_another_bank_cannot_answer_a_check_it_was_not_asked(bus, pg, platform, counter):
     """Bank 9004 answers CONFIRMED (its body even claims bank code 9003) for a check the registry asked bank
-    9003: refused as UNAUTHORISED, nothing registered. Bank 9003's own answer then decides (NOT_HOLDER)."""
+    9003: refused as UNSOLICITED, nothing registered. Bank 9003's own answer then decides (NOT_HOLDER)."""
     a, b = person(), person()
     acct = account("9003", "サトウ ハナコ")
     await hold_account(platform.settings, pg, a, acct)
@@ -282,7 +282,7 @@ async def test_another_bank_cannot_answer_a_check_it_was_not_asked(bus, pg, plat
             return await pg.fetchrow("SELECT reason, detail FROM participant_dead_letters WHERE participant = "
                                      "'registry' AND detail LIKE '%from bank-9004, but bank-9003 was asked%'")
         letter = await eventually(refused, timeout=60)
-        assert letter["reason"] == "UNAUTHORISED"
+        assert letter["reason"] == "UNSOLICITED"
         other = account("9000")  # good traffic meanwhile
         await hold_account(platform.settings, pg, a, other)
         assert (await register(bus, a, other))["status"] == "DONE"

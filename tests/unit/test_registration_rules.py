@@ -88,12 +88,12 @@ def test_only_confirmed_registers_and_a_failed_change_keeps_the_account():
 def test_an_answer_counts_only_from_the_bank_that_was_asked_for_an_open_check():
     assert answer_refusal(asked="bank-9000", answered_by="bank-9000", outcome=None) is None
     other = answer_refusal(asked="bank-9000", answered_by="bank-9001", outcome=None)
-    assert other.reason is Reason.UNAUTHORISED and "bank-9001" in other.message and "bank-9000" in other.message
-    assert answer_refusal(asked=None, answered_by="bank-9000", outcome=None).reason is Reason.UNAUTHORISED
+    assert other.reason is Reason.UNSOLICITED and "bank-9001" in other.message and "bank-9000" in other.message
+    assert answer_refusal(asked=None, answered_by="bank-9000", outcome=None).reason is Reason.UNSOLICITED
     assert answer_refusal(asked="bank-9000", answered_by="bank-9000", outcome="TIMEOUT").reason is Reason.EXPIRED
     assert answer_refusal(asked="bank-9000", answered_by="bank-9000", outcome="CONFIRMED").reason is Reason.REPLAYED
     # another bank is refused as such even for a closed check
-    assert answer_refusal(asked="bank-9000", answered_by="bank-9001", outcome="TIMEOUT").reason is Reason.UNAUTHORISED
+    assert answer_refusal(asked="bank-9000", answered_by="bank-9001", outcome="TIMEOUT").reason is Reason.UNSOLICITED
 
 
 # --- the bank's existence answer from its own records ----------------------------------------------
