@@ -7,8 +7,9 @@
   ids into ``processed_messages`` and returns the ones that were new. Call it in
   the same transaction as the effect, so a redelivered message finds its id
   already claimed exactly when its effect is already committed.
-- :func:`count_everywhere` — for whoever observes several components' schemas
-  at once (chaos, benchmarks, tests): a count over one table name in each of them.
+- :func:`everywhere`, :func:`count_everywhere` — for whoever observes several
+  components' schemas at once (chaos, benchmarks, tests): one table name in each
+  of them, as one relation.
 
 Each component works in its own schema as its own role (``infra.pglayout``); the
 connection's search path says where. A migration recorded in a later schema of
@@ -32,6 +33,7 @@ __all__ = [
     "claim",
     "count_everywhere",
     "create_pool",
+    "everywhere",
     "forget_before",
     "migrate",
     "migrate_idempotency",
@@ -138,15 +140,22 @@ async def applied_versions(pool_or_conn: Executor, component: str) -> list[int]:
     return await _versions(pool_or_conn, component)
 
 
-async def count_everywhere(pool_or_conn: Executor, table: str, where: str = "TRUE", *args: Any) -> int:
-    """Rows of ``table`` matching ``where`` (SQL with ``$n`` for ``args``), summed over every schema of the
-    search path that has it: e.g. messages still unsent in every component's outbox."""
+async def everywhere(pool_or_conn: Executor, table: str) -> str:
+    """A FROM item: ``table`` of every schema of the search path that has it, as one relation (``UNION ALL``;
+    each component migrated the same columns). For observers: e.g. every component's dead letters."""
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", table):
         raise ValueError(f"not a table name: {table!r}")
-    total = 0
-    for schema in await _schemas_with(pool_or_conn, table):
-        total += await pool_or_conn.fetchval(f'SELECT count(*) FROM "{schema}"."{table}" WHERE {where}', *args)
-    return total
+    schemas = await _schemas_with(pool_or_conn, table)
+    if not schemas:
+        return f'"{table}"'  # none: PostgreSQL says the relation does not exist
+    return "(" + " UNION ALL ".join(f'SELECT * FROM "{schema}"."{table}"' for schema in schemas) + ")"
+
+
+async def count_everywhere(pool_or_conn: Executor, table: str, where: str = "TRUE", *args: Any) -> int:
+    """Rows of ``table`` matching ``where`` (SQL with ``$n`` for ``args``), over every schema of the search path
+    that has it (:func:`everywhere`): e.g. messages still unsent in every component's outbox."""
+    return await pool_or_conn.fetchval(f"SELECT count(*) FROM {await everywhere(pool_or_conn, table)} t WHERE {where}",
+                                       *args)
 
 
 async def migrate_idempotency(pool_or_conn: Executor) -> list[int]:

@@ -5,8 +5,8 @@ simulator) as child processes against the session's broker and PostgreSQL,
 under a fresh topic prefix and PostgreSQL namespace (each component's schema,
 owned by its role), and waits until every worker has joined its consumer group.
 ``pg`` is the administrator with every component schema on its search path
-(``infra.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the fixtures into a test
-module with ``from tests.integration.platform_fixtures import *``.
+(``infra.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the
+fixtures into a test module with ``from tests.integration.platform_fixtures import *``.
 """
 
 from __future__ import annotations
@@ -34,16 +34,18 @@ PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 @contextlib.asynccontextmanager
 async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
                             participants_file: Path = PARTICIPANTS_FILE, workers: list[str] | None = None,
-                            banks: int | None = None, prefix_letter: str = "p") -> AsyncIterator[Platform]:
+                            banks: int | None = None, prefix_letter: str = "p",
+                            **overrides: Any) -> AsyncIterator[Platform]:
     """Workers as real processes under a fresh topic prefix and PostgreSQL namespace, ready to serve.
 
     ``database``: the session's (``tests.conftest.Database``). ``workers`` names a subset of
-    ``infra.stack.WORKERS`` (default: all of them). The platform creates its namespace's schemas.
+    ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are further ``Settings`` fields (e.g.
+    ``registry_check_deadline_s``), handed to the workers too. The platform creates its namespace's schemas.
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
     settings = database.settings(bootstrap=endpoints.bootstrap, namespace=prefix, state_dir=state,
                                  participants_file=participants_file,
-                                 **({"banks": banks} if banks is not None else {}))
+                                 **({"banks": banks} if banks is not None else {}), **overrides)
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
     platform = Platform(settings, workers=chosen, die_with_parent=True)
     try:
