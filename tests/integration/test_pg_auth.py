@@ -23,7 +23,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account
 from connectors.client import BusClient
 from infra.embedded import EmbeddedStack, read_state
 from infra.embedded_pg import superuser_passfile
@@ -34,6 +33,7 @@ from infra.settings import Settings
 from infra.validation import generate_my_number
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import hold_account
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +64,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def step1(bus: BusClient, pg: asyncpg.Connection, bank: str = "9000") -> tuple[str, dict]:
-    """Good traffic: a person registers an account through the portal (the bank confirms it)."""
+async def step1(settings: Settings, bus: BusClient, pg: asyncpg.Connection, bank: str = "9000") -> tuple[str, dict]:
+    """Good traffic: a person registers their account through the portal (the bank confirms it is theirs)."""
     mn = generate_my_number(RNG)
     acct = {"bank_code": bank, "branch_code": "101", "account_type": "ORDINARY",
             "account_number": f"{uuid.uuid4().int % 10**7:07d}", "holder_kana": "ヤマダ タロウ"}
-    await open_account(pg, acct)
+    await hold_account(settings, pg, mn, acct)
     answer = await bus.request("portal", type=T.REGISTRATION_REQUEST, to="registry",
                                subject=await bus.token_for("portal", mn),
                                body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
@@ -148,7 +148,7 @@ async def test_the_embedded_server_refuses_a_local_user_without_the_secret(tmp_p
 async def test_the_hub_role_cannot_read_the_registry_and_no_role_runs_programs(running_platform, bus, pg):
     s = running_platform.settings
     layout = layout_for(s)
-    mn, acct = await step1(bus, pg)
+    mn, acct = await step1(running_platform.settings, bus, pg)
     registry = layout.schema("registry")
     assert await pg.fetchval(f'SELECT count(*) FROM "{registry}".registry_accounts') >= 1
 
@@ -207,7 +207,7 @@ def _component_of(layout, schema: str) -> str:
 async def test_a_bank_connector_role_cannot_read_another_banks_data(running_platform, bus, pg):
     s = running_platform.settings
     layout = layout_for(s)
-    await step1(bus, pg, bank="9000")  # the simulator claims and answers for bank-9000 in its schema
+    await step1(s, bus, pg, bank="9000")  # the simulator claims and answers for bank-9000 in its schema
     banks = layout.schema("banks")
     others = await pg.fetchval(f'SELECT count(*) FROM "{banks}".processed_messages WHERE consumer = $1', "bank-9000")
     assert others >= 1
@@ -239,7 +239,7 @@ async def test_a_bank_connector_role_cannot_read_another_banks_data(running_plat
         await theirs.close()
     assert await pg.fetchval(f'SELECT count(*) FROM "{banks}".processed_messages WHERE consumer = $1',
                              "bank-9000") >= others
-    mn, _ = await step1(bus, pg, bank="9000")  # the simulator still serves bank 9000
+    mn, _ = await step1(s, bus, pg, bank="9000")  # the simulator still serves bank 9000
     assert (await step2(bus, mn))["status"] == "REGISTERED"
 
 
@@ -277,7 +277,7 @@ async def test_no_secret_on_any_childs_command_line_or_in_its_environment(runnin
     s = running_platform.settings
     secrets = _secrets(s, endpoints.pg_dsn)
     assert len(secrets) >= len(layout_for(s).roles)
-    mn, _ = await step1(bus, pg)  # the workers are connected and working
+    mn, _ = await step1(running_platform.settings, bus, pg)  # the workers are connected and working
     children = _descendants(os.getpid())
     workers = {c.pid for c in running_platform.stack.components.values()}
     assert workers and workers <= set(children)
