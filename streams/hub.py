@@ -101,6 +101,7 @@ class HubService:
                  directory: KeyDirectory | None = None) -> None:
         self.settings = settings
         self.directory = directory  # what the verifier and sealer use: follow_directory keeps it current
+        self.keystore: KeyStore | None = None  # whose keysets take keys rotated into their files (create())
         self.core = core
         self.sealer = sealer
         self.pool = pool
@@ -119,10 +120,12 @@ class HubService:
         directory = await load_directory(settings, store.root_public_key())
         hub_keys = store.keyset(settings.participant_id)
         sealer = Sealer(hub_keys, directory)
+        policy = policy or Policy.load()
+        policy.follow(directory)  # suspensions published on the keys topic (renkei participants suspend)
         core = HubCore(
             verifier=Verifier(directory, hub_id=hub_keys.participant_id),
             forwarder=HubForwarder(hub_keys, directory),
-            policy=policy or Policy.load(),
+            policy=policy,
             participants=participants,
             tokens=store.token_authority(),
             hub_id=hub_keys.participant_id,
@@ -133,7 +136,9 @@ class HubService:
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
-        return cls(settings, core, sealer, pool, producer, directory)
+        service = cls(settings, core, sealer, pool, producer, directory)
+        service.keystore = store
+        return service
 
     async def close(self) -> None:
         await self.pool.close()
@@ -344,7 +349,8 @@ def build_app(settings: Settings) -> Any:
             metrics.directory_updates.inc(n)
             metrics.directory_entries.set(len(directory))
 
-        holder["directory"] = asyncio.ensure_future(follow_directory(settings, directory, on_change=directory_changed))
+        holder["directory"] = asyncio.ensure_future(follow_directory(
+            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics))
         holder["producer"] = prod
         holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
         holder["service"] = service

@@ -203,7 +203,8 @@ class ParticipantRuntime:
         self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
         # Follow the keys topic: rotated keys work and revoked ones are refused without a restart.
         self._tasks.append(asyncio.create_task(
-            follow_directory(self.settings, self.directory, on_change=self._directory_changed),
+            follow_directory(self.settings, self.directory, on_change=self._directory_changed, keystore=store,
+                             metrics=self.metrics),
             name=f"{self.group}-keys"))
         if consume:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,
