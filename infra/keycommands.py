@@ -81,13 +81,13 @@ async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
     directory = await _directory(resolve_running(settings))
     entries = sorted(directory.entries(), key=lambda e: (e.participant_id, e.purpose.value, -e.not_before, e.key_id))
-    if args.participant:
-        entries = [e for e in entries if e.participant_id == args.participant]
+    if args.owner:
+        entries = [e for e in entries if e.participant_id == args.owner]
     if args.state:
         entries = [e for e in entries if e.status.value == args.state]
     keys = [key_row(e) for e in entries]
     statuses = [status_row(s) for s in sorted(directory.statuses(), key=lambda s: s.participant_id)
-                if not args.participant or s.participant_id == args.participant]
+                if not args.owner or s.participant_id == args.owner]
     report = {"keys": keys, "participants": statuses, "skipped": dict(sorted(directory.skipped.items()))}
     skipped = sum(directory.skipped.values())
     footer = f"{len(keys)} keys" + (f"; {skipped} bad records on the keys topic skipped" if skipped else "")
@@ -252,7 +252,7 @@ def register(add: Any, common: argparse.ArgumentParser) -> None:
     group_name = {keys_sub: "keys", people_sub: "participants"}
 
     p = sub(keys_sub, "list", cmd_keys_list, "every key: id, participant, use, state, version, created, not-after")
-    p.add_argument("--participant", help="only this participant's keys and status")
+    p.add_argument("--owner", metavar="PARTICIPANT", help="only this participant's keys and status")
     p.add_argument("--state", choices=STATES, help="only keys in this state")
     p = sub(keys_sub, "rotate", cmd_keys_rotate,
             "new signing and encryption keys for a participant (its keyset in this key store); the old ones retire")
