@@ -27,7 +27,7 @@ EXIT_DONE, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
 STATES = ("ACTIVE", "RETIRED", "REVOKED")
 
 Run = Callable[[Settings, argparse.Namespace], Awaitable[int]]
-Change = Callable[[Settings, Any, Any], Awaitable[Any]]
+Apply = Callable[[Settings, Any, Any], Awaitable[Any]]
 
 
 # --------------------------------------------------------------------------- output
@@ -135,7 +135,7 @@ async def cmd_participants_list(settings: Settings, args: argparse.Namespace) ->
 
 
 async def _change(settings: Settings, args: argparse.Namespace, what: str, detail: dict[str, Any],
-                  change: Change) -> int:
+                  change: Apply) -> int:
     """The shared path of every directory change: root key first, then publish, then the audit event."""
     from infra.cli import resolve_running
     from infra.errors import ConfigError

@@ -25,8 +25,8 @@ from infra.dlq import list_dead_letters
 from infra.envelope import Message
 from infra.kafka import admin_client, producer
 from infra.keyadmin import revoke
-from infra.keys import KeyDirectory, Outcome, RootAuthority, Status
-from infra.keystore import KeyStore, load_directory, publish_directory
+from infra.keys import KeyDirectory, RootAuthority, Status
+from infra.keystore import KeyStore, load_directory
 from infra.metrics import fetch_metrics
 from infra.ops import ops_audit_topic, scan_consumer
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
