@@ -564,13 +564,18 @@ def write_encrypted(path: str | os.PathLike, kind: bytes, plaintext: bytes, pass
          "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode()}
     ).encode() + b"\n"
     key = _file_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
-    blob = _FILE_MAGIC + header + AESGCM(key).encrypt(nonce, plaintext, _FILE_MAGIC + header)
+    write_atomic(path, _FILE_MAGIC + header + AESGCM(key).encrypt(nonce, plaintext, _FILE_MAGIC + header))
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a 0600 temp file in the same folder, fsynced,
+    renamed over ``path``, the folder fsynced (a crash leaves the old file or the new one)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates 0600
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(blob)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -32,7 +32,6 @@ import fcntl
 import logging
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from typing import Any
 
 from infra.errors import ConfigError, StackError
 from infra.keys import KeyDirectory, Keyset, Outcome, RootAuthority, decode_snapshot, encode_snapshot
-from infra.keys import read_encrypted, write_encrypted
+from infra.keys import read_encrypted, write_atomic, write_encrypted
 from infra.participants import Kind, Participants
 from infra.settings import Settings
 from infra.tokens import TokenAuthority
@@ -288,19 +287,8 @@ class KeyStore:
             return []
 
     def write_journal(self, signed_values: Iterable[bytes]) -> None:
-        path = self.dir / JOURNAL
-        data = encode_snapshot(signed_values)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{JOURNAL}.", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.dir / JOURNAL, encode_snapshot(signed_values))
 
     @contextlib.contextmanager
     def directory_lock(self) -> Iterator[None]:

@@ -36,6 +36,7 @@ from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
 from tests.integration.test_flows import person
+from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
 from tests.integration.test_ops_hub import endpoint_of, eventually, value
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,13 +45,6 @@ GOOD = "agency-nta"  # the good traffic every test interleaves; no test here tou
 REVOKED = "agency-mhlw"
 SUSPENDED = "agency-city-minato"
 SPARE = "bank-8999"  # not in lookup fan-outs: its keys can be revoked without disturbing anything
-
-
-@pytest.fixture(scope="module")
-def flags(running_platform) -> list[str]:
-    s = running_platform.settings
-    return ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", s.pg_dsn, "--state-dir", str(s.state_dir),
-            "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file)]
 
 
 @pytest.fixture
