@@ -484,8 +484,7 @@ class Keyset:
     def switch_due(self, *, now: datetime | int | None = None) -> bool:
         """Switch to the keys taken by :meth:`update_from` once they are active. Returns whether it switched."""
         other = self._pending
-        at = to_ms(now) if now is not None else now_ms()
-        if other is None or other._signing[0].created_at > at:
+        if other is None or other._signing[0].created_at > (to_ms(now) if now is not None else now_ms()):
             return False
         self.kem = other.kem
         self._enc_by_id = dict(other._enc_by_id)

@@ -132,6 +132,7 @@ class KeyStore:
             passphrase = Passphrase.for_keys_dir(self.dir, file=passphrase)
         self.passphrase = passphrase
         self._loaded: dict[str, Keyset] = {}
+        self._passphrase_value: bytes | None = None  # read once: a process loading 1,000 keysets reads it once
 
     @classmethod
     def for_settings(cls, settings: Settings) -> KeyStore:
@@ -140,7 +141,9 @@ class KeyStore:
                                                      value=settings.keys_passphrase))
 
     def _passphrase(self, *, create: bool = False) -> bytes:
-        return self.passphrase.read(create=create)
+        if self._passphrase_value is None:
+            self._passphrase_value = self.passphrase.read(create=create)
+        return self._passphrase_value
 
     def _store_salt(self) -> bytes:
         """The scrypt salt shared by this store's keyset files, created once (0600).
