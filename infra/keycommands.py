@@ -161,15 +161,16 @@ async def _change(settings: Settings, args: argparse.Namespace, what: str, detai
     except KeyAdminRefused as exc:
         return _refused(args, exc.reason, exc.message)
     changes = [c.to_json() for c in published.changes]
+    status = "DONE" if changes else "UNCHANGED"
     event = OpsEvent.new(what, reason, {}, dry_run=False, detail=detail | {"changes": changes})
     prod = producer(settings)
     await prod.start()
     try:
-        audit = await write_ops_event(settings, prod, event,
-                                      {"published": len(changes), "restored": published.restored})
+        audit = await write_ops_event(settings, prod, event, {"published": len(changes),
+                                                              "restored": published.restored,
+                                                              "status": status.lower()})
     finally:
         await prod.stop()
-    status = "DONE" if changes else "UNCHANGED"
     report = {"command": args.command_name, "status": status, "reason": None, "detail": None, "changes": changes,
               "restored": published.restored, "warnings": published.warnings,
               "audit": {"id": audit["id"], "topic": ops_audit_topic(settings.kafka.topic_prefix)}}
