@@ -148,6 +148,33 @@ async def produce_raw(settings, records: list[tuple[str, bytes | None]]) -> None
         await prod.stop()
 
 
+# --------------------------------------------------------------------------- renkei down / up, as typed
+# First in the module: it starts a stack of its own, before the module's platform is up (two stacks
+# starting and idling side by side starve the embedded broker on a loaded 2-core machine).
+
+
+def test_a_revoked_key_stays_revoked_across_renkei_down_and_up(tmp_path):
+    """The embedded broker keeps topics in memory: `renkei up` after `down` finds an empty keys topic and
+    used to publish every keyset as ACTIVE again. Now the root holder's journal restores it as it was."""
+    from tests.integration.test_stack import renkei as typed
+
+    state = str(tmp_path / "s")
+    try:
+        assert typed("up", "--detach", "--json", "--state-dir", state).returncode == 0
+        listed = json.loads(typed("keys", "list", "--owner", GOOD, "--json", "--state-dir", state).stdout)
+        (key_id,) = [k["key_id"] for k in listed["keys"] if k["use"] == "sign"]
+        revoked = typed("keys", "revoke", key_id, "--reason", "INC-16", "--json", "--state-dir", state)
+        assert revoked.returncode == 0, revoked.stderr
+        assert typed("down", "--state-dir", state).returncode == 0
+        up = typed("up", "--detach", "--json", "--state-dir", state)
+        assert up.returncode == 0, up.stderr
+        after = json.loads(typed("keys", "list", "--owner", GOOD, "--json", "--state-dir", state).stdout)
+        assert {k["key_id"]: (k["state"], k["version"]) for k in after["keys"]}[key_id] == ("REVOKED", 2)
+        assert after["skipped"] == {}
+    finally:
+        typed("down", "--state-dir", state)
+
+
 # --------------------------------------------------------------------------- revoke and rotate, live
 
 
@@ -396,28 +423,3 @@ async def test_rotating_the_running_registry_keeps_it_answering_and_it_switches_
     assert new in seen and seen <= {old, new}
     listed = {k["key_id"]: k for k in (await renkei("keys", "list", "--owner", "registry"))[1]["keys"]}
     assert listed[old]["state"] == "RETIRED" and listed[new]["state"] == "ACTIVE"
-
-
-# --------------------------------------------------------------------------- renkei down / up, as typed
-
-
-def test_a_revoked_key_stays_revoked_across_renkei_down_and_up(tmp_path):
-    """The embedded broker keeps topics in memory: `renkei up` after `down` finds an empty keys topic and
-    used to publish every keyset as ACTIVE again. Now the root holder's journal restores it as it was."""
-    from tests.integration.test_stack import renkei as typed
-
-    state = str(tmp_path / "s")
-    try:
-        assert typed("up", "--detach", "--json", "--state-dir", state).returncode == 0
-        listed = json.loads(typed("keys", "list", "--owner", GOOD, "--json", "--state-dir", state).stdout)
-        (key_id,) = [k["key_id"] for k in listed["keys"] if k["use"] == "sign"]
-        revoked = typed("keys", "revoke", key_id, "--reason", "INC-16", "--json", "--state-dir", state)
-        assert revoked.returncode == 0, revoked.stderr
-        assert typed("down", "--state-dir", state).returncode == 0
-        up = typed("up", "--detach", "--json", "--state-dir", state)
-        assert up.returncode == 0, up.stderr
-        after = json.loads(typed("keys", "list", "--owner", GOOD, "--json", "--state-dir", state).stdout)
-        assert {k["key_id"]: (k["state"], k["version"]) for k in after["keys"]}[key_id] == ("REVOKED", 2)
-        assert after["skipped"] == {}
-    finally:
-        typed("down", "--state-dir", state)
