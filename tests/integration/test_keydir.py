@@ -77,12 +77,17 @@ async def answered(bus, agency: str, token: str, *, timeout: float = 60) -> str:
 
 
 async def answered_again(bus, agency: str, token: str, *, within: float = 60) -> str:
-    """Retry until an inquiry is answered (after a rotation the sender's runtime switches keys by itself)."""
+    """Retry until an inquiry is answered: after a rotation the sender's runtime switches keys by itself,
+    after a resumption the hub applies it within a poll (until then: no answer, or a SUSPENDED notice)."""
     async def attempt():
         try:
-            return await answered(bus, agency, token, timeout=8)
+            opened = await bus.runtime.request(agency, inquiry(agency, token), timeout=8)
         except TimeoutError:
             return None
+        if opened.meta.type == T.REJECTION_NOTICE:
+            return None
+        assert opened.meta.type == T.PROVISION_RESPONSE, opened.meta.type
+        return opened.meta.sender_key_id
 
     return await eventually(attempt, timeout=within, every=0.5)
 
