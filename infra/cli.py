@@ -281,6 +281,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
     g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
+    g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
+                   help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 
@@ -338,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["apply", "list"])
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
-    from infra import ops
+    from infra import ops, records_cli
 
+    records_cli.register(add)  # renkei records purge
     ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
@@ -353,11 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
+    from connectors import channel_key_command
     from infra import keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
+    channel_key_command.register()
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     return parser
 

@@ -6,6 +6,8 @@ encrypted at rest (``infra.keys``: scrypt + AES-GCM, mode 0600):
 - ``root.key`` / ``root.pub`` — the platform root key that signs the directory;
 - ``<participant>.keyset`` — each participant's signing and encryption keys;
 - ``token-authority.secret`` — the hub's ``K_link`` and token master secret;
+- ``records.key`` / ``records.pub`` — the records key that signs provision-record
+  chain heads and checkpoints (``infra.records_keys``); verifiers need only ``records.pub``;
 - ``directory.snapshot`` — the root holder's journal: the latest root-signed record
   of every key and participant status it published (public data, each record
   verified on read), so a keys topic that lost records (a memory broker
@@ -42,6 +44,7 @@ from infra.errors import ConfigError, StackError
 from infra.keys import KeyDirectory, Keyset, Outcome, RootAuthority, decode_snapshot, encode_snapshot
 from infra.keys import read_encrypted, write_atomic, write_encrypted
 from infra.participants import Kind, Participants
+from infra.records_keys import RecordsKey, RecordsPublicKeys
 from infra.settings import Settings
 from infra.tokens import TokenAuthority
 
@@ -181,6 +184,7 @@ class KeyStore:
         if not (self.dir / "token-authority.secret").exists():
             write_encrypted(self.dir / "token-authority.secret", _TOKEN_SECRET_KIND,
                             secrets.token_bytes(64), passphrase)
+        self.create_records_key()
         if any(p.kind is Kind.REGISTRY for p in participants):
             self.secret(REGISTRY_KEK)  # created here, once, never raced by two workers
         created = []
@@ -262,6 +266,28 @@ class KeyStore:
         if not path.exists():
             write_encrypted(path, kind, secrets.token_bytes(size), self._passphrase())
         return read_encrypted(path, kind, self._passphrase())
+
+    # -- the records key (infra.records_keys): signs provision-record heads, checkpoints and anchors
+    def create_records_key(self) -> bool:
+        """Create ``records.key`` / ``records.pub`` if missing (``bootstrap`` does, before any worker starts)."""
+        if (self.dir / "records.key").exists():
+            return False
+        key = RecordsKey.generate()
+        key.save(self.dir / "records.key", self._passphrase(create=True))
+        (self.dir / "records.pub").write_text(key.public_key.hex() + "\n")
+        return True
+
+    def records_key(self) -> RecordsKey:
+        """The records signing key (the hub's). ConfigError when it was never created."""
+        path = self.dir / "records.key"
+        if not path.exists():
+            raise ConfigError(f"no records key at {path}: `renkei up` creates it (embedded); in production "
+                              "install the hub's records.key there")
+        return RecordsKey.load(path, self._passphrase())
+
+    def records_public_keys(self) -> RecordsPublicKeys:
+        """What a verifier of provision records needs: the records public keys (``records.pub``)."""
+        return RecordsPublicKeys.from_file(self.dir / "records.pub")
 
     def token_authority(self) -> TokenAuthority:
         raw = read_encrypted(self.dir / "token-authority.secret", _TOKEN_SECRET_KIND, self._passphrase())

@@ -36,6 +36,7 @@ DEFAULT_FILE = Path(__file__).with_name("policy.toml")
 # --- Legal bases (根拠法令). ASCII so they are safe in headers, logs and topic tools.
 # 口座登録法 = 公的給付の支給等の迅速かつ確実な実施のための預貯金口座の登録等に関する法律 (令和3年法律第38号)
 BASIS_REGISTRATION: Final = "account-registration-act/art3"  # 登録 via the portal (§3)
+BASIS_ALONGSIDE_PROCEDURE: Final = "account-registration-act/art4"  # 行政機関による登録受付, with another procedure (§4)
 BASIS_CHANGE: Final = "account-registration-act/art6"  # 変更・抹消 (§6)
 BASIS_BANK_INTAKE: Final = "account-registration-act/art8"  # 金融機関経由の登録 (§8)
 BASIS_PROVISION: Final = "account-registration-act/art9"  # 行政機関等への提供 (§9)
@@ -49,7 +50,7 @@ BASIS_TOKEN_ISSUANCE: Final = "my-number-act/art21-2"
 BASIS_NETWORK_OPERATION: Final = "renkei/network-operation"
 
 BASES: Final = frozenset({
-    BASIS_REGISTRATION, BASIS_CHANGE, BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_NUMBERING,
+    BASIS_REGISTRATION, BASIS_ALONGSIDE_PROCEDURE, BASIS_CHANGE, BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_NUMBERING,
     BASIS_INHERITANCE_LOOKUP, BASIS_DISASTER_LOOKUP, BASIS_TOKEN_ISSUANCE, BASIS_NETWORK_OPERATION,
 })
 

@@ -78,7 +78,20 @@ class Settings:
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
     embedded_pg_port: int = 0
     hub_workers: int = 1
+    # Per verified sender and hub worker (infra.ratelimit): a sustained rate and a burst a batch job
+    # may send at once; beyond them the hub refuses with RATE_LIMITED.  0 = no limit.
+    hub_sender_rate: int = 200
+    hub_sender_burst: int = 20_000
     log_level: str = "INFO"
+    # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
+    # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
+    registry_check_deadline_s: int = 3600
+    # Provision records (infra.checkpoints, infra.provisions): a signed checkpoint of the chain heads is made
+    # when this many records wait for one, or this many seconds after the last one; records are kept this
+    # many years (the 住基ネット disclosure period) before `renkei records purge` may remove them.
+    records_checkpoint_interval_s: int = 10
+    records_checkpoint_records: int = 1000
+    records_retention_years: int = 7
 
     @property
     def embedded_kafka(self) -> bool:
@@ -124,7 +137,13 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_kafka_port": (("embedded_kafka_port",), int),
     "embedded_pg_port": (("embedded_pg_port",), int),
     "hub_workers": (("hub_workers",), int),
+    "hub_sender_rate": (("hub_sender_rate",), int),
+    "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
+    "registry_check_deadline_s": (("registry_check_deadline_s",), int),
+    "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
+    "records_checkpoint_records": (("records_checkpoint_records",), int),
+    "records_retention_years": (("records_retention_years",), int),
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -219,6 +238,11 @@ def load_settings(
         )
     if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    if top_kwargs.get("registry_check_deadline_s", 1) < 1:
+        raise ConfigError("registry_check_deadline_s: at least 1 second")
     if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
         raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
+    for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):
+        if top_kwargs.get(name, 1) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
     return Settings(kafka=kafka, **top_kwargs)

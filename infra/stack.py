@@ -34,6 +34,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
         "--banks", str(settings.banks),
+        "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
 
