@@ -78,6 +78,7 @@ def status_row(status: Any) -> dict[str, Any]:
 
 async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     from infra.cli import resolve_running
+    from infra.ops import emit
 
     directory = await _directory(resolve_running(settings))
     entries = sorted(directory.entries(), key=lambda e: (e.participant_id, e.purpose.value, -e.not_before, e.key_id))
@@ -91,8 +92,6 @@ async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     report = {"keys": keys, "participants": statuses, "skipped": dict(sorted(directory.skipped.items()))}
     skipped = sum(directory.skipped.values())
     footer = f"{len(keys)} keys" + (f"; {skipped} bad records on the keys topic skipped" if skipped else "")
-    from infra.ops import emit
-
     if statuses and not args.json:
         emit(args, report, "Participant statuses", ["participant", "state", "version", "changed at"],
              [[s["participant"], s["state"], s["version"], s["changed_at"]] for s in statuses])
@@ -115,6 +114,9 @@ async def cmd_participants_list(settings: Settings, args: argparse.Namespace) ->
         directory = await _directory(resolve_running(settings))
     except RenkeiError:  # no running stack or no root.pub: the participants file alone
         pass
+    except Exception as exc:  # noqa: BLE001 - a broker configured but away: still list the file, and say so
+        print(f"renkei: the keys topic could not be read ({type(exc).__name__}): suspensions as in the "
+              "participants file", file=sys.stderr)
     else:
         followed = True
         statuses = {s.participant_id: s for s in directory.statuses()}
@@ -142,7 +144,7 @@ async def _change(settings: Settings, args: argparse.Namespace, what: str, detai
     from infra.kafka import producer
     from infra.keyadmin import KeyAdminRefused
     from infra.keystore import KeyStore
-    from infra.ops import OpsEvent, ensure_ops_audit_topic, ops_audit_topic, write_ops_event
+    from infra.ops import OpsEvent, emit, ensure_ops_audit_topic, ops_audit_topic, write_ops_event
     from infra.participants import load_participants
 
     reason = (args.reason or "").strip()
@@ -177,8 +179,6 @@ async def _change(settings: Settings, args: argparse.Namespace, what: str, detai
     rows = [[c["key"], c["participant"], c["state"], c["version"]] for c in changes]
     footer = (f"{status.lower()}; audit event {audit['id']}"
               + (f"; {published.restored} records restored from the journal" if published.restored else ""))
-    from infra.ops import emit
-
     emit(args, report, f"renkei {args.command_name}", ["key", "participant", "state", "version"], rows, footer)
     for warning in published.warnings:
         print(f"renkei: warning: {warning}", file=sys.stderr)
