@@ -144,6 +144,8 @@ class KeyStore:
                                                      value=settings.keys_passphrase))
 
     def _passphrase(self, *, create: bool = False) -> bytes:
+        if create:  # whoever may create keys writes them here next (bootstrap, the records key)
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._passphrase_value is None:
             self._passphrase_value = self.passphrase.read(create=create)
         return self._passphrase_value

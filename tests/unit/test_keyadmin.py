@@ -169,6 +169,8 @@ def test_the_generated_passphrase_lives_outside_the_keys_folder(tmp_path, caplog
     assert not [p for p in (tmp_path / "keys").iterdir() if "passphrase" in p.name]
     assert sum("generated the key passphrase" in r.getMessage() for r in caplog.records) == 1
     assert KeyStore(tmp_path / "keys").keyset("hub").participant_id == "hub"  # another process reads it
+    fresh = KeyStore(tmp_path / "other" / "keys")  # the keys folder is made by whoever creates the first key
+    assert fresh.create_records_key() and (tmp_path / "other" / "keys" / "records.pub").exists()
 
 
 def test_a_configured_passphrase_wins_and_is_never_generated(tmp_path):
