@@ -266,6 +266,7 @@ class KeyStore:
         path = self.dir / f"{name}.secret"
         kind = name.encode()
         if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_encrypted(path, kind, secrets.token_bytes(size), self._passphrase())
         return read_encrypted(path, kind, self._passphrase())
 
