@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from infra.chaos import dead_letter_info, read_topic
-from infra.metrics import fetch_metrics
+from infra.metrics import fetch_health, fetch_metrics, read_endpoint
 from infra.settings import Settings
 from infra.topics import TopicNames
 
@@ -54,6 +54,18 @@ def metric(url: str, name: str, **labels: str) -> Callable[[], Awaitable[float]]
         return sum(v for k, v in samples.items() if k.split("{")[0] == name and all(w in k for w in want))
 
     return read
+
+
+async def metrics_url(platform: Any, name: str, *, timeout: float = 90.0) -> str:
+    """The ``/metrics`` URL of the platform's worker ``name`` (its current process), once it reports healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read_endpoint(platform.settings.state_dir, platform.stack.components[name].pid)
+        if found is not None and (await fetch_health(found))["status"] == "ok":
+            return found.metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} did not report healthy within {timeout:.0f} s")
+        await asyncio.sleep(0.3)
 
 
 async def dead_letters(settings: Settings) -> list[dict[str, str]]:
