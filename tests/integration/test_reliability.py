@@ -75,7 +75,7 @@ async def _plant(settings, planted: str, log_dir) -> None:
 
 async def test_no_my_number_in_any_topic_table_or_log(running_platform, crash_run, tmp_path):
     settings = running_platform.settings
-    _, crash_numbers = crash_run
+    crash, crash_numbers = crash_run
     flows, demo_numbers = await demo_flows(settings)
     assert all(f["ok"] for f in flows), flows
     used = sorted({*crash_numbers, *demo_numbers, SYNTHETIC})
@@ -88,7 +88,9 @@ async def test_no_my_number_in_any_topic_table_or_log(running_platform, crash_ru
         conn = await asyncpg.connect(settings.pg_dsn)
         await conn.execute("DROP TABLE leakscan_control")
         await conn.close()
-    assert report.scanned["records"] > 1000 and report.scanned["tables"] > 10 and report.scanned["log_files"] >= 3
+    # It read everything: at least what the crash run alone put on ingress and on the audit topic.
+    assert report.scanned["records"] >= crash.counts["ingress_records"] + crash.counts["audit_records"] > 500
+    assert report.scanned["tables"] > 10 and report.scanned["log_files"] >= 3
     control = sorted([*used, planted]).index(planted)
     found = {(h["where"].split()[0], h["encoding"]) for h in report.hits if h["person"] == control}
     assert found == {("topic", "base64"), ("table", "utf-16"), ("log", "hex")}, report.hits[:20]  # the scan works
