@@ -422,7 +422,8 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         lookup_results=[(str(x["correlation_id"]), str(x["message_id"]), x["is_supplement"]) for x in await conn.fetch(
             "SELECT correlation_id, message_id, is_supplement FROM dicj_lookup_results")],
         chains_checked=len(persons), chains_broken=broken, dead_letters=dead,
-        accepted_ids={str(x["message_id"]) for x in await conn.fetch("SELECT message_id FROM hub_messages WHERE accepted")},
+        accepted_ids={str(x["message_id"]) for x in await conn.fetch(
+            "SELECT message_id FROM hub_messages WHERE accepted")},
         injected=traffic.injected,
         participant_dead_letters=await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
         - participant_dead_before,

@@ -76,7 +76,7 @@ async def _hub_as_its_own_role(settings, admin: asyncpg.Connection) -> tuple[Hub
     prod = producer(settings, linger_ms=2)
     await prod.start()
     pool = await create_pool(settings.pg_dsn, user=role, password=password, min_size=1, max_size=2)
-    service = HubService(settings, built.core, built.sealer, pool, prod, built.directory)
+    service = HubService(settings, built.core, built.sealer, pool, prod, built.directory, records_key=built.records_key)
     return service, role, prod
 
 
