@@ -208,8 +208,12 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     uncommitted: list[tuple[int, int]] = []
     for _ in range(200):  # freeze the hub; kill it only between a batch's claim and its offset commit
         os.kill(hub.pid, signal.SIGSTOP)
-        await asyncio.sleep(0.1)  # let a commit request already on its way reach the broker
-        uncommitted = await _uncommitted_claims(pg, settings)
+        try:
+            await asyncio.sleep(0.1)  # let a commit request already on its way reach the broker
+            uncommitted = await _uncommitted_claims(pg, settings)
+        except BaseException:
+            os.kill(hub.pid, signal.SIGCONT)  # never leave the hub frozen
+            raise
         if uncommitted:
             answered_at_kill, sent_at_kill = sum(t.done() for t in tasks), len(tasks)
             os.kill(hub.pid, signal.SIGKILL)
