@@ -77,7 +77,8 @@ class Settings:
     state_dir: Path = Path(".renkei")
     participant_id: str = "hub"
     keys_dir: Path | None = None  # default: <state_dir>/keys
-    keys_passphrase_file: Path | None = None  # default: <keys_dir>/passphrase (generated, embedded only)
+    keys_passphrase_file: Path | None = None  # default: <keys_dir>/../secrets/keys.passphrase (generated, embedded)
+    keys_passphrase: str = field(default="", repr=False)  # RENKEI_KEYS_PASSPHRASE; wins over the file
     participants_file: Path | None = None  # default: the built-in demo set
     banks: int = 5  # simulated banks in the built-in participant set
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
@@ -143,6 +144,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "participant_id": (("participant_id",), str),
     "keys_dir": (("keys_dir",), Path),
     "keys_passphrase_file": (("keys_passphrase_file",), Path),
+    "keys_passphrase": (("keys_passphrase",), str),
     "participants_file": (("participants_file",), Path),
     "banks": (("banks",), int),
     "embedded_kafka_port": (("embedded_kafka_port",), int),
