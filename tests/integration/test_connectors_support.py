@@ -31,6 +31,7 @@ from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
 from infra.keystore import KeyStore
+from infra.pglayout import ident
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -44,8 +45,8 @@ async def own_database(platform_settings: Settings, name: str) -> Settings:
     its component's schema there, owned by its role, and nothing else of the platform's."""
     from infra.pgprovision import provision_database
 
-    spaced = dataclasses.replace(
-        platform_settings, pg_schema_prefix=f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}_")
+    spaced = dataclasses.replace(platform_settings, pg_schema_prefix=ident(
+        f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}_"))
     await provision_database(spaced)
     return spaced
 

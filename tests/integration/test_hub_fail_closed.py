@@ -71,6 +71,7 @@ async def _hub_as_its_own_role(settings, admin: asyncpg.Connection) -> tuple[Hub
     schema = layout_for(settings).schema("hub")  # the hub's tables, owned by the hub's role
     role, password = f"hub_{uuid.uuid4().hex[:10]}", secrets.token_hex(16)
     await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    await admin.execute(f'GRANT CONNECT ON DATABASE "{await admin.fetchval("SELECT current_database()")}" TO "{role}"')
     await admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"; '
                         f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"; '
                         f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"')
