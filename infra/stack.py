@@ -33,6 +33,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--pg-dsn", settings.pg_dsn,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
+        "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
@@ -62,6 +63,10 @@ class Platform:
             with_broker=settings.embedded_kafka,
             with_postgres=settings.embedded_pg,
             die_with_parent=die_with_parent,
+            broker=settings.kafka.broker,
+            java=settings.embedded_java,
+            kafka_cache=settings.resolved_kafka_cache,
+            kafka_heap_mb=settings.embedded_kafka_heap_mb,
         )
         self._reported_dead: set[str] = set()
 
@@ -82,6 +87,7 @@ class Platform:
             self.settings = self.base_settings.with_endpoints(
                 bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+                broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
             admin = admin_client(self.settings)
