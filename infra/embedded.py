@@ -254,9 +254,7 @@ class EmbeddedStack:
             "broker", node.pid, config.bootstrap, str(node.log), node.cmd_marker,
             kind="kafka", stop_timeout=kb.STOP_TIMEOUT_S,
         )
-        # A JVM broker takes seconds to start (more when the machine is busy), and its first start
-        # formats the storage: give it at least a minute, whatever the stack's own timeout.
-        await node.wait_ready(max(self.start_timeout, 60.0))
+        await node.wait_ready(max(self.start_timeout, kb.START_TIMEOUT_S))  # a JVM: slow on a busy machine
 
     async def restart_broker(self) -> None:
         """Stop the broker if it still runs and start it again on the same port and storage.
@@ -267,11 +265,13 @@ class EmbeddedStack:
         component = self.components["broker"]
         await asyncio.to_thread(_terminate, component, self._procs.get("broker"))
         if self.kafka_node is not None:
+            from infra.kafka_broker import START_TIMEOUT_S
+
             self.kafka_node.spawn()
             self._procs["broker"] = self.kafka_node.proc
             self.components["broker"] = dataclasses.replace(component, pid=self.kafka_node.pid)
             self._write_state()
-            await self.kafka_node.wait_ready(max(self.start_timeout, 60.0))
+            await self.kafka_node.wait_ready(max(self.start_timeout, START_TIMEOUT_S))
             return
         port = int(component.endpoint.rsplit(":", 1)[1])
         self._start_broker(port)

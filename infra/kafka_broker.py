@@ -47,6 +47,10 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 COMPLETE = "COMPLETE"  # marker written into a distribution folder once Maven has filled it
 STOP_TIMEOUT_S = 30.0  # a controlled shutdown of one node takes 1-3 s; SIGKILL after this
+# A JVM broker starts in 3-10 s on an idle 2-core machine, but a minute and more when the cores are
+# shared with test runs (measured at load average 12: docs/embedded.md); readiness is polled, so a
+# generous limit costs nothing when it starts fast.
+START_TIMEOUT_S = 180.0
 
 # The JVM options kafka-run-class.sh uses for the broker, with a small heap: a 2-core machine
 # shared with PostgreSQL, the workers and the tests. ExitOnOutOfMemoryError: a broken broker
@@ -396,13 +400,13 @@ class KafkaNode:
         argv = self.config.jvm_argv(self.java, self.dist, MAIN_CLASS, str(self.config.properties_file))
         self.proc = spawn(argv, self.log, die_with_parent=self.die_with_parent)
 
-    async def start(self, cluster_id: str | None = None, *, timeout: float = 60.0) -> None:
+    async def start(self, cluster_id: str | None = None, *, timeout: float = START_TIMEOUT_S) -> None:
         """Format if needed, start, and wait until the broker serves (see :meth:`wait_ready`)."""
         await asyncio.to_thread(self.format_storage, cluster_id or new_cluster_id())
         self.spawn()
         await self.wait_ready(timeout)
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
+    async def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the node answers metadata with itself registered and a controller elected.
 
         An open port is not enough: the socket accepts before the broker has caught up with the
@@ -438,6 +442,14 @@ async def _serving(bootstrap: str, node_id: int) -> str:
     """'' if the broker at ``bootstrap`` lists itself and a controller; else why not."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    host, port = bootstrap.rsplit(":", 1)
+    try:  # a plain connect first: a client would log every refused connection as an error
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    except (OSError, asyncio.TimeoutError):
+        return "not listening yet"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
                                 connections_max_idle_ms=10000)
     try:
