@@ -62,6 +62,20 @@ def fetch_wait_ms(kafka: KafkaSettings, partitions: int = 1) -> int:
     return max(kafka.tansu_fetch_wait_ms, min(kafka.tansu_fetch_wait_max_ms, partitions // 4))
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic`` (empty if it does not exist), refreshing the consumer's metadata once.
+
+    A consumer caches only the metadata it asked for. aiokafka's first request names no topic,
+    which Tansu answers with every topic but Apache Kafka with none, and the next refresh is
+    minutes away: so on a miss, ask again for every topic.
+    """
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # aiokafka has no public call for this
+        parts = consumer.partitions_for_topic(topic)
+    return set(parts or ())
+
+
 async def end_offsets(kafka: KafkaSettings, consumer: AIOKafkaConsumer, tps: list[Any],
                       timeout_s: float = 15.0) -> dict[Any, int]:
     """The offset after the last record of each partition (the high watermark).

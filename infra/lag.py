@@ -36,7 +36,7 @@ async def describe_group(admin: Any, group: str) -> tuple[str, int]:
 async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
-    from infra.kafka import admin_client
+    from infra.kafka import admin_client, topic_partitions
 
     prefix = settings.kafka.topic_prefix
     admin = admin_client(settings)
@@ -46,7 +46,7 @@ async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str
     try:
         groups = [group] if group else sorted(g[0] for g in await admin.list_consumer_groups())
         topics = sorted(t for t in await consumer.topics() if t.startswith(prefix) and not t.startswith("__"))
-        candidates = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        candidates = [TopicPartition(t, p) for t in topics for p in sorted(await topic_partitions(consumer, t))]
         found: list[dict[str, Any]] = []
         for g in groups:
             offsets = await admin.list_consumer_group_offsets(g, partitions=candidates) if candidates else {}

@@ -145,9 +145,9 @@ def renkei_headers(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str
 
 
 async def partitions_of(consumer: Any, topic: str) -> list[int]:
-    if topic not in await consumer.topics():  # also refreshes the cached metadata
-        raise ConfigError(f"topic {topic} does not exist (see `renkei topics list`)")
-    parts = consumer.partitions_for_topic(topic)
+    from infra.kafka import topic_partitions
+
+    parts = await topic_partitions(consumer, topic)
     if not parts:
         raise ConfigError(f"topic {topic} does not exist (see `renkei topics list`)")
     return sorted(parts)
