@@ -306,7 +306,8 @@ async def test_rewind_refused_while_a_member_is_active(settings: Settings, pg_ds
 
 
 async def test_rewind_evicts_a_stale_member_the_embedded_broker_keeps(settings: Settings) -> None:
-    """A lone member that left stays listed on Tansu; --evict-stale-members rejoins, then commits."""
+    """A lone member that left stays listed on Tansu (Apache Kafka drops it: skipped there); --evict-stale-members
+    rejoins, then commits."""
     from infra.lag import describe_group
     from infra.replay import rewind_group
 

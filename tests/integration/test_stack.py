@@ -1,4 +1,4 @@
-"""The embedded stack and the CLI lifecycle, on the real Tansu broker and PostgreSQL."""
+"""The embedded stack and the CLI lifecycle, on the real embedded broker (Apache Kafka by default) and PostgreSQL."""
 
 from __future__ import annotations
 
