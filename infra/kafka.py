@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.settings import KafkaSettings, Settings
+from infra.topics import MAX_RECORD_BYTES
 
-MAX_MESSAGE_BYTES = 1_048_576
 
 
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:
@@ -26,7 +26,7 @@ def admin_client(settings: Settings) -> AIOKafkaAdminClient:
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     opts: dict[str, Any] = dict(
         acks="all", enable_idempotence=not settings.kafka.tansu, linger_ms=5, max_batch_size=1_048_576,
-        max_request_size=MAX_MESSAGE_BYTES + 65536, request_timeout_ms=30000,
+        max_request_size=MAX_RECORD_BYTES, request_timeout_ms=30000,
     )
     opts.update(overrides)
     return AIOKafkaProducer(**settings.kafka.client_options(), **opts)
@@ -36,7 +36,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
     opts: dict[str, Any] = dict(
         group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=10000, heartbeat_interval_ms=1000, request_timeout_ms=40000,
-        max_poll_interval_ms=300000, max_partition_fetch_bytes=MAX_MESSAGE_BYTES + 65536,
+        max_poll_interval_ms=300000, max_partition_fetch_bytes=MAX_RECORD_BYTES,
         fetch_max_bytes=52_428_800, rebalance_timeout_ms=10000,
     )
     opts.update(overrides)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from infra.errors import StackError
 from infra.processes import process_alive, spawn, terminate
+from infra.topics import MAX_RECORD_BYTES
 
 PROJECT = Path(__file__).with_name("kafka")
 POM = PROJECT / "pom.xml"
@@ -305,6 +306,8 @@ class NodeConfig:
             "num.io.threads": "4",
             "num.recovery.threads.per.data.dir": "2",
             "unclean.leader.election.enable": "false",
+            # Topics created outside the layout (which declares it per topic) take the same size limit.
+            "message.max.bytes": str(MAX_RECORD_BYTES),
         }
         props.update(self.overrides)
         return props
