@@ -11,7 +11,8 @@ Where the pieces come from:
 A node is a typed :class:`NodeConfig` rendered to ``server.properties``; :class:`KafkaNode`
 formats its storage once (the same ``kafka.tools.StorageTool`` that ``kafka-storage.sh`` runs),
 starts ``kafka.Kafka`` on it, waits until the broker is registered and serving, and stops it
-with SIGTERM (controlled shutdown), then SIGKILL. The log directory and the formatted cluster
+with SIGTERM (controlled shutdown), then SIGKILL. ``infra.embedded`` records the running node
+in ``stack.json`` like its other children, so ``renkei status`` and ``down`` reach it too. The log directory and the formatted cluster
 id are kept, so a restarted node has every topic and committed offset it had.
 
 Today the embedded stack starts one node on loopback (:meth:`NodeConfig.single`); a cluster is
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.errors import StackError
-from infra.processes import process_alive, spawn, terminate
+from infra.processes import spawn, terminate
 from infra.topics import MAX_RECORD_BYTES
 
 PROJECT = Path(__file__).with_name("kafka")
@@ -342,10 +343,11 @@ def formatted_cluster_id(data_dir: Path) -> str | None:
 
 
 class KafkaNode:
-    """One supervised KRaft node: format once, start, wait until it serves, stop.
+    """One supervised KRaft node: format once (:meth:`format_storage`), :meth:`spawn`,
+    :meth:`wait_ready`, :meth:`stop`.
 
-    ``start()`` formats the log directory on first use only; afterwards the cluster id and
-    every topic, offset and group in it are reused.
+    The log directory is formatted on first use only; afterwards the cluster id and every
+    topic, offset and group in it are reused.
     """
 
     def __init__(self, config: NodeConfig, dist: Distribution, java: JavaRuntime, log: Path, *,
@@ -368,9 +370,6 @@ class KafkaNode:
         if self.proc is None:
             raise StackError("the Kafka node has not been started")
         return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and process_alive(self.proc.pid, self.cmd_marker)
 
     def write_properties(self) -> None:
         self.config.home.mkdir(parents=True, exist_ok=True)
@@ -403,12 +402,6 @@ class KafkaNode:
         argv = self.config.jvm_argv(self.java, self.dist, MAIN_CLASS, str(self.config.properties_file))
         self.proc = spawn(argv, self.log, die_with_parent=self.die_with_parent)
 
-    async def start(self, cluster_id: str | None = None, *, timeout: float = START_TIMEOUT_S) -> None:
-        """Format if needed, start, and wait until the broker serves (see :meth:`wait_ready`)."""
-        await asyncio.to_thread(self.format_storage, cluster_id or new_cluster_id())
-        self.spawn()
-        await self.wait_ready(timeout)
-
     async def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the node answers metadata with itself registered and a controller elected.
 
@@ -432,13 +425,6 @@ class KafkaNode:
         """SIGTERM (a controlled shutdown), then SIGKILL after ``timeout``; blocking."""
         if self.proc is not None:
             terminate(self.proc.pid, self.cmd_marker, self.proc, stop_signal=signal.SIGTERM, timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would (tests: nothing acknowledged may be lost)."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 async def _serving(bootstrap: str, node_id: int) -> str:
