@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from infra.envelope import HubForwarder, MemoryReplayGuard, Message, Opener, Sealer, Verifier
 from infra.keys import KeyDirectory, Keyset, RootAuthority
+from infra.participants import Kind, Participant, Participants
 from infra.tokens import TokenAuthority
 
 BODY = {"procedure_code": "KYUFU-0001", "purpose": "benefit payment", "requested_at": datetime(2025, 4, 1, tzinfo=UTC)}
@@ -31,7 +32,9 @@ def run(messages: int, batch_size: int | None, kem: str) -> dict[str, float]:
     sealer = Sealer(keys["agency-a"], directory)
     ingress = Verifier(directory)
     hub = HubForwarder(keys["hub"], directory)
-    opener = Opener(keys["registry"], directory, MemoryReplayGuard())
+    participants = Participants([Participant("hub", Kind.HUB, "hub"), Participant("agency-a", Kind.AGENCY, "agency"),
+                                 Participant("registry", Kind.REGISTRY, "registry")])
+    opener = Opener(keys["registry"], directory, MemoryReplayGuard(), participants=participants)
     message = Message(BODY, "provision.inquiry", "registry", subject, "public_funds_account", "koza-toroku-ho-9")
     size = batch_size or 1
 

@@ -4,7 +4,10 @@
   fan-out envelope to the banks (every participating, non-suspended bank, or
   the banks a depositor designates).  Each bank's ``lookup.answer`` is sealed
   to DICJ and kept here (``dicj_lookup_answers``, first answer per bank wins:
-  a duplicate is ignored).  The hub, which cannot read answers, sends one
+  a duplicate is ignored), filed under the bank that SENT it (the envelope's
+  verified sender): an answer whose body names another bank is refused
+  (``SENDER_NOT_ALLOWED``), and so is one from a bank the lookup did not ask
+  (``UNSOLICITED``); both stay in DICJ's dead letters.  The hub, which cannot read answers, sends one
   ``lookup.result`` naming the banks that answered in time and those that did
   not, then a supplement per late answer.  ``view`` joins the two into the
   consolidated result: answering banks, their accounts, missing banks, and
@@ -34,6 +37,7 @@ import asyncpg
 
 from connectors.client import BusClient
 from infra.envelope import Message
+from infra.errors import Reason, Rejection
 from infra.participants import Participant
 from infra.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
@@ -211,11 +215,19 @@ class DicjDesk(BusClient):
         }
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
+        sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.senders)
+        code = sender.bank_code if sender is not None else None
+        if code is None or ctx.body["bank_code"] != code:
+            raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
+        asked = await ctx.conn.fetchval("SELECT asked ? $2 FROM dicj_lookups WHERE correlation_id = $1",
+                                        uuid.UUID(ctx.meta.correlation_id), ctx.meta.sender)
+        if not asked:
+            raise Rejection(Reason.UNSOLICITED, "a lookup answer from a bank this lookup did not ask")
         accounts = [dict(a) for a in ctx.body["accounts"]]
         await ctx.conn.execute(
             "INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT DO NOTHING",  # a bank's second answer is ignored
-            ctx.meta.correlation_id, ctx.body["bank_code"], ctx.meta.message_id, json.dumps(accounts))
+            ctx.meta.correlation_id, code, ctx.meta.message_id, json.dumps(accounts))
 
     async def _on_lookup_result(self, ctx: Context) -> None:
         b = ctx.body
@@ -253,10 +265,13 @@ class DicjDesk(BusClient):
     async def _on_numbering_ack(self, ctx: Context) -> None:
         cid = uuid.UUID(ctx.meta.correlation_id)
         await ctx.conn.execute("SELECT 1 FROM dicj_numberings WHERE correlation_id = $1 FOR UPDATE", cid)
-        await ctx.conn.execute(
+        updated = await ctx.conn.execute(
             "UPDATE dicj_numbering_banks SET status = $3, accounts_linked = $4, answered_at = now() "
             "WHERE correlation_id = $1 AND bank_id = $2 AND answered_at IS NULL",
             cid, ctx.meta.sender, ctx.body["status"], ctx.body["accounts_linked"])
+        if updated == "UPDATE 0" and not await ctx.conn.fetchval(
+                "SELECT 1 FROM dicj_numbering_banks WHERE correlation_id = $1 AND bank_id = $2", cid, ctx.meta.sender):
+            raise Rejection(Reason.UNSOLICITED, "a numbering answer from a bank this request did not go to")
         if not await ctx.conn.fetchval(
                 "SELECT 1 FROM dicj_numbering_banks WHERE correlation_id = $1 AND answered_at IS NULL", cid):
             await self._complete_numbering(ctx.conn, ctx.outgoing, cid)

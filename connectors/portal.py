@@ -8,10 +8,11 @@ does), then:
   ``registration.request`` to the registry, answered asynchronously);
 - files an account-numbering request (付番申出, ``numbering.request`` to each
   named bank);
-- reads their provision records (情報提供等記録) with the hash chain verified:
-  each record green or red; records withheld from the person (不開示) are not
-  shown.  Records come from :class:`infra.provisions.ProvisionStore`, keyed by
-  the person's PORTAL token.
+- reads their provision records (情報提供等記録), verified against the latest
+  signed checkpoint on the checkpoint topic (:mod:`infra.records_verify`): a
+  verdict OK / PENDING / TAMPERED, and each record checkpointed, pending (not
+  yet checkpointed) or tampered; records withheld from the person (不開示) are
+  not shown.  Records are keyed by the person's PORTAL token.
 
 The portal knows a person only by its token (obtained once by
 :meth:`PortalConnector.enrol` through the token-issuance exchange; the My
@@ -34,8 +35,10 @@ from typing import Any
 
 from aiohttp import web
 
+from infra.checkpoint_log import CheckpointLog
 from infra.envelope import Message
-from infra.errors import ValidationError
+from infra.errors import StackError, ValidationError
+from infra.keystore import KeyStore
 from infra.policy import (
     BASIS_CHANGE,
     BASIS_NUMBERING,
@@ -43,7 +46,7 @@ from infra.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.provisions import ProvisionStore
+from infra.records_verify import RecordsVerifier, RecordState
 from infra.settings import Settings
 from infra.storage import create_pool
 from infra.validation import validate_bank_account, validate_bank_code
@@ -103,8 +106,8 @@ class Portal(ChannelAdapter):
     name = "portal"
     migrations = PORTAL_MIGRATIONS
 
-    def __init__(self, provisions: ProvisionStore | None = None) -> None:
-        self.provisions = provisions
+    def __init__(self, records: RecordsVerifier | None = None) -> None:
+        self.records_verifier = records
 
     def handlers(self) -> dict:
         return {T.REGISTRATION_RESULT: self.on_answer, T.NUMBERING_ACK: self.on_answer,
@@ -280,30 +283,41 @@ class Portal(ChannelAdapter):
 
     async def records(self, request: web.Request) -> web.Response:
         person = await self._person(request)
-        if self.provisions is None:
+        if self.records_verifier is None:
             return _problem(503, "UNAVAILABLE", "provision records are not configured on this portal")
-        return web.json_response(await records_view(self.provisions, person["token"]))
+        try:
+            return web.json_response(await records_view(self.records_verifier, person["token"]))
+        except StackError:
+            return _problem(503, "UNAVAILABLE", "the published checkpoints cannot be read now; try again later")
 
 
-async def records_view(provisions: ProvisionStore, token: str) -> dict:
-    """The person's provision records as the portal shows them: 不開示 records excluded, each marked verified.
+async def records_view(verifier: RecordsVerifier, token: str) -> dict:
+    """The person's provision records as the portal shows them, verified against the latest checkpoint.
 
-    ``{chain_ok, problems, records: [{requester, provider, data_item, legal_basis, status, requested_at,
-    provided_at, verified}]}``; ``token`` is the person's PORTAL token. Also ``renkei portal records``.
+    ``{verdict, chain_ok, problems, checkpoint, pending, purged_before, records: [{requester, provider,
+    data_item, legal_basis, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK / PENDING /
+    TAMPERED; ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示 records are
+    verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.
     """
-    records = await provisions.for_person(token)  # 不開示 records excluded
-    verdict = await provisions.verify_chain(token)
-    bad = {int(n) for p in verdict.problems for n in re.findall(r"seq (\d+)", p)}
+    verdict = await verifier.verify(token)
+    seen = verdict.checkpoint
     return {
+        "verdict": verdict.verdict.value,
         "chain_ok": verdict.ok,
         "problems": verdict.problems,
+        "checkpoint": seen and {"number": seen.number, "issued_at": seen.issued_at.isoformat(),
+                                "published": seen.published},
+        "pending": sum(1 for r in verdict.records
+                       if not r.not_disclosed and verdict.states[r.seq] is RecordState.PENDING),
+        "purged_before": verdict.purged_before and verdict.purged_before.isoformat(),
         "records": [{
             "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
             "legal_basis": r.legal_basis, "status": r.status.value,
             "requested_at": r.requested_at.isoformat(),
             "provided_at": r.provided_at and r.provided_at.isoformat(),
-            "verified": verdict.ok or r.seq not in bad,
-        } for r in records],
+            "state": verdict.states[r.seq].value,
+            "verified": verdict.states[r.seq] in (RecordState.CHECKPOINTED, RecordState.PENDING),
+        } for r in verdict.records if not r.not_disclosed],
     }
 
 
@@ -323,10 +337,13 @@ class PortalConnector:
         self._records_pool: Any = None
 
     async def __aenter__(self) -> PortalConnector:
+        # The records public keys first: a portal that could not verify records does not start.
+        keys = KeyStore.for_settings(self.settings).records_public_keys() if self.provisions_dsn else None
         await self.runtime.start()
-        if self.provisions_dsn:
+        if keys is not None:
             self._records_pool = await create_pool(self.provisions_dsn, min_size=1, max_size=4)
-            self.adapter.provisions = ProvisionStore(self._records_pool)
+            self.adapter.records_verifier = RecordsVerifier(self._records_pool, keys,
+                                                            CheckpointLog(self.settings, keys))
         app = self.adapter.app()
         app.add_routes(self.runtime.ops_routes())
         self._runner, self.url = await start_site(app, self.host, self.port)
@@ -335,6 +352,8 @@ class PortalConnector:
     async def __aexit__(self, *exc: Any) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.adapter.records_verifier is not None:
+            await self.adapter.records_verifier.close()
         if self._records_pool is not None:
             await self._records_pool.close()
         await self.runtime.stop()

@@ -553,9 +553,9 @@ class ConnectorRuntime:
 
         return await BusClient.token_for(self, participant, my_number, timeout=timeout)  # type: ignore[arg-type]
 
-    async def enrol(self, participant: str, local_id: str, my_number: str) -> str:
+    async def enrol(self, participant: str, local_id: str, my_number: str, *, timeout: float = 30.0) -> str:
         """Map a local person id to ``participant``'s token (中間サーバー style). The My Number is not kept."""
-        token = await self.token_for(participant, my_number)
+        token = await self.token_for(participant, my_number, timeout=timeout)
         await self.pool.execute(
             "INSERT INTO connector_person_tokens (participant, local_id, token) VALUES ($1, $2, $3) "
             "ON CONFLICT (participant, local_id) DO UPDATE SET token = $3, enrolled_at = now()",
@@ -566,6 +566,12 @@ class ConnectorRuntime:
     async def token_of(conn: asyncpg.Connection | asyncpg.Pool, participant: str, local_id: str) -> str | None:
         return await conn.fetchval("SELECT token FROM connector_person_tokens WHERE participant = $1 "
                                    "AND local_id = $2", participant, local_id)
+
+    @staticmethod
+    async def local_id_of(conn: asyncpg.Connection | asyncpg.Pool, participant: str, token: str) -> str | None:
+        """The local person id enrolled last for ``token`` (None: the person was never enrolled here)."""
+        return await conn.fetchval("SELECT local_id FROM connector_person_tokens WHERE participant = $1 "
+                                   "AND token = $2 ORDER BY enrolled_at DESC LIMIT 1", participant, token)
 
     # -- health, lag and metrics ------------------------------------------------------------------
     async def lag(self) -> dict[tuple[str, int], int]:
@@ -659,16 +665,16 @@ class ConnectorRuntime:
         return self.ops.routes()
 
 
-async def start_site(app: Any, host: str, port: int) -> tuple[Any, str]:
-    """Start an aiohttp app; returns (runner, base URL) with the port actually bound."""
+async def start_site(app: Any, host: str, port: int, *, ssl_context: Any = None) -> tuple[Any, str]:
+    """Start an aiohttp app (over TLS with ``ssl_context``); returns (runner, base URL) with the port bound."""
     from aiohttp import web
 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://{host}:{bound}"
+    return runner, f"{'https' if ssl_context is not None else 'http'}://{host}:{bound}"
 
 
 def _delivery(r: asyncpg.Record) -> Delivery:

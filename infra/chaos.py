@@ -127,11 +127,11 @@ class _Traffic:
 
     async def setup(self, conn: Any) -> None:
         """Bank accounts for everyone; customers known to two banks each for numbering and lookups."""
-        from connectors.bank_sim import open_account, seed_customer
+        from connectors.bank_sim import seed_customer
 
         for i in range(len(self.people)):
             bank = self.banks[i % len(self.banks)]
-            await open_account(conn, self.account(i))
+            await seed_customer(conn, self.token(i, bank.id), self.account(i))  # the person's own account there
             other = self.banks[(i + 1) % len(self.banks)]
             await seed_customer(conn, self.token(i, other.id), {
                 "bank_code": other.bank_code, "branch_code": "202", "account_type": "ORDINARY",

@@ -1,4 +1,4 @@
-"""The ``renkei`` command line: up, status, down, topics, participants, demo.
+"""The ``renkei`` command line: up, status, down, topics, demo (participants and keys: ``infra.keycommands``).
 
 Every command that prints has ``--json``; its shape is documented in
 docs/cli.md and kept stable.  Exit codes: 0 success, 1 a check failed (e.g. a
@@ -194,19 +194,6 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         await admin.close()
 
 
-async def cmd_participants(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.participants import load_participants
-
-    participants = load_participants(settings.participants_file, banks=settings.banks)
-    rows = [p.to_json() for p in participants]
-    if args.json:
-        _print_json({"participants": rows})
-    else:
-        _table("Participants", ["id", "kind", "name", "bank_code", "suspended"],
-               [[r["id"], r["kind"], r["name"], r["bank_code"], r["suspended"]] for r in rows])
-    return 0
-
-
 async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
     from infra.acls import acl_bindings, kafka_acls_commands
     from infra.participants import load_participants
@@ -301,6 +288,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
     g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
+    g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
+                   help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 
@@ -357,11 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("participants", cmd_participants, "list the registered participants")
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
-    from infra import ops
+    from infra import ops, records_cli
 
+    records_cli.register(add)  # renkei records purge
     ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
@@ -375,11 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
-    from infra import broker_commands
+    from connectors import channel_key_command
+    from infra import broker_commands, keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
+    channel_key_command.register()
+    keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     broker_commands.register(add)
     return parser
 

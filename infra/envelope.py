@@ -41,10 +41,12 @@ import fastavro
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra import merkle
+from infra import merkle, senders
 from infra.errors import CodecError, EnvelopeRejection, Reason
 from infra.keys import KeyDirectory, Keyset, SigningPublicKey
+from infra.participants import Participants
 from schemas import codec
+from schemas.bounds import ArrayCaps
 from schemas.catalogue import SINGLE_OBJECT_MARKER, catalogue
 from schemas.types import BODY_SCHEMA
 
@@ -67,6 +69,9 @@ DEFAULT_MAX_BYTES = 1_048_576
 DEFAULT_TTL_S = 300
 MAX_TTL_S = 86_400  # bounds how long a replay guard must remember a message id
 DEFAULT_SKEW_S = 30
+# Wraps one envelope may carry when the caller does not know the participants: one per bank at
+# most, and bank codes (金融機関コード) have four digits.  The hub passes its participant count.
+DEFAULT_MAX_WRAPS = 10_000
 SCHEMA = "envelope"
 
 _ORIGIN = b"renkei envelope origin v1\x00"
@@ -274,6 +279,27 @@ class _EnvelopeCodec:
         latest = catalogue().latest[SCHEMA]
         self.header = SINGLE_OBJECT_MARKER + latest.fingerprint
         self.schema = fastavro.parse_schema(_strip_logical_types(latest.source), named_schemas={})
+        self._caps: dict[tuple[bytes, int], ArrayCaps] = {}
+
+    def check_caps(self, data: bytes, fingerprint: bytes, max_wraps: int) -> None:
+        """Refuse too many wraps or Merkle siblings before fastavro builds them (decoding cost grows with them)."""
+        caps = self._caps.get((fingerprint, max_wraps))
+        if caps is None:
+            version = catalogue().by_fingerprint.get(fingerprint)
+            if version is None or version.name != SCHEMA:
+                return  # not an envelope: the decoder refuses it (UNKNOWN_SCHEMA) without decoding
+            caps = ArrayCaps(version.source, {"wraps": max_wraps, "siblings": merkle.MAX_PATH})
+            if len(self._caps) < 64:
+                self._caps[(fingerprint, max_wraps)] = caps
+        try:
+            found = caps.check(data, len(self.header))
+        except CodecError:
+            raise _reject(Reason.MALFORMED, "envelope: body is not a valid envelope record") from None
+        if found is None:
+            return
+        if found.field == "wraps":
+            raise _reject(Reason.OVERSIZE, f"envelope carries more than {found.cap} wraps (one per recipient)")
+        raise _reject(Reason.MALFORMED, f"envelope: a Merkle audit path is longer than {found.cap} siblings")
 
     def encode(self, record: dict) -> bytes:
         # Name the union branch (fastavro tuple notation): otherwise it validates every branch, ~15 µs.
@@ -289,12 +315,14 @@ class _EnvelopeCodec:
         fastavro.schemaless_writer(buffer, self.schema, record)
         return buffer.getvalue()
 
-    def decode(self, data: bytes, max_bytes: int) -> dict:
+    def decode(self, data: bytes, max_bytes: int, max_wraps: int = DEFAULT_MAX_WRAPS) -> dict:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise _reject(Reason.MALFORMED, "envelope must be bytes")
         data = bytes(data)
         if len(data) > max_bytes:
             raise _reject(Reason.OVERSIZE, f"envelope is {len(data)} bytes, maximum is {max_bytes}")
+        if data[:2] == SINGLE_OBJECT_MARKER:
+            self.check_caps(data, data[2:10], max_wraps)
         if data[:10] != self.header:
             return self._decode_other_version(data, max_bytes)
         buffer = io.BytesIO(data)
@@ -330,8 +358,8 @@ def _envelopes() -> _EnvelopeCodec:
     return _ENVELOPES
 
 
-def _decode(data: bytes, max_bytes: int) -> dict:
-    return _envelopes().decode(data, max_bytes)
+def _decode(data: bytes, max_bytes: int, max_wraps: int = DEFAULT_MAX_WRAPS) -> dict:
+    return _envelopes().decode(data, max_bytes, max_wraps)
 
 
 def _encode(record: dict) -> bytes:
@@ -545,11 +573,13 @@ class Verifier:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_skew_s: int = DEFAULT_SKEW_S,
         root_cache_size: int = 4096,
+        max_wraps: int = DEFAULT_MAX_WRAPS,
     ) -> None:
         self._directory = directory
         self._hub_id = hub_id
         self._clock = clock
         self.max_bytes = max_bytes
+        self.max_wraps = max_wraps  # the hub passes its participant count: no fan-out has more recipients
         self._skew_ms = max_skew_s * 1000
         self._roots: OrderedDict[tuple, bytes] = OrderedDict()
         self._roots_max = root_cache_size
@@ -562,7 +592,7 @@ class Verifier:
         recipient keys' status, freshness and the subject commitment. With
         ``replay_guard`` the message id is also checked and remembered.
         """
-        r = _decode(data, self.max_bytes)
+        r = _decode(data, self.max_bytes, self.max_wraps)
         if r["countersignature"] is not None:
             raise _reject(Reason.MALFORMED, "envelope is already countersigned; only origin envelopes enter the hub")
         if r["wrap_proof"] is not None:
@@ -589,43 +619,50 @@ class Verifier:
             raise _reject(Reason.UNDECRYPTABLE, "body is sealed to a key that is not the recipient's")
 
     def _check_origin(self, r: dict) -> _Handle:
-        """Shape checks, then the origin key and signature. Returns the handle for forwarding."""
+        """Shape checks, then the origin key and signature. Returns the handle for forwarding.
+
+        Everything that costs no hashing comes first (shape, key status, key ownership): a forged
+        envelope carrying only someone's public key id is refused before any digest is computed,
+        and the digests that follow are bounded by the caps checked while decoding.
+        """
         mid, cid = r["message_id"], r["correlation_id"]
         if not (_UUID.fullmatch(mid) and _UUID.fullmatch(cid)):
             raise _reject(Reason.MALFORMED, "message_id and correlation_id must be canonical lowercase UUIDs")
-        wraps = r["wraps"]
+        wraps, proof = r["wraps"], r["wrap_proof"]
         if len(r["subject_commitment"]) != 32:
             raise _reject(Reason.MALFORMED, "subject_commitment must be 32 bytes")
-        wrap_leaves: list[bytes] = []
         if wraps:
-            wrap_leaves = [_wrap_leaf(w) for w in wraps]
-            proof = r["wrap_proof"]
             if proof is None:
                 if r["recipient"] != FANOUT or r["recipient_key_id"]:
                     raise _reject(Reason.MALFORMED, "fan-out envelope must be addressed to '*' with no key id")
                 if len({w["recipient"] for w in wraps}) != len(wraps):
                     raise _reject(Reason.MALFORMED, "fan-out envelope lists a recipient twice")
-                wraps_root, count = merkle.build(wrap_leaves)[0], len(wraps)
             else:
                 if len(wraps) != 1:
                     raise _reject(Reason.MALFORMED, "forwarded fan-out envelope must carry exactly one wrap")
                 w = wraps[0]
                 if r["recipient"] != w["recipient"] or r["recipient_key_id"] != w["recipient_key_id"]:
                     raise _reject(Reason.BAD_SIGNATURE, "recipient does not match its wrap")
+        elif proof is not None or r["recipient"] == FANOUT:
+            raise _reject(Reason.MALFORMED, "single-recipient envelope with fan-out fields")
+        created = r["created_at"]
+        key = self._directory.signing_key(r["sender_key_id"], signed_at=created)
+        if key.participant_id != r["sender"]:
+            raise _reject(Reason.BAD_SIGNATURE, "signing key does not belong to the sender")
+        wrap_leaves: list[bytes] = []
+        if wraps:
+            wrap_leaves = [_wrap_leaf(w) for w in wraps]
+            if proof is None:
+                wraps_root, count = merkle.build(wrap_leaves)[0], len(wraps)
+            else:
                 count = proof["leaf_count"]
                 wraps_root = merkle.root_from_path(wrap_leaves[0], proof["leaf_index"], count, proof["siblings"])
                 if wraps_root is None:
                     raise _reject(Reason.BAD_SIGNATURE, "wrap proof is ill-formed")
             binding = _fanout_binding(count, wraps_root)
         else:
-            if r["wrap_proof"] is not None or r["recipient"] == FANOUT:
-                raise _reject(Reason.MALFORMED, "single-recipient envelope with fan-out fields")
             binding = _single_binding(r["recipient"], r["recipient_key_id"])
-        created = r["created_at"]
         leaf = _origin_leaf(r, mid, cid, created, r["expires_at"], binding)
-        key = self._directory.signing_key(r["sender_key_id"], signed_at=created)
-        if key.participant_id != r["sender"]:
-            raise _reject(Reason.BAD_SIGNATURE, "signing key does not belong to the sender")
         if not self._check_tree(key, _ORIGIN_ROOT, leaf, r["signature"]):
             raise _reject(Reason.BAD_SIGNATURE, "origin signature or batch proof does not verify")
         return _Handle(r, leaf, wrap_leaves)
@@ -678,16 +715,22 @@ class Verifier:
 class Opener:
     """Opens envelopes addressed to one participant: verify everything, then decrypt.
 
-    Order: size and decoding (OVERSIZE, MALFORMED, UNKNOWN_SCHEMA), hub
+    Order: size and decoding (OVERSIZE, MALFORMED, UNKNOWN_SCHEMA; more than
+    one wrap or an audit path over 40 siblings is refused before decoding), hub
     countersignature, origin signature and key status (BAD_SIGNATURE,
     UNKNOWN_KEY, REVOKED_KEY), freshness (EXPIRED), addressee
-    (WRONG_RECIPIENT), decryption (UNDECRYPTABLE), body decoding (MALFORMED,
+    (WRONG_RECIPIENT), who may send this type to us (SENDER_NOT_ALLOWED,
+    UNKNOWN_PARTICIPANT: ``infra.senders``, judged on the verified origin
+    sender), decryption (UNDECRYPTABLE), body decoding (MALFORMED,
     UNKNOWN_SCHEMA), and last the replay guard (REPLAYED), so a message that
     fails any check does not burn its id.
 
     Envelopes must be countersigned by the hub (which binds the translated
-    subject) unless the hub itself is the origin; ``require_countersignature=False``
-    accepts direct envelopes and checks their subject against the commitment.
+    subject) unless the hub itself is the origin — and the hub originates only
+    its own answers (token issuance, lookup results, rejection notices);
+    ``require_countersignature=False`` accepts direct envelopes and checks
+    their subject against the commitment.  ``participants`` gives the kinds the
+    sender table is written in.
     """
 
     def __init__(
@@ -696,6 +739,7 @@ class Opener:
         directory: KeyDirectory,
         replay_guard: ReplayGuard,
         *,
+        participants: Participants,
         hub_id: str = "hub",
         require_countersignature: bool = True,
         clock: Callable[[], float] = time.time,
@@ -705,6 +749,7 @@ class Opener:
     ) -> None:
         self._keyset = keyset
         self._guard = replay_guard
+        self._participants = participants
         self._hub_id = hub_id
         self._require_cs = require_countersignature
         self._verifier = Verifier(
@@ -714,11 +759,12 @@ class Opener:
             max_bytes=max_bytes,
             max_skew_s=max_skew_s,
             root_cache_size=root_cache_size,
+            max_wraps=1,  # addressed to one participant: a single body, or one leg of a fan-out
         )
 
     def open(self, data: bytes) -> Opened:
         v = self._verifier
-        r = _decode(data, v.max_bytes)
+        r = _decode(data, v.max_bytes, v.max_wraps)
         handle = v._check_origin(r)
         if r["countersignature"] is not None:
             v._check_countersignature(r, handle)
@@ -732,6 +778,9 @@ class Opener:
             raise _reject(Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
         schema = _body_schema(r["type"])
         mid, type_, sender = r["message_id"], r["type"], r["sender"]
+        refused = senders.refusal(type_, sender, me, self._participants, hub_id=self._hub_id)
+        if refused is not None:
+            raise _reject(*refused)
         if r["wraps"]:
             w = r["wraps"][0]
             data_key = self._keyset.decrypt(

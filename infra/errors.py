@@ -30,6 +30,9 @@ class Reason(str, Enum):
     UNKNOWN_PARTICIPANT = "UNKNOWN_PARTICIPANT"  # sender or recipient not registered
     RECORD_FAILED = "RECORD_FAILED"  # provision record could not be written (fail closed)
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug in the processor; dead-lettered so the partition moves on
+    SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"  # this sender may not send this type to this recipient (infra.senders)
+    UNSOLICITED = "UNSOLICITED"  # an answer from a participant that was not asked
+    RATE_LIMITED = "RATE_LIMITED"  # the sender exceeded its message rate at the hub
 
 
 class RenkeiError(Exception):

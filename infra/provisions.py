@@ -13,6 +13,15 @@ so deleting, inserting or altering a record is detected by
 :meth:`ProvisionStore.verify_chain`. ``provision_chain_heads`` holds each
 person's last seq and hash, so deleting the tail is detected too.
 
+Against whoever runs the database (who could rewrite a chain *and* its head),
+every head a batch moves is sealed by the hub's records key
+(:mod:`infra.records_keys`, kept outside PostgreSQL): a rewritten chain has no
+validly signed head.  :mod:`infra.checkpoints` publishes signed checkpoints of
+all heads outside the database, and :mod:`infra.records_verify` checks a
+person's chain against the latest one.  Retention (:meth:`ProvisionStore.purge`)
+removes the oldest records of a chain and leaves a signed anchor where the
+remaining chain now starts.
+
 Fail closed (DESIGN §2): :meth:`ProvisionStore.append` runs inside the caller's
 transaction, before the message is forwarded. If it raises, the caller rolls
 back and must not forward. Database failures propagate unchanged (asyncpg /
@@ -35,25 +44,47 @@ from typing import Any, Final
 import asyncpg
 
 from infra.errors import Reason, Rejection
+from infra.records_keys import RecordsKey, Seal
 from infra.storage import migrate
 
 __all__ = [
+    "ANCHOR_DOMAIN",
+    "BUCKET_BITS",
     "CANONICAL_TAG",
     "GENESIS_HASH",
+    "HEAD_DOMAIN",
     "PROVISION_MIGRATIONS",
+    "Anchor",
+    "ChainProblem",
+    "ChainState",
     "ChainVerdict",
+    "ChainWalk",
+    "Head",
     "ProvisionRecord",
     "ProvisionStatus",
     "ProvisionStore",
+    "PurgeResult",
     "RecordDraft",
+    "anchor_statement",
+    "bucket_of",
     "canonical_bytes",
     "chain_hash",
+    "encode_items",
     "from_avro",
+    "head_statement",
+    "person_key",
+    "record_from_row",
+    "record_time",
     "to_avro",
+    "walk_chain",
 ]
 
 GENESIS_HASH: Final = bytes(32)
 CANONICAL_TAG: Final = b"renkei.provision_record.v1"  # domain separation, bumped if the encoding changes
+HEAD_DOMAIN: Final = b"renkei.provision_heads.v1\x00"  # records-key seals over chain heads
+ANCHOR_DOMAIN: Final = b"renkei.provision_anchors.v1\x00"  # records-key seals over retention anchors
+_HEAD_TAG: Final = b"renkei.provision_head.v1"
+_ANCHOR_TAG: Final = b"renkei.provision_anchor.v1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS: Final = timedelta(milliseconds=1)
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # base64url, padding optional
@@ -229,6 +260,28 @@ def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev_hash + canonical).digest()
 
 
+def encode_items(*items: bytes) -> bytes:
+    """Each item as a 4-byte big-endian length and its bytes (the layout of ``canonical_bytes``)."""
+    return b"".join(_pack_len(len(item)) + item for item in items)
+
+
+def head_statement(person_token: str, seq: int, last_hash: bytes) -> bytes:
+    """What a head seal signs: "this person's chain ends at ``seq`` with ``last_hash``"."""
+    return encode_items(_HEAD_TAG, person_token.encode("ascii"), _pack_seq(seq), last_hash)
+
+
+def anchor_statement(person_token: str, seq: int, last_hash: bytes, purged_before: datetime) -> bytes:
+    """What a retention anchor's seal signs: "records up to ``seq`` (ending in ``last_hash``) were purged as
+    older than ``purged_before``; the chain goes on from there"."""
+    before_ms = (_as_utc_ms("purged_before", purged_before) - _EPOCH) // _MS
+    return encode_items(_ANCHOR_TAG, person_token.encode("ascii"), _pack_seq(seq), last_hash, _pack_ms(before_ms))
+
+
+def record_time(record: RecordDraft | ProvisionRecord) -> datetime:
+    """When the exchange a record describes last happened (provided, else requested): what retention counts from."""
+    return max(record.requested_at, record.provided_at or record.requested_at)
+
+
 # --- Avro ----------------------------------------------------------------------
 
 
@@ -278,6 +331,22 @@ def from_avro(datum: dict[str, Any], *, seq: int) -> ProvisionRecord:
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in ProvisionStatus)
 
+BUCKET_BITS: Final = 12
+"""Checkpoints spread the chain heads over 2**12 buckets by a hash of the person's token (see bucket_of)."""
+_BUCKET_TAG: Final = "renkei.records.bucket.v1:"
+_BUCKET_DIGEST_SQL = f"sha256(('{_BUCKET_TAG}' || person_token)::bytea)"  # tokens are base64url: no escapes
+_BUCKET_SQL = f"(get_byte({_BUCKET_DIGEST_SQL}, 0) << 4) | (get_byte({_BUCKET_DIGEST_SQL}, 1) >> 4)"
+
+
+def person_key(person_token: str) -> bytes:
+    """SHA-256 of the bucket tag and the token: places a head in its bucket and orders it there."""
+    return hashlib.sha256((_BUCKET_TAG + person_token).encode("ascii")).digest()
+
+
+def bucket_of(person_token: str) -> int:
+    """The checkpoint bucket of a person's head: the first 12 bits of :func:`person_key` (the SQL column agrees)."""
+    return int.from_bytes(person_key(person_token)[:2], "big") >> (16 - BUCKET_BITS)
+
 PROVISION_MIGRATIONS: list[str] = [
     f"""
     CREATE TABLE provision_records (
@@ -307,6 +376,38 @@ PROVISION_MIGRATIONS: list[str] = [
         last_hash    bytea  NOT NULL
     );
     """,
+    # Tamper evidence against the database's operator (issue 13): the head's records-key seal, the head as of
+    # the latest checkpoint (cp_seq 0 = never checkpointed) and the checkpoint bucket; retention anchors; the
+    # checkpoints made (infra.checkpoints) and the roots of their buckets.
+    f"""
+    ALTER TABLE provision_chain_heads
+        ADD COLUMN seal    bytea,
+        ADD COLUMN cp_seq  bigint NOT NULL DEFAULT 0 CHECK (cp_seq >= 0),
+        ADD COLUMN cp_hash bytea  NOT NULL DEFAULT '\\x{GENESIS_HASH.hex()}'::bytea,
+        ADD COLUMN bucket  smallint GENERATED ALWAYS AS ({_BUCKET_SQL}) STORED;
+    CREATE INDEX provision_chain_heads_bucket ON provision_chain_heads (bucket) WHERE cp_seq > 0;
+    CREATE INDEX provision_chain_heads_pending ON provision_chain_heads (person_token) WHERE seq <> cp_seq;
+    CREATE TABLE provision_chain_anchors (
+        person_token  text        PRIMARY KEY,
+        seq           bigint      NOT NULL CHECK (seq >= 1),
+        last_hash     bytea       NOT NULL,
+        purged_before timestamptz NOT NULL,
+        purged_at     timestamptz NOT NULL DEFAULT now(),
+        seal          bytea       NOT NULL
+    );
+    CREATE TABLE provision_checkpoints (
+        number       bigint      PRIMARY KEY CHECK (number >= 1),
+        signed       bytea       NOT NULL,
+        issued_at    timestamptz NOT NULL,
+        published    boolean     NOT NULL DEFAULT false,
+        topic_offset bigint
+    );
+    CREATE INDEX provision_checkpoints_unpublished ON provision_checkpoints (number) WHERE NOT published;
+    CREATE TABLE provision_checkpoint_buckets (
+        bucket smallint PRIMARY KEY,
+        root   bytea    NOT NULL
+    );
+    """,
 ]
 
 _COLUMNS: Final = (
@@ -332,15 +433,16 @@ JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS k(message_id, requester, prov
 """
 
 _MOVE_HEADS = """
-UPDATE provision_chain_heads h SET seq = u.seq, last_hash = u.last_hash
-FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(person_token, seq, last_hash)
+UPDATE provision_chain_heads h SET seq = u.seq, last_hash = u.last_hash, seal = u.seal
+FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(person_token, seq, last_hash, seal)
 WHERE h.person_token = u.person_token
 """
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM provision_records"
 
 
-def _from_row(row: asyncpg.Record) -> ProvisionRecord:
+def record_from_row(row: asyncpg.Record) -> ProvisionRecord:
+    """A record from a ``provision_records`` row."""
     return ProvisionRecord(
         record_id=_as_uuid("record_id", row["record_id"]),
         message_id=_as_uuid("message_id", row["message_id"]),
@@ -353,6 +455,98 @@ def _from_row(row: asyncpg.Record) -> ProvisionRecord:
     )
 
 
+_PURGE_CANDIDATES = """
+SELECT person_token, upto FROM (
+    SELECT person_token, min(seq) AS first,
+           coalesce(min(seq) FILTER (WHERE greatest(requested_at, coalesce(provided_at, requested_at)) >= $1) - 1,
+                    max(seq)) AS upto
+    FROM provision_records GROUP BY person_token
+) c WHERE upto >= first ORDER BY person_token
+"""
+
+
+@dataclass(frozen=True)
+class Head:
+    """A person's chain head as stored: its last record, its seal, and the head as of the latest checkpoint."""
+
+    seq: int
+    last_hash: bytes = field(repr=False)
+    seal: Seal | None = field(repr=False)
+    cp_seq: int = 0
+    cp_hash: bytes = field(default=GENESIS_HASH, repr=False)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where a chain starts after a retention purge: the last purged record's seq and hash, sealed."""
+
+    seq: int
+    last_hash: bytes = field(repr=False)
+    purged_before: datetime
+    seal: Seal | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """One person's chain as the database holds it, read in one snapshot (see :meth:`ProvisionStore.chain_state`)."""
+
+    person_token: str = field(repr=False)
+    records: list[ProvisionRecord]  # every record, 不開示 ones included, in seq order
+    head: Head | None
+    anchor: Anchor | None
+
+    @property
+    def start(self) -> tuple[int, bytes]:
+        """Seq and hash the remaining records continue from: the anchor's, or (0, genesis)."""
+        return (self.anchor.seq, self.anchor.last_hash) if self.anchor else (0, GENESIS_HASH)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """Something wrong with a chain, located by sequence numbers (never by personal data)."""
+
+    first: int | None  # the first seq concerned; None: the chain as a whole (its head)
+    last: int | None
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class ChainWalk:
+    """What walking a chain's records found: its problems and where it ends."""
+
+    problems: list[ChainProblem]
+    last_seq: int
+    last_hash: bytes = field(repr=False)
+    hashes: dict[int, bytes] = field(repr=False)  # seq -> stored hash, for the records present
+
+
+def walk_chain(records: Sequence[ProvisionRecord], start: tuple[int, bytes] = (0, GENESIS_HASH)) -> ChainWalk:
+    """Check seq continuity, ``prev_hash`` links and every record's hash, from ``start`` (an anchor or genesis)."""
+    problems: list[ChainProblem] = []
+    hashes: dict[int, bytes] = {}
+    last_seq, prev_hash = start
+    expected = last_seq + 1
+    for record in records:
+        seq = record.seq
+        if seq < expected:
+            what = "duplicated (inserted)" if seq > start[0] else "before the chain's start (inserted)"
+            problems.append(ChainProblem(seq, seq, f"seq {seq}: {what}"))
+            continue
+        if seq > expected:
+            gap = f"{expected}" if seq == expected + 1 else f"{expected}-{seq - 1}"
+            problems.append(ChainProblem(expected, seq - 1, f"seq {gap} missing (deleted)"))
+        elif record.prev_hash != prev_hash:
+            problems.append(ChainProblem(seq, seq, f"seq {seq}: prev_hash does not match seq {seq - 1} (chain broken)"))
+        if chain_hash(record.prev_hash, canonical_bytes(record)) != record.hash:
+            problems.append(ChainProblem(seq, seq, f"seq {seq}: hash mismatch (altered)"))
+        hashes[seq] = record.hash
+        expected, prev_hash, last_seq = seq + 1, record.hash, seq
+    return ChainWalk(problems, last_seq, prev_hash, hashes)
+
+
 @dataclass(frozen=True)
 class ChainVerdict:
     """Result of :meth:`ProvisionStore.verify_chain`. ``problems`` never name personal data."""
@@ -362,15 +556,35 @@ class ChainVerdict:
     problems: list[str]
 
 
-class ProvisionStore:
-    """Provision records in PostgreSQL. ``append`` joins the caller's transaction."""
+@dataclass(frozen=True)
+class PurgeResult:
+    """What :meth:`ProvisionStore.purge` did (or, rolled back, would do)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    before: datetime
+    chains: int  # chains whose oldest records were removed
+    records: int  # records removed
+    kept: int  # chains left whole because their oldest records do not verify (kept as evidence)
+
+
+class ProvisionStore:
+    """Provision records in PostgreSQL. ``append`` and ``purge`` join the caller's transaction.
+
+    ``key`` is the records key (:class:`infra.records_keys.RecordsKey`): only
+    the writers (the hub, the retention purge) hold it; readers pass none.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, key: RecordsKey | None = None) -> None:
         self._pool = pool
+        self._key = key
 
     async def migrate(self) -> list[int]:
         """Create or upgrade the tables (component ``provisions``)."""
         return await migrate(self._pool, "provisions", PROVISION_MIGRATIONS)
+
+    def _signing_key(self, what: str) -> RecordsKey:
+        if self._key is None:
+            raise RuntimeError(f"ProvisionStore.{what} needs the records key (ProvisionStore(pool, key))")
+        return self._key
 
     async def append(self, conn: asyncpg.Connection, drafts: Iterable[RecordDraft]) -> list[ProvisionRecord]:
         """Chain and insert ``drafts``; return the records written now (already recorded ones are skipped).
@@ -378,9 +592,11 @@ class ProvisionStore:
         Must run inside the caller's open transaction on ``conn`` (with the
         message-id claim and before forwarding). Heads are locked in person
         order, so concurrent hub workers serialise per person and never
-        deadlock. Raises what asyncpg raises; the caller rolls back and does
+        deadlock; every head the batch moves is sealed with one records-key
+        signature. Raises what asyncpg raises; the caller rolls back and does
         not forward (fail closed).
         """
+        key = self._signing_key("append")
         if not conn.is_in_transaction():
             raise RuntimeError("ProvisionStore.append must run inside the caller's transaction")
         batch: dict[tuple[uuid.UUID, str, str], RecordDraft] = {}
@@ -412,7 +628,9 @@ class ProvisionStore:
                       r.status.value, r.not_disclosed, r.seq, r.prev_hash, r.hash) for r in written],
         )
         moved = sorted({r.person_token for r in written})
-        await conn.execute(_MOVE_HEADS, moved, [heads[p][0] for p in moved], [heads[p][1] for p in moved])
+        seals = key.seal(HEAD_DOMAIN, [head_statement(p, *heads[p]) for p in moved])
+        await conn.execute(_MOVE_HEADS, moved, [heads[p][0] for p in moved], [heads[p][1] for p in moved],
+                           [s.to_bytes() for s in seals])
         return written
 
     async def for_person(self, person_token: str, *, include_not_disclosed: bool = False) -> list[ProvisionRecord]:
@@ -421,7 +639,7 @@ class ProvisionStore:
         if not include_not_disclosed:
             sql += " AND NOT not_disclosed"
         rows = await self._pool.fetch(sql + " ORDER BY seq", person_token)
-        return [_from_row(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     async def by_message_ids(self, conn: asyncpg.Connection | asyncpg.Pool,
                              message_ids: Iterable[uuid.UUID | str]) -> list[ProvisionRecord]:
@@ -430,33 +648,106 @@ class ProvisionStore:
         if not ids:
             return []
         rows = await conn.fetch(f"{_SELECT} WHERE message_id = ANY($1::uuid[]) ORDER BY person_token, seq", ids)
-        return [_from_row(r) for r in rows]
+        return [record_from_row(r) for r in rows]
+
+    @staticmethod
+    async def chain_state(conn: asyncpg.Connection, person_token: str) -> ChainState:
+        """The person's records, head and anchor (run it in a repeatable-read transaction for one snapshot)."""
+        rows = await conn.fetch(f"{_SELECT} WHERE person_token = $1 ORDER BY seq", person_token)
+        head = await conn.fetchrow("SELECT seq, last_hash, seal, cp_seq, cp_hash FROM provision_chain_heads "
+                                   "WHERE person_token = $1", person_token)
+        anchor = await conn.fetchrow("SELECT seq, last_hash, purged_before, seal FROM provision_chain_anchors "
+                                     "WHERE person_token = $1", person_token)
+        return ChainState(
+            person_token=person_token,
+            records=[record_from_row(r) for r in rows],
+            head=None if head is None else Head(head["seq"], bytes(head["last_hash"]), Seal.from_bytes(head["seal"]),
+                                                head["cp_seq"], bytes(head["cp_hash"])),
+            anchor=None if anchor is None else Anchor(anchor["seq"], bytes(anchor["last_hash"]),
+                                                      anchor["purged_before"], Seal.from_bytes(anchor["seal"])),
+        )
 
     async def verify_chain(self, person_token: str) -> ChainVerdict:
-        """Recompute the person's chain and compare it with the stored hashes and head."""
+        """Recompute the person's chain and compare it with the stored hashes and head.
+
+        The database alone: it cannot tell a chain rewritten together with its
+        head (:mod:`infra.records_verify` checks seals and checkpoints too).
+        """
         async with self._pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await conn.fetch(f"{_SELECT} WHERE person_token = $1 ORDER BY seq", person_token)
-                head = await conn.fetchrow(
-                    "SELECT seq, last_hash FROM provision_chain_heads WHERE person_token = $1", person_token)
-        return _verify([_from_row(r) for r in rows], None if head is None else (head["seq"], bytes(head["last_hash"])))
+                state = await self.chain_state(conn, person_token)
+        head = None if state.head is None else (state.head.seq, state.head.last_hash)
+        return _verify(state.records, head, state.start)
+
+    async def purge(self, conn: asyncpg.Connection, *, before: datetime, chunk: int = 1000) -> PurgeResult:
+        """Remove, from every chain, the records older than ``before`` (by :func:`record_time`), oldest first.
+
+        Only a prefix of a chain goes: records up to the first one at or after
+        ``before``.  Each purged chain gets a sealed :class:`Anchor` (its last
+        purged seq and hash), so what remains still verifies and a later
+        deletion or alteration is still detected.  A chain whose purged part or
+        existing anchor does not verify is left whole (evidence is not
+        destroyed).  Runs inside the caller's transaction (which writes the ops
+        audit event before it commits).
+        """
+        key = self._signing_key("purge")
+        if not conn.is_in_transaction():
+            raise RuntimeError("ProvisionStore.purge must run inside the caller's transaction")
+        before = _as_utc_ms("before", before)
+        verifier = key.public()
+        candidates = [(r["person_token"], r["upto"]) for r in await conn.fetch(_PURGE_CANDIDATES, before)]
+        chains = removed = kept = 0
+        for i in range(0, len(candidates), chunk):
+            part = dict(candidates[i:i + chunk])
+            tokens = list(part)
+            rows = await conn.fetch(
+                f"{_SELECT} JOIN unnest($1::text[], $2::bigint[]) AS u(p, upto) ON person_token = u.p "
+                "AND seq <= u.upto + 1 ORDER BY person_token, seq", tokens, [part[t] for t in tokens])
+            anchors = {r["person_token"]: r for r in await conn.fetch(
+                "SELECT person_token, seq, last_hash, purged_before, seal FROM provision_chain_anchors "
+                "WHERE person_token = ANY($1::text[]) FOR UPDATE", tokens)}
+            by_person: dict[str, list[ProvisionRecord]] = {t: [] for t in tokens}
+            for row in rows:
+                by_person[row["person_token"]].append(record_from_row(row))
+            purged: list[tuple[str, int, bytes]] = []
+            for token in tokens:
+                upto, records = part[token], by_person[token]
+                old = anchors.get(token)
+                start = (0, GENESIS_HASH)
+                if old is not None:
+                    start = (old["seq"], bytes(old["last_hash"]))
+                    statement = anchor_statement(token, *start, old["purged_before"])
+                    if not verifier.check(ANCHOR_DOMAIN, statement, Seal.from_bytes(old["seal"])):
+                        kept += 1
+                        continue
+                prefix = [r for r in records if r.seq <= upto]
+                walk = walk_chain(prefix, start)
+                following = [r for r in records if r.seq == upto + 1]
+                if walk.problems or walk.last_seq != upto or (following and following[0].prev_hash != walk.last_hash):
+                    kept += 1
+                    continue
+                purged.append((token, upto, walk.last_hash))
+                removed += len(prefix)
+            if not purged:
+                continue
+            seals = key.seal(ANCHOR_DOMAIN, [anchor_statement(t, s, h, before) for t, s, h in purged])
+            await conn.executemany(
+                "INSERT INTO provision_chain_anchors (person_token, seq, last_hash, purged_before, seal) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (person_token) DO UPDATE SET seq = $2, last_hash = $3, "
+                "purged_before = $4, purged_at = now(), seal = $5",
+                [(t, s, h, before, seal.to_bytes()) for (t, s, h), seal in zip(purged, seals, strict=True)])
+            await conn.execute(
+                "DELETE FROM provision_records USING unnest($1::text[], $2::bigint[]) AS u(p, upto) "
+                "WHERE person_token = u.p AND seq <= u.upto", [t for t, _, _ in purged], [s for _, s, _ in purged])
+            chains += len(purged)
+        return PurgeResult(before=before, chains=chains, records=removed, kept=kept)
 
 
-def _verify(records: Sequence[ProvisionRecord], head: tuple[int, bytes] | None) -> ChainVerdict:
-    problems: list[str] = []
-    expected, prev_hash, last_seq = 1, GENESIS_HASH, 0
-    for record in records:
-        if record.seq < expected:
-            problems.append(f"seq {record.seq}: duplicated (inserted)")
-            continue
-        if record.seq > expected:
-            gap = f"{expected}" if record.seq == expected + 1 else f"{expected}-{record.seq - 1}"
-            problems.append(f"seq {gap} missing (deleted)")
-        elif record.prev_hash != prev_hash:
-            problems.append(f"seq {record.seq}: prev_hash does not match seq {record.seq - 1} (chain broken)")
-        if chain_hash(record.prev_hash, canonical_bytes(record)) != record.hash:
-            problems.append(f"seq {record.seq}: hash mismatch (altered)")
-        expected, prev_hash, last_seq = record.seq + 1, record.hash, record.seq
+def _verify(records: Sequence[ProvisionRecord], head: tuple[int, bytes] | None,
+            start: tuple[int, bytes] = (0, GENESIS_HASH)) -> ChainVerdict:
+    walk = walk_chain(records, start)
+    problems = [p.text for p in walk.problems]
+    last_seq = walk.last_seq
     if head is None:
         if records:
             problems.append("no chain head for this person (head deleted)")
@@ -466,6 +757,6 @@ def _verify(records: Sequence[ProvisionRecord], head: tuple[int, bytes] | None) 
             problems.append(f"head says seq {head_seq}, last record is {last_seq} (tail deleted)")
         elif head_seq < last_seq:
             problems.append(f"head says seq {head_seq}, last record is {last_seq} (records added outside the store)")
-        elif head_hash != prev_hash:
+        elif head_hash != walk.last_hash:
             problems.append(f"head hash does not match seq {last_seq} (altered)")
     return ChainVerdict(ok=not problems, checked=len(records), problems=problems)

@@ -82,7 +82,8 @@ class Settings:
     state_dir: Path = Path(".renkei")
     participant_id: str = "hub"
     keys_dir: Path | None = None  # default: <state_dir>/keys
-    keys_passphrase_file: Path | None = None  # default: <keys_dir>/passphrase (generated, embedded only)
+    keys_passphrase_file: Path | None = None  # default: <keys_dir>/../secrets/keys.passphrase (generated, embedded)
+    keys_passphrase: str = field(default="", repr=False)  # RENKEI_KEYS_PASSPHRASE; wins over the file
     participants_file: Path | None = None  # default: the built-in demo set
     banks: int = 5  # simulated banks in the built-in participant set
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
@@ -91,7 +92,20 @@ class Settings:
     embedded_kafka_cache: Path | None = None  # fetched Kafka jars; default ~/.cache/renkei (XDG_CACHE_HOME)
     embedded_kafka_heap_mb: int = 512
     hub_workers: int = 1
+    # Per verified sender and hub worker (infra.ratelimit): a sustained rate and a burst a batch job
+    # may send at once; beyond them the hub refuses with RATE_LIMITED.  0 = no limit.
+    hub_sender_rate: int = 200
+    hub_sender_burst: int = 20_000
     log_level: str = "INFO"
+    # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
+    # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
+    registry_check_deadline_s: int = 3600
+    # Provision records (infra.checkpoints, infra.provisions): a signed checkpoint of the chain heads is made
+    # when this many records wait for one, or this many seconds after the last one; records are kept this
+    # many years (the 住基ネット disclosure period) before `renkei records purge` may remove them.
+    records_checkpoint_interval_s: int = 10
+    records_checkpoint_records: int = 1000
+    records_retention_years: int = 7
 
     @property
     def embedded_kafka(self) -> bool:
@@ -140,6 +154,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "participant_id": (("participant_id",), str),
     "keys_dir": (("keys_dir",), Path),
     "keys_passphrase_file": (("keys_passphrase_file",), Path),
+    "keys_passphrase": (("keys_passphrase",), str),
     "participants_file": (("participants_file",), Path),
     "banks": (("banks",), int),
     "embedded_kafka_port": (("embedded_kafka_port",), int),
@@ -148,7 +163,13 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "embedded_kafka_cache": (("embedded_kafka_cache",), Path),
     "embedded_kafka_heap_mb": (("embedded_kafka_heap_mb",), int),
     "hub_workers": (("hub_workers",), int),
+    "hub_sender_rate": (("hub_sender_rate",), int),
+    "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
+    "registry_check_deadline_s": (("registry_check_deadline_s",), int),
+    "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
+    "records_checkpoint_records": (("records_checkpoint_records",), int),
+    "records_retention_years": (("records_retention_years",), int),
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -252,11 +273,16 @@ def load_settings(
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
     if kafka.broker not in BROKERS:
         raise ConfigError(f"broker: must be one of {', '.join(BROKERS)}")
+    if top_kwargs.get("registry_check_deadline_s", 1) < 1:
+        raise ConfigError("registry_check_deadline_s: at least 1 second")
     if kafka.fetch_wait_ms < 1:
         raise ConfigError("kafka_fetch_wait_ms: must be at least 1")
     if not 1 <= kafka.tansu_fetch_wait_ms <= kafka.tansu_fetch_wait_max_ms:
         raise ConfigError(
             "kafka_tansu_fetch_wait_ms: must be at least 1 and at most kafka_tansu_fetch_wait_max_ms")
+    for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):
+        if top_kwargs.get(name, 1) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
     settings = Settings(kafka=kafka, **top_kwargs)
     if settings.embedded_kafka_heap_mb < 128:
         raise ConfigError("embedded_kafka_heap_mb: must be at least 128")

@@ -45,6 +45,11 @@ class TopicNames:
         return f"{self.prefix}.audit.provisions"
 
     @property
+    def checkpoints(self) -> str:
+        """Signed checkpoints of the provision-record chain heads (infra.checkpoints); no personal data."""
+        return f"{self.prefix}.audit.checkpoints"
+
+    @property
     def ops_audit(self) -> str:
         """Ops actions (replay, rewind, re-drive) as JSON events; see docs/operations.md."""
         return f"{self.prefix}.audit.ops"
@@ -83,6 +88,10 @@ def layout(names: TopicNames, participants: Iterable[Participant]) -> list[Topic
         # Provision records are also kept in PostgreSQL; the topic is the stream
         # the portal and auditors follow, kept without time limit.
         TopicSpec(names.audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"} | _SIZE),
+        # Checkpoints of the records' chain heads: the verifiers' anchor outside the database. Kept without time
+        # limit and never compacted (a replayed older checkpoint must not replace the latest); small, and
+        # written only when records were added.
+        TopicSpec(names.checkpoints, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"} | _SIZE),
         ops_audit_spec(names),
         TopicSpec(names.keys, 1, "keys", {"cleanup.policy": "compact"} | _SIZE),
     ]

@@ -1,4 +1,4 @@
-"""The hub gateway's business step, as pure logic: verify → authorise → translate → countersign.
+"""The hub gateway's business step, as pure logic: verify → rate limit → authorise → translate → countersign.
 
 ``HubCore.decide`` takes a batch of raw ingress records and returns one
 :class:`Decision` per record — accepted (with the translated subject, the
@@ -24,6 +24,7 @@ from infra.participants import Participants
 from infra.policy import Decision as PolicyDecision
 from infra.policy import Policy
 from infra.provisions import ProvisionStatus, RecordDraft
+from infra.ratelimit import SenderRateLimiter
 from infra.tokens import TokenAuthority
 from schemas import codec
 from schemas.types import TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
@@ -93,6 +94,7 @@ class HubCore:
         hub_id: str = "hub",
         opener: Opener | None = None,
         sealer: Sealer | None = None,
+        limiter: SenderRateLimiter | None = None,
     ) -> None:
         self.verifier = verifier
         self.forwarder = forwarder
@@ -102,6 +104,7 @@ class HubCore:
         self.hub_id = hub_id
         self.opener = opener  # the hub's own inbox: only token issuance is addressed to it
         self.sealer = sealer
+        self.limiter = limiter  # per verified sender: one participant cannot starve the others
 
     def decide(self, batch: list[Inbound]) -> list[Decision]:
         return [self._decide_one(item) for item in batch]
@@ -111,6 +114,9 @@ class HubCore:
         try:
             meta = self.verifier.verify(item.value)
             decision.meta = meta
+            if self.limiter is not None and not self.limiter.allow(meta.sender):
+                raise Rejection(Reason.RATE_LIMITED, f"more than {self.limiter.rate_per_s:g} messages per second "
+                                                     "from this sender; send it again later")
             sender = self.participants.get(meta.sender)
             if meta.recipient == self.hub_id:
                 self.policy.authorise(sender, self.participants.get(self.hub_id), meta.type, meta.data_item,

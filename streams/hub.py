@@ -2,11 +2,15 @@
 
 For each batch (``stream.take``), in this order:
 
-1. ``HubCore.decide`` — verify, authorise, translate (pure, no I/O);
+1. ``HubCore.decide`` — verify (wraps and audit paths capped before decoding),
+   rate-limit each verified sender, authorise, translate (pure, no I/O);
 2. one PostgreSQL transaction: claim every verified message id with its
    source partition/offset (a different offset = a replay → REPLAYED; the
    same offset = a redelivery after a crash → forwarded again, no new
-   record) and append the provision records;
+   record; a concurrent claim by another worker counts as earlier, so a
+   duplicate racing between workers is REPLAYED too), track lookups (an
+   answer from a bank the lookup did not ask is refused UNSOLICITED) and
+   append the provision records;
 3. only after that commit: countersign and produce the forwards to the
    recipients' inboxes, the dead letters to ``renkei.hub.rejected``, the
    signed rejection notices to the senders' inboxes and the records to
@@ -39,6 +43,8 @@ from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStore, to_avro
+from infra.ratelimit import SenderRateLimiter
+from infra.records_keys import RecordsKey
 from infra.settings import Settings
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
@@ -66,21 +72,56 @@ HUB_MIGRATIONS = [
     """,
 ]
 
+# Sorted, so two workers claiming overlapping ids lock them in the same order (no deadlock).
 _CLAIM_SQL = """
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::text[])
-        AS t(message_id, src_partition, src_offset, accepted, reason, type, sender)
-), existing AS (
-    SELECT h.message_id, h.src_partition, h.src_offset
-    FROM hub_messages h JOIN input i USING (message_id)
-), inserted AS (
-    INSERT INTO hub_messages (message_id, src_partition, src_offset, accepted, reason, type, sender)
-    SELECT message_id, src_partition, src_offset, accepted, reason, type, sender FROM input
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id
-)
-SELECT e.message_id, e.src_partition, e.src_offset FROM existing e
+INSERT INTO hub_messages (message_id, src_partition, src_offset, accepted, reason, type, sender)
+SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bool[], $5::text[], $6::text[], $7::text[])
+    AS t(message_id, src_partition, src_offset, accepted, reason, type, sender)
+ORDER BY message_id
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id
 """
+
+_EARLIER_SQL = "SELECT message_id, src_partition, src_offset FROM hub_messages WHERE message_id = ANY($1::uuid[])"
+
+
+@dataclass(frozen=True)
+class MessageClaim:
+    """One verified ingress message the hub claims before acting on it."""
+
+    message_id: str
+    partition: int
+    offset: int
+    accepted: bool
+    reason: str | None
+    type: str
+    sender: str
+
+
+async def claim_messages(conn: asyncpg.Connection, claims: Sequence[MessageClaim]) -> dict[str, tuple[int, int] | None]:
+    """Claim message ids in ``conn``'s transaction; returns the ids that were NOT new, with where they were first seen.
+
+    The INSERT claims what no one holds.  An id another worker inserted but has not committed
+    makes the INSERT wait for that worker: if it commits, the id is not ours (and the SELECT,
+    a new statement, sees its row); if it rolls back, the INSERT claims it for us.  So a
+    duplicate racing between two workers is never "new" twice.  ``None`` = claimed by someone,
+    but the row is gone (pruned): treat it as seen before.
+    """
+    if not claims:
+        return {}
+    inserted = await conn.fetch(
+        _CLAIM_SQL,
+        [uuid.UUID(c.message_id) for c in claims], [c.partition for c in claims], [c.offset for c in claims],
+        [c.accepted for c in claims], [c.reason for c in claims], [c.type for c in claims],
+        [c.sender for c in claims])
+    ours = {str(r["message_id"]) for r in inserted}
+    others = [uuid.UUID(c.message_id) for c in claims if c.message_id not in ours]
+    if not others:
+        return {}
+    found: dict[str, tuple[int, int] | None] = {str(m): None for m in others}
+    for r in await conn.fetch(_EARLIER_SQL, others):
+        found[str(r["message_id"])] = (r["src_partition"], r["src_offset"])
+    return found
 
 
 @dataclass
@@ -98,18 +139,21 @@ class HubService:
     """Ingress batch → decisions → one PostgreSQL transaction → produce. Transport-agnostic."""
 
     def __init__(self, settings: Settings, core: HubCore, sealer: Sealer, pool: asyncpg.Pool, producer: Any,
-                 directory: KeyDirectory | None = None) -> None:
+                 directory: KeyDirectory | None = None, records_key: RecordsKey | None = None) -> None:
         self.settings = settings
         self.directory = directory  # what the verifier and sealer use: follow_directory keeps it current
+        self.keystore: KeyStore | None = None  # whose keysets take keys rotated into their files (create())
         self.core = core
         self.sealer = sealer
         self.pool = pool
         self.producer = producer
         self.names = TopicNames(settings.kafka.topic_prefix)
-        self.records = ProvisionStore(pool)
+        self.records_key = records_key  # seals chain heads (no key: nothing is recorded, nothing forwarded)
+        self.records = ProvisionStore(pool, records_key)
         self.totals = BatchStats()
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
-                                     policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id)
+                                     policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
+                                     records=self.records)
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
@@ -119,21 +163,30 @@ class HubService:
         directory = await load_directory(settings, store.root_public_key())
         hub_keys = store.keyset(settings.participant_id)
         sealer = Sealer(hub_keys, directory)
+        policy = policy or Policy.load()
+        policy.follow(directory)  # suspensions published on the keys topic (renkei participants suspend)
+        # No fan-out names more recipients than there are participants: refuse more before decoding them.
+        max_wraps = max(1, len(participants))
         core = HubCore(
-            verifier=Verifier(directory, hub_id=hub_keys.participant_id),
-            forwarder=HubForwarder(hub_keys, directory),
-            policy=policy or Policy.load(),
+            verifier=Verifier(directory, hub_id=hub_keys.participant_id, max_wraps=max_wraps),
+            forwarder=HubForwarder(hub_keys, directory, max_wraps=max_wraps),
+            policy=policy,
             participants=participants,
             tokens=store.token_authority(),
             hub_id=hub_keys.participant_id,
-            opener=Opener(hub_keys, directory, ClaimedInTransaction(), require_countersignature=False),
+            opener=Opener(hub_keys, directory, ClaimedInTransaction(), participants=participants,
+                          require_countersignature=False),
             sealer=sealer,
+            limiter=(SenderRateLimiter(settings.hub_sender_rate, settings.hub_sender_burst)
+                     if settings.hub_sender_rate > 0 else None),
         )
         pool = await create_pool(settings.pg_dsn)
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
-        return cls(settings, core, sealer, pool, producer, directory)
+        service = cls(settings, core, sealer, pool, producer, directory, records_key=store.records_key())
+        service.keystore = store
+        return service
 
     async def close(self) -> None:
         await self.pool.close()
@@ -184,28 +237,23 @@ class HubService:
             claim.append(d)
         redelivered: set[str] = set()
         async with self.pool.acquire() as conn, conn.transaction():
-            if claim:
-                rows = await conn.fetch(
-                    _CLAIM_SQL,
-                    [uuid.UUID(d.meta.message_id) for d in claim],
-                    [d.inbound.partition for d in claim],
-                    [d.inbound.offset for d in claim],
-                    [d.accepted for d in claim],
-                    [d.reason.value if d.reason else None for d in claim],
-                    [d.meta.type for d in claim],
-                    [d.meta.sender for d in claim],
-                )
-                earlier = {str(r["message_id"]): (r["src_partition"], r["src_offset"]) for r in rows}
-                for d in claim:
-                    where = earlier.get(d.meta.message_id)
-                    if where is None:
-                        continue
-                    if where == (d.inbound.partition, d.inbound.offset):
-                        redelivered.add(d.meta.message_id)  # our own crash: forward again, record nothing new
-                    else:
-                        d.reject(Reason.REPLAYED, "message id seen before")
+            earlier = await claim_messages(conn, [
+                MessageClaim(d.meta.message_id, d.inbound.partition, d.inbound.offset, d.accepted,
+                             d.reason.value if d.reason else None, d.meta.type, d.meta.sender) for d in claim])
+            for d in claim:
+                if d.meta.message_id not in earlier:
+                    continue
+                if earlier[d.meta.message_id] == (d.inbound.partition, d.inbound.offset):
+                    redelivered.add(d.meta.message_id)  # our own crash: forward again, record nothing new
+                else:
+                    d.reject(Reason.REPLAYED, "message id seen before")
+            claimed_accepted = [d for d in claim if d.accepted and d.meta.message_id not in earlier]
             # Scatter-gather state first: lookup rows, then provision-record heads, the order the sweep takes too.
             await self.lookups.track(conn, decisions, redelivered)
+            refused = [d for d in claimed_accepted if not d.accepted]  # e.g. an answer from a bank not asked
+            if refused:
+                await conn.executemany("UPDATE hub_messages SET accepted = false, reason = $2 WHERE message_id = $1",
+                                       [(uuid.UUID(d.meta.message_id), d.reason.value) for d in refused])
             drafts = [r for d in decisions if d.accepted and d.meta.message_id not in redelivered for r in d.records]
             new_records = await self.records.append(conn, drafts) if drafts else []
             if redelivered:
@@ -325,7 +373,7 @@ def build_app(settings: Settings) -> Any:
     def health() -> tuple[str, str]:
         if "service" not in holder:
             return "starting", "loading keys and connecting to PostgreSQL"
-        for name in ("sweeps", "directory"):
+        for name in ("sweeps", "directory", "checkpoints"):
             task = holder[name]
             if task.done():
                 return "failing", f"the {name} task stopped"
@@ -344,9 +392,11 @@ def build_app(settings: Settings) -> Any:
             metrics.directory_updates.inc(n)
             metrics.directory_entries.set(len(directory))
 
-        holder["directory"] = asyncio.ensure_future(follow_directory(settings, directory, on_change=directory_changed))
+        holder["directory"] = asyncio.ensure_future(follow_directory(
+            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics))
         holder["producer"] = prod
         holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
+        holder["checkpoints"] = asyncio.ensure_future(_checkpoints(settings, service, prod, metrics))
         holder["service"] = service
         log.info("hub ready: consuming %s", names.ingress)
 
@@ -367,6 +417,28 @@ def build_app(settings: Settings) -> Any:
     # No shutdown hook is needed for correctness: every produced message is acknowledged by the
     # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
     return app
+
+
+async def _checkpoints(settings: Settings, service: HubService, producer: Any, metrics: Any) -> None:
+    """Signed checkpoints of the provision-record chain heads on the checkpoint topic (infra.checkpoint_builder)."""
+    from infra.checkpoint_builder import run_checkpoints
+    from infra.metrics import Counter
+
+    made = metrics.register(Counter("renkei_checkpoints_total", "Hub: provision checkpoints made"))
+    left_out = metrics.register(Counter("renkei_checkpoint_heads_left_out_total",
+                                        "Hub: moved chain heads left out of a checkpoint as tampered",
+                                        labels={"reason": None}))
+    refused = metrics.register(Counter("renkei_checkpoints_refused_total",
+                                       "Hub: checkpoint rounds refused because the stored state was altered"))
+
+    def on_made(result: Any) -> None:
+        if result.checkpoint is not None:
+            made.inc()
+        for reason, n in result.left_out.items():
+            left_out.inc(n, reason=reason)
+
+    await run_checkpoints(settings, service.pool, producer, service.records_key, on_made=on_made,
+                          on_refused=lambda _: refused.inc())
 
 
 def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:

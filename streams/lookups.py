@@ -24,6 +24,12 @@ result is still forwarded and produces a supplement result
 (``is_supplement``).  A second answer from the same bank is forwarded but
 changes nothing here (first answer wins; DICJ's side ignores it too).
 
+An answer counts for the bank that SENT it — the envelope's verified origin
+sender, never a bank code inside the (unreadable) body — and only if that bank
+was one of the lookup's legs: an answer from a bank that was not asked, or to
+no lookup at all, is refused (``UNSOLICITED``: dead-lettered, not forwarded,
+no provision record).
+
 The result lists answering banks and banks that did not answer in time; its
 ``accounts`` list is always empty because only DICJ can read the answers —
 DICJ's side (``connectors.dicj``) assembles the consolidated view.
@@ -42,6 +48,7 @@ from typing import Any
 import asyncpg
 
 from infra.envelope import Message, Sealer, peek
+from infra.errors import Reason
 from infra.participants import Kind, Participant, Participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStatus, ProvisionStore, RecordDraft, to_avro
@@ -131,6 +138,11 @@ _LOCK_LOOKUPS = """
 SELECT * FROM hub_lookups WHERE correlation_id = ANY($1::uuid[]) ORDER BY correlation_id FOR UPDATE
 """
 
+_ASKED = """
+SELECT a.n FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS a(correlation_id, bank_id, n)
+JOIN hub_lookup_banks b ON b.correlation_id = a.correlation_id AND b.bank_id = a.bank_id
+"""
+
 _RECORD_ANSWERS = """
 UPDATE hub_lookup_banks b SET answered_at = now(), answer_message_id = a.message_id, late = l.result_emitted
 FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS a(correlation_id, bank_id, message_id), hub_lookups l
@@ -162,7 +174,7 @@ class LookupTracker:
 
     def __init__(self, pool: asyncpg.Pool, *, sealer: Sealer, tokens: TokenAuthority, participants: Participants,
                  policy: Policy, producer: Any, names: TopicNames, hub_id: str = "hub",
-                 sweep_limit: int = 200) -> None:
+                 sweep_limit: int = 200, records: ProvisionStore | None = None) -> None:
         self.pool = pool
         self.sealer = sealer
         self.tokens = tokens
@@ -172,7 +184,7 @@ class LookupTracker:
         self.names = names
         self.hub_id = hub_id
         self.sweep_limit = sweep_limit
-        self.records = ProvisionStore(pool)
+        self.records = records or ProvisionStore(pool)  # the hub's, with the records key that seals heads
         self.pending = False  # results were sealed into the outbox since the last flush
         self._flush_lock = asyncio.Lock()
 
@@ -186,20 +198,30 @@ class LookupTracker:
         Runs in the hub's claim + provision-record transaction, after both:
         a redelivered message (already tracked before a crash) is skipped.
         """
-        inquiries, answers = [], []
+        inquiries, answering = [], []
         for d in decisions:
             if not d.accepted or d.local or d.meta.message_id in redelivered:
                 continue
             if d.meta.type in LOOKUP_KINDS and d.legs:
                 inquiries.append(d)
             elif d.meta.type == T.LOOKUP_ANSWER:
-                answers.append(d.meta)
+                answering.append(d)
         if inquiries:
             await self._open(conn, inquiries)
+        if not answering:
+            return
+        cids = sorted({uuid.UUID(d.meta.correlation_id) for d in answering})
+        await conn.fetch(_LOCK_LOOKUPS, cids)  # serialise with other workers' answers and the sweep
+        asked = {r["n"] - 1 for r in await conn.fetch(_ASKED, [uuid.UUID(d.meta.correlation_id) for d in answering],
+                                                       [d.meta.sender for d in answering])}
+        answers = []
+        for i, d in enumerate(answering):
+            if i in asked:
+                answers.append(d.meta)
+            else:  # attributed to its verified sender, which no leg of this lookup went to
+                d.reject(Reason.UNSOLICITED, "lookup answer from a bank this lookup did not ask")
         if not answers:
             return
-        cids = sorted({uuid.UUID(m.correlation_id) for m in answers})
-        await conn.fetch(_LOCK_LOOKUPS, cids)  # serialise with other workers' answers and the sweep
         rows = await conn.fetch(_RECORD_ANSWERS, [uuid.UUID(m.correlation_id) for m in answers],
                                 [m.sender for m in answers], [uuid.UUID(m.message_id) for m in answers])
         late: dict[uuid.UUID, list[str]] = {}

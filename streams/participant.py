@@ -5,7 +5,9 @@ serve 1,000 banks), each with its own keys, inbox topic and token space.
 For every message in an identity's inbox it:
 
 1. opens the envelope (verify hub countersignature and origin signature,
-   freshness, recipient, decrypt) — a message that does not open is kept in
+   freshness, recipient, who may send this type to this participant —
+   ``infra.senders``, so a message "from the hub" that the hub does not
+   originate is refused —, decrypt) — a message that does not open is kept in
    ``participant_dead_letters`` with its reason, never dropped;
 2. in ONE PostgreSQL transaction per poll: claims the message ids
    (``infra.storage.claim``), runs each handler's effect under its own savepoint,
@@ -190,7 +192,8 @@ class ParticipantRuntime:
         for pid in self.identity_ids:
             keyset = store.keyset(pid)
             ident = Identity(pid, Sealer(keyset, self.directory),
-                             Opener(keyset, self.directory, ClaimedInTransaction()), self.names.inbox(pid))
+                             Opener(keyset, self.directory, ClaimedInTransaction(), participants=self.participants),
+                             self.names.inbox(pid))
             self.identities[pid] = ident
             self.by_inbox[ident.inbox] = ident
         self.pool = await create_pool(self.settings.pg_dsn)
@@ -203,7 +206,8 @@ class ParticipantRuntime:
         self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
         # Follow the keys topic: rotated keys work and revoked ones are refused without a restart.
         self._tasks.append(asyncio.create_task(
-            follow_directory(self.settings, self.directory, on_change=self._directory_changed),
+            follow_directory(self.settings, self.directory, on_change=self._directory_changed, keystore=store,
+                             metrics=self.metrics),
             name=f"{self.group}-keys"))
         if consume:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,

@@ -41,14 +41,23 @@ async function follow(requestId, statusId) {
 async function loadRecords() {
   const { status, data } = await api("GET", "/api/records");
   if (status !== 200) { say("chain-status", data.message || "records unavailable", true); return; }
-  say("chain-status", data.chain_ok ? `Chain verified (${data.records.length} records)`
-                                    : `Chain BROKEN: ${data.problems.join("; ")}`, !data.chain_ok);
+  // Verified against the latest signed checkpoint: OK, PENDING (newest records not yet checkpointed) or TAMPERED.
+  const against = data.checkpoint ? ` against checkpoint #${data.checkpoint.number}` : "";
+  const verdicts = {
+    OK: `Chain verified${against} (${data.records.length} records)`,
+    PENDING: `Chain verified${against}; ${data.pending} record(s) not yet checkpointed`,
+    TAMPERED: `Records TAMPERED: ${data.problems.join("; ")}`,
+  };
+  say("chain-status", verdicts[data.verdict] || data.verdict, !data.chain_ok);
   const body = $("records").querySelector("tbody");
   body.replaceChildren();
+  const marks = { CHECKPOINTED: ["✔", "verified record"], PENDING: ["…", "verified pending record"] };
   for (const r of data.records) {
     const tr = document.createElement("tr");
-    tr.className = r.verified ? "verified record" : "broken record";
-    for (const v of [r.verified ? "✔" : "✘", r.requested_at, r.requester, r.provider, r.data_item, r.legal_basis, r.status]) {
+    const [mark, cls] = marks[r.state] || ["✘", "broken record"];
+    tr.className = cls;
+    tr.title = r.state === "PENDING" ? "not yet checkpointed" : r.state.toLowerCase();
+    for (const v of [mark, r.requested_at, r.requester, r.provider, r.data_item, r.legal_basis, r.status]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);

@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account
+from connectors.bank_sim import register_at_counter, registration_status
 from connectors.client import BusClient
-from infra.policy import BASIS_BANK_INTAKE, BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
 from schemas import types as T
+from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +64,7 @@ async def inquire(bus: BusClient, my_number: str, agency: str = AGENCY, timeout:
 
 async def test_step1_registration_then_step2_provision(bus, pg, running_platform):
     mn, acct = person(), account()
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)  # the bank's records: the person's account
     result = await register(bus, mn, acct)
     assert result["status"] == "DONE"
     answer = await inquire(bus, mn)
@@ -86,16 +88,16 @@ async def test_step1_registration_then_step2_provision(bus, pg, running_platform
         await running_platform_pool.close()
 
 
-async def test_step1_unknown_account_and_holder_mismatch_block_provision(bus, pg):
+async def test_step1_unknown_account_and_wrong_name_register_nothing(bus, pg, running_platform):
     mn = person()
     assert (await register(bus, mn, account(bank="9002")))["status"] == "ACCOUNT_NOT_FOUND"
     assert (await inquire(bus, mn))["status"] == "NOT_REGISTERED"
     acct = account(bank="9002", kana="ヤマダ ハナコ")
-    await open_account(pg, acct)
-    wrong_name = dict(acct, holder_kana="スズキ イチロウ")  # a family member's account, say
+    await hold_account(running_platform.settings, pg, mn, acct)
+    wrong_name = dict(acct, holder_kana="スズキ イチロウ")  # not the name the bank has for its customer
     assert (await register(bus, mn, wrong_name))["status"] == "HOLDER_MISMATCH"
-    answer = await inquire(bus, mn)
-    assert answer["status"] == "BLOCKED" and answer["account"] is None
+    answer = await inquire(bus, mn)  # nothing stored, not even blocked: no registration unless CONFIRMED
+    assert answer["status"] == "NOT_REGISTERED" and answer["account"] is None
 
 
 async def test_step1_unknown_bank_code_is_refused_without_a_check(bus):
@@ -104,7 +106,7 @@ async def test_step1_unknown_bank_code_is_refused_without_a_check(bus):
 
 async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_platform):
     mn, acct = person(), account(bank="9003")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     keys_before = await pg.fetchval("SELECT count(*) FROM registry_data_keys")
     assert (await register(bus, mn, acct, operation="DELETE"))["status"] == "DONE"
@@ -123,26 +125,22 @@ async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_p
 
 
 async def test_step3_bank_channel_registration(bus, pg, running_platform):
-    from connectors.client import BusClient as Client
-
-    mn = person()
-    acct = account(bank="9004")
-    async with Client(running_platform.settings, ["bank-9004"], group=f"{uuid.uuid4().hex}.bank-test") as bank:
-        token = await bus.token_for("portal", mn)  # the person exists in the portal's space too
-        bank_token = await bank.token_for("bank-9004", mn)
-        answer = await bank.request(
-            "bank-9004", type=T.REGISTRATION_REQUEST, to="registry", subject=bank_token,
-            body={"operation": "REGISTER", "account": acct, "channel": "BANK_COUNTER", "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
-        assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
-        # Another bank's account cannot be registered by this bank.
-        refused = await bank.request(
-            "bank-9004", type=T.REGISTRATION_REQUEST, to="registry", subject=bank_token,
-            body={"operation": "REGISTER", "account": account(bank="9001"), "channel": "BANK_COUNTER",
-                  "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
-        assert refused.body["status"] == "REFUSED"
-    assert token
+    """The bank's counter files the registration with the person's consent; the registry checks the account
+    with that bank's own records, registers it, and answers the bank. Another bank's account is refused."""
+    settings = running_platform.settings
+    mn, acct = person(), account(bank="9004")
+    await hold_account(settings, pg, mn, acct)
+    given = {"given_by": "PERSON", "method": "ONLINE_BANKING", "given_at": now(), "evidence_ref": "OB-1"}
+    counter = ParticipantRuntime(settings, ["bank-9004"], {}, group=f"{uuid.uuid4().hex}.bank-counter")
+    await counter.start(consume=False)  # the simulated bank reads its inbox; the counter only files
+    try:
+        token = bank_token(settings, mn, "bank-9004")
+        done = await register_at_counter(counter, "bank-9004", token, "REGISTER", acct, given)
+        refused = await register_at_counter(counter, "bank-9004", token, "REGISTER", account(bank="9001"), given)
+        assert await eventually(lambda: registration_status(pg, "bank-9004", done), timeout=120) == "DONE"
+        assert await eventually(lambda: registration_status(pg, "bank-9004", refused), timeout=120) == "REFUSED"
+    finally:
+        await counter.stop()
     provided = await inquire(bus, mn)
     assert provided["status"] == "REGISTERED" and provided["account"]["bank_code"] == "9004"
 
@@ -187,7 +185,7 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
 
 async def test_provision_chain_detects_deleted_and_altered_records(bus, pg, running_platform):
     mn, acct = person(), account(bank="9000")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     await register(bus, mn, acct)
     await inquire(bus, mn)
     portal_token = await bus.token_for("portal", mn)

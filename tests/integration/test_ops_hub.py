@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.bank_sim import open_account
 from infra.dlq import list_dead_letters, redrive
 from infra.envelope import Message, Opener, Sealer
 from infra.keystore import KeyStore, publish_directory
@@ -32,6 +31,7 @@ from infra.topics import TopicNames
 from schemas import types as T
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -82,7 +82,7 @@ async def test_hub_metrics_move_with_traffic_and_status_lists_every_worker(bus, 
     hub = await endpoint_of(running_platform, "hub")
     before = await fetch_metrics(hub.metrics)
     mn, acct = person(), account(bank="9001")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     assert (await inquire(bus, mn))["status"] == "REGISTERED"
     with pytest.raises(RuntimeError):  # a suspended agency's token request is refused by the hub
@@ -138,7 +138,7 @@ def use_keyset(runtime: ParticipantRuntime, keyset) -> None:
     """What the agency's process does after a rotation: seal and open with the new keyset."""
     old = runtime.identities[keyset.participant_id]
     new = Identity(keyset.participant_id, Sealer(keyset, runtime.directory),
-                   Opener(keyset, runtime.directory, ClaimedInTransaction()), old.inbox)
+                   Opener(keyset, runtime.directory, ClaimedInTransaction(), participants=runtime.participants), old.inbox)
     runtime.identities[keyset.participant_id] = new
     runtime.by_inbox[old.inbox] = new
 
@@ -148,7 +148,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
     hub = await endpoint_of(running_platform, "hub")
     registry = await endpoint_of(running_platform, "registry")
     mn, acct = person(), account(bank="9002")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     token = await bus.token_for(ROTATING_AGENCY, mn)
 
@@ -237,7 +237,7 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     people = [person() for _ in range(3)]
     for i, mn in enumerate(people):
         acct = account(bank="9003")
-        await open_account(pg, acct)
+        await hold_account(running_platform.settings, pg, mn, acct)
         assert (await register(bus, mn, acct))["status"] == "DONE"
         assert (await inquire(bus, mn))["status"] == "REGISTERED"
 

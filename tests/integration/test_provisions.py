@@ -1,4 +1,8 @@
-"""Provision records on the real PostgreSQL: append, idempotency, chain verification, tampering."""
+"""Provision records on the real PostgreSQL: append, idempotency, head seals, chain verification, tampering.
+
+``verify_chain`` is the database-only check; tampering by whoever runs the database is detected against
+the published checkpoints (tests/integration/test_records_checkpoints.py).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ import pytest
 
 from infra.provisions import (
     GENESIS_HASH,
+    HEAD_DOMAIN,
     ProvisionStatus,
     ProvisionStore,
     RecordDraft,
+    bucket_of,
     canonical_bytes,
     chain_hash,
     from_avro,
+    head_statement,
     to_avro,
 )
+from infra.records_keys import RecordsKey, Seal
 from infra.storage import claim, create_pool, migrate_idempotency
 from schemas import codec
 
@@ -49,10 +57,13 @@ async def pool(pg_dsn):
     await pool.close()
 
 
+KEY = RecordsKey.generate()
+
+
 @pytest.fixture
 async def store(pool) -> ProvisionStore:
-    store = ProvisionStore(pool)
-    assert await store.migrate() == [1]
+    store = ProvisionStore(pool, KEY)
+    assert await store.migrate() == [1, 2]
     assert await store.migrate() == []
     return store
 
@@ -117,6 +128,33 @@ async def test_append_outside_a_transaction_is_refused(pool, store):
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError, match="transaction"):
             await store.append(conn, [draft(token())])
+
+
+async def test_append_without_the_records_key_writes_nothing(pool, store):
+    """Heads are sealed as they move: a writer without the records key records nothing (so forwards nothing)."""
+    person = token()
+    with pytest.raises(RuntimeError, match="records key"):
+        await append(pool, ProvisionStore(pool), [draft(person)])
+    assert await store.for_person(person) == []
+
+
+async def test_every_moved_head_is_sealed_by_the_records_key(pool, store):
+    people = [token() for _ in range(3)]
+    await append(pool, store, [draft(p) for p in people for _ in range(2)])
+    rows = {r["person_token"]: r for r in await pool.fetch(
+        "SELECT person_token, seq, last_hash, seal, bucket FROM provision_chain_heads "
+        "WHERE person_token = ANY($1::text[])", people)}
+    keys, stranger = KEY.public(), RecordsKey.generate().public()
+    seals = [Seal.from_bytes(rows[p]["seal"]) for p in people]
+    assert len({s.signature for s in seals}) == 1 and [s.size for s in seals] == [3, 3, 3]  # one signature a batch
+    for p, seal in zip(people, seals):
+        row = rows[p]
+        assert row["seq"] == 2 and row["bucket"] == bucket_of(p)  # the SQL bucket column agrees with Python
+        assert keys.check(HEAD_DOMAIN, head_statement(p, 2, bytes(row["last_hash"])), seal)
+        assert not keys.check(HEAD_DOMAIN, head_statement(p, 1, bytes(row["last_hash"])), seal)  # another head
+        assert not stranger.check(HEAD_DOMAIN, head_statement(p, 2, bytes(row["last_hash"])), seal)
+    other = people[1]
+    assert not keys.check(HEAD_DOMAIN, head_statement(people[0], 2, bytes(rows[other]["last_hash"])), seals[1])
 
 
 async def test_rolled_back_append_leaves_no_record_and_no_claim(pool, store):

@@ -5,9 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from infra import envelope as E
 from infra.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
 from infra.keys import KeyDirectory, Keyset, RootAuthority
+from infra.participants import Kind, Participant, Participants
 from infra.tokens import TokenAuthority
+import pytest
+
+from infra.errors import EnvelopeRejection, Reason
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.leakguard import used
@@ -34,6 +39,8 @@ class World:
         "bank-1": "x25519",
         "bank-2": "mlkem768-x25519",
         "bank-3": "x25519",
+        "dicj": "x25519",
+        "portal": "x25519",
     }
 
     def __init__(self) -> None:
@@ -41,6 +48,7 @@ class World:
         self.root = RootAuthority.generate()
         self.keys = {p: Keyset.generate(p, kem, now=int(T0 * 1000) - 86_400_000) for p, kem in self.PARTICIPANTS.items()}
         self.directory = self.fresh_directory()
+        self.participants = Participants([participant(p) for p in self.PARTICIPANTS])
         self.tokens = TokenAuthority(bytes(32) + b"link", bytes(32) + b"master")
         self.hub = HubForwarder(self.keys["hub"], self.directory, clock=self.clock)
         self.ingress = Verifier(self.directory, clock=self.clock)
@@ -60,6 +68,7 @@ class World:
         return Sealer(self.keys[participant], self.directory, clock=self.clock)
 
     def opener(self, participant: str, **options: Any) -> Opener:
+        options.setdefault("participants", self.participants)
         return Opener(self.keys[participant], self.directory, MemoryReplayGuard(), clock=self.clock, **options)
 
     def seal(self, sender: str = "agency-a", to: str = "registry", type_: str = "provision.inquiry", **kw: Any) -> bytes:
@@ -79,6 +88,53 @@ class World:
         meta = self.ingress.verify(envelope)
         to = recipient or meta.recipient
         return self.hub.forward(meta, self.tokens.translate(meta.subject, meta.sender, to), recipient=recipient)
+
+    def countersign(self, envelope: bytes, *, forwarded_at_ms: int | None = None) -> bytes:
+        """What a holder of the hub's signing key can build WITHOUT the hub's ingress checks.
+
+        A single-recipient envelope, re-addressed to the recipient's token and countersigned as
+        is: the receiver's own checks are then all that stands between it and the message.
+        """
+        r = codec.decode(envelope, "envelope")
+        mid, cid = str(r["message_id"]), str(r["correlation_id"])
+        binding = E._single_binding(r["recipient"], r["recipient_key_id"])
+        origin_leaf = E._origin_leaf(r, mid, cid, E._ms(r["created_at"]), E._ms(r["expires_at"]), binding)
+        if r["sender"] != "hub":  # the hub seals its own messages in the recipient's token space already
+            r["subject"] = self.tokens.translate(r["subject"], r["sender"], r["recipient"])
+        at = int(self.clock() * 1000) if forwarded_at_ms is None else forwarded_at_ms
+        hub = self.keys["hub"]
+        leaf = E._hub_leaf(origin_leaf, r, b"", at, hub.signing_key_id)
+        r["countersignature"] = {"key_id": hub.signing_key_id, "forwarded_at": at,
+                                 "signature": E._tree_signatures(hub, E._HUB_ROOT, [leaf])[0]}
+        return codec.encode("envelope", r)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    """One world per test module (key generation is the slow part); import it with ``fresh_clock``."""
+    return World()
+
+
+@pytest.fixture(autouse=True)
+def fresh_clock(request: pytest.FixtureRequest) -> None:
+    """Every test of a module that imports it starts at T0 (when it uses ``world``)."""
+    if "world" in request.fixturenames:
+        request.getfixturevalue("world").clock.now = T0
+
+
+def rejected(fn: Any, *args: Any) -> Reason:
+    """The reason ``fn(*args)`` is refused with (it must be)."""
+    with pytest.raises(EnvelopeRejection) as info:
+        fn(*args)
+    return info.value.reason
+
+
+def participant(pid: str) -> Participant:
+    """The world's participants, of the kind their id names (``bank-N`` has bank code ``000N``)."""
+    if pid.startswith("bank-"):
+        return Participant(pid, Kind.BANK, pid, bank_code=f"{int(pid[5:]):04d}")
+    kind = Kind.AGENCY if pid.startswith("agency-") else Kind(pid)
+    return Participant(pid, kind, pid)
 
 
 def example_body(type_: str) -> dict:

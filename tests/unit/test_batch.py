@@ -14,6 +14,7 @@ from infra.errors import EnvelopeRejection, Reason
 from infra.keys import SigningPublicKey
 from schemas import codec
 from tests.unit.envelope_world import T0, World, example_body
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
@@ -72,16 +73,6 @@ def test_interior_node_cannot_pass_as_a_leaf():
 
 
 # --- batch-sealed envelopes ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture(autouse=True)
-def _reset_clock(world):
-    world.clock.now = T0
 
 
 def batch(world: World, n: int, sender: str = "agency-a", to: str = "registry") -> list[bytes]:
@@ -218,20 +209,20 @@ def test_hub_batch_countersignature_tampering(world):
 
 
 def test_mixed_batch_of_single_and_fanout_messages(world):
-    sealer = world.sealer("agency-a")
+    sealer = world.sealer("dicj")
     body = example_body("lookup.inheritance")
     sealed = sealer.seal_batch(
         [
-            Message(body, "lookup.inheritance", ("bank-1", "bank-2"), world.token("agency-a"), "deposits", "law-7"),
-            Message(example_body("provision.inquiry"), "provision.inquiry", "registry", world.token("agency-a"), "a", "b"),
+            Message(body, "lookup.inheritance", ("bank-1", "bank-2"), world.token("dicj"), "deposits", "law-7"),
+            Message(example_body("numbering.request"), "numbering.request", "bank-3", world.token("dicj"), "a", "b"),
         ]
     )
     fan, single = (world.ingress.verify(s) for s in sealed)
-    items = [(fan, world.token("bank-1"), "bank-1"), (fan, world.token("bank-2"), "bank-2"), (single, world.token("registry"))]
+    items = [(fan, world.token("bank-1"), "bank-1"), (fan, world.token("bank-2"), "bank-2"), (single, world.token("bank-3"))]
     out = world.hub.forward_batch(items)
     assert world.opener("bank-1").open(out[0]).meta.recipient == "bank-1"
     assert world.opener("bank-2").open(out[1]).meta.recipient == "bank-2"
-    assert world.opener("registry").open(out[2]).meta.recipient == "registry"
+    assert world.opener("bank-3").open(out[2]).meta.recipient == "bank-3"
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

@@ -15,28 +15,15 @@ from infra import merkle
 from infra.envelope import FANOUT, MemoryReplayGuard, Opener, peek
 from infra.errors import EnvelopeRejection, Reason
 from infra.keys import Keyset
+from infra.participants import Kind
+from infra.senders import SENDERS
 from schemas import codec
 from schemas.types import BODY_SCHEMA
-from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body
+from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body, rejected
+from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture(autouse=True)
-def _reset_clock(world):
-    world.clock.now = T0
-
-
-def rejected(fn, *args) -> Reason:
-    with pytest.raises(EnvelopeRejection) as info:
-        fn(*args)
-    return info.value.reason
 
 
 def resign(record: dict, keyset: Keyset) -> bytes:
@@ -58,16 +45,37 @@ def resign(record: dict, keyset: Keyset) -> bytes:
 # --- round trips -----------------------------------------------------------------------------
 
 
+# One participant of the world per kind, for the routes of the sender table.
+ONE_OF = {Kind.AGENCY: "agency-a", Kind.REGISTRY: "registry", Kind.BANK: "bank-1", Kind.PORTAL: "portal",
+          Kind.DICJ: "dicj", Kind.HUB: "hub"}
+
+
+def a_route(type_: str) -> tuple[str, str]:
+    """``(sender, recipient)`` of the world that the sender table allows for ``type_``."""
+    rule = SENDERS[type_]
+    if rule.from_hub:
+        return "hub", ONE_OF[sorted(rule.from_hub)[0]]
+    sender, recipient = sorted(rule.routes)[0]
+    return ONE_OF[sender], "bank-2" if sender is recipient is Kind.BANK else ONE_OF[recipient]
+
+
 @pytest.mark.parametrize("type_", sorted(BODY_SCHEMA))
 def test_seal_forward_open_round_trip_for_every_body_type(world, type_):
     body = example_body(type_)
-    sealed = world.seal(type_=type_, body=body)
-    opened = world.opener("registry").open(world.forward(sealed))
+    sender, recipient = a_route(type_)
+    sealed = world.seal(sender=sender, to=recipient, type_=type_, body=body)
+    if sender == "hub":  # the hub's own answers arrive as it sealed them
+        opened = world.opener(recipient).open(sealed)
+    elif recipient == "hub":  # token issuance is addressed to the hub itself, never forwarded
+        opened = world.opener("hub", require_countersignature=False).open(sealed)
+    else:
+        opened = world.opener(recipient).open(world.forward(sealed))
     assert opened.body == codec.decode(codec.encode(BODY_SCHEMA[type_], body), BODY_SCHEMA[type_])
     meta = opened.meta
-    assert (meta.type, meta.sender, meta.recipient) == (type_, "agency-a", "registry")
-    assert meta.subject == world.token("registry")  # translated into the recipient's token space
-    assert meta.hub_key_id == world.keys["hub"].signing_key_id
+    assert (meta.type, meta.sender, meta.recipient) == (type_, sender, recipient)
+    if sender != "hub" and recipient != "hub":
+        assert meta.subject == world.token(recipient)  # translated into the recipient's token space
+        assert meta.hub_key_id == world.keys["hub"].signing_key_id
     assert meta.correlation_id == meta.message_id
     assert meta.expires_at - meta.created_at == timedelta(seconds=300)
 
@@ -356,12 +364,12 @@ def test_unknown_recipient_cannot_be_sealed_to(world):
 
 def test_revocation_is_immediate():
     world = World()
-    first = world.forward(world.seal(sender="bank-3"))
+    first = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
     world.opener("registry").open(first)
-    in_flight = world.forward(world.seal(sender="bank-3"))
+    in_flight = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
     world.directory.revoke(world.keys["bank-3"].signing_key_id)
     assert rejected(world.opener("registry").open, in_flight) is Reason.REVOKED_KEY
-    assert rejected(world.ingress.verify, world.seal(sender="bank-3")) is Reason.REVOKED_KEY
+    assert rejected(world.ingress.verify, world.seal(sender="bank-3", type_="existence.answer")) is Reason.REVOKED_KEY
     world.directory.revoke(world.keys["hub"].signing_key_id)
     assert rejected(world.opener("registry").open, world.forward(world.seal())) is Reason.REVOKED_KEY
 
@@ -387,12 +395,12 @@ def test_rotation_old_key_verifies_in_flight_messages_until_retired(tmp_path):
 
 def test_rotation_of_the_recipient_old_key_still_decrypts():
     world = World()
-    before = world.forward(world.seal(to="bank-1"))
+    before = world.forward(world.seal(sender="registry", to="bank-1", type_="existence.check"))
     world.keys["bank-1"].rotate(now=int(T0 * 1000) + 1)
     world.publish(world.keys["bank-1"])
     world.clock.now = T0 + 5
     assert world.opener("bank-1").open(before)
-    after = world.seal(to="bank-1")
+    after = world.seal(sender="registry", to="bank-1", type_="existence.check")
     assert codec.decode(after, "envelope")["recipient_key_id"] == world.keys["bank-1"].encryption_key_id
 
 
@@ -403,11 +411,11 @@ BANKS = ["bank-1", "bank-2", "bank-3"]
 
 
 def _fanout(world: World) -> bytes:
-    return world.sealer("agency-a").seal_multi(
+    return world.sealer("dicj").seal_multi(
         example_body("lookup.inheritance"),
         type="lookup.inheritance",
         to=BANKS,
-        subject=world.token("agency-a"),
+        subject=world.token("dicj"),
         data_item="deposit_accounts",
         basis="koza-kanri-ho-7",
     )
@@ -510,3 +518,74 @@ def test_a_reply_resealed_with_its_message_id_keeps_it(world):
     assert first != again  # a fresh encryption and signature…
     assert peek(first).message_id == peek(again).message_id == rid  # …under the same id
     assert peek(world.seal()).message_id != peek(world.seal()).message_id  # without one: a fresh id each time
+
+
+# --- impersonation, lifetime and forwarding time (each test fails when its one check is removed) ------
+
+
+class Impersonator:
+    """A participant that signs with its OWN valid key but names another participant as the sender."""
+
+    def __init__(self, own: Keyset, claimed_sender: str) -> None:
+        self._own = own
+        self.participant_id = claimed_sender
+        self.signing_key_id = own.signing_key_id
+
+    def sign(self, data: bytes) -> bytes:
+        return self._own.sign(data)
+
+
+def test_a_participant_signing_as_another_with_its_own_valid_key_is_refused(world):
+    """agency-b seals as ``sender=agency-a``: body bound to agency-a, signature valid under agency-b's key.
+
+    Only the "signing key belongs to the sender" check refuses this (the signature itself verifies):
+    at the hub's ingress, in the hub's decision, at an opener taking direct delivery, and at an
+    opener given a countersigned copy (a hub that forwarded it anyway).
+    """
+    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+        example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
+        data_item="public_funds_account", basis="koza-toroku-ho-9")
+    assert peek(forged).sender == "agency-a" and peek(forged).sender_key_id == world.keys["agency-b"].signing_key_id
+    assert rejected(world.ingress.verify, forged) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry", require_countersignature=False).open, forged) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").open, world.countersign(forged)) is Reason.BAD_SIGNATURE
+    # the same message honestly sealed by agency-a opens (the forgery is refused for its key alone)
+    honest = world.seal(sender="agency-a")
+    assert world.opener("registry").open(world.countersign(honest)).meta.sender == "agency-a"
+
+
+def test_impersonation_is_refused_by_the_hub_gateway(world):
+    from infra.policy import Policy
+    from streams.gateway import HubCore, Inbound
+
+    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=Policy.load(),
+                   participants=world.participants, tokens=world.tokens)
+    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+        example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
+        data_item="public_funds_account", basis="account-registration-act/art9")
+    [decision] = core.decide([Inbound(forged, 0, 0)])
+    assert decision.reason is Reason.BAD_SIGNATURE and not decision.legs and not decision.records
+
+
+def test_a_lifetime_over_the_cap_resigned_by_a_valid_key_is_expired(world):
+    """A sender (here agency-a, with its own key) signs a 25-hour lifetime: over MAX_TTL_S, refused at once."""
+    record = codec.decode(world.seal(), "envelope")
+    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S + 3600)
+    long_lived = resign(record, world.keys["agency-a"])
+    assert rejected(world.ingress.verify, long_lived) is Reason.EXPIRED
+    assert rejected(world.opener("registry").open, world.countersign(long_lived)) is Reason.EXPIRED
+    # exactly the cap is still accepted
+    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S)
+    world.ingress.verify(resign(record, world.keys["agency-a"]))
+
+
+def test_a_forwarder_clock_ahead_beyond_the_skew_is_expired(world):
+    """The hub's clock 60 s ahead of the recipient's: its forwarded_at lies in the future → EXPIRED."""
+    sealed = world.seal()
+    meta = world.ingress.verify(sealed)
+    ahead = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + 60)
+    forwarded = ahead.forward(meta, world.token("registry"))
+    assert rejected(world.opener("registry").open, forwarded) is Reason.EXPIRED
+    # within the allowed skew (29 s ahead) the same message opens
+    near = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + E.DEFAULT_SKEW_S - 1)
+    assert world.opener("registry").open(near.forward(meta, world.token("registry"))).meta.sender == "agency-a"

@@ -1,4 +1,4 @@
-"""Provision records without a database: canonical encoding, hash chain, drafts, Avro."""
+"""Provision records without a database: canonical encoding, hash chain, anchors, statements, drafts, Avro."""
 
 from __future__ import annotations
 
@@ -16,10 +16,16 @@ from infra.provisions import (
     ProvisionStatus,
     RecordDraft,
     _verify,
+    anchor_statement,
+    bucket_of,
     canonical_bytes,
     chain_hash,
     from_avro,
+    head_statement,
+    person_key,
+    record_time,
     to_avro,
+    walk_chain,
 )
 from schemas import codec
 
@@ -171,3 +177,47 @@ def test_avro_round_trip_keeps_the_hash_verifiable():
     assert chain_hash(back.prev_hash, canonical_bytes(back)) == back.hash
     # a never-provided record carries null
     assert codec.decode(codec.encode("provision_record", to_avro(first())), "provision_record")["provided_at"] is None
+
+
+def test_after_a_purge_the_chain_starts_at_its_anchor():
+    one = first()
+    two = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=2, prev_hash=one.hash)
+    three = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=3, prev_hash=two.hash)
+    assert _verify([two, three], (3, three.hash), (1, one.hash)).ok
+    assert _verify([], (3, three.hash), (3, three.hash)).ok  # everything purged
+    assert _verify([three], (3, three.hash), (1, one.hash)).problems == ["seq 2 missing (deleted)"]
+    assert _verify([two, three], (3, three.hash), (1, b"\x01" * 32)).problems == [
+        "seq 2: prev_hash does not match seq 1 (chain broken)"]
+    assert _verify([one, two, three], (3, three.hash), (1, one.hash)).problems == [
+        "seq 1: before the chain's start (inserted)"]
+
+
+def test_walk_chain_locates_each_problem():
+    one = first()
+    two = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=2, prev_hash=one.hash)
+    four = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=4, prev_hash=bytes(32))
+    walk = walk_chain([one, dataclasses.replace(two, provider="x"), four])
+    assert [(p.first, p.last) for p in walk.problems] == [(2, 2), (3, 3)]
+    assert (walk.last_seq, walk.last_hash, sorted(walk.hashes)) == (4, four.hash, [1, 2, 4])
+
+
+def test_statements_bind_every_field():
+    base = head_statement(TOKEN, 3, bytes(32))
+    assert len({base, head_statement(TOKEN + "A", 3, bytes(32)), head_statement(TOKEN, 4, bytes(32)),
+                head_statement(TOKEN, 3, b"\x01" * 32)}) == 4
+    at = datetime(2019, 4, 1, tzinfo=timezone.utc)
+    anchor = anchor_statement(TOKEN, 3, bytes(32), at)
+    assert anchor != base and anchor != anchor_statement(TOKEN, 3, bytes(32), at + timedelta(milliseconds=1))
+
+
+def test_record_time_is_the_end_of_the_exchange():
+    d = draft()
+    assert record_time(d) == d.requested_at
+    later = d.requested_at + timedelta(days=400)
+    assert record_time(draft(provided_at=later)) == later
+
+
+def test_the_bucket_is_the_first_12_bits_of_the_person_key():
+    key = person_key(TOKEN)
+    assert bucket_of(TOKEN) == int.from_bytes(key[:2], "big") >> 4 and 0 <= bucket_of(TOKEN) < 4096
+    assert len({bucket_of(f"t{n}") for n in range(2000)}) > 1500  # spread
