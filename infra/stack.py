@@ -33,6 +33,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--pg-dsn", settings.pg_dsn,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
+        "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
@@ -56,8 +57,8 @@ class Platform:
         self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
-        self.stack = EmbeddedStack(
-            settings.state_dir,
+        self.stack = EmbeddedStack.for_settings(
+            settings,
             kafka_port=settings.embedded_kafka_port,
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
@@ -83,6 +84,7 @@ class Platform:
             self.settings = self.base_settings.with_endpoints(
                 bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+                broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
             admin = admin_client(self.settings)
