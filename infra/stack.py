@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.embedded import EmbeddedStack, process_alive, spawn_python
+from infra.errors import StackError
 from infra.settings import Settings
 
 
@@ -102,8 +103,32 @@ class Platform:
             raise
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every worker's consumer group has members (faust start-up takes a few seconds)."""
+        """Wait until every worker's consumer group has members and every worker reports ``ok`` on /health.
+
+        The group alone is not enough: a faust worker joins its group while its start-up task (keys,
+        database migrations) still runs, and Apache Kafka stabilises a group quickly, so a caller
+        could otherwise query a table the worker has not created yet.
+        """
+        import asyncio
+        import time
+
+        from infra.metrics import add_worker_health
+
+        deadline = time.monotonic() + timeout
         await wait_for_groups(self.settings, [w.group(self.settings) for w in self.workers if w.group], timeout)
+        names = {w.name for w in self.workers}
+        while True:
+            rows = await add_worker_health(self.stack.state_dir, [
+                {"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
+                for c in self.stack.components.values() if c.name in names])
+            waiting = [r["name"] for r in rows if r["health"] != "ok"]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"workers not ready after {timeout:.0f} s: "
+                                 + ", ".join(f"{r['name']} ({r['health'] or 'no endpoint yet'})"
+                                             for r in rows if r["name"] in waiting))
+            await asyncio.sleep(0.2)
 
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
