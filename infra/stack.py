@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.embedded import EmbeddedStack, process_alive, spawn_python
+from infra.errors import StackError
 from infra.settings import Settings
 
 
@@ -35,6 +36,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--kafka-bootstrap", settings.kafka.bootstrap,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
+        "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
@@ -76,8 +78,8 @@ class Platform:
         self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
-        self.stack = EmbeddedStack(
-            settings.state_dir,
+        self.stack = EmbeddedStack.for_settings(
+            settings,
             kafka_port=settings.embedded_kafka_port,
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
@@ -113,6 +115,7 @@ class Platform:
             self.settings = self.base_settings.with_endpoints(
                 bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+                broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
             if self.provisions_database:
@@ -132,17 +135,37 @@ class Platform:
             raise
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every worker's consumer group has members (faust start-up takes a few seconds), then
-        grant the cross-component rights on the tables the workers created (infra.pglayout)."""
+        """Wait until every worker's consumer group has members and every worker reports ``ok`` on /health,
+        then grant the cross-component rights on the tables the workers created (infra.pglayout).
+
+        The group alone is not enough: a faust worker joins its group while its start-up task (keys,
+        database migrations) still runs, and Apache Kafka stabilises a group quickly, so a caller
+        could otherwise query a table the worker has not created yet.
+        """
+        import asyncio
         import time
 
+        from infra.metrics import add_worker_health
         from infra.pgprovision import grant_shared_when_ready
 
-        started = time.monotonic()
+        deadline = time.monotonic() + timeout
         await wait_for_groups(self.settings, [w.group(self.settings) for w in self.workers if w.group], timeout)
+        names = {w.name for w in self.workers}
+        while True:
+            rows = await add_worker_health(self.stack.state_dir, [
+                {"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
+                for c in self.stack.components.values() if c.name in names])
+            waiting = [r["name"] for r in rows if r["health"] != "ok"]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"workers not ready after {timeout:.0f} s: "
+                                 + ", ".join(f"{r['name']} ({r['health'] or 'no endpoint yet'})"
+                                             for r in rows if r["name"] in waiting))
+            await asyncio.sleep(0.2)
         if self.provisions_database:
             await grant_shared_when_ready(self.settings, [w.name for w in self.workers],
-                                          timeout=max(10.0, timeout - (time.monotonic() - started)),
+                                          timeout=max(10.0, deadline - time.monotonic()),
                                           participants=self.participants)
 
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:

@@ -3,7 +3,13 @@
 Where they come from, in order:
 1. ``RENKEI_KAFKA_BOOTSTRAP`` / ``RENKEI_PG_DSN`` when set (an existing cluster);
 2. testcontainers (Apache Kafka, PostgreSQL) when a Docker daemon answers;
-3. the embedded stack (Tansu + embedded PostgreSQL) under a temporary folder.
+3. the embedded stack under a temporary folder: Apache Kafka (KRaft, one node) and
+   the embedded PostgreSQL. ``RENKEI_TEST_BROKER=tansu`` runs the suite on the Tansu
+   fallback instead (``kafka`` insists on Apache Kafka; ``auto``, the default, takes
+   Tansu only where Java 17+ is missing, with a warning).
+
+The broker's kind is exported as ``RENKEI_BROKER`` so the CLI processes tests start
+apply Tansu's workarounds exactly when the broker is Tansu.
 
 Each test gets its own topic prefix and its own PostgreSQL namespace: every
 component's schema under the test's prefix (``<unique>_hub``, ``<unique>_registry``,
@@ -40,6 +46,7 @@ class Endpoints:
     bootstrap: str
     pg_dsn: str
     source: str  # env | testcontainers | embedded
+    broker: str = "kafka"  # kafka | tansu (the embedded fallback); an external cluster is Apache Kafka
 
 
 def _docker_containers(stack: contextlib.ExitStack) -> Endpoints | None:
@@ -57,7 +64,8 @@ def _docker_containers(stack: contextlib.ExitStack) -> Endpoints | None:
 @pytest.fixture(scope="session")
 async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Endpoints]:
     if os.environ.get("RENKEI_KAFKA_BOOTSTRAP") and os.environ.get("RENKEI_PG_DSN"):
-        yield Endpoints(os.environ["RENKEI_KAFKA_BOOTSTRAP"], os.environ["RENKEI_PG_DSN"], "env")
+        yield Endpoints(os.environ["RENKEI_KAFKA_BOOTSTRAP"], os.environ["RENKEI_PG_DSN"], "env",
+                        os.environ.get("RENKEI_BROKER", "kafka").replace("auto", "kafka"))
         return
     with contextlib.ExitStack() as stack:
         found = _docker_containers(stack) if os.environ.get("RENKEI_TEST_DOCKER", "1") != "0" else None
@@ -65,9 +73,15 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
             yield found
             return
     from infra.embedded import EmbeddedStack
+    from infra.settings import load_settings
 
-    async with EmbeddedStack(tmp_path_factory.mktemp("stack"), die_with_parent=True) as embedded:
-        yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded")
+    # The Java and jar cache of the machine (JAVA_HOME, RENKEI_EMBEDDED_*), not the test's settings.
+    machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})
+    async with EmbeddedStack(tmp_path_factory.mktemp("stack"), die_with_parent=True,
+                             broker=os.environ.get("RENKEI_TEST_BROKER", "auto"), java=machine.embedded_java,
+                             kafka_cache=machine.resolved_kafka_cache) as embedded:
+        os.environ["RENKEI_BROKER"] = embedded.broker_kind
+        yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded", embedded.broker_kind)
 
 
 @dataclass(frozen=True)
@@ -78,9 +92,11 @@ class Database:
     passfile: Path
     role_prefix: str
 
-    def settings(self, *, bootstrap: str, namespace: str, state_dir: Path, **kw: object) -> Settings:
-        """Settings whose components work in the namespace ``namespace`` (schemas ``<namespace>_…``)."""
-        return Settings(kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=namespace), pg_dsn=self.admin_dsn,
+    def settings(self, endpoints: Endpoints, *, namespace: str, state_dir: Path, **kw: object) -> Settings:
+        """Settings on ``endpoints`` whose components work in the namespace ``namespace`` (schemas
+        ``<namespace>_…``; topics under the prefix ``namespace``)."""
+        kafka = KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=namespace, broker=endpoints.broker)
+        return Settings(kafka=kafka, pg_dsn=self.admin_dsn,
                         pg_passfile=self.passfile, pg_role_prefix=self.role_prefix,
                         pg_schema_prefix=f"{namespace}_", state_dir=state_dir, **kw)  # type: ignore[arg-type]
 
@@ -125,7 +141,7 @@ async def namespace(settings: Settings) -> AsyncIterator[Settings]:
 @pytest.fixture
 async def settings(endpoints: Endpoints, database: Database, unique: str, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings for one test: real endpoints, its own topic prefix, database namespace and state folder."""
-    async with namespace(database.settings(bootstrap=endpoints.bootstrap, namespace=unique,
+    async with namespace(database.settings(endpoints, namespace=unique,
                                            state_dir=tmp_path / "state")) as s:
         yield s
 

@@ -43,7 +43,7 @@ async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
     ``registry_check_deadline_s``), handed to the workers too. The platform creates its namespace's schemas.
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
-    settings = database.settings(bootstrap=endpoints.bootstrap, namespace=prefix, state_dir=state,
+    settings = database.settings(endpoints, namespace=prefix, state_dir=state,
                                  participants_file=participants_file,
                                  **({"banks": banks} if banks is not None else {}), **overrides)
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
