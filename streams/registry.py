@@ -8,7 +8,9 @@ Handles, over its inbox (see docs/architecture.md for the sequences):
   CONFIRMED.  A failed name check stores the account BLOCKED: it is never
   provided.  DELETE removes the account and its data key (crypto-shredding).
 - STEP2 ``provision.inquiry`` from an agency — answers REGISTERED with the
-  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED.
+  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED; the
+  answer's signed envelope states that outcome and the inquiry's procedure,
+  so the hub's provision record says what happened.
 - STEP3 ``registration.request`` from a bank (bank-channel intake) — the bank
   vouches for its own account, so it is registered directly and the result
   returned to the bank.
@@ -198,7 +200,10 @@ class Registry:
         else:
             account = await self.vault.open(ctx.conn, ctx.meta.subject, row["account_ct"])
             status = "REGISTERED" if account is not None else "NOT_REGISTERED"
-        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()})
+        # The outcome goes into the signed envelope too: the hub cannot read the body, and the provision
+        # record must say what happened (REGISTERED → PROVIDED; NOT_REGISTERED and BLOCKED provide nothing).
+        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
+                  outcome=status)
 
 
 def registry_runtime(settings: Settings) -> ParticipantRuntime:
