@@ -421,12 +421,13 @@ async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
         answer = await client.request(
             agency.id, type=type_, to="registry",
             subject=await client.token_for(agency.id, my_number, timeout=args.timeout),
-            body={"procedure_code": args.procedure_code, "requested_at": _now()},
-            data_item=item, basis=basis, timeout=args.timeout)
+            body={"procedure_code": args.procedure, "requested_at": _now()},
+            data_item=item, basis=basis, timeout=args.timeout, procedure=args.procedure)
         status, account = answer.body["status"], answer.body.get("account")
         code = exit_code("inquiry", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, agency=agency.id, item=item,
-                         account=account, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+                         procedure=args.procedure, account=account, request_id=answer.meta.correlation_id,
+                         elapsed_ms=_ms(start))
         a = account or {}
         return Outcome(code, report, [(f"{agency.name}: provision inquiry ({item})",
                                        ["status", "bank", "branch", "type", "number", "holder", "ms"],
@@ -582,13 +583,14 @@ def register(add: Any, common: Any) -> None:
 
     p = subcommand("agency", "inquire", cmd_agency_inquire,
                    "ask the registry for the person's public-funds account (STEP2)",
-                   report_defaults={"agency": None, "item": None, "account": None, "request_id": None,
-                                    "elapsed_ms": None})
+                   report_defaults={"agency": None, "item": None, "procedure": None, "account": None,
+                                    "request_id": None, "elapsed_ms": None})
     p.add_argument("--agency", required=True, help="the agency's participant id (e.g. agency-nta)")
     _my_number_arg(p)
     p.add_argument("--item", choices=sorted(ITEMS), default="public-funds-account", help="the data item")
-    p.add_argument("--procedure-code", dest="procedure_code", default="benefit-payment",
-                   help="the agency's procedure (default benefit-payment)")
+    p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
+                   help="the public-benefit procedure the account is needed for, one the agency is entitled to "
+                        "(infra/procedures.toml, e.g. income-tax-refund)")
     _timeout_arg(p)
 
     p = subcommand("dicj", "lookup", cmd_dicj_lookup,

@@ -112,7 +112,13 @@ class _Traffic:
         self.platform, self.plan, self.rng = platform, plan, rng
         self.settings = platform.settings
         self.participants = platform.participants
-        self.agencies = [p.id for p in self.participants if p.kind.value == "agency" and not p.suspended]
+        from infra.procedures import Procedures
+
+        catalogue = Procedures.load()
+        # Each agency asks under a procedure it is entitled to (the hub refuses any other).
+        self.procedures = {p.id: entitled[0].code for p in self.participants
+                           if p.kind.value == "agency" and not p.suspended and (entitled := catalogue.for_agency(p))}
+        self.agencies = list(self.procedures)
         self.banks = [b for b in self.participants.banks(participating_only=True) if not b.suspended]
         self.authority = KeyStore.for_settings(self.settings).token_authority()
         self.people = [generate_my_number(rng) for _ in range(plan.people)]
@@ -168,7 +174,8 @@ class _Traffic:
         i = self.rng.randrange(len(self.people))
         self.request(bus, "step2", agency, T.PROVISION_RESPONSE, type=T.PROVISION_INQUIRY, to="registry",
                      subject=self.token(i, agency), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
-                     body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()}, ttl_s=600)
+                     body={"procedure_code": self.procedures[agency], "purpose": None, "requested_at": _now()},
+                     ttl_s=600, procedure=self.procedures[agency])
 
     def registration(self, bus: Any) -> None:
         from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT

@@ -1,5 +1,6 @@
 """``renkei demo`` flows for the public-funds accounts: ``step1-registration``, ``step2-provision``,
-``step3-bank-registration``, and the person's provision records (情報提供等記録) with the chain verified.
+``step2-unentitled-procedure``, ``step3-bank-registration``, and the person's provision records
+(情報提供等記録) with the chain verified.
 
 They drive the demo platform (hub, registry and simulated banks as real
 processes) as the portal, an agency and a bank counter would: every token
@@ -32,6 +33,8 @@ from infra.validation import generate_my_number
 from schemas import types as T
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # infra/procedures.toml: the municipality pays it
+UNENTITLED_PROCEDURE = "income-tax-refund"  # the tax agency's: the municipality is refused
 COUNTER_BANK = "bank-9002"
 
 
@@ -98,12 +101,23 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
 
     # STEP2: an agency asks which account to pay a benefit into.
     start = time.perf_counter()
-    answer = await renkei(settings, "agency", "inquire", "--agency", AGENCY, my_number=person)
+    answer = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", PROCEDURE,
+                          my_number=person)
     got = answer.get("account") or {}
     flows.append({"name": "step2-provision", "ok": answer["exit_code"] == 0 and answer["status"] == "REGISTERED"
                   and got.get("account_number") == account["account_number"],
                   "status": answer["status"], "agency": AGENCY, "via": "renkei agency inquire",
                   "elapsed_ms": _ms(start)})
+
+    # STEP2 refused: the same agency asks under a procedure it is not entitled to; the hub refuses it and
+    # nothing is provided (the person's records show no such provision).
+    start = time.perf_counter()
+    refused = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", UNENTITLED_PROCEDURE,
+                           my_number=person)
+    flows.append({"name": "step2-unentitled-procedure", "ok": refused["exit_code"] == 2
+                  and refused.get("reason") == "PROCEDURE_NOT_ALLOWED" and not refused.get("account"),
+                  "status": refused["status"], "reason": refused.get("reason"), "agency": AGENCY,
+                  "procedure": UNENTITLED_PROCEDURE, "via": "renkei agency inquire", "elapsed_ms": _ms(start)})
 
     # STEP3: at a bank counter, the bank's own system registers the person's account there instead.
     conn = await asyncpg.connect(settings.pg_dsn)
@@ -121,8 +135,8 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
         after = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, person),
-            body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
+            body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE)
         flows.append({"name": "step3-bank-registration",
                       "ok": result.body["status"] == "DONE"
                       and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
@@ -136,7 +150,8 @@ async def person_records(settings: Settings, my_number: str) -> list[dict[str, A
     shown = await renkei(settings, "portal", "records", my_number=my_number)
     return [
         {"seq": n, "requester": r["requester"], "provider": r["provider"], "data_item": r["data_item"],
-         "legal_basis": r["legal_basis"], "status": r["status"], "requested_at": r["requested_at"],
+         "legal_basis": r["legal_basis"], "procedure": (r.get("procedure") or {}).get("code"),
+         "status": r["status"], "requested_at": r["requested_at"],
          "provided_at": r["provided_at"], "chain_ok": r["verified"]}
         for n, r in enumerate(shown.get("records") or [], start=1)
     ]
