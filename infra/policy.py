@@ -27,12 +27,12 @@ their full key at load time, so a decision is at most nine dict look-ups.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from infra.config_files import read_toml
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
 from infra.procedures import Procedure, Procedures
@@ -114,6 +114,8 @@ class Policy:
         self.procedures = procedures if procedures is not None else Procedures.load()
         self._index: dict[tuple[str, str, str, str, str], Decision] = {}
         self._needs_procedure: set[str] = set()  # rule ids
+        # (rule id, requester id, procedure code) -> Decision: the catalogue does not change while loaded
+        self._entitled: dict[tuple[str, str, str | None], Decision] = {}
         ids: set[str] = set()
         for rule in self.rules:
             _check_rule(rule)
@@ -136,14 +138,7 @@ class Policy:
     def load(cls, path: Path | None = None, *, procedures: Path | None = None) -> Policy:
         """Load the rules file (``infra/policy.toml`` beside this module by default) and the procedures catalogue
         (``infra/procedures.toml`` by default)."""
-        path = path or DEFAULT_FILE
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"policy file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path or DEFAULT_FILE, "policy file")
         return cls((_parse_rule(raw) for raw in data.get("rule", [])), Procedures.load(procedures))
 
     # --- suspension (immediate, no reload) ---------------------------------
@@ -191,7 +186,13 @@ class Policy:
                 if decision is not None:
                     if decision.rule_id in self._needs_procedure:
                         requester = sender if decision.sender_role == "requester" else recipient
-                        return _with(decision, self.procedures.check(procedure, requester))
+                        key = (decision.rule_id, requester.id, procedure)
+                        entitled = self._entitled.get(key)
+                        if entitled is None:  # refusals raise here and are never cached
+                            entitled = _with(decision, self.procedures.check(procedure, requester))
+                            if len(self._entitled) < _ENTITLED_CACHED:
+                                self._entitled[key] = entitled
+                        return entitled
                     if procedure is not None:
                         raise PolicyDenied(Reason.PROCEDURE_NOT_ALLOWED,
                                            f"{type} under rule {decision.rule_id} names no procedure; "
@@ -203,6 +204,9 @@ class Policy:
             f"no rule allows {type} from {sender.id} to {recipient.id} "
             f"for data item {data_item!r} under basis {basis!r}",
         )
+
+
+_ENTITLED_CACHED = 65_536
 
 
 def _with(decision: Decision, procedure: Procedure) -> Decision:

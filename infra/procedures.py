@@ -22,12 +22,12 @@ format); a check is two dict/set look-ups.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from infra.config_files import read_toml
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
 
@@ -77,13 +77,7 @@ class Procedures:
     def load(cls, path: Path | None = None) -> Procedures:
         """Load the catalogue (``infra/procedures.toml`` beside this module by default)."""
         path = path or DEFAULT_FILE
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"procedures file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"procedures file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "procedures file")
         unknown = sorted(set(data) - {"procedure"})
         if unknown:
             raise ConfigError(f"procedures file {path}: unknown tables {', '.join(unknown)}")
