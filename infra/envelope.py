@@ -218,7 +218,8 @@ def _leg_aad(r: dict) -> bytes:
 
 
 def _origin_plaintext(mid: str, cid: str, procedure: str | None, outcome: str | None) -> bytes:
-    return uuid.UUID(mid).bytes + uuid.UUID(cid).bytes + _opt(procedure) + _opt(outcome)
+    # Canonical UUID strings (checked on ingress): their hex is their 16 bytes.
+    return bytes.fromhex(mid.replace("-", "") + cid.replace("-", "")) + _opt(procedure) + _opt(outcome)
 
 
 def _origin_from_plaintext(raw: bytes) -> tuple[str, str, str | None, str | None]:
@@ -316,18 +317,34 @@ class Opened:
 class _Handle:
     """What ``Verifier.verify`` learned, kept so forwarding need not redo it."""
 
-    __slots__ = ("record", "origin_leaf", "wrap_leaves", "_wrap_paths")
+    __slots__ = ("record", "origin_leaf", "wrap_leaves", "_wrap_paths", "_wrap_index", "_origin_plaintext")
 
     def __init__(self, record: dict, origin_leaf: bytes, wrap_leaves: list[bytes]) -> None:
         self.record = record
         self.origin_leaf = origin_leaf
         self.wrap_leaves = wrap_leaves
         self._wrap_paths: list[list[bytes]] | None = None
+        self._wrap_index: dict[str, int] | None = None
+        self._origin_plaintext: bytes | None = None
 
     def wrap_path(self, index: int) -> list[bytes]:
         if self._wrap_paths is None:
             self._wrap_paths = merkle.build(self.wrap_leaves)[1]
         return self._wrap_paths[index]
+
+    def wrap_index(self, recipient: str | None) -> int | None:
+        """Where ``recipient``'s wrap sits (one dict, not a scan per leg: a fan-out to 1,000 banks)."""
+        if self._wrap_index is None:
+            self._wrap_index = {w["recipient"]: i for i, w in enumerate(self.record["wraps"])}
+        return self._wrap_index.get(recipient) if recipient is not None else None
+
+    def origin_plaintext(self) -> bytes:
+        """The origin's ids, procedure and outcome as sealed in each of its legs (built once per message)."""
+        if self._origin_plaintext is None:
+            r = self.record
+            self._origin_plaintext = _origin_plaintext(r["message_id"], r["correlation_id"], r["procedure"],
+                                                       r["outcome"])
+        return self._origin_plaintext
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -1010,7 +1027,7 @@ class HubForwarder:
             r["subject"] = new_subject
             wrap_leaf = b""
             if src["wraps"]:
-                index = next((i for i, w in enumerate(src["wraps"]) if w["recipient"] == recipient), None)
+                index = handle.wrap_index(recipient)
                 if index is None:
                     raise ValueError("forward() of a fan-out needs recipient= one of its wrap recipients")
                 w = src["wraps"][index]
@@ -1024,7 +1041,7 @@ class HubForwarder:
             elif recipient is not None and recipient != src["recipient"]:
                 raise ValueError("recipient= differs from the envelope's recipient")
             if leg is not None:
-                self._seal_leg(r, src, leg)
+                self._seal_leg(r, handle, leg)
             r["countersignature"] = {"key_id": key_id, "forwarded_at": forwarded_at, "signature": None}
             records.append(r)
             leaves.append(_hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, key_id))
@@ -1032,17 +1049,16 @@ class HubForwarder:
             r["countersignature"]["signature"] = signature
         return [_encode(r) for r in records]
 
-    def _seal_leg(self, r: dict, src: dict, leg: LegIds) -> None:
+    def _seal_leg(self, r: dict, handle: _Handle, leg: LegIds) -> None:
         """Give ``r`` the leg's own ids and seal the origin's ids, procedure and outcome to its recipient."""
         if not (_UUID.fullmatch(leg.message_id) and _UUID.fullmatch(leg.correlation_id)):
             raise ValueError("leg ids must be canonical lowercase UUIDs")
         r["message_id"], r["correlation_id"] = leg.message_id, leg.correlation_id
         r["procedure"] = r["outcome"] = None
         aead, sealed_key = self._leg_key(r["recipient"], r["recipient_key_id"])
-        r["leg"] = {"leg_key": sealed_key, "sealed_origin": b""}
         nonce = secrets.token_bytes(12)
-        plaintext = _origin_plaintext(src["message_id"], src["correlation_id"], src["procedure"], src["outcome"])
-        r["leg"]["sealed_origin"] = nonce + aead.encrypt(nonce, plaintext, _leg_aad(r))
+        r["leg"] = {"leg_key": sealed_key,
+                    "sealed_origin": nonce + aead.encrypt(nonce, handle.origin_plaintext(), _leg_aad(r))}
 
     def _leg_key(self, recipient: str, key_id: str) -> tuple[AESGCM, bytes]:
         """The leg key for one recipient key: HPKE-sealed once, reused for ``LEG_KEY_LIFETIME_S``.
