@@ -382,9 +382,10 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         shown = {"CHECKPOINTED": "[green]checkpointed[/green]", "PENDING": "[yellow]not yet checkpointed[/yellow]",
                  "TAMPERED": "[red]TAMPERED[/red]", "UNVERIFIED": "[red]cannot verify[/red]"}
         tables = [(f"Provision records (情報提供等記録): {headline} ({against})",
-                   ["requested at", "requester", "provider", "data item", "legal basis", "status", "provided at",
-                    "record"],
-                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"], r["status"],
+                   ["requested at", "requester", "provider", "data item", "legal basis", "procedure", "status",
+                    "provided at", "record"],
+                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"],
+                     (r["procedure"] or {}).get("name_en", (r["procedure"] or {}).get("code")), r["status"],
                      r["provided_at"], shown[r["state"]]] for r in view["records"]])]
         if view["purged_before"]:
             tables.append(("Retention", ["records before", "removed"],
