@@ -19,13 +19,20 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
+from infra.keystore import KeyStore
+from infra.pseudonyms import HubPseudonyms
 from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
-__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform"]
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms"]
 
 PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 """The built-in set plus ``agency-suspended`` (suspended) and ``bank-8999`` (not in lookup fan-outs)."""
+
+
+def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
+    """The hub's ids for a platform's state folder: what a test needs to find a leg, a record or a conversation."""
+    return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
 
 
 @contextlib.asynccontextmanager

@@ -18,11 +18,12 @@ from infra.policy import BASIS_BANK_INTAKE, BASIS_CHANGE, BASIS_PROVISION, BASIS
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
 _rng = random.Random(20261126)
 
 
@@ -54,8 +55,8 @@ async def inquire(bus: BusClient, my_number: str, agency: str = AGENCY, timeout:
     token = await bus.token_for(agency, my_number)
     answer = await bus.request(
         agency, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-        body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": now()},
-        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=timeout)
+        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=timeout, procedure=PROCEDURE)
     assert answer.meta.type == T.PROVISION_RESPONSE
     return answer.body
 
@@ -156,8 +157,8 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     async def ask(token: str) -> str:
         answer = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-            body={"procedure_code": "BENEFIT-002", "purpose": None, "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120)
+            body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120, procedure=PROCEDURE)
         return answer.meta.correlation_id
 
     tasks = [asyncio.create_task(ask(t)) for t in tokens]
@@ -173,13 +174,16 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
         "SELECT count(*) FROM client_inbox WHERE correlation_id = ANY($1::uuid[]) AND type = $2",
         correlations, T.PROVISION_RESPONSE)
     assert answers == len(people)
+    names = hub_pseudonyms(running_platform.settings)  # records and legs carry the hub's ids, not the agency's
     records = await pg.fetch(
         "SELECT message_id, count(*) AS n FROM provision_records WHERE correlation_id = ANY($1::uuid[]) "
-        "GROUP BY message_id", correlations)
+        "GROUP BY message_id", [names.conversation(c, AGENCY) for c in correlations])
     assert len(records) == 2 * len(people) and all(r["n"] == 1 for r in records)
+    inquiries = [str(r["message_id"]) for r in await pg.fetch("SELECT message_id FROM hub_messages WHERE type = $1",
+                                                              T.PROVISION_INQUIRY)]
     effects = await pg.fetchval(
-        "SELECT count(*) FROM processed_messages WHERE consumer = 'registry' AND message_id IN "
-        "(SELECT message_id FROM hub_messages WHERE type = $1)", T.PROVISION_INQUIRY)
+        "SELECT count(*) FROM processed_messages WHERE consumer = 'registry' AND message_id = ANY($1::uuid[])",
+        [names.leg_message_id(m, "registry") for m in inquiries])
     assert effects >= len(people)
     replays = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE reason = 'REPLAYED'")
     assert replays == 0, "a redelivery after the crash was mistaken for a replay"

@@ -37,7 +37,7 @@ from infra.topics import TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -207,9 +207,11 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     assert outcomes == {"9002": ("LINKED", 2), "9003": ("NO_ACCOUNT", 0), "7777": ("REFUSED", 0)}
     assert json.loads(row["banks_not_answered"]) == []
     assert row["token"] == bank_token(platform, mn, "9001")
-    # The person is notified on the portal too, exactly once.
+    # The person is notified on the portal too, exactly once (in the portal's own correlation id).
+    names = hub_pseudonyms(platform.settings)
+    at_portal = names.correlation_for(names.conversation(cid, "bank-9001"), "portal")
     await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                                       uuid.UUID(cid), T.NUMBERING_RESULT), 30, "the portal's copy")
+                                       uuid.UUID(at_portal), T.NUMBERING_RESULT), 30, "the portal's copy")
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE bank_code = '9002' AND token = $1",
                              bank_token(platform, mn, "9002")) == 2
 
@@ -244,8 +246,9 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     # Provision records: every bank asked, who answered, who did not in time, the consolidated result.
     pool = await asyncpg.create_pool(platform.settings.pg_dsn, min_size=1, max_size=2)
     try:
+        conversation = hub_pseudonyms(platform.settings).conversation(cid, "dicj")  # records use the hub's id
         records = [r for r in await ProvisionStore(pool).for_person(await portal.token_for("portal", mn))
-                   if str(r.correlation_id) == cid]
+                   if r.correlation_id == conversation]
     finally:
         await pool.close()
     by = {(r.provider, r.status.value) for r in records}
@@ -352,6 +355,10 @@ async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, d
     view = await dicj.wait_result(cid, timeout=30)
     assert view["answering_banks"] == ["9000", "9002"] and view["missing_banks"] == []
     assert [a["account_number"] for a in view["accounts"]] == [accts["9000"][0]["account_number"]]
+    names = hub_pseudonyms(platform.settings)  # each bank got the lookup under a correlation id of its own
+    seen = {uuid.UUID(names.correlation_for(names.conversation(cid, "dicj"), b)): b
+            for b in [p.id for p in platform.participants.banks()]}
     received = {r["participant"] for r in await pg.fetch(
-        "SELECT participant FROM bank_lookups_received WHERE correlation_id = $1", uuid.UUID(cid))}
+        "SELECT participant, correlation_id FROM bank_lookups_received WHERE correlation_id = ANY($1::uuid[])",
+        list(seen)) if seen[r["correlation_id"]] == r["participant"]}
     assert received == {"bank-9000", "bank-9002"}

@@ -131,18 +131,18 @@ async def test_register_with_a_wrong_holder_is_rejected(renkei):
 
 
 async def test_agency_inquire_gets_the_account(renkei):
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund", "--my-number", person("a"),
                                 "--item", "public-funds-account")
     assert code == 0, out
     assert out["status"] == "REGISTERED" and out["agency"] == "agency-nta" and out["item"] == "public_funds_account"
     assert out["account"]["account_number"] == ACCOUNTS["a"]
-    code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund", "--my-number", person("a"),
                                   as_json=False)
     assert code == 0 and "REGISTERED" in table and ACCOUNTS["a"] in table
 
 
 async def test_suspended_agency_is_rejected_by_the_hub(renkei):
-    code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--my-number", person("a"))
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--procedure", "child-allowance", "--my-number", person("a"))
     assert code == 2, out
     assert out["status"] == "REJECTED" and out["reason"] == "SUSPENDED" and out["account"] is None
     assert err.startswith("renkei: agency inquire rejected: SUSPENDED")
@@ -187,7 +187,7 @@ async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei):
 async def test_delete_then_inquire_finds_nothing(renkei):
     code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
     assert code == 0 and out["status"] == "DONE", out
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--my-number", person("a"))
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--procedure", "child-allowance", "--my-number", person("a"))
     assert code == 0 and out["status"] == "NOT_REGISTERED" and out["account"] is None, out
     code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
     assert code == 2 and out["reason"] == "NOT_REGISTERED", out
@@ -199,12 +199,12 @@ async def test_a_bad_my_number_is_refused_at_the_edge(renkei):
     code, out, err = await renkei("portal", "records", "--my-number", bad)
     assert code == 2 and out["reason"] == "INVALID_FIELD" and "check digit" in out["detail"]
     assert bad not in json.dumps(out, ensure_ascii=False) + err
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", "12345")
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund", "--my-number", "12345")
     assert code == 2 and out["detail"] == "my_number: must be 12 ASCII digits"
 
 
 async def test_no_answer_in_time_is_an_error(renkei):
-    code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund", "--my-number", person("a"),
                                   "--timeout", "0.001")
     assert code == 1 and out["status"] == "TIMEOUT", out
     assert err.startswith("renkei: agency inquire failed: TIMEOUT") and "Traceback" not in err

@@ -63,7 +63,7 @@ KEY = RecordsKey.generate()
 @pytest.fixture
 async def store(pool) -> ProvisionStore:
     store = ProvisionStore(pool, KEY)
-    assert await store.migrate() == [1, 2]
+    assert await store.migrate() == [1, 2, 3]
     assert await store.migrate() == []
     return store
 
