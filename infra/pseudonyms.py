@@ -79,11 +79,12 @@ class HubPseudonyms:
     def legs(self, message_id: str, correlation_id: str, sender: str, recipients: list[str]) -> list[LegIds]:
         """The ids of ``sender``'s message as forwarded to each of ``recipients``."""
         conversation = self._contexts(sender)[1].update(_uuid_bytes(correlation_id))
-        out = []
-        for recipient in recipients:
-            digest = hmac.digest(self._leg, f"{message_id}|{recipient}".encode(), "sha256")
-            out.append(LegIds(_uuid_str(digest[:16]), _uuid_str(self._contexts(recipient)[0].update(conversation))))
-        return out
+        return [LegIds(self.leg_message_id(message_id, recipient),
+                       _uuid_str(self._contexts(recipient)[0].update(conversation))) for recipient in recipients]
+
+    def leg_message_id(self, message_id: str, recipient: str) -> str:
+        """The message id of the leg of ``message_id`` to ``recipient``."""
+        return _uuid_str(hmac.digest(self._leg, f"{message_id}|{recipient}".encode(), "sha256")[:16])
 
     def conversation(self, correlation_id: str, participant: str) -> uuid.UUID:
         """The hub-internal conversation of ``participant``'s correlation id (never on the wire)."""
