@@ -358,6 +358,14 @@ def dead_letter_info(record: Any) -> dict[str, str]:
             "source": f"{headers.get('renkei.src.partition', '')}@{headers.get('renkei.src.offset', '')}"}
 
 
+def _hub_pseudonyms(settings: Settings) -> Any:
+    """The hub's ids (legs, records, conversations) for this state folder: the checks find messages by them."""
+    from infra.keystore import KeyStore
+    from infra.pseudonyms import HubPseudonyms
+
+    return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
+
+
 def distinct_sources(dead: list[dict[str, str]]) -> list[dict[str, str]]:
     """One dead letter per ingress record: a batch redelivered after a hub crash dead-letters its refusals again."""
     return list({d["source"]: d for d in dead}.values())
@@ -386,7 +394,10 @@ async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[A
     r.invariants["every_inquiry_answered_exactly_once"] = not missing and not twice_inquiries and \
         outcomes.get("answered", 0) == len(traffic.sent)
     # Effects: one registry/bank message per (correlation, requester, provider, status), seen in the records.
-    ours = [e.correlation_id for e in traffic.sent] + traffic.lookups
+    # Records name a conversation by the hub's id (infra.pseudonyms), not by the requester's correlation id.
+    hub_ids = _hub_pseudonyms(settings)
+    ours = [hub_ids.conversation(e.correlation_id, e.sender) for e in traffic.sent] + \
+        [hub_ids.conversation(c, "dicj") for c in traffic.lookups]
     dup_effects = await conn.fetchval(
         "SELECT count(*) FROM (SELECT correlation_id, requester, provider, status FROM provision_records "
         "WHERE correlation_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4 HAVING count(DISTINCT message_id) > 1) d", ours)
@@ -408,10 +419,12 @@ async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[A
     dup_records = await conn.fetchval(
         "SELECT count(*) FROM (SELECT message_id, requester, provider FROM provision_records "
         "GROUP BY 1, 2, 3 HAVING count(*) > 1) d")
+    recorded = [hub_ids.record_message_id(x["message_id"]) for x in await conn.fetch(
+        "SELECT message_id FROM hub_messages WHERE accepted AND type = ANY($1::text[])",
+        [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])]
     unrecorded = await conn.fetchval(
-        "SELECT count(*) FROM hub_messages h WHERE accepted AND type = ANY($1::text[]) AND NOT EXISTS "
-        "(SELECT 1 FROM provision_records p WHERE p.message_id = h.message_id)",
-        [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])
+        "SELECT count(*) FROM unnest($1::uuid[]) AS h(id) WHERE NOT EXISTS "
+        "(SELECT 1 FROM provision_records p WHERE p.message_id = h.id)", recorded)
     persons = [x["person_token"] for x in await conn.fetch("SELECT DISTINCT person_token FROM provision_records")]
     pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
     try:
@@ -589,7 +602,9 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
     finally:
         await dead.stop()
         await delivered.stop()
+    legs = _hub_pseudonyms(s)  # each good one arrives under its leg's own id
     got_ids = {peek(v).message_id for v in delivered.values}
+    good_ids = {legs.leg_message_id(m, "registry") for m in good_ids}
     records = await _records_from(s, names.rejected, rejected_from)
     reasons = Counter(dead_letter_info(x)["reason"] for x in records)
     without_reason = sum(1 for x in records if not dead_letter_info(x)["reason"])
