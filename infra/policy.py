@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from infra.config_files import read_toml
+from infra.config_files import entry_label, read_toml
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
 from infra.procedures import Procedure, Procedures
@@ -220,13 +220,7 @@ _RULE_KEYS = {"id", "sender", "recipient", "type", "data_item", "bases", "record
 
 
 def _parse_rule(raw: Any) -> Rule:
-    if not isinstance(raw, dict):
-        raise ConfigError("policy: every [[rule]] must be a table")
-    rid = raw.get("id")
-    label = f"policy rule {rid!r}"
-    unknown = sorted(set(raw) - _RULE_KEYS)
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {', '.join(unknown)}")
+    label = entry_label(raw, file="policy", table="rule", label="policy rule", name="id", allowed=_RULE_KEYS)
     for key in ("id", "sender", "recipient", "type", "data_item"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{label}: {key} must be a non-empty string")

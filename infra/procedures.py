@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from infra.config_files import read_toml
+from infra.config_files import entry_label, read_toml
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
 
@@ -119,13 +119,8 @@ class Procedures:
 
 
 def _parse(raw: Any) -> Procedure:
-    if not isinstance(raw, dict):
-        raise ConfigError("procedures: every [[procedure]] must be a table")
+    label = entry_label(raw, file="procedures", table="procedure", label="procedure", name="code", allowed=_KEYS)
     code = raw.get("code")
-    label = f"procedure {code!r}"
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {', '.join(unknown)}")
     if not isinstance(code, str) or len(code) > _MAX_CODE or not _CODE.fullmatch(code):
         raise ConfigError(f"{label}: code must be lower-case ASCII letters and digits joined by '-' or '.', "
                           f"at most {_MAX_CODE} characters")
