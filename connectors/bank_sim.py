@@ -2,10 +2,14 @@
 
 Each bank has its own keys, inbox topic and token space; their accounts live
 in one PostgreSQL table keyed by bank code.  They answer account existence
-checks (口座実在性確認) against their accounts and holder names, and record the
-registry's answers to their bank-channel registrations (STEP3).  The
-connectors issue turns this into real bridges (batch files, HTTP); the
-handlers here are the bank's side of the protocol.
+checks (口座実在性確認) from their own customer data (:func:`existence_result`):
+the account exists, is open, is held by the person the check is about (the
+check's subject is the bank's own token for the person, linked to the account
+in ``bank_customers``) and the holder name matches.  A bank's counter files
+STEP3 registrations with the person's consent (:func:`register_at_counter`) and
+records the registry's answers.  The channel connectors (batch files, HTTP)
+bridge real banks' systems; the handlers here are the bank's side of the
+protocol.
 
 Account numbering (付番申出) and lookups (相続時・災害時照会):
 
@@ -49,7 +53,12 @@ from typing import Any
 
 from infra.envelope import Message
 from infra.participants import Kind, load_participants
-from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.policy import (
+    BASIS_BANK_INTAKE,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+    DATA_PUBLIC_FUNDS_ACCOUNT,
+)
 from infra.settings import Settings
 from infra.validation import validate_bank_account
 from schemas import types as T
@@ -147,6 +156,18 @@ async def open_account(conn: Any, account: dict, *, closed: bool = False) -> Non
         a["bank_code"], a["branch_code"], a["account_type"], a["account_number"], a["holder_kana"], closed)
 
 
+def existence_result(*, found: bool, closed: bool, held: bool, name_matches: bool) -> str:
+    """The bank's answer from its own records.  The holder comes first: to anyone but the person who holds
+    the account, an existing account is NOT_HOLDER whether it is open or closed, whatever name was typed."""
+    if not found:
+        return "ACCOUNT_NOT_FOUND"
+    if not held:
+        return "NOT_HOLDER"
+    if closed:
+        return "ACCOUNT_CLOSED"
+    return "CONFIRMED" if name_matches else "HOLDER_MISMATCH"
+
+
 async def on_existence_check(ctx: Context) -> None:
     me = ctx.participants.get(ctx.me)
     assert me is not None and me.bank_code is not None
@@ -157,17 +178,12 @@ async def on_existence_check(ctx: Context) -> None:
     row = None
     if a is not None and a["bank_code"] == me.bank_code:
         row = await ctx.conn.fetchrow(
-            "SELECT holder_kana, closed FROM bank_accounts WHERE bank_code = $1 AND branch_code = $2 "
-            "AND account_type = $3 AND account_number = $4",
-            a["bank_code"], a["branch_code"], a["account_type"], a["account_number"])
-    if row is None:
-        result = "ACCOUNT_NOT_FOUND"
-    elif row["closed"]:
-        result = "ACCOUNT_CLOSED"
-    elif row["holder_kana"] != a["holder_kana"]:
-        result = "HOLDER_MISMATCH"
-    else:
-        result = "CONFIRMED"
+            "SELECT a.holder_kana, a.closed, c.token = $5 AS held FROM bank_accounts a LEFT JOIN bank_customers c "
+            "USING (bank_code, branch_code, account_type, account_number) WHERE a.bank_code = $1 "
+            "AND a.branch_code = $2 AND a.account_type = $3 AND a.account_number = $4",
+            a["bank_code"], a["branch_code"], a["account_type"], a["account_number"], ctx.meta.subject)
+    result = existence_result(found=row is not None, closed=bool(row and row["closed"]), held=bool(row and row["held"]),
+                              name_matches=bool(row and a and row["holder_kana"] == a["holder_kana"]))
     ctx.reply(type=T.EXISTENCE_ANSWER,
               body={"bank_code": me.bank_code, "result": result, "answered_at": datetime.now(UTC)})
 
@@ -325,6 +341,29 @@ async def file_numbering_at_counter(runtime: ParticipantRuntime, bank_id: str, t
                 type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
                 basis=BASIS_NUMBERING, correlation_id=correlation)], conn=conn)
     return correlation, status, linked
+
+
+async def register_at_counter(runtime: ParticipantRuntime, bank_id: str, token: str, operation: str,
+                              account: dict | None, consent: dict) -> str:
+    """STEP3 at ``bank_id``'s counter: the bank files the person's registration with their ``consent``
+    (who, how, when, the bank's evidence reference).  Returns the correlation id; the registry checks the
+    account with this bank's own records and its answer lands in ``bank_registration_results``
+    (:func:`registration_status`)."""
+    bank = runtime.participants.get(bank_id)
+    assert bank is not None and bank.kind is Kind.BANK
+    correlation = str(uuid.uuid4())
+    await runtime.send(bank_id, [Message(
+        body={"operation": operation, "account": account, "channel": "BANK_COUNTER", "consent": consent,
+              "requested_at": datetime.now(UTC)},
+        type=T.REGISTRATION_REQUEST, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        basis=BASIS_BANK_INTAKE, correlation_id=correlation)])
+    return correlation
+
+
+async def registration_status(conn: Any, bank_id: str, correlation_id: str) -> str | None:
+    """The registry's answer to a counter registration (None until it came)."""
+    return await conn.fetchval("SELECT status FROM bank_registration_results WHERE participant = $1 "
+                               "AND correlation_id = $2", bank_id, uuid.UUID(correlation_id))
 
 
 # -- handover to a channel connector ----------------------------------------------------------

@@ -13,13 +13,17 @@ Folders under ``root``:
 
 Kinds, by file-name prefix (full format in docs/connectors.md):
 
-- ``REG*.csv``  registrations by the bank (STEP3, 口座登録法 §8) → ``registration.request`` to the registry;
+- ``REG*.csv``  registrations by the bank (STEP3, 口座登録法 §8), each with the person's consent (who,
+  how, when, the bank's evidence reference) → ``registration.request`` to the registry;
   ``RES_<name>.csv`` lists each record's result once the registry answered all of them, or when the
   result deadline (``result_deadline_s``, default 300 s) passes: unanswered records are then ``NO_ANSWER``
   and answers that come later go out in ``LATE_<name>_<n>.csv`` (same layout, n = 1, 2, …).
 - ``NUM*.csv``  numbering requests taken at the counter (付番申出, 口座管理法 §3) → ``numbering.request``
   to DICJ; ``RES_<name>.csv`` lists each record as ACCEPTED (published).
 - ``ANS*.csv``  the bank's answers to our ``CHK_*.csv`` existence checks (口座実在性確認) → ``existence.answer``.
+  A check names the person as the bank knows them (its customer reference when linked, and its token); the
+  answer carries the result *and* the holder flag (does the bank's record for this person hold the
+  account?): :func:`infra.validation.existence_outcome`.
 - bad records of any file → ``REJ_<name>.csv`` (line number, reason code, reason); good ones flow on.
 
 Every record is validated with :mod:`infra.validation` (holder names in
@@ -48,16 +52,20 @@ from infra.envelope import Message
 from infra.errors import ValidationError
 from infra.policy import BASIS_BANK_INTAKE, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.validation import (
+    EXISTENCE_RESULTS,
+    existence_outcome,
     to_zengin_halfwidth,
     validate_account_type,
     validate_bank_account,
     validate_bank_code,
+    validate_consent,
     validate_my_number,
+    validate_reference,
 )
 from schemas import types as T
 from streams.participant import Context
 
-from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
+from connectors.runtime import ChannelAdapter, ConnectorRuntime, Delivery, NotRedrivable
 
 log = logging.getLogger("renkei.connector.bankfiles")
 
@@ -65,8 +73,7 @@ HEADER, DATA, TRAILER, END = "1", "2", "8", "9"
 KINDS = ("REG", "NUM", "ANS")
 OPERATIONS = {"R": "REGISTER", "C": "CHANGE", "D": "DELETE"}
 ACCOUNT_TYPE_CODES = {"ORDINARY": "1", "CURRENT": "2", "SAVINGS": "4"}
-EXISTENCE_RESULTS = ("CONFIRMED", "ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "ACCOUNT_CLOSED")
-DATA_WIDTH = {"REG": 9, "NUM": 5, "ANS": 3}
+DATA_WIDTH = {"REG": 13, "NUM": 5, "ANS": 4}
 """Columns of a data record per kind (record type included)."""
 RESULT_DEADLINE_S = 300.0
 """How long a REG file's RES_ file waits for the registry's answers (from the file's intake)."""
@@ -180,19 +187,20 @@ def parse_file(text: str, kind: str, bank_code: str) -> ParsedFile:
 
 
 def _customer_ref(value: str) -> str:
-    if not value or len(value) > 32 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
-        raise ValidationError("customer_ref", "must be 1 to 32 ASCII letters, digits, - or _")
-    return value
+    return validate_reference(value, field="customer_ref", max_length=32)
 
 
 def _validate(kind: str, row: list[str], bank_code: str) -> dict[str, Any]:
     if kind == "REG":
-        _, _, op, ref, my_number, branch, type_code, number, holder = row
+        _, _, op, ref, my_number, branch, type_code, number, holder, given_by, method, given_at, evidence = row
         operation = OPERATIONS.get(op.strip())
         if operation is None:
             raise ValidationError("operation", "must be R (register), C (change) or D (delete)")
         fields: dict[str, Any] = {"operation": operation, "customer_ref": _customer_ref(ref.strip()),
-                                  "my_number": validate_my_number(my_number.strip())}
+                                  "my_number": validate_my_number(my_number.strip()),
+                                  "consent": validate_consent({"given_by": given_by.strip(), "method": method.strip(),
+                                                               "given_at": given_at.strip(),
+                                                               "evidence_ref": evidence.strip()})}
         if operation == "DELETE" and not any(v.strip() for v in (branch, type_code, number, holder)):
             fields["account"] = None
         else:
@@ -207,10 +215,12 @@ def _validate(kind: str, row: list[str], bank_code: str) -> dict[str, Any]:
             raise ValidationError("bank_codes", "at least one 4-digit bank code, separated by spaces")
         return {"customer_ref": _customer_ref(ref.strip()), "my_number": validate_my_number(my_number.strip()),
                 "bank_codes": sorted(set(bank_codes))}
-    _, ref, result = row
-    if result.strip() not in EXISTENCE_RESULTS:
-        raise ValidationError("result", f"must be one of {', '.join(EXISTENCE_RESULTS)}")
-    return {"reference": ref.strip(), "result": result.strip()}
+    _, ref, result, holder = row
+    flag = {"Y": True, "N": False}.get(holder.strip())
+    if flag is None:
+        raise ValidationError("holder", "must be Y or N: whether the bank's customer record for this person holds "
+                                        "the account")
+    return {"reference": ref.strip(), "result": existence_outcome(result.strip(), flag)}
 
 
 def render_file(kind: str, bank_code: str, serial: str, records: Sequence[Sequence[str]], *,
@@ -268,14 +278,16 @@ class BankFiles(ChannelAdapter):
 
     # sink: existence checks become CHK files ----------------------------------------------------
     async def on_existence_check(self, ctx: Context) -> None:
-        await self.runtime.enqueue(ctx, self, {"account": ctx.body["account"]})
+        customer_ref = await ConnectorRuntime.local_id_of(ctx.conn, ctx.me, ctx.meta.subject)
+        await self.runtime.enqueue(ctx, self, {"account": ctx.body["account"], "customer_ref": customer_ref})
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | None]:
         records = []
         for d in deliveries:
             a = d.payload["account"]
             records.append([d.correlation_id, a["branch_code"], ACCOUNT_TYPE_CODES[a["account_type"]],
-                            a["account_number"], to_zengin_halfwidth(a["holder_kana"])])
+                            a["account_number"], to_zengin_halfwidth(a["holder_kana"]),
+                            d.payload.get("customer_ref") or "", d.subject])
         now = datetime.now(UTC)
         serial = f"{now:%Y%m%d%H%M%S}{deliveries[0].id:08d}"
         write_atomically(self.outbound / f"CHK_{self.bank_code}_{serial}.csv",
@@ -344,7 +356,7 @@ class BankFiles(ChannelAdapter):
         now = datetime.now(UTC)
         if kind == "REG":
             body = {"operation": rec.fields["operation"], "account": rec.fields["account"],
-                    "channel": "BANK_COUNTER", "requested_at": now}
+                    "channel": "BANK_COUNTER", "consent": rec.fields["consent"], "requested_at": now}
             return Message(body=body, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE,
                            correlation_id=str(uuid.uuid4()))
@@ -456,5 +468,5 @@ def bank_file_connector(settings: Any, bank_id: str, bank_code: str, root: Path,
                             group=f"{settings.kafka.topic_prefix}.connector.{bank_id}", ops_port=ops_port)
 
 
-__all__ = ["NO_ANSWER", "RESULT_DEADLINE_S", "BankFiles", "ParsedFile", "bank_file_connector", "parse_file",
+__all__ = ["EXISTENCE_RESULTS", "NO_ANSWER", "RESULT_DEADLINE_S", "BankFiles", "ParsedFile", "bank_file_connector", "parse_file",
            "render_file", "write_atomically", "validate_account_type"]

@@ -8,6 +8,8 @@ Each command acts as ONE participant of the stack started by ``renkei up``
 - ``portal register|change|delete|numbering|records``: what a person does on
   the portal (STEP1, 付番申出 to each named bank, 情報提供等記録);
 - ``agency inquire``: STEP2, an agency asks the registry for the account;
+- ``agency register``: an entitled agency files the person's registration
+  alongside another procedure (口座登録法 §4: a tax return, a pension claim);
 - ``dicj lookup``: an inheritance or disaster lookup (相続時・災害時照会).
 
 A My Number is accepted at the edge only: validated (check digit), exchanged
@@ -38,7 +40,8 @@ EXIT_DONE, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 GROUPS = {
     "bank": "a bank's own commands: its customer data, its channel connector (serve)",
     "portal": "what a person does on the portal: register, change, delete, numbering, records; serve the portal",
-    "agency": "an agency's commands: ask the registry for a person's account (STEP2); serve the outbox relay",
+    "agency": "an agency's commands: ask the registry for a person's account (STEP2), file a registration "
+              "alongside another procedure; serve the outbox relay",
     "dicj": "DICJ's commands: inheritance and disaster lookups across banks",
 }
 
@@ -48,8 +51,9 @@ DONE = {
     "inquiry": {"REGISTERED", "NOT_REGISTERED"},
     "numbering": {"LINKED", "NO_ACCOUNT"},
 }
-REFUSALS = {
-    "registration": {"ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "NOT_REGISTERED", "REFUSED"},
+REFUSALS = {  # a registration's TIMEOUT (the bank did not answer the registry's check) is an error: exit 1
+    "registration": {"ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "NOT_HOLDER", "ACCOUNT_CLOSED", "NOT_REGISTERED",
+                     "CONSENT_REQUIRED", "REFUSED"},
     "inquiry": {"BLOCKED"},
     "numbering": {"REFUSED"},
 }
@@ -263,10 +267,12 @@ async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- portal
 
 
-async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
-    """STEP1 through the portal: REGISTER / CHANGE / DELETE the public-funds account."""
+async def _file_registration(settings: Any, args: argparse.Namespace, identity: str, basis: str, channel: str,
+                             title: str) -> int:
+    """REGISTER / CHANGE / DELETE the person's public-funds account as ``identity``; the registry's answer
+    (after the bank's existence check for REGISTER and CHANGE) is the report."""
     from infra.errors import ValidationError
-    from infra.policy import BASIS_CHANGE, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
     from schemas import types as T
 
     operation = args.operation
@@ -282,21 +288,41 @@ async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
     async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
         start = time.perf_counter()
         answer = await client.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry",
-            subject=await client.token_for("portal", my_number, timeout=args.timeout),
-            body={"operation": operation, "account": account, "channel": "PORTAL", "requested_at": _now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE,
-            timeout=args.timeout)
+            identity, type=T.REGISTRATION_REQUEST, to="registry",
+            subject=await client.token_for(identity, my_number, timeout=args.timeout),
+            body={"operation": operation, "account": account, "channel": channel, "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=basis, timeout=args.timeout)
         status, detail = answer.body["status"], answer.body.get("detail")
         code = exit_code("registration", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, detail=detail,
                          operation=operation, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
-        return Outcome(code, report, [(f"Portal: {operation.lower()} the public-funds account",
+        verb = "rejected" if code == EXIT_REJECTED else "failed"
+        return Outcome(code, report, [(f"{title}: {operation.lower()} the public-funds account",
                                        ["status", "detail", "request id", "ms"],
                                        [[status, detail, report["request_id"], report["elapsed_ms"]]])],
-                       note=f"{args.command_name} rejected: {status}" + (f" ({detail})" if detail else ""))
+                       note=f"{args.command_name} {verb}: {status}" + (f" ({detail})" if detail else ""))
 
-    return await act(settings, args, "portal", work)
+    return await act(settings, args, identity, work)
+
+
+async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
+    """STEP1 through the portal: REGISTER / CHANGE / DELETE the public-funds account."""
+    from infra.policy import BASIS_CHANGE, BASIS_REGISTRATION
+
+    basis = BASIS_REGISTRATION if args.operation == "REGISTER" else BASIS_CHANGE
+    return await _file_registration(settings, args, "portal", basis, "PORTAL", "Portal")
+
+
+async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
+    """Registration alongside another procedure (口座登録法 §4): an entitled agency files it for the person."""
+    from infra.participants import Kind
+    from infra.policy import BASIS_ALONGSIDE_PROCEDURE
+
+    agency = _participants(settings).get(args.agency)
+    if agency is None or agency.kind is not Kind.AGENCY:
+        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--agency names no agency"))
+    return await _file_registration(settings, args, agency.id, BASIS_ALONGSIDE_PROCEDURE, "ALONGSIDE_PROCEDURE",
+                                    agency.name)
 
 
 async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
@@ -593,6 +619,16 @@ def register(add: Any, common: Any) -> None:
                    help="the public-benefit procedure the account is needed for, one the agency is entitled to "
                         "(infra/procedures.toml, e.g. income-tax-refund)")
     _timeout_arg(p)
+
+    for operation in ("register", "change"):
+        p = subcommand("agency", operation, cmd_agency_register,
+                       f"{operation} the person's public-funds account alongside another procedure (口座登録法 §4; "
+                       "entitled agencies only)", report_defaults=account_keys)
+        p.set_defaults(operation=operation.upper())
+        p.add_argument("--agency", required=True, help="the agency's participant id (agency-nta, agency-mhlw)")
+        _my_number_arg(p)
+        _account_args(p)
+        _timeout_arg(p)
 
     p = subcommand("dicj", "lookup", cmd_dicj_lookup,
                    "inheritance or disaster lookup: which banks hold the person's numbered accounts",

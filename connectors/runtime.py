@@ -278,6 +278,11 @@ class ConnectorMetrics:
                                          labels=c))
         self.source_duplicates = add(Counter("renkei_connector_source_duplicates_total",
                                              "Source items seen again and not published twice", labels=c))
+        # Passes of the adapter loops, empty ones included: "nothing was read" is a claim only once they moved on.
+        self.source_passes = add(Counter("renkei_connector_source_passes_total",
+                                         "Source passes finished (empty and failed ones included)", labels=c))
+        self.sink_passes = add(Counter("renkei_connector_sink_passes_total",
+                                       "Sink passes finished (empty and failed ones included)", labels=c))
         self.unanswered = add(Counter("renkei_connector_unanswered_total",
                                       "Items reported without an answer because their deadline passed", labels=c))
         self.late_answers = add(Counter("renkei_connector_late_answers_total",
@@ -425,6 +430,7 @@ class ConnectorRuntime:
                 delay = adapter.retry.delay(failures)
                 log.warning("%s: source pass failed (%s); retrying in %.1f s", adapter.name, type(exc).__name__, delay)
                 self.metrics.source_errors.inc(connector=adapter.name)
+            self.metrics.source_passes.inc(connector=adapter.name)
             try:
                 await asyncio.wait_for(wakeup.wait(), delay)
             except asyncio.TimeoutError:
@@ -527,6 +533,7 @@ class ConnectorRuntime:
                 raise
             except Exception as exc:  # database away: deliveries wait in their table
                 log.warning("%s: sink pass failed (%s)", adapter.name, type(exc).__name__)
+            self.metrics.sink_passes.inc(connector=adapter.name)
             try:
                 await asyncio.wait_for(wakeup.wait(), adapter.poll_interval_s)
             except asyncio.TimeoutError:
@@ -553,9 +560,9 @@ class ConnectorRuntime:
 
         return await BusClient.token_for(self, participant, my_number, timeout=timeout)  # type: ignore[arg-type]
 
-    async def enrol(self, participant: str, local_id: str, my_number: str) -> str:
+    async def enrol(self, participant: str, local_id: str, my_number: str, *, timeout: float = 30.0) -> str:
         """Map a local person id to ``participant``'s token (中間サーバー style). The My Number is not kept."""
-        token = await self.token_for(participant, my_number)
+        token = await self.token_for(participant, my_number, timeout=timeout)
         await self.pool.execute(
             "INSERT INTO connector_person_tokens (participant, local_id, token) VALUES ($1, $2, $3) "
             "ON CONFLICT (participant, local_id) DO UPDATE SET token = $3, enrolled_at = now()",
@@ -566,6 +573,12 @@ class ConnectorRuntime:
     async def token_of(conn: asyncpg.Connection | asyncpg.Pool, participant: str, local_id: str) -> str | None:
         return await conn.fetchval("SELECT token FROM connector_person_tokens WHERE participant = $1 "
                                    "AND local_id = $2", participant, local_id)
+
+    @staticmethod
+    async def local_id_of(conn: asyncpg.Connection | asyncpg.Pool, participant: str, token: str) -> str | None:
+        """The local person id enrolled last for ``token`` (None: the person was never enrolled here)."""
+        return await conn.fetchval("SELECT local_id FROM connector_person_tokens WHERE participant = $1 "
+                                   "AND token = $2 ORDER BY enrolled_at DESC LIMIT 1", participant, token)
 
     # -- health, lag and metrics ------------------------------------------------------------------
     async def lag(self) -> dict[tuple[str, int], int]:
@@ -659,16 +672,16 @@ class ConnectorRuntime:
         return self.ops.routes()
 
 
-async def start_site(app: Any, host: str, port: int) -> tuple[Any, str]:
-    """Start an aiohttp app; returns (runner, base URL) with the port actually bound."""
+async def start_site(app: Any, host: str, port: int, *, ssl_context: Any = None) -> tuple[Any, str]:
+    """Start an aiohttp app (over TLS with ``ssl_context``); returns (runner, base URL) with the port bound."""
     from aiohttp import web
 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://{host}:{bound}"
+    return runner, f"{'https' if ssl_context is not None else 'http'}://{host}:{bound}"
 
 
 def _delivery(r: asyncpg.Record) -> Delivery:

@@ -7,7 +7,9 @@ unfinished batch are not committed).  Each prints where it listens at start
 participant ids, message types and reason codes only — never personal data.
 
 - ``bank --bank 9003 --channel files --root DIR`` or ``--channel http
-  --listen-port P --bank-url URL``: one bank's channel connector.
+  --listen-port P --bank-url https://…``: one bank's channel connector (HTTP: TLS
+  only, every call signed with the bank's channel key; the certificate is issued
+  from the platform's channel CA unless ``--tls-cert``/``--tls-key`` are given).
 - ``portal --port P``: the portal web app and API.
 - ``agency --agency ID``: the agency outbox relay (:func:`connectors.agency.serve`).
 
@@ -239,7 +241,8 @@ def _print_start(args: argparse.Namespace, info: dict[str, Any]) -> None:
               flush=True)
         return
     print(f"{info['title']} (pid {info['pid']})", flush=True)
-    for key in ("url", "registrations", "bank_url", "inbound", "outbound", "archive", "health", "metrics"):
+    for key in ("url", "registrations", "openapi", "bank_url", "key_id", "tls_ca", "inbound", "outbound", "archive",
+                "health", "metrics"):
         if info.get(key):
             print(f"  {key + ':':<14} {info[key]}", flush=True)
     if info.get("lease"):
@@ -318,11 +321,21 @@ def add_bank_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "NO_ANSWER (default 300; later answers go out in LATE_ files)")
     parser.add_argument("--listen-host", default="127.0.0.1", help="http: address of the registration server")
     parser.add_argument("--listen-port", type=int, default=0, help="http: its port (0 = a free one)")
-    parser.add_argument("--bank-url", help="http: the bank's endpoint for existence checks")
+    parser.add_argument("--bank-url", help="http: the bank's endpoint for existence checks (https://)")
+    parser.add_argument("--bank-ca", dest="bank_ca", type=Path, metavar="FILE",
+                        help="http: CA certificate(s) that sign the bank's endpoint (default: the system's trust store)")
+    parser.add_argument("--tls-cert", dest="tls_cert", type=Path, metavar="FILE",
+                        help="http: the server's certificate chain (PEM); default: issued from the platform's "
+                             "channel CA (<keys>/bank-http-ca.pem, which the bank trusts)")
+    parser.add_argument("--tls-key", dest="tls_key", type=Path, metavar="FILE",
+                        help="http: the private key of --tls-cert (PEM, unencrypted, mode 0600)")
+    parser.add_argument("--tls-name", dest="tls_names", action="append", default=[], metavar="NAME",
+                        help="http: another name or address the bank reaches the server under (repeat; for the "
+                             "issued certificate)")
     parser.add_argument("--timeout", type=float, default=5.0, help="http: seconds per call to the bank (default 5)")
     parser.add_argument("--ops-port", type=int, default=0,
-                        help="files: loopback port of /health and /metrics (0 = a free one); http serves them on "
-                             "--listen-port")
+                        help="loopback port of /health and /metrics, plain HTTP (0 = a free one); http also serves "
+                             "them on its TLS server")
     parser.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S,
                         help=f"seconds a lease lives unrenewed (default {LEASE_TTL_S:g}; renewed every third)")
     parser.add_argument("--standby", action="store_true",
@@ -349,12 +362,17 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     """``renkei bank serve --bank B --channel files|http …``: one bank's channel connector, under its lease."""
     from connectors.bank_sim import simulator_group
     from connectors.bankfiles import bank_file_connector
-    from connectors.bankhttp import BankHttpConnector
+    from connectors.bankhttp import BankHttpConnector, require_https
+    from connectors.channel_tls import CA_FILE, ServerCertificate, certificate_hosts, server_certificate
 
     if args.channel == "files" and args.root is None:
         raise ConfigError("--channel files needs --root DIR (the bank's folder)")
     if args.channel == "http" and not args.bank_url:
         raise ConfigError("--channel http needs --bank-url URL (the bank's endpoint for existence checks)")
+    if args.channel == "http":
+        require_https(args.bank_url)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
     if args.result_deadline is not None and args.result_deadline <= 0:
         raise ConfigError("--result-deadline: a positive number of seconds")
     if args.lease_ttl < 3:
@@ -369,8 +387,13 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
                                       **deadline)
         http = None
     else:
+        if args.tls_cert is not None:
+            tls = ServerCertificate(args.tls_cert, args.tls_key)
+        else:
+            tls = server_certificate(settings, bank.id, certificate_hosts(args.listen_host, args.tls_names))
         http = BankHttpConnector(settings, bank.id, bank.bank_code, args.bank_url, host=args.listen_host,
-                                 port=args.listen_port, timeout_s=args.timeout)
+                                 port=args.listen_port, timeout_s=args.timeout, tls=tls, bank_ca=args.bank_ca,
+                                 ops_port=args.ops_port)
         runtime = http.runtime
     assert runtime.runtime.group == group
     types = sorted(t for adapter in runtime.adapters for t in adapter.handlers())
@@ -404,7 +427,10 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
                 await http.__aenter__()
                 assert http.url is not None
                 info |= {"url": http.url, "registrations": f"{http.url}/v1/registrations",
-                         "bank_url": _without_userinfo(args.bank_url), **_ops(http.url)}
+                         "openapi": f"{http.url}/openapi.json", "bank_url": _without_userinfo(args.bank_url),
+                         "key_id": http.adapter.keys.current.key_id,
+                         "tls_ca": None if args.tls_cert else str(settings.resolved_keys_dir / CA_FILE),
+                         **_ops(runtime.ops_url)}
                 stopping = http.__aexit__
             stopping_now = asyncio.Event()
             keeper = asyncio.create_task(keep_lease(lease, runtime.runtime, lost, stopping_now), name=f"{bank.id}-lease")

@@ -423,7 +423,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
     import asyncpg
 
-    from connectors.bank_sim import open_account
+    from connectors.bank_sim import seed_customer
     from connectors.client import BusClient
     from infra.keystore import KeyStore
     from infra.policy import (BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT)
@@ -440,7 +440,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
             for i, mn in enumerate(people[:20] if register else []):
                 acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
                         "account_number": f"{1000000 + i:07d}", "holder_kana": "ヤマダ タロウ"}
-                await open_account(conn, acct)
+                await seed_customer(conn, authority.token_for(mn, "bank-9000"), acct)  # the person's account
                 answer = await bus.request(
                     "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
                     body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",

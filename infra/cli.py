@@ -1,4 +1,4 @@
-"""The ``renkei`` command line: up, status, down, topics, participants, demo.
+"""The ``renkei`` command line: up, status, down, topics, demo (participants and keys: ``infra.keycommands``).
 
 Every command that prints has ``--json``; its shape is documented in
 docs/cli.md and kept stable.  Exit codes: 0 success, 1 a check failed (e.g. a
@@ -189,19 +189,6 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         await admin.close()
 
 
-async def cmd_participants(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.participants import load_participants
-
-    participants = load_participants(settings.participants_file, banks=settings.banks)
-    rows = [p.to_json() for p in participants]
-    if args.json:
-        _print_json({"participants": rows})
-    else:
-        _table("Participants", ["id", "kind", "name", "bank_code", "suspended"],
-               [[r["id"], r["kind"], r["name"], r["bank_code"], r["suspended"]] for r in rows])
-    return 0
-
-
 async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
     from infra.acls import acl_bindings, kafka_acls_commands
     from infra.participants import load_participants
@@ -294,6 +281,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
     g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
+    g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
+                   help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 
@@ -349,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--purge", action="store_true", help="also delete the embedded PostgreSQL data")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("participants", cmd_participants, "list the registered participants")
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
     from infra import ops, records_cli
@@ -368,10 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
+    from connectors import channel_key_command
+    from infra import keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
+    channel_key_command.register()
+    keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     return parser
 
 

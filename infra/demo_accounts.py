@@ -1,16 +1,20 @@
 """``renkei demo`` flows for the public-funds accounts: ``step1-registration``, ``step2-provision``,
-``step2-unentitled-procedure``, ``step3-bank-registration``, and the person's provision records
+``step2-unentitled-procedure``, ``step1-others-account-refused``, ``step3-bank-registration``, and the
+person's provision records
 (情報提供等記録) with the chain verified.
 
 They drive the demo platform (hub, registry and simulated banks as real
 processes) as the portal, an agency and a bank counter would: every token
 comes from the token-issuance exchange with the hub, every message is sealed
 end to end and signed, every answer is awaited from the participant's inbox.
-The bank's customer data, STEP1, STEP2 and the person's records go through the
-participant commands a user would type (``renkei bank seed-account``, ``renkei
-portal register``, ``renkei agency inquire``, ``renkei portal records``), each
-a process of its own with the My Number on its stdin; STEP3, the bank
-counter's own system, runs in process.
+The bank's customer data (the account, linked to the person the bank knows),
+STEP1, STEP2, the refused registration of someone else's account and the
+person's records go through the participant commands a user would type
+(``renkei bank seed-account``, ``renkei portal register``, ``renkei agency
+inquire``, ``renkei portal records``), each a process of its own with the My
+Number on its stdin; STEP3, the bank counter's own system, runs in process
+(the simulated bank files the registration with the person's consent and
+answers the registry's check from its own records).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from typing import Any
 
 import asyncpg
 
-from connectors.bank_sim import open_account
+from connectors.bank_sim import register_at_counter, registration_status, seed_customer
 from connectors.client import BusClient
-from infra.policy import BASIS_BANK_INTAKE, BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.keystore import KeyStore
+from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
 from schemas import types as T
+from streams.participant import ParticipantRuntime
 
 AGENCY = "agency-city-minato"
 PROCEDURE = "child-allowance"  # infra/procedures.toml: the municipality pays it
@@ -81,9 +87,10 @@ def _account_flags(account: dict[str, str]) -> list[str]:
 
 
 async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run STEP1 → STEP2 → STEP3; return the flows and the demo person's provision records."""
+    """Run STEP1 → STEP2 (entitled, then an unentitled procedure) → someone else's account → STEP3; return the
+    flows and the demo person's records."""
     rng = random.Random()
-    person = generate_my_number(rng)
+    person, other = generate_my_number(rng), generate_my_number(rng)
     account = {"bank_code": "9001", "branch_code": "101", "account_type": "ORDINARY",
                "account_number": f"{rng.randrange(10**7):07d}", "holder_kana": "ヤマダ タロウ"}
     counter_account = {"bank_code": "9002", "branch_code": "202", "account_type": "SAVINGS",
@@ -91,9 +98,9 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     flows: list[dict[str, Any]] = []
 
     # STEP1: the person registers an account through the portal; the registry checks it with the bank,
-    # which holds it (the bank's own customer data, seeded as the bank would).
+    # which holds it for this person (the bank's own customer data, seeded as the bank would).
     start = time.perf_counter()
-    seeded = await renkei(settings, "bank", "seed-account", *_account_flags(account))
+    seeded = await renkei(settings, "bank", "seed-account", *_account_flags(account), my_number=person)
     result = await renkei(settings, "portal", "register", *_account_flags(account), my_number=person)
     flows.append({"name": "step1-registration", "ok": seeded["exit_code"] == 0 and result["exit_code"] == 0
                   and result["status"] == "DONE", "status": result["status"], "bank": account["bank_code"],
@@ -119,28 +126,52 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
                   "status": refused["status"], "reason": refused.get("reason"), "agency": AGENCY,
                   "procedure": UNENTITLED_PROCEDURE, "via": "renkei agency inquire", "elapsed_ms": _ms(start)})
 
-    # STEP3: at a bank counter, the bank's own system registers the person's account there instead.
-    conn = await asyncpg.connect(settings.pg_dsn)
-    try:
-        await open_account(conn, counter_account)
-    finally:
-        await conn.close()
-    async with BusClient(settings, [AGENCY, COUNTER_BANK], group=f"{settings.kafka.topic_prefix}.demo") as bus:
-        start = time.perf_counter()
-        result = await bus.request(
-            COUNTER_BANK, type=T.REGISTRATION_REQUEST, to="registry",
-            subject=await bus.token_for(COUNTER_BANK, person),
-            body={"operation": "CHANGE", "account": counter_account, "channel": "BANK_COUNTER",
-                  "requested_at": _now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
+    # Someone else types the person's account and name: the bank's records say the account is not
+    # theirs (NOT_HOLDER), nothing is registered for them, and an agency gets no account for them.
+    start = time.perf_counter()
+    attempt = await renkei(settings, "portal", "register", *_account_flags(account), my_number=other)
+    theirs = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", PROCEDURE,
+                          my_number=other)
+    flows.append({"name": "step1-others-account-refused",
+                  "ok": attempt["exit_code"] == 2 and attempt["status"] == "NOT_HOLDER"
+                  and theirs["exit_code"] == 0 and theirs["status"] == "NOT_REGISTERED",
+                  "status": attempt["status"], "inquiry": theirs["status"],
+                  "via": "renkei portal register, renkei agency inquire", "elapsed_ms": _ms(start)})
+
+    # STEP3: at a bank counter, the bank's own system registers the person's account there instead, with
+    # the person's consent; the registry checks the account with that bank's own records first.
+    async with BusClient(settings, [AGENCY], group=f"{settings.kafka.topic_prefix}.demo") as bus:
+        counter = ParticipantRuntime(settings, [COUNTER_BANK], {}, group=f"{settings.kafka.topic_prefix}.demo-counter")
+        await counter.start(consume=False)  # the simulated bank answers its inbox; this only files the request
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            start = time.perf_counter()
+            token = await bus.token_for(AGENCY, person)
+            # The simulated bank's own customer knowledge (as infra.demo_lookups): its token for the person.
+            bank_token = KeyStore.for_settings(settings).token_authority().token_for(person, COUNTER_BANK)
+            await seed_customer(conn, bank_token, counter_account)
+            correlation = await register_at_counter(
+                counter, COUNTER_BANK, bank_token, "CHANGE", counter_account,
+                {"given_by": "PERSON", "method": "SIGNED_FORM_AT_COUNTER", "given_at": _now(),
+                 "evidence_ref": f"FORM-{rng.randrange(10**6):06d}"})
+            status = None
+            for _ in range(1200):
+                status = await registration_status(conn, COUNTER_BANK, correlation)
+                if status is not None:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+            await counter.stop()
         after = await bus.request(
-            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, person),
+            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
             body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE)
         flows.append({"name": "step3-bank-registration",
-                      "ok": result.body["status"] == "DONE"
+                      "ok": status == "DONE"
                       and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
-                      "status": result.body["status"], "bank": COUNTER_BANK, "elapsed_ms": _ms(start)})
+                      "status": status, "bank": COUNTER_BANK, "consent": "SIGNED_FORM_AT_COUNTER",
+                      "elapsed_ms": _ms(start)})
     return flows, await person_records(settings, person)
 
 

@@ -22,12 +22,13 @@ the message must name the public-benefit procedure it serves — checked
 against the record's requester (the agency), whichever way the message goes.
 
 The hub calls :meth:`Policy.authorise` for every message: rules are indexed by
-their full key at load time, so a decision is at most nine dict look-ups.
+their full key at load time, so a decision is at most nine dict look-ups (plus
+two for suspension, which follows the key directory: :meth:`Policy.follow`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -43,6 +44,7 @@ DEFAULT_FILE = Path(__file__).with_name("policy.toml")
 # --- Legal bases (根拠法令). ASCII so they are safe in headers, logs and topic tools.
 # 口座登録法 = 公的給付の支給等の迅速かつ確実な実施のための預貯金口座の登録等に関する法律 (令和3年法律第38号)
 BASIS_REGISTRATION: Final = "account-registration-act/art3"  # 登録 via the portal (§3)
+BASIS_ALONGSIDE_PROCEDURE: Final = "account-registration-act/art4"  # 行政機関による登録受付, with another procedure (§4)
 BASIS_CHANGE: Final = "account-registration-act/art6"  # 変更・抹消 (§6)
 BASIS_BANK_INTAKE: Final = "account-registration-act/art8"  # 金融機関経由の登録 (§8)
 BASIS_PROVISION: Final = "account-registration-act/art9"  # 行政機関等への提供 (§9)
@@ -56,7 +58,7 @@ BASIS_TOKEN_ISSUANCE: Final = "my-number-act/art21-2"
 BASIS_NETWORK_OPERATION: Final = "renkei/network-operation"
 
 BASES: Final = frozenset({
-    BASIS_REGISTRATION, BASIS_CHANGE, BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_NUMBERING,
+    BASIS_REGISTRATION, BASIS_ALONGSIDE_PROCEDURE, BASIS_CHANGE, BASIS_BANK_INTAKE, BASIS_PROVISION, BASIS_NUMBERING,
     BASIS_INHERITANCE_LOOKUP, BASIS_DISASTER_LOOKUP, BASIS_TOKEN_ISSUANCE, BASIS_NETWORK_OPERATION,
 })
 
@@ -131,8 +133,10 @@ class Policy:
                 if other is not None:
                     raise ConfigError(f"policy: rules {other.rule_id!r} and {rule.id!r} overlap")
                 self._index[key] = decision
-        # pid -> suspended, overriding Participant.suspended from the registry.
+        # pid -> suspended, set in this process (suspend/resume); overrides everything else.
         self._suspension: dict[str, bool] = {}
+        # pid -> suspended, as published on the keys topic (follow); overrides the participants file.
+        self._published: Mapping[str, bool] = {}
 
     @classmethod
     def load(cls, path: Path | None = None, *, procedures: Path | None = None) -> Policy:
@@ -142,17 +146,35 @@ class Policy:
         return cls((_parse_rule(raw) for raw in data.get("rule", [])), Procedures.load(procedures))
 
     # --- suspension (immediate, no reload) ---------------------------------
+    #
+    # Whether a participant is suspended: this process's own suspend()/resume() if any, else the
+    # latest root-signed participant status on the keys topic (`renkei participants
+    # suspend|resume`, followed through `follow`), else the participants file.
 
     def suspend(self, pid: str) -> None:
-        """Refuse everything from or to ``pid`` from now on."""
+        """Refuse everything from or to ``pid`` from now on, in this process."""
         self._suspension[pid] = True
 
     def resume(self, pid: str) -> None:
-        """Lift a suspension (also one declared in the participants file)."""
+        """Lift a suspension in this process (also one declared in the participants file)."""
         self._suspension[pid] = False
 
+    def follow(self, directory: Any) -> None:
+        """Take suspensions from the key directory (``infra.keys.KeyDirectory.suspensions``), live:
+        a participant status published on the keys topic applies to the next message.
+
+        The policy then refuses a suspended participant itself, after its signature has been
+        verified (so the sender can be sent a signed SUSPENDED notice): the directory stops
+        refusing suspended participants' signatures in this process.
+        """
+        self._published = directory.suspensions
+        directory.refuse_suspended_signers = False
+
     def is_suspended(self, participant: Participant) -> bool:
-        return self._suspension.get(participant.id, participant.suspended)
+        local = self._suspension.get(participant.id)
+        if local is not None:
+            return local
+        return self._published.get(participant.id, participant.suspended)
 
     # --- the decision -------------------------------------------------------
 
@@ -174,10 +196,9 @@ class Policy:
             raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "sender is not a registered participant")
         if recipient is None:
             raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "recipient is not a registered participant")
-        suspension = self._suspension
-        if suspension.get(sender.id, sender.suspended):
+        if self.is_suspended(sender):
             raise PolicyDenied(Reason.SUSPENDED, f"sender {sender.id} is suspended")
-        if suspension.get(recipient.id, recipient.suspended):
+        if self.is_suspended(recipient):
             raise PolicyDenied(Reason.SUSPENDED, f"recipient {recipient.id} is suspended")
         index = self._index
         for s in (sender.id, _KIND_SPEC[sender.kind], ANY):

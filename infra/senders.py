@@ -48,9 +48,10 @@ def _rule(*routes: tuple[Kind, Kind], from_hub: frozenset[Kind] = frozenset()) -
 
 
 SENDERS: Mapping[str, SenderRule] = MappingProxyType({
-    # STEP1 / STEP3: the portal, a bank at its counter, or DICJ as intermediary (口座登録法 §3, §6, §8)
-    T.REGISTRATION_REQUEST: _rule((PORTAL, REGISTRY), (BANK, REGISTRY), (DICJ, REGISTRY)),
-    T.REGISTRATION_RESULT: _rule((REGISTRY, PORTAL), (REGISTRY, BANK), (REGISTRY, DICJ)),
+    # STEP1 / §4 / STEP3: the portal, an agency alongside another procedure (which agencies: the policy),
+    # or the bank that holds the account at its counter (口座登録法 §3, §4, §6, §8); no DICJ relay
+    T.REGISTRATION_REQUEST: _rule((PORTAL, REGISTRY), (AGENCY, REGISTRY), (BANK, REGISTRY)),
+    T.REGISTRATION_RESULT: _rule((REGISTRY, PORTAL), (REGISTRY, AGENCY), (REGISTRY, BANK)),
     T.EXISTENCE_CHECK: _rule((REGISTRY, BANK)),  # 口座実在性確認
     T.EXISTENCE_ANSWER: _rule((BANK, REGISTRY)),
     # STEP2 (口座登録法 §9)

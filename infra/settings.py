@@ -71,7 +71,8 @@ class Settings:
     state_dir: Path = Path(".renkei")
     participant_id: str = "hub"
     keys_dir: Path | None = None  # default: <state_dir>/keys
-    keys_passphrase_file: Path | None = None  # default: <keys_dir>/passphrase (generated, embedded only)
+    keys_passphrase_file: Path | None = None  # default: <keys_dir>/../secrets/keys.passphrase (generated, embedded)
+    keys_passphrase: str = field(default="", repr=False)  # RENKEI_KEYS_PASSPHRASE; wins over the file
     participants_file: Path | None = None  # default: the built-in demo set
     banks: int = 5  # simulated banks in the built-in participant set
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
@@ -82,6 +83,9 @@ class Settings:
     hub_sender_rate: int = 200
     hub_sender_burst: int = 20_000
     log_level: str = "INFO"
+    # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
+    # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
+    registry_check_deadline_s: int = 3600
     # Provision records (infra.checkpoints, infra.provisions): a signed checkpoint of the chain heads is made
     # when this many records wait for one, or this many seconds after the last one; records are kept this
     # many years (the 住基ネット disclosure period) before `renkei records purge` may remove them.
@@ -127,6 +131,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "participant_id": (("participant_id",), str),
     "keys_dir": (("keys_dir",), Path),
     "keys_passphrase_file": (("keys_passphrase_file",), Path),
+    "keys_passphrase": (("keys_passphrase",), str),
     "participants_file": (("participants_file",), Path),
     "banks": (("banks",), int),
     "embedded_kafka_port": (("embedded_kafka_port",), int),
@@ -135,6 +140,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "hub_sender_rate": (("hub_sender_rate",), int),
     "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
+    "registry_check_deadline_s": (("registry_check_deadline_s",), int),
     "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
     "records_checkpoint_records": (("records_checkpoint_records",), int),
     "records_retention_years": (("records_retention_years",), int),
@@ -232,6 +238,8 @@ def load_settings(
         )
     if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    if top_kwargs.get("registry_check_deadline_s", 1) < 1:
+        raise ConfigError("registry_check_deadline_s: at least 1 second")
     if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
         raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
     for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):

@@ -34,6 +34,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
         "--banks", str(settings.banks),
+        "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
 
@@ -139,14 +140,20 @@ class Platform:
 
 
 async def bootstrap_keys(settings: Settings, participants: Any) -> None:
-    """Create missing keys (embedded world) and publish the signed key directory on the keys topic."""
+    """Create missing keys (embedded world) and publish what the key directory on the keys topic lacks.
+
+    Only what is missing or newer (``infra.keyadmin.sync``): a key revoked or retired, or a participant
+    suspended, with ``renkei keys`` / ``renkei participants`` stays so across ``renkei down`` / ``up``,
+    also when the broker lost the topic (the root holder's journal restores it as it was).
+    """
     import asyncio
 
-    from infra.keystore import KeyStore, directory_records, publish_directory
+    from infra.keyadmin import sync
+    from infra.keystore import KeyStore
 
     store = KeyStore.for_settings(settings)
     await asyncio.to_thread(store.bootstrap, participants)
-    await publish_directory(settings, await asyncio.to_thread(directory_records, store, participants))
+    await sync(settings, store, participants)
 
 
 async def wait_for_groups(settings: Settings, groups: list[str], timeout: float) -> None:

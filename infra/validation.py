@@ -17,6 +17,12 @@ Normalisation decisions:
   else ASCII — that is, the NFKC form of the Zengin character set — and
   converted to half-width kana by :func:`to_zengin_halfwidth` for file formats.
   See :func:`normalise_holder_kana` for the exact character set.
+* A bank's existence answer (口座実在性確認) is a result *and* the holder
+  check: :func:`existence_outcome` refuses an answer without the holder flag
+  and never lets CONFIRMED through for an account the person does not hold.
+* The person's consent to a registration filed at a bank
+  (:func:`validate_consent`): who, how, when (an aware time, not in the
+  future) and the bank's evidence reference.
 """
 
 from __future__ import annotations
@@ -24,22 +30,29 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from infra.errors import ValidationError
 
 __all__ = [
+    "CONSENT_GIVERS",
+    "CONSENT_METHODS",
+    "EXISTENCE_RESULTS",
     "HOLDER_KANA_MAX_HALFWIDTH",
     "generate_my_number",
     "my_number_check_digit",
     "normalise_holder_kana",
+    "existence_outcome",
     "to_zengin_halfwidth",
     "validate_account_number",
     "validate_account_type",
     "validate_bank_account",
     "validate_bank_code",
     "validate_branch_code",
+    "validate_consent",
     "validate_my_number",
+    "validate_reference",
 ]
 
 _ASCII_DIGITS = frozenset("0123456789")
@@ -244,3 +257,75 @@ def validate_bank_account(record: Mapping[str, Any], *, field: str = "account") 
         ),
         "holder_kana": normalise_holder_kana(record["holder_kana"], field=f"{field}.holder_kana"),
     }
+
+
+# --- a bank's existence answer (口座実在性確認) --------------------------------
+
+EXISTENCE_RESULTS = ("CONFIRMED", "ACCOUNT_NOT_FOUND", "HOLDER_MISMATCH", "ACCOUNT_CLOSED", "NOT_HOLDER")
+"""What a bank may answer (``renkei.ExistenceResult`` v2 without its UNKNOWN)."""
+
+
+def existence_outcome(result: Any, holder: Any, *, field: str = "result") -> str:
+    """The existence result to send on, from a bank channel's ``result`` and its ``holder`` flag.
+
+    ``holder`` says whether the bank's customer record for the person (the check's token) holds
+    the account; it is required (a bank that does not check the holder cannot confirm).  An
+    account the person does not hold is NOT_HOLDER whatever else the bank says, except that no
+    such account stays ACCOUNT_NOT_FOUND; NOT_HOLDER with ``holder`` true is contradictory.
+    """
+    if result not in EXISTENCE_RESULTS:
+        raise ValidationError(field, f"must be one of {', '.join(EXISTENCE_RESULTS)}")
+    if not isinstance(holder, bool):
+        raise ValidationError("holder", "must be true or false: whether the bank's customer record for this "
+                                        "person holds the account")
+    if result == "NOT_HOLDER" and holder:
+        raise ValidationError("holder", "must be false with NOT_HOLDER")
+    if not holder and result != "ACCOUNT_NOT_FOUND":
+        return "NOT_HOLDER"
+    return result
+
+
+# --- the person's consent to a registration filed at a bank --------------------------------
+
+CONSENT_GIVERS = ("PERSON", "LEGAL_REPRESENTATIVE")
+CONSENT_METHODS = ("SIGNED_FORM_AT_COUNTER", "ONLINE_BANKING", "BANK_APP")
+_REF_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+CONSENT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def validate_reference(value: Any, *, field: str, max_length: int = 64) -> str:
+    """An opaque ASCII reference (1 to ``max_length`` letters, digits, ``-``, ``_``), never personal data."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length or not set(value) <= _REF_CHARS:
+        raise ValidationError(field, f"must be 1 to {max_length} ASCII letters, digits, - or _")
+    return value
+
+
+def _aware_time(value: Any, field: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValidationError(field, "must be an ISO 8601 time with its UTC offset") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValidationError(field, "must be an ISO 8601 time with its UTC offset")
+    return value.astimezone(UTC)
+
+
+def validate_consent(record: Any, *, field: str = "consent", now: datetime | None = None) -> dict[str, Any]:
+    """Validate a ``renkei.RegistrationConsent``: who gave it, how, when, the bank's evidence reference.
+
+    ``given_at`` is an aware ``datetime`` or an ISO 8601 string with an offset, not later than
+    ``now`` (plus five minutes of clock skew); returned in UTC.
+    """
+    if not isinstance(record, Mapping):
+        raise ValidationError(field, "is required: who gave the consent, how, when, and the evidence reference")
+    given_by, method = record.get("given_by"), record.get("method")
+    if given_by not in CONSENT_GIVERS:
+        raise ValidationError(f"{field}.given_by", f"must be one of {', '.join(CONSENT_GIVERS)}")
+    if method not in CONSENT_METHODS:
+        raise ValidationError(f"{field}.method", f"must be one of {', '.join(CONSENT_METHODS)}")
+    given_at = _aware_time(record.get("given_at"), f"{field}.given_at")
+    if given_at > (now or datetime.now(UTC)) + CONSENT_CLOCK_SKEW:
+        raise ValidationError(f"{field}.given_at", "must not be in the future")
+    return {"given_by": given_by, "method": method, "given_at": given_at,
+            "evidence_ref": validate_reference(record.get("evidence_ref"), field=f"{field}.evidence_ref")}

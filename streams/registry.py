@@ -2,18 +2,25 @@
 
 Handles, over its inbox (see docs/architecture.md for the sequences):
 
-- STEP1 ``registration.request`` from the portal — REGISTER / CHANGE first ask
-  the account's bank to confirm the account exists in the person's name
-  (口座実在性確認, ``existence.check``); the registration completes only on
-  CONFIRMED.  A failed name check stores the account BLOCKED: it is never
-  provided.  DELETE removes the account and its data key (crypto-shredding).
-- STEP2 ``provision.inquiry`` from an agency — answers REGISTERED with the
+- ``registration.request`` — REGISTER / CHANGE / DELETE, filed by the person
+  through the portal (STEP1, §3 §6), by an agency entitled by policy alongside
+  another procedure (§4), or by the bank that holds the account at its counter
+  (STEP3, §8, with the person's consent in the body, recorded).  Who filed it is
+  the envelope's verified sender; the rules of who may do what are
+  :mod:`streams.registration_rules`.  REGISTER and CHANGE always ask the
+  account's bank first (口座実在性確認, ``existence.check``): the bank answers
+  from its own customer data — the account exists, is open, and is held by this
+  person (its token) — and only CONFIRMED registers.  A failed check changes
+  nothing: a failed CHANGE keeps the account registered before.  DELETE removes
+  the account and its data key (crypto-shredding).
+- ``existence.answer`` — accepted only from the bank that was asked, for a check
+  still open; anything else is dead-lettered with its reason.  A check that gets
+  no answer within ``registry_check_deadline_s`` is closed by
+  :func:`expire_checks` with a TIMEOUT result to whoever asked.
+- ``provision.inquiry`` from an agency (STEP2) — answers REGISTERED with the
   account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED; the
   answer's signed envelope states that outcome and the inquiry's procedure,
   so the hub's provision record says what happened.
-- STEP3 ``registration.request`` from a bank (bank-channel intake) — the bank
-  vouches for its own account, so it is registered directly and the result
-  returned to the bank.
 
 People are known only by the registry's own tokens.  Account data is stored
 encrypted with a per-person data key (AES-GCM, the token as associated data);
@@ -24,19 +31,25 @@ runs in the participant runtime's transaction, keyed by message id.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from infra.envelope import Message
 from infra.errors import ValidationError
 from infra.keystore import REGISTRY_KEK, KeyStore
-from infra.participants import Kind
+from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
-from infra.validation import validate_bank_account
+from infra.validation import validate_bank_account, validate_consent
 from schemas import types as T
 from streams.participant import Context, ParticipantRuntime
+from streams.registration_rules import Channel, answer_refusal, channel_of, check_outcome, intake
+
+log = logging.getLogger("renkei.registry")
 
 REGISTRY_ID = "registry"
 
@@ -61,6 +74,26 @@ REGISTRY_MIGRATIONS = [
         requester   text NOT NULL,
         basis       text NOT NULL,
         created_at  timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    # Whose account it is: a check remembers the bank it asked (only that bank may answer) and the channel;
+    # it is closed (answered or TIMEOUT), not deleted, so a late or second answer is told apart from one to
+    # nothing asked; its account copy is dropped when it closes.  Consents of bank-filed requests are kept.
+    """
+    ALTER TABLE registry_pending_checks ADD COLUMN bank text, ADD COLUMN channel text,
+        ADD COLUMN closed_at timestamptz, ADD COLUMN outcome text;
+    CREATE INDEX registry_pending_checks_open ON registry_pending_checks (created_at) WHERE closed_at IS NULL;
+    ALTER TABLE registry_accounts ADD COLUMN consent_correlation uuid;
+    CREATE TABLE registry_consents (
+        correlation_id uuid PRIMARY KEY,
+        token          text NOT NULL,
+        bank           text NOT NULL,
+        operation      text NOT NULL,
+        given_by       text NOT NULL,
+        method         text NOT NULL,
+        given_at       timestamptz NOT NULL,
+        evidence_ref   text NOT NULL,
+        received_at    timestamptz NOT NULL DEFAULT now()
     );
     """,
 ]
@@ -110,7 +143,7 @@ def _result(operation: str, status: str, detail: str | None = None) -> dict:
 
 
 class Registry:
-    """The registry's handlers; pure business rules over the runtime's context."""
+    """The registry's handlers; the rules are :mod:`streams.registration_rules`, this wires them to the tables."""
 
     def __init__(self, vault: AccountVault) -> None:
         self.vault = vault
@@ -122,72 +155,101 @@ class Registry:
             T.PROVISION_INQUIRY: self.on_provision_inquiry,
         }
 
+    async def registered_bank_code(self, ctx: Context, token: str) -> str | None:
+        """The bank code of the account registered for ``token`` now (None: nothing registered)."""
+        row = await ctx.conn.fetchrow("SELECT account_ct FROM registry_accounts WHERE token = $1 FOR UPDATE", token)
+        if row is None:
+            return None
+        account = await self.vault.open(ctx.conn, token, row["account_ct"])
+        return None if account is None else account["bank_code"]
+
     async def on_registration_request(self, ctx: Context) -> None:
         body, meta = ctx.body, ctx.meta
-        operation = body["operation"]
-        token = meta.subject
+        operation, token = body["operation"], meta.subject
         sender = ctx.participants.get(meta.sender)
+        channel = channel_of(sender)  # anyone but the portal, an agency or a bank: dead-lettered UNAUTHORISED
+        assert sender is not None
+
+        def refuse(status: str, detail: str | None) -> None:
+            ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, status, detail))
+
+        consent = None
+        if channel is Channel.BANK_COUNTER:  # STEP3: the person's consent travels with the request, and is kept
+            try:
+                consent = validate_consent(body.get("consent"), now=meta.created_at)
+            except ValidationError as exc:
+                return refuse("CONSENT_REQUIRED", f"a bank files a registration only with the person's consent "
+                                                  f"({exc.message})")
+            await ctx.conn.execute(
+                "INSERT INTO registry_consents (correlation_id, token, bank, operation, given_by, method, given_at, "
+                "evidence_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                uuid.UUID(meta.correlation_id), token, sender.id, operation, consent["given_by"], consent["method"],
+                consent["given_at"], consent["evidence_ref"])
+        account = None
+        if operation != "DELETE":
+            try:
+                account = validate_bank_account(body.get("account") or {})
+            except ValidationError as exc:
+                return refuse("REFUSED", exc.message)
+        bank = ctx.participants.by_bank_code(account["bank_code"]) if account is not None else None
+        refusal = intake(channel, operation, sender_bank_code=sender.bank_code,
+                         account_bank_code=account["bank_code"] if account else None, account_bank_known=bank is not None,
+                         registered_bank_code=await self.registered_bank_code(ctx, token))
+        if refusal is not None:
+            return refuse(refusal.status, refusal.detail)
         if operation == "DELETE":
-            deleted = await ctx.conn.execute("DELETE FROM registry_accounts WHERE token = $1", token)
+            await ctx.conn.execute("DELETE FROM registry_accounts WHERE token = $1", token)
             await self.vault.shred(ctx.conn, token)
-            status = "DONE" if deleted.endswith(" 1") else "NOT_REGISTERED"
-            ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, status))
-            return
-        try:
-            account = validate_bank_account(body.get("account") or {})
-        except ValidationError as exc:
-            ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, "REFUSED", exc.message))
-            return
-        bank = ctx.participants.by_bank_code(account["bank_code"])
-        if sender is not None and sender.kind is Kind.BANK:
-            # STEP3: the bank registers its own customer's account at the counter.
-            if sender.bank_code != account["bank_code"]:
-                ctx.reply(type=T.REGISTRATION_RESULT,
-                          body=_result(operation, "REFUSED", "a bank may register only its own accounts"))
-                return
-            await self._store(ctx, token, account, "REGISTERED", "BANK_COUNTER")
-            ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, "DONE"))
-            return
-        if bank is None:
-            ctx.reply(type=T.REGISTRATION_RESULT,
-                      body=_result(operation, "ACCOUNT_NOT_FOUND", "no participating bank has this bank code"))
-            return
-        # STEP1: hold the request and ask the bank to confirm the account (口座実在性確認).
-        await ctx.conn.execute(
-            "INSERT INTO registry_pending_checks (correlation_id, token, operation, account_ct, requester, basis) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (correlation_id) DO NOTHING",
+            return refuse("DONE", None)
+        assert account is not None and bank is not None
+        # Hold the request and ask the account's bank (口座実在性確認); only that bank may answer.
+        held = await ctx.conn.fetchval(
+            "INSERT INTO registry_pending_checks (correlation_id, token, operation, account_ct, requester, basis, bank, "
+            "channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (correlation_id) DO NOTHING RETURNING 1",
             meta.correlation_id, token, operation, await self.vault.seal(ctx.conn, token, account),
-            meta.sender, meta.legal_basis)
-        ctx.send(type=T.EXISTENCE_CHECK, to=bank.id, subject=token,
-                 body={"account": account, "requested_at": _now()})
+            meta.sender, meta.legal_basis, bank.id, channel.value)
+        if held is None:
+            return refuse("REFUSED", "another request with this correlation id is being checked; send a new one")
+        ctx.send(type=T.EXISTENCE_CHECK, to=bank.id, subject=token, body={"account": account, "requested_at": _now()})
 
     async def on_existence_answer(self, ctx: Context) -> None:
         pending = await ctx.conn.fetchrow(
-            "DELETE FROM registry_pending_checks WHERE correlation_id = $1 RETURNING *", ctx.meta.correlation_id)
-        if pending is None:
-            return  # an answer to nothing we asked (or answered already): no effect
-        token = pending["token"]
-        account = await self.vault.open(ctx.conn, token, pending["account_ct"])
-        if account is None:
-            return  # deleted meanwhile: the data key is gone
-        answer = ctx.body["result"]
-        if answer == "CONFIRMED":
-            await self._store(ctx, token, account, "REGISTERED", "PORTAL")
-            status = "DONE"
-        elif answer == "HOLDER_MISMATCH":
-            # Not the person's own account (e.g. a family member's): kept blocked, never provided.
-            await self._store(ctx, token, account, "BLOCKED", "PORTAL")
-            status = "HOLDER_MISMATCH"
+            "SELECT * FROM registry_pending_checks WHERE correlation_id = $1 FOR UPDATE", ctx.meta.correlation_id)
+        token = pending["token"] if pending is not None else None
+        account = None
+        if pending is not None and pending["closed_at"] is None:
+            account = await self.vault.open(ctx.conn, token, pending["account_ct"])
+        asked = None
+        if pending is not None:  # checks from before this rule named no bank: the account's bank was asked
+            by_code = ctx.participants.by_bank_code(account["bank_code"]) if account else None
+            asked = pending["bank"] or (by_code.id if by_code else "")
+        refused = answer_refusal(asked=asked, answered_by=ctx.meta.sender,
+                                 outcome=pending["outcome"] if pending is not None else None)
+        if refused is not None:
+            raise refused  # dead-lettered with its reason; the check stays as it was
+        assert pending is not None
+        result = ctx.body["result"]
+        if account is None:  # deleted meanwhile: the data key is gone, and the person asked for deletion
+            stored, status, detail = False, "REFUSED", "the registration was deleted while its account was checked"
         else:
-            status = "ACCOUNT_NOT_FOUND"
-        ctx.send(type=T.REGISTRATION_RESULT, to=pending["requester"], subject=token,
-                 body=_result(pending["operation"], status), basis=pending["basis"])
-
-    async def _store(self, ctx: Context, token: str, account: dict, status: str, channel: str) -> None:
+            registered_before = await self.registered_bank_code(ctx, token) is not None
+            stored, status, detail = check_outcome(result, registered_before=registered_before)
         await ctx.conn.execute(
-            "INSERT INTO registry_accounts (token, status, account_ct, channel) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (token) DO UPDATE SET status = $2, account_ct = $3, channel = $4, updated_at = now()",
-            token, status, await self.vault.seal(ctx.conn, token, account), channel)
+            "UPDATE registry_pending_checks SET closed_at = now(), outcome = $2, account_ct = '\\x'::bytea "
+            "WHERE correlation_id = $1", pending["correlation_id"], result)
+        if stored:
+            await self._store(ctx, token, account, pending["channel"] or Channel.PORTAL.value,
+                              pending["correlation_id"] if pending["channel"] == Channel.BANK_COUNTER.value else None)
+        ctx.send(type=T.REGISTRATION_RESULT, to=pending["requester"], subject=token,
+                 body=_result(pending["operation"], status, detail), basis=pending["basis"])
+
+    async def _store(self, ctx: Context, token: str, account: dict, channel: str,
+                     consent_correlation: uuid.UUID | None) -> None:
+        await ctx.conn.execute(
+            "INSERT INTO registry_accounts (token, status, account_ct, channel, consent_correlation) "
+            "VALUES ($1, 'REGISTERED', $2, $3, $4) ON CONFLICT (token) DO UPDATE SET status = 'REGISTERED', "
+            "account_ct = $2, channel = $3, consent_correlation = $4, updated_at = now()",
+            token, await self.vault.seal(ctx.conn, token, account), channel, consent_correlation)
 
     async def on_provision_inquiry(self, ctx: Context) -> None:
         row = await ctx.conn.fetchrow("SELECT status, account_ct FROM registry_accounts WHERE token = $1",
@@ -195,7 +257,7 @@ class Registry:
         account = None
         if row is None:
             status = "NOT_REGISTERED"
-        elif row["status"] == "BLOCKED":
+        elif row["status"] == "BLOCKED":  # stored blocked before the holder check existed: never provided
             status = "BLOCKED"
         else:
             account = await self.vault.open(ctx.conn, ctx.meta.subject, row["account_ct"])
@@ -204,6 +266,35 @@ class Registry:
         # record must say what happened (REGISTERED → PROVIDED; NOT_REGISTERED and BLOCKED provide nothing).
         ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
                   outcome=status)
+
+
+async def expire_checks(runtime: ParticipantRuntime, deadline_s: float, *, limit: int = 200) -> int:
+    """Close the checks older than ``deadline_s`` that no bank answered: TIMEOUT to whoever asked.
+
+    One transaction: the checks are closed and the results sealed into the outbox together, so a
+    crash sends each TIMEOUT once; a bank's answer that comes later is refused (EXPIRED).
+    """
+    assert runtime.pool is not None
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE registry_pending_checks SET closed_at = now(), outcome = 'TIMEOUT', account_ct = '\\x'::bytea "
+            "WHERE correlation_id IN (SELECT correlation_id FROM registry_pending_checks WHERE closed_at IS NULL "
+            "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+            "RETURNING correlation_id, token, operation, requester, basis, bank", float(deadline_s), limit)
+        if rows:
+            await runtime.send(REGISTRY_ID, [Message(
+                body=_result(r["operation"], "TIMEOUT", f"{r['bank'] or 'the bank'} did not answer the existence "
+                                                        f"check within {deadline_s:g} s; nothing changed"),
+                type=T.REGISTRATION_RESULT, to=r["requester"], subject=r["token"], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+                basis=r["basis"], correlation_id=str(r["correlation_id"])) for r in rows], conn=conn)
+    if rows:
+        log.warning("%d existence check(s) got no answer within %g s: TIMEOUT sent", len(rows), deadline_s)
+    return len(rows)
+
+
+def sweep_interval(deadline_s: float) -> float:
+    """How often the registry looks for expired checks: a tenth of the deadline, between 1 and 30 s."""
+    return min(max(deadline_s / 10, 1.0), 30.0)
 
 
 def registry_runtime(settings: Settings) -> ParticipantRuntime:
@@ -231,6 +322,15 @@ def build_app(settings: Settings) -> Any:
         await runtime.serve_metrics()
         await runtime.start(consume=False)
         ready.set()
+
+    @app.timer(interval=sweep_interval(settings.registry_check_deadline_s))
+    async def _expire_checks() -> None:
+        if not ready.is_set():
+            return
+        try:
+            await expire_checks(runtime, settings.registry_check_deadline_s)
+        except Exception as exc:  # database away: the checks wait for the next round
+            log.warning("expiring existence checks failed (%s); retrying", type(exc).__name__)
 
     @app.agent(topic)
     async def registry(stream: Any) -> None:

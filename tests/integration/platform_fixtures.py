@@ -24,10 +24,16 @@ from infra.pseudonyms import HubPseudonyms
 from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
-__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms"]
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms",
+           "ENTITLED_PROCEDURE"]
 
 PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 """The built-in set plus ``agency-suspended`` (suspended) and ``bank-8999`` (not in lookup fan-outs)."""
+
+
+ENTITLED_PROCEDURE = {"agency-city-minato": "child-allowance", "agency-nta": "income-tax-refund",
+                      "agency-mhlw": "national-pension", "agency-suspended": "child-allowance"}
+"""A public-benefit procedure each test agency may ask under (infra/procedures.toml; agency-suspended: refused anyway)."""
 
 
 def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
@@ -38,10 +44,11 @@ def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
 @contextlib.asynccontextmanager
 async def isolated_platform(endpoints: Any, state: Path, *, participants_file: Path = PARTICIPANTS_FILE,
                             workers: list[str] | None = None, banks: int | None = None,
-                            prefix_letter: str = "p") -> AsyncIterator[Platform]:
+                            prefix_letter: str = "p", **overrides: Any) -> AsyncIterator[Platform]:
     """Workers as real processes under a fresh topic prefix and PostgreSQL schema, ready to serve.
 
-    ``workers`` names a subset of ``infra.stack.WORKERS`` (default: all of them).
+    ``workers`` names a subset of ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are
+    further ``Settings`` fields (e.g. ``registry_check_deadline_s``), handed to the workers too.
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
     conn = await asyncpg.connect(endpoints.pg_dsn)
@@ -54,6 +61,7 @@ async def isolated_platform(endpoints: Any, state: Path, *, participants_file: P
         state_dir=state,
         participants_file=participants_file,
         **({"banks": banks} if banks is not None else {}),
+        **overrides,
     )
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
     platform = Platform(settings, workers=chosen, die_with_parent=True)

@@ -21,14 +21,14 @@ from connectors.agency import AgencyConnector
 from connectors.bankfiles import bank_file_connector, render_file, write_atomically
 from connectors.bankhttp import BankHttpConnector
 from connectors.client import BusClient
-from connectors.runtime import RetryPolicy, start_site
+from connectors.runtime import RetryPolicy
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.topics import TopicNames
 from schemas import types as T
-from tests.integration.test_connectors_support import eventually, my_number, own_database
+from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
 from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.integration
@@ -39,19 +39,20 @@ AGENCY = "agency-nta"
 
 
 class BankSystem:
-    """The bank's existence-check endpoint: refuses with 400 until the bank fixes it."""
+    """The bank's existence-check logic: refuses with 400 until the bank fixes it (then: its customer holds it)."""
 
     def __init__(self) -> None:
         self.fixed = False
         self.calls: list[tuple[str, int]] = []  # (Idempotency-Key, HTTP status answered)
+        self.endpoint: BankEndpoint | None = None
 
-    async def check(self, request: web.Request) -> web.Response:
-        await request.json()
+    async def check(self, body: dict) -> web.Response:
+        assert self.endpoint is not None
         status = 200 if self.fixed else 400
-        self.calls.append((request.headers["Idempotency-Key"], status))
+        self.calls.append((self.endpoint.calls[-1][0], status))
         if status == 400:
             return web.json_response({"error": "unknown field layout"}, status=400)
-        return web.json_response({"result": "CONFIRMED"})
+        return web.json_response({"result": "CONFIRMED", "holder": True})
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +60,14 @@ async def connectors(platform, tmp_path_factory):
     """The three connectors, on one connector database; yields (settings, bank system, runtimes, files root)."""
     settings = await own_database(platform.settings, "ops")
     system = BankSystem()
-    app = web.Application()
-    app.add_routes([web.post("/v1/existence-checks", system.check)])
-    runner, bank_url = await start_site(app, "127.0.0.1", 0)
-    http = BankHttpConnector(settings, BANK, CODE, bank_url, timeout_s=3.0)
-    http.adapter.retry = RetryPolicy(max_attempts=3, base_s=0.2, cap_s=1.0)
-    root = tmp_path_factory.mktemp("bank-9001")
-    try:
+    async with BankEndpoint(settings, BANK, system.check) as endpoint:
+        system.endpoint = endpoint
+        http = BankHttpConnector(settings, BANK, CODE, endpoint.url, timeout_s=3.0, bank_ca=endpoint.ca_file)
+        http.adapter.retry = RetryPolicy(max_attempts=3, base_s=0.2, cap_s=1.0)
+        root = tmp_path_factory.mktemp("bank-9001")
         async with http, AgencyConnector(settings, [AGENCY]) as agency, \
                 bank_file_connector(settings, FILE_BANK, FILE_CODE, root) as files:
             yield settings, system, {"bank-http": http.runtime, "agency": agency, "bank-files": files}, root
-    finally:
-        await runner.cleanup()
 
 
 async def renkei(settings: Settings, *argv: str) -> tuple[int, Any, str]:
@@ -185,7 +182,8 @@ async def test_an_agency_row_not_enrolled_is_redriven_once_the_person_is_enrolle
 
 async def test_a_file_rejected_whole_refuses_redrive_and_says_what_to_do(connectors):
     settings, _, runtimes, root = connectors
-    text = render_file("REG", FILE_CODE, "0001", [["1", "R", "cust-1", my_number(), "101", "1", "1234567", "ｱ"]])
+    text = render_file("REG", FILE_CODE, "0001", [["1", "R", "cust-1", my_number(), "101", "1", "1234567", "ｱ",
+                                                   "PERSON", "ONLINE_BANKING", "2025-04-01T10:15:00+09:00", "OB-1"]])
     write_atomically(root / "inbound" / "REG_short.csv", text.replace("\r\n8,1\r\n", "\r\n8,2\r\n"))
 
     async def dead():

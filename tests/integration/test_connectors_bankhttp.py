@@ -1,170 +1,356 @@
-"""Bank HTTP channel on the real broker and PostgreSQL; the bank's own system is a small aiohttp app here."""
+"""Bank HTTP channel on the real broker and PostgreSQL; the bank's own system is a small TLS app here.
+
+Every test gets its own connector (its own database) and its own bank system: nothing is shared between
+tests but the platform (hub and registry processes, no bank simulator: the connector is the bank), so they
+pass in any order.  The bank's system answers existence checks from its own customer data: which of its
+customer references holds which account.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from connectors.bankhttp import BankHttpConnector
+from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
-from connectors.runtime import RetryPolicy, start_site
+from connectors.httpsig import TO_RENKEI, ChannelKey, sign
+from connectors.runtime import RetryPolicy
 from infra.envelope import Message
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
-from tests.integration.test_connectors_support import eventually, my_number, own_database
+from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
 from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.integration
 
 BANK, CODE = "bank-9002", "9002"
+CONSENT = {"given_by": "PERSON", "method": "ONLINE_BANKING", "given_at": "2025-04-01T10:15:00+09:00",
+           "evidence_ref": "OB-000123"}
 
 
-class BankSystem:
-    """The bank's side: answers existence checks; the first call of each key fails with 503."""
+@dataclass
+class CustomerData:
+    """The bank's own records: customer reference → the account numbers it holds; how to answer otherwise."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []  # (Idempotency-Key, reference)
-
-    async def check(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        key = request.headers["Idempotency-Key"]
-        first = all(k != key for k, _ in self.calls)
-        self.calls.append((key, body["reference"]))
-        if first:
-            return web.json_response({"error": "busy"}, status=503)
-        return web.json_response({"result": "CONFIRMED"})
+    holdings: dict[str, set[str]] = field(default_factory=dict)
+    busy_first: bool = False  # the first call of each Idempotency-Key answers 503
+    raw: tuple[int, bytes, str] | None = None  # answer this (status, body, content type) instead
+    seen_keys: set[str] = field(default_factory=set)
 
 
-@pytest.fixture(scope="module")
-async def bank(platform):
-    system = BankSystem()
-    app = web.Application()
-    app.add_routes([web.post("/v1/existence-checks", system.check)])
-    runner, bank_url = await start_site(app, "127.0.0.1", 0)
-    settings = await own_database(platform.settings, "bankhttp")
-    connector = BankHttpConnector(settings, BANK, CODE, bank_url, timeout_s=3.0)
-    connector.adapter.retry = RetryPolicy(max_attempts=4, base_s=0.2, cap_s=1.0)
-    try:
-        async with connector:
-            yield connector, system
-    finally:
-        await runner.cleanup()
+@dataclass
+class Channel:
+    """One test's bank: its system (endpoint + customer data), its connector and a signed client."""
+
+    endpoint: BankEndpoint
+    data: CustomerData
+    connector: BankHttpConnector
+    client: BankChannelClient
+
+    @property
+    def pool(self) -> Any:
+        return self.connector.runtime.pool
+
+    async def published(self) -> int:
+        return await self.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = $1",
+                                        T.REGISTRATION_REQUEST)
+
+    async def done(self, key: str, timeout: float = 90) -> dict:
+        async def answered() -> dict | None:
+            status, state = await self.client.state(key)
+            assert status == 200, state
+            return state if state["status"] != "SENT" else None
+        return await eventually(answered, timeout=timeout)
 
 
-def registration(mn: str, **over) -> dict:
-    body = {"operation": "REGISTER", "customer_ref": "cust-1", "my_number": mn,
-            "account": {"branch_code": "301", "account_type": "1", "account_number": "765", "holder_kana": "ｲﾄｳ ﾕｷ"}}
+def registration(mn: str, number: str, ref: str = "cust-1", **over: Any) -> dict:
+    body = {"operation": "REGISTER", "customer_ref": ref, "my_number": mn, "consent": CONSENT,
+            "account": {"branch_code": "301", "account_type": "1", "account_number": number, "holder_kana": "ｲﾄｳ ﾕｷ"}}
     body.update(over)
     return body
 
 
-async def test_registration_request_is_validated_published_once_and_answered(bank):
-    connector, _ = bank
-    async with aiohttp.ClientSession() as http:
-        url = f"{connector.url}/v1/registrations"
-        async with http.post(url, json=registration(my_number())) as resp:
-            assert resp.status == 400 and (await resp.json())["reason"] == "MISSING_IDEMPOTENCY_KEY"
-        async with http.post(url, json=registration("123456789012"), headers={"Idempotency-Key": "k-bad"}) as resp:
-            body = await resp.json()
-            assert resp.status == 400 and body["reason"] == "INVALID_FIELD" and body["field"] == "my_number"
-            assert "123456789012" not in str(body)
-        mn = my_number()
-        async with http.post(url, json=registration(mn), headers={"Idempotency-Key": "k-1"}) as resp:
-            assert resp.status == 202 and (await resp.json())["status"] == "SENT"
-        async with http.post(url, json=registration(mn), headers={"Idempotency-Key": "k-1"}) as resp:
-            assert resp.status == 200  # the same key: the same request, not a second one
-
-        async def done():
-            async with http.get(f"{url}/k-1") as resp:
-                state = await resp.json()
-                return state if state["status"] != "SENT" else None
-        assert (await eventually(done, timeout=60))["status"] == "DONE"
-    assert await connector.runtime.pool.fetchval(
-        "SELECT count(*) FROM connector_source_log WHERE source_key = 'http/bank-9002/k-1'") == 1
-    assert await connector.runtime.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = 'registration.request'") == 1
+def account(number: str, bank_code: str = CODE) -> dict:
+    return {"bank_code": bank_code, "branch_code": "302", "account_type": "ORDINARY", "account_number": number,
+            "holder_kana": "イトウ ユキ"}
 
 
-async def test_existence_check_is_posted_with_idempotency_key_retried_and_answered(platform, bank):
-    connector, system = bank
-    account = {"bank_code": CODE, "branch_code": "302", "account_type": "ORDINARY", "account_number": "0000042",
-               "holder_kana": "イトウ ユキ"}
-    async with BusClient(platform.settings, ["portal"], group=f"{platform.settings.kafka.topic_prefix}.portal-h") as portal:
-        token = await portal.token_for("portal", my_number())
-        answer = await portal.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
-            body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90)
-    assert answer.body["status"] == "DONE"
-    # first attempt 503, second answered; both carried the same Idempotency-Key (the message id)
-    assert len(system.calls) == 2 and system.calls[0] == system.calls[1]
-    row = await connector.runtime.pool.fetchrow(
-        "SELECT status, attempts, message_id FROM connector_deliveries WHERE connector = 'bank-http'")
-    assert (row["status"], row["attempts"]) == ("ANSWERED", 2)
-    assert system.calls[0][0] == str(row["message_id"])
+@pytest.fixture
+async def channel(platform) -> AsyncIterator[Channel]:
+    data = CustomerData()
+
+    async def answer(body: dict) -> web.Response:
+        if data.raw is not None:
+            status, raw, ctype = data.raw
+            return web.Response(status=status, body=raw, content_type=ctype)
+        key = endpoint.calls[-1][0]
+        if data.busy_first and key not in data.seen_keys:
+            data.seen_keys.add(key)
+            return web.json_response({"error": "busy"}, status=503)
+        ref = body["person"]["customer_ref"]
+        holder = body["account"]["account_number"] in data.holdings.get(ref or "", set())
+        exists = any(body["account"]["account_number"] in held for held in data.holdings.values())
+        return web.json_response({"result": "CONFIRMED" if exists else "ACCOUNT_NOT_FOUND", "holder": holder})
+
+    settings = await own_database(platform.settings, "bankhttp")
+    endpoint = BankEndpoint(settings, BANK, answer)
+    async with endpoint:
+        connector = BankHttpConnector(settings, BANK, CODE, endpoint.url, timeout_s=3.0, bank_ca=endpoint.ca_file,
+                                      token_timeout_s=5.0)
+        connector.adapter.retry = RetryPolicy(max_attempts=4, base_s=0.2, cap_s=1.0)
+        async with connector:
+            async with BankChannelClient(connector.url, endpoint.keys, ca_file=endpoint.ca_file) as client:
+                yield Channel(endpoint, data, connector, client)
 
 
-async def test_two_banks_in_one_database_keep_their_keys_and_deliveries_apart(platform, bank):
-    """A second bank's HTTP connector on the same database: the same Idempotency-Key is that bank's own
-    request, and an existence check for that bank goes to its endpoint only."""
-    connector, system = bank
-    other_system = BankSystem()
-    app = web.Application()
-    app.add_routes([web.post("/v1/existence-checks", other_system.check)])
-    runner, other_url = await start_site(app, "127.0.0.1", 0)
-    other = BankHttpConnector(connector.runtime.settings, "bank-9003", "9003", other_url, timeout_s=3.0)
-    other.adapter.retry = RetryPolicy(max_attempts=4, base_s=0.2, cap_s=1.0)
-    calls_before = len(system.calls)
+def portal(platform: Any) -> BusClient:
+    return BusClient(platform.settings, ["portal"],
+                     group=f"{platform.settings.kafka.topic_prefix}.portal-{uuid.uuid4().hex[:6]}")
+
+
+async def portal_registration(platform: Any, acct: dict, mn: str | None = None) -> Any:
+    """STEP1 at the portal; the registry's answer."""
+    async with portal(platform) as client:
+        return await client.request(
+            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn or
+                                                                                                  my_number()),
+            body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120)
+
+
+async def send_registration(client: BusClient, acct: dict) -> None:
+    """STEP1 at the portal without waiting for the answer (keep ``client`` open until the test has seen enough)."""
+    await client.runtime.send("portal", [Message(
+        body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
+        type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", my_number()),
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION)])
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+async def test_unauthenticated_forged_stale_and_replayed_calls_are_401_and_publish_nothing(channel):
+    """The attack: anyone who reaches the channel files a registration for a person. Each forged call is
+    refused with its reason before it is read, nothing is published, and the bank's own signed traffic
+    (interleaved) goes through and is answered."""
+    c = channel
+    path = "/v1/registrations"
+    mn = my_number()
+    c.data.holdings["cust-ok"] = {"0000701"}
+    body = registration(mn, "701", ref="cust-ok")
+
+    assert await c.client.link_customer("cust-ok", mn) == (200, {"customer_ref": "cust-ok", "status": "LINKED"})
+    status, answer = await c.client.call("POST", path, body, headers={"Idempotency-Key": "k-anon"}, signed=False)
+    assert (status, answer["reason"]) == (401, "AUTH_REQUIRED")
+    thief = ChannelKey(c.endpoint.keys.current.key_id, b"guessed-secret-guessed-secret-32")
+    for reason, header in (
+            ("BAD_SIGNATURE", sign(thief, TO_RENKEI, "POST", path, b"{}")),
+            ("UNKNOWN_KEY", sign(ChannelKey("bank-9003.1", c.endpoint.keys.current.secret), TO_RENKEI, "POST", path,
+                                 b"{}")),
+            ("EXPIRED", sign(c.endpoint.keys.current, TO_RENKEI, "POST", path, b"{}", now=time.time() - 600))):
+        status, answer = await c.client.call("POST", path, raw=b"{}", signed=False,
+                                             headers={"Idempotency-Key": f"k-{reason}", "Authorization": header})
+        assert (status, answer["reason"]) == (401, reason), answer
+
+    # a genuine call captured on the wire and sent again: the nonce was used, REPLAYED
+    raw = json.dumps(body).encode()
+    captured = {"Idempotency-Key": "k-good", "Authorization": sign(c.endpoint.keys.current, TO_RENKEI, "POST", path,
+                                                                   raw)}
+    status, answer = await c.client.call("POST", path, raw=raw, signed=False, headers=captured)
+    assert status == 202 and answer["status"] == "SENT"
+    status, answer = await c.client.call("POST", path, raw=raw, signed=False, headers=captured)
+    assert (status, answer["reason"]) == (401, "REPLAYED")
+    # signed for another body (a person's account swapped in): the signature no longer matches
+    swapped = json.dumps(registration(mn, "999", ref="cust-ok")).encode()
+    status, answer = await c.client.call("POST", path, raw=swapped, signed=False,
+                                         headers={**captured, "Idempotency-Key": "k-swap"})
+    assert (status, answer["reason"]) == (401, "BAD_SIGNATURE")
+    # reading a request's state is authenticated too
+    status, answer = await c.client.call("GET", f"{path}/k-good", signed=False)
+    assert (status, answer["reason"]) == (401, "AUTH_REQUIRED")
+
+    assert (await c.done("k-good"))["status"] == "DONE"
+    assert await c.published() == 1  # the good call only
+    assert await c.pool.fetchval("SELECT count(*) FROM connector_source_log") == 1
+    assert await c.pool.fetchval("SELECT array_agg(idempotency_key) FROM bankhttp_requests") == ["k-good"]
+    assert c.endpoint.refused == []  # the connector's own calls to the bank were signed
+    metrics = await c.connector.runtime.metrics_text()
+    for reason in ("AUTH_REQUIRED", "BAD_SIGNATURE", "UNKNOWN_KEY", "EXPIRED", "REPLAYED"):
+        assert f'renkei_connector_auth_failures_total{{worker="connector-bank-http",reason="{reason}"}}' in metrics
+    assert mn not in metrics
+
+
+async def test_step3_registers_only_what_the_banks_records_say_the_person_holds(channel):
+    """STEP3 goes through the same existence check: the registry asks this bank, which answers from its own
+    customer data. An account of another customer is NOT_HOLDER and nothing is registered."""
+    c = channel
+    holder, other = my_number(), my_number()
+    c.data.holdings["cust-h"] = {"0000711"}
+    assert (await c.client.link_customer("cust-h", holder))[0] == 200
+    assert (await c.client.link_customer("cust-o", other))[0] == 200
+    assert (await c.client.register("k-own", registration(holder, "711", ref="cust-h")))[0] == 202
+    assert (await c.client.register("k-other", registration(other, "711", ref="cust-o")))[0] == 202
+    assert (await c.done("k-own"))["status"] == "DONE"
+    assert (await c.done("k-other"))["status"] == "NOT_HOLDER"
+    people = [b["person"]["customer_ref"] for _, b in c.endpoint.calls if b["account"]["account_number"] == "0000711"]
+    assert sorted(people) == ["cust-h", "cust-o"]  # each check named the person as the bank knows them
+    assert all(b["person"]["token"] for _, b in c.endpoint.calls)
+
+
+async def test_bad_requests_are_400_with_a_reason_and_nothing_is_published(channel):
+    c = channel
+    mn = my_number()
+    status, answer = await c.client.call("POST", "/v1/registrations", registration(mn, "721"))
+    assert (status, answer["reason"]) == (400, "MISSING_IDEMPOTENCY_KEY")
+    status, answer = await c.client.call("POST", "/v1/registrations", raw=b"operation=REGISTER",
+                                         headers={"Idempotency-Key": "k-form"})
+    assert (status, answer["reason"]) == (400, "MALFORMED")
+    status, answer = await c.client.register("k-list", [registration(mn, "721")])  # JSON, not an object
+    assert (status, answer["reason"]) == (400, "INVALID_FIELD")
+    status, answer = await c.client.register("k-bad", registration("123456789012", "721"))
+    assert (status, answer["reason"], answer["field"]) == (400, "INVALID_FIELD", "my_number")
+    assert "123456789012" not in str(answer)
+    no_consent = registration(mn, "721")
+    del no_consent["consent"]
+    status, answer = await c.client.register("k-consent", no_consent)
+    assert (status, answer["reason"], answer["field"]) == (400, "INVALID_FIELD", "consent")
+    status, answer = await c.client.call("POST", "/v1/customers", raw=b"\xff\xfe", headers={})
+    assert (status, answer["reason"]) == (400, "MALFORMED")
+    assert await c.published() == 0 and await c.pool.fetchval("SELECT count(*) FROM bankhttp_requests") == 0
+
+
+async def test_503_while_the_token_authority_does_not_answer_then_the_same_key_goes_through(platform, channel):
+    """A real outage: the hub process is stopped (SIGSTOP), so token issuance gets no answer."""
+    c = channel
+    mn = my_number()
+    c.data.holdings["cust-u"] = {"0000731"}
+    hub = platform.stack.components["hub"].pid
+    os.kill(hub, signal.SIGSTOP)
     try:
-        async with other, aiohttp.ClientSession() as http:
-            url = f"{other.url}/v1/registrations"
-            async with http.post(url, json=registration(my_number()), headers={"Idempotency-Key": "k-1"}) as resp:
-                assert resp.status == 202 and (await resp.json())["status"] == "SENT"  # not bank-9002's k-1
-            account = {"bank_code": "9003", "branch_code": "304", "account_type": "ORDINARY",
-                       "account_number": "0000044", "holder_kana": "イトウ ユキ"}
-            group = f"{platform.settings.kafka.topic_prefix}.portal-2b"
-            async with BusClient(platform.settings, ["portal"], group=group) as portal:
-                token = await portal.token_for("portal", my_number())
-                answer = await portal.request(
-                    "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
-                    body={"operation": "REGISTER", "account": account, "channel": "PORTAL",
-                          "requested_at": datetime.now(UTC)},
-                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90)
-            assert answer.body["status"] == "DONE"
-
-            async def done():
-                async with http.get(f"{url}/k-1") as resp:
-                    state = await resp.json()
-                    return state if state["status"] != "SENT" else None
-            assert (await eventually(done, timeout=60))["status"] == "DONE"
+        status, answer = await c.client.register("k-down", registration(mn, "731", ref="cust-u"))
+        assert (status, answer["reason"]) == (503, "UNAVAILABLE")
+        assert "retry with the same key" in answer["message"]
+        assert await c.published() == 0
+        assert (await c.client.state("k-down"))[0] == 404  # nothing was recorded for the key
     finally:
-        await runner.cleanup()
-    assert len(other_system.calls) >= 2 and len(system.calls) == calls_before  # each bank's checks at its own
-    assert [r["bank_id"] for r in await connector.runtime.pool.fetch(
+        os.kill(hub, signal.SIGCONT)
+    status, answer = await c.client.register("k-down", registration(mn, "731", ref="cust-u"))
+    assert status == 202, answer
+    assert (await c.done("k-down"))["status"] == "DONE"
+    assert await c.published() == 1
+
+
+# --------------------------------------------------------------------------- existence checks to the bank
+
+
+async def test_existence_check_is_signed_retried_and_carries_the_person(platform, channel):
+    """STEP1 at the portal with an account at this bank: the check is posted (signed) with an Idempotency-Key,
+    a 503 is retried with the same key, and the bank's holder check decides."""
+    c = channel
+    c.data.busy_first = True
+    mn = my_number()
+    assert (await c.client.link_customer("cust-p", mn))[0] == 200
+    c.data.holdings["cust-p"] = {"0000042"}
+    answer = await portal_registration(platform, account("0000042"), mn)
+    assert answer.body["status"] == "DONE"
+    calls = [(k, b) for k, b in c.endpoint.calls if b["account"]["account_number"] == "0000042"]
+    assert len(calls) == 2 and calls[0] == calls[1]  # the 503, then the answer: the same key and body
+    assert calls[0][1]["person"]["customer_ref"] == "cust-p"
+    row = await c.pool.fetchrow("SELECT status, attempts, message_id FROM connector_deliveries ORDER BY id LIMIT 1")
+    assert (row["status"], row["attempts"]) == ("ANSWERED", 2) and calls[0][0] == str(row["message_id"])
+
+    # someone else registering this customer's account: the bank's record does not link them to it
+    answer = await portal_registration(platform, account("0000042"), my_number())
+    assert answer.body["status"] == "NOT_HOLDER"
+    assert c.endpoint.calls[-1][1]["person"]["customer_ref"] is None  # not a customer the connector knows
+    assert c.endpoint.refused == []
+
+
+@pytest.mark.parametrize("status, raw, ctype", [
+    (200, b"CONFIRMED", "text/plain"),  # not JSON
+    (200, b'{"result": "MAYBE", "holder": true}', "application/json"),  # out of range
+    (200, b'{"result": "CONFIRMED"}', "application/json"),  # no holder check: cannot confirm
+    (200, b'["CONFIRMED", true]', "application/json"),  # JSON, not an object
+], ids=["not-json", "out-of-range", "no-holder-flag", "not-an-object"])
+async def test_a_bank_answer_that_cannot_be_read_is_dead_lettered_and_registers_nothing(platform, channel, status,
+                                                                                        raw, ctype):
+    c = channel
+    c.data.raw = (status, raw, ctype)
+    number = f"{uuid.uuid4().int % 10**7:07d}"
+
+    async def dead() -> Any:
+        return await c.pool.fetchrow("SELECT reason, detail, ref FROM connector_dead_letters "
+                                     "WHERE connector = 'bank-http'")
+    async with portal(platform) as client:
+        await send_registration(client, account(number))
+        letter = await eventually(dead, timeout=90)
+    assert letter["reason"] == "MALFORMED" and letter["ref"].startswith("existence.check/")
+    assert raw.decode() not in letter["detail"]
+    assert await c.pool.fetchval("SELECT status FROM connector_deliveries") == "DEAD"
+    assert await c.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = $1", T.EXISTENCE_ANSWER) == 0
+
+
+async def test_two_banks_in_one_database_keep_their_keys_and_deliveries_apart(platform, channel):
+    """A second bank's HTTP connector on the same database: the same Idempotency-Key is that bank's own
+    request, its own channel key signs, and an existence check for that bank goes to its endpoint only."""
+    c = channel
+    settings = c.connector.runtime.settings
+    other_data: dict[str, set[str]] = {"cust-9003": {"0000044"}}
+
+    async def other_answer(body: dict) -> web.Response:
+        held = body["account"]["account_number"] in other_data.get(body["person"]["customer_ref"] or "", set())
+        return web.json_response({"result": "CONFIRMED", "holder": held})
+
+    calls_before = len(c.endpoint.calls)
+    async with BankEndpoint(settings, "bank-9003", other_answer) as other_bank:
+        assert other_bank.keys.current.secret != c.endpoint.keys.current.secret
+        other = BankHttpConnector(settings, "bank-9003", "9003", other_bank.url, timeout_s=3.0,
+                                  bank_ca=other_bank.ca_file)
+        other.adapter.retry = RetryPolicy(max_attempts=4, base_s=0.2, cap_s=1.0)
+        async with other, BankChannelClient(other.url, other_bank.keys, ca_file=other_bank.ca_file) as client:
+            mn = my_number()
+            assert (await client.link_customer("cust-9003", mn))[0] == 200
+            # bank-9002's key is no good at bank-9003's channel
+            wrong = BankChannelClient(other.url, c.endpoint.keys, ca_file=other_bank.ca_file)
+            async with wrong:
+                status, answer = await wrong.register("k-1", registration(mn, "44", ref="cust-9003"))
+            assert (status, answer["reason"]) == (401, "UNKNOWN_KEY")
+            c.data.holdings["cust-1"] = {"0000045"}
+            assert (await c.client.register("k-1", registration(my_number(), "45")))[0] == 202
+            status, answer = await client.register("k-1", registration(mn, "44", ref="cust-9003"))
+            assert status == 202 and answer["status"] == "SENT"  # not bank-9002's k-1
+
+            async def done() -> dict | None:
+                _, state = await client.state("k-1")
+                return state if state["status"] != "SENT" else None
+            assert (await eventually(done, timeout=90))["status"] == "DONE"
+            assert (await c.done("k-1"))["status"] == "DONE"
+    assert len(other_bank.calls) == 1
+    assert all(b["account"]["bank_code"] == CODE for _, b in c.endpoint.calls[calls_before:])
+    assert [r["bank_id"] for r in await c.pool.fetch(
         "SELECT bank_id FROM bankhttp_requests WHERE idempotency_key = 'k-1' ORDER BY bank_id")] == \
         ["bank-9002", "bank-9003"]
 
 
-async def test_bank_down_dead_letters_after_bounded_retries(platform, bank):
-    connector, system = bank
-    await connector.adapter.http.close()  # the channel is gone for good: every attempt fails
-    connector.adapter.http = aiohttp.ClientSession(base_url=None, timeout=aiohttp.ClientTimeout(total=1))
-    connector.adapter.bank_url = "http://127.0.0.1:9"  # discard port: connection refused
-    account = {"bank_code": CODE, "branch_code": "303", "account_type": "ORDINARY", "account_number": "0000043",
-               "holder_kana": "イトウ ユキ"}
-    async with BusClient(platform.settings, ["portal"], group=f"{platform.settings.kafka.topic_prefix}.portal-d") as portal:
-        token = await portal.token_for("portal", my_number())
-        await portal.runtime.send("portal", [Message(
-            body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-            type=T.REGISTRATION_REQUEST, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
-            basis=BASIS_REGISTRATION)])
+async def test_bank_down_dead_letters_after_bounded_retries(platform, channel):
+    c = channel
+    adapter = c.connector.adapter
+    adapter.bank_url = "https://127.0.0.1:9"  # discard port: connection refused, every attempt fails
 
-        async def dead():
-            return await connector.runtime.pool.fetchrow(
-                "SELECT reason, detail FROM connector_dead_letters WHERE connector = 'bank-http'")
-        letter = await eventually(dead, timeout=60)
+    async def dead() -> Any:
+        return await c.pool.fetchrow("SELECT reason, detail FROM connector_dead_letters WHERE connector = 'bank-http'")
+    async with portal(platform) as client:
+        await send_registration(client, account("0000043"))
+        letter = await eventually(dead, timeout=90)
     assert letter["reason"] == "CHANNEL_UNAVAILABLE" and "gave up after 4 attempts" in letter["detail"]
-    await asyncio.sleep(0)

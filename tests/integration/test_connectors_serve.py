@@ -30,8 +30,8 @@ import pytest
 from aiohttp import web
 
 from connectors.bankfiles import render_file, write_atomically
+from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
-from connectors.runtime import start_site
 from connectors.serve import BankChannelLease, LeaseHeld
 from infra.embedded import spawn_python
 from infra.metrics import fetch_metrics, read_endpoint
@@ -39,16 +39,20 @@ from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.stack import settings_args
 from schemas import types as T
 from tests.integration.test_connectors_support import (
+    BankEndpoint,
     account,
     eventually,
     my_number,
     register_through_portal,
     start_platform,
 )
+from tests.integration.waits import moved_on
 
 pytestmark = pytest.mark.integration
 
 BANK, CODE = "bank-9003", "9003"
+CONSENT = {"given_by": "PERSON", "method": "SIGNED_FORM_AT_COUNTER", "given_at": "2025-04-01T10:15:00+09:00",
+           "evidence_ref": "FORM-0001"}
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +122,11 @@ async def parked_metric(platform: Any, bank: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def portal_registration(platform: Any, acct: dict) -> AsyncIterator[asyncio.Task]:
+async def portal_registration(platform: Any, acct: dict, mn: str | None = None) -> AsyncIterator[asyncio.Task]:
     """STEP1 at the portal for ``acct`` (the registry then asks the account's bank): the pending answer."""
     async with BusClient(platform.settings, ["portal"],
                          group=f"{platform.settings.kafka.topic_prefix}.serve-{uuid.uuid4().hex[:6]}") as client:
-        token = await client.token_for("portal", my_number())
+        token = await client.token_for("portal", mn or my_number())
         yield asyncio.create_task(client.request(
             "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
             body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
@@ -133,8 +137,8 @@ async def _exists(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-async def _first(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.glob(pattern))
+async def _first(folder: Path, pattern: str, *, besides: tuple[Path, ...] = ()) -> Path | None:
+    found = sorted(p for p in folder.glob(pattern) if p not in besides)
     return found[0] if found else None
 
 
@@ -158,7 +162,7 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
 
         # a second connector for the same bank is refused while the first holds the lease
         second = Served(platform, tmp_path / "second.log", "bank", "--bank", BANK, "--channel", "http",
-                        "--bank-url", "http://127.0.0.1:9")
+                        "--bank-url", "https://127.0.0.1:9")
         try:
             assert await second.exited(60) == 2
             refusal = next(x for x in second.lines() if x.get("reason"))
@@ -166,11 +170,17 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
         finally:
             second.kill()
 
-        # STEP3 by file: the bank registers its customer's account; the registry's result comes back to the
-        # connector (RES file), not to the simulator (which records the results it handles)
+        # STEP3 by file: the bank registers its customer's account with the person's consent; the registry
+        # checks it with this bank (a CHK file, answered from the bank's records: its customer holds it) and
+        # the result comes back to the connector (RES file), not to the simulator
         mn = my_number()
         write_atomically(root / "inbound" / "REG_0001.csv", render_file("REG", CODE, "0001", [
-            ["1", "R", "cust-1", mn, "201", "1", "0012345", "ﾀﾅｶ ｲﾁﾛｳ"]]))
+            ["1", "R", "cust-1", mn, "201", "1", "0012345", "ﾀﾅｶ ｲﾁﾛｳ", *CONSENT.values()]]))
+        first_check = await eventually(lambda: _first(root / "outbound", "CHK_*.csv"), timeout=90)
+        [line] = _records(first_check)
+        assert line[6] == "cust-1"  # the check names the customer as the bank knows them
+        write_atomically(root / "inbound" / "ANS_0000.csv",
+                         render_file("ANS", CODE, "0000", [[line[1], "CONFIRMED", "Y"]]))
         result = await eventually(lambda: _exists(root / "outbound" / "RES_REG_0001.csv"), timeout=90)
         assert [r[2] for r in _records(result)] == ["DONE"]
         assert await db.fetchval("SELECT count(*) FROM bank_registration_results WHERE participant = $1", BANK) == 0
@@ -180,10 +190,11 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
         before = await answers_from(db, BANK)
         acct = account(CODE, "タナカ イチロウ")
         async with portal_registration(platform, acct) as pending:
-            check = await eventually(lambda: _first(root / "outbound", "CHK_*.csv"), timeout=90)
+            check = await eventually(lambda: _first(root / "outbound", "CHK_*.csv", besides=(first_check,)),
+                                     timeout=90)
             [line] = _records(check)
             write_atomically(root / "inbound" / "ANS_0001.csv",
-                             render_file("ANS", CODE, "0001", [[line[1], "CONFIRMED"]]))
+                             render_file("ANS", CODE, "0001", [[line[1], "CONFIRMED", "Y"]]))
             answer = await pending
         assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
         assert await answers_from(db, BANK) == before + 1
@@ -206,7 +217,8 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
                               "WHERE bank_id = $1", BANK)
     assert lease["over"] and lease["released_at"] is not None
 
-    # the simulator serves the bank again: it answers the next existence check itself (CONFIRMED)
+    # the simulator serves the bank again: it answers the next existence check itself (CONFIRMED: the account
+    # is its customer's)
     before = await answers_from(db, BANK)
     await register_through_portal(platform.settings, db, my_number(), account(CODE, "スズキ ハナコ"))
     assert await answers_from(db, BANK) == before + 1
@@ -214,75 +226,92 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
 
 async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_ends(platform, db):
     """The handover window: a connector holds the lease but does not read (stopping, crashed) — what the
-    simulator parked meanwhile is answered by the simulator once the lease ends (released or expired)."""
+    simulator parked meanwhile is answered by the simulator once the lease ends (released or expired).
+
+    "Nothing is answered while the lease lives" is checked after two rounds of the simulator's drain,
+    each proven by a control: another bank's parked message, whose lease is ended on purpose, answered."""
     bank, code = "bank-9004", "9004"
-    await db.execute(
-        "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) "
-        "VALUES ($1, 'bank-files', 'test:0:gone', $2, now() + interval '1 hour')", bank, [T.EXISTENCE_CHECK])
-    acct = account(code, "サトウ ジロウ")
-    from connectors.bank_sim import open_account
+    controls = ["9000", "9001"]  # banks no other test of this module uses
+    from tests.integration.test_connectors_support import hold_account
 
-    await open_account(db, acct)
+    async def parked(bank_id: str) -> bool:
+        return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
+                                 bank_id, T.EXISTENCE_CHECK) == 1
+
+    async def end_lease(bank_id: str) -> None:
+        await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank_id)
+
+    for code_ in [code, *controls]:
+        await db.execute(
+            "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ($1, 'bank-files', "
+            "'test:0:gone', $2, now() + interval '1 hour')", f"bank-{code_}", [T.EXISTENCE_CHECK])
+    people = {c: (account(c, "サトウ ジロウ"), my_number()) for c in [code, *controls]}
+    for acct, mn in people.values():
+        await hold_account(platform.settings, db, mn, acct)
     before = await answers_from(db, bank)
-    async with portal_registration(platform, acct) as pending:
-
-        async def parked() -> bool:
-            return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
-                                     bank, T.EXISTENCE_CHECK) == 1
-
-        await eventually(parked, timeout=60)
-        await asyncio.sleep(2.0)  # several simulator rounds: nothing is answered while the lease lives
-        assert not pending.done() and await answers_from(db, bank) == before
-        await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank)
-        answer = await pending
+    async with contextlib.AsyncExitStack() as stack:
+        pending = {c: await stack.enter_async_context(portal_registration(platform, *people[c]))
+                   for c in [code, *controls]}
+        for c in [code, *controls]:
+            await eventually(lambda c=c: parked(f"bank-{c}"), timeout=60)
+        for c in controls:  # one drain round of the simulator each, after the bank's message was parked
+            await end_lease(f"bank-{c}")
+            control = await asyncio.wait_for(pending[c], 60)
+            assert control.body["status"] == "DONE"
+            assert not pending[code].done() and await answers_from(db, bank) == before  # still parked
+        await end_lease(bank)
+        answer = await pending[code]
     assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
     assert await answers_from(db, bank) == before + 1
     assert await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1", bank) == 0
 
 
 async def test_http_connector_serves_the_bank_and_stops_on_sigterm(platform, db, tmp_path):
-    calls: list[str] = []
+    holdings: dict[str, set[str]] = {"cust-h": {"0000765"}}
 
-    async def check(request: web.Request) -> web.Response:
-        calls.append(request.headers["Idempotency-Key"])
-        return web.json_response({"result": "CONFIRMED"})
+    async def answer(body: dict) -> web.Response:  # the bank's records: which customer holds which account
+        held = body["account"]["account_number"] in holdings.get(body["person"]["customer_ref"] or "", set())
+        return web.json_response({"result": "CONFIRMED", "holder": held})
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/existence-checks", check)])
-    runner, bank_url = await start_site(app, "127.0.0.1", 0)
-    served = Served(platform, tmp_path / "http.log", "bank", "--bank", CODE, "--channel", "http",
-                    "--bank-url", bank_url)
-    try:
-        start = await served.started()
-        assert start["channel"] == "http" and start["bank_url"] == bank_url
-        # STEP3 over HTTP: the bank's registration, answered by the registry to the connector
-        body = {"operation": "REGISTER", "customer_ref": "cust-h", "my_number": my_number(),
-                "account": {"branch_code": "301", "account_type": "1", "account_number": "0000765",
-                            "holder_kana": "ｲﾄｳ ﾕｷ"}}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(start["registrations"], json=body, headers={"Idempotency-Key": "serve-1"}) as resp:
-                assert resp.status == 202, await resp.text()
+    async with BankEndpoint(platform.settings, BANK, answer) as bank:
+        served = Served(platform, tmp_path / "http.log", "bank", "--bank", CODE, "--channel", "http",
+                        "--bank-url", bank.url, "--bank-ca", str(bank.ca_file))
+        try:
+            start = await served.started()
+            assert start["channel"] == "http" and start["bank_url"] == bank.url
+            assert start["url"].startswith("https://") and start["tls_ca"] == str(bank.ca_file)
+            assert start["key_id"] == bank.keys.current.key_id
+            async with BankChannelClient(start["url"], bank.keys, ca_file=Path(start["tls_ca"])) as client:
+                assert (await client.call("POST", "/v1/registrations", {}, signed=False))[0] == 401
+                # STEP3 over HTTP: the bank's registration, checked with the bank and answered to the connector
+                body = {"operation": "REGISTER", "customer_ref": "cust-h", "my_number": my_number(), "consent": CONSENT,
+                        "account": {"branch_code": "301", "account_type": "1", "account_number": "0000765",
+                                    "holder_kana": "ｲﾄｳ ﾕｷ"}}
+                status, answer_ = await client.register("serve-1", body)
+                assert status == 202, answer_
 
-            async def done() -> dict | None:
-                async with http.get(f"{start['registrations']}/serve-1") as resp:
-                    state = await resp.json()
+                async def done() -> dict | None:
+                    status, state = await client.state("serve-1")
                     return state if state["status"] != "SENT" else None
 
-            assert (await eventually(done, timeout=90))["status"] == "DONE"
-        # STEP1 with an account at this bank: the existence check is posted to the bank's endpoint, once
-        before = await answers_from(db, BANK)
-        async with portal_registration(platform, account(CODE, "イトウ ユキ")) as pending:
-            answer = await pending
-        assert answer.body["status"] == "DONE"
-        assert len(calls) == 1 and await answers_from(db, BANK) == before + 1
-        answered = {k: v for k, v in (await fetch_metrics(start["metrics"])).items()
-                    if k.startswith("renkei_connector_answered_total{") and 'type="existence.answer"' in k}
-        assert list(answered.values()) == [1.0], answered
-        code, took = await served.terminate()
-        assert code == 0 and took < 15, served.log.read_text()[-3000:]
-    finally:
-        served.kill()
-        await runner.cleanup()
+                assert (await eventually(done, timeout=90))["status"] == "DONE"
+                # STEP1 with an account at this bank, for a customer the bank linked: posted to the bank, once
+                mn, acct = my_number(), account(CODE, "イトウ ユキ")
+                assert (await client.link_customer("cust-p", mn))[0] == 200
+                holdings["cust-p"] = {acct["account_number"]}
+            before, calls = await answers_from(db, BANK), len(bank.calls)
+            async with portal_registration(platform, acct, mn) as pending:
+                answer = await pending
+            assert answer.body["status"] == "DONE"
+            assert len(bank.calls) == calls + 1 and await answers_from(db, BANK) == before + 1
+            assert bank.refused == []  # every call of the connector was signed
+            answered = {k: v for k, v in (await fetch_metrics(start["metrics"])).items()
+                        if k.startswith("renkei_connector_answered_total{") and 'type="existence.answer"' in k}
+            assert list(answered.values()) == [2.0], answered
+            code, took = await served.terminate()
+            assert code == 0 and took < 15, served.log.read_text()[-3000:]
+        finally:
+            served.kill()
 
 
 async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
@@ -322,20 +351,30 @@ async def test_bad_flags_exit_2_before_anything_starts(platform, tmp_path):
 
 
 async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
-    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=3)
-    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=3)
+    # A lease far longer than the test: only a release can hand it over, however slow the machine.
+    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=60)
+    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=60)
     await first.open()
     await second.open()
+    tries = 0
+    take = second.take
+
+    async def counted_take() -> Any:  # the standby's rounds, counted
+        nonlocal tries
+        tries += 1
+        return await take()
+
     try:
         await first.acquire(standby=False, stop=asyncio.Event())
         with pytest.raises(LeaseHeld) as refused:
             await second.acquire(standby=False, stop=asyncio.Event())
         assert refused.value.detail["holder"] == first.holder
+        second.take = counted_take  # type: ignore[method-assign]
         standby = asyncio.create_task(second.acquire(standby=True, stop=asyncio.Event()))
-        await asyncio.sleep(2.5)
+        await moved_on(lambda: tries, by=2, what="the standby")  # two rounds refused while the first holds it
         assert not standby.done() and await first.renew()  # renewed: the standby keeps waiting
         await first.release()
-        await asyncio.wait_for(standby, 5)  # taken within one standby round
+        await asyncio.wait_for(standby, 30)  # taken at its next round
         assert second.held and not await first.renew()  # the first would now stop (exit 1)
     finally:
         await second.release()

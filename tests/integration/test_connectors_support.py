@@ -20,8 +20,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account
+from aiohttp import web
+
+from connectors import channel_keys
+from connectors.bank_sim import seed_customer
+from connectors.bankhttp_bank import verify_check
+from connectors.channel_tls import CA_FILE, server_certificate
 from connectors.client import BusClient
+from connectors.httpsig import AuthFailed, NonceCache
+from connectors.runtime import start_site
+from infra.keystore import KeyStore
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -51,9 +59,20 @@ def account(bank_code: str = "9000", holder: str = "ヤマダ タロウ") -> dic
             "account_number": f"{RNG.randrange(10**7):07d}", "holder_kana": holder}
 
 
+def bank_token(settings: Settings, mn: str, bank_id: str) -> str:
+    """A bank's token for the person: what a simulated bank knows of its customer (tests and demo only)."""
+    return KeyStore.for_settings(settings).token_authority().token_for(mn, bank_id)
+
+
+async def hold_account(settings: Settings, pg: asyncpg.Connection, mn: str, acct: dict) -> None:
+    """Open ``acct`` at its simulated bank, held by the person ``mn`` (the bank's customer data)."""
+    await seed_customer(pg, bank_token(settings, mn, f"bank-{acct['bank_code']}"), acct)
+
+
 async def register_through_portal(platform_settings: Settings, pg: asyncpg.Connection, mn: str, acct: dict) -> str:
-    """Open the account at a simulated bank and register it (STEP1) with a plain bus client as the portal."""
-    await open_account(pg, acct)
+    """Open the account at a simulated bank, held by the person, and register it (STEP1) with a plain bus client
+    as the portal."""
+    await hold_account(platform_settings, pg, mn, acct)
     async with BusClient(platform_settings, ["portal"],
                          group=f"{platform_settings.kafka.topic_prefix}.helper-{uuid.uuid4().hex[:6]}") as client:
         token = await client.token_for("portal", mn)
@@ -75,6 +94,47 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 30
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
+
+
+Answer = Callable[[dict], Awaitable[web.Response]]
+
+
+class BankEndpoint:
+    """A bank's own system in a test: its existence-check endpoint over TLS (a certificate from the channel CA),
+    verifying the connector's signature before reading the call, then ``answer(body)``.
+
+    ``calls`` keeps ``(Idempotency-Key, body)`` of each authenticated call; ``refused`` the 401 reasons.
+    ``url`` and ``ca_file`` once started (``async with``).
+    """
+
+    def __init__(self, settings: Settings, bank_id: str, answer: Answer) -> None:
+        self.settings, self.bank_id, self.answer = settings, bank_id, answer
+        self.keys = channel_keys.load(settings, bank_id, create=True)
+        self.nonces = NonceCache()
+        self.calls: list[tuple[str, dict]] = []
+        self.refused: list[str] = []
+        self.url: str | None = None
+        self.ca_file = KeyStore.for_settings(settings).dir / CA_FILE
+        self._runner: Any = None
+
+    async def check(self, request: web.Request) -> web.Response:
+        try:
+            body = await verify_check(self.keys, self.nonces, request)
+        except AuthFailed as exc:
+            self.refused.append(exc.reason)
+            return web.json_response({"reason": exc.reason, "message": exc.message}, status=401)
+        self.calls.append((request.headers["Idempotency-Key"], body))
+        return await self.answer(body)
+
+    async def __aenter__(self) -> BankEndpoint:
+        app = web.Application()
+        app.add_routes([web.post("/v1/existence-checks", self.check)])
+        tls = server_certificate(self.settings, f"test-{self.bank_id}", ["127.0.0.1"])
+        self._runner, self.url = await start_site(app, "127.0.0.1", 0, ssl_context=tls.server_context())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._runner.cleanup()
 
 
 def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:

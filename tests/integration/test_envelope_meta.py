@@ -25,12 +25,12 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
-from connectors.bank_sim import open_account
 from connectors.portal import records_view
 from infra.dlq import list_dead_letters
 from infra.envelope import Message, peek
 from infra.inspection import inspect_topic
 from infra.kafka import consumer
+from infra.keystore import KeyStore
 from infra.ops import partitions_of
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStatus
@@ -40,6 +40,7 @@ from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, person, register
+from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_hub_rejections import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,9 +55,9 @@ def inquiry(token: str, procedure: str | None, *, message_id: str | None = None)
                    message_id=message_id or str(uuid.uuid4()))
 
 
-async def registered_person(bus, pg, **kw) -> tuple[str, dict]:
+async def registered_person(bus, pg, settings, **kw) -> tuple[str, dict]:
     mn, acct = person(), account(**kw)
-    await open_account(pg, acct)
+    await hold_account(settings, pg, mn, acct)  # the bank's records: the person's own account
     assert (await register(bus, mn, acct))["status"] == "DONE"
     return mn, acct
 
@@ -86,7 +87,7 @@ async def read_topic(settings, topic: str) -> list:
 async def test_unentitled_unknown_and_missing_procedures_are_refused_and_nothing_is_provided(bus, pg,
                                                                                           running_platform):
     settings = running_platform.settings
-    mn, acct = await registered_person(bus, pg)
+    mn, acct = await registered_person(bus, pg, running_platform.settings)
     token = await bus.token_for(AGENCY, mn)
     bad = {"PROCEDURE_NOT_ALLOWED": inquiry(token, "income-tax-refund"),  # the tax agency's, not the city's
            "UNKNOWN_PROCEDURE": inquiry(token, "benefit-payment"),  # not in the catalogue
@@ -123,8 +124,8 @@ async def test_unentitled_unknown_and_missing_procedures_are_refused_and_nothing
         [("REQUESTED", PROCEDURE)] * len(good) + [("PROVIDED", PROCEDURE)] * len(good))
 
 
-async def test_an_entitled_agency_of_another_kind_of_benefit_is_answered(bus, pg):
-    mn, acct = await registered_person(bus, pg)
+async def test_an_entitled_agency_of_another_kind_of_benefit_is_answered(bus, pg, running_platform):
+    mn, acct = await registered_person(bus, pg, running_platform.settings)
     token = await bus.token_for(NTA, mn)
     answer = await bus.runtime.request(NTA, inquiry(token, "income-tax-refund"), timeout=90)
     assert answer.body["status"] == "REGISTERED" and answer.meta.procedure == "income-tax-refund"
@@ -139,9 +140,11 @@ async def test_not_registered_and_blocked_are_recorded_as_such_with_their_proced
     settings = running_platform.settings
     nobody = person()
     blocked = person()
-    acct = account(bank="9002", kana="ヤマダ ハナコ")
-    await open_account(pg, acct)
-    assert (await register(bus, blocked, dict(acct, holder_kana="スズキ イチロウ")))["status"] == "HOLDER_MISMATCH"
+    # An account stored BLOCKED (a failed holder check did that before the registry stopped storing failed
+    # checks at all): the registry answers BLOCKED and provides nothing.
+    store = KeyStore.for_settings(settings)
+    await pg.execute("INSERT INTO registry_accounts (token, status, account_ct, channel) VALUES ($1, 'BLOCKED', "
+                     "'\\x00'::bytea, 'PORTAL')", store.token_authority().token_for(blocked, "registry"))
     for mn, expected in ((nobody, "NOT_REGISTERED"), (blocked, "BLOCKED")):
         answer = await bus.runtime.request(AGENCY, inquiry(await bus.token_for(AGENCY, mn), PROCEDURE), timeout=90)
         assert answer.body["status"] == expected and answer.meta.outcome == expected
@@ -172,7 +175,7 @@ async def test_ingress_inboxes_and_audit_share_no_id_correlation_or_key(bus, pg,
     settings = running_platform.settings
     names = TopicNames(settings.kafka.topic_prefix)
     hub = hub_pseudonyms(settings)  # the test plays the auditor who may map ids; nobody else can
-    mn, _ = await registered_person(bus, pg, bank="9003")
+    mn, _ = await registered_person(bus, pg, running_platform.settings, bank="9003")
     tokens = {p: await bus.token_for(p, mn) for p in (AGENCY, "portal")}
     sent = inquiry(tokens[AGENCY], PROCEDURE)
     answer = await bus.runtime.request(AGENCY, sent, timeout=90)
@@ -222,7 +225,7 @@ async def test_ingress_inboxes_and_audit_share_no_id_correlation_or_key(bus, pg,
 async def test_ops_tools_show_no_token_material(bus, pg, running_platform):
     settings = running_platform.settings
     names = TopicNames(settings.kafka.topic_prefix)
-    mn, _ = await registered_person(bus, pg, bank="9004")
+    mn, _ = await registered_person(bus, pg, running_platform.settings, bank="9004")
     token = await bus.token_for(AGENCY, mn)
     assert (await bus.runtime.request(AGENCY, inquiry(token, PROCEDURE), timeout=90)).body["status"] == "REGISTERED"
     refused = await bus.runtime.request(AGENCY, inquiry(token, "income-tax-refund"), timeout=90)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import json
 import os
+import random
 import signal
 import uuid
 from datetime import UTC, datetime
@@ -12,13 +13,18 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account
+from connectors.bank_sim import register_at_counter, registration_status
 from connectors.client import BusClient
-from infra.policy import BASIS_BANK_INTAKE, BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
+from infra.chaos import read_topic
+from infra.envelope import peek
+from infra.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T
+from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +69,7 @@ async def inquire(bus: BusClient, my_number: str, agency: str = AGENCY, timeout:
 
 async def test_step1_registration_then_step2_provision(bus, pg, running_platform):
     mn, acct = person(), account()
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)  # the bank's records: the person's account
     result = await register(bus, mn, acct)
     assert result["status"] == "DONE"
     answer = await inquire(bus, mn)
@@ -87,16 +93,16 @@ async def test_step1_registration_then_step2_provision(bus, pg, running_platform
         await running_platform_pool.close()
 
 
-async def test_step1_unknown_account_and_holder_mismatch_block_provision(bus, pg):
+async def test_step1_unknown_account_and_wrong_name_register_nothing(bus, pg, running_platform):
     mn = person()
     assert (await register(bus, mn, account(bank="9002")))["status"] == "ACCOUNT_NOT_FOUND"
     assert (await inquire(bus, mn))["status"] == "NOT_REGISTERED"
     acct = account(bank="9002", kana="ヤマダ ハナコ")
-    await open_account(pg, acct)
-    wrong_name = dict(acct, holder_kana="スズキ イチロウ")  # a family member's account, say
+    await hold_account(running_platform.settings, pg, mn, acct)
+    wrong_name = dict(acct, holder_kana="スズキ イチロウ")  # not the name the bank has for its customer
     assert (await register(bus, mn, wrong_name))["status"] == "HOLDER_MISMATCH"
-    answer = await inquire(bus, mn)
-    assert answer["status"] == "BLOCKED" and answer["account"] is None
+    answer = await inquire(bus, mn)  # nothing stored, not even blocked: no registration unless CONFIRMED
+    assert answer["status"] == "NOT_REGISTERED" and answer["account"] is None
 
 
 async def test_step1_unknown_bank_code_is_refused_without_a_check(bus):
@@ -105,7 +111,7 @@ async def test_step1_unknown_bank_code_is_refused_without_a_check(bus):
 
 async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_platform):
     mn, acct = person(), account(bank="9003")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     keys_before = await pg.fetchval("SELECT count(*) FROM registry_data_keys")
     assert (await register(bus, mn, acct, operation="DELETE"))["status"] == "DONE"
@@ -124,74 +130,160 @@ async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_p
 
 
 async def test_step3_bank_channel_registration(bus, pg, running_platform):
-    from connectors.client import BusClient as Client
-
-    mn = person()
-    acct = account(bank="9004")
-    async with Client(running_platform.settings, ["bank-9004"], group=f"{uuid.uuid4().hex}.bank-test") as bank:
-        token = await bus.token_for("portal", mn)  # the person exists in the portal's space too
-        bank_token = await bank.token_for("bank-9004", mn)
-        answer = await bank.request(
-            "bank-9004", type=T.REGISTRATION_REQUEST, to="registry", subject=bank_token,
-            body={"operation": "REGISTER", "account": acct, "channel": "BANK_COUNTER", "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
-        assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
-        # Another bank's account cannot be registered by this bank.
-        refused = await bank.request(
-            "bank-9004", type=T.REGISTRATION_REQUEST, to="registry", subject=bank_token,
-            body={"operation": "REGISTER", "account": account(bank="9001"), "channel": "BANK_COUNTER",
-                  "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE)
-        assert refused.body["status"] == "REFUSED"
-    assert token
+    """The bank's counter files the registration with the person's consent; the registry checks the account
+    with that bank's own records, registers it, and answers the bank. Another bank's account is refused."""
+    settings = running_platform.settings
+    mn, acct = person(), account(bank="9004")
+    await hold_account(settings, pg, mn, acct)
+    given = {"given_by": "PERSON", "method": "ONLINE_BANKING", "given_at": now(), "evidence_ref": "OB-1"}
+    counter = ParticipantRuntime(settings, ["bank-9004"], {}, group=f"{uuid.uuid4().hex}.bank-counter")
+    await counter.start(consume=False)  # the simulated bank reads its inbox; the counter only files
+    try:
+        token = bank_token(settings, mn, "bank-9004")
+        done = await register_at_counter(counter, "bank-9004", token, "REGISTER", acct, given)
+        refused = await register_at_counter(counter, "bank-9004", token, "REGISTER", account(bank="9001"), given)
+        assert await eventually(lambda: registration_status(pg, "bank-9004", done), timeout=120) == "DONE"
+        assert await eventually(lambda: registration_status(pg, "bank-9004", refused), timeout=120) == "REFUSED"
+    finally:
+        await counter.stop()
     provided = await inquire(bus, mn)
     assert provided["status"] == "REGISTERED" and provided["account"]["bank_code"] == "9004"
 
 
-async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(bus, pg, running_platform):
-    from infra.stack import WORKERS
+async def _uncommitted_claims(pg, settings) -> list[tuple[int, int]]:
+    """Ingress records the hub has claimed (its transaction committed) at or past the offset its group
+    committed: a hub that dies now reads them again — a redelivery, not a replay."""
+    from aiokafka import TopicPartition
 
-    people = [person() for _ in range(12)]
+    from infra.kafka import admin_client
+
+    ingress = TopicNames(settings.kafka.topic_prefix).ingress
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        partitions = [TopicPartition(ingress, p) for p in range(INGRESS_PARTITIONS)]
+        offsets = await admin.list_consumer_group_offsets(f"{settings.kafka.topic_prefix}.hub", partitions=partitions)
+    finally:
+        await admin.close()
+    committed = {tp.partition: max(om.offset, 0) for tp, om in offsets.items() if om is not None}
+    rows = await pg.fetch("SELECT src_partition, src_offset FROM hub_messages WHERE src_offset >= "
+                          "(($1::jsonb) ->> src_partition::text)::bigint",
+                          json.dumps({str(p): o for p, o in committed.items()}))
+    return [(r["src_partition"], r["src_offset"]) for r in rows]
+
+
+async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(bus, pg, running_platform):
+    """The hub is SIGKILLed while inquiries stream in, at a moment when it has claimed records whose
+    offsets its consumer group has not committed yet (found by freezing it with SIGSTOP and looking), so
+    the restarted hub certainly reads them again.  A redelivery must be forwarded again, never refused
+    as REPLAYED, and nothing may be lost or answered twice."""
+    from infra.stack import WORKERS
+    from tests.integration.waits import dead_letters, hub_barrier, metric, metrics_url, replayed
+
+    settings = running_platform.settings
+    people = [person() for _ in range(40)]
     tokens = [await bus.token_for(AGENCY, mn) for mn in people]
+    tasks: list[asyncio.Task] = []
+    killed = asyncio.Event()
 
     async def ask(token: str) -> str:
         answer = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
             body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120, procedure=PROCEDURE)
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=180, procedure=PROCEDURE)
+        assert answer.meta.type == T.PROVISION_RESPONSE, answer.meta.type
         return answer.meta.correlation_id
 
-    tasks = [asyncio.create_task(ask(t)) for t in tokens]
-    await asyncio.sleep(0.3)
+    async def stream() -> None:  # a steady stream of inquiries, until a little after the kill
+        for token in tokens:
+            tasks.append(asyncio.create_task(ask(token)))
+            await asyncio.sleep(0.1)
+            if killed.is_set() and len(tasks) >= len(tokens) // 2:
+                return
+
+    streaming = asyncio.create_task(stream())
+    while sum(t.done() for t in tasks) < 3:  # the hub is answering
+        assert not streaming.done(), "the stream ended before three inquiries were answered"
+        await asyncio.sleep(0.05)
     hub = running_platform.stack.components["hub"]
-    os.kill(hub.pid, signal.SIGKILL)
+    uncommitted: list[tuple[int, int]] = []
+    for _ in range(200):  # freeze the hub; kill it only between a batch's claim and its offset commit
+        os.kill(hub.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.1)  # let a commit request already on its way reach the broker
+            uncommitted = await _uncommitted_claims(pg, settings)
+        except BaseException:
+            os.kill(hub.pid, signal.SIGCONT)  # never leave the hub frozen
+            raise
+        if uncommitted:
+            answered_at_kill, sent_at_kill = sum(t.done() for t in tasks), len(tasks)
+            os.kill(hub.pid, signal.SIGKILL)
+            break
+        os.kill(hub.pid, signal.SIGCONT)
+        await asyncio.sleep(0.03)
+    assert uncommitted, "never caught the hub between a claim and its offset commit"
+    killed.set()
     running_platform.check_children()
     running_platform.start_worker(next(w for w in WORKERS if w.name == "hub"))
+    await streaming
     correlations = await asyncio.gather(*tasks)
-    assert len(set(correlations)) == len(people)
-    # Exactly one answer per inquiry reached the agency, and one record per leg exists.
-    answers = await pg.fetchval(
-        "SELECT count(*) FROM client_inbox WHERE correlation_id = ANY($1::uuid[]) AND type = $2",
-        correlations, T.PROVISION_RESPONSE)
-    assert answers == len(people)
-    names = hub_pseudonyms(running_platform.settings)  # records and legs carry the hub's ids, not the agency's
+
+    # The kill came mid-stream: some inquiries were answered before it, not all of them.
+    assert 0 < answered_at_kill < sent_at_kill
+    n = len(tasks)
+    assert len(set(correlations)) == n
+    restarted = await metrics_url(running_platform, "hub")
+    await hub_barrier(settings)  # everything on ingress so far has been through the new hub
+    # No redelivery was mistaken for a replay: the hub dead-lettered nothing it had claimed before the
+    # kill (nor any message of these inquiries) as REPLAYED ...
+    claimed_before = [r["message_id"] for r in await pg.fetch(
+        "SELECT message_id FROM hub_messages h JOIN unnest($1::int[], $2::bigint[]) AS u(p, o) "
+        "ON h.src_partition = u.p AND h.src_offset = u.o", [p for p, _ in uncommitted], [o for _, o in uncommitted])]
+    assert len(claimed_before) == len(uncommitted)
+    dead = await dead_letters(settings)
+    assert replayed(dead, claimed_before) == [], "a redelivery after the crash was refused as a replay"
+    # ... and the restarted hub did read them again (a real redelivery, counted as a duplicate).
+    assert await metric(restarted, "renkei_messages_duplicate_total")() >= len(uncommitted)
+
+    # Exactly one answer per inquiry: one row each in the agency's inbox, one answer message id each on the wire.
+    answers = await pg.fetch("SELECT correlation_id::text AS cid FROM client_inbox "
+                             "WHERE correlation_id = ANY($1::uuid[]) AND type = $2", correlations, T.PROVISION_RESPONSE)
+    assert sorted(r["cid"] for r in answers) == sorted(correlations)
+    inbox = [peek(r.value) for r in await read_topic(settings, TopicNames(settings.kafka.topic_prefix).inbox(AGENCY))]
+    on_wire: dict[str, set[str]] = {}
+    asked = set(correlations)
+    for meta in inbox:
+        if meta.correlation_id in asked and meta.type == T.PROVISION_RESPONSE:
+            on_wire.setdefault(meta.correlation_id, set()).add(meta.message_id)
+    assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
+    # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.pseudonyms).
+    names = hub_pseudonyms(settings)
+    sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(
+        "SELECT envelope FROM participant_outbox WHERE sender = ANY($1::text[]) AND type = ANY($2::text[])",
+        [AGENCY, "registry"], [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE])]
+    answered = {i for ids in on_wire.values() for i in ids}
+    inquiries = [m.message_id for m in sent if m.type == T.PROVISION_INQUIRY and m.correlation_id in asked]
+    answers_sent = [m.message_id for m in sent if m.type == T.PROVISION_RESPONSE
+                    and names.leg_message_id(m.message_id, AGENCY) in answered]
+    assert len(inquiries) == len(answers_sent) == n
+    ours = inquiries + answers_sent
+    # One provision record per leg (the inquiry, the answer), each message recorded once, under the hub's ids.
     records = await pg.fetch(
         "SELECT message_id, count(*) AS n FROM provision_records WHERE correlation_id = ANY($1::uuid[]) "
         "GROUP BY message_id", [names.conversation(c, AGENCY) for c in correlations])
-    assert len(records) == 2 * len(people) and all(r["n"] == 1 for r in records)
-    inquiries = [str(r["message_id"]) for r in await pg.fetch("SELECT message_id FROM hub_messages WHERE type = $1",
-                                                              T.PROVISION_INQUIRY)]
-    effects = await pg.fetchval(
-        "SELECT count(*) FROM processed_messages WHERE consumer = 'registry' AND message_id = ANY($1::uuid[])",
-        [names.leg_message_id(m, "registry") for m in inquiries])
-    assert effects >= len(people)
-    replays = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE reason = 'REPLAYED'")
-    assert replays == 0, "a redelivery after the crash was mistaken for a replay"
+    assert len(records) == 2 * n and all(r["n"] == 1 for r in records)
+    assert {r["message_id"] for r in records} == {names.record_message_id(m) for m in ours}
+    # The registry applied each inquiry once (it knows each by the id of the leg it got).
+    effects = await pg.fetchval("SELECT count(*) FROM processed_messages WHERE consumer = 'registry' "
+                                "AND message_id = ANY($1::uuid[])",
+                                [names.leg_message_id(m, "registry") for m in inquiries])
+    assert effects == n
+    assert replayed(dead, ours) == []
 
 
 async def test_provision_chain_detects_deleted_and_altered_records(bus, pg, running_platform):
     mn, acct = person(), account(bank="9000")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     await register(bus, mn, acct)
     await inquire(bus, mn)
     portal_token = await bus.token_for("portal", mn)

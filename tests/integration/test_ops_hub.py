@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.bank_sim import open_account
 from infra.dlq import list_dead_letters, redrive
 from infra.envelope import Message, Opener, Sealer
 from infra.keystore import KeyStore, publish_directory
@@ -32,7 +31,9 @@ from infra.topics import TopicNames
 from schemas import types as T
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
+from tests.integration.waits import hub_barrier, metric, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ async def test_hub_metrics_move_with_traffic_and_status_lists_every_worker(bus, 
     hub = await endpoint_of(running_platform, "hub")
     before = await fetch_metrics(hub.metrics)
     mn, acct = person(), account(bank="9001")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     assert (await inquire(bus, mn))["status"] == "REGISTERED"
     with pytest.raises(RuntimeError):  # a suspended agency's token request is refused by the hub
@@ -150,7 +151,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
     hub = await endpoint_of(running_platform, "hub")
     registry = await endpoint_of(running_platform, "registry")
     mn, acct = person(), account(bank="9002")
-    await open_account(pg, acct)
+    await hold_account(running_platform.settings, pg, mn, acct)
     assert (await register(bus, mn, acct))["status"] == "DONE"
     token = await bus.token_for(ROTATING_AGENCY, mn)
 
@@ -208,7 +209,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
                              hub_pseudonyms(settings).conversation(correlation, ROTATING_AGENCY))
     assert {(r["requester"], r["provider"], r["status"]) for r in records} == {
         (ROTATING_AGENCY, "registry", "REQUESTED"), (ROTATING_AGENCY, "registry", "PROVIDED")}
-    await asyncio.sleep(1.0)
+    await hub_barrier(settings)  # the hub has been through everything sent so far: the re-drive did not fail too
     assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]) == 2
     # The new keys are used end to end from now on: a fresh inquiry is answered directly.
     assert (await inquiry(bus, ROTATING_AGENCY, token)).body["status"] == "REGISTERED"
@@ -239,7 +240,7 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     people = [person() for _ in range(3)]
     for i, mn in enumerate(people):
         acct = account(bank="9003")
-        await open_account(pg, acct)
+        await hold_account(running_platform.settings, pg, mn, acct)
         assert (await register(bus, mn, acct))["status"] == "DONE"
         assert (await inquire(bus, mn))["status"] == "REGISTERED"
 
@@ -284,7 +285,9 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     assert value(samples, "renkei_messages_in_total") == rewound
     assert value(samples, "renkei_messages_duplicate_total") == rewound - dead  # every effect was there already
     assert value(samples, "renkei_messages_out_total") == 0
-    await asyncio.sleep(2.0)  # anything reprocessing could have sent would have reached the hub by now
+    # Anything reprocessing put in the outbox is relayed within two relay passes, and is at the hub after the barrier.
+    await moved_on(metric(restarted.metrics, "renkei_outbox_relay_passes_total"), what="the registry's relay")
+    await hub_barrier(settings)
     after = await snapshot()
     assert after == before
     duplicated = await pg.fetch("SELECT correlation_id, type FROM client_inbox GROUP BY correlation_id, type "

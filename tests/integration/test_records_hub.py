@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account
 from connectors.client import BusClient
 from infra.cli import main
 from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
@@ -25,7 +24,7 @@ from infra.provisions import ProvisionStore
 from schemas import types as T
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from
-from tests.integration.test_connectors_support import RNG, my_number
+from tests.integration.test_connectors_support import RNG, hold_account, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
@@ -58,7 +57,7 @@ async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
                "account_number": f"{RNG.randrange(10**7):07d}", "holder_kana": "ヤマダ タロウ"}
     conn = await asyncpg.connect(platform.settings.pg_dsn)
     try:
-        await open_account(conn, account)
+        await hold_account(platform.settings, conn, mn, account)  # the person's own account at the bank
     finally:
         await conn.close()
     now = datetime.now(UTC)

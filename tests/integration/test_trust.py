@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from connectors.bank_sim import open_account, set_behaviour
+from connectors.bank_sim import set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.envelope import FANOUT, HubForwarder, Message, Sealer, peek
@@ -38,6 +38,7 @@ from schemas import codec
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
+from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
 from tests.integration.test_lookups import bank_token, numbered_person, wait_for
 
@@ -92,7 +93,7 @@ async def dead_letters(pg: asyncpg.Connection, participant: str, message_ids: li
 async def test_a_hub_keyset_holder_obtains_no_account_and_deletes_no_registration(platform, bus, pg):
     settings = platform.settings
     mn, acct = person(), account(bank="9001")
-    await open_account(pg, acct)
+    await hold_account(settings, pg, mn, acct)  # the person's own account at the bank
     assert (await register(bus, mn, acct))["status"] == "DONE"
 
     store = KeyStore.for_settings(settings)
@@ -224,7 +225,7 @@ async def timed_inquiry(bus: BusClient, my_number: str) -> float:
 async def test_forged_huge_envelopes_are_refused_fast_and_do_not_delay_step2(platform, bus, pg):
     settings = platform.settings
     mn, acct = person(), account(bank="9002")
-    await open_account(pg, acct)
+    await hold_account(settings, pg, mn, acct)  # the person's own account at the bank
     assert (await register(bus, mn, acct))["status"] == "DONE"
     token = await bus.token_for(AGENCY, mn)
     baseline = statistics.median([await timed_inquiry(bus, mn) for _ in range(5)])

@@ -14,7 +14,8 @@ def reg(records: list[list[str]], count: int | None = None, bank: str = "9001") 
     return "\r\n".join(lines) + "\r\n"
 
 
-GOOD = ["1", "R", "cust-1", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ ﾀﾛｳ"]
+CONSENT = ["PERSON", "SIGNED_FORM_AT_COUNTER", "2025-04-01T10:15:00+09:00", "FORM-0001"]
+GOOD = ["1", "R", "cust-1", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ ﾀﾛｳ", *CONSENT]
 
 
 def test_valid_check_digit_fixture():
@@ -25,15 +26,17 @@ def test_valid_check_digit_fixture():
 
 def test_good_records_flow_and_bad_ones_are_rejected_with_line_and_reason():
     parsed = parse_file(reg([GOOD,
-                             ["2", "X", "cust-2", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ"],
-                             ["3", "R", "cust-3", "123456789012", "123", "1", "1234567", "ﾔﾏﾀﾞ"],
-                             ["4", "R", "cust-4", MN, "12", "1", "1234567", "ﾔﾏﾀﾞ"],
-                             ["5", "R", "cust-5", MN, "123", "1", "1234567", "山田"],
-                             ["1", "R", "cust-6", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ"],
-                             ["7", "D", "cust-7", MN, "", "", "", ""]]), "REG", "9001")
+                             ["2", "X", "cust-2", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", *CONSENT],
+                             ["3", "R", "cust-3", "123456789012", "123", "1", "1234567", "ﾔﾏﾀﾞ", *CONSENT],
+                             ["4", "R", "cust-4", MN, "12", "1", "1234567", "ﾔﾏﾀﾞ", *CONSENT],
+                             ["5", "R", "cust-5", MN, "123", "1", "1234567", "山田", *CONSENT],
+                             ["1", "R", "cust-6", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", *CONSENT],
+                             ["7", "D", "cust-7", MN, "", "", "", "", *CONSENT]]), "REG", "9001")
     assert parsed.fatal is None
     assert [r.seq for r in parsed.records] == ["1", "7"]
     assert parsed.records[0].fields["account"]["holder_kana"] == "ヤマダ タロウ"
+    assert parsed.records[0].fields["consent"]["method"] == "SIGNED_FORM_AT_COUNTER"
+    assert parsed.records[0].fields["consent"]["given_at"].isoformat() == "2025-04-01T01:15:00+00:00"
     assert parsed.records[1].fields["account"] is None
     reasons = {line: (code, msg) for line, code, msg in parsed.rejects}
     assert reasons[3] == ("INVALID_FIELD", "operation: must be R (register), C (change) or D (delete)")
@@ -62,15 +65,41 @@ def test_numbering_and_answer_records():
     parsed = parse_file(num, "NUM", "9001")
     assert parsed.records[0].fields["bank_codes"] == ["9002", "9003"]
     assert parsed.rejects[0][0] == 3
-    ans = "1,ANS,9001,20250401,9\r\n2,abc,CONFIRMED\r\n2,def,MAYBE\r\n8,2\r\n9\r\n"
+    ans = "1,ANS,9001,20250401,9\r\n2,abc,CONFIRMED,Y\r\n2,def,MAYBE,Y\r\n8,2\r\n9\r\n"
     parsed = parse_file(ans, "ANS", "9001")
     assert [r.fields["result"] for r in parsed.records] == ["CONFIRMED"]
     assert parsed.rejects[0][:2] == (3, "INVALID_FIELD")
 
 
+def test_an_answer_carries_the_holder_check():
+    """The bank's answer says whether its customer record for the person holds the account: without the flag
+    the line is refused, and CONFIRMED for an account the person does not hold becomes NOT_HOLDER."""
+    ans = ("1,ANS,9001,20250401,9\r\n2,a,CONFIRMED,Y\r\n2,b,CONFIRMED,N\r\n2,c,ACCOUNT_CLOSED,N\r\n"
+           "2,d,NOT_HOLDER,N\r\n2,e,CONFIRMED,\r\n2,f,CONFIRMED\r\n2,g,NOT_HOLDER,Y\r\n8,7\r\n9\r\n")
+    parsed = parse_file(ans, "ANS", "9001")
+    assert {r.fields["reference"]: r.fields["result"] for r in parsed.records} == {
+        "a": "CONFIRMED", "b": "NOT_HOLDER", "c": "NOT_HOLDER", "d": "NOT_HOLDER"}
+    assert [(line, code) for line, code, _ in parsed.rejects] == [
+        (6, "INVALID_FIELD"), (7, "MALFORMED"), (8, "INVALID_FIELD")]
+
+
+def test_a_registration_without_the_persons_consent_is_rejected():
+    no_consent = ["1", "R", "cust-1", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", "", "", "", ""]
+    unknown_method = ["2", "R", "cust-2", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", "PERSON", "PHONE_CALL",
+                      "2025-04-01T10:15:00+09:00", "F-2"]
+    no_offset = ["3", "R", "cust-3", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", "PERSON", "ONLINE_BANKING",
+                 "2025-04-01T10:15:00", "F-3"]
+    future = ["4", "R", "cust-4", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ", "PERSON", "ONLINE_BANKING",
+              "2999-01-01T00:00:00+09:00", "F-4"]
+    parsed = parse_file(reg([no_consent, unknown_method, no_offset, future]), "REG", "9001")
+    assert parsed.records == []
+    assert [msg.split(":")[0] for _, _, msg in parsed.rejects] == [
+        "consent.given_by", "consent.method", "consent.given_at", "consent.given_at"]
+
+
 def test_render_round_trips_through_the_parser_shape(tmp_path):
-    text = render_file("ANS", "9001", "42", [["ref-1", "CONFIRMED"]])
-    assert text.splitlines() == ["1,ANS,9001," + text.splitlines()[0].split(",")[3] + ",42", "2,ref-1,CONFIRMED",
+    text = render_file("ANS", "9001", "42", [["ref-1", "CONFIRMED", "Y"]])
+    assert text.splitlines() == ["1,ANS,9001," + text.splitlines()[0].split(",")[3] + ",42", "2,ref-1,CONFIRMED,Y",
                                  "8,1", "9"]
     assert parse_file(text, "ANS", "9001").records[0].fields == {"reference": "ref-1", "result": "CONFIRMED"}
     target = tmp_path / "ANS_1.csv"

@@ -190,3 +190,35 @@ def test_message_types_name_real_schemas():
     assert set(types.BODY_SCHEMA.values()) <= set(NAMES)
     assert all(re.fullmatch(r"[a-z]+(\.[a-z]+)+", t) for t in types.BODY_SCHEMA)
     assert types.MESSAGE_TYPES == frozenset(types.BODY_SCHEMA)
+
+
+def test_registration_v2_adds_consent_and_outcomes_both_ways():
+    """A v1 registration (an older portal or bank) reads as v2 with no consent; a v2 one with consent reads
+    at a v1 reader without it; v2's new outcomes read as UNKNOWN at a v1 reader (its enum default)."""
+    from datetime import UTC, datetime
+
+    from schemas import codec
+
+    now = datetime(2025, 4, 1, tzinfo=UTC)
+    request = {"operation": "DELETE", "account": None, "channel": "BANK_COUNTER", "requested_at": now}
+    v1 = codec.encode("registration_request", request, version=1)
+    assert codec.decode(v1, "registration_request")["consent"] is None
+    consent = {"given_by": "PERSON", "method": "BANK_APP", "given_at": now, "evidence_ref": "APP-1"}
+    v2 = codec.encode("registration_request", {**request, "consent": consent}, version=2)
+    assert codec.decode(v2, "registration_request")["consent"] == consent
+    old_reader = fastavro.parse_schema(_versions("registration_request")[0][1], named_schemas={})
+    new_writer = fastavro.parse_schema(_versions("registration_request")[1][1], named_schemas={})
+    import io
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, new_writer, {**request, "consent": consent})
+    buf.seek(0)
+    assert "consent" not in fastavro.schemaless_reader(buf, new_writer, old_reader)
+
+    result_v1 = fastavro.parse_schema(_versions("registration_result")[0][1], named_schemas={})
+    result_v2 = fastavro.parse_schema(_versions("registration_result")[1][1], named_schemas={})
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, result_v2, {"operation": "REGISTER", "status": "NOT_HOLDER", "detail": None,
+                                                "decided_at": now})
+    buf.seek(0)
+    assert fastavro.schemaless_reader(buf, result_v2, result_v1)["status"] == "UNKNOWN"
