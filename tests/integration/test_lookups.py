@@ -267,15 +267,17 @@ async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     from infra.kafka import producer
 
     names = TopicNames(platform.settings.kafka.topic_prefix)
+    hub = hub_pseudonyms(platform.settings)  # the bank answers in the correlation id it was shown, its own
+    theirs = hub.correlation_for(hub.conversation(cid, "dicj"), bank)
     first = next(m for m in (peek(r.value) for r in await read_topic(platform.settings, names.ingress,
                                                                          partitions=INGRESS_PARTITIONS))
-                 if m.correlation_id == cid and m.sender == bank and m.type == T.LOOKUP_ANSWER)
+                 if m.correlation_id == theirs and m.sender == bank and m.type == T.LOOKUP_ANSWER)
     store = KeyStore.for_settings(platform.settings)
     sealer = Sealer(store.keyset(bank), store.local_directory(platform.participants))
     [envelope] = sealer.seal_batch([Message(
         body={"bank_code": bank.removeprefix("bank-"), "accounts": [], "answered_at": datetime.now(UTC)},
         type=T.LOOKUP_ANSWER, to=first.recipient, subject=first.subject, data_item=first.data_item,
-        basis=first.legal_basis, correlation_id=cid)])
+        basis=first.legal_basis, correlation_id=theirs)])
     prod = producer(platform.settings)
     await prod.start()
     try:
