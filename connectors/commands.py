@@ -411,9 +411,10 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         shown = {"CHECKPOINTED": "[green]checkpointed[/green]", "PENDING": "[yellow]not yet checkpointed[/yellow]",
                  "TAMPERED": "[red]TAMPERED[/red]", "UNVERIFIED": "[red]cannot verify[/red]"}
         tables = [(f"Provision records (情報提供等記録): {headline} ({against})",
-                   ["requested at", "requester", "provider", "data item", "legal basis", "status", "provided at",
-                    "record"],
-                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"], r["status"],
+                   ["requested at", "requester", "provider", "data item", "legal basis", "procedure", "status",
+                    "provided at", "record"],
+                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"],
+                     (r["procedure"] or {}).get("name_en", (r["procedure"] or {}).get("code")), r["status"],
                      r["provided_at"], shown[r["state"]]] for r in view["records"]])]
         if view["purged_before"]:
             tables.append(("Retention", ["records before", "removed"],
@@ -450,12 +451,13 @@ async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
         answer = await client.request(
             agency.id, type=type_, to="registry",
             subject=await client.token_for(agency.id, my_number, timeout=args.timeout),
-            body={"procedure_code": args.procedure_code, "requested_at": _now()},
-            data_item=item, basis=basis, timeout=args.timeout)
+            body={"procedure_code": args.procedure, "requested_at": _now()},
+            data_item=item, basis=basis, timeout=args.timeout, procedure=args.procedure)
         status, account = answer.body["status"], answer.body.get("account")
         code = exit_code("inquiry", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, agency=agency.id, item=item,
-                         account=account, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+                         procedure=args.procedure, account=account, request_id=answer.meta.correlation_id,
+                         elapsed_ms=_ms(start))
         a = account or {}
         return Outcome(code, report, [(f"{agency.name}: provision inquiry ({item})",
                                        ["status", "bank", "branch", "type", "number", "holder", "ms"],
@@ -611,13 +613,14 @@ def register(add: Any, common: Any) -> None:
 
     p = subcommand("agency", "inquire", cmd_agency_inquire,
                    "ask the registry for the person's public-funds account (STEP2)",
-                   report_defaults={"agency": None, "item": None, "account": None, "request_id": None,
-                                    "elapsed_ms": None})
+                   report_defaults={"agency": None, "item": None, "procedure": None, "account": None,
+                                    "request_id": None, "elapsed_ms": None})
     p.add_argument("--agency", required=True, help="the agency's participant id (e.g. agency-nta)")
     _my_number_arg(p)
     p.add_argument("--item", choices=sorted(ITEMS), default="public-funds-account", help="the data item")
-    p.add_argument("--procedure-code", dest="procedure_code", default="benefit-payment",
-                   help="the agency's procedure (default benefit-payment)")
+    p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
+                   help="the public-benefit procedure the account is needed for, one the agency is entitled to "
+                        "(infra/procedures.toml, e.g. income-tax-refund)")
     _timeout_arg(p)
 
     for operation in ("register", "change"):

@@ -46,6 +46,7 @@ from infra.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
+from infra.procedures import Procedures
 from infra.records_verify import RecordsVerifier, RecordState
 from infra.settings import Settings
 from infra.storage import create_pool
@@ -291,15 +292,26 @@ class Portal(ChannelAdapter):
             return _problem(503, "UNAVAILABLE", "the published checkpoints cannot be read now; try again later")
 
 
-async def records_view(verifier: RecordsVerifier, token: str) -> dict:
+async def records_view(verifier: RecordsVerifier, token: str, procedures: Procedures | None = None) -> dict:
     """The person's provision records as the portal shows them, verified against the latest checkpoint.
 
     ``{verdict, chain_ok, problems, checkpoint, pending, purged_before, records: [{requester, provider,
-    data_item, legal_basis, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK / PENDING /
-    TAMPERED; ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示 records are
-    verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.
+    data_item, legal_basis, procedure, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK /
+    PENDING / TAMPERED; ``procedure`` the public-benefit procedure the exchange served, with its names, legal
+    basis and purpose from the catalogue (``procedures``, default ``infra/procedures.toml``; just ``{code}`` for
+    a code it no longer lists; null where none applies); ``status`` what happened (PROVIDED, NOT_REGISTERED,
+    BLOCKED, …); ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示
+    records are verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.
     """
     verdict = await verifier.verify(token)
+    catalogue = procedures if procedures is not None else Procedures.load()
+
+    def procedure(code: str | None) -> dict | None:
+        if code is None:
+            return None
+        known = catalogue.get(code)
+        return known.to_json() if known is not None else {"code": code}
+
     seen = verdict.checkpoint
     return {
         "verdict": verdict.verdict.value,
@@ -312,7 +324,7 @@ async def records_view(verifier: RecordsVerifier, token: str) -> dict:
         "purged_before": verdict.purged_before and verdict.purged_before.isoformat(),
         "records": [{
             "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
-            "legal_basis": r.legal_basis, "status": r.status.value,
+            "legal_basis": r.legal_basis, "procedure": procedure(r.procedure), "status": r.status.value,
             "requested_at": r.requested_at.isoformat(),
             "provided_at": r.provided_at and r.provided_at.isoformat(),
             "state": verdict.states[r.seq].value,

@@ -57,10 +57,11 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         table.add_row(flow["name"], "[green]ok[/green]" if flow["ok"] else "[red]FAILED[/red]", details)
     console.print(table)
     records = Table(title="The demo person's provision records (情報提供等記録), as the portal shows them")
-    for col in ("#", "requester", "provider", "data item", "status", "when", "chain"):
+    for col in ("#", "requester", "provider", "data item", "procedure", "status", "when", "chain"):
         records.add_column(col)
     for r in report.get("provision_records", []):
-        records.add_row(str(r["seq"]), r["requester"], r["provider"], r["data_item"], r["status"],
-                        r["provided_at"] or r["requested_at"], "[green]✓[/green]" if r["chain_ok"] else "[red]✗[/red]")
+        records.add_row(str(r["seq"]), r["requester"], r["provider"], r["data_item"], r.get("procedure") or "",
+                        r["status"], r["provided_at"] or r["requested_at"],
+                        "[green]✓[/green]" if r["chain_ok"] else "[red]✗[/red]")
     console.print(records)
     console.print(f"{'All flows succeeded' if report['ok'] else 'Some flows FAILED'} in {report['elapsed_s']} s.")

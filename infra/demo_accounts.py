@@ -1,5 +1,6 @@
 """``renkei demo`` flows for the public-funds accounts: ``step1-registration``, ``step2-provision``,
-``step1-others-account-refused``, ``step3-bank-registration``, and the person's provision records
+``step2-unentitled-procedure``, ``step1-others-account-refused``, ``step3-bank-registration``, and the
+person's provision records
 (情報提供等記録) with the chain verified.
 
 They drive the demo platform (hub, registry and simulated banks as real
@@ -41,6 +42,8 @@ from schemas import types as T
 from streams.participant import ParticipantRuntime
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # infra/procedures.toml: the municipality pays it
+UNENTITLED_PROCEDURE = "income-tax-refund"  # the tax agency's: the municipality is refused
 COUNTER_BANK = "bank-9002"
 
 
@@ -88,7 +91,8 @@ def _account_flags(account: dict[str, str]) -> list[str]:
 
 
 async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run STEP1 → STEP2 → someone else's account → STEP3; return the flows and the demo person's records."""
+    """Run STEP1 → STEP2 (entitled, then an unentitled procedure) → someone else's account → STEP3; return the
+    flows and the demo person's records."""
     rng = random.Random()
     person, other = generate_my_number(rng), generate_my_number(rng)
     account = {"bank_code": "9001", "branch_code": "101", "account_type": "ORDINARY",
@@ -108,18 +112,30 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
 
     # STEP2: an agency asks which account to pay a benefit into.
     start = time.perf_counter()
-    answer = await renkei(settings, "agency", "inquire", "--agency", AGENCY, my_number=person)
+    answer = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", PROCEDURE,
+                          my_number=person)
     got = answer.get("account") or {}
     flows.append({"name": "step2-provision", "ok": answer["exit_code"] == 0 and answer["status"] == "REGISTERED"
                   and got.get("account_number") == account["account_number"],
                   "status": answer["status"], "agency": AGENCY, "via": "renkei agency inquire",
                   "elapsed_ms": _ms(start)})
 
+    # STEP2 refused: the same agency asks under a procedure it is not entitled to; the hub refuses it and
+    # nothing is provided (the person's records show no such provision).
+    start = time.perf_counter()
+    refused = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", UNENTITLED_PROCEDURE,
+                           my_number=person)
+    flows.append({"name": "step2-unentitled-procedure", "ok": refused["exit_code"] == 2
+                  and refused.get("reason") == "PROCEDURE_NOT_ALLOWED" and not refused.get("account"),
+                  "status": refused["status"], "reason": refused.get("reason"), "agency": AGENCY,
+                  "procedure": UNENTITLED_PROCEDURE, "via": "renkei agency inquire", "elapsed_ms": _ms(start)})
+
     # Someone else types the person's account and name: the bank's records say the account is not
     # theirs (NOT_HOLDER), nothing is registered for them, and an agency gets no account for them.
     start = time.perf_counter()
     attempt = await renkei(settings, "portal", "register", *_account_flags(account), my_number=other)
-    theirs = await renkei(settings, "agency", "inquire", "--agency", AGENCY, my_number=other)
+    theirs = await renkei(settings, "agency", "inquire", "--agency", AGENCY, "--procedure", PROCEDURE,
+                          my_number=other)
     flows.append({"name": "step1-others-account-refused",
                   "ok": attempt["exit_code"] == 2 and attempt["status"] == "NOT_HOLDER"
                   and theirs["exit_code"] == 0 and theirs["status"] == "NOT_REGISTERED",
@@ -154,8 +170,8 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
             await counter.stop()
         after = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-            body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
+            body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE)
         flows.append({"name": "step3-bank-registration",
                       "ok": status == "DONE"
                       and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
@@ -170,7 +186,8 @@ async def person_records(settings: Settings, my_number: str) -> list[dict[str, A
     shown = await renkei(settings, "portal", "records", my_number=my_number)
     return [
         {"seq": n, "requester": r["requester"], "provider": r["provider"], "data_item": r["data_item"],
-         "legal_basis": r["legal_basis"], "status": r["status"], "requested_at": r["requested_at"],
+         "legal_basis": r["legal_basis"], "procedure": (r.get("procedure") or {}).get("code"),
+         "status": r["status"], "requested_at": r["requested_at"],
          "provided_at": r["provided_at"], "chain_ok": r["verified"]}
         for n, r in enumerate(shown.get("records") or [], start=1)
     ]

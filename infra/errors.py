@@ -33,6 +33,8 @@ class Reason(str, Enum):
     SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"  # this sender may not send this type to this recipient (infra.senders)
     UNSOLICITED = "UNSOLICITED"  # an answer from a participant that was not asked
     RATE_LIMITED = "RATE_LIMITED"  # the sender exceeded its message rate at the hub
+    UNKNOWN_PROCEDURE = "UNKNOWN_PROCEDURE"  # no procedure named, or one not in the catalogue (infra.procedures)
+    PROCEDURE_NOT_ALLOWED = "PROCEDURE_NOT_ALLOWED"  # the agency is not entitled to the procedure it names
 
 
 class RenkeiError(Exception):
@@ -82,4 +84,5 @@ class EnvelopeRejection(Rejection):
 
 
 class PolicyDenied(Rejection):
-    """The default-deny policy refused the combination (UNAUTHORISED, SUSPENDED, UNKNOWN_PARTICIPANT)."""
+    """The default-deny policy refused the combination (UNAUTHORISED, SUSPENDED, UNKNOWN_PARTICIPANT,
+    UNKNOWN_PROCEDURE, PROCEDURE_NOT_ALLOWED)."""

@@ -18,7 +18,9 @@ Handles, over its inbox (see docs/architecture.md for the sequences):
   no answer within ``registry_check_deadline_s`` is closed by
   :func:`expire_checks` with a TIMEOUT result to whoever asked.
 - ``provision.inquiry`` from an agency (STEP2) — answers REGISTERED with the
-  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED.
+  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED; the
+  answer's signed envelope states that outcome and the inquiry's procedure,
+  so the hub's provision record says what happened.
 
 People are known only by the registry's own tokens.  Account data is stored
 encrypted with a per-person data key (AES-GCM, the token as associated data);
@@ -260,7 +262,10 @@ class Registry:
         else:
             account = await self.vault.open(ctx.conn, ctx.meta.subject, row["account_ct"])
             status = "REGISTERED" if account is not None else "NOT_REGISTERED"
-        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()})
+        # The outcome goes into the signed envelope too: the hub cannot read the body, and the provision
+        # record must say what happened (REGISTERED → PROVIDED; NOT_REGISTERED and BLOCKED provide nothing).
+        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
+                  outcome=status)
 
 
 async def expire_checks(runtime: ParticipantRuntime, deadline_s: float, *, limit: int = 200) -> int:

@@ -57,7 +57,8 @@ async function loadRecords() {
     const [mark, cls] = marks[r.state] || ["✘", "broken record"];
     tr.className = cls;
     tr.title = r.state === "PENDING" ? "not yet checkpointed" : r.state.toLowerCase();
-    for (const v of [mark, r.requested_at, r.requester, r.provider, r.data_item, r.legal_basis, r.status]) {
+    const purpose = r.procedure ? `${r.procedure.name_ja || r.procedure.code}${r.procedure.purpose_ja ? " — " + r.procedure.purpose_ja : ""}` : "";
+    for (const v of [mark, r.requested_at, r.requester, r.provider, r.data_item, r.legal_basis, purpose, r.status]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);

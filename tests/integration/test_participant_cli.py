@@ -174,25 +174,29 @@ async def test_an_entitled_agency_registers_alongside_a_procedure(renkei, person
 
 
 async def test_agency_inquire_gets_the_account(renkei, person, registered):
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                "--my-number", person("a"),
                                 "--item", "public-funds-account")
     assert code == 0, out
     assert out["status"] == "REGISTERED" and out["agency"] == "agency-nta" and out["item"] == "public_funds_account"
     assert out["account"]["account_number"] == registered
-    code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                  "--my-number", person("a"),
                                   as_json=False)
     assert code == 0 and "REGISTERED" in table and registered in table
 
 
 async def test_suspended_agency_is_rejected_by_the_hub(renkei, person):
-    code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--my-number", person("a"))
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--procedure", "child-allowance",
+                                  "--my-number", person("a"))
     assert code == 2, out
     assert out["status"] == "REJECTED" and out["reason"] == "SUSPENDED" and out["account"] is None
     assert err.startswith("renkei: agency inquire rejected: SUSPENDED")
 
 
 async def test_portal_records_with_the_chain_verified(renkei, person, registered):
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"))
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                "--my-number", person("a"))
     assert code == 0 and out["status"] == "REGISTERED", out  # a provision, to be listed below
     code, out, _ = await renkei("portal", "records", "--my-number", person("a"))
     assert code == 0, out
@@ -232,7 +236,8 @@ async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei, per
 async def test_delete_then_inquire_finds_nothing(renkei, person, registered):
     code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
     assert code == 0 and out["status"] == "DONE", out
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--my-number", person("a"))
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--procedure", "child-allowance",
+                                "--my-number", person("a"))
     assert code == 0 and out["status"] == "NOT_REGISTERED" and out["account"] is None, out
     code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
     assert code == 2 and out["reason"] == "NOT_REGISTERED", out
@@ -244,12 +249,14 @@ async def test_a_bad_my_number_is_refused_at_the_edge(renkei, person):
     code, out, err = await renkei("portal", "records", "--my-number", bad)
     assert code == 2 and out["reason"] == "INVALID_FIELD" and "check digit" in out["detail"]
     assert bad not in json.dumps(out, ensure_ascii=False) + err
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", "12345")
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                "--my-number", "12345")
     assert code == 2 and out["detail"] == "my_number: must be 12 ASCII digits"
 
 
 async def test_no_answer_in_time_is_an_error(renkei, person, registered):
-    code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
+    code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                  "--my-number", person("a"),
                                   "--timeout", "0.001")
     assert code == 1 and out["status"] == "TIMEOUT", out
     assert err.startswith("renkei: agency inquire failed: TIMEOUT") and "Traceback" not in err

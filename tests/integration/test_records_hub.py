@@ -32,6 +32,7 @@ from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
     answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry",
                                subject=await bus.token_for(AGENCY, mn), data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                                basis=BASIS_PROVISION,
-                               body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": now})
+                               body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now},
+                               procedure=PROCEDURE)
     assert answer.body["status"] == "REGISTERED"
 
 
