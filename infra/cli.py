@@ -371,11 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
+    from connectors import portal_card_command
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
     channel_key_command.register()
+    portal_card_command.register()
     return parser
 
 
