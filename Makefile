@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-demo: $(STAMP)  ## run the end-to-end scenario on the embedded broker + PostgreSQL
-	$(BIN)/renkei demo
+demo: $(STAMP)  ## the end-to-end scenario, then the portal stays up to log in (Ctrl-C stops)
+	$(BIN)/renkei demo --serve
 
 test: $(STAMP)  ## unit + integration tests on the real embedded broker and PostgreSQL
 	$(BIN)/python -m pytest -q
