@@ -2,15 +2,18 @@
 
 One platform for the module (hub, registry and simulated banks as real processes on the real broker and
 PostgreSQL); every command runs through ``infra.cli.main`` exactly as typed, pointed at the platform with
-the configuration flags, its stdout and stderr captured.  Every My Number used is registered and may
-appear in no output, log record or exception message.
+the configuration flags, its stdout and stderr captured, secrets on its standard input.  Every My Number
+used is registered and may appear in no output, log record or exception message.  The person's commands
+take their card and PIN (a My Number alone is refused); ``portal card …`` are the card issuer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +33,8 @@ OUTPUT: list[str] = []
 PEOPLE: dict[str, str] = {}
 """Name → My Number of everyone the tests act for."""
 ACCOUNTS: dict[str, str] = {}
+PINS: dict[str, str] = {}
+"""Name → the PIN of their card (card id ``card-<name>``)."""
 
 
 def person(name: str) -> str:
@@ -52,11 +57,13 @@ def flags(running_platform) -> list[str]:
 
 @pytest.fixture
 def renkei(capsys, flags, monkeypatch):
-    """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr)."""
+    """``await renkei("portal", "register", …, stdin="1234\n")`` → (exit code, JSON object or the table text,
+    stderr)."""
     monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped cells
 
-    async def run(*argv: str, as_json: bool = True) -> tuple[int, object, str]:
+    async def run(*argv: str, as_json: bool = True, stdin: str = "") -> tuple[int, object, str]:
         capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         patience = [] if "--timeout" in argv else ["--timeout", "120"]  # a loaded CI machine: the CLI default is 30
         code = await asyncio.to_thread(main, [*argv, *patience, *flags, *(["--json"] if as_json else [])])
         out, err = capsys.readouterr()
@@ -64,6 +71,22 @@ def renkei(capsys, flags, monkeypatch):
         return code, (json.loads(out) if as_json else out), err
 
     return run
+
+
+async def card_of(renkei, name: str) -> str:
+    """Issue ``card-<name>`` to the person (once), as the card issuer does: My Number and PIN on stdin."""
+    if name not in PINS:
+        PINS[name] = f"{RNG.randrange(10_000):04d}"
+        code, out, _ = await renkei("portal", "card", "issue", "--card", f"card-{name}", "--my-number", "-",
+                                    "--pin", "-", stdin=f"{person(name)}\n{PINS[name]}\n")
+        assert code == 0 and out["state"] == "ACTIVE", out
+    return f"card-{name}"
+
+
+async def as_person(renkei, name: str, *argv: str, pin: str | None = None, **kw) -> tuple[int, object, str]:
+    """``renkei portal <argv> --card card-<name> --pin -`` with the card's PIN (or ``pin``) on stdin."""
+    card = await card_of(renkei, name)
+    return await renkei("portal", *argv, "--card", card, "--pin", "-", stdin=f"{pin or PINS[name]}\n", **kw)
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -95,7 +118,7 @@ def test_other_modules_can_add_to_a_group():
     subcommand("bank", "example", run, "an example").add_argument("--channel", choices=["files", "http"])
     args = parser.parse_args(["bank", "example", "--channel", "files", "--json", "--state-dir", "/x"])
     assert args.run is run and args.channel == "files" and args.json and args.state_dir == "/x"
-    args = parser.parse_args(["portal", "numbering", "--my-number", "-", "--banks", "9000,9001"])
+    args = parser.parse_args(["portal", "numbering", "--card", "card-x", "--pin", "-", "--banks", "9000,9001"])
     assert args.bank_codes == "9000,9001" and not hasattr(args, "banks")  # --banks here: the command's banks
 
 
@@ -116,7 +139,7 @@ async def test_seed_account_then_register(renkei):
     code, out, _ = await renkei("bank", "seed-account", *acct, "--closed")
     assert code == 2 and out["reason"] == "ACCOUNT_EXISTS"
 
-    code, out, err = await renkei("portal", "register", "--my-number", mn, *acct)
+    code, out, err = await as_person(renkei, "a", "register", *acct)
     assert code == 0, (out, err)
     assert out["status"] == "DONE" and out["reason"] is None and out["operation"] == "REGISTER"
     assert out["request_id"] and err == ""
@@ -126,12 +149,12 @@ async def test_register_with_a_wrong_holder_or_someone_elses_account_is_rejected
     acct = account_args("9001")
     assert (await renkei("bank", "seed-account", *acct, "--my-number", person("b")))[0] == 0
     wrong = acct[:-1] + ["スズキ ハナコ"]
-    code, out, err = await renkei("portal", "register", "--my-number", person("b"), *wrong)
+    code, out, err = await as_person(renkei, "b", "register", *wrong)
     assert code == 2, out
     assert out["status"] == "HOLDER_MISMATCH" and out["reason"] == "HOLDER_MISMATCH"
     assert "HOLDER_MISMATCH" in err and len(err.strip().splitlines()) == 1
     # the right name, but the bank's records say the account is b's, not d's
-    code, out, err = await renkei("portal", "register", "--my-number", person("d"), *acct)
+    code, out, err = await as_person(renkei, "d", "register", *acct)
     assert code == 2 and out["status"] == "NOT_HOLDER" and out["reason"] == "NOT_HOLDER", out
 
 
@@ -165,14 +188,17 @@ async def test_suspended_agency_is_rejected_by_the_hub(renkei):
 
 
 async def test_portal_records_with_the_chain_verified(renkei):
-    code, out, _ = await renkei("portal", "records", "--my-number", person("a"))
+    code, out, _ = await as_person(renkei, "a", "records")
     assert code == 0, out
     assert out["chain_ok"] is True and out["problems"] == [] and out["status"] == "OK"
     assert out["verdict"] in ("OK", "PENDING")  # PENDING: the hub's next checkpoint will cover the newest records
     assert out["records"] and all(r["verified"] for r in out["records"])
     assert any(r["requester"] == "agency-nta" and r["provider"] == "registry" for r in out["records"])
-    code, table, _ = await renkei("portal", "records", "--my-number", person("a"), as_json=False)
-    assert code == 0 and ("OK: every record" in table or "PENDING: " in table) and "agency-nta" in table
+    nta = next(r for r in out["records"] if r["requester"] == "agency-nta")
+    assert nta["requester_name"] == {"ja": "国税庁 還付金担当", "en": "National Tax Agency refunds"}
+    code, table, _ = await as_person(renkei, "a", "records", as_json=False)
+    assert code == 0 and ("OK: every record" in table or "PENDING: " in table)
+    assert "National Tax Agency refunds" in table
 
 
 async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei):
@@ -180,7 +206,7 @@ async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei):
     for bank in ("9000", "9000", "9001"):
         assert (await renkei("bank", "seed-account", *account_args(bank), "--my-number", mn))[0] == 0
 
-    code, out, _ = await renkei("portal", "numbering", "--my-number", mn, "--banks", "9000,bank-9001,9002")
+    code, out, _ = await as_person(renkei, "c", "numbering", "--banks", "9000,bank-9001,9002")
     assert code == 0, out
     assert out["status"] == "DONE"
     assert [(b["bank_code"], b["status"], b["accounts_linked"]) for b in out["banks"]] == [
@@ -201,18 +227,19 @@ async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei):
 
 
 async def test_delete_then_inquire_finds_nothing(renkei):
-    code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
+    code, out, _ = await as_person(renkei, "a", "delete")
     assert code == 0 and out["status"] == "DONE", out
     code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--my-number", person("a"))
     assert code == 0 and out["status"] == "NOT_REGISTERED" and out["account"] is None, out
-    code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
+    code, out, _ = await as_person(renkei, "a", "delete")
     assert code == 2 and out["reason"] == "NOT_REGISTERED", out
 
 
 async def test_a_bad_my_number_is_refused_at_the_edge(renkei):
     good = person("bad-base")
     bad = PEOPLE["bad"] = used(good[:11] + str((int(good[11]) + 1) % 10))
-    code, out, err = await renkei("portal", "records", "--my-number", bad)
+    code, out, err = await renkei("portal", "card", "issue", "--card", "card-bad", "--my-number", "-", "--pin", "-",
+                                  stdin=f"{bad}\n1234\n")
     assert code == 2 and out["reason"] == "INVALID_FIELD" and "check digit" in out["detail"]
     assert bad not in json.dumps(out, ensure_ascii=False) + err
     code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", "12345")
@@ -229,13 +256,111 @@ async def test_no_answer_in_time_is_an_error(renkei):
 def test_stack_not_running_is_one_line(tmp_path):
     mn = person("d")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
-    done = subprocess.run([sys.executable, "-m", "infra.cli", "portal", "records", "--my-number", mn,
+    done = subprocess.run([sys.executable, "-m", "infra.cli", "agency", "inquire", "--agency", "agency-nta",
+                           "--my-number", mn,
                            "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parents[2], timeout=60)
     OUTPUT.extend((done.stdout, done.stderr))
     assert done.returncode == 1, done.stderr
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
     assert "renkei up --detach" in done.stderr
+
+
+# --------------------------------------------------------------------------- the person's card (13.11)
+
+
+async def test_a_my_number_alone_is_refused_for_the_persons_commands(renkei, capsys):
+    """The attack: act as the person on the portal with their My Number and no card. Refused at the edge;
+    nothing is filed; the person with their card, around it, is served."""
+    acct = account_args("9003")
+    mn = person("f")
+    assert (await renkei("bank", "seed-account", *acct, "--my-number", mn))[0] == 0
+    for argv in (["portal", "register", "--my-number", mn, *acct], ["portal", "records", "--my-number", "-"],
+                 ["portal", "delete", "--my-number", "-"], ["portal", "notices", "--my-number", "-"]):
+        with pytest.raises(SystemExit) as exited:
+            await renkei(*argv, stdin=f"{mn}\n")
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        OUTPUT.append(err)
+        assert "--card" in err and mn not in err
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", mn)
+    assert code == 0 and out["status"] == "NOT_REGISTERED"  # nothing was filed for them
+    code, out, _ = await as_person(renkei, "f", "register", *acct)
+    assert code == 0 and out["status"] == "DONE", out
+    code, out, _ = await renkei("portal", "records", "--card", await card_of(renkei, "f"), "--pin", PINS["f"])
+    assert code == 2 and out["reason"] == "INVALID_FIELD" and PINS["f"] not in json.dumps(out)  # PIN: stdin only
+
+
+async def test_wrong_pins_at_the_cli_lock_the_card_and_the_counter_unlocks_it_for_the_holder_only(renkei):
+    card = await card_of(renkei, "g")
+    wrong = f"{(int(PINS['g']) + 1) % 10_000:04d}"
+    seen = [(await as_person(renkei, "g", "records", pin=wrong))[1] for _ in range(3)]
+    assert [(o["reason"], "2 more" in o["detail"]) for o in seen[:1]] == [("WRONG_PIN", True)]
+    assert [o["reason"] for o in seen] == ["WRONG_PIN", "WRONG_PIN", "CARD_LOCKED"]
+    code, out, _ = await as_person(renkei, "g", "records")
+    assert code == 2 and out["reason"] == "CARD_LOCKED"  # the right PIN no longer helps
+    new_pin = f"{(int(PINS['g']) + 7) % 10_000:04d}"
+    code, out, _ = await renkei("portal", "card", "unlock", "--card", card, "--my-number", "-", "--pin", "-",
+                                stdin=f"{person('someone-else')}\n{new_pin}\n")
+    assert code == 2 and out["reason"] == "NOT_CARD_HOLDER"
+    code, out, _ = await renkei("portal", "card", "unlock", "--card", card, "--my-number", "-", "--pin", "-",
+                                stdin=f"{person('g')}\n{new_pin}\n")
+    assert code == 0 and out["state"] == "ACTIVE", out
+    assert (await as_person(renkei, "g", "records"))[1]["reason"] == "WRONG_PIN"  # the old PIN is gone
+    PINS["g"] = new_pin
+    assert (await as_person(renkei, "g", "records"))[0] == 0
+    code, out, _ = await renkei("portal", "card", "report-lost", "--card", card)
+    assert code == 0 and out["state"] == "SUSPENDED"
+    assert (await as_person(renkei, "g", "records"))[1]["reason"] == "CARD_SUSPENDED"
+    code, out, _ = await renkei("portal", "card", "lock", "--card", "card-never-issued")
+    assert code == 2 and out["reason"] == "UNKNOWN_CARD"
+
+
+async def test_card_issue_takes_its_secrets_from_stdin_only_and_once_per_id(renkei):
+    card = await card_of(renkei, "h")
+    code, out, err = await renkei("portal", "card", "issue", "--card", card, "--my-number", "-", "--pin", "-",
+                                  stdin=f"{person('h')}\n1234\n")
+    assert code == 2 and out["reason"] == "CARD_EXISTS"
+    code, out, err = await renkei("portal", "card", "issue", "--card", "card-h2", "--my-number", person("h"),
+                                  "--pin", "-", stdin="1234\n")
+    assert code == 2 and out["reason"] == "INVALID_FIELD" and "standard input" in out["detail"]
+    assert person("h") not in json.dumps(out) + err
+
+
+async def test_card_commands_are_refused_on_a_machine_without_the_portals_keys(renkei, running_platform, tmp_path,
+                                                                              monkeypatch):
+    """Who may run them: the card issuer on the portal's machine. A bank's machine (its own keys only) may not."""
+    keys = running_platform.settings.resolved_keys_dir
+    bank_machine = tmp_path / "bank-keys"
+    shutil.copytree(keys, bank_machine)
+    (bank_machine / "portal.keyset").unlink()
+    monkeypatch.setenv("RENKEI_KEYS_DIR", str(bank_machine))
+    code, out, _ = await renkei("portal", "card", "issue", "--card", "card-from-a-bank", "--my-number", "-",
+                                "--pin", "-", stdin=f"{person('i')}\n1234\n")
+    assert code == 2 and out["reason"] == "UNAUTHORISED" and "portal" in out["detail"]
+    code, out, _ = await renkei("portal", "card", "report-lost", "--card", await card_of(renkei, "a"))
+    assert code == 2 and out["reason"] == "UNAUTHORISED"
+
+
+async def test_portal_notices_show_what_the_registry_told_the_person(renkei, running_platform):
+    """The registration of person a (above) and the agency's inquiry reached the portal as notices, read with
+    the card (a portal connector stores what arrives in the portal's inbox)."""
+    from connectors.portal import PortalConnector
+
+    async with PortalConnector(running_platform.settings):
+        async def arrived():
+            code, out, _ = await as_person(renkei, "e", "notices")
+            return out if code == 0 and out["notices"] else None
+
+        from tests.integration.test_connectors_support import eventually
+
+        out = await eventually(arrived, timeout=90, interval=1.0)
+    registered = next(n for n in out["notices"] if n["kind"] == "REGISTRATION")
+    assert (registered["event"], registered["status"], registered["party"]) == ("REGISTER", "DONE", "agency-nta")
+    assert out["account"]["bank_code"] == "9002" and out["unread"] >= 1
+    code, table, _ = await as_person(renkei, "e", "notices", "--mark-read", as_json=False)
+    assert code == 0 and "REGISTRATION" in table and "National Tax Agency refunds" in table
+    assert (await as_person(renkei, "e", "notices"))[1]["unread"] == 0
 
 
 def test_no_my_number_in_any_output():
