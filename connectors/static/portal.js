@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const POLL_MS = 4000;
 const state = {
   lang: "ja", messages: null, csrf: null, me: null, banks: [], notices: [], unread: 0, records: null,
-  recordsError: null, requests: [], followed: new Set(), timer: null, seenNotices: null,
+  recordsError: null, requests: [], followed: new Set(), timer: null, seenNotices: null, said: {},
 };
 
 // ---------------------------------------------------------------- words
@@ -46,6 +46,7 @@ function applyLanguage() {
   for (const el of document.querySelectorAll("[data-i18n-aria]")) el.setAttribute("aria-label", t(el.dataset.i18nAria));
   for (const b of document.querySelectorAll("button.lang")) b.setAttribute("aria-pressed", String(b.dataset.lang === state.lang));
   document.title = t("title");
+  for (const [id, [words, kind]] of Object.entries(state.said)) show(id, words(), kind);
   renderAll();
 }
 
@@ -73,7 +74,13 @@ async function api(method, path, body) {
   return { status: res.status, data };
 }
 
-function say(id, text, kind) {
+// A message is kept as a function of the language, so switching language says it again in the new one.
+function say(id, words, kind) {
+  state.said[id] = [words, kind];
+  show(id, words(), kind);
+}
+
+function show(id, text, kind) {
   const el = $(id);
   el.textContent = text;
   el.className = `message${kind ? " " + kind : ""}`;
@@ -95,7 +102,7 @@ function loggedOut(ended) {
   state.me = null; state.csrf = null; state.seenNotices = null;
   $("app-section").hidden = true;
   $("login-section").hidden = false;
-  if (ended && wasIn) say("login-message", t("login.session_ended"), "error");
+  if (ended && wasIn) say("login-message", () => t("login.session_ended"), "error");
 }
 
 async function showApp(me) {
@@ -206,8 +213,7 @@ async function loadRequests() {
   for (const r of state.requests) {
     if (!state.followed.has(r.request_id) || r.state === "PENDING") continue;
     state.followed.delete(r.request_id);  // answered: say it where the person is looking, then refresh the rest
-    const [text, kind] = statusText(r);
-    say(r.kind === "numbering" ? "numbering-status" : "account-status", text, kind);
+    say(r.kind === "numbering" ? "numbering-status" : "account-status", () => statusText(r)[0], statusText(r)[1]);
     refreshMe();
     loadRecords();
   }
@@ -325,11 +331,13 @@ function renderRecords() {
   const columns = ["when", "requester", "provider", "item", "procedure", "status", "check"];
   for (const r of [...data.records].reverse()) {
     const cls = marks[r.state] || "broken";
+    // The legal basis always; the procedure and its purpose when the record names them.
+    const basis = has(`basis.${r.legal_basis}`) ? t(`basis.${r.legal_basis}`) : r.legal_basis;
     const procedure = [r.procedure_name ? nameOf(r.procedure_name) : r.procedure, r.purpose].filter(Boolean).join(" / ");
     const cells = [
       when(r.provided_at || r.requested_at), nameOf(r.requester_name) || r.requester,
       nameOf(r.provider_name) || r.provider, has(`item.${r.data_item}`) ? t(`item.${r.data_item}`) : r.data_item,
-      procedure || (has(`basis.${r.legal_basis}`) ? t(`basis.${r.legal_basis}`) : r.legal_basis),
+      procedure ? `${basis} — ${procedure}` : basis,
       has(`records.status.${r.status}`) ? t(`records.status.${r.status}`) : r.status,
       t(`records.state.${r.state}`),
     ];
@@ -385,17 +393,19 @@ document.addEventListener("DOMContentLoaded", async () => {
       const { status, data } = await api("POST", "/api/login", { card_id: $("card-id").value.trim(), pin: $("pin").value });
       $("pin").value = "";
       if (status === 200) {
-        say("login-message", "");
+        say("login-message", () => "");
         const fresh = await api("GET", "/api/me");
         if (fresh.status === 200) { await showApp(fresh.data); $("main").focus(); }
         return;
       }
-      let text = problemText(data);
-      if (data.reason === "WRONG_PIN" && data.tries_left !== undefined) text = t("login.tries_left", { n: data.tries_left });
-      if (data.reason === "CARD_LOCKED") text = t("login.locked");
-      if (data.reason === "CARD_SUSPENDED") text = t("login.suspended");
-      if (data.reason === "RATE_LIMITED") text = t("login.throttled", { n: data.retry_after_s });
-      say("login-message", text, "error");
+      const words = () => {
+        if (data.reason === "WRONG_PIN" && data.tries_left !== undefined) return t("login.tries_left", { n: data.tries_left });
+        if (data.reason === "CARD_LOCKED") return t("login.locked");
+        if (data.reason === "CARD_SUSPENDED") return t("login.suspended");
+        if (data.reason === "RATE_LIMITED") return t("login.throttled", { n: data.retry_after_s });
+        return problemText(data);
+      };
+      say("login-message", words, "error");
       $("pin").focus();
     });
   });
@@ -403,7 +413,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("logout-button").addEventListener("click", async () => {
     await api("POST", "/api/logout");
     loggedOut(false);
-    say("login-message", "");
+    say("login-message", () => "");
   });
 
   for (const radio of document.querySelectorAll("input[name=operation]")) radio.addEventListener("change", showOperation);
@@ -420,8 +430,8 @@ document.addEventListener("DOMContentLoaded", async () => {
         };
       }
       const { status, data } = await api("POST", "/api/account", body);
-      if (status !== 202) { say("account-status", problemText(data), "error"); return; }
-      say("account-status", t("state.sent"), "pending");
+      if (status !== 202) { say("account-status", () => problemText(data), "error"); return; }
+      say("account-status", () => t("state.sent"), "pending");
       state.followed.add(data.request_id);
       await loadRequests();
     });
@@ -432,8 +442,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     submitting($("numbering-button"), async () => {
       const codes = [...document.querySelectorAll("#numbering-banks input:checked")].map((i) => i.value);
       const { status, data } = await api("POST", "/api/numbering", { bank_codes: codes });
-      if (status !== 202) { say("numbering-status", problemText(data), "error"); return; }
-      say("numbering-status", t("state.numbering_sent"), "pending");
+      if (status !== 202) { say("numbering-status", () => problemText(data), "error"); return; }
+      say("numbering-status", () => t("state.numbering_sent"), "pending");
       state.followed.add(data.request_id);
       await loadRequests();
     });
