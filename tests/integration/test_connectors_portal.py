@@ -28,8 +28,8 @@ from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
 from connectors.runtime import start_site
-from infra.keystore import KeyStore
 from infra.errors import Rejection
+from infra.keystore import KeyStore
 from infra.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
     BASIS_PROVISION,
@@ -41,7 +41,7 @@ from infra.provisions import ProvisionStore, RecordDraft
 from infra.storage import create_pool
 from schemas import types as T
 from tests.integration.platform_fixtures import *  # noqa: F403
-from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, own_database
+from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +50,7 @@ AGENCY = "agency-city-minato"
 
 @pytest.fixture(scope="module")
 async def portal(running_platform):
-    settings = await own_database(running_platform.settings, "portal")
-    # Many cards are locked from 127.0.0.1 in this module: the throttle has its own test.
-    async with PortalConnector(settings, provisions_dsn=running_platform.settings.pg_dsn,
-                               throttle=LoginThrottle(max_failures=10_000)) as p:
+    async with serve_portal(running_platform.settings) as p:
         yield p
 
 

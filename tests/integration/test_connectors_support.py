@@ -8,13 +8,14 @@ banks, provision records), on the same real PostgreSQL and the same real broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import re
 import time
 import uuid
 from datetime import UTC, datetime
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,22 @@ async def own_database(platform_settings: Settings, name: str) -> Settings:
     finally:
         await conn.close()
     return dataclasses.replace(platform_settings, pg_dsn=f"{base}{'&' if '?' in base else '?'}search_path={schema}")
+
+
+@contextlib.asynccontextmanager
+async def serve_portal(platform_settings: Settings, name: str = "portal") -> AsyncIterator[Any]:
+    """The portal connector with its own database next to the platform, verifying the platform's records.
+
+    Test modules lock many cards from 127.0.0.1, so its per-client login throttle is out of the way here
+    (it has a test of its own).
+    """
+    from connectors.portal import PortalConnector
+    from connectors.portal_throttle import LoginThrottle
+
+    settings = await own_database(platform_settings, name)
+    async with PortalConnector(settings, provisions_dsn=platform_settings.pg_dsn,
+                               throttle=LoginThrottle(max_failures=10_000)) as portal:
+        yield portal
 
 
 def my_number() -> str:

@@ -31,11 +31,10 @@ from typing import Any
 import pytest
 
 from connectors.portal import PortalConnector
-from connectors.portal_throttle import LoginThrottle
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
 from tests.integration.platform_fixtures import *  # noqa: F403
-from tests.integration.test_connectors_support import account, hold_account, my_number, own_database
+from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration
 
@@ -72,9 +71,7 @@ def browser_ready() -> None:
 
 @pytest.fixture(scope="module")
 async def portal(running_platform):
-    settings = await own_database(running_platform.settings, "portal-web")
-    async with PortalConnector(settings, provisions_dsn=running_platform.settings.pg_dsn,
-                               throttle=LoginThrottle(max_failures=10_000)) as p:
+    async with serve_portal(running_platform.settings, "portal-web") as p:
         yield p
 
 
