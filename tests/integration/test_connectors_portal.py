@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from connectors.channel_tls import CA_FILE, client_context, server_certificate
-from connectors.dicj import DicjDesk
+from connectors.cli_client import CommandDicj
 from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
@@ -404,10 +404,10 @@ async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice
         answered = await follow(v, body["request_id"])
         assert answered["state"] == "ANSWERED" and answered["banks"] == {"9000": "NO_ACCOUNT", "9001": "LINKED"}
 
-        s = running_platform.settings
-        async with DicjDesk(s, group=f"{s.kafka.topic_prefix}.portal-test-dicj") as desk:
+        # DICJ's desk as `renkei dicj lookup` runs it (no consumer group to join: it reads from the high watermark)
+        async with CommandDicj(running_platform.settings) as desk:
             cid = await desk.start_lookup("INHERITANCE", await desk.token_for("dicj", mn), deadline_s=15)
-            view = await desk.wait_result(cid, timeout=90)
+            view = await desk.wait_result(cid, timeout=120)
         assert view["banks_with_accounts"] == ["9001"]
         (found,) = await notices(v, "LOOKUP")
         assert (found["event"], found["status"], found["bank_codes"]) == ("INHERITANCE", "COMPLETE", ["9001"])
