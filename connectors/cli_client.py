@@ -98,8 +98,8 @@ class Listening(RaisesRefusals):
         if self.apply:  # what the effects queued (DICJ's notices to the person) goes out before the command ends
             try:
                 await asyncio.wait_for(self._flush(), 10.0)
-            except Exception as exc:  # broker away: the rows wait in the outbox for the next DICJ process
-                log.warning("outbox not flushed on exit (%s)", type(exc).__name__)
+            except Exception as failed:  # broker away: the rows wait in the outbox for the next DICJ process
+                log.warning("outbox not flushed on exit (%s)", type(failed).__name__)
         await self.runtime.stop()
 
     async def _flush(self) -> None:
@@ -118,8 +118,10 @@ class Listening(RaisesRefusals):
         await self._consumer.start()
         tps = [TopicPartition(topic, p) for topic in self.runtime.by_inbox
                for p in await partitions_of(self._consumer, topic)]
-        # The high watermark from a fetch response (end_offsets is wrong on the embedded broker).
-        for tp, offset in (await high_watermarks(self._consumer, tps)).items():
+        # Start at the ends (end_offsets on Apache Kafka; on Tansu, from a fetch response).
+        ends = await high_watermarks(self._consumer, tps, kafka=settings.kafka)
+        self._consumer.assign(tps)
+        for tp, offset in ends.items():
             self._consumer.seek(tp, offset)
         self._listener = asyncio.create_task(self._listen(), name="cli-listener")
 

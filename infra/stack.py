@@ -33,6 +33,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--pg-dsn", settings.pg_dsn,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
+        "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
@@ -56,8 +57,8 @@ class Platform:
         self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
-        self.stack = EmbeddedStack(
-            settings.state_dir,
+        self.stack = EmbeddedStack.for_settings(
+            settings,
             kafka_port=settings.embedded_kafka_port,
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
@@ -83,6 +84,7 @@ class Platform:
             self.settings = self.base_settings.with_endpoints(
                 bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+                broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
             admin = admin_client(self.settings)
@@ -140,14 +142,20 @@ class Platform:
 
 
 async def bootstrap_keys(settings: Settings, participants: Any) -> None:
-    """Create missing keys (embedded world) and publish the signed key directory on the keys topic."""
+    """Create missing keys (embedded world) and publish what the key directory on the keys topic lacks.
+
+    Only what is missing or newer (``infra.keyadmin.sync``): a key revoked or retired, or a participant
+    suspended, with ``renkei keys`` / ``renkei participants`` stays so across ``renkei down`` / ``up``,
+    also when the broker lost the topic (the root holder's journal restores it as it was).
+    """
     import asyncio
 
-    from infra.keystore import KeyStore, directory_records, publish_directory
+    from infra.keyadmin import sync
+    from infra.keystore import KeyStore
 
     store = KeyStore.for_settings(settings)
     await asyncio.to_thread(store.bootstrap, participants)
-    await publish_directory(settings, await asyncio.to_thread(directory_records, store, participants))
+    await sync(settings, store, participants)
 
 
 async def wait_for_groups(settings: Settings, groups: list[str], timeout: float) -> None:

@@ -197,8 +197,12 @@ async def test_reporting_a_card_lost_ends_every_session_and_only_the_holder_unlo
             await portal.cards.unlock(card, await portal.runtime.token_for("portal", my_number()), "9753")
         assert refused.value.code == "NOT_CARD_HOLDER"
         await portal.cards.unlock(card, await portal.runtime.token_for("portal", mn), "9753")
+        assert (await laptop.call("GET", "/api/me"))[0] == 401  # a session ended by the report stays ended
         assert (await phone.login(card, "8642"))[0] == 401  # the old PIN is gone
         assert (await phone.login(card, "9753"))[0] == 200
+        await portal.cards.lock(card)  # locked at the counter (the person asks): its live sessions end too
+        assert (await phone.call("GET", "/api/me"))[0] == 401
+        assert (await phone.login(card, "9753"))[1]["reason"] == "CARD_LOCKED"
 
 
 async def test_sessions_are_stored_hashed_and_end_when_idle_or_too_old(portal):

@@ -1,8 +1,8 @@
 """The portal as a person meets it: headless Chromium drives whole visits on the real stack (issue 20, 14.7).
 
 Playwright (the ``playwright`` package) with Debian's Chromium (``/usr/bin/chromium``) and a Japanese font
-(``fonts-noto-cjk``), both installed by ``.ci/run``.  A missing browser or font FAILS this module, it does
-not skip (set ``RENKEI_SKIP_BROWSER=1`` to skip it deliberately on a machine without them).
+(``fonts-noto-cjk``), both installed by ``.ci/run``.  A missing browser or font skips this module on a
+developer's machine and FAILS it in CI (``tests.tools.require`` under ``RENKEI_CI_REQUIRE=1``).
 
 - A whole visit, in Japanese, with the keyboard for the login: a wrong PIN (tries left shown), log in,
   register the account (the bank's check: pending, then confirmed), the account shown masked, the
@@ -35,6 +35,7 @@ from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
+from tests.tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +62,7 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
-    why = _missing()
-    if why is None:
-        return
-    if os.environ.get("RENKEI_SKIP_BROWSER") == "1":
-        pytest.skip(f"RENKEI_SKIP_BROWSER=1: {why}")
-    pytest.fail(f"the portal's browser tests need Chromium and a Japanese font: {why}", pytrace=False)
+    require(_missing())
 
 
 @pytest.fixture(scope="module")
