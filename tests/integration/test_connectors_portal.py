@@ -24,6 +24,7 @@ import pytest
 
 from connectors.channel_tls import CA_FILE, client_context, server_certificate
 from connectors.cli_client import CommandDicj
+from connectors.client import BusClient
 from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
@@ -52,6 +53,16 @@ AGENCY = "agency-city-minato"
 async def portal(running_platform):
     async with serve_portal(running_platform.settings) as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+async def bus(running_platform):
+    """The portal and the agencies as one client of the bus — not DICJ: a plain client of DICJ's identity would
+    claim DICJ's messages in the platform's database before the DICJ desk of the lookup test could."""
+    ids = ["portal"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
+    async with BusClient(running_platform.settings, ids,
+                         group=f"{running_platform.settings.kafka.topic_prefix}.portal-clients") as client:
+        yield client
 
 
 class Visitor:
