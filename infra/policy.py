@@ -68,10 +68,11 @@ DATA_DEPOSIT_ACCOUNT_NUMBERING: Final = "deposit_account_numbering"  # 預貯金
 DATA_DEPOSIT_ACCOUNT_HOLDINGS: Final = "deposit_account_holdings"  # which banks hold accounts
 DATA_PERSON_TOKEN: Final = "person_token"  # 符号
 DATA_NONE: Final = "none"  # the message carries no personal data item (rejection notices)
+DATA_PERSON_NOTICE: Final = "person_notice"  # お知らせ: what the platform did about the person, told to them
 
 DATA_ITEMS: Final = frozenset({
     DATA_PUBLIC_FUNDS_ACCOUNT, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
-    DATA_PERSON_TOKEN, DATA_NONE,
+    DATA_PERSON_TOKEN, DATA_NONE, DATA_PERSON_NOTICE,
 })
 
 ANY: Final = "*"

@@ -49,6 +49,8 @@ FLOWS: list[tuple[tuple[Kind, ...], tuple[Kind, ...], str, str, tuple[str, ...],
     (ALL_KINDS, (K.HUB,), "token.issue.request", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
     ((K.HUB,), ALL_KINDS, "token.issue.response", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
     ((K.HUB,), ALL_KINDS, "rejection.notice", P.DATA_NONE, (P.BASIS_NETWORK_OPERATION,), False),
+    ((K.REGISTRY,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (REG, ALONG, CHG, BANK_IN, PROV), False),
+    ((K.DICJ,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (INH, DIS), False),
 ]
 
 ALLOWED: dict[tuple[Kind, Kind, str, str, str], bool] = {
