@@ -296,6 +296,16 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
     g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
                    help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
+    for flag, dest, meaning in (
+            ("--lookup-deadline-inheritance", "lookup_deadline_inheritance_s", "an inheritance lookup gathers "
+             "the banks' answers (10d)"),
+            ("--lookup-deadline-disaster", "lookup_deadline_disaster_s", "a disaster lookup gathers answers (3d)"),
+            ("--lookup-reminder-interval", "lookup_reminder_interval_s", "DICJ waits before re-sending a lookup "
+             "to the banks that have not answered (1d)"),
+            ("--numbering-deadline", "numbering_deadline_s", "DICJ gathers the banks' answers to a numbering "
+             "request it passes on (3d)")):
+        g.add_argument(flag, dest=dest, default=S, metavar="DURATION",
+                       help=f"how long {meaning}; seconds or 90s, 30m, 36h, 10d")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 

@@ -33,6 +33,11 @@ class Reason(str, Enum):
     SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"  # this sender may not send this type to this recipient (infra.senders)
     UNSOLICITED = "UNSOLICITED"  # an answer from a participant that was not asked
     RATE_LIMITED = "RATE_LIMITED"  # the sender exceeded its message rate at the hub
+    # 相続時・災害時照会 applications refused by DICJ (connectors.dicj), told to the applicant in its notification
+    DEATH_NOT_CONFIRMED = "DEATH_NOT_CONFIRMED"  # the resident record (J-LIS) does not confirm the stated death
+    UNKNOWN_DISASTER = "UNKNOWN_DISASTER"  # no declared disaster has this id (infra.disasters)
+    DISASTER_EXPIRED = "DISASTER_EXPIRED"  # the disaster's period for lookups is over (or has not begun)
+    OUTSIDE_DISASTER_AREA = "OUTSIDE_DISASTER_AREA"  # the depositor's area is not one the disaster covers
 
 
 class RenkeiError(Exception):

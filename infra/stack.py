@@ -35,6 +35,10 @@ def settings_args(settings: Settings) -> list[str]:
         "--topic-prefix", settings.kafka.topic_prefix,
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
+        "--lookup-deadline-inheritance", str(settings.lookup_deadline_inheritance_s),
+        "--lookup-deadline-disaster", str(settings.lookup_deadline_disaster_s),
+        "--lookup-reminder-interval", str(settings.lookup_reminder_interval_s),
+        "--numbering-deadline", str(settings.numbering_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
 
