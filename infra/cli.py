@@ -364,9 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("participants", cmd_participants, "list the registered participants")
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
-    from infra import ops, records_cli
+    from infra import disasters_cli, ops, records_cli
 
     records_cli.register(add)  # renkei records purge
+    disasters_cli.register(add)  # renkei disaster declare|change-period|list
     ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
