@@ -209,7 +209,7 @@ class _Traffic:
 
     async def lookup(self, dicj: Any) -> None:
         i = self.rng.randrange(len(self.people))
-        self.lookups.append(await dicj.start_lookup("INHERITANCE", self.token(i, "dicj"), deadline_s=300))
+        self.lookups.append(await dicj.start_lookup("INHERITANCE", self.token(i, "dicj")))
 
     async def inject_bad(self, producer: Any, count: int) -> None:
         """Envelopes the hub must dead-letter: expired, and an agency asking a bank directly (no rule)."""

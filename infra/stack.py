@@ -47,6 +47,7 @@ WORKERS: list[WorkerSpec] = [
     WorkerSpec("hub", "streams.hub", settings_args, lambda s: f"{s.kafka.topic_prefix}.hub"),
     WorkerSpec("registry", "streams.registry", settings_args, lambda s: f"{s.kafka.topic_prefix}.registry"),
     WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks"),
+    WorkerSpec("dicj", "connectors.dicj", settings_args, lambda s: f"{s.kafka.topic_prefix}.dicj"),
 ]
 """Workers `renkei up` starts, in order, each a supervised child process."""
 

@@ -51,7 +51,7 @@ from infra.topics import TopicNames
 from schemas import codec
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
-from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker
+from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
 
 log = logging.getLogger("renkei.hub")
@@ -152,7 +152,7 @@ class HubService:
         self.totals = BatchStats()
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
-                                     records=self.records)
+                                     records=self.records, deadlines=lookup_deadlines(settings))
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
