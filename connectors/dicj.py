@@ -177,6 +177,57 @@ def _inquiry_body(inquiry: dict[str, Any], reminder: int) -> dict[str, Any]:
             **times, "reminder": reminder}
 
 
+async def consolidated_view(db: Any, correlation_id: str) -> dict[str, Any]:
+    """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds."""
+    cid = uuid.UUID(correlation_id)
+    results = await db.fetch(
+        "SELECT is_supplement, answering, missing FROM dicj_lookup_results WHERE correlation_id = $1 "
+        "ORDER BY received_at", cid)
+    answers = {r["bank_code"]: json.loads(r["accounts"]) for r in await db.fetch(
+        "SELECT bank_code, accounts FROM dicj_lookup_answers WHERE correlation_id = $1", cid)}
+    main = next((r for r in results if not r["is_supplement"]), None)
+    answering = sorted(json.loads(main["answering"])) if main else []
+    late = sorted({c for r in results if r["is_supplement"] for c in json.loads(r["answering"])})
+    missing = sorted(set(json.loads(main["missing"])) - set(late)) if main else []
+    return {
+        "correlation_id": correlation_id,
+        "complete": main is not None,
+        "answering_banks": answering,
+        "banks_with_accounts": sorted(c for c in answering if answers.get(c)),
+        "accounts": [a for c in answering for a in answers.get(c, [])],
+        "missing_banks": missing,
+        "late_banks": late,
+        "late_banks_with_accounts": [c for c in late if answers.get(c)],
+        "supplement_accounts": [a for c in late for a in answers.get(c, [])],
+        "results_received": len(results),
+    }
+
+
+async def application_ledger(db: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """DICJ's applications, newest first, each with its lookup's tallies: ids, codes and counts only — no
+    person, no account (``renkei dicj lookup``)."""
+    rows = await db.fetch(
+        "SELECT a.*, l.asked, l.deadline, l.reminders FROM dicj_applications a LEFT JOIN dicj_lookups l "
+        "ON l.correlation_id = a.lookup_correlation ORDER BY a.received_at DESC LIMIT $1", limit)
+    out = []
+    for r in rows:
+        view = await consolidated_view(db, str(r["lookup_correlation"])) if r["lookup_correlation"] else None
+        out.append({
+            "applicant": r["applicant"], "kind": r["kind"], "application_ref": r["application_ref"],
+            "status": r["status"], "reason": r["reason"],
+            "banks_asked": len(json.loads(r["asked"])) if r["asked"] else 0,
+            "answering": len(view["answering_banks"]) if view else 0,
+            "missing": view["missing_banks"] if view else [], "late": view["late_banks"] if view else [],
+            "banks_with_accounts": sorted({*view["banks_with_accounts"], *view["late_banks_with_accounts"]})
+            if view else [],
+            "banks_not_asked": json.loads(r["banks_not_asked"]), "reminders": r["reminders"] or 0,
+            "received_at": r["received_at"].isoformat(),
+            "deadline": r["deadline"].isoformat() if r["deadline"] else None,
+            "notified_at": r["notified_at"].isoformat() if r["notified_at"] else None,
+            "notifications": r["notifications"]})
+    return out
+
+
 class DicjDesk(BusClient):
     """The DICJ participant: applications and lookups, answers and results, notifications, numbering passed on.
 
@@ -294,30 +345,8 @@ class DicjDesk(BusClient):
         return await self.view(correlation_id)
 
     async def view(self, correlation_id: str, conn: asyncpg.Connection | None = None) -> dict:
-        """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds."""
-        db: Any = conn or self.pool
-        cid = uuid.UUID(correlation_id)
-        results = await db.fetch(
-            "SELECT is_supplement, answering, missing FROM dicj_lookup_results WHERE correlation_id = $1 "
-            "ORDER BY received_at", cid)
-        answers = {r["bank_code"]: json.loads(r["accounts"]) for r in await db.fetch(
-            "SELECT bank_code, accounts FROM dicj_lookup_answers WHERE correlation_id = $1", cid)}
-        main = next((r for r in results if not r["is_supplement"]), None)
-        answering = sorted(json.loads(main["answering"])) if main else []
-        late = sorted({c for r in results if r["is_supplement"] for c in json.loads(r["answering"])})
-        missing = sorted(set(json.loads(main["missing"])) - set(late)) if main else []
-        return {
-            "correlation_id": correlation_id,
-            "complete": main is not None,
-            "answering_banks": answering,
-            "banks_with_accounts": sorted(c for c in answering if answers.get(c)),
-            "accounts": [a for c in answering for a in answers.get(c, [])],
-            "missing_banks": missing,
-            "late_banks": late,
-            "late_banks_with_accounts": [c for c in late if answers.get(c)],
-            "supplement_accounts": [a for c in late for a in answers.get(c, [])],
-            "results_received": len(results),
-        }
+        """DICJ's consolidated view of one lookup (:func:`consolidated_view`)."""
+        return await consolidated_view(conn or self.pool, correlation_id)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
         sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.senders)
@@ -456,29 +485,6 @@ class DicjDesk(BusClient):
                                          **inquiry)
         await ctx.conn.execute("UPDATE dicj_applications SET lookup_correlation = $2 WHERE correlation_id = $1",
                                application["correlation_id"], uuid.UUID(lookup))
-
-    async def applications(self, limit: int = 50) -> list[dict[str, Any]]:
-        """DICJ's ledger of applications, newest first: no person, no account (``renkei dicj lookup``)."""
-        rows = await self.pool.fetch(
-            "SELECT a.*, l.asked, l.deadline, l.reminders FROM dicj_applications a LEFT JOIN dicj_lookups l "
-            "ON l.correlation_id = a.lookup_correlation ORDER BY a.received_at DESC LIMIT $1", limit)
-        out = []
-        for r in rows:
-            view = await self.view(str(r["lookup_correlation"])) if r["lookup_correlation"] else None
-            out.append({
-                "applicant": r["applicant"], "kind": r["kind"], "application_ref": r["application_ref"],
-                "status": r["status"], "reason": r["reason"],
-                "banks_asked": len(json.loads(r["asked"])) if r["asked"] else 0,
-                "answering": len(view["answering_banks"]) if view else 0,
-                "missing": view["missing_banks"] if view else [], "late": view["late_banks"] if view else [],
-                "banks_with_accounts": sorted(set(view["banks_with_accounts"]) | set(view["late_banks_with_accounts"]))
-                if view else [],
-                "banks_not_asked": json.loads(r["banks_not_asked"]), "reminders": r["reminders"] or 0,
-                "received_at": r["received_at"].isoformat(),
-                "deadline": r["deadline"].isoformat() if r["deadline"] else None,
-                "notified_at": r["notified_at"].isoformat() if r["notified_at"] else None,
-                "notifications": r["notifications"]})
-        return out
 
     # -- reminders -------------------------------------------------------------------------------
     async def send_reminders(self, limit: int = 50) -> int:

@@ -381,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
-    from connectors import channel_key_command
+    from connectors import channel_key_command, lookup_commands
 
     participant_commands.register(add, common)
+    lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
     connector_serve.register()
     connector_ops.register(add, common)
     channel_key_command.register()
