@@ -206,6 +206,7 @@ def register() -> None:
                    "DICJ's ledger of lookup applications and their lookups (no person, no account)",
                    report_defaults={"applications": []})
     p.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
+    timeout_arg(p)
 
     p = subcommand("dicj", "record-death", cmd_dicj_record_death,
                    "the simulated J-LIS: record a death on the resident record (to try 相続時照会 by hand)",
