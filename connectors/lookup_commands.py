@@ -175,7 +175,7 @@ def _disaster_args(p: argparse.ArgumentParser) -> None:
                                                              "(renkei disaster list)")
     p.add_argument("--area", help="disaster: where the depositor lives, a prefecture (17) or municipality (17204) "
                                   "code")
-    p.add_argument("--banks", dest="bank_codes", metavar="CODES",
+    p.add_argument("--designated-banks", dest="bank_codes", metavar="CODES",
                    help="disaster: the banks the depositor designates (codes, comma-separated)")
 
 
@@ -183,8 +183,7 @@ def register() -> None:
     """Add the lookup commands (after :func:`connectors.commands.register`, which creates the groups)."""
     p = subcommand("bank", "apply-lookup", cmd_bank_apply_lookup,
                    "file an heir's (相続時照会) or a depositor's (災害時照会) lookup application taken at the bank's "
-                   "counter; DICJ's answer: which banks hold numbered accounts", report_defaults=NOTICE_KEYS,
-                   bank_codes=True)
+                   "counter; DICJ's answer: which banks hold numbered accounts", report_defaults=NOTICE_KEYS)
     p.add_argument("--bank", required=True, help="the bank where the applicant applied: code (9000) or id")
     p.add_argument("--kind", required=True, choices=["inheritance", "disaster"])
     my_number_arg(p)
@@ -196,7 +195,7 @@ def register() -> None:
 
     p = subcommand("portal", "disaster-lookup", cmd_portal_disaster_lookup,
                    "a depositor's disaster lookup (災害時照会) under a declared disaster, to the banks designated",
-                   report_defaults=NOTICE_KEYS, bank_codes=True)
+                   report_defaults=NOTICE_KEYS)
     my_number_arg(p)
     p.add_argument("--ref", dest="application_ref", help="the portal's reference for the application")
     _disaster_args(p)

@@ -183,11 +183,12 @@ async def _disaster(w: _World) -> dict[str, Any]:
                             "--areas", "17", "--from", "2026-01-01", "--until", "2099-12-31",
                             "--reason", "the demo declares it")
     answer = await renkei(w.settings, "portal", "disaster-lookup", "--disaster-id", DEMO_DISASTER,
-                          "--area", "17204", "--banks", "9000,9002", my_number=mn)
+                          "--area", "17204", "--designated-banks", "9000,9002", my_number=mn)
     return {"name": "disaster-lookup",
             "ok": declared["exit_code"] == 0 and answer["exit_code"] == 0
             and answer["banks_with_accounts"] == ["9000"] and answer["banks_not_answered"] == [],
-            "disaster": DEMO_DISASTER, "designated": ["9000", "9002"], "applied_on": "portal",
+            "disaster": DEMO_DISASTER, "declared": declared.get("status"), "status": answer.get("status"),
+            "reason": answer.get("reason"), "designated": ["9000", "9002"], "applied_on": "portal",
             "banks_with_accounts": answer.get("banks_with_accounts"),
             "via": "renkei disaster declare, renkei portal disaster-lookup",
             "result_ms": round((time.perf_counter() - started) * 1000, 1)}

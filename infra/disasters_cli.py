@@ -14,6 +14,7 @@ event, no change.  Exit codes: 0 done, 1 the stack is away, 2 a usage error
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import date
 from typing import Any
 
@@ -48,7 +49,11 @@ def register(add: Any) -> None:
     p.add_argument("--until", dest="applies_until", required=True, metavar="DATE", help="the new last day (JST)")
     p.add_argument("--reason", default=None, help="why (required; into the ops audit trail)")
     text = "list the declared disasters"
-    sub.add_parser("list", parents=[common_parser()], help=text, description=text).set_defaults(handler=cmd_list)
+    p = sub.add_parser("list", parents=[common_parser()], help=text, description=text)
+    p.set_defaults(handler=cmd_list)
+    for p in sub.choices.values():
+        p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                       help="seconds to wait for the platform's database and broker (default 30)")
 
 
 def _date(value: str, flag: str) -> date:
@@ -70,7 +75,7 @@ COLUMNS = ["id", "name", "areas", "from", "until", "open today"]
 
 
 async def _audited(settings: Settings, what: str, reason: str | None, disaster_id: str, detail: dict[str, Any],
-                   change: Any) -> tuple[Any, dict]:
+                   change: Any, *, timeout: float) -> tuple[Any, dict]:
     """Run ``change(conn, who, reason, event_id)`` in one transaction that commits only after the ops
     audit event was written."""
     import asyncpg
@@ -83,8 +88,8 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
 
     event = OpsEvent.new(what, reason or "", {"disaster": disaster_id}, dry_run=False, detail=detail)
     try:
-        conn = await asyncpg.connect(settings.pg_dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
+        conn = await asyncpg.connect(settings.pg_dsn, timeout=timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise StackError(f"cannot reach the platform's PostgreSQL ({type(exc).__name__})") from exc
     producer = make_producer(settings)
     try:
@@ -95,7 +100,7 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
 
             result = await change(conn, event.who, event.reason, uuid.UUID(event.id))
             try:
-                audit = await write_ops_event(settings, producer, event, {"status": "done"})
+                audit = await asyncio.wait_for(write_ops_event(settings, producer, event, {"status": "done"}), timeout)
             except RenkeiError:
                 raise
             except Exception as exc:  # broker away: nothing changes without its audit event
@@ -131,7 +136,7 @@ async def cmd_declare(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError(f"--id {disaster.id}: {exc.message}") from None
 
     created, audit = await _audited(settings, "disaster-declare", args.reason, disaster.id, disaster.to_json(),
-                                    change)
+                                    change, timeout=args.timeout)
     report = {"status": "DONE", "created": created, "disaster": disaster.to_json(),
               "audit": {"id": audit["id"], "topic": ops_audit_topic(settings.kafka.topic_prefix)}}
     emit(args, report, "Declared disaster", COLUMNS, _rows([disaster]),
@@ -158,7 +163,7 @@ async def cmd_change_period(settings: Settings, args: argparse.Namespace) -> int
             raise ConfigError(f"--id {disaster_id}: {exc.code}: {exc.message}") from None
 
     disaster, audit = await _audited(settings, "disaster-change-period", args.reason, disaster_id,
-                                     {"applies_until": until.isoformat()}, change)
+                                     {"applies_until": until.isoformat()}, change, timeout=args.timeout)
     report = {"status": "DONE", "created": False, "disaster": disaster.to_json(),
               "audit": {"id": audit["id"], "topic": ops_audit_topic(settings.kafka.topic_prefix)}}
     emit(args, report, "Disaster period changed", COLUMNS, _rows([disaster]), footer=f"audit event {audit['id']}")
@@ -176,8 +181,8 @@ async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = resolve_running(settings)
     try:
-        conn = await asyncpg.connect(settings.pg_dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
+        conn = await asyncpg.connect(settings.pg_dsn, timeout=args.timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise StackError(f"cannot reach the platform's PostgreSQL ({type(exc).__name__})") from exc
     try:
         await migrate(conn, "disasters", DISASTER_MIGRATIONS)

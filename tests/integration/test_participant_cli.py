@@ -212,7 +212,7 @@ async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, fl
 
     # 災害時照会: only under a declared disaster (ops), to the banks the depositor designates
     code, out, _ = await renkei("portal", "disaster-lookup", "--my-number", mn, "--disaster-id", "2026-CLI-01",
-                                "--area", "17204", "--banks", "9000,9002")
+                                "--area", "17204", "--designated-banks", "9000,9002")
     assert code == 2 and out["reason"] == "UNKNOWN_DISASTER", out
     code, out = await ops("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
                           "--from", "2026-01-01", "--until", "2099-12-31")
@@ -221,10 +221,10 @@ async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, fl
                           "--from", "2026-01-01", "--until", "2099-12-31", "--reason", "announced")
     assert code == 0 and out["created"] and out["audit"]["id"], out
     code, out, _ = await renkei("portal", "disaster-lookup", "--my-number", mn, "--disaster-id", "2026-CLI-01",
-                                "--area", "17204", "--banks", "9000,9002")
+                                "--area", "17204", "--designated-banks", "9000,9002")
     assert code == 0 and out["banks_with_accounts"] == ["9000"], out
     code, out, _ = await renkei("bank", "apply-lookup", "--bank", "9002", "--kind", "disaster", "--my-number", mn,
-                                "--disaster-id", "2026-CLI-01", "--area", "15100", "--banks", "9001")
+                                "--disaster-id", "2026-CLI-01", "--area", "15100", "--designated-banks", "9001")
     assert code == 2 and out["reason"] == "OUTSIDE_DISASTER_AREA", out
     code, out = await ops("disaster", "list")
     assert code == 0 and [d["id"] for d in out["disasters"]] == ["2026-CLI-01"]
