@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.envelope import Message
-from infra.errors import Rejection, ValidationError
+from infra.errors import ValidationError
 from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
 from infra.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
@@ -80,9 +80,9 @@ from infra.validation import (
 from schemas import types as T
 from streams.participant import Context
 
-from connectors.bank_questions import (LOOKUP_KINDS, NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack,
+from connectors.bank_questions import (NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack,
                                        numbering_outcome, question_payload)
-from connectors.runtime import ChannelAdapter, ConnectorRuntime, Delivery, NotRedrivable
+from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
 
 log = logging.getLogger("renkei.connector.bankfiles")
 

@@ -29,7 +29,6 @@ e.g. ``subcommand("bank", "serve", handler, "…")``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ HTTP_BANK, HTTP_CODE = "bank-9002", "9002"
 REMINDER_S = 5
 DEADLINE_S = 90
 DIED_ON = datetime(2025, 10, 1).date()
-_rng = __import__("random").Random(169)
+_rng = random.Random(169)
 
 
 def records(path: Path) -> list[list[str]]:

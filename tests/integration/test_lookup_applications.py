@@ -38,7 +38,7 @@ from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import isolated_platform
-from tests.integration.test_lookups import bank_token, customer, number_via_portal, wait_for
+from tests.integration.test_lookups import bank_token, customer, numbered_person, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,14 +99,6 @@ def dicj_token(platform: Platform, my_number: str) -> str:
     return KeyStore.for_settings(platform.settings).token_authority().token_for(my_number, "dicj")
 
 
-async def numbered(pg, platform, portal, holdings: dict[str, int]) -> tuple[str, dict[str, list[dict]]]:
-    mn = generate_my_number(_rng)
-    accounts = await customer(pg, platform, mn, holdings)
-    for code in accounts:
-        assert (await number_via_portal(portal, mn, code))["status"] == "LINKED"
-    return mn, accounts
-
-
 def heir(ref: str, *, died_on: date = DIED_ON) -> dict:
     return {"application_ref": ref, "relationship": "CHILD", "date_of_death": died_on,
             "evidence": [{"kind": "DEATH_CERTIFICATE", "reference": f"DC-{ref}"},
@@ -128,7 +120,7 @@ async def lookup_of(pg, ref: str) -> uuid.UUID | None:
 
 
 async def test_an_heir_applies_at_a_bank_and_is_told_which_banks_hold_accounts(pg, platform, portal, counters):
-    mn, accounts = await numbered(pg, platform, portal, {"9000": 2, "9002": 1})
+    mn, accounts = await numbered_person(pg, platform, portal, {"9000": 2, "9002": 1})
     await record_death(pg, dicj_token(platform, mn), DIED_ON)  # on the (simulated) resident record
     cid = await apply_lookup_at_counter(counters, "bank-9001", bank_token(platform, mn, "9001"), "INHERITANCE",
                                         heir("HEIR-0001"))
@@ -158,9 +150,9 @@ async def test_an_heir_applies_at_a_bank_and_is_told_which_banks_hold_accounts(p
 
 async def test_a_death_the_resident_record_does_not_show_is_refused_and_no_bank_is_asked(pg, platform, portal,
                                                                                        counters):
-    alive, _ = await numbered(pg, platform, portal, {"9003": 1})
-    wrong_day, _ = await numbered(pg, platform, portal, {"9003": 1})
-    dead, _ = await numbered(pg, platform, portal, {"9004": 1})
+    alive, _ = await numbered_person(pg, platform, portal, {"9003": 1})
+    wrong_day, _ = await numbered_person(pg, platform, portal, {"9003": 1})
+    dead, _ = await numbered_person(pg, platform, portal, {"9004": 1})
     await record_death(pg, dicj_token(platform, wrong_day), DIED_ON - timedelta(days=1))
     await record_death(pg, dicj_token(platform, dead), DIED_ON)
     lookups_before = await pg.fetchval("SELECT count(*) FROM hub_lookups")
@@ -179,7 +171,7 @@ async def test_a_death_the_resident_record_does_not_show_is_refused_and_no_bank_
 
 
 async def test_an_application_resent_is_asked_once(pg, platform, portal, counters):
-    mn, _ = await numbered(pg, platform, portal, {"9001": 1})
+    mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
     await record_death(pg, dicj_token(platform, mn), DIED_ON)
     body = {**heir("HEIR-TWICE"), "applied_at": datetime.now(UTC)}
     message = Message(body=body, type=T.LOOKUP_APPLICATION_INHERITANCE, to="dicj",
@@ -212,7 +204,7 @@ async def apply_on_portal(portal: BusClient, my_number: str, application: dict) 
 
 async def test_a_depositor_in_a_declared_disaster_applies_on_the_portal_or_at_a_bank(pg, platform, portal, counters,
                                                                                     disasters):
-    mn, _ = await numbered(pg, platform, portal, {"9000": 1, "9004": 1})
+    mn, _ = await numbered_person(pg, platform, portal, {"9000": 1, "9004": 1})
     note = await apply_on_portal(portal, mn, disaster("PORTAL-D-1", disasters["current"], ["9000", "9003", "7777"]))
     assert (note["status"], note["lookup_kind"]) == ("ANSWERED", "DISASTER")
     assert note["banks_with_accounts"] == ["9000"]  # 9004 holds one too, but was not designated
@@ -230,7 +222,7 @@ async def test_a_depositor_in_a_declared_disaster_applies_on_the_portal_or_at_a_
 
 async def test_disaster_applications_under_no_declared_disaster_are_refused(pg, platform, portal, counters,
                                                                            disasters):
-    mn, _ = await numbered(pg, platform, portal, {"9001": 1})
+    mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
     lookups_before = await pg.fetchval("SELECT count(*) FROM hub_lookups")
     cases = [("D-UNKNOWN", "2026-NOWHERE-99", "17204", "UNKNOWN_DISASTER"),
              ("D-EXPIRED", disasters["expired"], "17204", "DISASTER_EXPIRED"),
@@ -251,7 +243,7 @@ async def test_disaster_applications_under_no_declared_disaster_are_refused(pg, 
 
 async def test_routes_the_policy_does_not_allow_are_refused_with_good_traffic_answered(pg, platform, portal,
                                                                                       counters, disasters):
-    mn, _ = await numbered(pg, platform, portal, {"9003": 1})
+    mn, _ = await numbered_person(pg, platform, portal, {"9003": 1})
     token = {p: KeyStore.for_settings(platform.settings).token_authority().token_for(mn, p)
              for p in ("portal", "agency-nta", "bank-9000", "dicj")}
     now = datetime.now(UTC)
