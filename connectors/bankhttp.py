@@ -71,21 +71,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from infra.envelope import Message
 from infra.errors import ConfigError, Reason, Rejection, ValidationError
 from infra.metrics import Counter
-from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
-                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
 from infra.settings import Settings
-from infra.validation import (
-    existence_outcome,
-    validate_bank_account,
-    validate_bank_code,
-    validate_consent,
-    validate_my_number,
-    validate_reference,
-)
+from infra.validation import existence_outcome, validate_my_number, validate_reference
 from schemas import types as T
 from streams.participant import Context
 
@@ -103,8 +92,9 @@ from connectors.httpsig import (
     sign,
     verify,
 )
-from connectors.bank_questions import (LOOKUP_KINDS, NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack,
-                                       numbering_outcome, question_payload)
+from connectors.bank_questions import LOOKUP_KINDS, NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack, \
+    question_payload
+from connectors.bankhttp_requests import REQUEST_KINDS
 from connectors.runtime import Answered, ChannelAdapter, ConnectorRuntime, Delivery, TransientError, start_site
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -147,10 +137,7 @@ BANKHTTP_MIGRATIONS = [
     """,
 ]
 
-REQUEST_KINDS = {"registration": ("registrations", "registration"),
-                 "numbering": ("numbering-requests", "numbering request"),
-                 "lookup": ("lookup-applications", "lookup application")}
-"""What the bank files for a person here: kind → (path under /v1/, what it is called)."""
+
 
 
 def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -298,8 +285,9 @@ class BankHttp(ChannelAdapter):
         routes = [web.post("/v1/customers", self.link_customer), web.get("/openapi.json", self.openapi),
                   web.post("/v1/lookup-answers", self.take_lookup_answer),
                   web.post("/v1/numbering-acks", self.take_numbering_ack)]
-        for kind, (path, _) in REQUEST_KINDS.items():
-            routes += [web.post(f"/v1/{path}", self._filer(kind)), web.get(f"/v1/{path}/{{key}}", self._reader(kind))]
+        for kind, filed in REQUEST_KINDS.items():
+            routes += [web.post(f"/v1/{filed.path}", self._filer(kind)),
+                       web.get(f"/v1/{filed.path}/{{key}}", self._reader(kind))]
         app.add_routes(routes)
         return app
 
@@ -360,7 +348,7 @@ class BankHttp(ChannelAdapter):
         async def read(request: web.Request) -> web.Response:
             state = await self._state(request.match_info["key"])
             if state is None or state.pop("kind") != kind:
-                return _problem(404, "NOT_FOUND", f"no {REQUEST_KINDS[kind][1]} with this key")
+                return _problem(404, "NOT_FOUND", f"no {REQUEST_KINDS[kind].called} with this key")
             return web.json_response(state)
         return read
 
@@ -383,8 +371,7 @@ class BankHttp(ChannelAdapter):
                 raise ValidationError("body", "must be a JSON object")
             ref = self._customer_ref(body)
             my_number = validate_my_number(body.get("my_number") if isinstance(body.get("my_number"), str) else "")
-            build = {"registration": self._registration, "numbering": self._numbering,
-                     "lookup": self._application}[kind](body)
+            build = REQUEST_KINDS[kind].build(self.bank_code, body)
         except ValidationError as exc:
             return _problem(400, exc.code, exc.message, field=exc.field)
         try:
@@ -405,59 +392,6 @@ class BankHttp(ChannelAdapter):
         if state.pop("kind") != kind:  # a concurrent request with the same key won
             return _problem(409, "KEY_IN_USE", "this Idempotency-Key names another kind of request")
         return web.json_response(state, status=202 if inserted is not None else 200)
-
-    def _registration(self, body: dict) -> Any:
-        operation = body.get("operation")
-        if operation not in ("REGISTER", "CHANGE", "DELETE"):
-            raise ValidationError("operation", "must be REGISTER, CHANGE or DELETE")
-        account = None
-        if operation != "DELETE" or body.get("account") is not None:
-            raw = body.get("account")
-            if not isinstance(raw, dict):
-                raise ValidationError("account", "is required")
-            account = validate_bank_account({**raw, "bank_code": self.bank_code})
-        consent = validate_consent(body.get("consent"))
-        return lambda token, correlation: Message(
-            body={"operation": operation, "account": account, "channel": "BANK_COUNTER", "consent": consent,
-                  "requested_at": datetime.now(UTC)}, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE, correlation_id=correlation)
-
-    def _numbering(self, body: dict) -> Any:
-        """付番申出 at this bank's counter, for the banks named; this bank's own outcome when it is named."""
-        codes = body.get("bank_codes")
-        if not isinstance(codes, list) or not codes:
-            raise ValidationError("bank_codes", "at least one 4-digit bank code")
-        codes = sorted({validate_bank_code(c, field="bank_codes") for c in codes})
-        own = body.get("own_outcome")
-        if self.bank_code in codes:
-            if not isinstance(own, dict):
-                raise ValidationError("own_outcome", "this bank is named: {status, accounts_linked} of its own "
-                                                     "numbering")
-            status, linked = numbering_outcome(own.get("status"), own.get("accounts_linked"), field="own_outcome")
-            own = {"bank_code": self.bank_code, "status": status, "accounts_linked": linked}
-        elif own is not None:
-            raise ValidationError("own_outcome", "only when this bank is among the banks named")
-        return lambda token, correlation: Message(
-            body={"bank_codes": codes, "channel": "BANK", "receiving_bank_code": self.bank_code,
-                  "requested_at": datetime.now(UTC), "receiving_bank_outcome": own},
-            type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
-            basis=BASIS_NUMBERING, correlation_id=correlation)
-
-    def _application(self, body: dict) -> Any:
-        """An heir's (``INHERITANCE``: the person is the deceased) or a depositor's (``DISASTER``) application."""
-        kind = body.get("kind")
-        fields = {k: v for k, v in body.items() if k not in ("kind", "customer_ref", "my_number", "applied_at")}
-        if kind == "INHERITANCE":
-            application = validate_inheritance_application(fields)
-            type_, basis = T.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP
-        elif kind == "DISASTER":
-            application = validate_disaster_application(fields)
-            type_, basis = T.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP
-        else:
-            raise ValidationError("kind", "INHERITANCE or DISASTER")
-        return lambda token, correlation: Message(
-            body=application, type=type_, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
-            basis=basis, correlation_id=correlation)
 
     @staticmethod
     def _customer_ref(body: dict) -> str:
