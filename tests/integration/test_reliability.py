@@ -14,12 +14,21 @@ import json
 import pytest
 
 from infra.chaos import QUICK, bad_input, crash_safety, demo_flows
+from infra.demo_lookups import INHERITANCE_DEADLINE_S
 from infra.leakscan import scan
-from tests.integration.platform_fixtures import running_platform  # noqa: F401
+from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _USED: list[str] = []  # My Numbers the tests of this module used, for the leak scan
+
+
+@pytest.fixture(scope="module")
+async def running_platform(endpoints, tmp_path_factory):
+    """All workers, with the demo's short inheritance deadline (its lookup flow shows a bank missing, then late)."""
+    async with isolated_platform(endpoints, tmp_path_factory.mktemp("platform"),
+                                 lookup_deadline_inheritance_s=INHERITANCE_DEADLINE_S) as platform:
+        yield platform
 
 
 async def test_workers_killed_mid_traffic_lose_and_duplicate_nothing(running_platform):
