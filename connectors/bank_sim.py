@@ -589,6 +589,9 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
 
 async def serve(settings: Settings) -> None:
     runtime = bank_runtime(settings)
+    drains = runtime.metrics.register(Counter(
+        "renkei_bank_drain_passes_total", "Passes of the simulator over parked messages (every second), empty ones "
+        "included: a test waits for two before checking that a leased bank's message stayed parked"))
     await runtime.serve_metrics()
     await runtime.start()
     log.info("serving %d banks", len(runtime.identity_ids))
@@ -599,6 +602,7 @@ async def serve(settings: Settings) -> None:
                 await send_delayed_answers(runtime)  # runtime.send wakes the outbox relay
                 if tick % 10 == 0:
                     await drain_parked(runtime)
+                    drains.inc()
             except Exception as exc:  # database away: the rows wait for the next round
                 log.warning("delayed answers or parked messages not handled yet (%s)", type(exc).__name__)
     finally:

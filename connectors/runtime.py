@@ -278,6 +278,11 @@ class ConnectorMetrics:
                                          labels=c))
         self.source_duplicates = add(Counter("renkei_connector_source_duplicates_total",
                                              "Source items seen again and not published twice", labels=c))
+        # Passes of the adapter loops, empty ones included: "nothing was read" is a claim only once they moved on.
+        self.source_passes = add(Counter("renkei_connector_source_passes_total",
+                                         "Source passes finished (empty and failed ones included)", labels=c))
+        self.sink_passes = add(Counter("renkei_connector_sink_passes_total",
+                                       "Sink passes finished (empty and failed ones included)", labels=c))
         self.unanswered = add(Counter("renkei_connector_unanswered_total",
                                       "Items reported without an answer because their deadline passed", labels=c))
         self.late_answers = add(Counter("renkei_connector_late_answers_total",
@@ -425,6 +430,7 @@ class ConnectorRuntime:
                 delay = adapter.retry.delay(failures)
                 log.warning("%s: source pass failed (%s); retrying in %.1f s", adapter.name, type(exc).__name__, delay)
                 self.metrics.source_errors.inc(connector=adapter.name)
+            self.metrics.source_passes.inc(connector=adapter.name)
             try:
                 await asyncio.wait_for(wakeup.wait(), delay)
             except asyncio.TimeoutError:
@@ -530,6 +536,7 @@ class ConnectorRuntime:
                 raise
             except Exception as exc:  # database away: deliveries wait in their table
                 log.warning("%s: sink pass failed (%s)", adapter.name, type(exc).__name__)
+            self.metrics.sink_passes.inc(connector=adapter.name)
             try:
                 await asyncio.wait_for(wakeup.wait(), adapter.poll_interval_s)
             except asyncio.TimeoutError:

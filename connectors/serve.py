@@ -205,14 +205,14 @@ async def start_where_the_simulator_is(settings: Settings, group: str, simulator
 
     from infra.kafka import admin_client
     from infra.kafka import consumer as make_consumer
+    from infra.kafka import topic_partitions
 
     admin = admin_client(settings)
     committer = make_consumer(settings, group_id=group)
     await admin.start()
     await committer.start()
     try:
-        await committer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(committer.partitions_for_topic(topic) or ())]
+        tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(committer, topic))]
         if not tps:
             return {}
         own = await admin.list_consumer_group_offsets(group, partitions=tps)

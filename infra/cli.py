@@ -1,4 +1,4 @@
-"""The ``renkei`` command line: up, status, down, topics, participants, demo.
+"""The ``renkei`` command line: up, status, down, topics, demo (participants and keys: ``infra.keycommands``).
 
 Every command that prints has ``--json``; its shape is documented in
 docs/cli.md and kept stable.  Exit codes: 0 success, 1 a check failed (e.g. a
@@ -68,9 +68,11 @@ def resolve_running(settings: Settings) -> Settings:
             f"no running embedded {' and '.join(missing)} under {settings.state_dir}: start one with "
             "`renkei up --detach`, or configure RENKEI_KAFKA_BOOTSTRAP / RENKEI_PG_DSN"
         )
+    broker = components.get("broker")
     return settings.with_endpoints(
         bootstrap=settings.kafka.bootstrap or components["broker"].endpoint,
         pg_dsn=settings.pg_dsn or components["postgres"].endpoint,
+        broker=broker.kind or None if broker is not None and settings.embedded_kafka else None,
     )
 
 
@@ -147,7 +149,10 @@ async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
     stopped = await asyncio.to_thread(stop_recorded, settings.state_dir)
     if args.purge:
+        from infra.embedded import KAFKA_DIR
+
         shutil.rmtree(settings.state_dir / "pg", ignore_errors=True)
+        shutil.rmtree(settings.state_dir / KAFKA_DIR, ignore_errors=True)
     if args.json:
         _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
     else:
@@ -187,19 +192,6 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         await admin.close()
-
-
-async def cmd_participants(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.participants import load_participants
-
-    participants = load_participants(settings.participants_file, banks=settings.banks)
-    rows = [p.to_json() for p in participants]
-    if args.json:
-        _print_json({"participants": rows})
-    else:
-        _table("Participants", ["id", "kind", "name", "bank_code", "suspended"],
-               [[r["id"], r["kind"], r["name"], r["bank_code"], r["suspended"]] for r in rows])
-    return 0
 
 
 async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
@@ -289,6 +281,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--state-dir", dest="state_dir", default=S, help="state folder (default .renkei)")
     g.add_argument("--kafka-bootstrap", dest="kafka_bootstrap", default=S,
                    help="Kafka bootstrap servers; unset = the embedded broker")
+    g.add_argument("--broker", choices=["auto", "kafka", "tansu"], default=S,
+                   help="the embedded broker: Apache Kafka, Tansu (memory only), or auto = Kafka if Java 17+")
     g.add_argument("--pg-dsn", dest="pg_dsn", default=S, help="PostgreSQL DSN; unset = the embedded PostgreSQL")
     g.add_argument("--participants-file", dest="participants_file", default=S, help="participants TOML file")
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
@@ -358,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loopback port of the embedded PostgreSQL (0 = a free one)")
     add("status", cmd_status, "show each component: pid, alive, endpoint; workers: health, processed, rejected")
     down = add("down", cmd_down, "stop everything `renkei up` started")
-    down.add_argument("--purge", action="store_true", help="also delete the embedded PostgreSQL data")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("participants", cmd_participants, "list the registered participants")
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
     from infra import disasters_cli, ops, records_cli
@@ -382,12 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command, lookup_commands
+    from infra import broker_commands, keycommands
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
     connector_serve.register()
     connector_ops.register(add, common)
     channel_key_command.register()
+    keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
+    broker_commands.register(add)
     return parser
 
 

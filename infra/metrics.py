@@ -200,9 +200,26 @@ class WorkerMetrics:
         self.directory_entries = Gauge("renkei_key_directory_entries", "Keys in this worker's key directory")
         self.directory_updates = Counter("renkei_key_directory_updates_total",
                                          "Key directory records applied after start (rotation, revocation)")
+        self.directory_skipped = Counter(
+            "renkei_key_directory_skipped_total",
+            "Keys-topic records skipped since start (junk, bad or unknown root signature, older version, "
+            "bare tombstone), by reason", labels={"reason": _directory_skip_reasons()})
         self.start_time = Gauge("renkei_start_time_seconds", "When the worker started (Unix time)")
         self.start_time.set(self.started)
         self._extra: list[_Metric] = []
+        self._directory: Any = None
+
+    def watch_directory(self, directory: Any) -> None:
+        """Read the key directory's size and skipped records (``infra.keys.KeyDirectory``) at each scrape."""
+        self._directory = directory
+
+    def _sync_directory(self) -> None:
+        directory = self._directory
+        self.directory_entries.set(len(directory))
+        for reason, count in directory.skipped.items():
+            missing = count - self.directory_skipped.value(reason=reason)
+            if missing > 0:
+                self.directory_skipped.inc(missing, reason=reason)
 
     def register(self, metric: M) -> M:
         """Add a metric of this worker's own kind (e.g. the connector runtime's); rendered after the common ones."""
@@ -249,6 +266,8 @@ class WorkerMetrics:
                 self.set_lag(tp.topic, tp.partition, high - offset - 1)
 
     def render(self) -> str:
+        if self._directory is not None:
+            self._sync_directory()
         const = f'worker="{self.worker}"'
         lines: list[str] = []
         for metric in self.all():
@@ -259,6 +278,12 @@ class WorkerMetrics:
         return {"processed": int(self.messages_in.total()), "out": int(self.messages_out.total()),
                 "rejected": int(self.rejected.total()), "duplicates": int(self.duplicates.total()),
                 "lag": int(self.lag.total())}
+
+
+def _directory_skip_reasons() -> frozenset[str]:
+    from infra.keys import SKIP_REASONS
+
+    return SKIP_REASONS
 
 
 # --------------------------------------------------------------------------- the HTTP side

@@ -15,13 +15,14 @@ A rule names its sender and recipient as a participant id, ``kind:<kind>`` or
 which side of the record the sender is (requester or provider).
 
 The hub calls :meth:`Policy.authorise` for every message: rules are indexed by
-their full key at load time, so a decision is at most nine dict look-ups.
+their full key at load time, so a decision is at most nine dict look-ups (plus
+two for suspension, which follows the key directory: :meth:`Policy.follow`).
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -116,8 +117,10 @@ class Policy:
                 if other is not None:
                     raise ConfigError(f"policy: rules {other.rule_id!r} and {rule.id!r} overlap")
                 self._index[key] = decision
-        # pid -> suspended, overriding Participant.suspended from the registry.
+        # pid -> suspended, set in this process (suspend/resume); overrides everything else.
         self._suspension: dict[str, bool] = {}
+        # pid -> suspended, as published on the keys topic (follow); overrides the participants file.
+        self._published: Mapping[str, bool] = {}
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
@@ -133,17 +136,35 @@ class Policy:
         return cls(_parse_rule(raw) for raw in data.get("rule", []))
 
     # --- suspension (immediate, no reload) ---------------------------------
+    #
+    # Whether a participant is suspended: this process's own suspend()/resume() if any, else the
+    # latest root-signed participant status on the keys topic (`renkei participants
+    # suspend|resume`, followed through `follow`), else the participants file.
 
     def suspend(self, pid: str) -> None:
-        """Refuse everything from or to ``pid`` from now on."""
+        """Refuse everything from or to ``pid`` from now on, in this process."""
         self._suspension[pid] = True
 
     def resume(self, pid: str) -> None:
-        """Lift a suspension (also one declared in the participants file)."""
+        """Lift a suspension in this process (also one declared in the participants file)."""
         self._suspension[pid] = False
 
+    def follow(self, directory: Any) -> None:
+        """Take suspensions from the key directory (``infra.keys.KeyDirectory.suspensions``), live:
+        a participant status published on the keys topic applies to the next message.
+
+        The policy then refuses a suspended participant itself, after its signature has been
+        verified (so the sender can be sent a signed SUSPENDED notice): the directory stops
+        refusing suspended participants' signatures in this process.
+        """
+        self._published = directory.suspensions
+        directory.refuse_suspended_signers = False
+
     def is_suspended(self, participant: Participant) -> bool:
-        return self._suspension.get(participant.id, participant.suspended)
+        local = self._suspension.get(participant.id)
+        if local is not None:
+            return local
+        return self._published.get(participant.id, participant.suspended)
 
     # --- the decision -------------------------------------------------------
 
@@ -160,10 +181,9 @@ class Policy:
             raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "sender is not a registered participant")
         if recipient is None:
             raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "recipient is not a registered participant")
-        suspension = self._suspension
-        if suspension.get(sender.id, sender.suspended):
+        if self.is_suspended(sender):
             raise PolicyDenied(Reason.SUSPENDED, f"sender {sender.id} is suspended")
-        if suspension.get(recipient.id, recipient.suspended):
+        if self.is_suspended(recipient):
             raise PolicyDenied(Reason.SUSPENDED, f"recipient {recipient.id} is suspended")
         index = self._index
         for s in (sender.id, _KIND_SPEC[sender.kind], ANY):

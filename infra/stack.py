@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.embedded import EmbeddedStack, process_alive, spawn_python
+from infra.errors import StackError
 from infra.settings import Settings
 
 
@@ -33,6 +34,7 @@ def settings_args(settings: Settings) -> list[str]:
         "--pg-dsn", settings.pg_dsn,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
+        "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
         "--lookup-deadline-inheritance", str(settings.lookup_deadline_inheritance_s),
@@ -61,8 +63,8 @@ class Platform:
         self.die_with_parent = die_with_parent  # tests: a killed run leaves no process behind
         self.settings = settings
         self.workers = WORKERS if workers is None else workers
-        self.stack = EmbeddedStack(
-            settings.state_dir,
+        self.stack = EmbeddedStack.for_settings(
+            settings,
             kafka_port=settings.embedded_kafka_port,
             pg_port=settings.embedded_pg_port,
             with_broker=settings.embedded_kafka,
@@ -88,6 +90,7 @@ class Platform:
             self.settings = self.base_settings.with_endpoints(
                 bootstrap=self.base_settings.kafka.bootstrap or self.stack.bootstrap,
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
+                broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
             admin = admin_client(self.settings)
@@ -105,8 +108,32 @@ class Platform:
             raise
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every worker's consumer group has members (faust start-up takes a few seconds)."""
+        """Wait until every worker's consumer group has members and every worker reports ``ok`` on /health.
+
+        The group alone is not enough: a faust worker joins its group while its start-up task (keys,
+        database migrations) still runs, and Apache Kafka stabilises a group quickly, so a caller
+        could otherwise query a table the worker has not created yet.
+        """
+        import asyncio
+        import time
+
+        from infra.metrics import add_worker_health
+
+        deadline = time.monotonic() + timeout
         await wait_for_groups(self.settings, [w.group(self.settings) for w in self.workers if w.group], timeout)
+        names = {w.name for w in self.workers}
+        while True:
+            rows = await add_worker_health(self.stack.state_dir, [
+                {"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
+                for c in self.stack.components.values() if c.name in names])
+            waiting = [r["name"] for r in rows if r["health"] != "ok"]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"workers not ready after {timeout:.0f} s: "
+                                 + ", ".join(f"{r['name']} ({r['health'] or 'no endpoint yet'})"
+                                             for r in rows if r["name"] in waiting))
+            await asyncio.sleep(0.2)
 
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
@@ -145,14 +172,20 @@ class Platform:
 
 
 async def bootstrap_keys(settings: Settings, participants: Any) -> None:
-    """Create missing keys (embedded world) and publish the signed key directory on the keys topic."""
+    """Create missing keys (embedded world) and publish what the key directory on the keys topic lacks.
+
+    Only what is missing or newer (``infra.keyadmin.sync``): a key revoked or retired, or a participant
+    suspended, with ``renkei keys`` / ``renkei participants`` stays so across ``renkei down`` / ``up``,
+    also when the broker lost the topic (the root holder's journal restores it as it was).
+    """
     import asyncio
 
-    from infra.keystore import KeyStore, directory_records, publish_directory
+    from infra.keyadmin import sync
+    from infra.keystore import KeyStore
 
     store = KeyStore.for_settings(settings)
     await asyncio.to_thread(store.bootstrap, participants)
-    await publish_directory(settings, await asyncio.to_thread(directory_records, store, participants))
+    await sync(settings, store, participants)
 
 
 async def wait_for_groups(settings: Settings, groups: list[str], timeout: float) -> None:

@@ -142,6 +142,7 @@ class HubService:
                  directory: KeyDirectory | None = None, records_key: RecordsKey | None = None) -> None:
         self.settings = settings
         self.directory = directory  # what the verifier and sealer use: follow_directory keeps it current
+        self.keystore: KeyStore | None = None  # whose keysets take keys rotated into their files (create())
         self.core = core
         self.sealer = sealer
         self.pool = pool
@@ -162,12 +163,14 @@ class HubService:
         directory = await load_directory(settings, store.root_public_key())
         hub_keys = store.keyset(settings.participant_id)
         sealer = Sealer(hub_keys, directory)
+        policy = policy or Policy.load()
+        policy.follow(directory)  # suspensions published on the keys topic (renkei participants suspend)
         # No fan-out names more recipients than there are participants: refuse more before decoding them.
         max_wraps = max(1, len(participants))
         core = HubCore(
             verifier=Verifier(directory, hub_id=hub_keys.participant_id, max_wraps=max_wraps),
             forwarder=HubForwarder(hub_keys, directory, max_wraps=max_wraps),
-            policy=policy or Policy.load(),
+            policy=policy,
             participants=participants,
             tokens=store.token_authority(),
             hub_id=hub_keys.participant_id,
@@ -181,7 +184,9 @@ class HubService:
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
-        return cls(settings, core, sealer, pool, producer, directory, records_key=store.records_key())
+        service = cls(settings, core, sealer, pool, producer, directory, records_key=store.records_key())
+        service.keystore = store
+        return service
 
     async def close(self) -> None:
         await self.pool.close()
@@ -387,7 +392,8 @@ def build_app(settings: Settings) -> Any:
             metrics.directory_updates.inc(n)
             metrics.directory_entries.set(len(directory))
 
-        holder["directory"] = asyncio.ensure_future(follow_directory(settings, directory, on_change=directory_changed))
+        holder["directory"] = asyncio.ensure_future(follow_directory(
+            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics))
         holder["producer"] = prod
         holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
         holder["checkpoints"] = asyncio.ensure_future(_checkpoints(settings, service, prod, metrics))

@@ -36,7 +36,7 @@ from infra.envelope import Message, Opened, Opener, Sealer, peek
 from infra.errors import Rejection
 from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, follow_directory, load_directory
-from infra.metrics import MetricsServer, WorkerMetrics
+from infra.metrics import Counter, MetricsServer, WorkerMetrics
 from infra.participants import Participants, load_participants
 from infra.settings import Settings
 from infra.storage import claim, create_pool, migrate, migrate_idempotency
@@ -178,6 +178,12 @@ class ParticipantRuntime:
         self.processed = 0
         self.divert: Divert | None = None  # e.g. the bank simulator parks what a channel connector holds
         self.metrics = WorkerMetrics(worker)
+        # Passes of the two loops, empty ones included: "nothing happened" is a claim only once these
+        # have moved on (a test waits for two more polls before checking that nothing arrived).
+        self.polls = self.metrics.register(Counter(
+            "renkei_consumer_polls_total", "Inbox polls finished by the runtime's own consumer, empty ones included"))
+        self.relay_passes = self.metrics.register(Counter(
+            "renkei_outbox_relay_passes_total", "Outbox relay passes finished (sent, nothing to send, or failed)"))
         self._metrics_server: MetricsServer | None = None
         self._started = False
         self._stopping = False
@@ -206,7 +212,8 @@ class ParticipantRuntime:
         self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
         # Follow the keys topic: rotated keys work and revoked ones are refused without a restart.
         self._tasks.append(asyncio.create_task(
-            follow_directory(self.settings, self.directory, on_change=self._directory_changed),
+            follow_directory(self.settings, self.directory, on_change=self._directory_changed, keystore=store,
+                             metrics=self.metrics),
             name=f"{self.group}-keys"))
         if consume:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,
@@ -263,12 +270,12 @@ class ParticipantRuntime:
     async def _consume_loop(self) -> None:
         while not self._stopping:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=500)
-            if not batches:
-                continue
-            await self.handle_batch([(tp.topic, r.value, r.partition, r.offset)
-                                     for tp, records in batches.items() for r in records])
-            await self.consumer.commit()  # only after every effect of the batch is committed
-            self.metrics.record_lag(self.consumer, {tp: records[-1].offset for tp, records in batches.items()})
+            if batches:
+                await self.handle_batch([(tp.topic, r.value, r.partition, r.offset)
+                                         for tp, records in batches.items() for r in records])
+                await self.consumer.commit()  # only after every effect of the batch is committed
+                self.metrics.record_lag(self.consumer, {tp: records[-1].offset for tp, records in batches.items()})
+            self.polls.inc()  # counted once the poll's effects are committed
 
     async def handle_records(self, topic: str, records: list[tuple[bytes, int, int]]) -> None:
         await self.handle_batch([(topic, value, partition, offset) for value, partition, offset in records])
@@ -438,13 +445,18 @@ class ParticipantRuntime:
             if self._stopping:
                 return
             self._relay_wakeup.clear()
+            failed: Exception | None = None
             try:
                 while await self.relay_once() > 0:
                     pass
-                delay = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database away: rows wait in the outbox
-                log.warning("outbox relay failed (%s); retrying in %.1f s", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failed = exc
+            self.relay_passes.inc()
+            if failed is None:
+                delay = 0.2
+                continue
+            log.warning("outbox relay failed (%s); retrying in %.1f s", type(failed).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

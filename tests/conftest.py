@@ -3,7 +3,13 @@
 Where they come from, in order:
 1. ``RENKEI_KAFKA_BOOTSTRAP`` / ``RENKEI_PG_DSN`` when set (an existing cluster);
 2. testcontainers (Apache Kafka, PostgreSQL) when a Docker daemon answers;
-3. the embedded stack (Tansu + embedded PostgreSQL) under a temporary folder.
+3. the embedded stack under a temporary folder: Apache Kafka (KRaft, one node) and
+   the embedded PostgreSQL. ``RENKEI_TEST_BROKER=tansu`` runs the suite on the Tansu
+   fallback instead (``kafka`` insists on Apache Kafka; ``auto``, the default, takes
+   Tansu only where Java 17+ is missing, with a warning).
+
+The broker's kind is exported as ``RENKEI_BROKER`` so the CLI processes tests start
+apply Tansu's workarounds exactly when the broker is Tansu.
 
 Each test gets its own topic prefix and its own PostgreSQL schema (the DSN
 carries ``search_path``), so tests never see each other's data.
@@ -36,6 +42,7 @@ class Endpoints:
     bootstrap: str
     pg_dsn: str
     source: str  # env | testcontainers | embedded
+    broker: str = "kafka"  # kafka | tansu (the embedded fallback); an external cluster is Apache Kafka
 
 
 def _docker_containers(stack: contextlib.ExitStack) -> Endpoints | None:
@@ -53,7 +60,8 @@ def _docker_containers(stack: contextlib.ExitStack) -> Endpoints | None:
 @pytest.fixture(scope="session")
 async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Endpoints]:
     if os.environ.get("RENKEI_KAFKA_BOOTSTRAP") and os.environ.get("RENKEI_PG_DSN"):
-        yield Endpoints(os.environ["RENKEI_KAFKA_BOOTSTRAP"], os.environ["RENKEI_PG_DSN"], "env")
+        yield Endpoints(os.environ["RENKEI_KAFKA_BOOTSTRAP"], os.environ["RENKEI_PG_DSN"], "env",
+                        os.environ.get("RENKEI_BROKER", "kafka").replace("auto", "kafka"))
         return
     with contextlib.ExitStack() as stack:
         found = _docker_containers(stack) if os.environ.get("RENKEI_TEST_DOCKER", "1") != "0" else None
@@ -61,9 +69,15 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
             yield found
             return
     from infra.embedded import EmbeddedStack
+    from infra.settings import load_settings
 
-    async with EmbeddedStack(tmp_path_factory.mktemp("stack"), die_with_parent=True) as embedded:
-        yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded")
+    # The Java and jar cache of the machine (JAVA_HOME, RENKEI_EMBEDDED_*), not the test's settings.
+    machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})
+    async with EmbeddedStack(tmp_path_factory.mktemp("stack"), die_with_parent=True,
+                             broker=os.environ.get("RENKEI_TEST_BROKER", "auto"), java=machine.embedded_java,
+                             kafka_cache=machine.resolved_kafka_cache) as embedded:
+        os.environ["RENKEI_BROKER"] = embedded.broker_kind
+        yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded", embedded.broker_kind)
 
 
 @pytest.fixture
@@ -94,7 +108,7 @@ async def pg_dsn(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
 async def settings(endpoints: Endpoints, pg_dsn: str, unique: str, tmp_path: Path) -> Settings:
     """Settings for one test: real endpoints, its own topic prefix, schema and state folder."""
     return Settings(
-        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=unique),
+        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=unique, broker=endpoints.broker),
         pg_dsn=pg_dsn,
         state_dir=tmp_path / "state",
     )

@@ -43,7 +43,7 @@ async def isolated_platform(endpoints: Any, state: Path, *, participants_file: P
     await conn.close()
     sep = "&" if "?" in endpoints.pg_dsn else "?"
     settings = Settings(
-        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix),
+        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix, broker=endpoints.broker),
         pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}",
         state_dir=state,
         participants_file=participants_file,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import asyncpg
 import pytest
@@ -19,6 +17,7 @@ from tests.integration.test_connectors_support import (
     own_database,
     register_through_portal,
 )
+from tests.integration.waits import dead_letters, hub_barrier, moved_on, replayed
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +106,7 @@ async def test_broker_unreachable_rows_wait_then_go_out_exactly_once(running_pla
             inquiries, len(inquiries))
 
     await eventually(all_sealed)
-    await asyncio.sleep(2.0)  # several relay attempts fail meanwhile
+    await moved_on(runtime.relay_passes.value, what="the outbox relay")  # two relay passes failed meanwhile
     pending = await connector.runtime.pool.fetchval(
         "SELECT count(*) FROM participant_outbox p JOIN agency_outbox a ON a.message_id = p.message_id "
         "WHERE a.inquiry_id = ANY($1::uuid[]) AND p.sent_at IS NULL", inquiries)
@@ -122,29 +121,44 @@ async def test_broker_unreachable_rows_wait_then_go_out_exactly_once(running_pla
 
     answers = [await sdk.answer(i, timeout=60) for i in inquiries]
     assert {a.status for a in answers} == {"NOT_REGISTERED"}
-    # exactly once: one message per inquiry reached the hub, each accepted (no REPLAYED copy)
-    message_ids = await connector.runtime.pool.fetch(
-        "SELECT message_id FROM agency_outbox WHERE inquiry_id = ANY($1::uuid[])", inquiries)
+    # exactly once: one message per inquiry reached the hub, each accepted ...
+    message_ids = [r["message_id"] for r in await connector.runtime.pool.fetch(
+        "SELECT message_id FROM agency_outbox WHERE inquiry_id = ANY($1::uuid[])", inquiries)]
+    assert len(message_ids) == len(inquiries) and None not in message_ids
     hub = await pg.fetch("SELECT message_id, accepted FROM hub_messages WHERE message_id = ANY($1::uuid[])",
-                         [r["message_id"] for r in message_ids])
+                         message_ids)
     assert len(hub) == len(inquiries) and all(r["accepted"] for r in hub)
     inbox = await connector.runtime.pool.fetchval(
         "SELECT count(*) FROM agency_inbox WHERE inquiry_id = ANY($1::uuid[])", inquiries)
     assert inbox == len(inquiries)
+    # ... and sent only once: the relay marked every row sent, and after two more relay passes and the
+    # hub's barrier, no copy of any of them came back as a REPLAYED dead letter (a relay that re-sends
+    # what it already sent would leave one per copy; the primary keys above cannot see that).
+    unsent = await connector.runtime.pool.fetchval(
+        "SELECT count(*) FROM participant_outbox WHERE message_id = ANY($1::uuid[]) AND sent_at IS NULL", message_ids)
+    assert unsent == 0
+    await moved_on(runtime.relay_passes.value, what="the outbox relay")
+    await hub_barrier(running_platform.settings)
+    assert replayed(await dead_letters(running_platform.settings), message_ids) == []
 
 
-async def test_rows_written_while_the_connector_is_down_go_out_when_it_starts(agency_settings, connector, sdk):
-    await connector.enrol(AGENCY, "late-1", my_number())
-    await connector.runtime.stop()  # graceful: the process is gone, the agency keeps writing
-    inquiry = await sdk.submit("late-1")
-    async with AgencyConnector(agency_settings, [AGENCY]) as again:
-        assert (await sdk.answer(inquiry, timeout=90)).status == "NOT_REGISTERED"
-        assert await again.runtime.pool.fetchval(
-            "SELECT count(*) FROM connector_source_log WHERE source_key = $1", f"inquiry/{inquiry}") == 1
+async def test_rows_written_while_the_connector_is_down_go_out_when_it_starts(running_platform):
+    # its own agency, database and connectors: the module's connector keeps running for the other tests
+    settings = await own_database(running_platform.settings, "agency-late")
+    agency = "agency-city-minato"
+    async with AgencyConnector(settings, [agency]) as first:
+        await first.enrol(agency, "late-1", my_number())
+    # stopped gracefully: the connector is gone, the agency keeps writing its outbox
+    async with AgencyClient(settings.pg_dsn, agency, poll_interval_s=0.5) as sdk:
+        inquiry = await sdk.submit("late-1")
+        async with AgencyConnector(settings, [agency]) as again:
+            assert (await sdk.answer(inquiry, timeout=90)).status == "NOT_REGISTERED"
+            assert await again.runtime.pool.fetchval(
+                "SELECT count(*) FROM connector_source_log WHERE source_key = $1", f"inquiry/{inquiry}") == 1
 
 
 async def test_health_and_metrics_endpoints(running_platform):
-    # a fresh connector (the module's one was stopped above) with its ops server on a free port
+    # a connector of its own, with its ops server on a free port
     settings = await own_database(running_platform.settings, "agency2")
     async with AgencyConnector(settings, ["agency-mhlw"], ops_port=0) as c, aiohttp.ClientSession() as http:
         async with http.get(f"{c.runtime.ops_url}/health") as resp:

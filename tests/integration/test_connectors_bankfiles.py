@@ -24,6 +24,7 @@ from infra.stack import WORKERS
 from schemas import types as T
 from tests.integration.test_connectors_support import eventually, my_number, own_database
 from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
+from tests.integration.waits import moved_on
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +138,8 @@ async def test_half_written_file_is_never_read(bank, office):
     text = reg_file([["1", "R", "cust-h", my_number(), "102", "1", "1111111", "ｽｽﾞｷ ﾊﾅｺ", *CONSENT]])
     for suffix in (".part", ".tmp"):
         (root / "inbound" / f"REG_half.csv{suffix}").write_text(text[: len(text) // 2], encoding="utf-8")
-    runtime.wake("bank-files")
-    await asyncio.sleep(2.0)
+    # two whole source passes after the files were there: each would have read a finished file
+    await moved_on(lambda: runtime.metrics.source_passes.value(connector="bank-files"), what="the file channel")
     assert sorted(p.name for p in (root / "inbound").iterdir()) == ["REG_half.csv.part", "REG_half.csv.tmp"]
     assert not (root / "outbound" / "REJ_REG_half.csv").exists()
     (root / "inbound" / "REG_half.csv.tmp").unlink()
@@ -162,7 +163,7 @@ async def test_dropping_the_same_file_twice_publishes_nothing_twice(bank, office
         return not (root / "inbound" / "REG_dup.csv").exists()
 
     await eventually(taken_again)
-    await asyncio.sleep(1.0)
+    await moved_on(lambda: runtime.metrics.source_passes.value(connector="bank-files"), what="the file channel")
     assert await runtime.pool.fetchval("SELECT count(*) FROM participant_outbox") == before
 
 

@@ -47,6 +47,7 @@ from tests.integration.test_connectors_support import (
     register_through_portal,
     start_platform,
 )
+from tests.integration.waits import moved_on
 
 pytestmark = pytest.mark.integration
 
@@ -227,27 +228,41 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
 
 async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_ends(platform, db):
     """The handover window: a connector holds the lease but does not read (stopping, crashed) — what the
-    simulator parked meanwhile is answered by the simulator once the lease ends (released or expired)."""
+    simulator parked meanwhile is answered by the simulator once the lease ends (released or expired).
+
+    "Nothing is answered while the lease lives" is checked after two rounds of the simulator's drain,
+    each proven by a control: another bank's parked message, whose lease is ended on purpose, answered."""
     bank, code = "bank-9004", "9004"
-    await db.execute(
-        "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) "
-        "VALUES ($1, 'bank-files', 'test:0:gone', $2, now() + interval '1 hour')", bank, [T.EXISTENCE_CHECK])
-    acct, mn = account(code, "サトウ ジロウ"), my_number()
+    controls = ["9000", "9001"]  # banks no other test of this module uses
     from tests.integration.test_connectors_support import hold_account
 
-    await hold_account(platform.settings, db, mn, acct)
+    async def parked(bank_id: str) -> bool:
+        return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
+                                 bank_id, T.EXISTENCE_CHECK) == 1
+
+    async def end_lease(bank_id: str) -> None:
+        await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank_id)
+
+    for code_ in [code, *controls]:
+        await db.execute(
+            "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ($1, 'bank-files', "
+            "'test:0:gone', $2, now() + interval '1 hour')", f"bank-{code_}", [T.EXISTENCE_CHECK])
+    people = {c: (account(c, "サトウ ジロウ"), my_number()) for c in [code, *controls]}
+    for acct, mn in people.values():
+        await hold_account(platform.settings, db, mn, acct)
     before = await answers_from(db, bank)
-    async with portal_registration(platform, acct, mn) as pending:
-
-        async def parked() -> bool:
-            return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
-                                     bank, T.EXISTENCE_CHECK) == 1
-
-        await eventually(parked, timeout=60)
-        await asyncio.sleep(2.0)  # several simulator rounds: nothing is answered while the lease lives
-        assert not pending.done() and await answers_from(db, bank) == before
-        await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank)
-        answer = await pending
+    async with contextlib.AsyncExitStack() as stack:
+        pending = {c: await stack.enter_async_context(portal_registration(platform, *people[c]))
+                   for c in [code, *controls]}
+        for c in [code, *controls]:
+            await eventually(lambda c=c: parked(f"bank-{c}"), timeout=60)
+        for c in controls:  # one drain round of the simulator each, after the bank's message was parked
+            await end_lease(f"bank-{c}")
+            control = await asyncio.wait_for(pending[c], 60)
+            assert control.body["status"] == "DONE"
+            assert not pending[code].done() and await answers_from(db, bank) == before  # still parked
+        await end_lease(bank)
+        answer = await pending[code]
     assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
     assert await answers_from(db, bank) == before + 1
     assert await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1", bank) == 0
@@ -338,20 +353,30 @@ async def test_bad_flags_exit_2_before_anything_starts(platform, tmp_path):
 
 
 async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
-    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=3)
-    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=3)
+    # A lease far longer than the test: only a release can hand it over, however slow the machine.
+    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=60)
+    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=60)
     await first.open()
     await second.open()
+    tries = 0
+    take = second.take
+
+    async def counted_take() -> Any:  # the standby's rounds, counted
+        nonlocal tries
+        tries += 1
+        return await take()
+
     try:
         await first.acquire(standby=False, stop=asyncio.Event())
         with pytest.raises(LeaseHeld) as refused:
             await second.acquire(standby=False, stop=asyncio.Event())
         assert refused.value.detail["holder"] == first.holder
+        second.take = counted_take  # type: ignore[method-assign]
         standby = asyncio.create_task(second.acquire(standby=True, stop=asyncio.Event()))
-        await asyncio.sleep(2.5)
+        await moved_on(lambda: tries, by=2, what="the standby")  # two rounds refused while the first holds it
         assert not standby.done() and await first.renew()  # renewed: the standby keeps waiting
         await first.release()
-        await asyncio.wait_for(standby, 5)  # taken within one standby round
+        await asyncio.wait_for(standby, 30)  # taken at its next round
         assert second.held and not await first.renew()  # the first would now stop (exit 1)
     finally:
         await second.release()

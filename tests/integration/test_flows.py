@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import json
 import os
+import random
 import signal
 import uuid
 from datetime import UTC, datetime
@@ -17,6 +18,9 @@ from connectors.client import BusClient
 from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
+from infra.chaos import read_topic
+from infra.envelope import peek
+from infra.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
@@ -145,42 +149,123 @@ async def test_step3_bank_channel_registration(bus, pg, running_platform):
     assert provided["status"] == "REGISTERED" and provided["account"]["bank_code"] == "9004"
 
 
-async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(bus, pg, running_platform):
-    from infra.stack import WORKERS
+async def _uncommitted_claims(pg, settings) -> list[tuple[int, int]]:
+    """Ingress records the hub has claimed (its transaction committed) at or past the offset its group
+    committed: a hub that dies now reads them again — a redelivery, not a replay."""
+    from aiokafka import TopicPartition
 
-    people = [person() for _ in range(12)]
+    from infra.kafka import admin_client
+
+    ingress = TopicNames(settings.kafka.topic_prefix).ingress
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        partitions = [TopicPartition(ingress, p) for p in range(INGRESS_PARTITIONS)]
+        offsets = await admin.list_consumer_group_offsets(f"{settings.kafka.topic_prefix}.hub", partitions=partitions)
+    finally:
+        await admin.close()
+    committed = {tp.partition: max(om.offset, 0) for tp, om in offsets.items() if om is not None}
+    rows = await pg.fetch("SELECT src_partition, src_offset FROM hub_messages WHERE src_offset >= "
+                          "(($1::jsonb) ->> src_partition::text)::bigint",
+                          json.dumps({str(p): o for p, o in committed.items()}))
+    return [(r["src_partition"], r["src_offset"]) for r in rows]
+
+
+async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(bus, pg, running_platform):
+    """The hub is SIGKILLed while inquiries stream in, at a moment when it has claimed records whose
+    offsets its consumer group has not committed yet (found by freezing it with SIGSTOP and looking), so
+    the restarted hub certainly reads them again.  A redelivery must be forwarded again, never refused
+    as REPLAYED, and nothing may be lost or answered twice."""
+    from infra.stack import WORKERS
+    from tests.integration.waits import dead_letters, hub_barrier, metric, metrics_url, replayed
+
+    settings = running_platform.settings
+    people = [person() for _ in range(40)]
     tokens = [await bus.token_for(AGENCY, mn) for mn in people]
+    tasks: list[asyncio.Task] = []
+    killed = asyncio.Event()
 
     async def ask(token: str) -> str:
         answer = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
             body={"procedure_code": "BENEFIT-002", "purpose": None, "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120)
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=180)
+        assert answer.meta.type == T.PROVISION_RESPONSE, answer.meta.type
         return answer.meta.correlation_id
 
-    tasks = [asyncio.create_task(ask(t)) for t in tokens]
-    await asyncio.sleep(0.3)
+    async def stream() -> None:  # a steady stream of inquiries, until a little after the kill
+        for token in tokens:
+            tasks.append(asyncio.create_task(ask(token)))
+            await asyncio.sleep(0.1)
+            if killed.is_set() and len(tasks) >= len(tokens) // 2:
+                return
+
+    streaming = asyncio.create_task(stream())
+    while sum(t.done() for t in tasks) < 3:  # the hub is answering
+        assert not streaming.done(), "the stream ended before three inquiries were answered"
+        await asyncio.sleep(0.05)
     hub = running_platform.stack.components["hub"]
-    os.kill(hub.pid, signal.SIGKILL)
+    uncommitted: list[tuple[int, int]] = []
+    for _ in range(200):  # freeze the hub; kill it only between a batch's claim and its offset commit
+        os.kill(hub.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.1)  # let a commit request already on its way reach the broker
+            uncommitted = await _uncommitted_claims(pg, settings)
+        except BaseException:
+            os.kill(hub.pid, signal.SIGCONT)  # never leave the hub frozen
+            raise
+        if uncommitted:
+            answered_at_kill, sent_at_kill = sum(t.done() for t in tasks), len(tasks)
+            os.kill(hub.pid, signal.SIGKILL)
+            break
+        os.kill(hub.pid, signal.SIGCONT)
+        await asyncio.sleep(0.03)
+    assert uncommitted, "never caught the hub between a claim and its offset commit"
+    killed.set()
     running_platform.check_children()
     running_platform.start_worker(next(w for w in WORKERS if w.name == "hub"))
+    await streaming
     correlations = await asyncio.gather(*tasks)
-    assert len(set(correlations)) == len(people)
-    # Exactly one answer per inquiry reached the agency, and one record per leg exists.
-    answers = await pg.fetchval(
-        "SELECT count(*) FROM client_inbox WHERE correlation_id = ANY($1::uuid[]) AND type = $2",
-        correlations, T.PROVISION_RESPONSE)
-    assert answers == len(people)
+
+    # The kill came mid-stream: some inquiries were answered before it, not all of them.
+    assert 0 < answered_at_kill < sent_at_kill
+    n = len(tasks)
+    assert len(set(correlations)) == n
+    restarted = await metrics_url(running_platform, "hub")
+    await hub_barrier(settings)  # everything on ingress so far has been through the new hub
+    # No redelivery was mistaken for a replay: the hub dead-lettered nothing it had claimed before the
+    # kill (nor any message of these inquiries) as REPLAYED ...
+    claimed_before = [r["message_id"] for r in await pg.fetch(
+        "SELECT message_id FROM hub_messages h JOIN unnest($1::int[], $2::bigint[]) AS u(p, o) "
+        "ON h.src_partition = u.p AND h.src_offset = u.o", [p for p, _ in uncommitted], [o for _, o in uncommitted])]
+    assert len(claimed_before) == len(uncommitted)
+    dead = await dead_letters(settings)
+    assert replayed(dead, claimed_before) == [], "a redelivery after the crash was refused as a replay"
+    # ... and the restarted hub did read them again (a real redelivery, counted as a duplicate).
+    assert await metric(restarted, "renkei_messages_duplicate_total")() >= len(uncommitted)
+
+    # Exactly one answer per inquiry: one row each in the agency's inbox, one answer message id each on the wire.
+    answers = await pg.fetch("SELECT correlation_id::text AS cid FROM client_inbox "
+                             "WHERE correlation_id = ANY($1::uuid[]) AND type = $2", correlations, T.PROVISION_RESPONSE)
+    assert sorted(r["cid"] for r in answers) == sorted(correlations)
+    inbox = [peek(r.value) for r in await read_topic(settings, TopicNames(settings.kafka.topic_prefix).inbox(AGENCY))]
+    on_wire: dict[str, set[str]] = {}
+    asked = set(correlations)
+    for meta in inbox:
+        if meta.correlation_id in asked and meta.type == T.PROVISION_RESPONSE:
+            on_wire.setdefault(meta.correlation_id, set()).add(meta.message_id)
+    assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
+    # One provision record per leg (the inquiry, the answer), each message recorded once.
     records = await pg.fetch(
         "SELECT message_id, count(*) AS n FROM provision_records WHERE correlation_id = ANY($1::uuid[]) "
         "GROUP BY message_id", correlations)
-    assert len(records) == 2 * len(people) and all(r["n"] == 1 for r in records)
-    effects = await pg.fetchval(
-        "SELECT count(*) FROM processed_messages WHERE consumer = 'registry' AND message_id IN "
-        "(SELECT message_id FROM hub_messages WHERE type = $1)", T.PROVISION_INQUIRY)
-    assert effects >= len(people)
-    replays = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE reason = 'REPLAYED'")
-    assert replays == 0, "a redelivery after the crash was mistaken for a replay"
+    assert len(records) == 2 * n and all(r["n"] == 1 for r in records)
+    ours = [r["message_id"] for r in records]  # the inquiries' and the answers' message ids
+    # The registry applied each inquiry once.
+    effects = await pg.fetchval("SELECT count(*) FROM processed_messages WHERE consumer = 'registry' "
+                                "AND message_id = ANY($1::uuid[])", ours)
+    assert effects == n
+    assert replayed(dead, ours) == []
 
 
 async def test_provision_chain_detects_deleted_and_altered_records(bus, pg, running_platform):

@@ -14,11 +14,11 @@ interleaved and still answered:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -39,6 +39,7 @@ from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.test_lookups import bank_token, customer, numbered_person, wait_for
+from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,6 +113,18 @@ async def notified(pg, bank: str, cid: str, timeout: float = 60) -> dict:
     return (await lookup_notifications(pg, bank, cid))[0]
 
 
+async def settled(platform: Platform, *then: Any) -> None:
+    """All sent so far went through the hub and DICJ's desk and on: the hub, DICJ (two polls, two relay passes),
+    the hub again, then two more passes of each recipient in ``then`` (readers of its pass counter)."""
+    dicj = await metrics_url(platform, "dicj")
+    await hub_barrier(platform.settings)
+    await moved_on(metric(dicj, "renkei_consumer_polls_total"), what="DICJ's desk")
+    await moved_on(metric(dicj, "renkei_outbox_relay_passes_total"), what="DICJ's outbox relay")
+    await hub_barrier(platform.settings)
+    for read in then:
+        await moved_on(read, what="the recipient")
+
+
 async def lookup_of(pg, ref: str) -> uuid.UUID | None:
     return await pg.fetchval("SELECT lookup_correlation FROM dicj_applications WHERE application_ref = $1", ref)
 
@@ -181,7 +194,7 @@ async def test_an_application_resent_is_asked_once(pg, platform, portal, counter
     await counters.send("bank-9002", [message])  # a new message id, the same application (correlation)
     note = await notified(pg, "bank-9002", message.correlation_id)
     assert note["banks_with_accounts"] == ["9001"]
-    await asyncio.sleep(2)
+    await settled(platform, metric(await metrics_url(platform, "banks"), "renkei_consumer_polls_total"))
     assert await pg.fetchval("SELECT count(*) FROM dicj_applications WHERE application_ref = 'HEIR-TWICE'") == 1
     assert len(await lookup_notifications(pg, "bank-9002", message.correlation_id)) == 1
 
@@ -299,7 +312,7 @@ async def test_numbering_on_the_portal_for_several_banks_comes_back_as_one_resul
     outcomes = {o["bank_code"]: (o["status"], o["accounts_linked"]) for o in answer.body["outcomes"]}
     assert outcomes == {"9000": ("LINKED", 2), "9002": ("LINKED", 1), "9004": ("NO_ACCOUNT", 0)}
     assert answer.body["banks_not_answered"] == []
-    await asyncio.sleep(1.5)  # a second result, if any, would have arrived by now
+    await settled(platform, portal.runtime.polls.value)  # a second result, if any, would have arrived by now
     assert await pg.fetchval("SELECT count(*) FROM client_inbox WHERE correlation_id = $1 AND type = $2",
                              uuid.UUID(answer.meta.correlation_id), T.NUMBERING_RESULT) == 1
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE token = ANY($1::text[])",

@@ -37,11 +37,12 @@ from infra.kafka import consumer
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.provisions import ProvisionStore
 from infra.stack import WORKERS, Platform
-from infra.topics import TopicNames
+from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -265,21 +266,57 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     assert ("bank-9004", "PROVIDED") not in by
 
 
+async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
+    """``bank`` answers lookup ``cid`` once more, after the result went out: a fresh message id, sealed with the
+    bank's own keys, the routing fields of its first answer (a bank system re-sending its answer)."""
+    from infra.chaos import read_topic
+    from infra.envelope import Message, Sealer
+    from infra.kafka import producer
+
+    names = TopicNames(platform.settings.kafka.topic_prefix)
+    first = next(m for m in (peek(r.value) for r in await read_topic(platform.settings, names.ingress,
+                                                                         partitions=INGRESS_PARTITIONS))
+                 if m.correlation_id == cid and m.sender == bank and m.type == T.LOOKUP_ANSWER)
+    store = KeyStore.for_settings(platform.settings)
+    sealer = Sealer(store.keyset(bank), store.local_directory(platform.participants))
+    [envelope] = sealer.seal_batch([Message(
+        body={"bank_code": bank.removeprefix("bank-"), "accounts": [], "answered_at": datetime.now(UTC)},
+        type=T.LOOKUP_ANSWER, to=first.recipient, subject=first.subject, data_item=first.data_item,
+        basis=first.legal_basis, correlation_id=cid)])
+    prod = producer(platform.settings)
+    await prod.start()
+    try:
+        await prod.send_and_wait(names.ingress, envelope, key=first.subject.encode())
+    finally:
+        await prod.stop()
+
+
 async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
     mn, _ = await numbered_person(pg, platform, portal, {"9002": 1})
     await set_behaviour(pg, "bank-9002", answer_twice=True)
-    before = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE type = $1 AND sender = 'bank-9002' "
-                               "AND accepted", T.LOOKUP_ANSWER)
-    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # to every bank, a long deadline
-    view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    try:
+        before = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE type = $1 AND sender = 'bank-9002' "
+                                   "AND accepted", T.LOOKUP_ANSWER)
+        cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank, a long deadline
+        view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    finally:
+        await set_behaviour(pg, "bank-9002")  # the other tests get one answer from it
     assert view["answering_banks"] == BANKS and view["missing_banks"] == []
     assert len(view["accounts"]) == 1
     await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 2 FROM hub_messages WHERE type = $1 AND "
                                        "sender = 'bank-9002' AND accepted", T.LOOKUP_ANSWER, before),
                    20, "both copies at the hub")
-    await asyncio.sleep(1.0)
+    # ... and a third, once the result is out (a copy that comes late must not pass for a late answer).
+    await _answer_again_late(platform, "bank-9002", cid)
+    await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 3 FROM hub_messages WHERE type = $1 AND "
+                                       "sender = 'bank-9002' AND accepted", T.LOOKUP_ANSWER, before),
+                   20, "the late copy at the hub")
+    # The hub decides in the claim transaction that recorded each copy: no supplement was sealed.
+    assert await pg.fetchval("SELECT count(*) FROM hub_lookup_outbox WHERE correlation_id = $1", uuid.UUID(cid)) == 1
+    await hub_barrier(platform.settings)  # the copies' batches are finished (their results flushed) ...
+    await moved_on(dicj.runtime.polls.value, what="DICJ's inbox")  # ... and DICJ has looked twice since
     results = await pg.fetch("SELECT is_supplement FROM dicj_lookup_results WHERE correlation_id = $1", uuid.UUID(cid))
-    assert [r["is_supplement"] for r in results] == [False]  # the second answer made no supplement
+    assert [r["is_supplement"] for r in results] == [False]  # the copies made no supplement
     assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1",
                              uuid.UUID(cid)) == len(BANKS)
 
@@ -328,7 +365,10 @@ async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, pl
     platform.start_worker(next(w for w in WORKERS if w.name == "hub"))
     view = await dicj.wait_result(cid, timeout=90)
     assert view["answering_banks"] == BANKS and view["missing_banks"] == []
-    await asyncio.sleep(1.5)  # a second emission, if any, would have arrived by now
+    # A second emission would come from the restarted hub re-reading the answers: wait until it has been
+    # through everything on ingress (flushes included), then until DICJ has polled its inbox twice more.
+    await hub_barrier(platform.settings)
+    await moved_on(dicj.runtime.polls.value, what="DICJ's inbox")
     assert await pg.fetchval("SELECT count(*) FROM hub_lookup_outbox WHERE correlation_id = $1",
                              uuid.UUID(cid)) == 1
     assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_results WHERE correlation_id = $1",
@@ -413,8 +453,7 @@ async def test_a_bank_that_missed_the_inquiry_answers_the_reminder_and_counts(pg
     rounds = await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid))
     assert await pg.fetchval("SELECT next_reminder_at FROM dicj_lookups WHERE correlation_id = $1",
                              uuid.UUID(cid)) is None
-    await asyncio.gather(*(dicj.send_reminders() for _ in range(3)))
-    await asyncio.sleep(REMINDER_S + 1)
+    assert await asyncio.gather(*(dicj.send_reminders() for _ in range(3))) == [0, 0, 0]  # nothing due, ever
     assert await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid)) == rounds
 
 
@@ -462,7 +501,9 @@ async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_
                                            "'bank-9005' AND type = $1", T.LOOKUP_DISASTER), 30, "the parked inquiry")
         await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
                                            uuid.UUID(cid)), 30, "the other bank's answer")
-        await asyncio.sleep(2.0)  # the simulator drains parked messages every second: it must leave this one
+        # the simulator goes over parked messages every second: two passes, and it left this one
+        await moved_on(metric(await metrics_url(platform, "banks"), "renkei_bank_drain_passes_total"),
+                       what="the simulator's drain of parked messages")
         assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant = 'bank-9005' "
                                      "AND correlation_id = $1", uuid.UUID(cid))
         assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1 AND "

@@ -33,6 +33,7 @@ from streams.participant import ClaimedInTransaction, Identity, ParticipantRunti
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
+from tests.integration.waits import hub_barrier, metric, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -206,7 +207,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
                              correlation)
     assert {(r["requester"], r["provider"], r["status"]) for r in records} == {
         (ROTATING_AGENCY, "registry", "REQUESTED"), (ROTATING_AGENCY, "registry", "PROVIDED")}
-    await asyncio.sleep(1.0)
+    await hub_barrier(settings)  # the hub has been through everything sent so far: the re-drive did not fail too
     assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]) == 2
     # The new keys are used end to end from now on: a fresh inquiry is answered directly.
     assert (await inquiry(bus, ROTATING_AGENCY, token)).body["status"] == "REGISTERED"
@@ -261,7 +262,7 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     group = f"{settings.kafka.topic_prefix}.registry"
     inbox = TopicNames(settings.kafka.topic_prefix).inbox("registry")
     await running_platform.stop_worker("registry")
-    # Tansu keeps a lone member that left listed: evict it (the worker is stopped, we know).
+    # Tansu keeps a lone member that left listed (Kafka until its session ends): evict it (the worker is stopped).
     report = await rewind_group(settings, inbox, Window(from_offset=0), group, reason="INC-12 rewind test",
                                 evict_stale=True)
     (part,) = report["partitions"]
@@ -282,7 +283,9 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     assert value(samples, "renkei_messages_in_total") == rewound
     assert value(samples, "renkei_messages_duplicate_total") == rewound - dead  # every effect was there already
     assert value(samples, "renkei_messages_out_total") == 0
-    await asyncio.sleep(2.0)  # anything reprocessing could have sent would have reached the hub by now
+    # Anything reprocessing put in the outbox is relayed within two relay passes, and is at the hub after the barrier.
+    await moved_on(metric(restarted.metrics, "renkei_outbox_relay_passes_total"), what="the registry's relay")
+    await hub_barrier(settings)
     after = await snapshot()
     assert after == before
     duplicated = await pg.fetch("SELECT correlation_id, type FROM client_inbox GROUP BY correlation_id, type "

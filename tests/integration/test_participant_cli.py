@@ -3,7 +3,8 @@
 One platform for the module (hub, registry and simulated banks as real processes on the real broker and
 PostgreSQL); every command runs through ``infra.cli.main`` exactly as typed, pointed at the platform with
 the configuration flags, its stdout and stderr captured.  Every My Number used is registered and may
-appear in no output, log record or exception message.
+appear in no output, log record or exception message.  Each test makes the people and accounts it needs
+(fixtures ``person``, ``registered``): the tests pass in any order.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
 
-OUTPUT: list[str] = []
-"""Everything the commands printed, for the final leak check."""
-PEOPLE: dict[str, str] = {}
-"""Name → My Number of everyone the tests act for."""
-ACCOUNTS: dict[str, str] = {}
 
+class People:
+    """The My Numbers one test acts for, by name (registered with the leak guard)."""
 
-def person(name: str) -> str:
-    if name not in PEOPLE:
-        PEOPLE[name] = used(my_number())
-    return PEOPLE[name]
+    def __init__(self) -> None:
+        self.numbers: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.numbers:
+            self.numbers[name] = used(my_number())
+        return self.numbers[name]
 
 
 def account_args(bank: str = "9000", holder: str = "ヤマダ タロウ") -> list[str]:
@@ -51,19 +52,40 @@ def flags(running_platform) -> list[str]:
 
 
 @pytest.fixture
-def renkei(capsys, flags, monkeypatch):
-    """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr)."""
+def person() -> People:
+    return People()
+
+
+@pytest.fixture
+def renkei(capsys, flags, monkeypatch, person):
+    """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr).
+
+    After the test: none of the test's My Numbers appeared in anything the commands printed."""
     monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped cells
+    output: list[str] = []
 
     async def run(*argv: str, as_json: bool = True) -> tuple[int, object, str]:
         capsys.readouterr()
         patience = [] if "--timeout" in argv else ["--timeout", "120"]  # a loaded CI machine: the CLI default is 30
         code = await asyncio.to_thread(main, [*argv, *patience, *flags, *(["--json"] if as_json else [])])
         out, err = capsys.readouterr()
-        OUTPUT.extend((out, err))
+        output.extend((out, err))
         return code, (json.loads(out) if as_json else out), err
 
-    return run
+    yield run
+    leaked = [name for name, mn in person.numbers.items() if any(mn in text for text in output)]
+    assert not leaked, f"My Numbers of {leaked} appeared in the CLI's output"
+
+
+@pytest.fixture
+async def registered(renkei, person) -> str:
+    """Person "a" with a seeded account at bank 9000, registered through the portal; the account number."""
+    acct = account_args("bank-9000")
+    code, out, _ = await renkei("bank", "seed-account", *acct, "--my-number", person("a"))
+    assert code == 0 and out["created"], out
+    code, out, err = await renkei("portal", "register", "--my-number", person("a"), *acct)
+    assert code == 0 and out["status"] == "DONE", (out, err)
+    return acct[acct.index("--number") + 1]
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -82,7 +104,7 @@ def test_exit_codes_and_parsing():
     assert exit_code("numbering", "NO_ACCOUNT") == 0
     assert worst([0, 2, 0]) == 2 and worst([2, 1]) == 1 and worst([]) == 0
     assert split_codes("9000, 9001 bank-9002,9000") == ["9000", "9001", "bank-9002"]
-    mn = person("written")
+    mn = used(my_number())
     assert normalise_my_number(f" {mn[:4]}-{mn[4:8]} {mn[8:]} ") == mn
 
 
@@ -102,14 +124,14 @@ def test_other_modules_can_add_to_a_group():
 # --------------------------------------------------------------------------- the flows
 
 
-async def test_seed_account_then_register(renkei):
+async def test_seed_account_then_register(renkei, person):
     mn = person("a")
     acct = account_args("bank-9000")
     code, out, _ = await renkei("bank", "seed-account", *acct, "--my-number", mn)
     assert code == 0, out
     assert out["status"] == "DONE" and out["created"] and out["customer_linked"] and out["bank"] == "bank-9000"
     assert out["account"]["bank_code"] == "9000" and out["account"]["account_type"] == "ORDINARY"
-    ACCOUNTS["a"] = out["account"]["account_number"]
+    assert out["account"]["account_number"] == acct[acct.index("--number") + 1]
 
     code, out, _ = await renkei("bank", "seed-account", *acct)  # the same data again: nothing changes
     assert code == 0 and out["created"] is False and out["customer_linked"] is False
@@ -122,7 +144,7 @@ async def test_seed_account_then_register(renkei):
     assert out["request_id"] and err == ""
 
 
-async def test_register_with_a_wrong_holder_or_someone_elses_account_is_rejected(renkei):
+async def test_register_with_a_wrong_holder_or_someone_elses_account_is_rejected(renkei, person):
     acct = account_args("9001")
     assert (await renkei("bank", "seed-account", *acct, "--my-number", person("b")))[0] == 0
     wrong = acct[:-1] + ["スズキ ハナコ"]
@@ -135,7 +157,7 @@ async def test_register_with_a_wrong_holder_or_someone_elses_account_is_rejected
     assert code == 2 and out["status"] == "NOT_HOLDER" and out["reason"] == "NOT_HOLDER", out
 
 
-async def test_an_entitled_agency_registers_alongside_a_procedure(renkei):
+async def test_an_entitled_agency_registers_alongside_a_procedure(renkei, person):
     acct = account_args("9002")
     assert (await renkei("bank", "seed-account", *acct, "--my-number", person("e")))[0] == 0
     code, out, err = await renkei("agency", "register", "--agency", "agency-nta", "--my-number", person("e"), *acct)
@@ -146,25 +168,27 @@ async def test_an_entitled_agency_registers_alongside_a_procedure(renkei):
     assert code == 2 and out["status"] == "REJECTED" and out["reason"] == "UNAUTHORISED", out
 
 
-async def test_agency_inquire_gets_the_account(renkei):
+async def test_agency_inquire_gets_the_account(renkei, person, registered):
     code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
                                 "--item", "public-funds-account")
     assert code == 0, out
     assert out["status"] == "REGISTERED" and out["agency"] == "agency-nta" and out["item"] == "public_funds_account"
-    assert out["account"]["account_number"] == ACCOUNTS["a"]
+    assert out["account"]["account_number"] == registered
     code, table, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
                                   as_json=False)
-    assert code == 0 and "REGISTERED" in table and ACCOUNTS["a"] in table
+    assert code == 0 and "REGISTERED" in table and registered in table
 
 
-async def test_suspended_agency_is_rejected_by_the_hub(renkei):
+async def test_suspended_agency_is_rejected_by_the_hub(renkei, person):
     code, out, err = await renkei("agency", "inquire", "--agency", "agency-suspended", "--my-number", person("a"))
     assert code == 2, out
     assert out["status"] == "REJECTED" and out["reason"] == "SUSPENDED" and out["account"] is None
     assert err.startswith("renkei: agency inquire rejected: SUSPENDED")
 
 
-async def test_portal_records_with_the_chain_verified(renkei):
+async def test_portal_records_with_the_chain_verified(renkei, person, registered):
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"))
+    assert code == 0 and out["status"] == "REGISTERED", out  # a provision, to be listed below
     code, out, _ = await renkei("portal", "records", "--my-number", person("a"))
     assert code == 0, out
     assert out["chain_ok"] is True and out["problems"] == [] and out["status"] == "OK"
@@ -175,14 +199,7 @@ async def test_portal_records_with_the_chain_verified(renkei):
     assert code == 0 and ("OK: every record" in table or "PENDING: " in table) and "agency-nta" in table
 
 
-async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, flags, capsys):
-    async def ops(*argv: str) -> tuple[int, dict]:  # an operator's command: no participant, no --timeout
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, [*argv, *flags, "--json"])
-        out = capsys.readouterr().out
-        OUTPUT.append(out)
-        return code, json.loads(out) if out.strip() else {}
-
+async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, person):
     mn = person("c")
     for bank in ("9000", "9000", "9001"):
         assert (await renkei("bank", "seed-account", *account_args(bank), "--my-number", mn))[0] == 0
@@ -214,11 +231,11 @@ async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, fl
     code, out, _ = await renkei("portal", "disaster-lookup", "--my-number", mn, "--disaster-id", "2026-CLI-01",
                                 "--area", "17204", "--designated-banks", "9000,9002")
     assert code == 2 and out["reason"] == "UNKNOWN_DISASTER", out
-    code, out = await ops("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
-                          "--from", "2026-01-01", "--until", "2099-12-31")
-    assert code == 2  # no --reason: nothing declared
-    code, out = await ops("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
-                          "--from", "2026-01-01", "--until", "2099-12-31", "--reason", "announced")
+    code, out, err = await renkei("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
+                                  "--from", "2026-01-01", "--until", "2099-12-31", as_json=False)
+    assert code == 2 and "--reason is required" in err  # an operator's command: nothing declared without why
+    code, out, _ = await renkei("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
+                                "--from", "2026-01-01", "--until", "2099-12-31", "--reason", "announced")
     assert code == 0 and out["created"] and out["audit"]["id"], out
     code, out, _ = await renkei("portal", "disaster-lookup", "--my-number", mn, "--disaster-id", "2026-CLI-01",
                                 "--area", "17204", "--designated-banks", "9000,9002")
@@ -226,7 +243,7 @@ async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, fl
     code, out, _ = await renkei("bank", "apply-lookup", "--bank", "9002", "--kind", "disaster", "--my-number", mn,
                                 "--disaster-id", "2026-CLI-01", "--area", "15100", "--designated-banks", "9001")
     assert code == 2 and out["reason"] == "OUTSIDE_DISASTER_AREA", out
-    code, out = await ops("disaster", "list")
+    code, out, _ = await renkei("disaster", "list")
     assert code == 0 and [d["id"] for d in out["disasters"]] == ["2026-CLI-01"]
 
     # DICJ's ledger: each application, its status and tallies, no person
@@ -239,7 +256,7 @@ async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, fl
     assert by_ref["CLI-HEIR-1"]["answering"] == by_ref["CLI-HEIR-1"]["banks_asked"] == 5  # bank-8999 takes no part
 
 
-async def test_delete_then_inquire_finds_nothing(renkei):
+async def test_delete_then_inquire_finds_nothing(renkei, person, registered):
     code, out, _ = await renkei("portal", "delete", "--my-number", person("a"))
     assert code == 0 and out["status"] == "DONE", out
     code, out, _ = await renkei("agency", "inquire", "--agency", "agency-city-minato", "--my-number", person("a"))
@@ -248,9 +265,9 @@ async def test_delete_then_inquire_finds_nothing(renkei):
     assert code == 2 and out["reason"] == "NOT_REGISTERED", out
 
 
-async def test_a_bad_my_number_is_refused_at_the_edge(renkei):
+async def test_a_bad_my_number_is_refused_at_the_edge(renkei, person):
     good = person("bad-base")
-    bad = PEOPLE["bad"] = used(good[:11] + str((int(good[11]) + 1) % 10))
+    bad = person.numbers["bad"] = used(good[:11] + str((int(good[11]) + 1) % 10))
     code, out, err = await renkei("portal", "records", "--my-number", bad)
     assert code == 2 and out["reason"] == "INVALID_FIELD" and "check digit" in out["detail"]
     assert bad not in json.dumps(out, ensure_ascii=False) + err
@@ -258,7 +275,7 @@ async def test_a_bad_my_number_is_refused_at_the_edge(renkei):
     assert code == 2 and out["detail"] == "my_number: must be 12 ASCII digits"
 
 
-async def test_no_answer_in_time_is_an_error(renkei):
+async def test_no_answer_in_time_is_an_error(renkei, person, registered):
     code, out, err = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", person("a"),
                                   "--timeout", "0.001")
     assert code == 1 and out["status"] == "TIMEOUT", out
@@ -266,18 +283,12 @@ async def test_no_answer_in_time_is_an_error(renkei):
 
 
 def test_stack_not_running_is_one_line(tmp_path):
-    mn = person("d")
+    mn = used(my_number())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
     done = subprocess.run([sys.executable, "-m", "infra.cli", "portal", "records", "--my-number", mn,
                            "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parents[2], timeout=60)
-    OUTPUT.extend((done.stdout, done.stderr))
     assert done.returncode == 1, done.stderr
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
     assert "renkei up --detach" in done.stderr
-
-
-def test_no_my_number_in_any_output():
-    assert PEOPLE and OUTPUT
-    leaked = [name for name, mn in PEOPLE.items() if any(mn in text for text in OUTPUT)]
-    assert not leaked, f"My Numbers of {leaked} appeared in the CLI's output"
+    assert mn not in done.stderr

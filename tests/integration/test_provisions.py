@@ -10,7 +10,6 @@ import asyncio
 import base64
 import dataclasses
 import os
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -273,14 +272,13 @@ async def test_records_round_trip_through_the_avro_codec(pool, store):
 
 
 @pytest.mark.parametrize("people", [500, 50, 1])
-async def test_a_batch_of_500_is_fast(pool, store, people, capsys):
+async def test_a_batch_of_500_extends_every_chain_in_one_append(pool, store, people):
+    """Its speed is measured by ``python -m benchmarks.provisions_bench``, not asserted here."""
     persons = [token() for _ in range(people)]
     drafts = [draft(persons[n % people]) for n in range(500)]
     await append(pool, store, [draft(p) for p in persons])  # existing heads, as in steady state
-    start = time.perf_counter()
     written = await append(pool, store, drafts)
-    elapsed = time.perf_counter() - start
     assert len(written) == 500
-    with capsys.disabled():
-        print(f"\n  append 500 records over {people} people: {elapsed * 1000:.1f} ms")
-    assert elapsed < 2.0
+    for p in persons:
+        verdict = await store.verify_chain(p)
+        assert verdict.ok and verdict.checked == 1 + 500 // people
