@@ -79,8 +79,9 @@ async def running_platform(endpoints, database, tmp_path_factory) -> AsyncIterat
 
 @pytest.fixture(scope="module")
 async def bus(running_platform: Platform) -> AsyncIterator[BusClient]:
-    """The portal and every agency, as one client process of the bus."""
-    ids = ["portal", "dicj"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
+    """The portal and every agency, as one client process of the bus (DICJ is the platform's own worker: a
+    client claiming DICJ's inbox too would take applications from it)."""
+    ids = ["portal"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
     async with BusClient(running_platform.settings, ids,
                          group=f"{running_platform.settings.kafka.topic_prefix}.clients") as client:
         yield client
