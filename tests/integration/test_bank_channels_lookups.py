@@ -41,7 +41,7 @@ from infra.stack import Platform
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
 from tests.integration.test_connectors_support import BankEndpoint, eventually
 from tests.integration.test_lookups import bank_token, customer, number_via_portal, wait_for
 
@@ -255,8 +255,10 @@ async def test_an_heirs_lookup_reaches_both_channels_and_a_next_morning_answer_c
                              lookup, FILES_BANK)
     assert late is False
     # the simulator never answered for the two connected banks
-    assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE correlation_id = $1 AND "
-                                 "participant IN ($2, $3)", lookup, FILES_BANK, HTTP_BANK)
+    for bank in (FILES_BANK, HTTP_BANK):  # each bank was shown the lookup under a correlation id of its own
+        assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE correlation_id = $1 AND "
+                                     "participant = $2", correlation_seen_by(w.platform.settings, lookup, "dicj", bank),
+                                     bank)
     # an answer to no open lookup is refused line by line; a second answer (to a reminder still in flight)
     # changes nothing: the first one counts
     write_atomically(w.root / "inbound" / "LAN_again.csv", render_file("LAN", FILES_CODE, "again", [

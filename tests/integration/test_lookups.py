@@ -42,7 +42,7 @@ from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
+from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
 from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -119,6 +119,11 @@ async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute("DELETE FROM bank_sim_behaviour")
     await conn.execute("DELETE FROM bank_delayed_answers")
     await conn.close()
+
+
+def seen_by(platform: Platform, dicj_correlation: str, bank: str) -> uuid.UUID:
+    """DICJ's lookup as ``bank`` was shown it: under a correlation id of the bank's own."""
+    return correlation_seen_by(platform.settings, dicj_correlation, "dicj", bank)
 
 
 def bank_token(platform: Platform, my_number: str, bank_code: str) -> str:
@@ -451,7 +456,7 @@ async def test_a_bank_that_missed_the_inquiry_answers_the_reminder_and_counts(pg
     assert view["answering_banks"] == BANKS and view["missing_banks"] == [] and view["late_banks"] == []
     assert view["banks_with_accounts"] == ["9001", "9004"] and len(view["accounts"]) == 3
     got = await pg.fetch("SELECT reminder, answered FROM bank_lookups_received WHERE participant = 'bank-9004' "
-                         "AND correlation_id = $1 ORDER BY reminder", uuid.UUID(cid))
+                         "AND correlation_id = $1 ORDER BY reminder", seen_by(platform, cid, "bank-9004"))
     assert [(r["reminder"], r["answered"]) for r in got][:2] == [(0, False), (1, True)]
     reminded = await pg.fetch("SELECT round, bank_id FROM dicj_lookup_reminders WHERE correlation_id = $1",
                               uuid.UUID(cid))
@@ -479,9 +484,10 @@ async def test_reminders_go_once_per_round_to_the_missing_banks_only(pg, platfor
     await pg.execute("UPDATE dicj_lookups SET next_reminder_at = now() WHERE correlation_id = $1", uuid.UUID(cid))
     await asyncio.gather(*(dicj.send_reminders() for _ in range(4)))
     await wait_for(lambda: pg.fetchval("SELECT count(*) >= 2 FROM bank_lookups_received WHERE participant = "
-                                       "'bank-9005' AND correlation_id = $1", uuid.UUID(cid)), 30, "a reminder")
+                                       "'bank-9005' AND correlation_id = $1", seen_by(platform, cid, "bank-9005")),
+                   30, "a reminder")
     received = await pg.fetch("SELECT reminder FROM bank_lookups_received WHERE participant = 'bank-9005' AND "
-                              "correlation_id = $1", uuid.UUID(cid))
+                              "correlation_id = $1", seen_by(platform, cid, "bank-9005"))
     rounds = await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid))
     assert sorted(r["reminder"] for r in received) == list(range(len(received)))  # every round once, in order
     assert len(received) - 1 <= rounds
@@ -489,7 +495,7 @@ async def test_reminders_go_once_per_round_to_the_missing_banks_only(pg, platfor
                               uuid.UUID(cid))
     assert {r["bank_id"] for r in reminded} == {"bank-9005"}  # the bank that answered is never reminded
     assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant = 'bank-9002' AND "
-                                 "correlation_id = $1 AND reminder > 0", uuid.UUID(cid))
+                                 "correlation_id = $1 AND reminder > 0", seen_by(platform, cid, "bank-9002"))
 
 
 # ---- a bank whose real channel is connected ---------------------------------------------------------
@@ -516,7 +522,7 @@ async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_
         await moved_on(metric(await metrics_url(platform, "banks"), "renkei_bank_drain_passes_total"),
                        what="the simulator's drain of parked messages")
         assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant = 'bank-9005' "
-                                     "AND correlation_id = $1", uuid.UUID(cid))
+                                     "AND correlation_id = $1", seen_by(platform, cid, "bank-9005"))
         assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1 AND "
                                  "bank_code = '9005'", uuid.UUID(cid)) == 0
     finally:

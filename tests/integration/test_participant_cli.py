@@ -330,7 +330,7 @@ def test_stack_not_running_is_one_line(tmp_path):
     mn = used(my_number())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
     done = subprocess.run([sys.executable, "-m", "infra.cli", "agency", "inquire", "--agency", "agency-nta",
-                           "--my-number", mn,
+                           "--procedure", "income-tax-refund", "--my-number", mn,
                            "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parents[2], timeout=60)
     assert done.returncode == 1, done.stderr
@@ -356,7 +356,8 @@ async def test_a_my_number_alone_is_refused_for_the_persons_commands(renkei, per
         err = capsys.readouterr().err
         renkei.output.append(err)
         assert "--card" in err and mn not in err
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", mn)
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                "--my-number", mn)
     assert code == 0 and out["status"] == "NOT_REGISTERED"  # nothing was filed for them
     code, out, _ = await as_person(renkei, person, "f", "register", *acct)
     assert code == 0 and out["status"] == "DONE", out
