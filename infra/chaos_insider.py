@@ -122,7 +122,8 @@ class _World:
         from schemas import types as T
 
         return Message(body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
-                       type=T.PROVISION_INQUIRY, to="registry", subject=self.authority.token_for(self.my_number, AGENCY),
+                       type=T.PROVISION_INQUIRY, to="registry",
+                       subject=self.authority.token_for(self.my_number, AGENCY),
                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()),
                        procedure=PROCEDURE)
 
