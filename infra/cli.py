@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
-    from infra import broker_commands, db_commands, keycommands
+    from infra import broker_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     connector_serve.register()
@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     broker_commands.register(add)
     db_commands.register(add, common)
+    schema_commands.register(add, common)  # renkei schemas list|show|export|check
     return parser
 
 

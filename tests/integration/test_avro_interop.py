@@ -1,0 +1,173 @@
+"""Renkei's Avro framing against an independent implementation: Apache Avro's Java library.
+
+The JVM program (infra/avro-interop, resolved by Maven from Maven Central) decodes Renkei's
+single-object bytes with ``BinaryMessageDecoder`` + ``SchemaStore`` (one record of every version of
+every schema, and a real sealed envelope), encodes records with ``BinaryMessageEncoder`` for Renkei to
+decode, and prints Java's CRC-64-AVRO fingerprint and Parsing Canonical Form of every catalogue version.
+No mock: a disagreement on the fingerprint, the body encoding or schema resolution fails a comparison.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import fastavro
+import pytest
+from fastavro.utils import generate_one
+
+from infra.kafka_broker import MIN_JAVA, find_java
+from infra.settings import DEFAULT_CACHE
+from schemas import codec
+from schemas.catalogue import AVSC_ROOT, catalogue
+from tests.tools import require
+from tests.unit.envelope_world import World
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).resolve().parents[2] / "infra" / "avro-interop"
+POM = PROJECT / "pom.xml"
+MAIN = PROJECT / "src" / "main" / "java" / "renkei" / "interop" / "AvroInterop.java"
+
+
+def _missing() -> str | None:
+    java = find_java()
+    if java is None:
+        return "Java is not installed (the Avro interop test runs Apache Avro's Java library)"
+    if java.major < MIN_JAVA:
+        return f"Java {java.version} is older than {MIN_JAVA}"
+    if shutil.which("mvn") is None:
+        return "Maven (mvn) is not installed (it resolves org.apache.avro:avro from Maven Central)"
+    return None
+
+
+def _avro_version() -> str:
+    return re.search(r"<avro\.version>([^<]+)</avro\.version>", POM.read_text()).group(1)  # type: ignore[union-attr]
+
+
+def _libs() -> Path:
+    """The Java classpath, resolved by Maven once into the cache the embedded Kafka's jars share."""
+    home = DEFAULT_CACHE / f"avro-interop-{_avro_version()}"
+    home.mkdir(parents=True, exist_ok=True)
+    libs = home / "libs"
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel run waits for one fetch
+        if not (home / "COMPLETE").exists():
+            shutil.rmtree(libs, ignore_errors=True)
+            result = subprocess.run(["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+                                     f"-Dlibs.dir={libs}"], capture_output=True, text=True, timeout=900, check=False)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            (home / "COMPLETE").write_text("ok\n")
+    assert any(libs.glob("avro-*.jar"))
+    return libs
+
+
+def _run_java(work: Path) -> None:
+    java = find_java()
+    assert java is not None
+    result = subprocess.run([java.path, "-cp", f"{_libs()}/*", str(MAIN), str(AVSC_ROOT), str(work)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"Java failed:\n{result.stdout}\n{result.stderr}"
+
+
+def _avro_json(schema: dict, record: dict) -> str:
+    out = io.StringIO()
+    fastavro.json_writer(out, schema, [record])
+    return out.getvalue()
+
+
+def _from_avro_json(schema: dict, text: str) -> dict:
+    return next(iter(fastavro.json_reader(io.StringIO(text), schema)))
+
+
+@pytest.fixture(scope="module")
+def exchanged(tmp_path_factory):
+    """Run the JVM once over: a random record of every catalogue version and a real sealed envelope."""
+    require(_missing())
+    work = tmp_path_factory.mktemp("avro-interop")
+    (work / "in").mkdir()
+    random.seed(19)  # fastavro's generator draws from `random`: the same records every run
+    cases: dict[str, tuple[str, int, bytes]] = {}
+    for name, versions in catalogue().by_name.items():
+        for version, entry in versions.items():
+            record = generate_one(entry.parsed)
+            data = codec.encode(name, record, version=version)
+            case = f"v{version}-generated"
+            cases[f"{name}.{case}"] = (name, version, data)
+            (work / "in" / f"{name}.{case}.bin").write_bytes(data)
+            (work / "in" / f"{name}.v{version}.{case}.json").write_text(
+                _avro_json(entry.parsed, codec.decode(data)))
+    world = World()
+    sealed = world.seal("agency-a", "registry", "provision.inquiry")  # as the agency sends it to the hub
+    forwarded = world.forward(sealed)  # countersigned, as the registry receives it
+    for label, data in (("sealed", sealed), ("forwarded", forwarded)):
+        version = codec.writer_name(data)[1]
+        cases[f"envelope.{label}"] = ("envelope", version, data)
+        (work / "in" / f"envelope.{label}.bin").write_bytes(data)
+        (work / "in" / f"envelope.v{version}.{label}.json").write_text(
+            _avro_json(codec.schema("envelope", version), codec.decode(data)))
+    _run_java(work)
+    return work, cases, world
+
+
+def test_java_computes_the_same_fingerprint_and_canonical_form_for_every_version(exchanged):
+    """The single-object header Renkei writes is the one Java writes and looks up (the Avro spec's
+    CRC-64-AVRO of the Parsing Canonical Form, logical types stripped)."""
+    work, *_ = exchanged
+    java = {}
+    for line in (work / "fingerprints.tsv").read_text(encoding="utf-8").splitlines():
+        name, version, fingerprint, canonical = line.split("\t")
+        java[(name, int(version))] = (fingerprint, canonical)
+    ours = {(name, v): (e.fingerprint.hex(), e.canonical_form)
+            for name, versions in catalogue().by_name.items() for v, e in versions.items()}
+    assert java.keys() == ours.keys()
+    for key, (fingerprint, canonical) in ours.items():
+        assert java[key] == (fingerprint, canonical), key
+    logical = [k for k, e in ((k, catalogue().by_name[k[0]][k[1]]) for k in ours) if "logicalType" in json.dumps(e.source)]
+    assert logical, "the catalogue has logical types, so this covers the case the avro package gets wrong"
+
+
+def test_java_decodes_every_renkei_record_as_the_latest_version(exchanged):
+    """Java's BinaryMessageDecoder finds the writer by fingerprint in its SchemaStore and resolves
+    the record to the latest version, reading the same values Renkei reads."""
+    work, cases, *_ = exchanged
+    for case, (name, _version, data) in cases.items():
+        reader = codec.schema(name)
+        java_read = _from_avro_json(reader, (work / "out" / f"{case}.json").read_text())
+        assert java_read == codec.decode(data, name), case
+
+
+def test_renkei_decodes_what_java_encoded_byte_for_byte(exchanged):
+    """Java's BinaryMessageEncoder writes the same bytes as Renkei for the same record and version,
+    and Renkei's decoder reads them."""
+    work, cases, *_ = exchanged
+    for case, (name, version, data) in cases.items():
+        label = case.split(".", 1)[1]
+        java_bytes = (work / "out" / f"{name}.v{version}.{label}.bin").read_bytes()
+        assert java_bytes[:2] == b"\xc3\x01" and java_bytes[2:10] == codec.fingerprint(name, version), case
+        assert codec.writer_name(java_bytes) == (name, version)
+        assert codec.decode(java_bytes, name) == codec.decode(data, name), case
+        assert java_bytes == data, case
+
+
+def test_a_real_envelope_java_re_encoded_is_still_verified_and_opened(exchanged):
+    """A real sealed envelope survives Java: what Java decoded and re-encoded passes the hub's ingress
+    verification (sealed) and the recipient's signature checks and decryption (forwarded)."""
+    work, cases, world = exchanged
+    _, version, sealed = cases["envelope.sealed"]
+    java_sealed = (work / "out" / f"envelope.v{version}.sealed.bin").read_bytes()
+    assert world.ingress.verify(java_sealed).sender == "agency-a"
+    _, version, forwarded = cases["envelope.forwarded"]
+    java_forwarded = (work / "out" / f"envelope.v{version}.forwarded.bin").read_bytes()
+    opened = world.opener("registry").open(java_forwarded)
+    assert opened.meta.type == "provision.inquiry" and opened.meta.sender == "agency-a"
+    assert opened.body == world.opener("registry").open(forwarded).body
+    java_read = _from_avro_json(codec.schema("envelope"), (work / "out" / "envelope.forwarded.json").read_text())
+    assert java_read["countersignature"] is not None
+    assert java_read["body"] == codec.decode(forwarded)["body"]  # the ciphertext, untouched
