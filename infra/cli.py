@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
-    from infra import broker_commands, db_commands, keycommands, schema_commands
+    from infra import broker_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     connector_serve.register()
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker_commands.register(add)
     db_commands.register(add, common)
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
+    config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     return parser
 
 
