@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import copy
+
 import fastavro
 import pytest
 from fastavro.utils import generate_one
@@ -25,7 +27,7 @@ from fastavro.utils import generate_one
 from infra.kafka_broker import MIN_JAVA, find_java
 from infra.settings import DEFAULT_CACHE
 from schemas import codec
-from schemas.catalogue import AVSC_ROOT, catalogue
+from schemas.catalogue import AVSC_ROOT, catalogue, check_full_transitive
 from tests.tools import require
 from tests.unit.envelope_world import World
 
@@ -112,8 +114,38 @@ def exchanged(tmp_path_factory):
         (work / "in" / f"envelope.{label}.bin").write_bytes(data)
         (work / "in" / f"envelope.v{version}.{label}.json").write_text(
             _avro_json(codec.schema("envelope", version), codec.decode(data)))
+    for name, case, proposed in _proposals():
+        (work / "in" / f"{name}.{case}.avsc").write_text(json.dumps(proposed))
     _run_java(work)
     return work, cases, world
+
+
+def _field(schema: dict, name: str) -> dict:
+    return next(f for f in schema["fields"] if f["name"] == name)
+
+
+def _proposals() -> list[tuple[str, str, dict]]:
+    """Proposed next versions, compatible and not, for `renkei schemas check` and Java to judge."""
+    def latest(name: str) -> dict:
+        return copy.deepcopy(catalogue().latest[name].source)
+
+    optional = {"name": "channel_ref", "type": ["null", "string"], "default": None, "doc": "d"}
+    add_optional = latest("provision_inquiry")
+    add_optional["fields"].append(optional)
+    add_required = latest("provision_inquiry")
+    add_required["fields"].append({"name": "agency_ref", "type": "string", "doc": "d"})
+    purpose_required = latest("provision_inquiry")  # reads v2 data, not v1's
+    del _field(purpose_required, "purpose")["default"]
+    purpose_required["fields"].append(optional)
+    type_change = latest("numbering_ack")
+    _field(type_change, "accounts_linked")["type"] = "string"
+    closed_enum = latest("registration_request")
+    _field(closed_enum, "operation")["type"]["symbols"].append("SUSPEND")
+    open_enum = latest("provision_response")
+    _field(open_enum, "status")["type"]["symbols"].insert(-1, "PENDING")
+    return [("provision_inquiry", "add-optional", add_optional), ("provision_inquiry", "add-required", add_required),
+            ("provision_inquiry", "purpose-required", purpose_required), ("numbering_ack", "type-change", type_change),
+            ("registration_request", "closed-enum", closed_enum), ("provision_response", "open-enum", open_enum)]
 
 
 def test_java_computes_the_same_fingerprint_and_canonical_form_for_every_version(exchanged):
@@ -171,3 +203,22 @@ def test_a_real_envelope_java_re_encoded_is_still_verified_and_opened(exchanged)
     java_read = _from_avro_json(codec.schema("envelope"), (work / "out" / "envelope.forwarded.json").read_text())
     assert java_read["countersignature"] is not None
     assert java_read["body"] == codec.decode(forwarded)["body"]  # the ciphertext, untouched
+
+
+def test_java_agrees_with_the_full_transitive_check(exchanged):
+    """`renkei schemas check` (schemas.catalogue.check_full_transitive) and Java's SchemaCompatibility,
+    both ways against every version (what a Schema Registry applies under FULL_TRANSITIVE), give the
+    same verdict on compatible and incompatible proposals, and both accept every published version."""
+    work, *_ = exchanged
+    for line in (work / "compatibility.tsv").read_text().splitlines():
+        name, version, verdict = line.split("\t", 2)
+        assert verdict == "compatible", (name, version, verdict)
+    verdicts = {}
+    for name, case, proposed in _proposals():
+        java = (work / "out" / f"{name}.{case}.verdict").read_text()
+        ours = check_full_transitive(proposed, catalogue().by_name[name])
+        verdicts[case] = java.split("\t")[0]
+        assert (java == "compatible") == (not ours), (case, java, [i.describe() for i in ours])
+    assert verdicts == {"add-optional": "compatible", "add-required": "incompatible",
+                        "purpose-required": "incompatible", "type-change": "incompatible",
+                        "closed-enum": "incompatible", "open-enum": "compatible"}

@@ -17,6 +17,7 @@ import java.util.regex.Pattern;
 
 import org.apache.avro.Schema;
 import org.apache.avro.SchemaNormalization;
+import org.apache.avro.SchemaCompatibility;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericDatumReader;
 import org.apache.avro.generic.GenericDatumWriter;
@@ -42,6 +43,10 @@ import org.apache.avro.message.SchemaStore;
  *       schema to {@code out/<name>.<case>.json}.</li>
  *   <li>Each {@code in/<name>.v<N>.<case>.json} (Avro JSON of version N) is read and encoded with
  *       {@link BinaryMessageEncoder} to {@code out/<name>.v<N>.<case>.bin} for Renkei to decode.</li>
+ *   <li>Each {@code in/<name>.<case>.avsc} (a proposed next version) is checked FULL_TRANSITIVE (both
+ *       ways against every version) with Java's {@link SchemaCompatibility}; the verdict goes to
+ *       {@code out/<name>.<case>.verdict}: {@code compatible}, or {@code incompatible} and the reason.
+ *       {@code compatibility.tsv} holds the same verdict for every catalogue version against those before it.</li>
  * </ul>
  *
  * Any failure ends the run with a non-zero exit and the reason on stderr.
@@ -50,6 +55,7 @@ public final class AvroInterop {
     private static final Pattern VERSION_FILE = Pattern.compile("v([1-9][0-9]*)\\.avsc");
     private static final Pattern BINARY_CASE = Pattern.compile("([a-z0-9_]+)\\.([A-Za-z0-9_-]+)\\.bin");
     private static final Pattern JSON_CASE = Pattern.compile("([a-z0-9_]+)\\.v([1-9][0-9]*)\\.([A-Za-z0-9_-]+)\\.json");
+    private static final Pattern PROPOSAL = Pattern.compile("([a-z0-9_]+)\\.([A-Za-z0-9_-]+)\\.avsc");
 
     private AvroInterop() {}
 
@@ -64,6 +70,7 @@ public final class AvroInterop {
         SchemaStore.Cache store = new SchemaStore.Cache();
         catalogue.values().forEach(versions -> versions.values().forEach(store::addSchema));
         writeFingerprints(catalogue, work.resolve("fingerprints.tsv"));
+        writeCatalogueCompatibility(catalogue, work.resolve("compatibility.tsv"));
 
         Path in = work.resolve("in");
         Path out = work.resolve("out");
@@ -74,7 +81,12 @@ public final class AvroInterop {
             String fileName = file.getFileName().toString();
             Matcher json = JSON_CASE.matcher(fileName);
             Matcher binary = BINARY_CASE.matcher(fileName);
-            if (json.matches()) {
+            Matcher proposal = PROPOSAL.matcher(fileName);
+            if (proposal.matches()) {
+                Schema proposed = new Schema.Parser().parse(file.toFile());
+                List<Schema> earlier = new ArrayList<>(catalogue.get(proposal.group(1)).values());
+                Files.writeString(out.resolve(fileName.replaceAll("\\.avsc$", ".verdict")), verdict(proposed, earlier));
+            } else if (json.matches()) {
                 Schema schema = version(catalogue, json.group(1), Integer.parseInt(json.group(2)));
                 Files.write(out.resolve(fileName.replaceAll("\\.json$", ".bin")), encode(schema, Files.readString(file)));
                 encoded++;
@@ -131,6 +143,39 @@ public final class AvroInterop {
                 lines.append(entry.getKey()).append('\t').append(version.getKey()).append('\t')
                         .append(hex(framed)).append('\t')
                         .append(SchemaNormalization.toParsingForm(version.getValue())).append('\n');
+            }
+        }
+        Files.writeString(target, lines.toString(), StandardCharsets.UTF_8);
+    }
+
+    /**
+     * FULL_TRANSITIVE: {@code schema} and every one of {@code earlier} can read each other's data, by
+     * Java's {@link SchemaCompatibility} (what Confluent's Schema Registry applies to AVRO subjects; the
+     * older {@code SchemaValidatorBuilder().mutualReadStrategy()} lets a new symbol in an enum without
+     * default through, failing only when a reader meets it).
+     */
+    private static String verdict(Schema schema, List<Schema> earlier) {
+        List<String> problems = new ArrayList<>();
+        for (Schema old : earlier) {
+            for (Schema[] pair : new Schema[][] {{schema, old}, {old, schema}}) {
+                SchemaCompatibility.SchemaPairCompatibility result =
+                        SchemaCompatibility.checkReaderWriterCompatibility(pair[0], pair[1]);
+                if (result.getType() != SchemaCompatibility.SchemaCompatibilityType.COMPATIBLE) {
+                    problems.add(result.getResult().getIncompatibilities().toString().replace('\n', ' '));
+                }
+            }
+        }
+        return problems.isEmpty() ? "compatible" : "incompatible\t" + String.join("; ", problems);
+    }
+
+    private static void writeCatalogueCompatibility(Map<String, TreeMap<Integer, Schema>> catalogue, Path target)
+            throws IOException {
+        StringBuilder lines = new StringBuilder();
+        for (Map.Entry<String, TreeMap<Integer, Schema>> entry : catalogue.entrySet()) {
+            for (Map.Entry<Integer, Schema> version : entry.getValue().entrySet()) {
+                List<Schema> earlier = new ArrayList<>(entry.getValue().headMap(version.getKey()).values());
+                lines.append(entry.getKey()).append('\t').append(version.getKey()).append('\t')
+                        .append(verdict(version.getValue(), earlier)).append('\n');
             }
         }
         Files.writeString(target, lines.toString(), StandardCharsets.UTF_8);
