@@ -7,7 +7,7 @@ with explicit partitions (every partition of the platform's topics, i.e. under
 the topic prefix), because Tansu cannot answer the "all partitions" form.
 
 Which groups: every group the broker lists, and always the platform's own
-worker groups (``infra.stack.WORKERS``: hub, registry, banks) — Tansu answers
+worker groups (``infra.stack.WORKERS``: hub, registry, banks, DICJ desk) — Tansu answers
 ListGroups with nothing, and a worker group missing or empty is exactly what
 an operator must see. Each group shows its state and its members (client id,
 host, assigned partitions, read from the group's own assignment), and each
