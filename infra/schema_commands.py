@@ -126,7 +126,10 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     same = next((v for v, e in versions.items() if e.source == source), None)
     if same is not None:  # a published version (e.g. the newest, in CI): check it against those before it
         versions = {v: e for v, e in versions.items() if v < same}
-    found = check_full_transitive(source, versions)
+    try:
+        found = check_full_transitive(source, versions)
+    except ValueError as exc:
+        return _fail(f"{args.file}: {exc}")
     # A change of docs or defaults only keeps the canonical form, so the single-object header could not
     # tell the two versions apart: the catalogue refuses to load it.
     fingerprint = fingerprint_of(source)

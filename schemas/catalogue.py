@@ -210,11 +210,15 @@ def incompatibilities(reader: dict[str, Any], writer: dict[str, Any]) -> tuple[s
     Apache Avro's own checker (``avro.compatibility``, the Python port of Java's
     ``SchemaCompatibility``), on the schemas as written.
     """
+    import avro.errors
     import avro.schema
     from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-    result = ReaderWriterCompatibilityChecker().get_compatibility(
-        reader=avro.schema.parse(json.dumps(reader)), writer=avro.schema.parse(json.dumps(writer)))
+    try:
+        parsed_reader, parsed_writer = avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
+    except avro.errors.AvroException as exc:  # schema text only, never data
+        raise ValueError(f"not a valid Avro schema (Apache Avro): {exc}") from None
+    result = ReaderWriterCompatibilityChecker().get_compatibility(reader=parsed_reader, writer=parsed_writer)
     if result.compatibility is SchemaCompatibilityType.compatible:
         return ()
     where = sorted(result.locations or ())
@@ -229,7 +233,9 @@ def compatible(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
 def check_full_transitive(
     proposed: dict[str, Any], earlier: dict[int, SchemaVersion], *, label: str = "proposed"
 ) -> list[Incompatibility]:
-    """Every way ``proposed`` breaks FULL_TRANSITIVE against ``earlier`` versions (both directions each)."""
+    """Every way ``proposed`` breaks FULL_TRANSITIVE against ``earlier`` versions (both directions each).
+
+    Raises ValueError when Apache Avro cannot parse ``proposed``."""
     found = []
     for version, entry in sorted(earlier.items()):
         old = f"v{version}"

@@ -228,3 +228,9 @@ def test_registration_v2_adds_consent_and_outcomes_both_ways():
                                                 "decided_at": now})
     buf.seek(0)
     assert fastavro.schemaless_reader(buf, result_v2, result_v1)["status"] == "UNKNOWN"
+
+
+def test_a_schema_apache_avro_cannot_parse_is_a_value_error_not_a_crash():
+    bad = {"type": "record", "name": "renkei.X", "fields": [{"name": "a", "type": "no_such_type"}]}
+    with pytest.raises(ValueError, match="not a valid Avro schema"):
+        catalogue.incompatibilities(bad, catalogue.catalogue().latest["numbering_ack"].source)
