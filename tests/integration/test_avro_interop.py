@@ -94,6 +94,7 @@ def exchanged(tmp_path_factory):
     require(_missing())
     work = tmp_path_factory.mktemp("avro-interop")
     (work / "in").mkdir()
+    saved = random.getstate()
     random.seed(19)  # fastavro's generator draws from `random`: the same records every run
     cases: dict[str, tuple[str, int, bytes]] = {}
     for name, versions in catalogue().by_name.items():
@@ -105,6 +106,7 @@ def exchanged(tmp_path_factory):
             (work / "in" / f"{name}.{case}.bin").write_bytes(data)
             (work / "in" / f"{name}.v{version}.{case}.json").write_text(
                 _avro_json(entry.parsed, codec.decode(data)))
+    random.setstate(saved)
     world = World()
     sealed = world.seal("agency-a", "registry", "provision.inquiry")  # as the agency sends it to the hub
     forwarded = world.forward(sealed)  # countersigned, as the registry receives it
