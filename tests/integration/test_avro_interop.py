@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -44,6 +45,8 @@ def _missing() -> str | None:
         return "Java is not installed (the Avro interop test runs Apache Avro's Java library)"
     if java.major < MIN_JAVA:
         return f"Java {java.version} is older than {MIN_JAVA}"
+    if not (Path(os.path.realpath(java.path)).parent / "javac").exists():
+        return f"{java.path} is a JRE: the interop program is compiled from source, which needs a JDK (javac)"
     if shutil.which("mvn") is None:
         return "Maven (mvn) is not installed (it resolves org.apache.avro:avro from Maven Central)"
     return None
