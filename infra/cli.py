@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import serve as connector_serve
     from connectors import channel_key_command, lookup_commands
     from connectors import portal_card_command
-    from infra import broker_commands, db_commands, keycommands
+    from infra import broker_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker_commands.register(add)
     db_commands.register(add, common)
     portal_card_command.register()
+    schema_commands.register(add, common)  # renkei schemas list|show|export|check
+    config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     return parser
 
 
