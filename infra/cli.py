@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker_commands.register(add)
     db_commands.register(add, common)
     portal_card_command.register()
+    __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     return parser
 
 
