@@ -52,6 +52,9 @@ class Reason(str, Enum):
     # Bulk inquiries (connectors.inquiry_batch): the batch as a whole is refused, nothing is asked
     BATCH_MISMATCH = "BATCH_MISMATCH"  # a named batch resumed with another file, agency or procedure
     BATCH_BUSY = "BATCH_BUSY"  # another process is running the same batch right now
+    # 番号変更 (infra.identity): a person's My Number was replaced
+    NUMBER_RETIRED = "NUMBER_RETIRED"  # a token was asked for a replaced My Number (it no longer resolves)
+    NUMBER_IN_USE = "NUMBER_IN_USE"  # a relink named a new number already linked to a person
 
 
 class RenkeiError(Exception):
