@@ -24,42 +24,12 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from infra.settings import Settings
 from infra.stack import WORKERS, Platform
 
 AGENCY, PROCEDURE = "agency-city-minato", "child-allowance"
-
-
-async def register(settings: Settings, people: list[str]) -> None:
-    import asyncpg
-
-    from connectors.bank_sim import seed_customer
-    from connectors.client import BusClient
-    from infra.keystore import KeyStore
-    from infra.pgdsn import component_dsn
-    from infra.pglayout import BANKS
-    from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-    from schemas import types as T
-
-    authority = KeyStore.for_settings(settings).token_authority()
-    async with BusClient(settings, ["portal"], group=f"{settings.kafka.topic_prefix}.batch-bench") as bus:
-        conn = await asyncpg.connect(component_dsn(settings, BANKS))
-        try:
-            for i, mn in enumerate(people):
-                acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
-                        "account_number": f"{2000000 + i:07d}", "holder_kana": "ヤマダ タロウ"}
-                await seed_customer(conn, authority.token_for(mn, "bank-9000"), acct)
-                answer = await bus.request(
-                    "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
-                    body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
-                          "requested_at": datetime.now(UTC)},
-                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120)
-                assert answer.body["status"] == "DONE", answer.body["status"]
-        finally:
-            await conn.close()
 
 
 async def run(people: int, registered: int, window: int, keep: bool) -> dict:
@@ -77,7 +47,11 @@ async def run(people: int, registered: int, window: int, keep: bool) -> dict:
         rng = random.Random(2000)
         numbers = [generate_my_number(rng) for _ in range(people)]
         t0 = time.perf_counter()
-        await register(s, numbers[:registered])
+        from connectors.client import BusClient
+        from infra.bench import register_people
+
+        async with BusClient(s, ["portal"], group=f"{s.kafka.topic_prefix}.batch-bench") as bus:
+            await register_people(s, bus, numbers[:registered], first_account=2_000_000, timeout=120)
         registered_s = time.perf_counter() - t0
         path = state / "people.csv"
         with path.open("w", newline="") as fh:

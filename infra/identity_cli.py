@@ -102,10 +102,10 @@ async def _relink(settings: Settings, authority: Any, old: str, new: str, event:
     event is written before it commits."""
     import asyncpg
 
-    from infra.errors import RenkeiError, StackError
+    from infra.errors import StackError
     from infra.identity import IDENTITY_MIGRATIONS, NumberChanges
     from infra.kafka import producer as make_producer
-    from infra.ops import write_ops_event
+    from infra.ops import audit_before_commit
     from infra.pgdsn import component_dsn
     from infra.storage import migrate
 
@@ -127,13 +127,7 @@ async def _relink(settings: Settings, authority: Any, old: str, new: str, event:
                 "audit_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::uuid) RETURNING id",
                 row.retired_key, row.current_key, row.person, event.detail["via"], event.detail["notice"],
                 event.who, event.reason, event.id)
-            try:
-                audit = await write_ops_event(settings, producer, event, {"relink_id": relink_id, "status": "done"})
-            except RenkeiError:
-                raise
-            except Exception as exc:  # broker away: no change without its audit event
-                raise StackError(f"the ops audit event could not be written ({type(exc).__name__}); nothing was "
-                                 "changed") from exc
+            audit = await audit_before_commit(settings, producer, event, {"relink_id": relink_id, "status": "done"})
     finally:
         await producer.stop()
         await conn.close()

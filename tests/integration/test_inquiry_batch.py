@@ -19,8 +19,8 @@ import pytest
 
 from infra.stack import settings_env
 from tests.integration.platform_fixtures import *  # noqa: F403
-from tests.integration.test_connectors_support import account, eventually, my_number, register_through_portal
-from tests.integration.test_participant_cli import People, flags, person, renkei  # noqa: F401 - fixtures
+from tests.integration.test_connectors_support import account, eventually, register_through_portal
+from tests.integration.test_participant_cli import flags, person, renkei  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]

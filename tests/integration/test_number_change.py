@@ -15,7 +15,6 @@ from infra.leakscan import scan
 from infra.pgdsn import component_dsn, layout_for
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_participant_cli import (  # noqa: F401 - fixtures
-    People,
     as_person,
     flags,
     person,
