@@ -30,6 +30,7 @@ from connectors.bankfiles import bank_file_connector, render_file, write_atomica
 from connectors.bankhttp import BankHttpConnector
 from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
+from connectors.dicj import ANSWERS_TABLE, answer_row_id
 from connectors.jlis_sim import record_death
 from connectors.runtime import RetryPolicy
 from connectors.serve import BankChannelLease, keep_lease, start_where_the_simulator_is
@@ -37,6 +38,7 @@ from infra.disasters import Disaster, declare, today_jst
 from infra.keystore import KeyStore
 from infra.pgdsn import component_dsn, observer_dsn
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.sealing import RowSealer
 from infra.stack import Platform
 from infra.validation import generate_my_number
 from schemas import types as T
@@ -265,9 +267,10 @@ async def test_an_heirs_lookup_reaches_both_channels_and_a_next_morning_answer_c
         [str(uuid.uuid4()), "", "", "", ""], [asked[0][1], "", "", "", ""]]))
     rejects = await eventually(lambda: _exists(w.root / "outbound" / "REJ_LAN_again.csv"), timeout=30)
     assert records(rejects)[0][2] == "UNKNOWN_REFERENCE"
-    kept = await pg.fetchval("SELECT accounts FROM dicj_lookup_answers WHERE correlation_id = $1 AND bank_code = $2",
-                             lookup, FILES_CODE)
-    assert "0101010" in kept
+    kept = await pg.fetchval("SELECT accounts_ct FROM dicj_lookup_answers WHERE correlation_id = $1 AND bank_code = $2",
+                             lookup, FILES_CODE)  # sealed under DICJ's data key: opened as DICJ's desk opens it
+    sealer = RowSealer(KeyStore.for_settings(w.platform.settings).data_key, ANSWERS_TABLE)
+    assert "0101010" in json.dumps(sealer.open("dicj", answer_row_id(str(lookup), FILES_CODE), "", kept))
 
 
 async def test_a_lookup_the_http_bank_answers_later_counts(world, pg):
