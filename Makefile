@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Mutation testing has its own venv: its extra pins pytest 8 (see pyproject.toml).
+MVENV  ?= .venv-mutation
+MBIN    = $(MVENV)/bin
+MSTAMP  = $(MVENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+MODULE ?=
 
-.PHONY: demo test test-fast bench chaos up down clean
+.PHONY: demo test test-fast bench chaos mutation up down clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
@@ -12,6 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(MSTAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
+	$(PYTHON) -m venv $(MVENV)
+	$(MBIN)/python -m pip install --quiet --upgrade pip
+	$(MBIN)/python -m pip install --quiet -e '.[test,mutation]'
+	@rm -f $(MVENV)/.installed-*
 	@touch $@
 
 demo: $(STAMP)  ## run the end-to-end scenario on the embedded broker + PostgreSQL
@@ -29,6 +42,9 @@ bench: $(STAMP)  ## throughput and latency against the broker's own limit (docs/
 chaos: $(STAMP)  ## crash safety, hostile input and leak scan (docs/performance.md)
 	$(BIN)/renkei chaos
 
+mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/tokens.py for one
+	$(MBIN)/python tests/mutation_scope.py run $(MODULE)
+
 up: $(STAMP)
 	$(BIN)/renkei up --detach
 
@@ -36,4 +52,4 @@ down: $(STAMP)
 	$(BIN)/renkei down
 
 clean:
-	rm -rf $(VENV) .renkei .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MVENV) mutants .renkei .pytest_cache .hypothesis
