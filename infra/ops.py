@@ -4,11 +4,13 @@ The tools (``infra.inspection``, ``infra.lag``, ``infra.dlq``, ``infra.replay``)
 read envelope metadata only, never a body, and never load a keyset: an ops
 team needs no participant's private key and sees no personal data.
 
-Scans work around the embedded broker (docs/embedded.md): the high watermark
-comes from a fetch response (``consumer.highwater``), never ``end_offsets``;
-``offsets_for_times`` is only a hint (it matches the broker's store time, and
-past the end Tansu answers offset 0 with timestamp -1), so every scan filters
-by the *record* timestamp itself.
+Every scan filters by the *record* timestamp itself. On Apache Kafka the high
+watermark is ``end_offsets`` and ``offsets_for_times`` finds where a window
+starts (the first record at or after a time; none past the end). On the Tansu
+fallback both are wrong (docs/embedded.md), so there the high watermark comes
+from a fetch response and the time lookup is only a hint: it matches the
+broker's store time (so a clock-skew margin is subtracted), and past the end
+it answers offset 0 with timestamp -1.
 
 Every action (replay, rewind, redrive) writes one JSON event to the ops audit
 topic ``<prefix>.audit.ops`` (declared in ``infra.topics.layout``: 1 partition, no time limit;
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.errors import ConfigError, StackError
-from infra.settings import Settings
+from infra.settings import KafkaSettings, Settings
 from infra.topics import TopicNames, ops_audit_spec
 
 DEFAULT_SKEW_MS = 5 * 60 * 1000
@@ -143,36 +145,39 @@ def renkei_headers(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str
 
 
 async def partitions_of(consumer: Any, topic: str) -> list[int]:
-    if topic not in await consumer.topics():  # also refreshes the cached metadata
-        raise ConfigError(f"topic {topic} does not exist (see `renkei topics list`)")
-    parts = consumer.partitions_for_topic(topic)
+    from infra.kafka import topic_partitions
+
+    parts = await topic_partitions(consumer, topic)
     if not parts:
         raise ConfigError(f"topic {topic} does not exist (see `renkei topics list`)")
     return sorted(parts)
 
 
-async def high_watermarks(consumer: Any, tps: list[Any], timeout_s: float = FETCH_TIMEOUT_S) -> dict[Any, int]:
-    """The high watermark of each partition, from a fetch response (``end_offsets`` is wrong on Tansu)."""
-    if not tps:
-        return {}
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        await consumer.getmany(*tps, timeout_ms=200, max_records=1)
-        marks = {tp: consumer.highwater(tp) for tp in tps}
-        if all(v is not None for v in marks.values()):
-            return marks
-        if time.monotonic() > deadline:
-            missing = ", ".join(f"{tp.topic}:{tp.partition}" for tp, v in marks.items() if v is None)
-            raise StackError(f"no fetch response from the broker for {missing} within {timeout_s:.0f} s")
+async def high_watermarks(consumer: Any, tps: list[Any], timeout_s: float = FETCH_TIMEOUT_S, *,
+                          kafka: KafkaSettings | None = None) -> dict[Any, int]:
+    """The high watermark of each partition: ``end_offsets`` on Apache Kafka (``kafka`` given, not
+    Tansu), else from a fetch response, which is right on any broker."""
+    from infra.kafka import end_offsets, high_watermarks_by_fetch
+
+    if kafka is None:
+        return await high_watermarks_by_fetch(consumer, tps, timeout_s)
+    return await end_offsets(kafka, consumer, tps, timeout_s)
 
 
-async def start_offset(consumer: Any, tp: Any, window: Window, skew_ms: int = DEFAULT_SKEW_MS) -> int:
-    """Where a scan of ``window`` begins: the time hint (guarded, minus skew) or the offset bound, or 0."""
+async def start_offset(consumer: Any, tp: Any, window: Window, skew_ms: int = DEFAULT_SKEW_MS, *,
+                       kafka: KafkaSettings | None = None) -> int:
+    """Where a scan of ``window`` begins (at least the window's offset bound).
+
+    Apache Kafka (``kafka`` given, not Tansu): the first offset whose record time is at or after
+    the start, or the end when none is. Otherwise a hint minus ``skew_ms``, guarded, or the bound.
+    """
     floor = window.from_offset or 0
     if window.start_ms is None:
         return floor
+    if kafka is not None and not kafka.tansu:
+        found = (await consumer.offsets_for_times({tp: window.start_ms})).get(tp)
+        at = found.offset if found is not None else (await consumer.end_offsets([tp]))[tp]
+        return max(floor, at)
     hint = (await consumer.offsets_for_times({tp: max(0, window.start_ms - skew_ms)})).get(tp)
     if hint is None or hint.timestamp is None or hint.timestamp < 0:
         return floor  # no usable hint (Tansu: offset 0, ts -1 past the end): scan from the floor

@@ -11,9 +11,10 @@ Rewind: the group's committed offset on each partition moves to the first
 offset whose record timestamp is at/after ``--from``. Refused while the group
 has members; the commit comes from a consumer that carries the group id but
 never joins the group (on Apache Kafka and on the embedded broker alike).
-The embedded broker keeps listing a member that left a group it alone held,
-so ``--evict-stale-members`` joins the group instead (a rebalance evicts the
-dead), commits only if no other member survived it, and leaves.
+A member that died without leaving stays listed until its session times out
+(10 s on Apache Kafka; the Tansu fallback keeps a lone member that left listed
+for good), so ``--evict-stale-members`` joins the group instead (a rebalance
+evicts the dead), commits only if no other member survived it, and leaves.
 
 Replay is idempotent downstream: every effect is keyed by message id.
 """
@@ -58,8 +59,8 @@ async def replay_into(settings: Settings, topic: str, window: Window, into: str,
         if into not in await consumer.topics():
             raise ConfigError(f"target topic {into} does not exist: create it first")
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        marks = await high_watermarks(consumer, tps)
-        starts = {tp: await start_offset(consumer, tp, window, skew) for tp in tps}
+        marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
+        starts = {tp: await start_offset(consumer, tp, window, skew, kafka=settings.kafka) for tp in tps}
         total = sum(max(0, marks[tp] - starts[tp]) for tp in tps)
         with progress(f"replay {topic} → {into}" + (" (dry run)" if dry_run else ""), total) as advance:
             for tp in tps:
@@ -122,15 +123,17 @@ async def rewind_group(settings: Settings, topic: str, window: Window, group: st
             status = "refused"
             raise GroupActive(
                 f"consumer group {group} has {members} active member(s) (state {state}): stop its consumers "
-                "first (on the embedded broker a stopped lone member stays listed: add --evict-stale-members)")
+                "first (a member that died stays listed until its session times out, on Tansu for good: add "
+                "--evict-stale-members)")
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         before = await admin.list_consumer_group_offsets(group, partitions=tps)
-        marks = await high_watermarks(consumer, tps)
+        marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
         targets: dict[Any, int] = {}
         with progress(f"finding offsets at {window.to_json()['from'] or window.from_offset} in {topic}",
                       None) as advance:
             for tp in tps:
-                targets[tp] = await _first_offset_at(consumer, tp, window, marks[tp], skew, advance)
+                targets[tp] = await _first_offset_at(consumer, tp, window, marks[tp], skew, advance,
+                                                     kafka=settings.kafka)
         for tp in tps:
             old = before.get(tp)
             parts.append({"partition": tp.partition,
@@ -161,12 +164,13 @@ async def rewind_group(settings: Settings, topic: str, window: Window, group: st
 
 
 async def _first_offset_at(consumer: Any, tp: Any, window: Window, high_watermark: int, skew: int,
-                           advance: Any) -> int:
+                           advance: Any, *, kafka: Any = None) -> int:
     """The first offset at/after the window start (record time), or the high watermark if none."""
     if window.start_ms is None:
         return min(window.from_offset or 0, high_watermark)
     at_start = Window(start_ms=window.start_ms, from_offset=window.from_offset)
-    async for r in read_range(consumer, tp, await start_offset(consumer, tp, window, skew), high_watermark):
+    start = await start_offset(consumer, tp, window, skew, kafka=kafka)
+    async for r in read_range(consumer, tp, start, high_watermark):
         advance()
         if classify(at_start, r.timestamp, r.offset, skew) == TAKE:
             return r.offset

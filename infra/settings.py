@@ -23,7 +23,7 @@ ENV_PREFIX = "RENKEI_"
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    """How to reach Kafka. ``bootstrap`` empty = the embedded Tansu broker."""
+    """How to reach Kafka. ``bootstrap`` empty = the embedded broker (``broker`` says which)."""
 
     bootstrap: str = ""
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
@@ -35,11 +35,22 @@ class KafkaSettings:
     sasl_password: str = field(default="", repr=False)
     topic_prefix: str = "renkei"
     replication: int = 1  # replication factor for created topics (3 on a production cluster)
-    # How long the broker may hold a fetch that found nothing (streams.participant.fetch_wait_ms):
-    # short, because Tansu answers a held fetch only when the wait ends; longer for a consumer of
-    # many inboxes, whose every fetch costs the broker and the client per partition.
-    fetch_wait_ms: int = 20
-    fetch_wait_max_ms: int = 250
+    # Which broker: `auto` (the embedded Apache Kafka when Java 17+ is found, else Tansu), `kafka`
+    # or `tansu`. Clients of Tansu work around its quirks (infra.kafka); a configured bootstrap with
+    # `auto` is taken to be Apache Kafka.
+    broker: str = "auto"
+    # How long the broker may hold a fetch that found nothing (infra.kafka.fetch_wait_ms). Apache
+    # Kafka answers a held fetch as soon as data arrives, so this is a long poll that costs no latency.
+    fetch_wait_ms: int = 500
+    # Tansu answers a held fetch only when the wait ends, so every hop pays it: short there, longer
+    # for a consumer of many inboxes, whose every fetch costs the broker and the client per partition.
+    tansu_fetch_wait_ms: int = 20
+    tansu_fetch_wait_max_ms: int = 250
+
+    @property
+    def tansu(self) -> bool:
+        """The broker is Tansu (the no-Java fallback): clients apply its workarounds."""
+        return self.broker == "tansu"
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (bootstrap and security)."""
@@ -67,7 +78,13 @@ class Settings:
     """Everything a Renkei process needs to know, typed and immutable."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    # PostgreSQL: where the server is. Its user, if any, is the administrator (the embedded stack's
+    # superuser), used only to create the component roles; components connect as their own role
+    # (infra.pgdsn), with secrets from a password file, never from the DSN.
     pg_dsn: str = field(default="", repr=False)
+    pg_passfile: Path | None = None  # the component roles' secrets; default <state_dir>/secrets/pg-roles.pgpass
+    pg_role_prefix: str = "renkei_"  # component roles: renkei_hub, renkei_registry, ... (infra.pglayout)
+    pg_schema_prefix: str = ""  # component schemas: <prefix>hub, ...; a namespace for tests and benchmarks
     state_dir: Path = Path(".renkei")
     participant_id: str = "hub"
     keys_dir: Path | None = None  # default: <state_dir>/keys
@@ -77,6 +94,9 @@ class Settings:
     banks: int = 5  # simulated banks in the built-in participant set
     embedded_kafka_port: int = 0  # 0 = pick a free loopback port
     embedded_pg_port: int = 0
+    embedded_java: str = ""  # java executable for the embedded Apache Kafka; "" = JAVA_HOME's, else PATH's
+    embedded_kafka_cache: Path | None = None  # fetched Kafka jars; default ~/.cache/renkei (XDG_CACHE_HOME)
+    embedded_kafka_heap_mb: int = 512
     hub_workers: int = 1
     # Per verified sender and hub worker (infra.ratelimit): a sustained rate and a burst a batch job
     # may send at once; beyond them the hub refuses with RATE_LIMITED.  0 = no limit.
@@ -102,14 +122,25 @@ class Settings:
         return not self.pg_dsn
 
     @property
+    def resolved_pg_passfile(self) -> Path:
+        return self.pg_passfile if self.pg_passfile is not None else self.state_dir / "secrets" / "pg-roles.pgpass"
+
+    @property
     def resolved_keys_dir(self) -> Path:
         return self.keys_dir if self.keys_dir is not None else self.state_dir / "keys"
 
-    def with_endpoints(self, *, bootstrap: str, pg_dsn: str) -> Settings:
-        """A copy pointing at concrete endpoints (e.g. those the embedded stack started)."""
-        return dataclasses.replace(
-            self, kafka=dataclasses.replace(self.kafka, bootstrap=bootstrap), pg_dsn=pg_dsn
-        )
+    @property
+    def resolved_kafka_cache(self) -> Path:
+        return self.embedded_kafka_cache if self.embedded_kafka_cache is not None else DEFAULT_CACHE
+
+    def with_endpoints(self, *, bootstrap: str, pg_dsn: str, broker: str | None = None) -> Settings:
+        """A copy pointing at concrete endpoints (e.g. those the embedded stack started).
+
+        ``broker`` is the kind the embedded stack runs (``kafka`` or ``tansu``), so clients and
+        workers know whether Tansu's workarounds apply.
+        """
+        kafka = dataclasses.replace(self.kafka, bootstrap=bootstrap, broker=broker or self.kafka.broker)
+        return dataclasses.replace(self, kafka=kafka, pg_dsn=pg_dsn)
 
 
 # Flat key -> (section path, type). Flat keys are what env vars and CLI flags use.
@@ -124,9 +155,14 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_sasl_password": (("kafka", "sasl_password"), str),
     "kafka_topic_prefix": (("kafka", "topic_prefix"), str),
     "kafka_replication": (("kafka", "replication"), int),
+    "broker": (("kafka", "broker"), str),
     "kafka_fetch_wait_ms": (("kafka", "fetch_wait_ms"), int),
-    "kafka_fetch_wait_max_ms": (("kafka", "fetch_wait_max_ms"), int),
+    "kafka_tansu_fetch_wait_ms": (("kafka", "tansu_fetch_wait_ms"), int),
+    "kafka_tansu_fetch_wait_max_ms": (("kafka", "tansu_fetch_wait_max_ms"), int),
     "pg_dsn": (("pg_dsn",), str),
+    "pg_passfile": (("pg_passfile",), Path),
+    "pg_role_prefix": (("pg_role_prefix",), str),
+    "pg_schema_prefix": (("pg_schema_prefix",), str),
     "state_dir": (("state_dir",), Path),
     "participant_id": (("participant_id",), str),
     "keys_dir": (("keys_dir",), Path),
@@ -136,6 +172,9 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "banks": (("banks",), int),
     "embedded_kafka_port": (("embedded_kafka_port",), int),
     "embedded_pg_port": (("embedded_pg_port",), int),
+    "embedded_java": (("embedded_java",), str),
+    "embedded_kafka_cache": (("embedded_kafka_cache",), Path),
+    "embedded_kafka_heap_mb": (("embedded_kafka_heap_mb",), int),
     "hub_workers": (("hub_workers",), int),
     "hub_sender_rate": (("hub_sender_rate",), int),
     "hub_sender_burst": (("hub_sender_burst",), int),
@@ -147,6 +186,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+BROKERS = ("auto", "kafka", "tansu")
+DEFAULT_CACHE = Path.home() / ".cache" / "renkei"
 
 
 def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,8 +197,8 @@ def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
             for sub, subval in value.items():
                 flat[f"kafka_{sub}"] = subval
         elif key == "postgres" and isinstance(value, Mapping):
-            if "dsn" in value:
-                flat["pg_dsn"] = value["dsn"]
+            for sub, subval in value.items():
+                flat[f"pg_{sub}"] = subval
         else:
             flat[key] = value
     unknown = sorted(k for k in flat if k not in _FIELDS)
@@ -177,6 +218,11 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         flat["kafka_bootstrap"] = environ["RENKEI_KAFKA_BOOTSTRAP"]
     if "RENKEI_PG_DSN" in environ:
         flat["pg_dsn"] = environ["RENKEI_PG_DSN"]
+    # The usual places of Java and of caches, when Renkei's own keys do not say.
+    if "embedded_java" not in flat and environ.get("JAVA_HOME"):
+        flat["embedded_java"] = str(Path(environ["JAVA_HOME"]) / "bin" / "java")
+    if "embedded_kafka_cache" not in flat and environ.get("XDG_CACHE_HOME"):
+        flat["embedded_kafka_cache"] = str(Path(environ["XDG_CACHE_HOME"]) / "renkei")
     return flat
 
 
@@ -238,11 +284,19 @@ def load_settings(
         )
     if kafka.security_protocol.startswith("SASL") and not kafka.sasl_username:
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
+    if kafka.broker not in BROKERS:
+        raise ConfigError(f"broker: must be one of {', '.join(BROKERS)}")
     if top_kwargs.get("registry_check_deadline_s", 1) < 1:
         raise ConfigError("registry_check_deadline_s: at least 1 second")
-    if not 1 <= kafka.fetch_wait_ms <= kafka.fetch_wait_max_ms:
-        raise ConfigError("kafka_fetch_wait_ms: must be at least 1 and at most kafka_fetch_wait_max_ms")
+    if kafka.fetch_wait_ms < 1:
+        raise ConfigError("kafka_fetch_wait_ms: must be at least 1")
+    if not 1 <= kafka.tansu_fetch_wait_ms <= kafka.tansu_fetch_wait_max_ms:
+        raise ConfigError(
+            "kafka_tansu_fetch_wait_ms: must be at least 1 and at most kafka_tansu_fetch_wait_max_ms")
     for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):
         if top_kwargs.get(name, 1) < 1:
             raise ConfigError(f"{name}: must be at least 1")
-    return Settings(kafka=kafka, **top_kwargs)
+    settings = Settings(kafka=kafka, **top_kwargs)
+    if settings.embedded_kafka_heap_mb < 128:
+        raise ConfigError("embedded_kafka_heap_mb: must be at least 128")
+    return settings

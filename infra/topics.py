@@ -65,34 +65,41 @@ class TopicNames:
 INGRESS_PARTITIONS = 4
 """Hub workers scale up to this many consumers; keyed by subject token."""
 
+MAX_RECORD_BYTES = 1_048_576 + 65_536
+"""The largest record batch a topic accepts (``max.message.bytes``): a 1 MiB envelope, the hub's limit,
+plus headers and batch overhead. Apache Kafka's default (1 MiB + 12 bytes) would refuse an oversize
+envelope at the broker, where the hub must see it to dead-letter it with its reason."""
+
+_SIZE = {"max.message.bytes": str(MAX_RECORD_BYTES)}
+
 
 def ops_audit_spec(names: TopicNames) -> TopicSpec:
     """The ops audit trail: one partition (one order of events), kept without time limit."""
-    return TopicSpec(names.ops_audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"})
+    return TopicSpec(names.ops_audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"} | _SIZE)
 
 
 def layout(names: TopicNames, participants: Iterable[Participant]) -> list[TopicSpec]:
     """Every topic the platform needs for ``participants``."""
     specs = [
         TopicSpec(names.ingress, INGRESS_PARTITIONS, "ingress",
-                  {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)} | _SIZE),
         TopicSpec(names.rejected, 1, "rejected",
-                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+                  {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)} | _SIZE),
         # Provision records are also kept in PostgreSQL; the topic is the stream
         # the portal and auditors follow, kept without time limit.
-        TopicSpec(names.audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"}),
+        TopicSpec(names.audit, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"} | _SIZE),
         # Checkpoints of the records' chain heads: the verifiers' anchor outside the database. Kept without time
         # limit and never compacted (a replayed older checkpoint must not replace the latest); small, and
         # written only when records were added.
-        TopicSpec(names.checkpoints, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"}),
+        TopicSpec(names.checkpoints, 1, "audit", {"cleanup.policy": "delete", "retention.ms": "-1"} | _SIZE),
         ops_audit_spec(names),
-        TopicSpec(names.keys, 1, "keys", {"cleanup.policy": "compact"}),
+        TopicSpec(names.keys, 1, "keys", {"cleanup.policy": "compact"} | _SIZE),
     ]
     for p in participants:
         if p.kind is Kind.HUB:
             continue  # the hub reads ingress, it has no inbox
         specs.append(TopicSpec(names.inbox(p.id), 1, "inbox",
-                               {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)}))
+                               {"cleanup.policy": "delete", "retention.ms": str(14 * DAY_MS)} | _SIZE))
     return specs
 
 
@@ -106,6 +113,20 @@ class ApplyResult:
         return {"name": self.name, "status": self.status, "detail": self.detail}
 
 
+async def _describe_settled(admin: Any, names: list[str], timeout_s: float = 10.0) -> dict[str, Any]:
+    """describe_topics, again while a topic shows no partitions: a topic created a moment ago (here or
+    concurrently) reaches a Kafka broker's metadata shortly after CreateTopics answers."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = {d["topic"]: d for d in await admin.describe_topics(names)}
+        if all(described.get(n, {}).get("partitions") for n in names) or time.monotonic() > deadline:
+            return described
+        await asyncio.sleep(0.1)
+
+
 async def apply_layout(admin: Any, specs: list[TopicSpec], *, replication: int = 1,
                        batch: int = 200) -> list[ApplyResult]:
     """Create missing topics; report existing ones and any drift. Safe to run again."""
@@ -114,6 +135,7 @@ async def apply_layout(admin: Any, specs: list[TopicSpec], *, replication: int =
     existing = set(await admin.list_topics())
     results: list[ApplyResult] = []
     missing = [s for s in specs if s.name not in existing]
+    raced: set[str] = set()  # already there after all: created concurrently, or not yet in the broker's metadata
     for i in range(0, len(missing), batch):
         chunk = missing[i : i + batch]
         response = await admin.create_topics(
@@ -124,13 +146,13 @@ async def apply_layout(admin: Any, specs: list[TopicSpec], *, replication: int =
             code, message = errors.get(s.name, (0, None))
             if code == 0:
                 results.append(ApplyResult(s.name, "created"))
-            elif code == 36:  # TOPIC_ALREADY_EXISTS: created concurrently
-                results.append(ApplyResult(s.name, "exists"))
+            elif code == 36:  # TOPIC_ALREADY_EXISTS: described below like any existing topic
+                raced.add(s.name)
             else:
                 raise RuntimeError(f"creating topic {s.name} failed: error {code} {message or ''}".strip())
-    present = [s for s in specs if s.name in existing]
+    present = [s for s in specs if s.name in existing or s.name in raced]
     if present:
-        described = {d["topic"]: d for d in await admin.describe_topics([s.name for s in present])}
+        described = await _describe_settled(admin, [s.name for s in present])
         for s in present:
             got = len(described.get(s.name, {}).get("partitions", []))
             if got != s.partitions:

@@ -1,11 +1,13 @@
 """One way to build a faust-streaming app for Renkei's stream processors.
 
-Settings tuned for both Apache Kafka and the embedded Tansu broker (which
-holds JoinGroup for about session_timeout/2): 10 s session and rebalance
-timeouts, 1 s heartbeats, at-least-once processing (faust's exactly_once
-needs transactions, which Tansu lacks — effects are idempotent in
-PostgreSQL instead), no topic declaration (``renkei topics apply`` owns the
-layout) and no durable faust tables (state lives in PostgreSQL).
+Settings tuned for Apache Kafka and the Tansu fallback (which holds
+JoinGroup for about session_timeout/2): 10 s session and rebalance timeouts,
+1 s heartbeats, at-least-once processing (faust's exactly_once is unreliable
+on rebalance and needs transactions, which Tansu lacks — effects are
+idempotent in PostgreSQL instead), the fetch wait of ``infra.kafka``
+instead of faust's fixed 1500 ms, no topic declaration (``renkei topics
+apply`` owns the layout) and no durable faust tables (state lives in
+PostgreSQL).
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         datadir=str(datadir),
         logging_config=None,
     )
-    _short_fetch_wait(app, fetch_wait_ms(settings.kafka))
+    _fetch_wait(app, fetch_wait_ms(settings.kafka))
     return app
 
 
-def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    """Make the app's consumer hold empty fetches for ``wait_ms`` instead of faust's fixed 1500 ms."""
+def _fetch_wait(app: faust.App, wait_ms: int) -> None:
+    """Make the app's consumer hold empty fetches for ``wait_ms`` instead of faust's fixed 1500 ms
+    (on Tansu every hop pays the whole wait)."""
     from faust.transport.drivers import aiokafka as driver
 
     class Thread(driver.AIOKafkaConsumerThread):

@@ -262,7 +262,7 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
     group = f"{settings.kafka.topic_prefix}.registry"
     inbox = TopicNames(settings.kafka.topic_prefix).inbox("registry")
     await running_platform.stop_worker("registry")
-    # Tansu keeps a lone member that left listed: evict it (the worker is stopped, we know).
+    # Tansu keeps a lone member that left listed (Kafka until its session ends): evict it (the worker is stopped).
     report = await rewind_group(settings, inbox, Window(from_offset=0), group, reason="INC-12 rewind test",
                                 evict_stale=True)
     (part,) = report["partitions"]

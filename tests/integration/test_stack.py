@@ -1,4 +1,4 @@
-"""The embedded stack and the CLI lifecycle, on the real Tansu broker and PostgreSQL."""
+"""The embedded stack and the CLI lifecycle, on the real embedded broker (Apache Kafka by default) and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def test_busy_port_names_the_port_and_the_fix(tmp_path):
 
 def test_cli_up_detach_status_down_leaves_nothing(tmp_path):
     state = str(tmp_path / "cli")
-    up = renkei("up", "--detach", "--json", "--state-dir", state)
+    up = renkei("up", "--detach", "--json", "--state-dir", state, timeout=300)  # a cold JVM broker on a busy machine
     assert up.returncode == 0, up.stderr
     deadline = time.monotonic() + 60
     while True:  # workers publish their metrics endpoint once their HTTP server is up

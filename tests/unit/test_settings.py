@@ -83,17 +83,56 @@ def test_with_endpoints_keeps_the_rest():
     assert not t.embedded_kafka and not t.embedded_pg
 
 
-def test_fetch_wait_grows_with_the_partitions_a_consumer_asks_about():
+def test_fetch_wait_is_a_long_poll_on_apache_kafka():
     from infra.kafka import fetch_wait_ms
 
-    kafka = load_settings(environ={"RENKEI_KAFKA_FETCH_WAIT_MAX_MS": "300"}).kafka
+    kafka = load_settings(environ={}).kafka
+    assert not kafka.tansu  # auto: Apache Kafka unless the stack says it runs Tansu
+    assert fetch_wait_ms(kafka) == fetch_wait_ms(kafka, 5000) == 500
+    assert fetch_wait_ms(load_settings(environ={"RENKEI_KAFKA_FETCH_WAIT_MS": "800"}).kafka) == 800
+
+
+def test_fetch_wait_on_tansu_grows_with_the_partitions_a_consumer_asks_about():
+    from infra.kafka import fetch_wait_ms
+
+    kafka = load_settings(environ={"RENKEI_BROKER": "tansu", "RENKEI_KAFKA_TANSU_FETCH_WAIT_MAX_MS": "300"}).kafka
+    assert kafka.tansu
     assert fetch_wait_ms(kafka) == fetch_wait_ms(kafka, 80) == 20  # few inboxes: the short wait
     assert fetch_wait_ms(kafka, 400) == 100
     assert fetch_wait_ms(kafka, 5000) == 300  # capped
 
 
-@pytest.mark.parametrize("env", [{"RENKEI_KAFKA_FETCH_WAIT_MS": "0"},
-                                 {"RENKEI_KAFKA_FETCH_WAIT_MS": "400", "RENKEI_KAFKA_FETCH_WAIT_MAX_MS": "300"}])
-def test_fetch_wait_out_of_range_is_a_config_error(env):
-    with pytest.raises(ConfigError, match="kafka_fetch_wait_ms"):
+@pytest.mark.parametrize("env, key", [
+    ({"RENKEI_KAFKA_FETCH_WAIT_MS": "0"}, "kafka_fetch_wait_ms"),
+    ({"RENKEI_KAFKA_TANSU_FETCH_WAIT_MS": "0"}, "kafka_tansu_fetch_wait_ms"),
+    ({"RENKEI_KAFKA_TANSU_FETCH_WAIT_MS": "400", "RENKEI_KAFKA_TANSU_FETCH_WAIT_MAX_MS": "300"},
+     "kafka_tansu_fetch_wait_ms"),
+    ({"RENKEI_BROKER": "redpanda"}, "broker: must be one of auto, kafka, tansu"),
+    ({"RENKEI_EMBEDDED_KAFKA_HEAP_MB": "64"}, "embedded_kafka_heap_mb"),
+])
+def test_broker_settings_out_of_range_are_config_errors(env, key):
+    with pytest.raises(ConfigError, match=key):
         load_settings(environ=env)
+
+
+def test_broker_choice_from_file_env_and_flag(tmp_path):
+    cfg = write(tmp_path, 'broker = "tansu"\n')
+    assert load_settings(environ={}, config_file=cfg).kafka.broker == "tansu"
+    assert load_settings(environ={"RENKEI_BROKER": "kafka"}, config_file=cfg).kafka.broker == "kafka"
+    assert load_settings(environ={"RENKEI_BROKER": "kafka"}, cli={"broker": "auto"}).kafka.broker == "auto"
+
+
+def test_java_and_cache_follow_java_home_and_xdg_unless_set():
+    s = load_settings(environ={"JAVA_HOME": "/opt/jdk", "XDG_CACHE_HOME": "/var/cache/me"})
+    assert s.embedded_java == "/opt/jdk/bin/java"
+    assert s.resolved_kafka_cache == Path("/var/cache/me/renkei")
+    s = load_settings(environ={"JAVA_HOME": "/opt/jdk", "RENKEI_EMBEDDED_JAVA": "/usr/bin/java",
+                               "RENKEI_EMBEDDED_KAFKA_CACHE": "/srv/jars"})
+    assert (s.embedded_java, s.resolved_kafka_cache) == ("/usr/bin/java", Path("/srv/jars"))
+    assert load_settings(environ={}).resolved_kafka_cache == Path.home() / ".cache" / "renkei"
+
+
+def test_with_endpoints_carries_the_running_broker_kind():
+    s = load_settings(environ={})
+    assert s.with_endpoints(bootstrap="b:1", pg_dsn="x", broker="tansu").kafka.tansu
+    assert s.with_endpoints(bootstrap="b:1", pg_dsn="x").kafka.broker == "auto"
