@@ -65,7 +65,7 @@ class Scope:
 ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py")
 
 SCOPES: tuple[Scope, ...] = (
-    Scope("infra/tokens.py", ("test_tokens.py",),
+    Scope("infra/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
           "tokens: a My Number becomes a per-participant token; a dropped check links people across participants "
           "or lets one participant learn another's token"),
     Scope("infra/merkle.py", ("test_batch.py", "test_records_checkpoints.py"),
