@@ -155,3 +155,23 @@ def test_an_impostor_authority_with_one_right_secret_links_nobody():
     """Both secrets matter: the right link key with another master gives unrelated tokens."""
     assert TokenAuthority(LINK_KEY, os.urandom(32)).token_for(used(PERSON), "agency-a") != AUTHORITY.token_for(
         PERSON, "agency-a")
+
+
+def test_hub_secret_is_32_bytes_per_label_from_the_master_only():
+    secret = AUTHORITY.hub_secret("pseudonyms")
+    assert len(secret) == 32
+    assert secret == TokenAuthority(bytes(32), MASTER).hub_secret("pseudonyms")  # the link key plays no part
+    assert secret != AUTHORITY.hub_secret("other")
+    assert secret != TokenAuthority(LINK_KEY, bytes(32)).hub_secret("pseudonyms")
+    # Pinned: every hub worker derives the same secret (HKDF-SHA256, no salt, the v1 label prefix).
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"renkei hub secret v1|pseudonyms").derive(MASTER)
+    assert secret == expected
+
+
+def test_hub_secret_needs_a_label():
+    with pytest.raises(ValueError, match=r"^label must not be empty$"):
+        AUTHORITY.hub_secret("")
