@@ -80,7 +80,7 @@ SCOPES: tuple[Scope, ...] = (
           "array caps checked before decoding: a dropped cap lets one envelope cost seconds of CPU"),
     Scope("streams/registration_rules.py", ("test_registration_rules.py",),
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
-    Scope("connectors/httpsig.py", ("test_bankhttp_channel.py",),
+    Scope("connectors/httpsig.py", ("test_bankhttp_channel.py", "test_httpsig_checks.py"),
           "bank HTTP request signatures: key, clock skew, signature, nonce replay"),
     Scope("infra/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
           "the key directory: root signature, versions, lifecycle on apply; revoked, retired and suspended keys "
