@@ -10,6 +10,9 @@ name while judging one). Then:
   before it) and has no deadline and no health checks (two mutants judged at once on two busy cores
   make every test slow). Its seeds stay random, as in the normal suite: a fixed seed draws minimal
   examples such as the My Number 000000000000, which the leak guard then finds in unrelated text.
+  It draws 30 examples instead of 100 and does not shrink a failure (a mutant needs a verdict, not a
+  minimal example): fewer examples can only let a mutant survive, never kill one, so the score is
+  not flattered by it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 if "MUTANT_UNDER_TEST" in os.environ:
-    settings.register_profile("mutation", database=None, deadline=None,
+    settings.register_profile("mutation", database=None, deadline=None, max_examples=30,
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate],
                               suppress_health_check=list(HealthCheck))
     settings.load_profile("mutation")
 
