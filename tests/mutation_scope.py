@@ -108,10 +108,19 @@ def scope_for(mutant: str, scopes: Iterable[Scope] = SCOPES) -> Scope | None:
     return next((s for s in scopes if s.counts(mutant)), None)
 
 
-def tests_for_mutant(mutant: str, scopes: Iterable[Scope] = SCOPES) -> tuple[str, ...] | None:
+WITHOUT_ENV = "MUTATION_WITHOUT"
+"""Comma-separated test file names left out of every scope: a baseline score measured without the tests
+written to kill survivors (``MUTATION_WITHOUT=test_tokens_checks.py make mutation MODULE=infra/tokens.py``)."""
+
+
+def tests_for_mutant(mutant: str, scopes: Iterable[Scope] = SCOPES,
+                     without: str | None = None) -> tuple[str, ...] | None:
     """The unit test files that judge ``mutant`` (paths from the repository root), or None if it is not scoped."""
     scope = scope_for(mutant, scopes)
-    return None if scope is None else tuple(f"tests/unit/{t}" for t in scope.tests)
+    if scope is None:
+        return None
+    left_out = set(filter(None, (os.environ.get(WITHOUT_ENV, "") if without is None else without).split(",")))
+    return tuple(f"tests/unit/{t}" for t in scope.tests if t not in left_out)
 
 
 # mutmut's exit codes (mutmut.__main__.status_by_exit_code): what each means for the score.
