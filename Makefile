@@ -47,8 +47,8 @@ bench: broker  ## throughput and latency against the broker's own limit (docs/pe
 chaos: broker  ## crash safety, hostile input and leak scan (docs/performance.md)
 	$(BIN)/renkei chaos
 
-mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/tokens.py for one
-	$(MBIN)/python tests/mutation_scope.py run $(MODULE)
+mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/tokens.py for one, RERUN=1 for the undetected only
+	$(MBIN)/python tests/mutation_scope.py $(if $(RERUN),rerun,run) $(MODULE)
 
 up: broker
 	$(BIN)/renkei up --detach

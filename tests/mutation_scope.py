@@ -13,6 +13,8 @@ which of them count and prints the table (docs/testing.md, "Mutation testing").
 * :func:`tally` turns mutmut's per-file results (``mutants/<path>.meta``) into :class:`Score` rows.
 
 Run it through make: ``make mutation`` (every module) or ``make mutation MODULE=infra/tokens.py``;
+``make mutation RERUN=1 MODULE=...`` judges again only the mutants the last run did not detect (after
+adding tests, or to finish an interrupted run; after a change to the module itself, run it whole);
 ``python tests/mutation_scope.py table`` prints the table of the last run again.
 """
 
@@ -184,34 +186,46 @@ def _selected(modules: list[str]) -> list[Scope]:
     return [by_path[m.removeprefix("./")] for m in modules]
 
 
+def _codes(scope: Scope, root: Path) -> dict[str, int | None]:
+    meta = root / "mutants" / f"{scope.path}.meta"
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
 def _scores(scopes: Iterable[Scope], root: Path) -> list[Score]:
-    out = []
-    for scope in scopes:
-        meta = root / "mutants" / f"{scope.path}.meta"
-        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        out.append(tally(scope, codes))
-    return out
+    return [tally(scope, _codes(scope, root)) for scope in scopes]
+
+
+def undetected(scope: Scope, exit_codes: Mapping[str, int | None]) -> list[str]:
+    """``scope``'s mutants of the last run that no test detected (survived, no tests, or never checked)."""
+    return sorted(k for k, v in exit_codes.items() if scope.counts(k) and v not in KILLED_CODES | TIMEOUT_CODES)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("command", choices=["run", "rerun", "table"],
+                        help="run: every mutant of the modules; rerun: only those the last run did not detect "
+                             "(after new tests, or to finish an interrupted run); table: the last results")
     parser.add_argument("modules", nargs="*", help="module paths, e.g. infra/tokens.py (default: all)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     scopes = _selected(args.modules)
-    if args.command == "run":
+    if args.command in ("run", "rerun"):
         log = root / "mutants" / "mutmut-run.log"
         log.parent.mkdir(exist_ok=True)
         tmp = root / "mutants" / "tmp"  # each mutant's pytest makes its own numbered folder here, not in /tmp
         tmp.mkdir(exist_ok=True)
         env = dict(os.environ, TMPDIR=str(tmp))
-        names = [g for s in scopes for g in s.globs()]
+        if args.command == "run":
+            names = [g for s in scopes for g in s.globs()]
+        else:  # a module never run has no results yet: all of its mutants
+            names = [n for s in scopes for n in (undetected(s, _codes(s, root)) if _codes(s, root) else s.globs())]
+        if not names:
+            print("nothing to rerun: every mutant of the last run was detected")
         print(f"mutmut: {len(scopes)} module(s); progress in {log.relative_to(root)}", flush=True)
         started = time.monotonic()
         with log.open("w") as out:
             rc = subprocess.call([sys.executable, "-m", "mutmut", "run", *names], stdout=out, stderr=subprocess.STDOUT,
-                                 env=env)
+                                 env=env) if names else 0
         print(f"mutmut exited {rc} after {time.monotonic() - started:.0f} s", flush=True)
         if rc != 0:
             print(log.read_text()[-3000:])
