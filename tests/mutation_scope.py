@@ -186,6 +186,27 @@ def _selected(modules: list[str]) -> list[Scope]:
     return [by_path[m.removeprefix("./")] for m in modules]
 
 
+def sync_data_files(root: Path) -> list[str]:
+    """Copy the source packages' non-Python files (policy, participants, Avro schemas) into ``mutants/`` where
+    they differ: mutmut copies them only when missing, so after a merge its copy would judge the mutants
+    against the old policy or schemas, and its clean run fails. Returns the paths copied."""
+    import shutil
+    import tomllib
+
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    copied = []
+    for top in [*config["source_paths"], *config.get("also_copy", [])]:
+        for source in sorted((root / top).rglob("*")):
+            if not source.is_file() or source.suffix in (".py", ".pyc"):
+                continue
+            target = root / "mutants" / source.relative_to(root)
+            if not target.exists() or target.read_bytes() != source.read_bytes():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied.append(str(source.relative_to(root)))
+    return copied
+
+
 def _codes(scope: Scope, root: Path) -> dict[str, int | None]:
     meta = root / "mutants" / f"{scope.path}.meta"
     return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
@@ -215,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = root / "mutants" / "tmp"  # each mutant's pytest makes its own numbered folder here, not in /tmp
         tmp.mkdir(exist_ok=True)
         env = dict(os.environ, TMPDIR=str(tmp))
+        if (root / "mutants").exists():
+            for path in sync_data_files(root):
+                print(f"refreshed mutants/{path}", flush=True)
         if args.command == "run":
             names = [g for s in scopes for g in s.globs()]
         else:  # a module never run has no results yet: all of its mutants
