@@ -83,7 +83,7 @@ SCOPES: tuple[Scope, ...] = (
           exclude=("x__rule",)),
     Scope("schemas/bounds.py", ("test_caps.py", "test_codec.py"),
           "array caps checked before decoding: a dropped cap lets one envelope cost seconds of CPU"),
-    Scope("streams/registration_rules.py", ("test_registration_rules.py",),
+    Scope("streams/registration_rules.py", ("test_registration_rules.py", "test_registration_rules_words.py"),
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
     Scope("connectors/httpsig.py", ("test_bankhttp_channel.py", "test_httpsig_checks.py"),
           "bank HTTP request signatures: key, clock skew, signature, nonce replay"),
