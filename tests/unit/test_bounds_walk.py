@@ -185,3 +185,15 @@ def test_a_bytes_field_ending_exactly_at_the_end_is_whole():
     assert ArrayCaps(schema, {}).check(b"\xc8\x01" + long_value) is None  # 100: a two-byte length
     with pytest.raises(CodecError):
         ArrayCaps(schema, {}).check(b"\xc8\x01" + long_value[:-1])
+
+
+def test_an_error_type_is_walked_like_a_record_and_a_cap_reaches_through_a_union():
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "e", "type": {"type": "error", "name": "E", "fields": [{"name": "m", "type": "string"}]}},
+        {"name": "again", "type": "E"},
+        {"name": "items", "type": ["null", {"type": "array", "items": "int"}]}]}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(copy.deepcopy(schema)),
+                               {"e": {"m": "x" * 70}, "again": {"m": ""}, "items": [1, 2, 3]})
+    assert ArrayCaps(schema, {"items": 3}).check(out.getvalue()) is None
+    assert ArrayCaps(schema, {"items": 2}).check(out.getvalue()) == CapExceeded("items", 2)
