@@ -81,7 +81,7 @@ SCOPES: tuple[Scope, ...] = (
           # _rule only builds the SENDERS table at import, before mutmut switches a mutant in: none of its
           # mutants can be judged (the table itself is checked against the policy by test_senders.py).
           exclude=("x__rule",)),
-    Scope("schemas/bounds.py", ("test_caps.py", "test_codec.py"),
+    Scope("schemas/bounds.py", ("test_caps.py", "test_codec.py", "test_bounds_walk.py"),
           "array caps checked before decoding: a dropped cap lets one envelope cost seconds of CPU"),
     Scope("streams/registration_rules.py", ("test_registration_rules.py", "test_registration_rules_words.py"),
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
