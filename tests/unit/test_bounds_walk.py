@@ -143,6 +143,7 @@ def test_a_record_cut_short_anywhere_is_malformed(cut):
 
 @pytest.mark.parametrize("bad", [
     b"\x81\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00",  # an 11-byte varint: longer than any Avro long
+    b"\x80" * 10 + b"\x00",  # the same, of value 0: refused for its length, not for its value
     b"\x03",  # a negative length
     b"\x80",  # a varint cut short
     b"\x08abc",  # a length past the end
@@ -152,6 +153,15 @@ def test_lengths_and_varints_that_cannot_be_walked_are_malformed(bad):
     with pytest.raises(CodecError) as info:
         ArrayCaps(schema, {}).check(bad)
     assert info.value.reason is Reason.MALFORMED
+
+
+def test_a_record_that_ends_before_its_last_int_is_malformed():
+    schema = {"type": "record", "name": "N", "fields": [{"name": "s", "type": "string"}, {"name": "n", "type": "int"}]}
+    for cut in (b"", b"\x02x"):
+        with pytest.raises(CodecError) as info:
+            ArrayCaps(schema, {}).check(cut)
+        assert info.value.reason is Reason.MALFORMED
+    assert ArrayCaps(schema, {}).check(b"\x02x\x02") is None
 
 
 def test_a_ten_byte_varint_is_still_a_long():
