@@ -10,24 +10,25 @@ MVENV  ?= .venv-mutation
 MBIN    = $(MVENV)/bin
 MSTAMP  = $(MVENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 MODULE ?=
+comma  := ,
 
 .PHONY: demo test test-fast bench chaos mutation up down clean broker
 
-$(STAMP): pyproject.toml
+# $(call venv,<folder>,<extras>): a venv with Renkei installed editable with those extras; the stamp is the target.
+define venv
 	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -e '.[$(2)]'
+	@rm -f $(1)/.installed-*
 	@touch $@
+endef
+
+$(STAMP): pyproject.toml
+	$(call venv,$(VENV),test)
 
 $(MSTAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit("Renkei needs Python 3.11 or newer (set PYTHON=...)" if sys.version_info < (3, 11) else 0)'
-	$(PYTHON) -m venv $(MVENV)
-	$(MBIN)/python -m pip install --quiet --upgrade pip
-	$(MBIN)/python -m pip install --quiet -e '.[test,mutation]'
-	@rm -f $(MVENV)/.installed-*
-	@touch $@
+	$(call venv,$(MVENV),test$(comma)mutation)
 
 broker: $(STAMP)  ## fetch Apache Kafka's jars with Maven once (nothing to do when cached, or without Java)
 	$(BIN)/renkei broker fetch
