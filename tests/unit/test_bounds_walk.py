@@ -207,3 +207,19 @@ def test_an_error_type_is_walked_like_a_record_and_a_cap_reaches_through_a_union
                                {"e": {"m": "x" * 70}, "again": {"m": ""}, "items": [1, 2, 3]})
     assert ArrayCaps(schema, {"items": 3}).check(out.getvalue()) is None
     assert ArrayCaps(schema, {"items": 2}).check(out.getvalue()) == CapExceeded("items", 2)
+
+
+def test_full_names_and_map_values_resolve_in_their_namespace():
+    """A type named with a full name keeps it; a map's named values resolve in the enclosing namespace."""
+    schema = {"type": "record", "name": "Top", "namespace": "n1", "fields": [
+        {"name": "full", "type": {"type": "record", "name": "n2.Named", "fields": [
+            {"name": "c", "type": {"type": "enum", "name": "C", "symbols": ["A", "B"]}}]}},
+        {"name": "ref", "type": "n2.Named"},
+        {"name": "d", "type": {"type": "fixed", "name": "Dg", "size": 3}},
+        {"name": "m", "type": {"type": "map", "values": "Dg"}},
+        {"name": "items", "type": {"type": "array", "items": "int"}}]}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(copy.deepcopy(schema)),
+                               {"full": {"c": "B"}, "ref": {"c": "A"}, "d": b"abc", "m": {"k": b"123"}, "items": [1, 2]})
+    assert ArrayCaps(schema, {"items": 2}).check(out.getvalue()) is None
+    assert ArrayCaps(schema, {"items": 1}).check(out.getvalue()) == CapExceeded("items", 1)

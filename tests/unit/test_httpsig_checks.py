@@ -190,3 +190,13 @@ def test_a_nonce_is_forgotten_exactly_when_its_window_ends():
     cache.check_and_remember(seen)
     clock[0] = NOW + 20
     cache.check_and_remember(seen)  # 20 s after: a new request as far as the memory goes
+
+
+def test_at_exactly_ten_thousand_nothing_is_pruned():
+    clock = [NOW]
+    cache = NonceCache(max_skew_s=10, clock=lambda: clock[0])
+    for i in range(10_000):
+        cache.check_and_remember(Verified("k", f"{i:016x}", int(NOW)))
+    clock[0] = NOW + 20  # all 10 000 expired, but the memory is not over its size: nothing is pruned yet
+    cache.check_and_remember(Verified("k", "e" * 16, int(NOW)))
+    assert len(cache._seen) == 10_001
