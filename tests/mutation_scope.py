@@ -70,7 +70,7 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
           "tokens: a My Number becomes a per-participant token; a dropped check links people across participants "
           "or lets one participant learn another's token"),
-    Scope("infra/merkle.py", ("test_batch.py", "test_records_checkpoints.py"),
+    Scope("infra/merkle.py", ("test_batch.py", "test_records_checkpoints.py", "test_merkle_edges.py"),
           "Merkle audit paths: one signature covers a batch; a wrong path check lets a forged message ride on a "
           "real batch signature"),
     Scope("infra/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py"),
