@@ -73,7 +73,8 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/merkle.py", ("test_batch.py", "test_records_checkpoints.py", "test_merkle_edges.py"),
           "Merkle audit paths: one signature covers a batch; a wrong path check lets a forged message ride on a "
           "real batch signature"),
-    Scope("infra/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py"),
+    Scope("infra/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py",
+                                   "test_validation_checks.py"),
           "the boundary checks: My Number check digit, bank account fields, the existence answer's holder flag, "
           "consent"),
     Scope("infra/senders.py", ("test_senders.py", "test_envelope.py", "test_senders_words.py"),
