@@ -277,7 +277,8 @@ async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    return 0 if (await _measured("chaos", settings, args))["ok"] else 1
+    part = "chaos_insider" if getattr(args, "insider", False) else "chaos"  # --insider: infra.chaos_insider alone
+    return 0 if (await _measured(part, settings, args))["ok"] else 1
 
 
 # ---------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
     demo.add_argument("--portal-port", dest="portal_port", type=int, default=0, metavar="P",
                       help="the demo portal's port (default: a free one)")
-    from infra import disasters_cli, ops, records_cli
+    from infra import chaos_insider, disasters_cli, ops, records_cli
 
     records_cli.register(add)  # renkei records purge
     disasters_cli.register(add)  # renkei disaster declare|change-period|list
@@ -384,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     ops.replay_args(add("replay", cmd_replay, "replay a time window into a topic, or rewind a group to it"))
     add("bench", cmd_bench, "measure throughput and latency on a fresh embedded stack (docs/performance.md)") \
         .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
-    add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers") \
-        .add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    chaos = add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers")
+    chaos.add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    chaos_insider.register(chaos)  # --insider
     # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
     # operations.
     from connectors import commands as participant_commands
@@ -393,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import serve as connector_serve
     from connectors import channel_key_command, lookup_commands
     from connectors import portal_card_command
-    from infra import broker_commands, db_commands, keycommands
+    from infra import broker_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
@@ -404,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker_commands.register(add)
     db_commands.register(add, common)
     portal_card_command.register()
+    schema_commands.register(add, common)  # renkei schemas list|show|export|check
+    config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     return parser
 
 

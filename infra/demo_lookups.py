@@ -175,25 +175,28 @@ async def _application(w: _World) -> dict[str, Any]:
 
 
 async def _disaster(w: _World) -> dict[str, Any]:
-    """An operator declares a disaster; the depositor applies on the portal for the banks they designate."""
-    from infra.demo_accounts import renkei
+    """An operator declares a disaster; the depositor applies on the portal, with their card, for the banks they
+    designate."""
+    from infra.demo_accounts import issue_card, renkei
 
     mn, accounts = await w.person({"9000": 1, "9004": 1})
     for code in accounts:
         await w.number_via_portal(mn, code)
+    card, _ = await issue_card(w.settings, f"DEMO-D{uuid.uuid4().hex[:6].upper()}", mn)  # the card issuer's work
     started = time.perf_counter()
     declared = await renkei(w.settings, "disaster", "declare", "--id", DEMO_DISASTER, "--name", "デモ地震",
                             "--areas", "17", "--from", "2026-01-01", "--until", "2099-12-31",
                             "--reason", "the demo declares it")
     answer = await renkei(w.settings, "portal", "disaster-lookup", "--disaster-id", DEMO_DISASTER,
-                          "--area", "17204", "--designated-banks", "9000,9002", my_number=mn)
+                          "--area", "17204", "--designated-banks", "9000,9002", card=card) if card else \
+        {"status": "ERROR", "exit_code": None, "reason": "no portal card was issued"}
     return {"name": "disaster-lookup",
             "ok": declared["exit_code"] == 0 and answer["exit_code"] == 0
             and answer["banks_with_accounts"] == ["9000"] and answer["banks_not_answered"] == [],
             "disaster": DEMO_DISASTER, "declared": declared.get("status"), "status": answer.get("status"),
             "reason": answer.get("reason"), "designated": ["9000", "9002"], "applied_on": "portal",
             "banks_with_accounts": answer.get("banks_with_accounts"),
-            "via": "renkei disaster declare, renkei portal disaster-lookup",
+            "via": "renkei portal card issue, renkei disaster declare, renkei portal disaster-lookup --card",
             "result_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
