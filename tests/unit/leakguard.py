@@ -33,6 +33,7 @@ def no_personal_data(caplog, monkeypatch):
 
     monkeypatch.setattr(RenkeiError, "__init__", recording_init, raising=False)
     caplog.set_level(logging.DEBUG)
+    before = set(USED)
     yield texts
     for when in ("setup", "call"):  # caplog.records would only hold the teardown phase here
         for record in caplog.get_records(when):
@@ -40,4 +41,7 @@ def no_personal_data(caplog, monkeypatch):
             if record.exc_info and record.exc_info[1] is not None:
                 texts.append(str(record.exc_info[1]))
     leaked = [n for n in USED if any(n in t for t in texts)]
+    # A test's own numbers are checked in that test only: kept for later tests, a simple one drawn by
+    # Hypothesis (000000000000) was "found" in another module's key id, so the verdict hung on the order.
+    USED.intersection_update(before)
     assert not leaked, f"{len(leaked)} My Number(s) appeared in exception messages or logs"
