@@ -11,6 +11,7 @@ the connector's signed calls, both from "their own data" (which accounts are num
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import csv
 import random
