@@ -10,8 +10,9 @@ module with ``from tests.integration.platform_fixtures import *``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,24 @@ PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 @contextlib.asynccontextmanager
 async def isolated_platform(endpoints: Any, state: Path, *, participants_file: Path = PARTICIPANTS_FILE,
                             workers: list[str] | None = None, banks: int | None = None,
-                            prefix_letter: str = "p", **overrides: Any) -> AsyncIterator[Platform]:
+                            prefix_letter: str = "p", kafka: KafkaSettings | None = None,
+                            prepare: Callable[[Settings], Awaitable[None]] | None = None,
+                            **overrides: Any) -> AsyncIterator[Platform]:
     """Workers as real processes under a fresh topic prefix and PostgreSQL schema, ready to serve.
 
     ``workers`` names a subset of ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are
     further ``Settings`` fields (e.g. ``registry_check_deadline_s``), handed to the workers too.
+    ``kafka`` replaces the session broker's settings (the secured cluster: its admin's login);
+    ``prepare`` runs before the platform starts (e.g. applying the prefix's ACLs).
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
     conn = await asyncpg.connect(endpoints.pg_dsn)
     await conn.execute(f'CREATE SCHEMA "{prefix}"')
     await conn.close()
     sep = "&" if "?" in endpoints.pg_dsn else "?"
+    kafka = KafkaSettings(bootstrap=endpoints.bootstrap, broker=endpoints.broker) if kafka is None else kafka
     settings = Settings(
-        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=prefix, broker=endpoints.broker),
+        kafka=dataclasses.replace(kafka, topic_prefix=prefix),
         pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}",
         state_dir=state,
         participants_file=participants_file,
@@ -52,8 +58,10 @@ async def isolated_platform(endpoints: Any, state: Path, *, participants_file: P
     )
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
     platform = Platform(settings, workers=chosen, die_with_parent=True)
-    await platform.start()
     try:
+        if prepare is not None:
+            await prepare(settings)
+        await platform.start()
         await platform.wait_ready(120)
         yield platform
     finally:
