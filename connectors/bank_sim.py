@@ -479,7 +479,7 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
         bank_ids = [p.id for p in load_participants(settings.participants_file, banks=settings.banks).banks()]
     runtime = ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or simulator_group(settings),
                                  migrations={"bank-sim": BANK_MIGRATIONS, "bank-handover": HANDOVER_MIGRATIONS},
-                                 worker="banks")
+                                 worker="banks", database="banks")  # every simulated bank's own system
     runtime.divert = parking(runtime)
     return runtime
 

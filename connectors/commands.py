@@ -233,10 +233,12 @@ async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
         import asyncpg
 
         from connectors.bank_sim import BANK_MIGRATIONS, enrol_customer, open_account
+        from infra.pgdsn import component_dsn
+        from infra.pglayout import BANKS
         from infra.storage import migrate
 
         token = await client.token_for(bank.id, my_number, timeout=args.timeout) if client is not None else None
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own system
         try:
             await migrate(conn, "bank-sim", BANK_MIGRATIONS)
             async with conn.transaction():
@@ -383,6 +385,7 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
     Exit 0 for OK and PENDING (records not yet checkpointed verify against the signed head), 1 for TAMPERED.
     """
+    from infra.pgdsn import records_dsn
     from infra.records_verify import RecordsVerifier
     from infra.storage import create_pool
 
@@ -390,7 +393,7 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
     async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
         token = await client.token_for("portal", my_number, timeout=args.timeout)
-        pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
+        pool = await create_pool(records_dsn(settings), min_size=1, max_size=2)
         try:
             async with RecordsVerifier.for_settings(settings, pool) as verifier:
                 view = await records_view(verifier, token)

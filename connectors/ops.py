@@ -45,7 +45,8 @@ def register(add: Any, common: Any) -> None:
     connector = add("connector", cmd_connector, "operate the connectors: dead letters and their re-drive")
     groups = connector.add_subparsers(dest="connector_command", required=True, metavar="GROUP")
     dlq = groups.add_parser("dlq", parents=[common], help="the connectors' dead letters (metadata only)",
-                            description="the connectors' dead letters, from the connector's database (--pg-dsn)")
+                            description="the connectors' dead letters, from the connector's database "
+                                        "(--participant-id: the connector's participant)")
     actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="open dead letters, oldest first",
                                  description="open dead letters (not re-driven), oldest first; never a payload")
@@ -271,14 +272,17 @@ def adapter_classes() -> dict[str, Any]:
 async def _connect(settings: Settings) -> Any:
     import asyncpg
 
+    from infra.pgdsn import component_dsn
+
     try:
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, settings.participant_id))
     except (OSError, asyncpg.PostgresError) as exc:
         raise StackError(f"cannot reach the connector's PostgreSQL ({type(exc).__name__})") from exc
     if await conn.fetchval("SELECT to_regclass('connector_redrives')") is None:
         await conn.close()
-        raise ConfigError("this database has no connector tables (or they predate re-drive): point --pg-dsn "
-                          "at the connector's own database, the one its runtime migrated")
+        raise ConfigError(f"{settings.participant_id}'s database has no connector tables (or they predate "
+                          "re-drive): name the connector's participant with --participant-id (e.g. portal, "
+                          "agency-nta, bank-9003)")
     return conn
 
 

@@ -364,6 +364,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     from connectors.bankfiles import bank_file_connector
     from connectors.bankhttp import BankHttpConnector, require_https
     from connectors.channel_tls import CA_FILE, ServerCertificate, certificate_hosts, server_certificate
+    from infra.pgdsn import component_dsn
 
     if args.channel == "files" and args.root is None:
         raise ConfigError("--channel files needs --root DIR (the bank's folder)")
@@ -397,7 +398,8 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
         runtime = http.runtime
     assert runtime.runtime.group == group
     types = sorted(t for adapter in runtime.adapters for t in adapter.handlers())
-    lease = BankChannelLease(settings.pg_dsn, bank.id, f"bank-{args.channel}", types, ttl_s=args.lease_ttl)
+    lease = BankChannelLease(component_dsn(settings, bank.id), bank.id, f"bank-{args.channel}", types,
+                             ttl_s=args.lease_ttl)  # as the bank's own role
     runtime.runtime.divert = lease.divert(runtime.runtime.metrics)
 
     async def body(stop: asyncio.Event, announce: Announce) -> None:
@@ -466,16 +468,18 @@ def add_portal_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """Flags of ``renkei portal serve`` / ``python -m connectors.serve portal``."""
     parser.add_argument("--host", default="127.0.0.1", help="address of the web page and API (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="its port (0 = a free one)")
-    parser.add_argument("--provisions-dsn", help="PostgreSQL with the provision records (default: --pg-dsn)")
+    parser.add_argument("--provisions-dsn", help="PostgreSQL with the provision records (default: the portal's "
+                                                 "role reading the hub's schema)")
     return parser
 
 
 async def portal_serve(settings: Settings, args: argparse.Namespace) -> int:
     """``renkei portal serve [--port P]``: the portal web page and API, /health and /metrics on the same server."""
     from connectors.portal import PortalConnector
+    from infra.pgdsn import records_dsn
 
     settings = _resolve(settings)
-    portal = PortalConnector(settings, provisions_dsn=args.provisions_dsn or settings.pg_dsn, host=args.host,
+    portal = PortalConnector(settings, provisions_dsn=args.provisions_dsn or records_dsn(settings), host=args.host,
                              port=args.port)
 
     async def body(stop: asyncio.Event, announce: Announce) -> None:

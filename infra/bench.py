@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from infra.pgdsn import component_dsn, observer_dsn
+from infra.pglayout import BANKS
 from infra.settings import KafkaSettings, Settings
 
 AGENCY = "agency-city-minato"
@@ -340,7 +342,7 @@ async def hub_inprocess(settings: Settings, records: list[tuple[bytes, bytes]], 
     from streams.gateway import Inbound
     from streams.hub import HubService, single_partition_first
 
-    hub_settings = dataclasses.replace(settings, pg_dsn=await schema_dsn(settings.pg_dsn, schema))
+    hub_settings = await namespace(settings, schema)
     src = f"{settings.kafka.topic_prefix}.bench.hub-src-{schema}"
     await create_topics(settings, {src: 4})
     await produce_all(settings, src, records)
@@ -388,25 +390,24 @@ async def hub_worker_run(settings: Settings, records: list[tuple[bytes, bytes]])
             "produce_s": round(produce_s, 2)}
 
 
-async def schema_dsn(dsn: str, schema: str) -> str:
-    import asyncpg
+async def namespace(settings: Settings, name: str) -> Settings:
+    """``settings`` in a database namespace of its own on the bench's server: the component schemas
+    ``<name>_hub``, ``<name>_registry``, … (created now), the component roles shared."""
+    from infra.pgprovision import provision_database
 
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    finally:
-        await conn.close()
-    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+    spaced = dataclasses.replace(settings, pg_schema_prefix=f"{name}_")
+    await provision_database(spaced)
+    return spaced
 
 
 async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks: int, workers: list[str]) -> Any:
-    """A platform under its own topic prefix, PostgreSQL schema and state folder, on the bench's stack."""
+    """A platform under its own topic prefix, PostgreSQL namespace and state folder, on the bench's stack."""
     from infra.stack import WORKERS, Platform
 
     settings = dataclasses.replace(
         stack_settings,
         kafka=dataclasses.replace(stack_settings.kafka, topic_prefix=name),
-        pg_dsn=await schema_dsn(stack_settings.pg_dsn, name),
+        pg_schema_prefix=f"{name}_",  # the platform creates its schemas (infra.pgprovision)
         state_dir=root / name, banks=banks, log_level="WARNING",
     )
     plat = Platform(settings, workers=[w for w in WORKERS if w.name in workers])
@@ -431,7 +432,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
     people = [generate_my_number(rng) for _ in range(200)]
     prefix = settings.kafka.topic_prefix
     async with BusClient(settings, ["portal", AGENCY], group=f"{prefix}.bench-clients") as bus:
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
         try:  # 20 people registered through STEP1 (the registry checks the account with the bank)
             for i, mn in enumerate(people[:20] if register else []):
                 acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
@@ -502,7 +503,7 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
 
     banks = settings.banks
     prefix = settings.kafka.topic_prefix
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
     try:
         async with DicjDesk(settings, group=f"{prefix}.bench-dicj") as dicj, \
                 BusClient(settings, ["portal"], group=f"{prefix}.bench-portal") as portal:
@@ -547,7 +548,7 @@ async def quiesce(settings: Settings, timeout: float = 300.0) -> None:
 
     from infra.chaos import _quiesce
 
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(settings))  # every component's outbox
     try:
         await _quiesce(conn, timeout)
     finally:
@@ -573,7 +574,8 @@ async def run_bench(settings: Settings, *, quick: bool = False,
         out: dict[str, Any] = {"quick": quick, "machine": machine(stack.broker_description),
                                "messages": plan.messages}
         base = dataclasses.replace(settings, kafka=KafkaSettings(bootstrap=stack.bootstrap, broker=stack.broker_kind),
-                                   pg_dsn=stack.pg_dsn, participants_file=None)
+                                   pg_dsn=stack.pg_dsn, participants_file=None,
+                                   pg_passfile=stack.state_dir / "secrets" / "pg-roles.pgpass")  # one set of roles
         rss: list[float] = []
         # 1. throughput: raw baseline, then the hub on the same envelopes
         thr = await sub_platform(base, root, "thr", banks=5, workers=["hub"])

@@ -51,6 +51,7 @@ from infra.chaos_invariants import (
     summary,
 )
 from infra.settings import Settings
+from infra.storage import count_everywhere, everywhere
 
 log = logging.getLogger("renkei.chaos")
 
@@ -255,6 +256,7 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
     from infra.kafka import producer as make_producer
+    from infra.pgdsn import observer_dsn
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(20261126)
@@ -262,14 +264,14 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     prefix = s.kafka.topic_prefix
     traffic = _Traffic(platform, plan, rng)
     report = CrashReport()
-    conn = await asyncpg.connect(s.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(s))  # every component's schema, as the operator
     prod = make_producer(s)
     await prod.start()
     try:
         await traffic.setup(conn)
         await conn.execute("DELETE FROM bank_sim_behaviour")  # the demo's slow and double-answering banks
         rejected_from = await _rejected_end(s)
-        participant_dead_before = await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
+        participant_dead_before = await count_everywhere(conn, "participant_dead_letters")
         async with BusClient(s, ["portal", *traffic.agencies], group=f"{prefix}.chaos-clients") as bus, \
                 DicjDesk(s, group=f"{prefix}.chaos-dicj") as dicj:
             hubs = ["hub" if plan.hub_workers == 1 or k % 2 == 0 else "hub-2" for k in range(plan.hub_kills)]
@@ -327,7 +329,7 @@ async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     last, steady = -1, 0
     while time.monotonic() < end and steady < 4:
-        pending = await conn.fetchval("SELECT count(*) FROM participant_outbox WHERE sent_at IS NULL")
+        pending = await count_everywhere(conn, "participant_outbox", "sent_at IS NULL")
         seen = await conn.fetchval("SELECT count(*) FROM hub_messages")
         steady = steady + 1 if (pending == 0 and seen == last) else 0
         last = seen
@@ -370,6 +372,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
                    rejected_from: dict[int, int], participant_dead_before: int) -> Observations:
     """Collect what the invariants read (:mod:`infra.chaos_invariants`): the wire, the tables, the dead letters."""
     from infra.envelope import peek
+    from infra.pgdsn import observer_dsn
     from infra.provisions import ProvisionStore
     from infra.storage import create_pool
     from infra.topics import INGRESS_PARTITIONS, TopicNames
@@ -402,7 +405,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         audit.append(RecordSeen(str(d["record_id"]), str(d["message_id"]), str(d["correlation_id"]), d["requester"],
                                 d["provider"], d["status"]))
     persons = [x["person_token"] for x in await conn.fetch("SELECT DISTINCT person_token FROM provision_records")]
-    pool = await create_pool(settings.pg_dsn, min_size=1, max_size=2)
+    pool = await create_pool(observer_dsn(settings), min_size=1, max_size=2)
     try:
         store = ProvisionStore(pool)
         broken = len([p for p in persons if not (await store.verify_chain(p)).ok])
@@ -415,7 +418,8 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         lookups=list(traffic.lookups), lookup_views=list(views), banks_per_lookup=len(traffic.banks),
         ingress=await wire(names.ingress, INGRESS_PARTITIONS), inboxes=inboxes,
         client_inbox=[(str(x["correlation_id"]), x["type"], str(x["message_id"])) for x in await conn.fetch(
-            "SELECT correlation_id, type, message_id FROM client_inbox WHERE correlation_id = ANY($1::uuid[])",
+            f"SELECT correlation_id, type, message_id FROM {await everywhere(conn, 'client_inbox')} c "
+            "WHERE correlation_id = ANY($1::uuid[])",
             sorted(ours))],
         records=records, audit=audit,
         needing_record={str(x["message_id"]) for x in await conn.fetch(
@@ -427,8 +431,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         accepted_ids={str(x["message_id"]) for x in await conn.fetch(
             "SELECT message_id FROM hub_messages WHERE accepted")},
         injected=traffic.injected,
-        participant_dead_letters=await conn.fetchval("SELECT count(*) FROM participant_dead_letters")
-        - participant_dead_before,
+        participant_dead_letters=await count_everywhere(conn, "participant_dead_letters") - participant_dead_before,
         dead_workers=[c["name"] for c in platform.status() if not c["alive"]],
     )
 

@@ -145,13 +145,12 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
 
-    from infra.embedded import stop_recorded
+    from infra.embedded import KAFKA_DIR, stop_recorded
+    from infra.embedded_pg import EmbeddedPostgres
 
     stopped = await asyncio.to_thread(stop_recorded, settings.state_dir)
     if args.purge:
-        from infra.embedded import KAFKA_DIR
-
-        shutil.rmtree(settings.state_dir / "pg", ignore_errors=True)
+        EmbeddedPostgres(settings.state_dir).purge()
         shutil.rmtree(settings.state_dir / KAFKA_DIR, ignore_errors=True)
     if args.json:
         _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
@@ -365,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
-    from infra import broker_commands, keycommands
+    from infra import broker_commands, db_commands, keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
@@ -373,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     channel_key_command.register()
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     broker_commands.register(add)
+    db_commands.register(add, common)
     return parser
 
 

@@ -16,6 +16,7 @@ from infra.settings import Settings
 
 async def run_demo(settings: Settings, progress: Any = None) -> dict[str, Any]:
     from infra.embedded import stop_recorded
+    from infra.pgdsn import public_dsn
     from infra.stack import Platform
 
     demo_settings = dataclasses.replace(settings, state_dir=settings.state_dir / "demo")
@@ -27,7 +28,7 @@ async def run_demo(settings: Settings, progress: Any = None) -> dict[str, Any]:
     async with Platform(demo_settings, die_with_parent=True) as platform:
         if progress is not None:
             progress.print(f"Stack up: broker {platform.settings.kafka.bootstrap}, "
-                           f"PostgreSQL {platform.settings.pg_dsn.split('@')[-1]}")
+                           f"PostgreSQL {public_dsn(platform.settings.pg_dsn).split('@')[-1]}")
         await platform.wait_ready(120)
         if progress is not None:
             progress.print(f"Workers ready ({', '.join(w.name for w in platform.workers)}); running the flows…")

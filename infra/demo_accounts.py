@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -31,6 +32,8 @@ import asyncpg
 from connectors.bank_sim import register_at_counter, registration_status, seed_customer
 from connectors.client import BusClient
 from infra.keystore import KeyStore
+from infra.pgdsn import component_dsn
+from infra.pglayout import BANKS
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -57,11 +60,12 @@ async def renkei(settings: Settings, *argv: str, my_number: str | None = None,
     command's JSON report with its exit code under ``exit_code`` (``status`` ``ERROR`` when it printed
     no report); stderr is not kept (it names no person, but the demo has no use for it).
     """
-    from infra.stack import settings_args
+    from infra.stack import settings_args, settings_env
 
     cmd = [sys.executable, "-m", "infra.cli", *argv, *(["--my-number", "-"] if my_number else []),
            "--timeout", f"{timeout_s / 2:g}", "--json", *settings_args(settings)]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **settings_env(settings)},
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(f"{my_number}\n".encode() if my_number else b""), timeout_s)
@@ -125,9 +129,10 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     # STEP3: at a bank counter, the bank's own system registers the person's account there instead, with
     # the person's consent; the registry checks the account with that bank's own records first.
     async with BusClient(settings, [AGENCY], group=f"{settings.kafka.topic_prefix}.demo") as bus:
-        counter = ParticipantRuntime(settings, [COUNTER_BANK], {}, group=f"{settings.kafka.topic_prefix}.demo-counter")
+        counter = ParticipantRuntime(settings, [COUNTER_BANK], {}, group=f"{settings.kafka.topic_prefix}.demo-counter",
+                                     database=BANKS)  # the simulated bank's own counter system
         await counter.start(consume=False)  # the simulated bank answers its inbox; this only files the request
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the bank's own system (the simulator)
         try:
             start = time.perf_counter()
             token = await bus.token_for(AGENCY, person)

@@ -25,6 +25,8 @@ from connectors.bank_sim import file_numbering_at_counter, seed_customer, set_be
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.keystore import KeyStore
+from infra.pgdsn import component_dsn
+from infra.pglayout import BANKS
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -68,7 +70,8 @@ async def _numbering(w: _World) -> dict[str, Any]:
     started = time.perf_counter()
     mn, _ = await w.person({"9000": 2, "9001": 1, "9002": 1})
     ack = await w.number_via_portal(mn, "9000")
-    counter = ParticipantRuntime(w.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.demo-counter")
+    counter = ParticipantRuntime(w.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.demo-counter",
+                                 database=BANKS)  # the simulated bank's own counter system
     await counter.start(consume=False)
     try:
         cid, own, _ = await file_numbering_at_counter(counter, "bank-9001", w.bank_token(mn, "9001"),
@@ -136,7 +139,7 @@ async def _disaster(w: _World) -> dict[str, Any]:
 async def lookup_flows(settings: Settings) -> list[dict[str, Any]]:
     """The three flows, sharing one DICJ desk and one portal client."""
     prefix = settings.kafka.topic_prefix
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
     try:
         async with DicjDesk(settings, group=f"{prefix}.demo-dicj") as dicj, \
                 BusClient(settings, ["portal"], group=f"{prefix}.demo-portal") as portal:

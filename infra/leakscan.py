@@ -202,17 +202,21 @@ async def _scan_topics(settings: Settings, scanner: Scanner, report: LeakReport)
 async def _scan_tables(settings: Settings, scanner: Scanner, report: LeakReport) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(settings.pg_dsn)
+    from infra.pgdsn import ops_dsn
+
+    # As the read-only ops role, every component's schema (infra.pglayout): all it may read is all there is.
+    conn = await asyncpg.connect(ops_dsn(settings))
     try:
-        tables = [r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename")]
-        for table in tables:
+        tables = [(r["schemaname"], r["tablename"]) for r in await conn.fetch(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(current_schemas(false)) "
+            "ORDER BY schemaname, tablename")]
+        for schema, table in tables:
             buffer = io.BytesIO()
-            await conn.copy_from_table(table, output=buffer, format="binary")
+            await conn.copy_from_table(table, schema_name=schema, output=buffer, format="binary")
             data = buffer.getvalue()
             report.scanned["tables"] += 1
             report.scanned["rows_bytes"] += len(data)
             for person, enc in scanner.search(data):
-                report.hits.append({"where": f"table {table}", "person": person, "encoding": enc})
+                report.hits.append({"where": f"table {schema}.{table}", "person": person, "encoding": enc})
     finally:
         await conn.close()

@@ -113,11 +113,12 @@ async def _purge(settings: Settings, key: Any, before: datetime, event: Any, *, 
     from infra.errors import RenkeiError, StackError
     from infra.kafka import producer as make_producer
     from infra.ops import write_ops_event
+    from infra.pgdsn import component_dsn
     from infra.provisions import ProvisionStore
     from infra.storage import create_pool
 
     try:
-        pool = await create_pool(settings.pg_dsn, min_size=1, max_size=1)
+        pool = await create_pool(component_dsn(settings, "hub"), min_size=1, max_size=1)  # the records' owner
     except (OSError, asyncpg.PostgresError) as exc:
         raise StackError(f"cannot reach the provision records' PostgreSQL ({type(exc).__name__})") from exc
     producer = make_producer(settings)

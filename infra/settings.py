@@ -102,7 +102,13 @@ class Settings:
     """Everything a Renkei process needs to know, typed and immutable."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    # PostgreSQL: where the server is. Its user, if any, is the administrator (the embedded stack's
+    # superuser), used only to create the component roles; components connect as their own role
+    # (infra.pgdsn), with secrets from a password file, never from the DSN.
     pg_dsn: str = field(default="", repr=False)
+    pg_passfile: Path | None = None  # the component roles' secrets; default <state_dir>/secrets/pg-roles.pgpass
+    pg_role_prefix: str = "renkei_"  # component roles: renkei_hub, renkei_registry, ... (infra.pglayout)
+    pg_schema_prefix: str = ""  # component schemas: <prefix>hub, ...; a namespace for tests and benchmarks
     state_dir: Path = Path(".renkei")
     participant_id: str = "hub"
     keys_dir: Path | None = None  # default: <state_dir>/keys
@@ -138,6 +144,10 @@ class Settings:
     @property
     def embedded_pg(self) -> bool:
         return not self.pg_dsn
+
+    @property
+    def resolved_pg_passfile(self) -> Path:
+        return self.pg_passfile if self.pg_passfile is not None else self.state_dir / "secrets" / "pg-roles.pgpass"
 
     @property
     def resolved_keys_dir(self) -> Path:
@@ -192,6 +202,9 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_tansu_fetch_wait_ms": (("kafka", "tansu_fetch_wait_ms"), int),
     "kafka_tansu_fetch_wait_max_ms": (("kafka", "tansu_fetch_wait_max_ms"), int),
     "pg_dsn": (("pg_dsn",), str),
+    "pg_passfile": (("pg_passfile",), Path),
+    "pg_role_prefix": (("pg_role_prefix",), str),
+    "pg_schema_prefix": (("pg_schema_prefix",), str),
     "state_dir": (("state_dir",), Path),
     "participant_id": (("participant_id",), str),
     "keys_dir": (("keys_dir",), Path),
@@ -233,8 +246,8 @@ def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
             for sub, subval in value.items():
                 flat[f"kafka_{sub}"] = subval
         elif key == "postgres" and isinstance(value, Mapping):
-            if "dsn" in value:
-                flat["pg_dsn"] = value["dsn"]
+            for sub, subval in value.items():
+                flat[f"pg_{sub}"] = subval
         else:
             flat[key] = value
     unknown = sorted(k for k in flat if k not in _FIELDS)

@@ -31,10 +31,12 @@ class WorkerSpec:
 
 
 def settings_args(settings: Settings) -> list[str]:
-    """CLI flags that hand a worker the platform's concrete endpoints and folders."""
+    """CLI flags that hand a worker the platform's concrete endpoints and folders.
+
+    PostgreSQL is not among them: a worker gets it from its environment (:func:`settings_env`).
+    """
     return [
         "--kafka-bootstrap", settings.kafka.bootstrap,
-        "--pg-dsn", settings.pg_dsn,
         "--state-dir", str(settings.state_dir),
         "--topic-prefix", settings.kafka.topic_prefix,
         "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
@@ -42,6 +44,24 @@ def settings_args(settings: Settings) -> list[str]:
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that hand a child process the platform's PostgreSQL (spawn it with them
+    next to :func:`settings_args`).
+
+    The DSN goes without any secret or the administrator's password file: a child connects as
+    component roles only, their secrets in the roles' password file named here by its path. Nothing
+    secret reaches a command line (``ps``) or the environment.
+    """
+    from infra.pgdsn import public_dsn
+
+    return {
+        "RENKEI_PG_DSN": public_dsn(settings.pg_dsn),
+        "RENKEI_PG_PASSFILE": str(settings.resolved_pg_passfile.absolute()),
+        "RENKEI_PG_ROLE_PREFIX": settings.pg_role_prefix,
+        "RENKEI_PG_SCHEMA_PREFIX": settings.pg_schema_prefix,
+    }
 
 
 WORKERS: list[WorkerSpec] = [
@@ -79,9 +99,19 @@ class Platform:
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
+    @property
+    def provisions_database(self) -> bool:
+        """The platform creates the component roles and schemas where it can act as the administrator:
+        its embedded PostgreSQL, or a configured DSN that names a user (otherwise an administrator
+        applied `renkei db roles` beforehand: docs/production.md)."""
+        from infra.pgdsn import names_user
+
+        return self.base_settings.embedded_pg or names_user(self.base_settings.pg_dsn)
+
     async def start(self) -> None:
         from infra.kafka import admin_client
         from infra.participants import load_participants
+        from infra.pgprovision import provision_database
         from infra.topics import TopicNames, apply_layout, layout
 
         await self.stack.start()
@@ -92,6 +122,8 @@ class Platform:
                 broker=self.stack.broker_kind or None,
             )
             self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
+            if self.provisions_database:
+                await provision_database(self.settings, reassert=True, participants=self.participants)
             admin = admin_client(self.settings)
             await admin.start()
             try:
@@ -107,7 +139,8 @@ class Platform:
             raise
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every worker's consumer group has members and every worker reports ``ok`` on /health.
+        """Wait until every worker's consumer group has members and every worker reports ``ok`` on /health,
+        then grant the cross-component rights on the tables the workers created (infra.pglayout).
 
         The group alone is not enough: a faust worker joins its group while its start-up task (keys,
         database migrations) still runs, and Apache Kafka stabilises a group quickly, so a caller
@@ -117,6 +150,7 @@ class Platform:
         import time
 
         from infra.metrics import add_worker_health
+        from infra.pgprovision import grant_shared_when_ready
 
         deadline = time.monotonic() + timeout
         await wait_for_groups(self.settings, [w.group(self.settings) for w in self.workers if w.group], timeout)
@@ -127,12 +161,16 @@ class Platform:
                 for c in self.stack.components.values() if c.name in names])
             waiting = [r["name"] for r in rows if r["health"] != "ok"]
             if not waiting:
-                return
+                break
             if time.monotonic() > deadline:
                 raise StackError(f"workers not ready after {timeout:.0f} s: "
                                  + ", ".join(f"{r['name']} ({r['health'] or 'no endpoint yet'})"
                                              for r in rows if r["name"] in waiting))
             await asyncio.sleep(0.2)
+        if self.provisions_database:
+            await grant_shared_when_ready(self.settings, [w.name for w in self.workers],
+                                          timeout=max(10.0, deadline - time.monotonic()),
+                                          participants=self.participants)
 
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
@@ -140,7 +178,7 @@ class Platform:
         # On a secured cluster each worker logs in as its own principal; its credentials go by environment.
         kafka_env = self.settings.as_principal(worker.principal or worker.name).kafka.environment()
         proc = spawn_python(worker.module, worker.args(self.settings), log,
-                            env={**os.environ, **kafka_env} if kafka_env else None,
+                            env={**settings_env(self.settings), **kafka_env},
                             die_with_parent=self.die_with_parent)
         # The endpoint stays empty here: the worker publishes its metrics URL itself once serving
         # (infra.metrics), and `renkei status` fills it in from there.

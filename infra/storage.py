@@ -7,10 +7,19 @@
   ids into ``processed_messages`` and returns the ones that were new. Call it in
   the same transaction as the effect, so a redelivered message finds its id
   already claimed exactly when its effect is already committed.
+- :func:`everywhere`, :func:`count_everywhere` — for whoever observes several
+  components' schemas at once (chaos, benchmarks, tests): one table name in each
+  of them, as one relation.
+
+Each component works in its own schema as its own role (``infra.pglayout``); the
+connection's search path says where. A migration recorded in a later schema of
+the path counts as applied: that is how a bank's channel connector uses the
+simulator's claims, outbox and lease tables instead of creating its own.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -22,7 +31,9 @@ __all__ = [
     "IDEMPOTENCY_MIGRATIONS",
     "applied_versions",
     "claim",
+    "count_everywhere",
     "create_pool",
+    "everywhere",
     "forget_before",
     "migrate",
     "migrate_idempotency",
@@ -87,10 +98,7 @@ async def _migrate(conn: asyncpg.Connection, component: str, migrations: Sequenc
             "SELECT pg_advisory_xact_lock(hashtextextended('renkei_migrations:' || current_schema(), 0))"
         )
         await conn.execute(MIGRATIONS_TABLE)
-        done = {
-            r["version"]
-            for r in await conn.fetch("SELECT version FROM renkei_migrations WHERE component = $1", component)
-        }
+        done = set(await _versions(conn, component))
         applied: list[int] = []
         for version, sql in enumerate(migrations, start=1):
             if version in done:
@@ -103,15 +111,51 @@ async def _migrate(conn: asyncpg.Connection, component: str, migrations: Sequenc
         return applied
 
 
+_RECORDS_ON_PATH = """
+SELECT n.nspname FROM unnest(current_schemas(false)) WITH ORDINALITY AS p(nspname, pos)
+JOIN pg_namespace n ON n.nspname = p.nspname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $1 AND c.relkind IN ('r', 'p')
+WHERE has_table_privilege(c.oid, 'SELECT')
+ORDER BY p.pos
+"""
+
+
+async def _schemas_with(conn: Executor, table: str) -> list[str]:
+    """The schemas on the search path that have ``table`` and let us read it, in path order."""
+    return [r["nspname"] for r in await conn.fetch(_RECORDS_ON_PATH, table)]
+
+
+async def _versions(conn: Executor, component: str) -> list[int]:
+    """Versions of ``component`` recorded in any schema of the search path."""
+    found: set[int] = set()
+    for schema in await _schemas_with(conn, "renkei_migrations"):
+        found.update(r["version"] for r in await conn.fetch(
+            f'SELECT version FROM "{schema}".renkei_migrations WHERE component = $1', component))
+    return sorted(found)
+
+
 async def applied_versions(pool_or_conn: Executor, component: str) -> list[int]:
-    """Versions of ``component`` recorded as applied (empty before the first migration)."""
-    exists = await pool_or_conn.fetchval("SELECT to_regclass('renkei_migrations') IS NOT NULL")
-    if not exists:
-        return []
-    rows = await pool_or_conn.fetch(
-        "SELECT version FROM renkei_migrations WHERE component = $1 ORDER BY version", component
-    )
-    return [r["version"] for r in rows]
+    """Versions of ``component`` recorded as applied (empty before the first migration), in any schema
+    of the search path."""
+    return await _versions(pool_or_conn, component)
+
+
+async def everywhere(pool_or_conn: Executor, table: str) -> str:
+    """A FROM item: ``table`` of every schema of the search path that has it, as one relation (``UNION ALL``;
+    each component migrated the same columns). For observers: e.g. every component's dead letters."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", table):
+        raise ValueError(f"not a table name: {table!r}")
+    schemas = await _schemas_with(pool_or_conn, table)
+    if not schemas:
+        return f'"{table}"'  # none: PostgreSQL says the relation does not exist
+    return "(" + " UNION ALL ".join(f'SELECT * FROM "{schema}"."{table}"' for schema in schemas) + ")"
+
+
+async def count_everywhere(pool_or_conn: Executor, table: str, where: str = "TRUE", *args: Any) -> int:
+    """Rows of ``table`` matching ``where`` (SQL with ``$n`` for ``args``), over every schema of the search path
+    that has it (:func:`everywhere`): e.g. messages still unsent in every component's outbox."""
+    return await pool_or_conn.fetchval(f"SELECT count(*) FROM {await everywhere(pool_or_conn, table)} t WHERE {where}",
+                                       *args)
 
 
 async def migrate_idempotency(pool_or_conn: Executor) -> list[int]:

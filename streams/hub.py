@@ -46,6 +46,7 @@ from infra.provisions import ProvisionStore, to_avro
 from infra.ratelimit import SenderRateLimiter
 from infra.records_keys import RecordsKey
 from infra.settings import Settings
+from infra.pgdsn import component_dsn
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
 from schemas import codec
@@ -180,7 +181,7 @@ class HubService:
             limiter=(SenderRateLimiter(settings.hub_sender_rate, settings.hub_sender_burst)
                      if settings.hub_sender_rate > 0 else None),
         )
-        pool = await create_pool(settings.pg_dsn)
+        pool = await create_pool(component_dsn(settings, "hub"))
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)

@@ -38,6 +38,7 @@ from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, follow_directory, load_directory
 from infra.metrics import Counter, MetricsServer, WorkerMetrics
 from infra.participants import Participants, load_participants
+from infra.pgdsn import participants_dsn
 from infra.settings import Settings
 from infra.storage import claim, create_pool, migrate, migrate_idempotency
 from infra.topics import TopicNames
@@ -157,8 +158,12 @@ class ParticipantRuntime:
     """Inbox → open → (claim + effect + outbox) in one transaction → relay. See the module docstring."""
 
     def __init__(self, settings: Settings, identities: Iterable[str], handlers: dict[str, Handler], *,
-                 group: str, migrations: dict[str, list[str]] | None = None, worker: str = "participant") -> None:
+                 group: str, migrations: dict[str, list[str]] | None = None, worker: str = "participant",
+                 database: str | None = None) -> None:
+        """``database``: the component whose role and schema it works in (infra.pglayout; default: the one
+        of the participants it serves, e.g. a bank's own connector; the bank simulator names ``banks``)."""
         self.settings = settings
+        self.database = database
         self.identity_ids = list(identities)
         self.handlers = handlers
         self.group = group
@@ -202,7 +207,8 @@ class ParticipantRuntime:
                              self.names.inbox(pid))
             self.identities[pid] = ident
             self.by_inbox[ident.inbox] = ident
-        self.pool = await create_pool(self.settings.pg_dsn)
+        self.pool = await create_pool(participants_dsn(self.settings, self.identity_ids, self.participants,
+                                                       self.database))
         await migrate_idempotency(self.pool)
         await migrate(self.pool, "participant-runtime", RUNTIME_MIGRATIONS)
         for component, steps in self.migrations.items():

@@ -11,8 +11,12 @@ Where they come from, in order:
 The broker's kind is exported as ``RENKEI_BROKER`` so the CLI processes tests start
 apply Tansu's workarounds exactly when the broker is Tansu.
 
-Each test gets its own topic prefix and its own PostgreSQL schema (the DSN
-carries ``search_path``), so tests never see each other's data.
+Each test gets its own topic prefix and its own PostgreSQL namespace: every
+component's schema under the test's prefix (``<unique>_hub``, ``<unique>_registry``,
+…), owned by that component's role (``infra.pglayout``), so tests never see each
+other's data and components work with exactly the rights they have in production.
+The component roles are created once per session, their secrets in a password file
+of the session; the harness itself connects as the server's administrator.
 """
 
 from __future__ import annotations
@@ -80,35 +84,71 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
         yield Endpoints(embedded.bootstrap, embedded.pg_dsn, "embedded", embedded.broker_kind)
 
 
+@dataclass(frozen=True)
+class Database:
+    """The session's PostgreSQL: the administrator's DSN, the component roles' prefix and secrets."""
+
+    admin_dsn: str
+    passfile: Path
+    role_prefix: str
+
+    def settings(self, endpoints: Endpoints, *, namespace: str, state_dir: Path, **kw: object) -> Settings:
+        """Settings on ``endpoints`` whose components work in the namespace ``namespace`` (schemas
+        ``<namespace>_…``; topics under the prefix ``namespace``)."""
+        kafka = KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=namespace, broker=endpoints.broker)
+        return Settings(kafka=kafka, pg_dsn=self.admin_dsn,
+                        pg_passfile=self.passfile, pg_role_prefix=self.role_prefix,
+                        pg_schema_prefix=f"{namespace}_", state_dir=state_dir, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def database(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
+    """The component roles live as long as the session (a server of another session's: under a prefix
+    of this session's, dropped at the end)."""
+    passfile = tmp_path_factory.mktemp("pg-secrets") / "pg-roles.pgpass"
+    own_server = endpoints.source != "env"
+    db = Database(endpoints.pg_dsn, passfile, "renkei_" if own_server else f"r{uuid.uuid4().hex[:6]}_")
+    yield db
+    if not own_server:
+        import asyncpg
+
+        conn = await asyncpg.connect(db.admin_dsn)
+        try:
+            for (role,) in await conn.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)",
+                                            db.role_prefix):
+                await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
 def unique() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-async def pg_dsn(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
-    """A DSN whose connections use a fresh schema (dropped after the test)."""
-    import asyncpg
+@contextlib.asynccontextmanager
+async def namespace(settings: Settings) -> AsyncIterator[Settings]:
+    """``settings``' component schemas (and any missing role), dropped afterwards."""
+    from infra.pgprovision import drop_database_namespace, provision_database
 
-    conn = await asyncpg.connect(endpoints.pg_dsn)
+    await provision_database(settings)
     try:
-        await conn.execute(f'CREATE SCHEMA "{unique}"')
+        yield settings
     finally:
-        await conn.close()
-    sep = "&" if "?" in endpoints.pg_dsn else "?"
-    yield f"{endpoints.pg_dsn}{sep}search_path={unique}"
-    conn = await asyncpg.connect(endpoints.pg_dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA "{unique}" CASCADE')
-    finally:
-        await conn.close()
+        await drop_database_namespace(settings)
 
 
 @pytest.fixture
-async def settings(endpoints: Endpoints, pg_dsn: str, unique: str, tmp_path: Path) -> Settings:
-    """Settings for one test: real endpoints, its own topic prefix, schema and state folder."""
-    return Settings(
-        kafka=KafkaSettings(bootstrap=endpoints.bootstrap, topic_prefix=unique, broker=endpoints.broker),
-        pg_dsn=pg_dsn,
-        state_dir=tmp_path / "state",
-    )
+async def settings(endpoints: Endpoints, database: Database, unique: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for one test: real endpoints, its own topic prefix, database namespace and state folder."""
+    async with namespace(database.settings(endpoints, namespace=unique,
+                                           state_dir=tmp_path / "state")) as s:
+        yield s
+
+
+@pytest.fixture
+def pg_dsn(settings: Settings) -> str:
+    """A component's DSN in the test's namespace (the hub's role: no more rights than a component has)."""
+    from infra.pgdsn import component_dsn
+
+    return component_dsn(settings, "hub")

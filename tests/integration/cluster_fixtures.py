@@ -64,14 +64,15 @@ async def apply_prefix_acls(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cluster_platform(cluster: KafkaCluster, endpoints: Any, state: Path, **options: Any) -> AsyncIterator[Platform]:
+async def cluster_platform(cluster: KafkaCluster, endpoints: Any, database: Any, state: Path,
+                           **options: Any) -> AsyncIterator[Platform]:
     """Hub, registry and bank simulator on the cluster, each its own principal, under a fresh prefix with its ACLs."""
-    async with isolated_platform(endpoints, state, kafka=cluster.client(ADMIN), prepare=apply_prefix_acls,
+    async with isolated_platform(endpoints, database, state, kafka=cluster.client(ADMIN), prepare=apply_prefix_acls,
                                  prefix_letter="c", **options) as platform:
         yield platform
 
 
 @pytest.fixture(scope="module")
-async def secured_platform(kafka_cluster, endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
-    async with cluster_platform(kafka_cluster, endpoints, tmp_path_factory.mktemp("secured")) as platform:
+async def secured_platform(kafka_cluster, endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
+    async with cluster_platform(kafka_cluster, endpoints, database, tmp_path_factory.mktemp("secured")) as platform:
         yield platform

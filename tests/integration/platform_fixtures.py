@@ -2,9 +2,11 @@
 
 ``running_platform`` starts the workers (faust hub, faust registry, bank
 simulator) as child processes against the session's broker and PostgreSQL,
-under a fresh topic prefix and PostgreSQL schema, and waits until every
-worker has joined its consumer group.  Import the fixtures into a test
-module with ``from tests.integration.platform_fixtures import *``.
+under a fresh topic prefix and PostgreSQL namespace (each component's schema,
+owned by its role), and waits until every worker has joined its consumer group.
+``pg`` is the administrator with every component schema on its search path
+(``infra.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the
+fixtures into a test module with ``from tests.integration.platform_fixtures import *``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
+from infra.pgdsn import observer_dsn
+from infra.pgprovision import drop_database_namespace
 from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
@@ -30,32 +34,25 @@ PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 
 
 @contextlib.asynccontextmanager
-async def isolated_platform(endpoints: Any, state: Path, *, participants_file: Path = PARTICIPANTS_FILE,
-                            workers: list[str] | None = None, banks: int | None = None,
-                            prefix_letter: str = "p", kafka: KafkaSettings | None = None,
+async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
+                            participants_file: Path = PARTICIPANTS_FILE, workers: list[str] | None = None,
+                            banks: int | None = None, prefix_letter: str = "p", kafka: KafkaSettings | None = None,
                             prepare: Callable[[Settings], Awaitable[None]] | None = None,
                             **overrides: Any) -> AsyncIterator[Platform]:
-    """Workers as real processes under a fresh topic prefix and PostgreSQL schema, ready to serve.
+    """Workers as real processes under a fresh topic prefix and PostgreSQL namespace, ready to serve.
 
-    ``workers`` names a subset of ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are
-    further ``Settings`` fields (e.g. ``registry_check_deadline_s``), handed to the workers too.
+    ``database``: the session's (``tests.conftest.Database``). ``workers`` names a subset of
+    ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are further ``Settings`` fields (e.g.
+    ``registry_check_deadline_s``), handed to the workers too. The platform creates its namespace's schemas.
     ``kafka`` replaces the session broker's settings (the secured cluster: its admin's login);
     ``prepare`` runs before the platform starts (e.g. applying the prefix's ACLs).
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(endpoints.pg_dsn)
-    await conn.execute(f'CREATE SCHEMA "{prefix}"')
-    await conn.close()
-    sep = "&" if "?" in endpoints.pg_dsn else "?"
-    kafka = KafkaSettings(bootstrap=endpoints.bootstrap, broker=endpoints.broker) if kafka is None else kafka
-    settings = Settings(
-        kafka=dataclasses.replace(kafka, topic_prefix=prefix),
-        pg_dsn=f"{endpoints.pg_dsn}{sep}search_path={prefix}",
-        state_dir=state,
-        participants_file=participants_file,
-        **({"banks": banks} if banks is not None else {}),
-        **overrides,
-    )
+    settings = database.settings(endpoints, namespace=prefix, state_dir=state,
+                                 participants_file=participants_file,
+                                 **({"banks": banks} if banks is not None else {}), **overrides)
+    if kafka is not None:
+        settings = dataclasses.replace(settings, kafka=dataclasses.replace(kafka, topic_prefix=prefix))
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
     platform = Platform(settings, workers=chosen, die_with_parent=True)
     try:
@@ -66,14 +63,12 @@ async def isolated_platform(endpoints: Any, state: Path, *, participants_file: P
         yield platform
     finally:
         await platform.stop()
-        conn = await asyncpg.connect(endpoints.pg_dsn)
-        await conn.execute(f'DROP SCHEMA "{prefix}" CASCADE')
-        await conn.close()
+        await drop_database_namespace(settings)
 
 
 @pytest.fixture(scope="module")
-async def running_platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
-    async with isolated_platform(endpoints, tmp_path_factory.mktemp("platform")) as platform:
+async def running_platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
+    async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("platform")) as platform:
         yield platform
 
 
@@ -88,6 +83,6 @@ async def bus(running_platform: Platform) -> AsyncIterator[BusClient]:
 
 @pytest.fixture
 async def pg(running_platform: Platform) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(running_platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(running_platform.settings))
     yield conn
     await conn.close()

@@ -2,8 +2,8 @@
 
 Everything real: PostgreSQL (the test's schema), the broker (the test's topic prefix, with the checkpoint
 and ops audit topics declared as ``renkei topics apply`` declares them) and a records key.  ``attacker``
-is a plain asyncpg connection with the test DSN's rights (the database superuser): what an insider
-with database access does, done with SQL.
+is a plain asyncpg connection as the database's administrator (the superuser), the hub's schema first on
+its search path: what an insider with database access does, done with SQL. The store works as the hub's role.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from infra.checkpoint_builder import BuildResult, CheckpointBuilder
 from infra.checkpoint_log import CheckpointLog
 from infra.kafka import admin_client
 from infra.kafka import producer as make_producer
+from infra.pgdsn import component_dsn, observer_dsn
 from infra.provisions import ProvisionRecord, ProvisionStore, RecordDraft, canonical_bytes, chain_hash
 from infra.records_keys import RecordsKey
 from infra.records_verify import RecordsVerdict, RecordsVerifier
@@ -132,7 +133,7 @@ async def records_world(settings: Settings, key: RecordsKey | None = None) -> As
         await admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in specs])
     finally:
         await admin.close()
-    pool = await create_pool(settings.pg_dsn, min_size=1, max_size=8)
+    pool = await create_pool(component_dsn(settings, "hub"), min_size=1, max_size=8)
     key = key or RecordsKey.generate()
     store = ProvisionStore(pool, key)
     await store.migrate()
@@ -140,7 +141,7 @@ async def records_world(settings: Settings, key: RecordsKey | None = None) -> As
     await producer.start()
     builder = CheckpointBuilder(pool, key, CheckpointLog(settings, key.public()))
     verifier = RecordsVerifier(pool, key.public(), CheckpointLog(settings, key.public()))
-    attacker = await asyncpg.connect(settings.pg_dsn)
+    attacker = await asyncpg.connect(observer_dsn(settings))
     try:
         yield RecordsWorld(settings, pool, key, store, builder, verifier, producer, attacker)
     finally:

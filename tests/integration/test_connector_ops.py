@@ -1,14 +1,15 @@
 """``renkei connector dlq list|redrive`` as a real process, against connectors on the real broker and PostgreSQL.
 
-Three connectors share one connector database here (the tables are keyed by connector name): a bank's
-HTTP channel (sink re-drive), an agency outbox (source re-drive) and a bank's file channel (whose file
-rejects refuse re-drive: the bank resubmits).
+Three connectors, each in its own schema under its own role (the command names the connector's
+participant with ``--participant-id``): a bank's HTTP channel (sink re-drive), an agency outbox (source
+re-drive) and a bank's file channel (whose file rejects refuse re-drive: the bank resubmits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,9 @@ from connectors.runtime import RetryPolicy
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.pgdsn import component_dsn
 from infra.settings import Settings
+from infra.stack import settings_env
 from infra.topics import TopicNames
 from schemas import types as T
 from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
@@ -57,7 +60,8 @@ class BankSystem:
 
 @pytest.fixture(scope="module")
 async def connectors(platform, tmp_path_factory):
-    """The three connectors, on one connector database; yields (settings, bank system, runtimes, files root)."""
+    """The three connectors, each in its own schema of one namespace; yields (settings, bank system, runtimes,
+    files root)."""
     settings = await own_database(platform.settings, "ops")
     system = BankSystem()
     async with BankEndpoint(settings, BANK, system.check) as endpoint:
@@ -70,12 +74,13 @@ async def connectors(platform, tmp_path_factory):
             yield settings, system, {"bank-http": http.runtime, "agency": agency, "bank-files": files}, root
 
 
-async def renkei(settings: Settings, *argv: str) -> tuple[int, Any, str]:
-    """Run ``renkei …`` in a fresh process against the test's broker, prefix and connector database."""
+async def renkei(settings: Settings, participant: str, *argv: str) -> tuple[int, Any, str]:
+    """Run ``renkei …`` in a fresh process against the test's broker, prefix and the database of the connector
+    serving ``participant`` (its role and schema; PostgreSQL from the environment, as a worker gets it)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "infra.cli", *argv, "--pg-dsn", settings.pg_dsn,
+        sys.executable, "-m", "infra.cli", *argv, "--participant-id", participant,
         "--kafka-bootstrap", settings.kafka.bootstrap, "--topic-prefix", settings.kafka.topic_prefix,
-        "--state-dir", str(settings.state_dir),
+        "--state-dir", str(settings.state_dir), env={**os.environ, **settings_env(settings)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2])
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
@@ -103,19 +108,19 @@ async def test_a_dead_delivery_redriven_after_the_bank_fixed_its_endpoint_is_del
             return await runtime.pool.fetchval("SELECT id FROM connector_dead_letters WHERE connector = 'bank-http'")
         await eventually(dead, timeout=90)
 
-        code, listed, err = await renkei(settings, "connector", "dlq", "list", "--connector", "bank-http", "--json")
+        code, listed, err = await renkei(settings, BANK, "connector", "dlq", "list", "--connector", "bank-http", "--json")
         assert code == 0, err
         [letter] = listed["dead_letters"]
         assert letter["reason"] == "INVALID_FIELD" and letter["direction"] == "sink"
         assert letter["delivery"]["status"] == "DEAD" and letter["delivery"]["attempts"] == 1
         assert letter["ref"].startswith("existence.check/") and letter["redriven_at"] is None
         assert listed["open"]["bank-http"] == 1 and listed["by_reason"] == {"INVALID_FIELD": 1}
-        code, table, _ = await renkei(settings, "connector", "dlq", "list")
+        code, table, _ = await renkei(settings, BANK, "connector", "dlq", "list")
         for shown in (json.dumps(listed), table):  # metadata only: no account, holder, token or My Number
             assert not any(v in shown for v in ("0004040", "ワタナベ", "ﾜﾀﾅﾍﾞ", token, mn)), shown
 
         system.fixed = True
-        code, dry, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "bank-http",
+        code, dry, err = await renkei(settings, BANK, "connector", "dlq", "redrive", "--connector", "bank-http",
                                       "--id", str(letter["id"]), "--reason-text", "INC-7 bank fixed its endpoint",
                                       "--dry-run", "--json")
         assert code == 0, err
@@ -125,7 +130,7 @@ async def test_a_dead_delivery_redriven_after_the_bank_fixed_its_endpoint_is_del
             == "DEAD"  # a dry run changes nothing
         assert len(system.calls) == 1
 
-        code, done, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "bank-http",
+        code, done, err = await renkei(settings, BANK, "connector", "dlq", "redrive", "--connector", "bank-http",
                                        "--id", str(letter["id"]), "--reason-text", "INC-7 bank fixed its endpoint",
                                        "--json")
         assert code == 0, err
@@ -146,20 +151,20 @@ async def test_a_dead_delivery_redriven_after_the_bank_fixed_its_endpoint_is_del
     assert event["what"] == "redrive" and event["counts"]["redriven"] == 1 and event["reason"].startswith("INC-7")
 
     # the history stays: listed with --all, refused when re-driven twice
-    code, again, _ = await renkei(settings, "connector", "dlq", "redrive", "--connector", "bank-http",
+    code, again, _ = await renkei(settings, BANK, "connector", "dlq", "redrive", "--connector", "bank-http",
                                   "--id", str(letter["id"]), "--reason-text", "twice", "--json")
     [item] = again["items"]
     assert code == 1 and item["outcome"] == "refused" and "already re-driven" in item["message"]
-    code, listed, _ = await renkei(settings, "connector", "dlq", "list", "--connector", "bank-http", "--json")
+    code, listed, _ = await renkei(settings, BANK, "connector", "dlq", "list", "--connector", "bank-http", "--json")
     assert listed["dead_letters"] == []
-    code, listed, _ = await renkei(settings, "connector", "dlq", "list", "--connector", "bank-http", "--all", "--json")
+    code, listed, _ = await renkei(settings, BANK, "connector", "dlq", "list", "--connector", "bank-http", "--all", "--json")
     assert [d["id"] for d in listed["dead_letters"]] == [letter["id"]] and listed["dead_letters"][0]["redriven_at"]
 
 
 async def test_an_agency_row_not_enrolled_is_redriven_once_the_person_is_enrolled(connectors):
     settings, _, runtimes, _ = connectors
     agency = runtimes["agency"]
-    async with AgencyClient(settings.pg_dsn, AGENCY, poll_interval_s=0.5) as sdk:
+    async with AgencyClient(component_dsn(settings, AGENCY), AGENCY, poll_interval_s=0.5) as sdk:
         inquiry = await sdk.submit("resident-late")
 
         async def failed():
@@ -171,7 +176,7 @@ async def test_an_agency_row_not_enrolled_is_redriven_once_the_person_is_enrolle
                 return False
         await eventually(failed, timeout=30)
         await agency.enrol(AGENCY, "resident-late", my_number())
-        code, report, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "agency",
+        code, report, err = await renkei(settings, AGENCY, "connector", "dlq", "redrive", "--connector", "agency",
                                          "--reason", "NOT_ENROLLED", "--reason-text", "enrolled since", "--json")
         assert code == 0, err
         assert report["redriven"] == 1 and report["items"][0]["ref"] == f"inquiry/{inquiry}"
@@ -190,19 +195,19 @@ async def test_a_file_rejected_whole_refuses_redrive_and_says_what_to_do(connect
         return await runtimes["bank-files"].pool.fetchval(
             "SELECT id FROM connector_dead_letters WHERE connector = 'bank-files' AND reason = 'COUNT_MISMATCH'")
     letter = await eventually(dead, timeout=30)
-    code, report, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "bank-files",
+    code, report, err = await renkei(settings, FILE_BANK, "connector", "dlq", "redrive", "--connector", "bank-files",
                                      "--id", str(letter), "--reason-text", "try", "--json")
     assert code == 1, err
     assert report["items"][0]["outcome"] == "refused" and "REJ_<name>.csv" in report["items"][0]["message"]
-    code, listed, _ = await renkei(settings, "connector", "dlq", "list", "--reason", "COUNT_MISMATCH", "--json")
+    code, listed, _ = await renkei(settings, FILE_BANK, "connector", "dlq", "list", "--reason", "COUNT_MISMATCH", "--json")
     assert [d["id"] for d in listed["dead_letters"]] == [letter]  # still open: nothing was changed
 
 
 async def test_usage_errors_exit_2(connectors):
     settings = connectors[0]
-    code, _, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "bank-http", "--reason", "X")
+    code, _, err = await renkei(settings, BANK, "connector", "dlq", "redrive", "--connector", "bank-http", "--reason", "X")
     assert code == 2 and "--reason-text" in err
-    code, _, err = await renkei(settings, "connector", "dlq", "redrive", "--connector", "no-such", "--reason", "X",
+    code, _, err = await renkei(settings, BANK, "connector", "dlq", "redrive", "--connector", "no-such", "--reason", "X",
                                 "--reason-text", "why")
     assert code == 2 and "no connector named" in err
 

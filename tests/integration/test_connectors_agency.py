@@ -9,6 +9,7 @@ import pytest
 from connectors.agency import AgencyConnector
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.kafka import producer
+from infra.pgdsn import component_dsn
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import (
     account,
@@ -37,7 +38,7 @@ async def connector(agency_settings):
 
 @pytest.fixture(scope="module")
 async def sdk(agency_settings, connector):
-    async with AgencyClient(agency_settings.pg_dsn, AGENCY, poll_interval_s=0.5) as client:
+    async with AgencyClient(component_dsn(agency_settings, AGENCY), AGENCY, poll_interval_s=0.5) as client:
         yield client
 
 
@@ -68,7 +69,7 @@ async def test_unregistered_person_and_unenrolled_local_id(connector, sdk):
 
 async def test_outbox_row_commits_or_rolls_back_with_the_business_transaction(agency_settings, connector, sdk):
     await connector.enrol(AGENCY, "resident-3", my_number())
-    conn = await asyncpg.connect(agency_settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(agency_settings, AGENCY))  # the agency's own business code
     try:
         with pytest.raises(RuntimeError):
             async with conn.transaction():
@@ -149,7 +150,7 @@ async def test_rows_written_while_the_connector_is_down_go_out_when_it_starts(ru
     async with AgencyConnector(settings, [agency]) as first:
         await first.enrol(agency, "late-1", my_number())
     # stopped gracefully: the connector is gone, the agency keeps writing its outbox
-    async with AgencyClient(settings.pg_dsn, agency, poll_interval_s=0.5) as sdk:
+    async with AgencyClient(component_dsn(settings, agency), agency, poll_interval_s=0.5) as sdk:
         inquiry = await sdk.submit("late-1")
         async with AgencyConnector(settings, [agency]) as again:
             assert (await sdk.answer(inquiry, timeout=90)).status == "NOT_REGISTERED"

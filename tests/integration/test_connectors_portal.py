@@ -15,6 +15,7 @@ import pytest
 
 from connectors.portal import PortalConnector
 from infra.keystore import KeyStore
+from infra.pgdsn import observer_dsn, records_dsn
 from infra.provisions import ProvisionStore, RecordDraft
 from infra.storage import create_pool
 from tests.integration.platform_fixtures import *  # noqa: F403
@@ -29,7 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 async def portal(running_platform):
     settings = await own_database(running_platform.settings, "portal")
-    async with PortalConnector(settings, provisions_dsn=running_platform.settings.pg_dsn) as p:
+    async with PortalConnector(settings, provisions_dsn=records_dsn(running_platform.settings)) as p:
         yield p
 
 
@@ -127,7 +128,7 @@ async def test_register_then_records_are_listed_verified_and_withheld_ones_hidde
 
         # a withheld (不開示) record joins the chain but is not shown; the chain still verifies
         token = await portal.runtime.pool.fetchval("SELECT token FROM portal_people WHERE card_id = 'card-0001'")
-        pool = await create_pool(running_platform.settings.pg_dsn, min_size=1, max_size=2)
+        pool = await create_pool(observer_dsn(running_platform.settings), min_size=1, max_size=2)  # an insider
         key = KeyStore.for_settings(running_platform.settings).records_key()  # what the hub signs heads with
         try:
             async with pool.acquire() as conn, conn.transaction():

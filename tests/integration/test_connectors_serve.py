@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from connectors.serve import BankChannelLease, LeaseHeld
 from infra.embedded import spawn_python
 from infra.metrics import fetch_metrics, read_endpoint
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.stack import settings_args
+from infra.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
+from infra.stack import settings_args, settings_env
 from schemas import types as T
 from tests.integration.test_connectors_support import (
     BankEndpoint,
@@ -56,14 +58,16 @@ CONSENT = {"given_by": "PERSON", "method": "SIGNED_FORM_AT_COUNTER", "given_at":
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
-    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=True) as p:
+async def platform(endpoints, database, tmp_path_factory):
+    async with start_platform(endpoints, database, tmp_path_factory.mktemp("platform"), with_bank_sim=True) as p:
         yield p
 
 
 @pytest.fixture
 async def db(platform):
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    """The simulated banks' schema (leases, parked messages, the outbox a connector shares), as the operator."""
+    conn = await asyncpg.connect(with_search_path(admin_dsn(platform.settings),
+                                                  [layout_for(platform.settings).schema("banks")]))
     yield conn
     await conn.close()
 
@@ -75,7 +79,8 @@ class Served:
     def __init__(self, platform: Any, log: Path, *args: str, module: str = "connectors.serve") -> None:
         self.log = log
         self.proc: subprocess.Popen[bytes] = spawn_python(
-            module, [*args, *settings_args(platform.settings), "--json"], log, die_with_parent=True)
+            module, [*args, *settings_args(platform.settings), "--json"], log, env=settings_env(platform.settings),
+            die_with_parent=True)
 
     def lines(self) -> list[dict]:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
@@ -331,7 +336,7 @@ async def test_portal_and_agency_serve_until_sigterm(platform, tmp_path):
         # `renkei status` lists connectors started by hand under the same state folder, with their health
         status = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "infra.cli", "status", "--json", *settings_args(platform.settings)],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60, env={**os.environ, **settings_env(platform.settings)})
         listed = {r["pid"]: r for r in json.loads(status.stdout)["components"]}
         for started in (p, a):
             row = listed[started["pid"]]
@@ -352,8 +357,9 @@ async def test_bad_flags_exit_2_before_anything_starts(platform, tmp_path):
 
 async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
     # A lease far longer than the test: only a release can hand it over, however slow the machine.
-    first = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=60)
-    second = BankChannelLease(platform.settings.pg_dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=60)
+    dsn = component_dsn(platform.settings, "bank-9002")  # the bank connector's role, as `renkei bank serve`
+    first = BankChannelLease(dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=60)
+    second = BankChannelLease(dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=60)
     await first.open()
     await second.open()
     tries = 0

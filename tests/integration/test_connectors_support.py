@@ -1,8 +1,9 @@
 """Shared helpers for the connector integration tests (no tests here).
 
-Each connector gets its OWN PostgreSQL schema — the agency's, the bank's or the
-portal's database — next to the platform's schema (hub, registry, simulated
-banks, provision records), on the same real PostgreSQL and the same real broker.
+Each connector gets its OWN PostgreSQL namespace — the agency's, the bank's or the
+portal's database, its schema owned by its own role — next to the platform's
+(hub, registry, simulated banks, provision records), on the same real PostgreSQL
+and the same real broker.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
 from infra.keystore import KeyStore
+from infra.pglayout import ident
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import generate_my_number
@@ -39,15 +41,14 @@ RNG = random.Random()
 
 
 async def own_database(platform_settings: Settings, name: str) -> Settings:
-    """Settings for a connector with its own schema (its own database, as in production)."""
-    schema = f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}"
-    base = re.sub(r"[?&]search_path=[^&]*", "", platform_settings.pg_dsn)
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
-    return dataclasses.replace(platform_settings, pg_dsn=f"{base}{'&' if '?' in base else '?'}search_path={schema}")
+    """Settings for a connector with a database namespace of its own (its own database, as in production):
+    its component's schema there, owned by its role, and nothing else of the platform's."""
+    from infra.pgprovision import provision_database
+
+    spaced = dataclasses.replace(platform_settings, pg_schema_prefix=ident(
+        f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}_"))
+    await provision_database(spaced)
+    return spaced
 
 
 def my_number() -> str:
@@ -137,7 +138,7 @@ class BankEndpoint:
         await self._runner.cleanup()
 
 
-def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:
+def start_platform(endpoints: Any, database: Any, state: Any, *, with_bank_sim: bool) -> Any:
     """Hub + registry (+ the simulated banks) as real processes, under a fresh prefix and schema.
 
     Without the bank simulator a bank connector under test is the only consumer of its bank's inbox.
@@ -146,11 +147,11 @@ def start_platform(endpoints: Any, state: Any, *, with_bank_sim: bool) -> Any:
     from tests.integration.platform_fixtures import isolated_platform
 
     workers = ["hub", "registry", "banks"] if with_bank_sim else ["hub", "registry"]
-    return isolated_platform(endpoints, state, workers=workers, prefix_letter="c")
+    return isolated_platform(endpoints, database, state, workers=workers, prefix_letter="c")
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
+async def platform(endpoints, database, tmp_path_factory):
     """Hub and registry for one test module, without the bank simulator (import it into the module)."""
-    async with start_platform(endpoints, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
+    async with start_platform(endpoints, database, tmp_path_factory.mktemp("platform"), with_bank_sim=False) as p:
         yield p

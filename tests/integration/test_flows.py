@@ -15,6 +15,7 @@ import pytest
 
 from connectors.bank_sim import register_at_counter, registration_status
 from connectors.client import BusClient
+from infra.pgdsn import observer_dsn
 from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStore
 from infra.validation import generate_my_number
@@ -79,7 +80,7 @@ async def test_step1_registration_then_step2_provision(bus, pg, running_platform
     assert rows and all(acct["account_number"].encode() not in bytes(r["account_ct"]) for r in rows)
     # Provision records: the inquiry and the provision, keyed by the person's portal token, chain verifies.
     portal_token = await bus.token_for("portal", mn)
-    store = ProvisionStore(running_platform_pool := await asyncpg.create_pool(running_platform.settings.pg_dsn))
+    store = ProvisionStore(running_platform_pool := await asyncpg.create_pool(observer_dsn(running_platform.settings)))
     try:
         records = await store.for_person(portal_token)
         kinds = {(r.requester, r.provider, r.status.value) for r in records}
@@ -117,7 +118,7 @@ async def test_delete_shreds_the_data_key_and_keeps_the_chain(bus, pg, running_p
     assert await pg.fetchval("SELECT count(*) FROM registry_data_keys") == keys_before - 1  # crypto-shredded
     assert (await inquire(bus, mn))["status"] == "NOT_REGISTERED"
     portal_token = await bus.token_for("portal", mn)
-    pool = await asyncpg.create_pool(running_platform.settings.pg_dsn)
+    pool = await asyncpg.create_pool(observer_dsn(running_platform.settings))
     try:
         verdict = await ProvisionStore(pool).verify_chain(portal_token)
         assert verdict.ok and verdict.checked >= 4
@@ -135,7 +136,8 @@ async def test_step3_bank_channel_registration(bus, pg, running_platform):
     mn, acct = person(), account(bank="9004")
     await hold_account(settings, pg, mn, acct)
     given = {"given_by": "PERSON", "method": "ONLINE_BANKING", "given_at": now(), "evidence_ref": "OB-1"}
-    counter = ParticipantRuntime(settings, ["bank-9004"], {}, group=f"{uuid.uuid4().hex}.bank-counter")
+    counter = ParticipantRuntime(settings, ["bank-9004"], {}, group=f"{uuid.uuid4().hex}.bank-counter",
+                                 database="banks")  # the simulated bank's counter: the simulator's system
     await counter.start(consume=False)  # the simulated bank reads its inbox; the counter only files
     try:
         token = bank_token(settings, mn, "bank-9004")
@@ -274,7 +276,7 @@ async def test_provision_chain_detects_deleted_and_altered_records(bus, pg, runn
     await register(bus, mn, acct)
     await inquire(bus, mn)
     portal_token = await bus.token_for("portal", mn)
-    pool = await asyncpg.create_pool(running_platform.settings.pg_dsn)
+    pool = await asyncpg.create_pool(observer_dsn(running_platform.settings))
     try:
         store = ProvisionStore(pool)
         assert (await store.verify_chain(portal_token)).ok

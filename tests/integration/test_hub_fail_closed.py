@@ -22,6 +22,7 @@ from infra.bench import seal_inquiries
 from infra.chaos import read_topic
 from infra.envelope import peek
 from infra.kafka import consumer, producer
+from infra.pgdsn import admin_dsn, layout_for, observer_dsn, with_search_path
 from infra.storage import create_pool
 from infra.topics import TopicNames
 from streams.gateway import Inbound
@@ -67,27 +68,30 @@ async def _hub_as_its_own_role(settings, admin: asyncpg.Connection) -> tuple[Hub
     """A HubService whose pool logs in as a fresh role with every right on the platform's tables."""
     built = await HubService.create(settings, None)  # migrates as the owner, loads keys and the directory
     await built.close()
-    schema = settings.kafka.topic_prefix  # isolated_platform: the schema is named after the prefix
+    schema = layout_for(settings).schema("hub")  # the hub's tables, owned by the hub's role
     role, password = f"hub_{uuid.uuid4().hex[:10]}", secrets.token_hex(16)
     await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    await admin.execute(f'GRANT CONNECT ON DATABASE "{await admin.fetchval("SELECT current_database()")}" TO "{role}"')
     await admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"; '
                         f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"; '
                         f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"')
     prod = producer(settings, linger_ms=2)
     await prod.start()
-    pool = await create_pool(settings.pg_dsn, user=role, password=password, min_size=1, max_size=2)
+    pool = await create_pool(with_search_path(admin_dsn(settings), [schema]), user=role, password=password,
+                             min_size=1, max_size=2)
     service = HubService(settings, built.core, built.sealer, pool, prod, built.directory, records_key=built.records_key)
     return service, role, prod
 
 
-async def test_nothing_is_forwarded_until_the_records_commit_then_everything_once(endpoints, tmp_path, caplog):
-    async with isolated_platform(endpoints, tmp_path / "state", workers=[]) as platform:  # no hub worker
+async def test_nothing_is_forwarded_until_the_records_commit_then_everything_once(endpoints, database, tmp_path,
+                                                                                  caplog):
+    async with isolated_platform(endpoints, database, tmp_path / "state", workers=[]) as platform:  # no hub worker
         s = platform.settings
         names = TopicNames(s.kafka.topic_prefix)
         envelopes = seal_inquiries(s, INQUIRIES, per_message=False, people=INQUIRIES)
         sent_ids = {peek(v).message_id for _, v in envelopes}
         batch = await _ingress_batch(s, envelopes)
-        admin = await asyncpg.connect(s.pg_dsn)
+        admin = await asyncpg.connect(observer_dsn(s))  # the database's administrator
         service, role, prod = await _hub_as_its_own_role(s, admin)
         step: asyncio.Task | None = None
         try:
@@ -124,7 +128,7 @@ async def test_nothing_is_forwarded_until_the_records_commit_then_everything_onc
         assert (stats.received, stats.forwarded, stats.rejected, stats.redelivered) == (INQUIRIES, INQUIRIES, 0, 0)
         forwarded = [peek(r.value).message_id for r in await read_topic(s, names.inbox("registry"))]
         assert sorted(forwarded) == sorted(sent_ids)
-        conn = await asyncpg.connect(s.pg_dsn)
+        conn = await asyncpg.connect(observer_dsn(s))
         try:
             recorded = [str(r["message_id"]) for r in await conn.fetch("SELECT message_id FROM provision_records")]
         finally:

@@ -30,7 +30,7 @@ from infra.keystore import KeyStore, load_directory
 from infra.metrics import fetch_metrics
 from infra.ops import ops_audit_topic, scan_consumer
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.stack import bootstrap_keys
+from infra.stack import bootstrap_keys, settings_env
 from infra.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
 from schemas import types as T
@@ -48,9 +48,11 @@ SPARE = "bank-8999"  # not in lookup fan-outs: its keys can be revoked without d
 
 
 @pytest.fixture
-def renkei(capsys, flags, monkeypatch):
+def renkei(capsys, flags, monkeypatch, running_platform):
     """``await renkei("keys", "revoke", …)`` → (exit code, the JSON object, stderr)."""
     monkeypatch.setenv("COLUMNS", "250")
+    for name, value in settings_env(running_platform.settings).items():  # PostgreSQL, as a worker gets it
+        monkeypatch.setenv(name, value)
 
     async def run(*argv: str, extra: list[str] | None = None) -> tuple[int, dict, str]:
         capsys.readouterr()

@@ -31,6 +31,7 @@ from infra.envelope import peek
 from infra.keystore import KeyStore
 from infra.kafka import consumer
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.pgdsn import observer_dsn
 from infra.provisions import ProvisionStore
 from infra.stack import WORKERS, Platform
 from infra.topics import INGRESS_PARTITIONS, TopicNames
@@ -81,10 +82,10 @@ code_start = 9000
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
+async def platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
     state: Path = tmp_path_factory.mktemp("lookups")
     (state / "participants.toml").write_text(PARTICIPANTS)
-    async with isolated_platform(endpoints, state, participants_file=state / "participants.toml",
+    async with isolated_platform(endpoints, database, state, participants_file=state / "participants.toml",
                                  workers=["hub", "banks"], banks=6, prefix_letter="l") as p:
         yield p
 
@@ -104,7 +105,7 @@ async def portal(platform: Platform) -> AsyncIterator[BusClient]:
 
 @pytest.fixture
 async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(platform.settings))
     await conn.execute("DELETE FROM bank_sim_behaviour")
     yield conn
     await conn.execute("DELETE FROM bank_sim_behaviour")
@@ -188,7 +189,8 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     mn = generate_my_number(_rng)
     await customer(pg, platform, mn, {"9001": 1, "9002": 2})  # nothing at 9003; 7777 is no participant
     await portal.token_for("portal", mn)
-    counter = ParticipantRuntime(platform.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.counter")
+    counter = ParticipantRuntime(platform.settings, ["bank-9001"], {}, group=f"{uuid.uuid4().hex}.counter",
+                                 database="banks")  # the simulated bank's counter: the simulator's system
     await counter.start(consume=False)
     try:
         cid, own, linked = await file_numbering_at_counter(counter, "bank-9001", bank_token(platform, mn, "9001"),
@@ -243,7 +245,7 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_results WHERE correlation_id = $1 AND NOT is_supplement",
                              uuid.UUID(cid)) == 1
     # Provision records: every bank asked, who answered, who did not in time, the consolidated result.
-    pool = await asyncpg.create_pool(platform.settings.pg_dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(observer_dsn(platform.settings), min_size=1, max_size=2)
     try:
         records = [r for r in await ProvisionStore(pool).for_person(await portal.token_for("portal", mn))
                    if str(r.correlation_id) == cid]

@@ -20,6 +20,8 @@ import pytest
 
 from connectors.commands import exit_code, normalise_my_number, split_codes, subcommand, worst
 from infra.cli import build_parser, main
+from infra.pgdsn import public_dsn
+from infra.stack import settings_env
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import RNG, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
@@ -47,7 +49,8 @@ def account_args(bank: str = "9000", holder: str = "ヤマダ タロウ") -> lis
 @pytest.fixture(scope="module")
 def flags(running_platform) -> list[str]:
     s = running_platform.settings
-    return ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", s.pg_dsn, "--state-dir", str(s.state_dir),
+    # PostgreSQL without any secret: where the server is (the passfile and prefixes come from the environment)
+    return ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", public_dsn(s.pg_dsn), "--state-dir", str(s.state_dir),
             "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file)]
 
 
@@ -57,11 +60,13 @@ def person() -> People:
 
 
 @pytest.fixture
-def renkei(capsys, flags, monkeypatch, person):
+def renkei(capsys, flags, monkeypatch, person, running_platform):
     """``await renkei("portal", "register", …)`` → (exit code, JSON object or the table text, stderr).
 
     After the test: none of the test's My Numbers appeared in anything the commands printed."""
     monkeypatch.setenv("COLUMNS", "250")  # rich tables: no wrapped cells
+    for name, value in settings_env(running_platform.settings).items():  # PostgreSQL, as a worker gets it
+        monkeypatch.setenv(name, value)
     output: list[str] = []
 
     async def run(*argv: str, as_json: bool = True) -> tuple[int, object, str]:

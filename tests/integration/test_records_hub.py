@@ -20,7 +20,9 @@ import pytest
 from connectors.client import BusClient
 from infra.cli import main
 from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.pgdsn import observer_dsn
 from infra.provisions import ProvisionStore
+from infra.stack import settings_env
 from schemas import types as T
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from
@@ -33,11 +35,11 @@ AGENCY = "agency-city-minato"
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
+async def platform(endpoints, database, tmp_path_factory):
     env = pytest.MonkeyPatch()
     env.setenv("RENKEI_RECORDS_CHECKPOINT_INTERVAL_S", "1")  # the hub worker reads it at start
     try:
-        async with isolated_platform(endpoints, tmp_path_factory.mktemp("records")) as p:
+        async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("records")) as p:
             env.undo()
             yield p
     finally:
@@ -54,7 +56,7 @@ async def bus(platform):
 async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
     account = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
                "account_number": f"{RNG.randrange(10**7):07d}", "holder_kana": "ヤマダ タロウ"}
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(platform.settings))  # the simulated bank's own data
     try:
         await hold_account(platform.settings, conn, mn, account)  # the person's own account at the bank
     finally:
@@ -74,10 +76,13 @@ async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
 
 async def portal_records(platform, capsys, mn: str) -> tuple[int, dict]:
     s = platform.settings
-    flags = ["--kafka-bootstrap", s.kafka.bootstrap, "--pg-dsn", s.pg_dsn, "--state-dir", str(s.state_dir),
+    flags = ["--kafka-bootstrap", s.kafka.bootstrap, "--state-dir", str(s.state_dir),
              "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file), "--json"]
     capsys.readouterr()
-    code = await asyncio.to_thread(main, ["portal", "records", "--my-number", mn, "--timeout", "120", *flags])
+    with pytest.MonkeyPatch.context() as env:  # PostgreSQL as a worker gets it: the environment
+        for name, value in settings_env(s).items():
+            env.setenv(name, value)
+        code = await asyncio.to_thread(main, ["portal", "records", "--my-number", mn, "--timeout", "120", *flags])
     out, _ = capsys.readouterr()
     assert mn not in out
     return code, json.loads(out)
@@ -104,8 +109,8 @@ async def test_the_hub_checkpoints_and_the_insider_attack_is_detected(platform, 
 
     # the insider: delete the agency's records, re-hash the rest, move the head (plain SQL)
     token = await bus.token_for("portal", alice)
-    pool = await asyncpg.create_pool(platform.settings.pg_dsn, min_size=1, max_size=2)
-    attacker = await asyncpg.connect(platform.settings.pg_dsn)
+    pool = await asyncpg.create_pool(observer_dsn(platform.settings), min_size=1, max_size=2)
+    attacker = await asyncpg.connect(observer_dsn(platform.settings))  # the database superuser
     try:
         store = ProvisionStore(pool)
         kept = [r for r in await store.for_person(token, include_not_disclosed=True) if r.requester != AGENCY]

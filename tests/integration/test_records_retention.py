@@ -18,6 +18,7 @@ from infra.keystore import KeyStore
 from infra.ops import read_range, scan_consumer
 from infra.records_cli import retention_cutoff
 from infra.records_verify import RecordState, Verdict
+from infra.stack import settings_env
 from infra.topics import TopicNames
 from tests.integration.records_world import draft, records_world, token
 
@@ -144,12 +145,15 @@ async def test_a_second_purge_moves_the_anchor(world):
 
 
 def renkei(capsys, settings):
-    flags = ["--kafka-bootstrap", settings.kafka.bootstrap, "--pg-dsn", settings.pg_dsn,
+    flags = ["--kafka-bootstrap", settings.kafka.bootstrap,
              "--state-dir", str(settings.state_dir), "--topic-prefix", settings.kafka.topic_prefix, "--json"]
 
     async def run(*argv: str) -> tuple[int, dict | None, str]:
         capsys.readouterr()
-        code = await asyncio.to_thread(main, ["records", "purge", *argv, *flags])
+        with pytest.MonkeyPatch.context() as env:  # PostgreSQL as a worker gets it: the environment
+            for name, value in settings_env(settings).items():
+                env.setenv(name, value)
+            code = await asyncio.to_thread(main, ["records", "purge", *argv, *flags])
         out, err = capsys.readouterr()
         return code, json.loads(out) if out.strip() else None, err
 

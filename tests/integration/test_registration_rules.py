@@ -31,6 +31,7 @@ from infra.policy import (
     BASIS_REGISTRATION,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
+from infra.pgdsn import observer_dsn
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
@@ -59,8 +60,8 @@ def consent() -> dict:
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory):
-    async with isolated_platform(endpoints, tmp_path_factory.mktemp("rules"), prefix_letter="r",
+async def platform(endpoints, database, tmp_path_factory):
+    async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("rules"), prefix_letter="r",
                                  registry_check_deadline_s=DEADLINE_S) as p:
         yield p
 
@@ -77,7 +78,8 @@ async def bus(platform) -> AsyncIterator[BusClient]:
 async def counter(platform) -> AsyncIterator[ParticipantRuntime]:
     """The banks' own counter systems: they send as the bank; the simulated banks read the inboxes."""
     banks = [p.id for p in platform.participants.banks()]
-    runtime = ParticipantRuntime(platform.settings, banks, {}, group=f"{platform.settings.kafka.topic_prefix}.counter")
+    runtime = ParticipantRuntime(platform.settings, banks, {}, group=f"{platform.settings.kafka.topic_prefix}.counter",
+                                 database="banks")  # the simulated banks' own system
     await runtime.start(consume=False)
     yield runtime
     await runtime.stop()
@@ -85,7 +87,7 @@ async def counter(platform) -> AsyncIterator[ParticipantRuntime]:
 
 @pytest.fixture
 async def pg(platform) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(platform.settings))  # every component's schema, as the operator
     yield conn
     await conn.close()
 

@@ -25,6 +25,7 @@ from infra.bench import create_topics
 from infra.chaos import QUICK, bad_input, crash_safety, demo_flows
 from infra.kafka import producer
 from infra.leakscan import scan
+from infra.pgdsn import component_dsn
 from infra.validation import generate_my_number
 from tests.integration.platform_fixtures import running_platform  # noqa: F401
 
@@ -64,7 +65,7 @@ async def _plant(settings, planted: str, log_dir) -> None:
         await prod.send_and_wait(topic, value)
     finally:
         await prod.stop()
-    conn = await asyncpg.connect(settings.pg_dsn)
+    conn = await asyncpg.connect(component_dsn(settings, "hub"))  # a component's table, as any other
     try:
         await conn.execute("CREATE TABLE leakscan_control (note bytea)")
         await conn.execute("INSERT INTO leakscan_control VALUES ($1)", f"番号 {planted}".encode("utf-16-le"))
@@ -85,7 +86,7 @@ async def test_no_my_number_in_any_topic_table_or_log(running_platform, crash_ru
     try:
         report = await scan(settings, [*used, planted], [running_platform.stack.logs_dir, tmp_path])
     finally:
-        conn = await asyncpg.connect(settings.pg_dsn)
+        conn = await asyncpg.connect(component_dsn(settings, "hub"))
         await conn.execute("DROP TABLE leakscan_control")
         await conn.close()
     # It read everything: at least what the crash run alone put on ingress and on the audit topic (how much

@@ -37,6 +37,8 @@ from infra.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from streams.participant import ParticipantRuntime
+from infra.pgdsn import observer_dsn
+from infra.storage import everywhere
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
@@ -46,8 +48,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-async def platform(endpoints, tmp_path_factory) -> AsyncIterator[Platform]:
-    async with isolated_platform(endpoints, tmp_path_factory.mktemp("trust"), prefix_letter="s") as p:
+async def platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
+    async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("trust"), prefix_letter="s") as p:
         yield p
 
 
@@ -66,7 +68,7 @@ async def dicj(platform: Platform) -> AsyncIterator[DicjDesk]:
 
 @pytest.fixture
 async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(platform.settings.pg_dsn)
+    conn = await asyncpg.connect(observer_dsn(platform.settings))  # every component's schema, as the operator
     yield conn
     await conn.execute("DELETE FROM bank_sim_behaviour")
     await conn.close()
@@ -78,8 +80,8 @@ async def dead_letters(pg: asyncpg.Connection, participant: str, message_ids: li
     found: dict[str, str] = {}
 
     async def all_there() -> bool:
-        for r in await pg.fetch("SELECT reason, envelope FROM participant_dead_letters WHERE participant = $1",
-                                participant):
+        for r in await pg.fetch(f"SELECT reason, envelope FROM {await everywhere(pg, 'participant_dead_letters')} d "
+                                "WHERE participant = $1", participant):
             found[peek(bytes(r["envelope"])).message_id] = r["reason"]
         return set(message_ids) <= set(found)
 
