@@ -133,6 +133,16 @@ def acl_bindings(names: TopicNames, participants: Iterable[Participant], *,
     return out
 
 
+def allows(bindings: Iterable[AclBinding], user: str, operation: str, resource_type: str, name: str) -> bool:
+    """Whether ``bindings`` let ``user`` (``User:<name>``) do ``operation`` on the named resource, matched as
+    Kafka's StandardAuthorizer matches ALLOW rules: a literal name exactly, a prefixed one as a prefix; Read
+    and Write imply Describe. Pure, for the tests and for reading the rules."""
+    implied = {operation} | ({"Read", "Write"} if operation == "Describe" else set())
+    return any(b.principal == user and b.resource_type == resource_type and b.operation in implied
+               and (b.resource == name if b.pattern == "literal" else name.startswith(b.resource))
+               for b in bindings)
+
+
 def kafka_acls_commands(bindings: Iterable[AclBinding], bootstrap: str = "$BOOTSTRAP") -> list[str]:
     lines = []
     for b in bindings:
@@ -144,5 +154,5 @@ def kafka_acls_commands(bindings: Iterable[AclBinding], bootstrap: str = "$BOOTS
     return lines
 
 
-__all__ = ["ADMIN", "BANK_SIMULATOR", "BROKER", "KEY_PUBLISHER", "RESERVED", "AclBinding", "acl_bindings",
+__all__ = ["ADMIN", "BANK_SIMULATOR", "BROKER", "KEY_PUBLISHER", "RESERVED", "AclBinding", "acl_bindings", "allows",
            "kafka_acls_commands", "participant_groups", "principal", "principals"]

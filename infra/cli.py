@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 import signal
@@ -193,20 +192,6 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         await admin.close()
 
 
-async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.acls import acl_bindings, kafka_acls_commands
-    from infra.participants import load_participants
-    from infra.topics import TopicNames
-
-    bindings = acl_bindings(TopicNames(settings.kafka.topic_prefix),
-                            load_participants(settings.participants_file, banks=settings.banks))
-    if args.json:
-        _print_json({"acls": [dataclasses.asdict(b) for b in bindings]})
-    else:
-        sys.stdout.write("\n".join(kafka_acls_commands(bindings)) + "\n")
-    return 0
-
-
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -345,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
     from infra import ops, records_cli
 
@@ -364,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
-    from infra import broker_commands, db_commands, keycommands
+    from infra import broker_commands, cluster_commands, db_commands, keycommands
 
     participant_commands.register(add, common)
     connector_serve.register()
@@ -373,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     broker_commands.register(add)
     db_commands.register(add, common)
+    cluster_commands.register(add)  # renkei cluster up|down|status, renkei acls [print|apply]
     return parser
 
 
