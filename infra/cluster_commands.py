@@ -33,7 +33,7 @@ def cluster_home(settings: Settings) -> Path:
 
 def client_environment(kafka: Any) -> dict[str, str]:
     """The ``RENKEI_KAFKA_*`` variables a shell exports to use the cluster as the admin."""
-    return {"RENKEI_KAFKA_BOOTSTRAP": kafka.bootstrap, **kafka.environment()}
+    return {k: v for k, v in {"RENKEI_KAFKA_BOOTSTRAP": kafka.bootstrap, **kafka.environment()}.items() if v}
 
 
 def _print_json(obj: Any) -> None:
