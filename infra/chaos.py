@@ -62,6 +62,7 @@ class ChaosPlan:
     hub_kills: int = 3
     registry_kills: int = 1
     bank_kills: int = 1
+    broker_kills: int = 1  # Kafka brokers SIGKILLed and restarted (infra.chaos_broker), where a target is given
     hub_workers: int = 2
     inquiry_rate: float = 12.0  # STEP2 inquiries per second
     people: int = 60
@@ -248,13 +249,18 @@ class _Traffic:
 
 
 async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | None = None,
-                       say: Any = None) -> tuple[CrashReport, list[str]]:
+                       say: Any = None, brokers: Any = None) -> tuple[CrashReport, list[str]]:
     """Traffic + kills + drain + invariants on a running ``platform`` (hub, registry, banks). Returns the report
-    and the My Numbers used (for the leak scan)."""
+    and the My Numbers used (for the leak scan).
+
+    ``brokers`` (an ``infra.chaos_broker.BrokerTarget``): Kafka brokers to SIGKILL too, ``plan.broker_kills``
+    times among the worker kills, each restarted in the background; an acks=all ledger then proves that no
+    acknowledged record was lost."""
     import asyncpg
 
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
+    from infra.chaos_broker import AckLedger, BrokerKills
     from infra.kafka import producer as make_producer
     from infra.pgdsn import observer_dsn
 
@@ -267,6 +273,8 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     conn = await asyncpg.connect(observer_dsn(s))  # every component's schema, as the operator
     prod = make_producer(s)
     await prod.start()
+    broker_kills = BrokerKills(brokers) if brokers is not None and plan.broker_kills else None
+    ledger = AckLedger(s) if broker_kills is not None else None
     try:
         await traffic.setup(conn)
         await conn.execute("DELETE FROM bank_sim_behaviour")  # the demo's slow and double-answering banks
@@ -276,6 +284,9 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                 DicjDesk(s, group=f"{prefix}.chaos-dicj") as dicj:
             hubs = ["hub" if plan.hub_workers == 1 or k % 2 == 0 else "hub-2" for k in range(plan.hub_kills)]
             others = ["registry"] * plan.registry_kills + ["banks"] * plan.bank_kills
+            others += ["broker"] * (plan.broker_kills if broker_kills is not None else 0)
+            if ledger is not None:
+                await ledger.__aenter__()
             order: list[str] = []
             while hubs or others:  # hub kills alternate with the others
                 order += [hubs.pop(0)] if hubs else []
@@ -287,7 +298,7 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             next_kill = 0
             while (elapsed := time.monotonic() - started) < plan.traffic_s:
                 if next_kill < len(order) and elapsed >= times[next_kill]:
-                    kill_and_restart(platform, order[next_kill])
+                    _kill(platform, order[next_kill], broker_kills)
                     next_kill += 1
                 traffic.inquiry(bus)
                 if tick % max(1, round(plan.inquiry_rate / 2)) == 0:
@@ -302,8 +313,11 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                 tick += 1
                 await asyncio.sleep(1 / plan.inquiry_rate)
             while next_kill < len(order):
-                kill_and_restart(platform, order[next_kill])
+                _kill(platform, order[next_kill], broker_kills)
                 next_kill += 1
+            if broker_kills is not None:
+                say(f"waiting for the killed brokers to serve again ({', '.join(broker_kills.killed)})")
+                await broker_kills.settle()
             if traffic.injected < plan.injected_bad:  # a busy machine ran fewer ticks than planned
                 await traffic.inject_bad(prod, plan.injected_bad - traffic.injected)
             say(f"draining {len(traffic.tasks)} requests and {len(traffic.lookups)} lookups")
@@ -318,10 +332,27 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             seen = await _observe(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
             report.invariants, report.problems = check(seen)
             report.counts = {**summary(seen), "kills": order}
+            if ledger is not None and broker_kills is not None:
+                kept = await ledger.check()
+                report.invariants.update(kept.invariants)
+                report.counts |= {"ledger": kept.to_json(), "brokers_killed": broker_kills.killed,
+                                  "broker_outage_s": broker_kills.outage_s}
+                if kept.lost or kept.duplicated:
+                    report.problems.append(f"ledger: lost {kept.lost[:10]}, duplicated {kept.duplicated[:10]}")
     finally:
+        if ledger is not None:
+            await ledger.stop()
         await prod.stop()
         await conn.close()
     return report, traffic.people
+
+
+def _kill(platform: Any, name: str, brokers: Any) -> None:
+    """A worker killed and restarted at once, or (``broker``) a Kafka broker killed and restarted in the background."""
+    if name == "broker":
+        brokers.kill()
+    else:
+        kill_and_restart(platform, name)
 
 
 async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
@@ -665,7 +696,11 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
             out["invariants"]["demo_flows_ok"] = all(f["ok"] for f in flows)
             out["counts"]["demo_flows"] = {f["name"]: f["ok"] for f in flows}
             say("crash safety")
-            crash, numbers = await crash_safety(platform, plan, say=say)
+            # The embedded Apache Kafka is killed too; Tansu would come back empty (memory only), so it is not.
+            from infra.chaos_broker import EmbeddedBroker
+
+            brokers = EmbeddedBroker(platform.stack) if platform.stack.broker_kind == "kafka" else None
+            crash, numbers = await crash_safety(platform, plan, say=say, brokers=brokers)
             out["invariants"].update(crash.invariants)
             out["counts"]["crash"] = crash.counts
             out["problems"] = crash.problems[:50]  # which correlation, leg or count broke an invariant
