@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,6 +172,52 @@ class AckLedger:
         return self.report
 
 
+@contextlib.asynccontextmanager
+async def chaos_platform(settings: Settings, *, cluster: bool = False,
+                         say: Any = None) -> AsyncIterator[tuple[Any, BrokerTarget | None]]:
+    """The platform ``renkei chaos`` runs on, and the broker it may kill.
+
+    Embedded: ``infra.stack.Platform`` on its own broker, which is the target where it is Apache Kafka
+    (Tansu would come back empty). ``cluster``: a secured three-node cluster under ``<state>/cluster``
+    (``infra.cluster``), the prefix's ACLs applied before the workers start, each worker its own
+    principal, PostgreSQL embedded; one node at a time is the target.
+    """
+    from infra.stack import Platform
+
+    say = say or (lambda _m: None)
+    if not cluster:
+        async with Platform(settings) as platform:
+            yield platform, EmbeddedBroker(platform.stack) if platform.stack.broker_kind == "kafka" else None
+        return
+    import dataclasses
+    import shutil
+
+    from infra import kafka_broker as kb
+    from infra.acls import ADMIN, acl_bindings, principals
+    from infra.cluster import KafkaCluster, stop_recorded
+    from infra.errors import StackError
+    from infra.kafka_admin import apply_acls
+    from infra.participants import load_participants
+    from infra.topics import TopicNames
+
+    java = kb.find_java(settings.embedded_java)
+    if java is None or java.major < kb.MIN_JAVA:
+        raise StackError(f"renkei chaos --cluster needs Java {kb.MIN_JAVA}+ (apt-get install openjdk-17-jre-headless)")
+    dist = await asyncio.to_thread(kb.fetch_distribution, settings.resolved_kafka_cache)
+    participants = load_participants(settings.participants_file, banks=settings.banks)
+    home = settings.state_dir / "cluster"
+    stop_recorded(home)
+    shutil.rmtree(home, ignore_errors=True)
+    say("starting a secured three-node cluster")
+    async with KafkaCluster(home, dist, java, principals(participants, simulated_banks=True),
+                            die_with_parent=True) as kafka:  # a foreground run leaves no broker behind
+        secured = dataclasses.replace(settings, kafka=kafka.client(ADMIN, topic_prefix=settings.kafka.topic_prefix))
+        names = TopicNames(secured.kafka.topic_prefix)
+        await apply_acls(secured.kafka, acl_bindings(names, participants, simulated_banks=True), prefix=names.prefix)
+        async with Platform(secured) as platform:
+            yield platform, ClusterBroker(kafka)
+
+
 class BrokerKills:
     """The kills of one run: each SIGKILLs at once and restarts in the background after the downtime."""
 
@@ -200,4 +247,4 @@ class BrokerKills:
 
 
 __all__ = ["DOWNTIME_S", "AckLedger", "BrokerKills", "BrokerTarget", "ClusterBroker", "EmbeddedBroker",
-           "LedgerReport"]
+           "LedgerReport", "chaos_platform"]

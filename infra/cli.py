@@ -229,13 +229,14 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return await run(resolve_running(settings), args)
 
 
-async def _measured(module: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``bench`` or ``chaos`` (``infra.<module>``), print its report; returns the report."""
+async def _measured(module: str, settings: Settings, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """Run ``bench`` or ``chaos`` (``infra.<module>``) with ``options``, print its report; returns the report."""
     import importlib
 
     mod = importlib.import_module(f"infra.{module}")
     console = None if args.json else _console()
-    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=console.print if console else None)
+    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=console.print if console else None,
+                                                 **options)
     if args.json:
         _print_json(report)
     else:
@@ -249,7 +250,7 @@ async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    return 0 if (await _measured("chaos", settings, args))["ok"] else 1
+    return 0 if (await _measured("chaos", settings, args, cluster=args.cluster))["ok"] else 1
 
 
 # ---------------------------------------------------------------------------
@@ -340,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     ops.replay_args(add("replay", cmd_replay, "replay a time window into a topic, or rewind a group to it"))
     add("bench", cmd_bench, "measure throughput and latency on a fresh embedded stack (docs/performance.md)") \
         .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
-    add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers") \
-        .add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    chaos = add("chaos", cmd_chaos, "kill workers and the broker mid-traffic, feed hostile envelopes, scan for "
+                                    "leaked My Numbers")
+    chaos.add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    chaos.add_argument("--cluster", action="store_true",
+                       help="on a secured three-node Kafka cluster (renkei cluster), killing one of its nodes")
     # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
     # operations.
     from connectors import commands as participant_commands
