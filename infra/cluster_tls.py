@@ -16,23 +16,20 @@ trust store (``ssl.truststore.type=PEM``); Python and librdkafka clients take ``
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from infra.certificates import ORGANIZATION, certificate_authority, issue, pkcs12_bytes, write_file
 
 BROKER_CN = "broker"
 """The common name of every broker certificate: ``ssl.principal.mapping.rules`` turns it into ``User:broker``."""
-ORGANIZATION = "Renkei"
-CA_DAYS = 3650
 NODE_DAYS = 397  # what public CAs issue at most; a deployment renews with its own PKI
 
 
@@ -90,80 +87,4 @@ class ClusterTls:
             write_file(path, pkcs12_bytes(f"node-{node_id}", key, cert, ca_cert, password), 0o600)
 
 
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically, created with ``mode`` (a secret is never readable by others, not even briefly)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)  # os.open's mode is filtered by the umask
-    os.replace(tmp, path)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def subject_alternative_names(hosts: list[str]) -> list[x509.GeneralName]:
-    """Each host as an IP address SAN when it is one, else a DNS name (duplicates dropped)."""
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(hosts):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return names
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def certificate_authority(common_name: str, days: int = CA_DAYS) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA that may sign end-entity certificates only (path length 0)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(common_name)
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common_name: str, hosts: list[str],
-          usages: list[x509.ObjectIdentifier], days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """An end-entity certificate for ``hosts`` with the extended key ``usages``, signed by the CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(subject_alternative_names(hosts)), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return cert, key
-
-
-def pkcs12_bytes(alias: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, ca_cert: x509.Certificate,
-                 password: bytes) -> bytes:
-    """A PKCS#12 key store Java 17 opens: PBES2/AES-256 for the key and certificates, an HMAC-SHA256 MAC."""
-    encryption = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(10_000)
-                  .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
-                  .build(password))
-    return pkcs12.serialize_key_and_certificates(alias.encode(), key, cert, [ca_cert], encryption)
-
-
-__all__ = ["BROKER_CN", "ClusterTls", "NodeKeystore", "certificate_authority", "issue", "pkcs12_bytes",
-           "subject_alternative_names", "write_file"]
+__all__ = ["BROKER_CN", "ORGANIZATION", "ClusterTls", "NodeKeystore", "write_file"]

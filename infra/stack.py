@@ -8,7 +8,6 @@ children recorded next to the broker and PostgreSQL in ``stack.json``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
