@@ -279,7 +279,7 @@ async def test_the_whole_cluster_stopped_and_started_the_platform_resumes_where_
                                                                                      kafka_cluster, pg):
     s = secured_platform.settings
     names = TopicNames(s.kafka.topic_prefix)
-    mn, acct = generate_my_number(_rng), _account("9005")
+    mn, acct = generate_my_number(_rng), _account("9000")
     await hold_account(s, pg, mn, acct)
     async with _client(secured_platform, "portal", "before") as portal:
         assert (await _register(portal, mn, acct))["status"] == "DONE"
