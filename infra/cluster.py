@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.acls import ADMIN, BROKER
-from infra.cluster_tls import ORGANIZATION, ClusterTls, write_file
+from infra.certificates import ORGANIZATION, write_file
+from infra.cluster_tls import ClusterTls
 from infra.errors import StackError
 from infra.kafka_broker import (
     START_TIMEOUT_S,

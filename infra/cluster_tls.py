@@ -87,4 +87,4 @@ class ClusterTls:
             write_file(path, pkcs12_bytes(f"node-{node_id}", key, cert, ca_cert, password), 0o600)
 
 
-__all__ = ["BROKER_CN", "ORGANIZATION", "ClusterTls", "NodeKeystore", "write_file"]
+__all__ = ["BROKER_CN", "ClusterTls", "NodeKeystore"]

@@ -28,7 +28,6 @@ import base64
 import contextlib
 import fcntl
 import functools
-import os
 import re
 import shutil
 import signal
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.certificates import write_file
 from infra.errors import StackError
 from infra.processes import spawn, terminate
 from infra.topics import MAX_RECORD_BYTES
@@ -333,16 +333,6 @@ class NodeConfig:
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", dist.classpath, main, *args]
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically into a file only its owner can read."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-
-
 def _argfile_quote(arg: str) -> str:
     """``arg`` inside double quotes in a Java argument file (backslashes and quotes escaped)."""
     return arg.replace("\\", "\\\\").replace('"', '\\"')
@@ -400,7 +390,7 @@ class KafkaNode:
     def write_properties(self) -> None:
         """Write server.properties, readable by its owner only: a secured node's file holds its passwords."""
         self.config.home.mkdir(parents=True, exist_ok=True)
-        _write_private(self.config.properties_file, self.config.render())
+        write_file(self.config.properties_file, self.config.render().encode(), 0o600)
 
     def format_storage(self, cluster_id: str, *extra: str) -> str:
         """Format the log directory once (``kafka-storage.sh format``); returns the cluster id in use.
@@ -416,7 +406,7 @@ class KafkaNode:
         args = [STORAGE_TOOL, "format", "--cluster-id", cluster_id, "--config", str(self.config.properties_file),
                 *extra]
         argfile = self.config.home / "format.args"
-        _write_private(argfile, "".join(f'"{_argfile_quote(a)}"\n' for a in args))
+        write_file(argfile, "".join(f'"{_argfile_quote(a)}"\n' for a in args).encode(), 0o600)
         argv = self.config.jvm_argv(self.java, self.dist, f"@{argfile}", heap_mb=256, options=TOOL_JVM_OPTIONS)
         try:
             result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=FORMAT_TIMEOUT_S,
