@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 broker: $(STAMP)  ## fetch Apache Kafka's jars with Maven once (nothing to do when cached, or without Java)
 	$(BIN)/renkei broker fetch
 
-demo: broker  ## run the end-to-end scenario on the embedded broker + PostgreSQL
-	$(BIN)/renkei demo
+demo: broker  ## the end-to-end scenario, then the portal stays up to log in (Ctrl-C stops)
+	$(BIN)/renkei demo --serve
 
 test: broker  ## unit + integration tests on the real embedded broker and PostgreSQL
 	$(BIN)/python -m pytest -q

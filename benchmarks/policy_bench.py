@@ -29,6 +29,7 @@ def run(decisions: int) -> dict[str, float]:
     participants = load_participants()
     policy = P.Policy.load()
     agency = next(p for p in participants if p.kind is Kind.AGENCY)
+    procedure = policy.procedures.for_agency(agency)[0].code  # STEP2 names a procedure the agency is entitled to
     registry = next(p for p in participants if p.kind is Kind.REGISTRY)
     bank = next(p for p in participants if p.kind is Kind.BANK)
     item, basis = P.DATA_PUBLIC_FUNDS_ACCOUNT, P.BASIS_PROVISION
@@ -42,7 +43,8 @@ def run(decisions: int) -> dict[str, float]:
             pass
 
     baseline = _rate(decisions, lambda: table.get(key))
-    allowed = _rate(decisions, lambda: policy.authorise(agency, registry, "provision.inquiry", item, basis))
+    allowed = _rate(decisions, lambda: policy.authorise(agency, registry, "provision.inquiry", item, basis,
+                                                        procedure))
     denied = _rate(decisions, refused)
     return {"baseline_lookups_per_s": baseline, "allowed_per_s": allowed, "refused_per_s": denied,
             "allowed_ratio": allowed / baseline, "refused_ratio": denied / baseline}

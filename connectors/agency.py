@@ -9,7 +9,10 @@ connector, a channel adapter of :class:`connectors.runtime.ConnectorRuntime`:
   (``connector_person_tokens``, filled by :meth:`AgencyConnector.enrol` through
   the token-issuance exchange — the 中間サーバー role), seals a
   ``provision.inquiry`` to the registry and marks the row ``SEALED`` — all in one
-  transaction, keyed by the inquiry id, so a row is published exactly once;
+  transaction, keyed by the inquiry id, so a row is published exactly once.
+  The row's procedure code (a public-benefit procedure of
+  ``infra/procedures.toml``) goes into the envelope's signed metadata, where
+  the hub checks the agency's entitlement, and into the body as before;
 - the participant runtime relays sealed messages to the broker when it is
   reachable (``SENT`` afterwards); while it is not, they wait;
 - answers (``provision.response``, or the hub's ``rejection.notice``) land in
@@ -114,7 +117,7 @@ class AgencyOutbox(ChannelAdapter):
                 message = Message(
                     body={"procedure_code": row["procedure_code"], "requested_at": row["created_at"]},
                     type=type_, to="registry", subject=token, data_item=row["data_item"], basis=basis,
-                    correlation_id=str(row["inquiry_id"]))
+                    correlation_id=str(row["inquiry_id"]), procedure=row["procedure_code"])
                 ids = await rt.publish(conn, self, row["agency"], ref, [message])
                 if ids is None:  # published before a crash lost the mark: find its message id
                     ids = [str(m) for m in await conn.fetchval(

@@ -95,7 +95,16 @@ class Listening(RaisesRefusals):
             await asyncio.gather(self._listener, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+        if self.apply:  # what the effects queued (DICJ's notices to the person) goes out before the command ends
+            try:
+                await asyncio.wait_for(self._flush(), 10.0)
+            except Exception as failed:  # broker away: the rows wait in the outbox for the next DICJ process
+                log.warning("outbox not flushed on exit (%s)", type(failed).__name__)
         await self.runtime.stop()
+
+    async def _flush(self) -> None:
+        while await self.runtime.relay_once() > 0:
+            pass
 
     async def _start_listening(self) -> None:
         from aiokafka import TopicPartition

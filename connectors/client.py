@@ -68,7 +68,12 @@ class BusClient:
         return answer.body["token"].decode()
 
     async def request(self, sender: str, *, type: str, to: str, subject: str, body: dict, data_item: str,
-                      basis: str, timeout: float = 30.0) -> Opened:
+                      basis: str, timeout: float = 30.0, procedure: str | None = None) -> Opened:
+        """Send one message and await the first answer in ``sender``'s inbox with its correlation.
+
+        ``procedure``: the public-benefit procedure it serves (infra/procedures.toml), signed in the
+        envelope; a STEP2 inquiry without one is refused by the hub (UNKNOWN_PROCEDURE).
+        """
         message = Message(body=body, type=type, to=to, subject=subject, data_item=data_item, basis=basis,
-                          correlation_id=str(uuid.uuid4()))
+                          correlation_id=str(uuid.uuid4()), procedure=procedure)
         return await self.runtime.request(sender, message, timeout=timeout)

@@ -5,8 +5,12 @@ Each command acts as ONE participant of the stack started by ``renkei up``
 
 - ``bank seed-account``: the simulated bank's own customer data (an account,
   and with ``--my-number`` the bank's link from ITS token to the account);
-- ``portal register|change|delete|numbering|records``: what a person does on
-  the portal (STEP1, 付番申出 to each named bank, 情報提供等記録);
+- ``portal register|change|delete|numbering|records|notices``: what a person
+  does on the portal (STEP1, 付番申出 to each named bank, 情報提供等記録, お知らせ),
+  as the page does it: with the person's card and PIN (``--card ID --pin -``,
+  the PIN from standard input), never with a My Number alone; a wrong PIN
+  counts towards the card's lock as on the page (``portal card …``, the card
+  issuer's commands, are :mod:`connectors.portal_card_command`);
 - ``agency inquire``: STEP2, an agency asks the registry for the account;
 - ``agency register``: an entitled agency files the person's registration
   alongside another procedure (口座登録法 §4: a tax return, a pension claim);
@@ -14,7 +18,8 @@ Each command acts as ONE participant of the stack started by ``renkei up``
 
 A My Number is accepted at the edge only: validated (check digit), exchanged
 for the acting participant's token through token issuance (sealed to the
-token authority), and never printed, logged or put in an error.  Output is a
+token authority), and never printed, logged or put in an error.  Secrets given
+as ``-`` are read from standard input (on a terminal: prompted, not echoed).  Output is a
 table, or with ``--json`` one stable JSON object (docs/cli.md).  Exit codes:
 0 done, 2 rejected (the reason code in the output), 1 error (no answer in
 time, broker or database away; one line on stderr).
@@ -39,7 +44,8 @@ EXIT_DONE, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 
 GROUPS = {
     "bank": "a bank's own commands: its customer data, its channel connector (serve)",
-    "portal": "what a person does on the portal: register, change, delete, numbering, records; serve the portal",
+    "portal": "what a person does on the portal with their card (register, change, delete, numbering, records, "
+              "notices); the card issuer's card commands; serve the portal",
     "agency": "an agency's commands: ask the registry for a person's account (STEP2), file a registration "
               "alongside another procedure; serve the outbox relay",
     "dicj": "DICJ's commands: inheritance and disaster lookups across banks",
@@ -83,6 +89,15 @@ def split_codes(value: str) -> list[str]:
     return list(dict.fromkeys(v for v in value.replace(",", " ").split() if v))
 
 
+def read_secret(prompt: str) -> str:
+    """One secret from standard input: prompted without echo on a terminal, else the next line."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def normalise_my_number(raw: str) -> str:
     """Drop the spaces and hyphens of a written My Number (``1234-5678-9012``), then validate it.
 
@@ -106,11 +121,14 @@ class Outcome:
     note: str | None = None
 
 
-def _report(args: argparse.Namespace, status: str, *, reason: str | None = None, detail: str | None = None,
-            **fields: Any) -> dict[str, Any]:
+def report(args: argparse.Namespace, status: str, *, reason: str | None = None, detail: str | None = None,
+           **fields: Any) -> dict[str, Any]:
     """The JSON object: ``command, status, reason, detail``, the command's own keys (defaults first)."""
     return {"command": args.command_name, "status": status, "reason": reason, "detail": detail,
             **args.report_defaults, **fields}
+
+
+_report = report
 
 
 def _stopped(args: argparse.Namespace, code: int, status: str, reason: str | None, detail: str | None,
@@ -179,7 +197,7 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
 
     my_number = None
     if person:
-        raw = sys.stdin.readline() if args.my_number == "-" else args.my_number
+        raw = read_secret("My Number: ") if args.my_number == "-" else args.my_number
         try:
             my_number = normalise_my_number(raw)
         except ValidationError as exc:
@@ -204,6 +222,68 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
     except Exception as exc:  # broker or database away, …: one line, no traceback
         outcome = _stopped(args, EXIT_ERROR, "ERROR", "ERROR", f"{type(exc).__name__}: {exc}".rstrip(": "))
     return emit(args, outcome)
+
+
+LOGIN_REFUSALS = {
+    "WRONG_PIN": "the card id or PIN is wrong",
+    "CARD_LOCKED": "the card is locked after too many wrong PINs; it is unlocked at the counter "
+                   "(renkei portal card unlock)",
+    "CARD_SUSPENDED": "the card was reported lost; it is unlocked at the counter (renkei portal card unlock)",
+}
+
+
+async def act_as_card_holder(settings: Any, args: argparse.Namespace,
+                             work: Callable[[Any, Any, str], Awaitable[Outcome]], *, bus: bool = True) -> int:
+    """The person's own commands: log in with the card and its PIN, then ``work(settings, client, token)``.
+
+    The page's rules: the PIN is read from standard input (``--pin -``), a wrong one counts towards the
+    card's lock (three lock it), a locked or suspended card is refused.  ``token`` is the person's portal
+    token from the card — no My Number is asked.  ``bus``: a client acting as the portal (None without).
+    """
+    from infra.cli import resolve_running
+    from infra.errors import ValidationError
+
+    from connectors.portal_cards import validate_card_id, validate_pin
+
+    if args.pin != "-":
+        return emit(args, refused(args, "INVALID_FIELD", "--pin: the PIN is read from standard input only (--pin -)"))
+    pin = read_secret("PIN: ")
+    try:
+        card = validate_card_id(args.card, "--card")
+        validate_pin(pin)
+    except ValidationError as exc:
+        return emit(args, refused(args, exc.code, exc.message))
+    settings = resolve_running(settings)
+    try:
+        login = await _card_login(settings, card, pin)
+    except Exception as exc:  # database away: one line, no traceback
+        return emit(args, _stopped(args, EXIT_ERROR, "ERROR", "ERROR", f"{type(exc).__name__}: {exc}".rstrip(": ")))
+    if not login.ok:
+        assert login.reason is not None
+        detail = LOGIN_REFUSALS[login.reason.value]
+        if login.tries_left:
+            detail += f"; {login.tries_left} more wrong PIN(s) lock the card"
+        return emit(args, refused(args, login.reason.value, detail))
+    token = login.token
+    assert token is not None
+    return await act(settings, args, "portal" if bus else None, lambda s, client, _: work(s, client, token),
+                     person=False)
+
+
+async def _card_login(settings: Any, card: str, pin: str) -> Any:
+    """``CardStore.login`` on the portal's database (its tables created if this is the first use)."""
+    from infra.storage import create_pool
+
+    from connectors.portal_cards import CardStore
+    from connectors.portal_schema import migrate_portal
+    from infra.pgdsn import component_dsn
+
+    pool = await create_pool(component_dsn(settings, "portal"), min_size=1, max_size=2)
+    try:
+        await migrate_portal(pool)
+        return await CardStore(pool).login(card, pin)
+    finally:
+        await pool.close()
 
 
 def _now() -> datetime:
@@ -270,9 +350,10 @@ async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
 
 
 async def _file_registration(settings: Any, args: argparse.Namespace, identity: str, basis: str, channel: str,
-                             title: str) -> int:
+                             title: str, *, by_card: bool = False) -> int:
     """REGISTER / CHANGE / DELETE the person's public-funds account as ``identity``; the registry's answer
-    (after the bank's existence check for REGISTER and CHANGE) is the report."""
+    (after the bank's existence check for REGISTER and CHANGE) is the report.  ``by_card``: the person acts
+    with their card (the portal), else with a My Number (an agency)."""
     from infra.errors import ValidationError
     from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
     from schemas import types as T
@@ -287,11 +368,11 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
         except ValidationError as exc:
             return emit(args, refused(args, exc.code, exc.message))
 
-    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
+    async def work(settings: Any, client: Any, who: str | None) -> Outcome:
         start = time.perf_counter()
+        subject = who if by_card else await client.token_for(identity, who, timeout=args.timeout)
         answer = await client.request(
-            identity, type=T.REGISTRATION_REQUEST, to="registry",
-            subject=await client.token_for(identity, my_number, timeout=args.timeout),
+            identity, type=T.REGISTRATION_REQUEST, to="registry", subject=subject,
             body={"operation": operation, "account": account, "channel": channel, "requested_at": _now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=basis, timeout=args.timeout)
         status, detail = answer.body["status"], answer.body.get("detail")
@@ -304,6 +385,8 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
                                        [[status, detail, report["request_id"], report["elapsed_ms"]]])],
                        note=f"{args.command_name} {verb}: {status}" + (f" ({detail})" if detail else ""))
 
+    if by_card:
+        return await act_as_card_holder(settings, args, work)
     return await act(settings, args, identity, work)
 
 
@@ -312,7 +395,7 @@ async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
     from infra.policy import BASIS_CHANGE, BASIS_REGISTRATION
 
     basis = BASIS_REGISTRATION if args.operation == "REGISTER" else BASIS_CHANGE
-    return await _file_registration(settings, args, "portal", basis, "PORTAL", "Portal")
+    return await _file_registration(settings, args, "portal", basis, "PORTAL", "Portal", by_card=True)
 
 
 async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
@@ -342,9 +425,7 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
     banks = sorted({b.id: b for b in banks}.values(), key=lambda b: b.bank_code)
     codes = [b.bank_code for b in banks]
 
-    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
-        token = await client.token_for("portal", my_number, timeout=args.timeout)
-
+    async def work(settings: Any, client: Any, token: str) -> Outcome:
         async def one(bank: Any) -> dict[str, Any]:
             row: dict[str, Any] = {"bank_code": bank.bank_code, "bank": bank.id, "status": None,
                                    "accounts_linked": None, "reason": None, "request_id": None}
@@ -377,7 +458,7 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
                                         for r in rows])],
                        note=f"{args.command_name}: {reason} ({detail})")
 
-    return await act(settings, args, "portal", work)
+    return await act_as_card_holder(settings, args, work)
 
 
 async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
@@ -390,13 +471,13 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
     from infra.storage import create_pool
 
     from connectors.portal import records_view
+    from connectors.portal_views import named_records
 
-    async def work(settings: Any, client: Any, my_number: str | None) -> Outcome:
-        token = await client.token_for("portal", my_number, timeout=args.timeout)
+    async def work(settings: Any, client: Any, token: str) -> Outcome:
         pool = await create_pool(records_dsn(settings), min_size=1, max_size=2)
         try:
             async with RecordsVerifier.for_settings(settings, pool) as verifier:
-                view = await records_view(verifier, token)
+                view = named_records(_participants(settings), await records_view(verifier, token))
         finally:
             await pool.close()
         ok, verdict, checkpoint = view["chain_ok"], view["verdict"], view["checkpoint"]
@@ -411,10 +492,11 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         shown = {"CHECKPOINTED": "[green]checkpointed[/green]", "PENDING": "[yellow]not yet checkpointed[/yellow]",
                  "TAMPERED": "[red]TAMPERED[/red]", "UNVERIFIED": "[red]cannot verify[/red]"}
         tables = [(f"Provision records (情報提供等記録): {headline} ({against})",
-                   ["requested at", "requester", "provider", "data item", "legal basis", "status", "provided at",
-                    "record"],
-                   [[r["requested_at"], r["requester"], r["provider"], r["data_item"], r["legal_basis"], r["status"],
-                     r["provided_at"], shown[r["state"]]] for r in view["records"]])]
+                   ["requested at", "requester", "provider", "data item", "legal basis", "procedure", "status",
+                    "provided at", "record"],
+                   [[r["requested_at"], r["requester_name"]["en"], r["provider_name"]["en"], r["data_item"],
+                     r["legal_basis"], (r["procedure"] or {}).get("name_en", (r["procedure"] or {}).get("code")),
+                     r["status"], r["provided_at"], shown[r["state"]]] for r in view["records"]])]
         if view["purged_before"]:
             tables.append(("Retention", ["records before", "removed"],
                            [[view["purged_before"], "under the retention period (a signed anchor keeps the rest "
@@ -424,7 +506,44 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
         return Outcome(EXIT_DONE if ok else EXIT_ERROR, report, tables,
                        note=f"{args.command_name}: the records were tampered with")
 
-    return await act(settings, args, "portal", work)
+    return await act_as_card_holder(settings, args, work, bus=False)
+
+
+async def cmd_portal_notices(settings: Any, args: argparse.Namespace) -> int:
+    """The person's notices (お知らせ), newest first, and the registered account they last showed (masked)."""
+    from infra.storage import create_pool
+
+    from connectors.portal_notices import NoticeVault, PortalNotices
+    from connectors.portal_schema import migrate_portal
+    from connectors.portal_views import account_view, notice_view
+    from infra.pgdsn import component_dsn
+
+    async def work(settings: Any, client: Any, token: str) -> Outcome:
+        participants = _participants(settings)
+        notices = PortalNotices(NoticeVault.for_settings(settings))
+        pool = await create_pool(component_dsn(settings, "portal"), min_size=1, max_size=2)  # the portal's tables
+        try:
+            await migrate_portal(pool)
+            shown = [notice_view(participants, n) for n in await notices.for_person(pool, token, limit=args.limit)]
+            account = account_view(participants, await notices.account(pool, token))
+            unread = await notices.unread(pool, token)
+            if args.mark_read:
+                await notices.mark_read(pool, token)
+        finally:
+            await pool.close()
+        report = _report(args, "OK", account=account, unread=unread, notices=shown)
+        a = account or {}
+        tables = [("Registered public-funds account (公金受取口座, masked)",
+                   ["bank", "branch", "type", "number", "holder", "since"],
+                   [[a["bank_name"]["en"], a["branch_code"], a["account_type"], f"****{a['number_last_digits']}",
+                     a["holder_kana"], a["since"]]] if account else [["none registered", "", "", "", "", ""]]),
+                  (f"Notices (お知らせ): {len(shown)} shown, {unread} unread",
+                   ["when", "kind", "event", "status", "other party", "banks", "new"],
+                   [[n["occurred_at"], n["kind"], n["event"], n["status"], (n["party_name"] or {}).get("en"),
+                     " ".join(n["bank_codes"]), "" if n["read"] else "yes"] for n in shown])]
+        return Outcome(EXIT_DONE, report, tables)
+
+    return await act_as_card_holder(settings, args, work, bus=False)
 
 
 # --------------------------------------------------------------------------- agency
@@ -450,12 +569,13 @@ async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
         answer = await client.request(
             agency.id, type=type_, to="registry",
             subject=await client.token_for(agency.id, my_number, timeout=args.timeout),
-            body={"procedure_code": args.procedure_code, "requested_at": _now()},
-            data_item=item, basis=basis, timeout=args.timeout)
+            body={"procedure_code": args.procedure, "requested_at": _now()},
+            data_item=item, basis=basis, timeout=args.timeout, procedure=args.procedure)
         status, account = answer.body["status"], answer.body.get("account")
         code = exit_code("inquiry", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, agency=agency.id, item=item,
-                         account=account, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+                         procedure=args.procedure, account=account, request_id=answer.meta.correlation_id,
+                         elapsed_ms=_ms(start))
         a = account or {}
         return Outcome(code, report, [(f"{agency.name}: provision inquiry ({item})",
                                        ["status", "bank", "branch", "type", "number", "holder", "ms"],
@@ -553,6 +673,13 @@ def _my_number_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None
                         "this participant's token, never printed or sent on")
 
 
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--card", required=True, metavar="ID", help="the person's card id (as on the portal page)")
+    p.add_argument("--pin", required=True, metavar="-",
+                   help="`-`: the card's PIN is read from standard input (a terminal prompts without echo). Three "
+                        "wrong PINs lock the card, as on the page")
+
+
 def _timeout_arg(p: argparse.ArgumentParser, default: float | None = 30.0) -> None:
     p.add_argument("--timeout", type=float, default=default, metavar="S",
                    help=f"seconds to wait for each answer (default {default:g})" if default else
@@ -591,14 +718,14 @@ def register(add: Any, common: Any) -> None:
                                  ("delete", "delete the person's public-funds account")):
         p = subcommand("portal", operation, cmd_portal_account, help_text, report_defaults=account_keys)
         p.set_defaults(operation=operation.upper())
-        _my_number_arg(p)
+        _card_args(p)
         if operation != "delete":
             _account_args(p)
         _timeout_arg(p)
     p = subcommand("portal", "numbering", cmd_portal_numbering,
                    "file an account-numbering request (付番申出) with each named bank",
                    report_defaults={"banks": []}, bank_codes=True)
-    _my_number_arg(p)
+    _card_args(p)
     p.add_argument("--banks", dest="bank_codes", required=True, metavar="CODES",
                    help="banks to number at: codes or ids, comma-separated (9000,9001)")
     _timeout_arg(p)
@@ -606,18 +733,26 @@ def register(add: Any, common: Any) -> None:
                    "the person's provision records (情報提供等記録), verified against the signed checkpoint",
                    report_defaults={"verdict": None, "chain_ok": None, "problems": [], "checkpoint": None,
                                     "pending": None, "purged_before": None, "records": []})
-    _my_number_arg(p)
+    _card_args(p)
+    _timeout_arg(p)
+    p = subcommand("portal", "notices", cmd_portal_notices,
+                   "the person's notices (お知らせ) and registered account (masked), as the page shows them",
+                   report_defaults={"account": None, "unread": None, "notices": []})
+    _card_args(p)
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N notices, newest first (50)")
+    p.add_argument("--mark-read", dest="mark_read", action="store_true", help="mark them read afterwards")
     _timeout_arg(p)
 
     p = subcommand("agency", "inquire", cmd_agency_inquire,
                    "ask the registry for the person's public-funds account (STEP2)",
-                   report_defaults={"agency": None, "item": None, "account": None, "request_id": None,
-                                    "elapsed_ms": None})
+                   report_defaults={"agency": None, "item": None, "procedure": None, "account": None,
+                                    "request_id": None, "elapsed_ms": None})
     p.add_argument("--agency", required=True, help="the agency's participant id (e.g. agency-nta)")
     _my_number_arg(p)
     p.add_argument("--item", choices=sorted(ITEMS), default="public-funds-account", help="the data item")
-    p.add_argument("--procedure-code", dest="procedure_code", default="benefit-payment",
-                   help="the agency's procedure (default benefit-payment)")
+    p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
+                   help="the public-benefit procedure the account is needed for, one the agency is entitled to "
+                        "(infra/procedures.toml, e.g. income-tax-refund)")
     _timeout_arg(p)
 
     for operation in ("register", "change"):

@@ -11,7 +11,10 @@
   ``lookup.result`` naming the banks that answered in time and those that did
   not, then a supplement per late answer.  ``view`` joins the two into the
   consolidated result: answering banks, their accounts, missing banks, and
-  late (supplementary) banks with theirs.
+  late (supplementary) banks with theirs.  Each result is also told to the
+  person the lookup was about (a ``person.notice`` to the portal, お知らせ,
+  :mod:`streams.notices`): which banks reported accounts — a supplement only
+  when it adds one.
 - 付番申出 passed on by a bank (bank → DICJ → other banks): DICJ fans the
   request out to the other named banks, gathers their ``numbering.ack`` by
   correlation id up to a deadline (state in ``dicj_numberings`` /
@@ -43,6 +46,7 @@ from infra.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
 from infra.settings import Settings
 from schemas import types as T
+from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
 
 log = logging.getLogger("renkei.dicj")
@@ -231,11 +235,24 @@ class DicjDesk(BusClient):
 
     async def _on_lookup_result(self, ctx: Context) -> None:
         b = ctx.body
-        await ctx.conn.execute(
+        stored = await ctx.conn.fetchval(
             "INSERT INTO dicj_lookup_results (message_id, correlation_id, is_supplement, answering, missing) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
             ctx.meta.message_id, ctx.meta.correlation_id, b["is_supplement"],
             json.dumps(b["answering_bank_codes"]), json.dumps(b["banks_not_answered"]))
+        lookup = await ctx.conn.fetchrow("SELECT kind, subject FROM dicj_lookups WHERE correlation_id = $1",
+                                         uuid.UUID(ctx.meta.correlation_id))
+        if not stored or lookup is None:  # a lookup started elsewhere has no person here to tell
+            return
+        with_accounts = [r["bank_code"] for r in await ctx.conn.fetch(
+            "SELECT bank_code FROM dicj_lookup_answers WHERE correlation_id = $1 AND bank_code = ANY($2::text[]) "
+            "AND jsonb_array_length(accounts) > 0", uuid.UUID(ctx.meta.correlation_id), b["answering_bank_codes"])]
+        if b["is_supplement"] and not with_accounts:
+            return
+        ctx.outgoing.append(notice(
+            kind="LOOKUP", event=lookup["kind"], status="SUPPLEMENT" if b["is_supplement"] else "COMPLETE",
+            subject=lookup["subject"], reference=ctx.meta.correlation_id, basis=ctx.meta.legal_basis,
+            party=DICJ_ID, bank_codes=with_accounts))
 
     # -- numbering passed on by a bank -----------------------------------------------------------
     async def _on_numbering_request(self, ctx: Context) -> None:

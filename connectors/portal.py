@@ -1,33 +1,36 @@
-"""The portal connector (マイナポータル-like): an aiohttp API and a small web page for one person at a time.
+"""The portal connector (マイナポータル-like): the person's web page and its API, one person per session.
 
-A person logs in with a demo card id and a PIN (the card locks after
-:data:`MAX_PIN_TRIES` wrong PINs, as the My Number card's user-certificate PIN
-does), then:
+A person logs in with a card and its PIN (:mod:`connectors.portal_cards`: three
+wrong PINs lock the card, as the My Number card's do; an unknown card answers
+like a wrong PIN), then, in Japanese or English (``connectors/static/``):
 
-- registers, changes or deletes their public-funds account (STEP1,
-  ``registration.request`` to the registry, answered asynchronously);
+- sees their registered public-funds account, masked (bank, branch, last
+  digits, holder kana) as the registry's last notice showed it;
+- registers, changes or deletes it (STEP1, ``registration.request`` to the
+  registry, answered after the bank's existence check: pending, confirmed or
+  refused and why);
 - files an account-numbering request (付番申出, ``numbering.request`` to each
-  named bank);
-- reads their provision records (情報提供等記録), verified against the latest
-  signed checkpoint on the checkpoint topic (:mod:`infra.records_verify`): a
-  verdict OK / PENDING / TAMPERED, and each record checkpointed, pending (not
-  yet checkpointed) or tampered; records withheld from the person (不開示) are
-  not shown.  Records are keyed by the person's PORTAL token.
+  named bank) and sees each bank's answer;
+- reads their notices (お知らせ, :mod:`connectors.portal_notices`) as they arrive;
+- reads their provision records (情報提供等記録) by participant name, verified
+  against the latest signed checkpoint (:mod:`infra.records_verify`: OK /
+  PENDING / TAMPERED); records withheld from the person (不開示) are not shown.
 
-The portal knows a person only by its token (obtained once by
-:meth:`PortalConnector.enrol` through the token-issuance exchange; the My
-Number is not stored).  Requests are answered with ``202`` and a request id;
-the page polls ``GET /api/requests/{id}``.  Channel adapter of
+Security (docs/portal.md, "Security"): sessions are stored hashed with idle
+and absolute limits (:mod:`connectors.portal_sessions`); the cookie is
+HttpOnly, SameSite=Strict and Secure over TLS; every state-changing request
+needs the session's CSRF token and a same-origin ``Origin``; login failures
+are limited per client address (:mod:`connectors.portal_throttle`).  Requests
+are answered ``202`` with a request id; the page polls.  The portal knows a
+person only by its token.  Channel adapter of
 :class:`connectors.runtime.ConnectorRuntime`; see docs/connectors.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import json
 import logging
-import re
-import secrets
+import ssl
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,8 +40,9 @@ from aiohttp import web
 
 from infra.checkpoint_log import CheckpointLog
 from infra.envelope import Message
-from infra.errors import StackError, ValidationError
+from infra.errors import Reason, StackError, ValidationError
 from infra.keystore import KeyStore
+from infra.metrics import Counter
 from infra.policy import (
     BASIS_CHANGE,
     BASIS_NUMBERING,
@@ -46,6 +50,7 @@ from infra.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
+from infra.procedures import Procedures
 from infra.records_verify import RecordsVerifier, RecordState
 from infra.settings import Settings
 from infra.storage import create_pool
@@ -53,81 +58,95 @@ from infra.validation import validate_bank_account, validate_bank_code
 from schemas import types as T
 from streams.participant import Context
 
+from connectors.portal_cards import CardStore, validate_card_id, validate_pin
+from connectors.portal_notices import NoticeVault, PortalNotices, numbering_notice
+from connectors.portal_schema import PORTAL_MIGRATIONS
+from connectors.portal_sessions import ABSOLUTE_LIMIT, IDLE_LIMIT, Sessions, csrf_matches, csrf_token
+from connectors.portal_throttle import LoginThrottle
+from connectors.portal_views import account_view, bank_names, named_records, notice_view, request_view
 from connectors.runtime import ChannelAdapter, ConnectorRuntime, start_site
 
 log = logging.getLogger("renkei.connector.portal")
 
 PORTAL_ID = "portal"
-MAX_PIN_TRIES = 3
-SESSION_TTL = timedelta(minutes=30)
 COOKIE = "renkei_portal_session"
+CSRF_HEADER = "X-CSRF-Token"
 STATIC = Path(__file__).with_name("static")
-_CARD_RE = re.compile(r"[A-Za-z0-9-]{4,32}")
-
-PORTAL_MIGRATIONS = [
-    """
-    CREATE TABLE portal_people (
-        card_id     text PRIMARY KEY,
-        token       text NOT NULL,
-        pin_salt    bytea NOT NULL,
-        pin_hash    bytea NOT NULL,
-        failed      integer NOT NULL DEFAULT 0,
-        locked      boolean NOT NULL DEFAULT false
-    );
-    CREATE TABLE portal_sessions (
-        session_id  text PRIMARY KEY,
-        card_id     text NOT NULL REFERENCES portal_people (card_id),
-        expires_at  timestamptz NOT NULL
-    );
-    CREATE TABLE portal_requests (
-        correlation_id uuid PRIMARY KEY,
-        card_id     text NOT NULL REFERENCES portal_people (card_id),
-        kind        text NOT NULL,
-        status      text NOT NULL,
-        detail      text,
-        created_at  timestamptz NOT NULL DEFAULT now(),
-        answered_at timestamptz
-    );
-    """,
-]
-
-
-def _pin_hash(pin: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(pin.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+LOGIN_OUTCOMES = frozenset({"ok", "wrong_pin", "locked", "suspended", "throttled"})
 
 
 def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"reason": reason, "message": message, **extra}, status=status)
 
 
+def _raise(status: type[web.HTTPException], reason: Reason, message: str) -> web.HTTPException:
+    return status(text=json.dumps({"reason": reason.value, "message": message}), content_type="application/json")
+
+
 class Portal(ChannelAdapter):
-    """Channel: people in a browser. Handlers record the answers to their requests."""
+    """Channel: people in a browser. Handlers record answers to their requests and keep their notices."""
 
     name = "portal"
     migrations = PORTAL_MIGRATIONS
 
-    def __init__(self, records: RecordsVerifier | None = None) -> None:
+    def __init__(self, records: RecordsVerifier | None = None, *, notices: PortalNotices | None = None,
+                 throttle: LoginThrottle | None = None, idle: timedelta = IDLE_LIMIT,
+                 absolute: timedelta = ABSOLUTE_LIMIT) -> None:
         self.records_verifier = records
+        self.notices = notices
+        self.throttle = throttle or LoginThrottle()
+        self.idle, self.absolute = idle, absolute
+        self.logins: Counter | None = None
+
+    async def start(self, runtime: ConnectorRuntime) -> None:
+        await super().start(runtime)
+        self.cards = CardStore(runtime.pool)
+        self.sessions = Sessions(runtime.pool, idle=self.idle, absolute=self.absolute)
+        if self.logins is None:
+            self.logins = runtime.runtime.metrics.register(Counter(
+                "renkei_portal_logins_total", "Portal login attempts by outcome (a rise in wrong_pin or throttled "
+                "from many addresses: someone guessing card ids)", labels={"outcome": LOGIN_OUTCOMES}))
+
+    @property
+    def participants(self) -> Any:
+        return self.runtime.runtime.participants
 
     def handlers(self) -> dict:
-        return {T.REGISTRATION_RESULT: self.on_answer, T.NUMBERING_ACK: self.on_answer,
-                T.NUMBERING_RESULT: self.on_answer, T.REJECTION_NOTICE: self.on_answer}
+        return {T.REGISTRATION_RESULT: self.on_answer, T.NUMBERING_ACK: self.on_numbering_ack,
+                T.NUMBERING_RESULT: self.on_numbering_result, T.REJECTION_NOTICE: self.on_answer,
+                T.NOTICE: self.on_notice}
 
     async def on_answer(self, ctx: Context) -> None:
-        body, type_ = ctx.body, ctx.meta.type
-        if type_ == T.REGISTRATION_RESULT:
+        body = ctx.body
+        if ctx.meta.type == T.REGISTRATION_RESULT:
             status, detail = body["status"], body.get("detail")
-        elif type_ == T.NUMBERING_ACK:
-            status, detail = "ANSWERED", f"{body['bank_code']}:{body['status']}"
-        elif type_ == T.NUMBERING_RESULT:
-            status = "DONE"
-            detail = " ".join(f"{o['bank_code']}:{o['status']}" for o in body["outcomes"])
         else:
             status, detail = f"REJECTED:{body['reason_code']}", body["message"]
+        await ctx.conn.execute("UPDATE portal_requests SET status = $2, detail = $3, answered_at = now() "
+                               "WHERE correlation_id = $1::uuid", ctx.meta.correlation_id, status, detail)
+
+    async def on_numbering_ack(self, ctx: Context) -> None:
+        """One bank's answer to a numbering request filed here; DONE once every named bank answered."""
+        banks = await ctx.conn.fetchval("SELECT banks FROM portal_requests WHERE correlation_id = $1::uuid "
+                                        "FOR UPDATE", ctx.meta.correlation_id)
+        if banks is None:
+            return
+        answers = json.loads(banks)
+        answers[ctx.body["bank_code"]] = ctx.body["status"]
+        done = all(v is not None for v in answers.values())
         await ctx.conn.execute(
-            "UPDATE portal_requests SET status = $2, answered_at = now(), "
-            "detail = CASE WHEN $4 AND detail IS NOT NULL THEN detail || ' ' || $3 ELSE $3 END "
-            "WHERE correlation_id = $1::uuid", ctx.meta.correlation_id, status, detail, type_ == T.NUMBERING_ACK)
+            "UPDATE portal_requests SET banks = $2::jsonb, status = CASE WHEN $3 THEN 'DONE' ELSE status END, "
+            "answered_at = now() WHERE correlation_id = $1::uuid", ctx.meta.correlation_id, json.dumps(answers), done)
+
+    async def on_numbering_result(self, ctx: Context) -> None:
+        """DICJ's consolidated result of a numbering the person filed at a bank: a notice."""
+        assert self.notices is not None
+        await self.notices.store(ctx.conn, ctx.meta.message_id, ctx.meta.subject, ctx.meta.sender,
+                                 numbering_notice(ctx.body, ctx.meta.correlation_id))
+
+    async def on_notice(self, ctx: Context) -> None:
+        assert self.notices is not None
+        await self.notices.store(ctx.conn, ctx.meta.message_id, ctx.meta.subject, ctx.meta.sender, ctx.body)
 
     # -- the web API ------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -137,9 +156,13 @@ class Portal(ChannelAdapter):
             web.post("/api/login", self.login),
             web.post("/api/logout", self.logout),
             web.get("/api/me", self.me),
+            web.get("/api/banks", self.banks),
             web.post("/api/account", self.account),
             web.post("/api/numbering", self.numbering),
+            web.get("/api/requests", self.requests),
             web.get("/api/requests/{request_id}", self.request_status),
+            web.get("/api/notices", self.notices_list),
+            web.post("/api/notices/read", self.notices_read),
             web.get("/api/records", self.records),
             web.static("/static", STATIC),
         ])
@@ -150,84 +173,128 @@ class Portal(ChannelAdapter):
         response = await handler(request)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Content-Security-Policy", "default-src 'self'")
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
     async def page(self, _: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "portal.html")
 
-    async def _json(self, request: web.Request) -> dict:
+    @staticmethod
+    async def _json(request: web.Request) -> dict:
+        # A cross-site HTML form cannot send application/json without a CORS preflight (which is refused).
+        if request.content_type != "application/json":
+            raise _raise(web.HTTPUnsupportedMediaType, Reason.MALFORMED, "send JSON (Content-Type: application/json)")
         try:
             body = await request.json()
         except ValueError:
-            raise web.HTTPBadRequest(text='{"reason": "MALFORMED", "message": "body must be JSON"}',
-                                     content_type="application/json") from None
+            raise _raise(web.HTTPBadRequest, Reason.MALFORMED, "body must be JSON") from None
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"reason": "MALFORMED", "message": "body must be a JSON object"}',
-                                     content_type="application/json")
+            raise _raise(web.HTTPBadRequest, Reason.MALFORMED, "body must be a JSON object")
         return body
 
-    async def _person(self, request: web.Request) -> Any:
-        session = request.cookies.get(COOKIE, "")
-        row = await self.runtime.pool.fetchrow(
-            "SELECT p.card_id, p.token FROM portal_sessions s JOIN portal_people p USING (card_id) "
-            "WHERE s.session_id = $1 AND s.expires_at > now() AND NOT p.locked", session)
-        if row is None:
-            raise web.HTTPUnauthorized(text='{"reason": "LOGIN_REQUIRED", "message": "log in first"}',
-                                       content_type="application/json")
-        return row
+    @staticmethod
+    def _same_origin(request: web.Request) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            raise _raise(web.HTTPForbidden, Reason.CSRF_REJECTED, "a request from another site is refused")
+
+    async def _person(self, request: web.Request, *, changes: bool = False) -> Any:
+        """The session's person; ``changes``: a state-changing request (same origin, this session's CSRF token)."""
+        if changes:
+            self._same_origin(request)
+        value = request.cookies.get(COOKIE)
+        session = await self.sessions.find(value)
+        if session is None:
+            raise _raise(web.HTTPUnauthorized, Reason.LOGIN_REQUIRED,
+                         "log in (again): the session ended, expired, or its card was locked or reported lost")
+        if changes and not csrf_matches(value or "", request.headers.get(CSRF_HEADER)):
+            raise _raise(web.HTTPForbidden, Reason.CSRF_REJECTED, f"the {CSRF_HEADER} header is missing or wrong; "
+                                                                  "reload the page")
+        return session
+
+    def _count(self, outcome: str) -> None:
+        if self.logins is not None:
+            self.logins.inc(outcome=outcome)
 
     async def login(self, request: web.Request) -> web.Response:
+        self._same_origin(request)
+        client = request.remote or "unknown"
+        wait = self.throttle.retry_after(client)
+        if wait is not None:
+            self._count("throttled")
+            return web.json_response(
+                {"reason": Reason.RATE_LIMITED.value, "retry_after_s": int(wait) + 1,
+                 "message": "too many failed logins from this address; try again later"},
+                status=429, headers={"Retry-After": str(int(wait) + 1)})
         body = await self._json(request)
-        card, pin = body.get("card_id"), body.get("pin")
-        if not isinstance(card, str) or not _CARD_RE.fullmatch(card) or not isinstance(pin, str):
-            return _problem(400, "INVALID_FIELD", "card_id and pin are required")
-        pool = self.runtime.pool
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM portal_people WHERE card_id = $1 FOR UPDATE", card)
-            if row is None:
-                return _problem(401, "WRONG_PIN", "card id or PIN is wrong")
-            if row["locked"]:
-                return _problem(423, "LOCKED", "this card is locked after too many wrong PINs; reset it at the counter")
-            if not hmac.compare_digest(_pin_hash(pin, bytes(row["pin_salt"])), bytes(row["pin_hash"])):
-                failed = row["failed"] + 1
-                locked = failed >= MAX_PIN_TRIES
-                await conn.execute("UPDATE portal_people SET failed = $2, locked = $3 WHERE card_id = $1",
-                                   card, failed, locked)
-                if locked:
-                    await conn.execute("DELETE FROM portal_sessions WHERE card_id = $1", card)
-                    return _problem(423, "LOCKED", "this card is now locked after too many wrong PINs")
-                return _problem(401, "WRONG_PIN", "card id or PIN is wrong", tries_left=MAX_PIN_TRIES - failed)
-            session = secrets.token_urlsafe(32)
-            await conn.execute("UPDATE portal_people SET failed = 0 WHERE card_id = $1", card)
-            await conn.execute("INSERT INTO portal_sessions (session_id, card_id, expires_at) VALUES ($1, $2, $3)",
-                               session, card, datetime.now(UTC) + SESSION_TTL)
-        response = web.json_response({"card_id": card})
-        response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", max_age=int(SESSION_TTL.total_seconds()),
-                            path="/")
+        try:
+            card, pin = validate_card_id(body.get("card_id")), validate_pin(body.get("pin"))
+        except ValidationError as exc:
+            return _problem(400, exc.code, exc.message, field=exc.field)
+        result = await self.cards.login(card, pin)
+        if result.counted:
+            self.throttle.failed(client)
+        if not result.ok:
+            assert result.reason is not None
+            self._count({Reason.WRONG_PIN: "wrong_pin", Reason.CARD_LOCKED: "locked"}.get(result.reason, "suspended"))
+            extra = {} if result.tries_left is None else {"tries_left": result.tries_left}
+            if result.reason is Reason.WRONG_PIN:
+                return _problem(401, result.reason.value, "card id or PIN is wrong", **extra)
+            if result.reason is Reason.CARD_LOCKED:
+                return _problem(423, result.reason.value, "this card is locked after too many wrong PINs; it is "
+                                                          "unlocked at the counter", **extra)
+            return _problem(423, result.reason.value, "this card was reported lost; it is unlocked at the counter")
+        self._count("ok")
+        await self.sessions.purge_expired()
+        async with self.runtime.pool.acquire() as conn, conn.transaction():
+            value = await self.sessions.open(conn, card)
+        response = web.json_response({"card_id": card, "csrf_token": csrf_token(value)})
+        # No Max-Age: the cookie goes with the browser; the server's idle and absolute limits apply anyway.
+        response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", secure=request.secure, path="/")
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        await self.runtime.pool.execute("DELETE FROM portal_sessions WHERE session_id = $1",
-                                        request.cookies.get(COOKIE, ""))
+        await self._person(request, changes=True)
+        await self.sessions.close(request.cookies.get(COOKIE))
         response = web.json_response({"ok": True})
         response.del_cookie(COOKIE, path="/")
         return response
 
     async def me(self, request: web.Request) -> web.Response:
+        """Who is logged in, the session's CSRF token, the registered account (masked), unread notices."""
         person = await self._person(request)
-        return web.json_response({"card_id": person["card_id"]})
+        assert self.notices is not None
+        pool = self.runtime.pool
+        return web.json_response({
+            "card_id": person.card_id, "csrf_token": csrf_token(request.cookies[COOKIE]),
+            "account": account_view(self.participants, await self.notices.account(pool, person.token)),
+            "unread_notices": await self.notices.unread(pool, person.token),
+        })
 
-    async def _send(self, person: Any, kind: str, messages: list[Message]) -> web.Response:
+    async def banks(self, request: web.Request) -> web.Response:
+        await self._person(request)
+        return web.json_response({"banks": [{"bank_code": b.bank_code, "name": bank_names(self.participants,
+                                                                                            b.bank_code)}
+                                            for b in self.participants.banks() if not b.suspended]})
+
+    async def _send(self, person: Any, kind: str, messages: list[Message], banks: list[str] | None = None
+                    ) -> web.Response:
         correlation = messages[0].correlation_id
         async with self.runtime.pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO portal_requests (correlation_id, card_id, kind, status) "
-                               "VALUES ($1::uuid, $2, $3, 'SENT')", correlation, person["card_id"], kind)
+            await conn.execute(
+                "INSERT INTO portal_requests (correlation_id, card_id, kind, status, banks) "
+                "VALUES ($1::uuid, $2, $3, 'SENT', $4::jsonb)", correlation, person.card_id, kind,
+                None if banks is None else json.dumps(dict.fromkeys(banks)))
             await self.runtime.publish(conn, self, PORTAL_ID, f"request/{correlation}", messages)
-        return web.json_response({"request_id": correlation, "status": "SENT"}, status=202)
+        return web.json_response({"request_id": correlation, "status": "SENT", "state": "PENDING"}, status=202)
 
     async def account(self, request: web.Request) -> web.Response:
-        person = await self._person(request)
+        person = await self._person(request, changes=True)
         body = await self._json(request)
         operation = body.get("operation")
         if operation not in ("REGISTER", "CHANGE", "DELETE"):
@@ -240,12 +307,12 @@ class Portal(ChannelAdapter):
                 return _problem(400, exc.code, exc.message, field=exc.field)
         message = Message(
             body={"operation": operation, "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-            type=T.REGISTRATION_REQUEST, to="registry", subject=person["token"], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+            type=T.REGISTRATION_REQUEST, to="registry", subject=person.token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
             basis=BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE, correlation_id=str(uuid.uuid4()))
         return await self._send(person, f"account.{operation.lower()}", [message])
 
     async def numbering(self, request: web.Request) -> web.Response:
-        person = await self._person(request)
+        person = await self._person(request, changes=True)
         body = await self._json(request)
         codes = body.get("bank_codes")
         try:
@@ -254,17 +321,26 @@ class Portal(ChannelAdapter):
             codes = sorted({validate_bank_code(c, field="bank_codes") for c in codes})
         except ValidationError as exc:
             return _problem(400, exc.code, exc.message, field=exc.field)
-        participants = self.runtime.runtime.participants
-        banks = [participants.by_bank_code(c) for c in codes]
+        banks = [self.participants.by_bank_code(c) for c in codes]
         if any(b is None for b in banks):
             return _problem(400, "UNKNOWN_PARTICIPANT", "bank_codes: a code names no participating bank",
                             field="bank_codes")
         correlation = str(uuid.uuid4())
         body = {"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None, "requested_at": datetime.now(UTC)}
-        messages = [Message(body=body, type=T.NUMBERING_REQUEST, to=b.id, subject=person["token"],
+        messages = [Message(body=body, type=T.NUMBERING_REQUEST, to=b.id, subject=person.token,
                             data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                             correlation_id=correlation) for b in banks]
-        return await self._send(person, "numbering", messages)
+        return await self._send(person, "numbering", messages, banks=codes)
+
+    _REQUEST_COLUMNS = "correlation_id, kind, status, detail, banks, created_at, answered_at"
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """The person's last requests filed here (newest first), so a reload still shows what is pending."""
+        person = await self._person(request)
+        rows = await self.runtime.pool.fetch(
+            f"SELECT {self._REQUEST_COLUMNS} FROM portal_requests WHERE card_id = $1 "
+            "ORDER BY created_at DESC LIMIT 10", person.card_id)
+        return web.json_response({"requests": [request_view(r) for r in rows]})
 
     async def request_status(self, request: web.Request) -> web.Response:
         person = await self._person(request)
@@ -273,33 +349,56 @@ class Portal(ChannelAdapter):
         except ValueError:
             return _problem(404, "NOT_FOUND", "no such request")
         row = await self.runtime.pool.fetchrow(
-            "SELECT kind, status, detail, created_at, answered_at FROM portal_requests "
-            "WHERE correlation_id = $1 AND card_id = $2", rid, person["card_id"])
+            f"SELECT {self._REQUEST_COLUMNS} FROM portal_requests WHERE correlation_id = $1 AND card_id = $2",
+            rid, person.card_id)
         if row is None:
             return _problem(404, "NOT_FOUND", "no such request")
-        return web.json_response({"request_id": str(rid), "kind": row["kind"], "status": row["status"],
-                                  "detail": row["detail"], "created_at": row["created_at"].isoformat(),
-                                  "answered_at": row["answered_at"] and row["answered_at"].isoformat()})
+        return web.json_response(request_view(row))
+
+    async def notices_list(self, request: web.Request) -> web.Response:
+        person = await self._person(request)
+        assert self.notices is not None
+        pool = self.runtime.pool
+        shown = await self.notices.for_person(pool, person.token)
+        return web.json_response({"unread": await self.notices.unread(pool, person.token),
+                                  "notices": [notice_view(self.participants, n) for n in shown]})
+
+    async def notices_read(self, request: web.Request) -> web.Response:
+        person = await self._person(request, changes=True)
+        assert self.notices is not None
+        return web.json_response({"marked": await self.notices.mark_read(self.runtime.pool, person.token)})
 
     async def records(self, request: web.Request) -> web.Response:
         person = await self._person(request)
         if self.records_verifier is None:
             return _problem(503, "UNAVAILABLE", "provision records are not configured on this portal")
         try:
-            return web.json_response(await records_view(self.records_verifier, person["token"]))
+            view = await records_view(self.records_verifier, person.token)
         except StackError:
             return _problem(503, "UNAVAILABLE", "the published checkpoints cannot be read now; try again later")
+        return web.json_response(named_records(self.participants, view))
 
 
-async def records_view(verifier: RecordsVerifier, token: str) -> dict:
+async def records_view(verifier: RecordsVerifier, token: str, procedures: Procedures | None = None) -> dict:
     """The person's provision records as the portal shows them, verified against the latest checkpoint.
 
     ``{verdict, chain_ok, problems, checkpoint, pending, purged_before, records: [{requester, provider,
-    data_item, legal_basis, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK / PENDING /
-    TAMPERED; ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示 records are
-    verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.
+    data_item, legal_basis, procedure, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK /
+    PENDING / TAMPERED; ``procedure`` the public-benefit procedure the exchange served, with its names, legal
+    basis and purpose from the catalogue (``procedures``, default ``infra/procedures.toml``; just ``{code}`` for
+    a code it no longer lists; null where none applies); ``status`` what happened (PROVIDED, NOT_REGISTERED,
+    BLOCKED, …); ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示
+    records are verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.
     """
     verdict = await verifier.verify(token)
+    catalogue = procedures if procedures is not None else Procedures.load()
+
+    def procedure(code: str | None) -> dict | None:
+        if code is None:
+            return None
+        known = catalogue.get(code)
+        return known.to_json() if known is not None else {"code": code}
+
     seen = verdict.checkpoint
     return {
         "verdict": verdict.verdict.value,
@@ -312,7 +411,7 @@ async def records_view(verifier: RecordsVerifier, token: str) -> dict:
         "purged_before": verdict.purged_before and verdict.purged_before.isoformat(),
         "records": [{
             "requester": r.requester, "provider": r.provider, "data_item": r.data_item,
-            "legal_basis": r.legal_basis, "status": r.status.value,
+            "legal_basis": r.legal_basis, "procedure": procedure(r.procedure), "status": r.status.value,
             "requested_at": r.requested_at.isoformat(),
             "provided_at": r.provided_at and r.provided_at.isoformat(),
             "state": verdict.states[r.seq].value,
@@ -322,19 +421,27 @@ async def records_view(verifier: RecordsVerifier, token: str) -> dict:
 
 
 class PortalConnector:
-    """The portal process: runtime + the web app (``url`` once started)."""
+    """The portal process: runtime + the web app (``url`` once started; ``https`` with ``ssl_context``)."""
 
     def __init__(self, settings: Settings, *, provisions_dsn: str | None = None, host: str = "127.0.0.1",
-                 port: int = 0, ops_port: int | None = None) -> None:
+                 port: int = 0, ops_port: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 throttle: LoginThrottle | None = None, idle: timedelta = IDLE_LIMIT,
+                 absolute: timedelta = ABSOLUTE_LIMIT) -> None:
         self.settings = settings
         self.provisions_dsn = provisions_dsn
         self.host, self.port = host, port
-        self.adapter = Portal()
+        self.ssl_context = ssl_context
+        self.adapter = Portal(notices=PortalNotices(NoticeVault.for_settings(settings)), throttle=throttle,
+                              idle=idle, absolute=absolute)
         self.runtime = ConnectorRuntime(settings, [PORTAL_ID], [self.adapter],
                                         group=f"{settings.kafka.topic_prefix}.connector.portal", ops_port=ops_port)
         self.url: str | None = None
         self._runner: Any = None
         self._records_pool: Any = None
+
+    @property
+    def cards(self) -> CardStore:
+        return self.adapter.cards
 
     async def __aenter__(self) -> PortalConnector:
         # The records public keys first: a portal that could not verify records does not start.
@@ -346,7 +453,7 @@ class PortalConnector:
                                                             CheckpointLog(self.settings, keys))
         app = self.adapter.app()
         app.add_routes(self.runtime.ops_routes())
-        self._runner, self.url = await start_site(app, self.host, self.port)
+        self._runner, self.url = await start_site(app, self.host, self.port, ssl_context=self.ssl_context)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -358,13 +465,12 @@ class PortalConnector:
             await self._records_pool.close()
         await self.runtime.stop()
 
-    async def enrol(self, card_id: str, my_number: str, pin: str) -> None:
-        """Demo card issuance: the person's portal token and a PIN (4 digits). The My Number is not kept."""
-        if not _CARD_RE.fullmatch(card_id) or not (pin.isascii() and pin.isdigit() and len(pin) == 4):
-            raise ValueError("card_id: 4-32 letters, digits or -; pin: 4 digits")
+    async def enrol(self, card_id: str, my_number: str, pin: str) -> str:
+        """Issue a card (as ``renkei portal card issue`` does): the person's portal token through token issuance,
+        bound to ``card_id`` and ``pin``. The My Number is not kept. Returns the token."""
         token = await self.runtime.token_for(PORTAL_ID, my_number)
-        salt = secrets.token_bytes(16)
-        await self.runtime.pool.execute(
-            "INSERT INTO portal_people (card_id, token, pin_salt, pin_hash) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (card_id) DO UPDATE SET token = $2, pin_salt = $3, pin_hash = $4, failed = 0, locked = false",
-            card_id, token, salt, _pin_hash(pin, salt))
+        await self.cards.issue(card_id, token, pin)
+        return token
+
+
+__all__ = ["COOKIE", "CSRF_HEADER", "PORTAL_ID", "Portal", "PortalConnector", "records_view"]

@@ -1,9 +1,13 @@
 """The agency SDK: ask the bus from the agency's own code, through its own database.
 
     async with AgencyClient(dsn, "agency-nta") as client:
-        answer = await client.inquire("resident-00042", item="public_funds_account")
+        answer = await client.inquire("resident-00042", procedure="income-tax-refund")
         if answer.status == "REGISTERED":
             pay_into(answer.account)
+
+``procedure`` is the public-benefit procedure the account is needed for, a
+code of ``infra/procedures.toml`` the agency is entitled to; the hub refuses
+anything else (``REJECTED:UNKNOWN_PROCEDURE`` / ``REJECTED:PROCEDURE_NOT_ALLOWED``).
 
 The SDK never talks to Kafka.  :meth:`AgencyClient.submit` writes an inquiry
 row into ``agency_outbox`` — pass ``conn=`` to write it inside the agency's own
@@ -76,17 +80,19 @@ class AgencyClient:
         if event is not None:
             event.set()
 
-    async def submit(self, person_local_id: str, *, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
-                     procedure_code: str = "benefit-payment", conn: asyncpg.Connection | None = None) -> str:
+    async def submit(self, person_local_id: str, *, procedure: str, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
+                     conn: asyncpg.Connection | None = None) -> str:
         """Queue an inquiry; returns its id. With ``conn``, it commits or rolls back with the caller's work."""
         if item not in SUPPORTED_ITEMS:
             raise ValueError(f"no inquiry is defined for data item {item!r}; supported: {', '.join(SUPPORTED_ITEMS)}")
         if not person_local_id:
             raise ValueError("person_local_id must not be empty")
+        if not procedure:
+            raise ValueError("procedure must name the public-benefit procedure (infra/procedures.toml)")
         assert self.pool is not None, "use AgencyClient as an async context manager"
         return str(await (conn or self.pool).fetchval(
             "INSERT INTO agency_outbox (agency, person_local_id, data_item, procedure_code) VALUES ($1, $2, $3, $4) "
-            "RETURNING inquiry_id", self.agency, person_local_id, item, procedure_code))
+            "RETURNING inquiry_id", self.agency, person_local_id, item, procedure))
 
     async def answer(self, inquiry_id: str, *, timeout: float = 30.0) -> InquiryAnswer:
         """Wait for the answer to ``inquiry_id``; TimeoutError if none arrives in time."""
@@ -106,10 +112,10 @@ class AgencyClient:
         finally:
             self._waiting.pop(inquiry_id, None)
 
-    async def inquire(self, person_local_id: str, *, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
-                      procedure_code: str = "benefit-payment", timeout: float = 30.0) -> InquiryAnswer:
-        """Submit an inquiry and await its answer."""
-        return await self.answer(await self.submit(person_local_id, item=item, procedure_code=procedure_code),
+    async def inquire(self, person_local_id: str, *, procedure: str, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
+                      timeout: float = 30.0) -> InquiryAnswer:
+        """Submit an inquiry for ``procedure`` and await its answer."""
+        return await self.answer(await self.submit(person_local_id, procedure=procedure, item=item),
                                  timeout=timeout)
 
     async def _lookup(self, inquiry_id: str) -> InquiryAnswer | None:

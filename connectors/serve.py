@@ -10,7 +10,8 @@ participant ids, message types and reason codes only — never personal data.
   --listen-port P --bank-url https://…``: one bank's channel connector (HTTP: TLS
   only, every call signed with the bank's channel key; the certificate is issued
   from the platform's channel CA unless ``--tls-cert``/``--tls-key`` are given).
-- ``portal --port P``: the portal web app and API.
+- ``portal --port P [--tls-cert FILE --tls-key FILE]``: the portal web app and
+  API (over TLS with a certificate: the session cookie is then ``Secure``).
 - ``agency --agency ID``: the agency outbox relay (:func:`connectors.agency.serve`).
 
 **Bank channel lease.**  ``renkei up`` runs the bank simulator for every bank,
@@ -470,17 +471,25 @@ def add_portal_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--port", type=int, default=0, help="its port (0 = a free one)")
     parser.add_argument("--provisions-dsn", help="PostgreSQL with the provision records (default: the portal's "
                                                  "role reading the hub's schema)")
+    parser.add_argument("--tls-cert", dest="tls_cert", type=Path, metavar="FILE",
+                        help="serve over TLS with this certificate chain (PEM); the session cookie is then Secure")
+    parser.add_argument("--tls-key", dest="tls_key", type=Path, metavar="FILE",
+                        help="the private key of --tls-cert (PEM, unencrypted, mode 0600)")
     return parser
 
 
 async def portal_serve(settings: Settings, args: argparse.Namespace) -> int:
     """``renkei portal serve [--port P]``: the portal web page and API, /health and /metrics on the same server."""
+    from connectors.channel_tls import ServerCertificate
     from connectors.portal import PortalConnector
     from infra.pgdsn import records_dsn
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    tls = ServerCertificate(args.tls_cert, args.tls_key).server_context() if args.tls_cert is not None else None
     settings = _resolve(settings)
     portal = PortalConnector(settings, provisions_dsn=args.provisions_dsn or records_dsn(settings), host=args.host,
-                             port=args.port)
+                             port=args.port, ssl_context=tls)
 
     async def body(stop: asyncio.Event, announce: Announce) -> None:
         async with portal:

@@ -45,6 +45,7 @@ from infra.pglayout import BANKS
 from infra.settings import KafkaSettings, Settings
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # one AGENCY is entitled to (infra/procedures.toml)
 SEAL_CHUNK = 500
 
 
@@ -163,9 +164,10 @@ def seal_inquiries(settings: Settings, n: int, *, per_message: bool, people: int
     authority = store.token_authority()
     subjects = [authority.token_for(generate_my_number(rng), AGENCY) for _ in range(min(n, people))]
     now = datetime.now(UTC)
-    messages = [Message(body={"procedure_code": f"BENEFIT-{i % 997:03d}", "purpose": "bench", "requested_at": now},
+    messages = [Message(body={"procedure_code": PROCEDURE, "purpose": "bench", "requested_at": now},
                         type=T.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
-                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, ttl_s=ttl_s)
+                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, ttl_s=ttl_s,
+                        procedure=PROCEDURE)
                 for i in range(n)]
     size = 1 if per_message else SEAL_CHUNK
     out: list[tuple[bytes, bytes]] = []
@@ -457,8 +459,8 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
             try:
                 answer = await bus.request(
                     AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
-                    body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": datetime.now(UTC)},
-                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60)
+                    body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": datetime.now(UTC)},
+                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure=PROCEDURE)
             except (TimeoutError, asyncio.TimeoutError):
                 failures += 1
                 return

@@ -126,7 +126,13 @@ class _Traffic:
         self.platform, self.plan, self.rng = platform, plan, rng
         self.settings = platform.settings
         self.participants = platform.participants
-        self.agencies = [p.id for p in self.participants if p.kind.value == "agency" and not p.suspended]
+        from infra.procedures import Procedures
+
+        catalogue = Procedures.load()
+        # Each agency asks under a procedure it is entitled to (the hub refuses any other).
+        self.procedures = {p.id: entitled[0].code for p in self.participants
+                           if p.kind.value == "agency" and not p.suspended and (entitled := catalogue.for_agency(p))}
+        self.agencies = list(self.procedures)
         self.banks = [b for b in self.participants.banks(participating_only=True) if not b.suspended]
         self.authority = KeyStore.for_settings(self.settings).token_authority()
         self.people = [generate_my_number(rng) for _ in range(plan.people)]
@@ -182,7 +188,8 @@ class _Traffic:
         i = self.rng.randrange(len(self.people))
         self.request(bus, "step2", agency, T.PROVISION_RESPONSE, type=T.PROVISION_INQUIRY, to="registry",
                      subject=self.token(i, agency), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
-                     body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()}, ttl_s=600)
+                     body={"procedure_code": self.procedures[agency], "purpose": None, "requested_at": _now()},
+                     ttl_s=600, procedure=self.procedures[agency])
 
     def registration(self, bus: Any) -> None:
         from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
@@ -415,6 +422,14 @@ def dead_letter_info(record: Any) -> dict[str, str]:
             "source": f"{headers.get('renkei.src.partition', '')}@{headers.get('renkei.src.offset', '')}"}
 
 
+def _hub_pseudonyms(settings: Settings) -> Any:
+    """The hub's ids (legs, records, conversations) for this state folder: the checks find messages by them."""
+    from infra.keystore import KeyStore
+    from infra.pseudonyms import HubPseudonyms
+
+    return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
+
+
 async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list[Any], platform: Any,
                    rejected_from: dict[int, int], participant_dead_before: int) -> Observations:
     """Collect what the invariants read (:mod:`infra.chaos_invariants`): the wire, the tables, the dead letters."""
@@ -427,22 +442,32 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
     from schemas import types as T
 
     names = TopicNames(settings.kafka.topic_prefix)
-    ours = {e.correlation_id for e in traffic.sent} | set(traffic.lookups)
+    # Each participant sees a conversation under a correlation id of its own and provision records name it by
+    # the hub's (infra.pseudonyms): every correlation below is the hub's conversation id, so one exchange is one
+    # key on the ingress topic, in every inbox, in the tables and in the records.
+    hub_ids = _hub_pseudonyms(settings)
 
-    async def wire(topic: str, partitions: int = 1) -> list[WireMessage]:
+    def conv(correlation_id: str, participant: str) -> str:
+        return str(hub_ids.conversation(str(correlation_id), participant))
+
+    ours = {conv(e.correlation_id, e.sender) for e in traffic.sent} | {conv(c, "dicj") for c in traffic.lookups}
+
+    async def wire(topic: str, partitions: int = 1, *, owner: str | None = None) -> list[WireMessage]:
+        """``owner``: the inbox's participant (its correlation ids are its own); None: ingress (the sender's)."""
         out = []
         for record in await read_topic(settings, topic, partitions):
             try:
                 m = peek(record.value)
             except Exception:  # noqa: BLE001 - the injected and hostile bytes are not envelopes
                 continue
-            if m.correlation_id in ours:
-                out.append(WireMessage(m.message_id, m.correlation_id, m.type, m.sender, m.recipient))
+            c = conv(m.correlation_id, owner or m.sender)
+            if c in ours:
+                out.append(WireMessage(m.message_id, c, m.type, m.sender, m.recipient))
         return out
 
     inboxes = []
     for requester in sorted({e.sender for e in traffic.sent}):
-        inboxes += await wire(names.inbox(requester))
+        inboxes += await wire(names.inbox(requester), owner=requester)
     records = [RecordSeen(str(r["record_id"]), str(r["message_id"]), str(r["correlation_id"]), r["requester"],
                           r["provider"], r["status"]) for r in await conn.fetch(
         "SELECT record_id, message_id, correlation_id, requester, provider, status FROM provision_records")]
@@ -460,20 +485,22 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         await pool.close()
     dead = [DeadLetterSeen(**{k: v for k, v in dead_letter_info(x).items() if k != "verified"})
             for x in await _records_from(settings, names.rejected, rejected_from)]
+    kept = [(conv(x["correlation_id"], x["participant"]), x["type"], str(x["message_id"])) for x in await conn.fetch(
+        f"SELECT participant, correlation_id, type, message_id FROM {await everywhere(conn, 'client_inbox')} c")]
     return Observations(
-        requests=[Request(e.kind, e.correlation_id, e.answer_type, e.sender, e.outcome) for e in traffic.sent],
-        lookups=list(traffic.lookups), lookup_views=list(views), banks_per_lookup=len(traffic.banks),
+        requests=[Request(e.kind, conv(e.correlation_id, e.sender), e.answer_type, e.sender, e.outcome)
+                  for e in traffic.sent],
+        lookups=[conv(c, "dicj") for c in traffic.lookups], lookup_views=list(views),
+        banks_per_lookup=len(traffic.banks),
         ingress=await wire(names.ingress, INGRESS_PARTITIONS), inboxes=inboxes,
-        client_inbox=[(str(x["correlation_id"]), x["type"], str(x["message_id"])) for x in await conn.fetch(
-            f"SELECT correlation_id, type, message_id FROM {await everywhere(conn, 'client_inbox')} c "
-            "WHERE correlation_id = ANY($1::uuid[])",
-            sorted(ours))],
+        client_inbox=[row for row in kept if row[0] in ours],
         records=records, audit=audit,
-        needing_record={str(x["message_id"]) for x in await conn.fetch(
+        needing_record={str(hub_ids.record_message_id(x["message_id"])) for x in await conn.fetch(
             "SELECT message_id FROM hub_messages WHERE accepted AND type = ANY($1::text[])",
             [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])},
-        lookup_results=[(str(x["correlation_id"]), str(x["message_id"]), x["is_supplement"]) for x in await conn.fetch(
-            "SELECT correlation_id, message_id, is_supplement FROM dicj_lookup_results")],
+        lookup_results=[(conv(x["correlation_id"], "dicj"), str(x["message_id"]), x["is_supplement"])
+                        for x in await conn.fetch("SELECT correlation_id, message_id, is_supplement "
+                                                  "FROM dicj_lookup_results")],
         chains_checked=len(persons), chains_broken=broken, dead_letters=dead,
         accepted_ids={str(x["message_id"]) for x in await conn.fetch(
             "SELECT message_id FROM hub_messages WHERE accepted")},
@@ -626,7 +653,9 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
     finally:
         await dead.stop()
         await delivered.stop()
+    legs = _hub_pseudonyms(s)  # each good one arrives under its leg's own id
     got_ids = {peek(v).message_id for v in delivered.values}
+    good_ids = {legs.leg_message_id(m, "registry") for m in good_ids}
     records = await _records_from(s, names.rejected, rejected_from)
     reasons = Counter(dead_letter_info(x)["reason"] for x in records)
     without_reason = sum(1 for x in records if not dead_letter_info(x)["reason"])

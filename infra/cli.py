@@ -193,15 +193,28 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.demo import run_demo
+    from infra.demo import print_report, run_demo
 
-    report = await run_demo(settings, progress=None if args.json else _console())
-    if args.json:
-        _print_json(report)
-    else:
-        from infra.demo import print_report
+    def show(report: dict[str, Any]) -> None:
+        if args.json:
+            _print_json(report)
+        else:
+            print_report(report, _console())
 
-        print_report(report, _console())
+    async def hold(report: dict[str, Any]) -> None:  # --serve: the report (with the PIN), then run until a signal
+        show(report)
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    serve = getattr(args, "serve", False)
+    report = await run_demo(settings, progress=None if args.json else _console(), hold=hold if serve else None,
+                            portal_port=getattr(args, "portal_port", 0))
+    if not serve:
+        show(report)
     return 0 if report["ok"] else 1
 
 
@@ -331,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
+    demo = add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
+    demo.add_argument("--serve", action="store_true",
+                      help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
+    demo.add_argument("--portal-port", dest="portal_port", type=int, default=0, metavar="P",
+                      help="the demo portal's port (default: a free one)")
     from infra import ops, records_cli
 
     records_cli.register(add)  # renkei records purge
@@ -352,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
     from connectors import channel_key_command
+    from connectors import portal_card_command
     from infra import broker_commands, cluster_commands, db_commands, keycommands
 
     participant_commands.register(add, common)
@@ -361,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     keycommands.register(add, common)  # renkei keys …, renkei participants [list]|suspend|resume
     broker_commands.register(add)
     db_commands.register(add, common)
+    portal_card_command.register()
     cluster_commands.register(add)  # renkei cluster up|down|status, renkei acls [print|apply]
     return parser
 

@@ -16,11 +16,25 @@ Signed data (see docs/security.md for the full layout):
   checks it on ingress, then replaces the subject with the recipient's token;
   the origin signature stays valid and the sender's token never reaches the
   recipient.
+* An envelope that names a procedure or an outcome (envelope schema v2) signs
+  ``H(0x00 | ORIGIN v2 | the same fields | procedure | outcome)`` instead; one
+  that names neither is written as schema v1 with the v1 leaf, byte for byte as
+  before, so old senders and old recipients keep working.
 * hub leaf = ``H(0x00 | HUB | origin leaf | subject | recipient |
-  recipient_key_id | wrap leaf | forwarded_at | hub key id)``.
+  recipient_key_id | wrap leaf | forwarded_at | hub key id)``; for a leg with
+  ids of its own (below), ``H(0x00 | HUB v2 | the same | leg message id |
+  leg correlation id | SHA-256(leg key) | SHA-256(sealed origin))``.
 * Each leaf sits in a Merkle tree (``infra.merkle``) whose root is signed
   with Ed25519 over ``domain | leaf count | root``; one message is a tree of one.
   Verifiers cache verified roots, so a batch costs one signature check.
+
+Unlinkable legs: the hub may forward a leg under a message id and correlation
+id of its own (``LegIds``, chosen by ``streams.gateway`` from hub-only keys), so
+no id on the recipient's inbox equals one on the ingress topic.  The origin's
+ids, procedure and outcome — which the origin signature covers and the
+recipient needs to verify it and to open the body — travel in ``leg``: sealed
+with AES-256-GCM under a leg key the hub HPKE-seals to the recipient's key once
+per key and hour (one public-key operation per recipient, not per leg).
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any, Protocol
@@ -52,8 +66,10 @@ from schemas.types import BODY_SCHEMA
 
 __all__ = [
     "FANOUT",
+    "LEG_KEY_LIFETIME_S",
     "EnvelopeMeta",
     "HubForwarder",
+    "LegIds",
     "MemoryReplayGuard",
     "Message",
     "Opened",
@@ -75,7 +91,9 @@ DEFAULT_MAX_WRAPS = 10_000
 SCHEMA = "envelope"
 
 _ORIGIN = b"renkei envelope origin v1\x00"
+_ORIGIN_V2 = b"renkei envelope origin v2\x00"  # with procedure and outcome
 _HUB = b"renkei envelope hub v1\x00"
+_HUB_V2 = b"renkei envelope hub v2\x00"  # a leg with ids of its own
 _ORIGIN_ROOT = b"renkei batch root origin v1\x00"
 _HUB_ROOT = b"renkei batch root hub v1\x00"
 _SUBJECT = b"renkei subject v1\x00"
@@ -83,6 +101,11 @@ _BODY_INFO = b"renkei body v1\x00"
 _WRAP_INFO = b"renkei wrap v1\x00"
 _WRAP_LEAF = b"renkei wrap leaf v1\x00"
 _DATA_AAD = b"renkei data v1\x00"
+_LEG_KEY_INFO = b"renkei leg key v1\x00"
+_LEG_AAD = b"renkei leg v1\x00"
+LEG_KEY_LIFETIME_S = 3600  # how long the hub seals legs to one recipient key under the same leg key
+_NO_VALUE, _VALUE = b"\x00", b"\x01"
+_LEG_KEYS_CACHED = 256  # leg keys an opener keeps open: one per hub worker, recipient key and hour
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -120,11 +143,17 @@ def _wrap_leaf(wrap: dict) -> bytes:
     )
 
 
+def _opt(value: str | None) -> bytes:
+    return _NO_VALUE if value is None else _VALUE + _lp(value)
+
+
 def _origin_leaf(r: dict, mid: str, cid: str, created: int, expires: int, recipient_binding: bytes) -> bytes:
+    procedure, outcome = r.get("procedure"), r.get("outcome")
+    extra = b"" if procedure is None and outcome is None else _opt(procedure) + _opt(outcome)
     return merkle.leaf_hash(
         b"".join(
             (
-                _ORIGIN,
+                _ORIGIN_V2 if extra else _ORIGIN,
                 _lp(mid),
                 _lp(cid),
                 _lp(r["type"]),
@@ -137,6 +166,7 @@ def _origin_leaf(r: dict, mid: str, cid: str, created: int, expires: int, recipi
                 expires.to_bytes(8, "big", signed=True),
                 _lp(r["sender_key_id"]),
                 sha256(r["body"]).digest(),
+                extra,
             )
         )
     )
@@ -156,10 +186,15 @@ def _fanout_binding(count: int, wraps_root: bytes) -> bytes:
 
 
 def _hub_leaf(origin_leaf: bytes, r: dict, wrap_leaf: bytes, forwarded_at: int, hub_key_id: str) -> bytes:
+    leg = r.get("leg")
+    own_ids = b"" if leg is None else b"".join((
+        _lp(r["message_id"]), _lp(r["correlation_id"]),
+        sha256(leg["leg_key"]).digest(), sha256(leg["sealed_origin"]).digest(),
+    ))
     return merkle.leaf_hash(
         b"".join(
             (
-                _HUB,
+                _HUB_V2 if leg is not None else _HUB,
                 origin_leaf,
                 _lp(r["subject"]),
                 _lp(r["recipient"]),
@@ -167,9 +202,42 @@ def _hub_leaf(origin_leaf: bytes, r: dict, wrap_leaf: bytes, forwarded_at: int, 
                 wrap_leaf,
                 forwarded_at.to_bytes(8, "big", signed=True),
                 _lp(hub_key_id),
+                own_ids,
             )
         )
     )
+
+
+def _leg_key_info(hub_id: str, recipient: str, key_id: str) -> bytes:
+    return _LEG_KEY_INFO + _lp(hub_id) + _lp(recipient) + _lp(key_id)
+
+
+def _leg_aad(r: dict) -> bytes:
+    return (_LEG_AAD + _lp(r["message_id"]) + _lp(r["correlation_id"]) + _lp(r["recipient"])
+            + _lp(r["recipient_key_id"]) + _lp(r["sender"]))
+
+
+def _origin_plaintext(mid: str, cid: str, procedure: str | None, outcome: str | None) -> bytes:
+    # Canonical UUID strings (checked on ingress): their hex is their 16 bytes.
+    return bytes.fromhex(mid.replace("-", "") + cid.replace("-", "")) + _opt(procedure) + _opt(outcome)
+
+
+def _origin_from_plaintext(raw: bytes) -> tuple[str, str, str | None, str | None]:
+    """Inverse of ``_origin_plaintext``; the bytes were authenticated (AES-GCM) under the leg key."""
+    mid, cid = str(uuid.UUID(bytes=raw[:16])), str(uuid.UUID(bytes=raw[16:32]))
+    values: list[str | None] = []
+    at = 32
+    for _ in range(2):
+        if raw[at:at + 1] == _NO_VALUE:
+            values.append(None)
+            at += 1
+        else:
+            n = int.from_bytes(raw[at + 1:at + 5], "big")
+            values.append(raw[at + 5:at + 5 + n].decode())
+            at += 5 + n
+    if at != len(raw):
+        raise ValueError("trailing bytes")
+    return mid, cid, values[0], values[1]
 
 
 def _root_tbs(domain: bytes, count: int, root: bytes) -> bytes:
@@ -214,6 +282,8 @@ class EnvelopeMeta:
     recipient_key_id: str
     recipients: tuple[str, ...] = ()  # fan-out: every recipient with a wrap
     hub_key_id: str | None = None  # set once countersigned by the hub
+    procedure: str | None = None  # the public-benefit procedure the origin signed (infra.procedures)
+    outcome: str | None = None  # what the origin's answer says (provision.response), signed by it
     _handle: Any = field(default=None, repr=False, compare=False)  # verified envelope, for forwarding
 
     @property
@@ -221,13 +291,15 @@ class EnvelopeMeta:
         return bool(self.recipients)
 
     def __repr__(self) -> str:
-        subject = f"{self.subject[:6]}…" if len(self.subject) > 6 else self.subject
+        # No token material at all: even a prefix would let log readers follow one person.
+        subject = "<token>" if self.subject else ""
         extra = f", recipients={len(self.recipients)}" if self.recipients else ""
         hub = f", hub_key_id={self.hub_key_id!r}" if self.hub_key_id else ""
+        procedure = f", procedure={self.procedure!r}" if self.procedure else ""
         return (
             f"EnvelopeMeta(message_id={self.message_id!r}, correlation_id={self.correlation_id!r}, "
             f"type={self.type!r}, sender={self.sender!r}, recipient={self.recipient!r}, subject={subject!r}, "
-            f"data_item={self.data_item!r}, legal_basis={self.legal_basis!r}, "
+            f"data_item={self.data_item!r}, legal_basis={self.legal_basis!r}{procedure}, "
             f"created_at={self.created_at.isoformat()}, expires_at={self.expires_at.isoformat()}{extra}{hub})"
         )
 
@@ -245,18 +317,34 @@ class Opened:
 class _Handle:
     """What ``Verifier.verify`` learned, kept so forwarding need not redo it."""
 
-    __slots__ = ("record", "origin_leaf", "wrap_leaves", "_wrap_paths")
+    __slots__ = ("record", "origin_leaf", "wrap_leaves", "_wrap_paths", "_wrap_index", "_origin_plaintext")
 
     def __init__(self, record: dict, origin_leaf: bytes, wrap_leaves: list[bytes]) -> None:
         self.record = record
         self.origin_leaf = origin_leaf
         self.wrap_leaves = wrap_leaves
         self._wrap_paths: list[list[bytes]] | None = None
+        self._wrap_index: dict[str, int] | None = None
+        self._origin_plaintext: bytes | None = None
 
     def wrap_path(self, index: int) -> list[bytes]:
         if self._wrap_paths is None:
             self._wrap_paths = merkle.build(self.wrap_leaves)[1]
         return self._wrap_paths[index]
+
+    def wrap_index(self, recipient: str | None) -> int | None:
+        """Where ``recipient``'s wrap sits (one dict, not a scan per leg: a fan-out to 1,000 banks)."""
+        if self._wrap_index is None:
+            self._wrap_index = {w["recipient"]: i for i, w in enumerate(self.record["wraps"])}
+        return self._wrap_index.get(recipient) if recipient is not None else None
+
+    def origin_plaintext(self) -> bytes:
+        """The origin's ids, procedure and outcome as sealed in each of its legs (built once per message)."""
+        if self._origin_plaintext is None:
+            r = self.record
+            self._origin_plaintext = _origin_plaintext(r["message_id"], r["correlation_id"], r["procedure"],
+                                                       r["outcome"])
+        return self._origin_plaintext
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -267,18 +355,26 @@ def _strip_logical_types(schema: Any) -> Any:
     return schema
 
 
+_V2_FIELDS = ("procedure", "outcome", "leg")  # what envelope v2 adds; None in every v1 record
+
+
 class _EnvelopeCodec:
-    """The hot path for the latest envelope version: same bytes as ``codec``, no logical-type objects.
+    """The hot path for envelope v1 and v2: same bytes as ``codec``, no logical-type objects.
 
     Timestamps stay epoch milliseconds and UUIDs strings (the signed digests
     need exactly those), and the record is not re-validated: only this module
-    builds envelope records. Other envelope versions go through ``codec``.
+    builds envelope records.  A record that uses none of v2's fields is written
+    as v1 (what every sender wrote before v2: byte-identical, readable by old
+    recipients); decoded records always carry v2's fields (None when absent).
+    Other envelope versions go through ``codec``.
     """
 
     def __init__(self) -> None:
-        latest = catalogue().latest[SCHEMA]
-        self.header = SINGLE_OBJECT_MARKER + latest.fingerprint
-        self.schema = fastavro.parse_schema(_strip_logical_types(latest.source), named_schemas={})
+        v1, v2 = catalogue().by_name[SCHEMA][1], catalogue().by_name[SCHEMA][2]
+        self.header_v1 = SINGLE_OBJECT_MARKER + v1.fingerprint
+        self.header = SINGLE_OBJECT_MARKER + v2.fingerprint
+        self.schema_v1 = fastavro.parse_schema(_strip_logical_types(v1.source), named_schemas={})
+        self.schema = fastavro.parse_schema(_strip_logical_types(v2.source), named_schemas={})
         self._caps: dict[tuple[bytes, int], ArrayCaps] = {}
 
     def check_caps(self, data: bytes, fingerprint: bytes, max_wraps: int) -> None:
@@ -303,16 +399,19 @@ class _EnvelopeCodec:
 
     def encode(self, record: dict) -> bytes:
         # Name the union branch (fastavro tuple notation): otherwise it validates every branch, ~15 µs.
-        cs, wp = record["countersignature"], record["wrap_proof"]
-        if cs is not None or wp is not None:
+        cs, wp, leg = record["countersignature"], record["wrap_proof"], record.get("leg")
+        if cs is not None or wp is not None or leg is not None:
             record = dict(record)
             if cs is not None:
                 record["countersignature"] = ("renkei.HubCountersignature", cs)
             if wp is not None:
                 record["wrap_proof"] = ("renkei.MerkleProof", wp)
+            if leg is not None:
+                record["leg"] = ("renkei.ForwardedLeg", leg)
+        v2 = leg is not None or record.get("procedure") is not None or record.get("outcome") is not None
         buffer = io.BytesIO()
-        buffer.write(self.header)
-        fastavro.schemaless_writer(buffer, self.schema, record)
+        buffer.write(self.header if v2 else self.header_v1)
+        fastavro.schemaless_writer(buffer, self.schema if v2 else self.schema_v1, record)
         return buffer.getvalue()
 
     def decode(self, data: bytes, max_bytes: int, max_wraps: int = DEFAULT_MAX_WRAPS) -> dict:
@@ -323,16 +422,23 @@ class _EnvelopeCodec:
             raise _reject(Reason.OVERSIZE, f"envelope is {len(data)} bytes, maximum is {max_bytes}")
         if data[:2] == SINGLE_OBJECT_MARKER:
             self.check_caps(data, data[2:10], max_wraps)
-        if data[:10] != self.header:
+        header = data[:10]
+        if header == self.header:
+            schema = self.schema
+        elif header == self.header_v1:
+            schema = self.schema_v1
+        else:
             return self._decode_other_version(data, max_bytes)
         buffer = io.BytesIO(data)
         buffer.seek(10)
         try:
-            record = fastavro.schemaless_reader(buffer, self.schema, None)
+            record = fastavro.schemaless_reader(buffer, schema, None)
         except Exception:  # hostile bytes raise many types; some carry the data, so never chain
             raise _reject(Reason.MALFORMED, "envelope: body is not a valid envelope record") from None
         if buffer.tell() != len(data):
             raise _reject(Reason.MALFORMED, "envelope: trailing bytes after the record")
+        if schema is self.schema_v1:
+            record.update(dict.fromkeys(_V2_FIELDS))
         return record
 
     @staticmethod
@@ -387,6 +493,8 @@ def _meta(r: dict, handle: _Handle | None = None) -> EnvelopeMeta:
         recipient_key_id=r["recipient_key_id"],
         recipients=tuple(w["recipient"] for w in r["wraps"]) if r["recipient"] == FANOUT else (),
         hub_key_id=countersignature["key_id"] if countersignature else None,
+        procedure=r["procedure"],
+        outcome=r["outcome"],
         _handle=handle,
     )
 
@@ -445,6 +553,8 @@ class Message:
     correlation_id: str | None = None
     ttl_s: int = DEFAULT_TTL_S
     message_id: str | None = None  # None = a fresh random id; set for a reply that must be the same when re-sealed
+    procedure: str | None = None  # the public-benefit procedure it serves (signed; the hub checks entitlement)
+    outcome: str | None = None  # what an answer says, for the provision record (signed; see docs/security.md)
 
 
 class Sealer:
@@ -466,11 +576,14 @@ class Sealer:
         basis: str,
         correlation_id: str | None = None,
         ttl_s: int = DEFAULT_TTL_S,
+        procedure: str | None = None,
+        outcome: str | None = None,
     ) -> bytes:
         """One envelope to ``to``, signed on its own."""
         if not isinstance(to, str):
             raise TypeError("seal() takes one recipient; use seal_multi() for a fan-out")
-        return self.seal_batch([Message(body, type, to, subject, data_item, basis, correlation_id, ttl_s)])[0]
+        return self.seal_batch([Message(body, type, to, subject, data_item, basis, correlation_id, ttl_s,
+                                        procedure=procedure, outcome=outcome)])[0]
 
     def seal_multi(
         self,
@@ -500,6 +613,8 @@ class Sealer:
         for m in messages:
             if not 0 < m.ttl_s <= MAX_TTL_S:
                 raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}]")
+            if not all(v is None or (isinstance(v, str) and v) for v in (m.procedure, m.outcome)):
+                raise ValueError("procedure and outcome must be None or a non-empty string")
             if not isinstance(m.to, str) and (
                 not m.to or len(set(m.to)) != len(m.to) or FANOUT in m.to or not all(isinstance(t, str) for t in m.to)
             ):
@@ -521,6 +636,9 @@ class Sealer:
                 "sender_key_id": key_id,
                 "wrap_proof": None,
                 "countersignature": None,
+                "procedure": m.procedure,
+                "outcome": m.outcome,
+                "leg": None,
             }
             if isinstance(m.to, str):
                 rk = self._directory.encryption_key(m.to)
@@ -593,7 +711,7 @@ class Verifier:
         ``replay_guard`` the message id is also checked and remembered.
         """
         r = _decode(data, self.max_bytes, self.max_wraps)
-        if r["countersignature"] is not None:
+        if r["countersignature"] is not None or r["leg"] is not None:
             raise _reject(Reason.MALFORMED, "envelope is already countersigned; only origin envelopes enter the hub")
         if r["wrap_proof"] is not None:
             raise _reject(Reason.MALFORMED, "a fan-out envelope entering the hub must carry every wrap")
@@ -750,6 +868,7 @@ class Opener:
         self._keyset = keyset
         self._guard = replay_guard
         self._participants = participants
+        self._leg_keys: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
         self._hub_id = hub_id
         self._require_cs = require_countersignature
         self._verifier = Verifier(
@@ -765,7 +884,8 @@ class Opener:
     def open(self, data: bytes) -> Opened:
         v = self._verifier
         r = _decode(data, v.max_bytes, v.max_wraps)
-        handle = v._check_origin(r)
+        origin = self._origin_of_leg(r) if r["leg"] is not None else r
+        handle = v._check_origin(origin)
         if r["countersignature"] is not None:
             v._check_countersignature(r, handle)
         elif self._require_cs and r["sender"] != self._hub_id:
@@ -777,7 +897,7 @@ class Opener:
         if r["recipient"] != me:
             raise _reject(Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
         schema = _body_schema(r["type"])
-        mid, type_, sender = r["message_id"], r["type"], r["sender"]
+        mid, type_, sender = origin["message_id"], r["type"], r["sender"]  # the body is bound to the origin's id
         refused = senders.refusal(type_, sender, me, self._participants, hub_id=self._hub_id)
         if refused is not None:
             raise _reject(*refused)
@@ -801,12 +921,60 @@ class Opener:
             body = codec.decode(plaintext, schema, max_size=v.max_bytes)
         except CodecError as exc:
             raise _reject(exc.reason, f"body: {exc.message}") from None
-        if not self._guard.check_and_remember(mid):
+        if not self._guard.check_and_remember(r["message_id"]):  # the id we know it by: a leg's own
             raise _reject(Reason.REPLAYED, "message id was seen before")
-        return Opened(_meta(r), body)
+        meta = _meta(r)
+        if origin is not r:  # the signed procedure and outcome, as sealed in the leg
+            meta = replace(meta, procedure=origin["procedure"], outcome=origin["outcome"])
+        return Opened(meta, body)
+
+    def _origin_of_leg(self, r: dict) -> dict:
+        """The envelope as its origin signed it, from a leg the hub forwarded under ids of its own.
+
+        The leg key is HPKE-sealed to our key and opened once (cached); anyone could seal one to us,
+        so nothing here is trusted until the origin signature AND the hub's countersignature (which
+        binds the leg's ids and sealed bytes) verify over what it yields.
+        """
+        if r["countersignature"] is None:
+            raise _reject(Reason.BAD_SIGNATURE, "a forwarded leg must carry the hub's countersignature")
+        if not (_UUID.fullmatch(r["message_id"]) and _UUID.fullmatch(r["correlation_id"])):
+            raise _reject(Reason.MALFORMED, "message_id and correlation_id must be canonical lowercase UUIDs")
+        if r["procedure"] is not None or r["outcome"] is not None:  # only sealed in the leg, never beside it
+            raise _reject(Reason.MALFORMED, "a forwarded leg carries its procedure and outcome sealed, not in the clear")
+        me = self._keyset.participant_id
+        if r["recipient"] != me:  # the leg is sealed to its recipient: say so rather than UNDECRYPTABLE
+            raise _reject(Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
+        leg = r["leg"]
+        cache_key = (r["recipient_key_id"], leg["leg_key"])
+        aead = self._leg_keys.get(cache_key)
+        if aead is None:
+            raw = self._keyset.decrypt(r["recipient_key_id"], leg["leg_key"],
+                                       _leg_key_info(self._hub_id, me, r["recipient_key_id"]))
+            if len(raw) != 32:
+                raise _reject(Reason.UNDECRYPTABLE, "the leg key is not a 32-byte key")
+            aead = AESGCM(raw)
+            self._leg_keys[cache_key] = aead
+            if len(self._leg_keys) > _LEG_KEYS_CACHED:
+                self._leg_keys.popitem(last=False)
+        else:
+            self._leg_keys.move_to_end(cache_key)
+        sealed = leg["sealed_origin"]
+        try:
+            mid, cid, procedure, outcome = _origin_from_plaintext(aead.decrypt(sealed[:12], sealed[12:], _leg_aad(r)))
+        except (InvalidTag, ValueError, UnicodeDecodeError):
+            raise _reject(Reason.UNDECRYPTABLE, "the leg's sealed origin does not open under its leg key") from None
+        return {**r, "message_id": mid, "correlation_id": cid, "procedure": procedure, "outcome": outcome}
 
 
 # --------------------------------------------------------------------------- hub forwarding
+
+
+@dataclass(frozen=True, slots=True)
+class LegIds:
+    """The ids a forwarded leg carries instead of the origin's (chosen by the hub: ``infra.pseudonyms``)."""
+
+    message_id: str
+    correlation_id: str
 
 
 class HubForwarder:
@@ -814,23 +982,31 @@ class HubForwarder:
 
     The hub never holds a body key. ``forward`` takes the ``EnvelopeMeta`` that
     ``Verifier.verify`` returned (or raw bytes, verified here first), the
-    subject token translated into the recipient's token space, and for a
-    fan-out the one recipient this copy is for.
+    subject token translated into the recipient's token space, for a fan-out
+    the one recipient this copy is for, and optionally the leg's own ids
+    (:class:`LegIds`): the origin's ids, procedure and outcome are then sealed
+    to the recipient in the leg (see the module docstring).
     """
 
     def __init__(
         self, hub_keyset: Keyset, directory: KeyDirectory, *, clock: Callable[[], float] = time.time, **verifier_options
     ) -> None:
         self._keyset = hub_keyset
+        self._directory = directory
         self._clock = clock
         self.verifier = Verifier(directory, hub_id=hub_keyset.participant_id, clock=clock, **verifier_options)
+        # (recipient, key id) -> (sealed at, leg key, its HPKE ciphertext to that key)
+        self._leg_keys: dict[tuple[str, str], tuple[float, AESGCM, bytes]] = {}
 
-    def forward(self, envelope: EnvelopeMeta | bytes, new_subject: str, *, recipient: str | None = None) -> bytes:
+    def forward(self, envelope: EnvelopeMeta | bytes, new_subject: str, *, recipient: str | None = None,
+                leg: LegIds | None = None) -> bytes:
         """One forwarded envelope, countersigned on its own."""
-        return self.forward_batch([(envelope, new_subject, recipient)])[0]
+        return self.forward_batch([(envelope, new_subject, recipient, leg)])[0]
 
     def forward_batch(
-        self, items: Sequence[tuple[EnvelopeMeta | bytes, str] | tuple[EnvelopeMeta | bytes, str, str | None]]
+        self,
+        items: Sequence[tuple[EnvelopeMeta | bytes, str] | tuple[EnvelopeMeta | bytes, str, str | None]
+                        | tuple[EnvelopeMeta | bytes, str, str | None, LegIds | None]],
     ) -> list[bytes]:
         """Forward many envelopes under ONE countersignature over the Merkle root of their hub digests."""
         if not items:
@@ -841,6 +1017,7 @@ class HubForwarder:
         for item in items:
             envelope, new_subject = item[0], item[1]
             recipient = item[2] if len(item) > 2 else None
+            leg = item[3] if len(item) > 3 else None
             meta = self.verifier.verify(envelope) if isinstance(envelope, (bytes, bytearray)) else envelope
             handle = meta._handle
             if not isinstance(handle, _Handle):
@@ -850,7 +1027,7 @@ class HubForwarder:
             r["subject"] = new_subject
             wrap_leaf = b""
             if src["wraps"]:
-                index = next((i for i, w in enumerate(src["wraps"]) if w["recipient"] == recipient), None)
+                index = handle.wrap_index(recipient)
                 if index is None:
                     raise ValueError("forward() of a fan-out needs recipient= one of its wrap recipients")
                 w = src["wraps"][index]
@@ -863,9 +1040,43 @@ class HubForwarder:
                 wrap_leaf = handle.wrap_leaves[index]
             elif recipient is not None and recipient != src["recipient"]:
                 raise ValueError("recipient= differs from the envelope's recipient")
+            if leg is not None:
+                self._seal_leg(r, handle, leg)
             r["countersignature"] = {"key_id": key_id, "forwarded_at": forwarded_at, "signature": None}
             records.append(r)
             leaves.append(_hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, key_id))
         for r, signature in zip(records, _tree_signatures(self._keyset, _HUB_ROOT, leaves), strict=True):
             r["countersignature"]["signature"] = signature
         return [_encode(r) for r in records]
+
+    def _seal_leg(self, r: dict, handle: _Handle, leg: LegIds) -> None:
+        """Give ``r`` the leg's own ids and seal the origin's ids, procedure and outcome to its recipient."""
+        if not (_UUID.fullmatch(leg.message_id) and _UUID.fullmatch(leg.correlation_id)):
+            raise ValueError("leg ids must be canonical lowercase UUIDs")
+        r["message_id"], r["correlation_id"] = leg.message_id, leg.correlation_id
+        r["procedure"] = r["outcome"] = None
+        aead, sealed_key = self._leg_key(r["recipient"], r["recipient_key_id"])
+        nonce = secrets.token_bytes(12)
+        r["leg"] = {"leg_key": sealed_key,
+                    "sealed_origin": nonce + aead.encrypt(nonce, handle.origin_plaintext(), _leg_aad(r))}
+
+    def _leg_key(self, recipient: str, key_id: str) -> tuple[AESGCM, bytes]:
+        """The leg key for one recipient key: HPKE-sealed once, reused for ``LEG_KEY_LIFETIME_S``.
+
+        One public-key operation per recipient key and hour instead of one per leg (a lookup to
+        1,000 banks would otherwise pay 1,000 HPKE seals).  The sealed key is the same on every leg
+        to that key, which joins nothing a reader of that one inbox could not join already.
+        """
+        now = self._clock()
+        cached = self._leg_keys.get((recipient, key_id))
+        if cached is not None and now - cached[0] < LEG_KEY_LIFETIME_S:
+            return cached[1], cached[2]
+        raw = AESGCM.generate_key(bit_length=256)
+        sealed_at = int(now * 1000)
+        public = self._directory.recipient_key(key_id, sealed_at=sealed_at)
+        if public.participant_id != recipient:
+            raise ValueError("the recipient key does not belong to the recipient")
+        sealed = public.seal(raw, _leg_key_info(self._keyset.participant_id, recipient, key_id))
+        aead = AESGCM(raw)
+        self._leg_keys[(recipient, key_id)] = (now, aead, sealed)
+        return aead, sealed

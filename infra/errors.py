@@ -32,7 +32,18 @@ class Reason(str, Enum):
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug in the processor; dead-lettered so the partition moves on
     SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"  # this sender may not send this type to this recipient (infra.senders)
     UNSOLICITED = "UNSOLICITED"  # an answer from a participant that was not asked
-    RATE_LIMITED = "RATE_LIMITED"  # the sender exceeded its message rate at the hub
+    RATE_LIMITED = "RATE_LIMITED"  # the sender exceeded its message rate at the hub (or a client its login failures)
+    UNKNOWN_PROCEDURE = "UNKNOWN_PROCEDURE"  # no procedure named, or one not in the catalogue (infra.procedures)
+    PROCEDURE_NOT_ALLOWED = "PROCEDURE_NOT_ALLOWED"  # the agency is not entitled to the procedure it names
+    # The portal's card login (connectors.portal_cards): the person acts with a card and a PIN.
+    WRONG_PIN = "WRONG_PIN"  # card id or PIN is wrong (an unknown card answers the same)
+    CARD_LOCKED = "CARD_LOCKED"  # too many wrong PINs (or locked by the issuer): unlocked at the counter only
+    CARD_SUSPENDED = "CARD_SUSPENDED"  # reported lost: every session ended, unusable until unlocked at the counter
+    LOGIN_REQUIRED = "LOGIN_REQUIRED"  # no session, or it expired (idle or absolute limit)
+    CSRF_REJECTED = "CSRF_REJECTED"  # a state-changing request without this session's token, or from another origin
+    CARD_EXISTS = "CARD_EXISTS"  # a card with this id was issued already
+    UNKNOWN_CARD = "UNKNOWN_CARD"  # the issuer named a card that was never issued (ops commands only)
+    NOT_CARD_HOLDER = "NOT_CARD_HOLDER"  # the My Number shown at the counter is not the card holder's
 
 
 class RenkeiError(Exception):
@@ -82,4 +93,5 @@ class EnvelopeRejection(Rejection):
 
 
 class PolicyDenied(Rejection):
-    """The default-deny policy refused the combination (UNAUTHORISED, SUSPENDED, UNKNOWN_PARTICIPANT)."""
+    """The default-deny policy refused the combination (UNAUTHORISED, SUSPENDED, UNKNOWN_PARTICIPANT,
+    UNKNOWN_PROCEDURE, PROCEDURE_NOT_ALLOWED)."""

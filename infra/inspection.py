@@ -1,10 +1,12 @@
 """``renkei inspect``: what is on a topic, as envelope metadata only.
 
 Each record shows its position, sizes, ``renkei.*`` headers and, through
-``infra.envelope.peek`` (no keys, no verification), the routing fields. The
-subject token is cut to a few characters, the Kafka key (the subject token
-again) is shown only by length, and body bytes are never shown: only their
-size. Records that are not envelopes say ``decodable: false`` and why.
+``infra.envelope.peek`` (no keys, no verification), the routing fields. No
+token material at all: the subject shows only whether there is one, the Kafka
+key (the subject token again, or a pseudonym) only its length; body bytes are
+never shown, only their size, and neither is an answer's outcome. A leg the hub
+forwarded under ids of its own says ``forwarded_leg: true``. Records that are
+not envelopes say ``decodable: false`` and why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from infra.errors import ConfigError, Rejection
 from infra.ops import (emit, high_watermarks, iso, partitions_of, read_range, renkei_headers, scan_consumer,
-                       short_subject)
+                       subject_shown)
 from infra.settings import Settings
 
 
@@ -46,9 +48,10 @@ def describe_record(record: Any) -> dict[str, Any]:
         "sender": meta.sender,
         "recipient": meta.recipient,
         "recipients": list(meta.recipients),
-        "subject": short_subject(meta.subject),
+        "subject": subject_shown(meta.subject),
         "data_item": meta.data_item,
         "legal_basis": meta.legal_basis,
+        "procedure": meta.procedure,
         "created_at": meta.created_at.isoformat(),
         "expires_at": meta.expires_at.isoformat(),
         "sender_key_id": meta.sender_key_id,
@@ -56,6 +59,7 @@ def describe_record(record: Any) -> dict[str, Any]:
         "wrap_key_ids": [w["recipient_key_id"] for w in raw.get("wraps") or ()],
         "hub_key_id": meta.hub_key_id,
         "countersigned": meta.hub_key_id is not None,
+        "forwarded_leg": raw.get("leg") is not None,
         "body_bytes": len(raw["body"]),
     }
     return out

@@ -339,8 +339,14 @@ def _argfile_quote(arg: str) -> str:
 
 
 def new_cluster_id() -> str:
-    """A cluster id as Kafka writes them (``kafka-storage.sh random-uuid``): 16 random bytes, base64url."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A cluster id as Kafka writes them (``kafka-storage.sh random-uuid``): 16 random bytes, base64url.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with ``-``: the storage tool would read
+    ``--cluster-id -xyz…`` as a missing argument and refuse to format (one start in 64 failed that way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def formatted_cluster_id(data_dir: Path) -> str | None:

@@ -2,7 +2,8 @@
 
 The tools (``infra.inspection``, ``infra.lag``, ``infra.dlq``, ``infra.replay``)
 read envelope metadata only, never a body, and never load a keyset: an ops
-team needs no participant's private key and sees no personal data.
+team needs no participant's private key and sees no personal data — and no
+token material either (not even a prefix: it would join one person's tokens).
 
 Every scan filters by the *record* timestamp itself. On Apache Kafka the high
 watermark is ``end_offsets`` and ``offsets_for_times`` finds where a window
@@ -40,7 +41,6 @@ DEFAULT_SKEW_MS = 5 * 60 * 1000
 """How far a producer's clock may run ahead of the broker's store time (seek hint margin)."""
 
 FETCH_TIMEOUT_S = 15.0
-SUBJECT_SHOWN = 6
 
 
 def ops_audit_topic(prefix: str) -> str:
@@ -127,9 +127,13 @@ def classify(window: Window, timestamp_ms: int, offset: int, skew_ms: int = DEFA
 # --------------------------------------------------------------------------- safe rendering
 
 
-def short_subject(subject: str) -> str:
-    """A subject token cut to its first characters: enough to tell two apart, not to use one."""
-    return f"{subject[:SUBJECT_SHOWN]}…" if len(subject) > SUBJECT_SHOWN else subject
+def subject_shown(subject: str) -> str:
+    """What ops tools show of a subject token: whether there is one, nothing of it.
+
+    Even a prefix of a token is a handle on one person: two records with the same prefix on the
+    ingress topic and an inbox would join that person's tokens of two participants.
+    """
+    return "present" if subject else "none"
 
 
 def renkei_headers(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -35,6 +35,11 @@ class Participant:
     bank_code: str | None = None
     suspended: bool = False
     participating: bool = True  # banks: part of lookup fan-outs
+    name_ja: str | None = None  # the name a person reads on the portal in Japanese (None: ``name``)
+
+    def display_name(self, lang: str) -> str:
+        """The name to show a person reading in ``lang`` (``ja`` or ``en``)."""
+        return (self.name_ja or self.name) if lang == "ja" else self.name
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -112,6 +117,7 @@ def load_participants(path: Path | None = None, *, banks: int | None = None) -> 
             id=_validate_id(raw.get("id")), kind=kind, name=str(raw.get("name", raw.get("id"))),
             bank_code=code, suspended=bool(raw.get("suspended", False)),
             participating=bool(raw.get("participating", True)),
+            name_ja=str(raw["name_ja"]) if raw.get("name_ja") else None,
         ))
     generated = data.get("banks", {})
     count = banks if banks is not None else int(generated.get("count", 0))
@@ -120,5 +126,6 @@ def load_participants(path: Path | None = None, *, banks: int | None = None) -> 
         raise ConfigError("participants: generated bank codes would exceed 9999; lower code_start")
     for n in range(count):
         code = f"{start + n:04d}"
-        items.append(Participant(id=f"bank-{code}", kind=Kind.BANK, name=f"Demo Bank {code}", bank_code=code))
+        items.append(Participant(id=f"bank-{code}", kind=Kind.BANK, name=f"Demo Bank {code}", bank_code=code,
+                                 name_ja=f"デモ銀行 {code}"))
     return Participants(items)

@@ -6,13 +6,20 @@ refused with a :class:`~infra.errors.PolicyDenied` carrying a stable reason:
 
 - ``UNKNOWN_PARTICIPANT`` — sender or recipient is not registered;
 - ``SUSPENDED`` — sender or recipient is suspended (checked before the rules);
-- ``UNAUTHORISED`` — no rule matches.
+- ``UNAUTHORISED`` — no rule matches;
+- ``UNKNOWN_PROCEDURE`` / ``PROCEDURE_NOT_ALLOWED`` — the matching rule says
+  ``procedure = true`` (STEP2) and the message names no catalogued
+  public-benefit procedure, or one its agency is not entitled to
+  (:mod:`infra.procedures`); a message whose rule takes no procedure and
+  names one anyway is refused ``PROCEDURE_NOT_ALLOWED``.
 
 A rule names its sender and recipient as a participant id, ``kind:<kind>`` or
 ``*`` (any participant). The most specific match wins (id, then kind, then
 ``*``). A rule also says whether the message produces a provision record
 (情報提供等記録), whether that record is withheld from the person (不開示), and
-which side of the record the sender is (requester or provider).
+which side of the record the sender is (requester or provider), and whether
+the message must name the public-benefit procedure it serves — checked
+against the record's requester (the agency), whichever way the message goes.
 
 The hub calls :meth:`Policy.authorise` for every message: rules are indexed by
 their full key at load time, so a decision is at most nine dict look-ups (plus
@@ -21,14 +28,15 @@ two for suspension, which follows the key directory: :meth:`Policy.follow`).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from infra.config_files import entry_label, read_toml
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
+from infra.procedures import Procedure, Procedures
 from schemas.types import MESSAGE_TYPES
 
 DEFAULT_FILE = Path(__file__).with_name("policy.toml")
@@ -60,10 +68,11 @@ DATA_DEPOSIT_ACCOUNT_NUMBERING: Final = "deposit_account_numbering"  # 預貯金
 DATA_DEPOSIT_ACCOUNT_HOLDINGS: Final = "deposit_account_holdings"  # which banks hold accounts
 DATA_PERSON_TOKEN: Final = "person_token"  # 符号
 DATA_NONE: Final = "none"  # the message carries no personal data item (rejection notices)
+DATA_PERSON_NOTICE: Final = "person_notice"  # お知らせ: what the platform did about the person, told to them
 
 DATA_ITEMS: Final = frozenset({
     DATA_PUBLIC_FUNDS_ACCOUNT, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
-    DATA_PERSON_TOKEN, DATA_NONE,
+    DATA_PERSON_TOKEN, DATA_NONE, DATA_PERSON_NOTICE,
 })
 
 ANY: Final = "*"
@@ -86,6 +95,7 @@ class Rule:
     records: bool
     not_disclosed: bool = False
     sender_role: SenderRole = "requester"
+    procedure: bool = False  # the message must name a catalogued procedure its requester is entitled to
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +106,19 @@ class Decision:
     records: bool  # the message produces a provision record
     not_disclosed: bool  # that record is withheld from the person (不開示)
     sender_role: SenderRole = "requester"  # the sender is the record's requester or provider
+    procedure: Procedure | None = None  # the public-benefit procedure the message serves (rules with procedure)
 
 
 class Policy:
-    """Default-deny rules plus the live suspension list. Build with :meth:`load`."""
+    """Default-deny rules, the catalogue of procedures and the live suspension list. Build with :meth:`load`."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], procedures: Procedures | None = None) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        self.procedures = procedures if procedures is not None else Procedures.load()
         self._index: dict[tuple[str, str, str, str, str], Decision] = {}
+        self._needs_procedure: set[str] = set()  # rule ids
+        # (rule id, requester id, procedure code) -> Decision: the catalogue does not change while loaded
+        self._entitled: dict[tuple[str, str, str | None], Decision] = {}
         ids: set[str] = set()
         for rule in self.rules:
             _check_rule(rule)
@@ -111,6 +126,8 @@ class Policy:
                 raise ConfigError(f"policy: duplicate rule id {rule.id!r}")
             ids.add(rule.id)
             decision = Decision(rule.id, rule.records, rule.not_disclosed, rule.sender_role)
+            if rule.procedure:
+                self._needs_procedure.add(rule.id)
             for basis in rule.bases:
                 key = (rule.type, rule.sender, rule.recipient, rule.data_item, basis)
                 other = self._index.get(key)
@@ -123,17 +140,11 @@ class Policy:
         self._published: Mapping[str, bool] = {}
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Policy:
-        """Load the rules file (``infra/policy.toml`` beside this module by default)."""
-        path = path or DEFAULT_FILE
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"policy file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-        return cls(_parse_rule(raw) for raw in data.get("rule", []))
+    def load(cls, path: Path | None = None, *, procedures: Path | None = None) -> Policy:
+        """Load the rules file (``infra/policy.toml`` beside this module by default) and the procedures catalogue
+        (``infra/procedures.toml`` by default)."""
+        data = read_toml(path or DEFAULT_FILE, "policy file")
+        return cls((_parse_rule(raw) for raw in data.get("rule", [])), Procedures.load(procedures))
 
     # --- suspension (immediate, no reload) ---------------------------------
     #
@@ -175,8 +186,13 @@ class Policy:
         type: str,  # noqa: A002 - the envelope's field name
         data_item: str,
         basis: str,
+        procedure: str | None = None,
     ) -> Decision:
-        """The :class:`Decision` for this message, or :class:`PolicyDenied`."""
+        """The :class:`Decision` for this message, or :class:`PolicyDenied`.
+
+        ``procedure`` is the code of the public-benefit procedure the envelope's signed metadata
+        names (None: none).
+        """
         if sender is None:
             raise PolicyDenied(Reason.UNKNOWN_PARTICIPANT, "sender is not a registered participant")
         if recipient is None:
@@ -190,6 +206,19 @@ class Policy:
             for r in (recipient.id, _KIND_SPEC[recipient.kind], ANY):
                 decision = index.get((type, s, r, data_item, basis))
                 if decision is not None:
+                    if decision.rule_id in self._needs_procedure:
+                        requester = sender if decision.sender_role == "requester" else recipient
+                        key = (decision.rule_id, requester.id, procedure)
+                        entitled = self._entitled.get(key)
+                        if entitled is None:  # refusals raise here and are never cached
+                            entitled = _with(decision, self.procedures.check(procedure, requester))
+                            if len(self._entitled) < _ENTITLED_CACHED:
+                                self._entitled[key] = entitled
+                        return entitled
+                    if procedure is not None:
+                        raise PolicyDenied(Reason.PROCEDURE_NOT_ALLOWED,
+                                           f"{type} under rule {decision.rule_id} names no procedure; "
+                                           "this message may not carry one")
                     return decision
         # Name the combination (ids, type, item, basis are metadata, never personal data).
         raise PolicyDenied(
@@ -199,20 +228,21 @@ class Policy:
         )
 
 
+_ENTITLED_CACHED = 65_536
+
+
+def _with(decision: Decision, procedure: Procedure) -> Decision:
+    return Decision(decision.rule_id, decision.records, decision.not_disclosed, decision.sender_role, procedure)
+
+
 # --- loading -----------------------------------------------------------------
 
 _RULE_KEYS = {"id", "sender", "recipient", "type", "data_item", "bases", "records",
-              "not_disclosed", "sender_role"}
+              "not_disclosed", "sender_role", "procedure"}
 
 
 def _parse_rule(raw: Any) -> Rule:
-    if not isinstance(raw, dict):
-        raise ConfigError("policy: every [[rule]] must be a table")
-    rid = raw.get("id")
-    label = f"policy rule {rid!r}"
-    unknown = sorted(set(raw) - _RULE_KEYS)
-    if unknown:
-        raise ConfigError(f"{label}: unknown keys {', '.join(unknown)}")
+    label = entry_label(raw, file="policy", table="rule", label="policy rule", name="id", allowed=_RULE_KEYS)
     for key in ("id", "sender", "recipient", "type", "data_item"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{label}: {key} must be a non-empty string")
@@ -227,10 +257,13 @@ def _parse_rule(raw: Any) -> Rule:
     role = raw.get("sender_role", "requester")
     if role not in ("requester", "provider"):
         raise ConfigError(f"{label}: sender_role must be 'requester' or 'provider'")
+    procedure = raw.get("procedure", False)
+    if not isinstance(procedure, bool):
+        raise ConfigError(f"{label}: procedure must be true or false")
     return Rule(
         id=raw["id"], sender=raw["sender"], recipient=raw["recipient"], type=raw["type"],
         data_item=raw["data_item"], bases=tuple(bases), records=raw["records"],
-        not_disclosed=not_disclosed, sender_role=role,
+        not_disclosed=not_disclosed, sender_role=role, procedure=procedure,
     )
 
 

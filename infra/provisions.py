@@ -2,9 +2,12 @@
 
 Every inquiry and provision the policy marks ``records`` produces one
 :class:`ProvisionRecord`: who asked whom for which data item, under which
-legal basis, when, and whether it is withheld from the person (不開示). The
-records of one person (keyed by their token in the portal's token space) form
-a chain: record ``n`` carries ``seq = n``, the hash of record ``n - 1`` as
+legal basis and for which public-benefit procedure (and so which purpose),
+when, what came of it (``PROVIDED``, ``NOT_REGISTERED``, ``BLOCKED`` …, as the
+answering participant stated it in its signed envelope), and whether it is
+withheld from the person (不開示). The records of one person (keyed by their
+token in the portal's token space) form a chain: record ``n`` carries
+``seq = n``, the hash of record ``n - 1`` as
 ``prev_hash`` (32 zero bytes for the first) and
 
     hash = SHA-256(prev_hash || canonical_bytes(record))
@@ -12,6 +15,14 @@ a chain: record ``n`` carries ``seq = n``, the hash of record ``n - 1`` as
 so deleting, inserting or altering a record is detected by
 :meth:`ProvisionStore.verify_chain`. ``provision_chain_heads`` holds each
 person's last seq and hash, so deleting the tail is detected too.
+
+Records name the person twice: by the portal token (the chain's key in the
+database, which the portal reads by) and, from canonical encoding v2, by a
+hub-only pseudonym (``person``, :mod:`infra.pseudonyms`) that the hash covers
+instead of the token — so what the hub publishes on the audit topic (keyed by
+the pseudonym, with no token) can be re-hashed by an auditor, and joins nothing
+on the participants' topics.  Records written before v2 (no ``person``) keep
+their v1 encoding and verify as before.
 
 Against whoever runs the database (who could rewrite a chain *and* its head),
 every head a batch moves is sealed by the hub's records key
@@ -51,7 +62,9 @@ __all__ = [
     "ANCHOR_DOMAIN",
     "BUCKET_BITS",
     "CANONICAL_TAG",
+    "CANONICAL_TAG_V2",
     "GENESIS_HASH",
+    "OUTCOME_STATUS",
     "HEAD_DOMAIN",
     "PROVISION_MIGRATIONS",
     "Anchor",
@@ -66,6 +79,7 @@ __all__ = [
     "PurgeResult",
     "RecordDraft",
     "anchor_statement",
+    "audit_record",
     "bucket_of",
     "canonical_bytes",
     "chain_hash",
@@ -81,6 +95,7 @@ __all__ = [
 
 GENESIS_HASH: Final = bytes(32)
 CANONICAL_TAG: Final = b"renkei.provision_record.v1"  # domain separation, bumped if the encoding changes
+CANONICAL_TAG_V2: Final = b"renkei.provision_record.v2"  # the pseudonym instead of the token, and the procedure
 HEAD_DOMAIN: Final = b"renkei.provision_heads.v1\x00"  # records-key seals over chain heads
 ANCHOR_DOMAIN: Final = b"renkei.provision_anchors.v1\x00"  # records-key seals over retention anchors
 _HEAD_TAG: Final = b"renkei.provision_head.v1"
@@ -88,6 +103,7 @@ _ANCHOR_TAG: Final = b"renkei.provision_anchor.v1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS: Final = timedelta(milliseconds=1)
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # base64url, padding optional
+_PROCEDURE_RE: Final = re.compile(r"[\x21-\x7e]{1,64}")  # a catalogue code (infra.procedures): printable ASCII
 
 
 class ProvisionStatus(str, Enum):
@@ -98,6 +114,16 @@ class ProvisionStatus(str, Enum):
     NOT_REGISTERED = "NOT_REGISTERED"  # nothing to provide
     REFUSED = "REFUSED"  # rejected
     NO_ANSWER = "NO_ANSWER"  # deadline passed
+    BLOCKED = "BLOCKED"  # an account exists but may not be provided (unconfirmed or suspended): nothing provided
+
+
+OUTCOME_STATUS: Final = {
+    "REGISTERED": ProvisionStatus.PROVIDED,
+    "NOT_REGISTERED": ProvisionStatus.NOT_REGISTERED,
+    "BLOCKED": ProvisionStatus.BLOCKED,
+}
+"""The outcome a provision.response states in its signed envelope -> the status of its provision record."""
+_V1_STATUSES: Final = "'REQUESTED', 'PROVIDED', 'NOT_REGISTERED', 'REFUSED', 'NO_ANSWER'"  # migration 1, frozen
 
 
 def _refuse(what: str) -> Rejection:
@@ -142,6 +168,8 @@ class RecordDraft:
     provided_at: datetime | None = None
     status: ProvisionStatus = ProvisionStatus.REQUESTED
     not_disclosed: bool = False
+    person: str | None = field(default=None, repr=False)  # the hub's pseudonym (v2 encoding); None: v1
+    procedure: str | None = None  # the public-benefit procedure (infra.procedures) the exchange served
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -160,6 +188,13 @@ class RecordDraft:
             raise _refuse(f"status must be one of {', '.join(s.value for s in ProvisionStatus)}") from None
         if not isinstance(self.not_disclosed, bool):
             raise _refuse("not_disclosed must be a bool")
+        if self.person is not None and (not isinstance(self.person, str) or not _TOKEN_RE.fullmatch(self.person)):
+            raise _refuse("person must be a base64url pseudonym")
+        if self.procedure is not None and (not isinstance(self.procedure, str)
+                                           or not _PROCEDURE_RE.fullmatch(self.procedure)):
+            raise _refuse("procedure must be a catalogue code")
+        if self.procedure is not None and self.person is None:
+            raise _refuse("a record naming a procedure needs the v2 encoding (a person pseudonym)")
 
     @property
     def key(self) -> tuple[uuid.UUID, str, str]:
@@ -186,6 +221,13 @@ class ProvisionRecord:
     seq: int
     prev_hash: bytes = field(repr=False)
     hash: bytes = field(repr=False)
+    person: str | None = field(default=None, repr=False)  # None: a v1 record (before pseudonyms)
+    procedure: str | None = None
+
+    @property
+    def version(self) -> int:
+        """The canonical encoding the hash uses: 2 with a pseudonym, 1 for records written before it."""
+        return 1 if self.person is None else 2
 
     @classmethod
     def chain(cls, draft: RecordDraft, *, seq: int, prev_hash: bytes,
@@ -199,7 +241,7 @@ class ProvisionRecord:
             requester=draft.requester, provider=draft.provider, data_item=draft.data_item,
             legal_basis=draft.legal_basis, requested_at=draft.requested_at,
             provided_at=draft.provided_at, status=draft.status, not_disclosed=draft.not_disclosed,
-            seq=seq, prev_hash=prev_hash, hash=digest,
+            seq=seq, prev_hash=prev_hash, hash=digest, person=draft.person, procedure=draft.procedure,
         )
 
 
@@ -210,12 +252,16 @@ def canonical_bytes(record: ProvisionRecord) -> bytes:
     """The bytes the hash covers: every field but ``prev_hash`` and ``hash``, in a fixed order.
 
     Each item is a 4-byte big-endian length followed by its bytes, so no two
-    different records encode the same: ``CANONICAL_TAG``, record_id,
-    message_id, correlation_id (16 raw bytes each), person_token (ASCII),
-    requester, provider, data_item, legal_basis (UTF-8), requested_at (8-byte
-    signed big-endian epoch milliseconds), provided_at (same, or zero-length
-    when absent), status (its ASCII symbol), not_disclosed (one byte 0/1),
-    seq (8-byte unsigned big-endian).
+    different records encode the same.  Version 1 (records without a
+    pseudonym): ``CANONICAL_TAG``, record_id, message_id, correlation_id (16
+    raw bytes each), person_token (ASCII), requester, provider, data_item,
+    legal_basis (UTF-8), requested_at (8-byte signed big-endian epoch
+    milliseconds), provided_at (same, or zero-length when absent), status (its
+    ASCII symbol), not_disclosed (one byte 0/1), seq (8-byte unsigned
+    big-endian).  Version 2: ``CANONICAL_TAG_V2``, then the same items with the
+    pseudonym ``person`` (ASCII) in place of person_token, then procedure
+    (ASCII, zero-length when absent).  A v1 record never had a procedure: one
+    that shows one gets it appended, so the stored hash no longer matches.
     """
     return _canonical(record, record.record_id, record.seq)
 
@@ -224,6 +270,7 @@ _pack_len = struct.Struct(">I").pack
 _pack_ms = struct.Struct(">q").pack
 _pack_seq = struct.Struct(">Q").pack
 _TAG_ITEM: Final = _pack_len(len(CANONICAL_TAG)) + CANONICAL_TAG
+_TAG_ITEM_V2: Final = _pack_len(len(CANONICAL_TAG_V2)) + CANONICAL_TAG_V2
 _LEN0, _LEN1, _LEN8, _LEN16 = (_pack_len(n) for n in (0, 1, 8, 16))
 
 
@@ -235,12 +282,13 @@ def _text(value: str, encoding: str = "utf-8") -> bytes:
 def _canonical(src: RecordDraft | ProvisionRecord, record_id: uuid.UUID, seq: int) -> bytes:
     # Same layout as the canonical_bytes docstring; fixed-size lengths are precomputed.
     provided = src.provided_at
+    v1 = src.person is None
     return b"".join((
-        _TAG_ITEM,
+        _TAG_ITEM if v1 else _TAG_ITEM_V2,
         _LEN16, record_id.bytes,
         _LEN16, src.message_id.bytes,
         _LEN16, src.correlation_id.bytes,
-        _text(src.person_token, "ascii"),
+        _text(src.person_token if v1 else src.person, "ascii"),
         _text(src.requester),
         _text(src.provider),
         _text(src.data_item),
@@ -250,6 +298,7 @@ def _canonical(src: RecordDraft | ProvisionRecord, record_id: uuid.UUID, seq: in
         _text(ProvisionStatus(src.status).value, "ascii"),
         _LEN1, b"\x01" if src.not_disclosed else b"\x00",
         _LEN8, _pack_seq(seq),
+        b"" if v1 and src.procedure is None else _text(src.procedure or "", "ascii"),
     ))
 
 
@@ -286,12 +335,18 @@ def record_time(record: RecordDraft | ProvisionRecord) -> datetime:
 
 
 def to_avro(record: ProvisionRecord) -> dict[str, Any]:
-    """The record as a ``provision_record`` Avro datum (for ``schemas.codec.encode``)."""
+    """The record as the hub publishes it: a ``provision_record`` v2 datum (for ``schemas.codec.encode``).
+
+    Never with the portal token (``person_token`` is empty): a v2 record names its person by the
+    pseudonym its hash covers, so an auditor can re-hash it; a v1 record (written before
+    pseudonyms) is published without any person (its hash needs the token, which stays in the
+    database).
+    """
     return {
         "record_id": record.record_id,
         "message_id": record.message_id,
         "correlation_id": record.correlation_id,
-        "person_token": record.person_token.encode("ascii"),
+        "person_token": b"",
         "requester": record.requester,
         "provider": record.provider,
         "data_item": record.data_item,
@@ -302,15 +357,29 @@ def to_avro(record: ProvisionRecord) -> dict[str, Any]:
         "not_disclosed": record.not_disclosed,
         "prev_hash": record.prev_hash,
         "hash": record.hash,
+        "person": record.person,
+        "procedure": record.procedure,
+        "seq": record.seq,
     }
 
 
-def from_avro(datum: dict[str, Any], *, seq: int) -> ProvisionRecord:
-    """A record from a decoded ``provision_record`` datum; ``seq`` travels outside the schema.
+def audit_record(record: ProvisionRecord, person: str) -> tuple[bytes, bytes]:
+    """``(Kafka key, value)`` of the record on the audit topic: keyed by the person's pseudonym, never a token."""
+    from schemas import codec
 
-    The v1 schema has no seq field: consumers (the portal, auditors) take it
-    from the Kafka record or count the person's records; the hash covers it.
+    return person.encode("ascii"), codec.encode("provision_record", to_avro(record))
+
+
+def from_avro(datum: dict[str, Any], *, seq: int | None = None) -> ProvisionRecord:
+    """A record from a decoded ``provision_record`` datum, as a reader of the audit topic sees it.
+
+    ``person_token`` is whatever the datum carries (empty from v2 on: the person is ``person``).
+    ``seq`` comes from the datum (v2); for v1 data pass it (the portal, auditors take it from the
+    Kafka record or count the person's records; the hash covers it).
     """
+    seq = datum.get("seq") if datum.get("seq") is not None else seq
+    if seq is None:
+        raise _refuse("seq is not in the record (v1): pass it")
     try:
         status = ProvisionStatus(datum["status"])
     except ValueError:
@@ -324,12 +393,13 @@ def from_avro(datum: dict[str, Any], *, seq: int) -> ProvisionRecord:
         legal_basis=datum["legal_basis"], requested_at=datum["requested_at"],
         provided_at=datum["provided_at"], status=status, not_disclosed=datum["not_disclosed"],
         seq=seq, prev_hash=bytes(datum["prev_hash"]), hash=bytes(datum["hash"]),
+        person=datum.get("person"), procedure=datum.get("procedure"),
     )
 
 
 # --- PostgreSQL ------------------------------------------------------------------
 
-_STATUSES = ", ".join(f"'{s.value}'" for s in ProvisionStatus)
+_STATUSES = ", ".join(f"'{s.value}'" for s in ProvisionStatus)  # every status this code writes (migration 3)
 
 BUCKET_BITS: Final = 12
 """Checkpoints spread the chain heads over 2**12 buckets by a hash of the person's token (see bucket_of)."""
@@ -360,7 +430,7 @@ PROVISION_MIGRATIONS: list[str] = [
         legal_basis    text        NOT NULL,
         requested_at   timestamptz NOT NULL,
         provided_at    timestamptz,
-        status         text        NOT NULL CHECK (status IN ({_STATUSES})),
+        status         text        NOT NULL CHECK (status IN ({_V1_STATUSES})),
         not_disclosed  boolean     NOT NULL,
         seq            bigint      NOT NULL CHECK (seq >= 1),
         prev_hash      bytea       NOT NULL,
@@ -408,12 +478,21 @@ PROVISION_MIGRATIONS: list[str] = [
         root   bytea    NOT NULL
     );
     """,
+    # Records say what happened (issue 16): the procedure, the BLOCKED outcome, and the hub's pseudonym of the
+    # person that canonical encoding v2 covers (NULL: a v1 record, written before).
+    f"""
+    ALTER TABLE provision_records
+        ADD COLUMN person    text,
+        ADD COLUMN procedure text,
+        DROP CONSTRAINT provision_records_status_check,
+        ADD CONSTRAINT provision_records_status_check CHECK (status IN ({_STATUSES}));
+    """,
 ]
 
 _COLUMNS: Final = (
     "record_id", "message_id", "correlation_id", "person_token", "requester", "provider",
     "data_item", "legal_basis", "requested_at", "provided_at", "status", "not_disclosed",
-    "seq", "prev_hash", "hash",
+    "seq", "prev_hash", "hash", "person", "procedure",
 )
 
 # Creates missing heads and locks every head of the batch, in person_token order
@@ -451,7 +530,8 @@ def record_from_row(row: asyncpg.Record) -> ProvisionRecord:
         data_item=row["data_item"], legal_basis=row["legal_basis"],
         requested_at=row["requested_at"], provided_at=row["provided_at"],
         status=ProvisionStatus(row["status"]), not_disclosed=row["not_disclosed"], seq=row["seq"],
-        prev_hash=bytes(row["prev_hash"]), hash=bytes(row["hash"]),
+        prev_hash=bytes(row["prev_hash"]), hash=bytes(row["hash"]), person=row["person"],
+        procedure=row["procedure"],
     )
 
 
@@ -625,7 +705,8 @@ class ProvisionStore:
             "provision_records", columns=_COLUMNS,
             records=[(r.record_id, r.message_id, r.correlation_id, r.person_token, r.requester,
                       r.provider, r.data_item, r.legal_basis, r.requested_at, r.provided_at,
-                      r.status.value, r.not_disclosed, r.seq, r.prev_hash, r.hash) for r in written],
+                      r.status.value, r.not_disclosed, r.seq, r.prev_hash, r.hash, r.person, r.procedure)
+                     for r in written],
         )
         moved = sorted({r.person_token for r in written})
         seals = key.seal(HEAD_DOMAIN, [head_statement(p, *heads[p]) for p in moved])

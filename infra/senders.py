@@ -66,6 +66,9 @@ SENDERS: Mapping[str, SenderRule] = MappingProxyType({
     T.LOOKUP_DISASTER: _rule((DICJ, BANK)),
     T.LOOKUP_ANSWER: _rule((BANK, DICJ)),
     T.LOOKUP_RESULT: _rule(from_hub=frozenset({DICJ})),
+    # お知らせ to the person, read on the portal: from whoever knows of the event (the registry of
+    # registrations and provisions, DICJ of lookup results); never from an agency, a bank or the hub
+    T.NOTICE: _rule((REGISTRY, PORTAL), (DICJ, PORTAL)),
     # the network itself: only the hub answers these
     T.REJECTION_NOTICE: _rule(from_hub=_PARTICIPANT_KINDS),
     T.TOKEN_ISSUE_REQUEST: _rule(*((k, HUB) for k in sorted(_PARTICIPANT_KINDS))),

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 TOKEN_INFO_PREFIX = b"renkei token v1|"
 ISSUANCE_INFO_PREFIX = b"renkei token-issue v1|"
+HUB_SECRET_INFO_PREFIX = b"renkei hub secret v1|"  # never a prefix of TOKEN_INFO_PREFIX: the keys stay apart
 _LINK_ID_LEN = 32
 _TOKEN_RAW_LEN = 16 + _LINK_ID_LEN  # SIV tag + ciphertext
 TOKEN_LEN = 64  # base64url, unpadded, of 48 bytes
@@ -111,6 +112,14 @@ class TokenAuthority:
             algorithm=hashes.SHA256(), length=64, salt=None, info=TOKEN_INFO_PREFIX + participant_id.encode()
         ).derive(self._master)
         return AESSIV(key)
+
+    def hub_secret(self, label: str) -> bytes:
+        """A 32-byte secret for another of the hub's own purposes (e.g. ``infra.pseudonyms``), derived from the
+        master secret under ``label``: independent of every token key, identical in every hub worker."""
+        if not label:
+            raise ValueError("label must not be empty")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=HUB_SECRET_INFO_PREFIX + label.encode()).derive(self._master)
 
     def link_id(self, my_number: str) -> bytes:
         """The person's internal link id. Never leaves the authority."""

@@ -26,6 +26,7 @@ LOOKUP_RESULT: Final = "lookup.result"
 REJECTION_NOTICE: Final = "rejection.notice"
 TOKEN_ISSUE_REQUEST: Final = "token.issue.request"
 TOKEN_ISSUE_RESPONSE: Final = "token.issue.response"
+NOTICE: Final = "person.notice"  # お知らせ: to the person, read on the portal
 
 BODY_SCHEMA: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -45,6 +46,7 @@ BODY_SCHEMA: Final[Mapping[str, str]] = MappingProxyType(
         REJECTION_NOTICE: "rejection_notice",
         TOKEN_ISSUE_REQUEST: "token_issue_request",
         TOKEN_ISSUE_RESPONSE: "token_issue_response",
+        NOTICE: "notice",
     }
 )
 """Message type -> logical name of its body schema."""

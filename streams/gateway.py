@@ -1,9 +1,16 @@
 """The hub gateway's business step, as pure logic: verify → rate limit → authorise → translate → countersign.
 
 ``HubCore.decide`` takes a batch of raw ingress records and returns one
-:class:`Decision` per record — accepted (with the translated subject, the
-policy decision and the provision-record drafts) or rejected (with a stable
-reason code).  It touches neither Kafka nor PostgreSQL: ``streams.hub`` wires
+:class:`Decision` per record — accepted (with each leg's translated subject and
+own ids, the policy decision and the provision-record drafts) or rejected
+(with a stable reason code).  The policy sees the procedure the envelope's
+signed metadata names (STEP2: UNKNOWN_PROCEDURE, PROCEDURE_NOT_ALLOWED); an
+answer's record takes its status from the outcome the answering participant
+signed (a provision.response that states none, or an unknown one, is refused
+INVALID_FIELD).  Every leg is forwarded under ids of its own
+(:mod:`infra.pseudonyms`), and records name the message, the conversation and
+the person by hub-only pseudonyms, so nothing joins the ingress topic, the
+inboxes and the audit topic.  It touches neither Kafka nor PostgreSQL: ``streams.hub`` wires
 it to the ingress topic, claims message ids and writes provision records in
 one PostgreSQL transaction, and only then calls ``HubCore.forward`` and
 produces.  Nothing here can raise for a single bad record: every failure
@@ -18,16 +25,17 @@ from dataclasses import dataclass, field
 
 from datetime import UTC, datetime
 
-from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, Message, Opener, Sealer, Verifier, peek
+from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
 from infra.errors import Reason, Rejection
 from infra.participants import Participants
 from infra.policy import Decision as PolicyDecision
 from infra.policy import Policy
-from infra.provisions import ProvisionStatus, RecordDraft
+from infra.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
+from infra.pseudonyms import HubPseudonyms
 from infra.ratelimit import SenderRateLimiter
 from infra.tokens import TokenAuthority
 from schemas import codec
-from schemas.types import TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
+from schemas.types import PROVISION_RESPONSE, TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
 from streams.lookups import fanout_leg_allowed
 
 log = logging.getLogger("renkei.hub")
@@ -47,6 +55,11 @@ class Inbound:
     headers: tuple[tuple[str, bytes], ...] = ()  # Kafka headers; dead letters keep the ops ones
 
 
+OUTCOMES = {PROVISION_RESPONSE: OUTCOME_STATUS}
+"""Answer types that must state their outcome in the signed envelope -> outcome -> record status.
+
+Only these carry an outcome; the hub cannot read a body, so this is how a record says what happened."""
+
 _REPLY_IDS = uuid.UUID("6f0b7c52-3c1e-5d7e-9a51-52656e6b6569")
 
 
@@ -60,13 +73,22 @@ def reply_id(kind: str, inbound: Inbound, message_id: str) -> str:
     return str(uuid.uuid5(_REPLY_IDS, f"{kind}|{message_id}|{inbound.partition}|{inbound.offset}"))
 
 
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One copy of an accepted message, as forwarded to one recipient."""
+
+    recipient: str
+    subject: str = field(repr=False)  # the person's token in the recipient's token space
+    ids: LegIds  # the leg's own message id and the recipient's correlation id
+
+
 @dataclass
 class Decision:
     inbound: Inbound
     meta: EnvelopeMeta | None = None
     reason: Reason | None = None  # None = accepted
     detail: str = ""
-    legs: list[tuple[str, str]] = field(default_factory=list)  # (recipient, subject in its token space)
+    legs: list[Leg] = field(default_factory=list)
     records: list[RecordDraft] = field(default_factory=list)
     local: bool = False  # addressed to the hub itself (token issuance)
     unverified: EnvelopeMeta | None = None  # what a refused envelope claims about itself (dead-letter metadata only)
@@ -95,6 +117,7 @@ class HubCore:
         opener: Opener | None = None,
         sealer: Sealer | None = None,
         limiter: SenderRateLimiter | None = None,
+        pseudonyms: HubPseudonyms | None = None,
     ) -> None:
         self.verifier = verifier
         self.forwarder = forwarder
@@ -105,6 +128,7 @@ class HubCore:
         self.opener = opener  # the hub's own inbox: only token issuance is addressed to it
         self.sealer = sealer
         self.limiter = limiter  # per verified sender: one participant cannot starve the others
+        self.pseudonyms = pseudonyms or HubPseudonyms.of(tokens)  # legs' ids, records' ids, the audit key
 
     def decide(self, batch: list[Inbound]) -> list[Decision]:
         return [self._decide_one(item) for item in batch]
@@ -120,9 +144,10 @@ class HubCore:
             sender = self.participants.get(meta.sender)
             if meta.recipient == self.hub_id:
                 self.policy.authorise(sender, self.participants.get(self.hub_id), meta.type, meta.data_item,
-                                      meta.legal_basis)
+                                      meta.legal_basis, meta.procedure)
                 decision.local = True
                 return decision
+            status = _answer_status(meta)
             fanout = meta.recipient == FANOUT
             recipients = list(meta.recipients) if fanout else [meta.recipient]
             allowed: list[tuple[str, PolicyDecision]] = []
@@ -131,17 +156,21 @@ class HubCore:
                 if fanout and not fanout_leg_allowed(self.policy, meta.type, recipient):
                     continue  # a suspended or non-participating bank's leg is dropped, not the whole fan-out
                 allowed.append((recipient_id, self.policy.authorise(sender, recipient, meta.type, meta.data_item,
-                                                                    meta.legal_basis)))
+                                                                    meta.legal_basis, meta.procedure)))
             if not allowed:
                 raise Rejection(Reason.SUSPENDED, "no recipient of this fan-out may receive it "
                                                   "(suspended or not participating)")
             # One decryption of the sender's token for every leg and the portal's record key.
-            *subjects, person = self.tokens.translate_many(meta.subject, meta.sender,
-                                                            [r for r, _ in allowed] + [PORTAL_ID])
-            for (recipient_id, verdict), subject in zip(allowed, subjects, strict=True):
-                decision.legs.append((recipient_id, subject))
+            recipients = [r for r, _ in allowed]
+            *subjects, person = self.tokens.translate_many(meta.subject, meta.sender, recipients + [PORTAL_ID])
+            legs = self.pseudonyms.legs(meta.message_id, meta.correlation_id, meta.sender, recipients)
+            record = _Recorded(self.pseudonyms.record_message_id(meta.message_id),
+                               self.pseudonyms.conversation(meta.correlation_id, meta.sender), person,
+                               self.pseudonyms.person(person))
+            for (recipient_id, verdict), subject, ids in zip(allowed, subjects, legs, strict=True):
+                decision.legs.append(Leg(recipient_id, subject, ids))
                 if verdict.records:
-                    decision.records.append(_draft(meta, recipient_id, person, verdict))
+                    decision.records.append(_draft(meta, recipient_id, record, verdict, status))
         except Rejection as exc:
             if decision.meta is None:
                 try:  # metadata for the dead letter, so ops can find it; never trusted for routing
@@ -189,26 +218,61 @@ class HubCore:
             if not d.accepted or d.local:
                 continue
             assert d.meta is not None
-            for recipient, subject in d.legs:
-                items.append((d.meta, subject, recipient if d.meta.recipient == FANOUT else None))
-                targets.append((recipient, subject))
+            for leg in d.legs:
+                items.append((d.meta, leg.subject, leg.recipient if d.meta.recipient == FANOUT else None, leg.ids))
+                targets.append((leg.recipient, leg.subject))
         envelopes = self.forwarder.forward_batch(items) if items else []
         return [(r, s, e) for (r, s), e in zip(targets, envelopes, strict=True)]
 
 
-def _draft(meta: EnvelopeMeta, recipient: str, person: str, verdict: PolicyDecision) -> RecordDraft:
-    """A provision record for one leg; the policy says whether the sender is the requester or the provider."""
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """How a message's provision records name it: hub-only ids (infra.pseudonyms), the person's two keys."""
+
+    message_id: uuid.UUID
+    conversation: uuid.UUID
+    person_token: str  # the portal's token: the chain's key in the hub's database
+    person: str  # its pseudonym: what the hash covers and the audit topic is keyed by
+
+
+def _answer_status(meta: EnvelopeMeta) -> ProvisionStatus | None:
+    """The record status an answer's signed outcome gives, or None for a message that states no outcome."""
+    statuses = OUTCOMES.get(meta.type)
+    if statuses is None:
+        if meta.outcome is not None:
+            raise Rejection(Reason.INVALID_FIELD, f"outcome: {meta.type} carries no outcome")
+        return None
+    status = statuses.get(meta.outcome) if meta.outcome is not None else None
+    if status is None:
+        raise Rejection(Reason.INVALID_FIELD, f"outcome: {meta.type} must state one of "
+                                              f"{', '.join(statuses)} in its signed envelope")
+    return status
+
+
+def _draft(meta: EnvelopeMeta, recipient: str, recorded: _Recorded, verdict: PolicyDecision,
+           status: ProvisionStatus | None) -> RecordDraft:
+    """A provision record for one leg; the policy says whether the sender is the requester or the provider.
+
+    An answer is PROVIDED unless its signed outcome says otherwise (NOT_REGISTERED, BLOCKED: nothing was
+    provided, so no provided_at).
+    """
     answer = verdict.sender_role == "provider"
+    if answer:
+        status = status or ProvisionStatus.PROVIDED
+    else:
+        status = ProvisionStatus.REQUESTED
     return RecordDraft(
-        message_id=uuid.UUID(meta.message_id),
-        correlation_id=uuid.UUID(meta.correlation_id),
-        person_token=person,
+        message_id=recorded.message_id,
+        correlation_id=recorded.conversation,
+        person_token=recorded.person_token,
+        person=recorded.person,
         requester=recipient if answer else meta.sender,
         provider=meta.sender if answer else recipient,
         data_item=meta.data_item,
         legal_basis=meta.legal_basis,
         requested_at=meta.created_at,
-        provided_at=meta.created_at if answer else None,
-        status=ProvisionStatus.PROVIDED if answer else ProvisionStatus.REQUESTED,
+        provided_at=meta.created_at if status is ProvisionStatus.PROVIDED else None,
+        status=status,
         not_disclosed=verdict.not_disclosed,
+        procedure=verdict.procedure.code if verdict.procedure is not None else None,
     )

@@ -12,9 +12,11 @@ For each batch (``stream.take``), in this order:
    answer from a bank the lookup did not ask is refused UNSOLICITED) and
    append the provision records;
 3. only after that commit: countersign and produce the forwards to the
-   recipients' inboxes, the dead letters to ``renkei.hub.rejected``, the
-   signed rejection notices to the senders' inboxes and the records to
-   ``renkei.audit.provisions``; wait for the broker's acks;
+   recipients' inboxes (each leg under ids of its own: ``infra.pseudonyms``),
+   the dead letters to ``renkei.hub.rejected``, the signed rejection notices
+   to the senders' inboxes and the records to ``renkei.audit.provisions``
+   (keyed by the person's hub-only pseudonym, never a token); wait for the
+   broker's acks;
 4. return to faust, which acks the batch (at-least-once).
 
 If step 2 fails (database down), nothing is forwarded and the batch is
@@ -42,14 +44,13 @@ from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
 from infra.policy import Policy
-from infra.provisions import ProvisionStore, to_avro
+from infra.provisions import ProvisionStore, audit_record
 from infra.ratelimit import SenderRateLimiter
 from infra.records_keys import RecordsKey
 from infra.settings import Settings
 from infra.pgdsn import component_dsn
 from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
-from schemas import codec
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker
@@ -154,7 +155,7 @@ class HubService:
         self.totals = BatchStats()
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
-                                     records=self.records)
+                                     records=self.records, pseudonyms=core.pseudonyms)
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
@@ -259,7 +260,8 @@ class HubService:
             new_records = await self.records.append(conn, drafts) if drafts else []
             if redelivered:
                 # Republish their records: the crash may have come before the audit topic got them.
-                new_records += await self.records.by_message_ids(conn, [uuid.UUID(m) for m in redelivered])
+                new_records += await self.records.by_message_ids(
+                    conn, [self.core.pseudonyms.record_message_id(m) for m in redelivered])
         return redelivered, new_records
 
     async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
@@ -284,8 +286,8 @@ class HubService:
             for d, envelope in zip(notices, self._seal_notices(notices)):
                 futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode()))
         for record in records:
-            futures.append(await send(self.names.audit, codec.encode("provision_record", to_avro(record)),
-                                      key=record.person_token.encode()))
+            key, value = audit_record(record, self.core.pseudonyms.person(record.person_token))
+            futures.append(await send(self.names.audit, value, key=key))
         if futures:
             await asyncio.gather(*futures)
         return stats

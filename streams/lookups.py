@@ -51,11 +51,11 @@ from infra.envelope import Message, Sealer, peek
 from infra.errors import Reason
 from infra.participants import Kind, Participant, Participants
 from infra.policy import Policy
-from infra.provisions import ProvisionStatus, ProvisionStore, RecordDraft, to_avro
+from infra.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
+from infra.pseudonyms import HubPseudonyms
 from infra.storage import migrate
 from infra.tokens import TokenAuthority
 from infra.topics import TopicNames
-from schemas import codec
 from schemas import types as T
 
 log = logging.getLogger("renkei.hub.lookups")
@@ -174,7 +174,8 @@ class LookupTracker:
 
     def __init__(self, pool: asyncpg.Pool, *, sealer: Sealer, tokens: TokenAuthority, participants: Participants,
                  policy: Policy, producer: Any, names: TopicNames, hub_id: str = "hub",
-                 sweep_limit: int = 200, records: ProvisionStore | None = None) -> None:
+                 sweep_limit: int = 200, records: ProvisionStore | None = None,
+                 pseudonyms: HubPseudonyms | None = None) -> None:
         self.pool = pool
         self.sealer = sealer
         self.tokens = tokens
@@ -185,6 +186,7 @@ class LookupTracker:
         self.hub_id = hub_id
         self.sweep_limit = sweep_limit
         self.records = records or ProvisionStore(pool)  # the hub's, with the records key that seals heads
+        self.pseudonyms = pseudonyms or HubPseudonyms.of(tokens)  # how records name results and persons
         self.pending = False  # results were sealed into the outbox since the last flush
         self._flush_lock = asyncio.Lock()
 
@@ -210,20 +212,22 @@ class LookupTracker:
             await self._open(conn, inquiries)
         if not answering:
             return
-        cids = sorted({uuid.UUID(d.meta.correlation_id) for d in answering})
-        await conn.fetch(_LOCK_LOOKUPS, cids)  # serialise with other workers' answers and the sweep
-        asked = {r["n"] - 1 for r in await conn.fetch(_ASKED, [uuid.UUID(d.meta.correlation_id) for d in answering],
+        # A bank answers under ITS correlation id; lookups are kept under the requester's (DICJ's), which
+        # is the correlation id of the answer's leg to DICJ.
+        lookup_of = {id(d): uuid.UUID(d.legs[0].ids.correlation_id) for d in answering}
+        await conn.fetch(_LOCK_LOOKUPS, sorted(set(lookup_of.values())))  # serialise with answers and the sweep
+        asked = {r["n"] - 1 for r in await conn.fetch(_ASKED, [lookup_of[id(d)] for d in answering],
                                                        [d.meta.sender for d in answering])}
         answers = []
         for i, d in enumerate(answering):
             if i in asked:
-                answers.append(d.meta)
+                answers.append(d)
             else:  # attributed to its verified sender, which no leg of this lookup went to
                 d.reject(Reason.UNSOLICITED, "lookup answer from a bank this lookup did not ask")
         if not answers:
             return
-        rows = await conn.fetch(_RECORD_ANSWERS, [uuid.UUID(m.correlation_id) for m in answers],
-                                [m.sender for m in answers], [uuid.UUID(m.message_id) for m in answers])
+        rows = await conn.fetch(_RECORD_ANSWERS, [lookup_of[id(d)] for d in answers],
+                                [d.meta.sender for d in answers], [uuid.UUID(d.meta.message_id) for d in answers])
         late: dict[uuid.UUID, list[str]] = {}
         on_time: set[uuid.UUID] = set()
         for r in rows:
@@ -251,9 +255,9 @@ class LookupTracker:
             not_disclosed = any(r.not_disclosed for r in d.records)
             lookups.append((cid, uuid.UUID(m.message_id), LOOKUP_KINDS[m.type], m.sender, m.subject, m.data_item,
                             m.legal_basis, not_disclosed, m.created_at, m.expires_at))
-            for bank_id, _ in d.legs:
-                bank = self.participants.get(bank_id)
-                banks.append((cid, bank_id, bank.bank_code if bank and bank.bank_code else bank_id))
+            for leg in d.legs:
+                bank = self.participants.get(leg.recipient)
+                banks.append((cid, leg.recipient, bank.bank_code if bank and bank.bank_code else leg.recipient))
         await conn.executemany(
             "INSERT INTO hub_lookups (correlation_id, inquiry_id, kind, requester, subject, data_item, legal_basis, "
             "not_disclosed, created_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
@@ -302,7 +306,10 @@ class LookupTracker:
         """The consolidated result's records: one for the result, one NO_ANSWER per bank missing at the deadline."""
         lk = d.lookup
         person = self.tokens.translate(lk["subject"], lk["requester"], PORTAL_ID)
-        common = dict(message_id=result_id, correlation_id=lk["correlation_id"], person_token=person,
+        names = self.pseudonyms  # ids on no participant's topic, as the gateway's records (infra.pseudonyms)
+        common = dict(message_id=names.record_message_id(result_id),
+                      correlation_id=names.conversation(str(lk["correlation_id"]), lk["requester"]),
+                      person_token=person, person=names.person(person),
                       requester=lk["requester"], data_item=lk["data_item"], legal_basis=lk["legal_basis"],
                       requested_at=lk["created_at"], not_disclosed=lk["not_disclosed"])
         drafts = [RecordDraft(provider=self.hub_id, provided_at=now, status=ProvisionStatus.PROVIDED, **common)]
@@ -345,13 +352,13 @@ class LookupTracker:
                         "WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
                     if not rows:
                         return sent
-                    records = await self.records.by_message_ids(conn, [r["message_id"] for r in rows])
+                    records = await self.records.by_message_ids(
+                        conn, [self.pseudonyms.record_message_id(r["message_id"]) for r in rows])
                     futures = [await self.producer.send(self.names.inbox(r["recipient"]), r["envelope"],
                                                         key=r["kafka_key"]) for r in rows]
                     for record in records:
-                        futures.append(await self.producer.send(
-                            self.names.audit, codec.encode("provision_record", to_avro(record)),
-                            key=record.person_token.encode()))
+                        key, value = audit_record(record, self.pseudonyms.person(record.person_token))
+                        futures.append(await self.producer.send(self.names.audit, value, key=key))
                     await asyncio.gather(*futures)
                     await conn.execute("UPDATE hub_lookup_outbox SET sent_at = now() WHERE message_id = ANY($1::uuid[])",
                                        [r["message_id"] for r in rows])

@@ -100,16 +100,19 @@ class Context:
         return self.opened.body
 
     def send(self, *, type: str, to: str, subject: str, body: dict, data_item: str | None = None,
-             basis: str | None = None, correlation_id: str | None = None, ttl_s: int = 3600) -> None:
+             basis: str | None = None, correlation_id: str | None = None, ttl_s: int = 3600,
+             procedure: str | None = None, outcome: str | None = None) -> None:
         """Queue a message; it is sealed into the outbox in this handler's transaction."""
         self.outgoing.append(Message(
             body=body, type=type, to=to, subject=subject,
             data_item=data_item or self.meta.data_item, basis=basis or self.meta.legal_basis,
             correlation_id=correlation_id or self.meta.correlation_id, ttl_s=ttl_s,
+            procedure=procedure, outcome=outcome,
         ))
 
     def reply(self, *, type: str, body: dict, **kw: Any) -> None:
-        """Answer the sender about the same person, in the same correlation."""
+        """Answer the sender about the same person, in the same correlation, for the same procedure."""
+        kw.setdefault("procedure", self.meta.procedure)
         self.send(type=type, to=self.meta.sender, subject=self.meta.subject, body=body, **kw)
 
 

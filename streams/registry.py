@@ -18,7 +18,14 @@ Handles, over its inbox (see docs/architecture.md for the sequences):
   no answer within ``registry_check_deadline_s`` is closed by
   :func:`expire_checks` with a TIMEOUT result to whoever asked.
 - ``provision.inquiry`` from an agency (STEP2) — answers REGISTERED with the
-  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED.
+  account (sealed end to end to the agency), NOT_REGISTERED or BLOCKED; the
+  answer's signed envelope states that outcome and the inquiry's procedure,
+  so the hub's provision record says what happened.
+
+Every registration result (done or refused, whoever filed it) and every
+provision of the account to an agency is also told to the person: a
+``person.notice`` to the portal (お知らせ, :mod:`streams.notices`), queued in
+the same transaction as the effect, so it is sent once.
 
 People are known only by the registry's own tokens.  Account data is stored
 encrypted with a per-person data key (AES-GCM, the token as associated data);
@@ -44,6 +51,7 @@ from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
 from infra.validation import validate_bank_account, validate_consent
 from schemas import types as T
+from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
 from streams.registration_rules import Channel, answer_refusal, channel_of, check_outcome, intake
 
@@ -153,12 +161,16 @@ class Registry:
             T.PROVISION_INQUIRY: self.on_provision_inquiry,
         }
 
-    async def registered_bank_code(self, ctx: Context, token: str) -> str | None:
-        """The bank code of the account registered for ``token`` now (None: nothing registered)."""
+    async def registered_account(self, ctx: Context, token: str) -> dict | None:
+        """The account registered for ``token`` now (None: nothing registered)."""
         row = await ctx.conn.fetchrow("SELECT account_ct FROM registry_accounts WHERE token = $1 FOR UPDATE", token)
         if row is None:
             return None
-        account = await self.vault.open(ctx.conn, token, row["account_ct"])
+        return await self.vault.open(ctx.conn, token, row["account_ct"])
+
+    async def registered_bank_code(self, ctx: Context, token: str) -> str | None:
+        """The bank code of the account registered for ``token`` now (None: nothing registered)."""
+        account = await self.registered_account(ctx, token)
         return None if account is None else account["bank_code"]
 
     async def on_registration_request(self, ctx: Context) -> None:
@@ -168,8 +180,11 @@ class Registry:
         channel = channel_of(sender)  # anyone but the portal, an agency or a bank: dead-lettered UNAUTHORISED
         assert sender is not None
 
-        def refuse(status: str, detail: str | None) -> None:
+        def refuse(status: str, detail: str | None, account: dict | None = None) -> None:
+            """Answer whoever filed it, and tell the person (the result, and the account it concerned)."""
             ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, status, detail))
+            ctx.outgoing.append(_registration_notice(operation, status, detail, token, meta.correlation_id,
+                                                     meta.legal_basis, meta.sender, account))
 
         consent = None
         if channel is Channel.BANK_COUNTER:  # STEP3: the person's consent travels with the request, and is kept
@@ -190,15 +205,16 @@ class Registry:
             except ValidationError as exc:
                 return refuse("REFUSED", exc.message)
         bank = ctx.participants.by_bank_code(account["bank_code"]) if account is not None else None
+        registered = await self.registered_account(ctx, token)
         refusal = intake(channel, operation, sender_bank_code=sender.bank_code,
                          account_bank_code=account["bank_code"] if account else None, account_bank_known=bank is not None,
-                         registered_bank_code=await self.registered_bank_code(ctx, token))
+                         registered_bank_code=registered["bank_code"] if registered else None)
         if refusal is not None:
-            return refuse(refusal.status, refusal.detail)
+            return refuse(refusal.status, refusal.detail, account)
         if operation == "DELETE":
             await ctx.conn.execute("DELETE FROM registry_accounts WHERE token = $1", token)
             await self.vault.shred(ctx.conn, token)
-            return refuse("DONE", None)
+            return refuse("DONE", None, registered)  # the person is told which account was deleted
         assert account is not None and bank is not None
         # Hold the request and ask the account's bank (口座実在性確認); only that bank may answer.
         held = await ctx.conn.fetchval(
@@ -207,7 +223,8 @@ class Registry:
             meta.correlation_id, token, operation, await self.vault.seal(ctx.conn, token, account),
             meta.sender, meta.legal_basis, bank.id, channel.value)
         if held is None:
-            return refuse("REFUSED", "another request with this correlation id is being checked; send a new one")
+            return refuse("REFUSED", "another request with this correlation id is being checked; send a new one",
+                          account)
         ctx.send(type=T.EXISTENCE_CHECK, to=bank.id, subject=token, body={"account": account, "requested_at": _now()})
 
     async def on_existence_answer(self, ctx: Context) -> None:
@@ -240,6 +257,9 @@ class Registry:
                               pending["correlation_id"] if pending["channel"] == Channel.BANK_COUNTER.value else None)
         ctx.send(type=T.REGISTRATION_RESULT, to=pending["requester"], subject=token,
                  body=_result(pending["operation"], status, detail), basis=pending["basis"])
+        ctx.outgoing.append(_registration_notice(pending["operation"], status, detail, token,
+                                                 str(pending["correlation_id"]), pending["basis"],
+                                                 pending["requester"], account))
 
     async def _store(self, ctx: Context, token: str, account: dict, channel: str,
                      consent_correlation: uuid.UUID | None) -> None:
@@ -260,7 +280,17 @@ class Registry:
         else:
             account = await self.vault.open(ctx.conn, ctx.meta.subject, row["account_ct"])
             status = "REGISTERED" if account is not None else "NOT_REGISTERED"
-        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()})
+        # The outcome goes into the signed envelope too: the hub cannot read the body, and the provision
+        # record must say what happened (REGISTERED → PROVIDED; NOT_REGISTERED and BLOCKED provide nothing).
+        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
+                  outcome=status)
+        if account is not None:  # 口座情報の提供: the person is told who received their account, and for what
+            # The procedure the hub checked is the signed one (the envelope's), not the body's copy.
+            ctx.outgoing.append(notice(
+                kind="PROVISION", event=status, status="PROVIDED", subject=ctx.meta.subject,
+                reference=ctx.meta.correlation_id, basis=ctx.meta.legal_basis, party=ctx.meta.sender,
+                procedure_code=ctx.meta.procedure or ctx.body.get("procedure_code"), purpose=ctx.body.get("purpose"),
+                account=account))
 
 
 async def expire_checks(runtime: ParticipantRuntime, deadline_s: float, *, limit: int = 200) -> int:
@@ -277,14 +307,27 @@ async def expire_checks(runtime: ParticipantRuntime, deadline_s: float, *, limit
             "AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
             "RETURNING correlation_id, token, operation, requester, basis, bank", float(deadline_s), limit)
         if rows:
-            await runtime.send(REGISTRY_ID, [Message(
-                body=_result(r["operation"], "TIMEOUT", f"{r['bank'] or 'the bank'} did not answer the existence "
-                                                        f"check within {deadline_s:g} s; nothing changed"),
-                type=T.REGISTRATION_RESULT, to=r["requester"], subject=r["token"], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
-                basis=r["basis"], correlation_id=str(r["correlation_id"])) for r in rows], conn=conn)
+            messages = []
+            for r in rows:
+                detail = f"{r['bank'] or 'the bank'} did not answer the existence check within {deadline_s:g} s; " \
+                         "nothing changed"
+                messages.append(Message(
+                    body=_result(r["operation"], "TIMEOUT", detail), type=T.REGISTRATION_RESULT, to=r["requester"],
+                    subject=r["token"], data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=r["basis"],
+                    correlation_id=str(r["correlation_id"])))
+                messages.append(_registration_notice(r["operation"], "TIMEOUT", detail, r["token"],
+                                                     str(r["correlation_id"]), r["basis"], r["requester"], None))
+            await runtime.send(REGISTRY_ID, messages, conn=conn)
     if rows:
         log.warning("%d existence check(s) got no answer within %g s: TIMEOUT sent", len(rows), deadline_s)
     return len(rows)
+
+
+def _registration_notice(operation: str, status: str, detail: str | None, token: str, reference: str, basis: str,
+                         filed_by: str, account: dict | None) -> Message:
+    """The person's notice of one registration result: what was asked, by whom, what came of it."""
+    return notice(kind="REGISTRATION", event=operation, status=status, detail=detail, subject=token,
+                  reference=reference, basis=basis, party=filed_by, account=account)
 
 
 def sweep_interval(deadline_s: float) -> float:

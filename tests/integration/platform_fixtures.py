@@ -22,15 +22,28 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
+from infra.keystore import KeyStore
 from infra.pgdsn import observer_dsn
 from infra.pgprovision import drop_database_namespace
+from infra.pseudonyms import HubPseudonyms
 from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
-__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform"]
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms",
+           "ENTITLED_PROCEDURE"]
 
 PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 """The built-in set plus ``agency-suspended`` (suspended) and ``bank-8999`` (not in lookup fan-outs)."""
+
+
+ENTITLED_PROCEDURE = {"agency-city-minato": "child-allowance", "agency-nta": "income-tax-refund",
+                      "agency-mhlw": "national-pension", "agency-suspended": "child-allowance"}
+"""A public-benefit procedure each test agency may ask under (infra/procedures.toml; agency-suspended: refused anyway)."""
+
+
+def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
+    """The hub's ids for a platform's state folder: what a test needs to find a leg, a record or a conversation."""
+    return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
 
 
 @contextlib.asynccontextmanager

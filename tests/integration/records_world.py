@@ -101,7 +101,8 @@ def rehash_from(records: list[ProvisionRecord], start: int = 1) -> list[Provisio
 
 
 _COLUMNS = ("record_id", "message_id", "correlation_id", "person_token", "requester", "provider", "data_item",
-            "legal_basis", "requested_at", "provided_at", "status", "not_disclosed", "seq", "prev_hash", "hash")
+            "legal_basis", "requested_at", "provided_at", "status", "not_disclosed", "seq", "prev_hash", "hash",
+            "person", "procedure")
 
 
 async def overwrite(attacker: asyncpg.Connection, person: str, records: list[ProvisionRecord], *,
@@ -114,7 +115,7 @@ async def overwrite(attacker: asyncpg.Connection, person: str, records: list[Pro
             f"({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})",
             [(r.record_id, r.message_id, r.correlation_id, r.person_token, r.requester, r.provider, r.data_item,
               r.legal_basis, r.requested_at, r.provided_at, r.status.value, r.not_disclosed, r.seq, r.prev_hash,
-              r.hash) for r in records])
+              r.hash, r.person, r.procedure) for r in records])
         if move_head:
             last = records[-1] if records else None
             await attacker.execute("UPDATE provision_chain_heads SET seq = $2, last_hash = $3 WHERE person_token = $1",

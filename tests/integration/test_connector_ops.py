@@ -165,7 +165,7 @@ async def test_an_agency_row_not_enrolled_is_redriven_once_the_person_is_enrolle
     settings, _, runtimes, _ = connectors
     agency = runtimes["agency"]
     async with AgencyClient(component_dsn(settings, AGENCY), AGENCY, poll_interval_s=0.5) as sdk:
-        inquiry = await sdk.submit("resident-late")
+        inquiry = await sdk.submit("resident-late", procedure="income-tax-refund")
 
         async def failed():
             try:

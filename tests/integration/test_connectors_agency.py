@@ -23,6 +23,7 @@ from tests.integration.waits import dead_letters, hub_barrier, moved_on, replaye
 pytestmark = pytest.mark.integration
 
 AGENCY = "agency-nta"
+PROCEDURE = "income-tax-refund"  # AGENCY is entitled to it (infra/procedures.toml)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ async def test_inquiry_returns_the_registered_account(running_platform, pg, conn
     await register_through_portal(running_platform.settings, pg, mn, acct)
     await connector.enrol(AGENCY, "resident-1", mn)
 
-    answer = await sdk.inquire("resident-1", timeout=60)
+    answer = await sdk.inquire("resident-1", procedure=PROCEDURE, timeout=60)
 
     assert answer.status == "REGISTERED"
     assert answer.account["account_number"] == acct["account_number"]
@@ -58,10 +59,10 @@ async def test_inquiry_returns_the_registered_account(running_platform, pg, conn
 
 async def test_unregistered_person_and_unenrolled_local_id(connector, sdk):
     await connector.enrol(AGENCY, "resident-2", my_number())
-    assert (await sdk.inquire("resident-2", timeout=60)).status == "NOT_REGISTERED"
+    assert (await sdk.inquire("resident-2", procedure=PROCEDURE, timeout=60)).status == "NOT_REGISTERED"
 
     with pytest.raises(InquiryFailed, match="NOT_ENROLLED"):
-        await sdk.inquire("nobody-we-know", timeout=30)
+        await sdk.inquire("nobody-we-know", procedure=PROCEDURE, timeout=30)
     dead = await connector.runtime.pool.fetchval(
         "SELECT count(*) FROM connector_dead_letters WHERE connector = 'agency' AND reason = 'NOT_ENROLLED'")
     assert dead >= 1
@@ -73,11 +74,11 @@ async def test_outbox_row_commits_or_rolls_back_with_the_business_transaction(ag
     try:
         with pytest.raises(RuntimeError):
             async with conn.transaction():
-                await sdk.submit("resident-3", conn=conn)
+                await sdk.submit("resident-3", procedure=PROCEDURE, conn=conn)
                 raise RuntimeError("business change failed")
         assert await conn.fetchval("SELECT count(*) FROM agency_outbox WHERE person_local_id = 'resident-3'") == 0
         async with conn.transaction():
-            inquiry = await sdk.submit("resident-3", conn=conn)
+            inquiry = await sdk.submit("resident-3", procedure=PROCEDURE, conn=conn)
     finally:
         await conn.close()
     assert (await sdk.answer(inquiry, timeout=60)).status == "NOT_REGISTERED"
@@ -99,7 +100,7 @@ async def test_broker_unreachable_rows_wait_then_go_out_exactly_once(running_pla
     async with runtime._relay_lock:  # noqa: SLF001 - swap between relay passes, never during one
         healthy = runtime.producer
         await healthy.stop()
-    inquiries = [await sdk.submit(local_id) for local_id in local_ids]
+    inquiries = [await sdk.submit(local_id, procedure=PROCEDURE) for local_id in local_ids]
 
     async def all_sealed():
         return await connector.runtime.pool.fetchval(
@@ -151,7 +152,7 @@ async def test_rows_written_while_the_connector_is_down_go_out_when_it_starts(ru
         await first.enrol(agency, "late-1", my_number())
     # stopped gracefully: the connector is gone, the agency keeps writing its outbox
     async with AgencyClient(component_dsn(settings, agency), agency, poll_interval_s=0.5) as sdk:
-        inquiry = await sdk.submit("late-1")
+        inquiry = await sdk.submit("late-1", procedure="child-allowance")
         async with AgencyConnector(settings, [agency]) as again:
             assert (await sdk.answer(inquiry, timeout=90)).status == "NOT_REGISTERED"
             assert await again.runtime.pool.fetchval(

@@ -9,13 +9,14 @@ and the same real broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import re
 import time
 import uuid
 from datetime import UTC, datetime
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -49,6 +50,23 @@ async def own_database(platform_settings: Settings, name: str) -> Settings:
         f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}_"))
     await provision_database(spaced)
     return spaced
+
+
+@contextlib.asynccontextmanager
+async def serve_portal(platform_settings: Settings, name: str = "portal") -> AsyncIterator[Any]:
+    """The portal connector with its own database next to the platform, verifying the platform's records.
+
+    Test modules lock many cards from 127.0.0.1, so its per-client login throttle is out of the way here
+    (it has a test of its own).
+    """
+    from connectors.portal import PortalConnector
+    from connectors.portal_throttle import LoginThrottle
+    from infra.pgdsn import records_dsn
+
+    settings = await own_database(platform_settings, name)
+    async with PortalConnector(settings, provisions_dsn=records_dsn(platform_settings),
+                               throttle=LoginThrottle(max_failures=10_000)) as portal:
+        yield portal
 
 
 def my_number() -> str:

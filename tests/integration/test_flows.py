@@ -24,12 +24,13 @@ from infra.envelope import peek
 from infra.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
 _rng = random.Random(20261126)
 
 
@@ -61,8 +62,8 @@ async def inquire(bus: BusClient, my_number: str, agency: str = AGENCY, timeout:
     token = await bus.token_for(agency, my_number)
     answer = await bus.request(
         agency, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-        body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": now()},
-        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=timeout)
+        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=timeout, procedure=PROCEDURE)
     assert answer.meta.type == T.PROVISION_RESPONSE
     return answer.body
 
@@ -190,8 +191,8 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     async def ask(token: str) -> str:
         answer = await bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-            body={"procedure_code": "BENEFIT-002", "purpose": None, "requested_at": now()},
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=180)
+            body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=180, procedure=PROCEDURE)
         assert answer.meta.type == T.PROVISION_RESPONSE, answer.meta.type
         return answer.meta.correlation_id
 
@@ -257,15 +258,27 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
         if meta.correlation_id in asked and meta.type == T.PROVISION_RESPONSE:
             on_wire.setdefault(meta.correlation_id, set()).add(meta.message_id)
     assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
-    # One provision record per leg (the inquiry, the answer), each message recorded once.
+    # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.pseudonyms).
+    names = hub_pseudonyms(settings)
+    sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(
+        "SELECT envelope FROM participant_outbox WHERE sender = ANY($1::text[]) AND type = ANY($2::text[])",
+        [AGENCY, "registry"], [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE])]
+    answered = {i for ids in on_wire.values() for i in ids}
+    inquiries = [m.message_id for m in sent if m.type == T.PROVISION_INQUIRY and m.correlation_id in asked]
+    answers_sent = [m.message_id for m in sent if m.type == T.PROVISION_RESPONSE
+                    and names.leg_message_id(m.message_id, AGENCY) in answered]
+    assert len(inquiries) == len(answers_sent) == n
+    ours = inquiries + answers_sent
+    # One provision record per leg (the inquiry, the answer), each message recorded once, under the hub's ids.
     records = await pg.fetch(
         "SELECT message_id, count(*) AS n FROM provision_records WHERE correlation_id = ANY($1::uuid[]) "
-        "GROUP BY message_id", correlations)
+        "GROUP BY message_id", [names.conversation(c, AGENCY) for c in correlations])
     assert len(records) == 2 * n and all(r["n"] == 1 for r in records)
-    ours = [r["message_id"] for r in records]  # the inquiries' and the answers' message ids
-    # The registry applied each inquiry once.
+    assert {r["message_id"] for r in records} == {names.record_message_id(m) for m in ours}
+    # The registry applied each inquiry once (it knows each by the id of the leg it got).
     effects = await pg.fetchval("SELECT count(*) FROM processed_messages WHERE consumer = 'registry' "
-                                "AND message_id = ANY($1::uuid[])", ours)
+                                "AND message_id = ANY($1::uuid[])",
+                                [names.leg_message_id(m, "registry") for m in inquiries])
     assert effects == n
     assert replayed(dead, ours) == []
 

@@ -37,10 +37,12 @@ from infra.validation import generate_my_number
 from schemas import types as T
 from streams.gateway import Inbound
 from streams.hub import HUB_MIGRATIONS, HubService, MessageClaim, claim_messages
+from tests.integration.platform_fixtures import hub_pseudonyms
 
 pytestmark = [pytest.mark.integration]
 
 AGENCY, OTHER_AGENCY = "agency-city-minato", "agency-nta"
+PROCEDURES = {AGENCY: "child-allowance", OTHER_AGENCY: "income-tax-refund"}  # each entitled to its own
 PERSON = generate_my_number(random.Random(1309))  # synthetic, valid check digit
 
 
@@ -144,9 +146,10 @@ def inquiries(settings: Settings, sender: str, n: int) -> list[bytes]:
     tokens = store.token_authority()
     now = datetime.now(UTC)
     return Sealer(store.keyset(sender), directory).seal_batch([
-        Message(body={"procedure_code": "BENEFIT-013", "purpose": None, "requested_at": now},
+        Message(body={"procedure_code": PROCEDURES[sender], "purpose": None, "requested_at": now},
                 type=T.PROVISION_INQUIRY, to="registry", subject=tokens.token_for(PERSON, sender),
-                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION) for _ in range(n)])
+                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURES[sender])
+        for _ in range(n)])
 
 
 async def inbox_message_ids(settings: Settings, participant: str) -> list[str]:
@@ -180,13 +183,14 @@ async def test_two_hub_cores_racing_on_duplicates_forward_each_message_once(hubs
         redelivered += a.redelivered + b.redelivered
     assert (forwarded, replayed, redelivered) == (len(envelopes), len(envelopes), 0)
     ids = [peek(e).message_id for e in envelopes]
+    names = hub_pseudonyms(hubs.settings)  # each leg and record under the hub's own ids
     delivered = await inbox_message_ids(hubs.settings, "registry")
-    assert sorted(delivered) == sorted(ids)  # on the wire: each exactly once
+    assert sorted(delivered) == sorted(names.leg_message_id(m, "registry") for m in ids)  # each exactly once
     async with hubs.first.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM hub_messages") == len(ids)
         # one provision record per inquiry (REQUESTED, agency → registry), not two
         assert await conn.fetchval("SELECT count(*) FROM provision_records WHERE message_id = ANY($1::uuid[])",
-                                   [uuid.UUID(m) for m in ids]) == len(ids)
+                                   [names.record_message_id(m) for m in ids]) == len(ids)
 
 
 async def test_a_sender_over_its_rate_is_refused_and_others_are_served(settings):
@@ -200,8 +204,9 @@ async def test_a_sender_over_its_rate_is_refused_and_others_are_served(settings)
         assert stats.by_reason == {"RATE_LIMITED": 25}
         assert stats.forwarded == 5 + 5
         delivered = set(await inbox_message_ids(limited, "registry"))
-        assert {peek(e).message_id for e in other} <= delivered
-        assert len({peek(e).message_id for e in flood} & delivered) == 5
+        legs = hub_pseudonyms(limited)  # each forwarded under its leg's own id
+        assert {legs.leg_message_id(peek(e).message_id, "registry") for e in other} <= delivered
+        assert len({legs.leg_message_id(peek(e).message_id, "registry") for e in flood} & delivered) == 5
         async with hubs.first.pool.acquire() as conn:
             refused = await conn.fetchval("SELECT count(*) FROM hub_messages WHERE reason = 'RATE_LIMITED'")
         assert refused == 25  # kept with their reason, never dropped

@@ -27,7 +27,7 @@ from infra.storage import create_pool
 from infra.topics import TopicNames
 from streams.gateway import Inbound
 from streams.hub import HubService
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 
 pytestmark = pytest.mark.integration
 
@@ -126,13 +126,14 @@ async def test_nothing_is_forwarded_until_the_records_commit_then_everything_onc
 
         # Everything, once: each inquiry forwarded to the registry once, with one provision record.
         assert (stats.received, stats.forwarded, stats.rejected, stats.redelivered) == (INQUIRIES, INQUIRIES, 0, 0)
+        legs = hub_pseudonyms(s)  # each leg and record carries the hub's id for the message, not the agency's
         forwarded = [peek(r.value).message_id for r in await read_topic(s, names.inbox("registry"))]
-        assert sorted(forwarded) == sorted(sent_ids)
+        assert sorted(forwarded) == sorted(legs.leg_message_id(m, "registry") for m in sent_ids)
         conn = await asyncpg.connect(observer_dsn(s))
         try:
-            recorded = [str(r["message_id"]) for r in await conn.fetch("SELECT message_id FROM provision_records")]
+            recorded = [r["message_id"] for r in await conn.fetch("SELECT message_id FROM provision_records")]
         finally:
             await conn.close()
-        assert sorted(recorded) == sorted(sent_ids)
+        assert sorted(recorded) == sorted(legs.record_message_id(m) for m in sent_ids)
         assert len(await read_topic(s, names.audit)) == INQUIRIES
         assert await read_topic(s, names.rejected) == []

@@ -17,13 +17,13 @@ from infra.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
-from tests.integration.test_flows import AGENCY, person
+from tests.integration.test_flows import AGENCY, PROCEDURE, person
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def inquiry_body() -> dict:
-    return {"procedure_code": "BENEFIT-009", "purpose": None, "requested_at": datetime.now(UTC)}
+    return {"procedure_code": PROCEDURE, "purpose": None, "requested_at": datetime.now(UTC)}
 
 
 async def dead_letters(settings, want: set[str], *, timeout: float = 60) -> dict[str, dict[str, str]]:
@@ -54,7 +54,7 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
 
     def sealed(sealer: Sealer, **kw) -> bytes:
         args = dict(type=T.PROVISION_INQUIRY, to="registry", subject=tokens[0], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
-                    basis=BASIS_PROVISION)
+                    basis=BASIS_PROVISION, procedure=PROCEDURE)
         args.update(kw)
         return sealer.seal(inquiry_body(), **args)
 
@@ -93,7 +93,7 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
         # Good traffic interleaved: a real inquiry after each bad one.
         good.append(asyncio.create_task(bus.request(
             AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=tokens[i % len(tokens)], body=inquiry_body(),
-            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=90)))
+            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=90, procedure=PROCEDURE)))
     await producer.send_and_wait(ingress, replayed, key=b"k")
     await asyncio.sleep(0.5)
     await producer.send_and_wait(ingress, replayed, key=b"k")

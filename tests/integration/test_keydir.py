@@ -34,7 +34,7 @@ from infra.stack import bootstrap_keys, settings_env
 from infra.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, bus, pg, running_platform  # noqa: F401
 from tests.integration.test_flows import person
 from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
 from tests.integration.test_ops_hub import endpoint_of, eventually, value
@@ -64,9 +64,10 @@ def renkei(capsys, flags, monkeypatch, running_platform):
 
 
 def inquiry(agency: str, token: str) -> Message:
-    return Message(body={"procedure_code": "BENEFIT-013", "purpose": None, "requested_at": datetime.now(UTC)},
+    procedure = ENTITLED_PROCEDURE[agency]
+    return Message(body={"procedure_code": procedure, "purpose": None, "requested_at": datetime.now(UTC)},
                    type=T.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
-                   basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()))
+                   basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()), procedure=procedure)
 
 
 async def answered(bus, agency: str, token: str, *, timeout: float = 60) -> str:
@@ -334,7 +335,8 @@ async def test_bad_records_on_the_keys_topic_are_skipped_counted_and_stop_nothin
     skipped_lines = [r for r in caplog.records if r.name == "renkei.keys" and "skipped" in r.getMessage()]
     assert len(skipped_lines) == sum(out["skipped"].values())  # one log line per bad record
     assert (await renkei("participants", "list"))[0] == 0
-    code, out, err = await renkei("agency", "inquire", "--agency", GOOD, "--my-number", person())
+    code, out, err = await renkei("agency", "inquire", "--agency", GOOD, "--procedure", ENTITLED_PROCEDURE[GOOD],
+                                  "--my-number", person())
     assert code == 0 and out["status"] in ("REGISTERED", "NOT_REGISTERED"), err  # a participant's command too
     assert (await endpoint_of(running_platform, "registry", timeout=10)).pid  # every worker still healthy
     assert (await endpoint_of(running_platform, "banks", timeout=10)).pid

@@ -38,7 +38,7 @@ from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.waits import hub_barrier, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -210,9 +210,11 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     assert outcomes == {"9002": ("LINKED", 2), "9003": ("NO_ACCOUNT", 0), "7777": ("REFUSED", 0)}
     assert json.loads(row["banks_not_answered"]) == []
     assert row["token"] == bank_token(platform, mn, "9001")
-    # The person is notified on the portal too, exactly once.
+    # The person is notified on the portal too, exactly once (in the portal's own correlation id).
+    names = hub_pseudonyms(platform.settings)
+    at_portal = names.correlation_for(names.conversation(cid, "bank-9001"), "portal")
     await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                                       uuid.UUID(cid), T.NUMBERING_RESULT), 30, "the portal's copy")
+                                       uuid.UUID(at_portal), T.NUMBERING_RESULT), 30, "the portal's copy")
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE bank_code = '9002' AND token = $1",
                              bank_token(platform, mn, "9002")) == 2
 
@@ -247,8 +249,9 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     # Provision records: every bank asked, who answered, who did not in time, the consolidated result.
     pool = await asyncpg.create_pool(observer_dsn(platform.settings), min_size=1, max_size=2)
     try:
+        conversation = hub_pseudonyms(platform.settings).conversation(cid, "dicj")  # records use the hub's id
         records = [r for r in await ProvisionStore(pool).for_person(await portal.token_for("portal", mn))
-                   if str(r.correlation_id) == cid]
+                   if r.correlation_id == conversation]
     finally:
         await pool.close()
     by = {(r.provider, r.status.value) for r in records}
@@ -266,15 +269,17 @@ async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     from infra.kafka import producer
 
     names = TopicNames(platform.settings.kafka.topic_prefix)
+    hub = hub_pseudonyms(platform.settings)  # the bank answers in the correlation id it was shown, its own
+    theirs = hub.correlation_for(hub.conversation(cid, "dicj"), bank)
     first = next(m for m in (peek(r.value) for r in await read_topic(platform.settings, names.ingress,
                                                                          partitions=INGRESS_PARTITIONS))
-                 if m.correlation_id == cid and m.sender == bank and m.type == T.LOOKUP_ANSWER)
+                 if m.correlation_id == theirs and m.sender == bank and m.type == T.LOOKUP_ANSWER)
     store = KeyStore.for_settings(platform.settings)
     sealer = Sealer(store.keyset(bank), store.local_directory(platform.participants))
     [envelope] = sealer.seal_batch([Message(
         body={"bank_code": bank.removeprefix("bank-"), "accounts": [], "answered_at": datetime.now(UTC)},
         type=T.LOOKUP_ANSWER, to=first.recipient, subject=first.subject, data_item=first.data_item,
-        basis=first.legal_basis, correlation_id=cid)])
+        basis=first.legal_basis, correlation_id=theirs)])
     prod = producer(platform.settings)
     await prod.start()
     try:
@@ -394,6 +399,10 @@ async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, d
     view = await dicj.wait_result(cid, timeout=30)
     assert view["answering_banks"] == ["9000", "9002"] and view["missing_banks"] == []
     assert [a["account_number"] for a in view["accounts"]] == [accts["9000"][0]["account_number"]]
+    names = hub_pseudonyms(platform.settings)  # each bank got the lookup under a correlation id of its own
+    seen = {uuid.UUID(names.correlation_for(names.conversation(cid, "dicj"), b)): b
+            for b in [p.id for p in platform.participants.banks()]}
     received = {r["participant"] for r in await pg.fetch(
-        "SELECT participant FROM bank_lookups_received WHERE correlation_id = $1", uuid.UUID(cid))}
+        "SELECT participant, correlation_id FROM bank_lookups_received WHERE correlation_id = ANY($1::uuid[])",
+        list(seen)) if seen[r["correlation_id"]] == r["participant"]}
     assert received == {"bank-9000", "bank-9002"}

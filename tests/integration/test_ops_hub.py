@@ -30,7 +30,7 @@ from infra.stack import WORKERS, Platform, wait_for_groups
 from infra.topics import TopicNames
 from schemas import types as T
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
 from tests.integration.waits import hub_barrier, metric, moved_on
@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ROTATING_AGENCY = "agency-mhlw"  # only this module's key-rotation test uses it
+PROCEDURES = {ROTATING_AGENCY: "national-pension", AGENCY: "child-allowance"}  # infra/procedures.toml
 
 
 async def endpoint_of(platform: Platform, name: str, timeout: float = 90) -> WorkerEndpoint:
@@ -72,8 +73,9 @@ async def eventually(check, timeout: float = 60, every: float = 0.3):
 
 def inquiry(bus, agency: str, token: str):
     return bus.request(agency, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-                       body={"procedure_code": "BENEFIT-007", "purpose": None, "requested_at": datetime.now(UTC)},
-                       data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60)
+                       body={"procedure_code": PROCEDURES[agency], "purpose": None, "requested_at": datetime.now(UTC)},
+                       data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60,
+                       procedure=PROCEDURES[agency])
 
 
 # --------------------------------------------------------------------------- metrics, health, status
@@ -162,9 +164,9 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
     # No rejection notice: the hub does not answer a sender it could not verify. The dead letter stands.
     correlation = str(uuid.uuid4())
     (message_id,) = await bus.runtime.send(ROTATING_AGENCY, [Message(
-        body={"procedure_code": "BENEFIT-007", "purpose": None, "requested_at": datetime.now(UTC)},
+        body={"procedure_code": PROCEDURES[ROTATING_AGENCY], "purpose": None, "requested_at": datetime.now(UTC)},
         type=T.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
-        basis=BASIS_PROVISION, correlation_id=correlation)])
+        basis=BASIS_PROVISION, correlation_id=correlation, procedure=PROCEDURES[ROTATING_AGENCY])])
 
     async def dead_letters(n: int):
         found = (await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]
@@ -204,7 +206,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
 
     assert await eventually(answered) == 1
     records = await pg.fetch("SELECT requester, provider, status FROM provision_records WHERE correlation_id = $1",
-                             correlation)
+                             hub_pseudonyms(settings).conversation(correlation, ROTATING_AGENCY))
     assert {(r["requester"], r["provider"], r["status"]) for r in records} == {
         (ROTATING_AGENCY, "registry", "REQUESTED"), (ROTATING_AGENCY, "registry", "PROVIDED")}
     await hub_barrier(settings)  # the hub has been through everything sent so far: the re-drive did not fail too

@@ -62,7 +62,7 @@ KEY = RecordsKey.generate()
 @pytest.fixture
 async def store(pool) -> ProvisionStore:
     store = ProvisionStore(pool, KEY)
-    assert await store.migrate() == [1, 2]
+    assert await store.migrate() == [1, 2, 3]
     assert await store.migrate() == []
     return store
 
@@ -264,11 +264,30 @@ async def test_concurrent_redelivery_of_the_same_drafts_writes_once(pool, store)
 
 async def test_records_round_trip_through_the_avro_codec(pool, store):
     person = token()
-    [record] = await append(pool, store, [draft(person, status="NOT_REGISTERED")])
+    [record] = await append(pool, store, [draft(person, status="NOT_REGISTERED")])  # a v1 record
     decoded = codec.decode(codec.encode("provision_record", to_avro(record)), "provision_record")
-    assert decoded["person_token"] == person.encode("ascii")
-    assert decoded["status"] == "NOT_REGISTERED"
-    assert from_avro(decoded, seq=record.seq) == record
+    assert decoded["person_token"] == b"" and decoded["status"] == "NOT_REGISTERED"  # published without the token
+    assert dataclasses.replace(from_avro(decoded), person_token=person) == record
+
+
+async def test_v2_records_with_procedure_and_outcome_are_stored_and_published_without_a_token(pool, store):
+    person, pseudonym = token(), token()
+    v2 = {"person": pseudonym, "procedure": "income-tax-refund"}
+    written = await append(pool, store, [dataclasses.replace(draft(person), **v2),
+                                         dataclasses.replace(draft(person, status="BLOCKED"), **v2)])
+    assert [r.version for r in written] == [2, 2]
+    assert await store.for_person(person) == written  # the new columns round-trip through PostgreSQL
+    verdict = await store.verify_chain(person)
+    assert verdict.ok and verdict.checked == 2
+    for record in written:
+        published = codec.decode(codec.encode("provision_record", to_avro(record)), "provision_record")
+        assert published["person_token"] == b"" and published["person"] == pseudonym
+        assert chain_hash(record.prev_hash, canonical_bytes(from_avro(published))) == record.hash
+    # Tampering with the new columns is caught like any other field.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE provision_records SET procedure = 'child-allowance' WHERE record_id = $1",
+                           written[0].record_id)
+    assert "seq 1: hash mismatch (altered)" in (await store.verify_chain(person)).problems
 
 
 @pytest.mark.parametrize("people", [500, 50, 1])

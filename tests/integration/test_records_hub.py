@@ -10,17 +10,22 @@ second person's traffic goes on and verifies.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from connectors.client import BusClient
+from connectors.portal_cards import CardStore
+from connectors.portal_schema import migrate_portal
 from infra.cli import main
 from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.pgdsn import observer_dsn
+from infra.pgdsn import component_dsn, observer_dsn
 from infra.provisions import ProvisionStore
 from infra.stack import settings_env
 from schemas import types as T
@@ -32,6 +37,10 @@ from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
 
 AGENCY = "agency-city-minato"
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
+PIN = "2580"
+CARDS: dict[str, str] = {}
+"""My Number → the person's portal card: `renkei portal records` takes the card and PIN, not a My Number."""
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +79,16 @@ async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
     answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry",
                                subject=await bus.token_for(AGENCY, mn), data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                                basis=BASIS_PROVISION,
-                               body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": now})
+                               body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now},
+                               procedure=PROCEDURE)
     assert answer.body["status"] == "REGISTERED"
+    CARDS[mn] = f"card-{uuid.uuid4().hex[:10]}"  # the card issuer's work (renkei portal card issue)
+    pool = await asyncpg.create_pool(component_dsn(platform.settings, "portal"), min_size=1, max_size=2)
+    try:
+        await migrate_portal(pool)
+        await CardStore(pool).issue(CARDS[mn], await bus.token_for("portal", mn), PIN)
+    finally:
+        await pool.close()
 
 
 async def portal_records(platform, capsys, mn: str) -> tuple[int, dict]:
@@ -79,10 +96,15 @@ async def portal_records(platform, capsys, mn: str) -> tuple[int, dict]:
     flags = ["--kafka-bootstrap", s.kafka.bootstrap, "--state-dir", str(s.state_dir),
              "--topic-prefix", s.kafka.topic_prefix, "--participants-file", str(s.participants_file), "--json"]
     capsys.readouterr()
-    with pytest.MonkeyPatch.context() as env:  # PostgreSQL as a worker gets it: the environment
-        for name, value in settings_env(s).items():
-            env.setenv(name, value)
-        code = await asyncio.to_thread(main, ["portal", "records", "--my-number", mn, "--timeout", "120", *flags])
+    stdin, sys.stdin = sys.stdin, io.StringIO(f"{PIN}\n")
+    try:
+        with pytest.MonkeyPatch.context() as env:  # PostgreSQL as a worker gets it: the environment
+            for name, value in settings_env(s).items():
+                env.setenv(name, value)
+            code = await asyncio.to_thread(main, ["portal", "records", "--card", CARDS[mn], "--pin", "-",
+                                                  "--timeout", "120", *flags])
+    finally:
+        sys.stdin = stdin
     out, _ = capsys.readouterr()
     assert mn not in out
     return code, json.loads(out)

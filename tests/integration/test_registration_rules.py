@@ -35,7 +35,7 @@ from infra.pgdsn import observer_dsn
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,8 +112,8 @@ async def register(bus: BusClient, mn: str, acct: dict | None, operation: str = 
 async def inquire(bus: BusClient, mn: str, agency: str = AGENCY) -> dict:
     answer = await bus.request(
         agency, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(agency, mn),
-        body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": datetime.now(UTC)},
-        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120)
+        body={"procedure_code": ENTITLED_PROCEDURE[agency], "purpose": None, "requested_at": datetime.now(UTC)},
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120, procedure=ENTITLED_PROCEDURE[agency])
     assert answer.meta.type == T.PROVISION_RESPONSE
     return answer.body
 
@@ -274,10 +274,14 @@ async def test_another_bank_cannot_answer_a_check_it_was_not_asked(bus, pg, plat
     try:
         pending = asyncio.create_task(register(bus, b, acct))  # B tries A's account
         check = await eventually(lambda: open_check(pg, "bank-9003"), timeout=60)
+        # Each participant sees a conversation under a correlation id of its own (infra.pseudonyms), so a bank
+        # that was not shown this check cannot even address it; the test hands bank 9004 the correlation id
+        # that reaches the registry's check, to prove the registry's own attribution of the answer.
+        names = hub_pseudonyms(platform.settings)
+        reaching = names.correlation_for(names.conversation(str(check["correlation_id"]), "registry"), "bank-9004")
         forged = Message(body={"bank_code": "9003", "result": "CONFIRMED", "answered_at": datetime.now(UTC)},
                          type=T.EXISTENCE_ANSWER, to="registry", subject=bank_token(platform.settings, b, "bank-9004"),
-                         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION,
-                         correlation_id=str(check["correlation_id"]))
+                         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, correlation_id=reaching)
         await counter.send("bank-9004", [forged])
 
         async def refused() -> Any:

@@ -39,7 +39,7 @@ from schemas import types as T
 from streams.participant import ParticipantRuntime
 from infra.pgdsn import observer_dsn
 from infra.storage import everywhere
-from tests.integration.platform_fixtures import isolated_platform
+from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
 from tests.integration.test_lookups import bank_token, numbered_person, wait_for
@@ -146,28 +146,36 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     await set_behaviour(pg, "bank-9001", answer_delay_ms=4000)  # its real answer comes after the forgery
     cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), deadline_s=30,
                                   designated_bank_codes=["9000", "9001"], disaster_id="2026-TEST-13")
-    await wait_for(lambda: pg.fetchval("SELECT count(*) = 2 FROM bank_lookups_received WHERE correlation_id = $1",
-                                       uuid.UUID(cid)), 30, "both banks to get the lookup")
+    names = hub_pseudonyms(settings)  # each bank sees the lookup under a correlation id of its own
+
+    def seen_by(bank: str) -> str:
+        return names.correlation_for(names.conversation(cid, "dicj"), bank)
+
+    await wait_for(lambda: pg.fetchval("SELECT count(*) = 2 FROM bank_lookups_received WHERE correlation_id = "
+                                       "ANY($1::uuid[])", [uuid.UUID(seen_by(b)) for b in ("bank-9000", "bank-9001")]),
+                   30, "both banks to get the lookup")
     fake = {"bank_code": "9001", "branch_code": "999", "account_type": "ORDINARY", "account_number": "7654321",
             "holder_kana": "サギ タロウ"}
 
-    def answer(bank: str, claimed_code: str) -> Message:
+    def answer(bank: str, claimed_code: str, correlation_id: str) -> Message:
         return Message(body={"bank_code": claimed_code, "accounts": [fake], "answered_at": datetime.now(UTC)},
                        type=T.LOOKUP_ANSWER, to="dicj", subject=bank_token(platform, mn, bank[5:]),
-                       data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=BASIS_DISASTER_LOOKUP, correlation_id=cid)
+                       data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=BASIS_DISASTER_LOOKUP,
+                       correlation_id=correlation_id)
 
     # 1. bank-9000 (asked) answers "as 9001"; 2. bank-9002 (not asked) answers through the hub.
     banks = ParticipantRuntime(settings, ["bank-9000", "bank-9002"], {}, group=f"{uuid.uuid4().hex}.forger")
     await banks.start(consume=False)
     try:
-        [as_other] = await banks.send("bank-9000", [answer("bank-9000", "9001")])
-        [unasked] = await banks.send("bank-9002", [answer("bank-9002", "9002")])
+        [as_other] = await banks.send("bank-9000", [answer("bank-9000", "9001", seen_by("bank-9000"))])
+        # not asked, it knows no correlation of this lookup: it tries DICJ's (say it leaked)
+        [unasked] = await banks.send("bank-9002", [answer("bank-9002", "9002", cid)])
     finally:
         await banks.stop()
     # 3. bank-9003 (not asked) with a hub keyset holder who countersigns it straight into DICJ's inbox.
     store = KeyStore.for_settings(settings)
     directory = bus.runtime.directory
-    own = Sealer(store.keyset("bank-9003"), directory).seal_batch([answer("bank-9003", "9003")])[0]
+    own = Sealer(store.keyset("bank-9003"), directory).seal_batch([answer("bank-9003", "9003", cid)])[0]
     smuggled = HubForwarder(store.keyset("hub"), directory).forward(own, store.token_authority().token_for(mn, "dicj"))
     await bus.runtime.producer.send_and_wait(TopicNames(settings.kafka.topic_prefix).inbox("dicj"), smuggled)
 
@@ -178,14 +186,18 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     assert fake["account_number"] not in got
     filed = {r["bank_code"]: r["message_id"] for r in await pg.fetch(
         "SELECT bank_code, message_id FROM dicj_lookup_answers WHERE correlation_id = $1", uuid.UUID(cid))}
-    assert set(filed) == {"9000", "9001"} and str(filed["9001"]) != as_other
+    # DICJ knows each answer by the id of the leg the hub forwarded
+    as_other_leg = names.leg_message_id(as_other, "dicj")
+    assert set(filed) == {"9000", "9001"} and str(filed["9001"]) != as_other_leg
     # DICJ refused the forgery and the smuggled answer; the hub refused the unasked bank's answer.
-    assert await dead_letters(pg, "dicj", [as_other, peek(smuggled).message_id]) == {
-        as_other: "SENDER_NOT_ALLOWED", peek(smuggled).message_id: "UNSOLICITED"}
+    assert await dead_letters(pg, "dicj", [as_other_leg, peek(smuggled).message_id]) == {
+        as_other_leg: "SENDER_NOT_ALLOWED", peek(smuggled).message_id: "UNSOLICITED"}
     await wait_for(lambda: pg.fetchval("SELECT reason = 'UNSOLICITED' AND NOT accepted FROM hub_messages "
                                        "WHERE message_id = $1", uuid.UUID(unasked)), 30, "the hub's refusal")
-    assert not await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE message_id = $1", uuid.UUID(unasked))
-    assert not await pg.fetchval("SELECT count(*) FROM provision_records WHERE message_id = $1", uuid.UUID(unasked))
+    assert not await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE message_id = $1",
+                                 uuid.UUID(names.leg_message_id(unasked, "dicj")))
+    assert not await pg.fetchval("SELECT count(*) FROM provision_records WHERE message_id = $1",
+                                 names.record_message_id(unasked))
 
 
 # --- 13.8: forged envelopes with huge wraps and audit paths do not stall the hub ----------------------------

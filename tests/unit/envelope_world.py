@@ -9,6 +9,8 @@ from infra import envelope as E
 from infra.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
 from infra.keys import KeyDirectory, Keyset, RootAuthority
 from infra.participants import Kind, Participant, Participants
+from infra.policy import Policy
+from infra.procedures import Procedure, Procedures
 from infra.tokens import TokenAuthority
 import pytest
 
@@ -18,6 +20,8 @@ from schemas.types import BODY_SCHEMA
 from tests.unit.leakguard import used
 
 T0 = 1_750_000_000.0  # seconds
+PROCEDURE = "test-benefit"  # every agency of the world is entitled to it (world_policy)
+OTHER_PROCEDURE = "agency-b-benefit"  # only agency-b is
 MY_NUMBER = used("123456789018")
 OTHER_MY_NUMBER = used("987654321093")
 
@@ -180,3 +184,12 @@ def _example(schema: Any, named: dict) -> Any:
         named[schema["name"]] = schema
         return b"\x00" * schema["size"]
     return _example(kind, named)
+
+
+def world_policy() -> Policy:
+    """The shipped rules with a catalogue for this world's agencies (agency-a, agency-b)."""
+    text = dict(name_ja="試験給付", name_en="Test benefit", legal_basis="試験法 第1条", purpose_ja="試験のため",
+                purpose_en="for the tests")
+    catalogue = Procedures([Procedure(PROCEDURE, agencies=frozenset({"kind:agency"}), **text),
+                            Procedure(OTHER_PROCEDURE, agencies=frozenset({"agency-b"}), **text)])
+    return Policy(Policy.load().rules, catalogue)

@@ -11,12 +11,11 @@ import pytest
 from infra import envelope as E
 from infra import merkle
 from infra.errors import CodecError, Reason
-from infra.policy import Policy
 from infra.ratelimit import SenderRateLimiter
 from schemas import codec
 from schemas.bounds import ArrayCaps, CapExceeded
 from streams.gateway import HubCore, Inbound
-from tests.unit.envelope_world import Clock, World, example_body, rejected
+from tests.unit.envelope_world import PROCEDURE, Clock, World, example_body, rejected, world_policy
 from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
@@ -188,11 +187,11 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst():
 
 def test_the_hub_refuses_a_sender_over_its_rate_and_serves_the_others(world):
     clock = Clock(0.0)
-    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=Policy.load(), participants=world.participants,
+    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=world_policy(), participants=world.participants,
                    tokens=world.tokens, limiter=SenderRateLimiter(1, 5, clock=clock))
 
     def inquiry(sender: str) -> Inbound:
-        return Inbound(world.seal(sender=sender, basis="account-registration-act/art9"), 0, 0)
+        return Inbound(world.seal(sender=sender, basis="account-registration-act/art9", procedure=PROCEDURE), 0, 0)
 
     flood = core.decide([inquiry("agency-a") for _ in range(8)])
     assert [d.reason for d in flood] == [None] * 5 + [Reason.RATE_LIMITED] * 3

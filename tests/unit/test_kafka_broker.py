@@ -106,6 +106,14 @@ def test_fetch_without_maven_says_what_to_install(tmp_path, monkeypatch):
     assert kb.cached_distribution(tmp_path / "cache") is None
 
 
+def test_a_cluster_id_never_starts_with_a_dash():
+    # The storage tool reads `--cluster-id -…` as a missing argument: one random id in 64 starts with "-",
+    # so 2,000 draws of the unguarded id would meet one with near certainty (1 - (63/64)**2000).
+    ids = [kb.new_cluster_id() for _ in range(2000)]
+    assert not [c for c in ids if c.startswith("-")]
+    assert any("-" in c for c in ids)  # the alphabet is still base64url (Kafka's), dashes inside are fine
+
+
 def test_cluster_id_and_formatted_storage(tmp_path):
     cid = kb.new_cluster_id()
     assert len(cid) == 22 and "=" not in cid and cid != kb.new_cluster_id()

@@ -121,7 +121,7 @@ def test_the_policy_follows_suspensions_published_in_the_directory():
     directory = KeyDirectory(ROOT.public_key)
     policy.follow(directory)
     assert directory.refuse_suspended_signers is False  # the policy refuses them, after verifying
-    ok = (T.PROVISION_INQUIRY, DATA_PUBLIC_FUNDS_ACCOUNT, BASIS_PROVISION)
+    ok = (T.PROVISION_INQUIRY, DATA_PUBLIC_FUNDS_ACCOUNT, BASIS_PROVISION, "income-tax-refund")  # agency-nta's
     assert policy.authorise(agency, registry, *ok)
     published(directory, [ParticipantStatus("agency-nta", ParticipantState.SUSPENDED, 1, T0)])
     with pytest.raises(PolicyDenied) as info:

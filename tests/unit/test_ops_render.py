@@ -1,4 +1,4 @@
-"""What the ops tools show of a record: metadata only, never a body, key or full subject."""
+"""What the ops tools show of a record: metadata only, never a body, a key or any part of a subject token."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from collections import namedtuple
 from infra.dlq import dead_letter, redrive_headers
 from infra.inspection import describe_record
 from infra.lag import lag_of
-from infra.ops import renkei_headers, short_subject
+from infra.ops import renkei_headers, subject_shown
 from schemas import codec
 from tests.unit.envelope_world import World
 
 Rec = namedtuple("Rec", "partition offset timestamp key value headers")
 
 
-def test_short_subject_keeps_six_characters() -> None:
-    assert short_subject("abcdefghij") == "abcdef…"
-    assert short_subject("abc") == "abc"
+def test_a_subject_shows_only_that_there_is_one() -> None:
+    assert subject_shown("abcdefghij") == "present" and subject_shown("") == "none"
 
 
 def test_only_renkei_headers_are_shown() -> None:
@@ -33,12 +32,28 @@ def test_describe_record_shows_envelope_metadata_and_sizes_only() -> None:
     out = describe_record(Rec(0, 3, 1_743_465_600_000, subject.encode(), value, [("renkei.redrive", b"7")]))
     env = out["envelope"]
     assert out["decodable"] is True and out["key_bytes"] == len(subject) and out["value_bytes"] == len(value)
-    assert env["subject"] == subject[:6] + "…" and env["countersigned"] is False and env["hub_key_id"] is None
+    assert env["subject"] == "present" and env["countersigned"] is False and env["hub_key_id"] is None
     assert env["type"] == "provision.inquiry" and env["sender"] == "agency-a" and env["recipient"] == "registry"
     body = codec.decode(value, "envelope")["body"]
     assert env["body_bytes"] == len(body)
     text = json.dumps(out, default=str, ensure_ascii=False)
-    assert subject not in text and body.hex()[:32] not in text and out["headers"] == {"renkei.redrive": "7"}
+    assert subject[:4] not in text and body.hex()[:32] not in text and out["headers"] == {"renkei.redrive": "7"}
+    assert env["forwarded_leg"] is False
+
+
+def test_a_forwarded_leg_shows_its_procedure_only_to_its_recipient() -> None:
+    """On a leg the procedure and the outcome are sealed: the ops view of an inbox shows neither."""
+    import uuid
+
+    from infra.envelope import LegIds
+
+    world = World()
+    sealed = world.seal("agency-a", "registry", "provision.inquiry", procedure="child-allowance")
+    assert describe_record(Rec(0, 0, 0, None, sealed, []))["envelope"]["procedure"] == "child-allowance"  # ingress
+    meta = world.ingress.verify(sealed)
+    leg = world.hub.forward(meta, world.token("registry"), leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
+    env = describe_record(Rec(0, 0, 0, None, leg, []))["envelope"]
+    assert env["forwarded_leg"] is True and env["procedure"] is None and "outcome" not in env
 
 
 def test_describe_record_marks_non_envelopes_with_the_codec_reason() -> None:

@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 from infra import policy as P
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant, load_participants
+from infra.procedures import Procedures
 from schemas.types import MESSAGE_TYPES
 
 PARTICIPANTS = load_participants()
+CATALOGUE = Procedures.load()
+STEP2 = {"provision.inquiry", "provision.response"}  # rules with procedure = true: the agency's entitlement
 ALL_KINDS = tuple(Kind)
 
 REG, CHG, BANK_IN, PROV = P.BASIS_REGISTRATION, P.BASIS_CHANGE, P.BASIS_BANK_INTAKE, P.BASIS_PROVISION
@@ -46,6 +49,8 @@ FLOWS: list[tuple[tuple[Kind, ...], tuple[Kind, ...], str, str, tuple[str, ...],
     (ALL_KINDS, (K.HUB,), "token.issue.request", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
     ((K.HUB,), ALL_KINDS, "token.issue.response", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
     ((K.HUB,), ALL_KINDS, "rejection.notice", P.DATA_NONE, (P.BASIS_NETWORK_OPERATION,), False),
+    ((K.REGISTRY,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (REG, ALONG, CHG, BANK_IN, PROV), False),
+    ((K.DICJ,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (INH, DIS), False),
 ]
 
 ALLOWED: dict[tuple[Kind, Kind, str, str, str], bool] = {
@@ -64,6 +69,15 @@ def one(kind: Kind, n: int = 0) -> Participant:
     return PARTICIPANTS.of_kind(kind)[n]
 
 
+def procedure_for(type_: str, sender: Participant, recipient: Participant) -> str | None:
+    """A procedure the STEP2 agency of this message is entitled to (None for every other type)."""
+    if type_ not in STEP2:
+        return None
+    agency = sender if sender.kind is K.AGENCY else recipient
+    entitled = CATALOGUE.for_agency(agency)
+    return entitled[0].code if entitled else None
+
+
 def denied(policy: P.Policy, *args) -> Reason:
     with pytest.raises(PolicyDenied) as caught:
         policy.authorise(*args)
@@ -73,7 +87,8 @@ def denied(policy: P.Policy, *args) -> Reason:
 @pytest.mark.parametrize("combo", sorted(ALLOWED, key=str), ids=lambda c: f"{c[0].value}->{c[1].value}:{c[2]}:{c[4]}")
 def test_every_flow_is_allowed_with_its_records_flag(policy, combo):
     s, r, t, item, basis = combo
-    decision = policy.authorise(one(s), one(r, 1 if s is r is Kind.BANK else 0), t, item, basis)
+    sender, recipient = one(s), one(r, 1 if s is r is Kind.BANK else 0)
+    decision = policy.authorise(sender, recipient, t, item, basis, procedure_for(t, sender, recipient))
     assert decision.records is ALLOWED[combo]
     assert decision.not_disclosed is False
 
@@ -85,8 +100,9 @@ def test_shipped_rules_use_only_documented_items_and_bases(policy):
 
 
 def test_inquiries_and_provisions_record_and_say_who_provided(policy):
-    inquiry = policy.authorise(one(K.AGENCY), one(K.REGISTRY), "provision.inquiry", ACCOUNT, PROV)
-    response = policy.authorise(one(K.REGISTRY), one(K.AGENCY), "provision.response", ACCOUNT, PROV)
+    inquiry = policy.authorise(one(K.AGENCY), one(K.REGISTRY), "provision.inquiry", ACCOUNT, PROV, "child-allowance")
+    response = policy.authorise(one(K.REGISTRY), one(K.AGENCY), "provision.response", ACCOUNT, PROV,
+                                "child-allowance")
     assert (inquiry.records, inquiry.sender_role) == (True, "requester")
     assert (response.records, response.sender_role) == (True, "provider")
     assert inquiry.rule_id == "step2.provision-inquiry"
@@ -137,7 +153,7 @@ def test_unknown_participant(policy):
 def test_suspension_is_immediate_and_checked_before_rules():
     policy = P.Policy.load()
     agency, registry = one(K.AGENCY), one(K.REGISTRY)
-    args = ("provision.inquiry", ACCOUNT, PROV)
+    args = ("provision.inquiry", ACCOUNT, PROV, "child-allowance")
     policy.suspend(agency.id)
     assert denied(policy, agency, registry, *args) is Reason.SUSPENDED
     # before rules: even a combination no rule allows reports SUSPENDED
@@ -219,7 +235,8 @@ def test_random_combinations_outside_the_rule_set_are_denied(sender, recipient, 
     policy = _SHARED
     key = (sender.kind, recipient.kind, type_, item, basis)
     if key in ALLOWED:
-        assert policy.authorise(sender, recipient, type_, item, basis).records is ALLOWED[key]
+        procedure = procedure_for(type_, sender, recipient)
+        assert policy.authorise(sender, recipient, type_, item, basis, procedure).records is ALLOWED[key]
     else:
         with pytest.raises(PolicyDenied) as caught:
             policy.authorise(sender, recipient, type_, item, basis)

@@ -11,7 +11,9 @@ import pytest
 from infra.errors import Reason, Rejection
 from infra.provisions import (
     CANONICAL_TAG,
+    CANONICAL_TAG_V2,
     GENESIS_HASH,
+    OUTCOME_STATUS,
     ProvisionRecord,
     ProvisionStatus,
     RecordDraft,
@@ -165,18 +167,85 @@ def test_reprs_do_not_show_the_person_token_or_hashes():
     assert record.hash.hex() not in repr(record)
 
 
-def test_avro_round_trip_keeps_the_hash_verifiable():
+def test_avro_of_a_v1_record_carries_no_token():
     record = ProvisionRecord.chain(
         draft(status=ProvisionStatus.PROVIDED, provided_at=datetime(2025, 4, 1, 1, tzinfo=timezone.utc)),
         seq=7, prev_hash=bytes(range(32)))
     datum = to_avro(record)
-    assert datum["person_token"] == TOKEN.encode("ascii")
-    decoded = codec.decode(codec.encode("provision_record", datum), "provision_record")
-    back = from_avro(decoded, seq=7)
-    assert back == record
-    assert chain_hash(back.prev_hash, canonical_bytes(back)) == back.hash
+    assert datum["person_token"] == b"" and datum["person"] is None and datum["seq"] == 7
+    back = from_avro(codec.decode(codec.encode("provision_record", datum), "provision_record"))
+    assert dataclasses.replace(back, person_token=TOKEN) == record  # only the token stayed in the database
     # a never-provided record carries null
     assert codec.decode(codec.encode("provision_record", to_avro(first())), "provision_record")["provided_at"] is None
+
+
+PERSON = "cHNldWRvbnltLW9mLXRoZS1wZXJzb24tdW5kZXItdGhlLWh1Yi1rZXk"  # a pseudonym's shape (base64url)
+
+
+def v2(**over) -> ProvisionRecord:
+    return first(person=PERSON, procedure="income-tax-refund", **over)
+
+
+def test_v2_encoding_replaces_the_token_by_the_pseudonym_and_adds_the_procedure():
+    record = v2()
+    canonical = canonical_bytes(record)
+    assert record.version == 2 and first().version == 1
+    assert canonical.startswith(len(CANONICAL_TAG_V2).to_bytes(4, "big") + CANONICAL_TAG_V2)
+    assert TOKEN.encode() not in canonical and PERSON.encode() in canonical
+    assert canonical.endswith(len("income-tax-refund").to_bytes(4, "big") + b"income-tax-refund")
+    # Independently: the v1 items with the pseudonym for the token, then the procedure.
+    v1_like = canonical_bytes(first(person_token=PERSON))
+    expected = (len(CANONICAL_TAG_V2).to_bytes(4, "big") + CANONICAL_TAG_V2
+                + v1_like[4 + len(CANONICAL_TAG):] + len(b"income-tax-refund").to_bytes(4, "big")
+                + b"income-tax-refund")
+    assert canonical == expected
+    assert canonical_bytes(first(person=PERSON)).endswith(bytes(4))  # no procedure: a zero-length item
+
+
+@pytest.mark.parametrize("change", [
+    {"person": PERSON[:-1] + "A"},
+    {"person": None},  # back to v1: another tag
+    {"procedure": "child-allowance"},
+    {"procedure": None},
+    {"status": ProvisionStatus.BLOCKED},
+    {"person_token": TOKEN + "A"},  # NOT covered in v2: the head seal binds the chain to the token
+], ids=lambda c: next(iter(c)))
+def test_v2_hash_covers_the_pseudonym_and_the_procedure(change):
+    record = v2()
+    altered = dataclasses.replace(record, **change)
+    covered = chain_hash(altered.prev_hash, canonical_bytes(altered)) != record.hash
+    assert covered is ("person_token" not in change)
+
+
+def test_a_procedure_written_into_a_v1_record_breaks_its_hash():
+    record = first()
+    forged = dataclasses.replace(record, procedure="child-allowance")
+    assert chain_hash(forged.prev_hash, canonical_bytes(forged)) != record.hash
+
+
+def test_a_v2_record_read_from_the_audit_topic_can_be_rehashed_without_any_token():
+    record = ProvisionRecord.chain(draft(person=PERSON, procedure="income-tax-refund",
+                                         status=ProvisionStatus.NOT_REGISTERED), seq=3, prev_hash=bytes(range(32)))
+    datum = codec.decode(codec.encode("provision_record", to_avro(record)), "provision_record")
+    assert datum["person_token"] == b"" and datum["person"] == PERSON and datum["status"] == "NOT_REGISTERED"
+    back = from_avro(datum)
+    assert back.seq == 3 and back.procedure == "income-tax-refund" and back.person_token == ""
+    assert chain_hash(back.prev_hash, canonical_bytes(back)) == record.hash
+
+
+def test_drafts_with_a_procedure_need_a_pseudonym_and_a_code():
+    with pytest.raises(Rejection, match="v2"):
+        draft(procedure="income-tax-refund")
+    with pytest.raises(Rejection, match="procedure"):
+        draft(person=PERSON, procedure="has space")
+    with pytest.raises(Rejection, match="person"):
+        draft(person="not base64url!")
+    assert PERSON not in repr(v2()) and "income-tax-refund" in repr(v2())
+
+
+def test_outcomes_map_to_statuses():
+    assert OUTCOME_STATUS == {"REGISTERED": ProvisionStatus.PROVIDED, "NOT_REGISTERED": ProvisionStatus.NOT_REGISTERED,
+                              "BLOCKED": ProvisionStatus.BLOCKED}
 
 
 def test_after_a_purge_the_chain_starts_at_its_anchor():
