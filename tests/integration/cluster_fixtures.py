@@ -1,4 +1,4 @@
-"""The secured three-node cluster for the cluster tests: one per session, shared by every test that needs it.
+"""The secured three-node cluster for the cluster tests: one per test module, shared by its tests.
 
 ``kafka_cluster`` starts :class:`infra.cluster.KafkaCluster` (three KRaft nodes, SASL_SSL with
 SCRAM-SHA-512, default-deny ACLs, replication 3, ``min.insync.replicas=2``) under a temporary folder,
@@ -42,7 +42,7 @@ def _java_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after its module: three JVMs are a lot for the rest of a suite on 2 cores
 async def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KafkaCluster]:
     from infra import kafka_broker as kb
 
