@@ -50,6 +50,7 @@ from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.cluster_fixtures import kafka_cluster, secured_platform  # noqa: F401
+from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
@@ -91,11 +92,22 @@ async def _register(portal: BusClient, mn: str, acct: dict) -> dict:
     return answer.body
 
 
+async def _registered_person(platform: Platform, pg: asyncpg.Connection, bank: str) -> tuple[str, dict]:
+    """A person holding an account at ``bank``, registered through the portal (STEP1) as the portal's principal."""
+    mn, acct = generate_my_number(_rng), _account(bank)
+    await hold_account(platform.settings, pg, mn, acct)
+    async with _client(platform, "portal", "step1") as portal:
+        assert (await _register(portal, mn, acct))["status"] == "DONE"
+    return mn, acct
+
+
 async def _inquire(agency: BusClient, mn: str, agency_id: str = AGENCY) -> dict:
     token = await agency.token_for(agency_id, mn)
+    procedure = ENTITLED_PROCEDURE[agency_id]  # a procedure the agency may ask under (infra/procedures.toml)
     answer = await agency.request(agency_id, type=T.PROVISION_INQUIRY, to="registry", subject=token,
-                                  body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": _now()},
-                                  data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120)
+                                  body={"procedure_code": procedure, "purpose": None, "requested_at": _now()},
+                                  data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120,
+                                  procedure=procedure)
     assert answer.meta.type == T.PROVISION_RESPONSE
     return answer.body
 
@@ -152,10 +164,7 @@ async def test_each_principal_is_refused_what_its_acls_do_not_grant_and_nothing_
     s = secured_platform.settings
     names = TopicNames(s.kafka.topic_prefix)
     # Good traffic first: a STEP1 registration at bank 9002 puts the registry's existence check in bank-9002's inbox.
-    mn, acct = generate_my_number(_rng), _account("9002")
-    await hold_account(s, pg, mn, acct)
-    async with _client(secured_platform, "portal", "acl") as portal:
-        assert (await _register(portal, mn, acct))["status"] == "DONE"
+    mn, _ = await _registered_person(secured_platform, pg, "9002")
     # The rightful reader sees that inbox; another bank's principal is refused it and gets nothing.
     assert await _read_as(s.as_principal("bank-9002"), names.inbox("bank-9002"), f"{names.prefix}.bank-9002.probe")
     with pytest.raises(TopicAuthorizationFailedError):
@@ -279,10 +288,7 @@ async def test_the_whole_cluster_stopped_and_started_the_platform_resumes_where_
                                                                                      kafka_cluster, pg):
     s = secured_platform.settings
     names = TopicNames(s.kafka.topic_prefix)
-    mn, acct = generate_my_number(_rng), _account("9000")
-    await hold_account(s, pg, mn, acct)
-    async with _client(secured_platform, "portal", "before") as portal:
-        assert (await _register(portal, mn, acct))["status"] == "DONE"
+    mn, acct = await _registered_person(secured_platform, pg, "9000")
     offsets_before = await eventually(lambda: _hub_caught_up(s), timeout=60)  # the hub committed all it read
     records_before = await pg.fetchval("SELECT count(*) FROM provision_records")
     dead_before = await _end_offsets(s, names.rejected)
