@@ -22,21 +22,36 @@ Account numbering (付番申出) and lookups (相続時・災害時照会):
   repeated request for the same person is a no-op (LINKED with the same
   count); an account already numbered to another person is REFUSED, never
   silently re-linked.
+- A numbering request taken at a bank's counter (:func:`file_numbering_at_counter`)
+  links the bank's own accounts and goes to DICJ with that outcome in the same
+  transaction, whatever banks it names: the bank's own numbering is on the bus,
+  and DICJ's one consolidated result comes back (``bank_numbering_results``).
 - A lookup is answered from ``bank_numbered_accounts`` only (the law's
-  lookups find numbered accounts), sealed end to end to DICJ.
+  lookups find numbered accounts), sealed end to end to DICJ.  A reminder
+  (the same lookup again, ``reminder`` > 0) is answered like the first
+  inquiry unless the bank's answer is still being prepared.
+- An heir's or a depositor's application taken at a bank's counter
+  (:func:`apply_lookup_at_counter`) goes to DICJ; DICJ's notification — the
+  banks holding numbered accounts, or why it was refused — lands in
+  ``bank_lookup_notifications``.
 - ``bank_sim_behaviour`` makes a simulated bank slow (``answer_delay_ms``:
   the answer is held in ``bank_delayed_answers`` and really leaves only when
-  due, without blocking the other banks) or buggy (``answer_twice``).
+  due, without blocking the other banks), buggy (``answer_twice``) or
+  forgetful (``ignore_inquiries``: that many inquiries get no answer, as if a
+  batch had dropped them; a reminder is then answered).
 
 Handover to a channel connector (``python -m connectors.serve bank``): a
 connector that bridges bank X to its real channel holds a lease in
 ``bank_channel_leases`` naming the message types it handles.  In each batch
-transaction, before any claim, the simulator checks the live leases; a message
-to X of a leased type is *parked* (``bank_parked_messages``, the sealed
-envelope only), not claimed and not handled (``renkei_bank_parked_total``).
-Parked messages are handled by the lease holder while it holds the lease, and
-by the simulator once no live lease covers them (graceful release or expiry);
-a parked row goes once its message is claimed or dead-lettered.  Both sides
+transaction, before any claim, the simulator checks the live leases; while X
+has one, every message to X that the simulator would act on (any type of
+``HANDLERS``, whatever the lease names) is *parked* (``bank_parked_messages``,
+the sealed envelope only), not claimed and not handled
+(``renkei_bank_parked_total``): the simulator never answers for a bank whose
+real channel is connected.  Parked messages of the types the lease names are
+handled by the lease holder while it holds the lease; every parked message of
+X goes back to the simulator once X has no live lease (graceful release or
+expiry); a parked row goes once its message is claimed or dead-lettered.  Both sides
 share the database and its claims, so a message's effect happens once
 whichever of them reads it first (docs/connectors.md, "Deploying").
 """
@@ -145,6 +160,27 @@ BANK_MIGRATIONS = [
     );
     CREATE INDEX bank_delayed_answers_due ON bank_delayed_answers (due_at);
     """,
+    # Reminders, forgetful banks, and applications for lookups taken at a counter.
+    """
+    ALTER TABLE bank_sim_behaviour ADD COLUMN ignore_inquiries integer NOT NULL DEFAULT 0;
+    ALTER TABLE bank_lookups_received ADD COLUMN reminder integer NOT NULL DEFAULT 0,
+        ADD COLUMN answered boolean NOT NULL DEFAULT false;
+    CREATE TABLE bank_lookup_notifications (
+        participant     text NOT NULL,
+        message_id      uuid PRIMARY KEY,
+        correlation_id  uuid NOT NULL,
+        application_ref text NOT NULL,
+        kind            text NOT NULL,
+        status          text NOT NULL,
+        reason          text,
+        banks_with_accounts jsonb NOT NULL,
+        banks_not_answered  jsonb NOT NULL,
+        banks_not_asked     jsonb NOT NULL,
+        is_supplement   boolean NOT NULL,
+        received_at     timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX bank_lookup_notifications_cid ON bank_lookup_notifications (participant, correlation_id);
+    """,
 ]
 
 
@@ -210,11 +246,14 @@ async def seed_customer(conn: Any, token: str, account: dict) -> None:
     await enrol_customer(conn, token, account)
 
 
-async def set_behaviour(conn: Any, bank_id: str, *, answer_delay_ms: int = 0, answer_twice: bool = False) -> None:
-    """Make a simulated bank slow or buggy (read by the bank worker on every inquiry)."""
+async def set_behaviour(conn: Any, bank_id: str, *, answer_delay_ms: int = 0, answer_twice: bool = False,
+                        ignore_inquiries: int = 0) -> None:
+    """Make a simulated bank slow, buggy or forgetful (read by the bank worker on every inquiry)."""
     await conn.execute(
-        "INSERT INTO bank_sim_behaviour VALUES ($1, $2, $3) ON CONFLICT (bank_id) DO UPDATE "
-        "SET answer_delay_ms = $2, answer_twice = $3", bank_id, answer_delay_ms, answer_twice)
+        "INSERT INTO bank_sim_behaviour (bank_id, answer_delay_ms, answer_twice, ignore_inquiries) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (bank_id) DO UPDATE "
+        "SET answer_delay_ms = $2, answer_twice = $3, ignore_inquiries = $4",
+        bank_id, answer_delay_ms, answer_twice, ignore_inquiries)
 
 
 async def link_accounts(conn: Any, bank_code: str, token: str, correlation_id: str, message_id: str) -> tuple[str, int]:
@@ -272,15 +311,27 @@ def _lookup_answer(bank_code: str, accounts: list[dict], *, to: str, subject: st
 
 
 async def on_lookup(ctx: Context) -> None:
-    """Inheritance or disaster lookup: answer DICJ with the person's numbered accounts here (or none)."""
+    """Inheritance or disaster lookup (or a reminder of one): answer DICJ with the person's numbered accounts
+    here (or none)."""
     me = ctx.participants.get(ctx.me)
     assert me is not None and me.bank_code is not None
     m = ctx.meta
-    await ctx.conn.execute(
-        "INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT DO NOTHING", ctx.me, m.message_id, m.correlation_id, m.type)
     behaviour = await ctx.conn.fetchrow(
-        "SELECT answer_delay_ms, answer_twice FROM bank_sim_behaviour WHERE bank_id = $1", ctx.me)
+        "SELECT answer_delay_ms, answer_twice, ignore_inquiries FROM bank_sim_behaviour WHERE bank_id = $1 "
+        "FOR UPDATE", ctx.me)
+    ignored = bool(behaviour and behaviour["ignore_inquiries"] > 0)
+    if ignored:
+        await ctx.conn.execute("UPDATE bank_sim_behaviour SET ignore_inquiries = ignore_inquiries - 1 "
+                               "WHERE bank_id = $1", ctx.me)
+    await ctx.conn.execute(
+        "INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", ctx.me, m.message_id, m.correlation_id, m.type,
+        ctx.body.get("reminder", 0), not ignored)
+    if ignored:  # a forgetful bank: this inquiry is lost in its batch, as if never read
+        return
+    if await ctx.conn.fetchval("SELECT 1 FROM bank_delayed_answers WHERE participant = $1 AND correlation_id = $2",
+                               ctx.me, m.correlation_id):
+        return  # a reminder while this bank's answer is still being prepared: it leaves when due, once
     delay = behaviour["answer_delay_ms"] if behaviour else 0
     copies = 2 if behaviour and behaviour["answer_twice"] else 1
     if delay > 0:
@@ -321,26 +372,74 @@ async def file_numbering_at_counter(runtime: ParticipantRuntime, bank_id: str, t
                                     bank_codes: list[str]) -> tuple[str, str, int]:
     """A person files 付番申出 at ``bank_id``'s counter for ``bank_codes`` (this bank among them or not).
 
-    The bank links its own accounts at once and, when other banks are named,
-    passes the request to DICJ (bank → DICJ → other banks), in one transaction.
-    Returns ``(correlation id, own status, own accounts linked)``.
+    The bank links its own accounts at once and, in the same transaction, sends the request to DICJ with
+    that outcome (bank → DICJ → the other banks): its own numbering is on the bus, and DICJ's ONE
+    consolidated result comes back to the bank (``bank_numbering_results``).  Returns ``(correlation id,
+    own status, own accounts linked)``; the status is None when the bank itself is not named.
     """
     assert runtime.pool is not None
     bank = runtime.participants.get(bank_id)
     assert bank is not None and bank.kind is Kind.BANK and bank.bank_code is not None
     correlation = str(uuid.uuid4())
-    others = [c for c in dict.fromkeys(bank_codes) if c != bank.bank_code]
-    status, linked = "REFUSED", 0
+    codes = list(dict.fromkeys(bank_codes))
+    status, linked, own = None, 0, None
     async with runtime.pool.acquire() as conn, conn.transaction():
-        if bank.bank_code in bank_codes:
+        if bank.bank_code in codes:
             status, linked = await link_accounts(conn, bank.bank_code, token, correlation, correlation)
-        if others:
-            await runtime.send(bank_id, [Message(
-                body={"bank_codes": others, "channel": "BANK", "receiving_bank_code": bank.bank_code,
-                      "requested_at": datetime.now(UTC)},
-                type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
-                basis=BASIS_NUMBERING, correlation_id=correlation)], conn=conn)
+            own = {"bank_code": bank.bank_code, "status": status, "accounts_linked": linked}
+        await runtime.send(bank_id, [Message(
+            body={"bank_codes": codes, "channel": "BANK", "receiving_bank_code": bank.bank_code,
+                  "requested_at": datetime.now(UTC), "receiving_bank_outcome": own},
+            type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
+            basis=BASIS_NUMBERING, correlation_id=correlation)], conn=conn)
     return correlation, status, linked
+
+
+async def apply_lookup_at_counter(runtime: ParticipantRuntime, bank_id: str, token: str, kind: str,
+                                  application: dict[str, Any]) -> str:
+    """An heir (``kind`` ``"INHERITANCE"``: ``token`` is the deceased as this bank knows them) or a depositor
+    in a declared disaster (``"DISASTER"``) applies at ``bank_id``'s counter; the bank sends the application to
+    DICJ.  ``application``: the body's fields (:mod:`infra.lookup_applications`).  Returns the correlation id;
+    DICJ's notification lands in ``bank_lookup_notifications`` (:func:`lookup_notifications`)."""
+    from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
+    from infra.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
+
+    bank = runtime.participants.get(bank_id)
+    assert bank is not None and bank.kind is Kind.BANK
+    if kind == "INHERITANCE":
+        type_, basis, body = (T.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP,
+                              validate_inheritance_application(application))
+    elif kind == "DISASTER":
+        type_, basis, body = (T.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP,
+                              validate_disaster_application(application))
+    else:
+        raise ValueError("kind must be INHERITANCE or DISASTER")
+    correlation = str(uuid.uuid4())
+    await runtime.send(bank_id, [Message(body=body, type=type_, to="dicj", subject=token,
+                                         data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=basis,
+                                         correlation_id=correlation)])
+    return correlation
+
+
+async def on_lookup_notification(ctx: Context) -> None:
+    b = ctx.body
+    await ctx.conn.execute(
+        "INSERT INTO bank_lookup_notifications (participant, message_id, correlation_id, application_ref, kind, "
+        "status, reason, banks_with_accounts, banks_not_answered, banks_not_asked, is_supplement) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb, $11) ON CONFLICT DO NOTHING",
+        ctx.me, ctx.meta.message_id, ctx.meta.correlation_id, b["application_ref"], b["lookup_kind"], b["status"],
+        b["reason"], json.dumps(b["banks_with_accounts"]), json.dumps(b["banks_not_answered"]),
+        json.dumps(b["banks_not_asked"]), b["is_supplement"])
+
+
+async def lookup_notifications(conn: Any, bank_id: str, correlation_id: str) -> list[dict[str, Any]]:
+    """DICJ's notifications about an application taken at ``bank_id``'s counter, the first one first."""
+    rows = await conn.fetch(
+        "SELECT status, reason, kind, application_ref, banks_with_accounts, banks_not_answered, banks_not_asked, "
+        "is_supplement FROM bank_lookup_notifications WHERE participant = $1 AND correlation_id = $2 "
+        "ORDER BY is_supplement, received_at", bank_id, uuid.UUID(correlation_id))
+    return [{**dict(r), **{k: json.loads(r[k]) for k in ("banks_with_accounts", "banks_not_answered",
+                                                          "banks_not_asked")}} for r in rows]
 
 
 async def register_at_counter(runtime: ParticipantRuntime, bank_id: str, token: str, operation: str,
@@ -396,9 +495,10 @@ HANDOVER_MIGRATIONS = [
 ]
 """Component ``bank-handover``: applied by the simulator and by every served bank connector."""
 
-_LIVE_LEASES = "SELECT bank_id, holder, types FROM bank_channel_leases WHERE expires_at > now()"
-_COVERED = ("EXISTS (SELECT 1 FROM bank_channel_leases l WHERE l.bank_id = p.bank_id AND l.expires_at > now() "
-            "AND p.type = ANY(l.types){holder})")
+_LIVE_LEASES = "SELECT bank_id FROM bank_channel_leases WHERE expires_at > now()"
+_LEASED = "EXISTS (SELECT 1 FROM bank_channel_leases l WHERE l.bank_id = p.bank_id AND l.expires_at > now())"
+_HOLDER_COVERS = ("EXISTS (SELECT 1 FROM bank_channel_leases l WHERE l.bank_id = p.bank_id AND l.expires_at > now() "
+                  "AND p.type = ANY(l.types) AND l.holder = $3)")
 
 
 def parking(runtime: ParticipantRuntime) -> Any:
@@ -408,11 +508,12 @@ def parking(runtime: ParticipantRuntime) -> Any:
     runtime.metrics.parked = parked  # type: ignore[attr-defined]  # rendered with the worker's metrics
 
     async def park(conn: Any, items: list[Any]) -> set[int]:
-        leases = {r["bank_id"]: set(r["types"]) for r in await conn.fetch(_LIVE_LEASES)}
-        if not leases:
+        leased = {r["bank_id"] for r in await conn.fetch(_LIVE_LEASES)}
+        if not leased:
             return set()
+        # Whatever types the lease names: the simulator never acts for a bank whose channel is connected.
         chosen = {n: item for n, item in enumerate(items)
-                  if item.opened.meta.type in leases.get(item.ident.participant_id, ())}
+                  if item.ident.participant_id in leased and item.opened.meta.type in HANDLERS}
         if chosen:
             await conn.executemany(
                 "INSERT INTO bank_parked_messages (bank_id, message_id, type, src_topic, src_partition, src_offset, "
@@ -427,7 +528,7 @@ def parking(runtime: ParticipantRuntime) -> Any:
 
 
 async def drain_parked(runtime: ParticipantRuntime, *, holder: str | None = None, limit: int = 200) -> int:
-    """Handle parked messages of ``runtime``'s banks: those no live lease covers (the simulator,
+    """Handle parked messages of ``runtime``'s banks: those of banks with no live lease (the simulator,
     ``holder=None``) or those ``holder``'s live lease covers (the connector).  Returns how many were taken.
 
     A row is deleted only once its message is claimed (by either side) or dead-lettered, so a message
@@ -435,12 +536,12 @@ async def drain_parked(runtime: ParticipantRuntime, *, holder: str | None = None
     """
     assert runtime.pool is not None
     banks = list(runtime.identities)
-    cover = _COVERED.format(holder=" AND l.holder = $3" if holder else "")
+    cover = _HOLDER_COVERS if holder else f"NOT {_LEASED}"
     async with runtime.pool.acquire() as conn:
         await _forget_done(conn, banks)
         rows = await conn.fetch(
             f"SELECT src_topic, envelope, src_partition, src_offset FROM bank_parked_messages p "
-            f"WHERE bank_id = ANY($1::text[]) AND {'' if holder else 'NOT '}{cover} ORDER BY id LIMIT $2",
+            f"WHERE bank_id = ANY($1::text[]) AND {cover} ORDER BY id LIMIT $2",
             banks, limit, *([holder] if holder else []))
     if not rows:
         return 0
@@ -466,7 +567,9 @@ HANDLERS = {
     T.NUMBERING_RESULT: on_numbering_result,
     T.LOOKUP_INHERITANCE: on_lookup,
     T.LOOKUP_DISASTER: on_lookup,
+    T.LOOKUP_NOTIFICATION: on_lookup_notification,
 }
+"""What the simulator acts on for a bank; a channel connector of the bank handles every one of these types."""
 
 
 def simulator_group(settings: Settings) -> str:
@@ -486,6 +589,9 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
 
 async def serve(settings: Settings) -> None:
     runtime = bank_runtime(settings)
+    drains = runtime.metrics.register(Counter(
+        "renkei_bank_drain_passes_total", "Passes of the simulator over parked messages (every second), empty ones "
+        "included: a test waits for two before checking that a leased bank's message stayed parked"))
     await runtime.serve_metrics()
     await runtime.start()
     log.info("serving %d banks", len(runtime.identity_ids))
@@ -496,6 +602,7 @@ async def serve(settings: Settings) -> None:
                 await send_delayed_answers(runtime)  # runtime.send wakes the outbox relay
                 if tick % 10 == 0:
                     await drain_parked(runtime)
+                    drains.inc()
             except Exception as exc:  # database away: the rows wait for the next round
                 log.warning("delayed answers or parked messages not handled yet (%s)", type(exc).__name__)
     finally:

@@ -7,32 +7,45 @@ Folders under ``root``:
   writes ``NAME.csv.tmp`` (or ``.part``) and renames it to ``NAME.csv`` when
   complete (rename is atomic on one filesystem), so a half-written file is
   never read.
-- ``outbound/`` — the connector writes result, reject and check files here,
-  the same way (``.tmp`` then rename).
+- ``outbound/`` — the connector writes result, reject, question and notice files
+  here, the same way (``.tmp`` then rename).
 - ``archive/``  — processed inbound files are moved here.
 
-Kinds, by file-name prefix (full format in docs/connectors.md):
+Kinds the bank drops, by file-name prefix (full format in docs/connectors.md):
 
 - ``REG*.csv``  registrations by the bank (STEP3, 口座登録法 §8), each with the person's consent (who,
   how, when, the bank's evidence reference) → ``registration.request`` to the registry;
   ``RES_<name>.csv`` lists each record's result once the registry answered all of them, or when the
   result deadline (``result_deadline_s``, default 300 s) passes: unanswered records are then ``NO_ANSWER``
   and answers that come later go out in ``LATE_<name>_<n>.csv`` (same layout, n = 1, 2, …).
-- ``NUM*.csv``  numbering requests taken at the counter (付番申出, 口座管理法 §3) → ``numbering.request``
-  to DICJ; ``RES_<name>.csv`` lists each record as ACCEPTED (published).
+- ``NUM*.csv``  numbering requests taken at the counter (付番申出, 口座管理法 §3), with the bank's own
+  outcome when it is itself named → ``numbering.request`` to DICJ; ``RES_<name>.csv`` lists each record
+  as ACCEPTED (published), and DICJ's ONE consolidated result per record comes back in ``NRS_*.csv``.
+- ``LAP*.csv``  lookup applications taken at the counter: an heir's (相続時照会: relationship, references
+  to the identity evidence, date of death) or a depositor's in a declared disaster (災害時照会: disaster
+  id, area, designated banks) → ``lookup.application.*`` to DICJ; ACCEPTED in ``RES_``, and DICJ's
+  notification (which banks hold numbered accounts, or why it refused) in ``LNT_*.csv``.
 - ``ANS*.csv``  the bank's answers to our ``CHK_*.csv`` existence checks (口座実在性確認) → ``existence.answer``.
   A check names the person as the bank knows them (its customer reference when linked, and its token); the
   answer carries the result *and* the holder flag (does the bank's record for this person hold the
   account?): :func:`infra.validation.existence_outcome`.
+- ``LAN*.csv``  the bank's answers to our ``LKP_*.csv`` lookups (one record per numbered account, or one
+  empty record for none) → ``lookup.answer`` to DICJ; it may come in a later batch (the next morning).
+- ``NAK*.csv``  the bank's answers to our ``NRQ_*.csv`` numbering requests → ``numbering.ack``.
 - bad records of any file → ``REJ_<name>.csv`` (line number, reason code, reason); good ones flow on.
+
+Kinds the connector writes besides ``RES_``/``LATE_``/``REJ_``: the questions ``CHK_``, ``LKP_``
+(a reminder of a lookup has the same reference and its round) and ``NRQ_``, and the notices ``NRS_``
+and ``LNT_`` (:mod:`connectors.bank_questions`).
 
 Every record is validated with :mod:`infra.validation` (holder names in
 half-width kana, Zengin style).  A file whose structure is broken (no header,
 wrong bank, trailer count ≠ records) is rejected whole: a count mismatch means
 a truncated or padded file.  A file is identified by its SHA-256 and each
 record by (digest, sequence number), so re-dropping a file publishes nothing
-twice.  My Numbers in REG/NUM files are sent only sealed to the token authority
-(token-issuance exchange) and never written to any output, log or dead letter.
+twice.  My Numbers in REG/NUM/LAP files are sent only sealed to the token
+authority (token-issuance exchange) and never written to any output, log or
+dead letter.
 """
 
 from __future__ import annotations
@@ -50,7 +63,9 @@ from typing import Any
 
 from infra.envelope import Message
 from infra.errors import ValidationError
-from infra.policy import BASIS_BANK_INTAKE, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
+from infra.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
+                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
 from infra.validation import (
     EXISTENCE_RESULTS,
     existence_outcome,
@@ -65,16 +80,24 @@ from infra.validation import (
 from schemas import types as T
 from streams.participant import Context
 
-from connectors.runtime import ChannelAdapter, ConnectorRuntime, Delivery, NotRedrivable
+from connectors.bank_questions import (NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack,
+                                       numbering_outcome, question_payload)
+from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
 
 log = logging.getLogger("renkei.connector.bankfiles")
 
 HEADER, DATA, TRAILER, END = "1", "2", "8", "9"
-KINDS = ("REG", "NUM", "ANS")
+KINDS = ("REG", "NUM", "LAP", "ANS", "LAN", "NAK")
+REQUESTS = ("REG", "NUM", "LAP")
+"""Kinds that file something for a person (published with a token); the others answer our questions."""
 OPERATIONS = {"R": "REGISTER", "C": "CHANGE", "D": "DELETE"}
+LOOKUP_CODES = {"I": "INHERITANCE", "D": "DISASTER"}
 ACCOUNT_TYPE_CODES = {"ORDINARY": "1", "CURRENT": "2", "SAVINGS": "4"}
-DATA_WIDTH = {"REG": 13, "NUM": 5, "ANS": 4}
-"""Columns of a data record per kind (record type included)."""
+DATA_WIDTH = {"REG": (13,), "NUM": (5, 7), "LAP": (11,), "ANS": (4,), "LAN": (6,), "NAK": (4,)}
+"""Columns a data record of each kind may have (record type included); NUM: 7 with the bank's own outcome."""
+QUESTION_FILES = {T.EXISTENCE_CHECK: "CHK", T.LOOKUP_INHERITANCE: "LKP", T.LOOKUP_DISASTER: "LKP",
+                  T.NUMBERING_REQUEST: "NRQ"}
+NOTICE_FILES = {T.NUMBERING_RESULT: "NRS", T.LOOKUP_NOTIFICATION: "LNT"}
 RESULT_DEADLINE_S = 300.0
 """How long a REG file's RES_ file waits for the registry's answers (from the file's intake)."""
 NO_ANSWER = "NO_ANSWER"
@@ -134,6 +157,7 @@ class ParsedFile:
     records: list[FileRecord] = field(default_factory=list)
     rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason code, reason)
     fatal: tuple[int, str, str] | None = None
+    rejected_refs: set[str] = field(default_factory=set)  # references with a rejected record
 
 
 def parse_file(text: str, kind: str, bank_code: str) -> ParsedFile:
@@ -166,20 +190,22 @@ def parse_file(text: str, kind: str, bank_code: str) -> ParsedFile:
         return out
     seen: set[str] = set()
     for line, row in body:
-        if row[0] != DATA or len(row) != DATA_WIDTH[kind]:
-            out.rejects.append((line, "MALFORMED", f"a data record is 2 followed by {DATA_WIDTH[kind] - 1} fields"))
+        if row[0] != DATA or len(row) not in DATA_WIDTH[kind]:
+            widths = " or ".join(str(w - 1) for w in DATA_WIDTH[kind])
+            out.rejects.append((line, "MALFORMED", f"a data record is 2 followed by {widths} fields"))
             continue
         seq = row[1].strip()
         if not seq or len(seq) > 36 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in seq):
             out.rejects.append((line, "INVALID_FIELD", "reference: 1 to 36 ASCII letters, digits, - or _"))
             continue
-        if seq in seen:
+        if seq in seen and kind != "LAN":  # a lookup answer has one record per account
             out.rejects.append((line, "DUPLICATE", "this reference appears earlier in the file"))
             continue
         try:
             fields = _validate(kind, row, bank_code)
         except ValidationError as exc:
             out.rejects.append((line, exc.code, exc.message))
+            out.rejected_refs.add(seq)
             continue
         seen.add(seq)
         out.records.append(FileRecord(line, seq, fields))
@@ -209,12 +235,47 @@ def _validate(kind: str, row: list[str], bank_code: str) -> dict[str, Any]:
                 "account_number": number.strip(), "holder_kana": holder})
         return fields
     if kind == "NUM":
-        _, _, ref, my_number, codes = row
+        _, _, ref, my_number, codes, *own = row
         bank_codes = [validate_bank_code(c, field="bank_codes") for c in codes.split()]
         if not bank_codes:
             raise ValidationError("bank_codes", "at least one 4-digit bank code, separated by spaces")
+        outcome = None
+        if bank_code in bank_codes:  # this bank's own numbering goes on the bus with the request
+            if not own or not own[0].strip():
+                raise ValidationError("own_status", "this bank is named: give its own outcome (LINKED, NO_ACCOUNT "
+                                                    "or REFUSED) and the accounts it linked")
+            status, linked = numbering_outcome(own[0].strip(), own[1].strip(), field="own_status")
+            outcome = {"bank_code": bank_code, "status": status, "accounts_linked": linked}
+        elif any(v.strip() for v in own):
+            raise ValidationError("own_status", "only when this bank is among the banks named")
         return {"customer_ref": _customer_ref(ref.strip()), "my_number": validate_my_number(my_number.strip()),
-                "bank_codes": sorted(set(bank_codes))}
+                "bank_codes": sorted(set(bank_codes)), "own": outcome}
+    if kind == "LAP":
+        _, _, code, ref, my_number, relationship, evidence, died_on, disaster_id, area, designated = row
+        lookup = LOOKUP_CODES.get(code.strip())
+        if lookup is None:
+            raise ValidationError("kind", "I (an heir's 相続時照会) or D (a depositor's 災害時照会)")
+        application: dict[str, Any] = {"application_ref": row[1].strip()}
+        if lookup == "INHERITANCE":
+            application |= validate_inheritance_application({
+                **application, "relationship": relationship, "evidence": evidence.split(),
+                "date_of_death": died_on})
+        else:
+            application |= validate_disaster_application({
+                **application, "disaster_id": disaster_id.strip(), "area_code": area.strip(),
+                "designated_bank_codes": designated.split()})
+        return {"customer_ref": _customer_ref(ref.strip()), "my_number": validate_my_number(my_number.strip()),
+                "kind": lookup, "application": application}
+    if kind == "LAN":
+        _, ref, branch, type_code, number, holder = row
+        if not any(v.strip() for v in (branch, type_code, number, holder)):
+            return {"reference": ref.strip(), "account": None}  # none numbered here
+        return {"reference": ref.strip(), "account": validate_bank_account({
+            "bank_code": bank_code, "branch_code": branch.strip(), "account_type": type_code.strip(),
+            "account_number": number.strip(), "holder_kana": holder}, field="accounts")}
+    if kind == "NAK":
+        _, ref, status, linked = row
+        return {"reference": ref.strip(), "ack": numbering_ack(bank_code, status.strip(), linked.strip())}
     _, ref, result, holder = row
     flag = {"Y": True, "N": False}.get(holder.strip())
     if flag is None:
@@ -273,25 +334,66 @@ class BankFiles(ChannelAdapter):
             folder.mkdir(parents=True, exist_ok=True)
 
     def handlers(self) -> dict:
-        return {T.EXISTENCE_CHECK: self.on_existence_check, T.REGISTRATION_RESULT: self.on_result,
-                T.REJECTION_NOTICE: self.on_result}
+        return {**{t: self.on_question for t in QUESTIONS}, **{t: self.on_notice for t in NOTICES},
+                T.REGISTRATION_RESULT: self.on_result, T.REJECTION_NOTICE: self.on_result}
 
-    # sink: existence checks become CHK files ----------------------------------------------------
-    async def on_existence_check(self, ctx: Context) -> None:
-        customer_ref = await ConnectorRuntime.local_id_of(ctx.conn, ctx.me, ctx.meta.subject)
-        await self.runtime.enqueue(ctx, self, {"account": ctx.body["account"], "customer_ref": customer_ref})
+    # sink: questions become CHK / LKP / NRQ files, notices NRS / LNT files ----------------------
+    async def on_question(self, ctx: Context) -> None:
+        await self.runtime.enqueue(ctx, self, {"file": QUESTION_FILES[ctx.meta.type], **await question_payload(ctx)})
+
+    async def on_notice(self, ctx: Context) -> None:
+        """DICJ's result or notification for a NUM or LAP record of ours: an NRS / LNT record under its ref."""
+        await self._notify(ctx, NOTICE_FILES[ctx.meta.type], notice_payload(ctx))
+
+    async def _notify(self, ctx: Context, file: str, notice: dict[str, Any]) -> None:
+        line = await ctx.conn.fetchrow(
+            "SELECT l.seq, f.name FROM bankfile_lines l JOIN bankfile_files f USING (digest) "
+            "WHERE l.correlation_id = $1::uuid", ctx.meta.correlation_id)
+        if line is None:  # not filed through these files (e.g. before this channel took the bank over)
+            await self.runtime.dead_letter(self, "sink", f"{ctx.meta.type}/{ctx.meta.message_id}",
+                                           "UNKNOWN_REFERENCE", "no NUM or LAP record of this channel has this "
+                                           "correlation id", ctx.conn)
+            return
+        await self.runtime.enqueue(ctx, self, {"file": file, "input": line["name"], "ref": line["seq"], **notice})
+
+    def _record(self, d: Delivery) -> list[str]:
+        p, file = d.payload, d.payload["file"]
+        if file == "CHK":
+            a = p["account"]
+            return [d.correlation_id, a["branch_code"], ACCOUNT_TYPE_CODES[a["account_type"]], a["account_number"],
+                    to_zengin_halfwidth(a["holder_kana"]), p.get("customer_ref") or "", d.subject]
+        if file == "LKP":
+            return [d.correlation_id, p["kind"][0], p.get("customer_ref") or "", d.subject, str(p["reminder"]),
+                    p["deadline"], p.get("receiving_bank_code") or "", p.get("disaster_id") or ""]
+        if file == "NRQ":
+            return [d.correlation_id, p.get("customer_ref") or "", d.subject, p["channel"],
+                    p.get("receiving_bank_code") or ""]
+        if file == "LNT":
+            return [p["input"], p["ref"], p["kind"][0], p["status"], p.get("reason") or "",
+                    " ".join(p["banks_with_accounts"]), " ".join(p["banks_not_answered"]),
+                    " ".join(p["banks_not_asked"]), "Y" if p["is_supplement"] else "N"]
+        raise ValueError(file)
+
+    def _records(self, d: Delivery) -> list[list[str]]:
+        p = d.payload
+        if p["file"] != "NRS":
+            return [self._record(d)]
+        if "status" in p:  # the hub refused the request itself
+            return [[p["input"], p["ref"], "", p["status"], "0"]]
+        return [[p["input"], p["ref"], o["bank_code"], o["status"], str(o["accounts_linked"])] for o in p["outcomes"]] \
+            + [[p["input"], p["ref"], code, "NO_ANSWER", "0"] for code in p["banks_not_answered"]]
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | None]:
-        records = []
+        """One file per kind per pass (a CHK, LKP, NRQ, NRS or LNT file of all the deliveries due)."""
+        by_file: dict[str, list[Delivery]] = {}
         for d in deliveries:
-            a = d.payload["account"]
-            records.append([d.correlation_id, a["branch_code"], ACCOUNT_TYPE_CODES[a["account_type"]],
-                            a["account_number"], to_zengin_halfwidth(a["holder_kana"]),
-                            d.payload.get("customer_ref") or "", d.subject])
+            by_file.setdefault(d.payload["file"], []).append(d)
         now = datetime.now(UTC)
-        serial = f"{now:%Y%m%d%H%M%S}{deliveries[0].id:08d}"
-        write_atomically(self.outbound / f"CHK_{self.bank_code}_{serial}.csv",
-                         render_file("CHK", self.bank_code, serial, records, at=now))
+        for file, batch in sorted(by_file.items()):
+            serial = f"{now:%Y%m%d%H%M%S}{batch[0].id:08d}"
+            write_atomically(self.outbound / f"{file}_{self.bank_code}_{serial}.csv",
+                             render_file(file, self.bank_code, serial, [r for d in batch for r in self._records(d)],
+                                         at=now))
         return {d.id: None for d in deliveries}
 
     async def on_result(self, ctx: Context) -> None:
@@ -299,9 +401,15 @@ class BankFiles(ChannelAdapter):
             status, detail = ctx.body["status"], ctx.body.get("detail")
         else:
             status, detail = f"REJECTED:{ctx.body['reason_code']}", ctx.body["message"]
-        await ctx.conn.execute(  # the first answer counts; reported in RES_ or, after the deadline, LATE_
-            "UPDATE bankfile_lines SET status = $2, detail = $3, answered_at = now() WHERE correlation_id = $1::uuid "
-            "AND answered_at IS NULL", ctx.meta.correlation_id, status, detail)
+        kind = await ctx.conn.fetchval(  # the first answer counts; reported in RES_ or, after the deadline, LATE_
+            "UPDATE bankfile_lines l SET status = $2, detail = $3, answered_at = now() FROM bankfile_files f "
+            "WHERE l.correlation_id = $1::uuid AND l.answered_at IS NULL AND f.digest = l.digest RETURNING f.kind",
+            ctx.meta.correlation_id, status, detail)
+        if kind in ("NUM", "LAP"):  # reported ACCEPTED already: the refusal goes where the answer would
+            await self._notify(ctx, "NRS" if kind == "NUM" else "LNT",
+                               {"status": status, "outcomes": [], "banks_not_answered": [], "kind": "?",
+                                "reason": ctx.body["reason_code"], "banks_with_accounts": [],
+                                "banks_not_asked": [], "is_supplement": False})
         self.runtime.wake(self.name)
 
     # source: inbound files -------------------------------------------------------------------------
@@ -332,7 +440,7 @@ class BankFiles(ChannelAdapter):
             self._write_rejects(path, parsed)
             self._archive(path)
             return
-        if kind == "ANS":
+        if kind not in REQUESTS:
             await self._take_answers(path, digest, parsed)
             return
         tokens = {}
@@ -346,7 +454,7 @@ class BankFiles(ChannelAdapter):
                 if ids is not None:
                     await conn.execute(
                         "INSERT INTO bankfile_lines (correlation_id, digest, seq, status) VALUES ($1::uuid, $2, $3, $4)",
-                        message.correlation_id, digest, rec.seq, "ACCEPTED" if kind == "NUM" else "SENT")
+                        message.correlation_id, digest, rec.seq, "SENT" if kind == "REG" else "ACCEPTED")
         self._write_rejects(path, parsed)
         self._archive(path)
 
@@ -360,30 +468,55 @@ class BankFiles(ChannelAdapter):
             return Message(body=body, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE,
                            correlation_id=str(uuid.uuid4()))
+        if kind == "LAP":
+            inheritance = rec.fields["kind"] == "INHERITANCE"
+            return Message(body={**rec.fields["application"], "applied_at": now},
+                           type=T.LOOKUP_APPLICATION_INHERITANCE if inheritance else T.LOOKUP_APPLICATION_DISASTER,
+                           to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+                           basis=BASIS_INHERITANCE_LOOKUP if inheritance else BASIS_DISASTER_LOOKUP,
+                           correlation_id=str(uuid.uuid4()))
         body = {"bank_codes": rec.fields["bank_codes"], "channel": "BANK", "receiving_bank_code": self.bank_code,
-                "requested_at": now}
+                "requested_at": now, "receiving_bank_outcome": rec.fields["own"]}
         return Message(body=body, type=T.NUMBERING_REQUEST, to="dicj", subject=token,
                        data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                        correlation_id=str(uuid.uuid4()))
 
     async def _take_answers(self, path: Path, digest: str, parsed: ParsedFile) -> None:
-        rt = self.runtime
-        async with rt.pool.acquire() as conn, conn.transaction():
-            for rec in list(parsed.records):
-                try:
-                    import uuid
+        """ANS, LAN and NAK: each reference answers one open question of ours, once."""
+        import uuid
 
-                    ref = str(uuid.UUID(rec.fields["reference"]))
+        rt = self.runtime
+        kind = parsed.kind
+        answers: dict[str, tuple[str, dict[str, Any]]] = {}
+        lines: dict[str, list[FileRecord]] = {}
+        for rec in parsed.records:
+            lines.setdefault(rec.fields["reference"], []).append(rec)
+        for ref, recs in lines.items():
+            if kind == "ANS":
+                answers[ref] = (T.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "result": recs[0].fields["result"],
+                                                     "answered_at": datetime.now(UTC)})
+            elif kind == "NAK":
+                answers[ref] = (T.NUMBERING_ACK, recs[0].fields["ack"])
+            else:
+                accounts = [r.fields["account"] for r in recs if r.fields["account"] is not None]
+                answers[ref] = (T.LOOKUP_ANSWER, lookup_answer(self.bank_code, accounts))
+        async with rt.pool.acquire() as conn, conn.transaction():
+            for ref, recs in lines.items():
+                try:
+                    reference = str(uuid.UUID(ref))
                 except ValueError:
-                    ref = None
-                answered = ref is not None and await rt.answer(
-                    conn, self, ref, type=T.EXISTENCE_ANSWER,
-                    body={"bank_code": self.bank_code, "result": rec.fields["result"],
-                          "answered_at": datetime.now(UTC)})
+                    reference = None
+                whole = ref not in parsed.rejected_refs  # a lookup answer with a bad record is not sent in part
+                type_, body = answers[ref]
+                answered = whole and reference is not None and await rt.answer(conn, self, reference, type=type_,
+                                                                                body=body)
                 if not answered:
-                    parsed.records.remove(rec)
-                    parsed.rejects.append((rec.line, "UNKNOWN_REFERENCE",
-                                           "no open existence check has this reference (unknown or answered)"))
+                    for rec in recs:
+                        parsed.records.remove(rec)
+                        parsed.rejects.append((rec.line, "UNKNOWN_REFERENCE" if whole else "INVALID_FIELD",
+                                               "no open question of ours has this reference (unknown or answered)"
+                                               if whole else "another record of this answer is rejected: send the "
+                                                             "answer again, whole"))
             await self._record_file(conn, digest, path.name, parsed, "RESULTS_WRITTEN")
         self._write_rejects(path, parsed)
         self._archive(path)

@@ -1,4 +1,4 @@
-"""Bank HTTP channel: the bank's systems call us for registrations; we call the bank for existence checks.
+"""Bank HTTP channel: the bank's systems file requests with us; we ask and tell the bank's endpoints.
 
 A channel adapter of :class:`connectors.runtime.ConnectorRuntime` for ONE bank,
 served over TLS only (:mod:`connectors.channel_tls`), every request in both
@@ -13,30 +13,46 @@ read: a call that does not authenticate is ``401 {reason, message}``
 ``REPLAYED``: nonces are remembered in ``bankhttp_nonces``) and nothing is
 published.
 
-- ``POST /v1/registrations`` with header ``Idempotency-Key`` (1–64 ASCII
-  letters, digits, ``-``, ``_``) and body ``{operation: REGISTER|CHANGE|DELETE,
-  customer_ref, my_number, account?: {branch_code, account_type,
-  account_number, holder_kana}, consent: {given_by, method, given_at,
-  evidence_ref}}`` → ``202 {request_id, status: SENT}``; the same key again →
-  ``200`` with the request's current state (nothing sent twice).  ``400`` with
-  ``{reason, message, field?}``: ``MISSING_IDEMPOTENCY_KEY``, ``MALFORMED``,
-  ``INVALID_FIELD``; ``503 UNAVAILABLE`` when the token authority does not
-  answer (retry with the same key).
-- ``GET /v1/registrations/{key}`` → ``{request_id, status, detail}`` (``SENT``
-  until the registry answered, then ``DONE`` / ``NOT_HOLDER`` / … / ``REJECTED:<reason>``).
+- A person's request, each with header ``Idempotency-Key`` (1–64 ASCII letters,
+  digits, ``-``, ``_``) and ``{customer_ref, my_number, …}`` (the My Number is
+  exchanged for the bank's token and never kept) → ``202 {request_id, status:
+  SENT, …}``; the same key again → ``200`` with the request's current state
+  (nothing sent twice; a key of another kind of request → ``409 KEY_IN_USE``).
+  ``400`` with ``{reason, message, field?}``: ``MISSING_IDEMPOTENCY_KEY``,
+  ``MALFORMED``, ``INVALID_FIELD``; ``503 UNAVAILABLE`` when the token authority
+  does not answer (retry with the same key).  ``GET …/{key}`` → its state:
+
+  - ``POST /v1/registrations`` ``{operation: REGISTER|CHANGE|DELETE, account?,
+    consent}`` (STEP3) → the registry's result (``DONE`` / ``NOT_HOLDER`` / … /
+    ``REJECTED:<reason>``);
+  - ``POST /v1/numbering-requests`` ``{bank_codes, own_outcome?}`` (付番申出 at
+    the counter; ``own_outcome`` ``{status, accounts_linked}`` when this bank is
+    named) → DICJ's ONE consolidated result, also posted to the bank;
+  - ``POST /v1/lookup-applications`` ``{kind: INHERITANCE, relationship,
+    evidence, date_of_death}`` (an heir's 相続時照会: the person is the
+    deceased) or ``{kind: DISASTER, disaster_id, area_code,
+    designated_bank_codes}`` (災害時照会) → DICJ's notification (which banks hold
+    numbered accounts, or why it was refused), also posted to the bank.
+
 - ``POST /v1/customers`` ``{customer_ref, my_number}`` → ``200 {customer_ref,
   status: LINKED}``: the bank links its customer reference to the person, so
-  that existence checks about them carry it.
+  that questions about them carry it.
+- ``POST /v1/lookup-answers`` ``{reference, accounts}`` and ``POST
+  /v1/numbering-acks`` ``{reference, status, accounts_linked}``: the bank's
+  later answer to a question it accepted with ``202`` (below) → ``200``, or
+  ``404 UNKNOWN_REFERENCE`` when no open question has this reference.
 
-Client (us → the bank): each ``existence.check`` (口座実在性確認) becomes
-``POST {bank_url}/v1/existence-checks`` (https) with ``Idempotency-Key: <message
-id>`` and ``{reference, account, person: {token, customer_ref}}``; the bank
-answers ``200 {result, holder}`` from its own customer data, ``holder`` saying
-whether its record for this person holds the account (a CONFIRMED without it is
-NOT_HOLDER: :func:`infra.validation.existence_outcome`), which is sent back to
-the registry.  Timeouts, connection errors, 408, 429 and 5xx are retried by the
-runtime with backoff; other 4xx, a non-JSON or out-of-range answer are
-dead-lettered at once (``MALFORMED``).
+Client (us → the bank), signed, ``Idempotency-Key: <message id>``, to
+``{bank_url}/v1/…`` (https): the questions ``existence-checks`` (口座実在性確認:
+``200 {result, holder}`` from the bank's own customer data, ``holder`` saying
+whether its record for this person holds the account — a CONFIRMED without it is
+NOT_HOLDER: :func:`infra.validation.existence_outcome`), ``lookups`` (a lookup
+or its reminder: ``200 {accounts}``, or ``202`` and the answer later) and
+``numbering-requests`` (``200 {status, accounts_linked}``, or ``202`` and later);
+the notices ``numbering-results`` and ``lookup-notifications`` (any ``2xx``).
+Timeouts, connection errors, 408, 429 and 5xx are retried by the runtime with
+backoff; other 4xx, a non-JSON or out-of-range answer are dead-lettered at once
+(``MALFORMED``).
 """
 
 from __future__ import annotations
@@ -55,18 +71,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from infra.envelope import Message
 from infra.errors import ConfigError, Reason, Rejection, ValidationError
 from infra.metrics import Counter
-from infra.policy import BASIS_BANK_INTAKE, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.settings import Settings
-from infra.validation import (
-    existence_outcome,
-    validate_bank_account,
-    validate_consent,
-    validate_my_number,
-    validate_reference,
-)
+from infra.validation import existence_outcome, validate_my_number, validate_reference
 from schemas import types as T
 from streams.participant import Context
 
@@ -84,6 +92,9 @@ from connectors.httpsig import (
     sign,
     verify,
 )
+from connectors.bank_questions import LOOKUP_KINDS, NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack, \
+    question_payload
+from connectors.bankhttp_requests import REQUEST_KINDS
 from connectors.runtime import Answered, ChannelAdapter, ConnectorRuntime, Delivery, TransientError, start_site
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -120,7 +131,13 @@ BANKHTTP_MIGRATIONS = [
     );
     CREATE INDEX bankhttp_nonces_seen ON bankhttp_nonces (seen_at);
     """,
+    # Numbering requests and lookup applications besides registrations; DICJ's result and notifications kept.
+    """
+    ALTER TABLE bankhttp_requests ADD COLUMN kind text NOT NULL DEFAULT 'registration', ADD COLUMN result jsonb;
+    """,
 ]
+
+
 
 
 def _problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -169,35 +186,78 @@ class BankHttp(ChannelAdapter):
             await self.http.close()
 
     def handlers(self) -> dict:
-        return {T.EXISTENCE_CHECK: self.on_existence_check, T.REGISTRATION_RESULT: self.on_result,
-                T.REJECTION_NOTICE: self.on_result}
+        return {**{t: self.on_question for t in QUESTIONS}, **{t: self.on_notice for t in NOTICES},
+                T.REGISTRATION_RESULT: self.on_result, T.REJECTION_NOTICE: self.on_result}
 
-    # client: existence checks --------------------------------------------------------------------
-    async def on_existence_check(self, ctx: Context) -> None:
-        customer_ref = await ConnectorRuntime.local_id_of(ctx.conn, ctx.me, ctx.meta.subject)
-        await self.runtime.enqueue(ctx, self, {"account": ctx.body["account"], "customer_ref": customer_ref})
+    # client: questions and notices to the bank's endpoints ---------------------------------------
+    async def on_question(self, ctx: Context) -> None:
+        await self.runtime.enqueue(ctx, self, await question_payload(ctx))
+
+    async def on_notice(self, ctx: Context) -> None:
+        """DICJ's result or notification for a request the bank filed here: kept for GET, and posted to it."""
+        notice = notice_payload(ctx)
+        key = await ctx.conn.fetchval(
+            "UPDATE bankhttp_requests SET status = $2, detail = $3, answered_at = coalesce(answered_at, now()), "
+            "result = coalesce(result, '[]'::jsonb) || jsonb_build_array($4::jsonb) WHERE correlation_id = $1::uuid "
+            "RETURNING idempotency_key", ctx.meta.correlation_id, notice.get("status", "DONE"), notice.get("reason"),
+            json.dumps(notice))
+        if key is None:  # not filed through this channel (e.g. before it took the bank over)
+            await self.runtime.dead_letter(self, "sink", f"{ctx.meta.type}/{ctx.meta.message_id}",
+                                           "UNKNOWN_REFERENCE", "no request of this channel has this correlation id",
+                                           ctx.conn)
+            return
+        await self.runtime.enqueue(ctx, self, {"request_id": key, **notice})
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> dict[int, Exception | Answered | None]:
         outcomes: dict[int, Exception | Answered | None] = {}
         for d in deliveries:
-            outcomes[d.id] = await self._check(d)
+            outcomes[d.id] = await self._call(d)
         return outcomes
 
-    async def _check(self, d: Delivery) -> Exception | Answered:
+    def _request(self, d: Delivery) -> tuple[str, dict[str, Any]]:
+        """The bank endpoint and body for a delivery (docs/connectors.md, "Bank HTTP")."""
+        p = d.payload
+        person = {"token": d.subject, "customer_ref": p.get("customer_ref")}
+        if d.type == T.EXISTENCE_CHECK:
+            return "existence-checks", {"reference": d.correlation_id, "account": p["account"], "person": person}
+        if d.type in LOOKUP_KINDS:
+            return "lookups", {"reference": d.correlation_id, "kind": p["kind"], "person": person,
+                               "reminder": p["reminder"], "deadline": p["deadline"],
+                               "receiving_bank_code": p.get("receiving_bank_code"), "disaster_id": p.get("disaster_id")}
+        if d.type == T.NUMBERING_REQUEST:
+            return "numbering-requests", {"reference": d.correlation_id, "person": person, "channel": p["channel"],
+                                          "receiving_bank_code": p.get("receiving_bank_code")}
+        return ("numbering-results" if d.type == T.NUMBERING_RESULT else "lookup-notifications"), p
+
+    def _answer(self, d: Delivery, answer: dict[str, Any]) -> Answered:
+        """The bank's synchronous answer to a question, validated (ValidationError otherwise)."""
+        if d.type == T.EXISTENCE_CHECK:
+            return Answered(T.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "answered_at": datetime.now(UTC),
+                                                 "result": existence_outcome(answer.get("result"),
+                                                                             answer.get("holder"))})
+        if d.type in LOOKUP_KINDS:
+            return Answered(T.LOOKUP_ANSWER, lookup_answer(self.bank_code, answer.get("accounts")))
+        return Answered(T.NUMBERING_ACK, numbering_ack(self.bank_code, answer.get("status"),
+                                                      answer.get("accounts_linked")))
+
+    async def _call(self, d: Delivery) -> Exception | Answered | None:
+        """POST one delivery; a question answered at once (200) is Answered, one accepted for later (202) and a
+        notice taken (2xx) are None; timeouts, 408, 429 and 5xx are transient, anything else dead-lettered."""
         assert self.http is not None
-        url = f"{self.bank_url}/v1/existence-checks"
-        body = json.dumps({"reference": d.correlation_id, "account": d.payload["account"],
-                           "person": {"token": d.subject, "customer_ref": d.payload.get("customer_ref")}}).encode()
-        path = urllib.parse.urlsplit(url).path
+        path, payload = self._request(d)
+        url = f"{self.bank_url}/v1/{path}"
+        body = json.dumps(payload).encode()
         headers = {"Idempotency-Key": d.message_id, "Content-Type": "application/json",
-                   "Authorization": sign(self.keys.current, TO_BANK, "POST", path, body)}
+                   "Authorization": sign(self.keys.current, TO_BANK, "POST", urllib.parse.urlsplit(url).path, body)}
         try:
             async with self.http.post(url, data=body, headers=headers) as resp:
                 if resp.status in (408, 429) or resp.status >= 500:
                     return TransientError(f"bank answered HTTP {resp.status}")
                 if resp.status >= 400:
-                    return Rejection(Reason.INVALID_FIELD, f"bank refused the check: HTTP {resp.status}")
+                    return Rejection(Reason.INVALID_FIELD, f"bank refused the {path} call: HTTP {resp.status}")
                 raw = await resp.read()
+                if d.type in NOTICES or (resp.status == 202 and d.type != T.EXISTENCE_CHECK):
+                    return None  # told; or the bank answers later (POST /v1/lookup-answers, /v1/numbering-acks)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return TransientError(f"bank unreachable ({type(exc).__name__})")
         try:
@@ -205,13 +265,11 @@ class BankHttp(ChannelAdapter):
         except ValueError:
             return Rejection(Reason.MALFORMED, "bank answer is not JSON")
         if not isinstance(answer, dict):
-            return Rejection(Reason.MALFORMED, "bank answer must be a JSON object {result, holder}")
+            return Rejection(Reason.MALFORMED, "bank answer must be a JSON object")
         try:
-            result = existence_outcome(answer.get("result"), answer.get("holder"))
+            return self._answer(d, answer)
         except ValidationError as exc:
             return Rejection(Reason.MALFORMED, f"bank answer: {exc.message}")
-        return Answered(T.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "result": result,
-                                             "answered_at": datetime.now(UTC)})
 
     async def on_result(self, ctx: Context) -> None:
         if ctx.meta.type == T.REGISTRATION_RESULT:
@@ -224,10 +282,13 @@ class BankHttp(ChannelAdapter):
     # server -----------------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._authenticate])
-        app.add_routes([web.post("/v1/registrations", self.register),
-                        web.get("/v1/registrations/{key}", self.status),
-                        web.post("/v1/customers", self.link_customer),
-                        web.get("/openapi.json", self.openapi)])
+        routes = [web.post("/v1/customers", self.link_customer), web.get("/openapi.json", self.openapi),
+                  web.post("/v1/lookup-answers", self.take_lookup_answer),
+                  web.post("/v1/numbering-acks", self.take_numbering_ack)]
+        for kind, filed in REQUEST_KINDS.items():
+            routes += [web.post(f"/v1/{filed.path}", self._filer(kind)),
+                       web.get(f"/v1/{filed.path}/{{key}}", self._reader(kind))]
+        app.add_routes(routes)
         return app
 
     @web.middleware
@@ -263,9 +324,14 @@ class BankHttp(ChannelAdapter):
 
     async def _state(self, key: str) -> dict | None:
         row = await self.runtime.pool.fetchrow(
-            "SELECT status, detail FROM bankhttp_requests WHERE idempotency_key = $1 AND bank_id IN ($2, '') "
-            "ORDER BY bank_id DESC LIMIT 1", key, self.bank_id)
-        return None if row is None else {"request_id": key, "status": row["status"], "detail": row["detail"]}
+            "SELECT kind, status, detail, result FROM bankhttp_requests WHERE idempotency_key = $1 "
+            "AND bank_id IN ($2, '') ORDER BY bank_id DESC LIMIT 1", key, self.bank_id)
+        if row is None:
+            return None
+        state = {"request_id": key, "status": row["status"], "detail": row["detail"]}
+        if row["kind"] != "registration":  # DICJ's result / notifications, the first one first
+            state["results"] = json.loads(row["result"]) if row["result"] else []
+        return {"kind": row["kind"], **state}
 
     async def _json_body(self, request: web.Request) -> Any:
         try:
@@ -273,19 +339,39 @@ class BankHttp(ChannelAdapter):
         except ValueError:
             raise ValidationError("body", "must be JSON") from None
 
-    async def register(self, request: web.Request) -> web.Response:
+    def _filer(self, kind: str) -> Any:
+        async def file(request: web.Request) -> web.Response:
+            return await self._file(request, kind)
+        return file
+
+    def _reader(self, kind: str) -> Any:
+        async def read(request: web.Request) -> web.Response:
+            state = await self._state(request.match_info["key"])
+            if state is None or state.pop("kind") != kind:
+                return _problem(404, "NOT_FOUND", f"no {REQUEST_KINDS[kind].called} with this key")
+            return web.json_response(state)
+        return read
+
+    async def _file(self, request: web.Request, kind: str) -> web.Response:
+        """Publish a person's request once per Idempotency-Key: validate, exchange the My Number, publish."""
         key = request.headers.get("Idempotency-Key", "")
         if not _KEY_RE.fullmatch(key):
             return _problem(400, "MISSING_IDEMPOTENCY_KEY", "Idempotency-Key: 1-64 ASCII letters, digits, - or _")
         known = await self._state(key)
         if known is not None:
+            if known.pop("kind") != kind:
+                return _problem(409, "KEY_IN_USE", "this Idempotency-Key names another kind of request")
             return web.json_response(known, status=200)
         try:
             body = await self._json_body(request)
         except ValidationError:
             return _problem(400, "MALFORMED", "body must be JSON")
         try:
-            operation, ref, my_number, account, consent = self._validate(body)
+            if not isinstance(body, dict):
+                raise ValidationError("body", "must be a JSON object")
+            ref = self._customer_ref(body)
+            my_number = validate_my_number(body.get("my_number") if isinstance(body.get("my_number"), str) else "")
+            build = REQUEST_KINDS[kind].build(self.bank_code, body)
         except ValidationError as exc:
             return _problem(400, exc.code, exc.message, field=exc.field)
         try:
@@ -293,40 +379,56 @@ class BankHttp(ChannelAdapter):
         except (asyncio.TimeoutError, RuntimeError):
             return _problem(503, "UNAVAILABLE", "the token authority did not answer; retry with the same key")
         correlation = str(uuid.uuid4())
-        message = Message(body={"operation": operation, "account": account, "channel": "BANK_COUNTER",
-                                "consent": consent, "requested_at": datetime.now(UTC)},
-                          type=T.REGISTRATION_REQUEST, to="registry", subject=token,
-                          data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE, correlation_id=correlation)
+        message = build(token, correlation)
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                "INSERT INTO bankhttp_requests (bank_id, idempotency_key, correlation_id, status) "
-                "VALUES ($1, $2, $3::uuid, 'SENT') ON CONFLICT DO NOTHING RETURNING idempotency_key",
-                self.bank_id, key, correlation)
+                "INSERT INTO bankhttp_requests (bank_id, idempotency_key, correlation_id, status, kind) "
+                "VALUES ($1, $2, $3::uuid, 'SENT', $4) ON CONFLICT DO NOTHING RETURNING idempotency_key",
+                self.bank_id, key, correlation, kind)
             if inserted is not None:
                 await self.runtime.publish(conn, self, self.bank_id, f"http/{self.bank_id}/{key}", [message])
-        if inserted is None:  # a concurrent request with the same key won
-            return web.json_response(await self._state(key), status=200)
-        return web.json_response({"request_id": key, "status": "SENT", "detail": None}, status=202)
-
-    def _validate(self, body: Any) -> tuple[str, str, str, dict | None, dict]:
-        if not isinstance(body, dict):
-            raise ValidationError("body", "must be a JSON object")
-        operation = body.get("operation")
-        if operation not in ("REGISTER", "CHANGE", "DELETE"):
-            raise ValidationError("operation", "must be REGISTER, CHANGE or DELETE")
-        ref = self._customer_ref(body)
-        my_number = validate_my_number(body.get("my_number") if isinstance(body.get("my_number"), str) else "")
-        account = None
-        if operation != "DELETE" or body.get("account") is not None:
-            raw = body.get("account")
-            if not isinstance(raw, dict):
-                raise ValidationError("account", "is required")
-            account = validate_bank_account({**raw, "bank_code": self.bank_code})
-        return operation, ref, my_number, account, validate_consent(body.get("consent"))
+        state = await self._state(key)
+        assert state is not None
+        if state.pop("kind") != kind:  # a concurrent request with the same key won
+            return _problem(409, "KEY_IN_USE", "this Idempotency-Key names another kind of request")
+        return web.json_response(state, status=202 if inserted is not None else 200)
 
     @staticmethod
     def _customer_ref(body: dict) -> str:
         return validate_reference(body.get("customer_ref"), field="customer_ref", max_length=32)
+
+    async def _take_answer(self, request: web.Request, type_: str, answer: Any) -> web.Response:
+        """The bank's later answer to a question it accepted (202): sent on once, to the question's asker."""
+        try:
+            body = await self._json_body(request)
+            if not isinstance(body, dict):
+                raise ValidationError("body", "must be a JSON object")
+            reference = body.get("reference")
+            try:
+                reference = str(uuid.UUID(reference)) if isinstance(reference, str) else None
+            except ValueError:
+                reference = None
+            if reference is None:
+                raise ValidationError("reference", "the question's reference (a UUID)")
+            reply = answer(body)
+        except ValidationError as exc:
+            if exc.field == "body":
+                return _problem(400, "MALFORMED", exc.message)
+            return _problem(400, exc.code, exc.message, field=exc.field)
+        async with self.runtime.pool.acquire() as conn, conn.transaction():
+            answered = await self.runtime.answer(conn, self, reference, type=type_, body=reply)
+        if not answered:
+            return _problem(404, "UNKNOWN_REFERENCE", "no open question of ours has this reference (unknown or "
+                                                      "answered)")
+        return web.json_response({"reference": reference, "status": "ANSWERED"})
+
+    async def take_lookup_answer(self, request: web.Request) -> web.Response:
+        return await self._take_answer(request, T.LOOKUP_ANSWER,
+                                       lambda b: lookup_answer(self.bank_code, b.get("accounts")))
+
+    async def take_numbering_ack(self, request: web.Request) -> web.Response:
+        return await self._take_answer(request, T.NUMBERING_ACK,
+                                       lambda b: numbering_ack(self.bank_code, b.get("status"), b.get("accounts_linked")))
 
     async def link_customer(self, request: web.Request) -> web.Response:
         try:
@@ -343,12 +445,6 @@ class BankHttp(ChannelAdapter):
         except (asyncio.TimeoutError, RuntimeError):
             return _problem(503, "UNAVAILABLE", "the token authority did not answer; retry")
         return web.json_response({"customer_ref": ref, "status": "LINKED"})
-
-    async def status(self, request: web.Request) -> web.Response:
-        state = await self._state(request.match_info["key"])
-        if state is None:
-            return _problem(404, "NOT_FOUND", "no request with this key")
-        return web.json_response(state)
 
 
 class BankHttpConnector:

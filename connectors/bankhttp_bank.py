@@ -3,8 +3,9 @@
 - :class:`BankChannelClient` — the bank's systems calling the connector: every
   request signed with the bank's channel key (``bank-to-renkei``), over TLS
   verified against the channel CA (``bank-http-ca.pem``) or the given CA file.
-- :func:`verify_check` — the bank's existence-check endpoint: authenticate the
-  connector's call (``renkei-to-bank``, nonce remembered) before reading it.
+- :func:`verify_check` — the bank's endpoints (existence checks, lookups, numbering
+  requests, DICJ's results and notifications): authenticate the connector's call
+  (``renkei-to-bank``, nonce remembered) before reading it.
 
 The keys come from the file ``renkei bank channel-key --export`` wrote
 (:func:`connectors.channel_keys.load_exported`).
@@ -70,6 +71,27 @@ class BankChannelClient:
 
     async def link_customer(self, customer_ref: str, my_number: str) -> tuple[int, Any]:
         return await self.call("POST", "/v1/customers", {"customer_ref": customer_ref, "my_number": my_number})
+
+    async def file_numbering(self, idempotency_key: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """付番申出 taken at the counter: ``{customer_ref, my_number, bank_codes, own_outcome?}``."""
+        return await self.call("POST", "/v1/numbering-requests", body, headers={"Idempotency-Key": idempotency_key})
+
+    async def apply_lookup(self, idempotency_key: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """A lookup application taken at the counter (``kind`` INHERITANCE or DISASTER and its fields)."""
+        return await self.call("POST", "/v1/lookup-applications", body, headers={"Idempotency-Key": idempotency_key})
+
+    async def request_state(self, kind_path: str, idempotency_key: str) -> tuple[int, Any]:
+        """``kind_path``: ``numbering-requests`` or ``lookup-applications``."""
+        return await self.call("GET", f"/v1/{kind_path}/{idempotency_key}")
+
+    async def answer_lookup(self, reference: str, accounts: list[dict[str, Any]]) -> tuple[int, Any]:
+        """The later answer to a lookup the bank accepted with 202."""
+        return await self.call("POST", "/v1/lookup-answers", {"reference": reference, "accounts": accounts})
+
+    async def ack_numbering(self, reference: str, status: str, accounts_linked: int) -> tuple[int, Any]:
+        """The later answer to a numbering request the bank accepted with 202."""
+        return await self.call("POST", "/v1/numbering-acks", {"reference": reference, "status": status,
+                                                               "accounts_linked": accounts_linked})
 
 
 async def verify_check(keys: ChannelKeys, nonces: NonceCache, request: web.Request) -> dict[str, Any]:

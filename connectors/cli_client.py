@@ -20,15 +20,10 @@ database would then find the answers to ITS requests already claimed and
 skip their effects.  Two commands run at once cannot take each other's answers
 either (a shared group would give the single inbox partition to one of them).
 
-DICJ's lookup (:class:`CommandDicj`) needs the desk's effects (the banks'
-answers and the hub's result stored in ``dicj_*``): it reads the same way but
-runs every record through the desk's runtime (claim + effect).  Every DICJ
-process writes the same tables, so whichever claims a message, the view is
-the same.  Without a group join, a command does not wait for the embedded
-broker's JoinGroup (about 5 s, more right after the previous member left).
-
-With either client, a hub rejection notice answering a request raises
-:class:`Refused` with the reason code.
+Without a group join, a command does not wait for the embedded broker's
+JoinGroup (about 5 s, more right after the previous member left).  A hub
+rejection notice answering a request raises :class:`Refused` with the reason
+code.
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ import logging
 from typing import Any
 
 from connectors.client import BusClient
-from connectors.dicj import DicjDesk
 from infra.envelope import Opened, peek
 from infra.errors import Rejection
 from infra.settings import Settings
@@ -69,13 +63,9 @@ class RaisesRefusals:
 
 
 class Listening(RaisesRefusals):
-    """Mixin for a BusClient: read the identities' inboxes from their high watermarks, without a consumer group.
+    """Mixin for a BusClient: read the identities' inboxes from their high watermarks, without a consumer group,
+    and hand awaited answers to their waiters: claim nothing, make no effect."""
 
-    ``apply = False``: hand awaited answers to their waiters, claim nothing, make no effect.
-    ``apply = True``: run every record through the runtime (claim + handler effect in one transaction).
-    """
-
-    apply = False
     runtime: Any
 
     async def __aenter__(self) -> Any:
@@ -95,16 +85,7 @@ class Listening(RaisesRefusals):
             await asyncio.gather(self._listener, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
-        if self.apply:  # what the effects queued (DICJ's notices to the person) goes out before the command ends
-            try:
-                await asyncio.wait_for(self._flush(), 10.0)
-            except Exception as failed:  # broker away: the rows wait in the outbox for the next DICJ process
-                log.warning("outbox not flushed on exit (%s)", type(failed).__name__)
         await self.runtime.stop()
-
-    async def _flush(self) -> None:
-        while await self.runtime.relay_once() > 0:
-            pass
 
     async def _start_listening(self) -> None:
         from aiokafka import TopicPartition
@@ -138,11 +119,6 @@ class Listening(RaisesRefusals):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if self.apply:
-                records = [(tp.topic, r.value, r.partition, r.offset) for tp, rs in batches.items() for r in rs]
-                if records:
-                    await self.runtime.handle_batch(records)  # effects, then the waiters
-                continue
             for tp, records in batches.items():
                 ident = self.runtime.by_inbox[tp.topic]
                 for record in records:
@@ -172,27 +148,3 @@ class CommandClient(Listening, BusClient):
     def __init__(self, settings: Settings, identities: list[str]) -> None:
         # The group is never joined (the runtime does not consume); it only names the runtime's tasks.
         super().__init__(settings, identities, group=f"{settings.kafka.topic_prefix}.cli")
-
-
-class CommandDicj(Listening, DicjDesk):
-    """DICJ's desk for one command: its handlers store the banks' answers and the hub's result (module docstring).
-
-    The numbering sweep of a long-running desk is not started.
-    """
-
-    apply = True
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, group=f"{settings.kafka.topic_prefix}.cli.dicj")
-
-    async def refusal(self, correlation_id: str) -> Refused:
-        """Wait for a hub rejection notice answering ``correlation_id`` (never returns if the hub accepted it)."""
-        while True:
-            future: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
-            self.runtime.waiters[("dicj", correlation_id)] = future
-            try:
-                opened = await future
-            finally:
-                self.runtime.waiters.pop(("dicj", correlation_id), None)
-            if opened.meta.type == T.REJECTION_NOTICE:
-                return Refused(opened.body["reason_code"], opened.body["message"], correlation_id)

@@ -6,15 +6,17 @@ Each command acts as ONE participant of the stack started by ``renkei up``
 - ``bank seed-account``: the simulated bank's own customer data (an account,
   and with ``--my-number`` the bank's link from ITS token to the account);
 - ``portal register|change|delete|numbering|records|notices``: what a person
-  does on the portal (STEP1, 付番申出 to each named bank, 情報提供等記録, お知らせ),
-  as the page does it: with the person's card and PIN (``--card ID --pin -``,
-  the PIN from standard input), never with a My Number alone; a wrong PIN
-  counts towards the card's lock as on the page (``portal card …``, the card
-  issuer's commands, are :mod:`connectors.portal_card_command`);
+  does on the portal (STEP1, 付番申出 — to one bank, or through DICJ for several
+  with ONE consolidated result —, 情報提供等記録, お知らせ), as the page does it:
+  with the person's card and PIN (``--card ID --pin -``, the PIN from standard
+  input), never with a My Number alone; a wrong PIN counts towards the card's
+  lock as on the page (``portal card …``, the card issuer's commands, are
+  :mod:`connectors.portal_card_command`);
 - ``agency inquire``: STEP2, an agency asks the registry for the account;
 - ``agency register``: an entitled agency files the person's registration
-  alongside another procedure (口座登録法 §4: a tax return, a pension claim);
-- ``dicj lookup``: an inheritance or disaster lookup (相続時・災害時照会).
+  alongside another procedure (口座登録法 §4: a tax return, a pension claim).
+
+Lookups (相続時・災害時照会) have their own module, :mod:`connectors.lookup_commands`.
 
 A My Number is accepted at the edge only: validated (check digit), exchanged
 for the acting participant's token through token issuance (sealed to the
@@ -32,7 +34,6 @@ e.g. ``subcommand("bank", "serve", handler, "…")``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ GROUPS = {
               "notices); the card issuer's card commands; serve the portal",
     "agency": "an agency's commands: ask the registry for a person's account (STEP2), file a registration "
               "alongside another procedure; serve the outbox relay",
-    "dicj": "DICJ's commands: inheritance and disaster lookups across banks",
+    "dicj": "DICJ's commands: the lookups it ran for applications; the simulated J-LIS",
 }
 
 # Answer statuses that mean "done" and those that are a refusal (exit 2); anything else is an error (exit 1).
@@ -163,13 +164,13 @@ def emit(args: argparse.Namespace, outcome: Outcome) -> int:
 # --------------------------------------------------------------------------- the shared path
 
 
-def _participants(settings: Any) -> Any:
+def participants_of(settings: Any) -> Any:
     from infra.participants import load_participants
 
     return load_participants(settings.participants_file, banks=settings.banks)
 
 
-def _bank(participants: Any, value: str) -> Any:
+def bank_of(participants: Any, value: str) -> Any:
     """A bank participant by bank code (``9000``) or participant id (``bank-9000``); None if there is none."""
     from infra.participants import Kind
 
@@ -190,7 +191,7 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
 
     ``work(settings, client, my_number)`` returns the command's :class:`Outcome`; a hub rejection
     notice (:class:`~connectors.cli_client.Refused`) becomes exit 2 with its reason code, no answer in
-    time exit 1.  ``identity`` ``"dicj"`` gets DICJ's desk, None no client at all.
+    time exit 1.  ``identity`` None: no client at all.
     """
     from infra.cli import resolve_running
     from infra.errors import RenkeiError, ValidationError
@@ -203,13 +204,13 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
         except ValidationError as exc:
             return emit(args, refused(args, exc.code, exc.message))
     settings = resolve_running(settings)  # StackError: one line from infra.cli.main, exit 1
-    from connectors.cli_client import CommandClient, CommandDicj, Refused
+    from connectors.cli_client import CommandClient, Refused
 
     try:
         if identity is None:
             outcome = await work(settings, None, my_number)
         else:
-            client = CommandDicj(settings) if identity == "dicj" else CommandClient(settings, [identity])
+            client = CommandClient(settings, [identity])
             async with client:
                 outcome = await work(settings, client, my_number)
     except Refused as exc:
@@ -411,7 +412,8 @@ async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
-    """付番申出 from the portal: one numbering.request to each named bank, each bank's acknowledgement reported."""
+    """付番申出 from the portal: to the one bank named (its acknowledgement), or through DICJ for several banks
+    (ONE consolidated result, each bank's outcome in it)."""
     from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
     from schemas import types as T
 
@@ -426,6 +428,23 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
     codes = [b.bank_code for b in banks]
 
     async def work(settings: Any, client: Any, token: str) -> Outcome:
+
+        async def through_dicj() -> list[dict[str, Any]]:
+            answer = await client.request(
+                "portal", type=T.NUMBERING_REQUEST, to="dicj", subject=token,
+                body={"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None, "requested_at": _now()},
+                data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=args.timeout)
+            outcomes = {o["bank_code"]: o for o in answer.body["outcomes"]}
+            rows = []
+            for b in banks:
+                o = outcomes.get(b.bank_code)
+                status = o["status"] if o else "NO_ANSWER"  # not answered by DICJ's deadline: exit 1
+                rows.append({"bank_code": b.bank_code, "bank": b.id, "status": status,
+                             "accounts_linked": o["accounts_linked"] if o else None,
+                             "reason": None if exit_code("numbering", status) == EXIT_DONE else status,
+                             "request_id": answer.meta.correlation_id})
+            return rows
+
         async def one(bank: Any) -> dict[str, Any]:
             row: dict[str, Any] = {"bank_code": bank.bank_code, "bank": bank.id, "status": None,
                                    "accounts_linked": None, "reason": None, "request_id": None}
@@ -445,14 +464,22 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
                 row.update(status="TIMEOUT", reason="TIMEOUT")
             return row
 
-        rows = await asyncio.gather(*(one(b) for b in banks))
+        if len(banks) > 1:
+            try:
+                rows = await through_dicj()
+            except Refused as exc:
+                rows = [{"bank_code": b.bank_code, "bank": b.id, "status": "REJECTED", "accounts_linked": None,
+                         "reason": exc.code, "request_id": exc.request_id} for b in banks]
+        else:
+            rows = [await one(banks[0])]
         code = worst([exit_code("numbering", r["status"]) for r in rows])
         first = next((r for r in rows if exit_code("numbering", r["status"]) == code), rows[0])
         status = {EXIT_DONE: "DONE", EXIT_REJECTED: "REJECTED", EXIT_ERROR: "TIMEOUT"}[code]
         reason = None if code == EXIT_DONE else first["reason"]
         detail = None if code == EXIT_DONE else f"bank {first['bank_code']}: {first['status']}"
         report = _report(args, status, reason=reason, detail=detail, banks=rows)
-        return Outcome(code, report, [(f"Numbering (portal → each bank): {status}",
+        route = "portal → DICJ → banks, one result" if len(banks) > 1 else "portal → bank"
+        return Outcome(code, report, [(f"Numbering ({route}): {status}",
                                        ["bank", "status", "accounts linked", "reason"],
                                        [[r["bank_code"], r["status"], r["accounts_linked"], r["reason"]]
                                         for r in rows])],
@@ -586,58 +613,6 @@ async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
     return await act(settings, args, agency.id, work)
 
 
-# --------------------------------------------------------------------------- dicj
-
-
-async def cmd_dicj_lookup(settings: Any, args: argparse.Namespace) -> int:
-    """An inheritance or disaster lookup: DICJ asks the banks, the hub gathers until the deadline."""
-    participants = _participants(settings)
-    named = split_codes(args.bank_codes) if args.bank_codes else []
-    banks = [_bank(participants, v) for v in named]
-    if None in banks:
-        return emit(args, refused(args, "UNKNOWN_PARTICIPANT", "--banks: a value names no bank (bank codes or ids)"))
-    designated = sorted({b.bank_code for b in banks}) or None
-    kind = args.kind.upper()
-    timeout = args.timeout if args.timeout is not None else args.deadline + 30
-    args.timeout = timeout
-
-    async def work(settings: Any, desk: Any, my_number: str | None) -> Outcome:
-        asked = sorted(b.bank_code for b in desk.lookup_banks(designated))
-        if not asked:
-            return refused(args, "NOT_PARTICIPATING", "no named bank takes part in lookups")
-        start = time.perf_counter()
-        token = await desk.token_for("dicj", my_number, timeout=timeout)
-        cid = await desk.start_lookup(kind, token, deadline_s=args.deadline, designated_bank_codes=designated,
-                                      disaster_id=args.disaster_id if kind == "DISASTER" else "")
-        result = asyncio.ensure_future(desk.wait_result(cid, timeout=timeout))
-        refusal = asyncio.ensure_future(desk.refusal(cid))
-        try:
-            await asyncio.wait({result, refusal}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (result, refusal):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(result, refusal, return_exceptions=True)
-        if not result.done() or result.cancelled():
-            raise refusal.result()
-        view = result.result()  # TimeoutError: exit 1
-        report = _report(args, "COMPLETE", kind=kind, request_id=cid, banks_asked=asked,
-                         answering_banks=view["answering_banks"], banks_with_accounts=view["banks_with_accounts"],
-                         missing_banks=view["missing_banks"], late_banks=view["late_banks"],
-                         accounts=view["accounts"], elapsed_ms=_ms(start))
-        held = {c: sum(1 for a in view["accounts"] if a["bank_code"] == c) for c in asked}
-        state = {c: "answered" for c in view["answering_banks"]} | {c: "missing" for c in view["missing_banks"]}
-        tables = [(f"{kind.capitalize()} lookup: {len(view['answering_banks'])}/{len(asked)} banks answered",
-                   ["bank", "answer", "accounts"], [[c, state.get(c, "missing"), held[c]] for c in asked])]
-        if view["accounts"]:
-            tables.append(("Accounts found", ["bank", "branch", "type", "number", "holder"],
-                           [[a["bank_code"], a["branch_code"], a["account_type"], a["account_number"],
-                             a["holder_kana"]] for a in view["accounts"]]))
-        return Outcome(EXIT_DONE, report, tables)
-
-    return await act(settings, args, "dicj", work)
-
-
 # --------------------------------------------------------------------------- parser
 
 
@@ -667,20 +642,20 @@ def subcommand(group: str, name: str, run: Run, help_text: str, *, report_defaul
     return parser
 
 
-def _my_number_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def my_number_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--my-number", dest="my_number", required=required, metavar="N",
                    help="the person's My Number (12 digits; `-` reads it from stdin). Checked here, exchanged for "
                         "this participant's token, never printed or sent on")
 
 
-def _card_args(p: argparse.ArgumentParser) -> None:
+def card_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card", required=True, metavar="ID", help="the person's card id (as on the portal page)")
     p.add_argument("--pin", required=True, metavar="-",
                    help="`-`: the card's PIN is read from standard input (a terminal prompts without echo). Three "
                         "wrong PINs lock the card, as on the page")
 
 
-def _timeout_arg(p: argparse.ArgumentParser, default: float | None = 30.0) -> None:
+def timeout_arg(p: argparse.ArgumentParser, default: float | None = 30.0) -> None:
     p.add_argument("--timeout", type=float, default=default, metavar="S",
                    help=f"seconds to wait for each answer (default {default:g})" if default else
                    "seconds to wait for the result (default: the deadline + 30)")
@@ -710,7 +685,7 @@ def register(add: Any, common: Any) -> None:
     _account_args(p)
     _my_number_arg(p, required=False)
     p.add_argument("--closed", action="store_true", help="the account is closed")
-    _timeout_arg(p)
+    timeout_arg(p)
 
     account_keys = {"operation": None, "request_id": None, "elapsed_ms": None}
     for operation, help_text in (("register", "register the person's public-funds account (STEP1)"),
@@ -718,30 +693,31 @@ def register(add: Any, common: Any) -> None:
                                  ("delete", "delete the person's public-funds account")):
         p = subcommand("portal", operation, cmd_portal_account, help_text, report_defaults=account_keys)
         p.set_defaults(operation=operation.upper())
-        _card_args(p)
+        card_args(p)
         if operation != "delete":
             _account_args(p)
-        _timeout_arg(p)
+        timeout_arg(p)
     p = subcommand("portal", "numbering", cmd_portal_numbering,
-                   "file an account-numbering request (付番申出) with each named bank",
+                   "file an account-numbering request (付番申出): with the bank named, or through DICJ for several "
+                   "(one consolidated result)",
                    report_defaults={"banks": []}, bank_codes=True)
-    _card_args(p)
+    card_args(p)
     p.add_argument("--banks", dest="bank_codes", required=True, metavar="CODES",
                    help="banks to number at: codes or ids, comma-separated (9000,9001)")
-    _timeout_arg(p)
+    timeout_arg(p)
     p = subcommand("portal", "records", cmd_portal_records,
                    "the person's provision records (情報提供等記録), verified against the signed checkpoint",
                    report_defaults={"verdict": None, "chain_ok": None, "problems": [], "checkpoint": None,
                                     "pending": None, "purged_before": None, "records": []})
-    _card_args(p)
-    _timeout_arg(p)
+    card_args(p)
+    timeout_arg(p)
     p = subcommand("portal", "notices", cmd_portal_notices,
                    "the person's notices (お知らせ) and registered account (masked), as the page shows them",
                    report_defaults={"account": None, "unread": None, "notices": []})
-    _card_args(p)
+    card_args(p)
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N notices, newest first (50)")
     p.add_argument("--mark-read", dest="mark_read", action="store_true", help="mark them read afterwards")
-    _timeout_arg(p)
+    timeout_arg(p)
 
     p = subcommand("agency", "inquire", cmd_agency_inquire,
                    "ask the registry for the person's public-funds account (STEP2)",
@@ -753,7 +729,7 @@ def register(add: Any, common: Any) -> None:
     p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
                    help="the public-benefit procedure the account is needed for, one the agency is entitled to "
                         "(infra/procedures.toml, e.g. income-tax-refund)")
-    _timeout_arg(p)
+    timeout_arg(p)
 
     for operation in ("register", "change"):
         p = subcommand("agency", operation, cmd_agency_register,
@@ -763,20 +739,9 @@ def register(add: Any, common: Any) -> None:
         p.add_argument("--agency", required=True, help="the agency's participant id (agency-nta, agency-mhlw)")
         _my_number_arg(p)
         _account_args(p)
-        _timeout_arg(p)
+        timeout_arg(p)
 
-    p = subcommand("dicj", "lookup", cmd_dicj_lookup,
-                   "inheritance or disaster lookup: which banks hold the person's numbered accounts",
-                   report_defaults={"kind": None, "request_id": None, "banks_asked": [], "answering_banks": [],
-                                    "banks_with_accounts": [], "missing_banks": [], "late_banks": [],
-                                    "accounts": [], "elapsed_ms": None},
-                   bank_codes=True)
-    p.add_argument("--kind", required=True, choices=["inheritance", "disaster"])
-    _my_number_arg(p)
-    p.add_argument("--banks", dest="bank_codes", default=None, metavar="CODES",
-                   help="only these banks (codes or ids, comma-separated); default every participating bank. "
-                        "For a disaster lookup they are the designated banks")
-    p.add_argument("--deadline", type=int, default=30, metavar="S",
-                   help="seconds the hub gathers answers (default 30)")
-    p.add_argument("--disaster-id", dest="disaster_id", default="cli", help="the disaster's id (disaster lookups)")
-    _timeout_arg(p, default=None)
+
+# The names the command modules of this package use (connectors.lookup_commands); the ones above keep their
+# short private spellings here.
+_report, _participants, _bank, _my_number_arg = report, participants_of, bank_of, my_number_arg

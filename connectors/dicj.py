@@ -1,29 +1,55 @@
-"""DICJ's side (預金保険機構) of numbering and lookups: ``DicjDesk``.
+"""DICJ's side (預金保険機構) of numbering and lookups: ``DicjDesk``, also the ``dicj`` worker of ``renkei up``.
 
-- 相続時・災害時照会 (inheritance / disaster lookups): ``start_lookup`` seals ONE
-  fan-out envelope to the banks (every participating, non-suspended bank, or
-  the banks a depositor designates).  Each bank's ``lookup.answer`` is sealed
-  to DICJ and kept here (``dicj_lookup_answers``, first answer per bank wins:
-  a duplicate is ignored), filed under the bank that SENT it (the envelope's
-  verified sender): an answer whose body names another bank is refused
-  (``SENDER_NOT_ALLOWED``), and so is one from a bank the lookup did not ask
-  (``UNSOLICITED``); both stay in DICJ's dead letters.  The hub, which cannot read answers, sends one
-  ``lookup.result`` naming the banks that answered in time and those that did
-  not, then a supplement per late answer.  ``view`` joins the two into the
-  consolidated result: answering banks, their accounts, missing banks, and
-  late (supplementary) banks with theirs.  Each result is also told to the
-  person the lookup was about (a ``person.notice`` to the portal, お知らせ,
-  :mod:`streams.notices`): which banks reported accounts — a supplement only
-  when it adds one.
-- 付番申出 passed on by a bank (bank → DICJ → other banks): DICJ fans the
-  request out to the other named banks, gathers their ``numbering.ack`` by
-  correlation id up to a deadline (state in ``dicj_numberings`` /
-  ``dicj_numbering_banks``) and notifies ONE ``numbering.result`` to the
-  receiving bank and to the person (portal).  A periodic sweep sends results
-  whose deadline passed, listing banks that did not answer.
+Lookups begin with an APPLICATION (相続時・災害時照会の申出) and end with a
+NOTIFICATION to the channel that applied; DICJ never asks the banks on its own:
+
+- 相続時照会: an heir applies at a bank; the bank sends
+  ``lookup.application.inheritance`` (the deceased as the envelope's subject,
+  the heir's relationship, references to the identity evidence).  DICJ checks
+  the death with the resident record — the J-LIS stand-in
+  (:mod:`connectors.jlis_sim`), outside the platform's trust — and, if it is
+  not confirmed on the stated date, notifies the bank ``REFUSED``
+  (``DEATH_NOT_CONFIRMED``) and asks no bank.  Otherwise it asks every
+  participating bank and, once the hub's result comes, notifies the applying
+  bank of the banks where the deceased has numbered accounts — which banks,
+  never account numbers.
+- 災害時照会: a depositor applies at a bank or on the portal
+  (``lookup.application.disaster``).  DICJ checks the disaster in the
+  platform's registry (:mod:`infra.disasters`: unknown id, period over, area
+  not covered → ``REFUSED`` with that reason), asks only the designated banks
+  and notifies the bank or portal that applied.
+- The fan-out (:meth:`DicjDesk._open_lookup`): ONE envelope sealed to the banks
+  asked (participating, not suspended).  Each bank's ``lookup.answer`` is sealed
+  to DICJ and kept here (``dicj_lookup_answers``, first answer per bank wins),
+  filed under the bank that SENT it (the envelope's verified sender): an answer
+  whose body names another bank is refused (``SENDER_NOT_ALLOWED``), and so is
+  one from a bank the lookup did not ask (``UNSOLICITED``); both stay in DICJ's
+  dead letters.  The hub, which cannot read answers, sends one ``lookup.result``
+  naming the banks that answered in time and those that did not, then a
+  supplement per late answer; each becomes a notification (a supplement's with
+  ``is_supplement``).  ``view`` joins them into DICJ's consolidated view.  Each
+  result is also told to the person the lookup was about (a ``person.notice``
+  to the portal, お知らせ, :mod:`streams.notices`): which banks reported
+  accounts — a supplement only when it adds one.
+- Deadlines and reminders: a lookup's deadline is its kind's setting
+  (``lookup_deadline_inheritance_s`` / ``_disaster_s``, days by default) — the
+  hub gathers until then whatever the envelopes' lifetimes.  Every
+  ``lookup_reminder_interval_s`` until the deadline, DICJ re-sends the inquiry
+  (same correlation id, ``reminder`` = n) to the banks whose answer it does
+  not have yet; each round is claimed in ``dicj_lookups`` under a row lock in
+  the sending transaction, so two desks never send one round twice.
+- 付番申出 passed on by a bank (bank → DICJ → other banks), with the bank's
+  own outcome when it is itself named, or filed on the portal for several
+  banks (portal → DICJ → banks): DICJ fans the request out, gathers the
+  ``numbering.ack`` by correlation id up to ``numbering_deadline_s`` (state in
+  ``dicj_numberings`` / ``dicj_numbering_banks``) and sends ONE
+  ``numbering.result`` to the requester (and, for a bank's counter, to the
+  portal, so the person sees it).  A periodic sweep sends results whose
+  deadline passed, listing banks that did not answer.
 
 Everything DICJ does runs in its participant runtime's transaction (claim +
-effect + outbox), so redelivery never duplicates a result.
+effect + outbox), so redelivery never duplicates a result, a fan-out or a
+notification; an application resent under the same correlation id is asked once.
 """
 
 from __future__ import annotations
@@ -39,13 +65,17 @@ from typing import Any
 import asyncpg
 
 from connectors.client import BusClient
-from infra.envelope import Message
-from infra.errors import Reason, Rejection
+from connectors.jlis_sim import JLIS_MIGRATIONS, date_of_death, death_confirmed
+from infra.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
+from infra.envelope import MAX_TTL_S, Message
+from infra.errors import Reason, Rejection, ValidationError
+from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
 from infra.participants import Participant
 from infra.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
 from infra.settings import Settings
 from schemas import types as T
+from streams.lookups import lookup_deadlines
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
 
@@ -99,33 +129,138 @@ DICJ_MIGRATIONS = [
         PRIMARY KEY (correlation_id, bank_code)
     );
     """,
+    # Applications and notifications; reminders of lookups; the requester of a numbering may be the portal.
+    """
+    ALTER TABLE dicj_lookups ADD COLUMN inquiry jsonb, ADD COLUMN reminders integer NOT NULL DEFAULT 0,
+        ADD COLUMN next_reminder_at timestamptz;
+    CREATE INDEX dicj_lookups_reminder_due ON dicj_lookups (next_reminder_at) WHERE next_reminder_at IS NOT NULL;
+    CREATE TABLE dicj_lookup_reminders (
+        correlation_id uuid NOT NULL,
+        round          integer NOT NULL,
+        bank_id        text NOT NULL,
+        sent_at        timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (correlation_id, round, bank_id)
+    );
+    CREATE TABLE dicj_applications (
+        correlation_id     uuid PRIMARY KEY,
+        applicant          text NOT NULL,
+        kind               text NOT NULL,
+        application_ref    text NOT NULL,
+        subject            text NOT NULL,
+        data_item          text NOT NULL,
+        legal_basis        text NOT NULL,
+        status             text NOT NULL CHECK (status IN ('ASKED', 'REFUSED', 'ANSWERED')),
+        reason             text,
+        lookup_correlation uuid UNIQUE,
+        banks_not_asked    jsonb NOT NULL DEFAULT '[]'::jsonb,
+        notifications      integer NOT NULL DEFAULT 0,
+        received_at        timestamptz NOT NULL DEFAULT now(),
+        notified_at        timestamptz
+    );
+    ALTER TABLE dicj_numberings RENAME COLUMN receiving_bank TO requester;
+    """,
 ]
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class DicjDesk(BusClient):
-    """The DICJ participant: lookups out, answers and results in, numbering passed on. An async context manager."""
+_KINDS = {
+    "INHERITANCE": (T.LOOKUP_INHERITANCE, BASIS_INHERITANCE_LOOKUP),
+    "DISASTER": (T.LOOKUP_DISASTER, BASIS_DISASTER_LOOKUP),
+}
+"""Lookup kind → (inquiry type, legal basis)."""
 
-    def __init__(self, settings: Settings, *, group: str, numbering_deadline_s: int = 30,
+
+def _inquiry_body(inquiry: dict[str, Any], reminder: int) -> dict[str, Any]:
+    """The inquiry's Avro body from what ``dicj_lookups.inquiry`` keeps (JSON, times as ISO strings)."""
+    times = {k: datetime.fromisoformat(inquiry[k]) for k in ("requested_at", "deadline")}
+    if inquiry["kind"] == "INHERITANCE":
+        return {"receiving_bank_code": inquiry.get("receiving_bank_code"), **times, "reminder": reminder}
+    return {"designated_bank_codes": inquiry["designated_bank_codes"], "disaster_id": inquiry["disaster_id"],
+            **times, "reminder": reminder}
+
+
+async def consolidated_view(db: Any, correlation_id: str) -> dict[str, Any]:
+    """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds."""
+    cid = uuid.UUID(correlation_id)
+    results = await db.fetch(
+        "SELECT is_supplement, answering, missing FROM dicj_lookup_results WHERE correlation_id = $1 "
+        "ORDER BY received_at", cid)
+    answers = {r["bank_code"]: json.loads(r["accounts"]) for r in await db.fetch(
+        "SELECT bank_code, accounts FROM dicj_lookup_answers WHERE correlation_id = $1", cid)}
+    main = next((r for r in results if not r["is_supplement"]), None)
+    answering = sorted(json.loads(main["answering"])) if main else []
+    late = sorted({c for r in results if r["is_supplement"] for c in json.loads(r["answering"])})
+    missing = sorted(set(json.loads(main["missing"])) - set(late)) if main else []
+    return {
+        "correlation_id": correlation_id,
+        "complete": main is not None,
+        "answering_banks": answering,
+        "banks_with_accounts": sorted(c for c in answering if answers.get(c)),
+        "accounts": [a for c in answering for a in answers.get(c, [])],
+        "missing_banks": missing,
+        "late_banks": late,
+        "late_banks_with_accounts": [c for c in late if answers.get(c)],
+        "supplement_accounts": [a for c in late for a in answers.get(c, [])],
+        "results_received": len(results),
+    }
+
+
+async def application_ledger(db: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """DICJ's applications, newest first, each with its lookup's tallies: ids, codes and counts only — no
+    person, no account (``renkei dicj lookup``)."""
+    rows = await db.fetch(
+        "SELECT a.*, l.asked, l.deadline, l.reminders FROM dicj_applications a LEFT JOIN dicj_lookups l "
+        "ON l.correlation_id = a.lookup_correlation ORDER BY a.received_at DESC LIMIT $1", limit)
+    out = []
+    for r in rows:
+        view = await consolidated_view(db, str(r["lookup_correlation"])) if r["lookup_correlation"] else None
+        out.append({
+            "applicant": r["applicant"], "kind": r["kind"], "application_ref": r["application_ref"],
+            "status": r["status"], "reason": r["reason"],
+            "banks_asked": len(json.loads(r["asked"])) if r["asked"] else 0,
+            "answering": len(view["answering_banks"]) if view else 0,
+            "missing": view["missing_banks"] if view else [], "late": view["late_banks"] if view else [],
+            "banks_with_accounts": sorted({*view["banks_with_accounts"], *view["late_banks_with_accounts"]})
+            if view else [],
+            "banks_not_asked": json.loads(r["banks_not_asked"]), "reminders": r["reminders"] or 0,
+            "received_at": r["received_at"].isoformat(),
+            "deadline": r["deadline"].isoformat() if r["deadline"] else None,
+            "notified_at": r["notified_at"].isoformat() if r["notified_at"] else None,
+            "notifications": r["notifications"]})
+    return out
+
+
+class DicjDesk(BusClient):
+    """The DICJ participant: applications and lookups, answers and results, notifications, numbering passed on.
+
+    An async context manager; its sweep (numbering results past their deadline, lookup reminders) runs every
+    ``sweep_interval_s``.  Deadlines and the reminder interval come from ``settings`` (module docstring).
+    """
+
+    def __init__(self, settings: Settings, *, group: str, numbering_deadline_s: int | None = None,
                  sweep_interval_s: float = 0.5) -> None:
         handlers = {
+            T.LOOKUP_APPLICATION_INHERITANCE: self._on_inheritance_application,
+            T.LOOKUP_APPLICATION_DISASTER: self._on_disaster_application,
             T.LOOKUP_ANSWER: self._on_lookup_answer,
             T.LOOKUP_RESULT: self._on_lookup_result,
             T.NUMBERING_REQUEST: self._on_numbering_request,
             T.NUMBERING_ACK: self._on_numbering_ack,
         }
         self.runtime = ParticipantRuntime(settings, [DICJ_ID], handlers, group=group,
-                                          migrations={"dicj": DICJ_MIGRATIONS})
-        self.numbering_deadline_s = numbering_deadline_s
+                                          migrations={"dicj": DICJ_MIGRATIONS, "disasters": DISASTER_MIGRATIONS,
+                                                      "jlis-sim": JLIS_MIGRATIONS}, worker="dicj")
+        self.numbering_deadline_s = numbering_deadline_s or settings.numbering_deadline_s
+        self.deadlines = lookup_deadlines(settings)
+        self.reminder_interval_s = settings.lookup_reminder_interval_s
         self.sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> DicjDesk:
         await self.runtime.start()
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="dicj-numbering-sweep")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="dicj-sweep")
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -150,37 +285,56 @@ class DicjDesk(BusClient):
             banks = [b for b in banks if b.bank_code in wanted]
         return banks
 
+    def inquiry_ttl_s(self, kind: str) -> int:
+        """An inquiry envelope lives until the next reminder replaces it (at most the envelope cap): it is
+        transport, not the deadline, which the hub keeps by itself."""
+        return max(1, min(self.reminder_interval_s, self.deadlines[kind], MAX_TTL_S))
+
     # -- lookups ---------------------------------------------------------------------------------
-    async def start_lookup(self, kind: str, subject: str, *, deadline_s: int = 30, banks: list[str] | None = None,
+    async def start_lookup(self, kind: str, subject: str, *, banks: list[str] | None = None,
                            designated_bank_codes: list[str] | None = None, disaster_id: str = "",
                            receiving_bank_code: str | None = None) -> str:
-        """Send an inheritance (``kind="INHERITANCE"``) or disaster (``"DISASTER"``) lookup; its correlation id.
+        """Ask the banks (``kind`` ``"INHERITANCE"`` or ``"DISASTER"``) about ``subject``: its correlation id.
 
-        The envelope expires at the deadline: the hub gathers answers until then.  ``banks``
-        (participant ids) overrides the recipients (tests use it to include banks the hub must drop).
+        The step an accepted application takes (the handlers below); DICJ's own tools and tests call it
+        directly.  ``banks`` (participant ids) overrides the recipients (tests use it to include banks the hub
+        must drop).  The deadline is the kind's setting.
         """
-        now = _now()
-        deadline = now + timedelta(seconds=deadline_s)
-        if kind == "INHERITANCE":
-            type_, basis = T.LOOKUP_INHERITANCE, BASIS_INHERITANCE_LOOKUP
-            body: dict = {"receiving_bank_code": receiving_bank_code, "requested_at": now, "deadline": deadline}
-        elif kind == "DISASTER":
-            type_, basis = T.LOOKUP_DISASTER, BASIS_DISASTER_LOOKUP
-            body = {"designated_bank_codes": list(designated_bank_codes or []), "disaster_id": disaster_id,
-                    "requested_at": now, "deadline": deadline}
-        else:
+        outgoing: list[Message] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            correlation = await self._open_lookup(
+                conn, outgoing, kind, subject, banks if banks is not None else
+                [b.id for b in self.lookup_banks(designated_bank_codes)],
+                designated_bank_codes=designated_bank_codes, disaster_id=disaster_id,
+                receiving_bank_code=receiving_bank_code)
+            await self.runtime.send(DICJ_ID, outgoing, conn=conn)
+        return correlation
+
+    async def _open_lookup(self, conn: asyncpg.Connection, outgoing: list[Message], kind: str, subject: str,
+                           to: list[str], *, designated_bank_codes: list[str] | None = None, disaster_id: str = "",
+                           receiving_bank_code: str | None = None) -> str:
+        """Record a lookup and queue its ONE fan-out envelope (in the caller's transaction); its correlation id."""
+        if kind not in _KINDS:
             raise ValueError("kind must be INHERITANCE or DISASTER")
-        to = banks if banks is not None else [b.id for b in self.lookup_banks(designated_bank_codes)]
         if not to:
             raise ValueError("no bank to ask")
+        now = _now()
+        deadline = now + timedelta(seconds=self.deadlines[kind])
+        inquiry: dict[str, Any] = {"kind": kind, "requested_at": now.isoformat(), "deadline": deadline.isoformat()}
+        if kind == "INHERITANCE":
+            inquiry["receiving_bank_code"] = receiving_bank_code
+        else:
+            inquiry |= {"designated_bank_codes": list(designated_bank_codes or []), "disaster_id": disaster_id}
         correlation = str(uuid.uuid4())
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO dicj_lookups (correlation_id, kind, subject, asked, deadline) VALUES ($1, $2, $3, $4, $5)",
-                uuid.UUID(correlation), kind, subject, json.dumps(to), deadline)
-            await self.runtime.send(DICJ_ID, [Message(
-                body=body, type=type_, to=tuple(to), subject=subject, data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
-                basis=basis, correlation_id=correlation, ttl_s=deadline_s)], conn=conn)
+        reminder_at = now + timedelta(seconds=self.reminder_interval_s)
+        await conn.execute(
+            "INSERT INTO dicj_lookups (correlation_id, kind, subject, asked, deadline, inquiry, next_reminder_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)", uuid.UUID(correlation), kind, subject, json.dumps(to), deadline,
+            json.dumps(inquiry), reminder_at if reminder_at < deadline else None)
+        type_, basis = _KINDS[kind]
+        outgoing.append(Message(body=_inquiry_body(inquiry, 0), type=type_, to=tuple(to), subject=subject,
+                                data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=basis, correlation_id=correlation,
+                                ttl_s=self.inquiry_ttl_s(kind)))
         return correlation
 
     async def wait_result(self, correlation_id: str, *, timeout: float = 60.0, poll_s: float = 0.02) -> dict:
@@ -194,29 +348,9 @@ class DicjDesk(BusClient):
             await asyncio.sleep(poll_s)
         return await self.view(correlation_id)
 
-    async def view(self, correlation_id: str) -> dict:
-        """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds."""
-        cid = uuid.UUID(correlation_id)
-        results = await self.pool.fetch(
-            "SELECT is_supplement, answering, missing FROM dicj_lookup_results WHERE correlation_id = $1 "
-            "ORDER BY received_at", cid)
-        answers = {r["bank_code"]: json.loads(r["accounts"]) for r in await self.pool.fetch(
-            "SELECT bank_code, accounts FROM dicj_lookup_answers WHERE correlation_id = $1", cid)}
-        main = next((r for r in results if not r["is_supplement"]), None)
-        answering = sorted(json.loads(main["answering"])) if main else []
-        late = sorted({c for r in results if r["is_supplement"] for c in json.loads(r["answering"])})
-        missing = sorted(set(json.loads(main["missing"])) - set(late)) if main else []
-        return {
-            "correlation_id": correlation_id,
-            "complete": main is not None,
-            "answering_banks": answering,
-            "banks_with_accounts": sorted(c for c in answering if answers.get(c)),
-            "accounts": [a for c in answering for a in answers.get(c, [])],
-            "missing_banks": missing,
-            "late_banks": late,
-            "supplement_accounts": [a for c in late for a in answers.get(c, [])],
-            "results_received": len(results),
-        }
+    async def view(self, correlation_id: str, conn: asyncpg.Connection | None = None) -> dict:
+        """DICJ's consolidated view of one lookup (:func:`consolidated_view`)."""
+        return await consolidated_view(conn or self.pool, correlation_id)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
         sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.senders)
@@ -234,19 +368,44 @@ class DicjDesk(BusClient):
             ctx.meta.correlation_id, code, ctx.meta.message_id, json.dumps(accounts))
 
     async def _on_lookup_result(self, ctx: Context) -> None:
-        b = ctx.body
-        stored = await ctx.conn.fetchval(
+        b, cid = ctx.body, uuid.UUID(ctx.meta.correlation_id)
+        inserted = await ctx.conn.fetchval(
             "INSERT INTO dicj_lookup_results (message_id, correlation_id, is_supplement, answering, missing) "
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
-            ctx.meta.message_id, ctx.meta.correlation_id, b["is_supplement"],
+            ctx.meta.message_id, cid, b["is_supplement"],
             json.dumps(b["answering_bank_codes"]), json.dumps(b["banks_not_answered"]))
-        lookup = await ctx.conn.fetchrow("SELECT kind, subject FROM dicj_lookups WHERE correlation_id = $1",
-                                         uuid.UUID(ctx.meta.correlation_id))
-        if not stored or lookup is None:  # a lookup started elsewhere has no person here to tell
+        if inserted is None:
+            return
+        if not b["is_supplement"]:  # the deadline passed or every bank answered: no more reminders
+            await ctx.conn.execute("UPDATE dicj_lookups SET next_reminder_at = NULL WHERE correlation_id = $1", cid)
+        await self._tell_the_person(ctx, cid, b)
+        application = await ctx.conn.fetchrow(
+            "SELECT * FROM dicj_applications WHERE lookup_correlation = $1 FOR UPDATE", cid)
+        if application is None:  # a lookup DICJ started itself (its tools, tests): nobody to notify
+            return
+        view = await self.view(str(cid), ctx.conn)
+        if not view["complete"]:  # a supplement before the main result (the hub sends the main one first)
+            return
+        if b["is_supplement"]:  # the banks of this supplement that hold accounts
+            with_accounts = [c for c in view["late_banks_with_accounts"] if c in set(b["answering_bank_codes"])]
+        else:
+            with_accounts = view["banks_with_accounts"]
+        self._notify(ctx, application, status="ANSWERED", reason=None, banks_with_accounts=with_accounts,
+                     banks_not_answered=view["missing_banks"],
+                     banks_not_asked=json.loads(application["banks_not_asked"]), supplement=b["is_supplement"])
+        await ctx.conn.execute(
+            "UPDATE dicj_applications SET status = 'ANSWERED', notifications = notifications + 1, "
+            "notified_at = now() WHERE correlation_id = $1", application["correlation_id"])
+
+    async def _tell_the_person(self, ctx: Context, cid: uuid.UUID, b: dict) -> None:
+        """お知らせ: the person the lookup was about sees its result on the portal — which banks reported accounts
+        (a supplement only when it adds one). Queued in the result's transaction, so it is sent once."""
+        lookup = await ctx.conn.fetchrow("SELECT kind, subject FROM dicj_lookups WHERE correlation_id = $1", cid)
+        if lookup is None:  # a lookup started elsewhere has no person here to tell
             return
         with_accounts = [r["bank_code"] for r in await ctx.conn.fetch(
             "SELECT bank_code FROM dicj_lookup_answers WHERE correlation_id = $1 AND bank_code = ANY($2::text[]) "
-            "AND jsonb_array_length(accounts) > 0", uuid.UUID(ctx.meta.correlation_id), b["answering_bank_codes"])]
+            "AND jsonb_array_length(accounts) > 0", cid, b["answering_bank_codes"])]
         if b["is_supplement"] and not with_accounts:
             return
         ctx.outgoing.append(notice(
@@ -254,28 +413,177 @@ class DicjDesk(BusClient):
             subject=lookup["subject"], reference=ctx.meta.correlation_id, basis=ctx.meta.legal_basis,
             party=DICJ_ID, bank_codes=with_accounts))
 
-    # -- numbering passed on by a bank -----------------------------------------------------------
+    # -- applications ------------------------------------------------------------------------------
+    def _notify(self, ctx: Context, application: Any, *, status: str, reason: str | None,
+                banks_with_accounts: list[str], banks_not_answered: list[str], banks_not_asked: list[str],
+                supplement: bool = False) -> None:
+        """Queue the ``lookup.notification`` to the channel that applied, in its correlation."""
+        ctx.send(type=T.LOOKUP_NOTIFICATION, to=application["applicant"], subject=application["subject"],
+                 correlation_id=str(application["correlation_id"]), data_item=application["data_item"],
+                 basis=application["legal_basis"],
+                 body={"application_ref": application["application_ref"], "lookup_kind": application["kind"],
+                       "status": status, "reason": reason, "banks_with_accounts": sorted(banks_with_accounts),
+                       "banks_not_answered": sorted(banks_not_answered), "banks_not_asked": sorted(banks_not_asked),
+                       "is_supplement": supplement, "notified_at": _now()})
+
+    async def _receive(self, ctx: Context, kind: str, ref: str, not_asked: list[str] | None = None) -> Any:
+        """Record an application; None if its correlation was received before (one lookup per application)."""
+        return await ctx.conn.fetchrow(
+            "INSERT INTO dicj_applications (correlation_id, applicant, kind, application_ref, subject, data_item, "
+            "legal_basis, status, banks_not_asked) VALUES ($1, $2, $3, $4, $5, $6, $7, 'ASKED', $8) "
+            "ON CONFLICT DO NOTHING RETURNING *", uuid.UUID(ctx.meta.correlation_id), ctx.meta.sender, kind, ref,
+            ctx.meta.subject, ctx.meta.data_item, ctx.meta.legal_basis, json.dumps(not_asked or []))
+
+    async def _refuse(self, ctx: Context, application: Any, reason: str) -> None:
+        """An application DICJ does not act on: no bank is asked; the applicant is told why."""
+        log.info("%s application from %s refused: %s", application["kind"].lower(), application["applicant"], reason)
+        await ctx.conn.execute("UPDATE dicj_applications SET status = 'REFUSED', reason = $2, notifications = 1, "
+                               "notified_at = now() WHERE correlation_id = $1", application["correlation_id"], reason)
+        self._notify(ctx, application, status="REFUSED", reason=reason, banks_with_accounts=[],
+                     banks_not_answered=[], banks_not_asked=[])
+
+    @staticmethod
+    def _ref(body: dict) -> str:
+        """The application's reference to echo, or "" when it is not a valid one (it is the channel's text)."""
+        from infra.validation import validate_reference
+
+        try:
+            return validate_reference(body.get("application_ref"), field="application_ref")
+        except ValidationError:
+            return ""
+
+    async def _on_inheritance_application(self, ctx: Context) -> None:
+        """相続時照会: the bank where the heir applied (a bank: infra.senders); the deceased is the subject."""
+        application = await self._receive(ctx, "INHERITANCE", self._ref(ctx.body))
+        if application is None:
+            return
+        try:
+            body = validate_inheritance_application(ctx.body)
+        except ValidationError as exc:
+            await self._refuse(ctx, application, exc.code)
+            return
+        recorded = await date_of_death(ctx.conn, ctx.meta.subject)  # the J-LIS stand-in: outside our trust
+        if not death_confirmed(recorded, body["date_of_death"]):
+            await self._refuse(ctx, application, Reason.DEATH_NOT_CONFIRMED.value)
+            return
+        bank = ctx.participants.get(ctx.meta.sender)
+        await self._ask(ctx, application, "INHERITANCE", self.lookup_banks(),
+                        receiving_bank_code=bank.bank_code if bank else None)
+
+    async def _on_disaster_application(self, ctx: Context) -> None:
+        """災害時照会: the depositor's own application at a bank or the portal; only the designated banks."""
+        try:
+            body = validate_disaster_application(ctx.body)
+        except ValidationError as exc:
+            application = await self._receive(ctx, "DISASTER", self._ref(ctx.body))
+            if application is not None:
+                await self._refuse(ctx, application, exc.code)
+            return
+        banks = self.lookup_banks(body["designated_bank_codes"])
+        asked = {b.bank_code for b in banks}
+        not_asked = [c for c in body["designated_bank_codes"] if c not in asked]
+        application = await self._receive(ctx, "DISASTER", body["application_ref"], not_asked)
+        if application is None:
+            return
+        try:
+            check_application(await find(ctx.conn, body["disaster_id"]), area=body["area_code"], on=today_jst())
+        except Rejection as exc:
+            await self._refuse(ctx, application, exc.code)
+            return
+        await self._ask(ctx, application, "DISASTER", banks, not_asked=not_asked,
+                        designated_bank_codes=body["designated_bank_codes"], disaster_id=body["disaster_id"])
+
+    async def _ask(self, ctx: Context, application: Any, kind: str, banks: list[Participant], *,
+                   not_asked: list[str] | None = None, **inquiry: Any) -> None:
+        """Open the application's lookup; with no bank to ask, the answer is that, at once."""
+        if not banks:
+            await ctx.conn.execute("UPDATE dicj_applications SET status = 'ANSWERED', notifications = 1, "
+                                   "notified_at = now() WHERE correlation_id = $1", application["correlation_id"])
+            self._notify(ctx, application, status="ANSWERED", reason=None, banks_with_accounts=[],
+                         banks_not_answered=[], banks_not_asked=not_asked or [])
+            return
+        lookup = await self._open_lookup(ctx.conn, ctx.outgoing, kind, ctx.meta.subject, [b.id for b in banks],
+                                         **inquiry)
+        await ctx.conn.execute("UPDATE dicj_applications SET lookup_correlation = $2 WHERE correlation_id = $1",
+                               application["correlation_id"], uuid.UUID(lookup))
+
+    # -- reminders -------------------------------------------------------------------------------
+    async def send_reminders(self, limit: int = 50) -> int:
+        """Re-send due lookups to the banks whose answer DICJ does not have; how many reminders went out.
+
+        A round is claimed under the lookup's row lock (SKIP LOCKED) in the transaction that seals the
+        reminder, so it goes out once however many desks sweep; the next is due one interval later, and
+        none after the deadline or once the hub's result came.
+        """
+        sent = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(
+                "SELECT l.*, EXISTS (SELECT 1 FROM dicj_lookup_results r WHERE r.correlation_id = l.correlation_id "
+                "AND NOT r.is_supplement) AS done FROM dicj_lookups l WHERE next_reminder_at <= now() "
+                "ORDER BY next_reminder_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+            outgoing: list[Message] = []
+            now = _now()
+            for lk in due:
+                answered = {r["bank_code"] for r in await conn.fetch(
+                    "SELECT bank_code FROM dicj_lookup_answers WHERE correlation_id = $1", lk["correlation_id"])}
+                missing = [bank for bank in json.loads(lk["asked"])
+                           if (p := self.runtime.participants.get(bank)) is None or p.bank_code not in answered]
+                if lk["done"] or lk["deadline"] <= now or not missing or lk["inquiry"] is None:
+                    await conn.execute("UPDATE dicj_lookups SET next_reminder_at = NULL WHERE correlation_id = $1",
+                                       lk["correlation_id"])
+                    continue
+                round_ = lk["reminders"] + 1
+                inquiry = json.loads(lk["inquiry"])
+                type_, basis = _KINDS[lk["kind"]]
+                outgoing.append(Message(body=_inquiry_body(inquiry, round_), type=type_, to=tuple(missing),
+                                        subject=lk["subject"], data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=basis,
+                                        correlation_id=str(lk["correlation_id"]), ttl_s=self.inquiry_ttl_s(lk["kind"])))
+                await conn.executemany(
+                    "INSERT INTO dicj_lookup_reminders (correlation_id, round, bank_id) VALUES ($1, $2, $3)",
+                    [(lk["correlation_id"], round_, bank) for bank in missing])
+                following = now + timedelta(seconds=self.reminder_interval_s)
+                await conn.execute("UPDATE dicj_lookups SET reminders = $2, next_reminder_at = $3 "
+                                   "WHERE correlation_id = $1", lk["correlation_id"], round_,
+                                   following if following < lk["deadline"] else None)
+                sent += len(missing)
+            if outgoing:
+                await self.runtime.send(DICJ_ID, outgoing, conn=conn)
+        if sent:
+            log.info("lookup reminders sent to %d bank(s)", sent)
+        return sent
+
+    # -- numbering passed on by a bank, or filed on the portal for several banks -----------------
     async def _on_numbering_request(self, ctx: Context) -> None:
         m, body = ctx.meta, ctx.body
         sender = ctx.participants.get(m.sender)
-        receiving = sender.bank_code if sender is not None else None
+        receiving = sender.bank_code if sender is not None else None  # None: the portal
+        own = body.get("receiving_bank_outcome")
+        if own is not None and (receiving is None or own["bank_code"] != receiving):
+            raise Rejection(Reason.SENDER_NOT_ALLOWED, "a receiving bank's outcome naming another bank than its sender")
         codes = [c for c in dict.fromkeys(body["bank_codes"]) if c != receiving]
         banks = {c: ctx.participants.by_bank_code(c) for c in codes}
-        await ctx.conn.execute(
-            "INSERT INTO dicj_numberings (correlation_id, receiving_bank, subject, deadline) "
-            "VALUES ($1, $2, $3, now() + $4 * interval '1 second') ON CONFLICT DO NOTHING",
+        inserted = await ctx.conn.fetchval(
+            "INSERT INTO dicj_numberings (correlation_id, requester, subject, deadline) "
+            "VALUES ($1, $2, $3, now() + $4 * interval '1 second') ON CONFLICT DO NOTHING RETURNING 1",
             m.correlation_id, m.sender, m.subject, self.numbering_deadline_s)
+        if inserted is None:  # the same request again (a new message id, the same correlation): passed on once
+            return
+        rows = [(uuid.UUID(m.correlation_id), c, b.id if b else None, None if b else "REFUSED", 0)
+                for c, b in banks.items()]
+        if own is not None:  # the receiving bank's own numbering, recorded as its answer
+            rows.append((uuid.UUID(m.correlation_id), receiving, m.sender, own["status"], own["accounts_linked"]))
         await ctx.conn.executemany(
-            "INSERT INTO dicj_numbering_banks (correlation_id, bank_code, bank_id, status, answered_at) "
-            "VALUES ($1, $2, $3, $4, CASE WHEN $4::text IS NULL THEN NULL ELSE now() END) ON CONFLICT DO NOTHING",
-            [(uuid.UUID(m.correlation_id), c, b.id if b else None, None if b else "REFUSED") for c, b in banks.items()])
+            "INSERT INTO dicj_numbering_banks (correlation_id, bank_code, bank_id, status, accounts_linked, "
+            "answered_at) VALUES ($1, $2, $3, $4, $5, CASE WHEN $4::text IS NULL THEN NULL ELSE now() END) "
+            "ON CONFLICT DO NOTHING", rows)
         to = tuple(b.id for b in banks.values() if b is not None)
         if to:
             ctx.send(type=T.NUMBERING_REQUEST, to=to, subject=m.subject,  # type: ignore[arg-type]  # fan-out
-                     body={"bank_codes": [b.bank_code for b in banks.values() if b is not None], "channel": "BANK",
-                           "receiving_bank_code": receiving, "requested_at": body["requested_at"]},
+                     body={"bank_codes": [b.bank_code for b in banks.values() if b is not None],
+                           "channel": "BANK" if receiving else "PORTAL", "receiving_bank_code": receiving,
+                           "requested_at": body["requested_at"]},
                      data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
-                     ttl_s=self.numbering_deadline_s)
+                     ttl_s=min(self.numbering_deadline_s, MAX_TTL_S))
         else:
             await self._complete_numbering(ctx.conn, ctx.outgoing, uuid.UUID(m.correlation_id))
 
@@ -294,10 +602,10 @@ class DicjDesk(BusClient):
             await self._complete_numbering(ctx.conn, ctx.outgoing, cid)
 
     async def _complete_numbering(self, conn: asyncpg.Connection, outgoing: list[Message], cid: uuid.UUID) -> bool:
-        """Queue the one consolidated ``numbering.result`` (receiving bank + portal) unless already sent."""
+        """Queue the one consolidated ``numbering.result`` (the requester; a bank's counter: the portal too)."""
         row = await conn.fetchrow(
             "UPDATE dicj_numberings SET result_sent = true WHERE correlation_id = $1 AND NOT result_sent "
-            "RETURNING receiving_bank, subject", cid)
+            "RETURNING requester, subject", cid)
         if row is None:
             return False
         banks = await conn.fetch(
@@ -307,7 +615,7 @@ class DicjDesk(BusClient):
                               "accounts_linked": b["accounts_linked"]} for b in banks if b["status"] is not None],
                 "banks_not_answered": [b["bank_code"] for b in banks if b["status"] is None],
                 "completed_at": _now()}
-        for to in (row["receiving_bank"], PORTAL_ID):
+        for to in dict.fromkeys((row["requester"], PORTAL_ID)):
             outgoing.append(Message(body=body, type=T.NUMBERING_RESULT, to=to, subject=row["subject"],
                                     data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                                     correlation_id=str(cid)))
@@ -331,5 +639,32 @@ class DicjDesk(BusClient):
             await asyncio.sleep(self.sweep_interval_s)
             try:
                 await self.sweep_numberings()
+                await self.send_reminders()
             except Exception as exc:  # database away: the next round retries
-                log.warning("numbering sweep failed (%s)", type(exc).__name__)
+                log.warning("DICJ sweep failed (%s)", type(exc).__name__)
+
+
+def dicj_group(settings: Settings) -> str:
+    """DICJ's consumer group (the ``dicj`` worker of ``renkei up``)."""
+    return f"{settings.kafka.topic_prefix}.dicj"
+
+
+async def serve(settings: Settings) -> None:
+    """DICJ's desk until cancelled: applications, answers, results, numbering, the sweep; /metrics and /health."""
+    desk = DicjDesk(settings, group=dicj_group(settings))
+    await desk.runtime.serve_metrics()
+    async with desk:
+        log.info("DICJ desk serving")
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from infra.cli import worker_settings
+    from streams.app import serve_until_signal
+
+    settings = worker_settings(argv, participant_id=DICJ_ID)
+    serve_until_signal(serve(settings), settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -506,20 +506,23 @@ class ConnectorRuntime:
                      body: dict) -> bool:
         """Reply to a delivered question (e.g. an existence check) once the channel answered.
 
-        Runs in the caller's transaction; sends at most one reply per delivery (False if
-        the delivery is unknown or already answered).
+        Runs in the caller's transaction; sends at most one reply per question (False if the
+        delivery is unknown or already answered).  A question asked again under the same
+        correlation (a lookup's reminder) is answered with it: every open delivery of the
+        correlation is closed, those not yet handed to the channel too.
         """
-        row = await conn.fetchrow(
+        rows = await conn.fetch(
             "SELECT * FROM connector_deliveries WHERE connector = $1 AND correlation_id = $2 "
-            "AND status = 'DELIVERED' FOR UPDATE", adapter.name, uuid.UUID(str(correlation_id)))
-        if row is None:
+            "AND status IN ('DELIVERED', 'PENDING') ORDER BY id FOR UPDATE", adapter.name, uuid.UUID(str(correlation_id)))
+        delivered = [r for r in rows if r["status"] == "DELIVERED"]
+        if not delivered:
             return False
-        d = _delivery(row)
+        d = _delivery(delivered[0])
         await self.runtime.send(d.participant, [Message(
             body=body, type=type, to=d.reply_to, subject=d.subject, data_item=d.data_item, basis=d.basis,
             correlation_id=d.correlation_id)], conn=conn)
         await conn.execute("UPDATE connector_deliveries SET status = 'ANSWERED', payload = '{}'::jsonb "
-                           "WHERE id = $1", d.id)
+                           "WHERE id = ANY($1::bigint[])", [r["id"] for r in rows if r["type"] == d.type])
         self.metrics.answered.inc(connector=adapter.name, type=type)
         return True
 

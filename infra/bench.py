@@ -518,7 +518,7 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
 
             async def one() -> float:
                 started = time.perf_counter()
-                cid = await dicj.start_lookup("INHERITANCE", subject, deadline_s=600)
+                cid = await dicj.start_lookup("INHERITANCE", subject)
                 view = await dicj.wait_result(cid, timeout=600)
                 if len(view["answering_banks"]) != asked or len(view["accounts"]) != 4:
                     raise RuntimeError(f"incomplete lookup result: {len(view['answering_banks'])} of {asked} banks")

@@ -229,8 +229,10 @@ class _Traffic:
                            "requested_at": _now()}, ttl_s=600)
 
     async def lookup(self, dicj: Any) -> None:
+        """A lookup to every bank, of the disaster kind: its deadline (days) outlasts the kills, where the
+        inheritance deadline is the demo's few seconds (its flow shows a slow bank missing, then late)."""
         i = self.rng.randrange(len(self.people))
-        self.lookups.append(await dicj.start_lookup("INHERITANCE", self.token(i, "dicj"), deadline_s=300))
+        self.lookups.append(await dicj.start_lookup("DISASTER", self.token(i, "dicj"), disaster_id="CHAOS"))
 
     async def inject_bad(self, producer: Any, count: int) -> None:
         """Envelopes the hub must dead-letter: expired, and an agency asking a bank directly (no rule)."""
@@ -726,8 +728,12 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
 
     plan = QUICK if quick else FULL
     say = progress or (lambda _m: None)
+    from infra.demo_lookups import INHERITANCE_DEADLINE_S
+
+    # the demo's flows need the demo's short inheritance deadline (a slow bank shows as missing, then late)
     chaos_settings = dataclasses.replace(settings, state_dir=(settings.state_dir / "chaos").absolute(),
-                                         banks=plan.banks, log_level="INFO")
+                                         banks=plan.banks, log_level="INFO",
+                                         lookup_deadline_inheritance_s=INHERITANCE_DEADLINE_S)
     stop_recorded(chaos_settings.state_dir)
     shutil.rmtree(chaos_settings.state_dir, ignore_errors=True)
     started = time.perf_counter()

@@ -288,6 +288,16 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
     g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
                    help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
+    for flag, dest, meaning in (
+            ("--lookup-deadline-inheritance", "lookup_deadline_inheritance_s", "an inheritance lookup gathers "
+             "the banks' answers (10d)"),
+            ("--lookup-deadline-disaster", "lookup_deadline_disaster_s", "a disaster lookup gathers answers (3d)"),
+            ("--lookup-reminder-interval", "lookup_reminder_interval_s", "DICJ waits before re-sending a lookup "
+             "to the banks that have not answered (1d)"),
+            ("--numbering-deadline", "numbering_deadline_s", "DICJ gathers the banks' answers to a numbering "
+             "request it passes on (3d)")):
+        g.add_argument(flag, dest=dest, default=S, metavar="DURATION",
+                       help=f"how long {meaning}; seconds or 90s, 30m, 36h, 10d")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 
@@ -349,9 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
     demo.add_argument("--portal-port", dest="portal_port", type=int, default=0, metavar="P",
                       help="the demo portal's port (default: a free one)")
-    from infra import ops, records_cli
+    from infra import disasters_cli, ops, records_cli
 
     records_cli.register(add)  # renkei records purge
+    disasters_cli.register(add)  # renkei disaster declare|change-period|list
     ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
@@ -368,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
-    from connectors import channel_key_command
+    from connectors import channel_key_command, lookup_commands
     from connectors import portal_card_command
     from infra import broker_commands, cluster_commands, db_commands, keycommands
 
     participant_commands.register(add, common)
+    lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
     connector_serve.register()
     connector_ops.register(add, common)
     channel_key_command.register()

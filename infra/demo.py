@@ -30,7 +30,11 @@ async def run_demo(settings: Settings, progress: Any = None, *, hold: Hold | Non
     from infra.pgdsn import public_dsn, records_dsn
     from infra.stack import Platform
 
-    demo_settings = dataclasses.replace(settings, state_dir=settings.state_dir / "demo")
+    from infra.demo_lookups import INHERITANCE_DEADLINE_S
+
+    # A short inheritance deadline, so that the deliberately slow bank shows as missing, then late.
+    demo_settings = dataclasses.replace(settings, state_dir=settings.state_dir / "demo",
+                                        lookup_deadline_inheritance_s=INHERITANCE_DEADLINE_S)
     stop_recorded(demo_settings.state_dir)  # a previous demo killed half-way
     import shutil
 

@@ -44,6 +44,11 @@ class Reason(str, Enum):
     CARD_EXISTS = "CARD_EXISTS"  # a card with this id was issued already
     UNKNOWN_CARD = "UNKNOWN_CARD"  # the issuer named a card that was never issued (ops commands only)
     NOT_CARD_HOLDER = "NOT_CARD_HOLDER"  # the My Number shown at the counter is not the card holder's
+    # 相続時・災害時照会 applications refused by DICJ (connectors.dicj), told to the applicant in its notification
+    DEATH_NOT_CONFIRMED = "DEATH_NOT_CONFIRMED"  # the resident record (J-LIS) does not confirm the stated death
+    UNKNOWN_DISASTER = "UNKNOWN_DISASTER"  # no declared disaster has this id (infra.disasters)
+    DISASTER_EXPIRED = "DISASTER_EXPIRED"  # the disaster's period for lookups is over (or has not begun)
+    OUTSIDE_DISASTER_AREA = "OUTSIDE_DISASTER_AREA"  # the depositor's area is not one the disaster covers
 
 
 class RenkeiError(Exception):

@@ -57,11 +57,16 @@ SENDERS: Mapping[str, SenderRule] = MappingProxyType({
     # STEP2 (口座登録法 §9)
     T.PROVISION_INQUIRY: _rule((AGENCY, REGISTRY)),
     T.PROVISION_RESPONSE: _rule((REGISTRY, AGENCY)),
-    # 付番申出 (口座管理法 §3): at the portal, or at one bank passed on through DICJ
-    T.NUMBERING_REQUEST: _rule((PORTAL, BANK), (BANK, DICJ), (DICJ, BANK)),
+    # 付番申出 (口座管理法 §3): at the portal (to one bank, or through DICJ for several), or at one bank
+    # passed on through DICJ
+    T.NUMBERING_REQUEST: _rule((PORTAL, BANK), (PORTAL, DICJ), (BANK, DICJ), (DICJ, BANK)),
     T.NUMBERING_ACK: _rule((BANK, PORTAL), (BANK, BANK), (BANK, DICJ)),
     T.NUMBERING_RESULT: _rule((DICJ, PORTAL), (DICJ, BANK)),
-    # 相続時・災害時照会: DICJ asks the banks; the hub gathers who answered
+    # 相続時・災害時照会: the applicant applies at a bank (an heir: only there) or, in a declared disaster, at the
+    # portal; DICJ asks the banks, the hub gathers who answered, DICJ answers the channel that applied
+    T.LOOKUP_APPLICATION_INHERITANCE: _rule((BANK, DICJ)),
+    T.LOOKUP_APPLICATION_DISASTER: _rule((BANK, DICJ), (PORTAL, DICJ)),
+    T.LOOKUP_NOTIFICATION: _rule((DICJ, BANK), (DICJ, PORTAL)),
     T.LOOKUP_INHERITANCE: _rule((DICJ, BANK)),
     T.LOOKUP_DISASTER: _rule((DICJ, BANK)),
     T.LOOKUP_ANSWER: _rule((BANK, DICJ)),

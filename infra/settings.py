@@ -136,6 +136,15 @@ class Settings:
     records_checkpoint_interval_s: int = 10
     records_checkpoint_records: int = 1000
     records_retention_years: int = 7
+    # 相続時・災害時照会 (docs/lookups.md): how long the hub gathers the banks' answers to a lookup, per kind — the
+    # lookup's own deadline, never an envelope's lifetime, so a bank answering in its next daily cycle still
+    # counts —, how often DICJ re-sends the inquiry to the banks that have not answered yet, and how long DICJ
+    # gathers the banks' answers to a numbering request (付番申出) it passes on.  Durations: seconds, or a
+    # number with a unit (``90s``, ``30m``, ``36h``, ``10d``).
+    lookup_deadline_inheritance_s: int = 10 * 86_400
+    lookup_deadline_disaster_s: int = 3 * 86_400
+    lookup_reminder_interval_s: int = 86_400
+    numbering_deadline_s: int = 3 * 86_400
 
     @property
     def embedded_kafka(self) -> bool:
@@ -183,6 +192,28 @@ class Settings:
         return dataclasses.replace(self, kafka=kafka)
 
 
+class Duration(int):
+    """Marker type of duration settings: whole seconds, given as ``90`` or with a unit (``90s``, ``30m``,
+    ``36h``, ``10d``)."""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from ``90``, ``"90"``, ``"90s"``, ``"30m"``, ``"36h"`` or ``"10d"`` (ValueError otherwise)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a number with a unit")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    if not number.isdigit():
+        raise ValueError("a duration is a number of seconds or a number with a unit")
+    return int(number) * (unit or 1)
+
+
 # Flat key -> (section path, type). Flat keys are what env vars and CLI flags use.
 _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_bootstrap": (("kafka", "bootstrap"), str),
@@ -225,6 +256,10 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
     "records_checkpoint_records": (("records_checkpoint_records",), int),
     "records_retention_years": (("records_retention_years",), int),
+    "lookup_deadline_inheritance_s": (("lookup_deadline_inheritance_s",), Duration),
+    "lookup_deadline_disaster_s": (("lookup_deadline_disaster_s",), Duration),
+    "lookup_reminder_interval_s": (("lookup_reminder_interval_s",), Duration),
+    "numbering_deadline_s": (("numbering_deadline_s",), Duration),
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -283,11 +318,14 @@ def _coerce(name: str, value: Any) -> Any:
             if out < 0:
                 raise ValueError
             return out
+        if typ is Duration:
+            return parse_duration(value)
         if typ is Path:
             return Path(str(value)).expanduser()
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {typ.__name__}") from None
+        expected = "a duration (90, 90s, 30m, 36h, 10d)" if typ is Duration else typ.__name__
+        raise ConfigError(f"{name}: expected {expected}") from None
 
 
 def load_settings(
@@ -345,7 +383,9 @@ def load_settings(
     if not 1 <= kafka.tansu_fetch_wait_ms <= kafka.tansu_fetch_wait_max_ms:
         raise ConfigError(
             "kafka_tansu_fetch_wait_ms: must be at least 1 and at most kafka_tansu_fetch_wait_max_ms")
-    for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years"):
+    for name in ("records_checkpoint_interval_s", "records_checkpoint_records", "records_retention_years",
+                 "lookup_deadline_inheritance_s", "lookup_deadline_disaster_s", "lookup_reminder_interval_s",
+                 "numbering_deadline_s"):
         if top_kwargs.get(name, 1) < 1:
             raise ConfigError(f"{name}: must be at least 1")
     settings = Settings(kafka=kafka, **top_kwargs)

@@ -41,6 +41,10 @@ def settings_args(settings: Settings) -> list[str]:
         "--broker", settings.kafka.broker,  # the kind running, so workers know whether Tansu's workarounds apply
         "--banks", str(settings.banks),
         "--registry-check-deadline", str(settings.registry_check_deadline_s),
+        "--lookup-deadline-inheritance", str(settings.lookup_deadline_inheritance_s),
+        "--lookup-deadline-disaster", str(settings.lookup_deadline_disaster_s),
+        "--lookup-reminder-interval", str(settings.lookup_reminder_interval_s),
+        "--numbering-deadline", str(settings.numbering_deadline_s),
         *(["--participants-file", str(settings.participants_file)] if settings.participants_file else []),
     ]
 
@@ -68,6 +72,7 @@ WORKERS: list[WorkerSpec] = [
     WorkerSpec("registry", "streams.registry", settings_args, lambda s: f"{s.kafka.topic_prefix}.registry"),
     WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks",
                principal=BANK_SIMULATOR),
+    WorkerSpec("dicj", "connectors.dicj", settings_args, lambda s: f"{s.kafka.topic_prefix}.dicj"),
 ]
 """Workers `renkei up` starts, in order, each a supervised child process."""
 

@@ -23,6 +23,9 @@ LOOKUP_INHERITANCE: Final = "lookup.inheritance"
 LOOKUP_DISASTER: Final = "lookup.disaster"
 LOOKUP_ANSWER: Final = "lookup.answer"
 LOOKUP_RESULT: Final = "lookup.result"
+LOOKUP_APPLICATION_INHERITANCE: Final = "lookup.application.inheritance"
+LOOKUP_APPLICATION_DISASTER: Final = "lookup.application.disaster"
+LOOKUP_NOTIFICATION: Final = "lookup.notification"
 REJECTION_NOTICE: Final = "rejection.notice"
 TOKEN_ISSUE_REQUEST: Final = "token.issue.request"
 TOKEN_ISSUE_RESPONSE: Final = "token.issue.response"
@@ -43,6 +46,9 @@ BODY_SCHEMA: Final[Mapping[str, str]] = MappingProxyType(
         LOOKUP_DISASTER: "disaster_lookup",
         LOOKUP_ANSWER: "lookup_answer",
         LOOKUP_RESULT: "lookup_result",
+        LOOKUP_APPLICATION_INHERITANCE: "inheritance_lookup_application",
+        LOOKUP_APPLICATION_DISASTER: "disaster_lookup_application",
+        LOOKUP_NOTIFICATION: "lookup_notification",
         REJECTION_NOTICE: "rejection_notice",
         TOKEN_ISSUE_REQUEST: "token_issue_request",
         TOKEN_ISSUE_RESPONSE: "token_issue_response",

@@ -53,7 +53,7 @@ from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
-from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker
+from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
 
 log = logging.getLogger("renkei.hub")
@@ -155,7 +155,8 @@ class HubService:
         self.totals = BatchStats()
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
-                                     records=self.records, pseudonyms=core.pseudonyms)
+                                     records=self.records, pseudonyms=core.pseudonyms,
+                                     deadlines=lookup_deadlines(settings))
 
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,

@@ -8,7 +8,13 @@ them: it forwards each one as usual and tracks *who* answered, by correlation
 id, in PostgreSQL:
 
 - ``hub_lookups`` — one row per inquiry: requester, its subject token, kind,
-  deadline (the inquiry envelope's ``expires_at``), ``result_emitted``;
+  deadline, ``result_emitted``.  The deadline is the lookup's own: the
+  inquiry's creation time plus its kind's setting (``lookup_deadlines``:
+  days, as banks answer in daily cycles), never the envelope's lifetime —
+  an envelope lives at most a day, and a bank answering the next morning
+  sends an answer envelope of its own.  DICJ re-sends the inquiry to banks
+  that have not answered (same correlation id, ``reminder`` in the body):
+  the hub forwards it and keeps the first inquiry's banks and deadline;
 - ``hub_lookup_banks`` — one row per asked bank: ``answered_at``, ``late``;
 - ``hub_lookup_outbox`` — sealed ``lookup.result`` envelopes waiting to be
   produced (a transactional outbox, like the participants').
@@ -40,9 +46,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -53,6 +59,7 @@ from infra.participants import Kind, Participant, Participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
 from infra.pseudonyms import HubPseudonyms
+from infra.settings import Settings
 from infra.storage import migrate
 from infra.tokens import TokenAuthority
 from infra.topics import TopicNames
@@ -64,6 +71,12 @@ LOOKUP_KINDS = {T.LOOKUP_INHERITANCE: "INHERITANCE", T.LOOKUP_DISASTER: "DISASTE
 """Inquiry message type → ``LookupKind`` symbol of its result."""
 
 PORTAL_ID = "portal"  # provision records are keyed by the person's portal token (see streams.gateway)
+
+
+def lookup_deadlines(settings: Settings) -> dict[str, int]:
+    """Seconds a lookup of each kind gathers answers: its own setting, not an envelope's lifetime."""
+    return {"INHERITANCE": settings.lookup_deadline_inheritance_s, "DISASTER": settings.lookup_deadline_disaster_s}
+
 
 LOOKUP_MIGRATIONS = [
     """
@@ -175,8 +188,9 @@ class LookupTracker:
     def __init__(self, pool: asyncpg.Pool, *, sealer: Sealer, tokens: TokenAuthority, participants: Participants,
                  policy: Policy, producer: Any, names: TopicNames, hub_id: str = "hub",
                  sweep_limit: int = 200, records: ProvisionStore | None = None,
-                 pseudonyms: HubPseudonyms | None = None) -> None:
+                 pseudonyms: HubPseudonyms | None = None, deadlines: Mapping[str, int] | None = None) -> None:
         self.pool = pool
+        self.deadlines = dict(deadlines or lookup_deadlines(Settings()))  # seconds per kind
         self.sealer = sealer
         self.tokens = tokens
         self.participants = participants
@@ -253,8 +267,10 @@ class LookupTracker:
             m = d.meta
             cid = uuid.UUID(m.correlation_id)
             not_disclosed = any(r.not_disclosed for r in d.records)
-            lookups.append((cid, uuid.UUID(m.message_id), LOOKUP_KINDS[m.type], m.sender, m.subject, m.data_item,
-                            m.legal_basis, not_disclosed, m.created_at, m.expires_at))
+            kind = LOOKUP_KINDS[m.type]
+            lookups.append((cid, uuid.UUID(m.message_id), kind, m.sender, m.subject, m.data_item,
+                            m.legal_basis, not_disclosed, m.created_at,
+                            m.created_at + timedelta(seconds=self.deadlines[kind])))
             for leg in d.legs:
                 bank = self.participants.get(leg.recipient)
                 banks.append((cid, leg.recipient, bank.bank_code if bank and bank.bank_code else leg.recipient))

@@ -74,5 +74,8 @@ async def cluster_platform(cluster: KafkaCluster, endpoints: Any, database: Any,
 
 @pytest.fixture(scope="module")
 async def secured_platform(kafka_cluster, endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
-    async with cluster_platform(kafka_cluster, endpoints, database, tmp_path_factory.mktemp("secured")) as platform:
+    """Hub, registry and bank simulator as their own principals; DICJ's desk is the tests' (as ``dicj``), so a
+    test sees its lookup results. All answers in, a lookup completes; its deadline only bounds a silent bank."""
+    async with cluster_platform(kafka_cluster, endpoints, database, tmp_path_factory.mktemp("secured"),
+                                workers=["hub", "registry", "banks"], lookup_deadline_inheritance_s=120) as platform:
         yield platform

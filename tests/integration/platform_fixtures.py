@@ -29,7 +29,7 @@ from infra.pseudonyms import HubPseudonyms
 from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
-__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms",
+__all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms", "correlation_seen_by",
            "ENTITLED_PROCEDURE"]
 
 PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
@@ -44,6 +44,13 @@ ENTITLED_PROCEDURE = {"agency-city-minato": "child-allowance", "agency-nta": "in
 def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
     """The hub's ids for a platform's state folder: what a test needs to find a leg, a record or a conversation."""
     return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
+
+
+def correlation_seen_by(settings: Settings, correlation_id: str | uuid.UUID, sender: str,
+                        participant: str) -> uuid.UUID:
+    """``sender``'s correlation id of a conversation as ``participant`` was shown it (each has its own)."""
+    names = hub_pseudonyms(settings)
+    return uuid.UUID(names.correlation_for(names.conversation(str(correlation_id), sender), participant))
 
 
 @contextlib.asynccontextmanager
@@ -87,8 +94,9 @@ async def running_platform(endpoints, database, tmp_path_factory) -> AsyncIterat
 
 @pytest.fixture(scope="module")
 async def bus(running_platform: Platform) -> AsyncIterator[BusClient]:
-    """The portal and every agency, as one client process of the bus."""
-    ids = ["portal", "dicj"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
+    """The portal and every agency, as one client process of the bus (DICJ is the platform's own worker: a
+    client claiming DICJ's inbox too would take applications from it)."""
+    ids = ["portal"] + [p.id for p in running_platform.participants if p.kind.value == "agency"]
     async with BusClient(running_platform.settings, ids,
                          group=f"{running_platform.settings.kafka.topic_prefix}.clients") as client:
         yield client

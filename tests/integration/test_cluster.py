@@ -244,7 +244,7 @@ async def test_numbering_and_inheritance_lookup_with_each_participant_as_its_own
         await open_account(pg, a)
         await enrol_customer(pg, bank_token(s, mn, "bank-9003"), a)
     async with _client(secured_platform, "portal", "lookup") as portal, \
-            DicjDesk(s.as_principal("dicj"), group=f"{s.kafka.topic_prefix}.dicj", numbering_deadline_s=8) as dicj:
+            DicjDesk(s.as_principal("dicj"), group=f"{s.kafka.topic_prefix}.dicj") as dicj:
         token = await portal.token_for("portal", mn)
         ack = await portal.request("portal", type=T.NUMBERING_REQUEST, to="bank-9003", subject=token,
                                    body={"bank_codes": ["9003"], "channel": "PORTAL", "receiving_bank_code": None,
@@ -252,8 +252,8 @@ async def test_numbering_and_inheritance_lookup_with_each_participant_as_its_own
                                    data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=120)
         assert (ack.meta.type, ack.body["status"], ack.body["accounts_linked"]) == (T.NUMBERING_ACK, "LINKED", 2)
         subject = await dicj.token_for("dicj", mn)
-        cid = await dicj.start_lookup("INHERITANCE", subject, deadline_s=60)
-        view = await dicj.wait_result(cid, timeout=120)
+        cid = await dicj.start_lookup("INHERITANCE", subject)
+        view = await dicj.wait_result(cid, timeout=240)
     banks = sorted(b.bank_code for b in secured_platform.participants.banks(participating_only=True)
                    if not b.suspended)
     assert view["answering_banks"] == banks and view["missing_banks"] == []

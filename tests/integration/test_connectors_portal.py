@@ -16,26 +16,28 @@ import hashlib
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
 from connectors.channel_tls import CA_FILE, client_context, server_certificate
-from connectors.cli_client import CommandDicj
 from connectors.client import BusClient
 from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
 from connectors.runtime import start_site
+from infra.disasters import Disaster, declare, today_jst
 from infra.errors import Rejection
 from infra.keystore import KeyStore
 from infra.pgdsn import observer_dsn, records_dsn
 from infra.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
+    BASIS_DISASTER_LOOKUP,
     BASIS_PROVISION,
     BASIS_REGISTRATION,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
     DATA_PERSON_NOTICE,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
@@ -404,7 +406,7 @@ async def test_a_registration_an_agency_files_alongside_a_procedure_shows_on_the
         assert me["account"]["bank_code"] == "9002" and me["account"]["filed_by"] == "agency-nta"
 
 
-async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice(running_platform, pg, portal):
+async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice(running_platform, pg, bus, portal):
     acct, mn = account("9001", "ヤマモト サクラ"), my_number()
     await hold_account(running_platform.settings, pg, mn, acct)
     card, _ = await issue(portal, "1212", mn)
@@ -421,14 +423,24 @@ async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice
         answered = await follow(v, body["request_id"])
         assert answered["state"] == "ANSWERED" and answered["banks"] == {"9000": "NO_ACCOUNT", "9001": "LINKED"}
 
-        # DICJ's desk as `renkei dicj lookup` runs it (no consumer group to join: it reads from the high watermark)
-        async with CommandDicj(running_platform.settings) as desk:
-            cid = await desk.start_lookup("INHERITANCE", await desk.token_for("dicj", mn), deadline_s=15)
-            view = await desk.wait_result(cid, timeout=120)
-        assert view["banks_with_accounts"] == ["9001"]
+        # 災害時照会 under a declared disaster: the platform's DICJ worker asks the designated banks; its result is
+        # also a notice to the person, naming the banks that reported accounts
+        today, disaster_id = today_jst(), f"2026-P{uuid.uuid4().hex[:8]}"
+        await declare(pg, Disaster(disaster_id, "ポータル試験の災害", ("13",), today - timedelta(days=1),
+                                   today + timedelta(days=30)), who="test", reason="declared for the test",
+                      audit_event=uuid.uuid4())
+        answer = await bus.request("portal", type=T.LOOKUP_APPLICATION_DISASTER, to="dicj",
+                                   subject=await bus.token_for("portal", mn),
+                                   body={"application_ref": "PORTAL-NOTICE-1", "disaster_id": disaster_id,
+                                         "area_code": "13101", "designated_bank_codes": ["9000", "9001"],
+                                         "applied_at": datetime.now(UTC)},
+                                   data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=BASIS_DISASTER_LOOKUP, timeout=120)
+        assert (answer.meta.type, answer.body["banks_with_accounts"]) == (T.LOOKUP_NOTIFICATION, ["9001"])
+        cid = await pg.fetchval("SELECT lookup_correlation FROM dicj_applications WHERE application_ref = $1",
+                                "PORTAL-NOTICE-1")
         (found,) = await notices(v, "LOOKUP")
-        assert (found["event"], found["status"], found["bank_codes"]) == ("INHERITANCE", "COMPLETE", ["9001"])
-        assert found["banks"][0]["name"]["ja"] == "デモ銀行 9001" and found["reference"] == cid
+        assert (found["event"], found["status"], found["bank_codes"]) == ("DISASTER", "COMPLETE", ["9001"])
+        assert found["banks"][0]["name"]["ja"] == "デモ銀行 9001" and found["reference"] == str(cid)
 
 
 async def test_only_the_registry_and_dicj_may_notify_the_person(running_platform, pg, bus, portal):

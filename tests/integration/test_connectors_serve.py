@@ -30,6 +30,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from connectors.bank_sim import HANDLERS
 from connectors.bankfiles import render_file, write_atomically
 from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
@@ -158,7 +159,8 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
     try:
         start = await files.started()
         assert start["bank"] == BANK and start["channel"] == "files" and start["inbound"] == str(root / "inbound")
-        assert set(start["lease"]["types"]) == {T.EXISTENCE_CHECK, T.REGISTRATION_RESULT, T.REJECTION_NOTICE}
+        # every type the simulator would act on for the bank (checks, results, numbering, lookups), and notices
+        assert set(start["lease"]["types"]) == set(HANDLERS) | {T.REJECTION_NOTICE}
         lease = await db.fetchrow("SELECT holder, channel, expires_at > now() AS live FROM bank_channel_leases "
                                   "WHERE bank_id = $1", BANK)
         assert (lease["holder"], lease["channel"], lease["live"]) == (start["lease"]["holder"], "bank-files", True)

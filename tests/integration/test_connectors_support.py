@@ -126,8 +126,10 @@ class BankEndpoint:
     ``url`` and ``ca_file`` once started (``async with``).
     """
 
-    def __init__(self, settings: Settings, bank_id: str, answer: Answer) -> None:
+    def __init__(self, settings: Settings, bank_id: str, answer: Answer, *,
+                 more: dict[str, Answer] | None = None) -> None:
         self.settings, self.bank_id, self.answer = settings, bank_id, answer
+        self.more = more or {}  # other endpoints of the bank: path → answer(body)
         self.keys = channel_keys.load(settings, bank_id, create=True)
         self.nonces = NonceCache()
         self.calls: list[tuple[str, dict]] = []
@@ -143,11 +145,13 @@ class BankEndpoint:
             self.refused.append(exc.reason)
             return web.json_response({"reason": exc.reason, "message": exc.message}, status=401)
         self.calls.append((request.headers["Idempotency-Key"], body))
-        return await self.answer(body)
+        answer = self.more.get(request.path, self.answer)
+        return await answer(body)
 
     async def __aenter__(self) -> BankEndpoint:
         app = web.Application()
-        app.add_routes([web.post("/v1/existence-checks", self.check)])
+        app.add_routes([web.post("/v1/existence-checks", self.check)] +
+                       [web.post(path, self.check) for path in self.more])
         tls = server_certificate(self.settings, f"test-{self.bank_id}", ["127.0.0.1"])
         self._runner, self.url = await start_site(app, "127.0.0.1", 0, ssl_context=tls.server_context())
         return self

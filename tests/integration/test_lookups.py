@@ -2,10 +2,14 @@
 
 Real broker, real PostgreSQL.  The platform runs with its own participants
 file: six participating banks (9000-9005), ``bank-8999`` outside the lookup
-scheme and ``bank-8998`` suspended.  A bank's token for a person is taken
-from the token authority directly, standing for the 符号取得 the bank did when
-the person opened the account; DICJ's and the portal's go through the
-token-issuance exchange.
+scheme and ``bank-8998`` suspended, and short lookup settings (an inheritance
+lookup gathers for ``INHERITANCE_S``, a disaster lookup for ``DISASTER_S``,
+DICJ re-sends to banks that have not answered every ``REMINDER_S``).  A bank's
+token for a person is taken from the token authority directly, standing for
+the 符号取得 the bank did when the person opened the account; DICJ's and the
+portal's go through the token-issuance exchange.  DICJ's desk starts lookups
+itself here (the step an accepted application takes: applications are in
+test_lookup_applications.py).
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
-from tests.integration.waits import hub_barrier, moved_on
+from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
+from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _rng = random.Random(5150)
 BANKS = [f"{9000 + i:04d}" for i in range(6)]
+INHERITANCE_S = 10  # short, for the tests that wait for a deadline
+DISASTER_S = 90  # long, for the tests in which every bank answers (a loaded machine is slow)
+REMINDER_S = 4
 
 PARTICIPANTS = """
 [[participant]]
@@ -86,14 +93,15 @@ async def platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platf
     state: Path = tmp_path_factory.mktemp("lookups")
     (state / "participants.toml").write_text(PARTICIPANTS)
     async with isolated_platform(endpoints, database, state, participants_file=state / "participants.toml",
-                                 workers=["hub", "banks"], banks=6, prefix_letter="l") as p:
+                                 workers=["hub", "banks"], banks=6, prefix_letter="l",
+                                 lookup_deadline_inheritance_s=INHERITANCE_S, lookup_deadline_disaster_s=DISASTER_S,
+                                 lookup_reminder_interval_s=REMINDER_S, numbering_deadline_s=8) as p:
         yield p
 
 
 @pytest.fixture(scope="module")
 async def dicj(platform: Platform) -> AsyncIterator[DicjDesk]:
-    async with DicjDesk(platform.settings, group=f"{platform.settings.kafka.topic_prefix}.dicj",
-                        numbering_deadline_s=8) as desk:
+    async with DicjDesk(platform.settings, group=f"{platform.settings.kafka.topic_prefix}.dicj") as desk:
         yield desk
 
 
@@ -111,6 +119,11 @@ async def pg(platform: Platform) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute("DELETE FROM bank_sim_behaviour")
     await conn.execute("DELETE FROM bank_delayed_answers")
     await conn.close()
+
+
+def seen_by(platform: Platform, dicj_correlation: str, bank: str) -> uuid.UUID:
+    """DICJ's lookup as ``bank`` was shown it: under a correlation id of the bank's own."""
+    return correlation_seen_by(platform.settings, dicj_correlation, "dicj", bank)
 
 
 def bank_token(platform: Platform, my_number: str, bank_code: str) -> str:
@@ -206,8 +219,10 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     row = await pg.fetchrow("SELECT * FROM bank_numbering_results WHERE correlation_id = $1", cid)
     import json
 
+    # ONE consolidated result, the receiving bank's own numbering in it (it went to DICJ on the bus)
     outcomes = {o["bank_code"]: (o["status"], o["accounts_linked"]) for o in json.loads(row["outcomes"])}
-    assert outcomes == {"9002": ("LINKED", 2), "9003": ("NO_ACCOUNT", 0), "7777": ("REFUSED", 0)}
+    assert outcomes == {"9001": ("LINKED", 1), "9002": ("LINKED", 2), "9003": ("NO_ACCOUNT", 0),
+                        "7777": ("REFUSED", 0)}
     assert json.loads(row["banks_not_answered"]) == []
     assert row["token"] == bank_token(platform, mn, "9001")
     # The person is notified on the portal too, exactly once (in the portal's own correlation id).
@@ -224,13 +239,13 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
 
 async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(pg, platform, dicj, portal):
     mn, accts = await numbered_person(pg, platform, portal, {"9000": 2, "9001": 1, "9003": 1})
-    await set_behaviour(pg, "bank-9003", answer_delay_ms=6000)  # answers after the deadline
+    await set_behaviour(pg, "bank-9003", answer_delay_ms=(INHERITANCE_S + 4) * 1000)  # answers after the deadline
     await set_behaviour(pg, "bank-9004", answer_delay_ms=3_600_000)  # never in time
     subject = await dicj.token_for("dicj", mn)
     started = time.monotonic()
-    cid = await dicj.start_lookup("INHERITANCE", subject, deadline_s=3)
-    view = await dicj.wait_result(cid, timeout=30)
-    assert time.monotonic() - started >= 2.5  # waited for the deadline, not for the slow banks
+    cid = await dicj.start_lookup("INHERITANCE", subject)
+    view = await dicj.wait_result(cid, timeout=INHERITANCE_S + 30)
+    assert time.monotonic() - started >= INHERITANCE_S - 0.5  # waited for the deadline, not for the slow banks
     assert view["answering_banks"] == ["9000", "9001", "9002", "9005"]
     assert view["banks_with_accounts"] == ["9000", "9001"]
     assert sorted(a["account_number"] for a in view["accounts"]) == sorted(
@@ -294,8 +309,8 @@ async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
     try:
         before = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE type = $1 AND sender = 'bank-9002' "
                                    "AND accepted", T.LOOKUP_ANSWER)
-        cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=20)
-        view = await dicj.wait_result(cid, timeout=30)
+        cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank, a long deadline
+        view = await dicj.wait_result(cid, timeout=DISASTER_S)
     finally:
         await set_behaviour(pg, "bank-9002")  # the other tests get one answer from it
     assert view["answering_banks"] == BANKS and view["missing_banks"] == []
@@ -323,8 +338,8 @@ async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(p
     everyone = [p.id for p in platform.participants.banks()]
     assert {"bank-8999", "bank-8998"} <= set(everyone)
     assert {b.id for b in dicj.lookup_banks()} == {f"bank-{c}" for c in BANKS}
-    cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=20, banks=everyone)
-    view = await dicj.wait_result(cid, timeout=30)
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), banks=everyone)
+    view = await dicj.wait_result(cid, timeout=DISASTER_S)
     assert view["answering_banks"] == BANKS  # the two dropped legs were never counted as asked
     asked = {r["bank_id"] for r in await pg.fetch("SELECT bank_id FROM hub_lookup_banks WHERE correlation_id = $1",
                                                   uuid.UUID(cid))}
@@ -344,16 +359,16 @@ async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(p
     assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant IN "
                                  "('bank-8999', 'bank-8998')")
     # A fan-out with no allowed recipient at all is refused as a whole.
-    cid2 = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), banks=["bank-8999", "bank-8998"])
+    cid2 = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), banks=["bank-8999", "bank-8998"])
     await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM hub_messages WHERE reason = 'SUSPENDED' AND "
-                                       "type = $1 AND sender = 'dicj'", T.LOOKUP_INHERITANCE), 20, "the refusal")
+                                       "type = $1 AND sender = 'dicj'", T.LOOKUP_DISASTER), 20, "the refusal")
     assert not await pg.fetchval("SELECT count(*) FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid2))
 
 
 async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, platform, dicj, portal):
     mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
     await set_behaviour(pg, "bank-9005", answer_delay_ms=2500)  # still gathering when the hub dies
-    cid = await dicj.start_lookup("INHERITANCE", await dicj.token_for("dicj", mn), deadline_s=40)
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank, a long deadline
     await wait_for(lambda: pg.fetchval("SELECT count(*) >= 3 FROM hub_lookup_banks WHERE correlation_id = $1 AND "
                                        "answered_at IS NOT NULL", uuid.UUID(cid)), 30, "some answers")
     os.kill(platform.stack.components["hub"].pid, signal.SIGKILL)
@@ -394,9 +409,9 @@ async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, pl
 
 async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, dicj, portal):
     mn, accts = await numbered_person(pg, platform, portal, {"9000": 1, "9004": 1})
-    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), deadline_s=20,
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                   designated_bank_codes=["9000", "9002"], disaster_id="2026-NOTO-01")
-    view = await dicj.wait_result(cid, timeout=30)
+    view = await dicj.wait_result(cid, timeout=DISASTER_S)
     assert view["answering_banks"] == ["9000", "9002"] and view["missing_banks"] == []
     assert [a["account_number"] for a in view["accounts"]] == [accts["9000"][0]["account_number"]]
     names = hub_pseudonyms(platform.settings)  # each bank got the lookup under a correlation id of its own
@@ -406,3 +421,114 @@ async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, d
         "SELECT participant, correlation_id FROM bank_lookups_received WHERE correlation_id = ANY($1::uuid[])",
         list(seen)) if seen[r["correlation_id"]] == r["participant"]}
     assert received == {"bank-9000", "bank-9002"}
+
+
+# ---- deadlines that fit banks' cycles ------------------------------------------------------------
+
+
+async def test_an_answer_after_the_inquiry_envelope_expired_is_still_on_time(pg, platform, dicj, portal):
+    """The lookup's deadline is its own setting, not the inquiry envelope's lifetime: a bank answering after the
+    inquiry expired (the next morning, in life) is counted, on time, not as a late supplement."""
+    assert dicj.inquiry_ttl_s("DISASTER") == REMINDER_S < DISASTER_S
+    mn, accts = await numbered_person(pg, platform, portal, {"9003": 1})
+    await set_behaviour(pg, "bank-9003", answer_delay_ms=(REMINDER_S + 4) * 1000)
+    started = time.monotonic()
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
+                                  designated_bank_codes=["9000", "9003"], disaster_id="2026-TEST-11")
+    view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    assert time.monotonic() - started >= REMINDER_S + 3  # the slow bank's answer came after the envelope's lifetime
+    assert view["answering_banks"] == ["9000", "9003"] and view["missing_banks"] == [] and view["late_banks"] == []
+    assert [a["account_number"] for a in view["accounts"]] == [accts["9003"][0]["account_number"]]
+    row = await pg.fetchrow("SELECT created_at, deadline FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid))
+    assert abs((row["deadline"] - row["created_at"]).total_seconds() - DISASTER_S) < 1  # the kind's setting
+    answered = await pg.fetchrow("SELECT answered_at, late FROM hub_lookup_banks WHERE correlation_id = $1 AND "
+                                 "bank_id = 'bank-9003'", uuid.UUID(cid))
+    assert not answered["late"] and (answered["answered_at"] - row["created_at"]).total_seconds() > REMINDER_S
+    # the bank's pending answer was not doubled by the reminder it got meanwhile
+    assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1", uuid.UUID(cid)) == 2
+
+
+async def test_a_bank_that_missed_the_inquiry_answers_the_reminder_and_counts(pg, platform, dicj, portal):
+    mn, accts = await numbered_person(pg, platform, portal, {"9001": 1, "9004": 2})
+    await set_behaviour(pg, "bank-9004", ignore_inquiries=1)  # its batch drops the first inquiry
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank
+    view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    assert view["answering_banks"] == BANKS and view["missing_banks"] == [] and view["late_banks"] == []
+    assert view["banks_with_accounts"] == ["9001", "9004"] and len(view["accounts"]) == 3
+    got = await pg.fetch("SELECT reminder, answered FROM bank_lookups_received WHERE participant = 'bank-9004' "
+                         "AND correlation_id = $1 ORDER BY reminder", seen_by(platform, cid, "bank-9004"))
+    assert [(r["reminder"], r["answered"]) for r in got][:2] == [(0, False), (1, True)]
+    reminded = await pg.fetch("SELECT round, bank_id FROM dicj_lookup_reminders WHERE correlation_id = $1",
+                              uuid.UUID(cid))
+    assert ("bank-9004" in {r["bank_id"] for r in reminded if r["round"] == 1})
+    # the hub kept the first inquiry's banks and deadline: a reminder opens nothing
+    assert await pg.fetchval("SELECT count(*) FROM hub_lookup_banks WHERE correlation_id = $1",
+                             uuid.UUID(cid)) == len(BANKS)
+    assert await pg.fetchval("SELECT count(*) FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid)) == 1
+    # after the result: no more reminders, however often (and by however many desks) the sweep runs
+    rounds = await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid))
+    assert await pg.fetchval("SELECT next_reminder_at FROM dicj_lookups WHERE correlation_id = $1",
+                             uuid.UUID(cid)) is None
+    assert await asyncio.gather(*(dicj.send_reminders() for _ in range(3))) == [0, 0, 0]  # nothing due, ever
+    assert await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid)) == rounds
+
+
+async def test_reminders_go_once_per_round_to_the_missing_banks_only(pg, platform, dicj, portal):
+    mn, _ = await numbered_person(pg, platform, portal, {"9002": 1})
+    await set_behaviour(pg, "bank-9005", ignore_inquiries=100)  # never answers
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
+                                  designated_bank_codes=["9002", "9005"], disaster_id="2026-TEST-11")
+    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
+                                       uuid.UUID(cid)), DISASTER_S, "the answering bank")
+    # many sweeps at once, from this desk and its loop: each due round is claimed once
+    await pg.execute("UPDATE dicj_lookups SET next_reminder_at = now() WHERE correlation_id = $1", uuid.UUID(cid))
+    await asyncio.gather(*(dicj.send_reminders() for _ in range(4)))
+    await wait_for(lambda: pg.fetchval("SELECT count(*) >= 2 FROM bank_lookups_received WHERE participant = "
+                                       "'bank-9005' AND correlation_id = $1", seen_by(platform, cid, "bank-9005")),
+                   30, "a reminder")
+    received = await pg.fetch("SELECT reminder FROM bank_lookups_received WHERE participant = 'bank-9005' AND "
+                              "correlation_id = $1", seen_by(platform, cid, "bank-9005"))
+    rounds = await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid))
+    assert sorted(r["reminder"] for r in received) == list(range(len(received)))  # every round once, in order
+    assert len(received) - 1 <= rounds
+    reminded = await pg.fetch("SELECT DISTINCT bank_id FROM dicj_lookup_reminders WHERE correlation_id = $1",
+                              uuid.UUID(cid))
+    assert {r["bank_id"] for r in reminded} == {"bank-9005"}  # the bank that answered is never reminded
+    assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant = 'bank-9002' AND "
+                                 "correlation_id = $1 AND reminder > 0", seen_by(platform, cid, "bank-9002"))
+
+
+# ---- a bank whose real channel is connected ---------------------------------------------------------
+
+
+async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_leased(pg, platform, dicj, portal):
+    """Issue 16.9: a connector's lease named only the types its channel carried (existence checks, registration
+    results); the simulator kept answering lookups for that bank.  Now it parks every message for a leased bank,
+    and hands them back only once the lease is gone."""
+    mn, accts = await numbered_person(pg, platform, portal, {"9005": 1})
+    await pg.execute(  # a connector of bank-9005 holding the lease with the types an older channel carried
+        "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ('bank-9005', "
+        "'bank-files', 'test-holder', $1, now() + interval '1 hour') ON CONFLICT (bank_id) DO UPDATE SET "
+        "holder = EXCLUDED.holder, types = EXCLUDED.types, expires_at = EXCLUDED.expires_at, released_at = NULL",
+        [T.EXISTENCE_CHECK, T.REGISTRATION_RESULT, T.REJECTION_NOTICE])
+    try:
+        cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
+                                      designated_bank_codes=["9000", "9005"], disaster_id="2026-TEST-09")
+        await wait_for(lambda: pg.fetchval("SELECT count(*) >= 1 FROM bank_parked_messages WHERE bank_id = "
+                                           "'bank-9005' AND type = $1", T.LOOKUP_DISASTER), 30, "the parked inquiry")
+        await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
+                                           uuid.UUID(cid)), 30, "the other bank's answer")
+        # the simulator goes over parked messages every second: two passes, and it left this one
+        await moved_on(metric(await metrics_url(platform, "banks"), "renkei_bank_drain_passes_total"),
+                       what="the simulator's drain of parked messages")
+        assert not await pg.fetchval("SELECT count(*) FROM bank_lookups_received WHERE participant = 'bank-9005' "
+                                     "AND correlation_id = $1", seen_by(platform, cid, "bank-9005"))
+        assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1 AND "
+                                 "bank_code = '9005'", uuid.UUID(cid)) == 0
+    finally:
+        await pg.execute("UPDATE bank_channel_leases SET expires_at = now(), released_at = now() "
+                         "WHERE bank_id = 'bank-9005'")
+    # released: the simulator takes the bank back, and the parked inquiry is answered (once)
+    view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    assert view["answering_banks"] == ["9000", "9005"]
+    assert [a["account_number"] for a in view["accounts"]] == [accts["9005"][0]["account_number"]]

@@ -239,29 +239,61 @@ async def test_portal_records_with_the_chain_verified(renkei, person, registered
     assert "National Tax Agency refunds" in table
 
 
-async def test_numbering_at_two_banks_then_lookups_find_the_accounts(renkei, person):
+async def test_numbering_at_several_banks_then_lookups_name_the_banks(renkei, person):
     mn = person("c")
     for bank in ("9000", "9000", "9001"):
         assert (await renkei("bank", "seed-account", *account_args(bank), "--my-number", mn))[0] == 0
 
+    # several banks from the portal: through DICJ, ONE consolidated result
     code, out, _ = await as_person(renkei, person, "c", "numbering", "--banks", "9000,bank-9001,9002")
     assert code == 0, out
     assert out["status"] == "DONE"
     assert [(b["bank_code"], b["status"], b["accounts_linked"]) for b in out["banks"]] == [
         ("9000", "LINKED", 2), ("9001", "LINKED", 1), ("9002", "NO_ACCOUNT", 0)]
+    assert len({b["request_id"] for b in out["banks"]}) == 1
 
-    code, out, _ = await renkei("dicj", "lookup", "--kind", "inheritance", "--my-number", mn, "--deadline", "15")
+    # 相続時照会: the death on the (simulated) resident record, then the heir applies at bank 9003's counter
+    code, out, _ = await renkei("bank", "apply-lookup", "--bank", "9003", "--kind", "inheritance", "--my-number", mn,
+                                "--relationship", "child", "--evidence", "death-certificate:DC-CLI-1",
+                                "--died-on", "2025-12-01", "--ref", "CLI-HEIR-0")
+    assert code == 2 and (out["status"], out["reason"]) == ("REFUSED", "DEATH_NOT_CONFIRMED"), out
+    code, out, _ = await renkei("dicj", "record-death", "--my-number", mn, "--died-on", "2025-12-01")
+    assert code == 0 and out["status"] == "DONE", out
+    code, out, _ = await renkei("bank", "apply-lookup", "--bank", "9003", "--kind", "inheritance", "--my-number", mn,
+                                "--relationship", "child", "--evidence", "death-certificate:DC-CLI-1",
+                                "--died-on", "2025-12-01", "--ref", "CLI-HEIR-1")
     assert code == 0, out
-    assert out["status"] == "COMPLETE" and out["kind"] == "INHERITANCE"
-    assert out["banks_asked"] == ["9000", "9001", "9002", "9003", "9004"]  # bank-8999 takes no part
-    assert out["answering_banks"] == out["banks_asked"] and out["missing_banks"] == []
-    assert out["banks_with_accounts"] == ["9000", "9001"] and len(out["accounts"]) == 3
+    assert (out["status"], out["kind"], out["application_ref"]) == ("ANSWERED", "INHERITANCE", "CLI-HEIR-1")
+    assert out["banks_with_accounts"] == ["9000", "9001"] and out["banks_not_answered"] == []
+    assert "account" not in json.dumps(out).replace("banks_with_accounts", "")  # which banks, never accounts
 
-    code, out, _ = await renkei("dicj", "lookup", "--kind", "disaster", "--my-number", mn, "--banks", "9000,9002",
-                                "--deadline", "15")
+    # 災害時照会: only under a declared disaster (ops), to the banks the depositor designates
+    code, out, _ = await as_person(renkei, person, "c", "disaster-lookup", "--disaster-id", "2026-CLI-01",
+                                "--area", "17204", "--designated-banks", "9000,9002")
+    assert code == 2 and out["reason"] == "UNKNOWN_DISASTER", out
+    code, out, err = await renkei("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
+                                  "--from", "2026-01-01", "--until", "2099-12-31", as_json=False)
+    assert code == 2 and "--reason is required" in err  # an operator's command: nothing declared without why
+    code, out, _ = await renkei("disaster", "declare", "--id", "2026-CLI-01", "--name", "CLI test", "--areas", "17",
+                                "--from", "2026-01-01", "--until", "2099-12-31", "--reason", "announced")
+    assert code == 0 and out["created"] and out["audit"]["id"], out
+    code, out, _ = await as_person(renkei, person, "c", "disaster-lookup", "--disaster-id", "2026-CLI-01",
+                                "--area", "17204", "--designated-banks", "9000,9002")
+    assert code == 0 and out["banks_with_accounts"] == ["9000"], out
+    code, out, _ = await renkei("bank", "apply-lookup", "--bank", "9002", "--kind", "disaster", "--my-number", mn,
+                                "--disaster-id", "2026-CLI-01", "--area", "15100", "--designated-banks", "9001")
+    assert code == 2 and out["reason"] == "OUTSIDE_DISASTER_AREA", out
+    code, out, _ = await renkei("disaster", "list")
+    assert code == 0 and [d["id"] for d in out["disasters"]] == ["2026-CLI-01"]
+
+    # DICJ's ledger: each application, its status and tallies, no person
+    code, out, _ = await renkei("dicj", "lookup")
     assert code == 0, out
-    assert out["banks_asked"] == ["9000", "9002"] and out["banks_with_accounts"] == ["9000"]
-    assert len(out["accounts"]) == 2
+    by_ref = {a["application_ref"]: a for a in out["applications"]}
+    assert by_ref["CLI-HEIR-0"]["status"] == "REFUSED" and by_ref["CLI-HEIR-0"]["banks_asked"] == 0
+    assert by_ref["CLI-HEIR-1"]["status"] == "ANSWERED" and by_ref["CLI-HEIR-1"]["banks_with_accounts"] == [
+        "9000", "9001"]
+    assert by_ref["CLI-HEIR-1"]["answering"] == by_ref["CLI-HEIR-1"]["banks_asked"] == 5  # bank-8999 takes no part
 
 
 async def test_delete_then_inquire_finds_nothing(renkei, person, registered):
@@ -298,7 +330,7 @@ def test_stack_not_running_is_one_line(tmp_path):
     mn = used(my_number())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_")}
     done = subprocess.run([sys.executable, "-m", "infra.cli", "agency", "inquire", "--agency", "agency-nta",
-                           "--my-number", mn,
+                           "--procedure", "income-tax-refund", "--my-number", mn,
                            "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parents[2], timeout=60)
     assert done.returncode == 1, done.stderr
@@ -324,7 +356,8 @@ async def test_a_my_number_alone_is_refused_for_the_persons_commands(renkei, per
         err = capsys.readouterr().err
         renkei.output.append(err)
         assert "--card" in err and mn not in err
-    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--my-number", mn)
+    code, out, _ = await renkei("agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund",
+                                "--my-number", mn)
     assert code == 0 and out["status"] == "NOT_REGISTERED"  # nothing was filed for them
     code, out, _ = await as_person(renkei, person, "f", "register", *acct)
     assert code == 0 and out["status"] == "DONE", out

@@ -23,15 +23,24 @@ import pytest
 
 from infra.bench import create_topics
 from infra.chaos import QUICK, bad_input, crash_safety, demo_flows
+from infra.demo_lookups import INHERITANCE_DEADLINE_S
 from infra.kafka import producer
 from infra.leakscan import scan
 from infra.pgdsn import component_dsn
 from infra.validation import generate_my_number
-from tests.integration.platform_fixtures import running_platform  # noqa: F401
+from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SYNTHETIC = "123456789018"  # the hostile-input run's subject (check digit valid, nobody's)
+
+
+@pytest.fixture(scope="module")
+async def running_platform(endpoints, tmp_path_factory):
+    """All workers, with the demo's short inheritance deadline (its lookup flow shows a bank missing, then late)."""
+    async with isolated_platform(endpoints, tmp_path_factory.mktemp("platform"),
+                                 lookup_deadline_inheritance_s=INHERITANCE_DEADLINE_S) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="module")

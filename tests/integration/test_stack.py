@@ -71,7 +71,7 @@ def test_cli_up_detach_status_down_leaves_nothing(tmp_path):
             break
         time.sleep(1)
     assert status.returncode == 0, status.stderr
-    assert {r["name"] for r in rows} == {"broker", "postgres", "hub", "registry", "banks"}
+    assert {r["name"] for r in rows} == {"broker", "postgres", "hub", "registry", "banks", "dicj"}
     assert all(r["alive"] and r["pid"] > 0 and r["endpoint"] for r in rows)
     topics = renkei("topics", "list", "--json", "--state-dir", state)
     names = {t["name"] for t in json.loads(topics.stdout)["topics"]}

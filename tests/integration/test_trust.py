@@ -62,7 +62,8 @@ async def bus(platform: Platform) -> AsyncIterator[BusClient]:
 
 @pytest.fixture(scope="module")
 async def dicj(platform: Platform) -> AsyncIterator[DicjDesk]:
-    async with DicjDesk(platform.settings, group=f"{platform.settings.kafka.topic_prefix}.dicj") as desk:
+    # beside the platform's own DICJ worker (group <prefix>.dicj): both act on DICJ's inbox, each message once
+    async with DicjDesk(platform.settings, group=f"{platform.settings.kafka.topic_prefix}.dicj-desk") as desk:
         yield desk
 
 
@@ -144,7 +145,7 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     settings = platform.settings
     mn, accounts = await numbered_person(pg, platform, bus, {"9000": 1, "9001": 1, "9002": 1, "9003": 1})
     await set_behaviour(pg, "bank-9001", answer_delay_ms=4000)  # its real answer comes after the forgery
-    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), deadline_s=30,
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                   designated_bank_codes=["9000", "9001"], disaster_id="2026-TEST-13")
     names = hub_pseudonyms(settings)  # each bank sees the lookup under a correlation id of its own
 

@@ -24,7 +24,7 @@ def test_long_digit_runs_are_hidden_short_ones_kept():
     ["portal", "records", "--card", "card-1", "--pin", "-", "--hoder", "{mn}"],  # a misspelt flag: the unknown arguments
     ["agency", "inquire", "--agency", "agency-nta", "--procedure", "income-tax-refund", "--my-number", "x",
      "{mn}"],  # one argument too many
-    ["dicj", "lookup", "--kind", "{mn}", "--my-number", "-"],  # an invalid choice is echoed
+    ["bank", "apply-lookup", "--bank", "9000", "--kind", "{mn}", "--my-number", "-"],  # an invalid choice is echoed
     ["bank", "serve", "--bank", "9000", "--channel", "files", "--listen-port", "{mn}x"],  # an invalid int
 ])
 def test_a_usage_error_does_not_echo_the_number(argv, capsys):

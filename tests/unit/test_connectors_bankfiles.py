@@ -110,3 +110,63 @@ def test_render_round_trips_through_the_parser_shape(tmp_path):
 def test_retry_backoff_is_bounded():
     policy = RetryPolicy(max_attempts=4, base_s=0.5, cap_s=3.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def _file(kind: str, records: list[list[str]], bank: str = "9001") -> str:
+    lines = [f"1,{kind},{bank},20250401,7"] + ["2," + ",".join(r) for r in records] + [f"8,{len(records)}", "9"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_a_counter_numbering_names_this_banks_own_outcome_when_it_is_named():
+    parsed = parse_file(_file("NUM", [["1", "c-1", MN, "9001 9002", "LINKED", "2"],
+                                      ["2", "c-2", MN, "9002", "", ""],
+                                      ["3", "c-3", MN, "9001", "", ""],  # named, no outcome
+                                      ["4", "c-4", MN, "9002", "LINKED", "1"],  # an outcome, not named
+                                      ["5", "c-5", MN, "9001", "LINKED", "0"],  # LINKED needs an account
+                                      ["6", "c-6", MN, "9001", "DONE", "1"]]), "NUM", "9001")
+    assert [(r.seq, r.fields["own"]) for r in parsed.records] == [
+        ("1", {"bank_code": "9001", "status": "LINKED", "accounts_linked": 2}), ("2", None)]
+    assert [(line, code) for line, code, _ in parsed.rejects] == [(4, "INVALID_FIELD"), (5, "INVALID_FIELD"),
+                                                                 (6, "INVALID_FIELD"), (7, "INVALID_FIELD")]
+
+
+def test_lookup_applications_of_an_heir_and_of_a_depositor():
+    parsed = parse_file(_file("LAP", [
+        ["A-1", "I", "c-1", MN, "spouse", "DEATH_CERTIFICATE:DC-1 FAMILY_REGISTER:FR-2", "2025-10-01", "", "", ""],
+        ["A-2", "D", "c-1", MN, "", "", "", "2026-NOTO-01", "17204", "9000 9002"],
+        ["A-3", "I", "c-1", MN, "SPOUSE", "LEGAL_HEIR_INFORMATION:LH-1", "2025-10-01", "", "", ""],
+        ["A-4", "D", "c-1", MN, "", "", "", "2026-NOTO-01", "17204", ""],
+        ["A-5", "X", "c-1", MN, "", "", "", "", "", ""]]), "LAP", "9001")
+    heir, depositor = (r.fields for r in parsed.records)
+    assert heir["kind"] == "INHERITANCE" and heir["application"]["relationship"] == "SPOUSE"
+    assert [e["kind"] for e in heir["application"]["evidence"]] == ["DEATH_CERTIFICATE", "FAMILY_REGISTER"]
+    assert heir["application"]["application_ref"] == "A-1"
+    assert depositor["kind"] == "DISASTER" and depositor["application"]["designated_bank_codes"] == ["9000", "9002"]
+    assert [(line, code) for line, code, _ in parsed.rejects] == [(4, "INVALID_FIELD"), (5, "INVALID_FIELD"),
+                                                                 (6, "INVALID_FIELD")]
+    assert all(MN not in msg for _, _, msg in parsed.rejects)
+
+
+def test_a_lookup_answer_has_a_record_per_account_and_one_bad_record_holds_back_its_reference():
+    ref, other = "6f1c1e4e-2f4a-4b8a-9d7e-1b2c3d4e5f60", "7f1c1e4e-2f4a-4b8a-9d7e-1b2c3d4e5f60"
+    parsed = parse_file(_file("LAN", [[ref, "101", "1", "1234567", "ﾔﾏﾀﾞ"], [ref, "102", "4", "7654321", "ﾔﾏﾀﾞ"],
+                                      [other, "", "", "", ""], [other, "1", "1", "1", "ﾔﾏﾀﾞ"]]), "LAN", "9001")
+    assert [(r.seq, r.fields["account"] and r.fields["account"]["account_type"]) for r in parsed.records] == [
+        (ref, "ORDINARY"), (ref, "SAVINGS"), (other, None)]
+    assert parsed.rejected_refs == {other}  # so no part of other's answer is sent
+    acks = parse_file(_file("NAK", [[ref, "LINKED", "2"], [other, "NO_ACCOUNT", "1"]]), "NAK", "9001")
+    assert [r.fields["ack"]["status"] for r in acks.records] == ["LINKED"]
+    assert acks.rejects[0][1] == "INVALID_FIELD"
+
+
+def test_a_bank_channel_handles_every_type_the_simulator_would_act_on():
+    """Under a lease the simulator parks every such message for the bank: the connector must take each one."""
+    from connectors.bank_sim import HANDLERS
+    from connectors.bankfiles import BankFiles
+    from connectors.bankhttp import BankHttp
+    from connectors.httpsig import ChannelKey, ChannelKeys
+
+    keys = ChannelKeys("bank-9001", (ChannelKey("bank-9001.1", b"k" * 32),))
+    for adapter in (BankFiles("bank-9001", "9001", "/nonexistent"),
+                    BankHttp("bank-9001", "9001", "https://bank.example", keys=keys)):
+        assert set(HANDLERS) <= set(adapter.handlers()), adapter.name

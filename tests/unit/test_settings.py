@@ -136,3 +136,26 @@ def test_with_endpoints_carries_the_running_broker_kind():
     s = load_settings(environ={})
     assert s.with_endpoints(bootstrap="b:1", pg_dsn="x", broker="tansu").kafka.tansu
     assert s.with_endpoints(bootstrap="b:1", pg_dsn="x").kafka.broker == "auto"
+
+
+def test_lookup_deadlines_are_durations_with_days_by_default(tmp_path):
+    """A lookup's deadline is its own setting per kind, in days by default (banks answer in daily cycles)."""
+    s = load_settings(environ={})
+    assert (s.lookup_deadline_inheritance_s, s.lookup_deadline_disaster_s) == (10 * 86_400, 3 * 86_400)
+    assert (s.lookup_reminder_interval_s, s.numbering_deadline_s) == (86_400, 3 * 86_400)
+    cfg = write(tmp_path, 'lookup_deadline_inheritance_s = "14d"\nlookup_deadline_disaster_s = 7200\n')
+    s = load_settings(environ={"RENKEI_LOOKUP_REMINDER_INTERVAL_S": "36h"}, config_file=cfg,
+                      cli={"numbering_deadline_s": "90s"})
+    assert (s.lookup_deadline_inheritance_s, s.lookup_deadline_disaster_s) == (14 * 86_400, 7200)
+    assert (s.lookup_reminder_interval_s, s.numbering_deadline_s) == (36 * 3600, 90)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ('"ten days"', "lookup_deadline_inheritance_s: expected a duration"),
+    ('"10w"', "lookup_deadline_inheritance_s: expected a duration"),
+    ('"0d"', "lookup_deadline_inheritance_s: must be at least 1"),
+    ('true', "lookup_deadline_inheritance_s: expected a duration"),
+])
+def test_a_bad_duration_is_named(tmp_path, value, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(environ={}, config_file=write(tmp_path, f"lookup_deadline_inheritance_s = {value}\n"))
