@@ -106,7 +106,12 @@ async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
     bindings = acl_bindings(TopicNames(prefix), load_participants(settings.participants_file, banks=settings.banks),
                             simulated_banks=args.with_bank_simulator)
     if args.acls_action == "apply":
+        from infra.errors import ConfigError
         from infra.kafka_admin import apply_acls
+
+        if not settings.kafka.bootstrap:  # the embedded broker has no authorizer: nothing to apply ACLs to
+            raise ConfigError("renkei acls apply needs a cluster with an authorizer: set RENKEI_KAFKA_BOOTSTRAP "
+                              "and its SASL settings (as a super user, e.g. admin; `renkei cluster up` prints them)")
 
         results = await apply_acls(settings.kafka, bindings, prefix=prefix, prune=args.prune)
         if args.json:
