@@ -28,9 +28,10 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 from connectors.bank_sim import enrol_customer, open_account, register_at_counter, registration_status
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
-from infra.acls import acl_bindings
+from infra.acls import AclBinding, acl_bindings
 from infra.chaos import ChaosPlan, crash_safety, read_topic
 from infra.chaos_broker import ClusterBroker
+from infra.errors import StackError
 from infra.kafka import admin_client, consumer, producer
 from infra.kafka_admin import apply_acls
 from infra.keystore import KeyStore
@@ -192,6 +193,18 @@ async def test_each_principal_is_refused_what_its_acls_do_not_grant_and_nothing_
     assert await _end_offsets(s, names.inbox("bank-9001")) == inbox_before
     for topic in (names.keys, names.inbox("bank-9001")):
         assert not [r for r in await read_topic(s, topic) if r.value and r.value.startswith(b"forged")]
+
+
+async def test_no_participant_can_grant_itself_rights(secured_platform):
+    """The hub asking the cluster for Write on the key directory is refused: only the admin (a super user)
+    creates ACLs, and the hub still cannot write the topic afterwards."""
+    s = secured_platform.settings
+    names = TopicNames(s.kafka.topic_prefix)
+    grab = AclBinding("User:hub", "Write", "topic", names.keys)
+    with pytest.raises(StackError, match="CLUSTER_AUTHORIZATION_FAILED"):
+        await apply_acls(s.as_principal("hub").kafka, [grab], prefix=names.prefix)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write_as(s.as_principal("hub"), names.keys, b"forged by the hub")
 
 
 # ---- the flows, each participant as its own principal ----------------------------------------------------------
