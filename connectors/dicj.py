@@ -20,7 +20,8 @@ NOTIFICATION to the channel that applied; DICJ never asks the banks on its own:
   and notifies the bank or portal that applied.
 - The fan-out (:meth:`DicjDesk._open_lookup`): ONE envelope sealed to the banks
   asked (participating, not suspended).  Each bank's ``lookup.answer`` is sealed
-  to DICJ and kept here (``dicj_lookup_answers``, first answer per bank wins),
+  to DICJ and kept here sealed under DICJ's data key (``dicj_lookup_answers``,
+  :mod:`infra.sealing`; only the count of accounts in the clear; first answer per bank wins),
   filed under the bank that SENT it (the envelope's verified sender): an answer
   whose body names another bank is refused (``SENDER_NOT_ALLOWED``), and so is
   one from a bank the lookup did not ask (``UNSOLICITED``); both stay in DICJ's
@@ -69,8 +70,10 @@ from connectors.jlis_sim import JLIS_MIGRATIONS, date_of_death, death_confirmed
 from infra.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
 from infra.envelope import MAX_TTL_S, Message
 from infra.errors import Reason, Rejection, ValidationError
+from infra.keystore import KeyStore
 from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
 from infra.participants import Participant
+from infra.sealing import RowSealer
 from infra.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
 from infra.settings import Settings
@@ -159,7 +162,17 @@ DICJ_MIGRATIONS = [
     );
     ALTER TABLE dicj_numberings RENAME COLUMN receiving_bank TO requester;
     """,
+    # Personal data at rest: a bank's answer (the deceased's or depositor's accounts) is sealed under DICJ's
+    # data key, bound to its lookup and bank (infra.sealing); only how many accounts it holds is in the clear.
+    # Rows written before keep their plain column until the desk's start seals them.
+    """
+    ALTER TABLE dicj_lookup_answers ALTER COLUMN accounts DROP NOT NULL, ADD COLUMN accounts_ct bytea,
+        ADD COLUMN account_count integer;
+    UPDATE dicj_lookup_answers SET account_count = jsonb_array_length(accounts);
+    ALTER TABLE dicj_lookup_answers ALTER COLUMN account_count SET NOT NULL;
+    """,
 ]
+ANSWERS_TABLE = "dicj_lookup_answers"
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -181,14 +194,32 @@ def _inquiry_body(inquiry: dict[str, Any], reminder: int) -> dict[str, Any]:
             **times, "reminder": reminder}
 
 
-async def consolidated_view(db: Any, correlation_id: str) -> dict[str, Any]:
-    """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds."""
+def answer_row_id(correlation_id: str, bank_code: str) -> str:
+    """A bank's answer's identity in its sealed accounts' associated data: one lookup (one person), one bank."""
+    return f"{correlation_id}/{bank_code}"
+
+
+def _answer_accounts(sealer: RowSealer | None, r: Any) -> list[dict[str, Any]]:
+    """A stored answer's accounts (opened with ``sealer``), or as many placeholders when not opened."""
+    if sealer is None:
+        return [{}] * r["account_count"]
+    if r["accounts_ct"] is not None:
+        return sealer.open(DICJ_ID, answer_row_id(str(r["correlation_id"]), r["bank_code"]), "", r["accounts_ct"])
+    return json.loads(r["accounts"])  # written before answers were sealed, not yet sealed
+
+
+async def consolidated_view(db: Any, correlation_id: str, sealer: RowSealer | None = None) -> dict[str, Any]:
+    """DICJ's consolidated view of one lookup: the hub's tallies joined with the answers DICJ holds.
+
+    ``sealer``: DICJ's (:meth:`DicjDesk.view`), to list the accounts; without it the view has the banks
+    and counts only (the operators' ledger), and ``accounts`` lists are empty."""
     cid = uuid.UUID(correlation_id)
     results = await db.fetch(
         "SELECT is_supplement, answering, missing FROM dicj_lookup_results WHERE correlation_id = $1 "
         "ORDER BY received_at", cid)
-    answers = {r["bank_code"]: json.loads(r["accounts"]) for r in await db.fetch(
-        "SELECT bank_code, accounts FROM dicj_lookup_answers WHERE correlation_id = $1", cid)}
+    rows = await db.fetch("SELECT correlation_id, bank_code, account_count, accounts, accounts_ct "
+                          "FROM dicj_lookup_answers WHERE correlation_id = $1", cid)
+    answers = {r["bank_code"]: _answer_accounts(sealer, r) for r in rows}
     main = next((r for r in results if not r["is_supplement"]), None)
     answering = sorted(json.loads(main["answering"])) if main else []
     late = sorted({c for r in results if r["is_supplement"] for c in json.loads(r["answering"])})
@@ -198,11 +229,11 @@ async def consolidated_view(db: Any, correlation_id: str) -> dict[str, Any]:
         "complete": main is not None,
         "answering_banks": answering,
         "banks_with_accounts": sorted(c for c in answering if answers.get(c)),
-        "accounts": [a for c in answering for a in answers.get(c, [])],
+        "accounts": [a for c in answering for a in answers.get(c, [])] if sealer else [],
         "missing_banks": missing,
         "late_banks": late,
         "late_banks_with_accounts": [c for c in late if answers.get(c)],
-        "supplement_accounts": [a for c in late for a in answers.get(c, [])],
+        "supplement_accounts": [a for c in late for a in answers.get(c, [])] if sealer else [],
         "results_received": len(results),
     }
 
@@ -257,9 +288,11 @@ class DicjDesk(BusClient):
         self.reminder_interval_s = settings.lookup_reminder_interval_s
         self.sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
+        self.sealer = RowSealer(KeyStore.for_settings(settings).data_key, ANSWERS_TABLE)
 
     async def __aenter__(self) -> DicjDesk:
         await self.runtime.start()
+        await self.seal_legacy_answers()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="dicj-sweep")
         return self
 
@@ -276,6 +309,19 @@ class DicjDesk(BusClient):
     def pool(self) -> asyncpg.Pool:
         assert self.runtime.pool is not None
         return self.runtime.pool
+
+    async def seal_legacy_answers(self) -> int:
+        """Seal the plain accounts of answers stored before sealing existed (run at start); how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch("SELECT correlation_id, bank_code, accounts FROM dicj_lookup_answers "
+                                    "WHERE accounts IS NOT NULL FOR UPDATE")
+            for r in rows:
+                await conn.execute(
+                    "UPDATE dicj_lookup_answers SET accounts = NULL, accounts_ct = $3 "
+                    "WHERE correlation_id = $1 AND bank_code = $2", r["correlation_id"], r["bank_code"],
+                    self.sealer.seal(DICJ_ID, answer_row_id(str(r["correlation_id"]), r["bank_code"]), "",
+                                     json.loads(r["accounts"])))
+        return len(rows)
 
     def lookup_banks(self, designated_codes: list[str] | None = None) -> list[Participant]:
         """Banks a lookup goes to: the designated ones, else every participating bank; never a suspended one."""
@@ -350,7 +396,7 @@ class DicjDesk(BusClient):
 
     async def view(self, correlation_id: str, conn: asyncpg.Connection | None = None) -> dict:
         """DICJ's consolidated view of one lookup (:func:`consolidated_view`)."""
-        return await consolidated_view(conn or self.pool, correlation_id)
+        return await consolidated_view(conn or self.pool, correlation_id, self.sealer)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
         sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.senders)
@@ -363,9 +409,10 @@ class DicjDesk(BusClient):
             raise Rejection(Reason.UNSOLICITED, "a lookup answer from a bank this lookup did not ask")
         accounts = [dict(a) for a in ctx.body["accounts"]]
         await ctx.conn.execute(
-            "INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING",  # a bank's second answer is ignored
-            ctx.meta.correlation_id, code, ctx.meta.message_id, json.dumps(accounts))
+            "INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts_ct, account_count) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",  # a bank's second answer is ignored
+            ctx.meta.correlation_id, code, ctx.meta.message_id,
+            self.sealer.seal(DICJ_ID, answer_row_id(ctx.meta.correlation_id, code), "", accounts), len(accounts))
 
     async def _on_lookup_result(self, ctx: Context) -> None:
         b, cid = ctx.body, uuid.UUID(ctx.meta.correlation_id)
@@ -405,7 +452,7 @@ class DicjDesk(BusClient):
             return
         with_accounts = [r["bank_code"] for r in await ctx.conn.fetch(
             "SELECT bank_code FROM dicj_lookup_answers WHERE correlation_id = $1 AND bank_code = ANY($2::text[]) "
-            "AND jsonb_array_length(accounts) > 0", cid, b["answering_bank_codes"])]
+            "AND account_count > 0", cid, b["answering_bank_codes"])]
         if b["is_supplement"] and not with_accounts:
             return
         ctx.outgoing.append(notice(

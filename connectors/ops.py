@@ -221,7 +221,8 @@ async def _redrive_delivery(conn: Any, r: Any) -> None:
                                           "AND message_id::text = $2", r["connector"], message_id)
         if delivery_id is None:
             raise NotRedrivable("its delivery is not in this database")
-    d = await conn.fetchrow("SELECT status, payload = '{}'::jsonb AS cleared FROM connector_deliveries "
+    d = await conn.fetchrow("SELECT status, payload_ct IS NULL AND coalesce(payload, '{}'::jsonb) = '{}'::jsonb "
+                            "AS cleared FROM connector_deliveries "
                             "WHERE id = $1 FOR UPDATE", delivery_id)
     if d["status"] != "DEAD":
         raise NotRedrivable(f"its delivery is {d['status']} now")

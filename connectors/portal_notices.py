@@ -19,14 +19,12 @@ kind and the times are in the clear, to list and count them.
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from datetime import datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from infra.keystore import KeyStore
+from infra.sealing import open_sealed, seal
 from infra.settings import Settings
 
 NOTICE_KEY = "portal-notices"
@@ -38,19 +36,17 @@ class NoticeVault:
     """Seal and open what the portal keeps about a person, bound to the token and the row it belongs to."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._key = key
 
     @classmethod
     def for_settings(cls, settings: Settings) -> NoticeVault:
         return cls(KeyStore.for_settings(settings).secret(NOTICE_KEY))
 
     def seal(self, token: str, where: str, content: dict[str, Any]) -> bytes:
-        nonce = secrets.token_bytes(12)
-        data = json.dumps(content, sort_keys=True, ensure_ascii=False).encode()
-        return nonce + self._aead.encrypt(nonce, data, _aad(token, where))
+        return seal(self._key, json.dumps(content, sort_keys=True, ensure_ascii=False).encode(), _aad(token, where))
 
     def open(self, token: str, where: str, sealed: bytes) -> dict[str, Any]:
-        return json.loads(self._aead.decrypt(sealed[:12], sealed[12:], _aad(token, where)))
+        return json.loads(open_sealed(self._key, sealed, _aad(token, where)))
 
 
 def _aad(token: str, where: str) -> bytes:

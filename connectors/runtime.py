@@ -51,8 +51,10 @@ from typing import Any
 import asyncpg
 
 from infra.envelope import Message, Opened
-from infra.errors import Rejection
+from infra.errors import Reason, Rejection
+from infra.keystore import KeyStore
 from infra.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
+from infra.sealing import RowSealer, UnsealError
 from infra.settings import Settings
 from schemas.types import MESSAGE_TYPES
 from streams.participant import Context, Handler, ParticipantRuntime
@@ -124,6 +126,12 @@ CONNECTOR_MIGRATIONS = [
         outcome        text NOT NULL,
         at             timestamptz NOT NULL DEFAULT now()
     );
+    """,
+    # Personal data at rest: a delivery's payload (an account, a holder's name, the person's local id) is
+    # sealed under its participant's data key, bound to the row (infra.sealing), in payload_ct; the plain
+    # column keeps only rows written before, until the runtime's start seals them (seal_legacy_deliveries).
+    """
+    ALTER TABLE connector_deliveries ALTER COLUMN payload DROP NOT NULL, ADD COLUMN payload_ct bytea;
     """,
 ]
 
@@ -319,10 +327,12 @@ class ConnectorRuntime:
         self._stopping = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {a.name: asyncio.Event() for a in self.adapters}
         self.started_at = time.time()
+        self.sealer = RowSealer(KeyStore.for_settings(settings).data_key, "connector_deliveries")
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.runtime.start()
+        await self.seal_legacy_deliveries()
         for adapter in self.adapters:
             await adapter.start(self)
         for adapter in self.adapters:
@@ -438,15 +448,50 @@ class ConnectorRuntime:
             wakeup.clear()
 
     # -- sink side --------------------------------------------------------------------------------
+    def _delivery(self, r: asyncpg.Record, *, payload: bool = True) -> Delivery:
+        """A row as a :class:`Delivery`, its payload opened (``payload=False``: the routing columns only)."""
+        value: dict = {}
+        if payload and r["payload_ct"] is not None:
+            value = self.sealer.open(r["participant"], delivery_row_id(r["connector"], str(r["message_id"])),
+                                     r["subject"], r["payload_ct"])
+        elif payload and r["payload"] is not None:  # written before payloads were sealed, not yet sealed
+            value = json.loads(r["payload"]) if isinstance(r["payload"], str) else dict(r["payload"])
+        return Delivery(id=r["id"], participant=r["participant"], message_id=str(r["message_id"]),
+                        correlation_id=str(r["correlation_id"]), type=r["type"], reply_to=r["reply_to"],
+                        subject=r["subject"], data_item=r["data_item"], basis=r["basis"], payload=value,
+                        attempts=r["attempts"])
+
+    async def seal_legacy_deliveries(self) -> int:
+        """Seal the plain payloads of this runtime's rows written before sealing existed (run at start); how many.
+
+        A cleared payload (``{}``, an answered row) becomes NULL; the re-drive check reads both as cleared."""
+        sealed = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, connector, participant, message_id, subject, payload FROM connector_deliveries "
+                "WHERE payload IS NOT NULL AND participant = ANY($1::text[]) FOR UPDATE",
+                list(self.runtime.identities))
+            for r in rows:
+                value = json.loads(r["payload"]) if isinstance(r["payload"], str) else dict(r["payload"])
+                ct = self.sealer.seal(r["participant"], delivery_row_id(r["connector"], str(r["message_id"])),
+                                      r["subject"], value) if value else None
+                await conn.execute("UPDATE connector_deliveries SET payload = NULL, payload_ct = $2 WHERE id = $1",
+                                   r["id"], ct)
+                sealed += ct is not None
+        if sealed:
+            log.info("sealed %d delivery payloads written before sealing", sealed)
+        return sealed
+
     async def enqueue(self, ctx: Context, adapter: ChannelAdapter, payload: dict) -> None:
         """Store a delivery for ``ctx``'s message, in the handler's transaction (called from a handler)."""
         m = ctx.meta
         await ctx.conn.execute(
             "INSERT INTO connector_deliveries (connector, participant, message_id, correlation_id, type, reply_to, "
-            "subject, data_item, basis, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+            "subject, data_item, basis, payload_ct) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
             "ON CONFLICT (connector, message_id) DO NOTHING",
             adapter.name, ctx.me, uuid.UUID(m.message_id), uuid.UUID(m.correlation_id), m.type, m.sender,
-            m.subject, m.data_item, m.legal_basis, json.dumps(payload, default=str))
+            m.subject, m.data_item, m.legal_basis,
+            self.sealer.seal(ctx.me, delivery_row_id(adapter.name, m.message_id), m.subject, payload))
         self._wakeups[adapter.name].set()
 
     async def deliver_once(self, adapter: ChannelAdapter, limit: int = 200) -> int:
@@ -461,21 +506,31 @@ class ConnectorRuntime:
                 adapter.name, limit, list(self.runtime.identities))
             if not rows:
                 return 0
-            batch = [_delivery(r) for r in rows]
+            batch, unreadable = [], []
+            for r in rows:
+                try:
+                    batch.append(self._delivery(r))
+                except UnsealError:  # moved from another row or altered at rest: never handed over, never blocks
+                    unreadable.append(self._delivery(r, payload=False))
+            for d in unreadable:
+                await self._settle(conn, adapter, d, Rejection(
+                    Reason.UNDECRYPTABLE, "its stored payload does not open for this row (moved or altered at rest)"))
             try:
-                outcomes = await adapter.deliver(batch)
+                outcomes = await adapter.deliver(batch) if batch else {}
             except Exception as exc:  # the whole pass failed: every item counts one attempt
                 outcomes = {d.id: exc for d in batch}
             for d in batch:
                 await self._settle(conn, adapter, d, outcomes.get(d.id, TransientError("no outcome reported")))
-            return len(batch)
+            return len(rows)
 
     async def _settle(self, conn: asyncpg.Connection, adapter: ChannelAdapter, d: Delivery,
                       error: Exception | Answered | None) -> None:
         labels = {"connector": adapter.name, "type": d.type}
         if error is None or isinstance(error, Answered):
+            # Handed over: nothing reads the payload again (an answer needs only the routing columns).
             await conn.execute("UPDATE connector_deliveries SET status = 'DELIVERED', attempts = attempts + 1, "
-                               "delivered_at = now(), last_error = NULL WHERE id = $1", d.id)
+                               "delivered_at = now(), last_error = NULL, payload = NULL, payload_ct = NULL "
+                               "WHERE id = $1", d.id)
             self.metrics.delivered.inc(**labels)
             if isinstance(error, Answered):  # synchronous channel: reply in the same transaction
                 await self.answer(conn, adapter, d.correlation_id, type=error.type, body=error.body)
@@ -517,11 +572,11 @@ class ConnectorRuntime:
         delivered = [r for r in rows if r["status"] == "DELIVERED"]
         if not delivered:
             return False
-        d = _delivery(delivered[0])
+        d = self._delivery(delivered[0], payload=False)
         await self.runtime.send(d.participant, [Message(
             body=body, type=type, to=d.reply_to, subject=d.subject, data_item=d.data_item, basis=d.basis,
             correlation_id=d.correlation_id)], conn=conn)
-        await conn.execute("UPDATE connector_deliveries SET status = 'ANSWERED', payload = '{}'::jsonb "
+        await conn.execute("UPDATE connector_deliveries SET status = 'ANSWERED', payload = NULL, payload_ct = NULL "
                            "WHERE id = ANY($1::bigint[])", [r["id"] for r in rows if r["type"] == d.type])
         self.metrics.answered.inc(connector=adapter.name, type=type)
         return True
@@ -687,17 +742,13 @@ async def start_site(app: Any, host: str, port: int, *, ssl_context: Any = None)
     return runner, f"{'https' if ssl_context is not None else 'http'}://{host}:{bound}"
 
 
-def _delivery(r: asyncpg.Record) -> Delivery:
-    payload = r["payload"]
-    return Delivery(id=r["id"], participant=r["participant"], message_id=str(r["message_id"]),
-                    correlation_id=str(r["correlation_id"]), type=r["type"], reply_to=r["reply_to"],
-                    subject=r["subject"], data_item=r["data_item"], basis=r["basis"],
-                    payload=json.loads(payload) if isinstance(payload, str) else dict(payload),
-                    attempts=r["attempts"])
+def delivery_row_id(connector: str, message_id: str) -> str:
+    """A delivery's identity in its sealed payload's associated data (unique per connector and message)."""
+    return f"{connector}/{message_id}"
 
 
 __all__ = [
     "Answered", "ChannelAdapter", "ConnectorMetrics", "ConnectorRuntime", "Delivery", "NotRedrivable", "RetryPolicy",
     "TransientError",
-    "start_site",
+    "delivery_row_id", "start_site",
 ]

@@ -18,10 +18,13 @@
    whole-envelope replays, expired, unauthorised, oversize), interleaved with
    good traffic: every bad one must be dead-lettered with a reason code, every
    good one delivered, no worker may die and the hub must keep moving.
-3. **Leak scan** (:mod:`infra.leakscan`) — every topic, table and log file
+3. **Insiders** (:mod:`infra.chaos_insider`, alone with ``--insider``) — a
+   holder of the hub's keyset, a database superuser and a writer on every
+   topic try the attacks of issue 13; each is an invariant (refused/detected).
+4. **Leak scan** (:mod:`infra.leakscan`) — every topic, table and log file
    searched for every My Number used, including the demo's.
 
-``run_chaos`` runs the three on its own embedded stack (``<state>/chaos``);
+``run_chaos`` runs the four on its own embedded stack (``<state>/chaos``);
 tests call the parts on their own platform with a smaller :class:`ChaosPlan`.
 """
 
@@ -707,7 +710,7 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     saved = (accounts.generate_my_number, lookups.generate_my_number)
     accounts.generate_my_number = lookups.generate_my_number = recording
     try:
-        flows, _ = await accounts.account_flows(settings)
+        flows, _, _ = await accounts.account_flows(settings)  # (flows, the demo person's records, card)
         flows += await lookups.lookup_flows(settings)
     finally:
         accounts.generate_my_number, lookups.generate_my_number = saved
@@ -722,6 +725,7 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
     each worker its own principal, the prefix's ACLs applied), one of its nodes killed in the crash-safety part.
     """
     from infra.chaos_broker import chaos_platform
+    from infra.chaos_insider import insider_attacks
     from infra.embedded import stop_recorded
     from infra.leakscan import scan
     from infra.stack import WORKERS
@@ -761,6 +765,10 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
             hostile = await bad_input(platform, plan, say=say)
             out["invariants"].update({f"bad_input_{k}": v for k, v in hostile.invariants.items()})
             out["counts"]["bad_input"] = hostile.counts
+            inside = await insider_attacks(platform, say=say)  # infra.chaos_insider: issue 13's insiders
+            out["invariants"].update(inside.invariants)
+            out["counts"]["insider"], numbers = inside.counts, [*numbers, *inside.my_numbers]
+            out["problems"] += inside.problems
             say("leak scan")
             leaks = await scan(platform.settings, [*demo_numbers, *numbers, "123456789018"],
                                [platform.stack.logs_dir, chaos_settings.state_dir / "logs"])

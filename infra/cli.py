@@ -263,6 +263,8 @@ async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
+    if getattr(args, "insider", False):  # --insider: infra.chaos_insider alone
+        return 0 if (await _measured("chaos_insider", settings, args))["ok"] else 1
     return 0 if (await _measured("chaos", settings, args, cluster=args.cluster))["ok"] else 1
 
 
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
     demo.add_argument("--portal-port", dest="portal_port", type=int, default=0, metavar="P",
                       help="the demo portal's port (default: a free one)")
-    from infra import disasters_cli, ops, records_cli
+    from infra import chaos_insider, disasters_cli, ops, records_cli
 
     records_cli.register(add)  # renkei records purge
     disasters_cli.register(add)  # renkei disaster declare|change-period|list
@@ -374,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
     chaos.add_argument("--cluster", action="store_true",
                        help="on a secured three-node Kafka cluster (renkei cluster), killing one of its nodes")
+    chaos_insider.register(chaos)  # --insider
     # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
     # operations.
     from connectors import commands as participant_commands
@@ -381,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import serve as connector_serve
     from connectors import channel_key_command, lookup_commands
     from connectors import portal_card_command
-    from infra import broker_commands, cluster_commands, db_commands, keycommands
+    from infra import broker_commands, cluster_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
@@ -393,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.register(add, common)
     portal_card_command.register()
     cluster_commands.register(add)  # renkei cluster up|down|status, renkei acls [print|apply]
+    schema_commands.register(add, common)  # renkei schemas list|show|export|check
+    config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     return parser
 
 

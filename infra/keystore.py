@@ -45,6 +45,7 @@ from infra.keys import KeyDirectory, Keyset, Outcome, RootAuthority, decode_snap
 from infra.keys import read_encrypted, write_atomic, write_encrypted
 from infra.participants import Kind, Participants
 from infra.records_keys import RecordsKey, RecordsPublicKeys
+from infra.sealing import data_key_name
 from infra.settings import Settings
 from infra.tokens import TokenAuthority
 
@@ -266,9 +267,22 @@ class KeyStore:
         path = self.dir / f"{name}.secret"
         kind = name.encode()
         if not path.exists():
+            # Written aside and linked in: two processes creating it at once agree on the first one's
+            # secret (a rename would let the second overwrite a key the first already sealed data under).
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_encrypted(path, kind, secrets.token_bytes(size), self._passphrase())
+            draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            write_encrypted(draft, kind, secrets.token_bytes(size), self._passphrase())
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink(missing_ok=True)
         return read_encrypted(path, kind, self._passphrase())
+
+    def data_key(self, participant_id: str) -> bytes:
+        """``participant_id``'s data key for its personal data at rest (:mod:`infra.sealing`), created once."""
+        return self.secret(data_key_name(participant_id))
 
     # -- the records key (infra.records_keys): signs provision-record heads, checkpoints and anchors
     def create_records_key(self) -> bool:

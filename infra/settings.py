@@ -339,21 +339,9 @@ def load_settings(
     ``cli`` holds flat keys (see ``_FIELDS``); ``None`` values are ignored so
     argparse namespaces can be passed through unchanged.
     """
-    environ = os.environ if environ is None else environ
-    cli = {k: v for k, v in (cli or {}).items() if v is not None and k in _FIELDS}
-    if config_file is None and environ.get("RENKEI_CONFIG"):
-        config_file = Path(environ["RENKEI_CONFIG"])
     merged: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            with open(config_file, "rb") as fh:
-                merged.update(_flatten_toml(tomllib.load(fh)))
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file not found: {config_file}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from None
-    merged.update(_from_env(environ))
-    merged.update(cli)
+    for layer in _layers(cli, environ, config_file):
+        merged.update(layer.values)
 
     kafka_kwargs: dict[str, Any] = {}
     top_kwargs: dict[str, Any] = {}
@@ -392,3 +380,93 @@ def load_settings(
     if settings.embedded_kafka_heap_mb < 128:
         raise ConfigError("embedded_kafka_heap_mb: must be at least 128")
     return settings
+
+
+# --- provenance: where each effective value came from (``renkei config show``) ------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    source: str  # file | environment | flag
+    values: dict[str, Any]
+    file: Path | None = None
+
+
+def _layers(cli: Mapping[str, Any] | None, environ: Mapping[str, str] | None,
+            config_file: Path | None) -> list[_Layer]:
+    """The configuration sources above the defaults, lowest precedence first (what load_settings merges)."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (cli or {}).items() if v is not None and k in _FIELDS}
+    if config_file is None and environ.get("RENKEI_CONFIG"):
+        config_file = Path(environ["RENKEI_CONFIG"])
+    layers = []
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                layers.append(_Layer("file", _flatten_toml(tomllib.load(fh)), Path(config_file)))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from None
+    layers.append(_Layer("environment", _from_env(environ)))
+    layers.append(_Layer("flag", flags))
+    return layers
+
+
+@dataclass(frozen=True)
+class SettingSource:
+    """Where one setting's effective value came from."""
+
+    key: str  # the flat key (kafka_bootstrap, state_dir, ...)
+    source: str  # default | file | environment | flag
+    origin: str  # the file's path, the environment variable's name, or "" (default, flag)
+    secret: bool  # never print the value (a password, a passphrase; a DSN is printed without its secrets)
+
+
+def setting_keys() -> list[str]:
+    """Every flat configuration key, in the order of the settings table."""
+    return list(_FIELDS)
+
+
+def setting_value(settings: Settings, key: str) -> Any:
+    """The effective value of flat ``key`` in ``settings``."""
+    path, _ = _FIELDS[key]
+    target: Any = settings
+    for part in path:
+        target = getattr(target, part)
+    return target
+
+
+def setting_sources(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> dict[str, SettingSource]:
+    """For every key, the layer whose value :func:`load_settings` keeps (same arguments, same precedence)."""
+    environ = os.environ if environ is None else environ
+    found = {key: SettingSource(key, "default", "", _is_secret(key)) for key in _FIELDS}
+    for layer in _layers(cli, environ, config_file):
+        for key in layer.values:
+            origin = ""
+            if layer.source == "file":
+                origin = str(layer.file)
+            elif layer.source == "environment":
+                origin = _env_origin(key, environ)
+            found[key] = SettingSource(key, layer.source, origin, _is_secret(key))
+    return found
+
+
+_DERIVED_FROM = {"embedded_java": "JAVA_HOME", "embedded_kafka_cache": "XDG_CACHE_HOME"}
+
+
+def _env_origin(key: str, environ: Mapping[str, str]) -> str:
+    name = ENV_PREFIX + key.upper()
+    return name if environ.get(name) else _DERIVED_FROM.get(key, name)
+
+
+def _is_secret(key: str) -> bool:
+    """Secrets are the fields kept out of ``repr`` (``field(repr=False)``): one marking for both."""
+    path, _ = _FIELDS[key]
+    owner = KafkaSettings if path[0] == "kafka" else Settings
+    return not next(f for f in dataclasses.fields(owner) if f.name == path[-1]).repr

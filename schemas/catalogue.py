@@ -8,6 +8,11 @@ bytes remain readable; a reader resolves them against the latest version.
 Each .avsc file is self-contained: a named type shared by several schemas
 (``renkei.BankAccount``) is inlined in each file that uses it, so a file
 parses on its own in any Avro library.
+
+The catalogue's compatibility rule is FULL_TRANSITIVE: every version reads
+every other version's data, both ways. :func:`incompatibilities` and
+:func:`check_full_transitive` are the one implementation of that check (Apache
+Avro's own ``avro.compatibility``), used by the tests and ``renkei schemas check``.
 """
 
 from __future__ import annotations
@@ -97,10 +102,19 @@ def load(root: Path = AVSC_ROOT) -> Catalogue:
 
 
 def _load_version(name: str, version: int, path: Path) -> SchemaVersion:
-    source = json.loads(path.read_text(encoding="utf-8"))
-    # A fresh named-type table per version: v1 and v2 both define renkei.X.
-    parsed = fastavro.parse_schema(source, named_schemas={})
-    _refuse_zero_size_items(parsed, path)
+    return parse_version(name, version, json.loads(path.read_text(encoding="utf-8")), where=path)
+
+
+def parse_version(name: str, version: int, source: dict[str, Any], *, where: object = "schema") -> SchemaVersion:
+    """One version from its .avsc JSON, with the catalogue's rules; raises ValueError naming ``where``."""
+    if not isinstance(source, dict) or source.get("type") != "record":
+        raise ValueError(f"{where}: a catalogue schema is an Avro record")
+    try:
+        # A fresh named-type table per version: v1 and v2 both define renkei.X.
+        parsed = fastavro.parse_schema(source, named_schemas={})
+    except Exception as exc:  # fastavro raises several types for a bad schema; the message is schema text only
+        raise ValueError(f"{where}: not a valid Avro schema: {exc}") from None
+    _refuse_zero_size_items(parsed, where)
     uuid_fields = tuple(
         f["name"]
         for f in source.get("fields", ())
@@ -120,7 +134,7 @@ def _load_version(name: str, version: int, path: Path) -> SchemaVersion:
     )
 
 
-def _refuse_zero_size_items(schema: Any, path: Path) -> None:
+def _refuse_zero_size_items(schema: Any, path: object) -> None:
     """An array or map of zero-byte items lets a 20-byte input claim 2**62 items.
 
     Every item must consume at least one input byte, so a hostile count runs
@@ -170,3 +184,71 @@ def _refuse_zero_size_items(schema: Any, path: Path) -> None:
 def catalogue() -> Catalogue:
     """The package's catalogue, loaded on first use and then shared."""
     return load()
+
+
+# --- compatibility (FULL_TRANSITIVE) ------------------------------------------------
+
+
+FULL_TRANSITIVE = "FULL_TRANSITIVE"
+
+
+@dataclass(frozen=True)
+class Incompatibility:
+    """One direction in which one version cannot read another's data, and Avro's reasons."""
+
+    reader: str  # "v2", or "proposed"
+    writer: str
+    problems: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.reader} cannot read data written by {self.writer}: {'; '.join(self.problems)}"
+
+
+def incompatibilities(reader: dict[str, Any], writer: dict[str, Any]) -> tuple[str, ...]:
+    """Why ``reader`` cannot read what ``writer`` wrote (Avro schema resolution); empty when it can.
+
+    Apache Avro's own checker (``avro.compatibility``, the Python port of Java's
+    ``SchemaCompatibility``), on the schemas as written.
+    """
+    import avro.errors
+    import avro.schema
+    from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+    try:
+        parsed_reader, parsed_writer = avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
+    except avro.errors.AvroException as exc:  # schema text only, never data
+        raise ValueError(f"not a valid Avro schema (Apache Avro): {exc}") from None
+    result = ReaderWriterCompatibilityChecker().get_compatibility(reader=parsed_reader, writer=parsed_writer)
+    if result.compatibility is SchemaCompatibilityType.compatible:
+        return ()
+    where = sorted(result.locations or ())
+    return tuple(sorted(result.messages or ())) + ((f"at {', '.join(where)}",) if where else ())
+
+
+def compatible(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
+    """``reader`` can read data ``writer`` wrote."""
+    return not incompatibilities(reader, writer)
+
+
+def check_full_transitive(
+    proposed: dict[str, Any], earlier: dict[int, SchemaVersion], *, label: str = "proposed"
+) -> list[Incompatibility]:
+    """Every way ``proposed`` breaks FULL_TRANSITIVE against ``earlier`` versions (both directions each).
+
+    Raises ValueError when Apache Avro cannot parse ``proposed``."""
+    found = []
+    for version, entry in sorted(earlier.items()):
+        old = f"v{version}"
+        for reader, writer, r_label, w_label in ((proposed, entry.source, label, old),
+                                                 (entry.source, proposed, old, label)):
+            problems = incompatibilities(reader, writer)
+            if problems:
+                found.append(Incompatibility(r_label, w_label, problems))
+    return found
+
+
+def logical_name_of(source: dict[str, Any]) -> str:
+    """``renkei.ProvisionInquiry`` (or name + namespace) -> ``provision_inquiry``."""
+    full = str(source.get("name", ""))
+    short = full.rsplit(".", 1)[-1]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", short).lower()

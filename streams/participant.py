@@ -44,6 +44,8 @@ from infra.storage import claim, create_pool, migrate, migrate_idempotency
 from infra.topics import TopicNames
 
 log = logging.getLogger("renkei.participant")
+# How long stop() lets the consume loop finish its batch and commit before cancelling it.
+CONSUME_DRAIN_S = 10.0
 
 RUNTIME_MIGRATIONS = [
     """
@@ -182,6 +184,7 @@ class ParticipantRuntime:
         self._relay_lock = asyncio.Lock()
         self._relay_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._consume_task: asyncio.Task[Any] | None = None
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
         self.processed = 0
         self.divert: Divert | None = None  # e.g. the bank simulator parks what a channel connector holds
@@ -228,7 +231,8 @@ class ParticipantRuntime:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,
                                      fetch_max_wait_ms=fetch_wait_ms(self.settings.kafka, len(self.by_inbox)))
             await self.consumer.start()
-            self._tasks.append(asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume"))
+            self._consume_task = asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume")
+            self._tasks.append(self._consume_task)
         self._started = True
 
     def _directory_changed(self, n: int) -> None:
@@ -254,6 +258,11 @@ class ParticipantRuntime:
         # races with its inner future, which would leave a loop running for ever.
         self._stopping = True
         self._relay_wakeup.set()
+        # The consume loop ends on the flag after its batch: cancelled inside consumer.commit(), aiokafka's
+        # shielded commit would run on alone and, failing once the consumer or the broker is gone, print
+        # "Task exception was never retrieved". Cancelled only if the batch outlasts the wait.
+        if self._consume_task is not None:
+            await asyncio.wait([self._consume_task], timeout=CONSUME_DRAIN_S)
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +47,7 @@ from infra.envelope import Message
 from infra.errors import ValidationError
 from infra.keystore import REGISTRY_KEK, KeyStore
 from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.sealing import open_sealed, seal
 from infra.settings import Settings
 from infra.validation import validate_bank_account, validate_consent
 from schemas import types as T
@@ -106,10 +106,10 @@ REGISTRY_MIGRATIONS = [
 
 
 class AccountVault:
-    """Per-person data keys, wrapped by the registry's KEK; account data sealed under them."""
+    """Per-person data keys, wrapped by the registry's KEK; account data sealed under them (:mod:`infra.sealing`)."""
 
     def __init__(self, kek: bytes) -> None:
-        self._kek = AESGCM(kek)
+        self._kek = kek
 
     async def _data_key(self, conn: Any, token: str, *, create: bool) -> bytes | None:
         wrapped = await conn.fetchval("SELECT wrapped_key FROM registry_data_keys WHERE token = $1", token)
@@ -117,23 +117,21 @@ class AccountVault:
             if not create:
                 return None
             key = AESGCM.generate_key(bit_length=256)
-            nonce = secrets.token_bytes(12)
-            wrapped = nonce + self._kek.encrypt(nonce, key, b"renkei registry data key|" + token.encode())
+            wrapped = seal(self._kek, key, b"renkei registry data key|" + token.encode())
             await conn.execute("INSERT INTO registry_data_keys (token, wrapped_key) VALUES ($1, $2)", token, wrapped)
             return key
-        return self._kek.decrypt(wrapped[:12], wrapped[12:], b"renkei registry data key|" + token.encode())
+        return open_sealed(self._kek, wrapped, b"renkei registry data key|" + token.encode())
 
     async def seal(self, conn: Any, token: str, account: dict) -> bytes:
         key = await self._data_key(conn, token, create=True)
         assert key is not None
-        nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(key).encrypt(nonce, json.dumps(account, sort_keys=True).encode(), token.encode())
+        return seal(key, json.dumps(account, sort_keys=True).encode(), token.encode())
 
     async def open(self, conn: Any, token: str, ciphertext: bytes) -> dict | None:
         key = await self._data_key(conn, token, create=False)
         if key is None:
             return None  # shredded
-        return json.loads(AESGCM(key).decrypt(ciphertext[:12], ciphertext[12:], token.encode()))
+        return json.loads(open_sealed(key, ciphertext, token.encode()))
 
     @staticmethod
     async def shred(conn: Any, token: str) -> None:

@@ -25,7 +25,7 @@ from connectors.bankhttp import BankHttpConnector
 from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
 from connectors.httpsig import TO_RENKEI, ChannelKey, sign
-from connectors.runtime import RetryPolicy
+from connectors.runtime import RetryPolicy, delivery_row_id
 from infra.envelope import Message
 from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
@@ -356,3 +356,76 @@ async def test_bank_down_dead_letters_after_bounded_retries(platform, channel):
         await send_registration(client, account("0000043"))
         letter = await eventually(dead, timeout=90)
     assert letter["reason"] == "CHANNEL_UNAVAILABLE" and "gave up after 4 attempts" in letter["detail"]
+
+
+async def test_a_deliverys_payload_is_sealed_at_rest_and_a_row_moved_to_another_person_does_not_open(
+        platform, channel):
+    """Issue 13 item 12: an existence check waiting for the bank (an account, a holder name, the customer's
+    reference) is stored sealed under the bank's data key, bound to its row; the database operator who swaps two
+    people's payloads gets both dead-lettered UNDECRYPTABLE — never sent to the bank as the other person's —, and
+    a good registration goes through afterwards."""
+    c = channel
+    adapter = c.connector.adapter
+    bank_url, adapter.bank_url = adapter.bank_url, "https://127.0.0.1:9"  # the bank is away: the checks wait
+    people = {"cust-a": (my_number(), "0000061"), "cust-b": (my_number(), "0000062")}
+    for ref, (mn, number) in people.items():
+        assert (await c.client.link_customer(ref, mn))[0] == 200
+        c.data.holdings[ref] = {number}
+
+    async def both_dead() -> list | None:
+        rows = await c.pool.fetch("SELECT id, payload, payload_ct, row_to_json(d)::text AS whole "
+                                  "FROM connector_deliveries d WHERE status = 'DEAD' ORDER BY id")
+        return rows if len(rows) == 2 else None
+    async with portal(platform) as client:
+        for mn, number in people.values():
+            await client.runtime.send("portal", [Message(
+                body={"operation": "REGISTER", "account": account(number), "channel": "PORTAL",
+                      "requested_at": datetime.now(UTC)},
+                type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn),
+                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION)])
+        rows = await eventually(both_dead, timeout=90)
+    for r in rows:  # the stored bytes name nobody
+        assert r["payload"] is None and r["payload_ct"] is not None
+        for ref, (mn, number) in people.items():
+            for secret in (ref, mn, number, "イトウ"):
+                assert secret not in r["whole"] and secret.encode() not in r["payload_ct"]
+
+    # The insider swaps the two payloads, and the operator re-drives both with the bank back.
+    a, b = rows
+    await c.pool.execute("UPDATE connector_deliveries SET payload_ct = CASE id WHEN $1 THEN $4::bytea "
+                         "ELSE $3::bytea END WHERE id IN ($1, $2)", a["id"], b["id"], a["payload_ct"], b["payload_ct"])
+    calls_before = len(c.endpoint.calls)
+    adapter.bank_url = bank_url
+    await c.pool.execute("UPDATE connector_deliveries SET status = 'PENDING', attempts = 0, next_attempt_at = now() "
+                         "WHERE id IN ($1, $2)", a["id"], b["id"])
+    c.connector.runtime.wake(adapter.name)
+
+    async def refused() -> list | None:
+        rows = await c.pool.fetch("SELECT last_error FROM connector_deliveries WHERE id IN ($1, $2) "
+                                  "AND status = 'DEAD' AND last_error LIKE 'UNDECRYPTABLE:%'", a["id"], b["id"])
+        return rows if len(rows) == 2 else None
+    await eventually(refused, timeout=60)
+    assert len(c.endpoint.calls) == calls_before  # neither went to the bank
+
+    mn = my_number()  # good traffic afterwards: delivered from its sealed payload, then the payload is dropped
+    assert (await c.client.link_customer("cust-c", mn))[0] == 200
+    c.data.holdings["cust-c"] = {"0000063"}
+    assert (await portal_registration(platform, account("0000063"), mn)).body["status"] == "DONE"
+    assert await c.pool.fetchval("SELECT payload_ct IS NULL AND payload IS NULL FROM connector_deliveries "
+                                 "WHERE status = 'ANSWERED'")
+
+
+async def test_delivery_payloads_stored_in_plain_before_are_sealed_at_start(channel):
+    c = channel
+    runtime = c.connector.runtime
+    message_id, plain = uuid.uuid4(), {"customer_ref": "cust-old", "account": account("0000064")}
+    await c.pool.execute(  # a row as the table held it before sealing (the migration kept it)
+        "INSERT INTO connector_deliveries (connector, participant, message_id, correlation_id, type, reply_to, "
+        "subject, data_item, basis, payload, status) VALUES ('bank-http', $1, $2, $3, $4, 'registry', 'tok', "
+        "$5, $6, $7::jsonb, 'DEAD')", BANK, message_id, uuid.uuid4(), T.EXISTENCE_CHECK, DATA_PUBLIC_FUNDS_ACCOUNT,
+        BASIS_REGISTRATION, json.dumps(plain))
+    assert await runtime.seal_legacy_deliveries() == 1
+    row = await c.pool.fetchrow("SELECT payload, payload_ct FROM connector_deliveries WHERE message_id = $1",
+                                message_id)
+    assert row["payload"] is None and b"0000064" not in row["payload_ct"]
+    assert runtime.sealer.open(BANK, delivery_row_id("bank-http", str(message_id)), "tok", row["payload_ct"]) == plain

@@ -18,6 +18,7 @@ from connectors.client import BusClient
 from infra.pgdsn import observer_dsn
 from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.provisions import ProvisionStore
+from infra.storage import everywhere
 from infra.validation import generate_my_number
 from infra.chaos import read_topic
 from infra.envelope import peek
@@ -260,8 +261,9 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
     # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.pseudonyms).
     names = hub_pseudonyms(settings)
-    sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(
-        "SELECT envelope FROM participant_outbox WHERE sender = ANY($1::text[]) AND type = ANY($2::text[])",
+    sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(  # the agency's outbox and the registry's
+        f"SELECT envelope FROM {await everywhere(pg, 'participant_outbox')} o "
+        "WHERE sender = ANY($1::text[]) AND type = ANY($2::text[])",
         [AGENCY, "registry"], [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE])]
     answered = {i for ids in on_wire.values() for i in ids}
     inquiries = [m.message_id for m in sent if m.type == T.PROVISION_INQUIRY and m.correlation_id in asked]

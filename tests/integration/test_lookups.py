@@ -15,6 +15,7 @@ test_lookup_applications.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -30,13 +31,14 @@ from aiokafka import TopicPartition
 
 from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
 from connectors.client import BusClient
-from connectors.dicj import DicjDesk
+from connectors.dicj import DicjDesk, answer_row_id
 from infra.envelope import peek
 from infra.keystore import KeyStore
 from infra.kafka import consumer
 from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.pgdsn import observer_dsn
 from infra.provisions import ProvisionStore
+from infra.sealing import UnsealError
 from infra.stack import WORKERS, Platform
 from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.validation import generate_my_number
@@ -532,3 +534,56 @@ async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_
     view = await dicj.wait_result(cid, timeout=DISASTER_S)
     assert view["answering_banks"] == ["9000", "9005"]
     assert [a["account_number"] for a in view["accounts"]] == [accts["9005"][0]["account_number"]]
+
+
+# ---- personal data at rest (issue 13 item 12) ---------------------------------------------------
+
+
+async def test_dicj_keeps_answers_sealed_at_rest_and_an_answer_moved_to_another_person_does_not_open(
+        pg, platform, dicj, portal):
+    """The banks' answers (the person's accounts) are stored sealed under DICJ's data key, bound to the lookup
+    and the bank; the database operator who moves one person's answer into another's lookup gets nothing."""
+    mn, accts = await numbered_person(pg, platform, portal, {"9000": 1, "9001": 1})
+    mn2, accts2 = await numbered_person(pg, platform, portal, {"9000": 1})
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
+                                  designated_bank_codes=["9000", "9001"], disaster_id="2026-NOTO-01")
+    cid2 = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn2),
+                                   designated_bank_codes=["9000"], disaster_id="2026-NOTO-01")
+    view, view2 = await dicj.wait_result(cid, timeout=DISASTER_S), await dicj.wait_result(cid2, timeout=DISASTER_S)
+    assert sorted(a["account_number"] for a in view["accounts"]) == sorted(
+        accts[c][0]["account_number"] for c in ("9000", "9001"))  # the flow still delivers
+    assert [a["account_number"] for a in view2["accounts"]] == [accts2["9000"][0]["account_number"]]
+
+    stored = await dicj.pool.fetch(
+        "SELECT bank_code, account_count, accounts, accounts_ct, row_to_json(a)::text AS whole "
+        "FROM dicj_lookup_answers a WHERE correlation_id = ANY($1::uuid[])", [uuid.UUID(cid), uuid.UUID(cid2)])
+    assert len(stored) == 3 and all(r["accounts"] is None and r["account_count"] == 1 for r in stored)
+    secrets_of_people = [mn, mn2, "サトウ", *(a["account_number"] for a in (*accts["9000"], *accts["9001"],
+                                                                           *accts2["9000"]))]
+    for r in stored:
+        for s in secrets_of_people:
+            assert s not in r["whole"] and s.encode() not in r["accounts_ct"]
+
+    # The insider copies person 2's answer from bank 9000 over person 1's: it does not open there.
+    await dicj.pool.execute(
+        "UPDATE dicj_lookup_answers SET accounts_ct = (SELECT accounts_ct FROM dicj_lookup_answers "
+        "WHERE correlation_id = $2 AND bank_code = '9000') WHERE correlation_id = $1 AND bank_code = '9000'",
+        uuid.UUID(cid), uuid.UUID(cid2))
+    with pytest.raises(UnsealError):
+        await dicj.view(cid)
+    assert (await dicj.view(cid2))["accounts"] == view2["accounts"]  # the other person's lookup is untouched
+
+
+async def test_dicj_answers_stored_in_plain_before_are_sealed_at_start(dicj):
+    cid = str(uuid.uuid4())
+    plain = [{"bank_code": "9005", "branch_code": "001", "account_type": "ORDINARY", "account_number": "7654321",
+              "holder_kana": "スズキ イチロウ"}]
+    async with dicj.pool.acquire() as conn:  # a row as the table held it before sealing (the migration kept it)
+        await conn.execute("INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts, "
+                           "account_count) VALUES ($1, '9005', $2, $3::jsonb, 1)", uuid.UUID(cid), uuid.uuid4(),
+                           json.dumps(plain))
+    assert await dicj.seal_legacy_answers() >= 1
+    row = await dicj.pool.fetchrow("SELECT accounts, accounts_ct FROM dicj_lookup_answers WHERE correlation_id = $1",
+                                   uuid.UUID(cid))
+    assert row["accounts"] is None and b"7654321" not in row["accounts_ct"]
+    assert dicj.sealer.open("dicj", answer_row_id(cid, "9005"), "", row["accounts_ct"]) == plain

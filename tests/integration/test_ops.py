@@ -231,8 +231,10 @@ async def test_lag_is_high_watermark_minus_committed(settings: Settings) -> None
     report = await consumer_lag(settings, group)
     (g,) = report["groups"]
     rows = {(p["topic"], p["partition"]): p for p in g["partitions"]}
-    assert rows[(topic, 0)] == {"topic": topic, "partition": 0, "committed": 4, "high_watermark": 7, "lag": 3}
-    assert rows[(topic, 1)] == {"topic": topic, "partition": 1, "committed": 1, "high_watermark": 3, "lag": 2}
+    assert rows[(topic, 0)] == {"topic": topic, "partition": 0, "committed": 4, "high_watermark": 7, "lag": 3,
+                                "owner": None}
+    assert rows[(topic, 1)] == {"topic": topic, "partition": 1, "committed": 1, "high_watermark": 3, "lag": 2,
+                                "owner": None}
     assert g["total_lag"] == 5 and g["members"] == 0
 
 

@@ -36,9 +36,9 @@ SYNTHETIC = "123456789018"  # the hostile-input run's subject (check digit valid
 
 
 @pytest.fixture(scope="module")
-async def running_platform(endpoints, tmp_path_factory):
+async def running_platform(endpoints, database, tmp_path_factory):
     """All workers, with the demo's short inheritance deadline (its lookup flow shows a bank missing, then late)."""
-    async with isolated_platform(endpoints, tmp_path_factory.mktemp("platform"),
+    async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("platform"),
                                  lookup_deadline_inheritance_s=INHERITANCE_DEADLINE_S) as platform:
         yield platform
 

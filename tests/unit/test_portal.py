@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.exceptions import InvalidTag
 
 from connectors.portal_cards import validate_card_id, validate_pin
 from connectors.portal_notices import NoticeVault, numbering_notice
@@ -20,6 +19,7 @@ from infra.participants import load_participants
 from infra.policy import Policy
 from infra.provisions import ProvisionStatus
 from infra.records_verify import RecordState, Verdict
+from infra.sealing import UnsealError
 from schemas import codec
 from schemas import types as T
 from streams.notices import masked, notice
@@ -175,7 +175,7 @@ def test_the_notice_vault_binds_each_sealed_notice_to_its_person_and_row():
     assert b"9001" not in sealed and "ヤマダ".encode() not in sealed
     assert vault.open("token-a", "notice:1", sealed)["account"]["holder_kana"] == "ヤマダ タロウ"
     for token, where in (("token-b", "notice:1"), ("token-a", "notice:2"), ("token-a", "account")):
-        with pytest.raises(InvalidTag):  # moved to another person or row: does not open
+        with pytest.raises(UnsealError):  # moved to another person or row: does not open
             vault.open(token, where, sealed)
 
 

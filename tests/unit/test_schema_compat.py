@@ -12,7 +12,6 @@ from typing import Any
 import avro.schema
 import fastavro
 import pytest
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from schemas import catalogue, types
 
@@ -32,11 +31,7 @@ def _versions(name: str) -> list[tuple[int, dict[str, Any]]]:
     return sorted(found, key=lambda pair: pair[0])
 
 
-def _compatible(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
-    result = ReaderWriterCompatibilityChecker().get_compatibility(
-        reader=avro.schema.parse(json.dumps(reader)), writer=avro.schema.parse(json.dumps(writer))
-    )
-    return result.compatibility is SchemaCompatibilityType.compatible
+_compatible = catalogue.compatible  # the one FULL_TRANSITIVE check, shared with `renkei schemas check`
 
 
 # --- compatibility -------------------------------------------------------------------
@@ -51,6 +46,14 @@ def test_every_pair_of_versions_is_mutually_compatible(name):
         assert _compatible(reader=a, writer=b), f"{name}: v{va} cannot read v{vb}"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_each_version_passes_the_full_transitive_check_against_its_predecessors(name):
+    versions = catalogue.catalogue().by_name[name]
+    for number, entry in versions.items():
+        earlier = {v: e for v, e in versions.items() if v < number}
+        assert catalogue.check_full_transitive(entry.source, earlier) == [], (name, number)
+
+
 def test_the_history_has_a_real_second_version():
     assert [v for v, _ in _versions("provision_inquiry")] == [1, 2]
 
@@ -62,6 +65,9 @@ def test_checker_fails_on_a_new_required_field():
     broken["fields"].append({"name": "agency_ref", "type": "string", "doc": "Breaking: no default."})
     assert not _compatible(reader=broken, writer=latest)  # new reader, old data
     assert _compatible(reader=latest, writer=broken)  # old reader ignores the field
+    found = catalogue.check_full_transitive(broken, catalogue.catalogue().by_name["provision_inquiry"])
+    assert [(i.reader, i.writer) for i in found] == [("proposed", "v1"), ("proposed", "v2")]
+    assert all("agency_ref" in i.describe() for i in found)
 
 
 def test_checker_fails_on_a_new_enum_symbol_without_reader_default():
@@ -222,3 +228,9 @@ def test_registration_v2_adds_consent_and_outcomes_both_ways():
                                                 "decided_at": now})
     buf.seek(0)
     assert fastavro.schemaless_reader(buf, result_v2, result_v1)["status"] == "UNKNOWN"
+
+
+def test_a_schema_apache_avro_cannot_parse_is_a_value_error_not_a_crash():
+    bad = {"type": "record", "name": "renkei.X", "fields": [{"name": "a", "type": "no_such_type"}]}
+    with pytest.raises(ValueError, match="not a valid Avro schema"):
+        catalogue.incompatibilities(bad, catalogue.catalogue().latest["numbering_ack"].source)
