@@ -76,6 +76,13 @@ AGENCY_MIGRATIONS = [
     );
     CREATE INDEX agency_inbox_inquiry ON agency_inbox (inquiry_id);
     """,
+    # Bulk inquiries (一括照会, connectors.sdk AgencyClient.inquire_batch): a row per (batch, line), never two,
+    # so a batch resumed after a crash queues only the lines it had not queued.
+    """
+    ALTER TABLE agency_outbox ADD COLUMN batch_id text, ADD COLUMN batch_line integer;
+    CREATE UNIQUE INDEX agency_outbox_batch_line ON agency_outbox (agency, batch_id, batch_line)
+        WHERE batch_id IS NOT NULL;
+    """,
 ]
 """The agency-side tables (component ``connector-agency``); the SDK applies them too."""
 

@@ -67,6 +67,11 @@ class Listening(RaisesRefusals):
     and hand awaited answers to their waiters: claim nothing, make no effect."""
 
     runtime: Any
+    since: dict[str, int] | None = None
+    """Where to start reading, ``{"topic:partition": offset}`` (a resumed batch rereads its inbox from where
+    its first run started, so answers that arrived while no process listened are found); None: the ends."""
+    inbox_offsets: dict[str, int]
+    """Where the listener started, in the same form (what a batch stores to be resumed from)."""
 
     async def __aenter__(self) -> Any:
         await self.runtime.start(consume=False)
@@ -101,8 +106,11 @@ class Listening(RaisesRefusals):
                for p in await partitions_of(self._consumer, topic)]
         # Start at the ends (end_offsets on Apache Kafka; on Tansu, from a fetch response).
         ends = await high_watermarks(self._consumer, tps, kafka=settings.kafka)
+        starts = {tp: min(offset, (self.since or {}).get(f"{tp.topic}:{tp.partition}", offset))
+                  for tp, offset in ends.items()}
+        self.inbox_offsets = {f"{tp.topic}:{tp.partition}": offset for tp, offset in starts.items()}
         self._consumer.assign(tps)
-        for tp, offset in ends.items():
+        for tp, offset in starts.items():
             self._consumer.seek(tp, offset)
         self._listener = asyncio.create_task(self._listen(), name="cli-listener")
 
@@ -145,6 +153,7 @@ class Listening(RaisesRefusals):
 class CommandClient(Listening, BusClient):
     """Participant identities for one command: send, await the answer; listen without consuming (module docstring)."""
 
-    def __init__(self, settings: Settings, identities: list[str]) -> None:
+    def __init__(self, settings: Settings, identities: list[str], *, since: dict[str, int] | None = None) -> None:
+        self.since = since
         # The group is never joined (the runtime does not consume); it only names the runtime's tasks.
         super().__init__(settings, identities, group=f"{settings.kafka.topic_prefix}.cli")

@@ -5,6 +5,9 @@
         if answer.status == "REGISTERED":
             pay_into(answer.account)
 
+A municipality's bulk inquiry (一括照会) is :meth:`AgencyClient.inquire_batch`: one answer per person,
+resumable after a crash without asking anyone twice (a row per batch line, never two).
+
 ``procedure`` is the public-benefit procedure the account is needed for, a
 code of ``infra/procedures.toml`` the agency is entitled to; the hub refuses
 anything else (``REJECTED:UNKNOWN_PROCEDURE`` / ``REJECTED:PROCEDURE_NOT_ALLOWED``).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,12 +87,7 @@ class AgencyClient:
     async def submit(self, person_local_id: str, *, procedure: str, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
                      conn: asyncpg.Connection | None = None) -> str:
         """Queue an inquiry; returns its id. With ``conn``, it commits or rolls back with the caller's work."""
-        if item not in SUPPORTED_ITEMS:
-            raise ValueError(f"no inquiry is defined for data item {item!r}; supported: {', '.join(SUPPORTED_ITEMS)}")
-        if not person_local_id:
-            raise ValueError("person_local_id must not be empty")
-        if not procedure:
-            raise ValueError("procedure must name the public-benefit procedure (infra/procedures.toml)")
+        self._check(person_local_id, procedure, item)
         assert self.pool is not None, "use AgencyClient as an async context manager"
         return str(await (conn or self.pool).fetchval(
             "INSERT INTO agency_outbox (agency, person_local_id, data_item, procedure_code) VALUES ($1, $2, $3, $4) "
@@ -117,6 +116,64 @@ class AgencyClient:
         """Submit an inquiry for ``procedure`` and await its answer."""
         return await self.answer(await self.submit(person_local_id, procedure=procedure, item=item),
                                  timeout=timeout)
+
+    async def submit_line(self, batch_id: str, line: int, person_local_id: str, *, procedure: str,
+                          item: str = DATA_PUBLIC_FUNDS_ACCOUNT) -> str:
+        """Queue line ``line`` of bulk inquiry ``batch_id``, once: a line queued before (the batch resumed
+        after a crash) keeps its inquiry and nothing is queued again. Returns the line's inquiry id."""
+        if not batch_id:
+            raise ValueError("batch_id must name the batch")
+        self._check(person_local_id, procedure, item)
+        assert self.pool is not None, "use AgencyClient as an async context manager"
+        async with self.pool.acquire() as conn:
+            inquiry = await conn.fetchval(
+                "INSERT INTO agency_outbox (agency, person_local_id, data_item, procedure_code, batch_id, batch_line) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agency, batch_id, batch_line) "
+                "WHERE batch_id IS NOT NULL DO NOTHING RETURNING inquiry_id",
+                self.agency, person_local_id, item, procedure, batch_id, line)
+            if inquiry is None:
+                inquiry = await conn.fetchval("SELECT inquiry_id FROM agency_outbox WHERE agency = $1 AND "
+                                              "batch_id = $2 AND batch_line = $3", self.agency, batch_id, line)
+        return str(inquiry)
+
+    async def inquire_batch(self, batch_id: str, people: Sequence[str], *, procedure: str, window: int = 200,
+                            timeout: float = 120.0,
+                            progress: Callable[[InquiryAnswer], None] | None = None) -> list[InquiryAnswer]:
+        """Bulk inquiry (一括照会): one answer per person of ``people`` (local ids; line = index + 1), in order.
+
+        Resumable: called again with the same ``batch_id`` after a crash, it queues only the lines never
+        queued and waits for the others' answers — nobody is asked about twice.  At most ``window`` lines
+        are in flight.  A line the connector could not send answers ``FAILED`` (``detail``: why); one without
+        an answer in ``timeout`` answers ``TIMEOUT`` (call again to keep waiting).  ``progress`` is called
+        with each answer as it arrives.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        gate = asyncio.Semaphore(window)
+
+        async def one(line: int, local_id: str) -> InquiryAnswer:
+            async with gate:
+                inquiry = await self.submit_line(batch_id, line, local_id, procedure=procedure)
+                try:
+                    found = await self.answer(inquiry, timeout=timeout)
+                except InquiryFailed as exc:
+                    found = InquiryAnswer(inquiry, "FAILED", detail=exc.failure)
+                except TimeoutError:
+                    found = InquiryAnswer(inquiry, "TIMEOUT", detail="no answer in time; call again to wait")
+            if progress is not None:
+                progress(found)
+            return found
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(people, start=1))))
+
+    @staticmethod
+    def _check(person_local_id: str, procedure: str, item: str) -> None:
+        if item not in SUPPORTED_ITEMS:
+            raise ValueError(f"no inquiry is defined for data item {item!r}; supported: {', '.join(SUPPORTED_ITEMS)}")
+        if not person_local_id:
+            raise ValueError("person_local_id must not be empty")
+        if not procedure:
+            raise ValueError("procedure must name the public-benefit procedure (infra/procedures.toml)")
 
     async def _lookup(self, inquiry_id: str) -> InquiryAnswer | None:
         assert self.pool is not None

@@ -418,14 +418,39 @@ async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks
     return plat
 
 
-async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
-    """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
+async def register_people(settings: Settings, bus: Any, people: list[str], *, first_account: int = 1_000_000,
+                          timeout: float = 60.0) -> None:
+    """Open an account for each person at bank 9000 (the simulated bank's own data, held by the person) and
+    register it through STEP1 as the portal (``bus`` acts as the portal; the registry checks with the bank)."""
     import asyncpg
 
     from connectors.bank_sim import seed_customer
+    from infra.keystore import KeyStore
+    from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from schemas import types as T
+
+    authority = KeyStore.for_settings(settings).token_authority()
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
+    try:
+        for i, mn in enumerate(people):
+            acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
+                    "account_number": f"{first_account + i:07d}", "holder_kana": "ヤマダ タロウ"}
+            await seed_customer(conn, authority.token_for(mn, "bank-9000"), acct)  # the person's account
+            answer = await bus.request(
+                "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
+                body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
+                      "requested_at": datetime.now(UTC)},
+                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=timeout)
+            assert answer.body["status"] == "DONE", answer.body["status"]
+    finally:
+        await conn.close()
+
+
+async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
+    """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
     from connectors.client import BusClient
     from infra.keystore import KeyStore
-    from infra.policy import (BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT)
+    from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.validation import generate_my_number
     from schemas import types as T
 
@@ -434,20 +459,8 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
     people = [generate_my_number(rng) for _ in range(200)]
     prefix = settings.kafka.topic_prefix
     async with BusClient(settings, ["portal", AGENCY], group=f"{prefix}.bench-clients") as bus:
-        conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
-        try:  # 20 people registered through STEP1 (the registry checks the account with the bank)
-            for i, mn in enumerate(people[:20] if register else []):
-                acct = {"bank_code": "9000", "branch_code": "101", "account_type": "ORDINARY",
-                        "account_number": f"{1000000 + i:07d}", "holder_kana": "ヤマダ タロウ"}
-                await seed_customer(conn, authority.token_for(mn, "bank-9000"), acct)  # the person's account
-                answer = await bus.request(
-                    "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
-                    body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
-                          "requested_at": datetime.now(UTC)},
-                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=60)
-                assert answer.body["status"] == "DONE", answer.body["status"]
-        finally:
-            await conn.close()
+        # 20 people registered through STEP1 (the registry checks the account with the bank)
+        await register_people(settings, bus, people[:20] if register else [])
         subjects = [authority.token_for(mn, AGENCY) for mn in people]
         latencies: list[float] = []
         statuses: dict[str, int] = {}

@@ -710,7 +710,7 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     saved = (accounts.generate_my_number, lookups.generate_my_number)
     accounts.generate_my_number = lookups.generate_my_number = recording
     try:
-        flows, _, _ = await accounts.account_flows(settings)  # (flows, the demo person's records, card)
+        flows, _, _ = await accounts.account_flows(settings)  # flows, records, the demo card
         flows += await lookups.lookup_flows(settings)
     finally:
         accounts.generate_my_number, lookups.generate_my_number = saved

@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     records_cli.register(add)  # renkei records purge
     disasters_cli.register(add)  # renkei disaster declare|change-period|list
+    __import__("infra.identity_cli").identity_cli.register(add)  # renkei identity relink (番号変更)
     ops.inspect_args(add("inspect", cmd_inspect, "show records as envelope metadata (never bodies)"))
     ops.lag_args(add("lag", cmd_lag, "committed offset, high watermark and lag per consumer group"))
     ops.dlq_args(add("dlq", cmd_dlq, "list or re-drive dead letters (metadata only)"))
@@ -396,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.register(add, common)
     portal_card_command.register()
     cluster_commands.register(add)  # renkei cluster up|down|status, renkei acls [print|apply]
+    __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     return parser

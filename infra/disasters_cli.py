@@ -81,9 +81,9 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
     import asyncpg
 
     from infra.disasters import DISASTER_MIGRATIONS
-    from infra.errors import RenkeiError, StackError
+    from infra.errors import StackError
     from infra.kafka import producer as make_producer
-    from infra.ops import OpsEvent, write_ops_event
+    from infra.ops import OpsEvent, audit_before_commit
     from infra.pgdsn import component_dsn
     from infra.storage import migrate
 
@@ -100,13 +100,7 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
             import uuid
 
             result = await change(conn, event.who, event.reason, uuid.UUID(event.id))
-            try:
-                audit = await asyncio.wait_for(write_ops_event(settings, producer, event, {"status": "done"}), timeout)
-            except RenkeiError:
-                raise
-            except Exception as exc:  # broker away: nothing changes without its audit event
-                raise StackError(f"the ops audit event could not be written ({type(exc).__name__}); nothing "
-                                 "was changed") from exc
+            audit = await asyncio.wait_for(audit_before_commit(settings, producer, event, {"status": "done"}), timeout)
     finally:
         await producer.stop()
         await conn.close()

@@ -49,6 +49,12 @@ class Reason(str, Enum):
     UNKNOWN_DISASTER = "UNKNOWN_DISASTER"  # no declared disaster has this id (infra.disasters)
     DISASTER_EXPIRED = "DISASTER_EXPIRED"  # the disaster's period for lookups is over (or has not begun)
     OUTSIDE_DISASTER_AREA = "OUTSIDE_DISASTER_AREA"  # the depositor's area is not one the disaster covers
+    # Bulk inquiries (connectors.inquiry_batch): the batch as a whole is refused, nothing is asked
+    BATCH_MISMATCH = "BATCH_MISMATCH"  # a named batch resumed with another file, agency or procedure
+    BATCH_BUSY = "BATCH_BUSY"  # another process is running the same batch right now
+    # 番号変更 (infra.identity): a person's My Number was replaced
+    NUMBER_RETIRED = "NUMBER_RETIRED"  # a token was asked for a replaced My Number (it no longer resolves)
+    NUMBER_IN_USE = "NUMBER_IN_USE"  # a relink named a new number already linked to a person
 
 
 class RenkeiError(Exception):

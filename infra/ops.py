@@ -286,6 +286,20 @@ async def write_ops_event(settings: Settings, producer: Any, event: OpsEvent, co
     return record
 
 
+async def audit_before_commit(settings: Settings, producer: Any, event: OpsEvent, counts: dict[str, Any], *,
+                              undone: str = "nothing was changed") -> dict:
+    """:func:`write_ops_event` inside the change's transaction: if the event cannot be written (broker away),
+    StackError — the transaction rolls back, so nothing changes without its audit event."""
+    from infra.errors import RenkeiError
+
+    try:
+        return await write_ops_event(settings, producer, event, counts)
+    except RenkeiError:
+        raise
+    except Exception as exc:
+        raise StackError(f"the ops audit event could not be written ({type(exc).__name__}); {undone}") from exc
+
+
 # --------------------------------------------------------------------------- output
 
 

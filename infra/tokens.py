@@ -3,7 +3,10 @@
 The token authority (inside the hub) holds two secrets and nothing else:
 
 * ``link_key`` — ``link_id = HMAC-SHA256(link_key, my_number)``, a stable
-  internal identifier of the person that never leaves the authority;
+  internal identifier of the person that never leaves the authority.  It is
+  the derivation of the person's FIRST My Number: after a number change
+  (番号変更) the new number resolves to the same id (:mod:`infra.identity`),
+  so every token stays what it was;
 * ``master_secret`` — per participant P, ``K_P = HKDF-SHA256(master_secret,
   info="renkei token v1|" + P, 64 bytes)`` is an AES-256-SIV key and
   ``token_P = base64url(AES-SIV(K_P, link_id, associated_data=[P]))``.
@@ -32,6 +35,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -99,6 +103,9 @@ class TokenAuthority:
         self._link_key = bytes(link_key)
         self._master = bytes(master_secret)
         self._keyset = keyset
+        # 番号変更 (infra.identity.NumberChanges.resolve): the person id of a number that replaced another, None
+        # for a number never changed; raises for a replaced one. Unset: every number is its person's first.
+        self.resolver: Callable[[str], bytes | None] | None = None
         # Derived keys are cached per participant: HKDF + AESSIV setup per call would dominate.
         self._siv = lru_cache(maxsize=cache_size)(self._derive)
 
@@ -127,8 +134,15 @@ class TokenAuthority:
         return hmac.new(self._link_key, my_number.encode("ascii"), hashlib.sha256).digest()
 
     def token_for(self, my_number: str, participant_id: str) -> str:
-        """The person's token in ``participant_id``'s token space."""
+        """The person's token in ``participant_id``'s token space (the number's own derivation: tools and tests;
+        issuance goes through :meth:`person_id`, which follows number changes)."""
         return self._token_from_link(self.link_id(my_number), participant_id)
+
+    def person_id(self, my_number: str) -> bytes:
+        """The person's stable id: the link id of their first My Number, through every change since (the
+        ``resolver``). A replaced number raises the resolver's refusal."""
+        linked = self.resolver(my_number) if self.resolver is not None else None
+        return linked if linked is not None else self.link_id(my_number)
 
     def _token_from_link(self, link_id: bytes, participant_id: str) -> str:
         return _b64e(self._siv(participant_id).encrypt(link_id, [participant_id.encode()]))
@@ -182,7 +196,7 @@ class TokenAuthority:
             my_number = plain.decode("ascii")
         except UnicodeDecodeError:
             raise ValidationError("my_number", "must be 12 ASCII digits") from None
-        return self.token_for(my_number, requester)
+        return self._token_from_link(self.person_id(my_number), requester)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from infra.envelope import HubForwarder, Opener, Sealer, Verifier
 from infra.errors import Reason
+from infra.identity import IDENTITY_MIGRATIONS, NumberChanges
 from infra.keys import KeyDirectory
 from infra.keystore import KeyStore, load_directory
 from infra.participants import Participants, load_participants
@@ -153,6 +154,7 @@ class HubService:
         self.records_key = records_key  # seals chain heads (no key: nothing is recorded, nothing forwarded)
         self.records = ProvisionStore(pool, records_key)
         self.totals = BatchStats()
+        self.number_changes: NumberChanges | None = None  # 番号変更, applied at token issuance (create())
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
                                      records=self.records, pseudonyms=core.pseudonyms,
@@ -187,8 +189,11 @@ class HubService:
         await migrate(pool, "hub", HUB_MIGRATIONS)
         await ProvisionStore(pool).migrate()
         await migrate(pool, "hub-lookups", LOOKUP_MIGRATIONS)
+        await migrate(pool, "hub-identity", IDENTITY_MIGRATIONS)
         service = cls(settings, core, sealer, pool, producer, directory, records_key=store.records_key())
         service.keystore = store
+        service.number_changes = NumberChanges(core.tokens)
+        core.tokens.resolver = service.number_changes.resolve
         return service
 
     async def close(self) -> None:
@@ -240,6 +245,8 @@ class HubService:
             claim.append(d)
         redelivered: set[str] = set()
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.number_changes is not None and any(d.accepted and d.local for d in claim):
+                await self.number_changes.refresh(conn)  # every number change committed before this batch applies
             earlier = await claim_messages(conn, [
                 MessageClaim(d.meta.message_id, d.inbound.partition, d.inbound.offset, d.accepted,
                              d.reason.value if d.reason else None, d.meta.type, d.meta.sender) for d in claim])

@@ -84,6 +84,40 @@ async def test_outbox_row_commits_or_rolls_back_with_the_business_transaction(ag
     assert (await sdk.answer(inquiry, timeout=60)).status == "NOT_REGISTERED"
 
 
+async def test_bulk_inquiry_through_the_outbox_resumes_without_asking_twice(running_platform, pg, connector, sdk):
+    """一括照会 through the SDK: one answer per line; a batch cut short (two lines queued, then the caller
+    died) and called again queues only the rest — each line reached the hub once."""
+    mn, acct = my_number(), account()
+    await register_through_portal(running_platform.settings, pg, mn, acct)
+    await connector.enrol(AGENCY, "bulk-registered", mn)
+    people = ["bulk-registered", "bulk-unregistered", "bulk-not-enrolled", "bulk-other"]
+    for local_id in ("bulk-unregistered", "bulk-other"):
+        await connector.enrol(AGENCY, local_id, my_number())
+    batch = f"bulk-{running_platform.settings.kafka.topic_prefix}"
+    first = [await sdk.submit_line(batch, line, people[line - 1], procedure=PROCEDURE) for line in (1, 2)]
+    assert first == [await sdk.submit_line(batch, 1, people[0], procedure=PROCEDURE),
+                     await sdk.submit_line(batch, 2, people[1], procedure=PROCEDURE)]  # queued once
+
+    seen = []
+    answers = await sdk.inquire_batch(batch, people, procedure=PROCEDURE, window=2, timeout=90,
+                                      progress=seen.append)
+
+    assert [a.status for a in answers] == ["REGISTERED", "NOT_REGISTERED", "FAILED", "NOT_REGISTERED"]
+    assert answers[0].account["account_number"] == acct["account_number"]
+    assert "NOT_ENROLLED" in answers[2].detail
+    assert [a.inquiry_id for a in answers[:2]] == first and len(seen) == 4
+    rows = await connector.runtime.pool.fetch(
+        "SELECT batch_line, message_id FROM agency_outbox WHERE batch_id = $1 ORDER BY batch_line", batch)
+    assert [r["batch_line"] for r in rows] == [1, 2, 3, 4]  # one row per line, never two
+    sent = [r["message_id"] for r in rows if r["message_id"] is not None]
+    assert len(sent) == 3
+    assert await pg.fetchval("SELECT count(*) FROM hub_messages WHERE message_id = ANY($1::uuid[])", sent) == 3
+    again = await sdk.inquire_batch(batch, people, procedure=PROCEDURE, timeout=30)
+    assert [a.inquiry_id for a in again] == [a.inquiry_id for a in answers]
+    assert await connector.runtime.pool.fetchval("SELECT count(*) FROM agency_outbox WHERE batch_id = $1",
+                                                 batch) == 4
+
+
 async def test_broker_unreachable_rows_wait_then_go_out_exactly_once(running_platform, pg, connector, sdk):
     """What this proves: while the connector cannot produce, inquiries are sealed and WAIT (nothing lost),
     and once it can, each goes out exactly once and is answered once.
