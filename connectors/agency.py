@@ -175,8 +175,10 @@ class AgencyConnector:
     def __init__(self, settings: Settings, agencies: list[str], *, ops_port: int | None = None,
                  ops_host: str = "127.0.0.1") -> None:
         self.adapter = AgencyOutbox(agencies)
-        self.runtime = ConnectorRuntime(settings, agencies, [self.adapter],
-                                        group=f"{settings.kafka.topic_prefix}.connector.agency", ops_port=ops_port,
+        # One agency's connector is its own consumer group, which only its principal may join (infra.acls); a
+        # process serving several agencies (one operator, no ACLs between them) shares one.
+        group = f"{settings.kafka.topic_prefix}.connector.{agencies[0] if len(agencies) == 1 else 'agency'}"
+        self.runtime = ConnectorRuntime(settings, agencies, [self.adapter], group=group, ops_port=ops_port,
                                         ops_host=ops_host)
 
     async def __aenter__(self) -> AgencyConnector:

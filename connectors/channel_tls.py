@@ -20,17 +20,16 @@ client side: verify the peer against a CA file (or the system's trust store).
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from infra.certificates import certificate_authority, issue, subject_alternative_names, utc_now, write_file
 from infra.keystore import KeyStore
 from infra.settings import Settings
 
@@ -62,25 +61,6 @@ def client_context(cafile: Path | None = None) -> ssl.SSLContext:
     return context
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Renkei"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def channel_ca(settings: Settings) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path]:
     """The channel CA (created once): certificate, private key, and the path of its PEM for the banks."""
     store = KeyStore.for_settings(settings)
@@ -90,36 +70,15 @@ def channel_ca(settings: Settings) -> tuple[x509.Certificate, ec.EllipticCurvePr
         key = serialization.load_pem_private_key(key_path.read_bytes(), password)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key, cert_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("Renkei bank channel CA")
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(password)), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    cert, key = certificate_authority("Renkei bank channel CA")
+    write_file(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.BestAvailableEncryption(password)), 0o600)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key, cert_path
 
 
-def _sans(hosts: list[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(hosts):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return names
-
-
 def _covers(cert: x509.Certificate, ca: x509.Certificate, wanted: list[x509.GeneralName]) -> bool:
-    if cert.issuer != ca.subject or cert.not_valid_after_utc - RENEW_BEFORE < _now():
+    if cert.issuer != ca.subject or cert.not_valid_after_utc - RENEW_BEFORE < utc_now():
         return False
     try:
         present = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -134,24 +93,16 @@ def server_certificate(settings: Settings, name: str, hosts: list[str]) -> Serve
     store = KeyStore.for_settings(settings)
     password = store.secret(_PEM_SECRET)
     cert_path, key_path = store.dir / f"bank-http-{name}.crt", store.dir / f"bank-http-{name}.key"
-    wanted = _sans(hosts)
+    wanted = subject_alternative_names(hosts)
     if cert_path.exists() and key_path.exists():
         if _covers(x509.load_pem_x509_certificate(cert_path.read_bytes()), ca_cert, wanted):
             return ServerCertificate(cert_path, key_path, password)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(_name(f"Renkei bank HTTP channel {name}"))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=397))
-            .add_extension(x509.SubjectAlternativeName(wanted), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(password)), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM),
-           0o644)
+    cert, key = issue(ca_cert, ca_key, f"Renkei bank HTTP channel {name}", hosts, [ExtendedKeyUsageOID.SERVER_AUTH],
+                      397)
+    write_file(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.BestAvailableEncryption(password)), 0o600)
+    write_file(cert_path,
+               cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return ServerCertificate(cert_path, key_path, password)
 
 

@@ -65,6 +65,7 @@ class ChaosPlan:
     hub_kills: int = 3
     registry_kills: int = 1
     bank_kills: int = 1
+    broker_kills: int = 1  # Kafka brokers SIGKILLed and restarted (infra.chaos_broker), where a target is given
     hub_workers: int = 2
     inquiry_rate: float = 12.0  # STEP2 inquiries per second
     people: int = 60
@@ -260,13 +261,18 @@ class _Traffic:
 
 
 async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | None = None,
-                       say: Any = None) -> tuple[CrashReport, list[str]]:
+                       say: Any = None, brokers: Any = None) -> tuple[CrashReport, list[str]]:
     """Traffic + kills + drain + invariants on a running ``platform`` (hub, registry, banks). Returns the report
-    and the My Numbers used (for the leak scan)."""
+    and the My Numbers used (for the leak scan).
+
+    ``brokers`` (an ``infra.chaos_broker.BrokerTarget``): Kafka brokers to SIGKILL too, ``plan.broker_kills``
+    times among the worker kills, each restarted in the background; an acks=all ledger then proves that no
+    acknowledged record was lost."""
     import asyncpg
 
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
+    from infra.chaos_broker import AckLedger, BrokerKills
     from infra.kafka import producer as make_producer
     from infra.pgdsn import observer_dsn
 
@@ -279,6 +285,8 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     conn = await asyncpg.connect(observer_dsn(s))  # every component's schema, as the operator
     prod = make_producer(s)
     await prod.start()
+    broker_kills = BrokerKills(brokers) if brokers is not None and plan.broker_kills else None
+    ledger = AckLedger(s) if broker_kills is not None else None
     try:
         await traffic.setup(conn)
         await conn.execute("DELETE FROM bank_sim_behaviour")  # the demo's slow and double-answering banks
@@ -288,6 +296,9 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                 DicjDesk(s, group=f"{prefix}.chaos-dicj") as dicj:
             hubs = ["hub" if plan.hub_workers == 1 or k % 2 == 0 else "hub-2" for k in range(plan.hub_kills)]
             others = ["registry"] * plan.registry_kills + ["banks"] * plan.bank_kills
+            others += ["broker"] * (plan.broker_kills if broker_kills is not None else 0)
+            if ledger is not None:
+                await ledger.__aenter__()
             order: list[str] = []
             while hubs or others:  # hub kills alternate with the others
                 order += [hubs.pop(0)] if hubs else []
@@ -299,7 +310,7 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             next_kill = 0
             while (elapsed := time.monotonic() - started) < plan.traffic_s:
                 if next_kill < len(order) and elapsed >= times[next_kill]:
-                    kill_and_restart(platform, order[next_kill])
+                    _kill(platform, order[next_kill], broker_kills)
                     next_kill += 1
                 traffic.inquiry(bus)
                 if tick % max(1, round(plan.inquiry_rate / 2)) == 0:
@@ -314,8 +325,11 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
                 tick += 1
                 await asyncio.sleep(1 / plan.inquiry_rate)
             while next_kill < len(order):
-                kill_and_restart(platform, order[next_kill])
+                _kill(platform, order[next_kill], broker_kills)
                 next_kill += 1
+            if broker_kills is not None:
+                say(f"waiting for the killed brokers to serve again ({', '.join(broker_kills.killed)})")
+                await broker_kills.settle()
             if traffic.injected < plan.injected_bad:  # a busy machine ran fewer ticks than planned
                 await traffic.inject_bad(prod, plan.injected_bad - traffic.injected)
             say(f"draining {len(traffic.tasks)} requests and {len(traffic.lookups)} lookups")
@@ -330,10 +344,27 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
             seen = await _observe(conn, s, traffic, lookup_views, platform, rejected_from, participant_dead_before)
             report.invariants, report.problems = check(seen)
             report.counts = {**summary(seen), "kills": order}
+            if ledger is not None and broker_kills is not None:
+                kept = await ledger.check()
+                report.invariants.update(kept.invariants)
+                report.counts |= {"ledger": kept.to_json(), "brokers_killed": broker_kills.killed,
+                                  "broker_outage_s": broker_kills.outage_s}
+                if kept.lost or kept.duplicated:
+                    report.problems.append(f"ledger: lost {kept.lost[:10]}, duplicated {kept.duplicated[:10]}")
     finally:
+        if ledger is not None:
+            await ledger.stop()
         await prod.stop()
         await conn.close()
     return report, traffic.people
+
+
+def _kill(platform: Any, name: str, brokers: Any) -> None:
+    """A worker killed and restarted at once, or (``broker``) a Kafka broker killed and restarted in the background."""
+    if name == "broker":
+        brokers.kill()
+    else:
+        kill_and_restart(platform, name)
 
 
 async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
@@ -348,8 +379,14 @@ async def _quiesce(conn: Any, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.5)
 
 
-async def read_topic(settings: Settings, topic: str, partitions: int = 1) -> list[Any]:
-    """Every record of ``topic`` from offset 0 (read until idle)."""
+async def read_topic(settings: Settings, topic: str, partitions: int = 1, *, patience_s: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` from offset 0.
+
+    On Apache Kafka up to the end offsets taken at the start: an empty fetch proves nothing there (while a
+    leader moves after a broker's loss, fetches answer nothing for a while), so it reads until every
+    partition's position reaches its end, for up to ``patience_s``. On Tansu, whose end offsets are wrong,
+    until three fetches in a row bring nothing.
+    """
     from aiokafka import TopicPartition
 
     from infra.kafka import consumer
@@ -361,14 +398,24 @@ async def read_topic(settings: Settings, topic: str, partitions: int = 1) -> lis
         cons.assign(tps)
         for tp in tps:
             cons.seek(tp, 0)
+        ends = None if settings.kafka.tansu else await cons.end_offsets(tps)
+        deadline = time.monotonic() + patience_s
         out: list[Any] = []
         idle = 0
-        while idle < 3:
+        while True:
             batches = await cons.getmany(timeout_ms=200, max_records=10000)
             got = [r for rs in batches.values() for r in rs]
             out.extend(got)
             idle = 0 if got else idle + 1
-        return out
+            if ends is None:
+                if idle >= 3:
+                    return out
+            elif all([await cons.position(tp) >= ends[tp] for tp in tps]):
+                return out
+            elif time.monotonic() > deadline:
+                log.warning("read_topic %s: the end offsets were not reached in %.0f s; returning %d records",
+                            topic, patience_s, len(out))
+                return out
     finally:
         await cons.stop()
 
@@ -670,12 +717,18 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     return flows, used
 
 
-async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = None) -> dict[str, Any]:
-    """Demo flows, crash safety, hostile input and the leak scan on a fresh embedded platform."""
+async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = None,
+                    cluster: bool = False) -> dict[str, Any]:
+    """Demo flows, crash safety, hostile input and the leak scan on a fresh embedded platform.
+
+    ``cluster``: on a secured three-node cluster instead of the embedded broker (``infra.chaos_broker``:
+    each worker its own principal, the prefix's ACLs applied), one of its nodes killed in the crash-safety part.
+    """
+    from infra.chaos_broker import chaos_platform
     from infra.chaos_insider import insider_attacks
     from infra.embedded import stop_recorded
     from infra.leakscan import scan
-    from infra.stack import WORKERS, Platform
+    from infra.stack import WORKERS
 
     plan = QUICK if quick else FULL
     say = progress or (lambda _m: None)
@@ -688,8 +741,8 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
     stop_recorded(chaos_settings.state_dir)
     shutil.rmtree(chaos_settings.state_dir, ignore_errors=True)
     started = time.perf_counter()
-    out: dict[str, Any] = {"invariants": {}, "counts": {}}
-    async with Platform(chaos_settings) as platform:
+    out: dict[str, Any] = {"invariants": {}, "counts": {}, "broker": "cluster" if cluster else "embedded"}
+    async with chaos_platform(chaos_settings, cluster=cluster, say=say) as (platform, brokers):
         log_file = platform.stack.logs_dir / "chaos.log"
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -704,7 +757,7 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
             out["invariants"]["demo_flows_ok"] = all(f["ok"] for f in flows)
             out["counts"]["demo_flows"] = {f["name"]: f["ok"] for f in flows}
             say("crash safety")
-            crash, numbers = await crash_safety(platform, plan, say=say)
+            crash, numbers = await crash_safety(platform, plan, say=say, brokers=brokers)
             out["invariants"].update(crash.invariants)
             out["counts"]["crash"] = crash.counts
             out["problems"] = crash.problems[:50]  # which correlation, leg or count broke an invariant

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 import signal
@@ -193,20 +192,6 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         await admin.close()
 
 
-async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.acls import acl_bindings, kafka_acls_commands
-    from infra.participants import load_participants
-    from infra.topics import TopicNames
-
-    bindings = acl_bindings(TopicNames(settings.kafka.topic_prefix),
-                            load_participants(settings.participants_file, banks=settings.banks))
-    if args.json:
-        _print_json({"acls": [dataclasses.asdict(b) for b in bindings]})
-    else:
-        sys.stdout.write("\n".join(kafka_acls_commands(bindings)) + "\n")
-    return 0
-
-
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import print_report, run_demo
 
@@ -257,13 +242,14 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return await run(resolve_running(settings), args)
 
 
-async def _measured(module: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``bench`` or ``chaos`` (``infra.<module>``), print its report; returns the report."""
+async def _measured(module: str, settings: Settings, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """Run ``bench`` or ``chaos`` (``infra.<module>``) with ``options``, print its report; returns the report."""
     import importlib
 
     mod = importlib.import_module(f"infra.{module}")
     console = None if args.json else _console()
-    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=console.print if console else None)
+    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=console.print if console else None,
+                                                 **options)
     if args.json:
         _print_json(report)
     else:
@@ -277,8 +263,9 @@ async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    part = "chaos_insider" if getattr(args, "insider", False) else "chaos"  # --insider: infra.chaos_insider alone
-    return 0 if (await _measured(part, settings, args))["ok"] else 1
+    if getattr(args, "insider", False):  # --insider: infra.chaos_insider alone
+        return 0 if (await _measured("chaos_insider", settings, args))["ok"] else 1
+    return 0 if (await _measured("chaos", settings, args, cluster=args.cluster))["ok"] else 1
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also delete the embedded PostgreSQL data and the embedded Kafka's topics")
     topics = add("topics", cmd_topics, "apply or list the topic layout")
     topics.add_argument("action", choices=["apply", "list"])
-    add("acls", cmd_acls, "print the Kafka ACLs that confine each participant (kafka-acls.sh lines)")
     demo = add("demo", cmd_demo, "run the end-to-end scenario on the embedded stack and report")
     demo.add_argument("--serve", action="store_true",
                       help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
@@ -386,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     ops.replay_args(add("replay", cmd_replay, "replay a time window into a topic, or rewind a group to it"))
     add("bench", cmd_bench, "measure throughput and latency on a fresh embedded stack (docs/performance.md)") \
         .add_argument("--quick", action="store_true", help="smaller run, under 90 s")
-    chaos = add("chaos", cmd_chaos, "kill workers mid-traffic, feed hostile envelopes, scan for leaked My Numbers")
+    chaos = add("chaos", cmd_chaos, "kill workers and the broker mid-traffic, feed hostile envelopes, scan for "
+                                    "leaked My Numbers")
     chaos.add_argument("--quick", action="store_true", help="smaller run (what the tests do)")
+    chaos.add_argument("--cluster", action="store_true",
+                       help="on a secured three-node Kafka cluster (renkei cluster), killing one of its nodes")
     chaos_insider.register(chaos)  # --insider
     # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
     # operations.
@@ -396,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import serve as connector_serve
     from connectors import channel_key_command, lookup_commands
     from connectors import portal_card_command
-    from infra import broker_commands, config_commands, db_commands, keycommands, schema_commands
+    from infra import broker_commands, cluster_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
@@ -407,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker_commands.register(add)
     db_commands.register(add, common)
     portal_card_command.register()
+    cluster_commands.register(add)  # renkei cluster up|down|status, renkei acls [print|apply]
     __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show

@@ -18,6 +18,20 @@ from infra.settings import KafkaSettings, Settings
 from infra.topics import MAX_RECORD_BYTES
 
 
+def librdkafka_config(kafka: KafkaSettings) -> dict[str, str]:
+    """The same connection for a librdkafka client (confluent-kafka): the ACL and SCRAM admin calls
+    aiokafka has no API for (``infra.acl_apply``, ``infra.cluster``)."""
+    conf = {"bootstrap.servers": kafka.bootstrap, "security.protocol": kafka.security_protocol.lower()}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        for key, value in (("ssl.ca.location", kafka.ssl_cafile), ("ssl.certificate.location", kafka.ssl_certfile),
+                           ("ssl.key.location", kafka.ssl_keyfile)):
+            if value:
+                conf[key] = value
+    if kafka.security_protocol.startswith("SASL"):
+        conf |= {"sasl.mechanism": kafka.sasl_mechanism or "PLAIN", "sasl.username": kafka.sasl_username,
+                 "sasl.password": kafka.sasl_password}
+    return conf
+
 
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**settings.kafka.client_options(), request_timeout_ms=30000)

@@ -47,6 +47,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def check_port_free(port: int, what: str, flag: str, host: str = "127.0.0.1") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers bind (Kafka and PostgreSQL set SO_REUSEADDR): only a listener makes the port busy,
+        # not the TIME_WAIT connections a just-stopped server on that port leaves behind.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

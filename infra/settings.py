@@ -33,6 +33,11 @@ class KafkaSettings:
     sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
+    # A file holding the password (a mounted secret), read when no password is given: never on a command line.
+    sasl_password_file: str = ""
+    # A folder of ``<principal>.password`` files (0600; `renkei cluster up` writes one): the processes the
+    # platform starts for a participant log in as that participant (:meth:`Settings.as_principal`).
+    credentials_dir: str = ""
     topic_prefix: str = "renkei"
     replication: int = 1  # replication factor for created topics (3 on a production cluster)
     # Which broker: `auto` (the embedded Apache Kafka when Java 17+ is found, else Tansu), `kafka`
@@ -46,6 +51,25 @@ class KafkaSettings:
     # for a consumer of many inboxes, whose every fetch costs the broker and the client per partition.
     tansu_fetch_wait_ms: int = 20
     tansu_fetch_wait_max_ms: int = 250
+
+    def environment(self) -> dict[str, str]:
+        """``RENKEI_KAFKA_*`` variables that hand a child process this security configuration.
+
+        Secrets go by environment or by file, never on a command line (``ps`` shows those). The
+        password itself is passed only when no file holds it; an empty value clears a password the
+        parent's own environment may carry (the child logs in as its own principal).
+        """
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        env = {"RENKEI_KAFKA_SECURITY_PROTOCOL": self.security_protocol,
+               "RENKEI_KAFKA_SSL_CAFILE": self.ssl_cafile, "RENKEI_KAFKA_SSL_CERTFILE": self.ssl_certfile,
+               "RENKEI_KAFKA_SSL_KEYFILE": self.ssl_keyfile, "RENKEI_KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+               "RENKEI_KAFKA_SASL_USERNAME": self.sasl_username,
+               "RENKEI_KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file,
+               "RENKEI_KAFKA_SASL_PASSWORD": "" if self.sasl_password_file else self.sasl_password,
+               "RENKEI_KAFKA_CREDENTIALS_DIR": self.credentials_dir,
+               "RENKEI_KAFKA_REPLICATION": str(self.replication)}
+        return env
 
     @property
     def tansu(self) -> bool:
@@ -151,6 +175,22 @@ class Settings:
         kafka = dataclasses.replace(self.kafka, bootstrap=bootstrap, broker=broker or self.kafka.broker)
         return dataclasses.replace(self, kafka=kafka, pg_dsn=pg_dsn)
 
+    def as_principal(self, principal: str) -> Settings:
+        """A copy that logs in to Kafka as ``principal`` (``infra.acls`` names them).
+
+        Only with SASL and a credentials folder (``kafka.credentials_dir``, e.g. `renkei cluster up`'s):
+        then its user name and ``<principal>.password`` file. Otherwise the settings as they are: the
+        embedded broker knows no principals, and a deployment that gives each process its own
+        credentials configures them directly.
+        """
+        k = self.kafka
+        if not k.security_protocol.startswith("SASL") or not k.credentials_dir:
+            return self
+        password_file = Path(k.credentials_dir) / f"{principal}.password"
+        kafka = dataclasses.replace(k, sasl_username=principal, sasl_password_file=str(password_file),
+                                    sasl_password=_read_secret(password_file, "kafka_credentials_dir"))
+        return dataclasses.replace(self, kafka=kafka)
+
 
 class Duration(int):
     """Marker type of duration settings: whole seconds, given as ``90`` or with a unit (``90s``, ``30m``,
@@ -184,6 +224,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_sasl_mechanism": (("kafka", "sasl_mechanism"), str),
     "kafka_sasl_username": (("kafka", "sasl_username"), str),
     "kafka_sasl_password": (("kafka", "sasl_password"), str),
+    "kafka_sasl_password_file": (("kafka", "sasl_password_file"), str),
+    "kafka_credentials_dir": (("kafka", "credentials_dir"), str),
     "kafka_topic_prefix": (("kafka", "topic_prefix"), str),
     "kafka_replication": (("kafka", "replication"), int),
     "broker": (("kafka", "broker"), str),
@@ -223,6 +265,13 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 BROKERS = ("auto", "kafka", "tansu")
 DEFAULT_CACHE = Path.home() / ".cache" / "renkei"
+
+
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from None
 
 
 def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,6 +352,9 @@ def load_settings(
             kafka_kwargs[path[1]] = value
         else:
             top_kwargs[path[0]] = value
+    if kafka_kwargs.get("sasl_password_file") and not kafka_kwargs.get("sasl_password"):
+        kafka_kwargs["sasl_password"] = _read_secret(Path(kafka_kwargs["sasl_password_file"]),
+                                                     "kafka_sasl_password_file")
     kafka = KafkaSettings(**kafka_kwargs)
     if kafka.security_protocol not in _PROTOCOLS:
         raise ConfigError(

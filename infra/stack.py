@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from infra.acls import BANK_SIMULATOR, KEY_PUBLISHER
 from infra.embedded import EmbeddedStack, process_alive, spawn_python
 from infra.errors import StackError
 from infra.settings import Settings
@@ -25,6 +26,7 @@ class WorkerSpec:
     module: str
     args: Callable[[Settings], list[str]]
     group: Callable[[Settings], str] | None = None  # consumer group whose membership means "ready"
+    principal: str = ""  # the Kafka principal it logs in as on a secured cluster (infra.acls); "" = its name
 
 
 def settings_args(settings: Settings) -> list[str]:
@@ -68,7 +70,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 WORKERS: list[WorkerSpec] = [
     WorkerSpec("hub", "streams.hub", settings_args, lambda s: f"{s.kafka.topic_prefix}.hub"),
     WorkerSpec("registry", "streams.registry", settings_args, lambda s: f"{s.kafka.topic_prefix}.registry"),
-    WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks"),
+    WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks",
+               principal=BANK_SIMULATOR),
     WorkerSpec("dicj", "connectors.dicj", settings_args, lambda s: f"{s.kafka.topic_prefix}.dicj"),
 ]
 """Workers `renkei up` starts, in order, each a supervised child process."""
@@ -132,7 +135,7 @@ class Platform:
                                    replication=self.settings.kafka.replication)
             finally:
                 await admin.close()
-            await bootstrap_keys(self.settings, self.participants)
+            await bootstrap_keys(self.settings.as_principal(KEY_PUBLISHER), self.participants)
             for worker in self.workers:
                 self.start_worker(worker)
         except BaseException:
@@ -176,7 +179,10 @@ class Platform:
     def start_worker(self, worker: WorkerSpec, *, name: str | None = None) -> None:
         name = name or worker.name
         log = self.stack.logs_dir / f"{name}.log"
-        proc = spawn_python(worker.module, worker.args(self.settings), log, env=settings_env(self.settings),
+        # On a secured cluster each worker logs in as its own principal; its credentials go by environment.
+        kafka_env = self.settings.as_principal(worker.principal or worker.name).kafka.environment()
+        proc = spawn_python(worker.module, worker.args(self.settings), log,
+                            env={**settings_env(self.settings), **kafka_env},
                             die_with_parent=self.die_with_parent)
         # The endpoint stays empty here: the worker publishes its metrics URL itself once serving
         # (infra.metrics), and `renkei status` fills it in from there.

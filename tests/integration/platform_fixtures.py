@@ -12,8 +12,9 @@ fixtures into a test module with ``from tests.integration.platform_fixtures impo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from infra.keystore import KeyStore
 from infra.pgdsn import observer_dsn
 from infra.pgprovision import drop_database_namespace
 from infra.pseudonyms import HubPseudonyms
-from infra.settings import Settings
+from infra.settings import KafkaSettings, Settings
 from infra.stack import WORKERS, Platform
 
 __all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms", "correlation_seen_by",
@@ -55,21 +56,28 @@ def correlation_seen_by(settings: Settings, correlation_id: str | uuid.UUID, sen
 @contextlib.asynccontextmanager
 async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
                             participants_file: Path = PARTICIPANTS_FILE, workers: list[str] | None = None,
-                            banks: int | None = None, prefix_letter: str = "p",
+                            banks: int | None = None, prefix_letter: str = "p", kafka: KafkaSettings | None = None,
+                            prepare: Callable[[Settings], Awaitable[None]] | None = None,
                             **overrides: Any) -> AsyncIterator[Platform]:
     """Workers as real processes under a fresh topic prefix and PostgreSQL namespace, ready to serve.
 
     ``database``: the session's (``tests.conftest.Database``). ``workers`` names a subset of
     ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are further ``Settings`` fields (e.g.
     ``registry_check_deadline_s``), handed to the workers too. The platform creates its namespace's schemas.
+    ``kafka`` replaces the session broker's settings (the secured cluster: its admin's login);
+    ``prepare`` runs before the platform starts (e.g. applying the prefix's ACLs).
     """
     prefix = prefix_letter + uuid.uuid4().hex[:10]
     settings = database.settings(endpoints, namespace=prefix, state_dir=state,
                                  participants_file=participants_file,
                                  **({"banks": banks} if banks is not None else {}), **overrides)
+    if kafka is not None:
+        settings = dataclasses.replace(settings, kafka=dataclasses.replace(kafka, topic_prefix=prefix))
     chosen = WORKERS if workers is None else [w for w in WORKERS if w.name in workers]
     platform = Platform(settings, workers=chosen, die_with_parent=True)
     try:
+        if prepare is not None:
+            await prepare(settings)
         await platform.start()
         await platform.wait_ready(120)
         yield platform
