@@ -765,10 +765,16 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
             hostile = await bad_input(platform, plan, say=say)
             out["invariants"].update({f"bad_input_{k}": v for k, v in hostile.invariants.items()})
             out["counts"]["bad_input"] = hostile.counts
-            inside = await insider_attacks(platform, say=say)  # infra.chaos_insider: issue 13's insiders
-            out["invariants"].update(inside.invariants)
-            out["counts"]["insider"], numbers = inside.counts, [*numbers, *inside.my_numbers]
-            out["problems"] += inside.problems
+            if cluster:
+                # On the secured cluster the ACLs already refuse the insiders' "writer on every topic" (what
+                # tests/integration/test_cluster.py proves); their attacks assume the embedded broker's
+                # open topics, so they run there (`renkei chaos` or `renkei chaos --insider`).
+                out["counts"]["insider"] = "not run on the cluster: its ACLs refuse a writer on every topic"
+            else:
+                inside = await insider_attacks(platform, say=say)  # infra.chaos_insider: issue 13's insiders
+                out["invariants"].update(inside.invariants)
+                out["counts"]["insider"], numbers = inside.counts, [*numbers, *inside.my_numbers]
+                out["problems"] += inside.problems
             say("leak scan")
             leaks = await scan(platform.settings, [*demo_numbers, *numbers, "123456789018"],
                                [platform.stack.logs_dir, chaos_settings.state_dir / "logs"])
