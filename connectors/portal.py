@@ -9,8 +9,9 @@ like a wrong PIN), then, in Japanese or English (``connectors/static/``):
 - registers, changes or deletes it (STEP1, ``registration.request`` to the
   registry, answered after the bank's existence check: pending, confirmed or
   refused and why);
-- files an account-numbering request (付番申出, ``numbering.request`` to each
-  named bank) and sees each bank's answer;
+- files an account-numbering request (付番申出: ``numbering.request`` to the one
+  bank named, or to DICJ for several, which answers with ONE consolidated
+  ``numbering.result``) and sees each bank's answer;
 - reads their notices (お知らせ, :mod:`connectors.portal_notices`) as they arrive;
 - reads their provision records (情報提供等記録) by participant name, verified
   against the latest signed checkpoint (:mod:`infra.records_verify`: OK /
@@ -139,8 +140,18 @@ class Portal(ChannelAdapter):
             "answered_at = now() WHERE correlation_id = $1::uuid", ctx.meta.correlation_id, json.dumps(answers), done)
 
     async def on_numbering_result(self, ctx: Context) -> None:
-        """DICJ's consolidated result of a numbering the person filed at a bank: a notice."""
+        """DICJ's consolidated result: the answer to a numbering filed here for several banks (one status per
+        bank; a bank DICJ heard nothing from by its deadline is NO_ANSWER), or of one the person filed at a
+        bank's counter. Either way it is also a notice."""
         assert self.notices is not None
+        banks = await ctx.conn.fetchval("SELECT banks FROM portal_requests WHERE correlation_id = $1::uuid "
+                                        "FOR UPDATE", ctx.meta.correlation_id)
+        if banks is not None:
+            outcomes = {o["bank_code"]: o["status"] for o in ctx.body["outcomes"]}
+            answers = {code: outcomes.get(code, "NO_ANSWER") for code in json.loads(banks)}
+            await ctx.conn.execute(
+                "UPDATE portal_requests SET banks = $2::jsonb, status = 'DONE', answered_at = now() "
+                "WHERE correlation_id = $1::uuid", ctx.meta.correlation_id, json.dumps(answers))
         await self.notices.store(ctx.conn, ctx.meta.message_id, ctx.meta.subject, ctx.meta.sender,
                                  numbering_notice(ctx.body, ctx.meta.correlation_id))
 
@@ -327,9 +338,12 @@ class Portal(ChannelAdapter):
                             field="bank_codes")
         correlation = str(uuid.uuid4())
         body = {"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None, "requested_at": datetime.now(UTC)}
-        messages = [Message(body=body, type=T.NUMBERING_REQUEST, to=b.id, subject=person.token,
+        # One bank answers for itself; several are asked through DICJ, which gathers their answers into ONE
+        # consolidated numbering.result (口座管理法: the request names every bank, one answer comes back).
+        recipients = [banks[0].id] if len(banks) == 1 else ["dicj"]
+        messages = [Message(body=body, type=T.NUMBERING_REQUEST, to=to, subject=person.token,
                             data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
-                            correlation_id=correlation) for b in banks]
+                            correlation_id=correlation) for to in recipients]
         return await self._send(person, "numbering", messages, banks=codes)
 
     _REQUEST_COLUMNS = "correlation_id, kind, status, detail, banks, created_at, answered_at"

@@ -406,7 +406,7 @@ async def test_a_registration_an_agency_files_alongside_a_procedure_shows_on_the
         assert me["account"]["bank_code"] == "9002" and me["account"]["filed_by"] == "agency-nta"
 
 
-async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice(running_platform, pg, bus, portal):
+async def test_numbering_at_several_banks_is_one_result_through_dicj_and_a_lookup_result_is_a_notice(running_platform, pg, bus, portal):
     acct, mn = account("9001", "ヤマモト サクラ"), my_number()
     await hold_account(running_platform.settings, pg, mn, acct)
     card, _ = await issue(portal, "1212", mn)
@@ -419,9 +419,11 @@ async def test_numbering_goes_to_each_named_bank_and_a_lookup_result_is_a_notice
         sent = await portal.runtime.pool.fetchval(
             "SELECT array_length(message_ids, 1) FROM connector_source_log WHERE source_key = $1",
             f"request/{body['request_id']}")
-        assert sent == 2
+        assert sent == 1  # several banks: one request through DICJ, one consolidated result back
         answered = await follow(v, body["request_id"])
         assert answered["state"] == "ANSWERED" and answered["banks"] == {"9000": "NO_ACCOUNT", "9001": "LINKED"}
+        (numbered,) = await notices(v, "NUMBERING")
+        assert numbered["bank_codes"] == ["9001"] and numbered["reference"] == body["request_id"]
 
         # 災害時照会 under a declared disaster: the platform's DICJ worker asks the designated banks; its result is
         # also a notice to the person, naming the banks that reported accounts
