@@ -39,6 +39,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).parents[2]
 AGENCY = "agency-nta"
+PROCEDURE = "income-tax-refund"  # one AGENCY is entitled to (infra/procedures.toml)
 RNG = random.Random()
 NOBODY = Path("/nonexistent/renkei-test.pgpass")  # no password file: what a local user without the secret has
 
@@ -82,8 +83,9 @@ async def step1(settings: Settings, bus: BusClient, pg: asyncpg.Connection, bank
 async def step2(bus: BusClient, mn: str) -> dict:
     """Good traffic: an agency asks which account to pay into."""
     answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, mn),
-                               body={"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": now()},
-                               data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=90)
+                               body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+                               data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE,
+                               timeout=90)
     return answer.body
 
 
