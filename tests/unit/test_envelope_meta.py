@@ -27,6 +27,7 @@ from infra.errors import Reason
 from schemas import codec
 from tests.unit.envelope_world import T0, example_body, rejected
 from tests.unit.envelope_world import world  # noqa: F401 - fixture
+from tests.unit.golden_world import fixed_keyset
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
@@ -45,13 +46,6 @@ GOLDEN = [("074d52b7cfcc549dc4a3601f5516ceff34a27a906a9692664017b1b8e3fd246e", 5
           ("f2bb1d486856b4f6b2edb9a76d3e5e21759e20d779dcae8ad139281c7e679337", 702)]
 
 
-def _fixed_keyset(pid: str) -> K.Keyset:
-    seed = hashlib.sha256(pid.encode()).digest()
-    at = int(T0 * 1000) - 86_400_000
-    return K.Keyset(pid, "x25519", [K._SignKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(seed), at)],
-                    [K._EncKey(pid, K.X25519, hashlib.sha256(b"enc" + seed).digest(), at)])
-
-
 @pytest.fixture
 def deterministic(monkeypatch):
     """Every random input of sealing fixed: HPKE replaced by a stand-in, data keys and nonces all zero."""
@@ -60,7 +54,7 @@ def deterministic(monkeypatch):
     monkeypatch.setattr(E.secrets, "token_bytes", lambda n=32: bytes(n))
     monkeypatch.setattr(AESGCM, "generate_key", staticmethod(lambda bit_length: bytes(bit_length // 8)))
     root = K.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
-    sets = {p: _fixed_keyset(p) for p in ("agency-a", "registry", "bank-1", "bank-2")}
+    sets = {p: fixed_keyset(p) for p in ("agency-a", "registry", "bank-1", "bank-2")}
     directory = K.KeyDirectory.verify_and_load(
         root.snapshot([e for k in sets.values() for e in k.public_entries()], now=datetime.fromtimestamp(T0, UTC)),
         root.public_key)
