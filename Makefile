@@ -1,6 +1,6 @@
 # Renkei developer entry points. Needs Python 3.11+ (PYTHON=python3.12 to choose another), and Java 17+
 # with Maven for the embedded Apache Kafka (`renkei broker fetch` resolves its jars once from
-# infra/kafka/pom.xml); without Java the memory-only Tansu broker is used, with a warning.
+# infra/platform/kafka/pom.xml); without Java the memory-only Tansu broker is used, with a warning.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -48,7 +48,7 @@ bench: broker  ## throughput and latency against the broker's own limit (docs/pe
 chaos: broker  ## crash safety, hostile input and leak scan (docs/performance.md)
 	$(BIN)/renkei chaos
 
-mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/tokens.py for one, RERUN=1 for the undetected only
+mutation: $(MSTAMP)  ## mutation score of the security core on the unit tests (docs/testing.md); MODULE=infra/crypto/tokens.py for one, RERUN=1 for the undetected only
 	$(MBIN)/python tests/mutation_scope.py $(if $(RERUN),rerun,run) $(MODULE)
 
 up: broker

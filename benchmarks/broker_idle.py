@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.bench import cpu_seconds, peak_rss_mb
-from infra.embedded import EmbeddedStack
-from infra.settings import load_settings
+from infra.tools.bench import cpu_seconds, peak_rss_mb
+from infra.platform.embedded import EmbeddedStack
+from infra.core.settings import load_settings
 
 
 def rss_mb(pid: int) -> float:
@@ -58,7 +58,7 @@ async def start_times(broker: str, starts: int, root: Path) -> dict[str, Any]:
 
 
 async def idle_platform(broker: str, seconds: float, settle: float, root: Path) -> dict[str, Any]:
-    from infra.stack import Platform
+    from infra.platform.stack import Platform
 
     settings = load_settings(environ=dict(os.environ) | {"RENKEI_BROKER": broker},
                              cli={"state_dir": str(root / "idle")})

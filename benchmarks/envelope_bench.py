@@ -4,7 +4,7 @@ Per-message signatures (one Ed25519 signature each) against batch signatures
 (one signature over a Merkle root; verifiers cache verified roots) at batch
 sizes 1, 16 and 128, each forwarded as before (the origin's ids) and as
 unlinkable legs (ids of their own, the origin's sealed to the recipient:
-``infra.pseudonyms`` + ``LegIds``). ``--fanout N`` also times one lookup
+``infra.crypto.pseudonyms`` + ``LegIds``). ``--fanout N`` also times one lookup
 fanned out to N banks through the hub, both ways, and the banks' opening of
 their legs. Run: ``python -m benchmarks.envelope_bench [--messages N] [--fanout N]``.
 """
@@ -15,11 +15,11 @@ import argparse
 import time
 from datetime import UTC, datetime
 
-from infra.envelope import HubForwarder, MemoryReplayGuard, Message, Opener, Sealer, Verifier
-from infra.keys import KeyDirectory, Keyset, RootAuthority
-from infra.participants import Kind, Participant, Participants
-from infra.pseudonyms import HubPseudonyms
-from infra.tokens import TokenAuthority
+from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Message, Opener, Sealer, Verifier
+from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
+from infra.domain.participants import Kind, Participant, Participants
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.crypto.tokens import TokenAuthority
 
 BODY = {"procedure_code": "KYUFU-0001", "purpose": "benefit payment", "requested_at": datetime(2025, 4, 1, tzinfo=UTC)}
 MY_NUMBER = "123456789018"  # synthetic (check digit valid), never a real person's

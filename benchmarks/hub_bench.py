@@ -23,8 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from infra import bench
-from infra.settings import KafkaSettings, Settings
+from infra.tools import bench
+from infra.core.settings import KafkaSettings, Settings
 
 
 def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:
@@ -46,8 +46,8 @@ def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:
 
 
 async def run(messages: int, per_message: bool, profile: str | None, murmur2: bool = False) -> dict[str, Any]:
-    from infra.embedded import EmbeddedStack
-    from infra.kafka import producer as make_producer
+    from infra.platform.embedded import EmbeddedStack
+    from infra.platform.kafka import producer as make_producer
     from streams.gateway import Inbound
     from streams.hub import HubService, single_partition_first
 

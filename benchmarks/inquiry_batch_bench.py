@@ -26,16 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.settings import Settings
-from infra.stack import WORKERS, Platform
+from infra.core.settings import Settings
+from infra.platform.stack import WORKERS, Platform
 
 AGENCY, PROCEDURE = "agency-city-minato", "child-allowance"
 
 
 async def run(people: int, registered: int, window: int, keep: bool) -> dict:
-    from infra.pgdsn import public_dsn
-    from infra.stack import settings_env
-    from infra.validation import generate_my_number
+    from infra.platform.pgdsn import public_dsn
+    from infra.platform.stack import settings_env
+    from infra.domain.validation import generate_my_number
 
     state = Path(tempfile.mkdtemp(prefix="renkei-batch-bench-"))
     settings = Settings(state_dir=state, log_level="WARNING")
@@ -48,7 +48,7 @@ async def run(people: int, registered: int, window: int, keep: bool) -> dict:
         numbers = [generate_my_number(rng) for _ in range(people)]
         t0 = time.perf_counter()
         from connectors.client import BusClient
-        from infra.bench import register_people
+        from infra.tools.bench import register_people
 
         async with BusClient(s, ["portal"], group=f"{s.kafka.topic_prefix}.batch-bench") as bus:
             await register_people(s, bus, numbers[:registered], first_account=2_000_000, timeout=120)

@@ -5,7 +5,7 @@ Not a timed test: run it by hand and read the figures.
     .venv/bin/python -m benchmarks.keys_bench --banks 1000
 
 It starts the embedded broker and PostgreSQL in a temporary state folder, applies the topic layout
-for ``--banks`` simulated banks, then times ``infra.stack.bootstrap_keys`` three times: with no keys
+for ``--banks`` simulated banks, then times ``infra.platform.stack.bootstrap_keys`` three times: with no keys
 (every keyset generated, the directory published), with the keys and the directory in place (the
 second ``renkei up``), and with the keys in place but the topic emptied (a memory broker restarted:
 the directory is published again from the root holder's journal). Last it times loading the
@@ -23,16 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.settings import Settings
+from infra.core.settings import Settings
 
 
 async def run(banks: int) -> dict:
-    from infra.embedded import EmbeddedStack
-    from infra.kafka import admin_client
-    from infra.keystore import KeyStore, load_directory
-    from infra.participants import load_participants
-    from infra.stack import bootstrap_keys
-    from infra.topics import TopicNames, apply_layout, layout
+    from infra.platform.embedded import EmbeddedStack
+    from infra.platform.kafka import admin_client
+    from infra.platform.keystore import KeyStore, load_directory
+    from infra.domain.participants import load_participants
+    from infra.platform.stack import bootstrap_keys
+    from infra.platform.topics import TopicNames, apply_layout, layout
 
     state = Path(tempfile.mkdtemp(prefix="renkei-keys-bench-"))
     out: dict = {"banks": banks}

@@ -13,7 +13,7 @@ directory load take, numbers one person's accounts at three banks, then:
    sent by DICJ → consolidated ``lookup.result`` received by DICJ: p50;
 2. ``--sustain-s`` seconds with ``--concurrency`` lookups in flight:
    completed lookups per second (each = 1 fan-out + N answers + 1 result),
-   p50/p99 — the lookup phase of ``renkei bench`` (``infra.bench.lookups``).
+   p50/p99 — the lookup phase of ``renkei bench`` (``infra.tools.bench.lookups``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.settings import Settings
-from infra.stack import WORKERS, Platform
+from infra.core.settings import Settings
+from infra.platform.stack import WORKERS, Platform
 
 
 async def run(banks: int, lookups: int, sustain_s: float, concurrency: int, keep: bool) -> dict:
-    from infra.keystore import KeyStore, load_directory
+    from infra.platform.keystore import KeyStore, load_directory
 
     state = Path(tempfile.mkdtemp(prefix="renkei-lookup-bench-"))
     settings = Settings(state_dir=state, banks=banks, log_level="WARNING")
@@ -49,7 +49,7 @@ async def run(banks: int, lookups: int, sustain_s: float, concurrency: int, keep
         directory = await load_directory(s, KeyStore.for_settings(s).root_public_key())
         out["directory_load_s"] = round(time.perf_counter() - t2, 2)
         out["directory_entries"] = len(directory)
-        from infra.bench import lookups as measure  # the same lookup phase as `renkei bench`
+        from infra.tools.bench import lookups as measure  # the same lookup phase as `renkei bench`
 
         out.update(await measure(s, lookups, sustain_s, concurrency))
     finally:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from infra import policy as P
-from infra.errors import PolicyDenied
-from infra.participants import Kind, load_participants
+from infra.domain import policy as P
+from infra.core.errors import PolicyDenied
+from infra.domain.participants import Kind, load_participants
 
 
 def _rate(n: int, step: object) -> float:

@@ -26,8 +26,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from infra.provisions import ProvisionRecord, ProvisionStore, RecordDraft
-from infra.storage import create_pool
+from infra.records.provisions import ProvisionRecord, ProvisionStore, RecordDraft
+from infra.platform.storage import create_pool
 
 _PLAIN = """
 CREATE TABLE bench_plain_records (record_id uuid, message_id uuid, correlation_id uuid, person_token text,
@@ -95,7 +95,7 @@ async def run(dsn: str, records: int, runs: int) -> list[dict[str, float]]:
 async def _main(args: argparse.Namespace) -> list[dict[str, float]]:
     if args.dsn:
         return await run(args.dsn, args.records, args.runs)
-    from infra.embedded import EmbeddedStack
+    from infra.platform.embedded import EmbeddedStack
 
     root = Path(tempfile.mkdtemp(prefix="renkei-provisions-bench-"))
     try:

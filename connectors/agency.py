@@ -11,7 +11,7 @@ connector, a channel adapter of :class:`connectors.runtime.ConnectorRuntime`:
   ``provision.inquiry`` to the registry and marks the row ``SEALED`` — all in one
   transaction, keyed by the inquiry id, so a row is published exactly once.
   The row's procedure code (a public-benefit procedure of
-  ``infra/procedures.toml``) goes into the envelope's signed metadata, where
+  ``infra/domain/procedures.toml``) goes into the envelope's signed metadata, where
   the hub checks the agency's entitlement, and into the body as before;
 - the participant runtime relays sealed messages to the broker when it is
   reachable (``SENT`` afterwards); while it is not, they wait;
@@ -31,9 +31,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from infra.envelope import Message
-from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.settings import Settings
+from infra.crypto.envelope import Message
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.core.settings import Settings
 from schemas import types as T
 from streams.participant import Context
 
@@ -175,7 +175,7 @@ class AgencyConnector:
     def __init__(self, settings: Settings, agencies: list[str], *, ops_port: int | None = None,
                  ops_host: str = "127.0.0.1") -> None:
         self.adapter = AgencyOutbox(agencies)
-        # One agency's connector is its own consumer group, which only its principal may join (infra.acls); a
+        # One agency's connector is its own consumer group, which only its principal may join (infra.platform.acls); a
         # process serving several agencies (one operator, no ACLs between them) shares one.
         group = f"{settings.kafka.topic_prefix}.connector.{agencies[0] if len(agencies) == 1 else 'agency'}"
         self.runtime = ConnectorRuntime(settings, agencies, [self.adapter], group=group, ops_port=ops_port,

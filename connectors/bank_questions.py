@@ -23,8 +23,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.errors import ValidationError
-from infra.validation import validate_bank_account
+from infra.core.errors import ValidationError
+from infra.domain.validation import validate_bank_account
 from schemas import types as T
 from streams.participant import Context
 

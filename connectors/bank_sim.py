@@ -66,18 +66,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.envelope import Message
-from infra.participants import Kind, load_participants
-from infra.policy import (
+from infra.crypto.envelope import Message
+from infra.domain.participants import Kind, load_participants
+from infra.domain.policy import (
     BASIS_BANK_INTAKE,
     BASIS_NUMBERING,
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.settings import Settings
-from infra.validation import validate_bank_account
+from infra.core.settings import Settings
+from infra.domain.validation import validate_bank_account
 from schemas import types as T
-from infra.metrics import Counter
+from infra.platform.metrics import Counter
 from streams.participant import Context, ParticipantRuntime
 
 log = logging.getLogger("renkei.bank")
@@ -399,10 +399,10 @@ async def apply_lookup_at_counter(runtime: ParticipantRuntime, bank_id: str, tok
                                   application: dict[str, Any]) -> str:
     """An heir (``kind`` ``"INHERITANCE"``: ``token`` is the deceased as this bank knows them) or a depositor
     in a declared disaster (``"DISASTER"``) applies at ``bank_id``'s counter; the bank sends the application to
-    DICJ.  ``application``: the body's fields (:mod:`infra.lookup_applications`).  Returns the correlation id;
+    DICJ.  ``application``: the body's fields (:mod:`infra.domain.lookup_applications`).  Returns the correlation id;
     DICJ's notification lands in ``bank_lookup_notifications`` (:func:`lookup_notifications`)."""
-    from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
-    from infra.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
+    from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
+    from infra.domain.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
 
     bank = runtime.participants.get(bank_id)
     assert bank is not None and bank.kind is Kind.BANK

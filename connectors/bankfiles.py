@@ -28,7 +28,7 @@ Kinds the bank drops, by file-name prefix (full format in docs/connectors.md):
 - ``ANS*.csv``  the bank's answers to our ``CHK_*.csv`` existence checks (口座実在性確認) → ``existence.answer``.
   A check names the person as the bank knows them (its customer reference when linked, and its token); the
   answer carries the result *and* the holder flag (does the bank's record for this person hold the
-  account?): :func:`infra.validation.existence_outcome`.
+  account?): :func:`infra.domain.validation.existence_outcome`.
 - ``LAN*.csv``  the bank's answers to our ``LKP_*.csv`` lookups (one record per numbered account, or one
   empty record for none) → ``lookup.answer`` to DICJ; it may come in a later batch (the next morning).
 - ``NAK*.csv``  the bank's answers to our ``NRQ_*.csv`` numbering requests → ``numbering.ack``.
@@ -38,7 +38,7 @@ Kinds the connector writes besides ``RES_``/``LATE_``/``REJ_``: the questions ``
 (a reminder of a lookup has the same reference and its round) and ``NRQ_``, and the notices ``NRS_``
 and ``LNT_`` (:mod:`connectors.bank_questions`).
 
-Every record is validated with :mod:`infra.validation` (holder names in
+Every record is validated with :mod:`infra.domain.validation` (holder names in
 half-width kana, Zengin style).  A file whose structure is broken (no header,
 wrong bank, trailer count ≠ records) is rejected whole: a count mismatch means
 a truncated or padded file.  A file is identified by its SHA-256 and each
@@ -61,12 +61,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infra.envelope import Message
-from infra.errors import ValidationError
-from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
+from infra.crypto.envelope import Message
+from infra.core.errors import ValidationError
+from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
+from infra.domain.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
-from infra.validation import (
+from infra.domain.validation import (
     EXISTENCE_RESULTS,
     existence_outcome,
     to_zengin_halfwidth,

@@ -46,7 +46,7 @@ Client (us → the bank), signed, ``Idempotency-Key: <message id>``, to
 ``{bank_url}/v1/…`` (https): the questions ``existence-checks`` (口座実在性確認:
 ``200 {result, holder}`` from the bank's own customer data, ``holder`` saying
 whether its record for this person holds the account — a CONFIRMED without it is
-NOT_HOLDER: :func:`infra.validation.existence_outcome`), ``lookups`` (a lookup
+NOT_HOLDER: :func:`infra.domain.validation.existence_outcome`), ``lookups`` (a lookup
 or its reminder: ``200 {accounts}``, or ``202`` and the answer later) and
 ``numbering-requests`` (``200 {status, accounts_linked}``, or ``202`` and later);
 the notices ``numbering-results`` and ``lookup-notifications`` (any ``2xx``).
@@ -71,10 +71,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from infra.errors import ConfigError, Reason, Rejection, ValidationError
-from infra.metrics import Counter
-from infra.settings import Settings
-from infra.validation import existence_outcome, validate_my_number, validate_reference
+from infra.core.errors import ConfigError, Reason, Rejection, ValidationError
+from infra.platform.metrics import Counter
+from infra.core.settings import Settings
+from infra.domain.validation import existence_outcome, validate_my_number, validate_reference
 from schemas import types as T
 from streams.participant import Context
 

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from infra.lookup_applications import EVIDENCE_KINDS, RELATIONSHIPS
-from infra.validation import CONSENT_GIVERS, CONSENT_METHODS, EXISTENCE_RESULTS
+from infra.domain.lookup_applications import EVIDENCE_KINDS, RELATIONSHIPS
+from infra.domain.validation import CONSENT_GIVERS, CONSENT_METHODS, EXISTENCE_RESULTS
 
 from connectors.bank_questions import NUMBERING_STATUSES
 

@@ -3,7 +3,7 @@
 The HTTP server (:mod:`connectors.bankhttp`) authenticates the call, checks the
 ``Idempotency-Key``, the ``customer_ref`` and the My Number, then calls the
 kind's ``build(bank_code, body)``: it validates the rest of the body (raising
-:class:`infra.errors.ValidationError` that names the field, never the value)
+:class:`infra.core.errors.ValidationError` that names the field, never the value)
 and returns ``make(token, correlation_id) -> Message``, called once the My
 Number was exchanged for the bank's token.
 
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.envelope import Message
-from infra.errors import ValidationError
-from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
+from infra.crypto.envelope import Message
+from infra.core.errors import ValidationError
+from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
+from infra.domain.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
-from infra.validation import validate_bank_account, validate_bank_code, validate_consent
+from infra.domain.validation import validate_bank_account, validate_bank_code, validate_consent
 from schemas import types as T
 
 from connectors.bank_questions import numbering_outcome

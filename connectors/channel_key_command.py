@@ -16,8 +16,8 @@ from typing import Any
 
 
 async def cmd_bank_channel_key(settings: Any, args: argparse.Namespace) -> int:
-    from infra.errors import ConfigError
-    from infra.participants import Kind, load_participants
+    from infra.core.errors import ConfigError
+    from infra.domain.participants import Kind, load_participants
 
     from connectors import channel_keys
     from connectors.commands import EXIT_DONE, Outcome, emit

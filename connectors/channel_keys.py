@@ -1,6 +1,6 @@
 """Where a bank's HTTP channel keys live: issued, rotated, retired and exported for the bank.
 
-The connector's copy is kept in the key store (``infra.keystore.KeyStore.secret``:
+The connector's copy is kept in the key store (``infra.platform.keystore.KeyStore.secret``:
 encrypted at rest under the store's passphrase, 0600), one secret per key,
 named ``bank-http.<bank id>.<n>.secret``; the key id is ``<bank id>.<n>``.
 Rotation adds ``n + 1`` (it signs from then on; older keys still verify until
@@ -18,9 +18,9 @@ import os
 import re
 from pathlib import Path
 
-from infra.errors import ConfigError
-from infra.keystore import KeyStore
-from infra.settings import Settings
+from infra.core.errors import ConfigError
+from infra.platform.keystore import KeyStore
+from infra.core.settings import Settings
 
 from connectors.httpsig import ChannelKey, ChannelKeys
 

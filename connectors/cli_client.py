@@ -33,9 +33,9 @@ import logging
 from typing import Any
 
 from connectors.client import BusClient
-from infra.envelope import Opened, peek
-from infra.errors import Rejection
-from infra.settings import Settings
+from infra.crypto.envelope import Opened, peek
+from infra.core.errors import Rejection
+from infra.core.settings import Settings
 from schemas import types as T
 from streams.participant import Identity
 
@@ -95,7 +95,7 @@ class Listening(RaisesRefusals):
     async def _start_listening(self) -> None:
         from aiokafka import TopicPartition
 
-        from infra.kafka import consumer, fetch_wait_ms
+        from infra.platform.kafka import consumer, fetch_wait_ms
         from infra.ops import high_watermarks, partitions_of
 
         settings = self.runtime.settings

@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from infra.envelope import Message, Opened
-from infra.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
-from infra.settings import Settings
-from infra.tokens import TokenIssuanceClient
+from infra.crypto.envelope import Message, Opened
+from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
+from infra.core.settings import Settings
+from infra.crypto.tokens import TokenIssuanceClient
 from schemas import codec
 from schemas import types as T
 from streams.participant import Context, ParticipantRuntime
@@ -71,7 +71,7 @@ class BusClient:
                       basis: str, timeout: float = 30.0, procedure: str | None = None) -> Opened:
         """Send one message and await the first answer in ``sender``'s inbox with its correlation.
 
-        ``procedure``: the public-benefit procedure it serves (infra/procedures.toml), signed in the
+        ``procedure``: the public-benefit procedure it serves (infra/domain/procedures.toml), signed in the
         envelope; a STEP2 inquiry without one is refused by the hub (UNKNOWN_PROCEDURE).
         """
         message = Message(body=body, type=type, to=to, subject=subject, data_item=data_item, basis=basis,

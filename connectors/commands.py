@@ -104,7 +104,7 @@ def normalise_my_number(raw: str) -> str:
 
     Raises ``ValidationError`` whose message names the rule, never the value.
     """
-    from infra.validation import validate_my_number
+    from infra.domain.validation import validate_my_number
 
     return validate_my_number(raw.replace(" ", "").replace("-", "").strip())
 
@@ -165,21 +165,21 @@ def emit(args: argparse.Namespace, outcome: Outcome) -> int:
 
 
 def participants_of(settings: Any) -> Any:
-    from infra.participants import load_participants
+    from infra.domain.participants import load_participants
 
     return load_participants(settings.participants_file, banks=settings.banks)
 
 
 def bank_of(participants: Any, value: str) -> Any:
     """A bank participant by bank code (``9000``) or participant id (``bank-9000``); None if there is none."""
-    from infra.participants import Kind
+    from infra.domain.participants import Kind
 
     p = participants.by_bank_code(value) or participants.get(value)
     return p if p is not None and p.kind is Kind.BANK else None
 
 
 def _account(args: argparse.Namespace, bank_code: str) -> dict[str, str]:
-    from infra.validation import validate_bank_account
+    from infra.domain.validation import validate_bank_account
 
     return validate_bank_account({"bank_code": bank_code, "branch_code": args.branch, "account_type": args.type,
                                   "account_number": args.number, "holder_kana": args.holder}, field="account")
@@ -194,7 +194,7 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
     time exit 1.  ``identity`` None: no client at all.
     """
     from infra.cli import resolve_running
-    from infra.errors import RenkeiError, ValidationError
+    from infra.core.errors import RenkeiError, ValidationError
 
     my_number = None
     if person:
@@ -242,7 +242,7 @@ async def act_as_card_holder(settings: Any, args: argparse.Namespace,
     token from the card — no My Number is asked.  ``bus``: a client acting as the portal (None without).
     """
     from infra.cli import resolve_running
-    from infra.errors import ValidationError
+    from infra.core.errors import ValidationError
 
     from connectors.portal_cards import validate_card_id, validate_pin
 
@@ -273,11 +273,11 @@ async def act_as_card_holder(settings: Any, args: argparse.Namespace,
 
 async def _card_login(settings: Any, card: str, pin: str) -> Any:
     """``CardStore.login`` on the portal's database (its tables created if this is the first use)."""
-    from infra.storage import create_pool
+    from infra.platform.storage import create_pool
 
     from connectors.portal_cards import CardStore
     from connectors.portal_schema import migrate_portal
-    from infra.pgdsn import component_dsn
+    from infra.platform.pgdsn import component_dsn
 
     pool = await create_pool(component_dsn(settings, "portal"), min_size=1, max_size=2)
     try:
@@ -300,7 +300,7 @@ def _ms(start: float) -> float:
 
 async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
     """The bank's own data: open the account; with --my-number also link it to the bank's token for the person."""
-    from infra.errors import ValidationError
+    from infra.core.errors import ValidationError
 
     bank = _bank(_participants(settings), args.bank)
     if bank is None:
@@ -314,9 +314,9 @@ async def cmd_bank_seed_account(settings: Any, args: argparse.Namespace) -> int:
         import asyncpg
 
         from connectors.bank_sim import BANK_MIGRATIONS, enrol_customer, open_account
-        from infra.pgdsn import component_dsn
-        from infra.pglayout import BANKS
-        from infra.storage import migrate
+        from infra.platform.pgdsn import component_dsn
+        from infra.platform.pglayout import BANKS
+        from infra.platform.storage import migrate
 
         token = await client.token_for(bank.id, my_number, timeout=args.timeout) if client is not None else None
         conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own system
@@ -355,8 +355,8 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
     """REGISTER / CHANGE / DELETE the person's public-funds account as ``identity``; the registry's answer
     (after the bank's existence check for REGISTER and CHANGE) is the report.  ``by_card``: the person acts
     with their card (the portal), else with a My Number (an agency)."""
-    from infra.errors import ValidationError
-    from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.core.errors import ValidationError
+    from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
     from schemas import types as T
 
     operation = args.operation
@@ -393,7 +393,7 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
 
 async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
     """STEP1 through the portal: REGISTER / CHANGE / DELETE the public-funds account."""
-    from infra.policy import BASIS_CHANGE, BASIS_REGISTRATION
+    from infra.domain.policy import BASIS_CHANGE, BASIS_REGISTRATION
 
     basis = BASIS_REGISTRATION if args.operation == "REGISTER" else BASIS_CHANGE
     return await _file_registration(settings, args, "portal", basis, "PORTAL", "Portal", by_card=True)
@@ -401,8 +401,8 @@ async def cmd_portal_account(settings: Any, args: argparse.Namespace) -> int:
 
 async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
     """Registration alongside another procedure (口座登録法 §4): an entitled agency files it for the person."""
-    from infra.participants import Kind
-    from infra.policy import BASIS_ALONGSIDE_PROCEDURE
+    from infra.domain.participants import Kind
+    from infra.domain.policy import BASIS_ALONGSIDE_PROCEDURE
 
     agency = _participants(settings).get(args.agency)
     if agency is None or agency.kind is not Kind.AGENCY:
@@ -414,7 +414,7 @@ async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
 async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
     """付番申出 from the portal: to the one bank named (its acknowledgement), or through DICJ for several banks
     (ONE consolidated result, each bank's outcome in it)."""
-    from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+    from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
     from schemas import types as T
 
     from connectors.cli_client import Refused
@@ -493,9 +493,9 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
     Exit 0 for OK and PENDING (records not yet checkpointed verify against the signed head), 1 for TAMPERED.
     """
-    from infra.pgdsn import records_dsn
-    from infra.records_verify import RecordsVerifier
-    from infra.storage import create_pool
+    from infra.platform.pgdsn import records_dsn
+    from infra.records.records_verify import RecordsVerifier
+    from infra.platform.storage import create_pool
 
     from connectors.portal import records_view
     from connectors.portal_views import named_records
@@ -538,12 +538,12 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
 async def cmd_portal_notices(settings: Any, args: argparse.Namespace) -> int:
     """The person's notices (お知らせ), newest first, and the registered account they last showed (masked)."""
-    from infra.storage import create_pool
+    from infra.platform.storage import create_pool
 
     from connectors.portal_notices import NoticeVault, PortalNotices
     from connectors.portal_schema import migrate_portal
     from connectors.portal_views import account_view, notice_view
-    from infra.pgdsn import component_dsn
+    from infra.platform.pgdsn import component_dsn
 
     async def work(settings: Any, client: Any, token: str) -> Outcome:
         participants = _participants(settings)
@@ -581,7 +581,7 @@ ITEMS = {"public-funds-account": "public_funds_account", "public_funds_account":
 
 async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
     """STEP2: the agency asks the registry which account to pay into."""
-    from infra.participants import Kind
+    from infra.domain.participants import Kind
 
     from connectors.agency import SUPPORTED_ITEMS
 
@@ -728,7 +728,7 @@ def register(add: Any, common: Any) -> None:
     p.add_argument("--item", choices=sorted(ITEMS), default="public-funds-account", help="the data item")
     p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
                    help="the public-benefit procedure the account is needed for, one the agency is entitled to "
-                        "(infra/procedures.toml, e.g. income-tax-refund)")
+                        "(infra/domain/procedures.toml, e.g. income-tax-refund)")
     timeout_arg(p)
 
     for operation in ("register", "change"):

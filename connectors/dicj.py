@@ -15,13 +15,13 @@ NOTIFICATION to the channel that applied; DICJ never asks the banks on its own:
   never account numbers.
 - 災害時照会: a depositor applies at a bank or on the portal
   (``lookup.application.disaster``).  DICJ checks the disaster in the
-  platform's registry (:mod:`infra.disasters`: unknown id, period over, area
+  platform's registry (:mod:`infra.domain.disasters`: unknown id, period over, area
   not covered → ``REFUSED`` with that reason), asks only the designated banks
   and notifies the bank or portal that applied.
 - The fan-out (:meth:`DicjDesk._open_lookup`): ONE envelope sealed to the banks
   asked (participating, not suspended).  Each bank's ``lookup.answer`` is sealed
   to DICJ and kept here sealed under DICJ's data key (``dicj_lookup_answers``,
-  :mod:`infra.sealing`; only the count of accounts in the clear; first answer per bank wins),
+  :mod:`infra.crypto.sealing`; only the count of accounts in the clear; first answer per bank wins),
   filed under the bank that SENT it (the envelope's verified sender): an answer
   whose body names another bank is refused (``SENDER_NOT_ALLOWED``), and so is
   one from a bank the lookup did not ask (``UNSOLICITED``); both stay in DICJ's
@@ -67,16 +67,16 @@ import asyncpg
 
 from connectors.client import BusClient
 from connectors.jlis_sim import JLIS_MIGRATIONS, date_of_death, death_confirmed
-from infra.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
-from infra.envelope import MAX_TTL_S, Message
-from infra.errors import Reason, Rejection, ValidationError
-from infra.keystore import KeyStore
-from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.participants import Participant
-from infra.sealing import RowSealer
-from infra.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
+from infra.domain.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
+from infra.crypto.envelope import MAX_TTL_S, Message
+from infra.core.errors import Reason, Rejection, ValidationError
+from infra.platform.keystore import KeyStore
+from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
+from infra.domain.participants import Participant
+from infra.crypto.sealing import RowSealer
+from infra.domain.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
                           DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
-from infra.settings import Settings
+from infra.core.settings import Settings
 from schemas import types as T
 from streams.lookups import lookup_deadlines
 from streams.notices import notice
@@ -163,7 +163,7 @@ DICJ_MIGRATIONS = [
     ALTER TABLE dicj_numberings RENAME COLUMN receiving_bank TO requester;
     """,
     # Personal data at rest: a bank's answer (the deceased's or depositor's accounts) is sealed under DICJ's
-    # data key, bound to its lookup and bank (infra.sealing); only how many accounts it holds is in the clear.
+    # data key, bound to its lookup and bank (infra.crypto.sealing); only how many accounts it holds is in the clear.
     # Rows written before keep their plain column until the desk's start seals them.
     """
     ALTER TABLE dicj_lookup_answers ALTER COLUMN accounts DROP NOT NULL, ADD COLUMN accounts_ct bytea,
@@ -399,7 +399,7 @@ class DicjDesk(BusClient):
         return await consolidated_view(conn or self.pool, correlation_id, self.sealer)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
-        sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.senders)
+        sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.domain.senders)
         code = sender.bank_code if sender is not None else None
         if code is None or ctx.body["bank_code"] != code:
             raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
@@ -492,7 +492,7 @@ class DicjDesk(BusClient):
     @staticmethod
     def _ref(body: dict) -> str:
         """The application's reference to echo, or "" when it is not a valid one (it is the channel's text)."""
-        from infra.validation import validate_reference
+        from infra.domain.validation import validate_reference
 
         try:
             return validate_reference(body.get("application_ref"), field="application_ref")
@@ -500,7 +500,7 @@ class DicjDesk(BusClient):
             return ""
 
     async def _on_inheritance_application(self, ctx: Context) -> None:
-        """相続時照会: the bank where the heir applied (a bank: infra.senders); the deceased is the subject."""
+        """相続時照会: the bank where the heir applied (a bank: infra.domain.senders); the deceased is the subject."""
         application = await self._receive(ctx, "INHERITANCE", self._ref(ctx.body))
         if application is None:
             return

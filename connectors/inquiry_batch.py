@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.errors import ValidationError
+from infra.core.errors import ValidationError
 
 __all__ = [
     "BATCH_MIGRATIONS",

@@ -4,7 +4,7 @@
         --in people.csv --out results.csv
 
 Who may do this: an agency, for a public-benefit procedure it is entitled to
-(infra/procedures.toml) — checked here before anything is sent (the whole
+(infra/domain/procedures.toml) — checked here before anything is sent (the whole
 batch is refused, nothing is asked), and by the hub on every inquiry (a hub
 refusal about the agency or the procedure stops the batch).  The command acts
 with the agency's keys, as ``agency inquire`` does.
@@ -43,7 +43,7 @@ def register() -> None:
                                     "rate_per_s": None})
     p.add_argument("--agency", required=True, help="the agency's participant id (e.g. agency-city-minato)")
     p.add_argument("--procedure", "--procedure-code", dest="procedure", required=True, metavar="CODE",
-                   help="the public-benefit procedure, one the agency is entitled to (infra/procedures.toml)")
+                   help="the public-benefit procedure, one the agency is entitled to (infra/domain/procedures.toml)")
     p.add_argument("--in", dest="input", required=True, type=Path, metavar="CSV",
                    help="the people: a CSV file with a header naming my_number (and optionally ref, the "
                         "agency's own id for the person, echoed in the results)")
@@ -59,9 +59,9 @@ def register() -> None:
 
 
 async def cmd_inquire_batch(settings: Any, args: argparse.Namespace) -> int:
-    from infra.errors import PolicyDenied, ValidationError
-    from infra.participants import Kind
-    from infra.procedures import Procedures
+    from infra.core.errors import PolicyDenied, ValidationError
+    from infra.domain.participants import Kind
+    from infra.domain.procedures import Procedures
 
     from connectors.inquiry_batch import read_people
 
@@ -100,9 +100,9 @@ class BatchRun:
     async def run(self) -> Outcome:
         import asyncpg
 
-        from infra.keystore import KeyStore
-        from infra.pgdsn import participants_dsn
-        from infra.storage import migrate
+        from infra.platform.keystore import KeyStore
+        from infra.platform.pgdsn import participants_dsn
+        from infra.platform.storage import migrate
 
         from connectors.inquiry_batch import BATCH_MIGRATIONS, BatchStore, batch_digest
 
@@ -117,7 +117,7 @@ class BatchRun:
             if not await lock.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
                                        f"inquiry-batch:{self.batch_id}"):
                 return refused(args, "BATCH_BUSY", f"batch {self.batch_id} is being run by another process")
-            from infra.errors import ValidationError
+            from infra.core.errors import ValidationError
 
             try:
                 state = await BatchStore(lock).state(self.batch_id, fingerprint)
@@ -230,8 +230,8 @@ class BatchRun:
 
     async def _send(self, client: Any, store: Any, person: Any, token: str, correlation: str) -> bool:
         from connectors.agency import SUPPORTED_ITEMS
-        from infra.envelope import Message
-        from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+        from infra.crypto.envelope import Message
+        from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
 
         type_, basis = SUPPORTED_ITEMS[DATA_PUBLIC_FUNDS_ACCOUNT]
         message = Message(body={"procedure_code": self.args.procedure, "requested_at": datetime.now(UTC)},

@@ -46,7 +46,7 @@ NOTICE_KEYS = {"kind": None, "request_id": None, "application_ref": None, "banks
 
 def _application(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """The application's body from the flags, validated at the edge (ValidationError names the field)."""
-    from infra.lookup_applications import validate_disaster_application, validate_inheritance_application
+    from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
 
     ref = args.application_ref or f"cli-{uuid.uuid4().hex[:12]}"
     if kind == "INHERITANCE":
@@ -62,8 +62,8 @@ async def _apply(settings: Any, args: argparse.Namespace, identity: str, kind: s
 
     ``card``: the person's own application on the portal — with their card and PIN (``--card ID --pin -``),
     never a My Number alone, as every person's command; otherwise a bank's counter, with the My Number."""
-    from infra.errors import ValidationError
-    from infra.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
+    from infra.core.errors import ValidationError
+    from infra.domain.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
     from schemas import types as T
 
     try:
@@ -120,8 +120,8 @@ async def cmd_dicj_lookup(settings: Any, args: argparse.Namespace) -> int:
         import asyncpg
 
         from connectors.dicj import DICJ_MIGRATIONS, application_ledger
-        from infra.pgdsn import component_dsn
-        from infra.storage import migrate
+        from infra.platform.pgdsn import component_dsn
+        from infra.platform.storage import migrate
 
         conn = await asyncpg.connect(component_dsn(settings, "dicj"))  # DICJ's own tables, as its desk has them
         try:
@@ -152,8 +152,8 @@ async def cmd_dicj_record_death(settings: Any, args: argparse.Namespace) -> int:
         import asyncpg
 
         from connectors.jlis_sim import JLIS_MIGRATIONS, record_death
-        from infra.pgdsn import component_dsn
-        from infra.storage import migrate
+        from infra.platform.pgdsn import component_dsn
+        from infra.platform.storage import migrate
 
         token = await client.token_for("dicj", my_number, timeout=args.timeout)  # who J-LIS answers DICJ about
         # The stand-in's table sits where DICJ's desk reads it (DICJ's schema): J-LIS itself is outside the platform.
@@ -170,7 +170,7 @@ async def cmd_dicj_record_death(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _inheritance_args(p: argparse.ArgumentParser) -> None:
-    from infra.lookup_applications import EVIDENCE_KINDS, RELATIONSHIPS
+    from infra.domain.lookup_applications import EVIDENCE_KINDS, RELATIONSHIPS
 
     p.add_argument("--relationship", help="inheritance: the heir's relationship to the deceased: "
                                           + ", ".join(r.lower().replace("_", "-") for r in RELATIONSHIPS))

@@ -30,8 +30,8 @@ import argparse
 import importlib
 from typing import Any
 
-from infra.errors import ConfigError, StackError
-from infra.settings import Settings
+from infra.core.errors import ConfigError, StackError
+from infra.core.settings import Settings
 
 ADAPTER_MODULES = ("connectors.agency", "connectors.bankfiles", "connectors.bankhttp", "connectors.portal")
 """Modules whose channel adapters may own dead letters (their ``redrive_source`` decides source items)."""
@@ -235,7 +235,7 @@ async def _redrive_delivery(conn: Any, r: Any) -> None:
 
 async def _audit(settings: Settings, event: Any, counts: dict[str, Any]) -> dict[str, Any]:
     """Write the ops audit event (before the database commits: no event, no re-drive)."""
-    from infra.kafka import producer as make_producer
+    from infra.platform.kafka import producer as make_producer
     from infra.ops import ops_audit_topic, write_ops_event
 
     producer = make_producer(settings)
@@ -273,7 +273,7 @@ def adapter_classes() -> dict[str, Any]:
 async def _connect(settings: Settings) -> Any:
     import asyncpg
 
-    from infra.pgdsn import component_dsn
+    from infra.platform.pgdsn import component_dsn
 
     try:
         conn = await asyncpg.connect(component_dsn(settings, settings.participant_id))

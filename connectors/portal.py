@@ -14,7 +14,7 @@ like a wrong PIN), then, in Japanese or English (``connectors/static/``):
   ``numbering.result``) and sees each bank's answer;
 - reads their notices (お知らせ, :mod:`connectors.portal_notices`) as they arrive;
 - reads their provision records (情報提供等記録) by participant name, verified
-  against the latest signed checkpoint (:mod:`infra.records_verify`: OK /
+  against the latest signed checkpoint (:mod:`infra.records.records_verify`: OK /
   PENDING / TAMPERED); records withheld from the person (不開示) are not shown.
 
 Security (docs/portal.md, "Security"): sessions are stored hashed with idle
@@ -39,23 +39,23 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.checkpoint_log import CheckpointLog
-from infra.envelope import Message
-from infra.errors import Reason, StackError, ValidationError
-from infra.keystore import KeyStore
-from infra.metrics import Counter
-from infra.policy import (
+from infra.records.checkpoint_log import CheckpointLog
+from infra.crypto.envelope import Message
+from infra.core.errors import Reason, StackError, ValidationError
+from infra.platform.keystore import KeyStore
+from infra.platform.metrics import Counter
+from infra.domain.policy import (
     BASIS_CHANGE,
     BASIS_NUMBERING,
     BASIS_REGISTRATION,
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.procedures import Procedures
-from infra.records_verify import RecordsVerifier, RecordState
-from infra.settings import Settings
-from infra.storage import create_pool
-from infra.validation import validate_bank_account, validate_bank_code
+from infra.domain.procedures import Procedures
+from infra.records.records_verify import RecordsVerifier, RecordState
+from infra.core.settings import Settings
+from infra.platform.storage import create_pool
+from infra.domain.validation import validate_bank_account, validate_bank_code
 from schemas import types as T
 from streams.participant import Context
 
@@ -399,7 +399,7 @@ async def records_view(verifier: RecordsVerifier, token: str, procedures: Proced
     ``{verdict, chain_ok, problems, checkpoint, pending, purged_before, records: [{requester, provider,
     data_item, legal_basis, procedure, status, requested_at, provided_at, state, verified}]}``: ``verdict`` OK /
     PENDING / TAMPERED; ``procedure`` the public-benefit procedure the exchange served, with its names, legal
-    basis and purpose from the catalogue (``procedures``, default ``infra/procedures.toml``; just ``{code}`` for
+    basis and purpose from the catalogue (``procedures``, default ``infra/domain/procedures.toml``; just ``{code}`` for
     a code it no longer lists; null where none applies); ``status`` what happened (PROVIDED, NOT_REGISTERED,
     BLOCKED, …); ``state`` CHECKPOINTED / PENDING (not yet checkpointed) / TAMPERED / UNVERIFIED; 不開示
     records are verified but not listed.  ``token`` is the person's PORTAL token. Also ``renkei portal records``.

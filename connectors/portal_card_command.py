@@ -52,8 +52,8 @@ ACTIONS = {
 
 def _no_portal_keys(settings: Any) -> str | None:
     """Why this machine may not act as the card issuer (no portal keyset), or None."""
-    from infra.errors import ConfigError
-    from infra.keystore import KeyStore
+    from infra.core.errors import ConfigError
+    from infra.platform.keystore import KeyStore
 
     try:
         KeyStore.for_settings(settings).keyset(PORTAL_ID)
@@ -64,7 +64,7 @@ def _no_portal_keys(settings: Any) -> str | None:
 
 
 async def cmd_card(settings: Any, args: argparse.Namespace) -> int:
-    from infra.errors import Rejection, ValidationError
+    from infra.core.errors import Rejection, ValidationError
 
     from connectors.portal_cards import CardStore, validate_card_id, validate_pin
     from connectors.portal_schema import migrate_portal
@@ -91,8 +91,8 @@ async def cmd_card(settings: Any, args: argparse.Namespace) -> int:
             return emit(args, refused(args, exc.code, exc.message))
 
     async def work(settings: Any, client: Any, _: Any) -> Outcome:
-        from infra.pgdsn import component_dsn
-        from infra.storage import create_pool
+        from infra.platform.pgdsn import component_dsn
+        from infra.platform.storage import create_pool
 
         token = await client.token_for(PORTAL_ID, my_number, timeout=args.timeout) if needs_person else None
         pool = await create_pool(component_dsn(settings, PORTAL_ID), min_size=1, max_size=2)  # the portal's tables

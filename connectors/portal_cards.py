@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from infra.errors import Reason, Rejection, ValidationError
+from infra.core.errors import Reason, Rejection, ValidationError
 
 from connectors.portal_sessions import end_sessions
 

@@ -87,7 +87,7 @@ PORTAL_MIGRATIONS = [
 
 async def migrate_portal(pool_or_conn: Any) -> list[int]:
     """Create or update the portal's tables (idempotent; safe while the portal runs)."""
-    from infra.storage import migrate
+    from infra.platform.storage import migrate
 
     return await migrate(pool_or_conn, PORTAL_COMPONENT, PORTAL_MIGRATIONS)
 

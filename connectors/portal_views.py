@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.participants import Participants
+from infra.domain.participants import Participants
 
 STATES = {"SENT": "PENDING", "DONE": "CONFIRMED"}
 """A request's stored status → what the page shows: PENDING (the bank is checking), CONFIRMED, else REFUSED."""

@@ -28,7 +28,7 @@ Sink side (bus → channel)
     ``DELIVERED`` until :meth:`ConnectorRuntime.answer` sends the reply.
 
 Health (``/health``) and Prometheus metrics (``/metrics``) are the platform's
-one system (:mod:`infra.metrics`): the connector's series
+one system (:mod:`infra.platform.metrics`): the connector's series
 (:class:`ConnectorMetrics`) are registered in the participant runtime's
 ``WorkerMetrics`` and served, with the common ``renkei_*`` worker series, by a
 ``MetricsServer`` (``ops_port``: a fixed port, else a free loopback one; the
@@ -50,12 +50,12 @@ from typing import Any
 
 import asyncpg
 
-from infra.envelope import Message, Opened
-from infra.errors import Reason, Rejection
-from infra.keystore import KeyStore
-from infra.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
-from infra.sealing import RowSealer, UnsealError
-from infra.settings import Settings
+from infra.crypto.envelope import Message, Opened
+from infra.core.errors import Reason, Rejection
+from infra.platform.keystore import KeyStore
+from infra.platform.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
+from infra.crypto.sealing import RowSealer, UnsealError
+from infra.core.settings import Settings
 from schemas.types import MESSAGE_TYPES
 from streams.participant import Context, Handler, ParticipantRuntime
 
@@ -128,7 +128,7 @@ CONNECTOR_MIGRATIONS = [
     );
     """,
     # Personal data at rest: a delivery's payload (an account, a holder's name, the person's local id) is
-    # sealed under its participant's data key, bound to the row (infra.sealing), in payload_ct; the plain
+    # sealed under its participant's data key, bound to the row (infra.crypto.sealing), in payload_ct; the plain
     # column keeps only rows written before, until the runtime's start seals them (seal_legacy_deliveries).
     """
     ALTER TABLE connector_deliveries ALTER COLUMN payload DROP NOT NULL, ADD COLUMN payload_ct bytea;
@@ -238,7 +238,7 @@ CONNECTOR_REASONS = frozenset({
     "NOT_ENROLLED", "UNSUPPORTED_ITEM",  # agency outbox rows
     "COUNT_MISMATCH", "NOT_THIS_BANK", "UNKNOWN_KIND", "UNKNOWN_REFERENCE", "DUPLICATE",  # bank files
 })
-"""Connector reason codes besides the platform's (``infra.errors.Reason``); others are counted as OTHER."""
+"""Connector reason codes besides the platform's (``infra.core.errors.Reason``); others are counted as OTHER."""
 
 OUTBOX_STUCK_S = 30.0
 """Health fails when the oldest sealed message has waited longer than this for the broker."""

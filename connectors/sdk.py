@@ -9,7 +9,7 @@ A municipality's bulk inquiry (一括照会) is :meth:`AgencyClient.inquire_batc
 resumable after a crash without asking anyone twice (a row per batch line, never two).
 
 ``procedure`` is the public-benefit procedure the account is needed for, a
-code of ``infra/procedures.toml`` the agency is entitled to; the hub refuses
+code of ``infra/domain/procedures.toml`` the agency is entitled to; the hub refuses
 anything else (``REJECTED:UNKNOWN_PROCEDURE`` / ``REJECTED:PROCEDURE_NOT_ALLOWED``).
 
 The SDK never talks to Kafka.  :meth:`AgencyClient.submit` writes an inquiry
@@ -32,8 +32,8 @@ from typing import Any
 import asyncpg
 
 from connectors.agency import AGENCY_MIGRATIONS, NOTIFY_CHANNEL, SUPPORTED_ITEMS
-from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.storage import create_pool, migrate
+from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.storage import create_pool, migrate
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class AgencyClient:
         if not person_local_id:
             raise ValueError("person_local_id must not be empty")
         if not procedure:
-            raise ValueError("procedure must name the public-benefit procedure (infra/procedures.toml)")
+            raise ValueError("procedure must name the public-benefit procedure (infra/domain/procedures.toml)")
 
     async def _lookup(self, inquiry_id: str) -> InquiryAnswer | None:
         assert self.pool is not None

@@ -46,10 +46,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.errors import ConfigError, RenkeiError
-from infra.metrics import Counter
-from infra.participants import Kind, Participant, load_participants
-from infra.settings import Settings
+from infra.core.errors import ConfigError, RenkeiError
+from infra.platform.metrics import Counter
+from infra.domain.participants import Kind, Participant, load_participants
+from infra.core.settings import Settings
 
 log = logging.getLogger("renkei.connector.serve")
 
@@ -91,7 +91,7 @@ class BankChannelLease:
 
     async def open(self) -> None:
         from connectors.bank_sim import HANDOVER_MIGRATIONS
-        from infra.storage import create_pool, migrate
+        from infra.platform.storage import create_pool, migrate
 
         self.pool = await create_pool(self.dsn, min_size=1, max_size=2)
         await migrate(self.pool, "bank-handover", HANDOVER_MIGRATIONS)
@@ -204,9 +204,9 @@ async def start_where_the_simulator_is(settings: Settings, group: str, simulator
     from aiokafka import TopicPartition
     from aiokafka.structs import OffsetAndMetadata
 
-    from infra.kafka import admin_client
-    from infra.kafka import consumer as make_consumer
-    from infra.kafka import topic_partitions
+    from infra.platform.kafka import admin_client
+    from infra.platform.kafka import consumer as make_consumer
+    from infra.platform.kafka import topic_partitions
 
     admin = admin_client(settings)
     committer = make_consumer(settings, group_id=group)
@@ -365,7 +365,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     from connectors.bankfiles import bank_file_connector
     from connectors.bankhttp import BankHttpConnector, require_https
     from connectors.channel_tls import CA_FILE, ServerCertificate, certificate_hosts, server_certificate
-    from infra.pgdsn import component_dsn
+    from infra.platform.pgdsn import component_dsn
 
     if args.channel == "files" and args.root is None:
         raise ConfigError("--channel files needs --root DIR (the bank's folder)")
@@ -482,7 +482,7 @@ async def portal_serve(settings: Settings, args: argparse.Namespace) -> int:
     """``renkei portal serve [--port P]``: the portal web page and API, /health and /metrics on the same server."""
     from connectors.channel_tls import ServerCertificate
     from connectors.portal import PortalConnector
-    from infra.pgdsn import records_dsn
+    from infra.platform.pgdsn import records_dsn
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m connectors.serve bank|portal|agency …`` (flags as ``renkei … serve``); returns the exit code."""
-    from infra.settings import load_settings
+    from infra.core.settings import load_settings
     from streams.app import serve_until_signal
 
     args = build_parser().parse_args(argv)

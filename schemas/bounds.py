@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.errors import CodecError, Reason
+from infra.core.errors import CodecError, Reason
 
 __all__ = ["ArrayCaps", "CapExceeded"]
 

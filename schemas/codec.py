@@ -4,7 +4,7 @@ The 8-byte little-endian CRC-64-AVRO fingerprint names the writer's schema
 version, so a reader resolves it from the catalogue with no registry server
 and reads it as the latest version of the expected logical schema (Avro
 schema resolution). This module is a trust boundary: whatever the bytes,
-only :class:`~infra.errors.CodecError` escapes, and no message echoes a value.
+only :class:`~infra.core.errors.CodecError` escapes, and no message echoes a value.
 
 Decoding a record whose writer schema belongs to a *different* logical name
 than the one asked for is ``UNKNOWN_SCHEMA``: the fingerprint is not a known
@@ -26,7 +26,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError as _AvroValidationError
 from fastavro.validation import validate as _validate
 
-from infra.errors import CodecError, Reason
+from infra.core.errors import CodecError, Reason
 from schemas.catalogue import SINGLE_OBJECT_MARKER, SchemaVersion, catalogue
 
 __all__ = [

@@ -4,7 +4,7 @@ Settings tuned for Apache Kafka and the Tansu fallback (which holds
 JoinGroup for about session_timeout/2): 10 s session and rebalance timeouts,
 1 s heartbeats, at-least-once processing (faust's exactly_once is unreliable
 on rebalance and needs transactions, which Tansu lacks — effects are
-idempotent in PostgreSQL instead), the fetch wait of ``infra.kafka``
+idempotent in PostgreSQL instead), the fetch wait of ``infra.platform.kafka``
 instead of faust's fixed 1500 ms, no topic declaration (``renkei topics
 apply`` owns the layout) and no durable faust tables (state lives in
 PostgreSQL).
@@ -18,8 +18,8 @@ from typing import Any
 
 import faust
 
-from infra.kafka import fetch_wait_ms
-from infra.settings import Settings
+from infra.platform.kafka import fetch_wait_ms
+from infra.core.settings import Settings
 
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.02

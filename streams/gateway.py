@@ -8,7 +8,7 @@ signed metadata names (STEP2: UNKNOWN_PROCEDURE, PROCEDURE_NOT_ALLOWED); an
 answer's record takes its status from the outcome the answering participant
 signed (a provision.response that states none, or an unknown one, is refused
 INVALID_FIELD).  Every leg is forwarded under ids of its own
-(:mod:`infra.pseudonyms`), and records name the message, the conversation and
+(:mod:`infra.crypto.pseudonyms`), and records name the message, the conversation and
 the person by hub-only pseudonyms, so nothing joins the ingress topic, the
 inboxes and the audit topic.  It touches neither Kafka nor PostgreSQL: ``streams.hub`` wires
 it to the ingress topic, claims message ids and writes provision records in
@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 
 from datetime import UTC, datetime
 
-from infra.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
-from infra.errors import Reason, Rejection
-from infra.participants import Participants
-from infra.policy import Decision as PolicyDecision
-from infra.policy import Policy
-from infra.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
-from infra.pseudonyms import HubPseudonyms
-from infra.ratelimit import SenderRateLimiter
-from infra.tokens import TokenAuthority
+from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
+from infra.core.errors import Reason, Rejection
+from infra.domain.participants import Participants
+from infra.domain.policy import Decision as PolicyDecision
+from infra.domain.policy import Policy
+from infra.records.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.domain.ratelimit import SenderRateLimiter
+from infra.crypto.tokens import TokenAuthority
 from schemas import codec
 from schemas.types import PROVISION_RESPONSE, TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
 from streams.lookups import fanout_leg_allowed
@@ -227,7 +227,7 @@ class HubCore:
 
 @dataclass(frozen=True, slots=True)
 class _Recorded:
-    """How a message's provision records name it: hub-only ids (infra.pseudonyms), the person's two keys."""
+    """How a message's provision records name it: hub-only ids (infra.crypto.pseudonyms), the person's two keys."""
 
     message_id: uuid.UUID
     conversation: uuid.UUID

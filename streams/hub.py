@@ -12,7 +12,7 @@ For each batch (``stream.take``), in this order:
    answer from a bank the lookup did not ask is refused UNSOLICITED) and
    append the provision records;
 3. only after that commit: countersign and produce the forwards to the
-   recipients' inboxes (each leg under ids of its own: ``infra.pseudonyms``),
+   recipients' inboxes (each leg under ids of its own: ``infra.crypto.pseudonyms``),
    the dead letters to ``renkei.hub.rejected``, the signed rejection notices
    to the senders' inboxes and the records to ``renkei.audit.provisions``
    (keyed by the person's hub-only pseudonym, never a token); wait for the
@@ -38,20 +38,20 @@ from typing import Any
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
-from infra.envelope import HubForwarder, Opener, Sealer, Verifier
-from infra.errors import Reason
-from infra.identity import IDENTITY_MIGRATIONS, NumberChanges
-from infra.keys import KeyDirectory
-from infra.keystore import KeyStore, load_directory
-from infra.participants import Participants, load_participants
-from infra.policy import Policy
-from infra.provisions import ProvisionStore, audit_record
-from infra.ratelimit import SenderRateLimiter
-from infra.records_keys import RecordsKey
-from infra.settings import Settings
-from infra.pgdsn import component_dsn
-from infra.storage import create_pool, migrate
-from infra.topics import TopicNames
+from infra.crypto.envelope import HubForwarder, Opener, Sealer, Verifier
+from infra.core.errors import Reason
+from infra.domain.identity import IDENTITY_MIGRATIONS, NumberChanges
+from infra.crypto.keys import KeyDirectory
+from infra.platform.keystore import KeyStore, load_directory
+from infra.domain.participants import Participants, load_participants
+from infra.domain.policy import Policy
+from infra.records.provisions import ProvisionStore, audit_record
+from infra.domain.ratelimit import SenderRateLimiter
+from infra.crypto.records_keys import RecordsKey
+from infra.core.settings import Settings
+from infra.platform.pgdsn import component_dsn
+from infra.platform.storage import create_pool, migrate
+from infra.platform.topics import TopicNames
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
@@ -301,7 +301,7 @@ class HubService:
         return stats
 
     def _seal_notices(self, decisions: list[Decision]) -> list[bytes]:
-        from infra.envelope import Message
+        from infra.crypto.envelope import Message
 
         now = datetime.now(UTC)
         messages = [
@@ -369,9 +369,9 @@ _DEFAULT_PARTITIONER = DefaultPartitioner()
 
 def build_app(settings: Settings) -> Any:
     """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX."""
-    from infra.kafka import producer as make_producer
-    from infra.keystore import follow_directory
-    from infra.metrics import MetricsServer, WorkerMetrics
+    from infra.platform.kafka import producer as make_producer
+    from infra.platform.keystore import follow_directory
+    from infra.platform.metrics import MetricsServer, WorkerMetrics
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
@@ -431,9 +431,9 @@ def build_app(settings: Settings) -> Any:
 
 
 async def _checkpoints(settings: Settings, service: HubService, producer: Any, metrics: Any) -> None:
-    """Signed checkpoints of the provision-record chain heads on the checkpoint topic (infra.checkpoint_builder)."""
-    from infra.checkpoint_builder import run_checkpoints
-    from infra.metrics import Counter
+    """Signed checkpoints of the provision-record chain heads on the checkpoint topic (infra.records.checkpoint_builder)."""
+    from infra.records.checkpoint_builder import run_checkpoints
+    from infra.platform.metrics import Counter
 
     made = metrics.register(Counter("renkei_checkpoints_total", "Hub: provision checkpoints made"))
     left_out = metrics.register(Counter("renkei_checkpoint_heads_left_out_total",

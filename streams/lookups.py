@@ -53,16 +53,16 @@ from typing import Any
 
 import asyncpg
 
-from infra.envelope import Message, Sealer, peek
-from infra.errors import Reason
-from infra.participants import Kind, Participant, Participants
-from infra.policy import Policy
-from infra.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
-from infra.pseudonyms import HubPseudonyms
-from infra.settings import Settings
-from infra.storage import migrate
-from infra.tokens import TokenAuthority
-from infra.topics import TopicNames
+from infra.crypto.envelope import Message, Sealer, peek
+from infra.core.errors import Reason
+from infra.domain.participants import Kind, Participant, Participants
+from infra.domain.policy import Policy
+from infra.records.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.core.settings import Settings
+from infra.platform.storage import migrate
+from infra.crypto.tokens import TokenAuthority
+from infra.platform.topics import TopicNames
 from schemas import types as T
 
 log = logging.getLogger("renkei.hub.lookups")
@@ -322,7 +322,7 @@ class LookupTracker:
         """The consolidated result's records: one for the result, one NO_ANSWER per bank missing at the deadline."""
         lk = d.lookup
         person = self.tokens.translate(lk["subject"], lk["requester"], PORTAL_ID)
-        names = self.pseudonyms  # ids on no participant's topic, as the gateway's records (infra.pseudonyms)
+        names = self.pseudonyms  # ids on no participant's topic, as the gateway's records (infra.crypto.pseudonyms)
         common = dict(message_id=names.record_message_id(result_id),
                       correlation_id=names.conversation(str(lk["correlation_id"]), lk["requester"]),
                       person_token=person, person=names.person(person),

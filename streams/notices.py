@@ -15,7 +15,7 @@ answer to its request must not take the notice for it); the event it reports
 is ``reference``.  Its subject is the sender's token for the person, which the
 hub translates into the portal's.  The account is masked here, at the sender:
 the full account number never reaches the portal.  Who may send one is
-``infra.senders`` (registry or DICJ → portal) and the policy's ``notice.*``
+``infra.domain.senders`` (registry or DICJ → portal) and the policy's ``notice.*``
 rules; a notice makes no provision record (the event it reports has its own).
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.envelope import Message
-from infra.policy import DATA_PERSON_NOTICE
+from infra.crypto.envelope import Message
+from infra.domain.policy import DATA_PERSON_NOTICE
 from schemas import types as T
 
 PORTAL_ID = "portal"

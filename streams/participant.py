@@ -6,11 +6,11 @@ For every message in an identity's inbox it:
 
 1. opens the envelope (verify hub countersignature and origin signature,
    freshness, recipient, who may send this type to this participant —
-   ``infra.senders``, so a message "from the hub" that the hub does not
+   ``infra.domain.senders``, so a message "from the hub" that the hub does not
    originate is refused —, decrypt) — a message that does not open is kept in
    ``participant_dead_letters`` with its reason, never dropped;
 2. in ONE PostgreSQL transaction per poll: claims the message ids
-   (``infra.storage.claim``), runs each handler's effect under its own savepoint,
+   (``infra.platform.storage.claim``), runs each handler's effect under its own savepoint,
    and stores every reply sealed in the outbox (one batch signature per identity);
 3. after commit, relays the outbox to the ingress topic and marks rows sent.
 
@@ -32,16 +32,16 @@ from typing import Any
 
 import asyncpg
 
-from infra.envelope import Message, Opened, Opener, Sealer, peek
-from infra.errors import Rejection
-from infra.keys import KeyDirectory
-from infra.keystore import KeyStore, follow_directory, load_directory
-from infra.metrics import Counter, MetricsServer, WorkerMetrics
-from infra.participants import Participants, load_participants
-from infra.pgdsn import participants_dsn
-from infra.settings import Settings
-from infra.storage import claim, create_pool, migrate, migrate_idempotency
-from infra.topics import TopicNames
+from infra.crypto.envelope import Message, Opened, Opener, Sealer, peek
+from infra.core.errors import Rejection
+from infra.crypto.keys import KeyDirectory
+from infra.platform.keystore import KeyStore, follow_directory, load_directory
+from infra.platform.metrics import Counter, MetricsServer, WorkerMetrics
+from infra.domain.participants import Participants, load_participants
+from infra.platform.pgdsn import participants_dsn
+from infra.core.settings import Settings
+from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
+from infra.platform.topics import TopicNames
 
 log = logging.getLogger("renkei.participant")
 # How long stop() lets the consume loop finish its batch and commit before cancelling it.
@@ -165,7 +165,7 @@ class ParticipantRuntime:
     def __init__(self, settings: Settings, identities: Iterable[str], handlers: dict[str, Handler], *,
                  group: str, migrations: dict[str, list[str]] | None = None, worker: str = "participant",
                  database: str | None = None) -> None:
-        """``database``: the component whose role and schema it works in (infra.pglayout; default: the one
+        """``database``: the component whose role and schema it works in (infra.platform.pglayout; default: the one
         of the participants it serves, e.g. a bank's own connector; the bank simulator names ``banks``)."""
         self.settings = settings
         self.database = database
@@ -201,7 +201,7 @@ class ParticipantRuntime:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, consume: bool = True) -> None:
-        from infra.kafka import consumer, fetch_wait_ms, producer
+        from infra.platform.kafka import consumer, fetch_wait_ms, producer
 
         store = KeyStore.for_settings(self.settings)
         self.directory = await load_directory(self.settings, store.root_public_key())
@@ -241,7 +241,7 @@ class ParticipantRuntime:
         self.metrics.directory_entries.set(len(self.directory))
 
     async def serve_metrics(self) -> str:
-        """Serve ``/metrics`` and ``/health`` on a free loopback port (infra.metrics); returns the URL."""
+        """Serve ``/metrics`` and ``/health`` on a free loopback port (infra.platform.metrics); returns the URL."""
         self._metrics_server = MetricsServer(self.metrics, self.health, state_dir=self.settings.state_dir)
         return await self._metrics_server.start()
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from infra.errors import Reason, Rejection
-from infra.participants import Kind, Participant
+from infra.core.errors import Reason, Rejection
+from infra.domain.participants import Kind, Participant
 
 
 class Channel(str, Enum):

@@ -43,13 +43,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.envelope import Message
-from infra.errors import ValidationError
-from infra.keystore import REGISTRY_KEK, KeyStore
-from infra.policy import DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.sealing import open_sealed, seal
-from infra.settings import Settings
-from infra.validation import validate_bank_account, validate_consent
+from infra.crypto.envelope import Message
+from infra.core.errors import ValidationError
+from infra.platform.keystore import REGISTRY_KEK, KeyStore
+from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.crypto.sealing import open_sealed, seal
+from infra.core.settings import Settings
+from infra.domain.validation import validate_bank_account, validate_consent
 from schemas import types as T
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
@@ -106,7 +106,7 @@ REGISTRY_MIGRATIONS = [
 
 
 class AccountVault:
-    """Per-person data keys, wrapped by the registry's KEK; account data sealed under them (:mod:`infra.sealing`)."""
+    """Per-person data keys, wrapped by the registry's KEK; account data sealed under them (:mod:`infra.crypto.sealing`)."""
 
     def __init__(self, kek: bytes) -> None:
         self._kek = kek
@@ -344,7 +344,7 @@ def build_app(settings: Settings) -> Any:
     """The registry as a faust app: one agent over its inbox, feeding the participant runtime."""
     import asyncio
 
-    from infra.topics import TopicNames
+    from infra.platform.topics import TopicNames
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     runtime = registry_runtime(settings)

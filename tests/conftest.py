@@ -13,7 +13,7 @@ apply Tansu's workarounds exactly when the broker is Tansu.
 
 Each test gets its own topic prefix and its own PostgreSQL namespace: every
 component's schema under the test's prefix (``<unique>_hub``, ``<unique>_registry``,
-…), owned by that component's role (``infra.pglayout``), so tests never see each
+…), owned by that component's role (``infra.platform.pglayout``), so tests never see each
 other's data and components work with exactly the rights they have in production.
 The component roles are created once per session, their secrets in a password file
 of the session; the harness itself connects as the server's administrator.
@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 # (children are also tied to this process with die_with_parent, for SIGKILL).
 signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-from infra.settings import KafkaSettings, Settings  # noqa: E402
+from infra.core.settings import KafkaSettings, Settings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
         if found is not None:
             yield found
             return
-    from infra.embedded import EmbeddedStack
-    from infra.settings import load_settings
+    from infra.platform.embedded import EmbeddedStack
+    from infra.core.settings import load_settings
 
     # The Java and jar cache of the machine (JAVA_HOME, RENKEI_EMBEDDED_*), not the test's settings.
     machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})
@@ -129,7 +129,7 @@ def unique() -> str:
 @contextlib.asynccontextmanager
 async def namespace(settings: Settings) -> AsyncIterator[Settings]:
     """``settings``' component schemas (and any missing role), dropped afterwards."""
-    from infra.pgprovision import drop_database_namespace, provision_database
+    from infra.platform.pgprovision import drop_database_namespace, provision_database
 
     await provision_database(settings)
     try:
@@ -149,6 +149,6 @@ async def settings(endpoints: Endpoints, database: Database, unique: str, tmp_pa
 @pytest.fixture
 def pg_dsn(settings: Settings) -> str:
     """A component's DSN in the test's namespace (the hub's role: no more rights than a component has)."""
-    from infra.pgdsn import component_dsn
+    from infra.platform.pgdsn import component_dsn
 
     return component_dsn(settings, "hub")

@@ -12,7 +12,7 @@ which of them count and prints the table (docs/testing.md, "Mutation testing").
   stays bounded on two cores;
 * :func:`tally` turns mutmut's per-file results (``mutants/<path>.meta``) into :class:`Score` rows.
 
-Run it through make: ``make mutation`` (every module) or ``make mutation MODULE=infra/tokens.py``;
+Run it through make: ``make mutation`` (every module) or ``make mutation MODULE=infra/crypto/tokens.py``;
 ``make mutation RERUN=1 MODULE=...`` judges again only the mutants the last run did not detect (after
 adding tests, or to finish an interrupted run; after a change to the module itself, run it whole);
 ``python tests/mutation_scope.py table`` prints the table of the last run again.
@@ -39,7 +39,7 @@ GOAL = 0.90
 class Scope:
     """One module of the security core under mutation."""
 
-    path: str  # e.g. "infra/tokens.py"
+    path: str  # e.g. "infra/crypto/tokens.py"
     tests: tuple[str, ...]  # unit test files (under tests/unit/) that judge its mutants
     why: str
     functions: tuple[str, ...] = ("*",)  # globs over mutmut's function names: "x_name", "xǁClassǁmethod"
@@ -67,20 +67,20 @@ class Scope:
 ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py")
 
 SCOPES: tuple[Scope, ...] = (
-    Scope("infra/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
+    Scope("infra/crypto/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
           "tokens: a My Number becomes a per-participant token; a dropped check links people across participants "
           "or lets one participant learn another's token"),
-    Scope("infra/merkle.py", ("test_batch.py", "test_records_checkpoints.py", "test_merkle_edges.py"),
+    Scope("infra/crypto/merkle.py", ("test_batch.py", "test_records_checkpoints.py", "test_merkle_edges.py"),
           "Merkle audit paths: one signature covers a batch; a wrong path check lets a forged message ride on a "
           "real batch signature"),
-    Scope("infra/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py",
+    Scope("infra/domain/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py",
                                    "test_validation_checks.py"),
           "the boundary checks: My Number check digit, bank account fields, the existence answer's holder flag, "
           "consent",
           # _halfwidth_table only builds the kana table at import (the table is checked through
           # to_zengin_halfwidth by test_validation.py): mutmut cannot switch one of its mutants in.
           exclude=("x__halfwidth_table",)),
-    Scope("infra/senders.py", ("test_senders.py", "test_envelope.py", "test_senders_words.py"),
+    Scope("infra/domain/senders.py", ("test_senders.py", "test_envelope.py", "test_senders_words.py"),
           "the receivers' own 'who may send this type to me' table, enforced whatever the hub did",
           # _rule only builds the SENDERS table at import, before mutmut switches a mutant in: none of its
           # mutants can be judged (the table itself is checked against the policy by test_senders.py).
@@ -91,23 +91,23 @@ SCOPES: tuple[Scope, ...] = (
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
     Scope("connectors/httpsig.py", ("test_bankhttp_channel.py", "test_httpsig_checks.py"),
           "bank HTTP request signatures: key, clock skew, signature, nonce replay"),
-    Scope("infra/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
+    Scope("infra/crypto/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
           "the key directory: root signature, versions, lifecycle on apply; revoked, retired and suspended keys "
           "refused on lookup", functions=("xǁKeyDirectoryǁ*",)),
-    Scope("infra/records_verify.py", ("test_records_checkpoints.py",),
+    Scope("infra/records/records_verify.py", ("test_records_checkpoints.py",),
           "the portal's verdict on a person's records against the signed checkpoint: deletion, rollback, fork",
           exclude=("xǁRecordsVerifierǁ*",)),
-    Scope("infra/envelope.py", ENVELOPE_TESTS,
+    Scope("infra/crypto/envelope.py", ENVELOPE_TESTS,
           "seal, verify, open, forward and the replay guard: every signature, freshness, addressing and "
           "ownership check"),
-    Scope("infra/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py"),
+    Scope("infra/domain/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py"),
           "the hub's default-deny policy and suspensions"),
     Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py",),
           "the hub's decision per ingress record: verify, rate limit, authorise, translate, countersign"),
-    Scope("infra/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py"),
+    Scope("infra/records/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py"),
           "the provision-record hash chain: canonical bytes, chaining, heads and anchors, the chain walk",
           exclude=("xǁProvisionStoreǁ*",)),
-    Scope("infra/checkpoints.py", ("test_records_checkpoints.py",),
+    Scope("infra/records/checkpoints.py", ("test_records_checkpoints.py",),
           "signed checkpoints over every person's chain head: the tree, the signature, the evidence",
           exclude=("x_read_evidence",)),
 )
@@ -119,7 +119,7 @@ def scope_for(mutant: str, scopes: Iterable[Scope] = SCOPES) -> Scope | None:
 
 WITHOUT_ENV = "MUTATION_WITHOUT"
 """Comma-separated test file names left out of every scope: a baseline score measured without the tests
-written to kill survivors (``MUTATION_WITHOUT=test_tokens_checks.py make mutation MODULE=infra/tokens.py``)."""
+written to kill survivors (``MUTATION_WITHOUT=test_tokens_checks.py make mutation MODULE=infra/crypto/tokens.py``)."""
 
 
 def tests_for_mutant(mutant: str, scopes: Iterable[Scope] = SCOPES,
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "rerun", "table"],
                         help="run: every mutant of the modules; rerun: only those the last run did not detect "
                              "(after new tests, or to finish an interrupted run); table: the last results")
-    parser.add_argument("modules", nargs="*", help="module paths, e.g. infra/tokens.py (default: all)")
+    parser.add_argument("modules", nargs="*", help="module paths, e.g. infra/crypto/tokens.py (default: all)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     scopes = _selected(args.modules)

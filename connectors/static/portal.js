@@ -333,7 +333,7 @@ function renderRecords() {
     const cls = marks[r.state] || "broken";
     // The legal basis always; the procedure and its purpose when the record names them.
     const basis = has(`basis.${r.legal_basis}`) ? t(`basis.${r.legal_basis}`) : r.legal_basis;
-    // r.procedure: the catalogue's entry for the procedure the exchange served (infra/procedures.toml), or null.
+    // r.procedure: the catalogue's entry for the procedure the exchange served (infra/domain/procedures.toml), or null.
     const p = r.procedure;
     const procedure = p ? [nameOf({ ja: p.name_ja, en: p.name_en }) || p.code,
                            nameOf({ ja: p.purpose_ja, en: p.purpose_en })].filter(Boolean).join(" / ") : "";

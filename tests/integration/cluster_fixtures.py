@@ -1,6 +1,6 @@
 """The secured three-node cluster for the cluster tests: one per test module, shared by its tests.
 
-``kafka_cluster`` starts :class:`infra.cluster.KafkaCluster` (three KRaft nodes, SASL_SSL with
+``kafka_cluster`` starts :class:`infra.platform.cluster.KafkaCluster` (three KRaft nodes, SASL_SSL with
 SCRAM-SHA-512, default-deny ACLs, replication 3, ``min.insync.replicas=2``) under a temporary folder,
 with a SCRAM user for every principal of the test participants file. ``secured_platform`` runs the
 hub, registry and bank simulator on it under a fresh topic prefix, each worker as its own principal,
@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from infra.acls import ADMIN, acl_bindings, principals
-from infra.cluster import KafkaCluster
-from infra.kafka_admin import apply_acls
-from infra.participants import load_participants
-from infra.settings import Settings, load_settings
-from infra.stack import Platform
-from infra.topics import TopicNames
+from infra.platform.acls import ADMIN, acl_bindings, principals
+from infra.platform.cluster import KafkaCluster
+from infra.platform.kafka_admin import apply_acls
+from infra.domain.participants import load_participants
+from infra.core.settings import Settings, load_settings
+from infra.platform.stack import Platform
+from infra.platform.topics import TopicNames
 from tests.integration.platform_fixtures import PARTICIPANTS_FILE, isolated_platform
 from tests.tools import require
 
@@ -33,7 +33,7 @@ __all__ = ["kafka_cluster", "secured_platform", "apply_prefix_acls", "cluster_pl
 
 
 def _java_missing() -> str | None:
-    from infra import kafka_broker as kb
+    from infra.platform import kafka_broker as kb
 
     machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})
     java = kb.find_java(machine.embedded_java)
@@ -44,7 +44,7 @@ def _java_missing() -> str | None:
 
 @pytest.fixture(scope="module")  # stopped after its module: three JVMs are a lot for the rest of a suite on 2 cores
 async def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KafkaCluster]:
-    from infra import kafka_broker as kb
+    from infra.platform import kafka_broker as kb
 
     require(_java_missing())
     machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})

@@ -5,7 +5,7 @@ simulator) as child processes against the session's broker and PostgreSQL,
 under a fresh topic prefix and PostgreSQL namespace (each component's schema,
 owned by its role), and waits until every worker has joined its consumer group.
 ``pg`` is the administrator with every component schema on its search path
-(``infra.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the
+(``infra.platform.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the
 fixtures into a test module with ``from tests.integration.platform_fixtures import *``.
 """
 
@@ -22,12 +22,12 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
-from infra.keystore import KeyStore
-from infra.pgdsn import observer_dsn
-from infra.pgprovision import drop_database_namespace
-from infra.pseudonyms import HubPseudonyms
-from infra.settings import KafkaSettings, Settings
-from infra.stack import WORKERS, Platform
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import observer_dsn
+from infra.platform.pgprovision import drop_database_namespace
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.core.settings import KafkaSettings, Settings
+from infra.platform.stack import WORKERS, Platform
 
 __all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms", "correlation_seen_by",
            "ENTITLED_PROCEDURE"]
@@ -38,7 +38,7 @@ PARTICIPANTS_FILE = Path(__file__).with_name("participants.toml")
 
 ENTITLED_PROCEDURE = {"agency-city-minato": "child-allowance", "agency-nta": "income-tax-refund",
                       "agency-mhlw": "national-pension", "agency-suspended": "child-allowance"}
-"""A public-benefit procedure each test agency may ask under (infra/procedures.toml; agency-suspended: refused anyway)."""
+"""A public-benefit procedure each test agency may ask under (infra/domain/procedures.toml; agency-suspended: refused anyway)."""
 
 
 def hub_pseudonyms(settings: Settings) -> HubPseudonyms:
@@ -62,7 +62,7 @@ async def isolated_platform(endpoints: Any, database: Any, state: Path, *,
     """Workers as real processes under a fresh topic prefix and PostgreSQL namespace, ready to serve.
 
     ``database``: the session's (``tests.conftest.Database``). ``workers`` names a subset of
-    ``infra.stack.WORKERS`` (default: all of them); ``overrides`` are further ``Settings`` fields (e.g.
+    ``infra.platform.stack.WORKERS`` (default: all of them); ``overrides`` are further ``Settings`` fields (e.g.
     ``registry_check_deadline_s``), handed to the workers too. The platform creates its namespace's schemas.
     ``kafka`` replaces the session broker's settings (the secured cluster: its admin's login);
     ``prepare`` runs before the platform starts (e.g. applying the prefix's ACLs).

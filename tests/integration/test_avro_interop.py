@@ -25,8 +25,8 @@ import fastavro
 import pytest
 from fastavro.utils import generate_one
 
-from infra.kafka_broker import MIN_JAVA, find_java
-from infra.settings import DEFAULT_CACHE
+from infra.platform.kafka_broker import MIN_JAVA, find_java
+from infra.core.settings import DEFAULT_CACHE
 from schemas import codec
 from schemas.catalogue import AVSC_ROOT, catalogue, check_full_transitive
 from tests.tools import require

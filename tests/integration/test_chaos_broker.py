@@ -2,7 +2,7 @@
 
 The platform here runs on a broker of its own (the session's broker is shared by every test module, and a
 killed broker is gone for everyone until it is back), with the session's PostgreSQL. The crash-safety run is
-the one `renkei chaos` makes (``infra.chaos.crash_safety`` with ``infra.chaos_broker.EmbeddedBroker``), with
+the one `renkei chaos` makes (``infra.tools.chaos.crash_safety`` with ``infra.tools.chaos_broker.EmbeddedBroker``), with
 only the broker killed: every request answered exactly once, every effect and provision record once, every
 record a producer was told was written (acks=all) read back once. The cluster's version — one of three nodes
 killed — is in tests/integration/test_cluster.py.
@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from infra.chaos import ChaosPlan, crash_safety
-from infra.chaos_broker import EmbeddedBroker
-from infra.pgprovision import drop_database_namespace
-from infra.settings import KafkaSettings, load_settings
-from infra.stack import Platform
+from infra.tools.chaos import ChaosPlan, crash_safety
+from infra.tools.chaos_broker import EmbeddedBroker
+from infra.platform.pgprovision import drop_database_namespace
+from infra.core.settings import KafkaSettings, load_settings
+from infra.platform.stack import Platform
 from tests.integration.platform_fixtures import PARTICIPANTS_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

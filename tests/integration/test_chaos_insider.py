@@ -1,7 +1,7 @@
 """`renkei chaos`'s insider part (issue 13) on a running platform: every insider's attack refused or detected.
 
 Hub, registry and banks run as real processes on the session's broker and PostgreSQL; the insiders act
-with what their role holds (``infra.chaos_insider``): the hub's keyset and broker rights, the database
+with what their role holds (``infra.tools.chaos_insider``): the hub's keyset and broker rights, the database
 superuser, a writer on every topic.  Good traffic is served after each attack.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from infra.chaos_insider import insider_attacks
-from infra.stack import Platform
+from infra.tools.chaos_insider import insider_attacks
+from infra.platform.stack import Platform
 from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -28,26 +28,26 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 from connectors.bank_sim import enrol_customer, open_account, register_at_counter, registration_status
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
-from infra.acls import AclBinding, acl_bindings
-from infra.chaos import ChaosPlan, crash_safety, read_topic
-from infra.chaos_broker import ClusterBroker
-from infra.errors import StackError
-from infra.kafka import admin_client, consumer, producer
-from infra.kafka_admin import apply_acls
-from infra.keystore import KeyStore
-from infra.pgdsn import observer_dsn
-from infra.policy import (
+from infra.platform.acls import AclBinding, acl_bindings
+from infra.tools.chaos import ChaosPlan, crash_safety, read_topic
+from infra.tools.chaos_broker import ClusterBroker
+from infra.core.errors import StackError
+from infra.platform.kafka import admin_client, consumer, producer
+from infra.platform.kafka_admin import apply_acls
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import observer_dsn
+from infra.domain.policy import (
     BASIS_NUMBERING,
     BASIS_PROVISION,
     BASIS_REGISTRATION,
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.provisions import ProvisionStore
-from infra.settings import Settings
-from infra.stack import Platform
-from infra.topics import INGRESS_PARTITIONS, TopicNames
-from infra.validation import generate_my_number
+from infra.records.provisions import ProvisionStore
+from infra.core.settings import Settings
+from infra.platform.stack import Platform
+from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
+from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.cluster_fixtures import kafka_cluster, secured_platform  # noqa: F401
@@ -104,7 +104,7 @@ async def _registered_person(platform: Platform, pg: asyncpg.Connection, bank: s
 
 async def _inquire(agency: BusClient, mn: str, agency_id: str = AGENCY) -> dict:
     token = await agency.token_for(agency_id, mn)
-    procedure = ENTITLED_PROCEDURE[agency_id]  # a procedure the agency may ask under (infra/procedures.toml)
+    procedure = ENTITLED_PROCEDURE[agency_id]  # a procedure the agency may ask under (infra/domain/procedures.toml)
     answer = await agency.request(agency_id, type=T.PROVISION_INQUIRY, to="registry", subject=token,
                                   body={"procedure_code": procedure, "purpose": None, "requested_at": _now()},
                                   data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120,

@@ -8,8 +8,8 @@ import pytest
 
 from connectors.agency import AgencyConnector
 from connectors.sdk import AgencyClient, InquiryFailed
-from infra.kafka import producer
-from infra.pgdsn import component_dsn
+from infra.platform.kafka import producer
+from infra.platform.pgdsn import component_dsn
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import (
     account,
@@ -23,7 +23,7 @@ from tests.integration.waits import dead_letters, hub_barrier, moved_on, replaye
 pytestmark = pytest.mark.integration
 
 AGENCY = "agency-nta"
-PROCEDURE = "income-tax-refund"  # AGENCY is entitled to it (infra/procedures.toml)
+PROCEDURE = "income-tax-refund"  # AGENCY is entitled to it (infra/domain/procedures.toml)
 
 
 @pytest.fixture(scope="module")

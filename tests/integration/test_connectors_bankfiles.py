@@ -18,9 +18,9 @@ import pytest
 
 from connectors.bankfiles import bank_file_connector, parse_file, render_file, write_atomically
 from connectors.client import BusClient
-from infra.metrics import fetch_metrics, parse_text, read_endpoint
-from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.stack import WORKERS
+from infra.platform.metrics import fetch_metrics, parse_text, read_endpoint
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.stack import WORKERS
 from schemas import types as T
 from tests.integration.test_connectors_support import eventually, my_number, own_database
 from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
@@ -208,7 +208,7 @@ async def test_existence_check_goes_out_as_a_file_and_the_answer_file_comes_back
 
 
 async def test_health_and_metrics_are_the_platform_ones(platform, bank):
-    """One metrics system: the connector's series are served with the worker series by infra.metrics,
+    """One metrics system: the connector's series are served with the worker series by infra.platform.metrics,
     whose endpoint file under the state folder is what `renkei status` reads."""
     runtime, _ = bank
     health = await runtime.health()

@@ -26,8 +26,8 @@ from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
 from connectors.httpsig import TO_RENKEI, ChannelKey, sign
 from connectors.runtime import RetryPolicy, delivery_row_id
-from infra.envelope import Message
-from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.crypto.envelope import Message
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
 from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
 from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture

@@ -35,11 +35,11 @@ from connectors.bankfiles import render_file, write_atomically
 from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
 from connectors.serve import BankChannelLease, LeaseHeld
-from infra.embedded import spawn_python
-from infra.metrics import fetch_metrics, read_endpoint
-from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
-from infra.stack import settings_args, settings_env
+from infra.platform.embedded import spawn_python
+from infra.platform.metrics import fetch_metrics, read_endpoint
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
+from infra.platform.stack import settings_args, settings_env
 from schemas import types as T
 from tests.integration.test_connectors_support import (
     BankEndpoint,

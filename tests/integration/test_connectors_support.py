@@ -31,11 +31,11 @@ from connectors.channel_tls import CA_FILE, server_certificate
 from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
-from infra.keystore import KeyStore
-from infra.pglayout import ident
-from infra.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.settings import Settings
-from infra.validation import generate_my_number
+from infra.platform.keystore import KeyStore
+from infra.platform.pglayout import ident
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.core.settings import Settings
+from infra.domain.validation import generate_my_number
 from schemas import types as T
 
 RNG = random.Random()
@@ -44,7 +44,7 @@ RNG = random.Random()
 async def own_database(platform_settings: Settings, name: str) -> Settings:
     """Settings for a connector with a database namespace of its own (its own database, as in production):
     its component's schema there, owned by its role, and nothing else of the platform's."""
-    from infra.pgprovision import provision_database
+    from infra.platform.pgprovision import provision_database
 
     spaced = dataclasses.replace(platform_settings, pg_schema_prefix=ident(
         f"{platform_settings.kafka.topic_prefix}_{name}_{uuid.uuid4().hex[:6]}_"))
@@ -61,7 +61,7 @@ async def serve_portal(platform_settings: Settings, name: str = "portal") -> Asy
     """
     from connectors.portal import PortalConnector
     from connectors.portal_throttle import LoginThrottle
-    from infra.pgdsn import records_dsn
+    from infra.platform.pgdsn import records_dsn
 
     settings = await own_database(platform_settings, name)
     async with PortalConnector(settings, provisions_dsn=records_dsn(platform_settings),

@@ -26,17 +26,17 @@ import pytest
 from aiokafka import TopicPartition
 
 from connectors.portal import records_view
-from infra.dlq import list_dead_letters
-from infra.envelope import Message, peek
-from infra.inspection import inspect_topic
-from infra.kafka import consumer
-from infra.keystore import KeyStore
-from infra.pgdsn import records_dsn
+from infra.ops.dlq import list_dead_letters
+from infra.crypto.envelope import Message, peek
+from infra.ops.inspection import inspect_topic
+from infra.platform.kafka import consumer
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import records_dsn
 from infra.ops import partitions_of
-from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.provisions import ProvisionStatus
-from infra.records_verify import RecordsVerifier
-from infra.topics import TopicNames
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.records.provisions import ProvisionStatus
+from infra.records.records_verify import RecordsVerifier
+from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401

@@ -15,14 +15,14 @@ import pytest
 
 from connectors.bank_sim import register_at_counter, registration_status
 from connectors.client import BusClient
-from infra.pgdsn import observer_dsn
-from infra.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.provisions import ProvisionStore
-from infra.storage import everywhere
-from infra.validation import generate_my_number
-from infra.chaos import read_topic
-from infra.envelope import peek
-from infra.topics import INGRESS_PARTITIONS, TopicNames
+from infra.platform.pgdsn import observer_dsn
+from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.records.provisions import ProvisionStore
+from infra.platform.storage import everywhere
+from infra.domain.validation import generate_my_number
+from infra.tools.chaos import read_topic
+from infra.crypto.envelope import peek
+from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
@@ -31,7 +31,7 @@ from tests.integration.test_connectors_support import bank_token, eventually, ho
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AGENCY = "agency-city-minato"
-PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/domain/procedures.toml)
 _rng = random.Random(20261126)
 
 
@@ -158,7 +158,7 @@ async def _uncommitted_claims(pg, settings) -> list[tuple[int, int]]:
     committed: a hub that dies now reads them again — a redelivery, not a replay."""
     from aiokafka import TopicPartition
 
-    from infra.kafka import admin_client
+    from infra.platform.kafka import admin_client
 
     ingress = TopicNames(settings.kafka.topic_prefix).ingress
     admin = admin_client(settings)
@@ -180,7 +180,7 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     offsets its consumer group has not committed yet (found by freezing it with SIGSTOP and looking), so
     the restarted hub certainly reads them again.  A redelivery must be forwarded again, never refused
     as REPLAYED, and nothing may be lost or answered twice."""
-    from infra.stack import WORKERS
+    from infra.platform.stack import WORKERS
     from tests.integration.waits import dead_letters, hub_barrier, metric, metrics_url, replayed
 
     settings = running_platform.settings
@@ -259,7 +259,7 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
         if meta.correlation_id in asked and meta.type == T.PROVISION_RESPONSE:
             on_wire.setdefault(meta.correlation_id, set()).add(meta.message_id)
     assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
-    # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.pseudonyms).
+    # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.crypto.pseudonyms).
     names = hub_pseudonyms(settings)
     sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(  # the agency's outbox and the registry's
         f"SELECT envelope FROM {await everywhere(pg, 'participant_outbox')} o "

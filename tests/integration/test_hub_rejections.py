@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from infra.envelope import Sealer, peek
-from infra.keystore import KeyStore
-from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.topics import TopicNames
+from infra.crypto.envelope import Sealer, peek
+from infra.platform.keystore import KeyStore
+from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import settings_env
+from infra.platform.stack import settings_env
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import account, eventually, register_through_portal
 from tests.integration.test_participant_cli import flags, person, renkei  # noqa: F401 - fixtures
@@ -25,7 +25,7 @@ from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
 
-AGENCY, PROCEDURE = "agency-city-minato", "child-allowance"  # entitled (infra/procedures.toml)
+AGENCY, PROCEDURE = "agency-city-minato", "child-allowance"  # entitled (infra/domain/procedures.toml)
 INQUIRY = "provision.inquiry"
 
 

@@ -16,11 +16,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from infra.embedded import KAFKA_DIR, EmbeddedStack, read_state
-from infra.errors import StackError
-from infra.kafka import admin_client, consumer, producer
-from infra.processes import free_port, process_alive
-from infra.settings import KafkaSettings, Settings
+from infra.platform.embedded import KAFKA_DIR, EmbeddedStack, read_state
+from infra.core.errors import StackError
+from infra.platform.kafka import admin_client, consumer, producer
+from infra.platform.processes import free_port, process_alive
+from infra.core.settings import KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 

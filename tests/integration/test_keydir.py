@@ -21,17 +21,17 @@ import pytest
 from aiokafka import TopicPartition
 
 from infra.cli import main
-from infra.dlq import list_dead_letters
-from infra.envelope import Message
-from infra.kafka import admin_client, producer
-from infra.keyadmin import revoke
-from infra.keys import KeyDirectory, RootAuthority, Status
-from infra.keystore import KeyStore, load_directory
-from infra.metrics import fetch_metrics
+from infra.ops.dlq import list_dead_letters
+from infra.crypto.envelope import Message
+from infra.platform.kafka import admin_client, producer
+from infra.platform.keyadmin import revoke
+from infra.crypto.keys import KeyDirectory, RootAuthority, Status
+from infra.platform.keystore import KeyStore, load_directory
+from infra.platform.metrics import fetch_metrics
 from infra.ops import ops_audit_topic, scan_consumer
-from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.stack import bootstrap_keys, settings_env
-from infra.topics import TopicNames, TopicSpec, apply_layout
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.stack import bootstrap_keys, settings_env
+from infra.platform.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, bus, pg, running_platform  # noqa: F401

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from infra.lag import consumer_lag, platform_groups
-from infra.pgdsn import public_dsn
+from infra.ops.lag import consumer_lag, platform_groups
+from infra.platform.pgdsn import public_dsn
 from tests.integration.platform_fixtures import *  # noqa: F401,F403 - fixtures: running_platform
 
 pytestmark = pytest.mark.integration

@@ -32,16 +32,16 @@ from aiokafka import TopicPartition
 from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk, answer_row_id
-from infra.envelope import peek
-from infra.keystore import KeyStore
-from infra.kafka import consumer
-from infra.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-from infra.pgdsn import observer_dsn
-from infra.provisions import ProvisionStore
-from infra.sealing import UnsealError
-from infra.stack import WORKERS, Platform
-from infra.topics import INGRESS_PARTITIONS, TopicNames
-from infra.validation import generate_my_number
+from infra.crypto.envelope import peek
+from infra.platform.keystore import KeyStore
+from infra.platform.kafka import consumer
+from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.platform.pgdsn import observer_dsn
+from infra.records.provisions import ProvisionStore
+from infra.crypto.sealing import UnsealError
+from infra.platform.stack import WORKERS, Platform
+from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
+from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
@@ -281,9 +281,9 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
 async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     """``bank`` answers lookup ``cid`` once more, after the result went out: a fresh message id, sealed with the
     bank's own keys, the routing fields of its first answer (a bank system re-sending its answer)."""
-    from infra.chaos import read_topic
-    from infra.envelope import Message, Sealer
-    from infra.kafka import producer
+    from infra.tools.chaos import read_topic
+    from infra.crypto.envelope import Message, Sealer
+    from infra.platform.kafka import producer
 
     names = TopicNames(platform.settings.kafka.topic_prefix)
     hub = hub_pseudonyms(platform.settings)  # the bank answers in the correlation id it was shown, its own

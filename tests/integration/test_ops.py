@@ -20,11 +20,11 @@ from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from infra.errors import ConfigError
-from infra.kafka import admin_client, consumer, producer
+from infra.core.errors import ConfigError
+from infra.platform.kafka import admin_client, consumer, producer
 from infra.ops import Window, ops_audit_topic
-from infra.settings import Settings
-from infra.topics import TopicNames
+from infra.core.settings import Settings
+from infra.platform.topics import TopicNames
 from tests.unit.envelope_world import World
 
 
@@ -88,7 +88,7 @@ def run_cli(settings: Settings, pg_dsn: str, state_dir: Path, *argv: str) -> tup
         "from infra.cli import main\n"
         "rc = main(sys.argv[1:])\n"
         "keyish = [p for p in opened if p.endswith(('.keyset', '.key', '.secret', 'passphrase')) or '/keys/' in p]\n"
-        "sys.stderr.write('\\nOPS-CHECK ' + json.dumps({'rc': rc, 'keystore': 'infra.keystore' in sys.modules,\n"
+        "sys.stderr.write('\\nOPS-CHECK ' + json.dumps({'rc': rc, 'keystore': 'infra.platform.keystore' in sys.modules,\n"
         "                  'keyish': keyish}) + '\\n')\n"
         "sys.exit(rc)\n"
     )
@@ -157,7 +157,7 @@ async def test_replay_window_into_fresh_topic_has_exactly_the_window(settings: S
 
 async def test_replay_requires_a_reason_and_an_existing_target(settings: Settings, pg_dsn: str,
                                                                tmp_path: Path) -> None:
-    from infra.replay import replay_into
+    from infra.ops.replay import replay_into
 
     src = f"{settings.kafka.topic_prefix}.src"
     await create_topics(settings, **{src: 1})
@@ -215,7 +215,7 @@ async def test_inspect_shows_metadata_never_bodies_or_full_subjects(settings: Se
 
 
 async def test_lag_is_high_watermark_minus_committed(settings: Settings) -> None:
-    from infra.lag import consumer_lag
+    from infra.ops.lag import consumer_lag
 
     topic, group = f"{settings.kafka.topic_prefix}.work", f"{settings.kafka.topic_prefix}.workers"
     await create_topics(settings, **{topic: 2})
@@ -284,7 +284,7 @@ async def test_rewind_moves_an_idle_groups_offsets_to_the_window_start(settings:
 
 
 async def test_rewind_refused_while_a_member_is_active(settings: Settings, pg_dsn: str, tmp_path: Path) -> None:
-    from infra.replay import GroupActive, rewind_group
+    from infra.ops.replay import GroupActive, rewind_group
 
     topic = await _timed_topic(settings, "busy")
     group = f"{settings.kafka.topic_prefix}.busy"
@@ -311,8 +311,8 @@ async def test_rewind_refused_while_a_member_is_active(settings: Settings, pg_ds
 async def test_rewind_evicts_a_stale_member_the_embedded_broker_keeps(settings: Settings) -> None:
     """A lone member that left stays listed on Tansu (Apache Kafka drops it: skipped there); --evict-stale-members
     rejoins, then commits."""
-    from infra.lag import describe_group
-    from infra.replay import rewind_group
+    from infra.ops.lag import describe_group
+    from infra.ops.replay import rewind_group
 
     topic = await _timed_topic(settings, "stale")
     group = f"{settings.kafka.topic_prefix}.stale"

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from infra.dlq import list_dead_letters, redrive
-from infra.envelope import Message, Opener, Sealer
-from infra.keystore import KeyStore, publish_directory
-from infra.metrics import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
+from infra.ops.dlq import list_dead_letters, redrive
+from infra.crypto.envelope import Message, Opener, Sealer
+from infra.platform.keystore import KeyStore, publish_directory
+from infra.platform.metrics import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
 from infra.ops import Window
-from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.replay import rewind_group
-from infra.stack import WORKERS, Platform, wait_for_groups
-from infra.topics import TopicNames
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.ops.replay import rewind_group
+from infra.platform.stack import WORKERS, Platform, wait_for_groups
+from infra.platform.topics import TopicNames
 from schemas import types as T
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
 from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ROTATING_AGENCY = "agency-mhlw"  # only this module's key-rotation test uses it
-PROCEDURES = {ROTATING_AGENCY: "national-pension", AGENCY: "child-allowance"}  # infra/procedures.toml
+PROCEDURES = {ROTATING_AGENCY: "national-pension", AGENCY: "child-allowance"}  # infra/domain/procedures.toml
 
 
 async def endpoint_of(platform: Platform, name: str, timeout: float = 90) -> WorkerEndpoint:

@@ -24,13 +24,13 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
-from infra.embedded import EmbeddedStack, read_state
-from infra.embedded_pg import superuser_passfile
-from infra.pgdsn import component_dsn, layout_for, public_dsn, records_dsn
-from infra.pgpass import read_passfile
-from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.settings import Settings
-from infra.validation import generate_my_number
+from infra.platform.embedded import EmbeddedStack, read_state
+from infra.platform.embedded_pg import superuser_passfile
+from infra.platform.pgdsn import component_dsn, layout_for, public_dsn, records_dsn
+from infra.platform.pgpass import read_passfile
+from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.core.settings import Settings
+from infra.domain.validation import generate_my_number
 from schemas import types as T
 from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
 from tests.integration.test_connectors_support import hold_account
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).parents[2]
 AGENCY = "agency-nta"
-PROCEDURE = "income-tax-refund"  # one AGENCY is entitled to (infra/procedures.toml)
+PROCEDURE = "income-tax-refund"  # one AGENCY is entitled to (infra/domain/procedures.toml)
 RNG = random.Random()
 NOBODY = Path("/nonexistent/renkei-test.pgpass")  # no password file: what a local user without the secret has
 

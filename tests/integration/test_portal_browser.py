@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from connectors.portal import PortalConnector
-from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
 from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal

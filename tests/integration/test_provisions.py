@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from infra.provisions import (
+from infra.records.provisions import (
     GENESIS_HASH,
     HEAD_DOMAIN,
     ProvisionStatus,
@@ -28,8 +28,8 @@ from infra.provisions import (
     head_statement,
     to_avro,
 )
-from infra.records_keys import RecordsKey, Seal
-from infra.storage import claim, create_pool, migrate_idempotency
+from infra.crypto.records_keys import RecordsKey, Seal
+from infra.platform.storage import claim, create_pool, migrate_idempotency
 from schemas import codec
 
 pytestmark = pytest.mark.integration

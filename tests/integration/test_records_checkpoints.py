@@ -13,12 +13,12 @@ import dataclasses
 
 import pytest
 
-from infra.checkpoint_builder import CheckpointRefused
-from infra.checkpoint_log import CheckpointLog
-from infra.checkpoints import open_checkpoint, sign_checkpoint
-from infra.provisions import GENESIS_HASH, bucket_of
-from infra.records_keys import RecordsKey
-from infra.records_verify import RecordState, Verdict
+from infra.records.checkpoint_builder import CheckpointRefused
+from infra.records.checkpoint_log import CheckpointLog
+from infra.records.checkpoints import open_checkpoint, sign_checkpoint
+from infra.records.provisions import GENESIS_HASH, bucket_of
+from infra.crypto.records_keys import RecordsKey
+from infra.records.records_verify import RecordState, Verdict
 from tests.integration.records_world import draft, overwrite, records_world, rehash_from, token
 
 pytestmark = pytest.mark.integration
@@ -176,7 +176,7 @@ async def test_rewriting_the_stored_bucket_roots_too_is_detected(world):
     await world.attacker.execute("DELETE FROM provision_records WHERE person_token = $1", person)
     await world.attacker.execute("DELETE FROM provision_chain_heads WHERE person_token = $1", person)
     # recompute the bucket root over what is left, as the builder would: still not the signed root
-    from infra.checkpoints import bucket_root
+    from infra.records.checkpoints import bucket_root
 
     bucket = bucket_of(person)
     rows = await world.attacker.fetch("SELECT person_token, cp_seq, cp_hash FROM provision_chain_heads "

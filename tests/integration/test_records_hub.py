@@ -24,10 +24,10 @@ from connectors.client import BusClient
 from connectors.portal_cards import CardStore
 from connectors.portal_schema import migrate_portal
 from infra.cli import main
-from infra.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.pgdsn import component_dsn, observer_dsn
-from infra.provisions import ProvisionStore
-from infra.stack import settings_env
+from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.pgdsn import component_dsn, observer_dsn
+from infra.records.provisions import ProvisionStore
+from infra.platform.stack import settings_env
 from schemas import types as T
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from
@@ -37,7 +37,7 @@ from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]
 
 AGENCY = "agency-city-minato"
-PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/procedures.toml)
+PROCEDURE = "child-allowance"  # AGENCY is entitled to it (infra/domain/procedures.toml)
 PIN = "2580"
 CARDS: dict[str, str] = {}
 """My Number → the person's portal card: `renkei portal records` takes the card and PIN, not a My Number."""

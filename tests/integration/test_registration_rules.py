@@ -23,16 +23,16 @@ import pytest
 
 from connectors.bank_sim import open_account, register_at_counter, registration_status
 from connectors.client import BusClient
-from infra.envelope import Message
-from infra.policy import (
+from infra.crypto.envelope import Message
+from infra.domain.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
     BASIS_CHANGE,
     BASIS_PROVISION,
     BASIS_REGISTRATION,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.pgdsn import observer_dsn
-from infra.validation import generate_my_number
+from infra.platform.pgdsn import observer_dsn
+from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, hub_pseudonyms, isolated_platform
@@ -274,7 +274,7 @@ async def test_another_bank_cannot_answer_a_check_it_was_not_asked(bus, pg, plat
     try:
         pending = asyncio.create_task(register(bus, b, acct))  # B tries A's account
         check = await eventually(lambda: open_check(pg, "bank-9003"), timeout=60)
-        # Each participant sees a conversation under a correlation id of its own (infra.pseudonyms), so a bank
+        # Each participant sees a conversation under a correlation id of its own (infra.crypto.pseudonyms), so a bank
         # that was not shown this check cannot even address it; the test hands bank 9004 the correlation id
         # that reaches the registry's check, to prove the registry's own attribution of the answer.
         names = hub_pseudonyms(platform.settings)

@@ -15,8 +15,8 @@ import gc
 import pytest
 from aiokafka import TopicPartition
 
-from infra.kafka import admin_client, producer
-from infra.topics import TopicNames
+from infra.platform.kafka import admin_client, producer
+from infra.platform.topics import TopicNames
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import *  # noqa: F401,F403 - fixtures: running_platform
 

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from infra.embedded import EmbeddedStack, process_alive, read_state
-from infra.errors import StackError
+from infra.platform.embedded import EmbeddedStack, process_alive, read_state
+from infra.core.errors import StackError
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_children_die_with_a_killed_parent_when_tied(tmp_path):
     """die_with_parent (used by tests and the demo): SIGKILL of the starter leaves no broker or database."""
     script = (
         "import asyncio, json, os, sys\n"
-        "from infra.embedded import EmbeddedStack\n"
+        "from infra.platform.embedded import EmbeddedStack\n"
         "async def main():\n"
         f"    s = EmbeddedStack({str(tmp_path / 's')!r}, die_with_parent=True)\n"
         "    await s.start()\n"

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from infra.storage import applied_versions, claim, create_pool, forget_before, migrate, migrate_idempotency
+from infra.platform.storage import applied_versions, claim, create_pool, forget_before, migrate, migrate_idempotency
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.kafka import admin_client
-from infra.participants import load_participants
-from infra.topics import TopicNames, apply_layout, layout
+from infra.platform.kafka import admin_client
+from infra.domain.participants import load_participants
+from infra.platform.topics import TopicNames, apply_layout, layout
 
 pytestmark = pytest.mark.integration
 

@@ -28,17 +28,17 @@ import pytest
 from connectors.bank_sim import set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
-from infra.envelope import FANOUT, HubForwarder, Message, Sealer, peek
-from infra.keystore import KeyStore
-from infra.policy import (BASIS_CHANGE, BASIS_DISASTER_LOOKUP, BASIS_PROVISION, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, peek
+from infra.platform.keystore import KeyStore
+from infra.domain.policy import (BASIS_CHANGE, BASIS_DISASTER_LOOKUP, BASIS_PROVISION, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
                           DATA_PUBLIC_FUNDS_ACCOUNT)
-from infra.stack import Platform
-from infra.topics import TopicNames
+from infra.platform.stack import Platform
+from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from infra.pgdsn import observer_dsn
-from infra.storage import everywhere
+from infra.platform.pgdsn import observer_dsn
+from infra.platform.storage import everywhere
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register

@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from infra.chaos import dead_letter_info, read_topic
-from infra.metrics import fetch_health, fetch_metrics, read_endpoint
-from infra.settings import Settings
-from infra.topics import TopicNames
+from infra.tools.chaos import dead_letter_info, read_topic
+from infra.platform.metrics import fetch_health, fetch_metrics, read_endpoint
+from infra.core.settings import Settings
+from infra.platform.topics import TopicNames
 
 BARRIER_PREFIX = b"renkei-test-barrier:"
 
@@ -76,7 +76,7 @@ async def dead_letters(settings: Settings) -> list[dict[str, str]]:
 
 async def hub_barrier(settings: Settings, *, timeout: float = 120.0) -> None:
     """Return once the hub has processed everything produced to ingress before this call (see the module doc)."""
-    from infra.kafka import producer
+    from infra.platform.kafka import producer
 
     ingress = TopicNames(settings.kafka.topic_prefix).ingress
     prod = producer(settings)

@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra import envelope as E
-from infra import keys as K
-from infra.envelope import HubForwarder, Sealer
+from infra.crypto import envelope as E
+from infra.crypto import keys as K
+from infra.crypto.envelope import HubForwarder, Sealer
 from tests.unit.envelope_world import T0
 
 PARTICIPANTS = ("agency-a", "registry", "bank-1", "bank-2")

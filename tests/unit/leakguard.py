@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from infra.errors import RenkeiError
+from infra.core.errors import RenkeiError
 
 USED: set[str] = set()
 

@@ -1,4 +1,4 @@
-"""The ACLs generated from the participants and the real topic and group names (infra.acls): each principal can
+"""The ACLs generated from the participants and the real topic and group names (infra.platform.acls): each principal can
 do exactly what its processes do, and nothing that would let it read another's inbox or rewrite the key directory.
 
 Pure: the bindings are checked with ``allows``, which matches rules as Kafka's StandardAuthorizer does; the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.acls import (
+from infra.platform.acls import (
     ADMIN,
     BANK_SIMULATOR,
     BROKER,
@@ -22,11 +22,11 @@ from infra.acls import (
     principal,
     principals,
 )
-from infra.errors import ConfigError
-from infra.participants import Kind, Participant, load_participants
-from infra.settings import KafkaSettings, Settings
-from infra.stack import WORKERS
-from infra.topics import TopicNames, layout
+from infra.core.errors import ConfigError
+from infra.domain.participants import Kind, Participant, load_participants
+from infra.core.settings import KafkaSettings, Settings
+from infra.platform.stack import WORKERS
+from infra.platform.topics import TopicNames, layout
 
 NAMES = TopicNames("renkei")
 PARTICIPANTS = load_participants(banks=3)

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra import merkle
-from infra.envelope import Message, Verifier
-from infra.errors import EnvelopeRejection, Reason
-from infra.keys import SigningPublicKey
+from infra.crypto import merkle
+from infra.crypto.envelope import Message, Verifier
+from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto.keys import SigningPublicKey
 from schemas import codec
 from tests.unit.envelope_world import T0, World, example_body
 from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra.errors import CodecError, Reason
+from infra.core.errors import CodecError, Reason
 from schemas.bounds import ArrayCaps, CapExceeded
 
 EVERY_TYPE = {"type": "record", "name": "Outer", "namespace": "t.ns", "fields": [

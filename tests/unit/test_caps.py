@@ -8,10 +8,10 @@ import hashlib
 import fastavro
 import pytest
 
-from infra import envelope as E
-from infra import merkle
-from infra.errors import CodecError, Reason
-from infra.ratelimit import SenderRateLimiter
+from infra.crypto import envelope as E
+from infra.crypto import merkle
+from infra.core.errors import CodecError, Reason
+from infra.domain.ratelimit import SenderRateLimiter
 from schemas import codec
 from schemas.bounds import ArrayCaps, CapExceeded
 from streams.gateway import HubCore, Inbound

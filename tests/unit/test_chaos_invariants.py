@@ -14,7 +14,7 @@ import dataclasses
 
 import pytest
 
-from infra.chaos_invariants import (
+from infra.tools.chaos_invariants import (
     DeadLetterSeen,
     Observations,
     RecordSeen,

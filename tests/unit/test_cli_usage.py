@@ -7,7 +7,7 @@ import random
 import pytest
 
 from infra.cli import build_parser, hide_digit_runs
-from infra.validation import generate_my_number
+from infra.domain.validation import generate_my_number
 
 
 def test_long_digit_runs_are_hidden_short_ones_kept():

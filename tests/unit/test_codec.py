@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra.errors import CodecError, Reason
+from infra.core.errors import CodecError, Reason
 from schemas import catalogue, codec, types
 
 NOW = datetime(2025, 4, 1, 9, 30, tzinfo=UTC)

@@ -1,5 +1,5 @@
 """infra/compose.yaml deploys what the cluster tests run: its brokers' security, authorization and replication
-settings are the ones ``infra.cluster`` gives its nodes (issue 15 item 6).
+settings are the ones ``infra.platform.cluster`` gives its nodes (issue 15 item 6).
 
 The brokers' environment is read the way the apache/kafka image turns it into server.properties
 (``KAFKA_`` dropped, ``___`` → ``-``, ``__`` → ``_``, ``_`` → ``.``, lower case; compose's ``$$`` is ``$``),
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.acls import ADMIN, BROKER
-from infra.cluster import KafkaCluster, scram_jaas, security_properties
-from infra.cluster_tls import ClusterTls
-from infra.kafka_broker import kafka_version
+from infra.platform.acls import ADMIN, BROKER
+from infra.platform.cluster import KafkaCluster, scram_jaas, security_properties
+from infra.platform.cluster_tls import ClusterTls
+from infra.platform.kafka_broker import kafka_version
 
 COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "compose.yaml"
 # What must agree besides security_properties(): the roles, listener names, sizes and internal replication.
@@ -45,7 +45,7 @@ def _compose_brokers() -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def fixture_node(tmp_path_factory) -> dict[str, str]:
     """Node 1's server.properties as the cluster fixture writes it (certificates and passwords generated)."""
-    from infra.cluster import ClusterLayout, NODE_IDS
+    from infra.platform.cluster import ClusterLayout, NODE_IDS
 
     cluster = KafkaCluster(tmp_path_factory.mktemp("cluster"), None, None)  # type: ignore[arg-type]
     cluster.layout = ClusterLayout.new(base_port=39000)

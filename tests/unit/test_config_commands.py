@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pytest
 
-from infra.settings import load_settings, setting_keys, setting_sources
+from infra.core.settings import load_settings, setting_keys, setting_sources
 from tests.tools import require
 
 SECRET = "s3cr3t-Pa55"

@@ -19,7 +19,7 @@ GOOD = ["1", "R", "cust-1", MN, "123", "1", "1234567", "ﾔﾏﾀﾞ ﾀﾛｳ",
 
 
 def test_valid_check_digit_fixture():
-    from infra.validation import validate_my_number
+    from infra.domain.validation import validate_my_number
 
     assert validate_my_number(MN) == MN
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra import envelope as E
-from infra import merkle
-from infra.envelope import FANOUT, MemoryReplayGuard, Opener, peek
-from infra.errors import EnvelopeRejection, Reason
-from infra.keys import Keyset
-from infra.participants import Kind
-from infra.senders import SENDERS
+from infra.crypto import envelope as E
+from infra.crypto import merkle
+from infra.crypto.envelope import FANOUT, MemoryReplayGuard, Opener, peek
+from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto.keys import Keyset
+from infra.domain.participants import Kind
+from infra.domain.senders import SENDERS
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body, rejected
@@ -267,7 +267,7 @@ def test_hub_cannot_alter_signed_fields_even_with_a_valid_countersignature(world
 
 
 def test_participant_cannot_countersign(world):
-    from infra.envelope import HubForwarder
+    from infra.crypto.envelope import HubForwarder
 
     impostor = HubForwarder(world.keys["bank-1"], world.directory, clock=world.clock)
     forwarded = impostor.forward(world.ingress.verify(world.seal()), world.token("registry"))
@@ -559,7 +559,7 @@ def test_a_participant_signing_as_another_with_its_own_valid_key_is_refused(worl
 
 
 def test_impersonation_is_refused_by_the_hub_gateway(world):
-    from infra.policy import Policy
+    from infra.domain.policy import Policy
     from streams.gateway import HubCore, Inbound
 
     core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=Policy.load(),

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.envelope import LegIds, Message
+from infra.crypto.envelope import LegIds, Message
 from tests.unit.envelope_world import T0
 from tests.unit.golden_world import Golden, digests
 from tests.unit.golden_world import golden  # noqa: F401 - fixture

@@ -20,10 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra import envelope as E
-from infra import keys as K
-from infra.envelope import LegIds, Message, Sealer, peek
-from infra.errors import Reason
+from infra.crypto import envelope as E
+from infra.crypto import keys as K
+from infra.crypto.envelope import LegIds, Message, Sealer, peek
+from infra.core.errors import Reason
 from schemas import codec
 from tests.unit.envelope_world import T0, example_body, rejected
 from tests.unit.envelope_world import world  # noqa: F401 - fixture

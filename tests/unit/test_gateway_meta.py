@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from infra.envelope import peek
-from infra.errors import Reason
-from infra.provisions import ProvisionStatus
+from infra.crypto.envelope import peek
+from infra.core.errors import Reason
+from infra.records.provisions import ProvisionStatus
 from streams.gateway import HubCore, Inbound
 from tests.unit.envelope_world import OTHER_PROCEDURE, PROCEDURE, World, world_policy
 from tests.unit.envelope_world import world  # noqa: F401 - fixture

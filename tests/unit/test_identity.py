@@ -1,4 +1,4 @@
-"""番号変更 (infra.identity): the person's tokens survive a number change; the replaced number is refused."""
+"""番号変更 (infra.domain.identity): the person's tokens survive a number change; the replaced number is refused."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from infra.errors import Rejection
-from infra.identity import NumberChanges
-from infra.tokens import TokenAuthority
-from infra.validation import generate_my_number
+from infra.core.errors import Rejection
+from infra.domain.identity import NumberChanges
+from infra.crypto.tokens import TokenAuthority
+from infra.domain.validation import generate_my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

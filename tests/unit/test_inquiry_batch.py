@@ -9,8 +9,8 @@ import pytest
 from connectors.commands import normalise_my_number
 from connectors.inquiry_batch import (RESULT_COLUMNS, LineResult, batch_digest, read_people, result_from_answer,
                                       write_results)
-from infra.errors import ValidationError
-from infra.validation import generate_my_number
+from infra.core.errors import ValidationError
+from infra.domain.validation import generate_my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from infra.errors import ConfigError, EnvelopeRejection, Reason
-from infra.keys import (
+from infra.core.errors import ConfigError, EnvelopeRejection, Reason
+from infra.crypto.keys import (
     ED25519,
     MLKEM768_X25519,
     SKIP_REASONS,
@@ -26,7 +26,7 @@ from infra.keys import (
     encode_snapshot,
     signed_record_key,
 )
-from infra import keys
+from infra.crypto import keys
 from schemas import codec
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 

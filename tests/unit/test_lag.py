@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.protocol.admin import DescribeGroupsResponse_v0, DescribeGroupsResponse_v3
 
-from infra.lag import assigned_partitions, group_members, group_state
+from infra.ops.lag import assigned_partitions, group_members, group_state
 
 
 def test_members_and_their_assignment():

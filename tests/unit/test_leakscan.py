@@ -1,7 +1,7 @@
 """The leak scanner's positive control: a My Number planted in every encoding it claims is found.
 
 A scanner that finds nothing proves nothing unless it is shown to find what it looks for.  Each
-planting below is written out independently of ``infra.leakscan.encodings`` (the oracle is not asked
+planting below is written out independently of ``infra.tools.leakscan.encodings`` (the oracle is not asked
 how to encode), surrounded by bytes of the kinds it lives among (JSON, binary, ciphertext), at every
 alignment that matters.  Then the negative side: numbers that were not asked for, and random bytes,
 give no hit.
@@ -15,8 +15,8 @@ import random
 
 import pytest
 
-from infra.leakscan import LeakReport, Scanner, encodings
-from infra.validation import generate_my_number
+from infra.tools.leakscan import LeakReport, Scanner, encodings
+from infra.domain.validation import generate_my_number
 
 RNG = random.Random(1212)
 NUMBERS = sorted({generate_my_number(RNG) for _ in range(50)})

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra.envelope import Verifier
-from infra.errors import Reason
-from infra.participants import Kind, Participant, Participants
-from infra.policy import BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS, \
+from infra.crypto.envelope import Verifier
+from infra.core.errors import Reason
+from infra.domain.participants import Kind, Participant, Participants
+from infra.domain.policy import BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS, \
     DATA_DEPOSIT_ACCOUNT_NUMBERING, Policy
 from schemas import types as T
 from streams.gateway import HubCore, Inbound

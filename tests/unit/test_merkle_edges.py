@@ -2,14 +2,14 @@
 the refusal of an empty tree.
 
 Written against the survivors of ``make mutation`` (docs/testing.md): each test fails when a bound of
-infra/merkle.py moves by one.
+infra/crypto/merkle.py moves by one.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from infra import merkle
+from infra.crypto import merkle
 
 
 def test_an_index_one_past_the_last_leaf_leads_nowhere():

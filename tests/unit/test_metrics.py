@@ -7,11 +7,11 @@ import os
 import pytest
 from aiokafka import TopicPartition
 
-from infra.metrics import (Gauge, MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
+from infra.platform.metrics import (Gauge, MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
                            fetch_metrics, parse_text, read_endpoint, workers_dir)
 from streams.gateway import Decision, Inbound
 from streams.hub import _dead_letter_headers, _headers
-from infra.errors import Reason
+from infra.core.errors import Reason
 
 
 def test_counters_histograms_and_gauges_render_as_prometheus_text():
@@ -203,7 +203,7 @@ def test_other_endpoints_lists_live_processes_the_stack_did_not_start(tmp_path):
     import os
     import subprocess
 
-    from infra.metrics import WorkerEndpoint, other_endpoints, write_endpoint
+    from infra.platform.metrics import WorkerEndpoint, other_endpoints, write_endpoint
 
     gone = subprocess.Popen(["true"])
     gone.wait()

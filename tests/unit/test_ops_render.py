@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 
-from infra.dlq import dead_letter, redrive_headers
-from infra.inspection import describe_record
-from infra.lag import lag_of
+from infra.ops.dlq import dead_letter, redrive_headers
+from infra.ops.inspection import describe_record
+from infra.ops.lag import lag_of
 from infra.ops import renkei_headers, subject_shown
 from schemas import codec
 from tests.unit.envelope_world import World
@@ -45,7 +45,7 @@ def test_a_forwarded_leg_shows_its_procedure_only_to_its_recipient() -> None:
     """On a leg the procedure and the outcome are sealed: the ops view of an inbox shows neither."""
     import uuid
 
-    from infra.envelope import LegIds
+    from infra.crypto.envelope import LegIds
 
     world = World()
     sealed = world.seal("agency-a", "registry", "provision.inquiry", procedure="child-allowance")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import ConfigError
+from infra.core.errors import ConfigError
 from infra.ops import SKIP, STOP, TAKE, Window, classify, iso, parse_time
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigError
-from infra.participants import Kind, load_participants
-from infra.topics import TopicNames, layout
+from infra.core.errors import ConfigError
+from infra.domain.participants import Kind, load_participants
+from infra.platform.topics import TopicNames, layout
 
 
 def test_default_set_has_every_kind_and_five_banks():
@@ -80,7 +80,7 @@ def test_prefix_isolates_names():
 
 
 def test_acls_confine_each_participant_to_ingress_and_its_own_inbox():
-    from infra.acls import acl_bindings, kafka_acls_commands
+    from infra.platform.acls import acl_bindings, kafka_acls_commands
 
     ps = load_participants(banks=2)
     names = TopicNames("renkei")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigError
-from infra.participants import Kind, Participant, Participants, load_participants
-from infra.pgdsn import component_dsn, names_user, observer_dsn, ops_dsn, public_dsn, records_dsn, with_search_path
-from infra.pglayout import (
+from infra.core.errors import ConfigError
+from infra.domain.participants import Kind, Participant, Participants, load_participants
+from infra.platform.pgdsn import component_dsn, names_user, observer_dsn, ops_dsn, public_dsn, records_dsn, with_search_path
+from infra.platform.pglayout import (
     BANKS,
     CLIENTS,
     DbLayout,
@@ -25,9 +25,9 @@ from infra.pglayout import (
     scram_verifier,
     shared_grant_statements,
 )
-from infra.pgpass import ensure_secrets, read_passfile, write_passfile
-from infra.settings import Settings, load_settings
-from infra.stack import settings_args, settings_env
+from infra.platform.pgpass import ensure_secrets, read_passfile, write_passfile
+from infra.core.settings import Settings, load_settings
+from infra.platform.stack import settings_args, settings_env
 
 PARTICIPANTS = load_participants(banks=3)
 LAYOUT = DbLayout.for_participants(PARTICIPANTS)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from infra import policy as P
-from infra.errors import ConfigError, PolicyDenied, Reason
-from infra.participants import Kind, Participant, load_participants
-from infra.procedures import Procedures
+from infra.domain import policy as P
+from infra.core.errors import ConfigError, PolicyDenied, Reason
+from infra.domain.participants import Kind, Participant, load_participants
+from infra.domain.procedures import Procedures
 
 PARTICIPANTS = load_participants()
 CATALOGUE = Procedures.load()

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from infra.errors import Reason, Rejection
-from infra.provisions import (
+from infra.core.errors import Reason, Rejection
+from infra.records.provisions import (
     CANONICAL_TAG,
     CANONICAL_TAG_V2,
     GENESIS_HASH,

@@ -7,8 +7,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.pseudonyms import HubPseudonyms
-from infra.tokens import TokenAuthority
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.crypto.tokens import TokenAuthority
 
 AUTHORITY = TokenAuthority(bytes(range(32)), bytes(range(32, 64)))
 HUB = HubPseudonyms.of(AUTHORITY)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from infra.checkpoints import (
+from infra.records.checkpoints import (
     BUCKETS,
     CheckpointError,
     CheckpointEvidence,
@@ -20,8 +20,8 @@ from infra.checkpoints import (
     tree_root,
     updated_root,
 )
-from infra.errors import ConfigError
-from infra.provisions import (
+from infra.core.errors import ConfigError
+from infra.records.provisions import (
     ANCHOR_DOMAIN,
     GENESIS_HASH,
     HEAD_DOMAIN,
@@ -34,10 +34,10 @@ from infra.provisions import (
     bucket_of,
     head_statement,
 )
-from infra.records_cli import parse_before, retention_cutoff
-from infra.records_keys import RecordsKey, RecordsPublicKeys, Seal
-from infra.records_verify import RecordState, Verdict, judge
-from infra.settings import load_settings
+from infra.cli.records_cli import parse_before, retention_cutoff
+from infra.crypto.records_keys import RecordsKey, RecordsPublicKeys, Seal
+from infra.records.records_verify import RecordState, Verdict, judge
+from infra.core.settings import load_settings
 
 KEY = RecordsKey.generate()
 KEYS = KEY.public()
@@ -131,7 +131,7 @@ def test_the_tree_commits_to_every_head_and_nothing_per_person_shows():
 
 
 def test_the_top_tree_is_the_rfc_9162_tree_and_updates_in_place():
-    from infra import merkle
+    from infra.crypto import merkle
 
     roots = {b: bytes([b % 251]) * 32 for b in range(0, BUCKETS, 7)}
     leaves = [merkle.leaf_hash(roots.get(b) or empty_bucket_root(b)) for b in range(BUCKETS)]

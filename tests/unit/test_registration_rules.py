@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connectors.bank_sim import existence_result
-from infra.errors import Reason, Rejection, ValidationError
-from infra.participants import load_participants
-from infra.validation import existence_outcome, validate_consent
+from infra.core.errors import Reason, Rejection, ValidationError
+from infra.domain.participants import load_participants
+from infra.domain.validation import existence_outcome, validate_consent
 from streams.registration_rules import (
     DELETE_ONLY_BY,
     Channel,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import Reason, Rejection
-from infra.participants import load_participants
+from infra.core.errors import Reason, Rejection
+from infra.domain.participants import load_participants
 from streams.registration_rules import (
     DELETE_ONLY_BY,
     Channel,

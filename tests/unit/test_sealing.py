@@ -1,11 +1,11 @@
-"""Personal data at rest (infra.sealing): a sealed value opens only for its own row, table and participant."""
+"""Personal data at rest (infra.crypto.sealing): a sealed value opens only for its own row, table and participant."""
 
 from __future__ import annotations
 
 import pytest
 
-from infra.keystore import KeyStore, Passphrase
-from infra.sealing import RowSealer, UnsealError, open_sealed, seal
+from infra.platform.keystore import KeyStore, Passphrase
+from infra.crypto.sealing import RowSealer, UnsealError, open_sealed, seal
 
 ACCOUNT = {"bank_code": "9001", "account_number": "1234567", "holder_kana": "ヤマダ タロウ"}
 

@@ -1,4 +1,4 @@
-"""Who may send what (infra.senders): the table, and every receiver refusing the rest — above all the hub itself."""
+"""Who may send what (infra.domain.senders): the table, and every receiver refusing the rest — above all the hub itself."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from infra.envelope import HubForwarder, Sealer
-from infra.errors import EnvelopeRejection, Reason
-from infra.participants import Kind, Participant, Participants
-from infra.policy import Policy
-from infra.senders import SENDERS, refusal
+from infra.crypto.envelope import HubForwarder, Sealer
+from infra.core.errors import EnvelopeRejection, Reason
+from infra.domain.participants import Kind, Participant, Participants
+from infra.domain.policy import Policy
+from infra.domain.senders import SENDERS, refusal
 from schemas import types as T
 from schemas.types import BODY_SCHEMA
 from tests.unit.envelope_world import example_body
@@ -48,7 +48,7 @@ def _kinds(spec: str) -> set[Kind]:
     if spec == "*":
         return set(Kind) - {Kind.HUB}
     if not spec.startswith("kind:"):  # a rule for one participant (e.g. §4 registrations by agency-nta)
-        from infra.participants import load_participants
+        from infra.domain.participants import load_participants
 
         named = load_participants().get(spec)
         assert named is not None, spec

@@ -1,14 +1,14 @@
 """The receivers' sender table, refusal by refusal: each says why in ids and kinds, with its own reason.
 
 Written against the survivors of ``make mutation`` (docs/testing.md): each test fails when a branch of
-infra/senders.py ``refusal`` changes its reason or its words.
+infra/domain/senders.py ``refusal`` changes its reason or its words.
 """
 
 from __future__ import annotations
 
-from infra.errors import Reason
-from infra.participants import load_participants
-from infra.senders import refusal
+from infra.core.errors import Reason
+from infra.domain.participants import load_participants
+from infra.domain.senders import refusal
 from schemas import types as T
 
 P = load_participants()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.errors import ConfigError
-from infra.settings import load_settings
+from infra.core.errors import ConfigError
+from infra.core.settings import load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -84,7 +84,7 @@ def test_with_endpoints_keeps_the_rest():
 
 
 def test_fetch_wait_is_a_long_poll_on_apache_kafka():
-    from infra.kafka import fetch_wait_ms
+    from infra.platform.kafka import fetch_wait_ms
 
     kafka = load_settings(environ={}).kafka
     assert not kafka.tansu  # auto: Apache Kafka unless the stack says it runs Tansu
@@ -93,7 +93,7 @@ def test_fetch_wait_is_a_long_poll_on_apache_kafka():
 
 
 def test_fetch_wait_on_tansu_grows_with_the_partitions_a_consumer_asks_about():
-    from infra.kafka import fetch_wait_ms
+    from infra.platform.kafka import fetch_wait_ms
 
     kafka = load_settings(environ={"RENKEI_BROKER": "tansu", "RENKEI_KAFKA_TANSU_FETCH_WAIT_MAX_MS": "300"}).kafka
     assert kafka.tansu

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.errors import EnvelopeRejection, Reason, ValidationError
-from infra.keys import KeyDirectory, Keyset, RootAuthority
-from infra.tokens import TOKEN_LEN, TokenAuthority, TokenIssuanceClient
-from infra.validation import my_number_check_digit
+from infra.core.errors import EnvelopeRejection, Reason, ValidationError
+from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
+from infra.crypto.tokens import TOKEN_LEN, TokenAuthority, TokenIssuanceClient
+from infra.domain.validation import my_number_check_digit
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 LINK_KEY = bytes(range(32))

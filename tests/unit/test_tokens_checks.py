@@ -2,7 +2,7 @@
 issuance names what it refuses, and two tokens are the same person only when the authority says so.
 
 Written against the survivors of ``make mutation`` (docs/testing.md): each test fails when the check it
-names is removed or weakened in infra/tokens.py.
+names is removed or weakened in infra/crypto/tokens.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.errors import Reason, ValidationError
-from infra.keys import KeyDirectory, Keyset, RootAuthority
-from infra.tokens import TokenAuthority, TokenIssuanceClient, issuance_info
+from infra.core.errors import Reason, ValidationError
+from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
+from infra.crypto.tokens import TokenAuthority, TokenIssuanceClient, issuance_info
 from schemas import codec
 from schemas.codec import CodecError
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture

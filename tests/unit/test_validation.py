@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from infra.errors import Reason, ValidationError
-from infra.validation import (
+from infra.core.errors import Reason, ValidationError
+from infra.domain.validation import (
     HOLDER_KANA_MAX_HALFWIDTH,
     generate_my_number,
     my_number_check_digit,

@@ -2,7 +2,7 @@
 what to fix, and the rule says what is expected without echoing the value.
 
 Written against the survivors of ``make mutation`` (docs/testing.md): each test fails when a bound of
-infra/validation.py moves by one or a refusal names another field or rule.
+infra/domain/validation.py moves by one or a refusal names another field or rule.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from infra.errors import Reason, ValidationError
-from infra.validation import (
+from infra.core.errors import Reason, ValidationError
+from infra.domain.validation import (
     HOLDER_KANA_MAX_HALFWIDTH,
     existence_outcome,
     generate_my_number,
