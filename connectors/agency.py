@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m connectors.agency --participant-id agency-nta [--ops-port 9101]``."""
     import argparse
 
-    from infra.cli import worker_settings
+    from infra.core.arguments import worker_settings
     from streams.app import serve_until_signal
 
     extra = argparse.ArgumentParser(add_help=False)

@@ -610,7 +610,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from infra.cli import worker_settings
+    from infra.core.arguments import worker_settings
     from streams.app import serve_until_signal
 
     settings = worker_settings(argv, participant_id="banks")

@@ -149,13 +149,13 @@ def refused(args: argparse.Namespace, reason: str, detail: str | None, request_i
 
 
 def emit(args: argparse.Namespace, outcome: Outcome) -> int:
-    from infra.cli import _print_json, _table
+    from infra.core.console import print_json, table
 
     if args.json:
-        _print_json(outcome.report)
+        print_json(outcome.report)
     else:
         for title, columns, rows in outcome.tables:
-            _table(title, columns, rows)
+            table(title, columns, rows)
     if outcome.note and outcome.code != EXIT_DONE:
         print(f"renkei: {outcome.note}", file=sys.stderr)
     return outcome.code
@@ -193,7 +193,7 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
     notice (:class:`~connectors.cli_client.Refused`) becomes exit 2 with its reason code, no answer in
     time exit 1.  ``identity`` None: no client at all.
     """
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.core.errors import RenkeiError, ValidationError
 
     my_number = None
@@ -241,7 +241,7 @@ async def act_as_card_holder(settings: Any, args: argparse.Namespace,
     card's lock (three lock it), a locked or suspended card is refused.  ``token`` is the person's portal
     token from the card — no My Number is asked.  ``bus``: a client acting as the portal (None without).
     """
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.core.errors import ValidationError
 
     from connectors.portal_cards import validate_card_id, validate_pin
@@ -631,7 +631,7 @@ def subcommand(group: str, name: str, run: Run, help_text: str, *, report_defaul
     """
     assert _common is not None and group in _subparsers, "connectors.commands.register() must run first"
     if bank_codes:
-        from infra.cli import common_parser
+        from infra.core.arguments import common_parser
 
         # A fresh copy of the configuration flags, so that resolving the --banks clash touches only this parser.
         parser = _subparsers[group].add_parser(name, parents=[common_parser()], conflict_handler="resolve",

@@ -69,7 +69,7 @@ def register(add: Any, common: Any) -> None:
 
 
 async def cmd_connector(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.ops import emit
 
     settings = resolve_running(settings)

@@ -121,7 +121,7 @@ async def cmd_card(settings: Any, args: argparse.Namespace) -> int:
 
 def register() -> None:
     """Add ``renkei portal card issue|lock|unlock|report-lost`` (after :func:`connectors.commands.register`)."""
-    from infra.cli import common_parser
+    from infra.core.arguments import common_parser
 
     group = subcommand("portal", "card", cmd_card, "the card issuer's commands: issue, lock, unlock, report a lost card")
     actions = group.add_subparsers(dest="card_action", required=True, metavar="ACTION")

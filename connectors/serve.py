@@ -304,7 +304,7 @@ async def serving(args: argparse.Namespace, settings: Settings, body: Body) -> i
 
 
 def _resolve(settings: Settings) -> Settings:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
 
     return resolve_running(settings)
 
@@ -556,7 +556,7 @@ def register() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infra.cli import Parser, common_parser
+    from infra.core.arguments import common_parser, Parser
 
     common = common_parser()
     parser = Parser(prog="python -m connectors.serve", parents=[common],

@@ -287,7 +287,7 @@ class HubService:
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
             futures.append(await send(self.names.rejected, d.inbound.value, key=d.inbound.key,
-                                      headers=_dead_letter_headers(d)))
+                                      headers=dead_letter_headers(d)))
             if d.meta is not None and d.meta.sender in self.core.participants and d.meta.type != REJECTION_NOTICE:
                 notices.append(d)
         if notices:
@@ -321,7 +321,7 @@ class HubService:
             return []
 
 
-def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
+def dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
     headers = [
         ("renkei.reason", d.reason.value.encode()),
         ("renkei.detail", d.detail.encode()[:500]),
@@ -343,7 +343,7 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
 _CARRIED_HEADERS = ("renkei.redrive", "renkei.replay")
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+def record_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
     """Kafka headers as faust hands them (a list of pairs, a mapping, or None)."""
     if not raw:
         return ()
@@ -418,7 +418,7 @@ def build_app(settings: Settings) -> Any:
                 await asyncio.sleep(0.05)
             started = time.monotonic()
             batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key,
-                             _headers(e.message.headers)) for e in events]
+                             record_headers(e.message.headers)) for e in events]
             stats = await holder["service"].process(batch)
             _observe(metrics, stats, started, app.consumer, events)
             if stats.rejected:
@@ -468,7 +468,7 @@ def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, eve
 
 
 def main(argv: list[str] | None = None) -> None:
-    from infra.cli import worker_settings
+    from infra.core.arguments import worker_settings
     from streams.app import run_worker
 
     settings = worker_settings(argv, participant_id="hub")

@@ -383,7 +383,7 @@ def build_app(settings: Settings) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from infra.cli import worker_settings
+    from infra.core.arguments import worker_settings
     from streams.app import run_worker
 
     settings = worker_settings(argv, participant_id=REGISTRY_ID)

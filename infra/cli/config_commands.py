@@ -58,7 +58,7 @@ def _shown(key: str, value: Any, secret: bool) -> Any:
 
 def effective_config(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every setting of ``settings`` with its source, as ``main`` loaded it from ``args``."""
-    from infra.cli import common_parser
+    from infra.core.arguments import common_parser
 
     flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "json", "config")}
     sources = setting_sources(cli=flags, config_file=getattr(args, "config", None))

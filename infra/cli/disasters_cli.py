@@ -26,7 +26,7 @@ __all__ = ["register"]
 
 def register(add: Any) -> None:
     """Add ``renkei disaster …`` to the ``renkei`` parser (``add(name, handler, help)`` from infra.cli)."""
-    from infra.cli import common_parser
+    from infra.core.arguments import common_parser
 
     group = add("disaster", cmd_list, "declared disasters (災害救助法): the only ones a disaster lookup may be made under")
     sub = group.add_subparsers(dest="disaster_command", required=True, metavar="COMMAND")
@@ -108,7 +108,7 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
 
 
 async def cmd_declare(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.domain.disasters import Disaster, declare, validate_areas, validate_disaster_id
     from infra.ops import emit, ops_audit_topic
 
@@ -140,7 +140,7 @@ async def cmd_declare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_change_period(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.domain.disasters import change_period, validate_disaster_id
     from infra.ops import emit, ops_audit_topic
 
@@ -168,7 +168,7 @@ async def cmd_change_period(settings: Settings, args: argparse.Namespace) -> int
 async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.domain.disasters import DISASTER_MIGRATIONS, disasters
     from infra.core.errors import StackError
     from infra.ops import emit

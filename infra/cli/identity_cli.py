@@ -28,7 +28,7 @@ __all__ = ["register"]
 
 def register(add: Any) -> None:
     """Add ``renkei identity relink`` (``add(name, handler, help)`` from infra.cli)."""
-    from infra.cli import common_parser
+    from infra.core.arguments import common_parser
 
     group = add("identity", cmd_relink, "番号変更: move a person's tokens from a replaced My Number to the new one")
     sub = group.add_subparsers(dest="identity_command", required=True, metavar="COMMAND")
@@ -48,7 +48,8 @@ def register(add: Any) -> None:
 
 
 async def cmd_relink(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import _print_json, _table, resolve_running
+    from infra.core.console import print_json, table
+    from infra.platform.endpoints import resolve_running
     from infra.core.errors import Rejection, StackError, ValidationError
     from infra.platform.keystore import KeyStore
     from infra.ops import OpsEvent
@@ -78,9 +79,9 @@ async def cmd_relink(settings: Settings, args: argparse.Namespace) -> int:
     report = {"command": "identity relink", "status": "DONE", "reason": None, "relink_id": relink_id,
               "via": event.detail["via"], "notice": args.notice, "audit": {"id": audit["id"]}}
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
-        _table("番号変更: the person is known by the new number; the old one is refused",
+        table("番号変更: the person is known by the new number; the old one is refused",
                ["relink", "via", "notice", "audit event"], [[relink_id, report["via"], args.notice, audit["id"]]])
     return 0
 
@@ -88,10 +89,10 @@ async def cmd_relink(settings: Settings, args: argparse.Namespace) -> int:
 def _refused(args: argparse.Namespace, code: str, message: str) -> int:
     import sys
 
-    from infra.cli import _print_json
+    from infra.core.console import print_json
 
     if args.json:
-        _print_json({"command": "identity relink", "status": "REJECTED", "reason": code, "detail": message,
+        print_json({"command": "identity relink", "status": "REJECTED", "reason": code, "detail": message,
                      "relink_id": None})
     print(f"renkei: identity relink rejected: {code} ({message})", file=sys.stderr)
     return 2

@@ -77,7 +77,7 @@ def status_row(status: Any) -> dict[str, Any]:
 
 
 async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.ops import emit
 
     directory = await _directory(resolve_running(settings))
@@ -103,7 +103,7 @@ async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_participants_list(settings: Settings, args: argparse.Namespace) -> int:
     """The registered participants; with a running stack, each one's suspension as published on the keys topic."""
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.core.errors import RenkeiError
     from infra.domain.participants import load_participants
 
@@ -139,7 +139,7 @@ async def cmd_participants_list(settings: Settings, args: argparse.Namespace) ->
 async def _change(settings: Settings, args: argparse.Namespace, what: str, detail: dict[str, Any],
                   change: Apply) -> int:
     """The shared path of every directory change: root key first, then publish, then the audit event."""
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.core.errors import ConfigError
     from infra.platform.kafka import producer
     from infra.platform.keyadmin import KeyAdminRefused

@@ -54,7 +54,7 @@ def parse_before(value: str) -> datetime:
 
 def register(add: Any) -> None:
     """Add ``renkei records purge`` to the ``renkei`` parser (``add(name, handler, help)`` from infra.cli)."""
-    from infra.cli import common_parser
+    from infra.core.arguments import common_parser
 
     group = add("records", cmd_purge, "provision records (情報提供等記録): remove those past their retention")
     sub = group.add_subparsers(dest="records_command", required=True, metavar="COMMAND")
@@ -71,7 +71,7 @@ def register(add: Any) -> None:
 
 
 async def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli import resolve_running
+    from infra.platform.endpoints import resolve_running
     from infra.platform.keystore import KeyStore
     from infra.ops import OpsEvent, emit, ops_audit_topic, warn
 

@@ -27,7 +27,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,13 +35,44 @@ from typing import Any
 
 from infra.core.errors import ConfigError, StackError
 from infra.core.settings import KafkaSettings, Settings
+from infra.platform.scans import FETCH_TIMEOUT_S, high_watermarks, partitions_of, read_range, scan_consumer
 from infra.platform.topics import TopicNames, ops_audit_spec
+
+__all__ = [
+    "add_window_args",
+    "audit_before_commit",
+    "classify",
+    "DEFAULT_SKEW_MS",
+    "dlq_args",
+    "emit",
+    "ensure_ops_audit_topic",
+    "FETCH_TIMEOUT_S",
+    "high_watermarks",
+    "inspect_args",
+    "iso",
+    "lag_args",
+    "ops_audit_topic",
+    "OpsEvent",
+    "parse_time",
+    "partitions_of",
+    "progress",
+    "read_range",
+    "renkei_headers",
+    "replay_args",
+    "scan_consumer",
+    "SKIP",
+    "STOP",
+    "TAKE",
+    "start_offset",
+    "subject_shown",
+    "warn",
+    "Window",
+    "window_from_args",
+    "write_ops_event",
+]
 
 DEFAULT_SKEW_MS = 5 * 60 * 1000
 """How far a producer's clock may run ahead of the broker's store time (seek hint margin)."""
-
-FETCH_TIMEOUT_S = 15.0
-
 
 def ops_audit_topic(prefix: str) -> str:
     return TopicNames(prefix).ops_audit
@@ -148,26 +179,6 @@ def renkei_headers(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str
 # --------------------------------------------------------------------------- scanning
 
 
-async def partitions_of(consumer: Any, topic: str) -> list[int]:
-    from infra.platform.kafka import topic_partitions
-
-    parts = await topic_partitions(consumer, topic)
-    if not parts:
-        raise ConfigError(f"topic {topic} does not exist (see `renkei topics list`)")
-    return sorted(parts)
-
-
-async def high_watermarks(consumer: Any, tps: list[Any], timeout_s: float = FETCH_TIMEOUT_S, *,
-                          kafka: KafkaSettings | None = None) -> dict[Any, int]:
-    """The high watermark of each partition: ``end_offsets`` on Apache Kafka (``kafka`` given, not
-    Tansu), else from a fetch response, which is right on any broker."""
-    from infra.platform.kafka import end_offsets, high_watermarks_by_fetch
-
-    if kafka is None:
-        return await high_watermarks_by_fetch(consumer, tps, timeout_s)
-    return await end_offsets(kafka, consumer, tps, timeout_s)
-
-
 async def start_offset(consumer: Any, tp: Any, window: Window, skew_ms: int = DEFAULT_SKEW_MS, *,
                        kafka: KafkaSettings | None = None) -> int:
     """Where a scan of ``window`` begins (at least the window's offset bound).
@@ -186,35 +197,6 @@ async def start_offset(consumer: Any, tp: Any, window: Window, skew_ms: int = DE
     if hint is None or hint.timestamp is None or hint.timestamp < 0:
         return floor  # no usable hint (Tansu: offset 0, ts -1 past the end): scan from the floor
     return max(floor, hint.offset)
-
-
-async def read_range(consumer: Any, tp: Any, start: int, stop: int,
-                     timeout_s: float = FETCH_TIMEOUT_S) -> AsyncIterator[Any]:
-    """Every record of ``tp`` with ``start <= offset < stop`` (stop = a high watermark snapshot)."""
-    if start >= stop:
-        return
-    consumer.assign([tp])
-    consumer.seek(tp, start)
-    last_progress = time.monotonic()
-    while True:
-        batch = (await consumer.getmany(tp, timeout_ms=500, max_records=500)).get(tp, [])
-        for r in batch:
-            if r.offset >= stop:
-                return
-            yield r
-        if batch:
-            last_progress = time.monotonic()
-        if await consumer.position(tp) >= stop:
-            return
-        if not batch and time.monotonic() - last_progress > timeout_s:
-            raise StackError(f"{tp.topic}:{tp.partition} stopped returning records below offset {stop}")
-
-
-def scan_consumer(settings: Settings) -> Any:
-    """A group-less consumer for reading: it commits nothing and joins no group."""
-    from infra.platform.kafka import consumer
-
-    return consumer(settings, group_id=None, auto_offset_reset="earliest")
 
 
 # --------------------------------------------------------------------------- audit trail
@@ -327,14 +309,14 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], title: str, columns: list[str],
          rows: list[list[Any]], footer: str | None = None) -> None:
-    from infra.cli import _console, _print_json, _table
+    from infra.core.console import console, print_json, table
 
     if args.json:
-        _print_json(obj)
+        print_json(obj)
         return
-    _table(title, columns, rows)
+    table(title, columns, rows)
     if footer:
-        _console().print(footer)
+        console().print(footer)
 
 
 def warn(message: str) -> None:

@@ -55,7 +55,7 @@ class CheckpointLog:
 
         from infra.core.errors import ConfigError
         from infra.platform.kafka import consumer, fetch_wait_ms
-        from infra.ops import partitions_of
+        from infra.platform.scans import partitions_of
 
         async with self._lock:
             if self._consumer is None:

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from infra.cli import build_parser, hide_digit_runs
+from infra.cli import build_parser
+from infra.core.arguments import hide_digit_runs
 from infra.domain.validation import generate_my_number
 
 

@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 from infra.platform.metrics import (Gauge, MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
                            fetch_metrics, parse_text, read_endpoint, workers_dir)
 from streams.gateway import Decision, Inbound
-from streams.hub import _dead_letter_headers, _headers
+from streams.hub import dead_letter_headers, record_headers
 from infra.core.errors import Reason
 
 
@@ -82,14 +82,14 @@ def test_dead_letters_keep_redrive_replay_and_ops_headers_only():
                ("renkei.replay", b"t:0:5"), ("renkei.replay.ts", b"1"), ("renkei.ops.event", b"ev-1"),
                ("traceparent", b"00-abc"), ("renkei.reason", b"FORGED"))
     d = Decision(Inbound(b"x", 0, 12, None, carried)).reject(Reason.UNKNOWN_KEY, "no key")
-    headers = _dead_letter_headers(d)
+    headers = dead_letter_headers(d)
     names = [k for k, _ in headers]
     assert dict(headers)["renkei.redrive.count"] == b"2" and dict(headers)["renkei.ops.event"] == b"ev-1"
     assert {"renkei.redrive", "renkei.redrive.history", "renkei.replay", "renkei.replay.ts"} <= set(names)
     assert "traceparent" not in names
     assert names.count("renkei.reason") == 1 and dict(headers)["renkei.reason"] == b"UNKNOWN_KEY"
-    assert _headers(None) == () and _headers({"a": b"1"}) == (("a", b"1"),)
-    assert _headers([("a", None)]) == (("a", b""),)
+    assert record_headers(None) == () and record_headers({"a": b"1"}) == (("a", b"1"),)
+    assert record_headers([("a", None)]) == (("a", b""),)
 
 
 async def test_server_serves_metrics_and_health_and_writes_its_discovery_file(tmp_path):
