@@ -193,6 +193,10 @@ class EmbeddedStack:
         self.components[name] = Component(name, proc.pid, endpoint, str(log), marker)
         self._write_state()
 
+    async def stop_component(self, name: str) -> None:
+        """Stop one supervised child (its stop signal, SIGKILL after its stop timeout); ``adopt`` starts it again."""
+        await asyncio.to_thread(_terminate, self.components[name], self._procs.get(name))
+
     async def stop(self, *, purge: bool = False) -> None:
         # Workers first, then PostgreSQL, then the broker.
         order = [n for n in self.components if n not in ("postgres", "broker")]
@@ -320,7 +324,7 @@ def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | 
                  die_with_parent: bool = False) -> subprocess.Popen[bytes]:
     """Start ``python -m module args`` with this interpreter as a supervised child.
 
-    ``env``: variables added to the child's environment (this process's otherwise) — where settings
+    ``env: variables added to the child's environment (this process's otherwise) — where settings
     that must not show on a command line go (``infra.platform.stack.settings_env``).
     """
     return _spawn([sys.executable, "-m", module, *args], log, env={**os.environ, **env} if env else None,

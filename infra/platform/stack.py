@@ -190,11 +190,7 @@ class Platform:
 
     async def stop_worker(self, name: str) -> None:
         """Stop one worker process (SIGTERM, SIGKILL after 10 s); ``start_worker`` brings it back."""
-        import asyncio
-
-        from infra.platform.embedded import _terminate
-
-        await asyncio.to_thread(_terminate, self.stack.components[name], self.stack._procs.get(name))
+        await self.stack.stop_component(name)
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}

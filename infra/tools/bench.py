@@ -514,7 +514,7 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
 
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
-    from infra.tools.demo_lookups import _World  # the demo's seeding helpers (accounts, portal numbering)
+    from infra.tools.demo_lookups import LookupWorld  # the demo's seeding helpers (accounts, portal numbering)
 
     banks = settings.banks
     prefix = settings.kafka.topic_prefix
@@ -522,7 +522,7 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
     try:
         async with DicjDesk(settings, group=f"{prefix}.bench-dicj") as dicj, \
                 BusClient(settings, ["portal"], group=f"{prefix}.bench-portal") as portal:
-            w = _World(settings, conn, dicj, portal)
+            w = LookupWorld(settings, conn, dicj, portal)
             mn, accounts = await w.person({"9000": 2, f"{9000 + banks // 2:04d}": 1, f"{9000 + banks - 1:04d}": 1})
             for code in accounts:
                 await w.number_via_portal(mn, code)
@@ -561,11 +561,11 @@ async def quiesce(settings: Settings, timeout: float = 300.0) -> None:
     """Wait until every outbox is sent and the hub has taken nothing new for two seconds."""
     import asyncpg
 
-    from infra.tools.chaos import _quiesce
+    from infra.tools.harness import quiesce
 
     conn = await asyncpg.connect(observer_dsn(settings))  # every component's outbox
     try:
-        await _quiesce(conn, timeout)
+        await quiesce(conn, timeout)
     finally:
         await conn.close()
 

@@ -161,7 +161,7 @@ class AckLedger:
 
     async def check(self) -> LedgerReport:
         """Stop producing, read the topic back, compare with what was acknowledged."""
-        from infra.tools.chaos import read_topic
+        from infra.tools.harness import read_topic
 
         await self.stop()
         seen = Counter(int(r.value) for r in await read_topic(self.settings, self.topic, 3))

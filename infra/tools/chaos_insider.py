@@ -282,7 +282,7 @@ async def _rejections(w: _World, start: dict[int, int], message_ids: set[str], t
     """Reasons the hub gave on its rejected topic, after ``start``, for these message ids."""
     from aiokafka import TopicPartition
 
-    from infra.tools.chaos import dead_letter_info
+    from infra.tools.harness import dead_letter_info
     from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
 
     found: dict[str, str] = {}

@@ -55,7 +55,9 @@ DEMO_DISASTER = "2026-DEMO-01"
 DIED_ON = "2025-12-01"
 
 
-class _World:
+class LookupWorld:
+    """The demo's seeding helpers for lookups (accounts at banks, portal numbering); ``renkei bench`` seeds with them too."""
+
     def __init__(self, settings: Settings, conn: asyncpg.Connection, dicj: DicjDesk, portal: BusClient) -> None:
         self.settings, self.conn, self.dicj, self.portal = settings, conn, dicj, portal
         self.tokens = KeyStore.for_settings(settings).token_authority()
@@ -84,7 +86,7 @@ class _World:
         return answer.body
 
 
-async def _numbering(w: _World) -> dict[str, Any]:
+async def _numbering(w: LookupWorld) -> dict[str, Any]:
     started = time.perf_counter()
     mn, _ = await w.person({"9000": 2, "9001": 1, "9002": 1})
     ack = await w.number_via_portal(mn, "9000")
@@ -121,7 +123,7 @@ async def _numbering(w: _World) -> dict[str, Any]:
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-async def _inheritance(w: _World) -> dict[str, Any]:
+async def _inheritance(w: LookupWorld) -> dict[str, Any]:
     mn, accounts = await w.person({"9000": 2, "9001": 1, "9003": 1})
     for code in accounts:
         await w.number_via_portal(mn, code)
@@ -148,7 +150,7 @@ async def _inheritance(w: _World) -> dict[str, Any]:
             "result_ms": result_ms}
 
 
-async def _application(w: _World) -> dict[str, Any]:
+async def _application(w: LookupWorld) -> dict[str, Any]:
     """The heir applies at bank 9001's counter (renkei bank apply-lookup); DICJ answers it with banks."""
     from infra.tools.demo_accounts import renkei
 
@@ -174,7 +176,7 @@ async def _application(w: _World) -> dict[str, Any]:
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-async def _disaster(w: _World) -> dict[str, Any]:
+async def _disaster(w: LookupWorld) -> dict[str, Any]:
     """An operator declares a disaster; the depositor applies on the portal, with their card, for the banks they
     designate."""
     from infra.tools.demo_accounts import issue_card, renkei
@@ -207,7 +209,7 @@ async def lookup_flows(settings: Settings) -> list[dict[str, Any]]:
     try:
         async with DicjDesk(settings, group=f"{prefix}.demo-dicj") as dicj, \
                 BusClient(settings, ["portal"], group=f"{prefix}.demo-portal") as portal:
-            w = _World(settings, conn, dicj, portal)
+            w = LookupWorld(settings, conn, dicj, portal)
             flows = []
             for name, flow in (("numbering", _numbering), ("inheritance-lookup", _inheritance),
                                ("inheritance-application", _application), ("disaster-lookup", _disaster)):

@@ -29,7 +29,8 @@ from connectors.bank_sim import enrol_customer, open_account, register_at_counte
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.platform.acls import AclBinding, acl_bindings
-from infra.tools.chaos import ChaosPlan, crash_safety, read_topic
+from infra.tools.chaos import ChaosPlan, crash_safety
+from infra.tools.harness import read_topic
 from infra.tools.chaos_broker import ClusterBroker
 from infra.core.errors import StackError
 from infra.platform.kafka import admin_client, consumer, producer

@@ -20,7 +20,7 @@ from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATIO
 from infra.records.provisions import ProvisionStore
 from infra.platform.storage import everywhere
 from infra.domain.validation import generate_my_number
-from infra.tools.chaos import read_topic
+from infra.tools.harness import read_topic
 from infra.crypto.envelope import peek
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T

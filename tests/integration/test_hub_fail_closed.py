@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from infra.tools.bench import seal_inquiries
-from infra.tools.chaos import read_topic
+from infra.tools.harness import read_topic
 from infra.crypto.envelope import peek
 from infra.platform.kafka import consumer, producer
 from infra.platform.pgdsn import admin_dsn, layout_for, observer_dsn, with_search_path

@@ -281,7 +281,7 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
 async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     """``bank`` answers lookup ``cid`` once more, after the result went out: a fresh message id, sealed with the
     bank's own keys, the routing fields of its first answer (a bank system re-sending its answer)."""
-    from infra.tools.chaos import read_topic
+    from infra.tools.harness import read_topic
     from infra.crypto.envelope import Message, Sealer
     from infra.platform.kafka import producer
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from infra.tools.chaos import dead_letter_info, read_topic
+from infra.tools.harness import dead_letter_info, read_topic
 from infra.platform.metrics import fetch_health, fetch_metrics, read_endpoint
 from infra.core.settings import Settings
 from infra.platform.topics import TopicNames
