@@ -47,18 +47,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from hashlib import sha256
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import fastavro
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.crypto import merkle
+from infra.crypto import layout, merkle
 from infra.domain import senders
 from infra.core.errors import CodecError, EnvelopeRejection, Reason
 from infra.crypto.keys import KeyDirectory, Keyset, SigningPublicKey
+from infra.crypto.layout import subject_commitment
 from infra.domain.participants import Participants
 from schemas import codec
 from schemas.bounds import ArrayCaps
@@ -91,168 +91,13 @@ DEFAULT_SKEW_S = 30
 DEFAULT_MAX_WRAPS = 10_000
 SCHEMA = "envelope"
 
-_ORIGIN = b"renkei envelope origin v1\x00"
-_ORIGIN_V2 = b"renkei envelope origin v2\x00"  # with procedure and outcome
-_HUB = b"renkei envelope hub v1\x00"
-_HUB_V2 = b"renkei envelope hub v2\x00"  # a leg with ids of its own
-_ORIGIN_ROOT = b"renkei batch root origin v1\x00"
-_HUB_ROOT = b"renkei batch root hub v1\x00"
-_SUBJECT = b"renkei subject v1\x00"
-_BODY_INFO = b"renkei body v1\x00"
-_WRAP_INFO = b"renkei wrap v1\x00"
-_WRAP_LEAF = b"renkei wrap leaf v1\x00"
-_DATA_AAD = b"renkei data v1\x00"
-_LEG_KEY_INFO = b"renkei leg key v1\x00"
-_LEG_AAD = b"renkei leg v1\x00"
 LEG_KEY_LIFETIME_S = 3600  # how long the hub seals legs to one recipient key under the same leg key
-_NO_VALUE, _VALUE = b"\x00", b"\x01"
 _LEG_KEYS_CACHED = 256  # leg keys an opener keeps open: one per hub worker, recipient key and hour
-
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def _lp(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(4, "big") + raw
-
-
-def _ms(value: datetime | int) -> int:
-    return value if isinstance(value, int) else (value - _EPOCH) // _MS
 
 
 def _reject(reason: Reason, message: str) -> EnvelopeRejection:
     return EnvelopeRejection(reason, message)
-
-
-def subject_commitment(message_id: str, subject: str) -> bytes:
-    return sha256(_SUBJECT + _lp(message_id) + _lp(subject)).digest()
-
-
-def _body_info(mid: str, type_: str, sender: str, recipient: str, key_id: str) -> bytes:
-    return _BODY_INFO + _lp(mid) + _lp(type_) + _lp(sender) + _lp(recipient) + _lp(key_id)
-
-
-def _wrap_info(mid: str, type_: str, sender: str, recipient: str, key_id: str) -> bytes:
-    return _WRAP_INFO + _lp(mid) + _lp(type_) + _lp(sender) + _lp(recipient) + _lp(key_id)
-
-
-def _wrap_leaf(wrap: dict) -> bytes:
-    return merkle.leaf_hash(
-        _WRAP_LEAF + _lp(wrap["recipient"]) + _lp(wrap["recipient_key_id"]) + wrap["wrapped_key"]
-    )
-
-
-def _opt(value: str | None) -> bytes:
-    return _NO_VALUE if value is None else _VALUE + _lp(value)
-
-
-def _origin_leaf(r: dict, mid: str, cid: str, created: int, expires: int, recipient_binding: bytes) -> bytes:
-    procedure, outcome = r.get("procedure"), r.get("outcome")
-    extra = b"" if procedure is None and outcome is None else _opt(procedure) + _opt(outcome)
-    return merkle.leaf_hash(
-        b"".join(
-            (
-                _ORIGIN_V2 if extra else _ORIGIN,
-                _lp(mid),
-                _lp(cid),
-                _lp(r["type"]),
-                _lp(r["sender"]),
-                recipient_binding,
-                _lp_bytes(r["subject_commitment"]),
-                _lp(r["data_item"]),
-                _lp(r["legal_basis"]),
-                created.to_bytes(8, "big", signed=True),
-                expires.to_bytes(8, "big", signed=True),
-                _lp(r["sender_key_id"]),
-                sha256(r["body"]).digest(),
-                extra,
-            )
-        )
-    )
-
-
-def _lp_bytes(raw: bytes) -> bytes:
-    return len(raw).to_bytes(4, "big") + raw
-
-
-def _single_binding(recipient: str, key_id: str) -> bytes:
-    return b"1" + _lp(recipient) + _lp(key_id)
-
-
-def _fanout_binding(count: int, wraps_root: bytes) -> bytes:
-    # The count is bound too: RFC 9162 paths alone do not fix the tree size.
-    return b"N" + count.to_bytes(4, "big") + wraps_root
-
-
-def _hub_leaf(origin_leaf: bytes, r: dict, wrap_leaf: bytes, forwarded_at: int, hub_key_id: str) -> bytes:
-    leg = r.get("leg")
-    own_ids = b"" if leg is None else b"".join((
-        _lp(r["message_id"]), _lp(r["correlation_id"]),
-        sha256(leg["leg_key"]).digest(), sha256(leg["sealed_origin"]).digest(),
-    ))
-    return merkle.leaf_hash(
-        b"".join(
-            (
-                _HUB_V2 if leg is not None else _HUB,
-                origin_leaf,
-                _lp(r["subject"]),
-                _lp(r["recipient"]),
-                _lp(r["recipient_key_id"]),
-                wrap_leaf,
-                forwarded_at.to_bytes(8, "big", signed=True),
-                _lp(hub_key_id),
-                own_ids,
-            )
-        )
-    )
-
-
-def _leg_key_info(hub_id: str, recipient: str, key_id: str) -> bytes:
-    return _LEG_KEY_INFO + _lp(hub_id) + _lp(recipient) + _lp(key_id)
-
-
-def _leg_aad(r: dict) -> bytes:
-    return (_LEG_AAD + _lp(r["message_id"]) + _lp(r["correlation_id"]) + _lp(r["recipient"])
-            + _lp(r["recipient_key_id"]) + _lp(r["sender"]))
-
-
-def _origin_plaintext(mid: str, cid: str, procedure: str | None, outcome: str | None) -> bytes:
-    # Canonical UUID strings (checked on ingress): their hex is their 16 bytes.
-    return bytes.fromhex(mid.replace("-", "") + cid.replace("-", "")) + _opt(procedure) + _opt(outcome)
-
-
-def _origin_from_plaintext(raw: bytes) -> tuple[str, str, str | None, str | None]:
-    """Inverse of ``_origin_plaintext``; the bytes were authenticated (AES-GCM) under the leg key."""
-    mid, cid = str(uuid.UUID(bytes=raw[:16])), str(uuid.UUID(bytes=raw[16:32]))
-    values: list[str | None] = []
-    at = 32
-    for _ in range(2):
-        if raw[at:at + 1] == _NO_VALUE:
-            values.append(None)
-            at += 1
-        else:
-            n = int.from_bytes(raw[at + 1:at + 5], "big")
-            values.append(raw[at + 5:at + 5 + n].decode())
-            at += 5 + n
-    if at != len(raw):
-        raise ValueError("trailing bytes")
-    return mid, cid, values[0], values[1]
-
-
-def _root_tbs(domain: bytes, count: int, root: bytes) -> bytes:
-    return domain + count.to_bytes(4, "big") + root
-
-
-def _tree_signatures(keyset: Keyset, domain: bytes, leaves: list[bytes]) -> list[dict]:
-    root, paths = merkle.build(leaves)
-    signature = keyset.sign(_root_tbs(domain, len(leaves), root))
-    n = len(leaves)
-    return [
-        {"proof": {"leaf_index": i, "leaf_count": n, "siblings": paths[i]}, "root_signature": signature}
-        for i in range(n)
-    ]
 
 
 def _body_schema(type_: str) -> str:
@@ -343,7 +188,7 @@ class _Handle:
         """The origin's ids, procedure and outcome as sealed in each of its legs (built once per message)."""
         if self._origin_plaintext is None:
             r = self.record
-            self._origin_plaintext = _origin_plaintext(r["message_id"], r["correlation_id"], r["procedure"],
+            self._origin_plaintext = layout.origin_plaintext(r["message_id"], r["correlation_id"], r["procedure"],
                                                        r["outcome"])
         return self._origin_plaintext
 
@@ -449,9 +294,9 @@ class _EnvelopeCodec:
         except CodecError as exc:
             raise _reject(exc.reason, f"envelope: {exc.message}") from None
         r["message_id"], r["correlation_id"] = str(r["message_id"]), str(r["correlation_id"])
-        r["created_at"], r["expires_at"] = _ms(r["created_at"]), _ms(r["expires_at"])
+        r["created_at"], r["expires_at"] = layout.ms(r["created_at"]), layout.ms(r["expires_at"])
         if r["countersignature"] is not None:
-            r["countersignature"]["forwarded_at"] = _ms(r["countersignature"]["forwarded_at"])
+            r["countersignature"]["forwarded_at"] = layout.ms(r["countersignature"]["forwarded_at"])
         return r
 
 
@@ -474,7 +319,7 @@ def _encode(record: dict) -> bytes:
 
 
 def _dt(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    return layout.EPOCH + timedelta(milliseconds=ms)
 
 
 def _meta(r: dict, handle: _Handle | None = None) -> EnvelopeMeta:
@@ -644,13 +489,13 @@ class Sealer:
             if isinstance(m.to, str):
                 rk = self._directory.encryption_key(m.to)
                 r["recipient"], r["recipient_key_id"], r["wraps"] = m.to, rk.key_id, []
-                r["body"] = rk.seal(plaintext, _body_info(mid, m.type, sender, m.to, rk.key_id))
-                binding = _single_binding(m.to, rk.key_id)
+                r["body"] = rk.seal(plaintext, layout.body_info(mid, m.type, sender, m.to, rk.key_id))
+                binding = layout.single_binding(m.to, rk.key_id)
             else:
                 recipients = list(m.to)
                 data_key = AESGCM.generate_key(bit_length=256)
                 nonce = secrets.token_bytes(12)
-                aad = _DATA_AAD + _lp(mid) + _lp(m.type) + _lp(sender)
+                aad = layout.DATA_AAD + layout.lp(mid) + layout.lp(m.type) + layout.lp(sender)
                 r["body"] = nonce + AESGCM(data_key).encrypt(nonce, plaintext, aad)
                 wraps = []
                 for recipient in recipients:
@@ -659,14 +504,14 @@ class Sealer:
                         {
                             "recipient": recipient,
                             "recipient_key_id": rk.key_id,
-                            "wrapped_key": rk.seal(data_key, _wrap_info(mid, m.type, sender, recipient, rk.key_id)),
+                            "wrapped_key": rk.seal(data_key, layout.wrap_info(mid, m.type, sender, recipient, rk.key_id)),
                         }
                     )
                 r["recipient"], r["recipient_key_id"], r["wraps"] = FANOUT, "", wraps
-                binding = _fanout_binding(len(wraps), merkle.build([_wrap_leaf(w) for w in wraps])[0])
+                binding = layout.fanout_binding(len(wraps), merkle.build([layout.wrap_leaf(w) for w in wraps])[0])
             records.append(r)
-            leaves.append(_origin_leaf(r, mid, cid, r["created_at"], r["expires_at"], binding))
-        for r, signature in zip(records, _tree_signatures(self._keyset, _ORIGIN_ROOT, leaves), strict=True):
+            leaves.append(layout.origin_leaf(r, mid, cid, r["created_at"], r["expires_at"], binding))
+        for r, signature in zip(records, layout.tree_signatures(self._keyset, layout.ORIGIN_ROOT, leaves), strict=True):
             r["signature"] = signature
         return [_encode(r) for r in records]
 
@@ -770,7 +615,7 @@ class Verifier:
             raise _reject(Reason.BAD_SIGNATURE, "signing key does not belong to the sender")
         wrap_leaves: list[bytes] = []
         if wraps:
-            wrap_leaves = [_wrap_leaf(w) for w in wraps]
+            wrap_leaves = [layout.wrap_leaf(w) for w in wraps]
             if proof is None:
                 wraps_root, count = merkle.build(wrap_leaves)[0], len(wraps)
             else:
@@ -778,11 +623,11 @@ class Verifier:
                 wraps_root = merkle.root_from_path(wrap_leaves[0], proof["leaf_index"], count, proof["siblings"])
                 if wraps_root is None:
                     raise _reject(Reason.BAD_SIGNATURE, "wrap proof is ill-formed")
-            binding = _fanout_binding(count, wraps_root)
+            binding = layout.fanout_binding(count, wraps_root)
         else:
-            binding = _single_binding(r["recipient"], r["recipient_key_id"])
-        leaf = _origin_leaf(r, mid, cid, created, r["expires_at"], binding)
-        if not self._check_tree(key, _ORIGIN_ROOT, leaf, r["signature"]):
+            binding = layout.single_binding(r["recipient"], r["recipient_key_id"])
+        leaf = layout.origin_leaf(r, mid, cid, created, r["expires_at"], binding)
+        if not self._check_tree(key, layout.ORIGIN_ROOT, leaf, r["signature"]):
             raise _reject(Reason.BAD_SIGNATURE, "origin signature or batch proof does not verify")
         return _Handle(r, leaf, wrap_leaves)
 
@@ -793,8 +638,8 @@ class Verifier:
         if key.participant_id != self._hub_id:
             raise _reject(Reason.BAD_SIGNATURE, "countersignature is not by the hub")
         wrap_leaf = handle.wrap_leaves[0] if handle.wrap_leaves else b""
-        leaf = _hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, cs["key_id"])
-        if not self._check_tree(key, _HUB_ROOT, leaf, cs["signature"]):
+        leaf = layout.hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, cs["key_id"])
+        if not self._check_tree(key, layout.HUB_ROOT, leaf, cs["signature"]):
             raise _reject(Reason.BAD_SIGNATURE, "hub countersignature or batch proof does not verify")
         if forwarded_at > int(self._clock() * 1000) + self._skew_ms:
             raise _reject(Reason.EXPIRED, "forwarded in the future (clock skew beyond the allowed maximum)")
@@ -813,7 +658,7 @@ class Verifier:
         if cached is not None:
             self._roots.move_to_end(cache_key)
             return cached == signature
-        if not key.verify(signature, _root_tbs(domain, count, root)):
+        if not key.verify(signature, layout.root_tbs(domain, count, root)):
             return False
         self._roots[cache_key] = signature
         if len(self._roots) > self._roots_max:
@@ -905,18 +750,18 @@ class Opener:
         if r["wraps"]:
             w = r["wraps"][0]
             data_key = self._keyset.decrypt(
-                w["recipient_key_id"], w["wrapped_key"], _wrap_info(mid, type_, sender, me, w["recipient_key_id"])
+                w["recipient_key_id"], w["wrapped_key"], layout.wrap_info(mid, type_, sender, me, w["recipient_key_id"])
             )
             body = r["body"]
             try:
                 plaintext = AESGCM(data_key).decrypt(
-                    body[:12], body[12:], _DATA_AAD + _lp(mid) + _lp(type_) + _lp(sender)
+                    body[:12], body[12:], layout.DATA_AAD + layout.lp(mid) + layout.lp(type_) + layout.lp(sender)
                 )
             except (InvalidTag, ValueError):
                 raise _reject(Reason.UNDECRYPTABLE, "fan-out body does not open under its data key") from None
         else:
             plaintext = self._keyset.decrypt(
-                r["recipient_key_id"], r["body"], _body_info(mid, type_, sender, me, r["recipient_key_id"])
+                r["recipient_key_id"], r["body"], layout.body_info(mid, type_, sender, me, r["recipient_key_id"])
             )
         try:
             body = codec.decode(plaintext, schema, max_size=v.max_bytes)
@@ -950,7 +795,7 @@ class Opener:
         aead = self._leg_keys.get(cache_key)
         if aead is None:
             raw = self._keyset.decrypt(r["recipient_key_id"], leg["leg_key"],
-                                       _leg_key_info(self._hub_id, me, r["recipient_key_id"]))
+                                       layout.leg_key_info(self._hub_id, me, r["recipient_key_id"]))
             if len(raw) != 32:
                 raise _reject(Reason.UNDECRYPTABLE, "the leg key is not a 32-byte key")
             aead = AESGCM(raw)
@@ -961,7 +806,7 @@ class Opener:
             self._leg_keys.move_to_end(cache_key)
         sealed = leg["sealed_origin"]
         try:
-            mid, cid, procedure, outcome = _origin_from_plaintext(aead.decrypt(sealed[:12], sealed[12:], _leg_aad(r)))
+            mid, cid, procedure, outcome = layout.origin_from_plaintext(aead.decrypt(sealed[:12], sealed[12:], layout.leg_aad(r)))
         except (InvalidTag, ValueError, UnicodeDecodeError):
             raise _reject(Reason.UNDECRYPTABLE, "the leg's sealed origin does not open under its leg key") from None
         return {**r, "message_id": mid, "correlation_id": cid, "procedure": procedure, "outcome": outcome}
@@ -1045,8 +890,8 @@ class HubForwarder:
                 self._seal_leg(r, handle, leg)
             r["countersignature"] = {"key_id": key_id, "forwarded_at": forwarded_at, "signature": None}
             records.append(r)
-            leaves.append(_hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, key_id))
-        for r, signature in zip(records, _tree_signatures(self._keyset, _HUB_ROOT, leaves), strict=True):
+            leaves.append(layout.hub_leaf(handle.origin_leaf, r, wrap_leaf, forwarded_at, key_id))
+        for r, signature in zip(records, layout.tree_signatures(self._keyset, layout.HUB_ROOT, leaves), strict=True):
             r["countersignature"]["signature"] = signature
         return [_encode(r) for r in records]
 
@@ -1059,7 +904,7 @@ class HubForwarder:
         aead, sealed_key = self._leg_key(r["recipient"], r["recipient_key_id"])
         nonce = secrets.token_bytes(12)
         r["leg"] = {"leg_key": sealed_key,
-                    "sealed_origin": nonce + aead.encrypt(nonce, handle.origin_plaintext(), _leg_aad(r))}
+                    "sealed_origin": nonce + aead.encrypt(nonce, handle.origin_plaintext(), layout.leg_aad(r))}
 
     def _leg_key(self, recipient: str, key_id: str) -> tuple[AESGCM, bytes]:
         """The leg key for one recipient key: HPKE-sealed once, reused for ``LEG_KEY_LIFETIME_S``.
@@ -1077,7 +922,7 @@ class HubForwarder:
         public = self._directory.recipient_key(key_id, sealed_at=sealed_at)
         if public.participant_id != recipient:
             raise ValueError("the recipient key does not belong to the recipient")
-        sealed = public.seal(raw, _leg_key_info(self._keyset.participant_id, recipient, key_id))
+        sealed = public.seal(raw, layout.leg_key_info(self._keyset.participant_id, recipient, key_id))
         aead = AESGCM(raw)
         self._leg_keys[(recipient, key_id)] = (now, aead, sealed)
         return aead, sealed

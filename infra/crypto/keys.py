@@ -294,7 +294,7 @@ class EncryptionPublicKey:
 # --------------------------------------------------------------------------- private keys
 
 
-class _SignKey:
+class SigningKey:
     __slots__ = ("key_id", "private", "public_raw", "created_at", "retired_at")
 
     def __init__(self, participant_id: str, private: ed25519.Ed25519PrivateKey, created_at: int, retired_at=None):
@@ -308,7 +308,7 @@ class _SignKey:
         return self.private.private_bytes_raw()
 
 
-class _EncKey:
+class DecryptionKey:
     __slots__ = ("key_id", "algorithm", "hpke_private", "public_raw", "_secret", "created_at", "retired_at")
 
     def __init__(self, participant_id: str, algorithm: str, secret: bytes, created_at: int, retired_at=None):
@@ -342,7 +342,7 @@ class _EncKey:
 class Keyset:
     """A participant's private keys: one primary signing and one primary encryption key, plus older ones."""
 
-    def __init__(self, participant_id: str, kem: str, signing: list[_SignKey], encryption: list[_EncKey]) -> None:
+    def __init__(self, participant_id: str, kem: str, signing: list[SigningKey], encryption: list[DecryptionKey]) -> None:
         if not signing or not encryption:
             raise ConfigError("a keyset needs at least one signing and one encryption key")
         self.participant_id = participant_id
@@ -363,8 +363,8 @@ class Keyset:
         return cls(
             participant_id,
             kem,
-            [_SignKey(participant_id, ed25519.Ed25519PrivateKey.generate(), at)],
-            [_EncKey(participant_id, alg, _EncKey.new_secret(alg), at)],
+            [SigningKey(participant_id, ed25519.Ed25519PrivateKey.generate(), at)],
+            [DecryptionKey(participant_id, alg, DecryptionKey.new_secret(alg), at)],
         )
 
     def __repr__(self) -> str:
@@ -418,8 +418,8 @@ class Keyset:
         for k in self._signing + self._encryption:
             if k.retired_at is None:
                 k.retired_at = retired
-        self._signing.insert(0, _SignKey(self.participant_id, ed25519.Ed25519PrivateKey.generate(), active))
-        new = _EncKey(self.participant_id, alg, _EncKey.new_secret(alg), active)
+        self._signing.insert(0, SigningKey(self.participant_id, ed25519.Ed25519PrivateKey.generate(), active))
+        new = DecryptionKey(self.participant_id, alg, DecryptionKey.new_secret(alg), active)
         self._encryption.insert(0, new)
         self._enc_by_id[new.key_id] = new
 
@@ -509,11 +509,11 @@ class Keyset:
         p = json.loads(read_encrypted(path, b"keyset", passphrase))
         pid = p["participant_id"]
         signing = [
-            _SignKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(_b64d(k["secret"])), k["created_at"], k["retired_at"])
+            SigningKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(_b64d(k["secret"])), k["created_at"], k["retired_at"])
             for k in p["signing"]
         ]
         encryption = [
-            _EncKey(pid, k["algorithm"], _b64d(k["secret"]), k["created_at"], k["retired_at"]) for k in p["encryption"]
+            DecryptionKey(pid, k["algorithm"], _b64d(k["secret"]), k["created_at"], k["retired_at"]) for k in p["encryption"]
         ]
         for stored, k in zip(p["signing"] + p["encryption"], signing + encryption, strict=True):
             if stored["key_id"] != k.key_id:

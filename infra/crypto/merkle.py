@@ -20,7 +20,7 @@ def leaf_hash(data: bytes) -> bytes:
     return sha256(b"\x00" + data).digest()
 
 
-def _node(left: bytes, right: bytes) -> bytes:
+def node_hash(left: bytes, right: bytes) -> bytes:
     return sha256(b"\x01" + left + right).digest()
 
 
@@ -43,7 +43,7 @@ def _build(leaves: list[bytes], lo: int, hi: int, paths: list[list[bytes]]) -> b
         paths[i].append(right)
     for i in range(lo + k, hi):
         paths[i].append(left)
-    return _node(left, right)
+    return node_hash(left, right)
 
 
 def root_from_path(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:

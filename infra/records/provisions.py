@@ -90,6 +90,7 @@ __all__ = [
     "record_from_row",
     "record_time",
     "to_avro",
+    "verify_records",
     "walk_chain",
 ]
 
@@ -758,7 +759,7 @@ class ProvisionStore:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 state = await self.chain_state(conn, person_token)
         head = None if state.head is None else (state.head.seq, state.head.last_hash)
-        return _verify(state.records, head, state.start)
+        return verify_records(state.records, head, state.start)
 
     async def purge(self, conn: asyncpg.Connection, *, before: datetime, chunk: int = 1000) -> PurgeResult:
         """Remove, from every chain, the records older than ``before`` (by :func:`record_time`), oldest first.
@@ -824,7 +825,7 @@ class ProvisionStore:
         return PurgeResult(before=before, chains=chains, records=removed, kept=kept)
 
 
-def _verify(records: Sequence[ProvisionRecord], head: tuple[int, bytes] | None,
+def verify_records(records: Sequence[ProvisionRecord], head: tuple[int, bytes] | None,
             start: tuple[int, bytes] = (0, GENESIS_HASH)) -> ChainVerdict:
     walk = walk_chain(records, start)
     problems = [p.text for p in walk.problems]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.crypto import envelope as E
+from infra.crypto import layout
 from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
 from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
 from infra.domain.participants import Kind, Participant, Participants
@@ -101,15 +101,15 @@ class World:
         """
         r = codec.decode(envelope, "envelope")
         mid, cid = str(r["message_id"]), str(r["correlation_id"])
-        binding = E._single_binding(r["recipient"], r["recipient_key_id"])
-        origin_leaf = E._origin_leaf(r, mid, cid, E._ms(r["created_at"]), E._ms(r["expires_at"]), binding)
+        binding = layout.single_binding(r["recipient"], r["recipient_key_id"])
+        origin_leaf = layout.origin_leaf(r, mid, cid, layout.ms(r["created_at"]), layout.ms(r["expires_at"]), binding)
         if r["sender"] != "hub":  # the hub seals its own messages in the recipient's token space already
             r["subject"] = self.tokens.translate(r["subject"], r["sender"], r["recipient"])
         at = int(self.clock() * 1000) if forwarded_at_ms is None else forwarded_at_ms
         hub = self.keys["hub"]
-        leaf = E._hub_leaf(origin_leaf, r, b"", at, hub.signing_key_id)
+        leaf = layout.hub_leaf(origin_leaf, r, b"", at, hub.signing_key_id)
         r["countersignature"] = {"key_id": hub.signing_key_id, "forwarded_at": at,
-                                 "signature": E._tree_signatures(hub, E._HUB_ROOT, [leaf])[0]}
+                                 "signature": layout.tree_signatures(hub, layout.HUB_ROOT, [leaf])[0]}
         return codec.encode("envelope", r)
 
 

@@ -25,8 +25,8 @@ PARTICIPANTS = ("agency-a", "registry", "bank-1", "bank-2")
 def fixed_keyset(pid: str) -> K.Keyset:
     seed = hashlib.sha256(pid.encode()).digest()
     at = int(T0 * 1000) - 86_400_000
-    return K.Keyset(pid, "x25519", [K._SignKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(seed), at)],
-                    [K._EncKey(pid, K.X25519, hashlib.sha256(b"enc" + seed).digest(), at)])
+    return K.Keyset(pid, "x25519", [K.SigningKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(seed), at)],
+                    [K.DecryptionKey(pid, K.X25519, hashlib.sha256(b"enc" + seed).digest(), at)])
 
 
 @dataclass

@@ -65,9 +65,9 @@ def test_ill_formed_paths_are_refused():
 def test_interior_node_cannot_pass_as_a_leaf():
     leaves = [merkle.leaf_hash(bytes([i])) for i in range(4)]
     root, _ = merkle.build(leaves)
-    node01 = merkle._node(leaves[0], leaves[1])
-    node23 = merkle._node(leaves[2], leaves[3])
-    assert merkle._node(node01, node23) == root
+    node01 = merkle.node_hash(leaves[0], leaves[1])
+    node23 = merkle.node_hash(leaves[2], leaves[3])
+    assert merkle.node_hash(node01, node23) == root
     # presenting node01 as a leaf of a 2-leaf tree reaches the same bytes only if 0x00/0x01 prefixes collide
     assert merkle.leaf_hash(node01) != node01
 

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.crypto import envelope as E
+from infra.crypto import layout
 from infra.crypto import merkle
-from infra.crypto.envelope import FANOUT, MemoryReplayGuard, Opener, peek
+from infra.crypto.envelope import FANOUT, MemoryReplayGuard, peek
 from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto.keys import Keyset
 from infra.domain.participants import Kind
@@ -34,11 +35,11 @@ def resign(record: dict, keyset: Keyset) -> bytes:
     mid, cid = str(r["message_id"]), str(r["correlation_id"])
     r["subject_commitment"] = E.subject_commitment(mid, r["subject"])
     if r["wraps"]:
-        binding = E._fanout_binding(len(r["wraps"]), merkle.build([E._wrap_leaf(w) for w in r["wraps"]])[0])
+        binding = layout.fanout_binding(len(r["wraps"]), merkle.build([layout.wrap_leaf(w) for w in r["wraps"]])[0])
     else:
-        binding = E._single_binding(r["recipient"], r["recipient_key_id"])
-    leaf = E._origin_leaf(r, mid, cid, E._ms(r["created_at"]), E._ms(r["expires_at"]), binding)
-    r["signature"] = E._tree_signatures(keyset, E._ORIGIN_ROOT, [leaf])[0]
+        binding = layout.single_binding(r["recipient"], r["recipient_key_id"])
+    leaf = layout.origin_leaf(r, mid, cid, layout.ms(r["created_at"]), layout.ms(r["expires_at"]), binding)
+    r["signature"] = layout.tree_signatures(keyset, layout.ORIGIN_ROOT, [leaf])[0]
     return codec.encode("envelope", r)
 
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infra.crypto import envelope as E
+from infra.crypto import layout
 from infra.crypto import keys as K
 from infra.crypto.envelope import LegIds, Message, Sealer, peek
 from infra.core.errors import Reason
@@ -196,9 +197,9 @@ def _reseal_leg(world, record: dict, origin_mid: str, origin_cid: str) -> None:
     """What anyone holding only the recipient's PUBLIC key can build: their own leg key and sealed origin."""
     key = AESGCM.generate_key(bit_length=256)
     public = world.directory.encryption_key(record["recipient"])
-    record["leg"]["leg_key"] = public.seal(key, E._leg_key_info("hub", record["recipient"], public.key_id))
-    plain = E._origin_plaintext(origin_mid, origin_cid, PROCEDURE, None)
-    aad = E._leg_aad({**record, "message_id": str(record["message_id"]), "correlation_id": str(record["correlation_id"])})
+    record["leg"]["leg_key"] = public.seal(key, layout.leg_key_info("hub", record["recipient"], public.key_id))
+    plain = layout.origin_plaintext(origin_mid, origin_cid, PROCEDURE, None)
+    aad = layout.leg_aad({**record, "message_id": str(record["message_id"]), "correlation_id": str(record["correlation_id"])})
     record["leg"]["sealed_origin"] = bytes(12) + AESGCM(key).encrypt(bytes(12), plain, aad)
 
 

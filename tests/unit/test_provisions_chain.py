@@ -17,7 +17,7 @@ from infra.records.provisions import (
     ProvisionRecord,
     ProvisionStatus,
     RecordDraft,
-    _verify,
+    verify_records,
     anchor_statement,
     bucket_of,
     canonical_bytes,
@@ -117,18 +117,18 @@ def test_prev_hash_links_records():
     one = first()
     two = ProvisionRecord.chain(draft(message_id=uuid.uuid4(), status="PROVIDED"), seq=2, prev_hash=one.hash)
     assert two.prev_hash == one.hash
-    assert _verify([one, two], (2, two.hash)).ok
-    verdict = _verify([two], (2, two.hash))
+    assert verify_records([one, two], (2, two.hash)).ok
+    verdict = verify_records([two], (2, two.hash))
     assert verdict.problems == ["seq 1 missing (deleted)"]
-    verdict = _verify([one], (2, two.hash))
+    verdict = verify_records([one], (2, two.hash))
     assert verdict.problems == ["head says seq 2, last record is 1 (tail deleted)"]
     forged = dataclasses.replace(one, data_item="x")
-    assert _verify([forged, two], (2, two.hash)).problems == ["seq 1: hash mismatch (altered)"]
+    assert verify_records([forged, two], (2, two.hash)).problems == ["seq 1: hash mismatch (altered)"]
     rehashed = ProvisionRecord.chain(draft(data_item="x"), seq=1, prev_hash=GENESIS_HASH, record_id=RID)
-    assert _verify([rehashed, two], (2, two.hash)).problems == [
+    assert verify_records([rehashed, two], (2, two.hash)).problems == [
         "seq 2: prev_hash does not match seq 1 (chain broken)"]
-    assert _verify([one, two], None).problems == ["no chain head for this person (head deleted)"]
-    assert _verify([], None).ok
+    assert verify_records([one, two], None).problems == ["no chain head for this person (head deleted)"]
+    assert verify_records([], None).ok
 
 
 def test_status_enum_matches_the_schema_symbols():
@@ -252,12 +252,12 @@ def test_after_a_purge_the_chain_starts_at_its_anchor():
     one = first()
     two = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=2, prev_hash=one.hash)
     three = ProvisionRecord.chain(draft(message_id=uuid.uuid4()), seq=3, prev_hash=two.hash)
-    assert _verify([two, three], (3, three.hash), (1, one.hash)).ok
-    assert _verify([], (3, three.hash), (3, three.hash)).ok  # everything purged
-    assert _verify([three], (3, three.hash), (1, one.hash)).problems == ["seq 2 missing (deleted)"]
-    assert _verify([two, three], (3, three.hash), (1, b"\x01" * 32)).problems == [
+    assert verify_records([two, three], (3, three.hash), (1, one.hash)).ok
+    assert verify_records([], (3, three.hash), (3, three.hash)).ok  # everything purged
+    assert verify_records([three], (3, three.hash), (1, one.hash)).problems == ["seq 2 missing (deleted)"]
+    assert verify_records([two, three], (3, three.hash), (1, b"\x01" * 32)).problems == [
         "seq 2: prev_hash does not match seq 1 (chain broken)"]
-    assert _verify([one, two, three], (3, three.hash), (1, one.hash)).problems == [
+    assert verify_records([one, two, three], (3, three.hash), (1, one.hash)).problems == [
         "seq 1: before the chain's start (inserted)"]
 
 
