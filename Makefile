@@ -12,7 +12,7 @@ MSTAMP  = $(MVENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 MODULE ?=
 comma  := ,
 
-.PHONY: demo test test-fast bench chaos mutation up down clean broker
+.PHONY: demo test test-fast lint bench chaos mutation up down clean broker
 
 # $(call venv,<folder>,<extras>): a venv with Renkei installed editable with those extras; the stamp is the target.
 define venv
@@ -41,6 +41,10 @@ test: broker  ## unit + integration tests on the real embedded broker and Postgr
 
 test-fast: broker  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+lint: $(STAMP)  ## the layering contract (import-linter, pyproject.toml; docs/architecture.md) and ruff
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 bench: broker  ## throughput and latency against the broker's own limit (docs/performance.md)
 	$(BIN)/renkei bench

@@ -31,7 +31,7 @@ from connectors.runtime import start_site
 from infra.domain.disasters import Disaster, declare, today_jst
 from infra.core.errors import Rejection
 from infra.platform.keystore import KeyStore
-from infra.platform.pgdsn import observer_dsn, records_dsn
+from infra.platform.pgdsn import observer_dsn
 from infra.domain.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
     BASIS_DISASTER_LOOKUP,

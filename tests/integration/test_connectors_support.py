@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import re
 import time
 import uuid
 from datetime import UTC, datetime

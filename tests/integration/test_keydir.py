@@ -51,8 +51,8 @@ SPARE = "bank-8999"  # not in lookup fan-outs: its keys can be revoked without d
 def renkei(capsys, flags, monkeypatch, running_platform):
     """``await renkei("keys", "revoke", …)`` → (exit code, the JSON object, stderr)."""
     monkeypatch.setenv("COLUMNS", "250")
-    for name, value in settings_env(running_platform.settings).items():  # PostgreSQL, as a worker gets it
-        monkeypatch.setenv(name, value)
+    for name, setting in settings_env(running_platform.settings).items():  # PostgreSQL, as a worker gets it
+        monkeypatch.setenv(name, setting)
 
     async def run(*argv: str, extra: list[str] | None = None) -> tuple[int, dict, str]:
         capsys.readouterr()

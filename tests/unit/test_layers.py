@@ -1,0 +1,109 @@
+"""The layering of docs/architecture.md holds, and breaking it fails (issue 17).
+
+- The import contract in pyproject.toml (import-linter's layers contract, which also sees
+  function-local imports) is kept by the code as it is, and broken by one upward import: a copy of the
+  packages in which a crypto module imports the CLI inside a function fails ``lint-imports``.
+- No module of Renkei, tests included, imports another module's private name (``from m import _x``
+  or ``m._x`` on an imported module): a private name used across modules is a seam without a name.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("infra", "streams", "connectors", "schemas")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` on the packages under ``tree`` (which come first on its import path)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def copy_of_the_packages(tmp_path) -> Path:
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "static",
+                                                                                          "avsc", "kafka"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is installed with the test extra")
+def test_the_code_keeps_the_layers_contract(copy_of_the_packages):
+    done = _lint_imports(copy_of_the_packages)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Contracts: 1 kept, 0 broken." in done.stdout
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is installed with the test extra")
+def test_an_upward_import_breaks_the_contract(copy_of_the_packages):
+    merkle = copy_of_the_packages / "infra" / "crypto" / "merkle.py"
+    merkle.write_text(merkle.read_text() + "\n\ndef _upward():\n    from infra.cli import main\n\n    return main\n")
+    done = _lint_imports(copy_of_the_packages)
+    assert done.returncode == 1
+    assert "infra.crypto is not allowed to import infra.cli" in done.stdout
+    assert "infra.crypto.merkle -> infra.cli" in done.stdout
+
+
+def _renkei_modules() -> set[str]:
+    found = set()
+    for package in (*PACKAGES, "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_used_across_modules(path: Path, modules: set[str]) -> list[str]:
+    """``from m import _x`` and ``alias._x`` where ``alias`` is an imported Renkei module, in one file."""
+    tree = ast.parse(path.read_text())
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    aliases: dict[str, str] = {}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] in (
+                *PACKAGES, "tests"):
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in modules:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                elif _private(alias.name):
+                    found.append(f"{shown}:{node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules and alias.asname:
+                    aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name) \
+                and node.value.id in aliases:
+            found.append(f"{shown}:{node.lineno}: {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_name():
+    modules = _renkei_modules()
+    found = [hit for package in (*PACKAGES, "tests", "benchmarks") for path in sorted((ROOT / package).rglob("*.py"))
+             for hit in private_names_used_across_modules(path, modules)]
+    assert found == []
+
+
+def test_the_private_name_check_can_fail(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from infra.crypto import merkle\nfrom infra.crypto.envelope import _lp\n\nmerkle._node\n")
+    found = private_names_used_across_modules(sample, _renkei_modules())
+    assert [hit.split(": ", 1)[1] for hit in found] == ["from infra.crypto.envelope import _lp",
+                                                         "infra.crypto.merkle._node"]
