@@ -67,7 +67,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.crypto.envelope import Message
-from infra.domain.participants import Kind, load_participants
+from infra.domain.participants import Kind, participants_of
 from infra.domain.policy import (
     BASIS_BANK_INTAKE,
     BASIS_NUMBERING,
@@ -579,7 +579,7 @@ def simulator_group(settings: Settings) -> str:
 
 def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group: str | None = None) -> ParticipantRuntime:
     if bank_ids is None:
-        bank_ids = [p.id for p in load_participants(settings.participants_file, banks=settings.banks).banks()]
+        bank_ids = [p.id for p in participants_of(settings).banks()]
     runtime = ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or simulator_group(settings),
                                  migrations={"bank-sim": BANK_MIGRATIONS, "bank-handover": HANDOVER_MIGRATIONS},
                                  worker="banks", database="banks")  # every simulated bank's own system

@@ -17,12 +17,12 @@ from typing import Any
 
 async def cmd_bank_channel_key(settings: Any, args: argparse.Namespace) -> int:
     from infra.core.errors import ConfigError
-    from infra.domain.participants import Kind, load_participants
+    from infra.domain.participants import Kind, participants_of
 
     from connectors import channel_keys
     from connectors.commands import EXIT_DONE, Outcome, emit
 
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     bank = participants.by_bank_code(args.bank) or participants.get(args.bank)
     if bank is None or bank.kind is not Kind.BANK:
         raise ConfigError(f"--bank {args.bank}: no participating bank has this code or id")

@@ -165,9 +165,9 @@ def emit(args: argparse.Namespace, outcome: Outcome) -> int:
 
 
 def participants_of(settings: Any) -> Any:
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
 
-    return load_participants(settings.participants_file, banks=settings.banks)
+    return participants_of(settings)
 
 
 def bank_of(participants: Any, value: str) -> Any:

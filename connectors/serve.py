@@ -48,7 +48,7 @@ from typing import Any
 
 from infra.core.errors import ConfigError, RenkeiError
 from infra.platform.metrics import Counter
-from infra.domain.participants import Kind, Participant, load_participants
+from infra.domain.participants import Kind, Participant, participants_of
 from infra.core.settings import Settings
 
 log = logging.getLogger("renkei.connector.serve")
@@ -345,7 +345,7 @@ def add_bank_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _bank(settings: Settings, ref: str) -> Participant:
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     found = participants.by_bank_code(ref) or participants.get(ref)
     if found is None or found.kind is not Kind.BANK or found.bank_code is None:
         raise ConfigError(f"--bank {ref}: no participating bank has this code or id (see `renkei participants`)")
@@ -521,7 +521,7 @@ async def agency_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = _resolve(settings)
     agencies = list(dict.fromkeys(a.strip() for arg in args.agency for a in arg.split(",") if a.strip()))
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     unknown = [a for a in agencies if (p := participants.get(a)) is None or p.kind is not Kind.AGENCY]
     if unknown:
         raise ConfigError(f"--agency: not an agency: {', '.join(unknown)} (see `renkei participants`)")

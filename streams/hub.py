@@ -43,7 +43,7 @@ from infra.core.errors import Reason
 from infra.domain.identity import IDENTITY_MIGRATIONS, NumberChanges
 from infra.crypto.keys import KeyDirectory
 from infra.platform.keystore import KeyStore, load_directory
-from infra.domain.participants import Participants, load_participants
+from infra.domain.participants import Participants, participants_of
 from infra.domain.policy import Policy
 from infra.records.provisions import ProvisionStore, audit_record
 from infra.domain.ratelimit import SenderRateLimiter
@@ -163,7 +163,7 @@ class HubService:
     @classmethod
     async def create(cls, settings: Settings, producer: Any, *, policy: Policy | None = None,
                      participants: Participants | None = None) -> HubService:
-        participants = participants or load_participants(settings.participants_file, banks=settings.banks)
+        participants = participants or participants_of(settings)
         store = KeyStore.for_settings(settings)
         directory = await load_directory(settings, store.root_public_key())
         hub_keys = store.keyset(settings.participant_id)

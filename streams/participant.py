@@ -37,7 +37,7 @@ from infra.core.errors import Rejection
 from infra.crypto.keys import KeyDirectory
 from infra.platform.keystore import KeyStore, follow_directory, load_directory
 from infra.platform.metrics import Counter, MetricsServer, WorkerMetrics
-from infra.domain.participants import Participants, load_participants
+from infra.domain.participants import Participants, participants_of
 from infra.platform.pgdsn import participants_dsn
 from infra.core.settings import Settings
 from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
@@ -180,7 +180,7 @@ class ParticipantRuntime:
         self.producer: Any = None
         self.consumer: Any = None
         self.directory: KeyDirectory | None = None
-        self.participants: Participants = load_participants(settings.participants_file, banks=settings.banks)
+        self.participants: Participants = participants_of(settings)
         self._relay_lock = asyncio.Lock()
         self._relay_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

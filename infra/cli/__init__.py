@@ -113,7 +113,7 @@ async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from infra.platform.kafka import admin_client
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
     from infra.platform.topics import TopicNames, apply_layout, layout
 
     settings = resolve_running(settings)
@@ -121,7 +121,7 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     await admin.start()
     try:
         if args.action == "apply":
-            participants = load_participants(settings.participants_file, banks=settings.banks)
+            participants = participants_of(settings)
             specs = layout(TopicNames(settings.kafka.topic_prefix), participants)
             results = await apply_layout(admin, specs, replication=settings.kafka.replication)
             if args.json:

@@ -71,14 +71,14 @@ async def _up(settings: Settings, args: argparse.Namespace, home: Path) -> int:
     from infra.platform.acls import ADMIN, principals
     from infra.platform.cluster import KafkaCluster
     from infra.core.errors import StackError
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
 
     java = kb.find_java(settings.embedded_java)
     if java is None or java.major < kb.MIN_JAVA:
         raise StackError(f"the cluster needs Java {kb.MIN_JAVA}+ (apt-get install openjdk-17-jre-headless)")
     dist = kb.fetch_distribution(settings.resolved_kafka_cache,
                                  notify=None if args.json else lambda line: print(line, file=sys.stderr))
-    users = principals(load_participants(settings.participants_file, banks=settings.banks), simulated_banks=True)
+    users = principals(participants_of(settings), simulated_banks=True)
     cluster = KafkaCluster(home, dist, java, users, base_port=args.base_port,
                            notify=None if args.json else lambda line: print(line, file=sys.stderr))
     await cluster.start()
@@ -99,11 +99,11 @@ async def _up(settings: Settings, args: argparse.Namespace, home: Path) -> int:
 
 async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
     from infra.platform.acls import acl_bindings, kafka_acls_commands
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
     from infra.platform.topics import TopicNames
 
     prefix = settings.kafka.topic_prefix
-    bindings = acl_bindings(TopicNames(prefix), load_participants(settings.participants_file, banks=settings.banks),
+    bindings = acl_bindings(TopicNames(prefix), participants_of(settings),
                             simulated_banks=args.with_bank_simulator)
     if args.acls_action == "apply":
         from infra.core.errors import ConfigError

@@ -105,9 +105,9 @@ async def cmd_participants_list(settings: Settings, args: argparse.Namespace) ->
     """The registered participants; with a running stack, each one's suspension as published on the keys topic."""
     from infra.platform.endpoints import resolve_running
     from infra.core.errors import RenkeiError
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
 
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     statuses: dict[str, Any] = {}
     followed = False
     try:
@@ -145,7 +145,7 @@ async def _change(settings: Settings, args: argparse.Namespace, what: str, detai
     from infra.platform.keyadmin import KeyAdminRefused
     from infra.platform.keystore import KeyStore
     from infra.ops import OpsEvent, emit, ensure_ops_audit_topic, ops_audit_topic, write_ops_event
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
 
     reason = (args.reason or "").strip()
     if not reason:
@@ -156,7 +156,7 @@ async def _change(settings: Settings, args: argparse.Namespace, what: str, detai
                         f"no root key at {store.dir / 'root.key'}: only ops holding the platform root key may change "
                         "the key directory")
     settings = resolve_running(settings)
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     await ensure_ops_audit_topic(settings)  # an action that cannot be audited is not taken
     try:
         published = await change(settings, store, participants)

@@ -11,9 +11,12 @@ import tomllib
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from infra.core.settings import Settings
 
 DEFAULT_FILE = Path(__file__).with_name("participants.toml")
 
@@ -90,6 +93,11 @@ def _validate_id(pid: Any) -> str:
     if not isinstance(pid, str) or not pid or not all(c.isascii() and (c.isalnum() or c in "-_") for c in pid):
         raise ConfigError("participants: id must be ASCII letters, digits, '-' or '_' (it names a topic)")
     return pid
+
+
+def participants_of(settings: Settings) -> Participants:
+    """The participants a deployment runs with: its participants file (or the built-in set) and bank count."""
+    return load_participants(settings.participants_file, banks=settings.banks)
 
 
 def load_participants(path: Path | None = None, *, banks: int | None = None) -> Participants:

@@ -114,7 +114,7 @@ class Platform:
 
     async def start(self) -> None:
         from infra.platform.kafka import admin_client
-        from infra.domain.participants import load_participants
+        from infra.domain.participants import participants_of
         from infra.platform.pgprovision import provision_database
         from infra.platform.topics import TopicNames, apply_layout, layout
 
@@ -125,7 +125,7 @@ class Platform:
                 pg_dsn=self.base_settings.pg_dsn or self.stack.pg_dsn,
                 broker=self.stack.broker_kind or None,
             )
-            self.participants = load_participants(self.settings.participants_file, banks=self.settings.banks)
+            self.participants = participants_of(self.settings)
             if self.provisions_database:
                 await provision_database(self.settings, reassert=True, participants=self.participants)
             admin = admin_client(self.settings)

@@ -152,14 +152,14 @@ def seal_inquiries(settings: Settings, n: int, *, per_message: bool, people: int
     """
     from infra.crypto.envelope import Message, Sealer
     from infra.platform.keystore import KeyStore
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
     from schemas import types as T
 
     rng = rng or random.Random(20260401)
     store = KeyStore.for_settings(settings)
-    directory = store.local_directory(load_participants(settings.participants_file, banks=settings.banks))
+    directory = store.local_directory(participants_of(settings))
     sealer = Sealer(store.keyset(AGENCY), directory)
     authority = store.token_authority()
     subjects = [authority.token_for(generate_my_number(rng), AGENCY) for _ in range(min(n, people))]

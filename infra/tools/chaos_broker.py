@@ -197,14 +197,14 @@ async def chaos_platform(settings: Settings, *, cluster: bool = False,
     from infra.platform.cluster import KafkaCluster, stop_recorded
     from infra.core.errors import StackError
     from infra.platform.kafka_admin import apply_acls
-    from infra.domain.participants import load_participants
+    from infra.domain.participants import participants_of
     from infra.platform.topics import TopicNames
 
     java = kb.find_java(settings.embedded_java)
     if java is None or java.major < kb.MIN_JAVA:
         raise StackError(f"renkei chaos --cluster needs Java {kb.MIN_JAVA}+ (apt-get install openjdk-17-jre-headless)")
     dist = await asyncio.to_thread(kb.fetch_distribution, settings.resolved_kafka_cache)
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     home = settings.state_dir / "cluster"
     stop_recorded(home)
     shutil.rmtree(home, ignore_errors=True)

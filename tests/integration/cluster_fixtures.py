@@ -22,7 +22,7 @@ import pytest
 from infra.platform.acls import ADMIN, acl_bindings, principals
 from infra.platform.cluster import KafkaCluster
 from infra.platform.kafka_admin import apply_acls
-from infra.domain.participants import load_participants
+from infra.domain.participants import load_participants, participants_of
 from infra.core.settings import Settings, load_settings
 from infra.platform.stack import Platform
 from infra.platform.topics import TopicNames
@@ -58,7 +58,7 @@ async def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
 
 async def apply_prefix_acls(settings: Settings) -> None:
     """The ACLs of ``settings``' topic prefix, applied as ``renkei acls apply --with-bank-simulator`` does."""
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     bindings = acl_bindings(TopicNames(settings.kafka.topic_prefix), participants, simulated_banks=True)
     await apply_acls(settings.kafka, bindings, prefix=settings.kafka.topic_prefix)
 

@@ -27,7 +27,7 @@ from infra.crypto.envelope import Message, Sealer, peek
 from infra.platform.kafka import admin_client, consumer
 from infra.platform.kafka import producer as make_producer
 from infra.platform.keystore import KeyStore
-from infra.domain.participants import load_participants
+from infra.domain.participants import participants_of
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.core.settings import Settings
 from infra.platform.stack import bootstrap_keys
@@ -118,7 +118,7 @@ class Hubs:
 
 
 async def start_hubs(settings: Settings) -> Hubs:
-    participants = load_participants(settings.participants_file, banks=settings.banks)
+    participants = participants_of(settings)
     admin = admin_client(settings)
     await admin.start()
     try:
@@ -142,7 +142,7 @@ async def hubs(settings: Settings) -> AsyncIterator[Hubs]:
 
 def inquiries(settings: Settings, sender: str, n: int) -> list[bytes]:
     store = KeyStore.for_settings(settings)
-    directory = store.local_directory(load_participants(settings.participants_file, banks=settings.banks))
+    directory = store.local_directory(participants_of(settings))
     tokens = store.token_authority()
     now = datetime.now(UTC)
     return Sealer(store.keyset(sender), directory).seal_batch([

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from infra.core.errors import ConfigError
-from infra.domain.participants import Kind, load_participants
+from infra.core.settings import load_settings
+from infra.domain.participants import Kind, load_participants, participants_of
 from infra.platform.topics import TopicNames, layout
 
 
@@ -97,3 +98,12 @@ def test_acls_confine_each_participant_to_ingress_and_its_own_inbox():
             assert writes == {names.ingress}
     lines = kafka_acls_commands(bindings)
     assert len(lines) == len(bindings) and all(line.startswith("kafka-acls.sh") for line in lines)
+
+
+def test_participants_of_settings_reads_their_file_and_bank_count(tmp_path):
+    path = write(tmp_path, '[[participant]]\nid = "hub"\nkind = "hub"\n\n[banks]\ncount = 2\n')
+    settings = load_settings(cli={"participants_file": str(path), "banks": 3}, environ={})
+    assert [p.id for p in participants_of(settings)] == [p.id for p in load_participants(path, banks=3)]
+    assert len(participants_of(settings).banks()) == 3
+    assert len(participants_of(load_settings(cli={"banks": 7}, environ={})).banks()) == 7
+
