@@ -3,6 +3,10 @@
 Every command that prints has ``--json``; its shape is documented in
 docs/cli.md and kept stable.  Exit codes: 0 success, 1 a check failed (e.g. a
 component is down, a demo flow failed), 2 a usage or configuration error.
+
+Rule: the composition root. The package may import every layer (its command modules, ``connectors``'
+commands, the tools); nothing in Renkei imports it — the flags and console output it shares with the
+workers live in ``infra.core``. Layers and their allowed directions: docs/architecture.md.
 """
 
 from __future__ import annotations

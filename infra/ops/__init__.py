@@ -17,6 +17,9 @@ Every action (replay, rewind, redrive) writes one JSON event to the ops audit
 topic ``<prefix>.audit.ops`` (declared in ``infra.platform.topics.layout``: 1 partition, no time limit;
 created here on first use where the layout was not applied), separate
 from the Avro provision records on ``<prefix>.audit.provisions``.
+
+Rule: imports ``infra.records``, ``infra.platform`` and below, never ``streams``; ``connectors``' commands,
+the tools and the CLI import it. Layers and their allowed directions: docs/architecture.md.
 """
 
 from __future__ import annotations
