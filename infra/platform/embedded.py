@@ -322,12 +322,14 @@ class EmbeddedStack:
 
 def spawn_python(module: str, args: list[str], log: Path, env: dict[str, str] | None = None, *,
                  die_with_parent: bool = False) -> subprocess.Popen[bytes]:
-    """Start ``python -m module args`` with this interpreter as a supervised child.
+    """Start ``python -P -m module args`` with this interpreter as a supervised child.
 
-    ``env: variables added to the child's environment (this process's otherwise) — where settings
+    ``-P``: the caller's current folder is not put on the child's import path, so a folder of the same
+    name there (a ``streams/`` of the caller's own) cannot stand in for Renkei's code.
+    ``env``: variables added to the child's environment (this process's otherwise) — where settings
     that must not show on a command line go (``infra.platform.stack.settings_env``).
     """
-    return _spawn([sys.executable, "-m", module, *args], log, env={**os.environ, **env} if env else None,
+    return _spawn([sys.executable, "-P", "-m", module, *args], log, env={**os.environ, **env} if env else None,
                   die_with_parent=die_with_parent)
 
 

@@ -88,7 +88,7 @@ async def renkei(settings: Settings, *argv: str, my_number: str | None = None, c
     if card is not None:
         flags += ["--card", card.card_id, "--pin", "-"]
         lines.append(card.pin)
-    cmd = [sys.executable, "-m", "infra.cli", *argv, *flags, "--timeout", f"{timeout_s / 2:g}", "--json",
+    cmd = [sys.executable, "-P", "-m", "infra.cli", *argv, *flags, "--timeout", f"{timeout_s / 2:g}", "--json",
            *settings_args(settings)]
     proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, **settings_env(settings)},
                                                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
