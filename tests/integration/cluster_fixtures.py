@@ -6,7 +6,7 @@ with a SCRAM user for every principal of the test participants file. ``secured_p
 hub, registry and bank simulator on it under a fresh topic prefix, each worker as its own principal,
 after applying the prefix's ACLs with ``renkei acls apply``'s code; PostgreSQL is the session's.
 
-Import into a test module with ``from tests.integration.cluster_fixtures import *``.
+Its fixtures reach every integration test through tests/integration/conftest.py.
 """
 
 from __future__ import annotations

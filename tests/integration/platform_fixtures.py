@@ -5,8 +5,8 @@ simulator) as child processes against the session's broker and PostgreSQL,
 under a fresh topic prefix and PostgreSQL namespace (each component's schema,
 owned by its role), and waits until every worker has joined its consumer group.
 ``pg`` is the administrator with every component schema on its search path
-(``infra.platform.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  Import the
-fixtures into a test module with ``from tests.integration.platform_fixtures import *``.
+(``infra.platform.pgdsn.observer_dsn``): what a test inspects, it inspects as the operator.  The fixtures
+reach every integration test through tests/integration/conftest.py; import the helpers by name.
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.cluster_fixtures import kafka_cluster, secured_platform  # noqa: F401
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 

@@ -10,7 +10,6 @@ from connectors.agency import AgencyConnector
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.platform.kafka import producer
 from infra.platform.pgdsn import component_dsn
-from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import (
     account,
     eventually,

@@ -44,7 +44,6 @@ from infra.domain.policy import (
 from infra.records.provisions import ProvisionStore, RecordDraft
 from infra.platform.storage import create_pool
 from schemas import types as T
-from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ from infra.records.records_verify import RecordsVerifier
 from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, person, register
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_hub_rejections import dead_letters

@@ -25,7 +25,7 @@ from infra.crypto.envelope import peek
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -16,7 +16,6 @@ from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC
 from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
 from tests.integration.test_flows import AGENCY, PROCEDURE, person
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

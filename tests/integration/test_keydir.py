@@ -34,7 +34,7 @@ from infra.platform.stack import bootstrap_keys, settings_env
 from infra.platform.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
 from schemas import types as T
-from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_flows import person
 from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
 from tests.integration.test_ops_hub import endpoint_of, eventually, value

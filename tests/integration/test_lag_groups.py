@@ -14,7 +14,6 @@ import pytest
 
 from infra.ops.lag import consumer_lag, platform_groups
 from infra.platform.pgdsn import public_dsn
-from tests.integration.platform_fixtures import *  # noqa: F401,F403 - fixtures: running_platform
 
 pytestmark = pytest.mark.integration
 

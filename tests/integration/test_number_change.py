@@ -13,7 +13,6 @@ import pytest
 
 from infra.tools.leakscan import scan
 from infra.platform.pgdsn import component_dsn, layout_for
-from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_participant_cli import (  # noqa: F401 - fixtures
     as_person,
     flags,

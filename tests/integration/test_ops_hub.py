@@ -30,7 +30,7 @@ from infra.platform.stack import WORKERS, Platform, wait_for_groups
 from infra.platform.topics import TopicNames
 from schemas import types as T
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
-from tests.integration.platform_fixtures import bus, hub_pseudonyms, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
 from tests.integration.waits import hub_barrier, metric, moved_on

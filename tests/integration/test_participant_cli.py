@@ -26,7 +26,6 @@ from connectors.commands import exit_code, normalise_my_number, split_codes, sub
 from infra.cli import build_parser, main
 from infra.platform.pgdsn import public_dsn
 from infra.platform.stack import settings_env
-from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import RNG, eventually, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 

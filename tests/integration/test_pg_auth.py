@@ -32,7 +32,6 @@ from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC
 from infra.core.settings import Settings
 from infra.domain.validation import generate_my_number
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
 from tests.integration.test_connectors_support import hold_account
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,6 @@ import pytest
 from connectors.portal import PortalConnector
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
-from tests.integration.platform_fixtures import *  # noqa: F403
 from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
 from tests.tools import require
 

@@ -18,7 +18,6 @@ from aiokafka import TopicPartition
 from infra.platform.kafka import admin_client, producer
 from infra.platform.topics import TopicNames
 from streams.participant import ParticipantRuntime
-from tests.integration.platform_fixtures import *  # noqa: F401,F403 - fixtures: running_platform
 
 pytestmark = pytest.mark.integration
 
