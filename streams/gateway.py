@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
 from infra.core.errors import Reason, Rejection
 from infra.domain.participants import Participants
-from infra.domain.policy import Decision as PolicyDecision
+from infra.domain.policy import PolicyDecision
 from infra.domain.policy import Policy
 from infra.records.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
 from infra.crypto.pseudonyms import HubPseudonyms

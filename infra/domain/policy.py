@@ -99,7 +99,7 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class PolicyDecision:
     """What an allowed message entails: which rule allowed it and what to record."""
 
     rule_id: str
@@ -115,17 +115,17 @@ class Policy:
     def __init__(self, rules: Iterable[Rule], procedures: Procedures | None = None) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.procedures = procedures if procedures is not None else Procedures.load()
-        self._index: dict[tuple[str, str, str, str, str], Decision] = {}
+        self._index: dict[tuple[str, str, str, str, str], PolicyDecision] = {}
         self._needs_procedure: set[str] = set()  # rule ids
-        # (rule id, requester id, procedure code) -> Decision: the catalogue does not change while loaded
-        self._entitled: dict[tuple[str, str, str | None], Decision] = {}
+        # (rule id, requester id, procedure code) -> PolicyDecision: the catalogue does not change while loaded
+        self._entitled: dict[tuple[str, str, str | None], PolicyDecision] = {}
         ids: set[str] = set()
         for rule in self.rules:
             _check_rule(rule)
             if rule.id in ids:
                 raise ConfigError(f"policy: duplicate rule id {rule.id!r}")
             ids.add(rule.id)
-            decision = Decision(rule.id, rule.records, rule.not_disclosed, rule.sender_role)
+            decision = PolicyDecision(rule.id, rule.records, rule.not_disclosed, rule.sender_role)
             if rule.procedure:
                 self._needs_procedure.add(rule.id)
             for basis in rule.bases:
@@ -187,8 +187,8 @@ class Policy:
         data_item: str,
         basis: str,
         procedure: str | None = None,
-    ) -> Decision:
-        """The :class:`Decision` for this message, or :class:`PolicyDenied`.
+    ) -> PolicyDecision:
+        """The :class:`PolicyDecision` for this message, or :class:`PolicyDenied`.
 
         ``procedure`` is the code of the public-benefit procedure the envelope's signed metadata
         names (None: none).
@@ -231,8 +231,8 @@ class Policy:
 _ENTITLED_CACHED = 65_536
 
 
-def _with(decision: Decision, procedure: Procedure) -> Decision:
-    return Decision(decision.rule_id, decision.records, decision.not_disclosed, decision.sender_role, procedure)
+def _with(decision: PolicyDecision, procedure: Procedure) -> PolicyDecision:
+    return PolicyDecision(decision.rule_id, decision.records, decision.not_disclosed, decision.sender_role, procedure)
 
 
 # --- loading -----------------------------------------------------------------
