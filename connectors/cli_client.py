@@ -33,6 +33,7 @@ import logging
 from typing import Any
 
 from connectors.client import BusClient
+from infra.core.retry import Backoff
 from infra.crypto.envelope import Opened, peek
 from infra.core.errors import Rejection
 from infra.core.settings import Settings
@@ -115,17 +116,18 @@ class Listening(RaisesRefusals):
         self._listener = asyncio.create_task(self._listen(), name="cli-listener")
 
     async def _listen(self) -> None:
-        delay = 0.2
+        backoff, failures = Backoff(), 0
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=500)
-                delay = 0.2
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker away: the request's own timeout decides
+                failures += 1
+                delay = backoff.delay(failures)
                 log.warning("inbox listener: fetch failed (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             for tp, records in batches.items():
                 ident = self.runtime.by_inbox[tp.topic]

@@ -50,6 +50,7 @@ from typing import Any
 
 import asyncpg
 
+from infra.core.retry import Backoff
 from infra.crypto.envelope import Message, Opened
 from infra.core.errors import Reason, Rejection
 from infra.platform.keystore import KeyStore
@@ -156,15 +157,12 @@ class Answered:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff: attempt n waits min(base * 2**(n-1), cap) seconds."""
+class RetryPolicy(Backoff):
+    """Bounded retries with backoff and jitter: attempt n waits up to min(base * 2**(n-1), cap) seconds."""
 
-    max_attempts: int = 5
     base_s: float = 0.5
     cap_s: float = 30.0
-
-    def delay(self, attempts: int) -> float:
-        return min(self.base_s * (2 ** max(attempts - 1, 0)), self.cap_s)
+    max_attempts: int = 5
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,10 @@ def test_render_round_trips_through_the_parser_shape(tmp_path):
 
 def test_retry_backoff_is_bounded():
     policy = RetryPolicy(max_attempts=4, base_s=0.5, cap_s=3.0)
-    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [policy.ceiling(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [policy.delay(n, rng=lambda: 0.0) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]  # jitter drawn 0: the ceiling
+    assert [policy.delay(n, rng=lambda: 1.0) for n in (1, 2, 3)] == [0.25, 0.5, 1.0]  # drawn 1: half of it
+    assert all(1.0 <= policy.delay(3) <= 2.0 for _ in range(200))
 
 
 def _file(kind: str, records: list[list[str]], bank: str = "9001") -> str:
