@@ -31,17 +31,10 @@ def version() -> str:
         return "unknown"
 
 
-def completion_script(shell: str) -> str:
+def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
     import shtab
 
-    from infra.cli import build_parser
-
-    return shtab.complete(build_parser(), shell=shell)
-
-
-async def cmd_completion(settings: Settings, args: argparse.Namespace) -> int:
-    sys.stdout.write(completion_script(args.shell))
-    return 0
+    return shtab.complete(parser, shell=shell)
 
 
 def _shown(key: str, value: Any, secret: bool) -> Any:
@@ -86,6 +79,10 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 def register(add, common: argparse.ArgumentParser, parser: argparse.ArgumentParser) -> None:
     """``renkei --version``, ``renkei completion``, ``renkei config show`` (hooks of infra.cli)."""
     parser.add_argument("--version", action="version", version=f"renkei {version()}")
+    async def cmd_completion(settings: Settings, args: argparse.Namespace) -> int:
+        sys.stdout.write(completion_script(args.shell, parser))  # the whole `renkei` parser, built by then
+        return 0
+
     completion = add("completion", cmd_completion, "print a shell completion script for bash or zsh")
     completion.add_argument("shell", choices=SHELLS)
     completion.epilog = ("bash: `source <(renkei completion bash)` (or save it under "

@@ -56,6 +56,7 @@ from infra.tools.chaos_invariants import (
 from infra.core.settings import Settings
 from infra.platform.storage import count_everywhere, everywhere
 from infra.tools.harness import dead_letter_info, quiesce, read_topic
+from infra.tools.harness import print_report  # noqa: F401 - `renkei chaos` prints its report with chaos.print_report
 
 log = logging.getLogger("renkei.chaos")
 
@@ -728,21 +729,3 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return out
-
-
-def print_report(report: dict[str, Any], console: Any) -> None:
-    import json
-
-    from rich.table import Table
-
-    table = Table(title="Renkei chaos: invariants")
-    table.add_column("invariant")
-    table.add_column("result")
-    for name, ok in report["invariants"].items():
-        table.add_row(name, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
-    console.print(table)
-    console.print(json.dumps(report["counts"], indent=1, ensure_ascii=False, default=str))
-    for problem in report.get("problems", []):
-        console.print(f"[red]{problem}[/red]", markup=True, highlight=False)
-    console.print(f"{'All invariants hold' if report['ok'] else 'Some invariants FAILED'} "
-                  f"({report['elapsed_s']} s, load {report['load_avg_1m']}).")

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.tools.harness import print_report
 from infra.core.settings import Settings
 
 log = logging.getLogger("renkei.chaos.insider")
@@ -452,12 +453,6 @@ async def run_chaos_insider(settings: Settings, *, quick: bool = False, progress
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return out
-
-
-def print_report(report: dict[str, Any], console: Any) -> None:
-    from infra.tools.chaos import print_report as print_chaos_report
-
-    print_chaos_report(report, console)
 
 
 def register(chaos_parser: Any) -> None:

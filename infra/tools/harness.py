@@ -1,4 +1,5 @@
-"""What the tools share when they drive a running platform: reading a topic whole, its dead letters, waiting for quiet.
+"""What the tools share when they drive a running platform: reading a topic whole, its dead letters, waiting for
+quiet, and printing a report of invariants (``renkei chaos`` and ``renkei chaos --insider``).
 
 ``renkei bench`` and ``renkei chaos`` (and the integration tests) both use these; keeping them here lets
 the tools import one way only (chaos may use bench's traffic generators, never the reverse).
@@ -14,7 +15,7 @@ from typing import Any
 from infra.core.settings import Settings
 from infra.platform.storage import count_everywhere
 
-__all__ = ["dead_letter_info", "quiesce", "read_topic"]
+__all__ = ["dead_letter_info", "print_report", "quiesce", "read_topic"]
 
 log = logging.getLogger("renkei.chaos")
 
@@ -77,3 +78,21 @@ def dead_letter_info(record: Any) -> dict[str, str]:
     return {"reason": headers.get("renkei.reason", ""), "message_id": headers.get("renkei.message_id", ""),
             "verified": headers.get("renkei.verified", ""),
             "source": f"{headers.get('renkei.src.partition', '')}@{headers.get('renkei.src.offset', '')}"}
+
+
+def print_report(report: dict[str, Any], console: Any) -> None:
+    import json
+
+    from rich.table import Table
+
+    table = Table(title="Renkei chaos: invariants")
+    table.add_column("invariant")
+    table.add_column("result")
+    for name, ok in report["invariants"].items():
+        table.add_row(name, "[green]pass[/green]" if ok else "[red]FAIL[/red]")
+    console.print(table)
+    console.print(json.dumps(report["counts"], indent=1, ensure_ascii=False, default=str))
+    for problem in report.get("problems", []):
+        console.print(f"[red]{problem}[/red]", markup=True, highlight=False)
+    console.print(f"{'All invariants hold' if report['ok'] else 'Some invariants FAILED'} "
+                  f"({report['elapsed_s']} s, load {report['load_avg_1m']}).")
