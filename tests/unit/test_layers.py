@@ -3,6 +3,8 @@
 - The import contract in pyproject.toml (import-linter's layers contract, which also sees
   function-local imports) is kept by the code as it is, and broken by one upward import: a copy of the
   packages in which a crypto module imports the CLI inside a function fails ``lint-imports``.
+- No import cycle: no module imports itself back through any chain of imports, function-local ones
+  included (import-linter's layers contract does not look inside a layer).
 - No module of Renkei, tests included, imports another module's private name (``from m import _x``
   or ``m._x`` on an imported module): a private name used across modules is a seam without a name.
 """
@@ -107,3 +109,78 @@ def test_the_private_name_check_can_fail(tmp_path):
     found = private_names_used_across_modules(sample, _renkei_modules())
     assert [hit.split(": ", 1)[1] for hit in found] == ["from infra.crypto.envelope import _lp",
                                                          "infra.crypto.merkle._node"]
+
+
+def _imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The Renkei modules ``module`` imports anywhere in its file (function-local imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_import_cycles():
+    modules = {m for m in _renkei_modules() if not m.startswith("tests")}
+    graph = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            graph[module] = _imports_of(path, module, modules)
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_check_can_fail():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
