@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.tools.bench import cpu_seconds, peak_rss_mb
-from infra.platform.embedded import EmbeddedStack
 from infra.core.settings import load_settings
+from infra.platform.embedded import EmbeddedStack
+from infra.tools.bench import cpu_seconds, peak_rss_mb
 
 
 def rss_mb(pid: int) -> float:

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Message, Opener, Sealer, Verifier
 from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
-from infra.domain.participants import Kind, Participant, Participants
 from infra.crypto.pseudonyms import HubPseudonyms
 from infra.crypto.tokens import TokenAuthority
+from infra.domain.participants import Kind, Participant, Participants
 
 BODY = {"procedure_code": "KYUFU-0001", "purpose": "benefit payment", "requested_at": datetime(2025, 4, 1, tzinfo=UTC)}
 MY_NUMBER = "123456789018"  # synthetic (check digit valid), never a real person's

@@ -23,8 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from infra.tools import bench
 from infra.core.settings import KafkaSettings, Settings
+from infra.tools import bench
 
 
 def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:

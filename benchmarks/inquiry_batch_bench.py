@@ -33,9 +33,9 @@ AGENCY, PROCEDURE = "agency-city-minato", "child-allowance"
 
 
 async def run(people: int, registered: int, window: int, keep: bool) -> dict:
+    from infra.domain.validation import generate_my_number
     from infra.platform.pgdsn import public_dsn
     from infra.platform.stack import settings_env
-    from infra.domain.validation import generate_my_number
 
     state = Path(tempfile.mkdtemp(prefix="renkei-batch-bench-"))
     settings = Settings(state_dir=state, log_level="WARNING")

@@ -27,10 +27,10 @@ from infra.core.settings import Settings
 
 
 async def run(banks: int) -> dict:
+    from infra.domain.participants import load_participants
     from infra.platform.embedded import EmbeddedStack
     from infra.platform.kafka import admin_client
     from infra.platform.keystore import KeyStore, load_directory
-    from infra.domain.participants import load_participants
     from infra.platform.stack import bootstrap_keys
     from infra.platform.topics import TopicNames, apply_layout, layout
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from infra.domain import policy as P
 from infra.core.errors import PolicyDenied
+from infra.domain import policy as P
 from infra.domain.participants import Kind, load_participants
 
 

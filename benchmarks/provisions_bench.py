@@ -26,8 +26,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from infra.records.provisions import ProvisionRecord, ProvisionStore, RecordDraft
 from infra.platform.storage import create_pool
+from infra.records.provisions import ProvisionRecord, ProvisionStore, RecordDraft
 
 _PLAIN = """
 CREATE TABLE bench_plain_records (record_id uuid, message_id uuid, correlation_id uuid, person_token text,

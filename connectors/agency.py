@@ -31,13 +31,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
+from infra.core.settings import Settings
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.core.settings import Settings
 from schemas import types as T
 from streams.participant import Context
-
-from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
 
 log = logging.getLogger("renkei.connector.agency")
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors.runtime import ConnectorRuntime
 from infra.core.errors import ValidationError
 from infra.domain.validation import validate_bank_account
 from schemas import types as T
 from streams.participant import Context
-
-from connectors.runtime import ConnectorRuntime
 
 __all__ = ["LOOKUP_KINDS", "NOTICES", "NUMBERING_STATUSES", "QUESTIONS", "lookup_answer", "notice_payload",
            "numbering_ack", "numbering_outcome", "question_payload"]

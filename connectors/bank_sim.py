@@ -66,6 +66,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.core.settings import Settings
 from infra.crypto.envelope import Message
 from infra.domain.participants import Kind, participants_of
 from infra.domain.policy import (
@@ -74,10 +75,9 @@ from infra.domain.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.core.settings import Settings
 from infra.domain.validation import validate_bank_account
-from schemas import types as T
 from infra.platform.metrics import Counter
+from schemas import types as T
 from streams.participant import Context, ParticipantRuntime
 
 log = logging.getLogger("renkei.bank")

@@ -61,11 +61,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from infra.crypto.envelope import Message
+from connectors.bank_questions import (
+    NOTICES,
+    QUESTIONS,
+    lookup_answer,
+    notice_payload,
+    numbering_ack,
+    numbering_outcome,
+    question_payload,
+)
+from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
 from infra.core.errors import ValidationError
+from infra.crypto.envelope import Message
 from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.domain.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
-                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
+from infra.domain.policy import (
+    BASIS_BANK_INTAKE,
+    BASIS_DISASTER_LOOKUP,
+    BASIS_INHERITANCE_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+    DATA_PUBLIC_FUNDS_ACCOUNT,
+)
 from infra.domain.validation import (
     EXISTENCE_RESULTS,
     existence_outcome,
@@ -79,10 +96,6 @@ from infra.domain.validation import (
 )
 from schemas import types as T
 from streams.participant import Context
-
-from connectors.bank_questions import (NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack,
-                                       numbering_outcome, question_payload)
-from connectors.runtime import ChannelAdapter, Delivery, NotRedrivable
 
 log = logging.getLogger("renkei.connector.bankfiles")
 

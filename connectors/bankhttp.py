@@ -71,15 +71,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from infra.core.errors import ConfigError, Reason, Rejection, ValidationError
-from infra.platform.metrics import Counter
-from infra.core.settings import Settings
-from infra.domain.validation import existence_outcome, validate_my_number, validate_reference
-from schemas import types as T
-from streams.participant import Context
-
 from connectors import channel_keys
+from connectors.bank_questions import (
+    LOOKUP_KINDS,
+    NOTICES,
+    QUESTIONS,
+    lookup_answer,
+    notice_payload,
+    numbering_ack,
+    question_payload,
+)
 from connectors.bankhttp_openapi import document
+from connectors.bankhttp_requests import REQUEST_KINDS
 from connectors.channel_tls import ServerCertificate, certificate_hosts, client_context, server_certificate
 from connectors.httpsig import (
     MAX_SKEW_S,
@@ -92,10 +95,13 @@ from connectors.httpsig import (
     sign,
     verify,
 )
-from connectors.bank_questions import LOOKUP_KINDS, NOTICES, QUESTIONS, lookup_answer, notice_payload, numbering_ack, \
-    question_payload
-from connectors.bankhttp_requests import REQUEST_KINDS
 from connectors.runtime import Answered, ChannelAdapter, ConnectorRuntime, Delivery, TransientError, start_site
+from infra.core.errors import ConfigError, Reason, Rejection, ValidationError
+from infra.core.settings import Settings
+from infra.domain.validation import existence_outcome, validate_my_number, validate_reference
+from infra.platform.metrics import Counter
+from schemas import types as T
+from streams.participant import Context
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AUTH_REASONS = frozenset({"AUTH_REQUIRED", "UNKNOWN_KEY", "BAD_SIGNATURE", "EXPIRED", "REPLAYED"})

@@ -11,10 +11,9 @@ import json
 import sys
 from typing import Any
 
+from connectors.bank_questions import NUMBERING_STATUSES
 from infra.domain.lookup_applications import EVIDENCE_KINDS, RELATIONSHIPS
 from infra.domain.validation import CONSENT_GIVERS, CONSENT_METHODS, EXISTENCE_RESULTS
-
-from connectors.bank_questions import NUMBERING_STATUSES
 
 _REF = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}

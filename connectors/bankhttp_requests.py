@@ -21,15 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.crypto.envelope import Message
+from connectors.bank_questions import numbering_outcome
 from infra.core.errors import ValidationError
+from infra.crypto.envelope import Message
 from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
-from infra.domain.policy import (BASIS_BANK_INTAKE, BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
-                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING, DATA_PUBLIC_FUNDS_ACCOUNT)
+from infra.domain.policy import (
+    BASIS_BANK_INTAKE,
+    BASIS_DISASTER_LOOKUP,
+    BASIS_INHERITANCE_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+    DATA_PUBLIC_FUNDS_ACCOUNT,
+)
 from infra.domain.validation import validate_bank_account, validate_bank_code, validate_consent
 from schemas import types as T
-
-from connectors.bank_questions import numbering_outcome
 
 __all__ = ["REQUEST_KINDS", "FiledKind"]
 

@@ -16,11 +16,10 @@ from typing import Any
 
 
 async def cmd_bank_channel_key(settings: Any, args: argparse.Namespace) -> int:
-    from infra.core.errors import ConfigError
-    from infra.domain.participants import Kind, participants_of
-
     from connectors import channel_keys
     from connectors.commands import EXIT_DONE, Outcome, emit
+    from infra.core.errors import ConfigError
+    from infra.domain.participants import Kind, participants_of
 
     participants = participants_of(settings)
     bank = participants.by_bank_code(args.bank) or participants.get(args.bank)

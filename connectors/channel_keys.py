@@ -18,11 +18,10 @@ import os
 import re
 from pathlib import Path
 
-from infra.core.errors import ConfigError
-from infra.platform.keystore import KeyStore
-from infra.core.settings import Settings
-
 from connectors.httpsig import ChannelKey, ChannelKeys
+from infra.core.errors import ConfigError
+from infra.core.settings import Settings
+from infra.platform.keystore import KeyStore
 
 KEY_BYTES = 32
 _NAME = "bank-http.{bank}.{n}"

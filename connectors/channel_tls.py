@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from infra.core.settings import Settings
 from infra.crypto.certificates import certificate_authority, issue, subject_alternative_names, utc_now, write_file
 from infra.platform.keystore import KeyStore
-from infra.core.settings import Settings
 
 CA_FILE = "bank-http-ca.pem"
 _CA_KEY = "bank-http-ca.key"

@@ -33,10 +33,10 @@ import logging
 from typing import Any
 
 from connectors.client import BusClient
-from infra.core.retry import Backoff
-from infra.crypto.envelope import Opened, peek
 from infra.core.errors import Rejection
+from infra.core.retry import Backoff
 from infra.core.settings import Settings
+from infra.crypto.envelope import Opened, peek
 from schemas import types as T
 from streams.participant import Identity
 
@@ -96,8 +96,8 @@ class Listening(RaisesRefusals):
     async def _start_listening(self) -> None:
         from aiokafka import TopicPartition
 
-        from infra.platform.kafka import consumer, fetch_wait_ms
         from infra.ops import high_watermarks, partitions_of
+        from infra.platform.kafka import consumer, fetch_wait_ms
 
         settings = self.runtime.settings
         self._consumer = consumer(settings, group_id=None,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from infra.crypto.envelope import Message, Opened
-from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
 from infra.core.settings import Settings
+from infra.crypto.envelope import Message, Opened
 from infra.crypto.tokens import TokenIssuanceClient
+from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
 from schemas import codec
 from schemas import types as T
 from streams.participant import Context, ParticipantRuntime

@@ -193,8 +193,8 @@ async def act(settings: Any, args: argparse.Namespace, identity: str | None,
     notice (:class:`~connectors.cli_client.Refused`) becomes exit 2 with its reason code, no answer in
     time exit 1.  ``identity`` None: no client at all.
     """
-    from infra.platform.endpoints import resolve_running
     from infra.core.errors import RenkeiError, ValidationError
+    from infra.platform.endpoints import resolve_running
 
     my_number = None
     if person:
@@ -241,10 +241,9 @@ async def act_as_card_holder(settings: Any, args: argparse.Namespace,
     card's lock (three lock it), a locked or suspended card is refused.  ``token`` is the person's portal
     token from the card — no My Number is asked.  ``bus``: a client acting as the portal (None without).
     """
-    from infra.platform.endpoints import resolve_running
-    from infra.core.errors import ValidationError
-
     from connectors.portal_cards import validate_card_id, validate_pin
+    from infra.core.errors import ValidationError
+    from infra.platform.endpoints import resolve_running
 
     if args.pin != "-":
         return emit(args, refused(args, "INVALID_FIELD", "--pin: the PIN is read from standard input only (--pin -)"))
@@ -273,11 +272,10 @@ async def act_as_card_holder(settings: Any, args: argparse.Namespace,
 
 async def _card_login(settings: Any, card: str, pin: str) -> Any:
     """``CardStore.login`` on the portal's database (its tables created if this is the first use)."""
-    from infra.platform.storage import create_pool
-
     from connectors.portal_cards import CardStore
     from connectors.portal_schema import migrate_portal
     from infra.platform.pgdsn import component_dsn
+    from infra.platform.storage import create_pool
 
     pool = await create_pool(component_dsn(settings, "portal"), min_size=1, max_size=2)
     try:
@@ -414,10 +412,9 @@ async def cmd_agency_register(settings: Any, args: argparse.Namespace) -> int:
 async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
     """付番申出 from the portal: to the one bank named (its acknowledgement), or through DICJ for several banks
     (ONE consolidated result, each bank's outcome in it)."""
+    from connectors.cli_client import Refused
     from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
     from schemas import types as T
-
-    from connectors.cli_client import Refused
 
     participants = _participants(settings)
     named = split_codes(args.bank_codes)
@@ -493,12 +490,11 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
     Exit 0 for OK and PENDING (records not yet checkpointed verify against the signed head), 1 for TAMPERED.
     """
-    from infra.platform.pgdsn import records_dsn
-    from infra.records.records_verify import RecordsVerifier
-    from infra.platform.storage import create_pool
-
     from connectors.portal import records_view
     from connectors.portal_views import named_records
+    from infra.platform.pgdsn import records_dsn
+    from infra.platform.storage import create_pool
+    from infra.records.records_verify import RecordsVerifier
 
     async def work(settings: Any, client: Any, token: str) -> Outcome:
         pool = await create_pool(records_dsn(settings), min_size=1, max_size=2)
@@ -538,12 +534,11 @@ async def cmd_portal_records(settings: Any, args: argparse.Namespace) -> int:
 
 async def cmd_portal_notices(settings: Any, args: argparse.Namespace) -> int:
     """The person's notices (お知らせ), newest first, and the registered account they last showed (masked)."""
-    from infra.platform.storage import create_pool
-
     from connectors.portal_notices import NoticeVault, PortalNotices
     from connectors.portal_schema import migrate_portal
     from connectors.portal_views import account_view, notice_view
     from infra.platform.pgdsn import component_dsn
+    from infra.platform.storage import create_pool
 
     async def work(settings: Any, client: Any, token: str) -> Outcome:
         participants = _participants(settings)
@@ -581,9 +576,8 @@ ITEMS = {"public-funds-account": "public_funds_account", "public_funds_account":
 
 async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
     """STEP2: the agency asks the registry which account to pay into."""
-    from infra.domain.participants import Kind
-
     from connectors.agency import SUPPORTED_ITEMS
+    from infra.domain.participants import Kind
 
     agency = _participants(settings).get(args.agency)
     if agency is None or agency.kind is not Kind.AGENCY:

@@ -67,16 +67,21 @@ import asyncpg
 
 from connectors.client import BusClient
 from connectors.jlis_sim import JLIS_MIGRATIONS, date_of_death, death_confirmed
-from infra.domain.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
-from infra.crypto.envelope import MAX_TTL_S, Message
 from infra.core.errors import Reason, Rejection, ValidationError
-from infra.platform.keystore import KeyStore
+from infra.core.settings import Settings
+from infra.crypto.envelope import MAX_TTL_S, Message
+from infra.crypto.sealing import RowSealer
+from infra.domain.disasters import DISASTER_MIGRATIONS, check_application, find, today_jst
 from infra.domain.lookup_applications import validate_disaster_application, validate_inheritance_application
 from infra.domain.participants import Participant
-from infra.crypto.sealing import RowSealer
-from infra.domain.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
-                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
-from infra.core.settings import Settings
+from infra.domain.policy import (
+    BASIS_DISASTER_LOOKUP,
+    BASIS_INHERITANCE_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+)
+from infra.platform.keystore import KeyStore
 from schemas import types as T
 from streams.lookups import lookup_deadlines
 from streams.notices import notice

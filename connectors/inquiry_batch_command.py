@@ -27,8 +27,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.commands import (EXIT_DONE, EXIT_ERROR, EXIT_REJECTED, Outcome, act, emit, normalise_my_number,
-                                 participants_of, refused, report, subcommand, timeout_arg)
+from connectors.commands import (
+    EXIT_DONE,
+    EXIT_ERROR,
+    EXIT_REJECTED,
+    Outcome,
+    act,
+    emit,
+    normalise_my_number,
+    participants_of,
+    refused,
+    report,
+    subcommand,
+    timeout_arg,
+)
 
 STOPPED_STATUS = "NOT_SENT"
 
@@ -59,11 +71,10 @@ def register() -> None:
 
 
 async def cmd_inquire_batch(settings: Any, args: argparse.Namespace) -> int:
+    from connectors.inquiry_batch import read_people
     from infra.core.errors import PolicyDenied, ValidationError
     from infra.domain.participants import Kind
     from infra.domain.procedures import Procedures
-
-    from connectors.inquiry_batch import read_people
 
     participants = participants_of(settings)
     agency = participants.get(args.agency)
@@ -100,11 +111,10 @@ class BatchRun:
     async def run(self) -> Outcome:
         import asyncpg
 
+        from connectors.inquiry_batch import BATCH_MIGRATIONS, BatchStore, batch_digest
         from infra.platform.keystore import KeyStore
         from infra.platform.pgdsn import participants_dsn
         from infra.platform.storage import migrate
-
-        from connectors.inquiry_batch import BATCH_MIGRATIONS, BatchStore, batch_digest
 
         args = self.args
         secret = KeyStore.for_settings(self.settings).secret(f"{self.agency}.inquiry-batch")
@@ -131,10 +141,9 @@ class BatchRun:
     async def _run(self, state: Any, fingerprint: bytes) -> Outcome:
         import contextlib
 
-        from infra.ops import progress
-
         from connectors.cli_client import CommandClient
         from connectors.inquiry_batch import BatchStore, LineResult, write_results
+        from infra.ops import progress
 
         args = self.args
         start = time.perf_counter()

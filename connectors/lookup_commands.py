@@ -35,8 +35,23 @@ import uuid
 from datetime import date
 from typing import Any
 
-from connectors.commands import (EXIT_DONE, EXIT_REJECTED, Outcome, act, act_as_card_holder, bank_of, card_args, emit,
-                                 my_number_arg, participants_of, refused, report, split_codes, subcommand, timeout_arg)
+from connectors.commands import (
+    EXIT_DONE,
+    EXIT_REJECTED,
+    Outcome,
+    act,
+    act_as_card_holder,
+    bank_of,
+    card_args,
+    emit,
+    my_number_arg,
+    participants_of,
+    refused,
+    report,
+    split_codes,
+    subcommand,
+    timeout_arg,
+)
 
 __all__ = ["register"]
 

@@ -69,8 +69,8 @@ def register(add: Any, common: Any) -> None:
 
 
 async def cmd_connector(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.endpoints import resolve_running
     from infra.ops import emit
+    from infra.platform.endpoints import resolve_running
 
     settings = resolve_running(settings)
     if args.dlq_action == "list":
@@ -235,8 +235,8 @@ async def _redrive_delivery(conn: Any, r: Any) -> None:
 
 async def _audit(settings: Settings, event: Any, counts: dict[str, Any]) -> dict[str, Any]:
     """Write the ops audit event (before the database commits: no event, no re-drive)."""
-    from infra.platform.kafka import producer as make_producer
     from infra.ops import ops_audit_topic, write_ops_event
+    from infra.platform.kafka import producer as make_producer
 
     producer = make_producer(settings)
     try:

@@ -39,11 +39,16 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.records.checkpoint_log import CheckpointLog
-from infra.crypto.envelope import Message
+from connectors.portal_cards import CardStore, validate_card_id, validate_pin
+from connectors.portal_notices import NoticeVault, PortalNotices, numbering_notice
+from connectors.portal_schema import PORTAL_MIGRATIONS
+from connectors.portal_sessions import ABSOLUTE_LIMIT, IDLE_LIMIT, Sessions, csrf_matches, csrf_token
+from connectors.portal_throttle import LoginThrottle
+from connectors.portal_views import account_view, bank_names, named_records, notice_view, request_view
+from connectors.runtime import ChannelAdapter, ConnectorRuntime, start_site
 from infra.core.errors import Reason, StackError, ValidationError
-from infra.platform.keystore import KeyStore
-from infra.platform.metrics import Counter
+from infra.core.settings import Settings
+from infra.crypto.envelope import Message
 from infra.domain.policy import (
     BASIS_CHANGE,
     BASIS_NUMBERING,
@@ -52,20 +57,14 @@ from infra.domain.policy import (
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
 from infra.domain.procedures import Procedures
-from infra.records.records_verify import RecordsVerifier, RecordState
-from infra.core.settings import Settings
-from infra.platform.storage import create_pool
 from infra.domain.validation import validate_bank_account, validate_bank_code
+from infra.platform.keystore import KeyStore
+from infra.platform.metrics import Counter
+from infra.platform.storage import create_pool
+from infra.records.checkpoint_log import CheckpointLog
+from infra.records.records_verify import RecordState, RecordsVerifier
 from schemas import types as T
 from streams.participant import Context
-
-from connectors.portal_cards import CardStore, validate_card_id, validate_pin
-from connectors.portal_notices import NoticeVault, PortalNotices, numbering_notice
-from connectors.portal_schema import PORTAL_MIGRATIONS
-from connectors.portal_sessions import ABSOLUTE_LIMIT, IDLE_LIMIT, Sessions, csrf_matches, csrf_token
-from connectors.portal_throttle import LoginThrottle
-from connectors.portal_views import account_view, bank_names, named_records, notice_view, request_view
-from connectors.runtime import ChannelAdapter, ConnectorRuntime, start_site
 
 log = logging.getLogger("renkei.connector.portal")
 

@@ -64,10 +64,9 @@ def _no_portal_keys(settings: Any) -> str | None:
 
 
 async def cmd_card(settings: Any, args: argparse.Namespace) -> int:
-    from infra.core.errors import Rejection, ValidationError
-
     from connectors.portal_cards import CardStore, validate_card_id, validate_pin
     from connectors.portal_schema import migrate_portal
+    from infra.core.errors import Rejection, ValidationError
 
     action = args.card_action
     why = _no_portal_keys(settings)

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from infra.core.errors import Reason, Rejection, ValidationError
-
 from connectors.portal_sessions import end_sessions
+from infra.core.errors import Reason, Rejection, ValidationError
 
 MAX_PIN_TRIES = 3
 _CARD_RE = re.compile(r"[A-Za-z0-9-]{4,32}")

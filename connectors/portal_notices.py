@@ -23,9 +23,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from infra.platform.keystore import KeyStore
-from infra.crypto.sealing import open_sealed, seal
 from infra.core.settings import Settings
+from infra.crypto.sealing import open_sealed, seal
+from infra.platform.keystore import KeyStore
 
 NOTICE_KEY = "portal-notices"
 """Name of the key-store secret that seals notices and the shown account."""

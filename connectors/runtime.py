@@ -50,13 +50,13 @@ from typing import Any
 
 import asyncpg
 
-from infra.core.retry import Backoff
-from infra.crypto.envelope import Message, Opened
 from infra.core.errors import Reason, Rejection
+from infra.core.retry import Backoff
+from infra.core.settings import Settings
+from infra.crypto.envelope import Message, Opened
+from infra.crypto.sealing import RowSealer, UnsealError
 from infra.platform.keystore import KeyStore
 from infra.platform.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
-from infra.crypto.sealing import RowSealer, UnsealError
-from infra.core.settings import Settings
 from schemas.types import MESSAGE_TYPES
 from streams.participant import Context, Handler, ParticipantRuntime
 

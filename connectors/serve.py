@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.core.errors import ConfigError, RenkeiError
-from infra.platform.metrics import Counter
-from infra.domain.participants import Kind, Participant, participants_of
 from infra.core.settings import Settings
+from infra.domain.participants import Kind, Participant, participants_of
+from infra.platform.metrics import Counter
 
 log = logging.getLogger("renkei.connector.serve")
 
@@ -204,9 +204,8 @@ async def start_where_the_simulator_is(settings: Settings, group: str, simulator
     from aiokafka import TopicPartition
     from aiokafka.structs import OffsetAndMetadata
 
-    from infra.platform.kafka import admin_client
+    from infra.platform.kafka import admin_client, topic_partitions
     from infra.platform.kafka import consumer as make_consumer
-    from infra.platform.kafka import topic_partitions
 
     admin = admin_client(settings)
     committer = make_consumer(settings, group_id=group)
@@ -556,7 +555,7 @@ def register() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infra.core.arguments import common_parser, Parser
+    from infra.core.arguments import Parser, common_parser
 
     common = common_parser()
     parser = Parser(prog="python -m connectors.serve", parents=[common],

@@ -18,8 +18,8 @@ from typing import Any
 
 import faust
 
-from infra.platform.kafka import fetch_wait_ms
 from infra.core.settings import Settings
+from infra.platform.kafka import fetch_wait_ms
 
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.02

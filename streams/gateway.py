@@ -22,18 +22,16 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-
 from datetime import UTC, datetime
 
-from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
 from infra.core.errors import Reason, Rejection
-from infra.domain.participants import Participants
-from infra.domain.policy import PolicyDecision
-from infra.domain.policy import Policy
-from infra.records.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
+from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
 from infra.crypto.pseudonyms import HubPseudonyms
-from infra.domain.ratelimit import SenderRateLimiter
 from infra.crypto.tokens import TokenAuthority
+from infra.domain.participants import Participants
+from infra.domain.policy import Policy, PolicyDecision
+from infra.domain.ratelimit import SenderRateLimiter
+from infra.records.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
 from schemas import codec
 from schemas.types import PROVISION_RESPONSE, TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
 from streams.lookups import fanout_leg_allowed

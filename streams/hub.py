@@ -38,20 +38,20 @@ from typing import Any
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
-from infra.crypto.envelope import HubForwarder, Opener, Sealer, Verifier
 from infra.core.errors import Reason
-from infra.domain.identity import IDENTITY_MIGRATIONS, NumberChanges
+from infra.core.settings import Settings
+from infra.crypto.envelope import HubForwarder, Opener, Sealer, Verifier
 from infra.crypto.keys import KeyDirectory
-from infra.platform.keystore import KeyStore, load_directory
+from infra.crypto.records_keys import RecordsKey
+from infra.domain.identity import IDENTITY_MIGRATIONS, NumberChanges
 from infra.domain.participants import Participants, participants_of
 from infra.domain.policy import Policy
-from infra.records.provisions import ProvisionStore, audit_record
 from infra.domain.ratelimit import SenderRateLimiter
-from infra.crypto.records_keys import RecordsKey
-from infra.core.settings import Settings
+from infra.platform.keystore import KeyStore, load_directory
 from infra.platform.pgdsn import component_dsn
 from infra.platform.storage import create_pool, migrate
 from infra.platform.topics import TopicNames
+from infra.records.provisions import ProvisionStore, audit_record
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
@@ -432,8 +432,8 @@ def build_app(settings: Settings) -> Any:
 
 async def _checkpoints(settings: Settings, service: HubService, producer: Any, metrics: Any) -> None:
     """Signed checkpoints of the provision-record chain heads on the checkpoint topic (infra.records.checkpoint_builder)."""
-    from infra.records.checkpoint_builder import run_checkpoints
     from infra.platform.metrics import Counter
+    from infra.records.checkpoint_builder import run_checkpoints
 
     made = metrics.register(Counter("renkei_checkpoints_total", "Hub: provision checkpoints made"))
     left_out = metrics.register(Counter("renkei_checkpoint_heads_left_out_total",

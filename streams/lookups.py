@@ -53,16 +53,16 @@ from typing import Any
 
 import asyncpg
 
-from infra.crypto.envelope import Message, Sealer, peek
 from infra.core.errors import Reason
+from infra.core.settings import Settings
+from infra.crypto.envelope import Message, Sealer, peek
+from infra.crypto.pseudonyms import HubPseudonyms
+from infra.crypto.tokens import TokenAuthority
 from infra.domain.participants import Kind, Participant, Participants
 from infra.domain.policy import Policy
-from infra.records.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
-from infra.crypto.pseudonyms import HubPseudonyms
-from infra.core.settings import Settings
 from infra.platform.storage import migrate
-from infra.crypto.tokens import TokenAuthority
 from infra.platform.topics import TopicNames
+from infra.records.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
 from schemas import types as T
 
 log = logging.getLogger("renkei.hub.lookups")

@@ -43,13 +43,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.crypto.envelope import Message
 from infra.core.errors import ValidationError
-from infra.platform.keystore import REGISTRY_KEK, KeyStore
-from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.crypto.sealing import open_sealed, seal
 from infra.core.settings import Settings
+from infra.crypto.envelope import Message
+from infra.crypto.sealing import open_sealed, seal
+from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import validate_bank_account, validate_consent
+from infra.platform.keystore import REGISTRY_KEK, KeyStore
 from schemas import types as T
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime

@@ -72,8 +72,8 @@ async def endpoints(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E
         if found is not None:
             yield found
             return
-    from infra.platform.embedded import EmbeddedStack
     from infra.core.settings import load_settings
+    from infra.platform.embedded import EmbeddedStack
 
     # The Java and jar cache of the machine (JAVA_HOME, RENKEI_EMBEDDED_*), not the test's settings.
     machine = load_settings(environ={k: v for k, v in os.environ.items() if k != "RENKEI_BROKER"})

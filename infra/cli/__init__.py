@@ -116,8 +116,8 @@ async def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.kafka import admin_client
     from infra.domain.participants import participants_of
+    from infra.platform.kafka import admin_client
     from infra.platform.topics import TopicNames, apply_layout, layout
 
     settings = resolve_running(settings)
@@ -258,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="afterwards keep the stack and the portal running (until Ctrl-C) and print how to log in")
     demo.add_argument("--portal-port", dest="portal_port", type=int, default=0, metavar="P",
                       help="the demo portal's port (default: a free one)")
-    from infra.tools import chaos_insider
-    from infra.cli import disasters_cli, records_cli
     from infra import ops
+    from infra.cli import disasters_cli, records_cli
+    from infra.tools import chaos_insider
 
     records_cli.register(add)  # renkei records purge
     disasters_cli.register(add)  # renkei disaster declare|change-period|list
@@ -279,11 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_insider.register(chaos)  # --insider
     # The participants' own commands (portal, agency, dicj, bank), their serve commands and the connector
     # operations.
+    from connectors import channel_key_command, lookup_commands, portal_card_command
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
-    from connectors import channel_key_command, lookup_commands
-    from connectors import portal_card_command
     from infra.cli import broker_commands, cluster_commands, config_commands, db_commands, keycommands, schema_commands
 
     participant_commands.register(add, common)

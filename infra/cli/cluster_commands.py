@@ -67,11 +67,11 @@ async def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _up(settings: Settings, args: argparse.Namespace, home: Path) -> int:
+    from infra.core.errors import StackError
+    from infra.domain.participants import participants_of
     from infra.platform import kafka_broker as kb
     from infra.platform.acls import ADMIN, principals
     from infra.platform.cluster import KafkaCluster
-    from infra.core.errors import StackError
-    from infra.domain.participants import participants_of
 
     java = kb.find_java(settings.embedded_java)
     if java is None or java.major < kb.MIN_JAVA:
@@ -98,8 +98,8 @@ async def _up(settings: Settings, args: argparse.Namespace, home: Path) -> int:
 
 
 async def cmd_acls(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.acls import acl_bindings, kafka_acls_commands
     from infra.domain.participants import participants_of
+    from infra.platform.acls import acl_bindings, kafka_acls_commands
     from infra.platform.topics import TopicNames
 
     prefix = settings.kafka.topic_prefix

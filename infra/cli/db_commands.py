@@ -61,8 +61,14 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 async def _statements(settings: Settings, layout: Any) -> list[str]:
     import asyncio
 
-    from infra.platform.pglayout import HUB, SHARED_TABLES_OF, namespace_statements, role_statements, scram_verifier
-    from infra.platform.pglayout import shared_grant_statements
+    from infra.platform.pglayout import (
+        HUB,
+        SHARED_TABLES_OF,
+        namespace_statements,
+        role_statements,
+        scram_verifier,
+        shared_grant_statements,
+    )
     from infra.platform.pgpass import ensure_secrets
 
     secrets, _ = await asyncio.to_thread(ensure_secrets, settings.resolved_pg_passfile, layout.roles,
@@ -82,8 +88,8 @@ def _running_postgres(settings: Settings) -> Settings:
     (this command needs no broker)."""
     import dataclasses
 
-    from infra.platform.embedded import read_state
     from infra.core.errors import StackError
+    from infra.platform.embedded import read_state
 
     if not settings.embedded_pg:
         return settings

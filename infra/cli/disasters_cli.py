@@ -80,10 +80,10 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
     audit event was written."""
     import asyncpg
 
-    from infra.domain.disasters import DISASTER_MIGRATIONS
     from infra.core.errors import StackError
-    from infra.platform.kafka import producer as make_producer
+    from infra.domain.disasters import DISASTER_MIGRATIONS
     from infra.ops import OpsEvent, audit_before_commit
+    from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import component_dsn
     from infra.platform.storage import migrate
 
@@ -108,9 +108,9 @@ async def _audited(settings: Settings, what: str, reason: str | None, disaster_i
 
 
 async def cmd_declare(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.endpoints import resolve_running
     from infra.domain.disasters import Disaster, declare, validate_areas, validate_disaster_id
     from infra.ops import emit, ops_audit_topic
+    from infra.platform.endpoints import resolve_running
 
     try:
         disaster = Disaster(validate_disaster_id(args.disaster_id, field="--id"), args.name.strip(),
@@ -140,9 +140,9 @@ async def cmd_declare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_change_period(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.endpoints import resolve_running
     from infra.domain.disasters import change_period, validate_disaster_id
     from infra.ops import emit, ops_audit_topic
+    from infra.platform.endpoints import resolve_running
 
     try:
         disaster_id = validate_disaster_id(args.disaster_id, field="--id")
@@ -168,10 +168,10 @@ async def cmd_change_period(settings: Settings, args: argparse.Namespace) -> int
 async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from infra.platform.endpoints import resolve_running
-    from infra.domain.disasters import DISASTER_MIGRATIONS, disasters
     from infra.core.errors import StackError
+    from infra.domain.disasters import DISASTER_MIGRATIONS, disasters
     from infra.ops import emit
+    from infra.platform.endpoints import resolve_running
     from infra.platform.pgdsn import component_dsn
     from infra.platform.storage import migrate
 

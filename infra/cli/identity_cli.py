@@ -48,13 +48,12 @@ def register(add: Any) -> None:
 
 
 async def cmd_relink(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.core.console import print_json, table
-    from infra.platform.endpoints import resolve_running
-    from infra.core.errors import Rejection, StackError, ValidationError
-    from infra.platform.keystore import KeyStore
-    from infra.ops import OpsEvent
-
     from connectors.commands import normalise_my_number, read_secret
+    from infra.core.console import print_json, table
+    from infra.core.errors import Rejection, StackError, ValidationError
+    from infra.ops import OpsEvent
+    from infra.platform.endpoints import resolve_running
+    from infra.platform.keystore import KeyStore
 
     if args.old != "-" or args.new != "-":
         return _refused(args, "INVALID_FIELD", "--old - --new -: the numbers are read from standard input only "
@@ -105,8 +104,8 @@ async def _relink(settings: Settings, authority: Any, old: str, new: str, event:
 
     from infra.core.errors import StackError
     from infra.domain.identity import IDENTITY_MIGRATIONS, NumberChanges
-    from infra.platform.kafka import producer as make_producer
     from infra.ops import audit_before_commit
+    from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import component_dsn
     from infra.platform.storage import migrate
 

@@ -77,8 +77,8 @@ def status_row(status: Any) -> dict[str, Any]:
 
 
 async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.platform.endpoints import resolve_running
     from infra.ops import emit
+    from infra.platform.endpoints import resolve_running
 
     directory = await _directory(resolve_running(settings))
     entries = sorted(directory.entries(), key=lambda e: (e.participant_id, e.purpose.value, -e.not_before, e.key_id))
@@ -103,9 +103,9 @@ async def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_participants_list(settings: Settings, args: argparse.Namespace) -> int:
     """The registered participants; with a running stack, each one's suspension as published on the keys topic."""
-    from infra.platform.endpoints import resolve_running
     from infra.core.errors import RenkeiError
     from infra.domain.participants import participants_of
+    from infra.platform.endpoints import resolve_running
 
     participants = participants_of(settings)
     statuses: dict[str, Any] = {}
@@ -139,13 +139,13 @@ async def cmd_participants_list(settings: Settings, args: argparse.Namespace) ->
 async def _change(settings: Settings, args: argparse.Namespace, what: str, detail: dict[str, Any],
                   change: Apply) -> int:
     """The shared path of every directory change: root key first, then publish, then the audit event."""
-    from infra.platform.endpoints import resolve_running
     from infra.core.errors import ConfigError
+    from infra.domain.participants import participants_of
+    from infra.ops import OpsEvent, emit, ensure_ops_audit_topic, ops_audit_topic, write_ops_event
+    from infra.platform.endpoints import resolve_running
     from infra.platform.kafka import producer
     from infra.platform.keyadmin import KeyAdminRefused
     from infra.platform.keystore import KeyStore
-    from infra.ops import OpsEvent, emit, ensure_ops_audit_topic, ops_audit_topic, write_ops_event
-    from infra.domain.participants import participants_of
 
     reason = (args.reason or "").strip()
     if not reason:

@@ -71,9 +71,9 @@ def register(add: Any) -> None:
 
 
 async def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.ops import OpsEvent, emit, ops_audit_topic, warn
     from infra.platform.endpoints import resolve_running
     from infra.platform.keystore import KeyStore
-    from infra.ops import OpsEvent, emit, ops_audit_topic, warn
 
     cutoff = retention_cutoff(settings.records_retention_years)
     before = parse_before(args.before) if args.before else cutoff
@@ -111,11 +111,11 @@ async def _purge(settings: Settings, key: Any, before: datetime, event: Any, *, 
     import asyncpg
 
     from infra.core.errors import RenkeiError, StackError
-    from infra.platform.kafka import producer as make_producer
     from infra.ops import write_ops_event
+    from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import component_dsn
-    from infra.records.provisions import ProvisionStore
     from infra.platform.storage import create_pool
+    from infra.records.provisions import ProvisionStore
 
     try:
         pool = await create_pool(component_dsn(settings, "hub"), min_size=1, max_size=1)  # the records' owner

@@ -54,11 +54,11 @@ import fastavro
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.crypto import layout, merkle
-from infra.domain import senders
 from infra.core.errors import CodecError, EnvelopeRejection, Reason
+from infra.crypto import layout, merkle
 from infra.crypto.keys import KeyDirectory, Keyset, SigningPublicKey
 from infra.crypto.layout import subject_commitment
+from infra.domain import senders
 from infra.domain.participants import Participants
 from schemas import codec
 from schemas.bounds import ArrayCaps

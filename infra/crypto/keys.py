@@ -36,9 +36,9 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
-import logging
 import tempfile
 from collections import Counter
 from collections.abc import Iterable

@@ -32,8 +32,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from infra.crypto import merkle
 from infra.core.errors import ConfigError
+from infra.crypto import merkle
 from infra.crypto.keys import Purpose, make_key_id, read_encrypted, write_encrypted
 
 __all__ = ["RECORDS_KEY_KIND", "RecordsKey", "RecordsPublicKeys", "Seal", "records_key_id"]

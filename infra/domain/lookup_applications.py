@@ -18,8 +18,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from infra.domain.disasters import validate_area_code, validate_disaster_id
 from infra.core.errors import ValidationError
+from infra.domain.disasters import validate_area_code, validate_disaster_id
 from infra.domain.validation import validate_bank_code, validate_reference
 
 __all__ = ["DEATH_EVIDENCE", "EVIDENCE_KINDS", "RELATIONSHIPS", "parse_evidence", "validate_disaster_application",

@@ -292,8 +292,15 @@ async def audit_before_commit(settings: Settings, producer: Any, event: OpsEvent
 def progress(description: str, total: int | None) -> Iterator[Any]:
     """A rich progress bar on stderr (counts, rate, elapsed); silent when stderr is not a terminal."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     console = Console(stderr=True)
 

@@ -18,9 +18,22 @@ import asyncio
 from typing import Any
 
 from infra.core.errors import ConfigError
-from infra.ops import (OpsEvent, Window, emit, high_watermarks, iso, parse_time, partitions_of, progress, read_range,
-                       renkei_headers, scan_consumer, start_offset, write_ops_event)
 from infra.core.settings import Settings
+from infra.ops import (
+    OpsEvent,
+    Window,
+    emit,
+    high_watermarks,
+    iso,
+    parse_time,
+    partitions_of,
+    progress,
+    read_range,
+    renkei_headers,
+    scan_consumer,
+    start_offset,
+    write_ops_event,
+)
 from infra.platform.topics import TopicNames
 
 
@@ -107,8 +120,8 @@ async def list_dead_letters(settings: Settings, *, reason_code: str | None = Non
 
 async def redrive(settings: Settings, *, reason_code: str, reason: str, since: str | None = None,
                   dry_run: bool = False) -> dict[str, Any]:
-    from infra.platform.kafka import producer as make_producer
     from infra.ops import ops_audit_topic
+    from infra.platform.kafka import producer as make_producer
 
     if not reason_code:
         raise ConfigError("--reason-code is required for redrive: re-drive one kind of failure at a time")

@@ -15,9 +15,17 @@ import argparse
 from typing import Any
 
 from infra.core.errors import ConfigError, Rejection
-from infra.ops import (emit, high_watermarks, iso, partitions_of, read_range, renkei_headers, scan_consumer,
-                       subject_shown)
 from infra.core.settings import Settings
+from infra.ops import (
+    emit,
+    high_watermarks,
+    iso,
+    partitions_of,
+    read_range,
+    renkei_headers,
+    scan_consumer,
+    subject_shown,
+)
 
 
 def describe_record(record: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from infra.ops import emit, high_watermarks, scan_consumer
 from infra.core.settings import Settings
+from infra.ops import emit, high_watermarks, scan_consumer
 
 
 def lag_of(committed: int | None, high_watermark: int) -> int | None:

@@ -27,9 +27,22 @@ import time
 from typing import Any
 
 from infra.core.errors import ConfigError, RenkeiError
-from infra.ops import (STOP, TAKE, OpsEvent, Window, classify, emit, high_watermarks, partitions_of, progress,
-                       read_range, scan_consumer, start_offset, write_ops_event)
 from infra.core.settings import Settings
+from infra.ops import (
+    STOP,
+    TAKE,
+    OpsEvent,
+    Window,
+    classify,
+    emit,
+    high_watermarks,
+    partitions_of,
+    progress,
+    read_range,
+    scan_consumer,
+    start_offset,
+    write_ops_event,
+)
 
 JOIN_TIMEOUT_S = 60.0
 
@@ -42,8 +55,8 @@ async def replay_into(settings: Settings, topic: str, window: Window, into: str,
                       dry_run: bool = False, skew_ms: int | None = None) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
-    from infra.platform.kafka import producer as make_producer
     from infra.ops import DEFAULT_SKEW_MS
+    from infra.platform.kafka import producer as make_producer
 
     skew = DEFAULT_SKEW_MS if skew_ms is None else skew_ms
     _require_start(window)
@@ -101,10 +114,10 @@ async def rewind_group(settings: Settings, topic: str, window: Window, group: st
                        evict_stale: bool = False) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
+    from infra.ops import DEFAULT_SKEW_MS
+    from infra.ops.lag import describe_group
     from infra.platform.kafka import admin_client
     from infra.platform.kafka import producer as make_producer
-    from infra.ops.lag import describe_group
-    from infra.ops import DEFAULT_SKEW_MS
 
     skew = DEFAULT_SKEW_MS if skew_ms is None else skew_ms
     _require_start(window)
@@ -192,10 +205,10 @@ async def _commit(settings: Settings, group: str, topic: str, targets: dict[Any,
         finally:
             await committer.stop()
         return
-    from infra.platform.kafka import admin_client
-    from infra.ops.lag import describe_group
-
     from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    from infra.ops.lag import describe_group
+    from infra.platform.kafka import admin_client
 
     class FaustProtocol(RoundRobinPartitionAssignor):
         """Round robin under faust's protocol name: a join must share a protocol with the stale member

@@ -40,10 +40,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.platform.acls import ADMIN, BROKER
-from infra.crypto.certificates import ORGANIZATION, write_file
-from infra.platform.cluster_tls import ClusterTls
 from infra.core.errors import StackError
+from infra.core.settings import KafkaSettings
+from infra.crypto.certificates import ORGANIZATION, write_file
+from infra.platform.acls import ADMIN, BROKER
+from infra.platform.cluster_tls import ClusterTls
 from infra.platform.kafka_broker import (
     START_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -56,7 +57,6 @@ from infra.platform.kafka_broker import (
     new_cluster_id,
 )
 from infra.platform.processes import check_port_free, free_port, process_alive, terminate
-from infra.core.settings import KafkaSettings
 
 NODE_IDS = (1, 2, 3)
 HOST = "127.0.0.1"

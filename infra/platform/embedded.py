@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.platform.embedded_pg import EmbeddedPostgres
 from infra.core.errors import StackError
+from infra.platform.embedded_pg import EmbeddedPostgres
 from infra.platform.processes import check_port_free, free_port, process_alive, terminate
 from infra.platform.processes import spawn as _spawn
 
@@ -213,8 +213,8 @@ class EmbeddedStack:
     # -- broker -------------------------------------------------------------
     async def _start_any_broker(self, port: int) -> None:
         """Apache Kafka, or Tansu where Java 17+ (or the way to fetch Kafka) is missing."""
-        from infra.platform import kafka_broker as kb
         from infra.core.settings import DEFAULT_CACHE
+        from infra.platform import kafka_broker as kb
 
         cache = self.kafka_cache or DEFAULT_CACHE
         java = None if self.broker == "tansu" else await asyncio.to_thread(kb.find_java, self.java)

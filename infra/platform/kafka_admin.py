@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.platform.acls import AclBinding
 from infra.core.errors import StackError
-from infra.platform.kafka import librdkafka_config
 from infra.core.settings import KafkaSettings
+from infra.platform.acls import AclBinding
+from infra.platform.kafka import librdkafka_config
 
 TIMEOUT_S = 30.0
 
@@ -69,8 +69,13 @@ def _result(future: Any, what: str) -> Any:
 
 
 def _describe_all(admin: Any) -> list[AclBinding]:
-    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType
-    from confluent_kafka.admin import ResourcePatternType, ResourceType
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
                                   AclPermissionType.ANY)

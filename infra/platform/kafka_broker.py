@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.crypto.certificates import write_file
 from infra.core.errors import StackError
+from infra.crypto.certificates import write_file
 from infra.platform.processes import spawn, terminate
 from infra.platform.topics import MAX_RECORD_BYTES
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from infra.core.errors import ConfigError, RenkeiError
+from infra.core.settings import Settings
 from infra.crypto.keys import (
     STATUS_KEY_PREFIX,
     DirectoryEntry,
@@ -39,9 +40,8 @@ from infra.crypto.keys import (
     now_ms,
     signed_record_key,
 )
-from infra.platform.keystore import KeyStore, publish_directory, read_topic
 from infra.domain.participants import Kind, Participant, Participants
-from infra.core.settings import Settings
+from infra.platform.keystore import KeyStore, publish_directory, read_topic
 
 ROOT_KEY_UNAVAILABLE = "ROOT_KEY_UNAVAILABLE"
 UNKNOWN_KEY = "UNKNOWN_KEY"

@@ -41,13 +41,22 @@ from pathlib import Path
 from typing import Any
 
 from infra.core.errors import ConfigError, StackError
-from infra.crypto.keys import KeyDirectory, Keyset, Outcome, RootAuthority, decode_snapshot, encode_snapshot
-from infra.crypto.keys import read_encrypted, write_atomic, write_encrypted
-from infra.domain.participants import Kind, Participants
+from infra.core.settings import Settings
+from infra.crypto.keys import (
+    KeyDirectory,
+    Keyset,
+    Outcome,
+    RootAuthority,
+    decode_snapshot,
+    encode_snapshot,
+    read_encrypted,
+    write_atomic,
+    write_encrypted,
+)
 from infra.crypto.records_keys import RecordsKey, RecordsPublicKeys
 from infra.crypto.sealing import data_key_name
-from infra.core.settings import Settings
 from infra.crypto.tokens import TokenAuthority
+from infra.domain.participants import Kind, Participants
 
 log = logging.getLogger("renkei.keys")
 
@@ -409,9 +418,8 @@ def _key_text(key: bytes | None) -> str | None:
 
 async def read_topic(settings: Settings, root_public_key: bytes, *, timeout: float = 30.0) -> TopicState:
     """Rebuild the key directory from the keys topic, up to its current end. Bad records are skipped."""
-    from infra.platform.topics import TopicNames
-
     from infra.platform.kafka import fetch_wait_ms
+    from infra.platform.topics import TopicNames
 
     state = TopicState(KeyDirectory(root_public_key))
     directory = state.directory

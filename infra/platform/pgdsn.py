@@ -16,9 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from infra.core.errors import ConfigError, StackError
+from infra.core.settings import Settings
 from infra.domain.participants import Participants, load_participants
 from infra.platform.pglayout import HUB, OPS, PORTAL, DbLayout, component_for, path_setting
-from infra.core.settings import Settings
 
 __all__ = [
     "admin_dsn",

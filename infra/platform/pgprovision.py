@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from infra.core.errors import StackError
+from infra.core.settings import Settings
 from infra.domain.participants import Participants
 from infra.platform.pglayout import (
     SHARED_TABLES_OF,
@@ -31,7 +32,6 @@ from infra.platform.pglayout import (
     shared_grant_statements,
 )
 from infra.platform.pgpass import ensure_secrets
-from infra.core.settings import Settings
 
 __all__ = ["Provisioned", "drop_database_namespace", "drop_namespace", "grant_shared", "grant_shared_when_ready",
            "provision", "provision_database"]

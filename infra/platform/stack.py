@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infra.platform.acls import BANK_SIMULATOR, KEY_PUBLISHER
-from infra.platform.embedded import EmbeddedStack, process_alive, spawn_python
 from infra.core.errors import StackError
 from infra.core.settings import Settings
+from infra.platform.acls import BANK_SIMULATOR, KEY_PUBLISHER
+from infra.platform.embedded import EmbeddedStack, process_alive, spawn_python
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ class Platform:
         return self.base_settings.embedded_pg or names_user(self.base_settings.pg_dsn)
 
     async def start(self) -> None:
-        from infra.platform.kafka import admin_client
         from infra.domain.participants import participants_of
+        from infra.platform.kafka import admin_client
         from infra.platform.pgprovision import provision_database
         from infra.platform.topics import TopicNames, apply_layout, layout
 

@@ -38,6 +38,10 @@ from typing import Any
 
 import asyncpg
 
+from infra.core.errors import RenkeiError
+from infra.core.settings import Settings
+from infra.crypto.records_keys import RecordsKey, Seal
+from infra.platform.topics import TopicNames
 from infra.records.checkpoint_log import CheckpointLog
 from infra.records.checkpoints import (
     Checkpoint,
@@ -49,7 +53,6 @@ from infra.records.checkpoints import (
     tree_levels,
     updated_root,
 )
-from infra.core.errors import RenkeiError
 from infra.records.provisions import (
     ANCHOR_DOMAIN,
     GENESIS_HASH,
@@ -61,9 +64,6 @@ from infra.records.provisions import (
     record_from_row,
     walk_chain,
 )
-from infra.crypto.records_keys import RecordsKey, Seal
-from infra.core.settings import Settings
-from infra.platform.topics import TopicNames
 
 __all__ = ["BuildResult", "CheckpointBuilder", "CheckpointRefused", "run_checkpoints"]
 

@@ -20,10 +20,10 @@ import asyncio
 import logging
 from typing import Any
 
-from infra.records.checkpoints import Checkpoint, CheckpointError, open_checkpoint
-from infra.crypto.records_keys import RecordsPublicKeys
 from infra.core.settings import Settings
+from infra.crypto.records_keys import RecordsPublicKeys
 from infra.platform.topics import TopicNames
+from infra.records.checkpoints import Checkpoint, CheckpointError, open_checkpoint
 
 __all__ = ["CheckpointLog"]
 

@@ -38,10 +38,10 @@ from typing import Final
 
 import asyncpg
 
-from infra.crypto import merkle
 from infra.core.errors import CodecError, RenkeiError
-from infra.records.provisions import BUCKET_BITS, GENESIS_HASH, bucket_of, encode_items, person_key
+from infra.crypto import merkle
 from infra.crypto.records_keys import RecordsKey, RecordsPublicKeys
+from infra.records.provisions import BUCKET_BITS, GENESIS_HASH, bucket_of, encode_items, person_key
 from schemas import codec
 
 __all__ = [

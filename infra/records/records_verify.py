@@ -28,12 +28,13 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import accumulate
 from enum import Enum
+from itertools import accumulate
 from typing import Any
 
 import asyncpg
 
+from infra.crypto.records_keys import RecordsPublicKeys
 from infra.records.checkpoint_log import CheckpointLog
 from infra.records.checkpoints import Checkpoint, CheckpointError, CheckpointEvidence, open_checkpoint, read_evidence
 from infra.records.provisions import (
@@ -48,7 +49,6 @@ from infra.records.provisions import (
     head_statement,
     walk_chain,
 )
-from infra.crypto.records_keys import RecordsPublicKeys
 
 __all__ = ["CheckpointSeen", "RecordState", "RecordsVerdict", "RecordsVerifier", "Verdict", "judge"]
 

@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from infra.core.settings import KafkaSettings, Settings
 from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.pglayout import BANKS
-from infra.core.settings import KafkaSettings, Settings
 
 AGENCY = "agency-city-minato"
 PROCEDURE = "child-allowance"  # one AGENCY is entitled to (infra/domain/procedures.toml)
@@ -151,10 +151,10 @@ def seal_inquiries(settings: Settings, n: int, *, per_message: bool, people: int
     Subjects cycle over ``people`` synthetic persons (valid check digits, never real).
     """
     from infra.crypto.envelope import Message, Sealer
-    from infra.platform.keystore import KeyStore
     from infra.domain.participants import participants_of
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
+    from infra.platform.keystore import KeyStore
     from schemas import types as T
 
     rng = rng or random.Random(20260401)
@@ -425,8 +425,8 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
     import asyncpg
 
     from connectors.bank_sim import seed_customer
-    from infra.platform.keystore import KeyStore
     from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.platform.keystore import KeyStore
     from schemas import types as T
 
     authority = KeyStore.for_settings(settings).token_authority()
@@ -449,9 +449,9 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
 async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
     from connectors.client import BusClient
-    from infra.platform.keystore import KeyStore
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
+    from infra.platform.keystore import KeyStore
     from schemas import types as T
 
     rng = random.Random(7)

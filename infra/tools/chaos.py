@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.core.settings import Settings
+from infra.platform.storage import count_everywhere, everywhere
 from infra.tools.chaos_invariants import (
     DeadLetterSeen,
     Observations,
@@ -53,10 +55,12 @@ from infra.tools.chaos_invariants import (
     check,
     summary,
 )
-from infra.core.settings import Settings
-from infra.platform.storage import count_everywhere, everywhere
-from infra.tools.harness import dead_letter_info, quiesce, read_topic
-from infra.tools.harness import print_report  # noqa: F401 - `renkei chaos` prints its report with chaos.print_report
+from infra.tools.harness import (
+    dead_letter_info,
+    print_report,  # noqa: F401 - `renkei chaos` prints its report with chaos.print_report
+    quiesce,
+    read_topic,
+)
 
 log = logging.getLogger("renkei.chaos")
 
@@ -125,8 +129,8 @@ class _Traffic:
     """The clients of the crash-safety run and what they sent."""
 
     def __init__(self, platform: Any, plan: ChaosPlan, rng: random.Random) -> None:
-        from infra.platform.keystore import KeyStore
         from infra.domain.validation import generate_my_number
+        from infra.platform.keystore import KeyStore
 
         self.platform, self.plan, self.rng = platform, plan, rng
         self.settings = platform.settings
@@ -211,8 +215,8 @@ class _Traffic:
                            "requested_at": _now()}, ttl_s=600)
 
     def token_issuance(self, bus: Any) -> None:
-        from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
         from infra.crypto.tokens import TokenIssuanceClient
+        from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
         from schemas import codec
         from schemas import types as T
 
@@ -242,8 +246,8 @@ class _Traffic:
     async def inject_bad(self, producer: Any, count: int) -> None:
         """Envelopes the hub must dead-letter: expired, and an agency asking a bank directly (no rule)."""
         from infra.crypto.envelope import Message, Sealer
-        from infra.platform.keystore import KeyStore
         from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+        from infra.platform.keystore import KeyStore
         from infra.platform.topics import TopicNames
         from schemas import types as T
 
@@ -274,9 +278,9 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
 
     from connectors.client import BusClient
     from connectors.dicj import DicjDesk
-    from infra.tools.chaos_broker import AckLedger, BrokerKills
     from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import observer_dsn
+    from infra.tools.chaos_broker import AckLedger, BrokerKills
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(20261126)
@@ -371,8 +375,8 @@ def _kill(platform: Any, name: str, brokers: Any) -> None:
 
 def _hub_pseudonyms(settings: Settings) -> Any:
     """The hub's ids (legs, records, conversations) for this state folder: the checks find messages by them."""
-    from infra.platform.keystore import KeyStore
     from infra.crypto.pseudonyms import HubPseudonyms
+    from infra.platform.keystore import KeyStore
 
     return HubPseudonyms.of(KeyStore.for_settings(settings).token_authority())
 
@@ -382,9 +386,9 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
     """Collect what the invariants read (:mod:`infra.tools.chaos_invariants`): the wire, the tables, the dead letters."""
     from infra.crypto.envelope import peek
     from infra.platform.pgdsn import observer_dsn
-    from infra.records.provisions import ProvisionStore
     from infra.platform.storage import create_pool
     from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
+    from infra.records.provisions import ProvisionStore
     from schemas import codec
     from schemas import types as T
 
@@ -517,11 +521,11 @@ def _mutations(valid: list[bytes], sealed: dict[str, list[bytes]], n: int, rng: 
 async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None = None,
                     say: Any = None) -> BadInputReport:
     """Hostile envelopes interleaved with good ones, straight onto ingress; see the module docstring."""
-    from infra.tools.bench import Arrivals, end_offsets_by_reading, fast_producer, seal_inquiries
     from infra.crypto.envelope import Message, Sealer, peek
-    from infra.platform.keystore import KeyStore
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.platform.keystore import KeyStore
     from infra.platform.topics import TopicNames
+    from infra.tools.bench import Arrivals, end_offsets_by_reading, fast_producer, seal_inquiries
     from schemas import types as T
 
     say = say or (lambda _m: None)
@@ -623,8 +627,8 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
 
 
 async def _rejected_end(settings: Settings) -> dict[int, int]:
-    from infra.tools.bench import end_offsets_by_reading
     from infra.platform.topics import TopicNames
+    from infra.tools.bench import end_offsets_by_reading
 
     return await end_offsets_by_reading(settings, TopicNames(settings.kafka.topic_prefix).rejected)
 
@@ -666,11 +670,11 @@ async def run_chaos(settings: Settings, *, quick: bool = False, progress: Any = 
     ``cluster``: on a secured three-node cluster instead of the embedded broker (``infra.tools.chaos_broker``:
     each worker its own principal, the prefix's ACLs applied), one of its nodes killed in the crash-safety part.
     """
+    from infra.platform.embedded import stop_recorded
+    from infra.platform.stack import WORKERS
     from infra.tools.chaos_broker import chaos_platform
     from infra.tools.chaos_insider import insider_attacks
-    from infra.platform.embedded import stop_recorded
     from infra.tools.leakscan import scan
-    from infra.platform.stack import WORKERS
 
     plan = QUICK if quick else FULL
     say = progress or (lambda _m: None)

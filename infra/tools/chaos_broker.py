@@ -192,12 +192,12 @@ async def chaos_platform(settings: Settings, *, cluster: bool = False,
     import dataclasses
     import shutil
 
+    from infra.core.errors import StackError
+    from infra.domain.participants import participants_of
     from infra.platform import kafka_broker as kb
     from infra.platform.acls import ADMIN, acl_bindings, principals
     from infra.platform.cluster import KafkaCluster, stop_recorded
-    from infra.core.errors import StackError
     from infra.platform.kafka_admin import apply_acls
-    from infra.domain.participants import participants_of
     from infra.platform.topics import TopicNames
 
     java = kb.find_java(settings.embedded_java)

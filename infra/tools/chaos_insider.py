@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.tools.harness import print_report
 from infra.core.settings import Settings
+from infra.tools.harness import print_report
 
 log = logging.getLogger("renkei.chaos.insider")
 
@@ -89,9 +89,9 @@ class _World:
     """The victim, the good traffic and the observer's view of one platform."""
 
     def __init__(self, platform: Any, bus: Any, pg: Any, rng: random.Random) -> None:
+        from infra.domain.validation import generate_my_number
         from infra.platform.keystore import KeyStore
         from infra.platform.topics import TopicNames
-        from infra.domain.validation import generate_my_number
 
         self.platform, self.settings, self.bus, self.pg = platform, platform.settings, bus, pg
         self.store = KeyStore.for_settings(self.settings)
@@ -103,10 +103,9 @@ class _World:
                         "account_number": f"{rng.randrange(10**7):07d}", "holder_kana": "ナイブ タロウ"}
 
     async def register(self) -> str:
+        from connectors.bank_sim import enrol_customer, open_account
         from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
         from schemas import types as T
-
-        from connectors.bank_sim import enrol_customer, open_account
 
         await open_account(self.pg, self.account)  # the bank's own records: the person's account
         await enrol_customer(self.pg, self.authority.token_for(self.my_number, self.bank.id), self.account)
@@ -234,9 +233,9 @@ async def database_superuser(w: _World, report: InsiderReport) -> None:
     """Deletes (and re-hashes), rewrites and truncates the person's provision records; the verification detects
     each; the chain is put back after each one."""
     from infra.platform.pgdsn import records_dsn
+    from infra.platform.storage import create_pool
     from infra.records.provisions import GENESIS_HASH
     from infra.records.records_verify import RecordsVerifier, Verdict
-    from infra.platform.storage import create_pool
 
     person = await w.bus.token_for("portal", w.my_number)  # records are kept under the portal's token
     pool = await create_pool(records_dsn(w.settings), min_size=1, max_size=2)  # the portal's read-only view
@@ -283,8 +282,8 @@ async def _rejections(w: _World, start: dict[int, int], message_ids: set[str], t
     """Reasons the hub gave on its rejected topic, after ``start``, for these message ids."""
     from aiokafka import TopicPartition
 
-    from infra.tools.harness import dead_letter_info
     from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
+    from infra.tools.harness import dead_letter_info
 
     found: dict[str, str] = {}
     consumer = scan_consumer(w.settings)
@@ -324,10 +323,10 @@ async def _rejected_ends(w: _World) -> dict[int, int]:
 
 async def topic_writer(w: _World, report: InsiderReport) -> None:
     from infra.crypto.envelope import Sealer, peek
-    from infra.platform.keyadmin import set_suspended
     from infra.crypto.keys import Keyset, status_record_key
-    from infra.platform.keystore import load_directory
     from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+    from infra.platform.keyadmin import set_suspended
+    from infra.platform.keystore import load_directory
     from schemas import types as T
 
     s, counts = w.settings, {}
@@ -431,8 +430,8 @@ async def insider_attacks(platform: Any, *, rng: random.Random | None = None, sa
 async def run_chaos_insider(settings: Settings, *, quick: bool = False, progress: Any = None) -> dict[str, Any]:
     """The insider part alone, on a fresh embedded platform (``<state>/chaos-insider``)."""
     from infra.platform.embedded import stop_recorded
-    from infra.tools.leakscan import scan
     from infra.platform.stack import Platform
+    from infra.tools.leakscan import scan
 
     del quick  # one size: the attacks are few and each is waited for
     say = progress or (lambda _m: None)

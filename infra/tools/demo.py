@@ -29,7 +29,6 @@ async def run_demo(settings: Settings, progress: Any = None, *, hold: Hold | Non
     from infra.platform.embedded import stop_recorded
     from infra.platform.pgdsn import public_dsn, records_dsn
     from infra.platform.stack import Platform
-
     from infra.tools.demo_lookups import INHERITANCE_DEADLINE_S
 
     # A short inheritance deadline, so that the deliberately slow bank shows as missing, then late.

@@ -36,12 +36,12 @@ import asyncpg
 
 from connectors.bank_sim import register_at_counter, registration_status, seed_customer
 from connectors.client import BusClient
+from infra.core.settings import Settings
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
-from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.core.settings import Settings
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 

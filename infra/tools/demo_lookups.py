@@ -39,12 +39,12 @@ import asyncpg
 from connectors.bank_sim import file_numbering_at_counter, seed_customer, set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
+from infra.core.settings import Settings
+from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
-from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-from infra.core.settings import Settings
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 

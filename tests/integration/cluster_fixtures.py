@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from infra.core.settings import Settings, load_settings
+from infra.domain.participants import load_participants, participants_of
 from infra.platform.acls import ADMIN, acl_bindings, principals
 from infra.platform.cluster import KafkaCluster
 from infra.platform.kafka_admin import apply_acls
-from infra.domain.participants import load_participants, participants_of
-from infra.core.settings import Settings, load_settings
 from infra.platform.stack import Platform
 from infra.platform.topics import TopicNames
 from tests.integration.platform_fixtures import PARTICIPANTS_FILE, isolated_platform

@@ -20,17 +20,17 @@ from typing import Any
 
 import asyncpg
 
-from infra.records.checkpoint_builder import BuildResult, CheckpointBuilder
-from infra.records.checkpoint_log import CheckpointLog
+from infra.core.settings import Settings
+from infra.crypto.records_keys import RecordsKey
 from infra.platform.kafka import admin_client
 from infra.platform.kafka import producer as make_producer
 from infra.platform.pgdsn import component_dsn, observer_dsn
-from infra.records.provisions import ProvisionRecord, ProvisionStore, RecordDraft, canonical_bytes, chain_hash
-from infra.crypto.records_keys import RecordsKey
-from infra.records.records_verify import RecordsVerdict, RecordsVerifier
-from infra.core.settings import Settings
 from infra.platform.storage import create_pool
 from infra.platform.topics import TopicNames, layout
+from infra.records.checkpoint_builder import BuildResult, CheckpointBuilder
+from infra.records.checkpoint_log import CheckpointLog
+from infra.records.provisions import ProvisionRecord, ProvisionStore, RecordDraft, canonical_bytes, chain_hash
+from infra.records.records_verify import RecordsVerdict, RecordsVerifier
 
 __all__ = ["RecordsWorld", "draft", "overwrite", "records_world", "rehash_from", "token"]
 

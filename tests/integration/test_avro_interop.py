@@ -9,6 +9,7 @@ No mock: a disagreement on the fingerprint, the body encoding or schema resoluti
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import io
 import json
@@ -19,14 +20,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import copy
-
 import fastavro
 import pytest
 from fastavro.utils import generate_one
 
-from infra.platform.kafka_broker import MIN_JAVA, find_java
 from infra.core.settings import DEFAULT_CACHE
+from infra.platform.kafka_broker import MIN_JAVA, find_java
 from schemas import codec
 from schemas.catalogue import AVSC_ROOT, catalogue, check_full_transitive
 from tests.tools import require

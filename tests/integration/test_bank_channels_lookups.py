@@ -11,9 +11,9 @@ the connector's signed calls, both from "their own data" (which accounts are num
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
 import csv
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -35,13 +35,13 @@ from connectors.dicj import ANSWERS_TABLE, answer_row_id
 from connectors.jlis_sim import record_death
 from connectors.runtime import RetryPolicy
 from connectors.serve import BankChannelLease, keep_lease, start_where_the_simulator_is
+from infra.crypto.sealing import RowSealer
 from infra.domain.disasters import Disaster, declare, today_jst
+from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn, observer_dsn
-from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-from infra.crypto.sealing import RowSealer
 from infra.platform.stack import Platform
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from infra.core.settings import KafkaSettings, load_settings
+from infra.platform.pgprovision import drop_database_namespace
+from infra.platform.stack import Platform
 from infra.tools.chaos import ChaosPlan, crash_safety
 from infra.tools.chaos_broker import EmbeddedBroker
-from infra.platform.pgprovision import drop_database_namespace
-from infra.core.settings import KafkaSettings, load_settings
-from infra.platform.stack import Platform
 from tests.integration.platform_fixtures import PARTICIPANTS_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from infra.tools.chaos_insider import insider_attacks
 from infra.platform.stack import Platform
+from infra.tools.chaos_insider import insider_attacks
 from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -28,15 +28,8 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 from connectors.bank_sim import enrol_customer, open_account, register_at_counter, registration_status
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
-from infra.platform.acls import AclBinding, acl_bindings
-from infra.tools.chaos import ChaosPlan, crash_safety
-from infra.tools.harness import read_topic
-from infra.tools.chaos_broker import ClusterBroker
 from infra.core.errors import StackError
-from infra.platform.kafka import admin_client, consumer, producer
-from infra.platform.kafka_admin import apply_acls
-from infra.platform.keystore import KeyStore
-from infra.platform.pgdsn import observer_dsn
+from infra.core.settings import Settings
 from infra.domain.policy import (
     BASIS_NUMBERING,
     BASIS_PROVISION,
@@ -44,11 +37,18 @@ from infra.domain.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.records.provisions import ProvisionStore
-from infra.core.settings import Settings
+from infra.domain.validation import generate_my_number
+from infra.platform.acls import AclBinding, acl_bindings
+from infra.platform.kafka import admin_client, consumer, producer
+from infra.platform.kafka_admin import apply_acls
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
-from infra.domain.validation import generate_my_number
+from infra.records.provisions import ProvisionStore
+from infra.tools.chaos import ChaosPlan, crash_safety
+from infra.tools.chaos_broker import ClusterBroker
+from infra.tools.harness import read_topic
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE

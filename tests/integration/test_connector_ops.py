@@ -24,15 +24,20 @@ from connectors.bankhttp import BankHttpConnector
 from connectors.client import BusClient
 from connectors.runtime import RetryPolicy
 from connectors.sdk import AgencyClient, InquiryFailed
-from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
-from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.platform.pgdsn import component_dsn
 from infra.core.settings import Settings
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
+from infra.platform.pgdsn import component_dsn
 from infra.platform.stack import settings_env
 from infra.platform.topics import TopicNames
 from schemas import types as T
-from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
-from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
+from tests.integration.test_connectors_support import (
+    BankEndpoint,
+    eventually,
+    my_number,
+    own_database,
+    platform,  # noqa: F401 - the module's fixture
+)
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,16 @@ import pytest
 
 from connectors.bankfiles import bank_file_connector, parse_file, render_file, write_atomically
 from connectors.client import BusClient
-from infra.platform.metrics import fetch_metrics, parse_text, read_endpoint
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.metrics import fetch_metrics, parse_text, read_endpoint
 from infra.platform.stack import WORKERS
 from schemas import types as T
-from tests.integration.test_connectors_support import eventually, my_number, own_database
-from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
+from tests.integration.test_connectors_support import (
+    eventually,
+    my_number,
+    own_database,
+    platform,  # noqa: F401 - the module's fixture
+)
 from tests.integration.waits import moved_on
 
 pytestmark = pytest.mark.integration

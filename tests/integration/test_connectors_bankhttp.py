@@ -29,8 +29,13 @@ from connectors.runtime import RetryPolicy, delivery_row_id
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from schemas import types as T
-from tests.integration.test_connectors_support import BankEndpoint, eventually, my_number, own_database
-from tests.integration.test_connectors_support import platform  # noqa: F401 - the module's fixture
+from tests.integration.test_connectors_support import (
+    BankEndpoint,
+    eventually,
+    my_number,
+    own_database,
+    platform,  # noqa: F401 - the module's fixture
+)
 
 pytestmark = pytest.mark.integration
 

@@ -28,10 +28,8 @@ from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
 from connectors.runtime import start_site
-from infra.domain.disasters import Disaster, declare, today_jst
 from infra.core.errors import Rejection
-from infra.platform.keystore import KeyStore
-from infra.platform.pgdsn import observer_dsn
+from infra.domain.disasters import Disaster, declare, today_jst
 from infra.domain.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
     BASIS_DISASTER_LOOKUP,
@@ -41,8 +39,10 @@ from infra.domain.policy import (
     DATA_PERSON_NOTICE,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.records.provisions import ProvisionStore, RecordDraft
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import create_pool
+from infra.records.provisions import ProvisionStore, RecordDraft
 from schemas import types as T
 from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
 

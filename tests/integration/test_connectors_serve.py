@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from connectors.bankfiles import render_file, write_atomically
 from connectors.bankhttp_bank import BankChannelClient
 from connectors.client import BusClient
 from connectors.serve import BankChannelLease, LeaseHeld
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.embedded import spawn_python
 from infra.platform.metrics import fetch_metrics, read_endpoint
-from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
 from infra.platform.stack import settings_args, settings_env
 from schemas import types as T

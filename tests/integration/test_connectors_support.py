@@ -14,13 +14,12 @@ import dataclasses
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
-
 from aiohttp import web
 
 from connectors import channel_keys
@@ -30,11 +29,11 @@ from connectors.channel_tls import CA_FILE, server_certificate
 from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
+from infra.core.settings import Settings
+from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pglayout import ident
-from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.core.settings import Settings
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 
 RNG = random.Random()

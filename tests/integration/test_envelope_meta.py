@@ -26,22 +26,22 @@ import pytest
 from aiokafka import TopicPartition
 
 from connectors.portal import records_view
-from infra.ops.dlq import list_dead_letters
 from infra.crypto.envelope import Message, peek
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.ops import partitions_of
+from infra.ops.dlq import list_dead_letters
 from infra.ops.inspection import inspect_topic
 from infra.platform.kafka import consumer
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import records_dsn
-from infra.ops import partitions_of
-from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStatus
 from infra.records.records_verify import RecordsVerifier
-from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import hub_pseudonyms
-from tests.integration.test_flows import AGENCY, PROCEDURE, account, person, register
 from tests.integration.test_connectors_support import hold_account
+from tests.integration.test_flows import AGENCY, PROCEDURE, account, person, register
 from tests.integration.test_hub_rejections import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

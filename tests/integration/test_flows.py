@@ -15,14 +15,14 @@ import pytest
 
 from connectors.bank_sim import register_at_counter, registration_status
 from connectors.client import BusClient
-from infra.platform.pgdsn import observer_dsn
-from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.records.provisions import ProvisionStore
-from infra.platform.storage import everywhere
-from infra.domain.validation import generate_my_number
-from infra.tools.harness import read_topic
 from infra.crypto.envelope import peek
+from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.validation import generate_my_number
+from infra.platform.pgdsn import observer_dsn
+from infra.platform.storage import everywhere
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
+from infra.records.provisions import ProvisionStore
+from infra.tools.harness import read_topic
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms

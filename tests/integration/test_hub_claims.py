@@ -23,17 +23,17 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
+from infra.core.settings import Settings
 from infra.crypto.envelope import Message, Sealer, peek
+from infra.domain.participants import participants_of
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.validation import generate_my_number
 from infra.platform.kafka import admin_client, consumer
 from infra.platform.kafka import producer as make_producer
 from infra.platform.keystore import KeyStore
-from infra.domain.participants import participants_of
-from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.core.settings import Settings
 from infra.platform.stack import bootstrap_keys
 from infra.platform.storage import create_pool, migrate
 from infra.platform.topics import TopicNames, apply_layout, layout
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 from streams.gateway import Inbound
 from streams.hub import HUB_MIGRATIONS, HubService, MessageClaim, claim_messages

@@ -18,13 +18,13 @@ import uuid
 import asyncpg
 import pytest
 
-from infra.tools.bench import seal_inquiries
-from infra.tools.harness import read_topic
 from infra.crypto.envelope import peek
 from infra.platform.kafka import consumer, producer
 from infra.platform.pgdsn import admin_dsn, layout_for, observer_dsn, with_search_path
 from infra.platform.storage import create_pool
 from infra.platform.topics import TopicNames
+from infra.tools.bench import seal_inquiries
+from infra.tools.harness import read_topic
 from streams.gateway import Inbound
 from streams.hub import HubService
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform

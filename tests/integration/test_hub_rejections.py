@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from infra.crypto.envelope import Sealer, peek
-from infra.platform.keystore import KeyStore
 from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.keystore import KeyStore
 from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T

@@ -16,11 +16,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from infra.platform.embedded import KAFKA_DIR, EmbeddedStack, read_state
 from infra.core.errors import StackError
+from infra.core.settings import KafkaSettings, Settings
+from infra.platform.embedded import KAFKA_DIR, EmbeddedStack, read_state
 from infra.platform.kafka import admin_client, consumer, producer
 from infra.platform.processes import free_port, process_alive
-from infra.core.settings import KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,8 @@ async def test_a_librdkafka_client_lists_produces_and_consumes(endpoints):
     """Banks and agencies use librdkafka-based clients (confluent-kafka, kcat): they work on the broker."""
     if endpoints.broker == "tansu":
         pytest.skip("librdkafka cannot talk to Tansu (ApiVersionRequest fails: docs/embedded.md)")
-    from confluent_kafka import Consumer, Producer, TopicPartition as RdTopicPartition
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import TopicPartition as RdTopicPartition
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin import NewTopic as RdNewTopic
 

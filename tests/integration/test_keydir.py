@@ -21,23 +21,23 @@ import pytest
 from aiokafka import TopicPartition
 
 from infra.cli import main
-from infra.ops.dlq import list_dead_letters
 from infra.crypto.envelope import Message
+from infra.crypto.keys import KeyDirectory, RootAuthority, Status
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.ops import ops_audit_topic, scan_consumer
+from infra.ops.dlq import list_dead_letters
 from infra.platform.kafka import admin_client, producer
 from infra.platform.keyadmin import revoke
-from infra.crypto.keys import KeyDirectory, RootAuthority, Status
 from infra.platform.keystore import KeyStore, load_directory
 from infra.platform.metrics import fetch_metrics
-from infra.ops import ops_audit_topic, scan_consumer
-from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.stack import bootstrap_keys, settings_env
 from infra.platform.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
 from schemas import types as T
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_flows import person
-from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
 from tests.integration.test_ops_hub import endpoint_of, eventually, value
+from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

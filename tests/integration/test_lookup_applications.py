@@ -18,8 +18,8 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -27,15 +27,20 @@ import pytest
 from connectors.bank_sim import apply_lookup_at_counter, lookup_notifications
 from connectors.client import BusClient
 from connectors.jlis_sim import record_death
-from infra.domain.disasters import Disaster, declare, today_jst
 from infra.crypto.envelope import Message
+from infra.domain.disasters import Disaster, declare, today_jst
+from infra.domain.policy import (
+    BASIS_DISASTER_LOOKUP,
+    BASIS_INHERITANCE_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+)
+from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
-from infra.domain.policy import (BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING,
-                          DATA_DEPOSIT_ACCOUNT_HOLDINGS, DATA_DEPOSIT_ACCOUNT_NUMBERING)
-from infra.records.provisions import ProvisionStore
 from infra.platform.stack import Platform
-from infra.domain.validation import generate_my_number
+from infra.records.provisions import ProvisionStore
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform

@@ -33,15 +33,15 @@ from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk, answer_row_id
 from infra.crypto.envelope import peek
-from infra.platform.keystore import KeyStore
-from infra.platform.kafka import consumer
-from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-from infra.platform.pgdsn import observer_dsn
-from infra.records.provisions import ProvisionStore
 from infra.crypto.sealing import UnsealError
+from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.domain.validation import generate_my_number
+from infra.platform.kafka import consumer
+from infra.platform.keystore import KeyStore
+from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
-from infra.domain.validation import generate_my_number
+from infra.records.provisions import ProvisionStore
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
@@ -281,9 +281,9 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
 async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     """``bank`` answers lookup ``cid`` once more, after the result went out: a fresh message id, sealed with the
     bank's own keys, the routing fields of its first answer (a bank system re-sending its answer)."""
-    from infra.tools.harness import read_topic
     from infra.crypto.envelope import Message, Sealer
     from infra.platform.kafka import producer
+    from infra.tools.harness import read_topic
 
     names = TopicNames(platform.settings.kafka.topic_prefix)
     hub = hub_pseudonyms(platform.settings)  # the bank answers in the correlation id it was shown, its own

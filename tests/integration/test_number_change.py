@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from infra.tools.leakscan import scan
 from infra.platform.pgdsn import component_dsn, layout_for
+from infra.tools.leakscan import scan
 from tests.integration.test_participant_cli import (  # noqa: F401 - fixtures
     as_person,
     flags,

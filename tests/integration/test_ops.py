@@ -21,12 +21,11 @@ from aiokafka.admin import NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
 from infra.core.errors import ConfigError
-from infra.platform.kafka import admin_client, consumer, producer
-from infra.ops import Window, ops_audit_topic
 from infra.core.settings import Settings
+from infra.ops import Window, ops_audit_topic
+from infra.platform.kafka import admin_client, consumer, producer
 from infra.platform.topics import TopicNames
 from tests.unit.envelope_world import World
-
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_MS = (int(time.time()) - 3600) * 1000  # record timestamps an hour ago: store time differs from them

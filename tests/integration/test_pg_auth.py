@@ -24,13 +24,13 @@ import asyncpg
 import pytest
 
 from connectors.client import BusClient
+from infra.core.settings import Settings
+from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.domain.validation import generate_my_number
 from infra.platform.embedded import EmbeddedStack, read_state
 from infra.platform.embedded_pg import superuser_passfile
 from infra.platform.pgdsn import component_dsn, layout_for, public_dsn, records_dsn
 from infra.platform.pgpass import read_passfile
-from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.core.settings import Settings
-from infra.domain.validation import generate_my_number
 from schemas import types as T
 from tests.integration.test_connectors_support import hold_account
 

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from infra.crypto.records_keys import RecordsKey, Seal
+from infra.platform.storage import claim, create_pool, migrate_idempotency
 from infra.records.provisions import (
     GENESIS_HASH,
     HEAD_DOMAIN,
@@ -28,8 +30,6 @@ from infra.records.provisions import (
     head_statement,
     to_avro,
 )
-from infra.crypto.records_keys import RecordsKey, Seal
-from infra.platform.storage import claim, create_pool, migrate_idempotency
 from schemas import codec
 
 pytestmark = pytest.mark.integration

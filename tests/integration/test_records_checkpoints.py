@@ -13,11 +13,11 @@ import dataclasses
 
 import pytest
 
+from infra.crypto.records_keys import RecordsKey
 from infra.records.checkpoint_builder import CheckpointRefused
 from infra.records.checkpoint_log import CheckpointLog
 from infra.records.checkpoints import open_checkpoint, sign_checkpoint
 from infra.records.provisions import GENESIS_HASH, bucket_of
-from infra.crypto.records_keys import RecordsKey
 from infra.records.records_verify import RecordState, Verdict
 from tests.integration.records_world import draft, overwrite, records_world, rehash_from, token
 
@@ -283,8 +283,9 @@ async def test_checkpoints_carry_no_token_and_nothing_per_person(world):
     people = [await world.chain(2) for _ in range(5)]
     checkpoint = (await world.checkpoint()).checkpoint
     assert (checkpoint.chains, checkpoint.records) == (5, 10)
-    from infra.ops import read_range, scan_consumer
     from aiokafka import TopicPartition
+
+    from infra.ops import read_range, scan_consumer
 
     consumer = scan_consumer(world.settings)
     await consumer.start()

@@ -26,8 +26,8 @@ from connectors.portal_schema import migrate_portal
 from infra.cli import main
 from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.pgdsn import component_dsn, observer_dsn
-from infra.records.provisions import ProvisionStore
 from infra.platform.stack import settings_env
+from infra.records.provisions import ProvisionStore
 from schemas import types as T
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from

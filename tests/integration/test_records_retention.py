@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.cli import main
-from infra.platform.keystore import KeyStore
-from infra.ops import read_range, scan_consumer
 from infra.cli.records_cli import retention_cutoff
-from infra.records.records_verify import RecordState, Verdict
+from infra.ops import read_range, scan_consumer
+from infra.platform.keystore import KeyStore
 from infra.platform.stack import settings_env
 from infra.platform.topics import TopicNames
+from infra.records.records_verify import RecordState, Verdict
 from tests.integration.records_world import draft, records_world, token
 
 pytestmark = pytest.mark.integration

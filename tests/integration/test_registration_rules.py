@@ -31,8 +31,8 @@ from infra.domain.policy import (
     BASIS_REGISTRATION,
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
-from infra.platform.pgdsn import observer_dsn
 from infra.domain.validation import generate_my_number
+from infra.platform.pgdsn import observer_dsn
 from schemas import types as T
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, hub_pseudonyms, isolated_platform

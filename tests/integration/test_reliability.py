@@ -21,13 +21,13 @@ import random
 import asyncpg
 import pytest
 
+from infra.domain.validation import generate_my_number
+from infra.platform.kafka import producer
+from infra.platform.pgdsn import component_dsn
 from infra.tools.bench import create_topics
 from infra.tools.chaos import QUICK, bad_input, crash_safety, demo_flows
 from infra.tools.demo_lookups import INHERITANCE_DEADLINE_S
-from infra.platform.kafka import producer
 from infra.tools.leakscan import scan
-from infra.platform.pgdsn import component_dsn
-from infra.domain.validation import generate_my_number
 from tests.integration.platform_fixtures import isolated_platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

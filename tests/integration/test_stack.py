@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from infra.platform.embedded import EmbeddedStack, process_alive, read_state
 from infra.core.errors import StackError
+from infra.platform.embedded import EmbeddedStack, process_alive, read_state
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.platform.kafka import admin_client
 from infra.domain.participants import load_participants
+from infra.platform.kafka import admin_client
 from infra.platform.topics import TopicNames, apply_layout, layout
 
 pytestmark = pytest.mark.integration

@@ -29,16 +29,21 @@ from connectors.bank_sim import set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, peek
+from infra.domain.policy import (
+    BASIS_CHANGE,
+    BASIS_DISASTER_LOOKUP,
+    BASIS_PROVISION,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_PUBLIC_FUNDS_ACCOUNT,
+)
 from infra.platform.keystore import KeyStore
-from infra.domain.policy import (BASIS_CHANGE, BASIS_DISASTER_LOOKUP, BASIS_PROVISION, DATA_DEPOSIT_ACCOUNT_HOLDINGS,
-                          DATA_PUBLIC_FUNDS_ACCOUNT)
+from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
+from infra.platform.storage import everywhere
 from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as T
 from streams.participant import ParticipantRuntime
-from infra.platform.pgdsn import observer_dsn
-from infra.platform.storage import everywhere
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register

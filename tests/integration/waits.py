@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from infra.tools.harness import dead_letter_info, read_topic
-from infra.platform.metrics import fetch_health, fetch_metrics, read_endpoint
 from infra.core.settings import Settings
+from infra.platform.metrics import fetch_health, fetch_metrics, read_endpoint
 from infra.platform.topics import TopicNames
+from infra.tools.harness import dead_letter_info, read_topic
 
 BARRIER_PREFIX = b"renkei-test-barrier:"
 

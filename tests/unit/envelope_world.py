@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.crypto import layout
-from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
-from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
-from infra.domain.participants import Kind, Participant, Participants
-from infra.domain.policy import Policy
-from infra.domain.procedures import Procedure, Procedures
-from infra.crypto.tokens import TokenAuthority
 import pytest
 
 from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto import layout
+from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Opener, Sealer, Verifier
+from infra.crypto.keys import KeyDirectory, Keyset, RootAuthority
+from infra.crypto.tokens import TokenAuthority
+from infra.domain.participants import Kind, Participant, Participants
+from infra.domain.policy import Policy
+from infra.domain.procedures import Procedure, Procedures
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.leakguard import used

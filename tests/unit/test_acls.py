@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from infra.core.errors import ConfigError
+from infra.core.settings import KafkaSettings, Settings
+from infra.domain.participants import Kind, Participant, load_participants
 from infra.platform.acls import (
     ADMIN,
     BANK_SIMULATOR,
@@ -22,9 +25,6 @@ from infra.platform.acls import (
     principal,
     principals,
 )
-from infra.core.errors import ConfigError
-from infra.domain.participants import Kind, Participant, load_participants
-from infra.core.settings import KafkaSettings, Settings
 from infra.platform.stack import WORKERS
 from infra.platform.topics import TopicNames, layout
 

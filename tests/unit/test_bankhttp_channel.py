@@ -29,9 +29,9 @@ from connectors.httpsig import (
 )
 from connectors.runtime import start_site
 from infra.core.errors import ConfigError
-from infra.platform.keystore import KeyStore
-from infra.domain.participants import load_participants
 from infra.core.settings import Settings
+from infra.domain.participants import load_participants
+from infra.platform.keystore import KeyStore
 
 DOCS_COPY = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "bank-http.json"
 KEYS = keys_from("bank-9002", [("bank-9002.1", b"k" * 32), ("bank-9002.2", b"j" * 32)])

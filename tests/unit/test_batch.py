@@ -8,13 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto import merkle
 from infra.crypto.envelope import Message, Verifier
-from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto.keys import SigningPublicKey
 from schemas import codec
-from tests.unit.envelope_world import T0, World, example_body
-from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
+from tests.unit.envelope_world import T0, World, example_body, fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

@@ -8,16 +8,14 @@ import hashlib
 import fastavro
 import pytest
 
-from infra.crypto import envelope as E
-from infra.crypto import layout
-from infra.crypto import merkle
 from infra.core.errors import CodecError, Reason
+from infra.crypto import envelope as E
+from infra.crypto import layout, merkle
 from infra.domain.ratelimit import SenderRateLimiter
 from schemas import codec
 from schemas.bounds import ArrayCaps, CapExceeded
 from streams.gateway import HubCore, Inbound
-from tests.unit.envelope_world import PROCEDURE, Clock, World, example_body, rejected, world_policy
-from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
+from tests.unit.envelope_world import PROCEDURE, Clock, World, example_body, fresh_clock, rejected, world, world_policy  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

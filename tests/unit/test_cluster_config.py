@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from infra.core.settings import KafkaSettings, Settings
 from infra.platform.cluster import ClusterLayout, Credentials, security_properties
 from infra.platform.cluster_tls import BROKER_CN, ClusterTls
-from infra.core.settings import KafkaSettings, Settings
 
 
 def _mode(path) -> int:

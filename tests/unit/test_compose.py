@@ -45,7 +45,7 @@ def _compose_brokers() -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def fixture_node(tmp_path_factory) -> dict[str, str]:
     """Node 1's server.properties as the cluster fixture writes it (certificates and passwords generated)."""
-    from infra.platform.cluster import ClusterLayout, NODE_IDS
+    from infra.platform.cluster import NODE_IDS, ClusterLayout
 
     cluster = KafkaCluster(tmp_path_factory.mktemp("cluster"), None, None)  # type: ignore[arg-type]
     cluster.layout = ClusterLayout.new(base_port=39000)

@@ -10,18 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra.crypto import envelope as E
-from infra.crypto import layout
-from infra.crypto import merkle
-from infra.crypto.envelope import FANOUT, MemoryReplayGuard, peek
 from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto import envelope as E
+from infra.crypto import layout, merkle
+from infra.crypto.envelope import FANOUT, MemoryReplayGuard, peek
 from infra.crypto.keys import Keyset
 from infra.domain.participants import Kind
 from infra.domain.senders import SENDERS
 from schemas import codec
 from schemas.types import BODY_SCHEMA
-from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body, rejected
-from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
+from tests.unit.envelope_world import MY_NUMBER, OTHER_MY_NUMBER, T0, World, example_body, fresh_clock, rejected, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

@@ -16,8 +16,11 @@ import pytest
 
 from infra.crypto.envelope import LegIds, Message
 from tests.unit.envelope_world import T0
-from tests.unit.golden_world import Golden, digests
-from tests.unit.golden_world import golden  # noqa: F401 - fixture
+from tests.unit.golden_world import (
+    Golden,
+    digests,
+    golden,  # noqa: F401 - fixture
+)
 
 AT = datetime.fromtimestamp(T0, UTC)
 INQUIRY = {"procedure_code": "child-allowance", "purpose": None, "requested_at": AT}

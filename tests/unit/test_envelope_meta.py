@@ -20,14 +20,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.crypto import envelope as E
-from infra.crypto import layout
-from infra.crypto import keys as K
-from infra.crypto.envelope import LegIds, Message, Sealer, peek
 from infra.core.errors import Reason
+from infra.crypto import envelope as E
+from infra.crypto import keys as K
+from infra.crypto import layout
+from infra.crypto.envelope import LegIds, Message, Sealer, peek
 from schemas import codec
-from tests.unit.envelope_world import T0, example_body, rejected
-from tests.unit.envelope_world import world  # noqa: F401 - fixture
+from tests.unit.envelope_world import (
+    T0,
+    example_body,
+    rejected,
+    world,  # noqa: F401 - fixture
+)
 from tests.unit.golden_world import fixed_keyset
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 

@@ -6,12 +6,17 @@ import uuid
 
 import pytest
 
-from infra.crypto.envelope import peek
 from infra.core.errors import Reason
+from infra.crypto.envelope import peek
 from infra.records.provisions import ProvisionStatus
 from streams.gateway import HubCore, Inbound
-from tests.unit.envelope_world import OTHER_PROCEDURE, PROCEDURE, World, world_policy
-from tests.unit.envelope_world import world  # noqa: F401 - fixture
+from tests.unit.envelope_world import (
+    OTHER_PROCEDURE,
+    PROCEDURE,
+    World,
+    world,  # noqa: F401 - fixture
+    world_policy,
+)
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from infra.core.errors import Rejection
-from infra.domain.identity import NumberChanges
 from infra.crypto.tokens import TokenAuthority
+from infra.domain.identity import NumberChanges
 from infra.domain.validation import generate_my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 

@@ -7,8 +7,14 @@ import csv
 import pytest
 
 from connectors.commands import normalise_my_number
-from connectors.inquiry_batch import (RESULT_COLUMNS, LineResult, batch_digest, read_people, result_from_answer,
-                                      write_results)
+from connectors.inquiry_batch import (
+    RESULT_COLUMNS,
+    LineResult,
+    batch_digest,
+    read_people,
+    result_from_answer,
+    write_results,
+)
 from infra.core.errors import ValidationError
 from infra.domain.validation import generate_my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture

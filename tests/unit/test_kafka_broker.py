@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.platform import kafka_broker as kb
 from infra.core.errors import StackError
+from infra.platform import kafka_broker as kb
 
 
 def test_single_node_properties_are_a_durable_kraft_combined_node(tmp_path):

@@ -10,8 +10,20 @@ from dataclasses import replace
 
 import pytest
 
-from infra.platform.acls import KEY_PUBLISHER, acl_bindings
 from infra.core.errors import ConfigError, PolicyDenied, Reason
+from infra.crypto.keys import (
+    KeyDirectory,
+    Keyset,
+    Outcome,
+    ParticipantState,
+    ParticipantStatus,
+    Purpose,
+    RootAuthority,
+    Status,
+)
+from infra.domain.participants import Kind, Participant, load_participants
+from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT, Policy
+from infra.platform.acls import KEY_PUBLISHER, acl_bindings
 from infra.platform.keyadmin import (
     PROTECTED,
     UNKNOWN_KEY,
@@ -22,11 +34,8 @@ from infra.platform.keyadmin import (
     plan_status,
     usable_keys_left,
 )
-from infra.crypto.keys import KeyDirectory, Keyset, Outcome, ParticipantState, ParticipantStatus, Purpose, RootAuthority, Status
 from infra.platform.keystore import KeyStore, Passphrase
 from infra.platform.metrics import WorkerMetrics, parse_text
-from infra.domain.participants import Kind, Participant, load_participants
-from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT, Policy
 from infra.platform.topics import TopicNames
 from schemas import types as T
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from infra.core.errors import ConfigError, EnvelopeRejection, Reason
+from infra.crypto import keys
 from infra.crypto.keys import (
     ED25519,
     MLKEM768_X25519,
@@ -26,7 +27,6 @@ from infra.crypto.keys import (
     encode_snapshot,
     signed_record_key,
 )
-from infra.crypto import keys
 from schemas import codec
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 

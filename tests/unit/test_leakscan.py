@@ -15,8 +15,8 @@ import random
 
 import pytest
 
-from infra.tools.leakscan import LeakReport, Scanner, encodings
 from infra.domain.validation import generate_my_number
+from infra.tools.leakscan import LeakReport, Scanner, encodings
 
 RNG = random.Random(1212)
 NUMBERS = sorted({generate_my_number(RNG) for _ in range(50)})

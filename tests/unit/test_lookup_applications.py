@@ -7,9 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from connectors.jlis_sim import death_confirmed
-from infra.domain.disasters import Disaster, check_application, covers, today_jst, validate_area_code, validate_areas
 from infra.core.errors import Reason, Rejection, ValidationError
-from infra.domain.lookup_applications import parse_evidence, validate_disaster_application, validate_inheritance_application
+from infra.domain.disasters import Disaster, check_application, covers, today_jst, validate_area_code, validate_areas
+from infra.domain.lookup_applications import (
+    parse_evidence,
+    validate_disaster_application,
+    validate_inheritance_application,
+)
 
 TODAY = date(2026, 1, 10)
 NOTO = Disaster("2026-NOTO-01", "能登地震", ("17", "15202"), date(2026, 1, 1), date(2026, 3, 31))

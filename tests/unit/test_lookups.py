@@ -6,11 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra.crypto.envelope import Verifier
 from infra.core.errors import Reason
+from infra.crypto.envelope import Verifier
 from infra.domain.participants import Kind, Participant, Participants
-from infra.domain.policy import BASIS_INHERITANCE_LOOKUP, BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_HOLDINGS, \
-    DATA_DEPOSIT_ACCOUNT_NUMBERING, Policy
+from infra.domain.policy import (
+    BASIS_INHERITANCE_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+    Policy,
+)
 from schemas import types as T
 from streams.gateway import HubCore, Inbound
 from streams.lookups import fanout_leg_allowed

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+
 import pytest
 from aiokafka import TopicPartition
 
-from infra.platform.metrics import (Gauge, MetricsServer, WorkerEndpoint, WorkerMetrics, add_worker_health, fetch_health,
-                           fetch_metrics, parse_text, read_endpoint, workers_dir)
+from infra.core.errors import Reason
+from infra.platform.metrics import (
+    Gauge,
+    MetricsServer,
+    WorkerEndpoint,
+    WorkerMetrics,
+    add_worker_health,
+    fetch_health,
+    fetch_metrics,
+    parse_text,
+    read_endpoint,
+    workers_dir,
+)
 from streams.gateway import Decision, Inbound
 from streams.hub import dead_letter_headers, record_headers
-from infra.core.errors import Reason
 
 
 def test_counters_histograms_and_gauges_render_as_prometheus_text():

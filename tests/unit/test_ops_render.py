@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 
+from infra.ops import renkei_headers, subject_shown
 from infra.ops.dlq import dead_letter, redrive_headers
 from infra.ops.inspection import describe_record
 from infra.ops.lag import lag_of
-from infra.ops import renkei_headers, subject_shown
 from schemas import codec
 from tests.unit.envelope_world import World
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from infra.core.errors import ConfigError
 from infra.ops import SKIP, STOP, TAKE, Window, classify, iso, parse_time
-
 
 
 @pytest.mark.parametrize(("text", "ms"), [

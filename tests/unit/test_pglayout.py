@@ -12,8 +12,17 @@ from pathlib import Path
 import pytest
 
 from infra.core.errors import ConfigError
+from infra.core.settings import Settings, load_settings
 from infra.domain.participants import Kind, Participant, Participants, load_participants
-from infra.platform.pgdsn import component_dsn, names_user, observer_dsn, ops_dsn, public_dsn, records_dsn, with_search_path
+from infra.platform.pgdsn import (
+    component_dsn,
+    names_user,
+    observer_dsn,
+    ops_dsn,
+    public_dsn,
+    records_dsn,
+    with_search_path,
+)
 from infra.platform.pglayout import (
     BANKS,
     CLIENTS,
@@ -26,7 +35,6 @@ from infra.platform.pglayout import (
     shared_grant_statements,
 )
 from infra.platform.pgpass import ensure_secrets, read_passfile, write_passfile
-from infra.core.settings import Settings, load_settings
 from infra.platform.stack import settings_args, settings_env
 
 PARTICIPANTS = load_participants(banks=3)

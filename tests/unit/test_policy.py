@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.domain import policy as P
 from infra.core.errors import ConfigError, PolicyDenied, Reason
+from infra.domain import policy as P
 from infra.domain.participants import Kind, Participant, load_participants
 from infra.domain.procedures import Procedures
 from schemas.types import MESSAGE_TYPES

@@ -15,11 +15,11 @@ from connectors.portal_sessions import csrf_matches, csrf_token, session_hash
 from connectors.portal_throttle import LoginThrottle
 from connectors.portal_views import names, notice_view, request_view
 from infra.core.errors import Reason, ValidationError
+from infra.crypto.sealing import UnsealError
 from infra.domain.participants import load_participants
 from infra.domain.policy import Policy
 from infra.records.provisions import ProvisionStatus
 from infra.records.records_verify import RecordState, Verdict
-from infra.crypto.sealing import UnsealError
 from schemas import codec
 from schemas import types as T
 from streams.notices import masked, notice

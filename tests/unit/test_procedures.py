@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.domain import policy as P
 from infra.core.errors import ConfigError, PolicyDenied, Reason
+from infra.domain import policy as P
 from infra.domain.participants import Kind, Participant, load_participants
 from infra.domain.procedures import Procedures
 

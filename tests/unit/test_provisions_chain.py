@@ -17,7 +17,6 @@ from infra.records.provisions import (
     ProvisionRecord,
     ProvisionStatus,
     RecordDraft,
-    verify_records,
     anchor_statement,
     bucket_of,
     canonical_bytes,
@@ -27,6 +26,7 @@ from infra.records.provisions import (
     person_key,
     record_time,
     to_avro,
+    verify_records,
     walk_chain,
 )
 from schemas import codec

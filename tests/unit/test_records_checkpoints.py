@@ -8,6 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from infra.cli.records_cli import parse_before, retention_cutoff
+from infra.core.errors import ConfigError
+from infra.core.settings import load_settings
+from infra.crypto.records_keys import RecordsKey, RecordsPublicKeys, Seal
 from infra.records.checkpoints import (
     BUCKETS,
     CheckpointError,
@@ -20,7 +24,6 @@ from infra.records.checkpoints import (
     tree_root,
     updated_root,
 )
-from infra.core.errors import ConfigError
 from infra.records.provisions import (
     ANCHOR_DOMAIN,
     GENESIS_HASH,
@@ -34,10 +37,7 @@ from infra.records.provisions import (
     bucket_of,
     head_statement,
 )
-from infra.cli.records_cli import parse_before, retention_cutoff
-from infra.crypto.records_keys import RecordsKey, RecordsPublicKeys, Seal
 from infra.records.records_verify import RecordState, Verdict, judge
-from infra.core.settings import load_settings
 
 KEY = RecordsKey.generate()
 KEYS = KEY.public()

@@ -11,7 +11,7 @@ import pytest
 
 from infra.cli import main
 from schemas import registry
-from schemas.catalogue import FULL_TRANSITIVE, AVSC_ROOT, catalogue
+from schemas.catalogue import AVSC_ROOT, FULL_TRANSITIVE, catalogue
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

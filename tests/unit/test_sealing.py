@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.platform.keystore import KeyStore, Passphrase
 from infra.crypto.sealing import RowSealer, UnsealError, open_sealed, seal
+from infra.platform.keystore import KeyStore, Passphrase
 
 ACCOUNT = {"bank_code": "9001", "account_number": "1234567", "holder_kana": "ヤマダ タロウ"}
 

@@ -6,15 +6,14 @@ import itertools
 
 import pytest
 
-from infra.crypto.envelope import HubForwarder, Sealer
 from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto.envelope import HubForwarder, Sealer
 from infra.domain.participants import Kind, Participant, Participants
 from infra.domain.policy import Policy
 from infra.domain.senders import SENDERS, refusal
 from schemas import types as T
 from schemas.types import BODY_SCHEMA
-from tests.unit.envelope_world import example_body
-from tests.unit.envelope_world import fresh_clock, world  # noqa: F401 - fixtures
+from tests.unit.envelope_world import example_body, fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
