@@ -74,7 +74,7 @@ SCOPES: tuple[Scope, ...] = (
           "Merkle audit paths: one signature covers a batch; a wrong path check lets a forged message ride on a "
           "real batch signature"),
     Scope("infra/domain/validation.py", ("test_validation.py", "test_registration_rules.py", "test_tokens.py",
-                                   "test_validation_checks.py"),
+                                          "test_validation_checks.py"),
           "the boundary checks: My Number check digit, bank account fields, the existence answer's holder flag, "
           "consent",
           # _halfwidth_table only builds the kana table at import (the table is checked through
@@ -100,6 +100,9 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/crypto/envelope.py", ENVELOPE_TESTS,
           "seal, verify, open, forward and the replay guard: every signature, freshness, addressing and "
           "ownership check"),
+    Scope("infra/crypto/layout.py", ENVELOPE_TESTS + ("test_envelope_golden.py", "test_envelope_meta.py"),
+          "the envelope's signed layout (split out of envelope.py): domain separation, the signed leaves, the "
+          "bound HPKE infos and AADs"),
     Scope("infra/domain/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py"),
           "the hub's default-deny policy and suspensions"),
     Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py",),
