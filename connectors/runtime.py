@@ -301,9 +301,10 @@ class ConnectorRuntime:
     """Runs channel adapters for one or more participant identities. See the module docstring."""
 
     def __init__(self, settings: Settings, identities: Iterable[str], adapters: Sequence[ChannelAdapter], *,
-                 group: str, ops_port: int | None = None, ops_host: str = "127.0.0.1",
+                 group: str, ops_port: int | None = None, ops_host: str | None = None,
                  worker: str | None = None) -> None:
-        """``ops_port``: where ``/health`` and ``/metrics`` listen (None or 0: a free port on ``ops_host``);
+        """``ops_host``/``ops_port``: where ``/health`` and ``/metrics`` listen (None: the settings'
+        ``ops_host``/``ops_port``; port 0: a free one);
         ``worker``: the ``worker`` label of every series (default ``connector-<adapter names>``)."""
         self.settings = settings
         self.adapters = list(adapters)
@@ -320,8 +321,10 @@ class ConnectorRuntime:
         self.runtime = ParticipantRuntime(settings, identities, handlers, group=group, migrations=migrations,
                                           worker=worker)
         self.metrics = ConnectorMetrics(self.runtime.metrics, (a.name for a in self.adapters))
-        self.ops = MetricsServer(self.runtime.metrics, self._health, state_dir=settings.state_dir, host=ops_host,
-                                 port=ops_port or 0, collect=self._collect, details=self._details)
+        self.ops = MetricsServer(self.runtime.metrics, self._health, state_dir=settings.state_dir,
+                                 host=ops_host or settings.ops_host,
+                                 port=settings.ops_port if ops_port is None else ops_port,
+                                 collect=self._collect, details=self._details)
         self._figures: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()

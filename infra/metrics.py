@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from infra.errors import Reason
 
@@ -63,7 +64,11 @@ Labels = Mapping[str, Collection[str] | None]
 
 
 class _Metric:
-    """One series family: its closed label sets, backed by a ``prometheus_client`` metric once registered."""
+    """One series family with closed label sets, backed by a ``prometheus_client`` metric of its own.
+
+    The metric belongs to no registry: a :class:`WorkerMetrics` exposes it (with the ``worker`` label
+    added) once registered, and it counts before that too (a channel adapter used on its own).
+    """
 
     kind = ""
 
@@ -75,19 +80,9 @@ class _Metric:
         self.labels = dict(labels or {})
         if WORKER_LABEL in self.labels:
             raise ValueError(f"{name}: the {WORKER_LABEL} label is added by WorkerMetrics")
-        self._worker = ""
-        self._prom: Any = None
+        self._prom = self._make(tuple(self.labels))
 
-    def bind(self, registry: CollectorRegistry, worker: str) -> None:
-        """Create the backing metric in ``registry`` (a name registered twice raises ValueError)."""
-        if self._prom is not None:
-            raise ValueError(f"metric {self.name} is already registered")
-        self._worker = worker
-        self._prom = self._make((WORKER_LABEL, *self.labels), registry)
-        if not self.labels:
-            self._prom.labels(worker)  # an unlabelled series is there from the start, at 0
-
-    def _make(self, labelnames: tuple[str, ...], registry: CollectorRegistry) -> Any:
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
         raise NotImplementedError
 
     def _key(self, values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -104,17 +99,22 @@ class _Metric:
         return tuple(out)
 
     def _child(self, values: Mapping[str, Any]) -> Any:
-        if self._prom is None:
-            raise RuntimeError(f"{self.name}: register it with a WorkerMetrics first")
-        return self._prom.labels(self._worker, *self._key(values))
+        key = self._key(values)
+        return self._prom.labels(*key) if key else self._prom
+
+    def families(self, worker: str) -> list[Any]:
+        """The ``prometheus_client`` metric families, each sample labelled ``worker`` first."""
+        out = []
+        for family in self._prom.collect():
+            family.samples = [s._replace(labels={WORKER_LABEL: worker, **s.labels}) for s in family.samples]
+            out.append(family)
+        return out
 
     def samples(self, suffix: str = "") -> list[tuple[dict[str, str], float]]:
-        """``(labels without worker, value)`` of each series named ``name + suffix``."""
-        if self._prom is None:
-            return []
+        """``(labels, value)`` of each series named ``name + suffix``."""
         wanted = self.sample_name + suffix
-        return [({k: v for k, v in s.labels.items() if k != WORKER_LABEL}, s.value)
-                for family in self._prom.collect() for s in family.samples if s.name == wanted]
+        return [(dict(s.labels), s.value) for family in self._prom.collect() for s in family.samples
+                if s.name == wanted]
 
     @property
     def sample_name(self) -> str:
@@ -133,8 +133,8 @@ class Counter(_Metric):
 
     kind = "counter"
 
-    def _make(self, labelnames: tuple[str, ...], registry: CollectorRegistry) -> Any:
-        return prometheus_client.Counter(self.name, self.help, labelnames, registry=registry)
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        return prometheus_client.Counter(self.name, self.help, labelnames, registry=None)
 
     @property
     def sample_name(self) -> str:
@@ -151,8 +151,8 @@ class Gauge(_Metric):
 
     kind = "gauge"
 
-    def _make(self, labelnames: tuple[str, ...], registry: CollectorRegistry) -> Any:
-        return prometheus_client.Gauge(self.name, self.help, labelnames, registry=registry)
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        return prometheus_client.Gauge(self.name, self.help, labelnames, registry=None)
 
     def inc(self, amount: float = 1, **labels: Any) -> None:
         self._child(labels).inc(amount)
@@ -162,10 +162,10 @@ class Gauge(_Metric):
 
     def clear(self) -> None:
         """Forget every label combination (a gauge refreshed as a whole, e.g. per assigned partition)."""
-        if self._prom is not None:
+        if self.labels:
             self._prom.clear()
-            if not self.labels:
-                self._prom.labels(self._worker)
+        else:
+            self._prom.set(0)
 
 
 class Histogram(_Metric):
@@ -175,11 +175,11 @@ class Histogram(_Metric):
 
     def __init__(self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS,
                  labels: Labels | None = None) -> None:
-        super().__init__(name, help_text, labels)
         self.buckets = tuple(sorted(buckets))
+        super().__init__(name, help_text, labels)
 
-    def _make(self, labelnames: tuple[str, ...], registry: CollectorRegistry) -> Any:
-        return prometheus_client.Histogram(self.name, self.help, labelnames, registry=registry, buckets=self.buckets)
+    def _make(self, labelnames: tuple[str, ...]) -> Any:
+        return prometheus_client.Histogram(self.name, self.help, labelnames, registry=None, buckets=self.buckets)
 
     def observe(self, value: float, times: int = 1, **labels: Any) -> None:
         """Record ``value`` ``times`` times (every message of a batch that finished together)."""
@@ -266,9 +266,8 @@ class WorkerMetrics:
         self.start_time = Gauge("renkei_start_time_seconds", "When the worker started (Unix time)")
         self._extra: list[_Metric] = []
         self._directory: Any = None
-        for metric in self.all():
-            metric.bind(self.registry, worker)
         self.start_time.set(self.started)
+        self.registry.register(_WorkerCollector(self))
 
     def know_participants(self, ids: Iterable[str]) -> None:
         """Allow these participant ids as ``participant`` label values (others count as OTHER)."""
@@ -297,7 +296,8 @@ class WorkerMetrics:
 
     def register(self, metric: M) -> M:
         """Add a metric of this worker's own kind (e.g. the connector runtime's); rendered after the common ones."""
-        metric.bind(self.registry, self.worker)
+        if any(m.name == metric.name for m in self.all()):
+            raise ValueError(f"metric {metric.name} is already registered")
         self._extra.append(metric)
         return metric
 
@@ -358,6 +358,17 @@ class WorkerMetrics:
         return {"processed": int(self.messages_in.total()), "out": int(self.messages_out.total()),
                 "rejected": int(self.rejected.total()), "duplicates": int(self.duplicates.total()),
                 "lag": int(self.lag.total())}
+
+
+class _WorkerCollector(Collector):
+    """Exposes a worker's metrics in its registry, each sample labelled with the worker's name."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        for metric in self.metrics.all():
+            yield from metric.families(self.metrics.worker)
 
 
 def directory_version(directory: Any) -> int:

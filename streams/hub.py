@@ -135,6 +135,8 @@ class BatchStats:
     redelivered: int = 0
     records: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    by_sender: dict[str, int] = field(default_factory=dict)  # accepted, by verified sender (per-participant series)
+    by_recipient: dict[str, int] = field(default_factory=dict)  # forwarded, by inbox
     provision_write_s: float = 0.0  # the claim + provision-record transaction, retries included (not totalled)
 
 
@@ -280,9 +282,12 @@ class HubService:
         for recipient, subject, envelope in self.core.forward(decisions) + answers:
             futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode()))
             stats.forwarded += 1
+            stats.by_recipient[recipient] = stats.by_recipient.get(recipient, 0) + 1
         notices = []
         for d in decisions:
             if d.accepted:
+                if d.meta is not None:
+                    stats.by_sender[d.meta.sender] = stats.by_sender.get(d.meta.sender, 0) + 1
                 continue
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
@@ -372,6 +377,7 @@ def build_app(settings: Settings) -> Any:
     from infra.kafka import producer as make_producer
     from infra.keystore import follow_directory
     from infra.metrics import MetricsServer, WorkerMetrics
+    from infra.metrics_hub import LookupLegGauges
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
@@ -379,7 +385,9 @@ def build_app(settings: Settings) -> Any:
     ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
     holder: dict[str, Any] = {}
-    metrics = WorkerMetrics("hub")
+    metrics = WorkerMetrics("hub", group=f"{settings.kafka.topic_prefix}.hub")
+    metrics.know_participants(p.id for p in load_participants(settings.participants_file, banks=settings.banks))
+    legs = LookupLegGauges(metrics)
 
     def health() -> tuple[str, str]:
         if "service" not in holder:
@@ -392,7 +400,10 @@ def build_app(settings: Settings) -> Any:
 
     @app.task
     async def _start_service() -> None:
-        await MetricsServer(metrics, health, state_dir=settings.state_dir).start()
+        await MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
+                            port=settings.ops_port,
+                            collect=legs.collector(lambda: holder["service"].pool if "service" in holder else None)
+                            ).start()
         prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
         await prod.start()
         service = await HubService.create(settings, prod)
@@ -455,6 +466,7 @@ async def _checkpoints(settings: Settings, service: HubService, producer: Any, m
 def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:
     """Feed one batch's figures to the worker's metrics (every message finished with the batch)."""
     metrics.batch_done(stats.received, started)
+    metrics.by_participant(stats.by_sender, stats.by_recipient, started)
     metrics.messages_out.inc(stats.forwarded)
     for reason, n in stats.by_reason.items():
         metrics.reject(reason, n)
