@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
+    __import__("infra.ops_page_cli").ops_page_cli.register(add, common)  # renkei ops serve|targets
     return parser
 
 

@@ -207,12 +207,13 @@ M = TypeVar("M", bound=_Metric)
 class WorkerMetrics:
     """The metrics every Renkei worker exposes (names in docs/operations.md#metrics-and-health)."""
 
-    def __init__(self, worker: str, group: str = "") -> None:
+    def __init__(self, worker: str, group: str = "", stall_after_s: float = STALL_AFTER_S) -> None:
         if not _SAFE_VALUE.match(worker):
             raise ValueError("worker name must be a plain identifier")
         self.worker = worker
         self.group = group
         """The worker's consumer group (renkei_consumer_group_*); set by the worker before its first batch."""
+        self.stall_after_s = stall_after_s
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=True)
         self.participants: set[str] = set()
@@ -246,7 +247,7 @@ class WorkerMetrics:
                                labels={"group": None})
         self.group_stalled = Gauge(
             "renkei_consumer_group_stalled",
-            f"1 when the group has records behind and this worker finished no batch for {STALL_AFTER_S:g} s, else 0",
+            f"1 when the group has records behind and this worker finished no batch for {stall_after_s:g} s, else 0",
             labels={"group": None})
         self.provision_write_seconds = Histogram(
             "renkei_provision_write_seconds",
@@ -292,7 +293,7 @@ class WorkerMetrics:
         behind = self.lag.total()
         self.group_lag.set(behind, group=self.group)
         idle = time.monotonic() - self._last_batch
-        self.group_stalled.set(1 if behind > 0 and idle >= STALL_AFTER_S else 0, group=self.group)
+        self.group_stalled.set(1 if behind > 0 and idle >= self.stall_after_s else 0, group=self.group)
 
     def register(self, metric: M) -> M:
         """Add a metric of this worker's own kind (e.g. the connector runtime's); rendered after the common ones."""
