@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import prometheus_client
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from infra.errors import Reason
@@ -48,6 +48,10 @@ prometheus_client.disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds; a batch of 500 takes tens of milliseconds, a database outage holds one for seconds."""
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``generate_latest`` writes for Renkei's names (all legacy-charset); newer prometheus_client versions
+announce ``version=1.0.0``, which scrapers older than Prometheus 3 do not know."""
 
 REASON_CODES = frozenset(r.value for r in Reason)
 OTHER = "OTHER"
@@ -513,7 +517,7 @@ class MetricsServer:
         from aiohttp import web
 
         return web.Response(body=(await self.render()).encode(),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"})
+                            headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
     async def _health(self, request: Any) -> Any:
         from aiohttp import web
