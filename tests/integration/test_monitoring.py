@@ -37,7 +37,7 @@ from infra.metrics import read_endpoint
 from infra.metrics_targets import scrape_targets, write_file_sd
 from infra.topics import TopicNames
 from infra.stack import WORKERS
-from tests.integration.platform_fixtures import bus, isolated_platform, pg  # noqa: F401
+from tests.integration.platform_fixtures import bus, isolated_platform  # noqa: F401
 from tests.integration.test_flows import AGENCY, person
 from tests.integration.waits import hub_barrier
 from tests.tools import require

@@ -24,7 +24,7 @@ import pytest
 from infra.dlq import redrive
 from infra.ops_page import OpsPage, PageAccess
 from infra.stack import WORKERS
-from tests.integration.platform_fixtures import bus, pg, running_platform  # noqa: F401
+from tests.integration.platform_fixtures import bus, running_platform  # noqa: F401
 from tests.integration.test_flows import AGENCY, person
 from tests.integration.test_monitoring import send_junk
 from tests.integration.test_portal_browser import ARGS, CHROMIUM, screenshot
