@@ -31,8 +31,8 @@ Health (``/health``) and Prometheus metrics (``/metrics``) are the platform's
 one system (:mod:`infra.metrics`): the connector's series
 (:class:`ConnectorMetrics`) are registered in the participant runtime's
 ``WorkerMetrics`` and served, with the common ``renkei_*`` worker series, by a
-``MetricsServer`` (``ops_port``: a fixed port, else a free loopback one; the
-endpoint is published under the state folder).  Nothing personal is ever
+``MetricsServer`` (on the settings' ``ops_host``/``ops_port`` unless the caller
+names its own; port 0: a free one; the endpoint is published under the state folder).  Nothing personal is ever
 logged, counted or put in a dead letter's detail.
 """
 

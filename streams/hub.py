@@ -156,6 +156,7 @@ class HubService:
         self.records_key = records_key  # seals chain heads (no key: nothing is recorded, nothing forwarded)
         self.records = ProvisionStore(pool, records_key)
         self.totals = BatchStats()
+        self.write_failures = 0  # provision-record transactions failed and retried (metrics: infra.metrics_hub)
         self.number_changes: NumberChanges | None = None  # 番号変更, applied at token issuance (create())
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
@@ -228,6 +229,7 @@ class HubService:
                 return await self._commit(decisions)
             except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
                 # Fail closed: nothing of this batch is forwarded until its records are written.
+                self.write_failures += 1
                 log.error("provision records could not be written (%s); retrying in %.1f s, nothing forwarded",
                           type(exc).__name__, delay)
                 await asyncio.sleep(delay)
@@ -377,7 +379,7 @@ def build_app(settings: Settings) -> Any:
     from infra.kafka import producer as make_producer
     from infra.keystore import follow_directory
     from infra.metrics import MetricsServer, WorkerMetrics
-    from infra.metrics_hub import LookupLegGauges
+    from infra.metrics_hub import HubFigures
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
@@ -387,7 +389,7 @@ def build_app(settings: Settings) -> Any:
     holder: dict[str, Any] = {}
     metrics = WorkerMetrics("hub", group=f"{settings.kafka.topic_prefix}.hub")
     metrics.know_participants(p.id for p in load_participants(settings.participants_file, banks=settings.banks))
-    legs = LookupLegGauges(metrics)
+    hub_figures = HubFigures(metrics)
 
     def health() -> tuple[str, str]:
         if "service" not in holder:
@@ -402,7 +404,7 @@ def build_app(settings: Settings) -> Any:
     async def _start_service() -> None:
         await MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
                             port=settings.ops_port,
-                            collect=legs.collector(lambda: holder["service"].pool if "service" in holder else None)
+                            collect=hub_figures.collector(lambda: holder.get("service"))
                             ).start()
         prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
         await prod.start()

@@ -9,7 +9,7 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.metrics import OTHER, REASON_CODES, WorkerMetrics
-from infra.metrics_hub import LookupLegGauges
+from infra.metrics_hub import HubFigures
 
 TOKEN = "AbC_dEf-0123456789abcdefghijklmnopqrstuvwxyz"  # what a subject token looks like
 MY_NUMBER = "123456789018"
@@ -25,14 +25,14 @@ def exposition_labels(text: str) -> list[tuple[str, str]]:
 def test_every_label_value_is_a_closed_set_member_or_the_workers_own_name():
     m = WorkerMetrics("hub", group="renkei.hub")
     m.know_participants(PARTICIPANTS | {"bad id with spaces"})
-    legs = LookupLegGauges(m)
+    figures = HubFigures(m)
     m.batch_done(4, started=0.0)
     m.by_participant({"agency-nta": 2, TOKEN: 1, MY_NUMBER: 1}, {"registry": 2, MY_NUMBER: 1}, started=0.0)
     m.reject(TOKEN)
     m.reject(MY_NUMBER)
     m.reject("UNKNOWN_KEY")
     m.set_lag("renkei.hub.ingress", 0, 3)
-    legs.update([{"bank_id": "bank-0001", "legs": 2, "oldest_s": 30.0},
+    figures.update_legs([{"bank_id": "bank-0001", "legs": 2, "oldest_s": 30.0},
                  {"bank_id": MY_NUMBER, "legs": 1, "oldest_s": 5.0}])
     text = m.render()
     assert TOKEN not in text and MY_NUMBER not in text
@@ -64,3 +64,12 @@ def test_group_lag_and_stalled_follow_the_partitions_and_the_last_batch():
     assert group_figures(overdue)["renkei_consumer_group_stalled"] == 0  # nothing behind: idle, not stalled
     overdue.set_lag("renkei.inbox.registry", 0, 1)
     assert group_figures(overdue)["renkei_consumer_group_stalled"] == 1
+
+
+def test_failed_provision_writes_are_counted_up_to_the_hubs_running_total():
+    m = WorkerMetrics("hub")
+    figures = HubFigures(m)
+    for total, shown in ((0, 0), (3, 3), (3, 3), (5, 5)):
+        figures.count_write_failures(total)
+        assert figures.write_failures.value() == shown
+    assert 'renkei_provision_write_failures_total{worker="hub"} 5.0' in m.render()
