@@ -22,15 +22,20 @@ platform) or comes from the worker's own configuration and consumer assignment
 (group and topic names, partition numbers); anything outside a closed set is
 counted as ``OTHER``, and an open label refuses anything but a plain identifier.
 The small wrappers below exist for that rule: ``prometheus_client`` itself would
-take any string.
+take any string.  Counters and gauges are ``prometheus_client``'s own; histograms
+count a whole batch at once and are exposed as its histogram families.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
+import itertools
 import json
+import math
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +44,9 @@ from typing import Any, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from infra.errors import Reason
 
@@ -173,25 +180,54 @@ class Gauge(_Metric):
 
 
 class Histogram(_Metric):
-    """Observations counted into cumulative buckets."""
+    """Observations counted into cumulative buckets, exposed as a ``prometheus_client`` histogram family.
+
+    Kept here rather than in ``prometheus_client.Histogram``: a worker records every message of a batch
+    at once (``times``), which that class can only do one observation (and one lock) at a time — 11 ms
+    for a batch of 500 on the hub, against microseconds here.
+    """
 
     kind = "histogram"
 
     def __init__(self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS,
                  labels: Labels | None = None) -> None:
-        self.buckets = tuple(sorted(buckets))
+        self.buckets = tuple(sorted(b for b in buckets if not math.isinf(b)))
+        self._series: dict[tuple[str, ...], _Buckets] = {}
+        self._lock = threading.Lock()
         super().__init__(name, help_text, labels)
+        if not self.labels:
+            self._series[()] = _Buckets(len(self.buckets))  # an unlabelled series is there from the start
 
     def _make(self, labelnames: tuple[str, ...]) -> Any:
-        return prometheus_client.Histogram(self.name, self.help, labelnames, registry=None, buckets=self.buckets)
+        return None  # the counts live in self._series
 
     def observe(self, value: float, times: int = 1, **labels: Any) -> None:
         """Record ``value`` ``times`` times (every message of a batch that finished together)."""
         if times <= 0:
             return
-        child = self._child(labels)
-        for _ in range(times):
-            child.observe(value)
+        key = self._key(labels)
+        slot = bisect.bisect_left(self.buckets, value)  # the first bound >= value; len(buckets) = +Inf
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Buckets(len(self.buckets))
+            series.counts[slot] += times
+            series.sum += value * times
+
+    def families(self, worker: str) -> list[Any]:
+        family = HistogramMetricFamily(self.name, self.help, labels=(WORKER_LABEL, *self.labels))
+        with self._lock:
+            series = [(key, list(b.counts), b.sum) for key, b in self._series.items()]
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        for key, counts, total in series:
+            cumulative = list(itertools.accumulate(counts))
+            family.add_metric([worker, *key], list(zip(bounds, cumulative)), total)
+        return [family]
+
+    def samples(self, suffix: str = "") -> list[tuple[dict[str, str], float]]:
+        wanted = self.name + suffix
+        return [({k: v for k, v in s.labels.items() if k != WORKER_LABEL}, s.value)
+                for family in self.families("") for s in family.samples if s.name == wanted]
 
     @property
     def count(self) -> int:
@@ -203,6 +239,16 @@ class Histogram(_Metric):
 
     def total(self) -> float:
         return float(self.count)
+
+
+class _Buckets:
+    """One histogram series: observations per bucket (not cumulative; the last is +Inf) and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, bounds: int) -> None:
+        self.counts = [0] * (bounds + 1)
+        self.sum = 0.0
 
 
 M = TypeVar("M", bound=_Metric)
