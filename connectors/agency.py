@@ -172,7 +172,7 @@ class AgencyConnector:
     """The agency connector process: the runtime with the outbox adapter, for one or more agencies."""
 
     def __init__(self, settings: Settings, agencies: list[str], *, ops_port: int | None = None,
-                 ops_host: str = "127.0.0.1") -> None:
+                 ops_host: str | None = None) -> None:
         self.adapter = AgencyOutbox(agencies)
         # One agency's connector is its own consumer group, which only its principal may join (infra.platform.acls); a
         # process serving several agencies (one operator, no ACLs between them) shares one.
@@ -192,7 +192,7 @@ class AgencyConnector:
         return await self.runtime.enrol(agency, person_local_id, my_number)
 
 
-async def serve(settings: Settings, agencies: list[str], ops_port: int | None, *, ops_host: str = "127.0.0.1",
+async def serve(settings: Settings, agencies: list[str], ops_port: int | None, *, ops_host: str | None = None,
                 ready: Callable[[AgencyConnector], None] | None = None, stop: asyncio.Event | None = None) -> None:
     """Run the connector until ``stop`` is set (or the task is cancelled); ``ready`` is called once it serves."""
     async with AgencyConnector(settings, agencies, ops_port=ops_port, ops_host=ops_host) as connector:
@@ -203,17 +203,12 @@ async def serve(settings: Settings, agencies: list[str], ops_port: int | None, *
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m connectors.agency --participant-id agency-nta [--ops-port 9101]``."""
-    import argparse
-
+    """``python -m connectors.agency --participant-id agency-nta [--ops-host H] [--ops-port 9101]``."""
     from infra.core.arguments import worker_settings
     from streams.app import serve_until_signal
 
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--ops-port", type=int, default=None)
-    ns, rest = extra.parse_known_args(argv)
-    settings = worker_settings(rest, participant_id="agency-city-minato")
-    serve_until_signal(serve(settings, settings.participant_id.split(","), ns.ops_port), settings.log_level)
+    settings = worker_settings(argv, participant_id="agency-city-minato")
+    serve_until_signal(serve(settings, settings.participant_id.split(","), None), settings.log_level)
 
 
 if __name__ == "__main__":

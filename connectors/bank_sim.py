@@ -503,9 +503,9 @@ _HOLDER_COVERS = ("EXISTS (SELECT 1 FROM bank_channel_leases l WHERE l.bank_id =
 
 def parking(runtime: ParticipantRuntime) -> Any:
     """The simulator's divert hook: park the messages a live lease gives to a channel connector."""
-    parked = Counter("renkei_bank_parked_total", "Messages left to the bank's channel connector (live lease): "
-                     "parked, not handled by the simulator", labels={"bank": None})
-    runtime.metrics.parked = parked  # type: ignore[attr-defined]  # rendered with the worker's metrics
+    parked = runtime.metrics.register(Counter(
+        "renkei_bank_parked_total", "Messages left to the bank's channel connector (live lease): "
+        "parked, not handled by the simulator", labels={"bank": None}))
 
     async def park(conn: Any, items: list[Any]) -> set[int]:
         leased = {r["bank_id"] for r in await conn.fetch(_LIVE_LEASES)}

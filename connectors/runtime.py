@@ -31,8 +31,8 @@ Health (``/health``) and Prometheus metrics (``/metrics``) are the platform's
 one system (:mod:`infra.platform.metrics`): the connector's series
 (:class:`ConnectorMetrics`) are registered in the participant runtime's
 ``WorkerMetrics`` and served, with the common ``renkei_*`` worker series, by a
-``MetricsServer`` (``ops_port``: a fixed port, else a free loopback one; the
-endpoint is published under the state folder).  Nothing personal is ever
+``MetricsServer`` (on the settings' ``ops_host``/``ops_port`` unless the caller
+names its own; port 0: a free one; the endpoint is published under the state folder).  Nothing personal is ever
 logged, counted or put in a dead letter's detail.
 """
 
@@ -299,9 +299,10 @@ class ConnectorRuntime:
     """Runs channel adapters for one or more participant identities. See the module docstring."""
 
     def __init__(self, settings: Settings, identities: Iterable[str], adapters: Sequence[ChannelAdapter], *,
-                 group: str, ops_port: int | None = None, ops_host: str = "127.0.0.1",
+                 group: str, ops_port: int | None = None, ops_host: str | None = None,
                  worker: str | None = None) -> None:
-        """``ops_port``: where ``/health`` and ``/metrics`` listen (None or 0: a free port on ``ops_host``);
+        """``ops_host``/``ops_port``: where ``/health`` and ``/metrics`` listen (None: the settings'
+        ``ops_host``/``ops_port``; port 0: a free one);
         ``worker``: the ``worker`` label of every series (default ``connector-<adapter names>``)."""
         self.settings = settings
         self.adapters = list(adapters)
@@ -318,8 +319,10 @@ class ConnectorRuntime:
         self.runtime = ParticipantRuntime(settings, identities, handlers, group=group, migrations=migrations,
                                           worker=worker)
         self.metrics = ConnectorMetrics(self.runtime.metrics, (a.name for a in self.adapters))
-        self.ops = MetricsServer(self.runtime.metrics, self._health, state_dir=settings.state_dir, host=ops_host,
-                                 port=ops_port or 0, collect=self._collect, details=self._details)
+        self.ops = MetricsServer(self.runtime.metrics, self._health, state_dir=settings.state_dir,
+                                 host=ops_host or settings.ops_host,
+                                 port=settings.ops_port if ops_port is None else ops_port,
+                                 collect=self._collect, details=self._details)
         self._figures: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()

@@ -333,9 +333,6 @@ def add_bank_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="http: another name or address the bank reaches the server under (repeat; for the "
                              "issued certificate)")
     parser.add_argument("--timeout", type=float, default=5.0, help="http: seconds per call to the bank (default 5)")
-    parser.add_argument("--ops-port", type=int, default=0,
-                        help="loopback port of /health and /metrics, plain HTTP (0 = a free one); http also serves "
-                             "them on its TLS server")
     parser.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S,
                         help=f"seconds a lease lives unrenewed (default {LEASE_TTL_S:g}; renewed every third)")
     parser.add_argument("--standby", action="store_true",
@@ -384,8 +381,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
     group = f"{settings.kafka.topic_prefix}.connector.{bank.id}"
     if args.channel == "files":
         deadline = {} if args.result_deadline is None else {"result_deadline_s": args.result_deadline}
-        runtime = bank_file_connector(settings, bank.id, bank.bank_code, args.root, ops_port=args.ops_port,
-                                      **deadline)
+        runtime = bank_file_connector(settings, bank.id, bank.bank_code, args.root, **deadline)
         http = None
     else:
         if args.tls_cert is not None:
@@ -393,8 +389,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
         else:
             tls = server_certificate(settings, bank.id, certificate_hosts(args.listen_host, args.tls_names))
         http = BankHttpConnector(settings, bank.id, bank.bank_code, args.bank_url, host=args.listen_host,
-                                 port=args.listen_port, timeout_s=args.timeout, tls=tls, bank_ca=args.bank_ca,
-                                 ops_port=args.ops_port)
+                                 port=args.listen_port, timeout_s=args.timeout, tls=tls, bank_ca=args.bank_ca)
         runtime = http.runtime
     assert runtime.runtime.group == group
     types = sorted(t for adapter in runtime.adapters for t in adapter.handlers())
@@ -509,8 +504,6 @@ def add_agency_serve(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """Flags of ``renkei agency serve`` / ``python -m connectors.serve agency``."""
     parser.add_argument("--agency", required=True, action="append",
                         help="the agency's participant id (repeat, or separate with commas, for several)")
-    parser.add_argument("--ops-host", default="127.0.0.1", help="address of /health and /metrics")
-    parser.add_argument("--ops-port", type=int, default=0, help="port of /health and /metrics (0 = a free one)")
     return parser
 
 
@@ -531,7 +524,7 @@ async def agency_serve(settings: Settings, args: argparse.Namespace) -> int:
                       "agencies": agencies, "consumer_group": connector.runtime.runtime.group,
                       **_ops(connector.runtime.ops_url)})
 
-        await agency.serve(settings, agencies, args.ops_port, ops_host=args.ops_host, ready=ready, stop=stop)
+        await agency.serve(settings, agencies, None, ready=ready, stop=stop)  # settings.ops_host/ops_port
 
     return await serving(args, settings, body)
 

@@ -135,6 +135,8 @@ class BatchStats:
     redelivered: int = 0
     records: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    by_sender: dict[str, int] = field(default_factory=dict)  # accepted, by verified sender (per-participant series)
+    by_recipient: dict[str, int] = field(default_factory=dict)  # forwarded, by inbox
     provision_write_s: float = 0.0  # the claim + provision-record transaction, retries included (not totalled)
 
 
@@ -154,6 +156,7 @@ class HubService:
         self.records_key = records_key  # seals chain heads (no key: nothing is recorded, nothing forwarded)
         self.records = ProvisionStore(pool, records_key)
         self.totals = BatchStats()
+        self.write_failures = 0  # provision-record transactions failed and retried (metrics: infra.platform.metrics_hub)
         self.number_changes: NumberChanges | None = None  # 番号変更, applied at token issuance (create())
         self.lookups = LookupTracker(pool, sealer=sealer, tokens=core.tokens, participants=core.participants,
                                      policy=core.policy, producer=producer, names=self.names, hub_id=core.hub_id,
@@ -226,6 +229,7 @@ class HubService:
                 return await self._commit(decisions)
             except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
                 # Fail closed: nothing of this batch is forwarded until its records are written.
+                self.write_failures += 1
                 log.error("provision records could not be written (%s); retrying in %.1f s, nothing forwarded",
                           type(exc).__name__, delay)
                 await asyncio.sleep(delay)
@@ -280,9 +284,12 @@ class HubService:
         for recipient, subject, envelope in self.core.forward(decisions) + answers:
             futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode()))
             stats.forwarded += 1
+            stats.by_recipient[recipient] = stats.by_recipient.get(recipient, 0) + 1
         notices = []
         for d in decisions:
             if d.accepted:
+                if d.meta is not None:
+                    stats.by_sender[d.meta.sender] = stats.by_sender.get(d.meta.sender, 0) + 1
                 continue
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
@@ -372,6 +379,7 @@ def build_app(settings: Settings) -> Any:
     from infra.platform.kafka import producer as make_producer
     from infra.platform.keystore import follow_directory
     from infra.platform.metrics import MetricsServer, WorkerMetrics
+    from infra.platform.metrics_hub import HubFigures
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
@@ -379,7 +387,9 @@ def build_app(settings: Settings) -> Any:
     ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
     holder: dict[str, Any] = {}
-    metrics = WorkerMetrics("hub")
+    metrics = WorkerMetrics("hub", group=f"{settings.kafka.topic_prefix}.hub")
+    metrics.know_participants(p.id for p in participants_of(settings))
+    hub_figures = HubFigures(metrics)
 
     def health() -> tuple[str, str]:
         if "service" not in holder:
@@ -392,7 +402,10 @@ def build_app(settings: Settings) -> Any:
 
     @app.task
     async def _start_service() -> None:
-        await MetricsServer(metrics, health, state_dir=settings.state_dir).start()
+        await MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
+                            port=settings.ops_port,
+                            collect=hub_figures.collector(lambda: holder.get("service"))
+                            ).start()
         prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
         await prod.start()
         service = await HubService.create(settings, prod)
@@ -455,6 +468,7 @@ async def _checkpoints(settings: Settings, service: HubService, producer: Any, m
 def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:
     """Feed one batch's figures to the worker's metrics (every message finished with the batch)."""
     metrics.batch_done(stats.received, started)
+    metrics.by_participant(stats.by_sender, stats.by_recipient, started)
     metrics.messages_out.inc(stats.forwarded)
     for reason, n in stats.by_reason.items():
         metrics.reject(reason, n)

@@ -188,7 +188,7 @@ class ParticipantRuntime:
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
         self.processed = 0
         self.divert: Divert | None = None  # e.g. the bank simulator parks what a channel connector holds
-        self.metrics = WorkerMetrics(worker)
+        self.metrics = WorkerMetrics(worker, group=group)
         # Passes of the two loops, empty ones included: "nothing happened" is a claim only once these
         # have moved on (a test waits for two more polls before checking that nothing arrived).
         self.polls = self.metrics.register(Counter(
@@ -241,8 +241,10 @@ class ParticipantRuntime:
         self.metrics.directory_entries.set(len(self.directory))
 
     async def serve_metrics(self) -> str:
-        """Serve ``/metrics`` and ``/health`` on a free loopback port (infra.platform.metrics); returns the URL."""
-        self._metrics_server = MetricsServer(self.metrics, self.health, state_dir=self.settings.state_dir)
+        """Serve ``/metrics`` and ``/health`` on the settings' ``ops_host``/``ops_port`` (infra.platform.metrics); returns
+        the URL."""
+        self._metrics_server = MetricsServer(self.metrics, self.health, state_dir=self.settings.state_dir,
+                                             host=self.settings.ops_host, port=self.settings.ops_port)
         return await self._metrics_server.start()
 
     def health(self) -> tuple[str, str]:

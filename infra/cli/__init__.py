@@ -283,7 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     from connectors import commands as participant_commands
     from connectors import ops as connector_ops
     from connectors import serve as connector_serve
-    from infra.cli import broker_commands, cluster_commands, config_commands, db_commands, keycommands, schema_commands
+    from infra.cli import (
+        broker_commands,
+        cluster_commands,
+        config_commands,
+        db_commands,
+        keycommands,
+        ops_page_cli,
+        schema_commands,
+    )
 
     participant_commands.register(add, common)
     lookup_commands.register()  # bank apply-lookup, portal disaster-lookup, dicj lookup|record-death
@@ -298,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
+    ops_page_cli.register(add, common)  # renkei ops serve|targets
     return parser
 
 

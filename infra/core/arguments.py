@@ -44,6 +44,10 @@ def common_parser() -> argparse.ArgumentParser:
              "request it passes on (3d)")):
         g.add_argument(flag, dest=dest, default=S, metavar="DURATION",
                        help=f"how long {meaning}; seconds or 90s, 30m, 36h, 10d")
+    g.add_argument("--ops-host", dest="ops_host", default=S, metavar="HOST",
+                   help="address of this process's /metrics and /health (default 127.0.0.1)")
+    g.add_argument("--ops-port", dest="ops_port", type=int, default=S, metavar="PORT",
+                   help="port of /metrics and /health (0 = a free one; `up`: the first worker's, +1 each after)")
     g.add_argument("--json", action="store_true", default=S, help="print stable JSON instead of tables")
     return common
 

@@ -127,6 +127,10 @@ class Settings:
     hub_sender_rate: int = 200
     hub_sender_burst: int = 20_000
     log_level: str = "INFO"
+    # Where this worker process serves /metrics and /health (infra.metrics): an address and a port; 0 = a free
+    # port. `renkei up` gives its i-th worker ops_port + i when ops_port is set (docs/operations.md).
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 0
     # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
     # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
     registry_check_deadline_s: int = 3600
@@ -252,6 +256,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "hub_sender_rate": (("hub_sender_rate",), int),
     "hub_sender_burst": (("hub_sender_burst",), int),
     "log_level": (("log_level",), str),
+    "ops_host": (("ops_host",), str),
+    "ops_port": (("ops_port",), int),
     "registry_check_deadline_s": (("registry_check_deadline_s",), int),
     "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
     "records_checkpoint_records": (("records_checkpoint_records",), int),
@@ -376,6 +382,8 @@ def load_settings(
                  "numbering_deadline_s"):
         if top_kwargs.get(name, 1) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    if top_kwargs.get("ops_port", 0) > 65535:
+        raise ConfigError("ops_port: a TCP port (0 = a free one)")
     settings = Settings(kafka=kafka, **top_kwargs)
     if settings.embedded_kafka_heap_mb < 128:
         raise ConfigError("embedded_kafka_heap_mb: must be at least 128")

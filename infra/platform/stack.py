@@ -95,6 +95,7 @@ class Platform:
             die_with_parent=die_with_parent,
         )
         self._reported_dead: set[str] = set()
+        self._ops_ports: dict[str, int] = {}  # worker name -> its /metrics port (ops_args)
 
     async def __aenter__(self) -> Platform:
         await self.start()
@@ -181,12 +182,20 @@ class Platform:
         log = self.stack.logs_dir / f"{name}.log"
         # On a secured cluster each worker logs in as its own principal; its credentials go by environment.
         kafka_env = self.settings.as_principal(worker.principal or worker.name).kafka.environment()
-        proc = spawn_python(worker.module, worker.args(self.settings), log,
+        proc = spawn_python(worker.module, [*worker.args(self.settings), *self.ops_args(name)], log,
                             env={**settings_env(self.settings), **kafka_env},
                             die_with_parent=self.die_with_parent)
         # The endpoint stays empty here: the worker publishes its metrics URL itself once serving
         # (infra.platform.metrics), and `renkei status` fills it in from there.
         self.stack.adopt(name, proc, "", log, worker.module)
+
+    def ops_args(self, name: str) -> list[str]:
+        """``--ops-host``/``--ops-port`` for worker ``name``: with ``ops_port`` set, the i-th worker name started
+        gets ``ops_port + i`` (hub, registry, banks, dicj: +0 … +3; ``hub-2`` next), the same port again when it
+        is restarted; with 0, every worker takes a free port."""
+        base = self.settings.ops_port
+        port = 0 if base == 0 else self._ops_ports.setdefault(name, base + len(self._ops_ports))
+        return ["--ops-host", self.settings.ops_host, "--ops-port", str(port)]
 
     async def stop_worker(self, name: str) -> None:
         """Stop one worker process (SIGTERM, SIGKILL after 10 s); ``start_worker`` brings it back."""

@@ -20,6 +20,8 @@ import pytest
 
 from infra.crypto.envelope import peek
 from infra.platform.kafka import consumer, producer
+from infra.platform.metrics import WorkerMetrics, parse_text
+from infra.platform.metrics_hub import HubFigures
 from infra.platform.pgdsn import admin_dsn, layout_for, observer_dsn, with_search_path
 from infra.platform.storage import create_pool
 from infra.platform.topics import TopicNames
@@ -112,6 +114,11 @@ async def test_nothing_is_forwarded_until_the_records_commit_then_everything_onc
                 assert await read_topic(s, topic) == [], f"{topic} got records while the records were refused"
             assert await admin.fetchval("SELECT count(*) FROM provision_records") == 0
             assert await admin.fetchval("SELECT count(*) FROM hub_messages") == 0  # the claims rolled back too
+            # What ops see meanwhile: the failed writes counted on the hub's /metrics (alert RenkeiProvisionRecordsFailing).
+            metrics = WorkerMetrics("hub")
+            await HubFigures(metrics).collector(lambda: service)()
+            failures = parse_text(metrics.render())['renkei_provision_write_failures_total{worker="hub"}']
+            assert failures >= OUTAGE_RETRIES and failures == service.write_failures
 
             await admin.execute(f'GRANT INSERT ON provision_records TO "{role}"')  # the database is back
             stats = await asyncio.wait_for(step, 60)
