@@ -34,6 +34,7 @@ from infra.provisions import OUTCOME_STATUS, ProvisionStatus, RecordDraft
 from infra.pseudonyms import HubPseudonyms
 from infra.ratelimit import SenderRateLimiter
 from infra.tokens import TokenAuthority
+from infra.tracing import TraceContext
 from schemas import codec
 from schemas.types import PROVISION_RESPONSE, TOKEN_ISSUE_REQUEST, TOKEN_ISSUE_RESPONSE
 from streams.lookups import fanout_leg_allowed
@@ -92,6 +93,7 @@ class Decision:
     records: list[RecordDraft] = field(default_factory=list)
     local: bool = False  # addressed to the hub itself (token issuance)
     unverified: EnvelopeMeta | None = None  # what a refused envelope claims about itself (dead-letter metadata only)
+    trace: TraceContext | None = None  # the W3C trace it belongs to (infra.tracing; set by the hub worker)
 
     @property
     def accepted(self) -> bool:
