@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     extra.add_argument("--ops-port", type=int, default=None)
     ns, rest = extra.parse_known_args(argv)
     settings = worker_settings(rest, participant_id="agency-city-minato")
-    serve_until_signal(serve(settings, settings.participant_id.split(","), ns.ops_port), settings.log_level)
+    serve_until_signal(serve(settings, settings.participant_id.split(","), ns.ops_port), settings.log_level,
+                       settings.log_format, "agency")
 
 
 if __name__ == "__main__":
