@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("connectors.inquiry_batch_command").inquiry_batch_command.register()  # agency inquire-batch
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
+    __import__("infra.worker_commands").worker_commands.register(add)  # renkei worker hub|registry|banks|dicj
     return parser
 
 

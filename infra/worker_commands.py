@@ -1,0 +1,68 @@
+"""``renkei worker hub|registry|banks|dicj``: run one of the platform's workers in the foreground.
+
+What `renkei up` starts as supervised children (``infra.stack.WORKERS``), as a command a container or a
+service manager runs directly: the process becomes the worker (``exec``: same pid, so SIGTERM from
+``docker stop`` or systemd reaches it and it stops as it does under `renkei up`). Hub workers scale out
+by running the command again (one consumer group).
+
+Who may run it: whoever holds the worker's credentials (its Kafka principal's password file, its
+PostgreSQL role's line in the password file, the key passphrase); the command adds no right of its own.
+The configuration flags, ``RENKEI_*`` variables and ``--config`` work as for every command; they reach
+the worker as ``RENKEI_*`` variables (never secrets on a command line), and ``--ops-host``/``--ops-port``
+as ``RENKEI_OPS_HOST``/``RENKEI_OPS_PORT``, where /health and /metrics are served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from infra.settings import ENV_PREFIX, Settings, setting_keys
+
+__all__ = ["WORKER_MODULES", "register", "worker_environment"]
+
+WORKER_MODULES: dict[str, tuple[str, str]] = {
+    "hub": ("streams.hub", "the hub gateway (verify, authorise, translate, record, forward); run N for N workers"),
+    "registry": ("streams.registry", "the public-funds account registry (Digital Agency)"),
+    "banks": ("connectors.bank_sim", "the simulated banks (every bank no channel connector serves)"),
+    "dicj": ("connectors.dicj", "DICJ's desk: numbering requests passed on, inheritance and disaster lookups"),
+}
+"""Worker name -> (module run with ``python -m``, what it is)."""
+
+
+def worker_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: ``environ`` plus the configuration given as flags (flags win over the
+    environment, as in :func:`infra.settings.load_settings`)."""
+    env = dict(environ)
+    keys = set(setting_keys())
+    for key, value in vars(args).items():
+        if key in keys and value is not None:
+            env[ENV_PREFIX + key.upper()] = str(value)
+    if getattr(args, "config", None) is not None:
+        env["RENKEI_CONFIG"] = str(args.config)
+    for key in ("ops_host", "ops_port"):  # the metrics server's address (infra.metrics)
+        if getattr(args, key, None) is not None:
+            env[ENV_PREFIX + key.upper()] = str(getattr(args, key))
+    return env
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    module = WORKER_MODULES[args.worker][0]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module], worker_environment(args, dict(os.environ)))
+    return 1  # not reached: exec replaced this process
+
+
+def register(add: Any) -> None:
+    """Add ``renkei worker NAME`` (``add`` is :func:`infra.cli.build_parser`'s)."""
+    parser = add("worker", cmd_worker, "run one platform worker in the foreground (containers, service managers)")
+    parser.conflict_handler = "resolve"  # --ops-host/--ops-port may come with the common flags too
+    parser.add_argument("worker", choices=sorted(WORKER_MODULES),
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in WORKER_MODULES.items()))
+    parser.add_argument("--ops-host", dest="ops_host", default=None,
+                        help="address of /health and /metrics (RENKEI_OPS_HOST; 0.0.0.0 in a container)")
+    parser.add_argument("--ops-port", dest="ops_port", type=int, default=None,
+                        help="port of /health and /metrics (RENKEI_OPS_PORT; 0 = a free one)")
