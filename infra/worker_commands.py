@@ -15,13 +15,15 @@ as ``RENKEI_OPS_HOST``/``RENKEI_OPS_PORT``, where /health and /metrics are serve
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Any
 
+from infra.errors import ConfigError, RenkeiError
 from infra.settings import ENV_PREFIX, Settings, setting_keys
 
-__all__ = ["WORKER_MODULES", "register", "worker_environment"]
+__all__ = ["WORKER_MODULES", "register", "run_worker_module", "worker_environment"]
 
 WORKER_MODULES: dict[str, tuple[str, str]] = {
     "hub": ("streams.hub", "the hub gateway (verify, authorise, translate, record, forward); run N for N workers"),
@@ -52,8 +54,23 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     module = WORKER_MODULES[args.worker][0]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module], worker_environment(args, dict(os.environ)))
+    os.execve(sys.executable, [sys.executable, "-m", __name__, module], worker_environment(args, dict(os.environ)))
     return 1  # not reached: exec replaced this process
+
+
+def run_worker_module(module: str) -> int:
+    """Run ``module``'s ``main`` (its settings from the environment); errors as the CLI reports them, exit
+    2 for a configuration error and 1 for another, never a traceback."""
+    main = importlib.import_module(module).main
+    try:
+        main([])
+    except ConfigError as exc:
+        print(f"renkei: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RenkeiError as exc:
+        print(f"renkei: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register(add: Any) -> None:
@@ -66,3 +83,9 @@ def register(add: Any) -> None:
                         help="address of /health and /metrics (RENKEI_OPS_HOST; 0.0.0.0 in a container)")
     parser.add_argument("--ops-port", dest="ops_port", type=int, default=None,
                         help="port of /health and /metrics (RENKEI_OPS_PORT; 0 = a free one)")
+
+
+if __name__ == "__main__":  # what `renkei worker NAME` execs: python -m infra.worker_commands <module>
+    if len(sys.argv) != 2 or sys.argv[1] not in {m for m, _ in WORKER_MODULES.values()}:
+        sys.exit("usage: renkei worker {%s}" % ",".join(sorted(WORKER_MODULES)))
+    sys.exit(run_worker_module(sys.argv[1]))
