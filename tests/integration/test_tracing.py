@@ -1,0 +1,139 @@
+"""W3C trace context on the real broker: one STEP1 registration and one STEP2 round trip are each one trace
+across every hop, the header is well-formed and random, and a sender cannot make the hub show a recipient
+its own ids through it (infra.tracing)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from infra.chaos import read_topic
+from infra.envelope import Message, peek
+from infra.kafka import producer
+from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.topics import INGRESS_PARTITIONS, TopicNames
+from infra.tracing import HEADER, TraceContext
+from schemas import types as T
+from tests.integration.platform_fixtures import bus, correlation_seen_by, pg, running_platform  # noqa: F401
+from tests.integration.test_connectors_support import eventually, hold_account
+from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, person, register
+
+pytestmark = [pytest.mark.integration]
+
+
+def _traceparent(record: Any) -> bytes | None:
+    return dict(record.headers or ()).get(HEADER)
+
+
+async def _hops(settings, topics: Iterable[tuple[str, int]]) -> list[tuple[str, Any, Any]]:
+    """Every record of ``topics`` as (topic, envelope metadata, trace context)."""
+    out = []
+    for topic, partitions in topics:
+        for r in await read_topic(settings, topic, partitions):
+            try:
+                meta = peek(r.value)
+            except Exception:  # noqa: BLE001 - records of other shapes (none expected here)
+                continue
+            out.append((topic, meta, TraceContext.parse(_traceparent(r))))
+    return out
+
+
+def _ids(meta: Any) -> set[str]:
+    return {meta.message_id.replace("-", ""), meta.correlation_id.replace("-", "")}
+
+
+async def test_a_step2_round_trip_is_one_trace_on_every_hop(bus, pg, running_platform):
+    settings = running_platform.settings
+    names = TopicNames(settings.kafka.topic_prefix)
+    mn = person()
+    await hold_account(settings, pg, mn, account())
+    token = await bus.token_for(AGENCY, mn)
+    answer = await bus.request(
+        AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure=PROCEDURE)
+    agency_correlation = answer.meta.correlation_id
+    registry_correlation = str(correlation_seen_by(settings, agency_correlation, AGENCY, "registry"))
+    hops = await _hops(settings, [(names.ingress, INGRESS_PARTITIONS), (names.inbox("registry"), 1),
+                                  (names.inbox(AGENCY), 1)])
+
+    def one(topic: str, type_: str, correlation: str) -> tuple[Any, TraceContext]:
+        found = [(m, t) for tp, m, t in hops if tp == topic and m.type == type_ and m.correlation_id == correlation]
+        assert len(found) == 1, (topic, type_, found)
+        return found[0]
+
+    legs = [one(names.ingress, T.PROVISION_INQUIRY, agency_correlation),  # the agency starts the trace
+            one(names.inbox("registry"), T.PROVISION_INQUIRY, registry_correlation),  # the hub continues it
+            one(names.ingress, T.PROVISION_RESPONSE, registry_correlation),  # the registry answers in it
+            one(names.inbox(AGENCY), T.PROVISION_RESPONSE, agency_correlation)]  # and the agency gets it back
+    traces = [t for _, t in legs]
+    assert all(t is not None for t in traces), traces
+    assert len({t.trace_id for t in traces}) == 1  # one trace
+    assert len({t.span_id for t in traces}) == 4  # each hop a span of its own
+    # Random, not made from any id of any leg: the recipient learns no other participant's ids from it.
+    assert not {traces[0].trace_id} & set().union(*(_ids(m) for m, _ in legs))
+    # The next round trip is another trace: a trace never joins two exchanges about the same person.
+    await inquire(bus, mn)
+    again = await _hops(settings, [(names.inbox("registry"), 1)])
+    assert len({t.trace_id for _, m, t in again if m.type == T.PROVISION_INQUIRY and t is not None}) >= 2
+
+
+async def test_a_step1_registration_with_its_existence_check_is_one_trace(bus, pg, running_platform):
+    settings = running_platform.settings
+    names = TopicNames(settings.kafka.topic_prefix)
+    mn, acct = person(), account()
+    await hold_account(settings, pg, mn, acct)
+    assert (await register(bus, mn, acct))["status"] == "DONE"
+    hops = await _hops(settings, [(names.ingress, INGRESS_PARTITIONS), (names.inbox("registry"), 1),
+                                  (names.inbox("bank-9001"), 1), (names.inbox("portal"), 1)])
+    results = [(tp, m, t) for tp, m, t in hops if tp == names.inbox("portal") and m.type == T.REGISTRATION_RESULT]
+    trace_id = results[-1][2].trace_id  # ours is the last result the portal received
+    in_trace = {(tp, m.type) for tp, m, t in hops if t is not None and t.trace_id == trace_id}
+    assert in_trace == {
+        (names.ingress, T.REGISTRATION_REQUEST), (names.inbox("registry"), T.REGISTRATION_REQUEST),
+        (names.ingress, T.EXISTENCE_CHECK), (names.inbox("bank-9001"), T.EXISTENCE_CHECK),
+        (names.ingress, T.EXISTENCE_ANSWER), (names.inbox("registry"), T.EXISTENCE_ANSWER),
+        (names.ingress, T.REGISTRATION_RESULT), (names.inbox("portal"), T.REGISTRATION_RESULT),
+        (names.ingress, T.NOTICE), (names.inbox("portal"), T.NOTICE)}  # the registration notice
+
+
+async def test_a_trace_id_made_of_the_senders_correlation_id_is_not_shown_to_the_recipient(bus, pg, running_platform):
+    """The attack: an agency's client sends its correlation id as trace id (and, next, junk). The registry's
+    leg must carry a fresh random trace, never the agency's id, and a good inquiry between them still arrives."""
+    settings = running_platform.settings
+    names = TopicNames(settings.kafka.topic_prefix)
+    mn = person()
+    token = await bus.token_for(AGENCY, mn)
+    sealer = bus.runtime.identities[AGENCY].sealer
+    smuggling, junk = str(uuid.uuid4()), str(uuid.uuid4())
+    envelopes = sealer.seal_batch([Message(
+        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()}, type=T.PROVISION_INQUIRY,
+        to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
+        correlation_id=c, procedure=PROCEDURE) for c in (smuggling, junk)])
+    headers = [[(HEADER, f"00-{smuggling.replace('-', '')}-00f067aa0ba902b7-01".encode())],
+               [(HEADER, b"00-not-a-trace\x00\xff")]]
+    prod = producer(settings)
+    await prod.start()
+    try:
+        await prod.send_and_wait(names.ingress, envelopes[0], key=token.encode(), headers=headers[0])
+        good = await inquire(bus, mn)  # good traffic between the attacks, delivered as usual
+        await prod.send_and_wait(names.ingress, envelopes[1], key=token.encode(), headers=headers[1])
+    finally:
+        await prod.stop()
+    assert good["status"] == "NOT_REGISTERED"
+
+    async def legs() -> dict[str, TraceContext | None] | None:
+        wanted = {str(correlation_seen_by(settings, c, AGENCY, "registry")): c for c in (smuggling, junk)}
+        seen = {wanted[m.correlation_id]: t for _, m, t in await _hops(settings, [(names.inbox("registry"), 1)])
+                if m.correlation_id in wanted}
+        return seen if len(seen) == 2 else None
+
+    seen = await eventually(legs, timeout=60)
+    for correlation in (smuggling, junk):
+        trace = seen[correlation]
+        assert trace is not None and TraceContext.parse(trace.header) == trace  # well-formed, a new trace
+        assert trace.trace_id != smuggling.replace("-", "") and trace.trace_id != junk.replace("-", "")
+    assert seen[smuggling].trace_id != seen[junk].trace_id
