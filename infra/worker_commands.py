@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from infra.errors import ConfigError, RenkeiError
+from infra.errors import RenkeiError, report
 from infra.settings import ENV_PREFIX, Settings, setting_keys
 
 __all__ = ["WORKER_MODULES", "register", "run_worker_module", "worker_environment"]
@@ -64,12 +64,8 @@ def run_worker_module(module: str) -> int:
     main = importlib.import_module(module).main
     try:
         main([])
-    except ConfigError as exc:
-        print(f"renkei: configuration error: {exc}", file=sys.stderr)
-        return 2
     except RenkeiError as exc:
-        print(f"renkei: {exc}", file=sys.stderr)
-        return 1
+        return report(exc)
     return 0
 
 
