@@ -282,7 +282,7 @@ class HubService:
         answers, _ = self.core.answer_local(decisions)
         # forward() yields each accepted leg in decision order, answer_local() each answered local decision.
         legs = [d for d in decisions if d.accepted and not d.local for _ in d.legs]
-        legs += [d for d in decisions if d.accepted and d.local]
+        legs += [d for d in decisions if d.accepted and d.local] if answers else []  # none answered without a sealer
         for (recipient, subject, envelope), d in zip(self.core.forward(decisions) + answers, legs, strict=True):
             futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode(),
                                       headers=_leg_headers(d, recipient)))
