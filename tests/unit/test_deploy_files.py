@@ -139,6 +139,15 @@ def test_every_secret_file_is_declared_mounted_and_read_by_a_file_setting():
     assert used == set(declared)  # no secret declared for nobody
 
 
+def test_every_file_a_service_is_configured_with_is_mounted():
+    for name, service in _renkei_services().items():
+        mounts = [volume.split(":")[1] for volume in service.get("volumes", [])]
+        paths = [v for v in _env(service).values() if v.startswith("/") and not v.startswith(SECRETS_DIR)]
+        paths += [p for p in service["command"] if p.startswith("/") and not p.startswith(SECRETS_DIR)]
+        for path in paths:
+            assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), (name, path)
+
+
 def test_each_service_loads_its_configuration_as_its_own_principal(tmp_path):
     """What each container's settings resolve to, with its secret files in place (dummy contents)."""
     for name, service in _renkei_services().items():
