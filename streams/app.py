@@ -88,6 +88,7 @@ def run_worker(app: faust.App, *, log_level: str = "INFO", log_format: str = "te
     # override_logging=False: faust would replace the handler with its own coloured console one.
     worker = faust.Worker(app, loglevel=log_level.lower() if log_level != "WARNING" else "warn", quiet=True,
                           override_logging=False)
+    worker.spinner = None  # a service has no terminal: its spinner would write escape codes into the log
     worker.execute_from_commandline()
 
 

@@ -1,11 +1,13 @@
 """W3C trace context on the real broker: one STEP1 registration and one STEP2 round trip are each one trace
 across every hop, the header is well-formed and random, and a sender cannot make the hub show a recipient
-its own ids through it (infra.tracing)."""
+its own ids through it (infra.tracing). The platform here logs JSON (infra.logs): the last test reads the
+workers' log files — every line an object with the ids of the message it is about, and no My Number."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
@@ -17,11 +19,30 @@ from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.tracing import HEADER, TraceContext
 from schemas import types as T
-from tests.integration.platform_fixtures import bus, correlation_seen_by, pg, running_platform  # noqa: F401
+from infra.leakscan import Scanner
+from infra.stack import WORKERS, Platform
+from tests.integration.platform_fixtures import bus, correlation_seen_by, isolated_platform, pg  # noqa: F401
 from tests.integration.test_connectors_support import eventually, hold_account
-from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, person, register
+from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, register
+from tests.integration.test_flows import person as new_person
 
 pytestmark = [pytest.mark.integration]
+
+
+USED: list[str] = []  # every My Number this module's flows carried: the log files must hold none
+
+
+def person() -> str:
+    USED.append(new_person())
+    return USED[-1]
+
+
+@pytest.fixture(scope="module")
+async def running_platform(endpoints, database, tmp_path_factory) -> AsyncIterator[Platform]:
+    """The platform's workers with log_format = "json" (handed to them by `renkei up`'s environment)."""
+    async with isolated_platform(endpoints, database, tmp_path_factory.mktemp("traced"), log_format="json",
+                                 prefix_letter="t") as platform:
+        yield platform
 
 
 def _traceparent(record: Any) -> bytes | None:
@@ -137,3 +158,44 @@ async def test_a_trace_id_made_of_the_senders_correlation_id_is_not_shown_to_the
         assert trace is not None and TraceContext.parse(trace.header) == trace  # well-formed, a new trace
         assert trace.trace_id != smuggling.replace("-", "") and trace.trace_id != junk.replace("-", "")
     assert seen[smuggling].trace_id != seen[junk].trace_id
+
+
+async def test_workers_log_json_lines_with_the_messages_ids_and_no_my_number(bus, pg, running_platform):
+    """A refused inquiry (a procedure the agency is not entitled to) shows in the hub's log as one JSON line with
+    the agency's own message and correlation ids, the reason code and the trace id of its ingress record."""
+    settings = running_platform.settings
+    names = TopicNames(settings.kafka.topic_prefix)
+    mn = person()
+    token = await bus.token_for(AGENCY, mn)
+    refused = await bus.request(
+        AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+        body={"procedure_code": "national-pension", "purpose": None, "requested_at": now()},
+        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure="national-pension")
+    assert refused.meta.type == T.REJECTION_NOTICE and refused.body["reason_code"] == "PROCEDURE_NOT_ALLOWED"
+    message_id = str(refused.body["original_message_id"])
+    (sent,) = [t for tp, m, t in await _hops(settings, [(names.ingress, INGRESS_PARTITIONS)])
+               if m.message_id == message_id]
+    logs = running_platform.stack.logs_dir
+
+    async def logged() -> dict | None:
+        for line in (logs / "hub.log").read_text().splitlines():
+            entry = json.loads(line)
+            if entry["message_id"] == message_id:
+                return entry
+        return None
+
+    entry = await eventually(logged, timeout=30)
+    assert (entry["component"], entry["participant"], entry["reason"], entry["level"]) == \
+        ("hub", AGENCY, "PROCEDURE_NOT_ALLOWED", "INFO")
+    assert entry["correlation_id"] == refused.meta.correlation_id  # the agency's own correlation id
+    assert entry["trace_id"] == sent.trace_id
+    # Every line of every worker's log is one JSON object with the documented fields; none holds a My Number.
+    fields = {"time", "level", "component", "participant", "logger", "message", "message_id", "correlation_id",
+              "reason", "trace_id"}
+    for worker in WORKERS:
+        text = (logs / f"{worker.name}.log").read_text()
+        lines = text.splitlines()
+        assert lines, worker.name
+        for line in lines:
+            assert fields <= set(json.loads(line)), (worker.name, line)
+        assert Scanner(USED).search(text.encode()) == [], worker.name
