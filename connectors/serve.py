@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.errors import ConfigError, RenkeiError
+from infra.errors import ConfigError, RenkeiError, report
 from infra.logs import configure_logging
 from infra.metrics import Counter
 from infra.participants import Kind, Participant, load_participants
@@ -585,9 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                  config_file=getattr(args, "config", None))
         serve_until_signal(run(settings), settings.log_level, settings.log_format, f"connector-{args.connector}")
     except RenkeiError as exc:  # a configuration error exits 2, anything else 1 (as the renkei CLI)
-        config = isinstance(exc, ConfigError)
-        print(f"renkei: {'configuration error: ' if config else ''}{exc}", file=sys.stderr)
-        return 2 if config else 1
+        return report(exc)
     return codes[0] if codes else 0
 
 

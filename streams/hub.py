@@ -353,11 +353,13 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
 
 def _log_refused(d: Decision) -> None:
     """One line per refused message: the verified sender's own ids, the reason code and the trace (never the
-    detail, a token, or what an unverified envelope claims: its fields are the sender's to choose). A flood the
-    rate limit refuses is counted in the metrics, logged only at DEBUG."""
+    detail, a token, or what an unverified envelope claims: its fields are the sender's to choose). What the
+    rate limit refuses, and unverifiable input, are counted in the metrics and the batch line, logged one by one
+    only at DEBUG: a flood must not flood the log."""
     meta = d.meta
     assert d.reason is not None
-    log.log(logging.DEBUG if d.reason is Reason.RATE_LIMITED else logging.INFO, "refused %s from %s: %s",
+    quiet = meta is None or d.reason is Reason.RATE_LIMITED
+    log.log(logging.DEBUG if quiet else logging.INFO, "refused %s from %s: %s",
             meta.type if meta else "a message", meta.sender if meta else "an unverified sender",
             d.reason.value, extra={"participant": meta.sender if meta else "", "reason": d.reason.value,
                                    "message_id": meta.message_id if meta else "",
