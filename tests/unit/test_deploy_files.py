@@ -99,6 +99,11 @@ def test_every_worker_and_connector_kind_has_a_service():
     assert any(c[:2] == ["agency", "serve"] for c in commands) and any(c[:2] == ["portal", "serve"] for c in commands)
     setup = [c[:2] for c in commands if c[0] != "worker" and c[1] != "serve"]
     assert setup == [["db", "roles"], ["topics", "apply"], ["acls", "apply"], ["keys", "sync"]]
+    # Every long-running service starts after the database's roles and the key directory are in place.
+    for name, service in _renkei_services().items():
+        if not _one_shot(service):
+            assert {k for k, v in service["depends_on"].items()
+                    if v == {"condition": "service_completed_successfully"}} == {"renkei-db-roles", "renkei-keys"}, name
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
