@@ -34,7 +34,8 @@ from typing import Any
 
 from infra.tracing_otel import otel_hop
 
-__all__ = ["HEADER", "TraceContext", "continue_trace", "hop", "incoming", "received", "stored_headers", "trace_headers"]
+__all__ = ["HEADER", "TraceContext", "continue_trace", "hop", "incoming", "received", "stored_headers",
+           "trace_headers"]
 
 HEADER = "traceparent"
 _VERSION = "00"

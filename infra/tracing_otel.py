@@ -20,7 +20,8 @@ from typing import Any
 
 __all__ = ["Ids", "available", "otel_hop", "tracer_provider", "use_tracer_provider"]
 
-_SDK = importlib.util.find_spec("opentelemetry") is not None and importlib.util.find_spec("opentelemetry.sdk") is not None
+_SDK = (importlib.util.find_spec("opentelemetry") is not None
+        and importlib.util.find_spec("opentelemetry.sdk") is not None)
 _chosen: list[Any] = []  # a provider set with use_tracer_provider (at most one)
 _tracers: dict[int, Any] = {}
 

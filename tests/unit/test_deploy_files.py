@@ -180,7 +180,8 @@ def test_every_long_running_service_is_checked_on_health_and_one_shots_are_not()
             continue
         test = " ".join(check["test"])
         command = service["command"]
-        port = command[command.index("--ops-port") + 1] if "--ops-port" in command else command[command.index("--port") + 1]
+        flag = "--ops-port" if "--ops-port" in command else "--port"  # the portal serves /health on its own port
+        port = command[command.index(flag) + 1]
         assert re.search(rf"https?://127\.0\.0\.1:{port}/health'", test), (name, test)
         assert service["restart"] == "unless-stopped"
         if "--ops-host" in command:

@@ -23,7 +23,8 @@ def exporter():
 
 
 def test_each_hop_is_a_span_and_the_header_carries_its_ids(exporter):
-    sent = hop(None, "renkei.participant.send", {"renkei.participant": "agency-nta", "renkei.type": "provision.inquiry"})
+    sent = hop(None, "renkei.participant.send",
+               {"renkei.participant": "agency-nta", "renkei.type": "provision.inquiry"})
     forwarded = hop(sent, "renkei.hub.forward", {"renkei.sender": "agency-nta", "renkei.recipient": "registry"})
     answered = hop(TraceContext.parse(forwarded.header), "renkei.participant.send", {"renkei.participant": "registry"})
     spans = exporter.get_finished_spans()
