@@ -594,6 +594,7 @@ async def test_a_disaster_lookup_with_all_its_legs_is_one_trace(pg, platform, di
     bank, each bank's answer and the consolidated result (sealed later, from the hub's lookup state) carry
     one trace id, each hop a span of its own."""
     from infra.chaos import read_topic
+    from infra.errors import EnvelopeRejection
     from infra.tracing import HEADER, TraceContext
 
     cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", generate_my_number(_rng)),
@@ -608,7 +609,10 @@ async def test_a_disaster_lookup_with_all_its_legs_is_one_trace(pg, platform, di
     for topic, partitions in [(names.ingress, INGRESS_PARTITIONS), (names.inbox("bank-9000"), 1),
                               (names.inbox("bank-9002"), 1), (names.inbox("dicj"), 1)]:
         for r in await read_topic(platform.settings, topic, partitions):
-            meta = peek(r.value)
+            try:
+                meta = peek(r.value)
+            except EnvelopeRejection:  # another test's barrier markers on the ingress
+                continue
             sender = "hub" if topic != names.ingress else meta.sender
             if (sender, meta.type, meta.correlation_id) in wanted:
                 traces[(topic, sender, meta.type, meta.correlation_id)] = TraceContext.parse(
