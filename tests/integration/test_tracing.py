@@ -16,12 +16,12 @@ from infra.chaos import read_topic
 from infra.envelope import Message, peek
 from infra.errors import EnvelopeRejection
 from infra.kafka import producer
+from infra.leakscan import Scanner
 from infra.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.stack import WORKERS, Platform
 from infra.topics import INGRESS_PARTITIONS, TopicNames
 from infra.tracing import HEADER, TraceContext
 from schemas import types as T
-from infra.leakscan import Scanner
-from infra.stack import WORKERS, Platform
 from tests.integration.platform_fixtures import bus, correlation_seen_by, isolated_platform, pg  # noqa: F401
 from tests.integration.test_connectors_support import eventually, hold_account
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, register

@@ -7,14 +7,13 @@ import json
 import logging
 import random
 
+import pytest
+
+from infra.errors import ConfigError
 from infra.leakscan import Scanner
 from infra.logs import JsonFormatter, configure_logging, log_context
 from infra.settings import load_settings
 from infra.validation import generate_my_number
-
-import pytest
-
-from infra.errors import ConfigError
 
 FIELDS = {"time", "level", "component", "participant", "logger", "message", "message_id", "correlation_id",
           "reason", "trace_id"}
