@@ -54,7 +54,9 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     module = WORKER_MODULES[args.worker][0]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", __name__, module], worker_environment(args, dict(os.environ)))
+    # -P: the current folder is not on sys.path, so no streams/ or infra/ there can stand in for Renkei's.
+    os.execve(sys.executable, [sys.executable, "-P", "-m", __name__, module],
+              worker_environment(args, dict(os.environ)))
     return 1  # not reached: exec replaced this process
 
 
