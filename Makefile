@@ -25,7 +25,7 @@ define venv
 endef
 
 $(STAMP): pyproject.toml
-	$(call venv,$(VENV),test)
+	$(call venv,$(VENV),test$(comma)otel)
 
 $(MSTAMP): pyproject.toml
 	$(call venv,$(MVENV),test$(comma)mutation)

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import serve_until_signal
 
     settings = worker_settings(argv, participant_id="agency-city-minato")
-    serve_until_signal(serve(settings, settings.participant_id.split(","), None), settings.log_level)
+    serve_until_signal(serve(settings, settings.participant_id.split(","), None), settings.log_level,
+                       settings.log_format, "agency")
 
 
 if __name__ == "__main__":

@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import serve_until_signal
 
     settings = worker_settings(argv, participant_id="banks")
-    serve_until_signal(serve(settings), settings.log_level)
+    serve_until_signal(serve(settings), settings.log_level, settings.log_format, "banks")
 
 
 if __name__ == "__main__":

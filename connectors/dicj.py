@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import serve_until_signal
 
     settings = worker_settings(argv, participant_id=DICJ_ID)
-    serve_until_signal(serve(settings), settings.log_level)
+    serve_until_signal(serve(settings), settings.log_level, settings.log_format, "dicj")
 
 
 if __name__ == "__main__":

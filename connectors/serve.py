@@ -46,7 +46,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.core.errors import ConfigError, RenkeiError
+from infra.core.errors import ConfigError, RenkeiError, report
+from infra.core.logs import configure_logging
 from infra.core.settings import Settings
 from infra.domain.participants import Kind, Participant, participants_of
 from infra.platform.metrics import Counter
@@ -256,15 +257,14 @@ def _ops(url: str) -> dict[str, str]:
     return {"ops_url": url, "health": f"{url}/health", "metrics": f"{url}/metrics"}
 
 
-async def serving(args: argparse.Namespace, settings: Settings, body: Body) -> int:
+async def serving(args: argparse.Namespace, settings: Settings, body: Body, component: str = "connector") -> int:
     """Run ``body(stop, announce)`` until SIGTERM/SIGINT; 0 after a graceful stop, 2 refused, 1 lease lost.
 
     A signal before ``announce`` (still starting) cancels the start; after it, sets ``stop`` and the body
     shuts down in order.
     """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings.log_level, settings.log_format, component)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     started = False
@@ -453,7 +453,7 @@ async def bank_serve(settings: Settings, args: argparse.Namespace) -> int:
                 await lease.close()
         log.info("%s: stopped; lease released", bank.id)
 
-    return await serving(args, settings, body)
+    return await serving(args, settings, body, "connector-bank")
 
 
 # -- portal ------------------------------------------------------------------------------------------
@@ -494,7 +494,7 @@ async def portal_serve(settings: Settings, args: argparse.Namespace) -> int:
             await stop.wait()
             log.info("portal: stopping")
 
-    return await serving(args, settings, body)
+    return await serving(args, settings, body, "connector-portal")
 
 
 # -- agency ------------------------------------------------------------------------------------------
@@ -526,7 +526,7 @@ async def agency_serve(settings: Settings, args: argparse.Namespace) -> int:
 
         await agency.serve(settings, agencies, None, ready=ready, stop=stop)  # settings.ops_host/ops_port
 
-    return await serving(args, settings, body)
+    return await serving(args, settings, body, "connector-agency")
 
 
 # -- python -m connectors.serve ----------------------------------------------------------------------
@@ -575,11 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(cli={k: v for k, v in vars(args).items() if k not in ("handler", "connector")},
                                  config_file=getattr(args, "config", None))
-        serve_until_signal(run(settings), settings.log_level)
+        serve_until_signal(run(settings), settings.log_level, settings.log_format, f"connector-{args.connector}")
     except RenkeiError as exc:  # a configuration error exits 2, anything else 1 (as the renkei CLI)
-        config = isinstance(exc, ConfigError)
-        print(f"renkei: {'configuration error: ' if config else ''}{exc}", file=sys.stderr)
-        return 2 if config else 1
+        return report(exc)
     return codes[0] if codes else 0
 
 

@@ -12,12 +12,12 @@ PostgreSQL).
 
 from __future__ import annotations
 
-import logging
 import ssl
 from typing import Any
 
 import faust
 
+from infra.core.logs import configure_logging
 from infra.core.settings import Settings
 from infra.platform.kafka import fetch_wait_ms
 
@@ -82,19 +82,22 @@ def _fetch_wait(app: faust.App, wait_ms: int) -> None:
     app.transport.Consumer = Consumer
 
 
-def run_worker(app: faust.App, *, log_level: str = "INFO") -> None:
-    """Run ``app`` until SIGTERM/SIGINT (faust's Worker handles both)."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = faust.Worker(app, loglevel=log_level.lower() if log_level != "WARNING" else "warn", quiet=True)
+def run_worker(app: faust.App, *, log_level: str = "INFO", log_format: str = "text", component: str = "") -> None:
+    """Run ``app`` until SIGTERM/SIGINT (faust's Worker handles both), logging as ``log_format`` says."""
+    configure_logging(log_level, log_format, component or app.conf.id)
+    # override_logging=False: faust would replace the handler with its own coloured console one.
+    worker = faust.Worker(app, loglevel=log_level.lower() if log_level != "WARNING" else "warn", quiet=True,
+                          override_logging=False)
+    worker.spinner = None  # a service has no terminal: its spinner would write escape codes into the log
     worker.execute_from_commandline()
 
 
-def serve_until_signal(coro: Any, log_level: str = "INFO") -> None:
+def serve_until_signal(coro: Any, log_level: str = "INFO", log_format: str = "text", component: str = "") -> None:
     """Run a plain asyncio service until SIGTERM/SIGINT, then cancel it cleanly."""
     import asyncio
     import signal
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format, component or "renkei")
 
     async def runner() -> None:
         task = asyncio.ensure_future(coro)

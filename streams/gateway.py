@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from infra.core.errors import Reason, Rejection
+from infra.core.tracing import TraceContext
 from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
 from infra.crypto.pseudonyms import HubPseudonyms
 from infra.crypto.tokens import TokenAuthority
@@ -90,6 +91,7 @@ class Decision:
     records: list[RecordDraft] = field(default_factory=list)
     local: bool = False  # addressed to the hub itself (token issuance)
     unverified: EnvelopeMeta | None = None  # what a refused envelope claims about itself (dead-letter metadata only)
+    trace: TraceContext | None = None  # the W3C trace it belongs to (infra.core.tracing; set by the hub worker)
 
     @property
     def accepted(self) -> bool:

@@ -40,6 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from infra.core.errors import Reason
 from infra.core.settings import Settings
+from infra.core.tracing import TraceContext, hop, received, trace_headers
 from infra.crypto.envelope import HubForwarder, Opener, Sealer, Verifier
 from infra.crypto.keys import KeyDirectory
 from infra.crypto.records_keys import RecordsKey
@@ -205,6 +206,8 @@ class HubService:
     # -- the batch step ---------------------------------------------------------------------------
     async def process(self, batch: Sequence[Inbound]) -> BatchStats:
         decisions = self.core.decide(list(batch))
+        for d in decisions:
+            d.trace = _trace_of(d)
         started = time.monotonic()
         redelivered, new_records = await self._commit_with_retry(decisions)
         write_s = time.monotonic() - started
@@ -281,8 +284,12 @@ class HubService:
         futures = []
         send = self.producer.send
         answers, _ = self.core.answer_local(decisions)
-        for recipient, subject, envelope in self.core.forward(decisions) + answers:
-            futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode()))
+        # forward() yields each accepted leg in decision order, answer_local() each answered local decision.
+        legs = [d for d in decisions if d.accepted and not d.local for _ in d.legs]
+        legs += [d for d in decisions if d.accepted and d.local] if answers else []  # none answered without a sealer
+        for (recipient, subject, envelope), d in zip(self.core.forward(decisions) + answers, legs, strict=True):
+            futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode(),
+                                      headers=_leg_headers(d, recipient)))
             stats.forwarded += 1
             stats.by_recipient[recipient] = stats.by_recipient.get(recipient, 0) + 1
         notices = []
@@ -293,13 +300,15 @@ class HubService:
                 continue
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
+            _log_refused(d)
             futures.append(await send(self.names.rejected, d.inbound.value, key=d.inbound.key,
                                       headers=dead_letter_headers(d)))
             if d.meta is not None and d.meta.sender in self.core.participants and d.meta.type != REJECTION_NOTICE:
                 notices.append(d)
         if notices:
             for d, envelope in zip(notices, self._seal_notices(notices)):
-                futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode()))
+                futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode(),
+                                          headers=_leg_headers(d, d.meta.sender)))
         for record in records:
             key, value = audit_record(record, self.core.pseudonyms.person(record.person_token))
             futures.append(await send(self.names.audit, value, key=key))
@@ -344,7 +353,39 @@ def dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
     # A re-driven or replayed message that fails again keeps its history (count, earlier dead letters,
     # ops event): `renkei dlq redrive` continues from it.
     headers += [(k, v) for k, v in d.inbound.headers if k.startswith(_CARRIED_HEADERS) or k == "renkei.ops.event"]
+    if d.trace is not None:  # rewritten from the parsed values: the sender's raw header bytes are not copied
+        headers += trace_headers(d.trace)
     return headers
+
+
+def _log_refused(d: Decision) -> None:
+    """One line per refused message: the verified sender's own ids, the reason code and the trace (never the
+    detail, a token, or what an unverified envelope claims: its fields are the sender's to choose). What the
+    rate limit refuses, and unverifiable input, are counted in the metrics and the batch line, logged one by one
+    only at DEBUG: a flood must not flood the log."""
+    meta = d.meta
+    assert d.reason is not None
+    quiet = meta is None or d.reason is Reason.RATE_LIMITED
+    log.log(logging.DEBUG if quiet else logging.INFO, "refused %s from %s: %s",
+            meta.type if meta else "a message", meta.sender if meta else "an unverified sender",
+            d.reason.value, extra={"participant": meta.sender if meta else "", "reason": d.reason.value,
+                                   "message_id": meta.message_id if meta else "",
+                                   "correlation_id": meta.correlation_id if meta else "",
+                                   "trace_id": d.trace.trace_id if d.trace else ""})
+
+
+def _trace_of(d: Decision) -> TraceContext:
+    """The trace of an ingress message: the sender's, unless its trace id is one of the message's own ids."""
+    meta = d.meta or d.unverified
+    return received(d.inbound.headers, not_ids=(meta.message_id, meta.correlation_id) if meta else ())
+
+
+def _leg_headers(d: Decision, recipient: str) -> list[tuple[str, bytes]]:
+    """The Kafka headers of one message the hub sends for ``d``: its trace, continued with a span of this leg."""
+    assert d.meta is not None and d.trace is not None
+    return trace_headers(hop(d.trace, "renkei.hub.forward", {"renkei.type": d.meta.type,
+                                                             "renkei.sender": d.meta.sender,
+                                                             "renkei.recipient": recipient}))
 
 
 _CARRIED_HEADERS = ("renkei.redrive", "renkei.replay")
@@ -486,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import run_worker
 
     settings = worker_settings(argv, participant_id="hub")
-    run_worker(build_app(settings), log_level=settings.log_level)
+    run_worker(build_app(settings), log_level=settings.log_level, log_format=settings.log_format, component="hub")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import asyncpg
 
 from infra.core.errors import Reason
 from infra.core.settings import Settings
+from infra.core.tracing import TraceContext, hop, stored_headers
 from infra.crypto.envelope import Message, Sealer, peek
 from infra.crypto.pseudonyms import HubPseudonyms
 from infra.crypto.tokens import TokenAuthority
@@ -116,6 +117,11 @@ LOOKUP_MIGRATIONS = [
         sent_at        timestamptz
     );
     CREATE INDEX hub_lookup_outbox_pending ON hub_lookup_outbox (created_at) WHERE sent_at IS NULL;
+    """,
+    # The inquiry's W3C trace (infra.core.tracing): its result, sealed later, goes out in the same trace.
+    """
+    ALTER TABLE hub_lookups ADD COLUMN traceparent text;
+    ALTER TABLE hub_lookup_outbox ADD COLUMN traceparent text;
     """,
 ]
 
@@ -270,13 +276,14 @@ class LookupTracker:
             kind = LOOKUP_KINDS[m.type]
             lookups.append((cid, uuid.UUID(m.message_id), kind, m.sender, m.subject, m.data_item,
                             m.legal_basis, not_disclosed, m.created_at,
-                            m.created_at + timedelta(seconds=self.deadlines[kind])))
+                            m.created_at + timedelta(seconds=self.deadlines[kind]),
+                            d.trace.header if d.trace is not None else None))
             for leg in d.legs:
                 bank = self.participants.get(leg.recipient)
                 banks.append((cid, leg.recipient, bank.bank_code if bank and bank.bank_code else leg.recipient))
         await conn.executemany(
             "INSERT INTO hub_lookups (correlation_id, inquiry_id, kind, requester, subject, data_item, legal_basis, "
-            "not_disclosed, created_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+            "not_disclosed, created_at, deadline, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
             "ON CONFLICT (correlation_id) DO NOTHING", lookups)
         # A correlation id reused by a second inquiry keeps the first inquiry's set of banks.
         await conn.execute(
@@ -310,11 +317,13 @@ class LookupTracker:
         rows, drafts = [], []
         for d, m, env in zip(due, messages, envelopes, strict=True):
             mid = uuid.UUID(peek(env).message_id)
-            rows.append((mid, d.lookup["correlation_id"], m.to, m.subject.encode(), env, d.supplement))
+            trace = hop(TraceContext.parse(d.lookup["traceparent"]), "renkei.hub.lookup_result",
+                        {"renkei.type": m.type, "renkei.recipient": str(m.to)})
+            rows.append((mid, d.lookup["correlation_id"], m.to, m.subject.encode(), env, d.supplement, trace.header))
             drafts += self._drafts(d, mid, now)
         await conn.executemany(
-            "INSERT INTO hub_lookup_outbox (message_id, correlation_id, recipient, kafka_key, envelope, supplement) "
-            "VALUES ($1, $2, $3, $4, $5, $6)", rows)
+            "INSERT INTO hub_lookup_outbox (message_id, correlation_id, recipient, kafka_key, envelope, supplement, "
+            "traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)", rows)
         await self.records.append(conn, drafts)
         self.pending = True
 
@@ -364,14 +373,15 @@ class LookupTracker:
             while True:
                 async with self.pool.acquire() as conn, conn.transaction():
                     rows = await conn.fetch(
-                        "SELECT message_id, recipient, kafka_key, envelope FROM hub_lookup_outbox "
+                        "SELECT message_id, recipient, kafka_key, envelope, traceparent FROM hub_lookup_outbox "
                         "WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
                     if not rows:
                         return sent
                     records = await self.records.by_message_ids(
                         conn, [self.pseudonyms.record_message_id(r["message_id"]) for r in rows])
                     futures = [await self.producer.send(self.names.inbox(r["recipient"]), r["envelope"],
-                                                        key=r["kafka_key"]) for r in rows]
+                                                        key=r["kafka_key"], headers=stored_headers(r["traceparent"]))
+                               for r in rows]
                     for record in records:
                         key, value = audit_record(record, self.pseudonyms.person(record.person_token))
                         futures.append(await self.producer.send(self.names.audit, value, key=key))
@@ -392,3 +402,4 @@ class LookupTracker:
                 raise
             except Exception as exc:  # database or broker away: the rows wait, the next sweep retries
                 log.warning("lookup sweep failed (%s); retrying", type(exc).__name__)
+

@@ -33,7 +33,9 @@ from typing import Any
 import asyncpg
 
 from infra.core.errors import Rejection
+from infra.core.logs import log_context
 from infra.core.settings import Settings
+from infra.core.tracing import TraceContext, hop, incoming, stored_headers
 from infra.crypto.envelope import Message, Opened, Opener, Sealer, peek
 from infra.crypto.keys import KeyDirectory
 from infra.domain.participants import Participants, participants_of
@@ -73,6 +75,8 @@ RUNTIME_MIGRATIONS = [
         UNIQUE (src_topic, src_partition, src_offset)
     );
     """,
+    # The W3C traceparent the row goes out with (infra.core.tracing): transport metadata, never sealed or signed.
+    "ALTER TABLE participant_outbox ADD COLUMN traceparent text",
 ]
 
 
@@ -92,6 +96,7 @@ class Context:
     conn: asyncpg.Connection
     participants: Participants
     outgoing: list[Message] = field(default_factory=list)
+    trace: TraceContext | None = None  # the trace the opened message came with; replies continue it
 
     @property
     def meta(self):  # noqa: ANN201 - EnvelopeMeta
@@ -142,6 +147,7 @@ class _Item:
     partition: int
     offset: int
     opened: Opened
+    trace: TraceContext | None = None
 
 
 @dataclass
@@ -291,17 +297,20 @@ class ParticipantRuntime:
         while not self._stopping:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=500)
             if batches:
-                await self.handle_batch([(tp.topic, r.value, r.partition, r.offset)
+                await self.handle_batch([(tp.topic, r.value, r.partition, r.offset, r.headers)
                                          for tp, records in batches.items() for r in records])
                 await self.consumer.commit()  # only after every effect of the batch is committed
                 self.metrics.record_lag(self.consumer, {tp: records[-1].offset for tp, records in batches.items()})
             self.polls.inc()  # counted once the poll's effects are committed
 
-    async def handle_records(self, topic: str, records: list[tuple[bytes, int, int]]) -> None:
-        await self.handle_batch([(topic, value, partition, offset) for value, partition, offset in records])
+    async def handle_records(self, topic: str, records: list[tuple[Any, ...]]) -> None:
+        """``(value, partition, offset[, headers])`` records of one inbox topic: see :meth:`handle_batch`."""
+        await self.handle_batch([(topic, *record) for record in records])
 
-    async def handle_batch(self, records: list[tuple[str, bytes, int, int]]) -> None:
-        """Open every ``(topic, value, partition, offset)``, then apply them all in ONE transaction.
+    async def handle_batch(self, records: list[tuple[Any, ...]]) -> None:
+        """Open every ``(topic, value, partition, offset[, headers])``, then apply them all in ONE transaction.
+
+        The Kafka headers, where given, carry the record's trace context: replies continue its trace.
 
         One commit per poll, not one per message (a commit is an fsync): each message's effect
         still runs under its own savepoint, so a handler that refuses or fails dead-letters only
@@ -310,10 +319,11 @@ class ParticipantRuntime:
         started = time.monotonic()
         items: list[_Item] = []
         dead: list[_DeadLetter] = []
-        for topic, value, partition, offset in records:
+        for topic, value, partition, offset, *headers in records:
             ident = self.by_inbox[topic]
             try:
-                items.append(_Item(ident, topic, value, partition, offset, ident.opener.open(value)))
+                items.append(_Item(ident, topic, value, partition, offset, ident.opener.open(value),
+                                   incoming(headers[0]) if headers else None))
             except Rejection as exc:
                 dead.append(_DeadLetter(ident, topic, partition, offset, value, exc.code, exc.message))
         delay, seal_each = 0.2, False
@@ -348,6 +358,7 @@ class ParticipantRuntime:
                 wanted.setdefault(item.ident.participant_id, []).append(uuid.UUID(item.opened.meta.message_id))
             fresh = {(pid, mid) for pid, ids in wanted.items() for mid in await claim(conn, pid, ids)}
             outgoing: dict[str, list[Message]] = {}
+            traces: dict[str, list[TraceContext | None]] = {}
             for item in items:
                 ident, opened = item.ident, item.opened
                 key = (ident.participant_id, uuid.UUID(opened.meta.message_id))
@@ -356,13 +367,16 @@ class ParticipantRuntime:
                     continue  # already processed (redelivery, replay, or twice in this poll): no second effect
                 fresh.discard(key)
                 handler = self.handlers.get(opened.meta.type)
-                ctx = Context(ident.participant_id, opened, conn, self.participants)
+                ctx = Context(ident.participant_id, opened, conn, self.participants, trace=item.trace)
                 try:
                     async with conn.transaction():  # a savepoint: this message's effect alone
                         if handler is not None:
-                            await handler(ctx)
+                            with log_context(participant=ident.participant_id, message_id=opened.meta.message_id,
+                                             correlation_id=opened.meta.correlation_id,
+                                             trace_id=item.trace.trace_id if item.trace else ""):
+                                await handler(ctx)
                         if seal_each:
-                            await self._store_outgoing(conn, ident, ctx.outgoing)
+                            await self._store_outgoing(conn, ident, ctx.outgoing, [ctx.trace] * len(ctx.outgoing))
                 except Rejection as exc:  # the handler refused the content: keep it, move on
                     dead.append(_DeadLetter(ident, item.topic, item.partition, item.offset, item.value,
                                             exc.code, exc.message))
@@ -376,9 +390,10 @@ class ParticipantRuntime:
                     continue
                 if not seal_each:
                     outgoing.setdefault(ident.participant_id, []).extend(ctx.outgoing)
+                    traces.setdefault(ident.participant_id, []).extend([ctx.trace] * len(ctx.outgoing))
             for pid, messages in outgoing.items():  # one batch signature per identity per poll
                 try:
-                    await self._store_outgoing(conn, self.identities[pid], messages)
+                    await self._store_outgoing(conn, self.identities[pid], messages, traces[pid])
                 except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
                     raise
                 except Exception as exc:
@@ -392,21 +407,26 @@ class ParticipantRuntime:
         self.metrics.duplicates.inc(duplicates)
         for d in dead:
             log.warning("%s: message at %s[%d]@%d refused: %s", d.ident.participant_id, d.topic, d.partition,
-                        d.offset, d.reason)
+                        d.offset, d.reason, extra={"participant": d.ident.participant_id, "reason": d.reason})
             self.metrics.reject(d.reason)
 
     # -- sending -----------------------------------------------------------------------------------
-    async def _store_outgoing(self, conn: asyncpg.Connection, ident: Identity, messages: list[Message]) -> list[str]:
+    async def _store_outgoing(self, conn: asyncpg.Connection, ident: Identity, messages: list[Message],
+                              traces: list[TraceContext | None] | None = None) -> list[str]:
+        """Seal ``messages`` into the outbox; each continues its trace in ``traces`` (``None``: a new trace)."""
         if not messages:
             return []
         envelopes = ident.sealer.seal_batch(messages)
         rows = []
-        for m, env in zip(messages, envelopes, strict=True):
+        for m, env, parent in zip(messages, envelopes, traces or [None] * len(messages), strict=True):
             meta = peek(env)
-            rows.append((ident.participant_id, uuid.UUID(meta.message_id), m.type, m.subject.encode(), env))
+            trace = hop(parent, "renkei.participant.send", {"renkei.participant": ident.participant_id,
+                                                            "renkei.type": m.type})
+            rows.append((ident.participant_id, uuid.UUID(meta.message_id), m.type, m.subject.encode(), env,
+                         trace.header))
         await conn.executemany(
-            "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope) VALUES ($1, $2, $3, $4, $5)",
-            rows)
+            "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope, traceparent) "
+            "VALUES ($1, $2, $3, $4, $5, $6)", rows)
         return [str(r[1]) for r in rows]
 
     async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
@@ -443,12 +463,13 @@ class ParticipantRuntime:
         assert self.pool is not None
         async with self._relay_lock, self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, kafka_key, envelope FROM participant_outbox WHERE sent_at IS NULL "
+                "SELECT id, kafka_key, envelope, traceparent FROM participant_outbox WHERE sent_at IS NULL "
                 "AND sender = ANY($2::text[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 limit, list(self.identities))
             if not rows:
                 return 0
-            futures = [await self.producer.send(self.names.ingress, r["envelope"], key=r["kafka_key"]) for r in rows]
+            futures = [await self.producer.send(self.names.ingress, r["envelope"], key=r["kafka_key"],
+                                                headers=stored_headers(r["traceparent"])) for r in rows]
             await asyncio.gather(*futures)
             await conn.execute("UPDATE participant_outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
                                [r["id"] for r in rows])
@@ -480,3 +501,4 @@ class ParticipantRuntime:
             log.warning("outbox relay failed (%s); retrying in %.1f s", type(failed).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+

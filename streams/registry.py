@@ -372,8 +372,8 @@ def build_app(settings: Settings) -> Any:
     async def registry(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await ready.wait()
-            await runtime.handle_records(inbox, [(e.message.value, e.message.partition, e.message.offset)
-                                                 for e in events])
+            await runtime.handle_records(inbox, [(e.message.value, e.message.partition, e.message.offset,
+                                                  e.message.headers) for e in events])
             last: dict[Any, int] = {}
             for e in events:
                 last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
@@ -387,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     from streams.app import run_worker
 
     settings = worker_settings(argv, participant_id=REGISTRY_ID)
-    run_worker(build_app(settings), log_level=settings.log_level)
+    run_worker(build_app(settings), log_level=settings.log_level, log_format=settings.log_format,
+               component="registry")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from infra.core.arguments import Parser, common_parser
 from infra.core.console import console, print_json, table
-from infra.core.errors import ConfigError, RenkeiError
+from infra.core.errors import RenkeiError, report
 from infra.core.settings import Settings, load_settings
 from infra.platform.endpoints import resolve_running
 
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         keycommands,
         ops_page_cli,
         schema_commands,
+        worker_commands,
     )
 
     participant_commands.register(add, common)
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema_commands.register(add, common)  # renkei schemas list|show|export|check
     config_commands.register(add, common, parser)  # renkei --version, completion bash|zsh, config show
     ops_page_cli.register(add, common)  # renkei ops serve|targets
+    worker_commands.register(add)  # renkei worker hub|registry|banks|dicj
     return parser
 
 
@@ -320,12 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(cli=flat, config_file=getattr(args, "config", None))
         return asyncio.run(args.handler(settings, args))
-    except ConfigError as exc:
-        print(f"renkei: configuration error: {exc}", file=sys.stderr)
-        return 2
     except RenkeiError as exc:
-        print(f"renkei: {exc}", file=sys.stderr)
-        return 1
+        return report(exc)
     except KeyboardInterrupt:
         return 130
 

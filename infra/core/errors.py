@@ -65,6 +65,16 @@ class ConfigError(RenkeiError):
     """Configuration is missing or inconsistent; the message says what to set."""
 
 
+def report(exc: RenkeiError) -> int:
+    """Say ``exc`` on one line of stderr as every ``renkei`` command does; its exit code (2 for a
+    configuration error, 1 for any other)."""
+    import sys
+
+    config = isinstance(exc, ConfigError)
+    print(f"renkei: {'configuration error: ' if config else ''}{exc}", file=sys.stderr)
+    return 2 if config else 1
+
+
 class StackError(RenkeiError):
     """The embedded broker or database could not be started or reached."""
 

@@ -106,6 +106,7 @@ class Settings:
     # superuser), used only to create the component roles; components connect as their own role
     # (infra.platform.pgdsn), with secrets from a password file, never from the DSN.
     pg_dsn: str = field(default="", repr=False)
+    pg_dsn_file: Path | None = None  # a file holding the DSN (a mounted secret), read when no DSN is given
     pg_passfile: Path | None = None  # the component roles' secrets; default <state_dir>/secrets/pg-roles.pgpass
     pg_role_prefix: str = "renkei_"  # component roles: renkei_hub, renkei_registry, ... (infra.platform.pglayout)
     pg_schema_prefix: str = ""  # component schemas: <prefix>hub, ...; a namespace for tests and benchmarks
@@ -131,6 +132,9 @@ class Settings:
     # port. `renkei up` gives its i-th worker ops_port + i when ops_port is set (docs/operations.md).
     ops_host: str = "127.0.0.1"
     ops_port: int = 0
+    # "text" for people, "json" for a log pipeline: one object per line with the message and correlation
+    # ids, reason code and trace id (infra.logs).
+    log_format: str = "text"
     # The registry closes an existence check (口座実在性確認) no bank answered within this many seconds
     # with a TIMEOUT result to whoever asked (streams.registry.expire_checks): no request hangs forever.
     registry_check_deadline_s: int = 3600
@@ -237,6 +241,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "kafka_tansu_fetch_wait_ms": (("kafka", "tansu_fetch_wait_ms"), int),
     "kafka_tansu_fetch_wait_max_ms": (("kafka", "tansu_fetch_wait_max_ms"), int),
     "pg_dsn": (("pg_dsn",), str),
+    "pg_dsn_file": (("pg_dsn_file",), Path),
     "pg_passfile": (("pg_passfile",), Path),
     "pg_role_prefix": (("pg_role_prefix",), str),
     "pg_schema_prefix": (("pg_schema_prefix",), str),
@@ -258,6 +263,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "log_level": (("log_level",), str),
     "ops_host": (("ops_host",), str),
     "ops_port": (("ops_port",), int),
+    "log_format": (("log_format",), str),
     "registry_check_deadline_s": (("registry_check_deadline_s",), int),
     "records_checkpoint_interval_s": (("records_checkpoint_interval_s",), int),
     "records_checkpoint_records": (("records_checkpoint_records",), int),
@@ -269,6 +275,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+LOG_FORMATS = ("text", "json")
 BROKERS = ("auto", "kafka", "tansu")
 DEFAULT_CACHE = Path.home() / ".cache" / "renkei"
 
@@ -361,6 +368,8 @@ def load_settings(
     if kafka_kwargs.get("sasl_password_file") and not kafka_kwargs.get("sasl_password"):
         kafka_kwargs["sasl_password"] = _read_secret(Path(kafka_kwargs["sasl_password_file"]),
                                                      "kafka_sasl_password_file")
+    if top_kwargs.get("pg_dsn_file") and not top_kwargs.get("pg_dsn"):
+        top_kwargs["pg_dsn"] = _read_secret(top_kwargs["pg_dsn_file"], "pg_dsn_file")
     kafka = KafkaSettings(**kafka_kwargs)
     if kafka.security_protocol not in _PROTOCOLS:
         raise ConfigError(
@@ -370,6 +379,8 @@ def load_settings(
         raise ConfigError("kafka_sasl_username: required with a SASL security protocol")
     if kafka.broker not in BROKERS:
         raise ConfigError(f"broker: must be one of {', '.join(BROKERS)}")
+    if top_kwargs.get("log_format", "text") not in LOG_FORMATS:
+        raise ConfigError(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
     if top_kwargs.get("registry_check_deadline_s", 1) < 1:
         raise ConfigError("registry_check_deadline_s: at least 1 second")
     if kafka.fetch_wait_ms < 1:

@@ -64,6 +64,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RENKEI_PG_PASSFILE": str(settings.resolved_pg_passfile.absolute()),
         "RENKEI_PG_ROLE_PREFIX": settings.pg_role_prefix,
         "RENKEI_PG_SCHEMA_PREFIX": settings.pg_schema_prefix,
+        # How workers log (infra.logs), whichever layer set it: `renkei up` with log_format = "json" gets JSON.
+        "RENKEI_LOG_LEVEL": settings.log_level,
+        "RENKEI_LOG_FORMAT": settings.log_format,
     }
 
 

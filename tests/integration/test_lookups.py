@@ -587,3 +587,38 @@ async def test_dicj_answers_stored_in_plain_before_are_sealed_at_start(dicj):
                                    uuid.UUID(cid))
     assert row["accounts"] is None and b"7654321" not in row["accounts_ct"]
     assert dicj.sealer.open("dicj", answer_row_id(cid, "9005"), "", row["accounts_ct"]) == plain
+
+
+async def test_a_disaster_lookup_with_all_its_legs_is_one_trace(pg, platform, dicj, portal):
+    """W3C trace context (infra.core.tracing) on the real broker: DICJ's inquiry, the hub's leg to each designated
+    bank, each bank's answer and the consolidated result (sealed later, from the hub's lookup state) carry
+    one trace id, each hop a span of its own."""
+    from infra.core.errors import EnvelopeRejection
+    from infra.core.tracing import HEADER, TraceContext
+    from infra.tools.harness import read_topic
+
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", generate_my_number(_rng)),
+                                  designated_bank_codes=["9000", "9002"], disaster_id="2026-NOTO-01")
+    await dicj.wait_result(cid, timeout=DISASTER_S)
+    names = TopicNames(platform.settings.kafka.topic_prefix)
+    wanted = {("dicj", T.LOOKUP_DISASTER, cid), ("hub", T.LOOKUP_RESULT, cid)}
+    for bank in ("bank-9000", "bank-9002"):
+        wanted |= {("hub", T.LOOKUP_DISASTER, str(seen_by(platform, cid, bank))),
+                   (bank, T.LOOKUP_ANSWER, str(seen_by(platform, cid, bank)))}
+    traces: dict[tuple[str, str, str, str], TraceContext | None] = {}
+    for topic, partitions in [(names.ingress, INGRESS_PARTITIONS), (names.inbox("bank-9000"), 1),
+                              (names.inbox("bank-9002"), 1), (names.inbox("dicj"), 1)]:
+        for r in await read_topic(platform.settings, topic, partitions):
+            try:
+                meta = peek(r.value)
+            except EnvelopeRejection:  # another test's barrier markers on the ingress
+                continue
+            sender = "hub" if topic != names.ingress else meta.sender
+            if (sender, meta.type, meta.correlation_id) in wanted:
+                traces[(topic, sender, meta.type, meta.correlation_id)] = TraceContext.parse(
+                    dict(r.headers or ()).get(HEADER))
+    # the inquiry, its two legs, two answers on the ingress and on DICJ's side of the hub, the result
+    assert len(traces) == 6, sorted(traces)
+    assert None not in traces.values()
+    assert len({t.trace_id for t in traces.values()}) == 1
+    assert len({t.span_id for t in traces.values()}) == 6

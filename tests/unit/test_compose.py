@@ -82,11 +82,12 @@ def test_compose_clients_use_sasl_ssl_and_the_admin_applies_the_acls():
     data = yaml.safe_load(COMPOSE.read_text())
     text = COMPOSE.read_text()
     assert "SASL_PLAINTEXT" not in text and "PLAINTEXT://" not in text
-    init = data["services"]["renkei-init"]
-    assert init["environment"]["RENKEI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
-    assert init["environment"]["RENKEI_KAFKA_SASL_USERNAME"] == ADMIN
-    assert "renkei acls apply" in " ".join(init["entrypoint"])
-    hub = data["services"]["hub"]["environment"]
+    services = data["services"]
+    acls = services["renkei-acls"]
+    assert acls["environment"]["RENKEI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert acls["environment"]["RENKEI_KAFKA_SASL_USERNAME"] == ADMIN
+    assert acls["command"][:2] == ["acls", "apply"]
+    hub = services["hub"]["environment"]
     assert hub["RENKEI_KAFKA_SASL_USERNAME"] == "hub" and hub["RENKEI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
 
 
