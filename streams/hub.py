@@ -343,12 +343,15 @@ def _dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
 _CARRIED_HEADERS = ("renkei.redrive", "renkei.replay")
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers as faust hands them (a list of pairs, a mapping, or None)."""
+def record_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """Kafka headers as faust or aiokafka hand them (a list of pairs, a mapping, or None)."""
     if not raw:
         return ()
     items = raw.items() if hasattr(raw, "items") else raw
     return tuple((str(k), bytes(v or b"")) for k, v in items)
+
+
+_headers = record_headers  # the name tests/unit/test_metrics.py imports
 
 
 def single_partition_first(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -364,13 +367,61 @@ def single_partition_first(key: bytes | None, all_partitions: list[int], availab
 _DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
-# -- the faust worker -------------------------------------------------------------------------------
+# -- the worker: what every hub process runs beside its consume loop ----------------------------------
+
+
+@dataclass
+class HubRunning:
+    """A started hub: its service, its producer and the background tasks the consume loop needs beside it."""
+
+    service: HubService
+    producer: Any
+    tasks: dict[str, asyncio.Task[Any]]
+
+    def health(self) -> tuple[str, str]:
+        for name, task in self.tasks.items():
+            if task.done():
+                return "failing", f"the {name} task stopped"
+        return "ok", ""
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.service.close()
+        await self.producer.stop()
+
+
+async def start_hub(settings: Settings, metrics: Any) -> HubRunning:
+    """Producer, ``HubService``, and the key-directory, lookup-sweep and checkpoint tasks (either loop runs it)."""
+    from infra.kafka import producer as make_producer
+    from infra.keystore import follow_directory
+
+    prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
+    await prod.start()
+    service = await HubService.create(settings, prod)
+    directory = service.directory
+    metrics.directory_entries.set(len(directory))
+
+    def directory_changed(n: int) -> None:
+        metrics.directory_updates.inc(n)
+        metrics.directory_entries.set(len(directory))
+
+    tasks = {
+        "directory": asyncio.ensure_future(follow_directory(
+            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics)),
+        "sweeps": asyncio.ensure_future(service.lookups.run_sweeps()),
+        "checkpoints": asyncio.ensure_future(_checkpoints(settings, service, prod, metrics)),
+    }
+    return HubRunning(service, prod, tasks)
 
 
 def build_app(settings: Settings) -> Any:
-    """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX."""
-    from infra.kafka import producer as make_producer
-    from infra.keystore import follow_directory
+    """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX.
+
+    Not what ``python -m streams.hub`` runs any more (``streams.hub_loop``, a plain aiokafka loop, costs
+    less: docs/performance.md); ``python -m streams.hub_faust`` runs it, for the bench's comparison.
+    """
     from infra.metrics import MetricsServer, WorkerMetrics
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
@@ -378,52 +429,33 @@ def build_app(settings: Settings) -> Any:
     app = make_app(settings, f"{settings.kafka.topic_prefix}.hub")
     ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
-    holder: dict[str, Any] = {}
+    holder: dict[str, HubRunning] = {}
     metrics = WorkerMetrics("hub")
 
     def health() -> tuple[str, str]:
-        if "service" not in holder:
+        if "hub" not in holder:
             return "starting", "loading keys and connecting to PostgreSQL"
-        for name in ("sweeps", "directory", "checkpoints"):
-            task = holder[name]
-            if task.done():
-                return "failing", f"the {name} task stopped"
-        return "ok", ""
+        return holder["hub"].health()
 
     @app.task
     async def _start_service() -> None:
         await MetricsServer(metrics, health, state_dir=settings.state_dir).start()
-        prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
-        await prod.start()
-        service = await HubService.create(settings, prod)
-        directory = service.directory
-        metrics.directory_entries.set(len(directory))
-
-        def directory_changed(n: int) -> None:
-            metrics.directory_updates.inc(n)
-            metrics.directory_entries.set(len(directory))
-
-        holder["directory"] = asyncio.ensure_future(follow_directory(
-            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics))
-        holder["producer"] = prod
-        holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
-        holder["checkpoints"] = asyncio.ensure_future(_checkpoints(settings, service, prod, metrics))
-        holder["service"] = service
+        holder["hub"] = await start_hub(settings, metrics)
         log.info("hub ready: consuming %s", names.ingress)
 
     @app.agent(ingress)
     async def gateway(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            while "service" not in holder:
+            while "hub" not in holder:
                 await asyncio.sleep(0.05)
             started = time.monotonic()
             batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key,
-                             _headers(e.message.headers)) for e in events]
-            stats = await holder["service"].process(batch)
-            _observe(metrics, stats, started, app.consumer, events)
-            if stats.rejected:
-                log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
-                         stats.rejected, stats.by_reason)
+                             record_headers(e.message.headers)) for e in events]
+            stats = await holder["hub"].service.process(batch)
+            last: dict[Any, int] = {}
+            for e in events:
+                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+            observe_batch(metrics, stats, started, app.consumer, last)
 
     # No shutdown hook is needed for correctness: every produced message is acknowledged by the
     # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
@@ -452,8 +484,9 @@ async def _checkpoints(settings: Settings, service: HubService, producer: Any, m
                           on_refused=lambda _: refused.inc())
 
 
-def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:
-    """Feed one batch's figures to the worker's metrics (every message finished with the batch)."""
+def observe_batch(metrics: Any, stats: BatchStats, started: float, consumer: Any, last: dict[Any, int]) -> None:
+    """Feed one batch's figures to the worker's metrics (every message finished with the batch);
+    ``last``: the batch's last offset per topic-partition."""
     metrics.batch_done(stats.received, started)
     metrics.messages_out.inc(stats.forwarded)
     for reason, n in stats.by_reason.items():
@@ -461,18 +494,19 @@ def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, eve
     metrics.duplicates.inc(stats.redelivered)
     metrics.provision_records.inc(stats.records)
     metrics.provision_write_seconds.observe(stats.provision_write_s)
-    last: dict[Any, int] = {}
-    for e in events:
-        last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
     metrics.record_lag(consumer, last)
+    if stats.rejected:
+        log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
+                 stats.rejected, stats.by_reason)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The hub worker on a plain aiokafka consumer group (``streams.hub_loop``)."""
     from infra.cli import worker_settings
-    from streams.app import run_worker
+    from streams.hub_loop import run_hub
 
     settings = worker_settings(argv, participant_id="hub")
-    run_worker(build_app(settings), log_level=settings.log_level)
+    run_hub(settings)
 
 
 if __name__ == "__main__":
