@@ -54,6 +54,7 @@ from infra.storage import create_pool, migrate
 from infra.topics import TopicNames
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
+from streams.hub_produce import Outgoing
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
 
@@ -274,11 +275,11 @@ class HubService:
 
     async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
         stats = BatchStats(received=len(decisions), redelivered=len(redelivered), records=len(records))
-        futures = []
-        send = self.producer.send
+        out = Outgoing(self.producer)  # one record batch per topic, not one send per record
+        inbox = self.names.inbox
         answers, _ = self.core.answer_local(decisions)
         for recipient, subject, envelope in self.core.forward(decisions) + answers:
-            futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode()))
+            out.add(inbox(recipient), envelope, key=subject.encode())
             stats.forwarded += 1
         notices = []
         for d in decisions:
@@ -286,18 +287,17 @@ class HubService:
                 continue
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
-            futures.append(await send(self.names.rejected, d.inbound.value, key=d.inbound.key,
-                                      headers=_dead_letter_headers(d)))
+            out.add(self.names.rejected, d.inbound.value, key=d.inbound.key, headers=_dead_letter_headers(d))
             if d.meta is not None and d.meta.sender in self.core.participants and d.meta.type != REJECTION_NOTICE:
                 notices.append(d)
         if notices:
             for d, envelope in zip(notices, self._seal_notices(notices)):
-                futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode()))
+                out.add(inbox(d.meta.sender), envelope, key=d.meta.subject.encode())
+        person = self.core.pseudonyms.person
         for record in records:
-            key, value = audit_record(record, self.core.pseudonyms.person(record.person_token))
-            futures.append(await send(self.names.audit, value, key=key))
-        if futures:
-            await asyncio.gather(*futures)
+            key, value = audit_record(record, person(record.person_token))
+            out.add(self.names.audit, value, key=key)
+        await out.flush()  # every ack before the caller commits the consumed offsets
         return stats
 
     def _seal_notices(self, decisions: list[Decision]) -> list[bytes]:

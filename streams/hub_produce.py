@@ -1,0 +1,68 @@
+"""A batch's outgoing records, produced one record batch per topic-partition instead of one ``send`` each.
+
+The hub writes a batch's forwards, dead letters, notices and provision records to topics of one
+partition (inboxes, the rejected and the audit topics): there is no partition to choose, so the
+records go straight into an aiokafka ``BatchBuilder`` per topic and each builder is handed over with
+one ``send_batch``. ``producer.send`` per record spent ~20–40 µs each on metadata checks, the
+partitioner and the accumulator (the profile in docs/performance.md). A topic of several
+partitions still goes through ``send`` (the producer's partitioner picks by key, as before).
+
+The guarantees are the producer's: acks=all, idempotence where the broker has it (sequence
+numbers are set when a batch is drained, for built batches too), and the caller waits for every
+future before it commits the consumed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+Headers = list[tuple[str, bytes]] | None
+
+
+class Outgoing:
+    """Records to produce, in order per topic; :meth:`send` hands them to the producer, :meth:`flush` also waits."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self._by_topic: dict[str, list[tuple[bytes | None, bytes, Headers]]] = {}
+
+    def add(self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = None) -> None:
+        self._by_topic.setdefault(topic, []).append((key, value, headers))
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self._by_topic.values())
+
+    async def send(self) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        producer = self.producer
+        for topic, records in self._by_topic.items():
+            partitions = await producer.partitions_for(topic)
+            if len(partitions) != 1:
+                for key, value, headers in records:
+                    futures.append(await producer.send(topic, value, key=key, headers=headers))
+                continue
+            partition = next(iter(partitions))
+            builder = producer.create_batch()
+            for key, value, headers in records:
+                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is not None:
+                    continue
+                if builder.record_count():  # full: hand it over and start the next
+                    builder.close()  # nothing but ours goes into it (send() could otherwise add to it)
+                    futures.append(await producer.send_batch(builder, topic, partition=partition))
+                    builder = producer.create_batch()
+                    if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is not None:
+                        continue
+                # Larger than a whole batch: send() refuses it with the producer's own error.
+                futures.append(await producer.send(topic, value, key=key, headers=headers))
+            if builder.record_count():
+                builder.close()
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+        self._by_topic.clear()
+        return futures
+
+    async def flush(self) -> None:
+        """Produce everything and wait for the broker's acks (an error is raised here)."""
+        futures = await self.send()
+        if futures:
+            await asyncio.gather(*futures)
