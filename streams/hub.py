@@ -1,6 +1,8 @@
-"""The hub worker: a faust-streaming agent over ``renkei.hub.ingress``.
+"""The hub's batch step over ``renkei.hub.ingress`` (``HubService``), and what every hub worker runs beside it.
 
-For each batch (``stream.take``), in this order:
+``streams.hub_loop`` drives it from a plain aiokafka consumer group (one poll = one batch); the
+faust app below (``build_app``, run by ``streams.hub_faust``) drives the same step and is kept for
+the bench's comparison.  For each batch, in this order:
 
 1. ``HubCore.decide`` — verify (wraps and audit paths capped before decoding),
    rate-limit each verified sender, authorise, translate (pure, no I/O);
@@ -15,9 +17,9 @@ For each batch (``stream.take``), in this order:
    recipients' inboxes (each leg under ids of its own: ``infra.pseudonyms``),
    the dead letters to ``renkei.hub.rejected``, the signed rejection notices
    to the senders' inboxes and the records to ``renkei.audit.provisions``
-   (keyed by the person's hub-only pseudonym, never a token); wait for the
-   broker's acks;
-4. return to faust, which acks the batch (at-least-once).
+   (keyed by the person's hub-only pseudonym, never a token), one record batch per
+   topic (``streams.hub_produce``); wait for the broker's acks;
+4. return to the loop, which commits the batch's offsets (at-least-once).
 
 If step 2 fails (database down), nothing is forwarded and the batch is
 retried with back-off until it succeeds: fail closed, nothing lost.  Run it
