@@ -19,6 +19,9 @@ from typing import Any
 
 Headers = list[tuple[str, bytes]] | None
 
+LARGE = 256 * 1024
+"""Records above this go through ``send()`` one by one (its size check; envelopes are a few KB)."""
+
 
 class Outgoing:
     """Records to produce, in order per topic; :meth:`send` hands them to the producer, :meth:`flush` also waits."""
@@ -34,32 +37,40 @@ class Outgoing:
         return sum(len(records) for records in self._by_topic.values())
 
     async def send(self) -> list[asyncio.Future[Any]]:
+        """Hand every record to the producer, in order per topic; the futures resolve on the broker's acks."""
         futures: list[asyncio.Future[Any]] = []
-        producer = self.producer
         for topic, records in self._by_topic.items():
-            partitions = await producer.partitions_for(topic)
-            if len(partitions) != 1:
+            partitions = await self.producer.partitions_for(topic)
+            if len(partitions) == 1:
+                await self._batched(topic, next(iter(partitions)), records, futures)
+            else:
                 for key, value, headers in records:
-                    futures.append(await producer.send(topic, value, key=key, headers=headers))
-                continue
-            partition = next(iter(partitions))
-            builder = producer.create_batch()
-            for key, value, headers in records:
-                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is not None:
-                    continue
-                if builder.record_count():  # full: hand it over and start the next
-                    builder.close()  # nothing but ours goes into it (send() could otherwise add to it)
-                    futures.append(await producer.send_batch(builder, topic, partition=partition))
-                    builder = producer.create_batch()
-                    if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is not None:
-                        continue
-                # Larger than a whole batch: send() refuses it with the producer's own error.
-                futures.append(await producer.send(topic, value, key=key, headers=headers))
-            if builder.record_count():
-                builder.close()
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                    futures.append(await self.producer.send(topic, value, key=key, headers=headers))
         self._by_topic.clear()
         return futures
+
+    async def _batched(self, topic: str, partition: int, records: list[tuple[bytes | None, bytes, Headers]],
+                       futures: list[asyncio.Future[Any]]) -> None:
+        producer = self.producer
+        builder = producer.create_batch()
+        for key, value, headers in records:
+            if len(value) + len(key or b"") > LARGE:
+                # send() checks the size first; a batch builder takes a first record of any size, and the
+                # broker's refusal of it would leave the idempotent producer's sequence out of order.
+                builder = await self._hand_over(builder, topic, partition, futures)
+                futures.append(await producer.send(topic, value, key=key, headers=headers))
+            elif builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                builder = await self._hand_over(builder, topic, partition, futures)  # full: start the next
+                builder.append(key=key, value=value, timestamp=None, headers=headers or [])
+        await self._hand_over(builder, topic, partition, futures)
+
+    async def _hand_over(self, builder: Any, topic: str, partition: int, futures: list[asyncio.Future[Any]]) -> Any:
+        """Queue ``builder`` if it holds anything; returns the builder to fill next."""
+        if not builder.record_count():
+            return builder
+        builder.close()  # nothing but ours goes into it (send() could otherwise add to it)
+        futures.append(await self.producer.send_batch(builder, topic, partition=partition))
+        return self.producer.create_batch()
 
     async def flush(self) -> None:
         """Produce everything and wait for the broker's acks (an error is raised here)."""
