@@ -530,7 +530,8 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
                 cid = await dicj.start_lookup("INHERITANCE", subject)
                 view = await dicj.wait_result(cid, timeout=600)
                 if len(view["answering_banks"]) != asked or len(view["accounts"]) != 4:
-                    raise RuntimeError(f"incomplete lookup result: {len(view['answering_banks'])} of {asked} banks")
+                    raise RuntimeError(f"incomplete lookup result: {len(view['answering_banks'])} of {asked} banks, "
+                                       f"{len(view['accounts'])} of 4 accounts")
                 return time.perf_counter() - started
 
             await one()  # warm-up
