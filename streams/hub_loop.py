@@ -39,6 +39,8 @@ log = logging.getLogger("renkei.hub")
 
 HUB_BATCH_MAX = 500
 """Records per poll (faust's ``take_events`` took the same); one transaction and one countersignature each."""
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0
+"""Back-off between attempts at a batch whose forwards the broker did not acknowledge."""
 DRAIN_S = 10.0
 """How long a stopping worker lets its batch finish and commit before it is cancelled."""
 
@@ -78,6 +80,7 @@ class HubLoop:
     async def _run(self) -> None:
         assert self.hub is not None
         process = self.hub.service.process
+        delay = RETRY_FIRST_S
         while not self._stopping:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=HUB_BATCH_MAX)
             if not polled:
@@ -85,10 +88,29 @@ class HubLoop:
             started = time.monotonic()
             batch = [Inbound(r.value, r.partition, r.offset, r.key, record_headers(r.headers))
                      for records in polled.values() for r in records]
-            stats = await process(batch)
+            try:
+                stats = await process(batch)
+            except KafkaError as exc:
+                # A forward or record the broker did not acknowledge (process() itself turns every bad
+                # message into a dead letter and waits out a database outage). The claims and records are
+                # committed, so reading the batch again forwards it again without a new record.
+                log.error("a batch's forwards were not acknowledged (%s); reading it again in %.1f s",
+                          type(exc).__name__, delay)
+                self._rewind(polled)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
             last = {tp: records[-1].offset for tp, records in polled.items() if records}
             await self._commit(last)
             observe_batch(self.metrics, stats, started, self.consumer, last)
+
+    def _rewind(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in polled.items():
+            try:
+                self.consumer.seek(tp, records[0].offset)
+            except IllegalStateError:  # no longer ours: its new owner reads it from the committed offset
+                pass
 
     async def _commit(self, last: dict[TopicPartition, int]) -> None:
         try:
