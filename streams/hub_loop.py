@@ -14,6 +14,13 @@ a crash redelivers the batch (same offsets: forwarded again, no new record).  A 
 because the group rebalanced meanwhile is the same case: the partition's next owner redelivers.
 Every hub worker joins the group ``<prefix>.hub`` (the name the ACLs grant), so several share the
 ingress topic's partitions.
+
+A batch whose forwards the broker did not acknowledge is read again after a back-off (nothing is
+skipped: fail closed). The idempotent producer retries retriable errors itself without end; what
+reaches the loop is a refusal (a missing ACL on an inbox, a record over the topic's size limit). After
+one, aiokafka does not reset the partition's sequence, so later batches to it fail
+OutOfOrderSequenceNumber until the worker restarts: fix the cause, then restart the hub (the log
+says which error, every attempt).
 """
 
 from __future__ import annotations
