@@ -426,6 +426,7 @@ async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks
             if attempt == 2:
                 await plat.stop()
                 raise
+            await asyncio.sleep(2 + 3 * attempt)  # let the workers' start-up transactions finish first
     return plat
 
 
