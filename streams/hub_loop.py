@@ -167,7 +167,7 @@ async def serve(settings: Settings) -> None:
         await asyncio.wait([stopped, running], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
     if running.done() and not running.cancelled():
-        running.result()  # the loop died: exit with its error, so the supervisor restarts the worker
+        running.result()  # the loop died: exit with its error (non-zero), so `renkei status` shows it dead
 
 
 def run_hub(settings: Settings) -> None:
