@@ -1,6 +1,8 @@
-"""The hub worker: a faust-streaming agent over ``renkei.hub.ingress``.
+"""The hub's batch step over ``renkei.hub.ingress`` (``HubService``), and what every hub worker runs beside it.
 
-For each batch (``stream.take``), in this order:
+``streams.hub_loop`` drives it from a plain aiokafka consumer group (one poll = one batch); the
+faust app below (``build_app``, run by ``streams.hub_faust``) drives the same step and is kept for
+the bench's comparison.  For each batch, in this order:
 
 1. ``HubCore.decide`` — verify (wraps and audit paths capped before decoding),
    rate-limit each verified sender, authorise, translate (pure, no I/O);
@@ -15,13 +17,13 @@ For each batch (``stream.take``), in this order:
    recipients' inboxes (each leg under ids of its own: ``infra.crypto.pseudonyms``),
    the dead letters to ``renkei.hub.rejected``, the signed rejection notices
    to the senders' inboxes and the records to ``renkei.audit.provisions``
-   (keyed by the person's hub-only pseudonym, never a token); wait for the
-   broker's acks;
-4. return to faust, which acks the batch (at-least-once).
+   (keyed by the person's hub-only pseudonym, never a token), one record batch per
+   topic (``streams.hub_produce``); wait for the broker's acks;
+4. return to the loop, which commits the batch's offsets (at-least-once).
 
 If step 2 fails (database down), nothing is forwarded and the batch is
 retried with back-off until it succeeds: fail closed, nothing lost.  Run it
-as ``python -m streams.hub`` (``renkei up`` does).
+as ``python -m streams.hub_loop`` (``renkei up`` does; ``streams.hub_loop`` drives this module).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +57,7 @@ from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStore, audit_record
 from schemas.types import REJECTION_NOTICE
 from streams.gateway import Decision, HubCore, Inbound, reply_id
+from streams.hub_produce import Outgoing
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
 
@@ -281,15 +284,14 @@ class HubService:
 
     async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
         stats = BatchStats(received=len(decisions), redelivered=len(redelivered), records=len(records))
-        futures = []
-        send = self.producer.send
+        out = Outgoing(self.producer)  # one record batch per topic, not one send per record
+        inbox = self.names.inbox
         answers, _ = self.core.answer_local(decisions)
         # forward() yields each accepted leg in decision order, answer_local() each answered local decision.
         legs = [d for d in decisions if d.accepted and not d.local for _ in d.legs]
         legs += [d for d in decisions if d.accepted and d.local] if answers else []  # none answered without a sealer
         for (recipient, subject, envelope), d in zip(self.core.forward(decisions) + answers, legs, strict=True):
-            futures.append(await send(self.names.inbox(recipient), envelope, key=subject.encode(),
-                                      headers=_leg_headers(d, recipient)))
+            out.add(inbox(recipient), envelope, key=subject.encode(), headers=_leg_headers(d, recipient))
             stats.forwarded += 1
             stats.by_recipient[recipient] = stats.by_recipient.get(recipient, 0) + 1
         notices = []
@@ -301,19 +303,18 @@ class HubService:
             stats.rejected += 1
             stats.by_reason[d.reason.value] = stats.by_reason.get(d.reason.value, 0) + 1
             _log_refused(d)
-            futures.append(await send(self.names.rejected, d.inbound.value, key=d.inbound.key,
-                                      headers=dead_letter_headers(d)))
+            out.add(self.names.rejected, d.inbound.value, key=d.inbound.key, headers=dead_letter_headers(d))
             if d.meta is not None and d.meta.sender in self.core.participants and d.meta.type != REJECTION_NOTICE:
                 notices.append(d)
         if notices:
             for d, envelope in zip(notices, self._seal_notices(notices)):
-                futures.append(await send(self.names.inbox(d.meta.sender), envelope, key=d.meta.subject.encode(),
-                                          headers=_leg_headers(d, d.meta.sender)))
+                out.add(inbox(d.meta.sender), envelope, key=d.meta.subject.encode(),
+                        headers=_leg_headers(d, d.meta.sender))
+        person = self.core.pseudonyms.person
         for record in records:
-            key, value = audit_record(record, self.core.pseudonyms.person(record.person_token))
-            futures.append(await send(self.names.audit, value, key=key))
-        if futures:
-            await asyncio.gather(*futures)
+            key, value = audit_record(record, person(record.person_token))
+            out.add(self.names.audit, value, key=key)
+        await out.flush()  # every ack before the caller commits the consumed offsets
         return stats
 
     def _seal_notices(self, decisions: list[Decision]) -> list[bytes]:
@@ -392,11 +393,13 @@ _CARRIED_HEADERS = ("renkei.redrive", "renkei.replay")
 
 
 def record_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
-    """Kafka headers as faust hands them (a list of pairs, a mapping, or None)."""
+    """Kafka headers as faust or aiokafka hand them (a list of pairs, a mapping, or None)."""
     if not raw:
         return ()
     items = raw.items() if hasattr(raw, "items") else raw
     return tuple((str(k), bytes(v or b"")) for k, v in items)
+
+
 
 
 def single_partition_first(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
@@ -412,72 +415,115 @@ def single_partition_first(key: bytes | None, all_partitions: list[int], availab
 _DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
-# -- the faust worker -------------------------------------------------------------------------------
+# -- the worker: what every hub process runs beside its consume loop ----------------------------------
+
+
+@dataclass
+class HubRunning:
+    """A started hub: its service, its producer and the background tasks the consume loop needs beside it."""
+
+    service: HubService
+    producer: Any
+    tasks: dict[str, asyncio.Task[Any]]
+
+    def health(self) -> tuple[str, str]:
+        for name, task in self.tasks.items():
+            if task.done():
+                return "failing", f"the {name} task stopped"
+        return "ok", ""
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.service.close()
+        await self.producer.stop()
+
+
+def hub_metrics(settings: Settings) -> Any:
+    """The hub worker's series (``infra.platform.metrics``), its participants known so their labels are kept."""
+    from infra.platform.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics("hub", group=f"{settings.kafka.topic_prefix}.hub")
+    metrics.know_participants(p.id for p in participants_of(settings))
+    return metrics
+
+
+def hub_metrics_server(settings: Settings, metrics: Any, health: Callable[[], tuple[str, str]],
+                       service: Callable[[], HubService | None]) -> Any:
+    """``/metrics`` and ``/health`` on ``ops_host``/``ops_port``, with the figures read from the hub's tables at
+    each scrape (``infra.platform.metrics_hub``; ``service``: the running ``HubService``, None while starting)."""
+    from infra.platform.metrics import MetricsServer
+    from infra.platform.metrics_hub import HubFigures
+
+    return MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
+                         port=settings.ops_port, collect=HubFigures(metrics).collector(service))
+
+
+async def start_hub(settings: Settings, metrics: Any) -> HubRunning:
+    """Producer, ``HubService``, and the key-directory, lookup-sweep and checkpoint tasks (either loop runs it)."""
+    from infra.platform.kafka import producer as make_producer
+    from infra.platform.keystore import follow_directory
+
+    prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
+    await prod.start()
+    service = await HubService.create(settings, prod)
+    directory = service.directory
+    metrics.directory_entries.set(len(directory))
+
+    def directory_changed(n: int) -> None:
+        metrics.directory_updates.inc(n)
+        metrics.directory_entries.set(len(directory))
+
+    tasks = {
+        "directory": asyncio.ensure_future(follow_directory(
+            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics)),
+        "sweeps": asyncio.ensure_future(service.lookups.run_sweeps()),
+        "checkpoints": asyncio.ensure_future(_checkpoints(settings, service, prod, metrics)),
+    }
+    return HubRunning(service, prod, tasks)
 
 
 def build_app(settings: Settings) -> Any:
-    """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX."""
-    from infra.platform.kafka import producer as make_producer
-    from infra.platform.keystore import follow_directory
-    from infra.platform.metrics import MetricsServer, WorkerMetrics
-    from infra.platform.metrics_hub import HubFigures
+    """The hub as a faust app: one agent over the ingress topic, batches of up to BATCH_MAX.
+
+    Not what the hub worker (``python -m streams.hub_loop``) runs (``streams.hub_loop``, a plain aiokafka loop, costs
+    less: docs/performance.md); ``python -m streams.hub_faust`` runs it, for the bench's comparison.
+    """
     from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
 
     names = TopicNames(settings.kafka.topic_prefix)
     app = make_app(settings, f"{settings.kafka.topic_prefix}.hub")
     ingress = app.topic(names.ingress, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
-    holder: dict[str, Any] = {}
-    metrics = WorkerMetrics("hub", group=f"{settings.kafka.topic_prefix}.hub")
-    metrics.know_participants(p.id for p in participants_of(settings))
-    hub_figures = HubFigures(metrics)
+    holder: dict[str, HubRunning] = {}
+    metrics = hub_metrics(settings)
 
     def health() -> tuple[str, str]:
-        if "service" not in holder:
+        if "hub" not in holder:
             return "starting", "loading keys and connecting to PostgreSQL"
-        for name in ("sweeps", "directory", "checkpoints"):
-            task = holder[name]
-            if task.done():
-                return "failing", f"the {name} task stopped"
-        return "ok", ""
+        return holder["hub"].health()
 
     @app.task
     async def _start_service() -> None:
-        await MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
-                            port=settings.ops_port,
-                            collect=hub_figures.collector(lambda: holder.get("service"))
-                            ).start()
-        prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
-        await prod.start()
-        service = await HubService.create(settings, prod)
-        directory = service.directory
-        metrics.directory_entries.set(len(directory))
-
-        def directory_changed(n: int) -> None:
-            metrics.directory_updates.inc(n)
-            metrics.directory_entries.set(len(directory))
-
-        holder["directory"] = asyncio.ensure_future(follow_directory(
-            settings, directory, on_change=directory_changed, keystore=service.keystore, metrics=metrics))
-        holder["producer"] = prod
-        holder["sweeps"] = asyncio.ensure_future(service.lookups.run_sweeps())
-        holder["checkpoints"] = asyncio.ensure_future(_checkpoints(settings, service, prod, metrics))
-        holder["service"] = service
+        await hub_metrics_server(settings, metrics, health,
+                                 lambda: holder["hub"].service if "hub" in holder else None).start()
+        holder["hub"] = await start_hub(settings, metrics)
         log.info("hub ready: consuming %s", names.ingress)
 
     @app.agent(ingress)
     async def gateway(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            while "service" not in holder:
+            while "hub" not in holder:
                 await asyncio.sleep(0.05)
             started = time.monotonic()
             batch = [Inbound(e.message.value, e.message.partition, e.message.offset, e.message.key,
                              record_headers(e.message.headers)) for e in events]
-            stats = await holder["service"].process(batch)
-            _observe(metrics, stats, started, app.consumer, events)
-            if stats.rejected:
-                log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
-                         stats.rejected, stats.by_reason)
+            stats = await holder["hub"].service.process(batch)
+            last: dict[Any, int] = {}
+            for e in events:
+                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+            observe_batch(metrics, stats, started, app.consumer, last)
 
     # No shutdown hook is needed for correctness: every produced message is acknowledged by the
     # broker before its batch is acked, and PostgreSQL transactions are committed or rolled back.
@@ -506,8 +552,9 @@ async def _checkpoints(settings: Settings, service: HubService, producer: Any, m
                           on_refused=lambda _: refused.inc())
 
 
-def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, events: Sequence[Any]) -> None:
-    """Feed one batch's figures to the worker's metrics (every message finished with the batch)."""
+def observe_batch(metrics: Any, stats: BatchStats, started: float, consumer: Any, last: dict[Any, int]) -> None:
+    """Feed one batch's figures to the worker's metrics (every message finished with the batch);
+    ``last``: the batch's last offset per topic-partition."""
     metrics.batch_done(stats.received, started)
     metrics.by_participant(stats.by_sender, stats.by_recipient, started)
     metrics.messages_out.inc(stats.forwarded)
@@ -516,19 +563,7 @@ def _observe(metrics: Any, stats: BatchStats, started: float, consumer: Any, eve
     metrics.duplicates.inc(stats.redelivered)
     metrics.provision_records.inc(stats.records)
     metrics.provision_write_seconds.observe(stats.provision_write_s)
-    last: dict[Any, int] = {}
-    for e in events:
-        last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
     metrics.record_lag(consumer, last)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from infra.core.arguments import worker_settings
-    from streams.app import run_worker
-
-    settings = worker_settings(argv, participant_id="hub")
-    run_worker(build_app(settings), log_level=settings.log_level, log_format=settings.log_format, component="hub")
-
-
-if __name__ == "__main__":
-    main()
+    if stats.rejected:
+        log.info("batch of %d: %d forwarded, %d rejected %s", stats.received, stats.forwarded,
+                 stats.rejected, stats.by_reason)

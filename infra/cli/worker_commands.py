@@ -26,7 +26,7 @@ from infra.core.settings import ENV_PREFIX, Settings, setting_keys
 __all__ = ["WORKER_MODULES", "register", "run_worker_module", "worker_environment"]
 
 WORKER_MODULES: dict[str, tuple[str, str]] = {
-    "hub": ("streams.hub", "the hub gateway (verify, authorise, translate, record, forward); run N for N workers"),
+    "hub": ("streams.hub_loop", "the hub gateway (verify, authorise, translate, record, forward); run N for N workers"),
     "registry": ("streams.registry", "the public-funds account registry (Digital Agency)"),
     "banks": ("connectors.bank_sim", "the simulated banks (every bank no channel connector serves)"),
     "dicj": ("connectors.dicj", "DICJ's desk: numbering requests passed on, inheritance and disaster lookups"),

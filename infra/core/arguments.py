@@ -72,7 +72,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def worker_settings(argv: list[str] | None = None, *, participant_id: str | None = None) -> Settings:
-    """Settings for a worker process (``python -m streams.hub --kafka-bootstrap ...``)."""
+    """Settings for a worker process (``python -m streams.hub_loop --kafka-bootstrap ...``)."""
     args = Parser(parents=[common_parser()]).parse_args(argv)
     flat = {k: v for k, v in vars(args).items() if k not in ("json", "config")}
     if participant_id and "participant_id" not in flat:

@@ -2,7 +2,7 @@
 
 The hub dead-letters the original bytes with ``renkei.*`` headers (reason,
 detail, source partition/offset, time, and when it could read them message
-id, type, sender; ``streams.hub._dead_letter_headers``). ``list`` shows
+id, type, sender; ``streams.hub.dead_letter_headers``). ``list`` shows
 those headers only, never the value. ``redrive`` produces the original bytes
 and key again to the ingress topic with ``renkei.redrive`` = the dead
 letter's offset, ``renkei.redrive.count`` (1 + the count the dead letter

@@ -71,7 +71,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 WORKERS: list[WorkerSpec] = [
-    WorkerSpec("hub", "streams.hub", settings_args, lambda s: f"{s.kafka.topic_prefix}.hub"),
+    WorkerSpec("hub", "streams.hub_loop", settings_args, lambda s: f"{s.kafka.topic_prefix}.hub"),
     WorkerSpec("registry", "streams.registry", settings_args, lambda s: f"{s.kafka.topic_prefix}.registry"),
     WorkerSpec("banks", "connectors.bank_sim", settings_args, lambda s: f"{s.kafka.topic_prefix}.banks",
                principal=BANK_SIMULATOR),

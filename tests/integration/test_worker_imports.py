@@ -1,6 +1,6 @@
 """Workers import Renkei's code, never a folder of the same name in the caller's current directory (issue 17.5).
 
-``python -m streams.hub`` puts the current folder first on the import path: started from a folder that has
+``python -m streams.hub_loop`` puts the current folder first on the import path: started from a folder that has
 its own ``streams/``, a worker would run that folder's code. ``renkei up`` starts its workers with ``-P``,
 so the caller's folder is not on their path. The test starts the platform from a folder holding a decoy
 ``streams/`` package whose hub would leave a mark and exit, and shows the real hub and registry running.
@@ -41,7 +41,7 @@ def test_renkei_up_from_a_folder_with_a_decoy_streams_package_runs_the_real_work
     (caller / "streams" / "__init__.py").write_text("")
     for worker in ("hub", "registry"):
         (caller / "streams" / f"{worker}.py").write_text(DECOY)
-    # The decoy is importable from that folder, as the workers' `python -m streams.hub` would find it without -P.
+    # The decoy is importable from that folder, as the workers' `python -m streams.hub_loop` would find it without -P.
     probe = subprocess.run([sys.executable, "-c", "import streams, sys; print(streams.__file__)"], cwd=caller,
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == str(caller / "streams" / "__init__.py")
