@@ -1,7 +1,7 @@
 """The hub gateway's business step, as pure logic: verify → rate limit → authorise → translate → countersign.
 
 ``HubCore.decide`` takes a batch of raw ingress records and returns one
-:class:`Decision` per record — accepted (with each leg's translated subject and
+:class:`HubDecision` per record — accepted (with each leg's translated subject and
 own ids, the policy decision and the provision-record drafts) or rejected
 (with a stable reason code).  The policy sees the procedure the envelope's
 signed metadata names (STEP2: UNKNOWN_PROCEDURE, PROCEDURE_NOT_ALLOWED); an
@@ -82,7 +82,13 @@ class Leg:
 
 
 @dataclass
-class Decision:
+class HubDecision:
+    """What the hub does with one ingress record: forward its legs, answer locally, or dead-letter it.
+
+    Not the policy's verdict (:class:`infra.domain.policy.PolicyDecision`, one of its inputs): this
+    one also carries the verification, rate-limit and translation outcome of the whole record.
+    """
+
     inbound: Inbound
     meta: EnvelopeMeta | None = None
     reason: Reason | None = None  # None = accepted
@@ -97,7 +103,7 @@ class Decision:
     def accepted(self) -> bool:
         return self.reason is None
 
-    def reject(self, reason: Reason, detail: str) -> Decision:
+    def reject(self, reason: Reason, detail: str) -> HubDecision:
         self.reason, self.detail, self.legs, self.records = reason, detail, [], []
         return self
 
@@ -130,11 +136,11 @@ class HubCore:
         self.limiter = limiter  # per verified sender: one participant cannot starve the others
         self.pseudonyms = pseudonyms or HubPseudonyms.of(tokens)  # legs' ids, records' ids, the audit key
 
-    def decide(self, batch: list[Inbound]) -> list[Decision]:
+    def decide(self, batch: list[Inbound]) -> list[HubDecision]:
         return [self._decide_one(item) for item in batch]
 
-    def _decide_one(self, item: Inbound) -> Decision:
-        decision = Decision(item)
+    def _decide_one(self, item: Inbound) -> HubDecision:
+        decision = HubDecision(item)
         try:
             meta = self.verifier.verify(item.value)
             decision.meta = meta
@@ -184,10 +190,10 @@ class HubCore:
             return decision.reject(Reason.INTERNAL_ERROR, f"unexpected {type(exc).__name__} in the hub")
         return decision
 
-    def answer_local(self, decisions: list[Decision]) -> tuple[list[tuple[str, str, bytes]], list[Decision]]:
+    def answer_local(self, decisions: list[HubDecision]) -> tuple[list[tuple[str, str, bytes]], list[HubDecision]]:
         """Answer envelopes addressed to the hub (token issuance, 符号取得). Returns answers and failures."""
         answers: list[tuple[str, str, bytes]] = []
-        failed: list[Decision] = []
+        failed: list[HubDecision] = []
         messages: list[Message] = []
         for d in decisions:
             if not (d.accepted and d.local):
@@ -211,7 +217,7 @@ class HubCore:
                 answers.append((m.to, m.subject, envelope))
         return answers, failed
 
-    def forward(self, decisions: list[Decision]) -> list[tuple[str, str, bytes]]:
+    def forward(self, decisions: list[HubDecision]) -> list[tuple[str, str, bytes]]:
         """Countersign every accepted leg in one batch: ``(recipient, key, envelope bytes)``."""
         items, targets = [], []
         for d in decisions:

@@ -56,7 +56,7 @@ from infra.platform.storage import create_pool, migrate
 from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStore, audit_record
 from schemas.types import REJECTION_NOTICE
-from streams.gateway import Decision, HubCore, Inbound, reply_id
+from streams.gateway import HubCore, HubDecision, Inbound, reply_id
 from streams.hub_produce import Outgoing
 from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
@@ -228,7 +228,7 @@ class HubService:
             t.by_reason[k] = t.by_reason.get(k, 0) + v
         return stats
 
-    async def _commit_with_retry(self, decisions: list[Decision]) -> tuple[set[str], list[Any]]:
+    async def _commit_with_retry(self, decisions: list[HubDecision]) -> tuple[set[str], list[Any]]:
         delay = 0.2
         while True:
             try:
@@ -241,10 +241,10 @@ class HubService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _commit(self, decisions: list[Decision]) -> tuple[set[str], list[Any]]:
+    async def _commit(self, decisions: list[HubDecision]) -> tuple[set[str], list[Any]]:
         """Claim verified message ids and write provision records, in one transaction."""
         seen_in_batch: set[str] = set()
-        claim: list[Decision] = []
+        claim: list[HubDecision] = []
         for d in decisions:
             if d.meta is None:
                 continue
@@ -282,7 +282,7 @@ class HubService:
                     conn, [self.core.pseudonyms.record_message_id(m) for m in redelivered])
         return redelivered, new_records
 
-    async def _emit(self, decisions: list[Decision], redelivered: set[str], records: list[Any]) -> BatchStats:
+    async def _emit(self, decisions: list[HubDecision], redelivered: set[str], records: list[Any]) -> BatchStats:
         stats = BatchStats(received=len(decisions), redelivered=len(redelivered), records=len(records))
         out = Outgoing(self.producer)  # one record batch per topic, not one send per record
         inbox = self.names.inbox
@@ -317,7 +317,7 @@ class HubService:
         await out.flush()  # every ack before the caller commits the consumed offsets
         return stats
 
-    def _seal_notices(self, decisions: list[Decision]) -> list[bytes]:
+    def _seal_notices(self, decisions: list[HubDecision]) -> list[bytes]:
         from infra.crypto.envelope import Message
 
         now = datetime.now(UTC)
@@ -338,7 +338,7 @@ class HubService:
             return []
 
 
-def dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
+def dead_letter_headers(d: HubDecision) -> list[tuple[str, bytes]]:
     headers = [
         ("renkei.reason", d.reason.value.encode()),
         ("renkei.detail", d.detail.encode()[:500]),
@@ -359,7 +359,7 @@ def dead_letter_headers(d: Decision) -> list[tuple[str, bytes]]:
     return headers
 
 
-def _log_refused(d: Decision) -> None:
+def _log_refused(d: HubDecision) -> None:
     """One line per refused message: the verified sender's own ids, the reason code and the trace (never the
     detail, a token, or what an unverified envelope claims: its fields are the sender's to choose). What the
     rate limit refuses, and unverifiable input, are counted in the metrics and the batch line, logged one by one
@@ -375,13 +375,13 @@ def _log_refused(d: Decision) -> None:
                                    "trace_id": d.trace.trace_id if d.trace else ""})
 
 
-def _trace_of(d: Decision) -> TraceContext:
+def _trace_of(d: HubDecision) -> TraceContext:
     """The trace of an ingress message: the sender's, unless its trace id is one of the message's own ids."""
     meta = d.meta or d.unverified
     return received(d.inbound.headers, not_ids=(meta.message_id, meta.correlation_id) if meta else ())
 
 
-def _leg_headers(d: Decision, recipient: str) -> list[tuple[str, bytes]]:
+def _leg_headers(d: HubDecision, recipient: str) -> list[tuple[str, bytes]]:
     """The Kafka headers of one message the hub sends for ``d``: its trace, continued with a span of this leg."""
     assert d.meta is not None and d.trace is not None
     return trace_headers(hop(d.trace, "renkei.hub.forward", {"renkei.type": d.meta.type,

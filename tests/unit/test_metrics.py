@@ -21,7 +21,7 @@ from infra.platform.metrics import (
     read_endpoint,
     workers_dir,
 )
-from streams.gateway import Decision, Inbound
+from streams.gateway import HubDecision, Inbound
 from streams.hub import dead_letter_headers, record_headers
 
 
@@ -92,7 +92,7 @@ def test_dead_letters_keep_redrive_replay_and_ops_headers_only():
     carried = (("renkei.redrive", b"7"), ("renkei.redrive.count", b"2"), ("renkei.redrive.history", b"3,7"),
                ("renkei.replay", b"t:0:5"), ("renkei.replay.ts", b"1"), ("renkei.ops.event", b"ev-1"),
                ("traceparent", b"00-abc"), ("renkei.reason", b"FORGED"))
-    d = Decision(Inbound(b"x", 0, 12, None, carried)).reject(Reason.UNKNOWN_KEY, "no key")
+    d = HubDecision(Inbound(b"x", 0, 12, None, carried)).reject(Reason.UNKNOWN_KEY, "no key")
     headers = dead_letter_headers(d)
     names = [k for k, _ in headers]
     assert dict(headers)["renkei.redrive.count"] == b"2" and dict(headers)["renkei.ops.event"] == b"ev-1"
