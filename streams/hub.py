@@ -41,6 +41,7 @@ import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
 from infra.core.errors import Reason
+from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.core.tracing import TraceContext, hop, received, trace_headers
 from infra.crypto.envelope import HubForwarder, Opener, Sealer, Verifier
@@ -62,6 +63,8 @@ from streams.lookups import LOOKUP_MIGRATIONS, LookupTracker, lookup_deadlines
 from streams.participant import ClaimedInTransaction
 
 log = logging.getLogger("renkei.hub")
+
+RECORDS_RETRY = Backoff(base_s=0.2, cap_s=5.0)  # the records database away: the batch waits, fail closed
 
 HUB_MIGRATIONS = [
     """
@@ -229,17 +232,18 @@ class HubService:
         return stats
 
     async def _commit_with_retry(self, decisions: list[HubDecision]) -> tuple[set[str], list[Any]]:
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 return await self._commit(decisions)
             except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
                 # Fail closed: nothing of this batch is forwarded until its records are written.
                 self.write_failures += 1
+                failures += 1
+                delay = RECORDS_RETRY.delay(failures)
                 log.error("provision records could not be written (%s); retrying in %.1f s, nothing forwarded",
                           type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _commit(self, decisions: list[HubDecision]) -> tuple[set[str], list[Any]]:
         """Claim verified message ids and write provision records, in one transaction."""

@@ -35,6 +35,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from infra.core.logs import configure_logging
+from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.platform.kafka import consumer as make_consumer
 from infra.platform.kafka import fetch_wait_ms
@@ -47,7 +48,7 @@ log = logging.getLogger("renkei.hub")
 
 HUB_BATCH_MAX = 500
 """Records per poll (faust's ``take_events`` took the same); one transaction and one countersignature each."""
-RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0
+FORWARD_RETRY = Backoff(base_s=0.2, cap_s=5.0)  # a batch the broker did not acknowledge is read again after this
 """Back-off between attempts at a batch whose forwards the broker did not acknowledge."""
 DRAIN_S = 10.0
 """How long a stopping worker lets its batch finish and commit before it is cancelled."""
@@ -89,7 +90,7 @@ class HubLoop:
     async def _run(self) -> None:
         assert self.hub is not None
         process = self.hub.service.process
-        delay = RETRY_FIRST_S
+        failures = 0
         while not self._stopping:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=HUB_BATCH_MAX)
             if not polled:
@@ -100,6 +101,8 @@ class HubLoop:
             try:
                 stats = await process(batch)
             except KafkaError as exc:
+                failures += 1
+                delay = FORWARD_RETRY.delay(failures)
                 # A forward or record the broker did not acknowledge (process() itself turns every bad
                 # message into a dead letter and waits out a database outage). The claims and records are
                 # committed, so reading the batch again forwards it again without a new record.
@@ -107,9 +110,8 @@ class HubLoop:
                           type(exc).__name__, delay)
                 self._rewind(polled)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            delay = RETRY_FIRST_S
+            failures = 0
             last = {tp: records[-1].offset for tp, records in polled.items() if records}
             await self._commit(last)
             observe_batch(self.metrics, stats, started, self.consumer, last)

@@ -34,6 +34,7 @@ import asyncpg
 
 from infra.core.errors import Rejection
 from infra.core.logs import log_context
+from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.core.tracing import TraceContext, hop, incoming, stored_headers
 from infra.crypto.envelope import Message, Opened, Opener, Sealer, peek
@@ -48,6 +49,7 @@ from infra.platform.topics import TopicNames
 log = logging.getLogger("renkei.participant")
 # How long stop() lets the consume loop finish its batch and commit before cancelling it.
 CONSUME_DRAIN_S = 10.0
+DATABASE_RETRY = Backoff(base_s=0.2, cap_s=5.0)  # batch apply and outbox relay wait out a database or broker outage
 
 RUNTIME_MIGRATIONS = [
     """
@@ -326,7 +328,7 @@ class ParticipantRuntime:
                                    incoming(headers[0]) if headers else None))
             except Rejection as exc:
                 dead.append(_DeadLetter(ident, topic, partition, offset, value, exc.code, exc.message))
-        delay, seal_each = 0.2, False
+        failures, seal_each = 0, False
         while True:
             try:
                 await self._apply(items, dead, seal_each=seal_each)
@@ -334,9 +336,10 @@ class ParticipantRuntime:
             except _SealFailed:  # sealing one reply failed: redo the batch sealing each message's replies alone
                 seal_each = True
             except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError) as exc:
+                failures += 1
+                delay = DATABASE_RETRY.delay(failures)
                 log.error("%s: database unavailable (%s); retrying in %.1f s", self.group, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         self.processed += len(items)
         self.metrics.batch_done(len(records), started)
         for item in items:
@@ -477,7 +480,7 @@ class ParticipantRuntime:
             return len(rows)
 
     async def _relay_loop(self) -> None:
-        delay = 0.2
+        failures = 0
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._relay_wakeup.wait(), 1.0)
@@ -496,9 +499,10 @@ class ParticipantRuntime:
                 failed = exc
             self.relay_passes.inc()
             if failed is None:
-                delay = 0.2
+                failures = 0
                 continue
+            failures += 1
+            delay = DATABASE_RETRY.delay(failures)
             log.warning("outbox relay failed (%s); retrying in %.1f s", type(failed).__name__, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
