@@ -35,13 +35,13 @@ from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
 from infra.core.settings import Settings
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context
 
 log = logging.getLogger("renkei.connector.agency")
 
 NOTIFY_CHANNEL = "agency_inbox"
-SUPPORTED_ITEMS = {DATA_PUBLIC_FUNDS_ACCOUNT: (T.PROVISION_INQUIRY, BASIS_PROVISION)}
+SUPPORTED_ITEMS = {DATA_PUBLIC_FUNDS_ACCOUNT: (msg.PROVISION_INQUIRY, BASIS_PROVISION)}
 """Data item an agency may ask for → (message type, legal basis)."""
 
 AGENCY_MIGRATIONS = [
@@ -98,7 +98,7 @@ class AgencyOutbox(ChannelAdapter):
         self.batch = batch
 
     def handlers(self) -> dict:
-        return {T.PROVISION_RESPONSE: self.on_answer, T.REJECTION_NOTICE: self.on_answer}
+        return {msg.PROVISION_RESPONSE: self.on_answer, msg.REJECTION_NOTICE: self.on_answer}
 
     async def poll(self) -> None:
         rt = self.runtime
@@ -148,7 +148,7 @@ class AgencyOutbox(ChannelAdapter):
 
     async def on_answer(self, ctx: Context) -> None:
         body = ctx.body
-        if ctx.meta.type == T.PROVISION_RESPONSE:
+        if ctx.meta.type == msg.PROVISION_RESPONSE:
             status, account, detail = body["status"], body.get("account"), None
         else:
             status, account, detail = f"REJECTED:{body['reason_code']}", None, body["message"]

@@ -26,15 +26,15 @@ from typing import Any
 from connectors.runtime import ConnectorRuntime
 from infra.core.errors import ValidationError
 from infra.domain.validation import validate_bank_account
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context
 
 __all__ = ["LOOKUP_KINDS", "NOTICES", "NUMBERING_STATUSES", "QUESTIONS", "lookup_answer", "notice_payload",
            "numbering_ack", "numbering_outcome", "question_payload"]
 
-LOOKUP_KINDS = {T.LOOKUP_INHERITANCE: "INHERITANCE", T.LOOKUP_DISASTER: "DISASTER"}
-QUESTIONS = frozenset({T.EXISTENCE_CHECK, T.NUMBERING_REQUEST, *LOOKUP_KINDS})
-NOTICES = frozenset({T.NUMBERING_RESULT, T.LOOKUP_NOTIFICATION})
+LOOKUP_KINDS = {msg.LOOKUP_INHERITANCE: "INHERITANCE", msg.LOOKUP_DISASTER: "DISASTER"}
+QUESTIONS = frozenset({msg.EXISTENCE_CHECK, msg.NUMBERING_REQUEST, *LOOKUP_KINDS})
+NOTICES = frozenset({msg.NUMBERING_RESULT, msg.LOOKUP_NOTIFICATION})
 NUMBERING_STATUSES = ("LINKED", "NO_ACCOUNT", "REFUSED")
 MAX_ACCOUNTS = 100
 """Accounts one bank may report in one lookup answer."""
@@ -44,9 +44,9 @@ async def question_payload(ctx: Context) -> dict[str, Any]:
     """What the channel asks the bank about ``ctx``'s message (a type of :data:`QUESTIONS`)."""
     b = ctx.body
     payload: dict[str, Any] = {"customer_ref": await ConnectorRuntime.local_id_of(ctx.conn, ctx.me, ctx.meta.subject)}
-    if ctx.meta.type == T.EXISTENCE_CHECK:
+    if ctx.meta.type == msg.EXISTENCE_CHECK:
         return payload | {"account": b["account"]}
-    if ctx.meta.type == T.NUMBERING_REQUEST:
+    if ctx.meta.type == msg.NUMBERING_REQUEST:
         return payload | {"channel": b["channel"], "receiving_bank_code": b.get("receiving_bank_code")}
     return payload | {"kind": LOOKUP_KINDS[ctx.meta.type], "reminder": b.get("reminder", 0),
                       "deadline": b["deadline"].isoformat(), "receiving_bank_code": b.get("receiving_bank_code"),
@@ -56,7 +56,7 @@ async def question_payload(ctx: Context) -> dict[str, Any]:
 def notice_payload(ctx: Context) -> dict[str, Any]:
     """What the channel tells the bank of ``ctx``'s message (a type of :data:`NOTICES`): no person, no account."""
     b = ctx.body
-    if ctx.meta.type == T.NUMBERING_RESULT:
+    if ctx.meta.type == msg.NUMBERING_RESULT:
         return {"outcomes": [dict(o) for o in b["outcomes"]], "banks_not_answered": list(b["banks_not_answered"])}
     return {"kind": b["lookup_kind"], "status": b["status"], "reason": b["reason"],
             "banks_with_accounts": list(b["banks_with_accounts"]), "banks_not_answered": list(b["banks_not_answered"]),

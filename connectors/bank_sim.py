@@ -77,7 +77,7 @@ from infra.domain.policy import (
 )
 from infra.domain.validation import validate_bank_account
 from infra.platform.metrics import Counter
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context, ParticipantRuntime
 
 log = logging.getLogger("renkei.bank")
@@ -220,7 +220,7 @@ async def on_existence_check(ctx: Context) -> None:
             a["bank_code"], a["branch_code"], a["account_type"], a["account_number"], ctx.meta.subject)
     result = existence_result(found=row is not None, closed=bool(row and row["closed"]), held=bool(row and row["held"]),
                               name_matches=bool(row and a and row["holder_kana"] == a["holder_kana"]))
-    ctx.reply(type=T.EXISTENCE_ANSWER,
+    ctx.reply(type=msg.EXISTENCE_ANSWER,
               body={"bank_code": me.bank_code, "result": result, "answered_at": datetime.now(UTC)})
 
 
@@ -291,7 +291,7 @@ async def on_numbering_request(ctx: Context) -> None:
                                              ctx.meta.message_id)
     else:
         status, linked = "REFUSED", 0  # not named in the request
-    ctx.reply(type=T.NUMBERING_ACK, body={"bank_code": me.bank_code, "status": status, "accounts_linked": linked,
+    ctx.reply(type=msg.NUMBERING_ACK, body={"bank_code": me.bank_code, "status": status, "accounts_linked": linked,
                                           "acknowledged_at": datetime.now(UTC)})
 
 
@@ -306,7 +306,7 @@ async def on_numbering_result(ctx: Context) -> None:
 def _lookup_answer(bank_code: str, accounts: list[dict], *, to: str, subject: str, correlation_id: str,
                    data_item: str, basis: str) -> Message:
     return Message(body={"bank_code": bank_code, "accounts": accounts, "answered_at": datetime.now(UTC)},
-                   type=T.LOOKUP_ANSWER, to=to, subject=subject, data_item=data_item, basis=basis,
+                   type=msg.LOOKUP_ANSWER, to=to, subject=subject, data_item=data_item, basis=basis,
                    correlation_id=correlation_id)
 
 
@@ -390,7 +390,7 @@ async def file_numbering_at_counter(runtime: ParticipantRuntime, bank_id: str, t
         await runtime.send(bank_id, [Message(
             body={"bank_codes": codes, "channel": "BANK", "receiving_bank_code": bank.bank_code,
                   "requested_at": datetime.now(UTC), "receiving_bank_outcome": own},
-            type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
+            type=msg.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
             basis=BASIS_NUMBERING, correlation_id=correlation)], conn=conn)
     return correlation, status, linked
 
@@ -407,10 +407,10 @@ async def apply_lookup_at_counter(runtime: ParticipantRuntime, bank_id: str, tok
     bank = runtime.participants.get(bank_id)
     assert bank is not None and bank.kind is Kind.BANK
     if kind == "INHERITANCE":
-        type_, basis, body = (T.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP,
+        type_, basis, body = (msg.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP,
                               validate_inheritance_application(application))
     elif kind == "DISASTER":
-        type_, basis, body = (T.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP,
+        type_, basis, body = (msg.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP,
                               validate_disaster_application(application))
     else:
         raise ValueError("kind must be INHERITANCE or DISASTER")
@@ -454,7 +454,7 @@ async def register_at_counter(runtime: ParticipantRuntime, bank_id: str, token: 
     await runtime.send(bank_id, [Message(
         body={"operation": operation, "account": account, "channel": "BANK_COUNTER", "consent": consent,
               "requested_at": datetime.now(UTC)},
-        type=T.REGISTRATION_REQUEST, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        type=msg.REGISTRATION_REQUEST, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
         basis=BASIS_BANK_INTAKE, correlation_id=correlation)])
     return correlation
 
@@ -561,13 +561,13 @@ async def _forget_done(conn: Any, banks: list[str]) -> None:
 
 
 HANDLERS = {
-    T.EXISTENCE_CHECK: on_existence_check,
-    T.REGISTRATION_RESULT: on_registration_result,
-    T.NUMBERING_REQUEST: on_numbering_request,
-    T.NUMBERING_RESULT: on_numbering_result,
-    T.LOOKUP_INHERITANCE: on_lookup,
-    T.LOOKUP_DISASTER: on_lookup,
-    T.LOOKUP_NOTIFICATION: on_lookup_notification,
+    msg.EXISTENCE_CHECK: on_existence_check,
+    msg.REGISTRATION_RESULT: on_registration_result,
+    msg.NUMBERING_REQUEST: on_numbering_request,
+    msg.NUMBERING_RESULT: on_numbering_result,
+    msg.LOOKUP_INHERITANCE: on_lookup,
+    msg.LOOKUP_DISASTER: on_lookup,
+    msg.LOOKUP_NOTIFICATION: on_lookup_notification,
 }
 """What the simulator acts on for a bank; a channel connector of the bank handles every one of these types."""
 

@@ -94,7 +94,7 @@ from infra.domain.validation import (
     validate_my_number,
     validate_reference,
 )
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context
 
 log = logging.getLogger("renkei.connector.bankfiles")
@@ -108,9 +108,9 @@ LOOKUP_CODES = {"I": "INHERITANCE", "D": "DISASTER"}
 ACCOUNT_TYPE_CODES = {"ORDINARY": "1", "CURRENT": "2", "SAVINGS": "4"}
 DATA_WIDTH = {"REG": (13,), "NUM": (5, 7), "LAP": (11,), "ANS": (4,), "LAN": (6,), "NAK": (4,)}
 """Columns a data record of each kind may have (record type included); NUM: 7 with the bank's own outcome."""
-QUESTION_FILES = {T.EXISTENCE_CHECK: "CHK", T.LOOKUP_INHERITANCE: "LKP", T.LOOKUP_DISASTER: "LKP",
-                  T.NUMBERING_REQUEST: "NRQ"}
-NOTICE_FILES = {T.NUMBERING_RESULT: "NRS", T.LOOKUP_NOTIFICATION: "LNT"}
+QUESTION_FILES = {msg.EXISTENCE_CHECK: "CHK", msg.LOOKUP_INHERITANCE: "LKP", msg.LOOKUP_DISASTER: "LKP",
+                  msg.NUMBERING_REQUEST: "NRQ"}
+NOTICE_FILES = {msg.NUMBERING_RESULT: "NRS", msg.LOOKUP_NOTIFICATION: "LNT"}
 RESULT_DEADLINE_S = 300.0
 """How long a REG file's RES_ file waits for the registry's answers (from the file's intake)."""
 NO_ANSWER = "NO_ANSWER"
@@ -348,7 +348,7 @@ class BankFiles(ChannelAdapter):
 
     def handlers(self) -> dict:
         return {**{t: self.on_question for t in QUESTIONS}, **{t: self.on_notice for t in NOTICES},
-                T.REGISTRATION_RESULT: self.on_result, T.REJECTION_NOTICE: self.on_result}
+                msg.REGISTRATION_RESULT: self.on_result, msg.REJECTION_NOTICE: self.on_result}
 
     # sink: questions become CHK / LKP / NRQ files, notices NRS / LNT files ----------------------
     async def on_question(self, ctx: Context) -> None:
@@ -410,7 +410,7 @@ class BankFiles(ChannelAdapter):
         return {d.id: None for d in deliveries}
 
     async def on_result(self, ctx: Context) -> None:
-        if ctx.meta.type == T.REGISTRATION_RESULT:
+        if ctx.meta.type == msg.REGISTRATION_RESULT:
             status, detail = ctx.body["status"], ctx.body.get("detail")
         else:
             status, detail = f"REJECTED:{ctx.body['reason_code']}", ctx.body["message"]
@@ -478,19 +478,19 @@ class BankFiles(ChannelAdapter):
         if kind == "REG":
             body = {"operation": rec.fields["operation"], "account": rec.fields["account"],
                     "channel": "BANK_COUNTER", "consent": rec.fields["consent"], "requested_at": now}
-            return Message(body=body, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+            return Message(body=body, type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE,
                            correlation_id=str(uuid.uuid4()))
         if kind == "LAP":
             inheritance = rec.fields["kind"] == "INHERITANCE"
             return Message(body={**rec.fields["application"], "applied_at": now},
-                           type=T.LOOKUP_APPLICATION_INHERITANCE if inheritance else T.LOOKUP_APPLICATION_DISASTER,
+                           type=msg.LOOKUP_APPLICATION_INHERITANCE if inheritance else msg.LOOKUP_APPLICATION_DISASTER,
                            to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
                            basis=BASIS_INHERITANCE_LOOKUP if inheritance else BASIS_DISASTER_LOOKUP,
                            correlation_id=str(uuid.uuid4()))
         body = {"bank_codes": rec.fields["bank_codes"], "channel": "BANK", "receiving_bank_code": self.bank_code,
                 "requested_at": now, "receiving_bank_outcome": rec.fields["own"]}
-        return Message(body=body, type=T.NUMBERING_REQUEST, to="dicj", subject=token,
+        return Message(body=body, type=msg.NUMBERING_REQUEST, to="dicj", subject=token,
                        data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                        correlation_id=str(uuid.uuid4()))
 
@@ -506,13 +506,13 @@ class BankFiles(ChannelAdapter):
             lines.setdefault(rec.fields["reference"], []).append(rec)
         for ref, recs in lines.items():
             if kind == "ANS":
-                answers[ref] = (T.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "result": recs[0].fields["result"],
+                answers[ref] = (msg.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "result": recs[0].fields["result"],
                                                      "answered_at": datetime.now(UTC)})
             elif kind == "NAK":
-                answers[ref] = (T.NUMBERING_ACK, recs[0].fields["ack"])
+                answers[ref] = (msg.NUMBERING_ACK, recs[0].fields["ack"])
             else:
                 accounts = [r.fields["account"] for r in recs if r.fields["account"] is not None]
-                answers[ref] = (T.LOOKUP_ANSWER, lookup_answer(self.bank_code, accounts))
+                answers[ref] = (msg.LOOKUP_ANSWER, lookup_answer(self.bank_code, accounts))
         async with rt.pool.acquire() as conn, conn.transaction():
             for ref, recs in lines.items():
                 try:
@@ -545,7 +545,7 @@ class BankFiles(ChannelAdapter):
         if not rejects:
             return
         write_atomically(self.outbound / f"REJ_{path.stem}.csv",
-                         render_file("REJ", self.bank_code, path.name, [[str(n), code, msg] for n, code, msg in rejects]))
+                         render_file("REJ", self.bank_code, path.name, [[str(n), code, text] for n, code, text in rejects]))
 
     def _archive(self, path: Path) -> None:
         os.replace(path, self.archive / path.name)

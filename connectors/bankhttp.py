@@ -100,7 +100,7 @@ from infra.core.errors import ConfigError, Reason, Rejection, ValidationError
 from infra.core.settings import Settings
 from infra.domain.validation import existence_outcome, validate_my_number, validate_reference
 from infra.platform.metrics import Counter
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -193,7 +193,7 @@ class BankHttp(ChannelAdapter):
 
     def handlers(self) -> dict:
         return {**{t: self.on_question for t in QUESTIONS}, **{t: self.on_notice for t in NOTICES},
-                T.REGISTRATION_RESULT: self.on_result, T.REJECTION_NOTICE: self.on_result}
+                msg.REGISTRATION_RESULT: self.on_result, msg.REJECTION_NOTICE: self.on_result}
 
     # client: questions and notices to the bank's endpoints ---------------------------------------
     async def on_question(self, ctx: Context) -> None:
@@ -224,26 +224,26 @@ class BankHttp(ChannelAdapter):
         """The bank endpoint and body for a delivery (docs/connectors.md, "Bank HTTP")."""
         p = d.payload
         person = {"token": d.subject, "customer_ref": p.get("customer_ref")}
-        if d.type == T.EXISTENCE_CHECK:
+        if d.type == msg.EXISTENCE_CHECK:
             return "existence-checks", {"reference": d.correlation_id, "account": p["account"], "person": person}
         if d.type in LOOKUP_KINDS:
             return "lookups", {"reference": d.correlation_id, "kind": p["kind"], "person": person,
                                "reminder": p["reminder"], "deadline": p["deadline"],
                                "receiving_bank_code": p.get("receiving_bank_code"), "disaster_id": p.get("disaster_id")}
-        if d.type == T.NUMBERING_REQUEST:
+        if d.type == msg.NUMBERING_REQUEST:
             return "numbering-requests", {"reference": d.correlation_id, "person": person, "channel": p["channel"],
                                           "receiving_bank_code": p.get("receiving_bank_code")}
-        return ("numbering-results" if d.type == T.NUMBERING_RESULT else "lookup-notifications"), p
+        return ("numbering-results" if d.type == msg.NUMBERING_RESULT else "lookup-notifications"), p
 
     def _answer(self, d: Delivery, answer: dict[str, Any]) -> Answered:
         """The bank's synchronous answer to a question, validated (ValidationError otherwise)."""
-        if d.type == T.EXISTENCE_CHECK:
-            return Answered(T.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "answered_at": datetime.now(UTC),
+        if d.type == msg.EXISTENCE_CHECK:
+            return Answered(msg.EXISTENCE_ANSWER, {"bank_code": self.bank_code, "answered_at": datetime.now(UTC),
                                                  "result": existence_outcome(answer.get("result"),
                                                                              answer.get("holder"))})
         if d.type in LOOKUP_KINDS:
-            return Answered(T.LOOKUP_ANSWER, lookup_answer(self.bank_code, answer.get("accounts")))
-        return Answered(T.NUMBERING_ACK, numbering_ack(self.bank_code, answer.get("status"),
+            return Answered(msg.LOOKUP_ANSWER, lookup_answer(self.bank_code, answer.get("accounts")))
+        return Answered(msg.NUMBERING_ACK, numbering_ack(self.bank_code, answer.get("status"),
                                                       answer.get("accounts_linked")))
 
     async def _call(self, d: Delivery) -> Exception | Answered | None:
@@ -262,7 +262,7 @@ class BankHttp(ChannelAdapter):
                 if resp.status >= 400:
                     return Rejection(Reason.INVALID_FIELD, f"bank refused the {path} call: HTTP {resp.status}")
                 raw = await resp.read()
-                if d.type in NOTICES or (resp.status == 202 and d.type != T.EXISTENCE_CHECK):
+                if d.type in NOTICES or (resp.status == 202 and d.type != msg.EXISTENCE_CHECK):
                     return None  # told; or the bank answers later (POST /v1/lookup-answers, /v1/numbering-acks)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return TransientError(f"bank unreachable ({type(exc).__name__})")
@@ -278,7 +278,7 @@ class BankHttp(ChannelAdapter):
             return Rejection(Reason.MALFORMED, f"bank answer: {exc.message}")
 
     async def on_result(self, ctx: Context) -> None:
-        if ctx.meta.type == T.REGISTRATION_RESULT:
+        if ctx.meta.type == msg.REGISTRATION_RESULT:
             status, detail = ctx.body["status"], ctx.body.get("detail")
         else:
             status, detail = f"REJECTED:{ctx.body['reason_code']}", ctx.body["message"]
@@ -429,11 +429,11 @@ class BankHttp(ChannelAdapter):
         return web.json_response({"reference": reference, "status": "ANSWERED"})
 
     async def take_lookup_answer(self, request: web.Request) -> web.Response:
-        return await self._take_answer(request, T.LOOKUP_ANSWER,
+        return await self._take_answer(request, msg.LOOKUP_ANSWER,
                                        lambda b: lookup_answer(self.bank_code, b.get("accounts")))
 
     async def take_numbering_ack(self, request: web.Request) -> web.Response:
-        return await self._take_answer(request, T.NUMBERING_ACK,
+        return await self._take_answer(request, msg.NUMBERING_ACK,
                                        lambda b: numbering_ack(self.bank_code, b.get("status"), b.get("accounts_linked")))
 
     async def link_customer(self, request: web.Request) -> web.Response:

@@ -35,7 +35,7 @@ from infra.domain.policy import (
     DATA_PUBLIC_FUNDS_ACCOUNT,
 )
 from infra.domain.validation import validate_bank_account, validate_bank_code, validate_consent
-from schemas import types as T
+from schemas import types as msg
 
 __all__ = ["REQUEST_KINDS", "FiledKind"]
 
@@ -56,7 +56,7 @@ def registration(bank_code: str, body: dict[str, Any]) -> Make:
     consent = validate_consent(body.get("consent"))
     return lambda token, correlation: Message(
         body={"operation": operation, "account": account, "channel": "BANK_COUNTER", "consent": consent,
-              "requested_at": datetime.now(UTC)}, type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+              "requested_at": datetime.now(UTC)}, type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_BANK_INTAKE, correlation_id=correlation)
 
 
@@ -77,7 +77,7 @@ def numbering(bank_code: str, body: dict[str, Any]) -> Make:
     return lambda token, correlation: Message(
         body={"bank_codes": codes, "channel": "BANK", "receiving_bank_code": bank_code,
               "requested_at": datetime.now(UTC), "receiving_bank_outcome": own},
-        type=T.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
+        type=msg.NUMBERING_REQUEST, to="dicj", subject=token, data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING,
         basis=BASIS_NUMBERING, correlation_id=correlation)
 
 
@@ -87,10 +87,10 @@ def application(bank_code: str, body: dict[str, Any]) -> Make:
     fields = {k: v for k, v in body.items() if k not in ("kind", "customer_ref", "my_number", "applied_at")}
     if kind == "INHERITANCE":
         checked = validate_inheritance_application(fields)
-        type_, basis = T.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP
+        type_, basis = msg.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP
     elif kind == "DISASTER":
         checked = validate_disaster_application(fields)
-        type_, basis = T.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP
+        type_, basis = msg.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP
     else:
         raise ValidationError("kind", "INHERITANCE or DISASTER")
     return lambda token, correlation: Message(

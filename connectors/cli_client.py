@@ -37,7 +37,7 @@ from infra.core.errors import Rejection
 from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.crypto.envelope import Opened, peek
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Identity
 
 log = logging.getLogger("renkei.cli")
@@ -58,7 +58,7 @@ class RaisesRefusals:
 
     async def request(self, sender: str, **kw: Any) -> Opened:
         answer: Opened = await super().request(sender, **kw)  # type: ignore[misc]
-        if answer.meta.type == T.REJECTION_NOTICE:
+        if answer.meta.type == msg.REJECTION_NOTICE:
             raise Refused(answer.body["reason_code"], answer.body["message"], answer.meta.correlation_id)
         return answer
 

@@ -18,7 +18,7 @@ from infra.crypto.envelope import Message, Opened
 from infra.crypto.tokens import TokenIssuanceClient
 from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context, ParticipantRuntime
 
 CLIENT_MIGRATIONS = [
@@ -45,7 +45,7 @@ class BusClient:
     """One or more participant identities (e.g. the portal and the agencies) talking to the bus."""
 
     def __init__(self, settings: Settings, identities: list[str], *, group: str) -> None:
-        handlers = {t: _keep for t in T.MESSAGE_TYPES}
+        handlers = {t: _keep for t in msg.MESSAGE_TYPES}
         self.runtime = ParticipantRuntime(settings, identities, handlers, group=group,
                                           migrations={"bus-client": CLIENT_MIGRATIONS})
 
@@ -61,9 +61,9 @@ class BusClient:
         assert self.runtime.directory is not None
         issuer = TokenIssuanceClient(participant, self.runtime.directory.encryption_key("hub"))
         body = codec.decode(issuer.request(my_number), "token_issue_request")
-        answer = await self.request(participant, type=T.TOKEN_ISSUE_REQUEST, to="hub", subject="",
+        answer = await self.request(participant, type=msg.TOKEN_ISSUE_REQUEST, to="hub", subject="",
                                     body=body, data_item=DATA_PERSON_TOKEN, basis=BASIS_TOKEN_ISSUANCE, timeout=timeout)
-        if answer.meta.type != T.TOKEN_ISSUE_RESPONSE:
+        if answer.meta.type != msg.TOKEN_ISSUE_RESPONSE:
             raise RuntimeError(f"token issuance answered with {answer.meta.type}")
         return answer.body["token"].decode()
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from infra.core.clock import elapsed_ms
+
 EXIT_DONE, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 
 GROUPS = {
@@ -289,9 +291,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 1)
-
 
 # --------------------------------------------------------------------------- bank
 
@@ -355,7 +354,7 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
     with their card (the portal), else with a My Number (an agency)."""
     from infra.core.errors import ValidationError
     from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
-    from schemas import types as T
+    from schemas import types as msg
 
     operation = args.operation
     account = None
@@ -371,13 +370,13 @@ async def _file_registration(settings: Any, args: argparse.Namespace, identity: 
         start = time.perf_counter()
         subject = who if by_card else await client.token_for(identity, who, timeout=args.timeout)
         answer = await client.request(
-            identity, type=T.REGISTRATION_REQUEST, to="registry", subject=subject,
+            identity, type=msg.REGISTRATION_REQUEST, to="registry", subject=subject,
             body={"operation": operation, "account": account, "channel": channel, "requested_at": _now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=basis, timeout=args.timeout)
         status, detail = answer.body["status"], answer.body.get("detail")
         code = exit_code("registration", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, detail=detail,
-                         operation=operation, request_id=answer.meta.correlation_id, elapsed_ms=_ms(start))
+                         operation=operation, request_id=answer.meta.correlation_id, elapsed_ms=elapsed_ms(start))
         verb = "rejected" if code == EXIT_REJECTED else "failed"
         return Outcome(code, report, [(f"{title}: {operation.lower()} the public-funds account",
                                        ["status", "detail", "request id", "ms"],
@@ -414,7 +413,7 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
     (ONE consolidated result, each bank's outcome in it)."""
     from connectors.cli_client import Refused
     from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-    from schemas import types as T
+    from schemas import types as msg
 
     participants = _participants(settings)
     named = split_codes(args.bank_codes)
@@ -428,7 +427,7 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
 
         async def through_dicj() -> list[dict[str, Any]]:
             answer = await client.request(
-                "portal", type=T.NUMBERING_REQUEST, to="dicj", subject=token,
+                "portal", type=msg.NUMBERING_REQUEST, to="dicj", subject=token,
                 body={"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None, "requested_at": _now()},
                 data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=args.timeout)
             outcomes = {o["bank_code"]: o for o in answer.body["outcomes"]}
@@ -447,7 +446,7 @@ async def cmd_portal_numbering(settings: Any, args: argparse.Namespace) -> int:
                                    "accounts_linked": None, "reason": None, "request_id": None}
             try:
                 ack = await client.request(
-                    "portal", type=T.NUMBERING_REQUEST, to=bank.id, subject=token,
+                    "portal", type=msg.NUMBERING_REQUEST, to=bank.id, subject=token,
                     body={"bank_codes": codes, "channel": "PORTAL", "receiving_bank_code": None,
                           "requested_at": _now()},
                     data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=args.timeout)
@@ -596,7 +595,7 @@ async def cmd_agency_inquire(settings: Any, args: argparse.Namespace) -> int:
         code = exit_code("inquiry", status)
         report = _report(args, status, reason=None if code == EXIT_DONE else status, agency=agency.id, item=item,
                          procedure=args.procedure, account=account, request_id=answer.meta.correlation_id,
-                         elapsed_ms=_ms(start))
+                         elapsed_ms=elapsed_ms(start))
         a = account or {}
         return Outcome(code, report, [(f"{agency.name}: provision inquiry ({item})",
                                        ["status", "bank", "branch", "type", "number", "holder", "ms"],

@@ -82,7 +82,7 @@ from infra.domain.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
 )
 from infra.platform.keystore import KeyStore
-from schemas import types as T
+from schemas import types as msg
 from streams.lookups import lookup_deadlines
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
@@ -184,8 +184,8 @@ def _now() -> datetime:
 
 
 _KINDS = {
-    "INHERITANCE": (T.LOOKUP_INHERITANCE, BASIS_INHERITANCE_LOOKUP),
-    "DISASTER": (T.LOOKUP_DISASTER, BASIS_DISASTER_LOOKUP),
+    "INHERITANCE": (msg.LOOKUP_INHERITANCE, BASIS_INHERITANCE_LOOKUP),
+    "DISASTER": (msg.LOOKUP_DISASTER, BASIS_DISASTER_LOOKUP),
 }
 """Lookup kind → (inquiry type, legal basis)."""
 
@@ -278,12 +278,12 @@ class DicjDesk(BusClient):
     def __init__(self, settings: Settings, *, group: str, numbering_deadline_s: int | None = None,
                  sweep_interval_s: float = 0.5) -> None:
         handlers = {
-            T.LOOKUP_APPLICATION_INHERITANCE: self._on_inheritance_application,
-            T.LOOKUP_APPLICATION_DISASTER: self._on_disaster_application,
-            T.LOOKUP_ANSWER: self._on_lookup_answer,
-            T.LOOKUP_RESULT: self._on_lookup_result,
-            T.NUMBERING_REQUEST: self._on_numbering_request,
-            T.NUMBERING_ACK: self._on_numbering_ack,
+            msg.LOOKUP_APPLICATION_INHERITANCE: self._on_inheritance_application,
+            msg.LOOKUP_APPLICATION_DISASTER: self._on_disaster_application,
+            msg.LOOKUP_ANSWER: self._on_lookup_answer,
+            msg.LOOKUP_RESULT: self._on_lookup_result,
+            msg.NUMBERING_REQUEST: self._on_numbering_request,
+            msg.NUMBERING_ACK: self._on_numbering_ack,
         }
         self.runtime = ParticipantRuntime(settings, [DICJ_ID], handlers, group=group,
                                           migrations={"dicj": DICJ_MIGRATIONS, "disasters": DISASTER_MIGRATIONS,
@@ -470,7 +470,7 @@ class DicjDesk(BusClient):
                 banks_with_accounts: list[str], banks_not_answered: list[str], banks_not_asked: list[str],
                 supplement: bool = False) -> None:
         """Queue the ``lookup.notification`` to the channel that applied, in its correlation."""
-        ctx.send(type=T.LOOKUP_NOTIFICATION, to=application["applicant"], subject=application["subject"],
+        ctx.send(type=msg.LOOKUP_NOTIFICATION, to=application["applicant"], subject=application["subject"],
                  correlation_id=str(application["correlation_id"]), data_item=application["data_item"],
                  basis=application["legal_basis"],
                  body={"application_ref": application["application_ref"], "lookup_kind": application["kind"],
@@ -630,7 +630,7 @@ class DicjDesk(BusClient):
             "ON CONFLICT DO NOTHING", rows)
         to = tuple(b.id for b in banks.values() if b is not None)
         if to:
-            ctx.send(type=T.NUMBERING_REQUEST, to=to, subject=m.subject,  # type: ignore[arg-type]  # fan-out
+            ctx.send(type=msg.NUMBERING_REQUEST, to=to, subject=m.subject,  # type: ignore[arg-type]  # fan-out
                      body={"bank_codes": [b.bank_code for b in banks.values() if b is not None],
                            "channel": "BANK" if receiving else "PORTAL", "receiving_bank_code": receiving,
                            "requested_at": body["requested_at"]},
@@ -668,7 +668,7 @@ class DicjDesk(BusClient):
                 "banks_not_answered": [b["bank_code"] for b in banks if b["status"] is None],
                 "completed_at": _now()}
         for to in dict.fromkeys((row["requester"], PORTAL_ID)):
-            outgoing.append(Message(body=body, type=T.NUMBERING_RESULT, to=to, subject=row["subject"],
+            outgoing.append(Message(body=body, type=msg.NUMBERING_RESULT, to=to, subject=row["subject"],
                                     data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                                     correlation_id=str(cid)))
         return True

@@ -178,9 +178,9 @@ def batch_digest(secret: bytes, agency: str, procedure: str, content: bytes) -> 
 
 def result_from_answer(line: int, ref: str | None, type_: str, body: dict[str, Any], request_id: str) -> LineResult:
     """A line's result from the answer that arrived: the registry's response or the hub's rejection notice."""
-    from schemas import types as T
+    from schemas import types as msg
 
-    if type_ == T.PROVISION_RESPONSE:
+    if type_ == msg.PROVISION_RESPONSE:
         return LineResult(line, ref, body["status"], None if body["status"] in ("REGISTERED", "NOT_REGISTERED")
                           else body["status"], None, body.get("account"), request_id)
     return LineResult(line, ref, "REJECTED", body["reason_code"], body["message"], None, request_id)

@@ -52,6 +52,7 @@ from connectors.commands import (
     subcommand,
     timeout_arg,
 )
+from infra.core.clock import elapsed_ms
 
 __all__ = ["register"]
 
@@ -79,14 +80,14 @@ async def _apply(settings: Any, args: argparse.Namespace, identity: str, kind: s
     never a My Number alone, as every person's command; otherwise a bank's counter, with the My Number."""
     from infra.core.errors import ValidationError
     from infra.domain.policy import BASIS_DISASTER_LOOKUP, BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS
-    from schemas import types as T
+    from schemas import types as msg
 
     try:
         body = _application(args, kind)
     except ValidationError as exc:
         return emit(args, refused(args, exc.code, exc.message))
-    type_, basis = ((T.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP) if kind == "INHERITANCE"
-                    else (T.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP))
+    type_, basis = ((msg.LOOKUP_APPLICATION_INHERITANCE, BASIS_INHERITANCE_LOOKUP) if kind == "INHERITANCE"
+                    else (msg.LOOKUP_APPLICATION_DISASTER, BASIS_DISASTER_LOOKUP))
 
     async def send(settings: Any, client: Any, token: str) -> Outcome:
         start = time.perf_counter()
@@ -99,7 +100,7 @@ async def _apply(settings: Any, args: argparse.Namespace, identity: str, kind: s
                          kind=n["lookup_kind"], request_id=answer.meta.correlation_id,
                          application_ref=n["application_ref"], banks_with_accounts=n["banks_with_accounts"],
                          banks_not_answered=n["banks_not_answered"], banks_not_asked=n["banks_not_asked"],
-                         elapsed_ms=round((time.perf_counter() - start) * 1000, 1))
+                         elapsed_ms=elapsed_ms(start))
         listed = [" ".join(out[k]) or "-" for k in ("banks_with_accounts", "banks_not_answered", "banks_not_asked")]
         return Outcome(code, out, [(f"{kind.capitalize()} lookup ({n['application_ref']}): {n['status']}"
                                        + (f" {n['reason']}" if n["reason"] else ""),

@@ -63,7 +63,7 @@ from infra.platform.metrics import Counter
 from infra.platform.storage import create_pool
 from infra.records.checkpoint_log import CheckpointLog
 from infra.records.records_verify import RecordState, RecordsVerifier
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import Context
 
 log = logging.getLogger("renkei.connector.portal")
@@ -112,13 +112,13 @@ class Portal(ChannelAdapter):
         return self.runtime.runtime.participants
 
     def handlers(self) -> dict:
-        return {T.REGISTRATION_RESULT: self.on_answer, T.NUMBERING_ACK: self.on_numbering_ack,
-                T.NUMBERING_RESULT: self.on_numbering_result, T.REJECTION_NOTICE: self.on_answer,
-                T.NOTICE: self.on_notice}
+        return {msg.REGISTRATION_RESULT: self.on_answer, msg.NUMBERING_ACK: self.on_numbering_ack,
+                msg.NUMBERING_RESULT: self.on_numbering_result, msg.REJECTION_NOTICE: self.on_answer,
+                msg.NOTICE: self.on_notice}
 
     async def on_answer(self, ctx: Context) -> None:
         body = ctx.body
-        if ctx.meta.type == T.REGISTRATION_RESULT:
+        if ctx.meta.type == msg.REGISTRATION_RESULT:
             status, detail = body["status"], body.get("detail")
         else:
             status, detail = f"REJECTED:{body['reason_code']}", body["message"]
@@ -317,7 +317,7 @@ class Portal(ChannelAdapter):
                 return _problem(400, exc.code, exc.message, field=exc.field)
         message = Message(
             body={"operation": operation, "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-            type=T.REGISTRATION_REQUEST, to="registry", subject=person.token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+            type=msg.REGISTRATION_REQUEST, to="registry", subject=person.token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
             basis=BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE, correlation_id=str(uuid.uuid4()))
         return await self._send(person, f"account.{operation.lower()}", [message])
 
@@ -340,7 +340,7 @@ class Portal(ChannelAdapter):
         # One bank answers for itself; several are asked through DICJ, which gathers their answers into ONE
         # consolidated numbering.result (口座管理法: the request names every bank, one answer comes back).
         recipients = [banks[0].id] if len(banks) == 1 else ["dicj"]
-        messages = [Message(body=body, type=T.NUMBERING_REQUEST, to=to, subject=person.token,
+        messages = [Message(body=body, type=msg.NUMBERING_REQUEST, to=to, subject=person.token,
                             data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                             correlation_id=correlation) for to in recipients]
         return await self._send(person, "numbering", messages, banks=codes)

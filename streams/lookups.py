@@ -64,11 +64,11 @@ from infra.domain.policy import Policy
 from infra.platform.storage import migrate
 from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
-from schemas import types as T
+from schemas import types as msg
 
 log = logging.getLogger("renkei.hub.lookups")
 
-LOOKUP_KINDS = {T.LOOKUP_INHERITANCE: "INHERITANCE", T.LOOKUP_DISASTER: "DISASTER"}
+LOOKUP_KINDS = {msg.LOOKUP_INHERITANCE: "INHERITANCE", msg.LOOKUP_DISASTER: "DISASTER"}
 """Inquiry message type → ``LookupKind`` symbol of its result."""
 
 PORTAL_ID = "portal"  # provision records are keyed by the person's portal token (see streams.gateway)
@@ -226,7 +226,7 @@ class LookupTracker:
                 continue
             if d.meta.type in LOOKUP_KINDS and d.legs:
                 inquiries.append(d)
-            elif d.meta.type == T.LOOKUP_ANSWER:
+            elif d.meta.type == msg.LOOKUP_ANSWER:
                 answering.append(d)
         if inquiries:
             await self._open(conn, inquiries)
@@ -308,7 +308,7 @@ class LookupTracker:
             Message(
                 body={"lookup_kind": d.lookup["kind"], "answering_bank_codes": d.answering, "accounts": [],
                       "banks_not_answered": d.missing, "is_supplement": d.supplement, "completed_at": now},
-                type=T.LOOKUP_RESULT, to=d.lookup["requester"], subject=d.lookup["subject"],
+                type=msg.LOOKUP_RESULT, to=d.lookup["requester"], subject=d.lookup["subject"],
                 data_item=d.lookup["data_item"], basis=d.lookup["legal_basis"],
                 correlation_id=str(d.lookup["correlation_id"]))
             for d in due

@@ -28,7 +28,7 @@ from typing import Any
 
 from infra.crypto.envelope import Message
 from infra.domain.policy import DATA_PERSON_NOTICE
-from schemas import types as T
+from schemas import types as msg
 
 PORTAL_ID = "portal"
 LAST_DIGITS = 3
@@ -57,7 +57,7 @@ def notice(*, kind: str, event: str, status: str, subject: str, reference: str, 
             "procedure_code": procedure_code, "purpose": purpose, "account": masked(account),
             "bank_codes": sorted(set(bank_codes)), "reference": str(reference),
             "occurred_at": occurred_at or datetime.now(UTC)}
-    return Message(body=body, type=T.NOTICE, to=PORTAL_ID, subject=subject, data_item=DATA_PERSON_NOTICE,
+    return Message(body=body, type=msg.NOTICE, to=PORTAL_ID, subject=subject, data_item=DATA_PERSON_NOTICE,
                    basis=basis, correlation_id=str(uuid.uuid4()))
 
 

@@ -50,7 +50,7 @@ from infra.crypto.sealing import open_sealed, seal
 from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import validate_bank_account, validate_consent
 from infra.platform.keystore import REGISTRY_KEK, KeyStore
-from schemas import types as T
+from schemas import types as msg
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime
 from streams.registration_rules import Channel, answer_refusal, channel_of, check_outcome, intake
@@ -154,9 +154,9 @@ class Registry:
 
     def handlers(self) -> dict:
         return {
-            T.REGISTRATION_REQUEST: self.on_registration_request,
-            T.EXISTENCE_ANSWER: self.on_existence_answer,
-            T.PROVISION_INQUIRY: self.on_provision_inquiry,
+            msg.REGISTRATION_REQUEST: self.on_registration_request,
+            msg.EXISTENCE_ANSWER: self.on_existence_answer,
+            msg.PROVISION_INQUIRY: self.on_provision_inquiry,
         }
 
     async def registered_account(self, ctx: Context, token: str) -> dict | None:
@@ -180,7 +180,7 @@ class Registry:
 
         def refuse(status: str, detail: str | None, account: dict | None = None) -> None:
             """Answer whoever filed it, and tell the person (the result, and the account it concerned)."""
-            ctx.reply(type=T.REGISTRATION_RESULT, body=_result(operation, status, detail))
+            ctx.reply(type=msg.REGISTRATION_RESULT, body=_result(operation, status, detail))
             ctx.outgoing.append(_registration_notice(operation, status, detail, token, meta.correlation_id,
                                                      meta.legal_basis, meta.sender, account))
 
@@ -223,7 +223,7 @@ class Registry:
         if held is None:
             return refuse("REFUSED", "another request with this correlation id is being checked; send a new one",
                           account)
-        ctx.send(type=T.EXISTENCE_CHECK, to=bank.id, subject=token, body={"account": account, "requested_at": _now()})
+        ctx.send(type=msg.EXISTENCE_CHECK, to=bank.id, subject=token, body={"account": account, "requested_at": _now()})
 
     async def on_existence_answer(self, ctx: Context) -> None:
         pending = await ctx.conn.fetchrow(
@@ -253,7 +253,7 @@ class Registry:
         if stored:
             await self._store(ctx, token, account, pending["channel"] or Channel.PORTAL.value,
                               pending["correlation_id"] if pending["channel"] == Channel.BANK_COUNTER.value else None)
-        ctx.send(type=T.REGISTRATION_RESULT, to=pending["requester"], subject=token,
+        ctx.send(type=msg.REGISTRATION_RESULT, to=pending["requester"], subject=token,
                  body=_result(pending["operation"], status, detail), basis=pending["basis"])
         ctx.outgoing.append(_registration_notice(pending["operation"], status, detail, token,
                                                  str(pending["correlation_id"]), pending["basis"],
@@ -280,7 +280,7 @@ class Registry:
             status = "REGISTERED" if account is not None else "NOT_REGISTERED"
         # The outcome goes into the signed envelope too: the hub cannot read the body, and the provision
         # record must say what happened (REGISTERED → PROVIDED; NOT_REGISTERED and BLOCKED provide nothing).
-        ctx.reply(type=T.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
+        ctx.reply(type=msg.PROVISION_RESPONSE, body={"status": status, "account": account, "answered_at": _now()},
                   outcome=status)
         if account is not None:  # 口座情報の提供: the person is told who received their account, and for what
             # The procedure the hub checked is the signed one (the envelope's), not the body's copy.
@@ -310,7 +310,7 @@ async def expire_checks(runtime: ParticipantRuntime, deadline_s: float, *, limit
                 detail = f"{r['bank'] or 'the bank'} did not answer the existence check within {deadline_s:g} s; " \
                          "nothing changed"
                 messages.append(Message(
-                    body=_result(r["operation"], "TIMEOUT", detail), type=T.REGISTRATION_RESULT, to=r["requester"],
+                    body=_result(r["operation"], "TIMEOUT", detail), type=msg.REGISTRATION_RESULT, to=r["requester"],
                     subject=r["token"], data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=r["basis"],
                     correlation_id=str(r["correlation_id"])))
                 messages.append(_registration_notice(r["operation"], "TIMEOUT", detail, r["token"],

@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 from infra.core.errors import Reason
 from infra.domain.participants import Kind, Participants
-from schemas import types as T
+from schemas import types as msg
 
 __all__ = ["SENDERS", "SenderRule", "refusal"]
 
@@ -50,34 +50,34 @@ def _rule(*routes: tuple[Kind, Kind], from_hub: frozenset[Kind] = frozenset()) -
 SENDERS: Mapping[str, SenderRule] = MappingProxyType({
     # STEP1 / §4 / STEP3: the portal, an agency alongside another procedure (which agencies: the policy),
     # or the bank that holds the account at its counter (口座登録法 §3, §4, §6, §8); no DICJ relay
-    T.REGISTRATION_REQUEST: _rule((PORTAL, REGISTRY), (AGENCY, REGISTRY), (BANK, REGISTRY)),
-    T.REGISTRATION_RESULT: _rule((REGISTRY, PORTAL), (REGISTRY, AGENCY), (REGISTRY, BANK)),
-    T.EXISTENCE_CHECK: _rule((REGISTRY, BANK)),  # 口座実在性確認
-    T.EXISTENCE_ANSWER: _rule((BANK, REGISTRY)),
+    msg.REGISTRATION_REQUEST: _rule((PORTAL, REGISTRY), (AGENCY, REGISTRY), (BANK, REGISTRY)),
+    msg.REGISTRATION_RESULT: _rule((REGISTRY, PORTAL), (REGISTRY, AGENCY), (REGISTRY, BANK)),
+    msg.EXISTENCE_CHECK: _rule((REGISTRY, BANK)),  # 口座実在性確認
+    msg.EXISTENCE_ANSWER: _rule((BANK, REGISTRY)),
     # STEP2 (口座登録法 §9)
-    T.PROVISION_INQUIRY: _rule((AGENCY, REGISTRY)),
-    T.PROVISION_RESPONSE: _rule((REGISTRY, AGENCY)),
+    msg.PROVISION_INQUIRY: _rule((AGENCY, REGISTRY)),
+    msg.PROVISION_RESPONSE: _rule((REGISTRY, AGENCY)),
     # 付番申出 (口座管理法 §3): at the portal (to one bank, or through DICJ for several), or at one bank
     # passed on through DICJ
-    T.NUMBERING_REQUEST: _rule((PORTAL, BANK), (PORTAL, DICJ), (BANK, DICJ), (DICJ, BANK)),
-    T.NUMBERING_ACK: _rule((BANK, PORTAL), (BANK, BANK), (BANK, DICJ)),
-    T.NUMBERING_RESULT: _rule((DICJ, PORTAL), (DICJ, BANK)),
+    msg.NUMBERING_REQUEST: _rule((PORTAL, BANK), (PORTAL, DICJ), (BANK, DICJ), (DICJ, BANK)),
+    msg.NUMBERING_ACK: _rule((BANK, PORTAL), (BANK, BANK), (BANK, DICJ)),
+    msg.NUMBERING_RESULT: _rule((DICJ, PORTAL), (DICJ, BANK)),
     # 相続時・災害時照会: the applicant applies at a bank (an heir: only there) or, in a declared disaster, at the
     # portal; DICJ asks the banks, the hub gathers who answered, DICJ answers the channel that applied
-    T.LOOKUP_APPLICATION_INHERITANCE: _rule((BANK, DICJ)),
-    T.LOOKUP_APPLICATION_DISASTER: _rule((BANK, DICJ), (PORTAL, DICJ)),
-    T.LOOKUP_NOTIFICATION: _rule((DICJ, BANK), (DICJ, PORTAL)),
-    T.LOOKUP_INHERITANCE: _rule((DICJ, BANK)),
-    T.LOOKUP_DISASTER: _rule((DICJ, BANK)),
-    T.LOOKUP_ANSWER: _rule((BANK, DICJ)),
-    T.LOOKUP_RESULT: _rule(from_hub=frozenset({DICJ})),
+    msg.LOOKUP_APPLICATION_INHERITANCE: _rule((BANK, DICJ)),
+    msg.LOOKUP_APPLICATION_DISASTER: _rule((BANK, DICJ), (PORTAL, DICJ)),
+    msg.LOOKUP_NOTIFICATION: _rule((DICJ, BANK), (DICJ, PORTAL)),
+    msg.LOOKUP_INHERITANCE: _rule((DICJ, BANK)),
+    msg.LOOKUP_DISASTER: _rule((DICJ, BANK)),
+    msg.LOOKUP_ANSWER: _rule((BANK, DICJ)),
+    msg.LOOKUP_RESULT: _rule(from_hub=frozenset({DICJ})),
     # お知らせ to the person, read on the portal: from whoever knows of the event (the registry of
     # registrations and provisions, DICJ of lookup results); never from an agency, a bank or the hub
-    T.NOTICE: _rule((REGISTRY, PORTAL), (DICJ, PORTAL)),
+    msg.NOTICE: _rule((REGISTRY, PORTAL), (DICJ, PORTAL)),
     # the network itself: only the hub answers these
-    T.REJECTION_NOTICE: _rule(from_hub=_PARTICIPANT_KINDS),
-    T.TOKEN_ISSUE_REQUEST: _rule(*((k, HUB) for k in sorted(_PARTICIPANT_KINDS))),
-    T.TOKEN_ISSUE_RESPONSE: _rule(from_hub=_PARTICIPANT_KINDS),
+    msg.REJECTION_NOTICE: _rule(from_hub=_PARTICIPANT_KINDS),
+    msg.TOKEN_ISSUE_REQUEST: _rule(*((k, HUB) for k in sorted(_PARTICIPANT_KINDS))),
+    msg.TOKEN_ISSUE_RESPONSE: _rule(from_hub=_PARTICIPANT_KINDS),
 })
 """Message type -> :class:`SenderRule`. Every type of ``schemas.types.BODY_SCHEMA`` is listed (a test checks)."""
 

@@ -162,7 +162,7 @@ def seal_inquiries(settings: Settings, n: int, *, per_message: bool, people: int
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
     from infra.platform.keystore import KeyStore
-    from schemas import types as T
+    from schemas import types as msg
 
     rng = rng or random.Random(20260401)
     store = KeyStore.for_settings(settings)
@@ -172,7 +172,7 @@ def seal_inquiries(settings: Settings, n: int, *, per_message: bool, people: int
     subjects = [authority.token_for(generate_my_number(rng), AGENCY) for _ in range(min(n, people))]
     now = datetime.now(UTC)
     messages = [Message(body={"procedure_code": PROCEDURE, "purpose": "bench", "requested_at": now},
-                        type=T.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
+                        type=msg.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
                         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, ttl_s=ttl_s,
                         procedure=PROCEDURE)
                 for i in range(n)]
@@ -448,7 +448,7 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
     from connectors.bank_sim import seed_customer
     from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.platform.keystore import KeyStore
-    from schemas import types as T
+    from schemas import types as msg
 
     authority = KeyStore.for_settings(settings).token_authority()
     conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
@@ -458,7 +458,7 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
                     "account_number": f"{first_account + i:07d}", "holder_kana": "ヤマダ タロウ"}
             await seed_customer(conn, authority.token_for(mn, "bank-9000"), acct)  # the person's account
             answer = await bus.request(
-                "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
+                "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=authority.token_for(mn, "portal"),
                 body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
                       "requested_at": datetime.now(UTC)},
                 data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=timeout)
@@ -473,7 +473,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
     from infra.platform.keystore import KeyStore
-    from schemas import types as T
+    from schemas import types as msg
 
     rng = random.Random(7)
     authority = KeyStore.for_settings(settings).token_authority()
@@ -492,7 +492,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
             started = time.perf_counter()
             try:
                 answer = await bus.request(
-                    AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
+                    AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
                     body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": datetime.now(UTC)},
                     data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure=PROCEDURE)
             except (TimeoutError, asyncio.TimeoutError):

@@ -191,25 +191,25 @@ class _Traffic:
 
     def inquiry(self, bus: Any) -> None:
         from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-        from schemas import types as T
+        from schemas import types as msg
 
         agency = self.rng.choice(self.agencies)
         i = self.rng.randrange(len(self.people))
-        self.request(bus, "step2", agency, T.PROVISION_RESPONSE, type=T.PROVISION_INQUIRY, to="registry",
+        self.request(bus, "step2", agency, msg.PROVISION_RESPONSE, type=msg.PROVISION_INQUIRY, to="registry",
                      subject=self.token(i, agency), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
                      body={"procedure_code": self.procedures[agency], "purpose": None, "requested_at": _now()},
                      ttl_s=600, procedure=self.procedures[agency])
 
     def registration(self, bus: Any) -> None:
         from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-        from schemas import types as T
+        from schemas import types as msg
 
         todo = [i for i in range(len(self.people)) if i not in self.registered]
         if not todo:
             return
         i = self.rng.choice(todo)
         self.registered.add(i)
-        self.request(bus, "step1", "portal", T.REGISTRATION_RESULT, type=T.REGISTRATION_REQUEST, to="registry",
+        self.request(bus, "step1", "portal", msg.REGISTRATION_RESULT, type=msg.REGISTRATION_REQUEST, to="registry",
                      subject=self.token(i, "portal"), data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION,
                      body={"operation": "REGISTER", "account": self.account(i), "channel": "PORTAL",
                            "requested_at": _now()}, ttl_s=600)
@@ -218,21 +218,21 @@ class _Traffic:
         from infra.crypto.tokens import TokenIssuanceClient
         from infra.domain.policy import BASIS_TOKEN_ISSUANCE, DATA_PERSON_TOKEN
         from schemas import codec
-        from schemas import types as T
+        from schemas import types as msg
 
         agency = self.rng.choice(self.agencies)
         issuer = TokenIssuanceClient(agency, bus.runtime.directory.encryption_key("hub"))
         body = codec.decode(issuer.request(self.rng.choice(self.people)), "token_issue_request")
-        self.request(bus, "token", agency, T.TOKEN_ISSUE_RESPONSE, type=T.TOKEN_ISSUE_REQUEST, to="hub", subject="",
+        self.request(bus, "token", agency, msg.TOKEN_ISSUE_RESPONSE, type=msg.TOKEN_ISSUE_REQUEST, to="hub", subject="",
                      body=body, data_item=DATA_PERSON_TOKEN, basis=BASIS_TOKEN_ISSUANCE, ttl_s=600)
 
     def numbering(self, bus: Any) -> None:
         from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-        from schemas import types as T
+        from schemas import types as msg
 
         i = self.rng.randrange(len(self.people))
         bank = self.banks[(i + 1) % len(self.banks)]
-        self.request(bus, "numbering", "portal", T.NUMBERING_ACK, type=T.NUMBERING_REQUEST, to=bank.id,
+        self.request(bus, "numbering", "portal", msg.NUMBERING_ACK, type=msg.NUMBERING_REQUEST, to=bank.id,
                      subject=self.token(i, "portal"), data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING,
                      body={"bank_codes": [bank.bank_code], "channel": "PORTAL", "receiving_bank_code": None,
                            "requested_at": _now()}, ttl_s=600)
@@ -249,7 +249,7 @@ class _Traffic:
         from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
         from infra.platform.keystore import KeyStore
         from infra.platform.topics import TopicNames
-        from schemas import types as T
+        from schemas import types as msg
 
         store = KeyStore.for_settings(self.settings)
         directory = store.local_directory(self.participants)
@@ -260,7 +260,7 @@ class _Traffic:
         for _ in range(count):
             sealer, to = (expired, "registry") if self.injected % 2 else (current, self.banks[0].id)
             m = Message(body={"procedure_code": "BAD", "purpose": None, "requested_at": _now()},
-                        type=T.PROVISION_INQUIRY, to=to, subject=self.token(self.injected % len(self.people), agency),
+                        type=msg.PROVISION_INQUIRY, to=to, subject=self.token(self.injected % len(self.people), agency),
                         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
             await producer.send_and_wait(ingress, sealer.seal_batch([m])[0], key=m.subject.encode())
             self.injected += 1
@@ -390,7 +390,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
     from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
     from infra.records.provisions import ProvisionStore
     from schemas import codec
-    from schemas import types as T
+    from schemas import types as msg
 
     names = TopicNames(settings.kafka.topic_prefix)
     # Each participant sees a conversation under a correlation id of its own and provision records name it by
@@ -448,7 +448,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
         records=records, audit=audit,
         needing_record={str(hub_ids.record_message_id(x["message_id"])) for x in await conn.fetch(
             "SELECT message_id FROM hub_messages WHERE accepted AND type = ANY($1::text[])",
-            [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE, T.REGISTRATION_REQUEST])},
+            [msg.PROVISION_INQUIRY, msg.PROVISION_RESPONSE, msg.REGISTRATION_REQUEST])},
         lookup_results=[(conv(x["correlation_id"], "dicj"), str(x["message_id"]), x["is_supplement"])
                         for x in await conn.fetch("SELECT correlation_id, message_id, is_supplement "
                                                   "FROM dicj_lookup_results")],
@@ -526,7 +526,7 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
     from infra.platform.keystore import KeyStore
     from infra.platform.topics import TopicNames
     from infra.tools.bench import Arrivals, end_offsets_by_reading, fast_producer, seal_inquiries
-    from schemas import types as T
+    from schemas import types as msg
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(4242)
@@ -545,7 +545,7 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
 
     def messages(to: str, k: int) -> list[Message]:
         return [Message(body={"procedure_code": "BAD", "purpose": None, "requested_at": _now()},
-                        type=T.PROVISION_INQUIRY, to=to, subject=subject, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+                        type=msg.PROVISION_INQUIRY, to=to, subject=subject, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                         basis=BASIS_PROVISION) for _ in range(k)]
 
     k = max(20, plan.bad_envelopes // 200)

@@ -105,12 +105,12 @@ class _World:
     async def register(self) -> str:
         from connectors.bank_sim import enrol_customer, open_account
         from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-        from schemas import types as T
+        from schemas import types as msg
 
         await open_account(self.pg, self.account)  # the bank's own records: the person's account
         await enrol_customer(self.pg, self.authority.token_for(self.my_number, self.bank.id), self.account)
         answer = await self.bus.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry",
+            "portal", type=msg.REGISTRATION_REQUEST, to="registry",
             subject=await self.bus.token_for("portal", self.my_number),
             body={"operation": "REGISTER", "account": self.account, "channel": "PORTAL", "requested_at": _now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120)
@@ -119,10 +119,10 @@ class _World:
     def inquiry(self) -> Any:
         from infra.crypto.envelope import Message
         from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-        from schemas import types as T
+        from schemas import types as msg
 
         return Message(body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
-                       type=T.PROVISION_INQUIRY, to="registry",
+                       type=msg.PROVISION_INQUIRY, to="registry",
                        subject=self.authority.token_for(self.my_number, AGENCY),
                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()),
                        procedure=PROCEDURE)
@@ -159,7 +159,7 @@ async def hub_keyset_holder(w: _World, report: InsiderReport) -> None:
     """Asks the registry for the person's account and deletes the registration, as the hub."""
     from infra.crypto.envelope import HubForwarder, Sealer, peek
     from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-    from schemas import types as T
+    from schemas import types as msg
 
     hub = w.store.keyset("hub")
     directory = w.bus.runtime.directory
@@ -168,12 +168,12 @@ async def hub_keyset_holder(w: _World, report: InsiderReport) -> None:
 
     def inquiry() -> bytes:
         return as_hub.seal({"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
-                           type=T.PROVISION_INQUIRY, to="registry", subject=token,
+                           type=msg.PROVISION_INQUIRY, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE)
 
     def delete() -> bytes:
         return as_hub.seal({"operation": "DELETE", "account": None, "channel": "PORTAL", "requested_at": _now()},
-                           type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+                           type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_CHANGE)
 
     attacks = {"inquiry": [inquiry(), countersigner.forward(inquiry(), token)],
@@ -327,7 +327,7 @@ async def topic_writer(w: _World, report: InsiderReport) -> None:
     from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.platform.keyadmin import set_suspended
     from infra.platform.keystore import load_directory
-    from schemas import types as T
+    from schemas import types as msg
 
     s, counts = w.settings, {}
     root_key = w.store.root_public_key()
@@ -366,7 +366,7 @@ async def topic_writer(w: _World, report: InsiderReport) -> None:
     token = w.authority.token_for(w.my_number, "registry")
     forged = Sealer(forger, w.bus.runtime.directory).seal(
         {"bank_code": w.bank.bank_code, "result": "CONFIRMED", "answered_at": _now()},
-        type=T.EXISTENCE_ANSWER, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        type=msg.EXISTENCE_ANSWER, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
         basis=BASIS_REGISTRATION)
     await _produce(w, w.names.inbox("registry"), forged, token)
     reasons = await w.dead_letters("registry", [peek(forged).message_id])

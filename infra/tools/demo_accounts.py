@@ -36,13 +36,14 @@ import asyncpg
 
 from connectors.bank_sim import register_at_counter, registration_status, seed_customer
 from connectors.client import BusClient
+from infra.core.clock import elapsed_ms
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 
 AGENCY = "agency-city-minato"
@@ -64,9 +65,6 @@ class DemoCard:
 def _now() -> datetime:
     return datetime.now(UTC)
 
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 1)
 
 
 async def renkei(settings: Settings, *argv: str, my_number: str | None = None, card: DemoCard | None = None,
@@ -138,7 +136,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     other_card, _ = await issue_card(settings, OTHER_CARD, other)
     flows.append({"name": "portal-card", "ok": card is not None and other_card is not None,
                   "status": issued["status"], "card": DEMO_CARD, "via": "renkei portal card issue",
-                  "elapsed_ms": _ms(start)})
+                  "elapsed_ms": elapsed_ms(start)})
     if card is None or other_card is None:
         return flows, [], None
 
@@ -149,7 +147,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     result = await renkei(settings, "portal", "register", *_account_flags(account), card=card)
     flows.append({"name": "step1-registration", "ok": seeded["exit_code"] == 0 and result["exit_code"] == 0
                   and result["status"] == "DONE", "status": result["status"], "bank": account["bank_code"],
-                  "via": "renkei bank seed-account, renkei portal register --card", "elapsed_ms": _ms(start)})
+                  "via": "renkei bank seed-account, renkei portal register --card", "elapsed_ms": elapsed_ms(start)})
 
     # STEP2: an agency asks which account to pay a benefit into.
     start = time.perf_counter()
@@ -159,7 +157,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     flows.append({"name": "step2-provision", "ok": answer["exit_code"] == 0 and answer["status"] == "REGISTERED"
                   and got.get("account_number") == account["account_number"],
                   "status": answer["status"], "agency": AGENCY, "via": "renkei agency inquire",
-                  "elapsed_ms": _ms(start)})
+                  "elapsed_ms": elapsed_ms(start)})
 
     # STEP2 refused: the same agency asks under a procedure it is not entitled to; the hub refuses it and
     # nothing is provided (the person's records show no such provision).
@@ -169,7 +167,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
     flows.append({"name": "step2-unentitled-procedure", "ok": refused["exit_code"] == 2
                   and refused.get("reason") == "PROCEDURE_NOT_ALLOWED" and not refused.get("account"),
                   "status": refused["status"], "reason": refused.get("reason"), "agency": AGENCY,
-                  "procedure": UNENTITLED_PROCEDURE, "via": "renkei agency inquire", "elapsed_ms": _ms(start)})
+                  "procedure": UNENTITLED_PROCEDURE, "via": "renkei agency inquire", "elapsed_ms": elapsed_ms(start)})
 
     # Someone else types the person's account and name: the bank's records say the account is not
     # theirs (NOT_HOLDER), nothing is registered for them, and an agency gets no account for them.
@@ -181,7 +179,7 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
                   "ok": attempt["exit_code"] == 2 and attempt["status"] == "NOT_HOLDER"
                   and theirs["exit_code"] == 0 and theirs["status"] == "NOT_REGISTERED",
                   "status": attempt["status"], "inquiry": theirs["status"],
-                  "via": "renkei portal register --card, renkei agency inquire", "elapsed_ms": _ms(start)})
+                  "via": "renkei portal register --card, renkei agency inquire", "elapsed_ms": elapsed_ms(start)})
 
     # STEP3: at a bank counter, the bank's own system registers the person's account there instead, with
     # the person's consent; the registry checks the account with that bank's own records first.
@@ -210,14 +208,14 @@ async def account_flows(settings: Settings) -> tuple[list[dict[str, Any]], list[
             await conn.close()
             await counter.stop()
         after = await bus.request(
-            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+            AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
             body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": _now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE)
         flows.append({"name": "step3-bank-registration",
                       "ok": status == "DONE"
                       and (after.body.get("account") or {}).get("bank_code") == counter_account["bank_code"],
                       "status": status, "bank": COUNTER_BANK, "consent": "SIGNED_FORM_AT_COUNTER",
-                      "elapsed_ms": _ms(start)})
+                      "elapsed_ms": elapsed_ms(start)})
     return flows, await person_records(settings, card), card
 
 

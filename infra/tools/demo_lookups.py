@@ -39,13 +39,14 @@ import asyncpg
 from connectors.bank_sim import file_numbering_at_counter, seed_customer, set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
+from infra.core.clock import elapsed_ms
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 
 SLOW_BANK_DELAY_MS = 14000
@@ -79,7 +80,7 @@ class LookupWorld:
 
     async def number_via_portal(self, my_number: str, code: str) -> dict:
         answer = await self.portal.request(
-            "portal", type=T.NUMBERING_REQUEST, to=f"bank-{code}", subject=await self.portal.token_for("portal", my_number),
+            "portal", type=msg.NUMBERING_REQUEST, to=f"bank-{code}", subject=await self.portal.token_for("portal", my_number),
             body={"bank_codes": [code], "channel": "PORTAL", "receiving_bank_code": None,
                   "requested_at": datetime.now(UTC)},
             data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
@@ -92,7 +93,7 @@ async def _numbering(w: LookupWorld) -> dict[str, Any]:
     ack = await w.number_via_portal(mn, "9000")
     several, _ = await w.person({"9003": 1, "9004": 2})
     result = await w.portal.request(  # several banks at once: DICJ gathers, ONE result to the portal
-        "portal", type=T.NUMBERING_REQUEST, to="dicj", subject=await w.portal.token_for("portal", several),
+        "portal", type=msg.NUMBERING_REQUEST, to="dicj", subject=await w.portal.token_for("portal", several),
         body={"bank_codes": ["9002", "9003", "9004"], "channel": "PORTAL", "receiving_bank_code": None,
               "requested_at": datetime.now(UTC)},
         data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
@@ -120,7 +121,7 @@ async def _numbering(w: LookupWorld) -> dict[str, Any]:
             "portal_to_9000": f"{ack['status']} {ack['accounts_linked']}",
             "portal_via_dicj_one_result": via_portal,
             "counter_9001": own, "via_dicj": outcomes,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+            "elapsed_ms": elapsed_ms(started)}
 
 
 async def _inheritance(w: LookupWorld) -> dict[str, Any]:
@@ -132,7 +133,7 @@ async def _inheritance(w: LookupWorld) -> dict[str, Any]:
         started = time.perf_counter()
         cid = await w.dicj.start_lookup("INHERITANCE", await w.dicj.token_for("dicj", mn))
         view = await w.dicj.wait_result(cid, timeout=60)
-        result_ms = round((time.perf_counter() - started) * 1000, 1)
+        result_ms = elapsed_ms(started)
         for _ in range(600):
             late = await w.dicj.view(cid)
             if late["late_banks"]:
@@ -173,7 +174,7 @@ async def _application(w: LookupWorld) -> dict[str, Any]:
             "status": answer.get("status"), "banks_with_accounts": answer.get("banks_with_accounts"),
             "banks_not_answered": answer.get("banks_not_answered"),
             "via": "renkei bank apply-lookup, renkei dicj record-death",
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+            "elapsed_ms": elapsed_ms(started)}
 
 
 async def _disaster(w: LookupWorld) -> dict[str, Any]:
@@ -199,7 +200,7 @@ async def _disaster(w: LookupWorld) -> dict[str, Any]:
             "reason": answer.get("reason"), "designated": ["9000", "9002"], "applied_on": "portal",
             "banks_with_accounts": answer.get("banks_with_accounts"),
             "via": "renkei portal card issue, renkei disaster declare, renkei portal disaster-lookup --card",
-            "result_ms": round((time.perf_counter() - started) * 1000, 1)}
+            "result_ms": elapsed_ms(started)}
 
 
 async def lookup_flows(settings: Settings) -> list[dict[str, Any]]:

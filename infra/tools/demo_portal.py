@@ -16,6 +16,8 @@ import asyncio
 import time
 from typing import Any
 
+from infra.core.clock import elapsed_ms
+
 NOTICES_WANTED = {("REGISTRATION", "REGISTER"), ("REGISTRATION", "CHANGE"), ("PROVISION", "REGISTERED")}
 
 
@@ -53,7 +55,7 @@ async def portal_flow(url: str, card: Any, *, expected_bank: str, timeout_s: flo
             and records.get("chain_ok") is True and bool(records.get("records")),
             "login": login, "account_bank": account.get("bank_code"), "notices": len(notices),
             "notice_kinds": sorted(f"{k}:{e}" for k, e in seen), "records_verdict": records.get("verdict"),
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+            "elapsed_ms": elapsed_ms(started)}
 
 
 __all__ = ["NOTICES_WANTED", "portal_flow"]

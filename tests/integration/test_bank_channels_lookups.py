@@ -42,7 +42,7 @@ from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.stack import Platform
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
 from tests.integration.test_connectors_support import BankEndpoint, eventually
@@ -329,11 +329,11 @@ async def test_numbering_from_the_portal_reaches_both_channels_and_one_result_co
     w.office.customers[w.token(mn, FILES_CODE)] = 1
     w.bank.customers[w.token(mn, HTTP_CODE)] = 2
     answer = await w.portal.request(
-        "portal", type=T.NUMBERING_REQUEST, to="dicj", subject=await w.portal.token_for("portal", mn),
+        "portal", type=msg.NUMBERING_REQUEST, to="dicj", subject=await w.portal.token_for("portal", mn),
         body={"bank_codes": [FILES_CODE, HTTP_CODE], "channel": "PORTAL", "receiving_bank_code": None,
               "requested_at": datetime.now(UTC)},
         data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=DEADLINE_S)
-    assert answer.meta.type == T.NUMBERING_RESULT
+    assert answer.meta.type == msg.NUMBERING_RESULT
     assert {o["bank_code"]: (o["status"], o["accounts_linked"]) for o in answer.body["outcomes"]} == {
         FILES_CODE: ("LINKED", 1), HTTP_CODE: ("LINKED", 2)}
     nrq = [r for f in sorted((w.root / "outbound").glob("NRQ_*.csv")) for r in records(f)

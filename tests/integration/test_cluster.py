@@ -49,7 +49,7 @@ from infra.records.provisions import ProvisionStore
 from infra.tools.chaos import ChaosPlan, crash_safety
 from infra.tools.chaos_broker import ClusterBroker
 from infra.tools.harness import read_topic
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
@@ -85,11 +85,11 @@ async def pg(secured_platform: Platform) -> AsyncIterator[asyncpg.Connection]:
 
 async def _register(portal: BusClient, mn: str, acct: dict) -> dict:
     token = await portal.token_for("portal", mn)
-    answer = await portal.request("portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+    answer = await portal.request("portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
                                   body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
                                         "requested_at": _now()},
                                   data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120)
-    assert answer.meta.type == T.REGISTRATION_RESULT
+    assert answer.meta.type == msg.REGISTRATION_RESULT
     return answer.body
 
 
@@ -105,11 +105,11 @@ async def _registered_person(platform: Platform, pg: asyncpg.Connection, bank: s
 async def _inquire(agency: BusClient, mn: str, agency_id: str = AGENCY) -> dict:
     token = await agency.token_for(agency_id, mn)
     procedure = ENTITLED_PROCEDURE[agency_id]  # a procedure the agency may ask under (infra/domain/procedures.toml)
-    answer = await agency.request(agency_id, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+    answer = await agency.request(agency_id, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
                                   body={"procedure_code": procedure, "purpose": None, "requested_at": _now()},
                                   data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120,
                                   procedure=procedure)
-    assert answer.meta.type == T.PROVISION_RESPONSE
+    assert answer.meta.type == msg.PROVISION_RESPONSE
     return answer.body
 
 
@@ -259,11 +259,11 @@ async def test_numbering_and_inheritance_lookup_with_each_participant_as_its_own
     async with _client(secured_platform, "portal", "lookup") as portal, \
             DicjDesk(s.as_principal("dicj"), group=f"{s.kafka.topic_prefix}.dicj") as dicj:
         token = await portal.token_for("portal", mn)
-        ack = await portal.request("portal", type=T.NUMBERING_REQUEST, to="bank-9003", subject=token,
+        ack = await portal.request("portal", type=msg.NUMBERING_REQUEST, to="bank-9003", subject=token,
                                    body={"bank_codes": ["9003"], "channel": "PORTAL", "receiving_bank_code": None,
                                          "requested_at": _now()},
                                    data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=120)
-        assert (ack.meta.type, ack.body["status"], ack.body["accounts_linked"]) == (T.NUMBERING_ACK, "LINKED", 2)
+        assert (ack.meta.type, ack.body["status"], ack.body["accounts_linked"]) == (msg.NUMBERING_ACK, "LINKED", 2)
         subject = await dicj.token_for("dicj", mn)
         cid = await dicj.start_lookup("INHERITANCE", subject)
         view = await dicj.wait_result(cid, timeout=240)

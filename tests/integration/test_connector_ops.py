@@ -30,7 +30,7 @@ from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
 from infra.platform.pgdsn import component_dsn
 from infra.platform.stack import settings_env
 from infra.platform.topics import TopicNames
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import (
     BankEndpoint,
     eventually,
@@ -105,7 +105,7 @@ async def test_a_dead_delivery_redriven_after_the_bank_fixed_its_endpoint_is_del
     async with BusClient(platform.settings, ["portal"], group=group) as portal:
         token = await portal.token_for("portal", mn)
         pending = asyncio.create_task(portal.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+            "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
             body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=180))
 

@@ -21,7 +21,7 @@ from connectors.client import BusClient
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.metrics import fetch_metrics, parse_text, read_endpoint
 from infra.platform.stack import WORKERS
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import (
     eventually,
     my_number,
@@ -189,7 +189,7 @@ async def test_existence_check_goes_out_as_a_file_and_the_answer_file_comes_back
     async with BusClient(platform.settings, ["portal"], group=f"{platform.settings.kafka.topic_prefix}.portal-t") as portal:
         token = await portal.token_for("portal", my_number())
         pending = asyncio.create_task(portal.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+            "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
             body={"operation": "REGISTER", "account": account, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90))
         check = await eventually(lambda: _check_for(root, "201", "0012345"), timeout=60)
@@ -202,7 +202,7 @@ async def test_existence_check_goes_out_as_a_file_and_the_answer_file_comes_back
         write_atomically(root / "inbound" / "ANS_0001.csv",
                          render_file("ANS", CODE, "0001", [[line[1], "CONFIRMED", "Y"]]))
         answer = await pending
-    assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+    assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE"
     # answering the same check again is refused line by line, not sent twice
     write_atomically(root / "inbound" / "ANS_0002.csv",
                      render_file("ANS", CODE, "0002", [[line[1], "CONFIRMED", "Y"]]))

@@ -28,7 +28,7 @@ from connectors.httpsig import TO_RENKEI, ChannelKey, sign
 from connectors.runtime import RetryPolicy, delivery_row_id
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import (
     BankEndpoint,
     eventually,
@@ -69,7 +69,7 @@ class Channel:
 
     async def published(self) -> int:
         return await self.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = $1",
-                                        T.REGISTRATION_REQUEST)
+                                        msg.REGISTRATION_REQUEST)
 
     async def done(self, key: str, timeout: float = 90) -> dict:
         async def answered() -> dict | None:
@@ -128,7 +128,7 @@ async def portal_registration(platform: Any, acct: dict, mn: str | None = None) 
     """STEP1 at the portal; the registry's answer."""
     async with portal(platform) as client:
         return await client.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn or
+            "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn or
                                                                                                   my_number()),
             body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120)
@@ -138,7 +138,7 @@ async def send_registration(client: BusClient, acct: dict) -> None:
     """STEP1 at the portal without waiting for the answer (keep ``client`` open until the test has seen enough)."""
     await client.runtime.send("portal", [Message(
         body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-        type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", my_number()),
+        type=msg.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", my_number()),
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION)])
 
 
@@ -303,7 +303,7 @@ async def test_a_bank_answer_that_cannot_be_read_is_dead_lettered_and_registers_
     assert letter["reason"] == "MALFORMED" and letter["ref"].startswith("existence.check/")
     assert raw.decode() not in letter["detail"]
     assert await c.pool.fetchval("SELECT status FROM connector_deliveries") == "DEAD"
-    assert await c.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = $1", T.EXISTENCE_ANSWER) == 0
+    assert await c.pool.fetchval("SELECT count(*) FROM participant_outbox WHERE type = $1", msg.EXISTENCE_ANSWER) == 0
 
 
 async def test_two_banks_keep_their_keys_and_deliveries_apart(platform, channel):
@@ -386,7 +386,7 @@ async def test_a_deliverys_payload_is_sealed_at_rest_and_a_row_moved_to_another_
             await client.runtime.send("portal", [Message(
                 body={"operation": "REGISTER", "account": account(number), "channel": "PORTAL",
                       "requested_at": datetime.now(UTC)},
-                type=T.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn),
+                type=msg.REGISTRATION_REQUEST, to="registry", subject=await client.token_for("portal", mn),
                 data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION)])
         rows = await eventually(both_dead, timeout=90)
     for r in rows:  # the stored bytes name nobody
@@ -427,7 +427,7 @@ async def test_delivery_payloads_stored_in_plain_before_are_sealed_at_start(chan
     await c.pool.execute(  # a row as the table held it before sealing (the migration kept it)
         "INSERT INTO connector_deliveries (connector, participant, message_id, correlation_id, type, reply_to, "
         "subject, data_item, basis, payload, status) VALUES ('bank-http', $1, $2, $3, $4, 'registry', 'tok', "
-        "$5, $6, $7::jsonb, 'DEAD')", BANK, message_id, uuid.uuid4(), T.EXISTENCE_CHECK, DATA_PUBLIC_FUNDS_ACCOUNT,
+        "$5, $6, $7::jsonb, 'DEAD')", BANK, message_id, uuid.uuid4(), msg.EXISTENCE_CHECK, DATA_PUBLIC_FUNDS_ACCOUNT,
         BASIS_REGISTRATION, json.dumps(plain))
     assert await runtime.seal_legacy_deliveries() == 1
     row = await c.pool.fetchrow("SELECT payload, payload_ct FROM connector_deliveries WHERE message_id = $1",

@@ -43,7 +43,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import create_pool
 from infra.records.provisions import ProvisionStore, RecordDraft
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration
@@ -339,7 +339,7 @@ async def test_a_registration_and_an_agency_inquiry_each_become_a_notice_the_per
 
         # An agency asks for the account (STEP2): the person is told, and the record names the agency.
         agency_token = await bus.token_for(AGENCY, mn)
-        answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=agency_token,
+        answer = await bus.request(AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=agency_token,
                                    body={"procedure_code": "child-allowance", "purpose": "特別定額給付金",
                                          "requested_at": datetime.now(UTC)},
                                    data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
@@ -391,7 +391,7 @@ async def test_a_registration_an_agency_files_alongside_a_procedure_shows_on_the
     acct, mn = account("9002", "タナカ ジロウ"), my_number()
     await hold_account(running_platform.settings, pg, mn, acct)
     card, _ = await issue(portal, "6543", mn)
-    answer = await bus.request("agency-nta", type=T.REGISTRATION_REQUEST, to="registry",
+    answer = await bus.request("agency-nta", type=msg.REGISTRATION_REQUEST, to="registry",
                                subject=await bus.token_for("agency-nta", mn),
                                body={"operation": "REGISTER", "account": acct, "channel": "ALONGSIDE_PROCEDURE",
                                      "requested_at": datetime.now(UTC)},
@@ -430,13 +430,13 @@ async def test_numbering_at_several_banks_is_one_result_through_dicj_and_a_looku
         await declare(pg, Disaster(disaster_id, "ポータル試験の災害", ("13",), today - timedelta(days=1),
                                    today + timedelta(days=30)), who="test", reason="declared for the test",
                       audit_event=uuid.uuid4())
-        answer = await bus.request("portal", type=T.LOOKUP_APPLICATION_DISASTER, to="dicj",
+        answer = await bus.request("portal", type=msg.LOOKUP_APPLICATION_DISASTER, to="dicj",
                                    subject=await bus.token_for("portal", mn),
                                    body={"application_ref": "PORTAL-NOTICE-1", "disaster_id": disaster_id,
                                          "area_code": "13101", "designated_bank_codes": ["9000", "9001"],
                                          "applied_at": datetime.now(UTC)},
                                    data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=BASIS_DISASTER_LOOKUP, timeout=120)
-        assert (answer.meta.type, answer.body["banks_with_accounts"]) == (T.LOOKUP_NOTIFICATION, ["9001"])
+        assert (answer.meta.type, answer.body["banks_with_accounts"]) == (msg.LOOKUP_NOTIFICATION, ["9001"])
         cid = await pg.fetchval("SELECT lookup_correlation FROM dicj_applications WHERE application_ref = $1",
                                 "PORTAL-NOTICE-1")
         (found,) = await notices(v, "LOOKUP")
@@ -453,11 +453,11 @@ async def test_only_the_registry_and_dicj_may_notify_the_person(running_platform
     forged = {"kind": "REGISTRATION", "event": "DELETE", "status": "DONE", "detail": None, "party": "portal",
               "procedure_code": None, "purpose": None, "account": None, "bank_codes": [],
               "reference": str(uuid.uuid4()), "occurred_at": datetime.now(UTC)}
-    answer = await bus.request(AGENCY, type=T.NOTICE, to="portal", subject=await bus.token_for(AGENCY, mn),
+    answer = await bus.request(AGENCY, type=msg.NOTICE, to="portal", subject=await bus.token_for(AGENCY, mn),
                                body=forged, data_item=DATA_PERSON_NOTICE, basis=BASIS_PROVISION, timeout=60)
-    assert answer.meta.type == T.REJECTION_NOTICE and answer.body["reason_code"] == "UNAUTHORISED"
+    assert answer.meta.type == msg.REJECTION_NOTICE and answer.body["reason_code"] == "UNAUTHORISED"
     portal_token = await bus.token_for("portal", mn)
-    answer = await bus.request("portal", type=T.REGISTRATION_REQUEST, to="registry", subject=portal_token,
+    answer = await bus.request("portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=portal_token,
                                body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
                                      "requested_at": datetime.now(UTC)},
                                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=90)

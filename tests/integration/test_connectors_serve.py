@@ -40,7 +40,7 @@ from infra.platform.embedded import spawn_python
 from infra.platform.metrics import fetch_metrics, read_endpoint
 from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
 from infra.platform.stack import settings_args, settings_env
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import (
     BankEndpoint,
     account,
@@ -117,7 +117,7 @@ class Served:
 async def answers_from(db: asyncpg.Connection, bank: str) -> int:
     """Existence answers the bank sent (connector and simulator share the outbox: one count for both)."""
     return await db.fetchval("SELECT count(*) FROM participant_outbox WHERE sender = $1 AND type = $2",
-                             bank, T.EXISTENCE_ANSWER)
+                             bank, msg.EXISTENCE_ANSWER)
 
 
 async def parked_metric(platform: Any, bank: str) -> float:
@@ -134,7 +134,7 @@ async def portal_registration(platform: Any, acct: dict, mn: str | None = None) 
                          group=f"{platform.settings.kafka.topic_prefix}.serve-{uuid.uuid4().hex[:6]}") as client:
         token = await client.token_for("portal", mn or my_number())
         yield asyncio.create_task(client.request(
-            "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+            "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
             body={"operation": "REGISTER", "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=120))
 
@@ -160,7 +160,7 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
         start = await files.started()
         assert start["bank"] == BANK and start["channel"] == "files" and start["inbound"] == str(root / "inbound")
         # every type the simulator would act on for the bank (checks, results, numbering, lookups), and notices
-        assert set(start["lease"]["types"]) == set(HANDLERS) | {T.REJECTION_NOTICE}
+        assert set(start["lease"]["types"]) == set(HANDLERS) | {msg.REJECTION_NOTICE}
         lease = await db.fetchrow("SELECT holder, channel, expires_at > now() AS live FROM bank_channel_leases "
                                   "WHERE bank_id = $1", BANK)
         assert (lease["holder"], lease["channel"], lease["live"]) == (start["lease"]["holder"], "bank-files", True)
@@ -203,7 +203,7 @@ async def test_files_connector_takes_the_bank_over_then_hands_it_back(platform, 
             write_atomically(root / "inbound" / "ANS_0001.csv",
                              render_file("ANS", CODE, "0001", [[line[1], "CONFIRMED", "Y"]]))
             answer = await pending
-        assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+        assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE"
         assert await answers_from(db, BANK) == before + 1
         assert await eventually(lambda: parked_metric(platform, BANK)) >= 2  # the simulator parked what it read
 
@@ -243,7 +243,7 @@ async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_en
 
     async def parked(bank_id: str) -> bool:
         return await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1 AND type = $2",
-                                 bank_id, T.EXISTENCE_CHECK) == 1
+                                 bank_id, msg.EXISTENCE_CHECK) == 1
 
     async def end_lease(bank_id: str) -> None:
         await db.execute("UPDATE bank_channel_leases SET expires_at = now() WHERE bank_id = $1", bank_id)
@@ -251,7 +251,7 @@ async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_en
     for code_ in [code, *controls]:
         await db.execute(
             "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ($1, 'bank-files', "
-            "'test:0:gone', $2, now() + interval '1 hour')", f"bank-{code_}", [T.EXISTENCE_CHECK])
+            "'test:0:gone', $2, now() + interval '1 hour')", f"bank-{code_}", [msg.EXISTENCE_CHECK])
     people = {c: (account(c, "サトウ ジロウ"), my_number()) for c in [code, *controls]}
     for acct, mn in people.values():
         await hold_account(platform.settings, db, mn, acct)
@@ -268,7 +268,7 @@ async def test_messages_parked_under_a_lease_go_back_to_the_simulator_when_it_en
             assert not pending[code].done() and await answers_from(db, bank) == before  # still parked
         await end_lease(bank)
         answer = await pending[code]
-    assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+    assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE"
     assert await answers_from(db, bank) == before + 1
     assert await db.fetchval("SELECT count(*) FROM bank_parked_messages WHERE bank_id = $1", bank) == 0
 
@@ -360,8 +360,8 @@ async def test_bad_flags_exit_2_before_anything_starts(platform, tmp_path):
 async def test_lease_refuses_a_second_holder_lets_a_standby_in_and_tells_the_first_it_lost(platform):
     # A lease far longer than the test: only a release can hand it over, however slow the machine.
     dsn = component_dsn(platform.settings, "bank-9002")  # the bank connector's role, as `renkei bank serve`
-    first = BankChannelLease(dsn, "bank-9002", "bank-files", [T.EXISTENCE_CHECK], ttl_s=60)
-    second = BankChannelLease(dsn, "bank-9002", "bank-http", [T.EXISTENCE_CHECK], ttl_s=60)
+    first = BankChannelLease(dsn, "bank-9002", "bank-files", [msg.EXISTENCE_CHECK], ttl_s=60)
+    second = BankChannelLease(dsn, "bank-9002", "bank-http", [msg.EXISTENCE_CHECK], ttl_s=60)
     await first.open()
     await second.open()
     tries = 0

@@ -34,7 +34,7 @@ from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pglayout import ident
-from schemas import types as T
+from schemas import types as msg
 
 RNG = random.Random()
 
@@ -93,11 +93,11 @@ async def register_through_portal(platform_settings: Settings, pg: asyncpg.Conne
     async with BusClient(platform_settings, ["portal"],
                          group=f"{platform_settings.kafka.topic_prefix}.helper-{uuid.uuid4().hex[:6]}") as client:
         token = await client.token_for("portal", mn)
-        answer = await client.request("portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+        answer = await client.request("portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
                                       body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
                                             "requested_at": datetime.now(UTC)},
                                       data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=60)
-    assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE", answer.body
+    assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE", answer.body
     return token
 
 

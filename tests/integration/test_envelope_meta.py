@@ -38,7 +38,7 @@ from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStatus
 from infra.records.records_verify import RecordsVerifier
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, person, register
@@ -51,7 +51,7 @@ NTA = "agency-nta"  # entitled to income-tax-refund only
 
 def inquiry(token: str, procedure: str | None, *, message_id: str | None = None) -> Message:
     return Message(body={"procedure_code": procedure or "none", "purpose": None, "requested_at": datetime.now(UTC)},
-                   type=T.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+                   type=msg.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                    basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()), procedure=procedure,
                    message_id=message_id or str(uuid.uuid4()))
 
@@ -99,11 +99,11 @@ async def test_unentitled_unknown_and_missing_procedures_are_refused_and_nothing
         good.append(asyncio.create_task(bus.runtime.request(AGENCY, inquiry(token, PROCEDURE), timeout=90)))
     for task in good:
         answer = (await task)
-        assert answer.meta.type == T.PROVISION_RESPONSE and answer.body["status"] == "REGISTERED"
+        assert answer.meta.type == msg.PROVISION_RESPONSE and answer.body["status"] == "REGISTERED"
         assert answer.body["account"]["account_number"] == acct["account_number"]
     for reason, task in answers.items():
         notice = await task
-        assert notice.meta.type == T.REJECTION_NOTICE and notice.meta.sender == "hub"
+        assert notice.meta.type == msg.REJECTION_NOTICE and notice.meta.sender == "hub"
         assert notice.body["reason_code"] == reason.split("/")[0]
     ids = {reason: m.message_id for reason, m in bad.items()}
     letters = await dead_letters(settings, set(ids.values()))
@@ -131,7 +131,7 @@ async def test_an_entitled_agency_of_another_kind_of_benefit_is_answered(bus, pg
     answer = await bus.runtime.request(NTA, inquiry(token, "income-tax-refund"), timeout=90)
     assert answer.body["status"] == "REGISTERED" and answer.meta.procedure == "income-tax-refund"
     refused = await bus.runtime.request(NTA, inquiry(token, PROCEDURE), timeout=90)  # the city's benefit
-    assert refused.meta.type == T.REJECTION_NOTICE and refused.body["reason_code"] == "PROCEDURE_NOT_ALLOWED"
+    assert refused.meta.type == msg.REJECTION_NOTICE and refused.body["reason_code"] == "PROCEDURE_NOT_ALLOWED"
 
 
 # --- 16.7: records say what happened -----------------------------------------------------------------------
@@ -191,7 +191,7 @@ async def test_ingress_inboxes_and_audit_share_no_id_correlation_or_key(bus, pg,
 
     [asked] = [(r, m) for r, m in ingress if m.message_id == sent.message_id]
     [leg] = [(r, m) for r, m in registry_inbox if m.message_id == hub.leg_message_id(sent.message_id, "registry")]
-    [answered] = [(r, m) for r, m in ingress if m.type == T.PROVISION_RESPONSE
+    [answered] = [(r, m) for r, m in ingress if m.type == msg.PROVISION_RESPONSE
                   and hub.leg_message_id(m.message_id, AGENCY) == answer.meta.message_id]
     [back] = [(r, m) for r, m in agency_inbox if m.message_id == answer.meta.message_id]
     ours = {hub.record_message_id(asked[1].message_id), hub.record_message_id(answered[1].message_id)}

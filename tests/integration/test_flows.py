@@ -23,7 +23,7 @@ from infra.platform.storage import everywhere
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
 from infra.tools.harness import read_topic
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
@@ -51,21 +51,21 @@ def now() -> datetime:
 async def register(bus: BusClient, my_number: str, acct: dict, operation: str = "REGISTER") -> dict:
     token = await bus.token_for("portal", my_number)
     answer = await bus.request(
-        "portal", type=T.REGISTRATION_REQUEST, to="registry", subject=token,
+        "portal", type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
         body={"operation": operation, "account": acct if operation != "DELETE" else None,
               "channel": "PORTAL", "requested_at": now()},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE)
-    assert answer.meta.type == T.REGISTRATION_RESULT
+    assert answer.meta.type == msg.REGISTRATION_RESULT
     return answer.body
 
 
 async def inquire(bus: BusClient, my_number: str, agency: str = AGENCY, timeout: float = 60) -> dict:
     token = await bus.token_for(agency, my_number)
     answer = await bus.request(
-        agency, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+        agency, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
         body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=timeout, procedure=PROCEDURE)
-    assert answer.meta.type == T.PROVISION_RESPONSE
+    assert answer.meta.type == msg.PROVISION_RESPONSE
     return answer.body
 
 
@@ -191,10 +191,10 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
 
     async def ask(token: str) -> str:
         answer = await bus.request(
-            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+            AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
             body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=180, procedure=PROCEDURE)
-        assert answer.meta.type == T.PROVISION_RESPONSE, answer.meta.type
+        assert answer.meta.type == msg.PROVISION_RESPONSE, answer.meta.type
         return answer.meta.correlation_id
 
     async def stream() -> None:  # a steady stream of inquiries, until a little after the kill
@@ -250,13 +250,13 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
 
     # Exactly one answer per inquiry: one row each in the agency's inbox, one answer message id each on the wire.
     answers = await pg.fetch("SELECT correlation_id::text AS cid FROM client_inbox "
-                             "WHERE correlation_id = ANY($1::uuid[]) AND type = $2", correlations, T.PROVISION_RESPONSE)
+                             "WHERE correlation_id = ANY($1::uuid[]) AND type = $2", correlations, msg.PROVISION_RESPONSE)
     assert sorted(r["cid"] for r in answers) == sorted(correlations)
     inbox = [peek(r.value) for r in await read_topic(settings, TopicNames(settings.kafka.topic_prefix).inbox(AGENCY))]
     on_wire: dict[str, set[str]] = {}
     asked = set(correlations)
     for meta in inbox:
-        if meta.correlation_id in asked and meta.type == T.PROVISION_RESPONSE:
+        if meta.correlation_id in asked and meta.type == msg.PROVISION_RESPONSE:
             on_wire.setdefault(meta.correlation_id, set()).add(meta.message_id)
     assert sorted(on_wire) == sorted(correlations) and all(len(ids) == 1 for ids in on_wire.values())
     # The inquiries' and the answers' own message ids (each leg carries an id of its own: infra.crypto.pseudonyms).
@@ -264,10 +264,10 @@ async def test_hub_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing
     sent = [peek(bytes(r["envelope"])) for r in await pg.fetch(  # the agency's outbox and the registry's
         f"SELECT envelope FROM {await everywhere(pg, 'participant_outbox')} o "
         "WHERE sender = ANY($1::text[]) AND type = ANY($2::text[])",
-        [AGENCY, "registry"], [T.PROVISION_INQUIRY, T.PROVISION_RESPONSE])]
+        [AGENCY, "registry"], [msg.PROVISION_INQUIRY, msg.PROVISION_RESPONSE])]
     answered = {i for ids in on_wire.values() for i in ids}
-    inquiries = [m.message_id for m in sent if m.type == T.PROVISION_INQUIRY and m.correlation_id in asked]
-    answers_sent = [m.message_id for m in sent if m.type == T.PROVISION_RESPONSE
+    inquiries = [m.message_id for m in sent if m.type == msg.PROVISION_INQUIRY and m.correlation_id in asked]
+    answers_sent = [m.message_id for m in sent if m.type == msg.PROVISION_RESPONSE
                     and names.leg_message_id(m.message_id, AGENCY) in answered]
     assert len(inquiries) == len(answers_sent) == n
     ours = inquiries + answers_sent

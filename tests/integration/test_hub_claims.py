@@ -34,7 +34,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.stack import bootstrap_keys
 from infra.platform.storage import create_pool, migrate
 from infra.platform.topics import TopicNames, apply_layout, layout
-from schemas import types as T
+from schemas import types as msg
 from streams.gateway import Inbound
 from streams.hub import HUB_MIGRATIONS, HubService, MessageClaim, claim_messages
 from tests.integration.platform_fixtures import hub_pseudonyms
@@ -47,7 +47,7 @@ PERSON = generate_my_number(random.Random(1309))  # synthetic, valid check digit
 
 
 def claim(message_id: str, partition: int, offset: int) -> MessageClaim:
-    return MessageClaim(message_id, partition, offset, True, None, T.PROVISION_INQUIRY, AGENCY)
+    return MessageClaim(message_id, partition, offset, True, None, msg.PROVISION_INQUIRY, AGENCY)
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def inquiries(settings: Settings, sender: str, n: int) -> list[bytes]:
     now = datetime.now(UTC)
     return Sealer(store.keyset(sender), directory).seal_batch([
         Message(body={"procedure_code": PROCEDURES[sender], "purpose": None, "requested_at": now},
-                type=T.PROVISION_INQUIRY, to="registry", subject=tokens.token_for(PERSON, sender),
+                type=msg.PROVISION_INQUIRY, to="registry", subject=tokens.token_for(PERSON, sender),
                 data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURES[sender])
         for _ in range(n)])
 

@@ -15,7 +15,7 @@ from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC
 from infra.platform.keystore import KeyStore
 from infra.platform.topics import TopicNames
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_flows import AGENCY, PROCEDURE, person
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,7 +52,7 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
     tokens = [await bus.token_for(AGENCY, mn) for mn in people]
 
     def sealed(sealer: Sealer, **kw) -> bytes:
-        args = dict(type=T.PROVISION_INQUIRY, to="registry", subject=tokens[0], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        args = dict(type=msg.PROVISION_INQUIRY, to="registry", subject=tokens[0], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                     basis=BASIS_PROVISION, procedure=PROCEDURE)
         args.update(kw)
         return sealer.seal(inquiry_body(), **args)
@@ -61,7 +61,7 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
     # UNAUTHORISED: an agency may not send a registration request for the portal's flow.
     bad["UNAUTHORISED"] = agency.seal(
         {"operation": "DELETE", "account": None, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
-        type=T.REGISTRATION_REQUEST, to="registry", subject=tokens[0], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        type=msg.REGISTRATION_REQUEST, to="registry", subject=tokens[0], data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
         basis=BASIS_REGISTRATION)
     # SUSPENDED: a suspended agency is refused at once.
     bad["SUSPENDED"] = sealed(Sealer(store.keyset("agency-suspended"), directory),
@@ -91,14 +91,14 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
         await producer.send_and_wait(ingress, value, key=b"k")
         # Good traffic interleaved: a real inquiry after each bad one.
         good.append(asyncio.create_task(bus.request(
-            AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=tokens[i % len(tokens)], body=inquiry_body(),
+            AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=tokens[i % len(tokens)], body=inquiry_body(),
             data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=90, procedure=PROCEDURE)))
     await producer.send_and_wait(ingress, replayed, key=b"k")
     await asyncio.sleep(0.5)
     await producer.send_and_wait(ingress, replayed, key=b"k")
 
     answers = await asyncio.gather(*good)
-    assert len(answers) == len(bad) and all(a.meta.type == T.PROVISION_RESPONSE for a in answers)
+    assert len(answers) == len(bad) and all(a.meta.type == msg.PROVISION_RESPONSE for a in answers)
 
     expected = {reason: peek(value).message_id for reason, value in bad.items()
                 if reason not in ("UNKNOWN_SCHEMA", "MALFORMED")}
@@ -109,6 +109,6 @@ async def test_every_reason_is_dead_lettered_and_good_traffic_flows(bus, running
     assert {"UNKNOWN_SCHEMA", "MALFORMED"} <= {h["renkei.reason"] for h in letters.values()}
 
     opened = await asyncio.wait_for(notice, 60)
-    assert opened.meta.type == T.REJECTION_NOTICE and opened.meta.sender == "hub"
+    assert opened.meta.type == msg.REJECTION_NOTICE and opened.meta.sender == "hub"
     assert opened.body["reason_code"] == "UNAUTHORISED"
     assert str(opened.body["original_message_id"]) == expected["UNAUTHORISED"]

@@ -33,7 +33,7 @@ from infra.platform.metrics import fetch_metrics
 from infra.platform.stack import bootstrap_keys, settings_env
 from infra.platform.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_flows import person
 from tests.integration.test_ops_hub import endpoint_of, eventually, value
@@ -66,7 +66,7 @@ def renkei(capsys, flags, monkeypatch, running_platform):
 def inquiry(agency: str, token: str) -> Message:
     procedure = ENTITLED_PROCEDURE[agency]
     return Message(body={"procedure_code": procedure, "purpose": None, "requested_at": datetime.now(UTC)},
-                   type=T.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+                   type=msg.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                    basis=BASIS_PROVISION, correlation_id=str(uuid.uuid4()), procedure=procedure)
 
 
@@ -74,7 +74,7 @@ async def answered(bus, agency: str, token: str, *, timeout: float = 60) -> str:
     """The registry's answer to an inquiry (the good traffic, or proof that a participant is back);
     returns the key id the registry signed it with."""
     opened = await bus.runtime.request(agency, inquiry(agency, token), timeout=timeout)
-    assert opened.meta.type == T.PROVISION_RESPONSE, opened.meta.type
+    assert opened.meta.type == msg.PROVISION_RESPONSE, opened.meta.type
     assert opened.body["status"] in ("REGISTERED", "NOT_REGISTERED")
     return opened.meta.sender_key_id
 
@@ -87,9 +87,9 @@ async def answered_again(bus, agency: str, token: str, *, within: float = 60) ->
             opened = await bus.runtime.request(agency, inquiry(agency, token), timeout=8)
         except TimeoutError:
             return None
-        if opened.meta.type == T.REJECTION_NOTICE:
+        if opened.meta.type == msg.REJECTION_NOTICE:
             return None
-        assert opened.meta.type == T.PROVISION_RESPONSE, opened.meta.type
+        assert opened.meta.type == msg.PROVISION_RESPONSE, opened.meta.type
         return opened.meta.sender_key_id
 
     return await eventually(attempt, timeout=within, every=0.5)
@@ -251,7 +251,7 @@ async def test_suspended_participant_is_refused_at_once_and_resumed(bus, running
             opened = await bus.runtime.request(SUSPENDED, inquiry(SUSPENDED, token), timeout=8)
         except TimeoutError:  # the hub forwarded it before it had the status, and the registry refused it
             return None
-        if opened.meta.type == T.REJECTION_NOTICE:
+        if opened.meta.type == msg.REJECTION_NOTICE:
             return opened.body["reason_code"]
         return None  # answered: neither had applied the suspension yet
 

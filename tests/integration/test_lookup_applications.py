@@ -41,7 +41,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
 from infra.records.provisions import ProvisionStore
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
 from tests.integration.test_lookups import bank_token, customer, numbered_person, wait_for
@@ -200,7 +200,7 @@ async def test_an_application_resent_is_asked_once(pg, platform, portal, counter
     mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
     await record_death(pg, dicj_token(platform, mn), DIED_ON)
     body = {**heir("HEIR-TWICE"), "applied_at": datetime.now(UTC)}
-    message = Message(body=body, type=T.LOOKUP_APPLICATION_INHERITANCE, to="dicj",
+    message = Message(body=body, type=msg.LOOKUP_APPLICATION_INHERITANCE, to="dicj",
                       subject=bank_token(platform, mn, "9002"), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
                       basis=BASIS_INHERITANCE_LOOKUP, correlation_id=str(uuid.uuid4()))
     await counters.send("bank-9002", [message])
@@ -221,10 +221,10 @@ def disaster(ref: str, disaster_id: str, banks: list[str], area: str = "17204") 
 
 async def apply_on_portal(portal: BusClient, my_number: str, application: dict) -> dict:
     answer = await portal.request(
-        "portal", type=T.LOOKUP_APPLICATION_DISASTER, to="dicj", subject=await portal.token_for("portal", my_number),
+        "portal", type=msg.LOOKUP_APPLICATION_DISASTER, to="dicj", subject=await portal.token_for("portal", my_number),
         body={**application, "applied_at": datetime.now(UTC)}, data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
         basis=BASIS_DISASTER_LOOKUP, timeout=90)
-    assert answer.meta.type == T.LOOKUP_NOTIFICATION, answer.meta.type
+    assert answer.meta.type == msg.LOOKUP_NOTIFICATION, answer.meta.type
     return answer.body
 
 
@@ -277,14 +277,14 @@ async def test_routes_the_policy_does_not_allow_are_refused_with_good_traffic_an
                     "banks_with_accounts": ["9003"], "banks_not_answered": [], "banks_not_asked": [],
                     "is_supplement": False, "notified_at": now}
     attacks = [  # (sender, type, to, body, basis)
-        ("portal", T.LOOKUP_APPLICATION_INHERITANCE, "dicj", {**heir("PORTAL-HEIR"), "applied_at": now},
+        ("portal", msg.LOOKUP_APPLICATION_INHERITANCE, "dicj", {**heir("PORTAL-HEIR"), "applied_at": now},
          BASIS_INHERITANCE_LOOKUP),  # an heir applies only at a bank
-        ("agency-nta", T.LOOKUP_APPLICATION_DISASTER, "dicj",
+        ("agency-nta", msg.LOOKUP_APPLICATION_DISASTER, "dicj",
          {**disaster("AGENCY-D", disasters["current"], ["9003"]), "applied_at": now}, BASIS_DISASTER_LOOKUP),
-        ("bank-9000", T.LOOKUP_DISASTER, "bank-9001", inquiry, BASIS_DISASTER_LOOKUP),  # a bank asking a bank
-        ("portal", T.LOOKUP_DISASTER, "bank-9001", inquiry, BASIS_DISASTER_LOOKUP),  # the portal asking a bank
-        ("dicj", T.LOOKUP_NOTIFICATION, "portal", notification, BASIS_INHERITANCE_LOOKUP),  # heirs: banks only
-        ("bank-9000", T.LOOKUP_NOTIFICATION, "portal", {**notification, "lookup_kind": "DISASTER"},
+        ("bank-9000", msg.LOOKUP_DISASTER, "bank-9001", inquiry, BASIS_DISASTER_LOOKUP),  # a bank asking a bank
+        ("portal", msg.LOOKUP_DISASTER, "bank-9001", inquiry, BASIS_DISASTER_LOOKUP),  # the portal asking a bank
+        ("dicj", msg.LOOKUP_NOTIFICATION, "portal", notification, BASIS_INHERITANCE_LOOKUP),  # heirs: banks only
+        ("bank-9000", msg.LOOKUP_NOTIFICATION, "portal", {**notification, "lookup_kind": "DISASTER"},
          BASIS_DISASTER_LOOKUP),  # only DICJ notifies
     ]
     sent: list[tuple[str, str]] = []
@@ -315,16 +315,16 @@ async def test_numbering_on_the_portal_for_several_banks_comes_back_as_one_resul
     mn = generate_my_number(_rng)
     await customer(pg, platform, mn, {"9000": 2, "9002": 1})
     answer = await portal.request(
-        "portal", type=T.NUMBERING_REQUEST, to="dicj", subject=await portal.token_for("portal", mn),
+        "portal", type=msg.NUMBERING_REQUEST, to="dicj", subject=await portal.token_for("portal", mn),
         body={"bank_codes": ["9000", "9002", "9004"], "channel": "PORTAL", "receiving_bank_code": None,
               "requested_at": datetime.now(UTC)},
         data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=90)
-    assert answer.meta.type == T.NUMBERING_RESULT
+    assert answer.meta.type == msg.NUMBERING_RESULT
     outcomes = {o["bank_code"]: (o["status"], o["accounts_linked"]) for o in answer.body["outcomes"]}
     assert outcomes == {"9000": ("LINKED", 2), "9002": ("LINKED", 1), "9004": ("NO_ACCOUNT", 0)}
     assert answer.body["banks_not_answered"] == []
     await settled(platform, portal.runtime.polls.value)  # a second result, if any, would have arrived by now
     assert await pg.fetchval("SELECT count(*) FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                             uuid.UUID(answer.meta.correlation_id), T.NUMBERING_RESULT) == 1
+                             uuid.UUID(answer.meta.correlation_id), msg.NUMBERING_RESULT) == 1
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE token = ANY($1::text[])",
                              [bank_token(platform, mn, c) for c in ("9000", "9002")]) == 3

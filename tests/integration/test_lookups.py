@@ -42,7 +42,7 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
 from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
@@ -152,11 +152,11 @@ async def customer(pg, platform: Platform, my_number: str, holdings: dict[str, i
 async def number_via_portal(portal: BusClient, my_number: str, code: str) -> dict:
     token = await portal.token_for("portal", my_number)
     answer = await portal.request(
-        "portal", type=T.NUMBERING_REQUEST, to=f"bank-{code}", subject=token,
+        "portal", type=msg.NUMBERING_REQUEST, to=f"bank-{code}", subject=token,
         body={"bank_codes": [code], "channel": "PORTAL", "receiving_bank_code": None,
               "requested_at": datetime.now(UTC)},
         data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
-    assert answer.meta.type == T.NUMBERING_ACK
+    assert answer.meta.type == msg.NUMBERING_ACK
     return answer.body
 
 
@@ -231,7 +231,7 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     names = hub_pseudonyms(platform.settings)
     at_portal = names.correlation_for(names.conversation(cid, "bank-9001"), "portal")
     await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                                       uuid.UUID(at_portal), T.NUMBERING_RESULT), 30, "the portal's copy")
+                                       uuid.UUID(at_portal), msg.NUMBERING_RESULT), 30, "the portal's copy")
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE bank_code = '9002' AND token = $1",
                              bank_token(platform, mn, "9002")) == 2
 
@@ -290,12 +290,12 @@ async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     theirs = hub.correlation_for(hub.conversation(cid, "dicj"), bank)
     first = next(m for m in (peek(r.value) for r in await read_topic(platform.settings, names.ingress,
                                                                          partitions=INGRESS_PARTITIONS))
-                 if m.correlation_id == theirs and m.sender == bank and m.type == T.LOOKUP_ANSWER)
+                 if m.correlation_id == theirs and m.sender == bank and m.type == msg.LOOKUP_ANSWER)
     store = KeyStore.for_settings(platform.settings)
     sealer = Sealer(store.keyset(bank), store.local_directory(platform.participants))
     [envelope] = sealer.seal_batch([Message(
         body={"bank_code": bank.removeprefix("bank-"), "accounts": [], "answered_at": datetime.now(UTC)},
-        type=T.LOOKUP_ANSWER, to=first.recipient, subject=first.subject, data_item=first.data_item,
+        type=msg.LOOKUP_ANSWER, to=first.recipient, subject=first.subject, data_item=first.data_item,
         basis=first.legal_basis, correlation_id=theirs)])
     prod = producer(platform.settings)
     await prod.start()
@@ -310,7 +310,7 @@ async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
     await set_behaviour(pg, "bank-9002", answer_twice=True)
     try:
         before = await pg.fetchval("SELECT count(*) FROM hub_messages WHERE type = $1 AND sender = 'bank-9002' "
-                                   "AND accepted", T.LOOKUP_ANSWER)
+                                   "AND accepted", msg.LOOKUP_ANSWER)
         cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank, a long deadline
         view = await dicj.wait_result(cid, timeout=DISASTER_S)
     finally:
@@ -318,12 +318,12 @@ async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
     assert view["answering_banks"] == BANKS and view["missing_banks"] == []
     assert len(view["accounts"]) == 1
     await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 2 FROM hub_messages WHERE type = $1 AND "
-                                       "sender = 'bank-9002' AND accepted", T.LOOKUP_ANSWER, before),
+                                       "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
                    20, "both copies at the hub")
     # ... and a third, once the result is out (a copy that comes late must not pass for a late answer).
     await _answer_again_late(platform, "bank-9002", cid)
     await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 3 FROM hub_messages WHERE type = $1 AND "
-                                       "sender = 'bank-9002' AND accepted", T.LOOKUP_ANSWER, before),
+                                       "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
                    20, "the late copy at the hub")
     # The hub decides in the claim transaction that recorded each copy: no supplement was sealed.
     assert await pg.fetchval("SELECT count(*) FROM hub_lookup_outbox WHERE correlation_id = $1", uuid.UUID(cid)) == 1
@@ -363,7 +363,7 @@ async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(p
     # A fan-out with no allowed recipient at all is refused as a whole.
     cid2 = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), banks=["bank-8999", "bank-8998"])
     await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM hub_messages WHERE reason = 'SUSPENDED' AND "
-                                       "type = $1 AND sender = 'dicj'", T.LOOKUP_DISASTER), 20, "the refusal")
+                                       "type = $1 AND sender = 'dicj'", msg.LOOKUP_DISASTER), 20, "the refusal")
     assert not await pg.fetchval("SELECT count(*) FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid2))
 
 
@@ -399,7 +399,7 @@ async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, pl
             batch = await cons.getmany(tp, timeout_ms=1000)
             for rec in batch.get(tp, []):
                 meta = peek(rec.value)
-                results += meta.correlation_id == cid and meta.type == T.LOOKUP_RESULT
+                results += meta.correlation_id == cid and meta.type == msg.LOOKUP_RESULT
             high = cons.highwater(tp)
     finally:
         await cons.stop()
@@ -512,12 +512,12 @@ async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_
         "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ('bank-9005', "
         "'bank-files', 'test-holder', $1, now() + interval '1 hour') ON CONFLICT (bank_id) DO UPDATE SET "
         "holder = EXCLUDED.holder, types = EXCLUDED.types, expires_at = EXCLUDED.expires_at, released_at = NULL",
-        [T.EXISTENCE_CHECK, T.REGISTRATION_RESULT, T.REJECTION_NOTICE])
+        [msg.EXISTENCE_CHECK, msg.REGISTRATION_RESULT, msg.REJECTION_NOTICE])
     try:
         cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                       designated_bank_codes=["9000", "9005"], disaster_id="2026-TEST-09")
         await wait_for(lambda: pg.fetchval("SELECT count(*) >= 1 FROM bank_parked_messages WHERE bank_id = "
-                                           "'bank-9005' AND type = $1", T.LOOKUP_DISASTER), 30, "the parked inquiry")
+                                           "'bank-9005' AND type = $1", msg.LOOKUP_DISASTER), 30, "the parked inquiry")
         await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
                                            uuid.UUID(cid)), 30, "the other bank's answer")
         # the simulator goes over parked messages every second: two passes, and it left this one
@@ -601,10 +601,10 @@ async def test_a_disaster_lookup_with_all_its_legs_is_one_trace(pg, platform, di
                                   designated_bank_codes=["9000", "9002"], disaster_id="2026-NOTO-01")
     await dicj.wait_result(cid, timeout=DISASTER_S)
     names = TopicNames(platform.settings.kafka.topic_prefix)
-    wanted = {("dicj", T.LOOKUP_DISASTER, cid), ("hub", T.LOOKUP_RESULT, cid)}
+    wanted = {("dicj", msg.LOOKUP_DISASTER, cid), ("hub", msg.LOOKUP_RESULT, cid)}
     for bank in ("bank-9000", "bank-9002"):
-        wanted |= {("hub", T.LOOKUP_DISASTER, str(seen_by(platform, cid, bank))),
-                   (bank, T.LOOKUP_ANSWER, str(seen_by(platform, cid, bank)))}
+        wanted |= {("hub", msg.LOOKUP_DISASTER, str(seen_by(platform, cid, bank))),
+                   (bank, msg.LOOKUP_ANSWER, str(seen_by(platform, cid, bank)))}
     traces: dict[tuple[str, str, str, str], TraceContext | None] = {}
     for topic, partitions in [(names.ingress, INGRESS_PARTITIONS), (names.inbox("bank-9000"), 1),
                               (names.inbox("bank-9002"), 1), (names.inbox("dicj"), 1)]:

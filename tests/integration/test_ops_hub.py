@@ -28,7 +28,7 @@ from infra.platform.keystore import KeyStore, publish_directory
 from infra.platform.metrics import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
 from infra.platform.stack import WORKERS, Platform, wait_for_groups
 from infra.platform.topics import TopicNames
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import hold_account
@@ -72,7 +72,7 @@ async def eventually(check, timeout: float = 60, every: float = 0.3):
 
 
 def inquiry(bus, agency: str, token: str):
-    return bus.request(agency, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+    return bus.request(agency, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
                        body={"procedure_code": PROCEDURES[agency], "purpose": None, "requested_at": datetime.now(UTC)},
                        data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60,
                        procedure=PROCEDURES[agency])
@@ -165,7 +165,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
     correlation = str(uuid.uuid4())
     (message_id,) = await bus.runtime.send(ROTATING_AGENCY, [Message(
         body={"procedure_code": PROCEDURES[ROTATING_AGENCY], "purpose": None, "requested_at": datetime.now(UTC)},
-        type=T.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
+        type=msg.PROVISION_INQUIRY, to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
         basis=BASIS_PROVISION, correlation_id=correlation, procedure=PROCEDURES[ROTATING_AGENCY])])
 
     async def dead_letters(n: int):
@@ -202,7 +202,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
 
     async def answered():
         return await pg.fetchval("SELECT count(*) FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                                 correlation, T.PROVISION_RESPONSE)
+                                 correlation, msg.PROVISION_RESPONSE)
 
     assert await eventually(answered) == 1
     records = await pg.fetch("SELECT requester, provider, status FROM provision_records WHERE correlation_id = $1",

@@ -31,7 +31,7 @@ from infra.platform.embedded import EmbeddedStack, read_state
 from infra.platform.embedded_pg import superuser_passfile
 from infra.platform.pgdsn import component_dsn, layout_for, public_dsn, records_dsn
 from infra.platform.pgpass import read_passfile
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import hold_account
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ async def step1(settings: Settings, bus: BusClient, pg: asyncpg.Connection, bank
     acct = {"bank_code": bank, "branch_code": "101", "account_type": "ORDINARY",
             "account_number": f"{uuid.uuid4().int % 10**7:07d}", "holder_kana": "ヤマダ タロウ"}
     await hold_account(settings, pg, mn, acct)
-    answer = await bus.request("portal", type=T.REGISTRATION_REQUEST, to="registry",
+    answer = await bus.request("portal", type=msg.REGISTRATION_REQUEST, to="registry",
                                subject=await bus.token_for("portal", mn),
                                body={"operation": "REGISTER", "account": acct, "channel": "PORTAL",
                                      "requested_at": now()},
@@ -81,7 +81,7 @@ async def step1(settings: Settings, bus: BusClient, pg: asyncpg.Connection, bank
 
 async def step2(bus: BusClient, mn: str) -> dict:
     """Good traffic: an agency asks which account to pay into."""
-    answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, mn),
+    answer = await bus.request(AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(AGENCY, mn),
                                body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
                                data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, procedure=PROCEDURE,
                                timeout=90)

@@ -32,7 +32,7 @@ import pytest
 
 from connectors.portal import PortalConnector
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
 from tests.tools import require
 
@@ -219,7 +219,7 @@ async def test_a_whole_visit_in_japanese_then_english_then_on_a_phone(running_pl
         await expect(notices).to_contain_text("公金受取口座が登録されました", timeout=WAIT_MS)
 
         # an agency asks for the account: a notice and a record by the agency's name, verified
-        answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry",
+        answer = await bus.request(AGENCY, type=msg.PROVISION_INQUIRY, to="registry",
                                    subject=await bus.token_for(AGENCY, mn),
                                    body={"procedure_code": "child-allowance", "purpose": "臨時特別給付金",
                                          "requested_at": datetime.now(UTC)},

@@ -28,7 +28,7 @@ from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC
 from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.stack import settings_env
 from infra.records.provisions import ProvisionStore
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from
 from tests.integration.test_connectors_support import RNG, hold_account, my_number
@@ -71,12 +71,12 @@ async def register_and_inquire(platform, bus: BusClient, mn: str) -> None:
     finally:
         await conn.close()
     now = datetime.now(UTC)
-    answer = await bus.request("portal", type=T.REGISTRATION_REQUEST, to="registry",
+    answer = await bus.request("portal", type=msg.REGISTRATION_REQUEST, to="registry",
                                subject=await bus.token_for("portal", mn), data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                                basis=BASIS_REGISTRATION, body={"operation": "REGISTER", "account": account,
                                                                "channel": "PORTAL", "requested_at": now})
     assert answer.body["status"] == "DONE"
-    answer = await bus.request(AGENCY, type=T.PROVISION_INQUIRY, to="registry",
+    answer = await bus.request(AGENCY, type=msg.PROVISION_INQUIRY, to="registry",
                                subject=await bus.token_for(AGENCY, mn), data_item=DATA_PUBLIC_FUNDS_ACCOUNT,
                                basis=BASIS_PROVISION,
                                body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now},

@@ -33,7 +33,7 @@ from infra.domain.policy import (
 )
 from infra.domain.validation import generate_my_number
 from infra.platform.pgdsn import observer_dsn
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import bank_token, eventually, hold_account
@@ -98,23 +98,23 @@ async def file(bus: BusClient, sender: str, mn: str, acct: dict | None, operatio
     basis = basis or (BASIS_ALONGSIDE_PROCEDURE if sender.startswith("agency-") else
                       BASIS_REGISTRATION if operation == "REGISTER" else BASIS_CHANGE)
     return await bus.request(
-        sender, type=T.REGISTRATION_REQUEST, to="registry", subject=await bus.token_for(sender, mn),
+        sender, type=msg.REGISTRATION_REQUEST, to="registry", subject=await bus.token_for(sender, mn),
         body={"operation": operation, "account": acct, "channel": "PORTAL", "requested_at": datetime.now(UTC)},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=basis, timeout=120)
 
 
 async def register(bus: BusClient, mn: str, acct: dict | None, operation: str = "REGISTER") -> dict:
     answer = await file(bus, "portal", mn, acct, operation)
-    assert answer.meta.type == T.REGISTRATION_RESULT, answer.body
+    assert answer.meta.type == msg.REGISTRATION_RESULT, answer.body
     return answer.body
 
 
 async def inquire(bus: BusClient, mn: str, agency: str = AGENCY) -> dict:
     answer = await bus.request(
-        agency, type=T.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(agency, mn),
+        agency, type=msg.PROVISION_INQUIRY, to="registry", subject=await bus.token_for(agency, mn),
         body={"procedure_code": ENTITLED_PROCEDURE[agency], "purpose": None, "requested_at": datetime.now(UTC)},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=120, procedure=ENTITLED_PROCEDURE[agency])
-    assert answer.meta.type == T.PROVISION_RESPONSE
+    assert answer.meta.type == msg.PROVISION_RESPONSE
     return answer.body
 
 
@@ -130,7 +130,7 @@ async def hold_checks(pg: asyncpg.Connection, bank: str) -> None:
     await pg.execute(
         "INSERT INTO bank_channel_leases (bank_id, channel, holder, types, expires_at) VALUES ($1, 'bank-http', "
         "'test:0:held', $2, now() + interval '1 hour') ON CONFLICT (bank_id) DO UPDATE SET holder = 'test:0:held', "
-        "types = EXCLUDED.types, expires_at = EXCLUDED.expires_at", bank, [T.EXISTENCE_CHECK])
+        "types = EXCLUDED.types, expires_at = EXCLUDED.expires_at", bank, [msg.EXISTENCE_CHECK])
 
 
 async def release_checks(pg: asyncpg.Connection, bank: str) -> None:
@@ -157,7 +157,7 @@ async def test_someone_else_cannot_register_a_persons_account_by_typing_their_na
     attempt, own = await asyncio.gather(register(bus, b, acct), register(bus, a, acct))
     assert attempt["status"] == "NOT_HOLDER" and own["status"] == "DONE"
     alongside = await file(bus, "agency-nta", b, acct, "CHANGE")
-    assert alongside.meta.type == T.REGISTRATION_RESULT and alongside.body["status"] == "NOT_HOLDER"
+    assert alongside.meta.type == msg.REGISTRATION_RESULT and alongside.body["status"] == "NOT_HOLDER"
     for agency in (AGENCY, "agency-nta"):
         theirs = await inquire(bus, b, agency)
         assert theirs["status"] == "NOT_REGISTERED" and theirs["account"] is None
@@ -234,7 +234,7 @@ async def test_delete_only_by_the_person_or_the_bank_that_holds_the_account(bus,
 
     assert await at_counter(counter, pg, "bank-9004", mn, "DELETE", None, consent()) == "REFUSED"
     by_agency = await file(bus, "agency-nta", mn, None, "DELETE")
-    assert by_agency.meta.type == T.REGISTRATION_RESULT and by_agency.body["status"] == "REFUSED"
+    assert by_agency.meta.type == msg.REGISTRATION_RESULT and by_agency.body["status"] == "REFUSED"
     assert "deleted only by the person" in by_agency.body["detail"]
     assert (await inquire(bus, mn))["status"] == "REGISTERED"  # still there after both attempts
 
@@ -252,11 +252,11 @@ async def test_an_entitled_agency_registers_alongside_a_procedure_and_others_are
     acct = account("9000", "タナカ ジロウ")
     await hold_account(platform.settings, pg, mn, acct)
     unentitled = await file(bus, AGENCY, mn, acct, basis=BASIS_ALONGSIDE_PROCEDURE)
-    assert unentitled.meta.type == T.REJECTION_NOTICE and unentitled.body["reason_code"] == "UNAUTHORISED"
+    assert unentitled.meta.type == msg.REJECTION_NOTICE and unentitled.body["reason_code"] == "UNAUTHORISED"
     assert (await inquire(bus, mn))["status"] == "NOT_REGISTERED"  # nothing reached the registry
 
     answer = await file(bus, "agency-mhlw", mn, acct)  # with a pension claim
-    assert answer.meta.type == T.REGISTRATION_RESULT and answer.body["status"] == "DONE"
+    assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE"
     assert (await inquire(bus, mn))["account"]["account_number"] == acct["account_number"]
     assert await pg.fetchval("SELECT count(*) FROM registry_accounts WHERE channel = 'ALONGSIDE_PROCEDURE'") >= 1
 
@@ -280,7 +280,7 @@ async def test_another_bank_cannot_answer_a_check_it_was_not_asked(bus, pg, plat
         names = hub_pseudonyms(platform.settings)
         reaching = names.correlation_for(names.conversation(str(check["correlation_id"]), "registry"), "bank-9004")
         forged = Message(body={"bank_code": "9003", "result": "CONFIRMED", "answered_at": datetime.now(UTC)},
-                         type=T.EXISTENCE_ANSWER, to="registry", subject=bank_token(platform.settings, b, "bank-9004"),
+                         type=msg.EXISTENCE_ANSWER, to="registry", subject=bank_token(platform.settings, b, "bank-9004"),
                          data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, correlation_id=reaching)
         await counter.send("bank-9004", [forged])
 

@@ -21,7 +21,7 @@ from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.tools.harness import read_topic
 from infra.tools.leakscan import Scanner
-from schemas import types as T
+from schemas import types as msg
 from tests.integration.platform_fixtures import bus, correlation_seen_by, isolated_platform, pg  # noqa: F401
 from tests.integration.test_connectors_support import eventually, hold_account
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, register
@@ -74,7 +74,7 @@ async def test_a_step2_round_trip_is_one_trace_on_every_hop(bus, pg, running_pla
     await hold_account(settings, pg, mn, account())
     token = await bus.token_for(AGENCY, mn)
     answer = await bus.request(
-        AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+        AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
         body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure=PROCEDURE)
     agency_correlation = answer.meta.correlation_id
@@ -87,10 +87,10 @@ async def test_a_step2_round_trip_is_one_trace_on_every_hop(bus, pg, running_pla
         assert len(found) == 1, (topic, type_, found)
         return found[0]
 
-    legs = [one(names.ingress, T.PROVISION_INQUIRY, agency_correlation),  # the agency starts the trace
-            one(names.inbox("registry"), T.PROVISION_INQUIRY, registry_correlation),  # the hub continues it
-            one(names.ingress, T.PROVISION_RESPONSE, registry_correlation),  # the registry answers in it
-            one(names.inbox(AGENCY), T.PROVISION_RESPONSE, agency_correlation)]  # and the agency gets it back
+    legs = [one(names.ingress, msg.PROVISION_INQUIRY, agency_correlation),  # the agency starts the trace
+            one(names.inbox("registry"), msg.PROVISION_INQUIRY, registry_correlation),  # the hub continues it
+            one(names.ingress, msg.PROVISION_RESPONSE, registry_correlation),  # the registry answers in it
+            one(names.inbox(AGENCY), msg.PROVISION_RESPONSE, agency_correlation)]  # and the agency gets it back
     traces = [t for _, t in legs]
     assert all(t is not None for t in traces), traces
     assert len({t.trace_id for t in traces}) == 1  # one trace
@@ -100,7 +100,7 @@ async def test_a_step2_round_trip_is_one_trace_on_every_hop(bus, pg, running_pla
     # The next round trip is another trace: a trace never joins two exchanges about the same person.
     await inquire(bus, mn)
     again = await _hops(settings, [(names.inbox("registry"), 1)])
-    assert len({t.trace_id for _, m, t in again if m.type == T.PROVISION_INQUIRY and t is not None}) >= 2
+    assert len({t.trace_id for _, m, t in again if m.type == msg.PROVISION_INQUIRY and t is not None}) >= 2
 
 
 async def test_a_step1_registration_with_its_existence_check_is_one_trace(bus, pg, running_platform):
@@ -111,15 +111,15 @@ async def test_a_step1_registration_with_its_existence_check_is_one_trace(bus, p
     assert (await register(bus, mn, acct))["status"] == "DONE"
     hops = await _hops(settings, [(names.ingress, INGRESS_PARTITIONS), (names.inbox("registry"), 1),
                                   (names.inbox("bank-9001"), 1), (names.inbox("portal"), 1)])
-    results = [(tp, m, t) for tp, m, t in hops if tp == names.inbox("portal") and m.type == T.REGISTRATION_RESULT]
+    results = [(tp, m, t) for tp, m, t in hops if tp == names.inbox("portal") and m.type == msg.REGISTRATION_RESULT]
     trace_id = results[-1][2].trace_id  # ours is the last result the portal received
     in_trace = {(tp, m.type) for tp, m, t in hops if t is not None and t.trace_id == trace_id}
     assert in_trace == {
-        (names.ingress, T.REGISTRATION_REQUEST), (names.inbox("registry"), T.REGISTRATION_REQUEST),
-        (names.ingress, T.EXISTENCE_CHECK), (names.inbox("bank-9001"), T.EXISTENCE_CHECK),
-        (names.ingress, T.EXISTENCE_ANSWER), (names.inbox("registry"), T.EXISTENCE_ANSWER),
-        (names.ingress, T.REGISTRATION_RESULT), (names.inbox("portal"), T.REGISTRATION_RESULT),
-        (names.ingress, T.NOTICE), (names.inbox("portal"), T.NOTICE)}  # the registration notice
+        (names.ingress, msg.REGISTRATION_REQUEST), (names.inbox("registry"), msg.REGISTRATION_REQUEST),
+        (names.ingress, msg.EXISTENCE_CHECK), (names.inbox("bank-9001"), msg.EXISTENCE_CHECK),
+        (names.ingress, msg.EXISTENCE_ANSWER), (names.inbox("registry"), msg.EXISTENCE_ANSWER),
+        (names.ingress, msg.REGISTRATION_RESULT), (names.inbox("portal"), msg.REGISTRATION_RESULT),
+        (names.ingress, msg.NOTICE), (names.inbox("portal"), msg.NOTICE)}  # the registration notice
 
 
 async def test_a_trace_id_made_of_the_senders_correlation_id_is_not_shown_to_the_recipient(bus, pg, running_platform):
@@ -132,7 +132,7 @@ async def test_a_trace_id_made_of_the_senders_correlation_id_is_not_shown_to_the
     sealer = bus.runtime.identities[AGENCY].sealer
     smuggling, junk = str(uuid.uuid4()), str(uuid.uuid4())
     envelopes = sealer.seal_batch([Message(
-        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()}, type=T.PROVISION_INQUIRY,
+        body={"procedure_code": PROCEDURE, "purpose": None, "requested_at": now()}, type=msg.PROVISION_INQUIRY,
         to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION,
         correlation_id=c, procedure=PROCEDURE) for c in (smuggling, junk)])
     headers = [[(HEADER, f"00-{smuggling.replace('-', '')}-00f067aa0ba902b7-01".encode())],
@@ -169,10 +169,10 @@ async def test_workers_log_json_lines_with_the_messages_ids_and_no_my_number(bus
     mn = person()
     token = await bus.token_for(AGENCY, mn)
     refused = await bus.request(
-        AGENCY, type=T.PROVISION_INQUIRY, to="registry", subject=token,
+        AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=token,
         body={"procedure_code": "national-pension", "purpose": None, "requested_at": now()},
         data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION, timeout=60, procedure="national-pension")
-    assert refused.meta.type == T.REJECTION_NOTICE and refused.body["reason_code"] == "PROCEDURE_NOT_ALLOWED"
+    assert refused.meta.type == msg.REJECTION_NOTICE and refused.body["reason_code"] == "PROCEDURE_NOT_ALLOWED"
     message_id = str(refused.body["original_message_id"])
     (sent,) = [t for tp, m, t in await _hops(settings, [(names.ingress, INGRESS_PARTITIONS)])
                if m.message_id == message_id]

@@ -42,7 +42,7 @@ from infra.platform.stack import Platform
 from infra.platform.storage import everywhere
 from infra.platform.topics import TopicNames
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
@@ -112,13 +112,13 @@ async def test_a_hub_keyset_holder_obtains_no_account_and_deletes_no_registratio
 
     def inquiry() -> bytes:
         return as_hub.seal({"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": datetime.now(UTC)},
-                           type=T.PROVISION_INQUIRY, to="registry", subject=registry_token,
+                           type=msg.PROVISION_INQUIRY, to="registry", subject=registry_token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
 
     def delete() -> bytes:
         return as_hub.seal({"operation": "DELETE", "account": None, "channel": "PORTAL",
                             "requested_at": datetime.now(UTC)},
-                           type=T.REGISTRATION_REQUEST, to="registry", subject=registry_token,
+                           type=msg.REGISTRATION_REQUEST, to="registry", subject=registry_token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_CHANGE)
 
     attacks = [inquiry(), countersigner.forward(inquiry(), registry_token),  # sealed as the hub; also "forwarded"
@@ -165,7 +165,7 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
 
     def answer(bank: str, claimed_code: str, correlation_id: str) -> Message:
         return Message(body={"bank_code": claimed_code, "accounts": [fake], "answered_at": datetime.now(UTC)},
-                       type=T.LOOKUP_ANSWER, to="dicj", subject=bank_token(platform, mn, bank[5:]),
+                       type=msg.LOOKUP_ANSWER, to="dicj", subject=bank_token(platform, mn, bank[5:]),
                        data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS, basis=BASIS_DISASTER_LOOKUP,
                        correlation_id=correlation_id)
 
@@ -240,7 +240,7 @@ async def test_forged_huge_envelopes_are_refused_fast_and_do_not_delay_step2(pla
 
     store = KeyStore.for_settings(settings)
     template = Sealer(store.keyset(AGENCY), bus.runtime.directory).seal(
-        {"procedure_code": "X", "purpose": None, "requested_at": datetime.now(UTC)}, type=T.PROVISION_INQUIRY,
+        {"procedure_code": "X", "purpose": None, "requested_at": datetime.now(UTC)}, type=msg.PROVISION_INQUIRY,
         to="registry", subject=token, data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_PROVISION)
     flood = forged_flood(template, 20, wraps=60_000)
     assert all(200_000 < len(e) < 1_000_000 for e in flood.values())

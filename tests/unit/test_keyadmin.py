@@ -37,7 +37,7 @@ from infra.platform.keyadmin import (
 from infra.platform.keystore import KeyStore, Passphrase
 from infra.platform.metrics import WorkerMetrics, parse_text
 from infra.platform.topics import TopicNames
-from schemas import types as T
+from schemas import types as msg
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
@@ -130,7 +130,7 @@ def test_the_policy_follows_suspensions_published_in_the_directory():
     directory = KeyDirectory(ROOT.public_key)
     policy.follow(directory)
     assert directory.refuse_suspended_signers is False  # the policy refuses them, after verifying
-    ok = (T.PROVISION_INQUIRY, DATA_PUBLIC_FUNDS_ACCOUNT, BASIS_PROVISION, "income-tax-refund")  # agency-nta's
+    ok = (msg.PROVISION_INQUIRY, DATA_PUBLIC_FUNDS_ACCOUNT, BASIS_PROVISION, "income-tax-refund")  # agency-nta's
     assert policy.authorise(agency, registry, *ok)
     published(directory, [ParticipantStatus("agency-nta", ParticipantState.SUSPENDED, 1, T0)])
     with pytest.raises(PolicyDenied) as info:

@@ -7,6 +7,8 @@
   included (import-linter's layers contract does not look inside a layer).
 - No module of Renkei, tests included, imports another module's private name (``from m import _x``
   or ``m._x`` on an imported module): a private name used across modules is a seam without a name.
+- No module is imported under a one-capital-letter alias (``from schemas import types as T`` reads
+  like a TypeVar); an alias says what the module holds (``types as msg``).
 """
 
 from __future__ import annotations
@@ -184,3 +186,21 @@ def test_no_import_cycles():
 def test_the_cycle_check_can_fail():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def typevar_like_aliases(source: str) -> list[str]:
+    """``import x as T`` / ``from p import m as T``: aliases of one capital letter, which read like a TypeVar."""
+    return [f"{alias.name} as {alias.asname}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Import | ast.ImportFrom) for alias in node.names
+            if alias.asname is not None and len(alias.asname) == 1 and alias.asname.isupper()]
+
+
+def test_no_module_is_imported_as_a_typevar_like_letter():
+    found = [f"{path.relative_to(ROOT)}: {hit}" for package in (*PACKAGES, "tests", "benchmarks")
+             for path in sorted((ROOT / package).rglob("*.py")) for hit in typevar_like_aliases(path.read_text())]
+    assert found == []
+
+
+def test_the_alias_check_can_fail():
+    assert typevar_like_aliases("from schemas import types as T\nimport numpy as np\nimport typing as t\n") == [
+        "types as T"]

@@ -16,7 +16,7 @@ from infra.domain.policy import (
     DATA_DEPOSIT_ACCOUNT_NUMBERING,
     Policy,
 )
-from schemas import types as T
+from schemas import types as msg
 from streams.gateway import HubCore, Inbound
 from streams.lookups import fanout_leg_allowed
 from tests.unit.envelope_world import World
@@ -51,7 +51,7 @@ def _lookup(world: LookupWorld, to: list[str]) -> Inbound:
     now = datetime.fromtimestamp(world.clock(), UTC)
     envelope = world.sealer("dicj").seal_multi(
         {"receiving_bank_code": None, "requested_at": now, "deadline": now + timedelta(seconds=30)},
-        type=T.LOOKUP_INHERITANCE, to=to, subject=world.token("dicj"), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+        type=msg.LOOKUP_INHERITANCE, to=to, subject=world.token("dicj"), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
         basis=BASIS_INHERITANCE_LOOKUP, ttl_s=30)
     return Inbound(envelope, 0, 0)
 
@@ -59,14 +59,14 @@ def _lookup(world: LookupWorld, to: list[str]) -> Inbound:
 def test_leg_rules():
     policy = Policy.load()
     one, two, three = (PARTICIPANTS.get(f"bank-{i}") for i in (1, 2, 3))
-    assert fanout_leg_allowed(policy, T.LOOKUP_INHERITANCE, one)
-    assert not fanout_leg_allowed(policy, T.LOOKUP_INHERITANCE, two)  # suspended
-    assert not fanout_leg_allowed(policy, T.LOOKUP_DISASTER, three)  # outside the lookup scheme
-    assert fanout_leg_allowed(policy, T.NUMBERING_REQUEST, three)  # numbering is not a lookup
-    assert not fanout_leg_allowed(policy, T.NUMBERING_REQUEST, two)
+    assert fanout_leg_allowed(policy, msg.LOOKUP_INHERITANCE, one)
+    assert not fanout_leg_allowed(policy, msg.LOOKUP_INHERITANCE, two)  # suspended
+    assert not fanout_leg_allowed(policy, msg.LOOKUP_DISASTER, three)  # outside the lookup scheme
+    assert fanout_leg_allowed(policy, msg.NUMBERING_REQUEST, three)  # numbering is not a lookup
+    assert not fanout_leg_allowed(policy, msg.NUMBERING_REQUEST, two)
     policy.suspend("bank-1")  # a live suspension counts at once
-    assert not fanout_leg_allowed(policy, T.LOOKUP_INHERITANCE, one)
-    assert fanout_leg_allowed(policy, T.LOOKUP_INHERITANCE, None)  # unknown: left to the policy (refused)
+    assert not fanout_leg_allowed(policy, msg.LOOKUP_INHERITANCE, one)
+    assert fanout_leg_allowed(policy, msg.LOOKUP_INHERITANCE, None)  # unknown: left to the policy (refused)
 
 
 def test_fanout_drops_suspended_and_non_participating_legs(world, core):
@@ -95,7 +95,7 @@ def test_numbering_fanout_from_dicj_reaches_a_non_participating_bank(world, core
     now = datetime.fromtimestamp(world.clock(), UTC)
     envelope = world.sealer("dicj").seal_multi(
         {"bank_codes": ["0001", "0003"], "channel": "BANK", "receiving_bank_code": "0009", "requested_at": now},
-        type=T.NUMBERING_REQUEST, to=["bank-1", "bank-3"], subject=world.token("dicj"),
+        type=msg.NUMBERING_REQUEST, to=["bank-1", "bank-3"], subject=world.token("dicj"),
         data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING)
     [d] = core.decide([Inbound(envelope, 0, 1)])
     assert d.accepted and [leg.recipient for leg in d.legs] == ["bank-1", "bank-3"]

@@ -21,7 +21,7 @@ from infra.domain.policy import Policy
 from infra.records.provisions import ProvisionStatus
 from infra.records.records_verify import RecordState, Verdict
 from schemas import codec
-from schemas import types as T
+from schemas import types as msg
 from streams.notices import masked, notice
 
 STATIC = Path(__file__).parents[2] / "connectors" / "static"
@@ -162,7 +162,7 @@ def test_a_notice_masks_the_account_has_its_own_correlation_and_fits_its_schema(
     message = notice(kind="PROVISION", event="REGISTERED", status="PROVIDED", subject="tok", reference=event,
                      basis="account-registration-act/art9", party="agency-nta", procedure_code="P-1",
                      account=ACCOUNT)
-    assert message.type == T.NOTICE and message.to == "portal" and message.data_item == "person_notice"
+    assert message.type == msg.NOTICE and message.to == "portal" and message.data_item == "person_notice"
     assert message.correlation_id != event and message.body["reference"] == event
     assert "1234567" not in json.dumps(message.body, default=str)
     decoded = codec.decode(codec.encode("notice", message.body), "notice")

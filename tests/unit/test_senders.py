@@ -11,14 +11,14 @@ from infra.crypto.envelope import HubForwarder, Sealer
 from infra.domain.participants import Kind, Participant, Participants
 from infra.domain.policy import Policy
 from infra.domain.senders import SENDERS, refusal
-from schemas import types as T
+from schemas import types as msg
 from schemas.types import BODY_SCHEMA
 from tests.unit.envelope_world import example_body, fresh_clock, world  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
 
-HUB_ORIGINATES = {T.TOKEN_ISSUE_RESPONSE, T.LOOKUP_RESULT, T.REJECTION_NOTICE}
+HUB_ORIGINATES = {msg.TOKEN_ISSUE_RESPONSE, msg.LOOKUP_RESULT, msg.REJECTION_NOTICE}
 ONE_OF = {Kind.AGENCY: "agency-a", Kind.REGISTRY: "registry", Kind.BANK: "bank-1", Kind.PORTAL: "portal",
           Kind.DICJ: "dicj", Kind.HUB: "hub"}
 
@@ -68,18 +68,18 @@ def test_the_table_allows_exactly_what_the_built_in_policy_allows():
 
 def test_refusal_names_ids_and_kinds_only(world):
     ps = world.participants
-    assert refusal(T.PROVISION_INQUIRY, "agency-a", "registry", ps, hub_id="hub") is None
-    assert refusal(T.PROVISION_INQUIRY, "hub", "registry", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
-    assert refusal(T.PROVISION_INQUIRY, "bank-1", "registry", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
-    assert refusal(T.PROVISION_INQUIRY, "nobody", "registry", ps, hub_id="hub")[0] is Reason.UNKNOWN_PARTICIPANT
-    assert refusal(T.REJECTION_NOTICE, "hub", "agency-a", ps, hub_id="hub") is None
-    assert refusal(T.REJECTION_NOTICE, "agency-b", "agency-a", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
-    assert refusal(T.LOOKUP_RESULT, "hub", "bank-1", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
-    assert refusal(T.PROVISION_INQUIRY, "agency-a", "nobody", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.PROVISION_INQUIRY, "agency-a", "registry", ps, hub_id="hub") is None
+    assert refusal(msg.PROVISION_INQUIRY, "hub", "registry", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.PROVISION_INQUIRY, "bank-1", "registry", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.PROVISION_INQUIRY, "nobody", "registry", ps, hub_id="hub")[0] is Reason.UNKNOWN_PARTICIPANT
+    assert refusal(msg.REJECTION_NOTICE, "hub", "agency-a", ps, hub_id="hub") is None
+    assert refusal(msg.REJECTION_NOTICE, "agency-b", "agency-a", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.LOOKUP_RESULT, "hub", "bank-1", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.PROVISION_INQUIRY, "agency-a", "nobody", ps, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
     # only the hub's exact id speaks for the hub: another participant declared of kind hub does not
     two_hubs = Participants([*ps, Participant("hub-2", Kind.HUB, "a second hub")])
-    assert refusal(T.REJECTION_NOTICE, "hub-2", "agency-a", two_hubs, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
-    assert refusal(T.PROVISION_INQUIRY, "hub-2", "registry", two_hubs, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.REJECTION_NOTICE, "hub-2", "agency-a", two_hubs, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
+    assert refusal(msg.PROVISION_INQUIRY, "hub-2", "registry", two_hubs, hub_id="hub")[0] is Reason.SENDER_NOT_ALLOWED
 
 
 # --- every receiver enforces it -------------------------------------------------------------------
@@ -111,11 +111,11 @@ def test_the_hub_keyset_cannot_ask_the_registry_or_delete_a_registration(world):
     hub = world.keys["hub"]
     registry_token = world.token("registry")  # the token authority mints the registry's token
     as_hub = Sealer(hub, world.directory, clock=world.clock)
-    inquiry = as_hub.seal(example_body(T.PROVISION_INQUIRY), type=T.PROVISION_INQUIRY, to="registry",
+    inquiry = as_hub.seal(example_body(msg.PROVISION_INQUIRY), type=msg.PROVISION_INQUIRY, to="registry",
                           subject=registry_token, data_item="public_funds_account",
                           basis="account-registration-act/art9")
-    delete = as_hub.seal({**example_body(T.REGISTRATION_REQUEST), "operation": "DELETE", "account": None},
-                         type=T.REGISTRATION_REQUEST, to="registry", subject=registry_token,
+    delete = as_hub.seal({**example_body(msg.REGISTRATION_REQUEST), "operation": "DELETE", "account": None},
+                         type=msg.REGISTRATION_REQUEST, to="registry", subject=registry_token,
                          data_item="public_funds_account", basis="account-registration-act/art6")
     self_countersigned = HubForwarder(hub, world.directory, clock=world.clock)
     opener = world.opener("registry")
@@ -129,22 +129,22 @@ def test_the_hub_keyset_cannot_ask_the_registry_or_delete_a_registration(world):
 
 def test_the_hubs_own_opener_opens_only_token_requests_addressed_to_the_hub(world):
     hub_opener = world.opener("hub", require_countersignature=False)
-    token_request = world.seal(sender="agency-a", to="hub", type_=T.TOKEN_ISSUE_REQUEST)
-    assert hub_opener.open(token_request).meta.type == T.TOKEN_ISSUE_REQUEST
+    token_request = world.seal(sender="agency-a", to="hub", type_=msg.TOKEN_ISSUE_REQUEST)
+    assert hub_opener.open(token_request).meta.type == msg.TOKEN_ISSUE_REQUEST
     # addressed to someone else: never, forwarded or direct
     to_registry = world.seal(sender="agency-a", to="registry")
     assert refusal_of(hub_opener.open, to_registry) is Reason.WRONG_RECIPIENT
     assert refusal_of(hub_opener.open, world.forward(to_registry)) is Reason.WRONG_RECIPIENT
     # a fan-out naming the hub among its recipients carries more than one wrap: refused before decoding
-    fanout = world.sealer("dicj").seal_multi(example_body(T.LOOKUP_INHERITANCE), type=T.LOOKUP_INHERITANCE,
+    fanout = world.sealer("dicj").seal_multi(example_body(msg.LOOKUP_INHERITANCE), type=msg.LOOKUP_INHERITANCE,
                                              to=["hub", "bank-1"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="x")
     assert refusal_of(hub_opener.open, fanout) is Reason.OVERSIZE
     # addressed to the hub, but not a type the hub receives
-    for type_ in sorted(set(BODY_SCHEMA) - {T.TOKEN_ISSUE_REQUEST}):
+    for type_ in sorted(set(BODY_SCHEMA) - {msg.TOKEN_ISSUE_REQUEST}):
         sender = "hub" if SENDERS[type_].from_hub else "agency-a"
         envelope = world.seal(sender=sender, to="hub", type_=type_, body=example_body(type_))
         assert refusal_of(hub_opener.open, envelope) is Reason.SENDER_NOT_ALLOWED, type_
     # nor does the hub ask itself for a token
-    own = world.seal(sender="hub", to="hub", type_=T.TOKEN_ISSUE_REQUEST)
+    own = world.seal(sender="hub", to="hub", type_=msg.TOKEN_ISSUE_REQUEST)
     assert refusal_of(hub_opener.open, own) is Reason.SENDER_NOT_ALLOWED
