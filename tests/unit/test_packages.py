@@ -1,0 +1,73 @@
+"""Every package of Renkei says what it may import and what it offers (issue 17).
+
+Each package's ``__init__`` has a docstring stating its rule (``Rule:``) and an ``__all__`` that names
+every public module in it (and, for the two packages with code of their own, ``infra.ops`` and
+``infra.cli``, the names defined there) — and nothing that is not there, so the list stays true when a
+module is added, renamed or removed.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = sorted(p.parent for top in ("infra", "streams", "connectors", "schemas")
+                  for p in (ROOT / top).rglob("__init__.py") if "__pycache__" not in p.parts)
+
+
+def public_modules(package: Path) -> set[str]:
+    return {p.stem if p.suffix == ".py" else p.name for p in package.iterdir()
+            if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").exists())}
+
+
+def declared(init: Path) -> tuple[str | None, list[str] | None, set[str]]:
+    """The docstring, ``__all__`` and the names the ``__init__`` defines or imports itself."""
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    exported, defined = None, set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.ImportFrom):  # a name it re-exports (infra.ops from the platform's scans)
+            defined.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Tuple):  # TAKE, SKIP, STOP = ...
+                    defined.update(e.id for e in target.elts if isinstance(e, ast.Name))
+                elif isinstance(target, ast.Name):
+                    defined.add(target.id)
+                    if target.id == "__all__":
+                        exported = ast.literal_eval(node.value)
+    return ast.get_docstring(tree), exported, defined
+
+
+def problems(package: Path) -> list[str]:
+    doc, exported, defined = declared(package / "__init__.py")
+    found = []
+    if not doc or "Rule:" not in doc:
+        found.append("its docstring states no rule")
+    if exported is None:
+        return [*found, "no __all__"]
+    modules = public_modules(package)
+    found += [f"{m} is missing from __all__" for m in sorted(modules - set(exported))]
+    found += [f"{n} in __all__ is neither a module nor defined here" for n in exported
+              if n not in modules and n not in defined]
+    if len(set(exported)) != len(exported):
+        found.append("__all__ names something twice")
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_package_states_its_rule_and_exports_its_public_names(package):
+    assert problems(package) == []
+
+
+def test_the_package_check_can_fail(tmp_path):
+    (tmp_path / "__init__.py").write_text('"""A package."""\n\n__all__ = ["gone", "kept"]\n')
+    (tmp_path / "kept.py").write_text("")
+    (tmp_path / "new.py").write_text("")
+    (tmp_path / "_private.py").write_text("")
+    assert problems(tmp_path) == ["its docstring states no rule", "new is missing from __all__",
+                                  "gone in __all__ is neither a module nor defined here"]
