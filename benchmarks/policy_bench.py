@@ -14,7 +14,7 @@ import argparse
 import time
 
 from infra.core.errors import PolicyDenied
-from infra.domain import policy as P
+from infra.domain import policy as policy_rules
 from infra.domain.participants import Kind, load_participants
 
 
@@ -27,12 +27,12 @@ def _rate(n: int, step: object) -> float:
 
 def run(decisions: int) -> dict[str, float]:
     participants = load_participants()
-    policy = P.Policy.load()
+    policy = policy_rules.Policy.load()
     agency = next(p for p in participants if p.kind is Kind.AGENCY)
     procedure = policy.procedures.for_agency(agency)[0].code  # STEP2 names a procedure the agency is entitled to
     registry = next(p for p in participants if p.kind is Kind.REGISTRY)
     bank = next(p for p in participants if p.kind is Kind.BANK)
-    item, basis = P.DATA_PUBLIC_FUNDS_ACCOUNT, P.BASIS_PROVISION
+    item, basis = policy_rules.DATA_PUBLIC_FUNDS_ACCOUNT, policy_rules.BASIS_PROVISION
     table = {("provision.inquiry", agency.id, registry.id, item, basis): True}
     key = ("provision.inquiry", agency.id, registry.id, item, basis)
 

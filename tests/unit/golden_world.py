@@ -14,30 +14,29 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.crypto import envelope as E
-from infra.crypto import keys as K
+from infra.crypto import envelope, keys
 from infra.crypto.envelope import HubForwarder, Sealer
 from tests.unit.envelope_world import T0
 
 PARTICIPANTS = ("agency-a", "registry", "bank-1", "bank-2")
 
 
-def fixed_keyset(pid: str) -> K.Keyset:
+def fixed_keyset(pid: str) -> keys.Keyset:
     seed = hashlib.sha256(pid.encode()).digest()
     at = int(T0 * 1000) - 86_400_000
-    return K.Keyset(pid, "x25519", [K.SigningKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(seed), at)],
-                    [K.DecryptionKey(pid, K.X25519, hashlib.sha256(b"enc" + seed).digest(), at)])
+    return keys.Keyset(pid, "x25519", [keys.SigningKey(pid, ed25519.Ed25519PrivateKey.from_private_bytes(seed), at)],
+                    [keys.DecryptionKey(pid, keys.X25519, hashlib.sha256(b"enc" + seed).digest(), at)])
 
 
 @dataclass
 class Golden:
-    sets: dict[str, K.Keyset]
-    directory: K.KeyDirectory
+    sets: dict[str, keys.Keyset]
+    directory: keys.KeyDirectory
     issued: int = 0  # fresh message ids handed out since the last restart()
 
-    def fresh_id(self) -> E.uuid.UUID:
+    def fresh_id(self) -> envelope.uuid.UUID:
         self.issued += 1
-        return E.uuid.UUID(int=0x100 + self.issued, version=4)
+        return envelope.uuid.UUID(int=0x100 + self.issued, version=4)
 
     def restart(self) -> Golden:
         """Hand out the same fresh ids again, so the same calls seal the same bytes."""
@@ -58,15 +57,15 @@ def digests(envelopes: list[bytes]) -> list[tuple[str, int]]:
 @pytest.fixture
 def golden(monkeypatch) -> Golden:
     """Fixed keys for four participants and the hub; HPKE, data keys, nonces and fresh ids made deterministic."""
-    monkeypatch.setattr(K.EncryptionPublicKey, "seal", lambda self, plaintext, info: hashlib.sha256(info).digest()
+    monkeypatch.setattr(keys.EncryptionPublicKey, "seal", lambda self, plaintext, info: hashlib.sha256(info).digest()
                         + plaintext)
-    monkeypatch.setattr(E.secrets, "token_bytes", lambda n=32: bytes(n))
+    monkeypatch.setattr(envelope.secrets, "token_bytes", lambda n=32: bytes(n))
     monkeypatch.setattr(AESGCM, "generate_key", staticmethod(lambda bit_length: bytes(bit_length // 8)))
-    root = K.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    root = keys.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
     sets = {p: fixed_keyset(p) for p in (*PARTICIPANTS, "hub")}
-    directory = K.KeyDirectory.verify_and_load(
+    directory = keys.KeyDirectory.verify_and_load(
         root.snapshot([e for k in sets.values() for e in k.public_entries()], now=datetime.fromtimestamp(T0, UTC)),
         root.public_key)
     world = Golden(sets, directory)
-    monkeypatch.setattr(E.uuid, "uuid4", world.fresh_id)
+    monkeypatch.setattr(envelope.uuid, "uuid4", world.fresh_id)
     return world

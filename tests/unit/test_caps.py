@@ -9,8 +9,7 @@ import fastavro
 import pytest
 
 from infra.core.errors import CodecError, Reason
-from infra.crypto import envelope as E
-from infra.crypto import layout, merkle
+from infra.crypto import envelope, layout, merkle
 from infra.domain.ratelimit import SenderRateLimiter
 from schemas import codec
 from schemas.bounds import ArrayCaps, CapExceeded
@@ -36,7 +35,7 @@ class Work:
             self.digests += 1
             return digest(*a, **kw)
 
-        monkeypatch.setattr(E.fastavro, "schemaless_reader", counting_reader)
+        monkeypatch.setattr(envelope.fastavro, "schemaless_reader", counting_reader)
         monkeypatch.setattr(layout, "sha256", counting_digest)  # the signed leaves are hashed in the layout
         monkeypatch.setattr(merkle, "sha256", counting_digest)
 
@@ -45,7 +44,7 @@ def forged(world: World, *, wraps: int = 0, siblings: int = 0, where: str = "sig
     """A hostile envelope: someone's real public key id, junk signature, ``wraps`` empty wraps, long audit paths."""
     r = codec.decode(world.seal(), "envelope")
     if wraps:
-        r["recipient"], r["recipient_key_id"] = E.FANOUT, ""
+        r["recipient"], r["recipient_key_id"] = envelope.FANOUT, ""
         r["wraps"] = [{"recipient": f"r{i}", "recipient_key_id": "", "wrapped_key": b""} for i in range(wraps)]
     path = [bytes(32)] * siblings
     if where == "signature":
@@ -65,28 +64,28 @@ def forged(world: World, *, wraps: int = 0, siblings: int = 0, where: str = "sig
 
 def test_a_huge_fanout_is_refused_before_it_is_decoded_or_hashed(world, monkeypatch):
     hostile = forged(world, wraps=100_000)
-    assert 600_000 < len(hostile) < E.DEFAULT_MAX_BYTES  # under the size limit: only the cap refuses it
+    assert 600_000 < len(hostile) < envelope.DEFAULT_MAX_BYTES  # under the size limit: only the cap refuses it
     work = Work(monkeypatch)
-    hub_ingress = E.Verifier(world.directory, clock=world.clock, max_wraps=len(world.participants))
+    hub_ingress = envelope.Verifier(world.directory, clock=world.clock, max_wraps=len(world.participants))
     assert rejected(hub_ingress.verify, hostile) is Reason.OVERSIZE
     assert rejected(world.opener("registry").open, hostile) is Reason.OVERSIZE
-    assert rejected(E.peek, hostile) is Reason.OVERSIZE  # ops tools too: peek never decodes it
+    assert rejected(envelope.peek, hostile) is Reason.OVERSIZE  # ops tools too: peek never decodes it
     assert (work.decodes, work.digests) == (0, 0)
 
 
 def test_the_wrap_cap_is_the_participant_count(world):
-    hub_ingress = E.Verifier(world.directory, clock=world.clock, max_wraps=3)
+    hub_ingress = envelope.Verifier(world.directory, clock=world.clock, max_wraps=3)
     sealed = world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
                                              to=["bank-1", "bank-2", "bank-3"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="x")
     assert hub_ingress.verify(sealed).recipients == ("bank-1", "bank-2", "bank-3")  # at the cap: fine
-    assert rejected(E.Verifier(world.directory, clock=world.clock, max_wraps=2).verify, sealed) is Reason.OVERSIZE
+    assert rejected(envelope.Verifier(world.directory, clock=world.clock, max_wraps=2).verify, sealed) is Reason.OVERSIZE
 
 
 @pytest.mark.parametrize("where", ["signature", "wrap_proof", "countersignature"])
 def test_an_audit_path_over_40_siblings_is_refused_before_it_is_decoded(world, monkeypatch, where):
     hostile = forged(world, siblings=30_000, where=where)
-    assert len(hostile) < E.DEFAULT_MAX_BYTES
+    assert len(hostile) < envelope.DEFAULT_MAX_BYTES
     work = Work(monkeypatch)
     assert rejected(world.ingress.verify, hostile) is Reason.MALFORMED
     assert rejected(world.opener("registry").open, hostile) is Reason.MALFORMED

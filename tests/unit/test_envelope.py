@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.core.errors import EnvelopeRejection, Reason
-from infra.crypto import envelope as E
-from infra.crypto import layout, merkle
+from infra.crypto import envelope, layout, merkle
 from infra.crypto.envelope import FANOUT, MemoryReplayGuard, peek
 from infra.crypto.keys import Keyset
 from infra.domain.participants import Kind
@@ -31,7 +30,7 @@ def resign(record: dict, keyset: Keyset) -> bytes:
     r["countersignature"], r["wrap_proof"] = None, None
     r["sender"], r["sender_key_id"] = keyset.participant_id, keyset.signing_key_id
     mid, cid = str(r["message_id"]), str(r["correlation_id"])
-    r["subject_commitment"] = E.subject_commitment(mid, r["subject"])
+    r["subject_commitment"] = envelope.subject_commitment(mid, r["subject"])
     if r["wraps"]:
         binding = layout.fanout_binding(len(r["wraps"]), merkle.build([layout.wrap_leaf(w) for w in r["wraps"]])[0])
     else:
@@ -85,7 +84,7 @@ def test_seal_forward_open_round_trip_for_every_body_type(world, type_):
     purpose=st.none() | st.text(max_size=200),
     data_item=st.text(max_size=30),
     basis=st.text(max_size=30),
-    ttl=st.integers(1, E.MAX_TTL_S),
+    ttl=st.integers(1, envelope.MAX_TTL_S),
 )
 def test_round_trip_preserves_body_and_routing_fields(world, procedure, purpose, data_item, basis, ttl):
     body = {"procedure_code": procedure, "purpose": purpose, "requested_at": example_body("provision.inquiry")["requested_at"]}
@@ -390,7 +389,7 @@ def test_rotation_old_key_verifies_in_flight_messages_until_retired(tmp_path):
     assert world.opener("registry").open(after).meta.sender_key_id == world.keys["agency-a"].signing_key_id
     # the old key, used after its retirement, is refused
     stale = Keyset.load(tmp_path / "old", b"pw")
-    stale_sealer = E.Sealer(stale, world.directory, clock=world.clock)
+    stale_sealer = envelope.Sealer(stale, world.directory, clock=world.clock)
     late = stale_sealer.seal(example_body("provision.inquiry"), type="provision.inquiry", to="registry",
                              subject=world.token("agency-a"), data_item="x", basis="y")
     assert rejected(world.ingress.verify, late) is Reason.REVOKED_KEY
@@ -515,7 +514,7 @@ def test_a_reply_resealed_with_its_message_id_keeps_it(world):
     assert rid == reply_id("token-answer", Inbound(b"other bytes", 2, 41), request.message_id)  # a redelivery
     assert rid != reply_id("token-answer", Inbound(b"", 2, 42), request.message_id)  # a replay elsewhere
     assert rid != reply_id("rejection-notice", at, request.message_id)
-    message = E.Message(example_body("provision.inquiry"), "provision.inquiry", "registry", world.token("agency-a"),
+    message = envelope.Message(example_body("provision.inquiry"), "provision.inquiry", "registry", world.token("agency-a"),
                         "public_funds_account", "koza-toroku-ho-9", message_id=rid)
     first, again = (world.sealer("agency-a").seal_batch([message])[0] for _ in range(2))
     assert first != again  # a fresh encryption and signature…
@@ -545,7 +544,7 @@ def test_a_participant_signing_as_another_with_its_own_valid_key_is_refused(worl
     at the hub's ingress, in the hub's decision, at an opener taking direct delivery, and at an
     opener given a countersigned copy (a hub that forwarded it anyway).
     """
-    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+    forged = envelope.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
         example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
         data_item="public_funds_account", basis="koza-toroku-ho-9")
     assert peek(forged).sender == "agency-a" and peek(forged).sender_key_id == world.keys["agency-b"].signing_key_id
@@ -563,7 +562,7 @@ def test_impersonation_is_refused_by_the_hub_gateway(world):
 
     core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=Policy.load(),
                    participants=world.participants, tokens=world.tokens)
-    forged = E.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
+    forged = envelope.Sealer(Impersonator(world.keys["agency-b"], "agency-a"), world.directory, clock=world.clock).seal(
         example_body("provision.inquiry"), type="provision.inquiry", to="registry", subject=world.token("agency-a"),
         data_item="public_funds_account", basis="account-registration-act/art9")
     [decision] = core.decide([Inbound(forged, 0, 0)])
@@ -573,12 +572,12 @@ def test_impersonation_is_refused_by_the_hub_gateway(world):
 def test_a_lifetime_over_the_cap_resigned_by_a_valid_key_is_expired(world):
     """A sender (here agency-a, with its own key) signs a 25-hour lifetime: over MAX_TTL_S, refused at once."""
     record = codec.decode(world.seal(), "envelope")
-    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S + 3600)
+    record["expires_at"] = record["created_at"] + timedelta(seconds=envelope.MAX_TTL_S + 3600)
     long_lived = resign(record, world.keys["agency-a"])
     assert rejected(world.ingress.verify, long_lived) is Reason.EXPIRED
     assert rejected(world.opener("registry").open, world.countersign(long_lived)) is Reason.EXPIRED
     # exactly the cap is still accepted
-    record["expires_at"] = record["created_at"] + timedelta(seconds=E.MAX_TTL_S)
+    record["expires_at"] = record["created_at"] + timedelta(seconds=envelope.MAX_TTL_S)
     world.ingress.verify(resign(record, world.keys["agency-a"]))
 
 
@@ -586,9 +585,9 @@ def test_a_forwarder_clock_ahead_beyond_the_skew_is_expired(world):
     """The hub's clock 60 s ahead of the recipient's: its forwarded_at lies in the future → EXPIRED."""
     sealed = world.seal()
     meta = world.ingress.verify(sealed)
-    ahead = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + 60)
+    ahead = envelope.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + 60)
     forwarded = ahead.forward(meta, world.token("registry"))
     assert rejected(world.opener("registry").open, forwarded) is Reason.EXPIRED
     # within the allowed skew (29 s ahead) the same message opens
-    near = E.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + E.DEFAULT_SKEW_S - 1)
+    near = envelope.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + envelope.DEFAULT_SKEW_S - 1)
     assert world.opener("registry").open(near.forward(meta, world.token("registry"))).meta.sender == "agency-a"

@@ -21,9 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infra.core.errors import Reason
-from infra.crypto import envelope as E
-from infra.crypto import keys as K
-from infra.crypto import layout
+from infra.crypto import envelope, keys, layout
 from infra.crypto.envelope import LegIds, Message, Sealer, peek
 from schemas import codec
 from tests.unit.envelope_world import (
@@ -54,13 +52,13 @@ GOLDEN = [("074d52b7cfcc549dc4a3601f5516ceff34a27a906a9692664017b1b8e3fd246e", 5
 @pytest.fixture
 def deterministic(monkeypatch):
     """Every random input of sealing fixed: HPKE replaced by a stand-in, data keys and nonces all zero."""
-    monkeypatch.setattr(K.EncryptionPublicKey, "seal", lambda self, plaintext, info: hashlib.sha256(info).digest()
+    monkeypatch.setattr(keys.EncryptionPublicKey, "seal", lambda self, plaintext, info: hashlib.sha256(info).digest()
                         + plaintext)
-    monkeypatch.setattr(E.secrets, "token_bytes", lambda n=32: bytes(n))
+    monkeypatch.setattr(envelope.secrets, "token_bytes", lambda n=32: bytes(n))
     monkeypatch.setattr(AESGCM, "generate_key", staticmethod(lambda bit_length: bytes(bit_length // 8)))
-    root = K.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    root = keys.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
     sets = {p: fixed_keyset(p) for p in ("agency-a", "registry", "bank-1", "bank-2")}
-    directory = K.KeyDirectory.verify_and_load(
+    directory = keys.KeyDirectory.verify_and_load(
         root.snapshot([e for k in sets.values() for e in k.public_entries()], now=datetime.fromtimestamp(T0, UTC)),
         root.public_key)
     return Sealer(sets["agency-a"], directory, clock=lambda: T0)
@@ -188,7 +186,7 @@ def test_one_leg_key_per_recipient_key_for_its_lifetime(world):
     first, second = leg_key("registry", world.seal()), leg_key("registry", world.seal())
     assert first == second  # one HPKE seal serves every leg to that key
     assert leg_key("bank-1", world.seal(sender="registry", to="bank-1", type_="existence.check")) != first
-    world.clock.now += E.LEG_KEY_LIFETIME_S + 1
+    world.clock.now += envelope.LEG_KEY_LIFETIME_S + 1
     assert leg_key("registry", world.seal()) != first
 
 

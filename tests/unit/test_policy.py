@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra.core.errors import ConfigError, PolicyDenied, Reason
-from infra.domain import policy as P
+from infra.domain import policy as policy_rules
 from infra.domain.participants import Kind, Participant, load_participants
 from infra.domain.procedures import Procedures
 from schemas.types import MESSAGE_TYPES
@@ -19,10 +19,10 @@ CATALOGUE = Procedures.load()
 STEP2 = {"provision.inquiry", "provision.response"}  # rules with procedure = true: the agency's entitlement
 ALL_KINDS = tuple(Kind)
 
-REG, CHG, BANK_IN, PROV = P.BASIS_REGISTRATION, P.BASIS_CHANGE, P.BASIS_BANK_INTAKE, P.BASIS_PROVISION
-ALONG = P.BASIS_ALONGSIDE_PROCEDURE
-NUM, INH, DIS = P.BASIS_NUMBERING, P.BASIS_INHERITANCE_LOOKUP, P.BASIS_DISASTER_LOOKUP
-ACCOUNT, NUMBERING, HOLDINGS = P.DATA_PUBLIC_FUNDS_ACCOUNT, P.DATA_DEPOSIT_ACCOUNT_NUMBERING, P.DATA_DEPOSIT_ACCOUNT_HOLDINGS
+REG, CHG, BANK_IN, PROV = policy_rules.BASIS_REGISTRATION, policy_rules.BASIS_CHANGE, policy_rules.BASIS_BANK_INTAKE, policy_rules.BASIS_PROVISION
+ALONG = policy_rules.BASIS_ALONGSIDE_PROCEDURE
+NUM, INH, DIS = policy_rules.BASIS_NUMBERING, policy_rules.BASIS_INHERITANCE_LOOKUP, policy_rules.BASIS_DISASTER_LOOKUP
+ACCOUNT, NUMBERING, HOLDINGS = policy_rules.DATA_PUBLIC_FUNDS_ACCOUNT, policy_rules.DATA_DEPOSIT_ACCOUNT_NUMBERING, policy_rules.DATA_DEPOSIT_ACCOUNT_HOLDINGS
 K = Kind
 
 # Written out by hand from DESIGN §6 (independently of policy.toml):
@@ -52,11 +52,11 @@ FLOWS: list[tuple[tuple[Kind, ...], tuple[Kind, ...], str, str, tuple[str, ...],
     ((K.BANK, K.PORTAL), (K.DICJ,), "lookup.application.disaster", HOLDINGS, (DIS,), True),
     ((K.DICJ,), (K.BANK,), "lookup.notification", HOLDINGS, (INH, DIS), True),
     ((K.DICJ,), (K.PORTAL,), "lookup.notification", HOLDINGS, (DIS,), True),
-    (ALL_KINDS, (K.HUB,), "token.issue.request", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
-    ((K.HUB,), ALL_KINDS, "token.issue.response", P.DATA_PERSON_TOKEN, (P.BASIS_TOKEN_ISSUANCE,), False),
-    ((K.HUB,), ALL_KINDS, "rejection.notice", P.DATA_NONE, (P.BASIS_NETWORK_OPERATION,), False),
-    ((K.REGISTRY,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (REG, ALONG, CHG, BANK_IN, PROV), False),
-    ((K.DICJ,), (K.PORTAL,), "person.notice", P.DATA_PERSON_NOTICE, (INH, DIS), False),
+    (ALL_KINDS, (K.HUB,), "token.issue.request", policy_rules.DATA_PERSON_TOKEN, (policy_rules.BASIS_TOKEN_ISSUANCE,), False),
+    ((K.HUB,), ALL_KINDS, "token.issue.response", policy_rules.DATA_PERSON_TOKEN, (policy_rules.BASIS_TOKEN_ISSUANCE,), False),
+    ((K.HUB,), ALL_KINDS, "rejection.notice", policy_rules.DATA_NONE, (policy_rules.BASIS_NETWORK_OPERATION,), False),
+    ((K.REGISTRY,), (K.PORTAL,), "person.notice", policy_rules.DATA_PERSON_NOTICE, (REG, ALONG, CHG, BANK_IN, PROV), False),
+    ((K.DICJ,), (K.PORTAL,), "person.notice", policy_rules.DATA_PERSON_NOTICE, (INH, DIS), False),
 ]
 
 ALLOWED: dict[tuple[Kind, Kind, str, str, str], bool] = {
@@ -67,8 +67,8 @@ ALLOWED: dict[tuple[Kind, Kind, str, str, str], bool] = {
 
 
 @pytest.fixture(scope="module")
-def policy() -> P.Policy:
-    return P.Policy.load()
+def policy() -> policy_rules.Policy:
+    return policy_rules.Policy.load()
 
 
 def one(kind: Kind, n: int = 0) -> Participant:
@@ -84,7 +84,7 @@ def procedure_for(type_: str, sender: Participant, recipient: Participant) -> st
     return entitled[0].code if entitled else None
 
 
-def denied(policy: P.Policy, *args) -> Reason:
+def denied(policy: policy_rules.Policy, *args) -> Reason:
     with pytest.raises(PolicyDenied) as caught:
         policy.authorise(*args)
     return caught.value.reason
@@ -101,8 +101,8 @@ def test_every_flow_is_allowed_with_its_records_flag(policy, combo):
 
 def test_shipped_rules_use_only_documented_items_and_bases(policy):
     for rule in policy.rules:
-        assert rule.data_item in P.DATA_ITEMS, rule.id
-        assert set(rule.bases) <= P.BASES, rule.id
+        assert rule.data_item in policy_rules.DATA_ITEMS, rule.id
+        assert set(rule.bases) <= policy_rules.BASES, rule.id
 
 
 def test_inquiries_and_provisions_record_and_say_who_provided(policy):
@@ -157,7 +157,7 @@ def test_unknown_participant(policy):
 
 
 def test_suspension_is_immediate_and_checked_before_rules():
-    policy = P.Policy.load()
+    policy = policy_rules.Policy.load()
     agency, registry = one(K.AGENCY), one(K.REGISTRY)
     args = ("provision.inquiry", ACCOUNT, PROV, "child-allowance")
     policy.suspend(agency.id)
@@ -172,7 +172,7 @@ def test_suspension_is_immediate_and_checked_before_rules():
 
 
 def test_suspended_in_the_participants_file_until_resumed():
-    policy = P.Policy.load()
+    policy = policy_rules.Policy.load()
     bank = Participant("bank-x", Kind.BANK, "X", bank_code="0001", suspended=True)
     args = (one(K.REGISTRY), bank, "existence.check", ACCOUNT, REG)
     assert denied(policy, *args) is Reason.SUSPENDED
@@ -188,7 +188,7 @@ def test_participant_id_rule_is_more_specific_than_kind(tmp_path: Path):
         '[[rule]]\nid = "one-bank"\nsender = "dicj"\nrecipient = "bank-9001"\ntype = "lookup.disaster"\n'
         'data_item = "x"\nbases = ["b"]\nrecords = true\nnot_disclosed = true\n'
     )
-    policy = P.Policy.load(path)
+    policy = policy_rules.Policy.load(path)
     dicj = PARTICIPANTS.get("dicj")
     special = policy.authorise(dicj, PARTICIPANTS.get("bank-9001"), "lookup.disaster", "x", "b")
     ordinary = policy.authorise(dicj, PARTICIPANTS.get("bank-9002"), "lookup.disaster", "x", "b")
@@ -207,7 +207,7 @@ def test_bad_rules_files_are_config_errors(tmp_path: Path, body, complaint):
     path = tmp_path / "p.toml"
     path.write_text("[[rule]]\n" + body + "\n")
     with pytest.raises(ConfigError, match=complaint):
-        P.Policy.load(path)
+        policy_rules.Policy.load(path)
 
 
 def test_overlapping_rules_are_refused(tmp_path: Path):
@@ -215,18 +215,18 @@ def test_overlapping_rules_are_refused(tmp_path: Path):
     path = tmp_path / "p.toml"
     path.write_text(rule.format("a") + rule.format("b"))
     with pytest.raises(ConfigError, match="overlap"):
-        P.Policy.load(path)
+        policy_rules.Policy.load(path)
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
-        P.Policy.load(tmp_path / "nope.toml")
+        policy_rules.Policy.load(tmp_path / "nope.toml")
 
 
 EVERYONE = list(PARTICIPANTS)
 TYPES = sorted(MESSAGE_TYPES)
-ITEMS = sorted(P.DATA_ITEMS)
-BASES = sorted(P.BASES)
+ITEMS = sorted(policy_rules.DATA_ITEMS)
+BASES = sorted(policy_rules.BASES)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -249,4 +249,4 @@ def test_random_combinations_outside_the_rule_set_are_denied(sender, recipient, 
         assert caught.value.reason is Reason.UNAUTHORISED
 
 
-_SHARED = P.Policy.load()
+_SHARED = policy_rules.Policy.load()

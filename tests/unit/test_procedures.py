@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.core.errors import ConfigError, PolicyDenied, Reason
-from infra.domain import policy as P
+from infra.domain import policy as policy_rules
 from infra.domain.participants import Kind, Participant, load_participants
 from infra.domain.procedures import Procedures
 
@@ -15,7 +15,7 @@ PARTICIPANTS = load_participants()
 CATALOGUE = Procedures.load()
 MINATO, NTA, MHLW = (PARTICIPANTS.get(a) for a in ("agency-city-minato", "agency-nta", "agency-mhlw"))
 REGISTRY = PARTICIPANTS.get("registry")
-ACCOUNT, PROV = P.DATA_PUBLIC_FUNDS_ACCOUNT, P.BASIS_PROVISION
+ACCOUNT, PROV = policy_rules.DATA_PUBLIC_FUNDS_ACCOUNT, policy_rules.BASIS_PROVISION
 
 
 def refused(fn, *args) -> Reason:
@@ -88,7 +88,7 @@ def test_duplicate_codes_are_refused(tmp_path: Path):
 
 # --- in the policy --------------------------------------------------------------------------------
 
-POLICY = P.Policy.load()
+POLICY = policy_rules.Policy.load()
 
 
 def test_an_inquiry_needs_an_entitled_procedure():
@@ -110,15 +110,15 @@ def test_the_answer_is_checked_against_the_agency_it_goes_to():
 
 def test_rules_order_before_procedures_and_procedures_only_where_a_rule_asks():
     # No rule: UNAUTHORISED, whatever procedure is named.
-    assert refused(POLICY.authorise, NTA, REGISTRY, "provision.inquiry", P.DATA_DEPOSIT_ACCOUNT_HOLDINGS, PROV,
+    assert refused(POLICY.authorise, NTA, REGISTRY, "provision.inquiry", policy_rules.DATA_DEPOSIT_ACCOUNT_HOLDINGS, PROV,
                    "income-tax-refund") is Reason.UNAUTHORISED
     # A message whose rule takes no procedure may not carry one.
     portal = PARTICIPANTS.get("portal")
-    assert POLICY.authorise(portal, REGISTRY, "registration.request", ACCOUNT, P.BASIS_REGISTRATION).procedure is None
-    assert refused(POLICY.authorise, portal, REGISTRY, "registration.request", ACCOUNT, P.BASIS_REGISTRATION,
+    assert POLICY.authorise(portal, REGISTRY, "registration.request", ACCOUNT, policy_rules.BASIS_REGISTRATION).procedure is None
+    assert refused(POLICY.authorise, portal, REGISTRY, "registration.request", ACCOUNT, policy_rules.BASIS_REGISTRATION,
                    "child-allowance") is Reason.PROCEDURE_NOT_ALLOWED
     # Suspension still comes first.
-    policy = P.Policy.load()
+    policy = policy_rules.Policy.load()
     policy.suspend(NTA.id)
     assert refused(policy.authorise, NTA, REGISTRY, "provision.inquiry", ACCOUNT, PROV,
                    "no-such-benefit") is Reason.SUSPENDED
@@ -129,4 +129,4 @@ def test_a_rule_procedure_flag_must_be_a_bool(tmp_path: Path):
     path.write_text('[[rule]]\nid = "r"\nsender = "*"\nrecipient = "*"\ntype = "lookup.answer"\ndata_item = "x"\n'
                     'bases = ["b"]\nrecords = true\nprocedure = "yes"\n')
     with pytest.raises(ConfigError, match="procedure must be"):
-        P.Policy.load(path)
+        policy_rules.Policy.load(path)
