@@ -56,7 +56,8 @@ from infra.core.settings import Settings
 from infra.crypto.envelope import Message, Opened
 from infra.crypto.sealing import RowSealer, UnsealError
 from infra.platform.keystore import KeyStore
-from infra.platform.metrics import REASON_CODES, Counter, Gauge, MetricsServer, WorkerMetrics
+from infra.platform.metrics import REASON_CODES, Counter, Gauge, WorkerMetrics
+from infra.platform.metrics_server import MetricsServer
 from schemas.types import MESSAGE_TYPES
 from streams.participant import Context, Handler, ParticipantRuntime
 

@@ -457,8 +457,8 @@ def hub_metrics_server(settings: Settings, metrics: Any, health: Callable[[], tu
                        service: Callable[[], HubService | None]) -> Any:
     """``/metrics`` and ``/health`` on ``ops_host``/``ops_port``, with the figures read from the hub's tables at
     each scrape (``infra.platform.metrics_hub``; ``service``: the running ``HubService``, None while starting)."""
-    from infra.platform.metrics import MetricsServer
     from infra.platform.metrics_hub import HubFigures
+    from infra.platform.metrics_server import MetricsServer
 
     return MetricsServer(metrics, health, state_dir=settings.state_dir, host=settings.ops_host,
                          port=settings.ops_port, collect=HubFigures(metrics).collector(service))

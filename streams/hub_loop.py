@@ -39,7 +39,7 @@ from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.platform.kafka import consumer as make_consumer
 from infra.platform.kafka import fetch_wait_ms
-from infra.platform.metrics import MetricsServer
+from infra.platform.metrics_server import MetricsServer
 from infra.platform.topics import TopicNames
 from streams.gateway import Inbound
 from streams.hub import HubRunning, hub_metrics, hub_metrics_server, observe_batch, record_headers, start_hub

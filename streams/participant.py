@@ -41,7 +41,8 @@ from infra.crypto.envelope import Message, Opened, Opener, Sealer, peek
 from infra.crypto.keys import KeyDirectory
 from infra.domain.participants import Participants, participants_of
 from infra.platform.keystore import KeyStore, follow_directory, load_directory
-from infra.platform.metrics import Counter, MetricsServer, WorkerMetrics
+from infra.platform.metrics import Counter, WorkerMetrics
+from infra.platform.metrics_server import MetricsServer
 from infra.platform.pgdsn import participants_dsn
 from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
 from infra.platform.topics import TopicNames

@@ -94,7 +94,7 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from infra.platform.embedded import read_state
-    from infra.platform.metrics import add_worker_health, other_endpoints
+    from infra.platform.metrics_server import add_worker_health, other_endpoints
 
     components = read_state(settings.state_dir)
     rows = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint} for c in components]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.platform.metrics import other_endpoints
+from infra.platform.metrics_server import other_endpoints
 
 
 @dataclass(frozen=True)

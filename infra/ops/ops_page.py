@@ -152,7 +152,7 @@ def audit_row(record: dict[str, Any]) -> AuditRow:
 
 async def components(settings: Settings) -> list[ComponentRow]:
     from infra.platform.embedded import read_state
-    from infra.platform.metrics import add_worker_health, other_endpoints
+    from infra.platform.metrics_server import add_worker_health, other_endpoints
 
     recorded = read_state(settings.state_dir)
     rows: list[dict[str, Any]] = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}

@@ -21,6 +21,7 @@ __all__ = [
     "keystore",
     "metrics",
     "metrics_hub",
+    "metrics_server",
     "pgdsn",
     "pglayout",
     "pgpass",

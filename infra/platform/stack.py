@@ -157,7 +157,7 @@ class Platform:
         import asyncio
         import time
 
-        from infra.platform.metrics import add_worker_health
+        from infra.platform.metrics_server import add_worker_health
         from infra.platform.pgprovision import grant_shared_when_ready
 
         deadline = time.monotonic() + timeout

@@ -37,7 +37,7 @@ from connectors.client import BusClient
 from connectors.serve import BankChannelLease, LeaseHeld
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.embedded import spawn_python
-from infra.platform.metrics import fetch_metrics, read_endpoint
+from infra.platform.metrics_server import fetch_metrics, read_endpoint
 from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
 from infra.platform.stack import settings_args, settings_env
 from schemas import types as msg

@@ -20,8 +20,9 @@ import pytest
 
 from infra.crypto.envelope import peek
 from infra.platform.kafka import consumer, producer
-from infra.platform.metrics import WorkerMetrics, parse_text
+from infra.platform.metrics import WorkerMetrics
 from infra.platform.metrics_hub import HubFigures
+from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import admin_dsn, layout_for, observer_dsn, with_search_path
 from infra.platform.storage import create_pool
 from infra.platform.topics import TopicNames

@@ -29,7 +29,7 @@ from infra.ops.dlq import list_dead_letters
 from infra.platform.kafka import admin_client, producer
 from infra.platform.keyadmin import revoke
 from infra.platform.keystore import KeyStore, load_directory
-from infra.platform.metrics import fetch_metrics
+from infra.platform.metrics_server import fetch_metrics
 from infra.platform.stack import bootstrap_keys, settings_env
 from infra.platform.topics import TopicNames, TopicSpec, apply_layout
 from schemas import codec

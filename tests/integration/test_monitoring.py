@@ -34,7 +34,7 @@ import yaml
 
 from infra.ops.metrics_targets import scrape_targets, write_file_sd
 from infra.platform.kafka import producer
-from infra.platform.metrics import read_endpoint
+from infra.platform.metrics_server import read_endpoint
 from infra.platform.stack import WORKERS
 from infra.platform.topics import TopicNames
 from tests.integration.platform_fixtures import bus, isolated_platform  # noqa: F401

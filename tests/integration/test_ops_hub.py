@@ -25,7 +25,7 @@ from infra.ops import Window
 from infra.ops.dlq import list_dead_letters, redrive
 from infra.ops.replay import rewind_group
 from infra.platform.keystore import KeyStore, publish_directory
-from infra.platform.metrics import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
+from infra.platform.metrics_server import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
 from infra.platform.stack import WORKERS, Platform, wait_for_groups
 from infra.platform.topics import TopicNames
 from schemas import types as msg

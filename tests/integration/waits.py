@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from infra.core.settings import Settings
-from infra.platform.metrics import fetch_health, fetch_metrics, read_endpoint
+from infra.platform.metrics_server import fetch_health, fetch_metrics, read_endpoint
 from infra.platform.topics import TopicNames
 from infra.tools.harness import dead_letter_info, read_topic
 

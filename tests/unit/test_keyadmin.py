@@ -35,7 +35,8 @@ from infra.platform.keyadmin import (
     usable_keys_left,
 )
 from infra.platform.keystore import KeyStore, Passphrase
-from infra.platform.metrics import WorkerMetrics, parse_text
+from infra.platform.metrics import WorkerMetrics
+from infra.platform.metrics_server import parse_text
 from infra.platform.topics import TopicNames
 from schemas import types as msg
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture

@@ -9,11 +9,10 @@ import pytest
 from aiokafka import TopicPartition
 
 from infra.core.errors import Reason
-from infra.platform.metrics import (
-    Gauge,
+from infra.platform.metrics import Gauge, WorkerMetrics
+from infra.platform.metrics_server import (
     MetricsServer,
     WorkerEndpoint,
-    WorkerMetrics,
     add_worker_health,
     fetch_health,
     fetch_metrics,
@@ -214,7 +213,7 @@ def test_other_endpoints_lists_live_processes_the_stack_did_not_start(tmp_path):
     import os
     import subprocess
 
-    from infra.platform.metrics import WorkerEndpoint, other_endpoints, write_endpoint
+    from infra.platform.metrics_server import WorkerEndpoint, other_endpoints, write_endpoint
 
     gone = subprocess.Popen(["true"])
     gone.wait()
