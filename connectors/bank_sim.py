@@ -1,5 +1,8 @@
 """Simulated banks for the embedded world: many bank identities served by one process.
 
+Why this file is long: one simulated bank's every flow (registration, existence, numbering, lookups, counter
+filings) over one shared account store.
+
 Each bank has its own keys, inbox topic and token space; their accounts live
 in one PostgreSQL table keyed by bank code.  They answer account existence
 checks (口座実在性確認) from their own customer data (:func:`existence_result`):

@@ -1,5 +1,8 @@
 """Bank batch-file channel: the bank's folders, bridged to the bus (Zengin-style CSV with header and trailer).
 
+Why this file is long: the batch-file format (parse, validate, render) and the adapter that bridges it; the
+format's rules are only used here.
+
 A channel adapter of :class:`connectors.runtime.ConnectorRuntime` for ONE bank.
 Folders under ``root``:
 

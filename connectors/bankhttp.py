@@ -1,5 +1,8 @@
 """Bank HTTP channel: the bank's systems file requests with us; we ask and tell the bank's endpoints.
 
+Why this file is long: both directions of one bank HTTP channel (the bank calls us, we call the bank) share
+its signing keys and state.
+
 A channel adapter of :class:`connectors.runtime.ConnectorRuntime` for ONE bank,
 served over TLS only (:mod:`connectors.channel_tls`), every request in both
 directions signed with the bank's channel key (:mod:`connectors.httpsig`,

@@ -1,5 +1,9 @@
 """``renkei bank|portal|agency|dicj …``: each participant's own commands against a running stack.
 
+Why this file is long: the shared path of every participant command (act as one participant, report, exit
+codes) and the bank, portal and agency commands that are its first users; newer commands live in modules of
+their own.
+
 Each command acts as ONE participant of the stack started by ``renkei up``
 (endpoints from ``infra.cli.resolve_running``, keys from the state folder):
 

@@ -1,5 +1,8 @@
 """DICJ's side (預金保険機構) of numbering and lookups: ``DicjDesk``, also the ``dicj`` worker of ``renkei up``.
 
+Why this file is long: one participant, DICJ's desk (:class:`DicjDesk`), with its lookup ledger and
+consolidated view; the desk's flows share its database state.
+
 Lookups begin with an APPLICATION (相続時・災害時照会の申出) and end with a
 NOTIFICATION to the channel that applied; DICJ never asks the banks on its own:
 

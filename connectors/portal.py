@@ -1,5 +1,8 @@
 """The portal connector (マイナポータル-like): the person's web page and its API, one person per session.
 
+Why this file is long: the person's web API and the connector serving it; views, sessions, cards and
+throttling are already modules of their own.
+
 A person logs in with a card and its PIN (:mod:`connectors.portal_cards`: three
 wrong PINs lock the card, as the My Number card's do; an unknown card answers
 like a wrong PIN), then, in Japanese or English (``connectors/static/``):

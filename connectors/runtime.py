@@ -1,5 +1,8 @@
 """The connector runtime: one runner for every channel bridge (agency, bank files, bank HTTP, portal).
 
+Why this file is long: the one runner every channel bridge shares (outbox, retries, dead letters, redrive,
+health); :class:`ConnectorRuntime` is one state machine and reads best whole.
+
 In the spirit of Kafka Connect, offsets, retries, dead letters, health and
 metrics belong here; a channel adapter (:class:`ChannelAdapter`) is only the
 channel.  It is built ON :class:`streams.participant.ParticipantRuntime`, which

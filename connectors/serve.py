@@ -1,5 +1,8 @@
 """Long-running connector processes: ``python -m connectors.serve bank|portal|agency`` (and ``renkei … serve``).
 
+Why this file is long: the three long-running connector processes (bank, portal, agency) share the start-up,
+lease and shutdown path shown here.
+
 Each serves until SIGTERM or SIGINT, then stops gracefully (the runtime's
 ``stop()``: the pass in flight finishes, the outbox is flushed, offsets of an
 unfinished batch are not committed).  Each prints where it listens at start

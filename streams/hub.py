@@ -1,5 +1,9 @@
 """The hub's batch step over ``renkei.hub.ingress`` (``HubService``), and what every hub worker runs beside it.
 
+Why this file is long: the batch step (:class:`HubService`) and the worker wiring around it (metrics,
+checkpoints, start-up) share the hub's state; the pure decisions are :mod:`streams.gateway`, forwarding
+:mod:`streams.hub_produce`.
+
 ``streams.hub_loop`` drives it from a plain aiokafka consumer group (one poll = one batch); the
 faust app below (``build_app``, run by ``streams.hub_faust``) drives the same step and is kept for
 the bench's comparison.  For each batch, in this order:

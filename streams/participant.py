@@ -1,5 +1,8 @@
 """The participant runtime: how a registry, a bank, an agency or the portal joins the bus.
 
+Why this file is long: one runtime class (:class:`ParticipantRuntime`): consume, apply in one transaction with
+the idempotency claim, outbox relay — the three share its state.
+
 One runtime serves one or many participant identities (a bank process can
 serve 1,000 banks), each with its own keys, inbox topic and token space.
 For every message in an identity's inbox it:

@@ -1,5 +1,8 @@
 """Settings: the one typed configuration object, built once and passed down.
 
+Why this file is long: the one typed configuration object, its sources (defaults, file, environment, flags)
+and where each value came from.
+
 Sources, lowest to highest precedence: built-in defaults < TOML file
 (``--config`` or ``RENKEI_CONFIG``) < ``RENKEI_*`` environment variables <
 CLI flags.  No other module reads the environment.  An unset Kafka bootstrap

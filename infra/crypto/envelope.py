@@ -1,5 +1,9 @@
 """The envelope: the only way Renkei code sends or reads a message.
 
+Why this file is long: its split into seal / verify / open / forward modules and a ``VerifiedEnvelope`` only
+the verifier can create is planned (issue 17) and waits for this module's mutation testing; the signed layout
+is already :mod:`infra.crypto.layout`.
+
 Senders ``Sealer.seal`` a body dict; recipients ``Opener.open`` bytes and get
 the body back only after every check passed. The hub, which can never decrypt
 a body, ``Verifier.verify``s what arrives on ingress and ``HubForwarder``

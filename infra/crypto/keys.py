@@ -1,5 +1,9 @@
 """Keys: per-participant keysets, the root-signed key directory, and encrypted key files.
 
+Why this file is long: the keyset model (public and private keys, participant status, the root-signed
+directory) shares invariants a split would have to re-check at each seam; the encrypted key files are the next
+thing to move out, after this module's mutation testing.
+
 Tink-like: a :class:`Keyset` holds a participant's private keys with key ids
 (a primary signing key and a primary encryption key, plus older keys kept to
 verify or decrypt what is still in flight). Callers ask it to ``sign`` or

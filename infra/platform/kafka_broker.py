@@ -1,5 +1,8 @@
 """The embedded Apache Kafka broker: KRaft nodes (combined controller + broker) as supervised children.
 
+Why this file is long: the embedded broker's distribution, Java, node configuration and supervision are steps
+of one start-up.
+
 Where the pieces come from:
 
 - the jars: ``infra/platform/kafka/pom.xml`` declares ``org.apache.kafka:kafka_2.13``; Maven's own

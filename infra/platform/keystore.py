@@ -1,5 +1,8 @@
 """The key store: where each participant's keys live, and how the key directory travels.
 
+Why this file is long: the key files on disk and the keys topic that carries the directory are the two halves
+of one key store.
+
 Under ``keys_dir`` (default ``<state>/keys``), every private key file is
 encrypted at rest (``infra.crypto.keys``: scrypt + AES-GCM, mode 0600):
 

@@ -1,5 +1,8 @@
 """Provision records (情報提供等記録, 番号法 §23), hash-chained per person.
 
+Why this file is long: one record's whole life — validation, canonical bytes and chain hash, Avro form,
+PostgreSQL store — kept together so the hash and its three encodings cannot drift apart.
+
 Every inquiry and provision the policy marks ``records`` produces one
 :class:`ProvisionRecord`: who asked whom for which data item, under which
 legal basis and for which public-benefit procedure (and so which purpose),

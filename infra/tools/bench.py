@@ -1,5 +1,8 @@
 """``renkei bench``: the platform's throughput and latency, each against a baseline taken in the same run.
 
+Why this file is long: one benchmark run, each figure beside its baseline from the same run; the figures'
+rendering is :mod:`infra.tools.bench_figures`, the workers :mod:`infra.tools.bench_workers`.
+
 Runs on its own embedded stack (``<state>/bench``, wiped first) and reports
 one JSON object (docs/performance.md explains every figure):
 

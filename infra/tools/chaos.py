@@ -1,5 +1,9 @@
 """``renkei chaos``: crash safety, hostile input and a leak scan, on a running platform.
 
+Why this file is long: crash safety and hostile input share one traffic generator and one observer of the
+records; the broker and insider attacks are already :mod:`infra.tools.chaos_broker` and
+:mod:`infra.tools.chaos_insider`.
+
 1. **Crash safety** (:func:`crash_safety`) — mixed traffic of every flow
    (token issuance, STEP1 registration with the bank's existence check,
    STEP2 inquiries from every agency, numbering via the portal, inheritance

@@ -1,5 +1,7 @@
 """``renkei chaos --insider``: the insiders of issue 13 attack a running platform; each attack is an invariant.
 
+Why this file is long: three insider attacks, each a short scenario with its invariant, on one shared world.
+
 Three insiders, each with exactly what that role holds on a real deployment:
 
 - **the hub's keyset holder** — the hub's signing and encryption keys, its token

@@ -1,4 +1,4 @@
-"""Every package of Renkei says what it may import and what it offers (issue 17).
+"""Every package of Renkei says what it may import and what it offers; every long module says why (issue 17).
 
 Each package's ``__init__`` has a docstring stating its rule (``Rule:``) and an ``__all__`` that names
 every public module in it (and, for the two packages with code of their own, ``infra.ops`` and
@@ -71,3 +71,26 @@ def test_the_package_check_can_fail(tmp_path):
     (tmp_path / "_private.py").write_text("")
     assert problems(tmp_path) == ["its docstring states no rule", "new is missing from __all__",
                                   "gone in __all__ is neither a module nor defined here"]
+
+
+LONG_FILE = 450  # lines; past this a module holds two concerns or says at its top why it does not
+
+
+def unexplained_long_files(paths: list[Path], root: Path = ROOT) -> list[str]:
+    found = []
+    for path in paths:
+        source = path.read_text(encoding="utf-8")
+        if source.count("\n") > LONG_FILE and "Why this file is long:" not in (ast.get_docstring(ast.parse(source)) or ""):
+            found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_every_long_module_says_why_at_its_top():
+    assert unexplained_long_files(sorted(p for top in ("infra", "streams", "connectors", "schemas")
+                                         for p in (ROOT / top).rglob("*.py"))) == []
+
+
+def test_the_long_file_check_can_fail(tmp_path):
+    (tmp_path / "long.py").write_text('"""Two concerns."""\n' + "x = 1\n" * LONG_FILE)
+    (tmp_path / "explained.py").write_text('"""One thing.\n\nWhy this file is long: one table."""\n' + "x = 1\n" * LONG_FILE)
+    assert unexplained_long_files([tmp_path / "long.py", tmp_path / "explained.py"], tmp_path) == ["long.py"]
