@@ -51,19 +51,19 @@ async def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
         if args.purge and home.exists():
             shutil.rmtree(home)
         if args.json:
-            _print_json({"stopped": [n["node_id"] for n in stopped], "purged": bool(args.purge), "home": str(home)})
+            _print_json({"stopped": [n.node_id for n in stopped], "purged": bool(args.purge), "home": str(home)})
         else:
             print(f"stopped {len(stopped)} node(s) under {home}" + ("; deleted it" if args.purge else ""))
         return 0
-    from infra.platform.processes import process_alive
-
-    nodes = [dict(n, alive=process_alive(n["pid"], n["marker"])) for n in read_state(home)]
+    # The JSON shape (docs/cli.md) is the state file's, less the pid-reuse marker, plus "alive".
+    nodes = [{"node_id": n.node_id, "pid": n.pid, "endpoint": n.endpoint, "log": n.log, "alive": n.alive()}
+             for n in read_state(home)]
     if args.json:
-        _print_json({"home": str(home), "nodes": [{k: v for k, v in n.items() if k != "marker"} for n in nodes]})
+        _print_json({"home": str(home), "nodes": nodes})
     else:
-        for n in nodes or [{"node_id": "-", "pid": "-", "endpoint": "no cluster recorded", "alive": False}]:
-            print(f"node {n['node_id']}  pid {n['pid']}  {n['endpoint']}  {'up' if n['alive'] else 'DOWN'}")
-    return 0 if nodes and all(n["alive"] for n in nodes) else 1
+        for row in nodes or [{"node_id": "-", "pid": "-", "endpoint": "no cluster recorded", "alive": False}]:
+            print(f"node {row['node_id']}  pid {row['pid']}  {row['endpoint']}  {'up' if row['alive'] else 'DOWN'}")
+    return 0 if nodes and all(row["alive"] for row in nodes) else 1
 
 
 async def _up(settings: Settings, args: argparse.Namespace, home: Path) -> int:

@@ -256,7 +256,7 @@ class KafkaCluster:
 
     async def start(self, timeout: float = CLUSTER_START_TIMEOUT_S) -> None:
         """Prepare what is missing (TLS, users, storage), start the three nodes, wait until all serve."""
-        running = [c for c in read_state(self.home) if process_alive(c["pid"], c["marker"])]
+        running = [node for node in read_state(self.home) if node.alive()]
         if running:
             raise StackError(f"a cluster is already running under {self.home}: stop it first (`renkei cluster down`)")
         self.home.mkdir(parents=True, exist_ok=True)
@@ -321,35 +321,50 @@ class KafkaCluster:
         (self.home / STATE_FILE).unlink(missing_ok=True)
 
     def _write_state(self) -> None:
-        nodes = [{"node_id": n, "pid": node.pid, "marker": node.cmd_marker, "endpoint": node.config.bootstrap,
-                  "log": str(node.log)} for n, node in self.nodes.items() if node.proc is not None]
+        nodes = [asdict(RecordedNode(n, node.pid, node.cmd_marker, node.config.bootstrap, str(node.log)))
+                 for n, node in self.nodes.items() if node.proc is not None]
         path = self.home / STATE_FILE
         path.write_text(json.dumps({"bootstrap": self.bootstrap, "ca_file": str(self.tls.ca_file),
                                     "credentials_dir": str(self.credentials.folder), "nodes": nodes}, indent=2) + "\n")
 
 
-def read_state(home: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RecordedNode:
+    """One node as the cluster's state file records it (what ``renkei cluster status|down`` reads back)."""
+
+    node_id: int
+    pid: int
+    marker: str  # a substring of the process command line, to detect pid reuse
+    endpoint: str
+    log: str
+
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.marker)
+
+
+def read_state(home: Path) -> list[RecordedNode]:
     """The nodes a (running or crashed) cluster under ``home`` recorded."""
+    path = Path(home) / STATE_FILE
     try:
-        return json.loads((Path(home) / STATE_FILE).read_text()).get("nodes", [])
+        return [RecordedNode(**node) for node in json.loads(path.read_text()).get("nodes", [])]
     except FileNotFoundError:
         return []
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StackError(f"{Path(home) / STATE_FILE} is unreadable ({type(exc).__name__})") from None
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise StackError(f"{path} is unreadable ({type(exc).__name__})") from None
 
 
-def stop_recorded(home: Path) -> list[dict[str, Any]]:
+def stop_recorded(home: Path) -> list[RecordedNode]:
     """Stop the nodes recorded under ``home`` (``renkei cluster down`` from another process)."""
     nodes = read_state(home)
     for node in nodes:
-        if process_alive(node["pid"], node["marker"]):
+        if node.alive():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(node["pid"], signal.SIGTERM)
+                os.kill(node.pid, signal.SIGTERM)
     for node in nodes:
-        terminate(node["pid"], node["marker"], None, stop_signal=signal.SIGTERM, timeout=STOP_TIMEOUT_S)
+        terminate(node.pid, node.marker, None, stop_signal=signal.SIGTERM, timeout=STOP_TIMEOUT_S)
     (Path(home) / STATE_FILE).unlink(missing_ok=True)
     return nodes
 
 
 __all__ = ["HEAP_MB", "NODE_IDS", "REPLICATION", "SCRAM_MECHANISM", "ClusterLayout", "Credentials", "KafkaCluster",
-           "read_state", "security_properties", "stop_recorded"]
+           "RecordedNode", "read_state", "security_properties", "stop_recorded"]
