@@ -65,7 +65,7 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     except BaseException:
         await platform.stop()
         raise
-    rows = platform.status()
+    rows = [c.to_json() for c in platform.status()]
     if args.json:
         print_json({"components": rows, "detached": bool(args.detach)})
     else:
@@ -97,7 +97,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from infra.platform.metrics_server import add_worker_health, other_endpoints
 
     components = read_state(settings.state_dir)
-    rows = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint} for c in components]
+    rows = [c.status().to_json() for c in components]
     recorded = bool(rows)
     # Connectors started by hand (`renkei bank serve`, …) under the same state folder, while they run.
     rows += [{"name": e.worker, "pid": e.pid, "alive": True, "endpoint": e.endpoint}

@@ -155,8 +155,7 @@ async def components(settings: Settings) -> list[ComponentRow]:
     from infra.platform.metrics_server import add_worker_health, other_endpoints
 
     recorded = read_state(settings.state_dir)
-    rows: list[dict[str, Any]] = [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
-                                  for c in recorded]
+    rows: list[dict[str, Any]] = [c.status().to_json() for c in recorded]
     rows += [{"name": e.worker, "pid": e.pid, "alive": True, "endpoint": e.endpoint}
              for e in other_endpoints(settings.state_dir, {c.pid for c in recorded})]
     await add_worker_health(settings.state_dir, rows)

@@ -57,6 +57,22 @@ class Component:
     def alive(self) -> bool:
         return process_alive(self.pid, self.cmd_marker)
 
+    def status(self) -> ComponentStatus:
+        return ComponentStatus(self.name, self.pid, self.alive(), self.endpoint)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One component as ``renkei up``/``status`` show it (``to_json`` is the documented row, docs/cli.md)."""
+
+    name: str
+    pid: int
+    alive: bool
+    endpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def _notify_stderr(line: str) -> None:
     print(f"renkei: {line}", file=sys.stderr, flush=True)

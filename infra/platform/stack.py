@@ -15,7 +15,7 @@ from typing import Any
 from infra.core.errors import StackError
 from infra.core.settings import Settings
 from infra.platform.acls import BANK_SIMULATOR, KEY_PUBLISHER
-from infra.platform.embedded import EmbeddedStack, process_alive, spawn_python
+from infra.platform.embedded import ComponentStatus, EmbeddedStack, process_alive, spawn_python
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,7 @@ class Platform:
         names = {w.name for w in self.workers}
         while True:
             rows = await add_worker_health(self.stack.state_dir, [
-                {"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
-                for c in self.stack.components.values() if c.name in names])
+                c.status().to_json() for c in self.stack.components.values() if c.name in names])
             waiting = [r["name"] for r in rows if r["health"] != "ok"]
             if not waiting:
                 break
@@ -204,9 +203,8 @@ class Platform:
         """Stop one worker process (SIGTERM, SIGKILL after 10 s); ``start_worker`` brings it back."""
         await self.stack.stop_component(name)
 
-    def status(self) -> list[dict[str, Any]]:
-        return [{"name": c.name, "pid": c.pid, "alive": c.alive(), "endpoint": c.endpoint}
-                for c in self.stack.components.values()]
+    def status(self) -> list[ComponentStatus]:
+        return [c.status() for c in self.stack.components.values()]
 
     def check_children(self) -> list[str]:
         """Names of components that died since the last call (each reported once)."""

@@ -461,7 +461,7 @@ async def _observe(conn: Any, settings: Settings, traffic: _Traffic, views: list
             "SELECT message_id FROM hub_messages WHERE accepted")},
         injected=traffic.injected,
         participant_dead_letters=await count_everywhere(conn, "participant_dead_letters") - participant_dead_before,
-        dead_workers=[c["name"] for c in platform.status() if not c["alive"]],
+        dead_workers=[c.name for c in platform.status() if not c.alive],
     )
 
 
@@ -537,7 +537,7 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
     s = platform.settings
     names = TopicNames(s.kafka.topic_prefix)
     report = BadInputReport()
-    hub_pids = {c["name"]: c["pid"] for c in platform.status() if c["name"].startswith("hub")}
+    hub_pids = {c.name: c.pid for c in platform.status() if c.name.startswith("hub")}
     say(f"sealing {plan.good_envelopes} good envelopes and the sources of expired/unauthorised/replayed ones")
     good = seal_inquiries(s, plan.good_envelopes, per_message=False, people=200, rng=rng)
     good_ids = {peek(v).message_id for _, v in good}
@@ -614,8 +614,8 @@ async def bad_input(platform: Any, plan: ChaosPlan, *, rng: random.Random | None
     records = await _records_from(s, names.rejected, rejected_from)
     reasons = Counter(dead_letter_info(x)["reason"] for x in records)
     without_reason = sum(1 for x in records if not dead_letter_info(x)["reason"])
-    alive = {c["name"]: c for c in platform.status() if c["name"].startswith("hub")}
-    crashed = [n for n, pid in hub_pids.items() if n not in alive or alive[n]["pid"] != pid or not alive[n]["alive"]]
+    alive = {c.name: c for c in platform.status() if c.name.startswith("hub")}
+    crashed = [n for n, pid in hub_pids.items() if n not in alive or alive[n].pid != pid or not alive[n].alive]
     report.invariants = {
         "no_worker_crash": not crashed,
         "every_bad_one_dead_lettered_with_a_reason": len(records) == len(bad) and without_reason == 0,

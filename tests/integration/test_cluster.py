@@ -318,7 +318,7 @@ async def test_the_whole_cluster_stopped_and_started_the_platform_resumes_where_
     # The new inquiry was recorded; nothing was read twice (a second reading would be dead-lettered REPLAYED).
     assert await pg.fetchval("SELECT count(*) FROM provision_records") > records_before
     assert await _end_offsets(s, names.rejected) == dead_before
-    assert all(c["alive"] for c in secured_platform.status()), secured_platform.status()
+    assert all(c.alive for c in secured_platform.status()), secured_platform.status()
 
 
 async def _hub_offsets(settings: Settings) -> dict[int, int]:
