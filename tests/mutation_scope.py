@@ -94,7 +94,7 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
           "the key directory: root signature, versions, lifecycle on apply; revoked, retired and suspended keys "
           "refused on lookup", functions=("xǁKeyDirectoryǁ*",)),
-    Scope("infra/records_verify.py", ("test_records_checkpoints.py",),
+    Scope("infra/records_verify.py", ("test_records_checkpoints.py", "test_records_verify_checks.py"),
           "the portal's verdict on a person's records against the signed checkpoint: deletion, rollback, fork",
           exclude=("xǁRecordsVerifierǁ*",)),
     Scope("infra/envelope.py", ENVELOPE_TESTS,
@@ -107,7 +107,7 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py"),
           "the provision-record hash chain: canonical bytes, chaining, heads and anchors, the chain walk",
           exclude=("xǁProvisionStoreǁ*",)),
-    Scope("infra/checkpoints.py", ("test_records_checkpoints.py",),
+    Scope("infra/checkpoints.py", ("test_records_checkpoints.py", "test_checkpoints_checks.py"),
           "signed checkpoints over every person's chain head: the tree, the signature, the evidence",
           exclude=("x_read_evidence",)),
 )
