@@ -64,7 +64,8 @@ class Scope:
         return [f"{self.module}.{g}" + ("" if g.endswith("*") else "*") for g in self.functions]
 
 
-ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py")
+ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py",
+                  "test_envelope_meta.py", "test_gateway_meta.py")
 
 SCOPES: tuple[Scope, ...] = (
     Scope("infra/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
@@ -100,7 +101,8 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/envelope.py", ENVELOPE_TESTS,
           "seal, verify, open, forward and the replay guard: every signature, freshness, addressing and "
           "ownership check"),
-    Scope("infra/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py"),
+    Scope("infra/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py",
+                           "test_procedures.py", "test_gateway_meta.py", "test_policy_checks.py"),
           "the hub's default-deny policy and suspensions"),
     Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py",),
           "the hub's decision per ingress record: verify, rate limit, authorise, translate, countersign"),
