@@ -104,7 +104,7 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py",
                            "test_procedures.py", "test_gateway_meta.py", "test_policy_checks.py"),
           "the hub's default-deny policy and suspensions"),
-    Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py",),
+    Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py", "test_gateway_checks.py"),
           "the hub's decision per ingress record: verify, rate limit, authorise, translate, countersign"),
     Scope("infra/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py"),
           "the provision-record hash chain: canonical bytes, chaining, heads and anchors, the chain walk",
