@@ -106,6 +106,12 @@ def test_a_truncation_back_to_an_old_sealed_head_is_caught_by_the_checkpoint():
     assert judge(state, ev, published, KEYS).problems == [
         "seq 5 missing: checkpoint #1 covers them (deleted)",
         "the chain head is at seq 4, before checkpoint #1 (seq 5) (moved head)"]
+    # the head put back further than the records left: the checkpoint proves nothing of seq 3 any more
+    state = ChainState(TOKEN, records[:3], head_at(2, records[1].hash), None)
+    assert judge(state, ev, published, KEYS).problems == [
+        "seq 4-5 missing: checkpoint #1 covers them (deleted)",
+        "the chain head is at seq 2, before checkpoint #1 (seq 5) (moved head)",
+        "seq 3: after the chain head (records added outside the store)"]
 
 
 def test_a_chain_rewritten_after_its_checkpoint():
