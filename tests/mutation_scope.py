@@ -92,7 +92,8 @@ SCOPES: tuple[Scope, ...] = (
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
     Scope("connectors/httpsig.py", ("test_bankhttp_channel.py", "test_httpsig_checks.py"),
           "bank HTTP request signatures: key, clock skew, signature, nonce replay"),
-    Scope("infra/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
+    Scope("infra/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py",
+                          "test_keys_checks.py"),
           "the key directory: root signature, versions, lifecycle on apply; revoked, retired and suspended keys "
           "refused on lookup", functions=("xǁKeyDirectoryǁ*",)),
     Scope("infra/records_verify.py", ("test_records_checkpoints.py", "test_records_verify_checks.py"),
