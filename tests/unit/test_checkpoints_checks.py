@@ -24,7 +24,7 @@ from infra.checkpoints import (
     tree_levels,
     tree_root,
 )
-from infra.provisions import GENESIS_HASH, HEAD_DOMAIN, bucket_of
+from infra.provisions import GENESIS_HASH, HEAD_DOMAIN, bucket_of, person_key
 from infra.records_keys import RecordsKey
 from schemas import codec
 from tests.unit.test_records_checkpoints import KEY, KEYS, T0, TOKEN
@@ -69,6 +69,15 @@ def test_a_signed_body_that_is_not_a_checkpoint_is_refused_without_echoing_it():
         open_checkpoint(b"\xc3\x01" + bytes(8), KEYS)
 
 
+def test_a_record_of_another_schema_is_refused_outside_or_inside_the_signature():
+    body = codec.encode("provision_checkpoint", BODY)
+    with pytest.raises(CheckpointError, match="not a signed provision checkpoint"):
+        open_checkpoint(body, KEYS)  # the bare checkpoint where the signed one belongs
+    wrapper = codec.encode("signed_provision_checkpoint", {"checkpoint": body, "key_id": "k", "signature": b""})
+    with pytest.raises(CheckpointError, match="not a signed provision checkpoint"):
+        open_checkpoint(signed(wrapper), KEYS)  # validly signed, but a wrapper inside the wrapper
+
+
 @pytest.mark.parametrize("change", [{"number": 0}, {"number": -1}, {"buckets": BUCKETS // 2},
                                     {"buckets": BUCKETS * 2}, {"root": b"\x07" * 31}, {"root": b"\x07" * 33},
                                     {"previous": b"\x08" * 31}, {"previous": b""}])
@@ -79,6 +88,16 @@ def test_a_validly_signed_checkpoint_with_unusable_fields_is_refused(change):
 
 def test_the_first_checkpoint_opens():
     assert open_checkpoint(signed({**BODY, "number": 1, "previous": GENESIS_HASH}), KEYS).number == 1
+
+
+def test_a_leaf_is_the_documented_encoding():
+    """H(0x00 || items(tag, person_key, seq, hash)): what an auditor recomputes from the module docstring."""
+    def item(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    items = item(b"renkei.checkpoint_head.v1") + item(person_key(TOKEN)) + item((3).to_bytes(8, "big")) + item(
+        b"\x01" * 32)
+    assert checkpoint_leaf(TOKEN, 3, b"\x01" * 32) == hashlib.sha256(b"\x00" + items).digest()
 
 
 def test_a_leaf_commits_to_the_person_the_seq_and_the_hash():
