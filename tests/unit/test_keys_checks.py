@@ -14,29 +14,15 @@ import pytest
 
 from infra import keys
 from infra.errors import EnvelopeRejection, Reason
-from infra.keys import (
-    KeyDirectory,
-    Keyset,
-    Outcome,
-    ParticipantState,
-    ParticipantStatus,
-    Purpose,
-    RootAuthority,
-    Status,
-    encode_snapshot,
-)
+from infra.keys import KeyDirectory, Keyset, Outcome, ParticipantState, ParticipantStatus, Purpose, Status, \
+    encode_snapshot
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
+from tests.unit.test_keys import ROOT, T0
+from tests.unit.test_keys import directory_of as loaded
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
 
-T0 = 1_750_000_000_000  # epoch ms
-ROOT = RootAuthority.generate()
 BANK = Keyset.generate("bank-0100", now=T0)  # key generation is the slow part: shared, never changed
-
-
-def loaded(*keysets: Keyset) -> KeyDirectory:
-    return KeyDirectory.verify_and_load(ROOT.snapshot([e for k in keysets for e in k.public_entries()]),
-                                        ROOT.public_key)
 
 
 def refusal(fn, *args, **kw) -> EnvelopeRejection:
