@@ -155,6 +155,16 @@ def test_a_checkpoint_exactly_at_the_retention_anchor():
     assert verdict.verdict is Verdict.TAMPERED
 
 
+def test_a_purge_past_the_latest_checkpoint_is_no_tampering():
+    old = chain(3)
+    rest = chain(2, start=(3, old[-1].hash))
+    ev, published = evidence(2, old[1].hash)  # checkpointed at seq 2; the purge then removed 1-3
+    state = ChainState(TOKEN, rest, sealed_head(rest), anchor_at(3, old[-1].hash))
+    verdict = judge(state, ev, published, KEYS)
+    assert (verdict.verdict, verdict.problems) == (Verdict.PENDING, [])
+    assert states(verdict) == [S.PENDING] * 2
+
+
 def test_an_anchor_sealed_by_another_key_is_a_deletion():
     old = chain(3)
     rest = chain(2, start=(3, old[-1].hash))
