@@ -55,13 +55,13 @@ def rules_file(tmp_path: Path, **fields: str | None) -> Path:
 @pytest.mark.parametrize("key", ["id", "sender", "recipient", "type", "data_item"])
 @pytest.mark.parametrize("value", ['""', "5", None])
 def test_each_name_of_a_rule_must_be_a_non_empty_string(tmp_path, key, value):
-    with pytest.raises(ConfigError, match=f"{key} must be a non-empty string"):
+    with pytest.raises(ConfigError, match=f"^policy rule .+: {key} must be a non-empty string$"):
         P.Policy.load(rules_file(tmp_path, **{key: value}))
 
 
 @pytest.mark.parametrize("bases", ['"b"', "[]", '["b", ""]', '["b", 3]', None])
 def test_bases_must_be_a_non_empty_list_of_names(tmp_path, bases):
-    with pytest.raises(ConfigError, match="bases must be a non-empty list of strings"):
+    with pytest.raises(ConfigError, match="^policy rule 'r': bases must be a non-empty list of strings$"):
         P.Policy.load(rules_file(tmp_path, bases=bases))
 
 
@@ -73,7 +73,7 @@ def test_bases_must_be_a_non_empty_list_of_names(tmp_path, bases):
     ("procedure", '"x-benefit"', "procedure must be true or false"),
 ])
 def test_flags_must_be_what_they_say(tmp_path, field, value, complaint):
-    with pytest.raises(ConfigError, match=complaint):
+    with pytest.raises(ConfigError, match=f"^policy rule 'r': {complaint}"):
         P.Policy.load(rules_file(tmp_path, **{field: value}))
 
 
@@ -90,8 +90,10 @@ def test_a_rule_s_flags_are_read_and_default_to_the_narrow_side(tmp_path):
 @pytest.mark.parametrize("spec", ["bank 1", "bänk-1", "bank/1", "kind:", "kind:banks", "**"])
 def test_a_sender_or_recipient_must_be_an_id_a_kind_or_any(spec):
     for side in ("sender", "recipient"):
-        with pytest.raises(ConfigError, match=f"{side} "):
+        with pytest.raises(ConfigError, match=f"^policy rule 'r': {side} "):
             P.Policy([rule(**{side: spec})], CATALOGUE)
+    with pytest.raises(ConfigError, match="^policy rule 'r': recipient "):  # checked after a sender of '*' too
+        P.Policy([rule(sender="*", recipient=spec)], CATALOGUE)
 
 
 def test_ids_kinds_and_any_are_accepted_on_both_sides():
@@ -101,7 +103,7 @@ def test_ids_kinds_and_any_are_accepted_on_both_sides():
 
 
 def test_a_rule_that_lists_a_basis_twice_or_reuses_an_id_is_refused():
-    with pytest.raises(ConfigError, match="bases lists a basis twice"):
+    with pytest.raises(ConfigError, match="^policy rule 'r': bases lists a basis twice$"):
         P.Policy([rule(bases=("b", "c", "b"))], CATALOGUE)
     with pytest.raises(ConfigError, match="duplicate rule id 'r'"):
         P.Policy([rule(), rule(recipient="kind:bank")], CATALOGUE)
@@ -204,3 +206,45 @@ def test_an_unknown_participant_is_named_by_side():
     args = ("provision.inquiry", "public_funds_account", "b")
     assert denial(policy, None, REGISTRY, *args).message == "sender is not a registered participant"
     assert denial(policy, AGENCY, None, *args).message == "recipient is not a registered participant"
+
+
+# --------------------------------------------------------------------------- the files
+
+
+def test_a_policy_file_without_rules_denies_everything(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text("# no [[rule]] yet\n")
+    policy = P.Policy.load(path)
+    assert policy.rules == ()
+    assert denial(policy, AGENCY, REGISTRY, "provision.inquiry", "public_funds_account", "b").reason is (
+        Reason.UNAUTHORISED)
+
+
+def test_the_policy_reads_the_procedures_file_it_is_given(tmp_path):
+    catalogue = tmp_path / "procedures.toml"
+    catalogue.write_text('[[procedure]]\ncode = "local-benefit"\nname_ja = "地域給付"\nname_en = "Local benefit"\n'
+                         'legal_basis = "条例"\npurpose_ja = "給付のため"\npurpose_en = "to pay it"\n'
+                         'agencies = ["agency-x"]\n')
+    rules = rules_file(tmp_path, type='"provision.inquiry"', procedure="true")
+    policy = P.Policy.load(rules, procedures=catalogue)
+    decision = policy.authorise(AGENCY, REGISTRY, "provision.inquiry", "x", "b", "local-benefit")
+    assert decision.procedure.code == "local-benefit"
+    assert P.Policy.load(rules).procedures.for_agency(AGENCY) == []  # the shipped catalogue does not list it
+
+
+def test_a_rule_that_is_not_a_table_or_has_unknown_keys_is_named(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text('rule = ["allow everything"]\n')
+    with pytest.raises(ConfigError, match=r"^policy: every \[\[rule\]\] must be a table$"):
+        P.Policy.load(path)
+    with pytest.raises(ConfigError, match="^policy rule 'r': unknown keys allow, basis$"):
+        P.Policy.load(rules_file(tmp_path, basis='"b"', allow="true"))
+
+
+def test_a_missing_or_broken_policy_file_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="^policy file not found: "):
+        P.Policy.load(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[rule]\n")
+    with pytest.raises(ConfigError, match="^policy file .* is not valid TOML"):
+        P.Policy.load(broken)
