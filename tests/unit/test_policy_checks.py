@@ -96,6 +96,13 @@ def test_a_sender_or_recipient_must_be_an_id_a_kind_or_any(spec):
         P.Policy([rule(sender="*", recipient=spec)], CATALOGUE)
 
 
+def test_an_unknown_kind_is_answered_with_the_kinds_there_are():
+    kinds = ", ".join(f"kind:{k.value}" for k in Kind)
+    with pytest.raises(ConfigError) as caught:
+        P.Policy([rule(sender="kind:banks")], CATALOGUE)
+    assert str(caught.value) == f"policy rule 'r': sender 'kind:banks' is not one of {kinds}"
+
+
 def test_ids_kinds_and_any_are_accepted_on_both_sides():
     specs = ["*", "bank-1", "agency_x-2", *(f"kind:{k.value}" for k in Kind)]
     policy = P.Policy([rule(id=f"r{n}", sender=s, recipient=s) for n, s in enumerate(specs)], CATALOGUE)
