@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import policy as P
 from infra.errors import ConfigError, PolicyDenied, Reason
 from infra.participants import Kind, Participant
+from infra.policy import Decision, Policy, Rule
 from infra.procedures import Procedure, Procedures
 
 AGENCY = Participant("agency-x", Kind.AGENCY, "X")
@@ -26,12 +26,12 @@ CATALOGUE = Procedures([Procedure("x-benefit", agencies=frozenset({"agency-x"}),
 
 
 def rule(id: str = "r", sender: str = "kind:agency", recipient: str = "kind:registry",  # noqa: A002
-         type: str = "provision.inquiry", **over) -> P.Rule:  # noqa: A002
+         type: str = "provision.inquiry", **over) -> Rule:  # noqa: A002
     fields = dict(data_item="public_funds_account", bases=("b",), records=True) | over
-    return P.Rule(id, sender, recipient, type, **fields)
+    return Rule(id, sender, recipient, type, **fields)
 
 
-def denial(policy: P.Policy, *args) -> PolicyDenied:
+def denial(policy: Policy, *args) -> PolicyDenied:
     with pytest.raises(PolicyDenied) as caught:
         policy.authorise(*args)
     return caught.value
@@ -56,13 +56,13 @@ def rules_file(tmp_path: Path, **fields: str | None) -> Path:
 @pytest.mark.parametrize("value", ['""', "5", None])
 def test_each_name_of_a_rule_must_be_a_non_empty_string(tmp_path, key, value):
     with pytest.raises(ConfigError, match=f"^policy rule .+: {key} must be a non-empty string$"):
-        P.Policy.load(rules_file(tmp_path, **{key: value}))
+        Policy.load(rules_file(tmp_path, **{key: value}))
 
 
 @pytest.mark.parametrize("bases", ['"b"', "[]", '["b", ""]', '["b", 3]', None])
 def test_bases_must_be_a_non_empty_list_of_names(tmp_path, bases):
     with pytest.raises(ConfigError, match="^policy rule 'r': bases must be a non-empty list of strings$"):
-        P.Policy.load(rules_file(tmp_path, bases=bases))
+        Policy.load(rules_file(tmp_path, bases=bases))
 
 
 @pytest.mark.parametrize(("field", "value", "complaint"), [
@@ -74,16 +74,16 @@ def test_bases_must_be_a_non_empty_list_of_names(tmp_path, bases):
 ])
 def test_flags_must_be_what_they_say(tmp_path, field, value, complaint):
     with pytest.raises(ConfigError, match=f"^policy rule 'r': {complaint}"):
-        P.Policy.load(rules_file(tmp_path, **{field: value}))
+        Policy.load(rules_file(tmp_path, **{field: value}))
 
 
 def test_a_rule_s_flags_are_read_and_default_to_the_narrow_side(tmp_path):
-    [plain] = P.Policy.load(rules_file(tmp_path)).rules
-    assert plain == P.Rule("r", "*", "*", "lookup.answer", "x", ("b",), True, not_disclosed=False,
+    [plain] = Policy.load(rules_file(tmp_path)).rules
+    assert plain == Rule("r", "*", "*", "lookup.answer", "x", ("b",), True, not_disclosed=False,
                            sender_role="requester", procedure=False)
-    [full] = P.Policy.load(rules_file(tmp_path, records="false", not_disclosed="true", sender_role='"provider"',
+    [full] = Policy.load(rules_file(tmp_path, records="false", not_disclosed="true", sender_role='"provider"',
                                       procedure="true", bases='["b", "c"]')).rules
-    assert full == P.Rule("r", "*", "*", "lookup.answer", "x", ("b", "c"), False, not_disclosed=True,
+    assert full == Rule("r", "*", "*", "lookup.answer", "x", ("b", "c"), False, not_disclosed=True,
                           sender_role="provider", procedure=True)
 
 
@@ -91,38 +91,38 @@ def test_a_rule_s_flags_are_read_and_default_to_the_narrow_side(tmp_path):
 def test_a_sender_or_recipient_must_be_an_id_a_kind_or_any(spec):
     for side in ("sender", "recipient"):
         with pytest.raises(ConfigError, match=f"^policy rule 'r': {side} "):
-            P.Policy([rule(**{side: spec})], CATALOGUE)
+            Policy([rule(**{side: spec})], CATALOGUE)
     with pytest.raises(ConfigError, match="^policy rule 'r': recipient "):  # checked after a sender of '*' too
-        P.Policy([rule(sender="*", recipient=spec)], CATALOGUE)
+        Policy([rule(sender="*", recipient=spec)], CATALOGUE)
 
 
 def test_an_unknown_kind_is_answered_with_the_kinds_there_are():
     kinds = ", ".join(f"kind:{k.value}" for k in Kind)
     with pytest.raises(ConfigError) as caught:
-        P.Policy([rule(sender="kind:banks")], CATALOGUE)
+        Policy([rule(sender="kind:banks")], CATALOGUE)
     assert str(caught.value) == f"policy rule 'r': sender 'kind:banks' is not one of {kinds}"
 
 
 def test_ids_kinds_and_any_are_accepted_on_both_sides():
     specs = ["*", "bank-1", "agency_x-2", *(f"kind:{k.value}" for k in Kind)]
-    policy = P.Policy([rule(id=f"r{n}", sender=s, recipient=s) for n, s in enumerate(specs)], CATALOGUE)
+    policy = Policy([rule(id=f"r{n}", sender=s, recipient=s) for n, s in enumerate(specs)], CATALOGUE)
     assert len(policy.rules) == len(specs)
 
 
 def test_a_rule_that_lists_a_basis_twice_or_reuses_an_id_is_refused():
     with pytest.raises(ConfigError, match="^policy rule 'r': bases lists a basis twice$"):
-        P.Policy([rule(bases=("b", "c", "b"))], CATALOGUE)
+        Policy([rule(bases=("b", "c", "b"))], CATALOGUE)
     with pytest.raises(ConfigError, match="duplicate rule id 'r'"):
-        P.Policy([rule(), rule(recipient="kind:bank")], CATALOGUE)
+        Policy([rule(), rule(recipient="kind:bank")], CATALOGUE)
     with pytest.raises(ConfigError, match="rules 'r' and 's' overlap"):
-        P.Policy([rule(bases=("a", "b")), rule(id="s", bases=("b", "c"))], CATALOGUE)
+        Policy([rule(bases=("a", "b")), rule(id="s", bases=("b", "c"))], CATALOGUE)
 
 
 # --------------------------------------------------------------------------- the decision
 
 
 def test_the_most_specific_sender_and_recipient_win():
-    policy = P.Policy([rule("any-any", "*", "*", records=False),
+    policy = Policy([rule("any-any", "*", "*", records=False),
                        rule("kind-any", "kind:agency", "*", records=False, not_disclosed=True),
                        rule("id-any", "agency-x", "*", records=True),
                        rule("kind-kind", "kind:agency", "kind:registry", records=True, not_disclosed=True),
@@ -139,7 +139,7 @@ def test_the_most_specific_sender_and_recipient_win():
 
 
 def test_a_refusal_names_the_combination_and_only_metadata():
-    policy = P.Policy([rule()], CATALOGUE)
+    policy = Policy([rule()], CATALOGUE)
     refused = denial(policy, AGENCY, BANK, "provision.inquiry", "public_funds_account", "b")
     assert refused.reason is Reason.UNAUTHORISED
     assert refused.message == ("no rule allows provision.inquiry from agency-x to bank-1 for data item "
@@ -147,7 +147,7 @@ def test_a_refusal_names_the_combination_and_only_metadata():
 
 
 def test_a_procedure_only_where_the_rule_asks_for_one():
-    policy = P.Policy([rule("plain", records=True), rule("step2", type="provision.response", sender="kind:registry",
+    policy = Policy([rule("plain", records=True), rule("step2", type="provision.response", sender="kind:registry",
                                                          recipient="kind:agency", procedure=True,
                                                          sender_role="provider", not_disclosed=True)], CATALOGUE)
     carried = denial(policy, AGENCY, REGISTRY, "provision.inquiry", "public_funds_account", "b", "x-benefit")
@@ -155,7 +155,7 @@ def test_a_procedure_only_where_the_rule_asks_for_one():
     assert carried.message == ("provision.inquiry under rule plain names no procedure; this message may not "
                                "carry one")
     decision = policy.authorise(REGISTRY, AGENCY, "provision.response", "public_funds_account", "b", "x-benefit")
-    assert decision == P.Decision("step2", True, True, "provider", CATALOGUE.check("x-benefit", AGENCY))
+    assert decision == Decision("step2", True, True, "provider", CATALOGUE.check("x-benefit", AGENCY))
     # the provider's answer is checked against the agency it goes to, the requester
     assert denial(policy, REGISTRY, OTHER_AGENCY, "provision.response", "public_funds_account", "b",
                   "x-benefit").reason is Reason.PROCEDURE_NOT_ALLOWED
@@ -164,7 +164,7 @@ def test_a_procedure_only_where_the_rule_asks_for_one():
 
 
 def test_an_entitlement_once_allowed_is_the_same_answer_and_a_refusal_is_never_remembered():
-    policy = P.Policy([rule("step2", procedure=True)], CATALOGUE)
+    policy = Policy([rule("step2", procedure=True)], CATALOGUE)
     args = ("provision.inquiry", "public_funds_account", "b")
     first = policy.authorise(AGENCY, REGISTRY, *args, "x-benefit")
     assert policy.authorise(AGENCY, REGISTRY, *args, "x-benefit") == first
@@ -186,7 +186,7 @@ class Directory:
 
 
 def test_suspensions_follow_the_key_directory_live_and_this_process_overrides_them():
-    policy, directory = P.Policy([rule()], CATALOGUE), Directory()
+    policy, directory = Policy([rule()], CATALOGUE), Directory()
     args = ("provision.inquiry", "public_funds_account", "b")
     policy.follow(directory)
     assert directory.refuse_suspended_signers is False  # the policy refuses them itself, after verifying
@@ -209,7 +209,7 @@ def test_suspensions_follow_the_key_directory_live_and_this_process_overrides_th
 
 
 def test_an_unknown_participant_is_named_by_side():
-    policy = P.Policy([rule()], CATALOGUE)
+    policy = Policy([rule()], CATALOGUE)
     args = ("provision.inquiry", "public_funds_account", "b")
     assert denial(policy, None, REGISTRY, *args).message == "sender is not a registered participant"
     assert denial(policy, AGENCY, None, *args).message == "recipient is not a registered participant"
@@ -221,7 +221,7 @@ def test_an_unknown_participant_is_named_by_side():
 def test_a_policy_file_without_rules_denies_everything(tmp_path):
     path = tmp_path / "policy.toml"
     path.write_text("# no [[rule]] yet\n")
-    policy = P.Policy.load(path)
+    policy = Policy.load(path)
     assert policy.rules == ()
     assert denial(policy, AGENCY, REGISTRY, "provision.inquiry", "public_funds_account", "b").reason is (
         Reason.UNAUTHORISED)
@@ -233,25 +233,25 @@ def test_the_policy_reads_the_procedures_file_it_is_given(tmp_path):
                          'legal_basis = "条例"\npurpose_ja = "給付のため"\npurpose_en = "to pay it"\n'
                          'agencies = ["agency-x"]\n')
     rules = rules_file(tmp_path, type='"provision.inquiry"', procedure="true")
-    policy = P.Policy.load(rules, procedures=catalogue)
+    policy = Policy.load(rules, procedures=catalogue)
     decision = policy.authorise(AGENCY, REGISTRY, "provision.inquiry", "x", "b", "local-benefit")
     assert decision.procedure.code == "local-benefit"
-    assert P.Policy.load(rules).procedures.for_agency(AGENCY) == []  # the shipped catalogue does not list it
+    assert Policy.load(rules).procedures.for_agency(AGENCY) == []  # the shipped catalogue does not list it
 
 
 def test_a_rule_that_is_not_a_table_or_has_unknown_keys_is_named(tmp_path):
     path = tmp_path / "policy.toml"
     path.write_text('rule = ["allow everything"]\n')
     with pytest.raises(ConfigError, match=r"^policy: every \[\[rule\]\] must be a table$"):
-        P.Policy.load(path)
+        Policy.load(path)
     with pytest.raises(ConfigError, match="^policy rule 'r': unknown keys allow, basis$"):
-        P.Policy.load(rules_file(tmp_path, basis='"b"', allow="true"))
+        Policy.load(rules_file(tmp_path, basis='"b"', allow="true"))
 
 
 def test_a_missing_or_broken_policy_file_is_named_as_such(tmp_path):
     with pytest.raises(ConfigError, match="^policy file not found: "):
-        P.Policy.load(tmp_path / "nope.toml")
+        Policy.load(tmp_path / "nope.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("[[rule]\n")
     with pytest.raises(ConfigError, match="^policy file .* is not valid TOML"):
-        P.Policy.load(broken)
+        Policy.load(broken)
