@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 
 from infra.errors import EnvelopeRejection, Reason
-from infra.keys import KeyDirectory, Keyset, Outcome, ParticipantState, ParticipantStatus, Purpose, Status, \
-    encode_snapshot, now_ms
+from infra.keys import KeyDirectory, Keyset, Outcome, ParticipantState, ParticipantStatus, Purpose, RootAuthority, \
+    Status, encode_snapshot, now_ms
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
 from tests.unit.test_keys import ROOT, T0
 from tests.unit.test_keys import directory_of as loaded
@@ -208,3 +208,37 @@ def test_a_strict_snapshot_load_refuses_every_skip_with_its_reason():
     assert refusal(KeyDirectory.verify_and_load, twice, ROOT.public_key).reason is Reason.MALFORMED  # stale
     same = ROOT.sign_entry(sign)
     assert len(KeyDirectory.verify_and_load(encode_snapshot([same, same]), ROOT.public_key)) == 1  # a copy is fine
+
+
+def test_each_skip_is_logged_in_words_an_operator_can_act_on(caplog):
+    """The warning line is all an operator sees of a skipped record: its words are part of the contract."""
+    directory = loaded(BANK)
+    sign = BANK.public_entries()[0]
+    other_root = RootAuthority.generate()
+    forged = ROOT.sign_entry(replace(sign, version=2))
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])  # the last byte of the root signature
+    cases = [
+        (sign.key_id, None, "a bare tombstone deletes nothing; a deletion is a root-signed REVOKED entry"),
+        (sign.key_id, other_root.sign_entry(replace(sign, version=2)),
+         "signed by a root key this directory does not trust"),
+        (sign.key_id, forged, "the root signature does not verify"),
+        (BANK.encryption_key_id, ROOT.sign_entry(replace(sign, version=2)), "the Kafka key is not the entry's key id"),
+        (sign.key_id, ROOT.sign_entry(replace(sign, algorithm="x25519", version=2)),
+         "the entry changes an existing key's material"),
+    ]
+    caplog.set_level(logging.WARNING, logger="renkei.keys")
+    for key, value, words in cases:
+        caplog.clear()
+        directory.apply_record(key, value, where="offset 7")
+        [line] = caplog.records
+        assert line.getMessage().endswith(f"): {words}"), line.getMessage()
+    refused = refusal(KeyDirectory(ROOT.public_key).encryption_key, "bank-0100")
+    assert refused.message == "participant has no active encryption key in the directory"
+
+
+def test_a_kafka_key_in_bytes_is_read_as_text_and_never_raises():
+    directory = KeyDirectory(ROOT.public_key)
+    [(key, value), _] = ROOT.to_records(BANK.public_entries())
+    assert directory.apply_record(b"\xff" + key.encode(), value) is Outcome.MISMATCH  # not UTF-8: still judged
+    assert directory.apply_record(b"bank-0100:sign:0000000000000000", value) is Outcome.MISMATCH
+    assert directory.apply_record(key.encode(), value) is Outcome.APPLIED
