@@ -64,7 +64,8 @@ class Scope:
         return [f"{self.module}.{g}" + ("" if g.endswith("*") else "*") for g in self.functions]
 
 
-ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py")
+ENVELOPE_TESTS = ("test_envelope.py", "test_batch.py", "test_caps.py", "test_senders.py", "test_lookups.py",
+                  "test_envelope_meta.py", "test_gateway_meta.py")
 
 SCOPES: tuple[Scope, ...] = (
     Scope("infra/crypto/tokens.py", ("test_tokens.py", "test_tokens_checks.py"),
@@ -91,10 +92,11 @@ SCOPES: tuple[Scope, ...] = (
           "whose account it is: who may register, change or delete, and only the asked bank may answer"),
     Scope("connectors/httpsig.py", ("test_bankhttp_channel.py", "test_httpsig_checks.py"),
           "bank HTTP request signatures: key, clock skew, signature, nonce replay"),
-    Scope("infra/crypto/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py"),
+    Scope("infra/crypto/keys.py", ("test_keys.py", "test_envelope.py", "test_batch.py", "test_keyadmin.py",
+                          "test_keys_checks.py"),
           "the key directory: root signature, versions, lifecycle on apply; revoked, retired and suspended keys "
           "refused on lookup", functions=("xǁKeyDirectoryǁ*",)),
-    Scope("infra/records/records_verify.py", ("test_records_checkpoints.py",),
+    Scope("infra/records/records_verify.py", ("test_records_checkpoints.py", "test_records_verify_checks.py"),
           "the portal's verdict on a person's records against the signed checkpoint: deletion, rollback, fork",
           exclude=("xǁRecordsVerifierǁ*",)),
     Scope("infra/crypto/envelope.py", ENVELOPE_TESTS,
@@ -103,14 +105,16 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/crypto/layout.py", ENVELOPE_TESTS + ("test_envelope_golden.py", "test_envelope_meta.py"),
           "the envelope's signed layout (split out of envelope.py): domain separation, the signed leaves, the "
           "bound HPKE infos and AADs"),
-    Scope("infra/domain/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py"),
+    Scope("infra/domain/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py",
+                           "test_procedures.py", "test_gateway_meta.py", "test_policy_checks.py"),
           "the hub's default-deny policy and suspensions"),
-    Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py",),
+    Scope("streams/gateway.py", ENVELOPE_TESTS + ("test_metrics.py", "test_gateway_checks.py"),
           "the hub's decision per ingress record: verify, rate limit, authorise, translate, countersign"),
-    Scope("infra/records/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py"),
+    Scope("infra/records/provisions.py", ("test_provisions_chain.py", "test_records_checkpoints.py",
+                               "test_provisions_checks.py"),
           "the provision-record hash chain: canonical bytes, chaining, heads and anchors, the chain walk",
           exclude=("xǁProvisionStoreǁ*",)),
-    Scope("infra/records/checkpoints.py", ("test_records_checkpoints.py",),
+    Scope("infra/records/checkpoints.py", ("test_records_checkpoints.py", "test_checkpoints_checks.py"),
           "signed checkpoints over every person's chain head: the tree, the signature, the evidence",
           exclude=("x_read_evidence",)),
 )
