@@ -9,6 +9,7 @@ import pytest
 from connectors.agency import AgencyConnector
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.platform.kafka import producer
+from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import component_dsn
 from tests.integration.test_connectors_support import (
     account,
@@ -203,4 +204,4 @@ async def test_health_and_metrics_endpoints(running_platform):
             text = await resp.text()
         assert resp.status == 200
         assert "# TYPE renkei_connector_outbox_pending gauge" in text
-        assert 'renkei_connector_up{worker="connector-agency"} 1' in text
+        assert parse_text(text)['renkei_connector_up{worker="connector-agency"}'] == 1
