@@ -421,21 +421,13 @@ async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks
         pg_schema_prefix=f"{name}_",  # the platform creates its schemas (infra.platform.pgprovision)
         state_dir=root / name, banks=banks, log_level="WARNING",
     )
-    import asyncpg
-
     plat = Platform(settings, workers=specs if specs is not None else [w for w in WORKERS if w.name in workers])
     await plat.start()
-    for attempt in range(3):
-        try:
-            await plat.wait_ready(180)
-            break
-        except asyncpg.DeadlockDetectedError:
-            # The shared grants (infra.platform.pgprovision.grant_shared) can deadlock with a worker's start-up
-            # queries under load; PostgreSQL rolled the grants back, and they are idempotent: again.
-            if attempt == 2:
-                await plat.stop()
-                raise
-            await asyncio.sleep(2 + 3 * attempt)  # let the workers' start-up transactions finish first
+    try:
+        await plat.wait_ready(180)
+    except BaseException:
+        await plat.stop()  # no half-started workers left behind the error
+        raise
     return plat
 
 
