@@ -446,6 +446,11 @@ class ParticipantRuntime:
         self._relay_wakeup.set()
         return ids
 
+    def send_stores(self, sender: str) -> int:
+        """How many transactions ``send`` (without ``conn``) used for ``sender`` so far (benchmarks/client_send_bench.py)."""
+        coalescer = self._coalescers.get(sender)
+        return coalescer.stores if coalescer is not None else 0
+
     async def _store_alone(self, ident: Identity, messages: list[Message]) -> list[str]:
         assert self.pool is not None
         async with self.pool.acquire() as c, c.transaction():
