@@ -433,7 +433,10 @@ class ParticipantRuntime:
         return [str(r[1]) for r in rows]
 
     async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
-        """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay."""
+        """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay.
+
+        Without ``conn``, sends of ``sender`` that overlap share one transaction and one batch signature
+        (:class:`streams.coalesce.SendCoalescer`); each caller gets its own messages' ids."""
         assert self.pool is not None
         ident = self.identities[sender]
         if conn is not None:
