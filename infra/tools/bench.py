@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.core.settings import KafkaSettings, Settings
-from infra.platform.pgdsn import component_dsn, observer_dsn
-from infra.platform.pglayout import BANKS
+from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for
+from infra.platform.pglayout import BANKS, path_setting
 from infra.tools.bench_figures import (
     goals,
     idle_figures,
@@ -570,7 +570,10 @@ async def quiesce(settings: Settings, timeout: float = 300.0) -> None:
 
     from infra.tools.harness import quiesce
 
-    conn = await asyncpg.connect(observer_dsn(settings))  # every component's outbox
+    # Every component's outbox: its schema on the search path, set once connected. In the DSN (observer_dsn) the
+    # path of 1,000 banks' schemas (~16 KB) would not fit a connection's start-up packet (at most 10,000 bytes).
+    conn = await asyncpg.connect(admin_dsn(settings))
+    await conn.execute(f"SET search_path TO {path_setting(layout_for(settings).observer_path())}")
     try:
         await quiesce(conn, timeout)
     finally:
