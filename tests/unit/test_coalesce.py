@@ -27,6 +27,16 @@ class Store:
         return [f"id-{i}" for i in items]
 
 
+async def a_send_in_flight() -> tuple[Store, SendCoalescer[str, str], asyncio.Task[list[str]]]:
+    """A coalescer whose store of ["a"] is held in flight: what is submitted now queues behind it."""
+    store = Store()
+    coalescer = SendCoalescer(store)
+    store.hold.clear()
+    first = asyncio.create_task(coalescer.submit(["a"]))
+    await store.entered.wait()
+    return store, coalescer, first
+
+
 async def test_a_lone_send_is_stored_at_once_alone():
     store = Store()
     assert await SendCoalescer(store).submit(["a", "b"]) == ["id-a", "id-b"]
@@ -34,11 +44,7 @@ async def test_a_lone_send_is_stored_at_once_alone():
 
 
 async def test_sends_arriving_while_one_is_stored_go_together_in_order_each_caller_its_own_ids():
-    store = Store()
-    coalescer = SendCoalescer(store)
-    store.hold.clear()
-    first = asyncio.create_task(coalescer.submit(["a"]))
-    await store.entered.wait()  # "a" is in flight: the next ones queue behind it
+    store, coalescer, first = await a_send_in_flight()
     later = [asyncio.create_task(coalescer.submit(items)) for items in (["b"], ["c", "d"], ["e"])]
     await asyncio.sleep(0.01)
     assert store.batches == [["a"]]
@@ -49,11 +55,7 @@ async def test_sends_arriving_while_one_is_stored_go_together_in_order_each_call
 
 
 async def test_one_callers_bad_message_fails_that_caller_only():
-    store = Store()
-    coalescer = SendCoalescer(store)
-    store.hold.clear()
-    first = asyncio.create_task(coalescer.submit(["a"]))
-    await store.entered.wait()
+    store, coalescer, first = await a_send_in_flight()
     good, bad, other = (asyncio.create_task(coalescer.submit([i])) for i in ("b", "bad", "c"))
     await asyncio.sleep(0.01)
     store.hold.set()
@@ -64,11 +66,7 @@ async def test_one_callers_bad_message_fails_that_caller_only():
 
 
 async def test_a_caller_that_gives_up_before_its_turn_sends_nothing_and_does_not_hold_up_the_others():
-    store = Store()
-    coalescer = SendCoalescer(store)
-    store.hold.clear()
-    first = asyncio.create_task(coalescer.submit(["a"]))
-    await store.entered.wait()
+    store, coalescer, first = await a_send_in_flight()
     quitter = asyncio.create_task(coalescer.submit(["q"]))
     stayer = asyncio.create_task(coalescer.submit(["s"]))
     await asyncio.sleep(0.01)
@@ -81,11 +79,7 @@ async def test_a_caller_that_gives_up_before_its_turn_sends_nothing_and_does_not
 
 
 async def test_the_first_caller_giving_up_does_not_cancel_the_store_of_the_others():
-    store = Store()
-    coalescer = SendCoalescer(store)
-    store.hold.clear()
-    first = asyncio.create_task(coalescer.submit(["a"]))
-    await store.entered.wait()
+    store, coalescer, first = await a_send_in_flight()
     first.cancel()  # the store of "a" is shielded: it finishes for nobody
     second = asyncio.create_task(coalescer.submit(["b"]))
     await asyncio.sleep(0.01)
