@@ -65,6 +65,7 @@ from infra.platform.storage import migrate
 from infra.platform.topics import TopicNames
 from infra.records.provisions import ProvisionStatus, ProvisionStore, RecordDraft, audit_record
 from schemas import types as msg
+from streams.hub_produce import Outgoing
 
 log = logging.getLogger("renkei.hub.lookups")
 
@@ -379,13 +380,16 @@ class LookupTracker:
                         return sent
                     records = await self.records.by_message_ids(
                         conn, [self.pseudonyms.record_message_id(r["message_id"]) for r in rows])
-                    futures = [await self.producer.send(self.names.inbox(r["recipient"]), r["envelope"],
-                                                        key=r["kafka_key"], headers=stored_headers(r["traceparent"]))
-                               for r in rows]
+                    # One record batch per topic (streams.hub_produce): a result past its deadline brings a
+                    # NO_ANSWER record per silent bank, up to 1,000 audit records for one lookup.
+                    out = Outgoing(self.producer)
+                    for r in rows:
+                        out.add(self.names.inbox(r["recipient"]), r["envelope"], key=r["kafka_key"],
+                                headers=stored_headers(r["traceparent"]))
                     for record in records:
                         key, value = audit_record(record, self.pseudonyms.person(record.person_token))
-                        futures.append(await self.producer.send(self.names.audit, value, key=key))
-                    await asyncio.gather(*futures)
+                        out.add(self.names.audit, value, key=key)
+                    await out.flush()  # every ack before the rows are marked sent
                     await conn.execute("UPDATE hub_lookup_outbox SET sent_at = now() WHERE message_id = ANY($1::uuid[])",
                                        [r["message_id"] for r in rows])
                 sent += len(rows)

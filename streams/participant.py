@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -49,6 +50,7 @@ from infra.platform.metrics_server import MetricsServer
 from infra.platform.pgdsn import participants_dsn
 from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
 from infra.platform.topics import TopicNames
+from streams.coalesce import SendCoalescer
 
 log = logging.getLogger("renkei.participant")
 # How long stop() lets the consume loop finish its batch and commit before cancelling it.
@@ -198,6 +200,7 @@ class ParticipantRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._consume_task: asyncio.Task[Any] | None = None
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
+        self._coalescers: dict[str, SendCoalescer[Message, str]] = {}
         self.processed = 0
         self.divert: Divert | None = None  # e.g. the bank simulator parks what a channel connector holds
         self.metrics = WorkerMetrics(worker, group=group)
@@ -437,16 +440,31 @@ class ParticipantRuntime:
         return [str(r[1]) for r in rows]
 
     async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
-        """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay."""
+        """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay.
+
+        Without ``conn``, sends of ``sender`` that overlap share one transaction and one batch signature
+        (:class:`streams.coalesce.SendCoalescer`); each caller gets its own messages' ids."""
         assert self.pool is not None
         ident = self.identities[sender]
         if conn is not None:
             ids = await self._store_outgoing(conn, ident, messages)
-        else:
-            async with self.pool.acquire() as c, c.transaction():
-                ids = await self._store_outgoing(c, ident, messages)
+        else:  # concurrent sends of one sender share a transaction and a batch signature (streams.coalesce)
+            coalescer = self._coalescers.get(sender)
+            if coalescer is None:
+                coalescer = self._coalescers[sender] = SendCoalescer(functools.partial(self._store_alone, ident))
+            ids = await coalescer.submit(messages)
         self._relay_wakeup.set()
         return ids
+
+    def send_stores(self, sender: str) -> int:
+        """How many transactions ``send`` (without ``conn``) used for ``sender`` so far (benchmarks/client_send_bench.py)."""
+        coalescer = self._coalescers.get(sender)
+        return coalescer.stores if coalescer is not None else 0
+
+    async def _store_alone(self, ident: Identity, messages: list[Message]) -> list[str]:
+        assert self.pool is not None
+        async with self.pool.acquire() as c, c.transaction():
+            return await self._store_outgoing(c, ident, messages)
 
     async def request(self, sender: str, message: Message, *, timeout: float = 30.0) -> Opened:
         """Send one message and wait for the first message in ``sender``'s inbox with the same correlation."""

@@ -22,7 +22,7 @@ component         schema (role: prefix+)  what lives there
 ================  ======================  ================================================
 
 Two reads cross a boundary, each granted on named tables only, and only once the owner created
-them (:func:`shared_grant_statements`):
+them (:func:`shared_grant_steps`):
 
 - the portal reads the hub's ``provision_*`` tables: the person's provision records
   (情報提供等記録) are shown on the portal;
@@ -57,6 +57,7 @@ __all__ = [
     "BANKS",
     "CLIENTS",
     "DbLayout",
+    "GrantStep",
     "HANDOVER_TABLES",
     "HUB",
     "OPS",
@@ -71,6 +72,7 @@ __all__ = [
     "role_statements",
     "scram_verifier",
     "shared_grant_statements",
+    "shared_grant_steps",
 ]
 
 HUB = "hub"
@@ -284,9 +286,24 @@ def namespace_statements(layout: DbLayout, database: str, *, role_defaults: bool
     return out
 
 
-def shared_grant_statements(layout: DbLayout, relations: Iterable[tuple[str, str]]) -> list[str]:
+@dataclass(frozen=True)
+class GrantStep:
+    """The shared rights on one table (with its sequences): the statements that must commit together.
+
+    Each step is its own transaction (``infra.platform.pgprovision.grant_shared``) so it locks one table
+    only: a step waits for a worker's transaction on that table but never holds another table that
+    worker's statement goes on to lock (the simulator's clean-up deletes parked rows where a claim
+    exists: it locks ``bank_parked_messages`` then ``processed_messages``). All of one table's rights
+    together: row security is on before a connector is granted anything on the table.
+    """
+
+    table: str  # "schema"."name"
+    statements: tuple[str, ...]
+
+
+def shared_grant_steps(layout: DbLayout, relations: Iterable[tuple[str, str]]) -> list[GrantStep]:
     """The cross-component rights on tables that exist now (``relations``: (schema, name) of the
-    tables and sequences the server has).
+    tables and sequences the server has), one :class:`GrantStep` per table.
 
     - the portal: SELECT on the hub's ``provision_*`` tables;
     - each bank's connector: its own bank's rows of the simulator's handover tables (row-level
@@ -296,32 +313,42 @@ def shared_grant_statements(layout: DbLayout, relations: Iterable[tuple[str, str
     Idempotent (policies are replaced). Run by an administrator after the owners migrated.
     """
     present = set(relations)
-    out: list[str] = []
+    out: list[GrantStep] = []
     hub, portal = layout.schema(HUB), layout.role(PORTAL)
     if HUB in layout.components and PORTAL in layout.components:
         like = re.compile("^" + re.escape(RECORDS_TABLES).replace("%", ".*") + "$")
-        out += [f'GRANT SELECT ON "{hub}"."{t}" TO "{portal}"'
+        out += [GrantStep(f'"{hub}"."{t}"', (f'GRANT SELECT ON "{hub}"."{t}" TO "{portal}"',))
                 for s, t in sorted(present) if s == hub and like.match(t)]
     sim = layout.schema(BANKS)
     if BANKS not in layout.components or not layout.banks:
         return out
     if (sim, "renkei_migrations") in present:
-        out += [f'GRANT SELECT ON "{sim}".renkei_migrations TO "{layout.role(b)}"' for b in layout.banks]
+        out.append(GrantStep(f'"{sim}".renkei_migrations',
+                             tuple(f'GRANT SELECT ON "{sim}".renkei_migrations TO "{layout.role(b)}"'
+                                   for b in layout.banks)))
     for table, column in HANDOVER_TABLES.items():
         if (sim, table) not in present:
             continue
-        out += [f'ALTER TABLE "{sim}"."{table}" ENABLE ROW LEVEL SECURITY',
-                f'DROP POLICY IF EXISTS ops_read ON "{sim}"."{table}"',  # row security denies whoever has no policy
-                f'CREATE POLICY ops_read ON "{sim}"."{table}" FOR SELECT TO "{layout.ops_role}" USING (true)']
+        name = f'"{sim}"."{table}"'
+        step = [f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY",
+                f"DROP POLICY IF EXISTS ops_read ON {name}",  # row security denies whoever has no policy
+                f'CREATE POLICY ops_read ON {name} FOR SELECT TO "{layout.ops_role}" USING (true)']
         for bank in layout.banks:
             role, policy = layout.role(bank), f"handover_{ident(bank)}"
             mine = f"{column} = {_literal(bank)}"
-            out += [f'DROP POLICY IF EXISTS "{policy}" ON "{sim}"."{table}"',
-                    f'CREATE POLICY "{policy}" ON "{sim}"."{table}" TO "{role}" USING ({mine}) WITH CHECK ({mine})',
-                    f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{sim}"."{table}" TO "{role}"']
-        sequences = [t for s, t in present if s == sim and t.startswith(f"{table}_") and t.endswith("_seq")]
-        out += [f'GRANT USAGE ON SEQUENCE "{sim}"."{q}" TO "{layout.role(b)}"' for q in sequences for b in layout.banks]
+            step += [f'DROP POLICY IF EXISTS "{policy}" ON {name}',
+                     f'CREATE POLICY "{policy}" ON {name} TO "{role}" USING ({mine}) WITH CHECK ({mine})',
+                     f'GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO "{role}"']
+        # A sequence is locked after its table by an insert too: the same order, in the same step.
+        sequences = sorted(t for s, t in present if s == sim and t.startswith(f"{table}_") and t.endswith("_seq"))
+        step += [f'GRANT USAGE ON SEQUENCE "{sim}"."{q}" TO "{layout.role(b)}"' for q in sequences for b in layout.banks]
+        out.append(GrantStep(name, tuple(step)))
     return out
+
+
+def shared_grant_statements(layout: DbLayout, relations: Iterable[tuple[str, str]]) -> list[str]:
+    """Every statement of :func:`shared_grant_steps`, in order (for a script or a count)."""
+    return [s for step in shared_grant_steps(layout, relations) for s in step.statements]
 
 
 def drop_statements(layout: DbLayout) -> list[str]:

@@ -29,7 +29,7 @@ from infra.platform.pglayout import (
     namespace_statements,
     role_statements,
     scram_verifier,
-    shared_grant_statements,
+    shared_grant_steps,
 )
 from infra.platform.pgpass import ensure_secrets
 
@@ -89,11 +89,18 @@ async def _relations(conn: asyncpg.Connection, schemas: list[str]) -> set[tuple[
 
 
 async def grant_shared(conn: asyncpg.Connection, layout: DbLayout) -> int:
-    """Grant the cross-component rights on the tables that exist now; returns how many statements ran."""
-    statements = shared_grant_statements(layout, await _relations(conn, layout.schemas))
-    if statements:
-        await _run(conn, statements)
-    return len(statements)
+    """Grant the cross-component rights on the tables that exist now; returns how many statements ran.
+
+    One transaction per table (:class:`~infra.platform.pglayout.GrantStep`), never one for all: a
+    transaction that locks the tables one by one while the workers run would hold the first while
+    waiting for the last, and a worker's statement locking them in the other order deadlocks with it
+    (the bank simulator's start-up clean-up did, at 1,000 banks). Holding one table at a time, the
+    grants wait for a worker's transaction at most, and nothing waits for them in return.
+    """
+    steps = shared_grant_steps(layout, await _relations(conn, layout.schemas))
+    for step in steps:
+        await _run(conn, list(step.statements))
+    return sum(len(step.statements) for step in steps)
 
 
 async def grant_shared_when_ready(settings: Settings, owners: Iterable[str], *, timeout: float = 60.0,

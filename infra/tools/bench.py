@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.core.settings import KafkaSettings, Settings
-from infra.platform.pgdsn import component_dsn, observer_dsn
-from infra.platform.pglayout import BANKS
+from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for
+from infra.platform.pglayout import BANKS, path_setting
 from infra.tools.bench_figures import (
     goals,
     idle_figures,
@@ -424,21 +424,13 @@ async def sub_platform(stack_settings: Settings, root: Path, name: str, *, banks
         pg_schema_prefix=f"{name}_",  # the platform creates its schemas (infra.platform.pgprovision)
         state_dir=root / name, banks=banks, log_level="WARNING",
     )
-    import asyncpg
-
     plat = Platform(settings, workers=specs if specs is not None else [w for w in WORKERS if w.name in workers])
     await plat.start()
-    for attempt in range(3):
-        try:
-            await plat.wait_ready(180)
-            break
-        except asyncpg.DeadlockDetectedError:
-            # The shared grants (infra.platform.pgprovision.grant_shared) can deadlock with a worker's start-up
-            # queries under load; PostgreSQL rolled the grants back, and they are idempotent: again.
-            if attempt == 2:
-                await plat.stop()
-                raise
-            await asyncio.sleep(2 + 3 * attempt)  # let the workers' start-up transactions finish first
+    try:
+        await plat.wait_ready(180)
+    except BaseException:
+        await plat.stop()  # no half-started workers left behind the error
+        raise
     return plat
 
 
@@ -581,7 +573,10 @@ async def quiesce(settings: Settings, timeout: float = 300.0) -> None:
 
     from infra.tools.harness import quiesce
 
-    conn = await asyncpg.connect(observer_dsn(settings))  # every component's outbox
+    # Every component's outbox: its schema on the search path, set once connected. In the DSN (observer_dsn) the
+    # path of 1,000 banks' schemas (~16 KB) would not fit a connection's start-up packet (at most 10,000 bytes).
+    conn = await asyncpg.connect(admin_dsn(settings))
+    await conn.execute(f"SET search_path TO {path_setting(layout_for(settings).observer_path())}")
     try:
         await quiesce(conn, timeout)
     finally:

@@ -33,6 +33,7 @@ from infra.platform.pglayout import (
     role_statements,
     scram_verifier,
     shared_grant_statements,
+    shared_grant_steps,
 )
 from infra.platform.pgpass import ensure_secrets, read_passfile, write_passfile
 from infra.platform.stack import settings_args, settings_env
@@ -162,6 +163,27 @@ def test_shared_grants_name_tables_and_rows_of_the_connectors_own_bank_only():
     assert 'GRANT USAGE ON SEQUENCE "banks"."participant_outbox_id_seq" TO "renkei_bank_9002"' in sql
     assert "bank_parked_messages" not in text  # not created yet: nothing granted on it
     assert shared_grant_statements(LAYOUT, set()) == []
+
+
+def test_each_shared_grant_step_locks_one_table_and_turns_row_security_on_before_granting():
+    present = {("hub", "provision_records"), ("hub", "provision_chain_heads"), ("banks", "renkei_migrations"),
+               ("banks", "processed_messages"), ("banks", "participant_outbox"), ("banks", "participant_outbox_id_seq"),
+               ("banks", "bank_parked_messages"), ("banks", "bank_parked_messages_id_seq")}
+    steps = shared_grant_steps(LAYOUT, present)
+    assert [s.table for s in steps] == [
+        '"hub"."provision_chain_heads"', '"hub"."provision_records"', '"banks".renkei_migrations',
+        '"banks"."processed_messages"', '"banks"."participant_outbox"', '"banks"."bank_parked_messages"']
+    names = {t for _, t in present}
+    for step in steps:  # a step's transaction names its own table (and that table's sequence), nothing else
+        bare = step.table.rsplit(".", 1)[1].strip('"')
+        assert all({n for n in names if n in s} <= {bare, f"{bare}_id_seq"} for s in step.statements), step.table
+    parked = next(s.statements for s in steps if "bank_parked_messages" in s.table)
+    assert parked[0] == 'ALTER TABLE "banks"."bank_parked_messages" ENABLE ROW LEVEL SECURITY'
+    for bank in LAYOUT.banks:  # in the same transaction, the bank's policy before its rights
+        role = f'TO "renkei_{ident(bank)}"'
+        policy = next(i for i, s in enumerate(parked) if s.startswith("CREATE POLICY") and role in s)
+        assert policy < next(i for i, s in enumerate(parked) if s.startswith("GRANT SELECT") and s.endswith(role))
+    assert shared_grant_statements(LAYOUT, present) == [s for step in steps for s in step.statements]
 
 
 # --- password files ----------------------------------------------------------------------------------------
