@@ -11,6 +11,7 @@ re-exports nothing, so importing one module never loads the whole layer.
 
 __all__ = [
     "app",
+    "coalesce",
     "gateway",
     "hub",
     "hub_faust",
