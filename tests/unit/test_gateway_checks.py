@@ -164,3 +164,28 @@ def test_an_answer_is_provided_when_it_says_so_and_its_record_names_the_provider
     created = peek(answer).created_at
     assert (record.requester, record.provider, record.status) == ("agency-a", "registry", ProvisionStatus.PROVIDED)
     assert record.provided_at == record.requested_at == created
+
+
+# --------------------------------------------------------------------------- the words of each refusal
+
+
+def test_each_refusal_says_what_to_do_in_words_a_sender_can_act_on(world):
+    """The detail goes into the dead letter and the rejection notice: the sender reads it there."""
+    from infra.domain.ratelimit import SenderRateLimiter
+    from tests.unit.envelope_world import Clock
+
+    limited = HubCore(verifier=world.ingress, forwarder=world.hub, policy=world_policy(),
+                      participants=world.participants, tokens=world.tokens,
+                      limiter=SenderRateLimiter(0.5, 1, clock=Clock(0.0)))
+    first, second = limited.decide([Inbound(inquiry(world), 0, 0), Inbound(inquiry(world), 0, 1)])
+    assert first.accepted and second.reason is Reason.RATE_LIMITED
+    assert second.detail == "more than 0.5 messages per second from this sender; send it again later"
+    core = hub_core(world)
+    [stated] = core.decide([Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, outcome="REGISTERED"), 0, 2)])
+    assert (stated.reason, stated.detail) == (Reason.INVALID_FIELD, "outcome: provision.inquiry carries no outcome")
+    for outcome in (None, "MAYBE"):
+        [silent] = core.decide([Inbound(world.seal(sender="registry", to="agency-a", type_="provision.response",
+                                                   basis=PROVISION, procedure=PROCEDURE, outcome=outcome), 0, 3)])
+        assert (silent.reason, silent.detail) == (
+            Reason.INVALID_FIELD,
+            "outcome: provision.response must state one of REGISTERED, NOT_REGISTERED, BLOCKED in its signed envelope")
