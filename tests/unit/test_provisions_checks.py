@@ -254,3 +254,15 @@ def test_the_edges_of_a_draft_that_is_accepted():
     draft = RecordDraft(**fields, person="Zz09_-", procedure="!" + "~" * 63)
     assert draft.provided_at == T0 + timedelta(milliseconds=1) and draft.procedure == "!" + "~" * 63
     assert draft.not_disclosed is False and draft.status is ProvisionStatus.REQUESTED
+
+
+def test_ids_are_plain_uuids_and_times_whole_milliseconds_whatever_they_came_as():
+    class DriverUUID(uuid.UUID):  # asyncpg hands back a UUID subclass of its own
+        pass
+
+    draft = RecordDraft(message_id=DriverUUID(int=1), correlation_id=uuid.UUID(int=2), person_token=TOKEN,
+                        requester="a", provider="b", data_item="c", legal_basis="d",
+                        requested_at=T0 + timedelta(microseconds=1000), provided_at=T0 + timedelta(microseconds=999))
+    assert type(draft.message_id) is uuid.UUID and draft.message_id == uuid.UUID(int=1)
+    assert type(draft.correlation_id) is uuid.UUID and draft.correlation_id == uuid.UUID(int=2)
+    assert (draft.requested_at, draft.provided_at) == (T0 + timedelta(milliseconds=1), T0)
