@@ -266,3 +266,10 @@ def test_ids_are_plain_uuids_and_times_whole_milliseconds_whatever_they_came_as(
     assert type(draft.message_id) is uuid.UUID and draft.message_id == uuid.UUID(int=1)
     assert type(draft.correlation_id) is uuid.UUID and draft.correlation_id == uuid.UUID(int=2)
     assert (draft.requested_at, draft.provided_at) == (T0 + timedelta(milliseconds=1), T0)
+
+
+@pytest.mark.parametrize("name", ["record_id", "message_id", "correlation_id"])
+def test_an_audit_datum_with_an_id_that_is_not_a_uuid_names_it(name):
+    with pytest.raises(Rejection) as caught:
+        from_avro({**to_avro(record()), name: "not-a-uuid"})
+    assert caught.value.reason is Reason.RECORD_FAILED and caught.value.message == f"provision record: {name} is not a UUID"
