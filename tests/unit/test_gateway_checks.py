@@ -189,3 +189,19 @@ def test_each_refusal_says_what_to_do_in_words_a_sender_can_act_on(world):
         assert (silent.reason, silent.detail) == (
             Reason.INVALID_FIELD,
             "outcome: provision.response must state one of REGISTERED, NOT_REGISTERED, BLOCKED in its signed envelope")
+
+
+def test_a_rule_that_withholds_its_records_marks_them_not_disclosed(world):
+    """不開示: the rule's flag reaches the record, or the person would be shown what the law withholds."""
+    import dataclasses
+
+    from infra.domain.policy import Policy
+
+    shipped = world_policy()
+    withheld = Policy([dataclasses.replace(r, not_disclosed=True) for r in shipped.rules], shipped.procedures)
+    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=withheld, participants=world.participants,
+                   tokens=world.tokens)
+    [d] = core.decide([Inbound(inquiry(world), 0, 0)])
+    assert d.accepted and [r.not_disclosed for r in d.records] == [True]
+    [ordinary] = hub_core(world).decide([Inbound(inquiry(world), 0, 1)])
+    assert [r.not_disclosed for r in ordinary.records] == [False]
