@@ -205,3 +205,19 @@ def test_a_rule_that_withholds_its_records_marks_them_not_disclosed(world):
     assert d.accepted and [r.not_disclosed for r in d.records] == [True]
     [ordinary] = hub_core(world).decide([Inbound(inquiry(world), 0, 1)])
     assert [r.not_disclosed for r in ordinary.records] == [False]
+
+
+def test_what_is_addressed_to_the_hub_is_judged_by_the_policy_like_anything_else(world):
+    """Who may ask the hub: only a token request, under its data item and basis; the rest is refused at ingress."""
+    core = hub_core(world)
+    issuer = TokenIssuanceClient("agency-a", world.directory.encryption_key("hub"))
+    body = codec.decode(issuer.request(MY_NUMBER, "ref-9"), "token_issue_request")
+    wrong_item = world.seal(to="hub", type_="token.issue.request", body=body, subject="", data_item="public_funds_account",
+                            basis=BASIS_TOKEN_ISSUANCE)
+    wrong_basis = world.seal(to="hub", type_="token.issue.request", body=body, subject="", data_item=DATA_PERSON_TOKEN,
+                             basis=PROVISION)
+    decisions = core.decide([Inbound(wrong_item, 0, 0), Inbound(wrong_basis, 0, 1), Inbound(token_request(world), 0, 2)])
+    assert [d.accepted for d in decisions] == [False, False, True]
+    assert all(not d.local and d.reason is not None for d in decisions[:2]) and decisions[2].local
+    answers, failed = core.answer_local(decisions)
+    assert failed == [] and [(to, key) for to, key, _ in answers] == [("agency-a", world.token("agency-a"))]
