@@ -221,3 +221,43 @@ def test_what_is_addressed_to_the_hub_is_judged_by_the_policy_like_anything_else
     assert all(not d.local and d.reason is not None for d in decisions[:2]) and decisions[2].local
     answers, failed = core.answer_local(decisions)
     assert failed == [] and [(to, key) for to, key, _ in answers] == [("agency-a", world.token("agency-a"))]
+
+
+def test_a_fanout_skips_a_refused_leg_wherever_it_stands_and_says_why_when_none_is_left():
+    from datetime import UTC, datetime, timedelta
+
+    from infra.domain.policy import BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS, Policy
+    from schemas.types import LOOKUP_INHERITANCE
+    from tests.unit.test_lookups import PARTICIPANTS, LookupWorld
+
+    lookup_world = LookupWorld()
+    core = HubCore(verifier=Verifier(lookup_world.directory, clock=lookup_world.clock), forwarder=lookup_world.hub,
+                   policy=Policy.load(), participants=PARTICIPANTS, tokens=lookup_world.tokens)
+
+    def lookup(to: list[str]) -> Inbound:
+        now = datetime.fromtimestamp(lookup_world.clock(), UTC)
+        return Inbound(lookup_world.sealer("dicj").seal_multi(
+            {"receiving_bank_code": None, "requested_at": now, "deadline": now + timedelta(seconds=30)},
+            type=LOOKUP_INHERITANCE, to=to, subject=lookup_world.token("dicj"), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+            basis=BASIS_INHERITANCE_LOOKUP, ttl_s=30), 0, 0)
+
+    [d] = core.decide([lookup(["bank-2", "bank-3", "bank-1"])])  # the allowed leg last
+    assert d.accepted and [leg.recipient for leg in d.legs] == ["bank-1"]
+    [none] = core.decide([lookup(["bank-2", "bank-3"])])
+    assert (none.reason, none.detail) == (
+        Reason.SUSPENDED, "no recipient of this fan-out may receive it (suspended or not participating)")
+
+
+def test_each_message_gets_leg_ids_of_its_own_within_one_conversation(world):
+    core = hub_core(world)
+    cid = "00000000-0000-4000-8000-00000000c0de"
+    first, second = core.decide([Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, correlation_id=cid), 0, 0),
+                                 Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, correlation_id=cid), 0, 1)])
+    assert first.legs[0].ids.correlation_id == second.legs[0].ids.correlation_id
+    assert first.legs[0].ids.message_id != second.legs[0].ids.message_id
+
+
+def test_a_bug_is_logged_in_words_with_where_it_happened(world, caplog):
+    core = hub_core(world, participants=FailingFor(world.participants, "agency-b"))
+    core.decide([Inbound(inquiry(world, "agency-b"), 4, 40)])
+    assert "unexpected error deciding an ingress record at partition 4 offset 40" in caplog.text
