@@ -260,4 +260,5 @@ def test_each_message_gets_leg_ids_of_its_own_within_one_conversation(world):
 def test_a_bug_is_logged_in_words_with_where_it_happened(world, caplog):
     core = hub_core(world, participants=FailingFor(world.participants, "agency-b"))
     core.decide([Inbound(inquiry(world, "agency-b"), 4, 40)])
-    assert "unexpected error deciding an ingress record at partition 4 offset 40" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "renkei.hub"] == [
+        "unexpected error deciding an ingress record at partition 4 offset 40"]
