@@ -164,3 +164,101 @@ def test_an_answer_is_provided_when_it_says_so_and_its_record_names_the_provider
     created = peek(answer).created_at
     assert (record.requester, record.provider, record.status) == ("agency-a", "registry", ProvisionStatus.PROVIDED)
     assert record.provided_at == record.requested_at == created
+
+
+# --------------------------------------------------------------------------- the words of each refusal
+
+
+def test_each_refusal_says_what_to_do_in_words_a_sender_can_act_on(world):
+    """The detail goes into the dead letter and the rejection notice: the sender reads it there."""
+    from infra.domain.ratelimit import SenderRateLimiter
+    from tests.unit.envelope_world import Clock
+
+    limited = HubCore(verifier=world.ingress, forwarder=world.hub, policy=world_policy(),
+                      participants=world.participants, tokens=world.tokens,
+                      limiter=SenderRateLimiter(0.5, 1, clock=Clock(0.0)))
+    first, second = limited.decide([Inbound(inquiry(world), 0, 0), Inbound(inquiry(world), 0, 1)])
+    assert first.accepted and second.reason is Reason.RATE_LIMITED
+    assert second.detail == "more than 0.5 messages per second from this sender; send it again later"
+    core = hub_core(world)
+    [stated] = core.decide([Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, outcome="REGISTERED"), 0, 2)])
+    assert (stated.reason, stated.detail) == (Reason.INVALID_FIELD, "outcome: provision.inquiry carries no outcome")
+    for outcome in (None, "MAYBE"):
+        [silent] = core.decide([Inbound(world.seal(sender="registry", to="agency-a", type_="provision.response",
+                                                   basis=PROVISION, procedure=PROCEDURE, outcome=outcome), 0, 3)])
+        assert (silent.reason, silent.detail) == (
+            Reason.INVALID_FIELD,
+            "outcome: provision.response must state one of REGISTERED, NOT_REGISTERED, BLOCKED in its signed envelope")
+
+
+def test_a_rule_that_withholds_its_records_marks_them_not_disclosed(world):
+    """不開示: the rule's flag reaches the record, or the person would be shown what the law withholds."""
+    import dataclasses
+
+    from infra.domain.policy import Policy
+
+    shipped = world_policy()
+    withheld = Policy([dataclasses.replace(r, not_disclosed=True) for r in shipped.rules], shipped.procedures)
+    core = HubCore(verifier=world.ingress, forwarder=world.hub, policy=withheld, participants=world.participants,
+                   tokens=world.tokens)
+    [d] = core.decide([Inbound(inquiry(world), 0, 0)])
+    assert d.accepted and [r.not_disclosed for r in d.records] == [True]
+    [ordinary] = hub_core(world).decide([Inbound(inquiry(world), 0, 1)])
+    assert [r.not_disclosed for r in ordinary.records] == [False]
+
+
+def test_what_is_addressed_to_the_hub_is_judged_by_the_policy_like_anything_else(world):
+    """Who may ask the hub: only a token request, under its data item and basis; the rest is refused at ingress."""
+    core = hub_core(world)
+    issuer = TokenIssuanceClient("agency-a", world.directory.encryption_key("hub"))
+    body = codec.decode(issuer.request(MY_NUMBER, "ref-9"), "token_issue_request")
+    wrong_item = world.seal(to="hub", type_="token.issue.request", body=body, subject="", data_item="public_funds_account",
+                            basis=BASIS_TOKEN_ISSUANCE)
+    wrong_basis = world.seal(to="hub", type_="token.issue.request", body=body, subject="", data_item=DATA_PERSON_TOKEN,
+                             basis=PROVISION)
+    decisions = core.decide([Inbound(wrong_item, 0, 0), Inbound(wrong_basis, 0, 1), Inbound(token_request(world), 0, 2)])
+    assert [d.accepted for d in decisions] == [False, False, True]
+    assert all(not d.local and d.reason is not None for d in decisions[:2]) and decisions[2].local
+    answers, failed = core.answer_local(decisions)
+    assert failed == [] and [(to, key) for to, key, _ in answers] == [("agency-a", world.token("agency-a"))]
+
+
+def test_a_fanout_skips_a_refused_leg_wherever_it_stands_and_says_why_when_none_is_left():
+    from datetime import UTC, datetime, timedelta
+
+    from infra.domain.policy import BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS, Policy
+    from schemas.types import LOOKUP_INHERITANCE
+    from tests.unit.test_lookups import PARTICIPANTS, LookupWorld
+
+    lookup_world = LookupWorld()
+    core = HubCore(verifier=Verifier(lookup_world.directory, clock=lookup_world.clock), forwarder=lookup_world.hub,
+                   policy=Policy.load(), participants=PARTICIPANTS, tokens=lookup_world.tokens)
+
+    def lookup(to: list[str]) -> Inbound:
+        now = datetime.fromtimestamp(lookup_world.clock(), UTC)
+        return Inbound(lookup_world.sealer("dicj").seal_multi(
+            {"receiving_bank_code": None, "requested_at": now, "deadline": now + timedelta(seconds=30)},
+            type=LOOKUP_INHERITANCE, to=to, subject=lookup_world.token("dicj"), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+            basis=BASIS_INHERITANCE_LOOKUP, ttl_s=30), 0, 0)
+
+    [d] = core.decide([lookup(["bank-2", "bank-3", "bank-1"])])  # the allowed leg last
+    assert d.accepted and [leg.recipient for leg in d.legs] == ["bank-1"]
+    [none] = core.decide([lookup(["bank-2", "bank-3"])])
+    assert (none.reason, none.detail) == (
+        Reason.SUSPENDED, "no recipient of this fan-out may receive it (suspended or not participating)")
+
+
+def test_each_message_gets_leg_ids_of_its_own_within_one_conversation(world):
+    core = hub_core(world)
+    cid = "00000000-0000-4000-8000-00000000c0de"
+    first, second = core.decide([Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, correlation_id=cid), 0, 0),
+                                 Inbound(world.seal(basis=PROVISION, procedure=PROCEDURE, correlation_id=cid), 0, 1)])
+    assert first.legs[0].ids.correlation_id == second.legs[0].ids.correlation_id
+    assert first.legs[0].ids.message_id != second.legs[0].ids.message_id
+
+
+def test_a_bug_is_logged_in_words_with_where_it_happened(world, caplog):
+    core = hub_core(world, participants=FailingFor(world.participants, "agency-b"))
+    core.decide([Inbound(inquiry(world, "agency-b"), 4, 40)])
+    assert [r.getMessage() for r in caplog.records if r.name == "renkei.hub"] == [
+        "unexpected error deciding an ingress record at partition 4 offset 40"]

@@ -16,6 +16,9 @@ import pytest
 from infra.core.errors import Reason, Rejection
 from infra.records.provisions import (
     GENESIS_HASH,
+    Anchor,
+    ChainProblem,
+    ChainState,
     ProvisionRecord,
     ProvisionStatus,
     RecordDraft,
@@ -23,9 +26,12 @@ from infra.records.provisions import (
     audit_record,
     canonical_bytes,
     chain_hash,
+    encode_items,
     from_avro,
+    head_statement,
     record_from_row,
     to_avro,
+    verify_records,
     walk_chain,
 )
 from schemas import codec
@@ -152,3 +158,118 @@ def test_an_anchor_statement_is_the_same_instant_in_any_zone_and_refuses_a_naive
     assert anchor_statement(TOKEN, 3, bytes(32), at) != anchor_statement(TOKEN + "A", 3, bytes(32), at)
     with pytest.raises(Rejection, match="purged_before must be a timezone-aware datetime"):
         anchor_statement(TOKEN, 3, bytes(32), datetime(2019, 4, 1))
+
+
+def test_a_head_statement_is_each_item_length_prefixed_in_order():
+    assert encode_items(b"ab", b"", b"c") == b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01c"
+    assert head_statement(TOKEN, 3, b"\x05" * 32) == encode_items(
+        b"renkei.provision_head.v1", TOKEN.encode("ascii"), (3).to_bytes(8, "big"), b"\x05" * 32)
+    at = datetime(2019, 4, 1, 9, 0, 0, 123456, tzinfo=UTC)
+    ms = int(at.timestamp() * 1000)
+    assert anchor_statement(TOKEN, 3, b"\x05" * 32, at) == encode_items(
+        b"renkei.provision_anchor.v1", TOKEN.encode("ascii"), (3).to_bytes(8, "big"), b"\x05" * 32,
+        ms.to_bytes(8, "big", signed=True))
+
+
+# --------------------------------------------------------------------------- the verdict on a stored chain
+
+
+def test_the_verdict_names_each_disagreement_between_the_head_and_the_records():
+    records = chain(3)
+    one, two, three = records
+    ok = verify_records(records, (3, three.hash))
+    assert (ok.ok, ok.checked, ok.problems) == (True, 3, [])
+    added = verify_records(records, (2, two.hash))
+    assert (added.ok, added.checked, added.problems) == (
+        False, 3, ["head says seq 2, last record is 3 (records added outside the store)"])
+    assert verify_records(records, (3, b"\x01" * 32)).problems == ["head hash does not match seq 3 (altered)"]
+    assert verify_records(records[:2], (3, three.hash)).problems == ["head says seq 3, last record is 2 (tail deleted)"]
+    headless = verify_records(records, None)
+    assert (headless.ok, headless.checked) == (False, 3)
+    assert verify_records([], None).problems == [] and verify_records([], (0, GENESIS_HASH)).ok
+
+
+def test_a_chain_state_starts_at_its_anchor_or_at_genesis():
+    records = chain(2)
+    bare = ChainState(TOKEN, records, None, None)
+    assert bare.start == (0, GENESIS_HASH)
+    anchored = ChainState(TOKEN, records[1:], None, Anchor(1, records[0].hash, T0, None))
+    assert anchored.start == (1, records[0].hash)
+    assert str(ChainProblem(2, 3, "seq 2-3 missing (deleted)")) == "seq 2-3 missing (deleted)"
+
+
+def test_a_records_idempotency_key_and_version():
+    written = record(seq=2)
+    assert RecordDraft(**{f: getattr(written, f) for f in (
+        "message_id", "correlation_id", "person_token", "requester", "provider", "data_item", "legal_basis",
+        "requested_at")}).key == (uuid.UUID(int=2), "agency-nta", "registry")
+    assert written.version == 2 and record(v2=False).version == 1
+
+
+def test_a_record_chained_without_an_id_gets_a_fresh_one_its_hash_covers():
+    draft = RecordDraft(message_id=uuid.UUID(int=1), correlation_id=uuid.UUID(int=2), person_token=TOKEN,
+                        requester="agency-nta", provider="registry", data_item="public_funds_account",
+                        legal_basis="account-registration-act/art9", requested_at=T0)
+    a = ProvisionRecord.chain(draft, seq=1, prev_hash=GENESIS_HASH)
+    b = ProvisionRecord.chain(draft, seq=1, prev_hash=GENESIS_HASH)
+    assert isinstance(a.record_id, uuid.UUID) and a.record_id != b.record_id and a.hash != b.hash
+    assert chain_hash(GENESIS_HASH, canonical_bytes(a)) == a.hash
+    with pytest.raises(ValueError, match="prev_hash must be 32 bytes"):
+        chain_hash(b"\x00" * 31, canonical_bytes(a))
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"message_id": "not-a-uuid"}, "provision record: message_id is not a UUID"),
+    ({"correlation_id": 17}, "provision record: correlation_id is not a UUID"),
+    ({"person_token": "has space"}, "provision record: person_token must be a non-empty base64url string"),
+    ({"person_token": None}, "provision record: person_token must be a non-empty base64url string"),
+    ({"provider": ""}, "provision record: provider must be a non-empty string"),
+    ({"data_item": 5}, "provision record: data_item must be a non-empty string"),
+    ({"requested_at": "2025-04-01"}, "provision record: requested_at must be a timezone-aware datetime"),
+    ({"provided_at": datetime(2025, 4, 1)}, "provision record: provided_at must be a timezone-aware datetime"),
+    ({"status": "LOST"}, "provision record: status must be one of REQUESTED, PROVIDED, NOT_REGISTERED, REFUSED, "
+                         "NO_ANSWER, BLOCKED"),
+    ({"not_disclosed": 1}, "provision record: not_disclosed must be a bool"),
+    ({"person": "has space"}, "provision record: person must be a base64url pseudonym"),
+    ({"person": 7}, "provision record: person must be a base64url pseudonym"),
+    ({"person": PERSON, "procedure": "with space"}, "provision record: procedure must be a catalogue code"),
+    ({"person": PERSON, "procedure": 3}, "provision record: procedure must be a catalogue code"),
+    ({"person": PERSON, "procedure": "x" * 65}, "provision record: procedure must be a catalogue code"),
+    ({"procedure": "income-tax-refund"},
+     "provision record: a record naming a procedure needs the v2 encoding (a person pseudonym)"),
+])
+def test_each_refused_draft_says_which_field_and_why(over, words):
+    fields = dict(message_id=uuid.UUID(int=1), correlation_id=uuid.UUID(int=2), person_token=TOKEN,
+                  requester="agency-nta", provider="registry", data_item="public_funds_account",
+                  legal_basis="account-registration-act/art9", requested_at=T0)
+    with pytest.raises(Rejection) as caught:
+        RecordDraft(**(fields | over))
+    assert caught.value.reason is Reason.RECORD_FAILED and caught.value.message == words
+
+
+def test_the_edges_of_a_draft_that_is_accepted():
+    fields = dict(message_id=uuid.UUID(int=1), correlation_id=uuid.UUID(int=2), person_token="ab-_==",
+                  requester="a", provider="b", data_item="c", legal_basis="d", requested_at=T0,
+                  provided_at=T0 + timedelta(microseconds=1999))
+    draft = RecordDraft(**fields, person="Zz09_-", procedure="!" + "~" * 63)
+    assert draft.provided_at == T0 + timedelta(milliseconds=1) and draft.procedure == "!" + "~" * 63
+    assert draft.not_disclosed is False and draft.status is ProvisionStatus.REQUESTED
+
+
+def test_ids_are_plain_uuids_and_times_whole_milliseconds_whatever_they_came_as():
+    class DriverUUID(uuid.UUID):  # asyncpg hands back a UUID subclass of its own
+        pass
+
+    draft = RecordDraft(message_id=DriverUUID(int=1), correlation_id=uuid.UUID(int=2), person_token=TOKEN,
+                        requester="a", provider="b", data_item="c", legal_basis="d",
+                        requested_at=T0 + timedelta(microseconds=1000), provided_at=T0 + timedelta(microseconds=999))
+    assert type(draft.message_id) is uuid.UUID and draft.message_id == uuid.UUID(int=1)
+    assert type(draft.correlation_id) is uuid.UUID and draft.correlation_id == uuid.UUID(int=2)
+    assert (draft.requested_at, draft.provided_at) == (T0 + timedelta(milliseconds=1), T0)
+
+
+@pytest.mark.parametrize("name", ["record_id", "message_id", "correlation_id"])
+def test_an_audit_datum_with_an_id_that_is_not_a_uuid_names_it(name):
+    with pytest.raises(Rejection) as caught:
+        from_avro({**to_avro(record()), name: "not-a-uuid"})
+    assert caught.value.reason is Reason.RECORD_FAILED and caught.value.message == f"provision record: {name} is not a UUID"
