@@ -451,7 +451,8 @@ class ParticipantRuntime:
         else:  # concurrent sends of one sender share a transaction and a batch signature (streams.coalesce)
             coalescer = self._coalescers.get(sender)
             if coalescer is None:
-                coalescer = self._coalescers[sender] = SendCoalescer(functools.partial(self._store_alone, ident))
+                # Bound to the sender, not to today's Identity: a rotated keyset seals the very next store.
+                coalescer = self._coalescers[sender] = SendCoalescer(functools.partial(self._store_alone, sender))
             ids = await coalescer.submit(messages)
         self._relay_wakeup.set()
         return ids
@@ -461,10 +462,10 @@ class ParticipantRuntime:
         coalescer = self._coalescers.get(sender)
         return coalescer.stores if coalescer is not None else 0
 
-    async def _store_alone(self, ident: Identity, messages: list[Message]) -> list[str]:
+    async def _store_alone(self, sender: str, messages: list[Message]) -> list[str]:
         assert self.pool is not None
         async with self.pool.acquire() as c, c.transaction():
-            return await self._store_outgoing(c, ident, messages)
+            return await self._store_outgoing(c, self.identities[sender], messages)
 
     async def request(self, sender: str, message: Message, *, timeout: float = 30.0) -> Opened:
         """Send one message and wait for the first message in ``sender``'s inbox with the same correlation."""
