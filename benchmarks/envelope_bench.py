@@ -71,7 +71,7 @@ def run(messages: int, batch_size: int | None, kem: str, legs: bool = False) -> 
 
     t = time.perf_counter()
     for f in forwarded:
-        opener.open(f)
+        opener.receive(f)
     t_open = time.perf_counter() - t
     n = len(sealed)
     return {k: v / n * 1e6 for k, v in
@@ -92,7 +92,7 @@ def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
     subject = tokens.token_for(MY_NUMBER, "dicj")
     body = {"receiving_bank_code": None, "requested_at": datetime.now(UTC), "deadline": datetime.now(UTC)}
     ingress = Verifier(directory, max_wraps=len(participants))
-    hub = HubForwarder(keys["hub"], directory, max_wraps=len(participants))
+    hub = HubForwarder(keys["hub"], directory)
     openers = {b: Opener(keys[b], directory, MemoryReplayGuard(), participants=participants) for b in bank_ids}
     best: dict[str, float] = {}
     for r in range(rounds + 1):  # round 0 warms the leg keys: the figures are the steady state
@@ -109,7 +109,7 @@ def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
             times[f"hub {label}"] = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
             for b, envelope in zip(bank_ids, out, strict=True):
-                openers[b].open(envelope)
+                openers[b].receive(envelope)
             times[f"banks open {label}{' (first: leg keys opened)' if own_ids and r == 0 else ''}"] = (
                 time.perf_counter() - t) * 1e3
             for b in bank_ids:  # the next round re-opens the same ids

@@ -144,7 +144,7 @@ class Listening(RaisesRefusals):
         if waiter is None or waiter.done():
             return
         try:
-            opened = ident.opener.open(value)
+            opened = ident.opener.receive(value)
         except Rejection as exc:  # forged, expired or not for us: keep waiting for the real answer
             log.warning("%s: a message answering request %s did not open: %s", ident.participant_id,
                         meta.correlation_id, exc.code)

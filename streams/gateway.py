@@ -26,7 +26,18 @@ from datetime import UTC, datetime
 
 from infra.core.errors import Reason, Rejection
 from infra.core.tracing import TraceContext
-from infra.crypto.envelope import FANOUT, EnvelopeMeta, HubForwarder, LegIds, Message, Opener, Sealer, Verifier, peek
+from infra.crypto.envelope import (
+    FANOUT,
+    EnvelopeMeta,
+    HubForwarder,
+    LegIds,
+    Message,
+    Opener,
+    Sealer,
+    VerifiedEnvelope,
+    Verifier,
+    peek,
+)
 from infra.crypto.pseudonyms import HubPseudonyms
 from infra.crypto.tokens import TokenAuthority
 from infra.domain.participants import Participants
@@ -90,7 +101,8 @@ class HubDecision:
     """
 
     inbound: Inbound
-    meta: EnvelopeMeta | None = None
+    meta: EnvelopeMeta | None = None  # the verified envelope's routing fields (``verified.meta``)
+    verified: VerifiedEnvelope | None = field(default=None, repr=False)  # what the forwarder countersigns
     reason: Reason | None = None  # None = accepted
     detail: str = ""
     legs: list[Leg] = field(default_factory=list)
@@ -142,8 +154,9 @@ class HubCore:
     def _decide_one(self, item: Inbound) -> HubDecision:
         decision = HubDecision(item)
         try:
-            meta = self.verifier.verify(item.value)
-            decision.meta = meta
+            verified = self.verifier.verify(item.value)
+            decision.verified, decision.meta = verified, verified.meta
+            meta = verified.meta
             if self.limiter is not None and not self.limiter.allow(meta.sender):
                 raise Rejection(Reason.RATE_LIMITED, f"more than {self.limiter.rate_per_s:g} messages per second "
                                                      "from this sender; send it again later")
@@ -202,7 +215,7 @@ class HubCore:
             try:
                 if d.meta.type != TOKEN_ISSUE_REQUEST or self.opener is None:
                     raise Rejection(Reason.UNAUTHORISED, f"the hub does not answer {d.meta.type}")
-                body = self.opener.open(d.inbound.value).body
+                body = self.opener.receive(d.inbound.value).body  # verified again as addressed to the hub
                 token = self.tokens.issue(codec.encode("token_issue_request", body), d.meta.sender)
             except Rejection as exc:
                 failed.append(d.reject(exc.reason, exc.message))
@@ -223,9 +236,9 @@ class HubCore:
         for d in decisions:
             if not d.accepted or d.local:
                 continue
-            assert d.meta is not None
+            assert d.verified is not None and d.meta is not None
             for leg in d.legs:
-                items.append((d.meta, leg.subject, leg.recipient if d.meta.recipient == FANOUT else None, leg.ids))
+                items.append((d.verified, leg.subject, leg.recipient if d.meta.recipient == FANOUT else None, leg.ids))
                 targets.append((leg.recipient, leg.subject))
         envelopes = self.forwarder.forward_batch(items) if items else []
         return [(r, s, e) for (r, s), e in zip(targets, envelopes, strict=True)]

@@ -188,7 +188,7 @@ class HubService:
         max_wraps = max(1, len(participants))
         core = HubCore(
             verifier=Verifier(directory, hub_id=hub_keys.participant_id, max_wraps=max_wraps),
-            forwarder=HubForwarder(hub_keys, directory, max_wraps=max_wraps),
+            forwarder=HubForwarder(hub_keys, directory),
             policy=policy,
             participants=participants,
             tokens=store.token_authority(),

@@ -7,8 +7,8 @@ One runtime serves one or many participant identities (a bank process can
 serve 1,000 banks), each with its own keys, inbox topic and token space.
 For every message in an identity's inbox it:
 
-1. opens the envelope (verify hub countersignature and origin signature,
-   freshness, recipient, who may send this type to this participant —
+1. opens the envelope (``Opener.receive``: verify hub countersignature and origin
+   signature, freshness — a ``VerifiedEnvelope`` —, then recipient, who may send this type to this participant —
    ``infra.domain.senders``, so a message "from the hub" that the hub does not
    originate is refused —, decrypt) — a message that does not open is kept in
    ``participant_dead_letters`` with its reason, never dropped;
@@ -331,7 +331,7 @@ class ParticipantRuntime:
         for topic, value, partition, offset, *headers in records:
             ident = self.by_inbox[topic]
             try:
-                items.append(_Item(ident, topic, value, partition, offset, ident.opener.open(value),
+                items.append(_Item(ident, topic, value, partition, offset, ident.opener.receive(value),
                                    incoming(headers[0]) if headers else None))
             except Rejection as exc:
                 dead.append(_DeadLetter(ident, topic, partition, offset, value, exc.code, exc.message))

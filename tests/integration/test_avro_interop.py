@@ -198,12 +198,12 @@ def test_a_real_envelope_java_re_encoded_is_still_verified_and_opened(exchanged)
     work, cases, world = exchanged
     _, version, sealed = cases["envelope.sealed"]
     java_sealed = (work / "out" / f"envelope.v{version}.sealed.bin").read_bytes()
-    assert world.ingress.verify(java_sealed).sender == "agency-a"
+    assert world.ingress.verify(java_sealed).meta.sender == "agency-a"
     _, version, forwarded = cases["envelope.forwarded"]
     java_forwarded = (work / "out" / f"envelope.v{version}.forwarded.bin").read_bytes()
-    opened = world.opener("registry").open(java_forwarded)
+    opened = world.opener("registry").receive(java_forwarded)
     assert opened.meta.type == "provision.inquiry" and opened.meta.sender == "agency-a"
-    assert opened.body == world.opener("registry").open(forwarded).body
+    assert opened.body == world.opener("registry").receive(forwarded).body
     java_read = _from_avro_json(codec.schema("envelope"), (work / "out" / "envelope.forwarded.json").read_text())
     assert java_read["countersignature"] is not None
     assert java_read["body"] == codec.decode(forwarded)["body"]  # the ciphertext, untouched

@@ -28,7 +28,7 @@ import pytest
 from connectors.bank_sim import set_behaviour
 from connectors.client import BusClient
 from connectors.dicj import DicjDesk
-from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, peek
+from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, Verifier, peek
 from infra.domain.policy import (
     BASIS_CHANGE,
     BASIS_DISASTER_LOOKUP,
@@ -108,7 +108,7 @@ async def test_a_hub_keyset_holder_obtains_no_account_and_deletes_no_registratio
     hub = store.keyset("hub")
     registry_token = store.token_authority().token_for(mn, "registry")  # what the token authority can mint
     directory = bus.runtime.directory
-    as_hub, countersigner = Sealer(hub, directory), HubForwarder(hub, directory)
+    as_hub, countersigner, checks = Sealer(hub, directory), HubForwarder(hub, directory), Verifier(directory)
 
     def inquiry() -> bytes:
         return as_hub.seal({"procedure_code": "BENEFIT-001", "purpose": None, "requested_at": datetime.now(UTC)},
@@ -121,8 +121,8 @@ async def test_a_hub_keyset_holder_obtains_no_account_and_deletes_no_registratio
                            type=msg.REGISTRATION_REQUEST, to="registry", subject=registry_token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_CHANGE)
 
-    attacks = [inquiry(), countersigner.forward(inquiry(), registry_token),  # sealed as the hub; also "forwarded"
-               delete(), countersigner.forward(delete(), registry_token)]
+    attacks = [inquiry(), countersigner.forward(checks.verify(inquiry()), registry_token),  # also "forwarded"
+               delete(), countersigner.forward(checks.verify(delete()), registry_token)]
     inbox = TopicNames(settings.kafka.topic_prefix).inbox("registry")
     answers = []
     for envelope in attacks:  # straight into the registry's inbox, each followed by a real STEP2 inquiry
@@ -182,7 +182,8 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     store = KeyStore.for_settings(settings)
     directory = bus.runtime.directory
     own = Sealer(store.keyset("bank-9003"), directory).seal_batch([answer("bank-9003", "9003", cid)])[0]
-    smuggled = HubForwarder(store.keyset("hub"), directory).forward(own, store.token_authority().token_for(mn, "dicj"))
+    smuggled = HubForwarder(store.keyset("hub"), directory).forward(Verifier(directory).verify(own),
+                                                                    store.token_authority().token_for(mn, "dicj"))
     await bus.runtime.producer.send_and_wait(TopicNames(settings.kafka.topic_prefix).inbox("dicj"), smuggled)
 
     view = await dicj.wait_result(cid, timeout=60)

@@ -89,9 +89,10 @@ class World:
 
     def forward(self, envelope: bytes, recipient: str | None = None) -> bytes:
         """Hub ingress verification, token translation and countersigned forwarding."""
-        meta = self.ingress.verify(envelope)
+        verified = self.ingress.verify(envelope)
+        meta = verified.meta
         to = recipient or meta.recipient
-        return self.hub.forward(meta, self.tokens.translate(meta.subject, meta.sender, to), recipient=recipient)
+        return self.hub.forward(verified, self.tokens.translate(meta.subject, meta.sender, to), recipient=recipient)
 
     def countersign(self, envelope: bytes, *, forwarded_at_ms: int | None = None) -> bytes:
         """What a holder of the hub's signing key can build WITHOUT the hub's ingress checks.

@@ -104,7 +104,7 @@ def test_batch_sealed_envelopes_open_and_share_one_signature(world, n):
     forwarded = world.hub.forward_batch([(world.ingress.verify(s), world.token("registry")) for s in sealed])
     hub_signatures = {codec.decode(f, "envelope")["countersignature"]["signature"]["root_signature"] for f in forwarded}
     assert len(hub_signatures) == 1
-    assert len({opener.open(f).meta.message_id for f in forwarded}) == n
+    assert len({opener.receive(f).meta.message_id for f in forwarded}) == n
 
 
 def test_verified_roots_are_cached(world, monkeypatch):
@@ -116,7 +116,7 @@ def test_verified_roots_are_cached(world, monkeypatch):
     opener = world.opener("registry")
     calls[0] = 0
     for f in forwarded:
-        opener.open(f)
+        opener.receive(f)
     assert calls[0] == 2  # origin root + hub root, each once
 
 
@@ -191,20 +191,20 @@ def test_hub_batch_countersignature_tampering(world):
     metas = [world.ingress.verify(s) for s in batch(world, 8)]
     forwarded = world.hub.forward_batch([(m, world.token("registry")) for m in metas])
     opener = world.opener("registry")
-    opener.open(forwarded[0])  # cache the hub root
+    opener.receive(forwarded[0])  # cache the hub root
     record = codec.decode(forwarded[1], "envelope")
     record["countersignature"]["signature"]["proof"]["leaf_index"] = 2
     with pytest.raises(EnvelopeRejection) as info:
-        opener.open(codec.encode("envelope", record))
+        opener.receive(codec.encode("envelope", record))
     assert info.value.reason is Reason.BAD_SIGNATURE
     # the subject of one message swapped with another's from the same hub batch
     record = codec.decode(forwarded[1], "envelope")
     record["subject"] = world.token("registry", "987654321093")
     with pytest.raises(EnvelopeRejection) as info:
-        opener.open(codec.encode("envelope", record))
+        opener.receive(codec.encode("envelope", record))
     assert info.value.reason is Reason.BAD_SIGNATURE
     for f in forwarded[1:]:
-        opener.open(f)
+        opener.receive(f)
 
 
 def test_mixed_batch_of_single_and_fanout_messages(world):
@@ -219,9 +219,9 @@ def test_mixed_batch_of_single_and_fanout_messages(world):
     fan, single = (world.ingress.verify(s) for s in sealed)
     items = [(fan, world.token("bank-1"), "bank-1"), (fan, world.token("bank-2"), "bank-2"), (single, world.token("bank-3"))]
     out = world.hub.forward_batch(items)
-    assert world.opener("bank-1").open(out[0]).meta.recipient == "bank-1"
-    assert world.opener("bank-2").open(out[1]).meta.recipient == "bank-2"
-    assert world.opener("bank-3").open(out[2]).meta.recipient == "bank-3"
+    assert world.opener("bank-1").receive(out[0]).meta.recipient == "bank-1"
+    assert world.opener("bank-2").receive(out[1]).meta.recipient == "bank-2"
+    assert world.opener("bank-3").receive(out[2]).meta.recipient == "bank-3"
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
@@ -231,4 +231,4 @@ def test_any_message_of_a_batch_verifies_alone_and_in_any_order(world, n, data):
     order = data.draw(st.permutations(range(n)))
     verifier = Verifier(world.directory, clock=world.clock)  # empty root cache
     for i in order:
-        assert verifier.verify(sealed[i]).sender == "agency-a"
+        assert verifier.verify(sealed[i]).meta.sender == "agency-a"

@@ -35,7 +35,7 @@ class Work:
             self.digests += 1
             return digest(*a, **kw)
 
-        monkeypatch.setattr(envelope.fastavro, "schemaless_reader", counting_reader)
+        monkeypatch.setattr(fastavro, "schemaless_reader", counting_reader)
         monkeypatch.setattr(layout, "sha256", counting_digest)  # the signed leaves are hashed in the layout
         monkeypatch.setattr(merkle, "sha256", counting_digest)
 
@@ -68,7 +68,7 @@ def test_a_huge_fanout_is_refused_before_it_is_decoded_or_hashed(world, monkeypa
     work = Work(monkeypatch)
     hub_ingress = envelope.Verifier(world.directory, clock=world.clock, max_wraps=len(world.participants))
     assert rejected(hub_ingress.verify, hostile) is Reason.OVERSIZE
-    assert rejected(world.opener("registry").open, hostile) is Reason.OVERSIZE
+    assert rejected(world.opener("registry").receive, hostile) is Reason.OVERSIZE
     assert rejected(envelope.peek, hostile) is Reason.OVERSIZE  # ops tools too: peek never decodes it
     assert (work.decodes, work.digests) == (0, 0)
 
@@ -78,7 +78,7 @@ def test_the_wrap_cap_is_the_participant_count(world):
     sealed = world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
                                              to=["bank-1", "bank-2", "bank-3"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="x")
-    assert hub_ingress.verify(sealed).recipients == ("bank-1", "bank-2", "bank-3")  # at the cap: fine
+    assert hub_ingress.verify(sealed).meta.recipients == ("bank-1", "bank-2", "bank-3")  # at the cap: fine
     assert rejected(envelope.Verifier(world.directory, clock=world.clock, max_wraps=2).verify, sealed) is Reason.OVERSIZE
 
 
@@ -88,7 +88,7 @@ def test_an_audit_path_over_40_siblings_is_refused_before_it_is_decoded(world, m
     assert len(hostile) < envelope.DEFAULT_MAX_BYTES
     work = Work(monkeypatch)
     assert rejected(world.ingress.verify, hostile) is Reason.MALFORMED
-    assert rejected(world.opener("registry").open, hostile) is Reason.MALFORMED
+    assert rejected(world.opener("registry").receive, hostile) is Reason.MALFORMED
     assert (work.decodes, work.digests) == (0, 0)
 
 

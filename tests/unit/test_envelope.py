@@ -30,7 +30,7 @@ def resign(record: dict, keyset: Keyset) -> bytes:
     r["countersignature"], r["wrap_proof"] = None, None
     r["sender"], r["sender_key_id"] = keyset.participant_id, keyset.signing_key_id
     mid, cid = str(r["message_id"]), str(r["correlation_id"])
-    r["subject_commitment"] = envelope.subject_commitment(mid, r["subject"])
+    r["subject_commitment"] = layout.subject_commitment(mid, r["subject"])
     if r["wraps"]:
         binding = layout.fanout_binding(len(r["wraps"]), merkle.build([layout.wrap_leaf(w) for w in r["wraps"]])[0])
     else:
@@ -63,11 +63,11 @@ def test_seal_forward_open_round_trip_for_every_body_type(world, type_):
     sender, recipient = a_route(type_)
     sealed = world.seal(sender=sender, to=recipient, type_=type_, body=body)
     if sender == "hub":  # the hub's own answers arrive as it sealed them
-        opened = world.opener(recipient).open(sealed)
+        opened = world.opener(recipient).receive(sealed)
     elif recipient == "hub":  # token issuance is addressed to the hub itself, never forwarded
-        opened = world.opener("hub", require_countersignature=False).open(sealed)
+        opened = world.opener("hub", require_countersignature=False).receive(sealed)
     else:
-        opened = world.opener(recipient).open(world.forward(sealed))
+        opened = world.opener(recipient).receive(world.forward(sealed))
     assert opened.body == codec.decode(codec.encode(BODY_SCHEMA[type_], body), BODY_SCHEMA[type_])
     meta = opened.meta
     assert (meta.type, meta.sender, meta.recipient) == (type_, sender, recipient)
@@ -90,7 +90,7 @@ def test_round_trip_preserves_body_and_routing_fields(world, procedure, purpose,
     body = {"procedure_code": procedure, "purpose": purpose, "requested_at": example_body("provision.inquiry")["requested_at"]}
     cid = str(uuid.uuid4())
     sealed = world.seal(body=body, data_item=data_item, basis=basis, correlation_id=cid, ttl_s=ttl)
-    opened = world.opener("registry").open(world.forward(sealed))
+    opened = world.opener("registry").receive(world.forward(sealed))
     assert opened.body == body
     assert (opened.meta.data_item, opened.meta.legal_basis, opened.meta.correlation_id) == (data_item, basis, cid)
 
@@ -98,24 +98,24 @@ def test_round_trip_preserves_body_and_routing_fields(world, procedure, purpose,
 def test_hybrid_mlkem_round_trip_both_directions(world):
     assert world.keys["registry"].kem == "mlkem768-x25519"
     to_registry = world.seal(to="registry")
-    assert world.opener("registry").open(world.forward(to_registry)).meta.recipient == "registry"
+    assert world.opener("registry").receive(world.forward(to_registry)).meta.recipient == "registry"
     back = world.seal(sender="registry", to="agency-a", type_="provision.response")
-    assert world.opener("agency-a").open(world.forward(back)).meta.subject == world.token("agency-a")
+    assert world.opener("agency-a").receive(world.forward(back)).meta.subject == world.token("agency-a")
 
 
 def test_direct_delivery_without_hub_checks_the_subject_commitment(world):
     sealed = world.seal()
-    assert rejected(world.opener("registry").open, sealed) is Reason.BAD_SIGNATURE  # not countersigned
+    assert rejected(world.opener("registry").receive, sealed) is Reason.BAD_SIGNATURE  # not countersigned
     direct = world.opener("registry", require_countersignature=False)
-    assert direct.open(sealed).meta.subject == world.token("agency-a")
+    assert direct.receive(sealed).meta.subject == world.token("agency-a")
     record = codec.decode(sealed, "envelope")
     record["subject"] = world.token("agency-a", OTHER_MY_NUMBER)
-    assert rejected(world.opener("registry", require_countersignature=False).open, codec.encode("envelope", record)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry", require_countersignature=False).receive, codec.encode("envelope", record)) is Reason.BAD_SIGNATURE
 
 
 def test_messages_from_the_hub_itself_need_no_countersignature(world):
     notice = world.seal(sender="hub", to="agency-a", type_="rejection.notice", subject="")
-    assert world.opener("agency-a").open(notice).meta.sender == "hub"
+    assert world.opener("agency-a").receive(notice).meta.sender == "hub"
 
 
 # --- tampering ---------------------------------------------------------------------------
@@ -194,11 +194,11 @@ def test_every_tampered_field_is_rejected_with_the_right_reason(world, name):
     forwarded = world.forward(world.seal())
     record = codec.decode(forwarded, "envelope")
     mutate(record, world)
-    assert rejected(world.opener("registry").open, codec.encode("envelope", record)) is expected
+    assert rejected(world.opener("registry").receive, codec.encode("envelope", record)) is expected
     # the untampered envelope still opens: the rejection above did not burn its message id
     opener = world.opener("registry")
-    opener.open(forwarded)
-    assert rejected(opener.open, forwarded) is Reason.REPLAYED
+    opener.receive(forwarded)
+    assert rejected(opener.receive, forwarded) is Reason.REPLAYED
 
 
 @pytest.mark.parametrize(
@@ -220,7 +220,7 @@ def test_any_bit_flip_is_rejected_or_semantically_identical(world, data):
     flipped = bytearray(forwarded)
     flipped[position] ^= 1 << bit
     try:
-        world.opener("registry").open(bytes(flipped))
+        world.opener("registry").receive(bytes(flipped))
     except EnvelopeRejection:
         return
     # Only a spelling change that decodes to the very same envelope may pass (e.g. UUID hex case).
@@ -233,14 +233,14 @@ def test_body_moved_to_another_envelope(world):
     carrier = codec.decode(world.seal(sender="agency-b"), "envelope")
     carrier["body"] = victim["body"]
     forged = resign(carrier, world.keys["agency-b"])
-    assert rejected(world.opener("registry").open, world.forward(forged)) is Reason.UNDECRYPTABLE
+    assert rejected(world.opener("registry").receive, world.forward(forged)) is Reason.UNDECRYPTABLE
     # 2. pasted into another envelope without re-signing: the origin signature covers the body digest
     honest = codec.decode(world.forward(world.seal(sender="agency-b")), "envelope")
     honest["body"] = victim["body"]
-    assert rejected(world.opener("registry").open, codec.encode("envelope", honest)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").receive, codec.encode("envelope", honest)) is Reason.BAD_SIGNATURE
     # 3. same sender, another of its own message ids, re-signed: the message id is bound as HPKE info
     victim["message_id"] = uuid.uuid4()
-    assert rejected(world.opener("registry").open, world.forward(resign(victim, world.keys["agency-a"]))) is Reason.UNDECRYPTABLE
+    assert rejected(world.opener("registry").receive, world.forward(resign(victim, world.keys["agency-a"]))) is Reason.UNDECRYPTABLE
 
 
 # --- hub forwarding ------------------------------------------------------------------------
@@ -254,14 +254,18 @@ def test_forwarding_keeps_the_origin_signature_and_hides_the_senders_token(world
     original, out = codec.decode(sealed, "envelope"), codec.decode(forwarded, "envelope")
     for field_name in ("message_id", "body", "signature", "subject_commitment", "sender_key_id", "created_at"):
         assert original[field_name] == out[field_name]
-    assert world.opener("registry").open(forwarded).meta.sender == "agency-a"
+    assert world.opener("registry").receive(forwarded).meta.sender == "agency-a"
 
 
 def test_hub_cannot_alter_signed_fields_even_with_a_valid_countersignature(world):
-    meta = world.ingress.verify(world.seal())
-    meta._handle.record["data_item"] = "everything"  # the hub lies, then countersigns its lie
-    forwarded = world.hub.forward(meta, world.token("registry"))
-    assert rejected(world.opener("registry").open, forwarded) is Reason.BAD_SIGNATURE
+    sealed = world.seal()
+    verified = world.ingress.verify(sealed)
+    with pytest.raises(TypeError):  # what the verifier checked cannot be changed before forwarding
+        verified.record["data_item"] = "everything"  # type: ignore[index]
+    record = codec.decode(sealed, "envelope")
+    record["data_item"] = "everything"  # the hub lies, then countersigns its lie
+    forwarded = world.countersign(codec.encode("envelope", record))
+    assert rejected(world.opener("registry").receive, forwarded) is Reason.BAD_SIGNATURE
 
 
 def test_participant_cannot_countersign(world):
@@ -269,7 +273,7 @@ def test_participant_cannot_countersign(world):
 
     impostor = HubForwarder(world.keys["bank-1"], world.directory, clock=world.clock)
     forwarded = impostor.forward(world.ingress.verify(world.seal()), world.token("registry"))
-    assert rejected(world.opener("registry").open, forwarded) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").receive, forwarded) is Reason.BAD_SIGNATURE
 
 
 def test_hub_ingress_checks_subject_commitment_and_refuses_forwarded_envelopes(world):
@@ -279,11 +283,18 @@ def test_hub_ingress_checks_subject_commitment_and_refuses_forwarded_envelopes(w
     assert rejected(world.ingress.verify, world.forward(world.seal())) is Reason.MALFORMED
 
 
-def test_forward_accepts_bytes_and_refuses_unverified_meta(world):
+def test_forward_refuses_bytes_and_envelopes_the_ingress_verifier_did_not_return(world):
+    """The attack: countersign an envelope that never went through the hub's ingress checks."""
     sealed = world.seal()
-    assert world.opener("registry").open(world.hub.forward(sealed, world.token("registry"))).body
-    with pytest.raises(ValueError):
-        world.hub.forward(peek(sealed), world.token("registry"))
+    delivered = world.opener("registry").verify(world.forward(world.seal()))  # verified, but as delivered
+    for unverified in (sealed, bytearray(sealed), peek(sealed), codec.decode(sealed, "envelope"), delivered):
+        with pytest.raises(TypeError):
+            world.hub.forward(unverified, world.token("registry"))
+        with pytest.raises(TypeError):  # one bad item refuses the whole batch: nothing is countersigned
+            world.hub.forward_batch([(world.ingress.verify(world.seal()), world.token("registry")),
+                                     (unverified, world.token("registry"))])
+        # good traffic between the attempts is still forwarded and opens
+        assert world.opener("registry").receive(world.forward(world.seal())).body
 
 
 def test_hub_refuses_envelopes_sealed_to_a_revoked_recipient_key():
@@ -298,34 +309,34 @@ def test_hub_refuses_envelopes_sealed_to_a_revoked_recipient_key():
 
 def test_wrong_recipient(world):
     forwarded = world.forward(world.seal(to="registry"))
-    assert rejected(world.opener("bank-1").open, forwarded) is Reason.WRONG_RECIPIENT
+    assert rejected(world.opener("bank-1").receive, forwarded) is Reason.WRONG_RECIPIENT
 
 
 def test_expired_and_future_messages(world):
     forwarded = world.forward(world.seal(ttl_s=60))
     world.clock.now = T0 + 59
-    world.opener("registry").open(forwarded)
+    world.opener("registry").receive(forwarded)
     world.clock.now = T0 + 60
-    assert rejected(world.opener("registry").open, forwarded) is Reason.EXPIRED
+    assert rejected(world.opener("registry").receive, forwarded) is Reason.EXPIRED
     world.clock.now = T0 + 31  # created 31 s ahead of the verifier's clock: beyond the 30 s skew
     ahead = world.forward(world.seal())
     world.clock.now = T0
-    assert rejected(world.opener("registry").open, ahead) is Reason.EXPIRED
+    assert rejected(world.opener("registry").receive, ahead) is Reason.EXPIRED
     world.clock.now = T0 + 29
     within = world.forward(world.seal())
     world.clock.now = T0
-    world.opener("registry").open(within)
+    world.opener("registry").receive(within)
 
 
 def test_replay_is_refused(world):
     opener = world.opener("registry")
     forwarded = world.forward(world.seal())
-    opener.open(forwarded)
-    assert rejected(opener.open, forwarded) is Reason.REPLAYED
+    opener.receive(forwarded)
+    assert rejected(opener.receive, forwarded) is Reason.REPLAYED
     # the hub forwarding the same origin message twice yields the same message id: still a replay
     origin = world.seal()
-    opener.open(world.forward(origin))
-    assert rejected(opener.open, world.forward(origin)) is Reason.REPLAYED
+    opener.receive(world.forward(origin))
+    assert rejected(opener.receive, world.forward(origin)) is Reason.REPLAYED
 
 
 def test_hub_ingress_replay_guard_is_opt_in(world):
@@ -340,12 +351,12 @@ def test_hub_ingress_replay_guard_is_opt_in(world):
 def test_oversize_malformed_and_unknown_schema(world):
     forwarded = world.forward(world.seal())
     small = world.opener("registry", max_bytes=len(forwarded) - 1)
-    assert rejected(small.open, forwarded) is Reason.OVERSIZE
-    assert rejected(world.opener("registry").open, b"\xc3\x01" + bytes(8) + b"garbage") is Reason.UNKNOWN_SCHEMA
-    assert rejected(world.opener("registry").open, b"not avro") is Reason.MALFORMED
-    assert rejected(world.opener("registry").open, forwarded[:-3]) is Reason.MALFORMED
+    assert rejected(small.receive, forwarded) is Reason.OVERSIZE
+    assert rejected(world.opener("registry").receive, b"\xc3\x01" + bytes(8) + b"garbage") is Reason.UNKNOWN_SCHEMA
+    assert rejected(world.opener("registry").receive, b"not avro") is Reason.MALFORMED
+    assert rejected(world.opener("registry").receive, forwarded[:-3]) is Reason.MALFORMED
     other_record = codec.encode("provision_inquiry", example_body("provision.inquiry"))
-    assert rejected(world.opener("registry").open, other_record) is Reason.UNKNOWN_SCHEMA
+    assert rejected(world.opener("registry").receive, other_record) is Reason.UNKNOWN_SCHEMA
     with pytest.raises(EnvelopeRejection) as info:
         world.seal(type_="no.such.type", body={})
     assert info.value.reason is Reason.UNKNOWN_SCHEMA
@@ -354,7 +365,7 @@ def test_oversize_malformed_and_unknown_schema(world):
     unknown_type = resign(record, world.keys["agency-a"])
     assert rejected(world.ingress.verify, unknown_type) is Reason.UNKNOWN_SCHEMA
     direct = world.opener("registry", require_countersignature=False)
-    assert rejected(direct.open, unknown_type) is Reason.UNKNOWN_SCHEMA
+    assert rejected(direct.receive, unknown_type) is Reason.UNKNOWN_SCHEMA
 
 
 def test_unknown_recipient_cannot_be_sealed_to(world):
@@ -367,13 +378,13 @@ def test_unknown_recipient_cannot_be_sealed_to(world):
 def test_revocation_is_immediate():
     world = World()
     first = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
-    world.opener("registry").open(first)
+    world.opener("registry").receive(first)
     in_flight = world.forward(world.seal(sender="bank-3", type_="existence.answer"))
     world.directory.revoke(world.keys["bank-3"].signing_key_id)
-    assert rejected(world.opener("registry").open, in_flight) is Reason.REVOKED_KEY
+    assert rejected(world.opener("registry").receive, in_flight) is Reason.REVOKED_KEY
     assert rejected(world.ingress.verify, world.seal(sender="bank-3", type_="existence.answer")) is Reason.REVOKED_KEY
     world.directory.revoke(world.keys["hub"].signing_key_id)
-    assert rejected(world.opener("registry").open, world.forward(world.seal())) is Reason.REVOKED_KEY
+    assert rejected(world.opener("registry").receive, world.forward(world.seal())) is Reason.REVOKED_KEY
 
 
 def test_rotation_old_key_verifies_in_flight_messages_until_retired(tmp_path):
@@ -384,9 +395,9 @@ def test_rotation_old_key_verifies_in_flight_messages_until_retired(tmp_path):
     world.keys["agency-a"].rotate(now=int(world.clock.now * 1000))
     world.publish(world.keys["agency-a"])
     world.clock.now = T0 + 20
-    assert world.opener("registry").open(before).meta.sender_key_id != world.keys["agency-a"].signing_key_id
+    assert world.opener("registry").receive(before).meta.sender_key_id != world.keys["agency-a"].signing_key_id
     after = world.forward(world.seal())
-    assert world.opener("registry").open(after).meta.sender_key_id == world.keys["agency-a"].signing_key_id
+    assert world.opener("registry").receive(after).meta.sender_key_id == world.keys["agency-a"].signing_key_id
     # the old key, used after its retirement, is refused
     stale = Keyset.load(tmp_path / "old", b"pw")
     stale_sealer = envelope.Sealer(stale, world.directory, clock=world.clock)
@@ -401,7 +412,7 @@ def test_rotation_of_the_recipient_old_key_still_decrypts():
     world.keys["bank-1"].rotate(now=int(T0 * 1000) + 1)
     world.publish(world.keys["bank-1"])
     world.clock.now = T0 + 5
-    assert world.opener("bank-1").open(before)
+    assert world.opener("bank-1").receive(before)
     after = world.seal(sender="registry", to="bank-1", type_="existence.check")
     assert codec.decode(after, "envelope")["recipient_key_id"] == world.keys["bank-1"].encryption_key_id
 
@@ -425,7 +436,7 @@ def _fanout(world: World) -> bytes:
 
 def test_fanout_each_bank_opens_only_its_own_wrap(world):
     sealed = _fanout(world)
-    meta = world.ingress.verify(sealed)
+    meta = world.ingress.verify(sealed).meta
     assert meta.recipient == FANOUT and meta.recipients == tuple(BANKS)
     copies = {b: world.forward(sealed, recipient=b) for b in BANKS}
     wrapped = {w["recipient"]: w["wrapped_key"] for w in codec.decode(sealed, "envelope")["wraps"]}
@@ -433,12 +444,12 @@ def test_fanout_each_bank_opens_only_its_own_wrap(world):
         record = codec.decode(data, "envelope")
         assert [w["recipient"] for w in record["wraps"]] == [bank]
         assert all(wrapped[other] not in data for other in BANKS if other != bank)
-        opened = world.opener(bank).open(data)
+        opened = world.opener(bank).receive(data)
         assert opened.meta.subject == world.token(bank)
         assert opened.body == codec.decode(codec.encode("inheritance_lookup", example_body("lookup.inheritance")), "inheritance_lookup")
         for other in BANKS:
             if other != bank:
-                assert rejected(world.opener(other).open, data) is Reason.WRONG_RECIPIENT
+                assert rejected(world.opener(other).receive, data) is Reason.WRONG_RECIPIENT
 
 
 def test_fanout_wrap_swaps_and_bad_proofs_are_refused(world):
@@ -448,16 +459,16 @@ def test_fanout_wrap_swaps_and_bad_proofs_are_refused(world):
     # bank-2 takes bank-1's copy and re-addresses it to itself
     stolen = copy.deepcopy(one)
     stolen["recipient"], stolen["recipient_key_id"] = "bank-2", two["recipient_key_id"]
-    assert rejected(world.opener("bank-2").open, codec.encode("envelope", stolen)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("bank-2").receive, codec.encode("envelope", stolen)) is Reason.BAD_SIGNATURE
     # a wrap proof pointing elsewhere
     for change in ({"leaf_index": 2}, {"leaf_count": 4}, {"siblings": one["wrap_proof"]["siblings"][:-1]}):
         bad = copy.deepcopy(one)
         bad["wrap_proof"].update(change)
-        assert rejected(world.opener("bank-1").open, codec.encode("envelope", bad)) is Reason.BAD_SIGNATURE
+        assert rejected(world.opener("bank-1").receive, codec.encode("envelope", bad)) is Reason.BAD_SIGNATURE
     # a tampered wrap
     bad = copy.deepcopy(one)
     bad["wraps"][0]["wrapped_key"] = _flip(bad["wraps"][0]["wrapped_key"])
-    assert rejected(world.opener("bank-1").open, codec.encode("envelope", bad)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("bank-1").receive, codec.encode("envelope", bad)) is Reason.BAD_SIGNATURE
 
 
 def test_fanout_hub_cannot_forward_to_a_bank_without_a_wrap(world):
@@ -476,7 +487,7 @@ def test_fanout_needs_distinct_recipients(world):
 
 
 def test_meta_repr_shows_no_token_material_and_never_the_body(world):
-    opened = world.opener("registry").open(world.forward(world.seal()))
+    opened = world.opener("registry").receive(world.forward(world.seal()))
     token = world.token("registry")
     for text in (repr(opened.meta), str(opened.meta), repr(opened)):
         assert token[:4] not in text and "subject='<token>'" in text
@@ -494,8 +505,8 @@ def test_rejections_never_carry_personal_data(world, no_personal_data):
     """Exercise many rejection paths; the leak guard then checks the My Numbers behind the tokens."""
     token = world.token("agency-a")
     for fn, arg in [
-        (world.opener("registry").open, world.seal()),
-        (world.opener("bank-1").open, world.forward(world.seal())),
+        (world.opener("registry").receive, world.seal()),
+        (world.opener("bank-1").receive, world.forward(world.seal())),
         (world.ingress.verify, b"\xc3\x01" + bytes(20)),
     ]:
         with pytest.raises(EnvelopeRejection) as info:
@@ -549,11 +560,11 @@ def test_a_participant_signing_as_another_with_its_own_valid_key_is_refused(worl
         data_item="public_funds_account", basis="koza-toroku-ho-9")
     assert peek(forged).sender == "agency-a" and peek(forged).sender_key_id == world.keys["agency-b"].signing_key_id
     assert rejected(world.ingress.verify, forged) is Reason.BAD_SIGNATURE
-    assert rejected(world.opener("registry", require_countersignature=False).open, forged) is Reason.BAD_SIGNATURE
-    assert rejected(world.opener("registry").open, world.countersign(forged)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry", require_countersignature=False).receive, forged) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").receive, world.countersign(forged)) is Reason.BAD_SIGNATURE
     # the same message honestly sealed by agency-a opens (the forgery is refused for its key alone)
     honest = world.seal(sender="agency-a")
-    assert world.opener("registry").open(world.countersign(honest)).meta.sender == "agency-a"
+    assert world.opener("registry").receive(world.countersign(honest)).meta.sender == "agency-a"
 
 
 def test_impersonation_is_refused_by_the_hub_gateway(world):
@@ -575,7 +586,7 @@ def test_a_lifetime_over_the_cap_resigned_by_a_valid_key_is_expired(world):
     record["expires_at"] = record["created_at"] + timedelta(seconds=envelope.MAX_TTL_S + 3600)
     long_lived = resign(record, world.keys["agency-a"])
     assert rejected(world.ingress.verify, long_lived) is Reason.EXPIRED
-    assert rejected(world.opener("registry").open, world.countersign(long_lived)) is Reason.EXPIRED
+    assert rejected(world.opener("registry").receive, world.countersign(long_lived)) is Reason.EXPIRED
     # exactly the cap is still accepted
     record["expires_at"] = record["created_at"] + timedelta(seconds=envelope.MAX_TTL_S)
     world.ingress.verify(resign(record, world.keys["agency-a"]))
@@ -587,7 +598,7 @@ def test_a_forwarder_clock_ahead_beyond_the_skew_is_expired(world):
     meta = world.ingress.verify(sealed)
     ahead = envelope.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + 60)
     forwarded = ahead.forward(meta, world.token("registry"))
-    assert rejected(world.opener("registry").open, forwarded) is Reason.EXPIRED
+    assert rejected(world.opener("registry").receive, forwarded) is Reason.EXPIRED
     # within the allowed skew (29 s ahead) the same message opens
     near = envelope.HubForwarder(world.keys["hub"], world.directory, clock=lambda: T0 + envelope.DEFAULT_SKEW_S - 1)
-    assert world.opener("registry").open(near.forward(meta, world.token("registry"))).meta.sender == "agency-a"
+    assert world.opener("registry").receive(near.forward(meta, world.token("registry"))).meta.sender == "agency-a"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import secrets
 import uuid
 from datetime import UTC, datetime
 
@@ -21,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infra.core.errors import Reason
-from infra.crypto import envelope, keys, layout
-from infra.crypto.envelope import LegIds, Message, Sealer, peek
+from infra.crypto import keys, layout
+from infra.crypto.envelope import LEG_KEY_LIFETIME_S, LegIds, Message, Sealer, peek
 from schemas import codec
 from tests.unit.envelope_world import (
     T0,
@@ -54,7 +55,7 @@ def deterministic(monkeypatch):
     """Every random input of sealing fixed: HPKE replaced by a stand-in, data keys and nonces all zero."""
     monkeypatch.setattr(keys.EncryptionPublicKey, "seal", lambda self, plaintext, info: hashlib.sha256(info).digest()
                         + plaintext)
-    monkeypatch.setattr(envelope.secrets, "token_bytes", lambda n=32: bytes(n))
+    monkeypatch.setattr(secrets, "token_bytes", lambda n=32: bytes(n))
     monkeypatch.setattr(AESGCM, "generate_key", staticmethod(lambda bit_length: bytes(bit_length // 8)))
     root = keys.RootAuthority(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)))
     sets = {p: fixed_keyset(p) for p in ("agency-a", "registry", "bank-1", "bank-2")}
@@ -97,9 +98,9 @@ def test_the_golden_check_can_fail(deterministic):
 def test_procedure_travels_signed_and_reaches_the_recipient(world):
     sealed = world.seal(procedure=PROCEDURE)
     assert peek(sealed).procedure == PROCEDURE
-    meta = world.ingress.verify(sealed)
+    meta = world.ingress.verify(sealed).meta
     assert meta.procedure == PROCEDURE
-    opened = world.opener("registry").open(world.forward(sealed))
+    opened = world.opener("registry").receive(world.forward(sealed))
     assert opened.meta.procedure == PROCEDURE and opened.body["procedure_code"] == example_body(
         "provision.inquiry")["procedure_code"]
 
@@ -119,13 +120,13 @@ def test_a_changed_procedure_or_outcome_fails_the_origin_signature(world, field,
     assert rejected(world.ingress.verify, tampered) is Reason.BAD_SIGNATURE
     forwarded = codec.decode(world.forward(sealed), "envelope")  # and after the hub, at the recipient
     forwarded[field] = after
-    assert rejected(world.opener("registry").open, codec.encode("envelope", forwarded)) is Reason.BAD_SIGNATURE
+    assert rejected(world.opener("registry").receive, codec.encode("envelope", forwarded)) is Reason.BAD_SIGNATURE
 
 
 def test_outcome_reaches_the_answers_recipient(world):
     sealed = world.seal(sender="registry", to="agency-a", type_="provision.response", outcome="BLOCKED",
                         procedure=PROCEDURE)
-    opened = world.opener("agency-a").open(world.forward(sealed))
+    opened = world.opener("agency-a").receive(world.forward(sealed))
     assert (opened.meta.outcome, opened.meta.procedure) == ("BLOCKED", PROCEDURE)
 
 
@@ -133,11 +134,12 @@ def test_outcome_reaches_the_answers_recipient(world):
 
 
 def _leg(world, sealed: bytes, recipient: str | None = None, ids: LegIds | None = None) -> tuple[bytes, LegIds]:
-    meta = world.ingress.verify(sealed)
+    verified = world.ingress.verify(sealed)
+    meta = verified.meta
     to = recipient or meta.recipient
     ids = ids or LegIds(str(uuid.uuid4()), str(uuid.uuid4()))
     subject = world.tokens.translate(meta.subject, meta.sender, to)
-    return world.hub.forward(meta, subject, recipient=recipient, leg=ids), ids
+    return world.hub.forward(verified, subject, recipient=recipient, leg=ids), ids
 
 
 def test_a_leg_carries_no_origin_id_and_still_verifies_end_to_end(world):
@@ -150,7 +152,7 @@ def test_a_leg_carries_no_origin_id_and_still_verifies_end_to_end(world):
     for value in (origin.message_id, origin.correlation_id, origin.message_id.encode(),
                   uuid.UUID(origin.message_id).bytes, uuid.UUID(origin.correlation_id).bytes):
         assert (value.encode() if isinstance(value, str) else value) not in leg
-    opened = world.opener("registry").open(leg)
+    opened = world.opener("registry").receive(leg)
     assert (opened.meta.message_id, opened.meta.correlation_id) == (ids.message_id, ids.correlation_id)
     assert opened.meta.procedure == PROCEDURE and opened.meta.sender == "agency-a"
     assert opened.meta.subject == world.token("registry") and opened.body == example_body("provision.inquiry")
@@ -162,8 +164,8 @@ def test_the_same_leg_ids_on_a_forward_again_are_a_duplicate_to_the_recipient(wo
     first, _ = _leg(world, sealed, ids=ids)
     again = world.hub.forward(world.ingress.verify(sealed), world.token("registry"), leg=ids)  # a batch redone
     opener = world.opener("registry")
-    opener.open(first)
-    assert rejected(opener.open, again) is Reason.REPLAYED
+    opener.receive(first)
+    assert rejected(opener.receive, again) is Reason.REPLAYED
 
 
 def test_fanout_legs_share_no_id_and_each_opens(world):
@@ -175,7 +177,7 @@ def test_fanout_legs_share_no_id_and_each_opens(world):
     ids = [(peek(v).message_id, peek(v).correlation_id) for v in legs.values()]
     assert len({i for pair in ids for i in pair}) == 2 * len(banks)
     for bank, leg in legs.items():
-        assert world.opener(bank).open(leg).meta.recipient == bank
+        assert world.opener(bank).receive(leg).meta.recipient == bank
 
 
 def test_one_leg_key_per_recipient_key_for_its_lifetime(world):
@@ -186,7 +188,7 @@ def test_one_leg_key_per_recipient_key_for_its_lifetime(world):
     first, second = leg_key("registry", world.seal()), leg_key("registry", world.seal())
     assert first == second  # one HPKE seal serves every leg to that key
     assert leg_key("bank-1", world.seal(sender="registry", to="bank-1", type_="existence.check")) != first
-    world.clock.now += envelope.LEG_KEY_LIFETIME_S + 1
+    world.clock.now += LEG_KEY_LIFETIME_S + 1
     assert leg_key("registry", world.seal()) != first
 
 
@@ -233,8 +235,8 @@ def test_every_part_of_a_leg_is_bound(world, name):
     leg, _ = _leg(world, sealed)
     record = copy.deepcopy(codec.decode(leg, "envelope"))
     mutate(record, world, origin)
-    assert rejected(world.opener("registry").open, codec.encode("envelope", record)) is expected
-    world.opener("registry").open(leg)  # the untampered leg still opens
+    assert rejected(world.opener("registry").receive, codec.encode("envelope", record)) is expected
+    world.opener("registry").receive(leg)  # the untampered leg still opens
 
 
 def test_a_leg_cannot_enter_the_hub(world):
@@ -246,4 +248,4 @@ def test_a_leg_cannot_enter_the_hub(world):
 
 def test_a_leg_for_someone_else_is_the_wrong_recipient(world):
     leg, _ = _leg(world, world.seal())
-    assert rejected(world.opener("bank-1").open, leg) is Reason.WRONG_RECIPIENT
+    assert rejected(world.opener("bank-1").receive, leg) is Reason.WRONG_RECIPIENT

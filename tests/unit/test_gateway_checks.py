@@ -62,7 +62,7 @@ def test_the_hub_answers_a_token_request_itself_and_forwards_nothing(world):
     assert failed == []
     [(to, key, envelope)] = answers
     assert (to, key) == ("agency-a", world.token("agency-a"))  # the requester's own token, its Kafka key
-    opened = world.opener("agency-a", require_countersignature=False).open(envelope)
+    opened = world.opener("agency-a", require_countersignature=False).receive(envelope)
     assert opened.body["token"].decode() == world.token("agency-a") and opened.body["local_ref"] == "ref-1"
     origin = peek(sent.value)
     assert (opened.meta.type, opened.meta.sender, opened.meta.correlation_id) == (

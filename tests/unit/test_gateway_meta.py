@@ -47,7 +47,7 @@ def test_an_entitled_inquiry_is_forwarded_under_ids_of_its_own(world, core):
     ids = d.legs[0].ids
     assert {ids.message_id, ids.correlation_id}.isdisjoint({origin.message_id, origin.correlation_id})
     [(recipient, _, envelope)] = core.forward([d])
-    opened = world.opener(recipient).open(envelope)
+    opened = world.opener(recipient).receive(envelope)
     assert (opened.meta.message_id, opened.meta.correlation_id) == (ids.message_id, ids.correlation_id)
     assert opened.meta.procedure == PROCEDURE
     [record] = d.records
@@ -79,11 +79,11 @@ def test_the_answers_record_says_what_happened_and_the_reply_finds_its_requester
     sent = inquiry(world, procedure=PROCEDURE)
     [asked] = core.decide([sent])
     [(_, _, leg)] = core.forward([asked])
-    shown = world.opener("registry").open(leg).meta  # the registry answers in the correlation it was shown
+    shown = world.opener("registry").receive(leg).meta  # the registry answers in the correlation it was shown
     [d] = core.decide([answer(world, shown.correlation_id, outcome)])
     assert d.accepted
     [(recipient, _, back)] = core.forward([d])
-    opened = world.opener(recipient).open(back)
+    opened = world.opener(recipient).receive(back)
     assert recipient == "agency-a" and opened.meta.correlation_id == peek(sent.value).correlation_id
     assert opened.meta.outcome == outcome
     [record] = d.records

@@ -76,7 +76,7 @@ def test_fanout_drops_suspended_and_non_participating_legs(world, core):
     assert [r.provider for r in d.records] == ["bank-1"]
     [(recipient, _, envelope)] = core.forward([d])
     assert recipient == "bank-1"
-    opened = world.opener("bank-1").open(envelope)
+    opened = world.opener("bank-1").receive(envelope)
     assert opened.meta.subject == world.token("bank-1") and opened.meta.sender == "dicj"
 
 

@@ -50,8 +50,8 @@ def test_a_forwarded_leg_shows_its_procedure_only_to_its_recipient() -> None:
     world = World()
     sealed = world.seal("agency-a", "registry", "provision.inquiry", procedure="child-allowance")
     assert describe_record(Rec(0, 0, 0, None, sealed, []))["envelope"]["procedure"] == "child-allowance"  # ingress
-    meta = world.ingress.verify(sealed)
-    leg = world.hub.forward(meta, world.token("registry"), leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
+    verified = world.ingress.verify(sealed)
+    leg = world.hub.forward(verified, world.token("registry"), leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
     env = describe_record(Rec(0, 0, 0, None, leg, []))["envelope"]
     assert env["forwarded_leg"] is True and env["procedure"] is None and "outcome" not in env
 

@@ -95,7 +95,7 @@ def test_each_receiver_opens_a_type_only_from_the_kinds_allowed_to_send_it(world
         sealed = world.seal(sender=sender, to=recipient, type_=type_, body=example_body(type_),
                             subject=world.token(recipient if sender == "hub" else sender))
         envelope = sealed if sender == "hub" else world.countersign(sealed)
-        got = refusal_of(world.opener(recipient).open, envelope)
+        got = refusal_of(world.opener(recipient).receive, envelope)
         if sender == "hub":
             allowed = world.participants.get(recipient).kind in rule.from_hub
         else:
@@ -120,31 +120,31 @@ def test_the_hub_keyset_cannot_ask_the_registry_or_delete_a_registration(world):
     self_countersigned = HubForwarder(hub, world.directory, clock=world.clock)
     opener = world.opener("registry")
     for envelope in (inquiry, delete):
-        assert refusal_of(opener.open, envelope) is Reason.SENDER_NOT_ALLOWED
-        forwarded = self_countersigned.forward(envelope, registry_token)  # the hub "forwards" its own message
-        assert refusal_of(opener.open, forwarded) is Reason.SENDER_NOT_ALLOWED
+        assert refusal_of(opener.receive, envelope) is Reason.SENDER_NOT_ALLOWED
+        forwarded = self_countersigned.forward(world.ingress.verify(envelope), registry_token)  # "forwards" its own
+        assert refusal_of(opener.receive, forwarded) is Reason.SENDER_NOT_ALLOWED
     # the refusals burnt nothing: an agency's inquiry through the hub still opens
-    assert opener.open(world.forward(world.seal(sender="agency-a"))).meta.sender == "agency-a"
+    assert opener.receive(world.forward(world.seal(sender="agency-a"))).meta.sender == "agency-a"
 
 
 def test_the_hubs_own_opener_opens_only_token_requests_addressed_to_the_hub(world):
     hub_opener = world.opener("hub", require_countersignature=False)
     token_request = world.seal(sender="agency-a", to="hub", type_=msg.TOKEN_ISSUE_REQUEST)
-    assert hub_opener.open(token_request).meta.type == msg.TOKEN_ISSUE_REQUEST
+    assert hub_opener.receive(token_request).meta.type == msg.TOKEN_ISSUE_REQUEST
     # addressed to someone else: never, forwarded or direct
     to_registry = world.seal(sender="agency-a", to="registry")
-    assert refusal_of(hub_opener.open, to_registry) is Reason.WRONG_RECIPIENT
-    assert refusal_of(hub_opener.open, world.forward(to_registry)) is Reason.WRONG_RECIPIENT
+    assert refusal_of(hub_opener.receive, to_registry) is Reason.WRONG_RECIPIENT
+    assert refusal_of(hub_opener.receive, world.forward(to_registry)) is Reason.WRONG_RECIPIENT
     # a fan-out naming the hub among its recipients carries more than one wrap: refused before decoding
     fanout = world.sealer("dicj").seal_multi(example_body(msg.LOOKUP_INHERITANCE), type=msg.LOOKUP_INHERITANCE,
                                              to=["hub", "bank-1"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="x")
-    assert refusal_of(hub_opener.open, fanout) is Reason.OVERSIZE
+    assert refusal_of(hub_opener.receive, fanout) is Reason.OVERSIZE
     # addressed to the hub, but not a type the hub receives
     for type_ in sorted(set(BODY_SCHEMA) - {msg.TOKEN_ISSUE_REQUEST}):
         sender = "hub" if SENDERS[type_].from_hub else "agency-a"
         envelope = world.seal(sender=sender, to="hub", type_=type_, body=example_body(type_))
-        assert refusal_of(hub_opener.open, envelope) is Reason.SENDER_NOT_ALLOWED, type_
+        assert refusal_of(hub_opener.receive, envelope) is Reason.SENDER_NOT_ALLOWED, type_
     # nor does the hub ask itself for a token
     own = world.seal(sender="hub", to="hub", type_=msg.TOKEN_ISSUE_REQUEST)
-    assert refusal_of(hub_opener.open, own) is Reason.SENDER_NOT_ALLOWED
+    assert refusal_of(hub_opener.receive, own) is Reason.SENDER_NOT_ALLOWED
