@@ -159,13 +159,13 @@ class _World:
 
 async def hub_keyset_holder(w: _World, report: InsiderReport) -> None:
     """Asks the registry for the person's account and deletes the registration, as the hub."""
-    from infra.crypto.envelope import HubForwarder, Sealer, peek
+    from infra.crypto.envelope import HubForwarder, Sealer, Verifier, peek
     from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from schemas import types as msg
 
     hub = w.store.keyset("hub")
     directory = w.bus.runtime.directory
-    as_hub, countersigner = Sealer(hub, directory), HubForwarder(hub, directory)
+    as_hub, countersigner, checks = Sealer(hub, directory), HubForwarder(hub, directory), Verifier(directory)
     token = w.authority.token_for(w.my_number, "registry")  # what the token authority can mint
 
     def inquiry() -> bytes:
@@ -178,8 +178,8 @@ async def hub_keyset_holder(w: _World, report: InsiderReport) -> None:
                            type=msg.REGISTRATION_REQUEST, to="registry", subject=token,
                            data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_CHANGE)
 
-    attacks = {"inquiry": [inquiry(), countersigner.forward(inquiry(), token)],
-               "delete": [delete(), countersigner.forward(delete(), token)]}
+    attacks = {"inquiry": [inquiry(), countersigner.forward(checks.verify(inquiry()), token)],
+               "delete": [delete(), countersigner.forward(checks.verify(delete()), token)]}
     inbox = w.names.inbox("registry")
     served = []
     for envelopes in attacks.values():
