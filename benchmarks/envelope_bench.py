@@ -54,19 +54,20 @@ def run(messages: int, batch_size: int | None, kem: str, legs: bool = False) -> 
     t_seal = time.perf_counter() - t
 
     t = time.perf_counter()
-    metas = [ingress.verify(s) for s in sealed]
+    verified = [ingress.verify(s) for s in sealed]
     t_verify = time.perf_counter() - t
 
     names = HubPseudonyms.of(tokens)
     t = time.perf_counter()
     forwarded: list[bytes] = []
-    for i in range(0, len(metas), size):
+    for i in range(0, len(verified), size):
         if legs:  # what the gateway does: the leg's ids, then a forward that seals the origin's
             forwarded.extend(hub.forward_batch([
-                (m, new_subject, None, names.legs(m.message_id, m.correlation_id, m.sender, ["registry"])[0])
-                for m in metas[i:i + size]]))
+                (v, new_subject, None, names.legs(v.meta.message_id, v.meta.correlation_id, v.meta.sender,
+                                                  ["registry"])[0])
+                for v in verified[i:i + size]]))
         else:
-            forwarded.extend(hub.forward_batch([(m, new_subject) for m in metas[i:i + size]]))
+            forwarded.extend(hub.forward_batch([(v, new_subject) for v in verified[i:i + size]]))
     t_forward = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -102,10 +103,11 @@ def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
         times: dict[str, float] = {}
         for label, own_ids in (("as before", False), ("as legs", True)):
             t = time.perf_counter()
-            meta = ingress.verify(sealed)
+            verified = ingress.verify(sealed)
+            meta = verified.meta
             subjects = tokens.translate_many(meta.subject, meta.sender, bank_ids)
             ids = names.legs(meta.message_id, meta.correlation_id, meta.sender, bank_ids) if own_ids else [None] * banks
-            out = hub.forward_batch([(meta, s, b, i) for b, s, i in zip(bank_ids, subjects, ids, strict=True)])
+            out = hub.forward_batch([(verified, s, b, i) for b, s, i in zip(bank_ids, subjects, ids, strict=True)])
             times[f"hub {label}"] = (time.perf_counter() - t) * 1e3
             t = time.perf_counter()
             for b, envelope in zip(bank_ids, out, strict=True):
