@@ -120,7 +120,7 @@ class VerifiedEnvelope:
     @property
     def countersigned(self) -> bool:
         """Whether the hub's countersignature was checked (else the hub is the origin, or it is an origin envelope)."""
-        return self.record["countersignature"] is not None
+        return self._record["countersignature"] is not None
 
     def wrap_index(self, recipient: str | None) -> int | None:
         """Where ``recipient``'s wrap sits (one dict, not a scan per leg: a fan-out to 1,000 banks)."""
