@@ -137,3 +137,25 @@ def test_a_leg_is_verified_only_with_its_recipients_key(world):
     assert rejected(Verifier(world.directory, clock=world.clock).verify_delivered, leg) is Reason.UNDECRYPTABLE
     assert rejected(world.opener("bank-1").verify, leg) is Reason.WRONG_RECIPIENT
     assert world.opener("registry").receive(leg).meta.sender == "agency-a"
+
+
+def test_the_hub_forwards_the_envelope_its_own_ingress_check_returned(world):
+    """``HubCore.decide`` keeps the VerifiedEnvelope; ``HubCore.forward`` countersigns that and nothing else."""
+    from streams.gateway import HubCore, Inbound
+    from tests.unit.envelope_world import PROCEDURE, world_policy
+
+    core = HubCore(verifier=Verifier(world.directory, clock=world.clock), forwarder=world.hub, policy=world_policy(),
+                   participants=world.participants, tokens=world.tokens)
+    good = Inbound(world.seal(basis="account-registration-act/art9", procedure=PROCEDURE), 0, 1)
+    tampered = codec.decode(good.value, "envelope")
+    tampered["data_item"] = "everything"
+    bad = Inbound(codec.encode("envelope", tampered), 0, 2)
+    accepted, refused = core.decide([good, bad])
+    assert accepted.accepted and type(accepted.verified) is VerifiedEnvelope and not accepted.verified.delivered
+    assert accepted.meta is accepted.verified.meta
+    assert refused.reason is Reason.BAD_SIGNATURE and refused.verified is None  # only claims, for the dead letter
+    [(recipient, _, envelope)] = core.forward([accepted, refused])
+    assert recipient == "registry" and world.opener("registry").receive(envelope).meta.sender == "agency-a"
+    accepted.verified = good.value  # a bug that hands the forwarder the raw bytes: refused, not countersigned
+    with pytest.raises(TypeError):
+        core.forward([accepted])
