@@ -56,7 +56,7 @@ class HubForwarder:
                 raise TypeError("HubForwarder forwards an envelope verified as it enters the hub (Verifier.verify), "
                                 "not one verified as delivered")
             src = verified.record
-            r = dict(src)
+            r = src.copy()  # the underlying dict's copy: dict(proxy) walks the mapping protocol, ~2 µs slower
             r["subject"] = new_subject
             wrap_leaf = b""
             if src["wraps"]:

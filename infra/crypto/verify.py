@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -89,12 +89,12 @@ class VerifiedEnvelope:
         return self._verified_at
 
     @property
-    def record(self) -> Mapping[str, Any]:
+    def record(self) -> MappingProxyType[str, Any]:
         """The decoded envelope, read-only."""
         return self._record
 
     @property
-    def origin(self) -> Mapping[str, Any]:
+    def origin(self) -> MappingProxyType[str, Any]:
         """The record its origin signed: ``record`` itself, or for a leg the leg with the origin's ids restored."""
         return self._origin
 
