@@ -464,11 +464,11 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
 
 async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
-    from connectors.client import BusClient
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
     from infra.platform.keystore import KeyStore
     from schemas import types as msg
+    from streams.client import BusClient
 
     rng = random.Random(7)
     authority = KeyStore.for_settings(settings).token_authority()
@@ -524,9 +524,9 @@ async def lookups(settings: Settings, sequential: int, sustain_s: float, concurr
     """Inheritance lookups to every participating bank: sequential, then ``concurrency`` in flight."""
     import asyncpg
 
-    from connectors.client import BusClient
     from connectors.dicj import DicjDesk
     from infra.tools.demo_lookups import LookupWorld  # the demo's seeding helpers (accounts, portal numbering)
+    from streams.client import BusClient
 
     banks = settings.banks
     prefix = settings.kafka.topic_prefix

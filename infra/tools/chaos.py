@@ -280,11 +280,11 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     acknowledged record was lost."""
     import asyncpg
 
-    from connectors.client import BusClient
     from connectors.dicj import DicjDesk
     from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import observer_dsn
     from infra.tools.chaos_broker import AckLedger, BrokerKills
+    from streams.client import BusClient
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(20261126)

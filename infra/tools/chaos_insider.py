@@ -397,8 +397,8 @@ async def insider_attacks(platform: Any, *, rng: random.Random | None = None, sa
     """The three insiders' attacks on ``platform`` (running: hub, registry, banks), each an invariant."""
     import asyncpg
 
-    from connectors.client import BusClient
     from infra.platform.pgdsn import observer_dsn
+    from streams.client import BusClient
 
     say = say or (lambda _m: None)
     report = InsiderReport()

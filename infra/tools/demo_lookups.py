@@ -37,7 +37,6 @@ from typing import Any
 import asyncpg
 
 from connectors.bank_sim import file_numbering_at_counter, seed_customer, set_behaviour
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.core.clock import elapsed_ms
 from infra.core.settings import Settings
@@ -47,6 +46,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 
 SLOW_BANK_DELAY_MS = 14000

@@ -30,7 +30,6 @@ from connectors.bank_sim import apply_lookup_at_counter, lookup_notifications, s
 from connectors.bankfiles import bank_file_connector, render_file, write_atomically
 from connectors.bankhttp import BankHttpConnector
 from connectors.bankhttp_bank import BankChannelClient
-from connectors.client import BusClient
 from connectors.dicj import ANSWERS_TABLE, answer_row_id
 from connectors.jlis_sim import record_death
 from connectors.runtime import RetryPolicy
@@ -43,6 +42,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.stack import Platform
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
 from tests.integration.test_connectors_support import BankEndpoint, eventually

@@ -26,7 +26,6 @@ from connectors import channel_keys
 from connectors.bank_sim import seed_customer
 from connectors.bankhttp_bank import verify_check
 from connectors.channel_tls import CA_FILE, server_certificate
-from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
 from infra.core.settings import Settings
@@ -35,6 +34,7 @@ from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pglayout import ident
 from schemas import types as msg
+from streams.client import BusClient
 
 RNG = random.Random()
 

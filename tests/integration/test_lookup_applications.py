@@ -25,7 +25,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import apply_lookup_at_counter, lookup_notifications
-from connectors.client import BusClient
 from connectors.jlis_sim import record_death
 from infra.crypto.envelope import Message
 from infra.domain.disasters import Disaster, declare, today_jst
@@ -42,6 +41,7 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
 from infra.records.provisions import ProvisionStore
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
 from tests.integration.test_lookups import bank_token, customer, numbered_person, wait_for

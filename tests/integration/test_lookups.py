@@ -30,7 +30,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk, answer_row_id
 from infra.crypto.envelope import peek
 from infra.crypto.sealing import UnsealError
@@ -43,6 +42,7 @@ from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
 from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on

@@ -26,7 +26,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import set_behaviour
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, peek
 from infra.domain.policy import (
@@ -43,6 +42,7 @@ from infra.platform.storage import everywhere
 from infra.platform.topics import TopicNames
 from schemas import codec
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
