@@ -648,6 +648,7 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     """The demo's flows on this platform, recording the My Numbers they generate (for the leak scan)."""
     import infra.tools.demo_accounts as accounts
     import infra.tools.demo_lookups as lookups
+    import infra.tools.harness as harness  # LookupWorld.person makes the lookup flows' people
 
     used: list[str] = []
     original = accounts.generate_my_number
@@ -657,13 +658,13 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
         used.append(mn)
         return mn
 
-    saved = (accounts.generate_my_number, lookups.generate_my_number)
-    accounts.generate_my_number = lookups.generate_my_number = recording
+    saved = (accounts.generate_my_number, harness.generate_my_number)
+    accounts.generate_my_number = harness.generate_my_number = recording
     try:
         flows, _, _ = await accounts.account_flows(settings)  # flows, records, the demo card
         flows += await lookups.lookup_flows(settings)
     finally:
-        accounts.generate_my_number, lookups.generate_my_number = saved
+        accounts.generate_my_number, harness.generate_my_number = saved
     return flows, used
 
 
