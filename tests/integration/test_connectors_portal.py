@@ -43,9 +43,10 @@ from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import create_pool
 from infra.records.provisions import ProvisionStore, RecordDraft
+from infra.tools.harness import eventually
 from schemas import types as msg
 from streams.client import BusClient
-from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
+from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration
 

@@ -39,12 +39,12 @@ from infra.platform.embedded import spawn_python
 from infra.platform.metrics_server import fetch_metrics, read_endpoint
 from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
 from infra.platform.stack import settings_args, settings_env
+from infra.tools.harness import eventually
 from schemas import types as msg
 from streams.client import BusClient
 from tests.integration.test_connectors_support import (
     BankEndpoint,
     account,
-    eventually,
     my_number,
     register_through_portal,
     start_platform,

@@ -21,12 +21,12 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import everywhere
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
-from infra.tools.harness import read_topic
+from infra.tools.harness import eventually, read_topic
 from schemas import types as msg
 from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms
-from tests.integration.test_connectors_support import bank_token, eventually, hold_account
+from tests.integration.test_connectors_support import bank_token, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
