@@ -98,8 +98,8 @@ async def answered_again(bus, agency: str, token: str, *, within: float = 60) ->
 
 
 async def dead_lettered(settings, message_id: str, reason: str) -> bool:
-    found = (await list_dead_letters(settings, reason_code=reason))["dead_letters"]
-    return any(d["message_id"] == message_id for d in found)
+    found = (await list_dead_letters(settings, reason_code=reason)).dead_letters
+    return any(d.message_id == message_id for d in found)
 
 
 async def audit_events(settings) -> list[dict]:

@@ -146,20 +146,20 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
         basis=BASIS_PROVISION, correlation_id=correlation, procedure=PROCEDURES[ROTATING_AGENCY])])
 
     async def dead_letters(n: int):
-        found = (await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]
+        found = (await list_dead_letters(settings, reason_code="UNKNOWN_KEY")).dead_letters
         return found if len(found) == n else None
 
     (original,) = await eventually(lambda: dead_letters(1), timeout=60, interval=0.3)
-    assert original["message_id"] == message_id and original["redrive_count"] == 0
+    assert original.message_id == message_id and original.redrive_count == 0
 
     # A re-drive before the directory knows the key fails again; the new dead letter keeps the history.
     first = await redrive(settings, reason_code="UNKNOWN_KEY", reason="INC-11 too early")
     assert first["redriven"] == 1
     original, again = await eventually(lambda: dead_letters(2), timeout=60, interval=0.3)
-    assert again["message_id"] == message_id and again["redrive_count"] == 1
-    headers = await _headers_at(settings, again["offset"])
-    assert headers["renkei.redrive"] == str(original["offset"])
-    assert headers["renkei.redrive.history"] == str(original["offset"])
+    assert again.message_id == message_id and again.redrive_count == 1
+    headers = await _headers_at(settings, again.offset)
+    assert headers["renkei.redrive"] == str(original.offset)
+    assert headers["renkei.redrive.history"] == str(original.offset)
     assert headers["renkei.ops.event"] == first["audit"]["id"]
 
     # Publish the rotated keys: the hub and the registry follow the keys topic, no restart.
@@ -173,7 +173,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
                 > registry_updates)
 
     await eventually(followed, timeout=60, interval=0.3)
-    second = await redrive(settings, reason_code="UNKNOWN_KEY", since=str(again["timestamp"]),
+    second = await redrive(settings, reason_code="UNKNOWN_KEY", since=str(again.timestamp),
                            reason="INC-11 directory published")
     assert second["matched"] == 1 and second["redriven"] == 1
 
@@ -187,7 +187,7 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
     assert {(r["requester"], r["provider"], r["status"]) for r in records} == {
         (ROTATING_AGENCY, "registry", "REQUESTED"), (ROTATING_AGENCY, "registry", "PROVIDED")}
     await hub_barrier(settings)  # the hub has been through everything sent so far: the re-drive did not fail too
-    assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]) == 2
+    assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY")).dead_letters) == 2
     # The new keys are used end to end from now on: a fresh inquiry is answered directly.
     assert (await inquiry(bus, ROTATING_AGENCY, token)).body["status"] == "REGISTERED"
 
