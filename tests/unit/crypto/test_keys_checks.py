@@ -25,9 +25,9 @@ from infra.crypto.keys import (
     encode_snapshot,
     now_epoch_ms,
 )
+from tests.unit.crypto.test_keys import ROOT, T0
+from tests.unit.crypto.test_keys import directory_of as loaded
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
-from tests.unit.test_keys import ROOT, T0
-from tests.unit.test_keys import directory_of as loaded
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
 
