@@ -16,21 +16,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from connectors.bank_sim import seed_customer
-from connectors.dicj import DicjDesk
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
 from infra.domain.validation import generate_my_number
-from infra.platform.keystore import KeyStore
-from infra.platform.pgdsn import component_dsn
-from infra.platform.pglayout import BANKS
 from infra.platform.storage import count_everywhere
 from schemas import types as msg
-from streams.client import BusClient
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser: an ops command must not load the key store
+    import asyncpg
+
+    from connectors.dicj import DicjDesk
+    from streams.client import BusClient
 
 __all__ = ["LookupWorld", "dead_letter_info", "eventually", "lookup_world", "print_report", "quiesce", "read_topic"]
 
@@ -117,6 +115,8 @@ class LookupWorld:
     """
 
     def __init__(self, settings: Settings, conn: asyncpg.Connection, dicj: DicjDesk, portal: BusClient) -> None:
+        from infra.platform.keystore import KeyStore
+
         self.settings, self.conn, self.dicj, self.portal = settings, conn, dicj, portal
         self.tokens = KeyStore.for_settings(settings).token_authority()
         self.rng = random.Random()
@@ -125,6 +125,8 @@ class LookupWorld:
         return self.tokens.token_for(my_number, f"bank-{code}")
 
     async def person(self, holdings: dict[str, int]) -> tuple[str, dict[str, list[dict]]]:
+        from connectors.bank_sim import seed_customer
+
         mn = generate_my_number(self.rng)
         accounts: dict[str, list[dict]] = {}
         for code, n in holdings.items():
@@ -149,6 +151,13 @@ class LookupWorld:
 async def lookup_world(settings: Settings, tag: str) -> AsyncIterator[LookupWorld]:
     """The parties of a lookup, started and closed together: the simulated banks' database, DICJ's desk and a
     portal client (groups ``<prefix>.<tag>-dicj`` and ``<prefix>.<tag>-portal``)."""
+    import asyncpg
+
+    from connectors.dicj import DicjDesk
+    from infra.platform.pgdsn import component_dsn
+    from infra.platform.pglayout import BANKS
+    from streams.client import BusClient
+
     prefix = settings.kafka.topic_prefix
     conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
     try:
