@@ -5,7 +5,7 @@ Not a timed test: run it by hand and read the figures.
     .venv/bin/python -m benchmarks.client_send_bench [--sends 500] [--rounds 3]
 
 It starts a fresh embedded platform with no workers (broker, PostgreSQL, topics, keys), then a
-``BusClient`` for ``agency-nta`` (``connectors.client``), and issues ``--sends`` provision inquiries
+``BusClient`` for ``agency-nta`` (``streams.client``), and issues ``--sends`` provision inquiries
 at once, two ways, alternating for ``--rounds`` rounds:
 
 - ``coalesced``: each through ``ParticipantRuntime.send`` as ``BusClient.request`` does — sends that
@@ -68,7 +68,7 @@ async def _round(runtime: Any, sends: int, coalesced: bool) -> dict[str, float]:
 
 
 async def run(sends: int, rounds: int) -> dict[str, Any]:
-    from connectors.client import BusClient
+    from streams.client import BusClient
 
     state = Path(tempfile.mkdtemp(prefix="renkei-send-bench-"))
     platform = Platform(Settings(state_dir=state, banks=3, log_level="WARNING"), workers=[])

@@ -47,8 +47,8 @@ async def run(people: int, registered: int, window: int, keep: bool) -> dict:
         rng = random.Random(2000)
         numbers = [generate_my_number(rng) for _ in range(people)]
         t0 = time.perf_counter()
-        from connectors.client import BusClient
         from infra.tools.bench import register_people
+        from streams.client import BusClient
 
         async with BusClient(s, ["portal"], group=f"{s.kafka.topic_prefix}.batch-bench") as bus:
             await register_people(s, bus, numbers[:registered], first_account=2_000_000, timeout=120)

@@ -1,11 +1,11 @@
 """The edges of the bus: bank channel bridges (HTTP, files), simulated banks, DICJ's desk, the portal,
-the bus client (``BusClient``) and their ``renkei`` commands.
+and their ``renkei`` commands (the bus client, ``BusClient``, is a runtime client: ``streams.client``).
 
 Rule: imports ``infra.ops``, ``streams`` and every layer below them; never the tools or the CLI (the CLI
 imports the ``register`` functions of the command modules). Layers and their allowed directions:
 docs/architecture.md.
 
-Its public names are its modules (``__all__``): import from them, e.g. ``from connectors.client import …``. The package
+Its public names are its modules (``__all__``): import from them, e.g. ``from connectors.dicj import …``. The package
 re-exports nothing, so importing one module never loads the whole layer.
 """
 
@@ -22,7 +22,6 @@ __all__ = [
     "channel_keys",
     "channel_tls",
     "cli_client",
-    "client",
     "commands",
     "dicj",
     "httpsig",

@@ -1,7 +1,7 @@
 """Bus clients for one command-line request (``renkei portal|agency|bank|dicj …``, see connectors.commands).
 
 :class:`CommandClient` sends as a participant and waits for the answer, like
-:class:`connectors.client.BusClient`, but it only *listens* to the identity's
+:class:`streams.client.BusClient`, but it only *listens* to the identity's
 inbox; it does not consume it:
 
 - a group-less consumer (partitions assigned, nothing committed, no group to
@@ -32,12 +32,12 @@ import asyncio
 import logging
 from typing import Any
 
-from connectors.client import BusClient
 from infra.core.errors import Rejection
 from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.crypto.envelope import Opened, peek
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import Identity
 
 log = logging.getLogger("renkei.cli")

@@ -68,7 +68,6 @@ from typing import Any
 
 import asyncpg
 
-from connectors.client import BusClient
 from connectors.jlis_sim import JLIS_MIGRATIONS, date_of_death, death_confirmed
 from infra.core.errors import Reason, Rejection, ValidationError
 from infra.core.settings import Settings
@@ -86,6 +85,7 @@ from infra.domain.policy import (
 )
 from infra.platform.keystore import KeyStore
 from schemas import types as msg
+from streams.client import BusClient
 from streams.lookups import lookup_deadlines
 from streams.notices import notice
 from streams.participant import Context, ParticipantRuntime

@@ -62,6 +62,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.metrics import REASON_CODES, Counter, Gauge, WorkerMetrics
 from infra.platform.metrics_server import MetricsServer
 from schemas.types import MESSAGE_TYPES
+from streams.client import obtain_token
 from streams.participant import Context, Handler, ParticipantRuntime
 
 log = logging.getLogger("renkei.connector")
@@ -619,9 +620,7 @@ class ConnectorRuntime:
 
     async def token_for(self, participant: str, my_number: str, *, timeout: float = 30.0) -> str:
         """The token-issuance exchange of ``BusClient.token_for``, on this runtime's own identities."""
-        from connectors.client import BusClient
-
-        return await BusClient.token_for(self, participant, my_number, timeout=timeout)  # type: ignore[arg-type]
+        return await obtain_token(self, participant, my_number, timeout=timeout)
 
     async def enrol(self, participant: str, local_id: str, my_number: str, *, timeout: float = 30.0) -> str:
         """Map a local person id to ``participant``'s token (中間サーバー style). The My Number is not kept."""

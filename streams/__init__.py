@@ -1,5 +1,6 @@
 """The workers on the bus: the hub (gateway, records, forwarding), the registry, lookups, notices, and
-the participant runtime every participant's service runs on.
+the participant runtime every participant's service runs on, and the bus client (``streams.client.BusClient``)
+on that runtime.
 
 Rule: imports ``infra.records`` and the layers below it (``infra.platform``, ``infra.crypto``,
 ``infra.domain``, ``schemas``, ``infra.core``); never ``infra.ops``, ``connectors``, the tools or the CLI.
@@ -11,6 +12,7 @@ re-exports nothing, so importing one module never loads the whole layer.
 
 __all__ = [
     "app",
+    "client",
     "coalesce",
     "gateway",
     "hub",

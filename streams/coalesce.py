@@ -1,6 +1,6 @@
 """Group commit for a participant's sends: concurrent sends of one sender, stored together.
 
-A client (the agency client of ``connectors.client``, the portal) calls
+A client (the agency client of ``streams.client``, the portal) calls
 ``ParticipantRuntime.send`` once per request; alone, each call is one PostgreSQL
 transaction and one Ed25519 batch signature over a single message. Under load the
 calls overlap: while one store is in flight, the ones that arrive queue, and the

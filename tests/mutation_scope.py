@@ -40,7 +40,7 @@ class Scope:
     """One module of the security core under mutation."""
 
     path: str  # e.g. "infra/crypto/tokens.py"
-    tests: tuple[str, ...]  # unit test files (under tests/unit/) that judge its mutants
+    tests: tuple[str, ...]  # unit test file names (found in tests/unit/<package>/) that judge its mutants
     why: str
     functions: tuple[str, ...] = ("*",)  # globs over mutmut's function names: "x_name", "xǁClassǁmethod"
     exclude: tuple[str, ...] = ()  # I/O functions no unit test can reach (listed in docs/testing.md)
@@ -139,7 +139,21 @@ def tests_for_mutant(mutant: str, scopes: Iterable[Scope] = SCOPES,
     if scope is None:
         return None
     left_out = set(filter(None, (os.environ.get(WITHOUT_ENV, "") if without is None else without).split(",")))
-    return tuple(f"tests/unit/{t}" for t in scope.tests if t not in left_out)
+    return tuple(unit_test_path(t) for t in scope.tests if t not in left_out)
+
+
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def unit_test_path(name: str, unit: Path = UNIT_TESTS) -> str:
+    """Where the unit test file ``name`` is, from the repository root: ``tests/unit/<package>/<name>``.
+
+    A scope names files only; their folder mirrors the package they test (docs/testing.md) and may change
+    without touching the scopes. LookupError when no file, or more than one, has that name."""
+    found = sorted(p for p in unit.rglob(name) if "__pycache__" not in p.parts)
+    if len(found) != 1:
+        raise LookupError(f"a mutation scope names {name}: {len(found)} files of that name under tests/unit")
+    return f"tests/unit/{found[0].relative_to(unit).as_posix()}"
 
 
 # mutmut's exit codes (mutmut.__main__.status_by_exit_code): what each means for the score.

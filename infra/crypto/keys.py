@@ -96,18 +96,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
-def now_ms() -> int:
+def now_epoch_ms() -> int:
     return (datetime.now(UTC) - _EPOCH) // _MS
 
 
-def to_ms(value: datetime | int | None) -> int | None:
+def to_epoch_ms(value: datetime | int | None) -> int | None:
     """Epoch milliseconds, exactly (no float rounding)."""
     if value is None or isinstance(value, int):
         return value
     return (value - _EPOCH) // _MS
 
 
-def _from_ms(value: int | None) -> datetime | None:
+def _from_epoch_ms(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
 
 
@@ -152,8 +152,8 @@ class KeyEntry:
             "algorithm": self.algorithm,
             "public_key": self.public_key,
             "status": self.status.value,
-            "not_before": _from_ms(self.not_before),
-            "not_after": _from_ms(self.not_after),
+            "not_before": _from_epoch_ms(self.not_before),
+            "not_after": _from_epoch_ms(self.not_after),
             "version": self.version,
         }
 
@@ -169,8 +169,8 @@ class KeyEntry:
                 algorithm=record["algorithm"],
                 public_key=bytes(record["public_key"]),
                 status=status,
-                not_before=to_ms(record["not_before"]),
-                not_after=to_ms(record.get("not_after")),
+                not_before=to_epoch_ms(record["not_before"]),
+                not_after=to_epoch_ms(record.get("not_after")),
                 version=int(record.get("version", 0)),
             )
         except (KeyError, ValueError, TypeError):
@@ -214,7 +214,7 @@ class ParticipantStatus:
 
     def to_record(self) -> dict:
         return {"participant_id": self.participant_id, "state": self.state.value, "version": self.version,
-                "changed_at": _from_ms(self.changed_at)}
+                "changed_at": _from_epoch_ms(self.changed_at)}
 
     @classmethod
     def from_record(cls, record: dict) -> ParticipantStatus:
@@ -224,7 +224,7 @@ class ParticipantStatus:
                 # A state this reader does not know (UNKNOWN) fails closed: suspended.
                 state=_STATE_FROM_WIRE.get(record["state"], ParticipantState.SUSPENDED),
                 version=int(record["version"]),
-                changed_at=to_ms(record["changed_at"]),
+                changed_at=to_epoch_ms(record["changed_at"]),
             )
         except (KeyError, ValueError, TypeError):
             raise EnvelopeRejection(Reason.MALFORMED, "participant status has a missing or unusable field") from None
@@ -299,23 +299,23 @@ class EncryptionPublicKey:
 
 
 class SigningKey:
-    __slots__ = ("key_id", "private", "public_raw", "created_at", "retired_at")
+    __slots__ = ("key_id", "private", "public_raw", "created_at_ms", "retired_at_ms")
 
-    def __init__(self, participant_id: str, private: ed25519.Ed25519PrivateKey, created_at: int, retired_at=None):
+    def __init__(self, participant_id: str, private: ed25519.Ed25519PrivateKey, created_at_ms: int, retired_at_ms: int | None = None):
         self.private = private
         self.public_raw = private.public_key().public_bytes_raw()
         self.key_id = make_key_id(participant_id, Purpose.SIGN, self.public_raw)
-        self.created_at = created_at
-        self.retired_at = retired_at
+        self.created_at_ms = created_at_ms
+        self.retired_at_ms = retired_at_ms
 
     def secret(self) -> bytes:
         return self.private.private_bytes_raw()
 
 
 class DecryptionKey:
-    __slots__ = ("key_id", "algorithm", "hpke_private", "public_raw", "_secret", "created_at", "retired_at")
+    __slots__ = ("key_id", "algorithm", "hpke_private", "public_raw", "_secret", "created_at_ms", "retired_at_ms")
 
-    def __init__(self, participant_id: str, algorithm: str, secret: bytes, created_at: int, retired_at=None):
+    def __init__(self, participant_id: str, algorithm: str, secret: bytes, created_at_ms: int, retired_at_ms: int | None = None):
         self.algorithm = algorithm
         self._secret = secret
         if algorithm == X25519:
@@ -330,8 +330,8 @@ class DecryptionKey:
         else:
             raise ConfigError(f"unsupported encryption algorithm {algorithm!r}")
         self.key_id = make_key_id(participant_id, Purpose.ENCRYPT, self.public_raw)
-        self.created_at = created_at
-        self.retired_at = retired_at
+        self.created_at_ms = created_at_ms
+        self.retired_at_ms = retired_at_ms
 
     @staticmethod
     def new_secret(algorithm: str) -> bytes:
@@ -362,13 +362,13 @@ class Keyset:
             raise ConfigError(f"kem must be one of {sorted(_KEM_NAMES)}")
         if not participant_id or ":" in participant_id:
             raise ConfigError("participant id must be non-empty and contain no ':'")
-        at = to_ms(now) if now is not None else now_ms()
+        at_ms = to_epoch_ms(now) if now is not None else now_epoch_ms()
         alg = _KEM_NAMES[kem]
         return cls(
             participant_id,
             kem,
-            [SigningKey(participant_id, ed25519.Ed25519PrivateKey.generate(), at)],
-            [DecryptionKey(participant_id, alg, DecryptionKey.new_secret(alg), at)],
+            [SigningKey(participant_id, ed25519.Ed25519PrivateKey.generate(), at_ms)],
+            [DecryptionKey(participant_id, alg, DecryptionKey.new_secret(alg), at_ms)],
         )
 
     def __repr__(self) -> str:
@@ -415,15 +415,15 @@ class Keyset:
         (:meth:`update_from`). The old keys retire at ``retire_at`` (default: the activation), so
         what they signed until then still verifies.
         """
-        at = to_ms(now) if now is not None else now_ms()
-        active = to_ms(activate_at) if activate_at is not None else at
-        retired = to_ms(retire_at) if retire_at is not None else active
+        at_ms = to_epoch_ms(now) if now is not None else now_epoch_ms()
+        active_at_ms = to_epoch_ms(activate_at) if activate_at is not None else at_ms
+        retired_at_ms = to_epoch_ms(retire_at) if retire_at is not None else active_at_ms
         alg = self._encryption[0].algorithm
         for k in self._signing + self._encryption:
-            if k.retired_at is None:
-                k.retired_at = retired
-        self._signing.insert(0, SigningKey(self.participant_id, ed25519.Ed25519PrivateKey.generate(), active))
-        new = DecryptionKey(self.participant_id, alg, DecryptionKey.new_secret(alg), active)
+            if k.retired_at_ms is None:
+                k.retired_at_ms = retired_at_ms
+        self._signing.insert(0, SigningKey(self.participant_id, ed25519.Ed25519PrivateKey.generate(), active_at_ms))
+        new = DecryptionKey(self.participant_id, alg, DecryptionKey.new_secret(alg), active_at_ms)
         self._encryption.insert(0, new)
         self._enc_by_id[new.key_id] = new
 
@@ -456,8 +456,8 @@ class Keyset:
                         algorithm=alg(k),
                         public_key=k.public_raw,
                         status=Status.ACTIVE if i == 0 else Status.RETIRED,
-                        not_before=k.created_at,
-                        not_after=None if i == 0 else k.retired_at,
+                        not_before=k.created_at_ms,
+                        not_after=None if i == 0 else k.retired_at_ms,
                         version=1 if i == 0 else 2,
                     )
                 )
@@ -488,7 +488,7 @@ class Keyset:
     def switch_due(self, *, now: datetime | int | None = None) -> bool:
         """Switch to the keys taken by :meth:`update_from` once they are active. Returns whether it switched."""
         other = self._pending
-        if other is None or other._signing[0].created_at > (to_ms(now) if now is not None else now_ms()):
+        if other is None or other._signing[0].created_at_ms > (to_epoch_ms(now) if now is not None else now_epoch_ms()):
             return False
         self.kem = other.kem
         self._enc_by_id = dict(other._enc_by_id)
@@ -530,8 +530,8 @@ def _key_json(k, algorithm: str) -> dict:
         "key_id": k.key_id,
         "algorithm": algorithm,
         "secret": base64.b64encode(k.secret()).decode(),
-        "created_at": k.created_at,
-        "retired_at": k.retired_at,
+        "created_at": k.created_at_ms,
+        "retired_at": k.retired_at_ms,
     }
 
 
@@ -923,7 +923,7 @@ class KeyDirectory:
         if entry is None:
             raise EnvelopeRejection(Reason.UNKNOWN_KEY, "no such key in the directory")
         if entry.status is Status.ACTIVE:
-            self._entries[key_id] = replace(entry, status=Status.RETIRED, not_after=to_ms(at) if at is not None else now_ms())
+            self._entries[key_id] = replace(entry, status=Status.RETIRED, not_after=to_epoch_ms(at) if at is not None else now_epoch_ms())
 
     # -- lookups
     def _usable(self, key_id: str, purpose: Purpose, at_ms: int):
@@ -945,14 +945,14 @@ class KeyDirectory:
         SUSPENDED if its participant is suspended (whatever the time: suspension is immediate),
         unless ``refuse_suspended_signers`` is off.
         """
-        key = self._usable(key_id, Purpose.SIGN, to_ms(signed_at))
+        key = self._usable(key_id, Purpose.SIGN, to_epoch_ms(signed_at))
         if self.refuse_suspended_signers and self.suspensions.get(key.participant_id):
             raise EnvelopeRejection(Reason.SUSPENDED, f"participant {key.participant_id} is suspended")
         return key
 
     def recipient_key(self, key_id: str, *, sealed_at: datetime | int) -> EncryptionPublicKey:
         """The encryption key ``key_id``, checked as for signing keys (the hub checks what senders sealed to)."""
-        return self._usable(key_id, Purpose.ENCRYPT, to_ms(sealed_at))
+        return self._usable(key_id, Purpose.ENCRYPT, to_epoch_ms(sealed_at))
 
     def encryption_key(self, participant_id: str) -> EncryptionPublicKey:
         """``participant_id``'s current encryption key: what new messages are sealed to.
@@ -963,16 +963,16 @@ class KeyDirectory:
         taken the new keys. A revoked key is never chosen.
         """
         best = None
-        now = now_ms()
+        at_ms = now_epoch_ms()
         for key_id in self._ids_by_participant.get(participant_id, ()):
             entry = self._entries[key_id]
             if entry.purpose is not Purpose.ENCRYPT or entry.status is Status.REVOKED:
                 continue
-            if entry.status is Status.RETIRED and (entry.not_after is None or entry.not_after <= now):
+            if entry.status is Status.RETIRED and (entry.not_after is None or entry.not_after <= at_ms):
                 continue
-            if entry.status is Status.ACTIVE and entry.not_after is not None and entry.not_after <= now:
+            if entry.status is Status.ACTIVE and entry.not_after is not None and entry.not_after <= at_ms:
                 continue
-            rank = (entry.not_before <= now, entry.not_before, key_id)
+            rank = (entry.not_before <= at_ms, entry.not_before, key_id)
             if best is None or rank > best[0]:
                 best = (rank, entry)
         if best is None:

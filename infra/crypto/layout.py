@@ -2,7 +2,7 @@
 
 Every byte that a signature or an AEAD binds is laid out here and nowhere else; the primitives
 (``infra.crypto.seal``, ``verify``, ``open``, ``forward`` and ``legs``) call these functions and never concatenate
-bytes of their own. Changing anything here changes the bytes on the wire: tests/unit/test_envelope_golden.py
+bytes of their own. Changing anything here changes the bytes on the wire: tests/unit/crypto/test_envelope_golden.py
 pins them. The full layout is in the docstring of ``infra.crypto.envelope`` and docs/security.md.
 """
 

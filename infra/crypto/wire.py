@@ -1,7 +1,7 @@
 """The envelope on the wire: its format limits, the fast Avro codec, the routing metadata and ``peek``.
 
 Nothing here verifies or decrypts: ``decode`` turns bytes into a record (size and array caps first)
-and ``encode`` the reverse, byte-identical to ``schemas.codec`` (tests/unit/test_envelope_golden.py).
+and ``encode`` the reverse, byte-identical to ``schemas.codec`` (tests/unit/crypto/test_envelope_golden.py).
 The primitives built on it are :mod:`infra.crypto.seal`, :mod:`infra.crypto.verify`,
 :mod:`infra.crypto.open` and :mod:`infra.crypto.forward`; the signed layout is :mod:`infra.crypto.layout`.
 """

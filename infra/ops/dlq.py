@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from infra.core.errors import ConfigError
@@ -37,25 +38,68 @@ from infra.ops import (
 from infra.platform.topics import TopicNames
 
 
-def dead_letter(record: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DeadLetter:
+    """The metadata of one dead letter, from its ``renkei.*`` headers (never its value)."""
+
+    partition: int
+    offset: int
+    timestamp: int  # the record's, epoch ms
+    time: str | None  # the same, ISO 8601
+    reason_code: str | None
+    detail: str | None
+    message_id: str | None
+    type: str | None
+    sender: str | None
+    source_partition: int | None  # where the hub read it on ingress
+    source_offset: int | None
+    rejected_at: str | None
+    redrive_count: int
+    value_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeadLetterList:
+    """What ``renkei dlq list`` found: the matching dead letters in topic order, and how many were scanned."""
+
+    topic: str
+    scanned: int
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.dead_letters:
+            out[d.reason_code or "?"] = out.get(d.reason_code or "?", 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "scanned": self.scanned,
+                "dead_letters": [d.to_json() for d in self.dead_letters], "by_reason": self.by_reason}
+
+
+def dead_letter(record: Any) -> DeadLetter:
     """The metadata of one dead letter (never its value)."""
     h = renkei_headers(record.headers)
-    return {
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "time": iso(record.timestamp),
-        "reason_code": h.get("renkei.reason"),
-        "detail": h.get("renkei.detail"),
-        "message_id": h.get("renkei.message_id"),
-        "type": h.get("renkei.type"),
-        "sender": h.get("renkei.sender"),
-        "source_partition": _int(h.get("renkei.src.partition")),
-        "source_offset": _int(h.get("renkei.src.offset")),
-        "rejected_at": iso(_int(h.get("renkei.rejected_at"))),
-        "redrive_count": _int(h.get("renkei.redrive.count")) or 0,
-        "value_bytes": len(record.value or b""),
-    }
+    return DeadLetter(
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+        time=iso(record.timestamp),
+        reason_code=h.get("renkei.reason"),
+        detail=h.get("renkei.detail"),
+        message_id=h.get("renkei.message_id"),
+        type=h.get("renkei.type"),
+        sender=h.get("renkei.sender"),
+        source_partition=_int(h.get("renkei.src.partition")),
+        source_offset=_int(h.get("renkei.src.offset")),
+        rejected_at=iso(_int(h.get("renkei.rejected_at"))),
+        redrive_count=_int(h.get("renkei.redrive.count")) or 0,
+        value_bytes=len(record.value or b""),
+    )
 
 
 def redrive_headers(record: Any, event_id: str) -> list[tuple[str, bytes]]:
@@ -74,7 +118,7 @@ def _int(value: str | None) -> int | None:
 
 
 async def _scan(settings: Settings, since: str | None, reason_code: str | None, limit: int | None,
-                on_match: Any = None) -> tuple[list[dict[str, Any]], int]:
+                on_match: Any = None) -> tuple[list[DeadLetter], int]:
     """Dead letters matching the filters, in topic order; calls ``on_match(record)`` for each."""
     from aiokafka import TopicPartition
 
@@ -82,7 +126,7 @@ async def _scan(settings: Settings, since: str | None, reason_code: str | None, 
     window = Window(start_ms=parse_time(since) if since else None)
     consumer = scan_consumer(settings)
     await consumer.start()
-    found: list[dict[str, Any]] = []
+    found: list[DeadLetter] = []
     scanned = 0
     try:
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
@@ -96,7 +140,7 @@ async def _scan(settings: Settings, since: str | None, reason_code: str | None, 
                     if window.start_ms is not None and r.timestamp < window.start_ms:
                         continue
                     meta = dead_letter(r)
-                    if reason_code and meta["reason_code"] != reason_code:
+                    if reason_code and meta.reason_code != reason_code:
                         continue
                     found.append(meta)
                     if on_match is not None:
@@ -109,13 +153,9 @@ async def _scan(settings: Settings, since: str | None, reason_code: str | None, 
 
 
 async def list_dead_letters(settings: Settings, *, reason_code: str | None = None, since: str | None = None,
-                            limit: int | None = None) -> dict[str, Any]:
+                            limit: int | None = None) -> DeadLetterList:
     found, scanned = await _scan(settings, since, reason_code, limit)
-    by_reason: dict[str, int] = {}
-    for d in found:
-        by_reason[d["reason_code"] or "?"] = by_reason.get(d["reason_code"] or "?", 0) + 1
-    return {"topic": TopicNames(settings.kafka.topic_prefix).rejected, "scanned": scanned,
-            "dead_letters": found, "by_reason": by_reason}
+    return DeadLetterList(TopicNames(settings.kafka.topic_prefix).rejected, scanned, found)
 
 
 async def redrive(settings: Settings, *, reason_code: str, reason: str, since: str | None = None,
@@ -137,7 +177,7 @@ async def redrive(settings: Settings, *, reason_code: str, reason: str, since: s
             pending.append(await producer.send(names.ingress, record.value, key=record.key,
                                                headers=redrive_headers(record, event.id)))
 
-    found: list[dict[str, Any]] = []
+    found: list[DeadLetter] = []
     scanned = 0
     status = "failed"
     try:
@@ -153,12 +193,13 @@ async def redrive(settings: Settings, *, reason_code: str, reason: str, since: s
             await producer.stop()
     return {"topic": names.rejected, "into": names.ingress, "reason_code": reason_code, "dry_run": dry_run,
             "scanned": scanned, "matched": len(found), "redriven": counts["redriven"],
-            "dead_letters": found, "audit": {"id": audit["id"], "topic": ops_audit_topic(settings.kafka.topic_prefix)}}
+            "dead_letters": [d.to_json() for d in found], "audit": {"id": audit["id"], "topic": ops_audit_topic(settings.kafka.topic_prefix)}}
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
-        report = await list_dead_letters(settings, reason_code=args.reason_code, since=args.since, limit=args.limit)
+        report = (await list_dead_letters(settings, reason_code=args.reason_code, since=args.since,
+                                          limit=args.limit)).to_json()
         footer = f"{len(report['dead_letters'])} dead letter(s) of {report['scanned']} scanned"
         title = f"Dead letters on {report['topic']}"
     else:

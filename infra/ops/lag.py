@@ -53,6 +53,22 @@ class GroupMember:
         return out
 
 
+@dataclass(frozen=True)
+class GroupOffsets:
+    """One consumer group as read from the broker: its state, members, committed offsets and partition owners
+    (keyed by aiokafka ``TopicPartition``); the high watermarks are read once for all groups, then compared."""
+
+    group: str
+    state: str
+    members: list[GroupMember]
+    committed: dict[Any, int]
+    owners: dict[Any, str]  # the partition -> the client id of the member it is assigned to
+
+    def partitions(self) -> set[Any]:
+        """Every partition the group has committed on or owns."""
+        return {*self.committed, *self.owners}
+
+
 def group_members(described: Any) -> tuple[str, list[GroupMember]]:
     """(state, members) from a DescribeGroups response: v0-v3 members are (member_id, client_id,
     client_host, metadata, assignment)."""
@@ -104,15 +120,14 @@ async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str
             groups = sorted(listed | set(platform_groups(settings)))
         topics = sorted(t for t in await consumer.topics() if t.startswith(prefix) and not t.startswith("__"))
         candidates = [TopicPartition(t, p) for t in topics for p in sorted(await topic_partitions(consumer, t))]
-        found: list[dict[str, Any]] = []
+        found: list[GroupOffsets] = []
         for g in groups:
             offsets = await admin.list_consumer_group_offsets(g, partitions=candidates) if candidates else {}
             committed = {tp: om.offset for tp, om in offsets.items() if om is not None and om.offset >= 0}
             state, members = group_members((await admin.describe_consumer_groups([g]))[0])
             owners = {TopicPartition(t, p): m.client_id for m in members for t, p in m.partitions}
-            found.append({"group": g, "state": state, "members": members, "committed": committed,
-                          "owners": owners})
-        tps = sorted({tp for f in found for tp in (*f["committed"], *f["owners"])})
+            found.append(GroupOffsets(g, state, members, committed, owners))
+        tps = sorted({tp for f in found for tp in f.partitions()})
         marks = await high_watermarks(consumer, tps, kafka=settings.kafka)
     finally:
         await consumer.stop()
@@ -120,13 +135,13 @@ async def consumer_lag(settings: Settings, group: str | None = None) -> dict[str
     out = []
     for f in found:
         rows = []
-        for tp in sorted({*f["committed"], *f["owners"]}):
-            off = f["committed"].get(tp)
+        for tp in sorted(f.partitions()):
+            off = f.committed.get(tp)
             rows.append({"topic": tp.topic, "partition": tp.partition, "committed": off,
-                         "high_watermark": marks[tp], "lag": lag_of(off, marks[tp]), "owner": f["owners"].get(tp)})
-        out.append({"group": f["group"], "state": f["state"], "members": len(f["members"]), "partitions": rows,
+                         "high_watermark": marks[tp], "lag": lag_of(off, marks[tp]), "owner": f.owners.get(tp)})
+        out.append({"group": f.group, "state": f.state, "members": len(f.members), "partitions": rows,
                     "total_lag": sum(r["lag"] or 0 for r in rows),
-                    "member_details": [m.to_json() for m in f["members"]]})
+                    "member_details": [m.to_json() for m in f.members]})
     return {"groups": out}
 
 

@@ -176,8 +176,8 @@ async def dead_letters(settings: Settings, window_s: int = DEAD_LETTER_WINDOW_S)
     since = str(int((time.time() - window_s) * 1000))
     found = await list_dead_letters(settings, since=since)
     out: dict[str, int] = {}
-    for letter in found["dead_letters"]:
-        reason = closed_reason(letter["reason_code"])
+    for letter in found.dead_letters:
+        reason = closed_reason(letter.reason_code)
         out[reason] = out.get(reason, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 

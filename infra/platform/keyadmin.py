@@ -37,7 +37,7 @@ from infra.crypto.keys import (
     Purpose,
     RootAuthority,
     Status,
-    now_ms,
+    now_epoch_ms,
     signed_record_key,
 )
 from infra.domain.participants import Kind, Participant, Participants
@@ -135,15 +135,16 @@ def plan_revoke(directory: KeyDirectory, key_id: str) -> list[KeyEntry]:
     return [replace(entry, status=Status.REVOKED, version=_next(directory, key_id))]
 
 
-def plan_retire(directory: KeyDirectory, key_id: str, at: int) -> list[KeyEntry]:
-    """An ACTIVE key RETIRED at ``at`` (nothing if it is not ACTIVE): what it signed until then still verifies."""
+def plan_retire(directory: KeyDirectory, key_id: str, at_ms: int) -> list[KeyEntry]:
+    """An ACTIVE key RETIRED at ``at_ms`` (epoch ms; nothing if it is not ACTIVE): what it signed until then still
+    verifies."""
     entry = _known_key(directory, key_id)
     if entry.status is not Status.ACTIVE:
         return []
-    return [replace(entry, status=Status.RETIRED, not_after=at, version=_next(directory, key_id))]
+    return [replace(entry, status=Status.RETIRED, not_after=at_ms, version=_next(directory, key_id))]
 
 
-def plan_status(directory: KeyDirectory, participant: Participant, suspended: bool, at: int) -> list[ParticipantStatus]:
+def plan_status(directory: KeyDirectory, participant: Participant, suspended: bool, at_ms: int) -> list[ParticipantStatus]:
     """The participant's status at the next version, if it changes (the file's flag counts until one is published)."""
     if participant.kind is Kind.HUB:
         raise KeyAdminRefused(PROTECTED, "the hub cannot be suspended: every message goes through it. Revoke or "
@@ -153,23 +154,23 @@ def plan_status(directory: KeyDirectory, participant: Participant, suspended: bo
     if now_suspended == suspended:
         return []
     state = ParticipantState.SUSPENDED if suspended else ParticipantState.ACTIVE
-    return [ParticipantStatus(participant.id, state, _next(directory, STATUS_KEY_PREFIX + participant.id), at)]
+    return [ParticipantStatus(participant.id, state, _next(directory, STATUS_KEY_PREFIX + participant.id), at_ms)]
 
 
-def usable_keys_left(directory: KeyDirectory, participant_id: str, at: int) -> dict[Purpose, int]:
-    """How many keys of each purpose the participant can still use at ``at`` (for warnings)."""
+def usable_keys_left(directory: KeyDirectory, participant_id: str, at_ms: int) -> dict[Purpose, int]:
+    """How many keys of each purpose the participant can still use at ``at_ms`` (epoch ms; for warnings)."""
     left = {Purpose.SIGN: 0, Purpose.ENCRYPT: 0}
     for key_id in directory.key_ids(participant_id):
         entry = directory.entry(key_id)
-        if entry is not None and entry.status is not Status.REVOKED and (entry.not_after is None or entry.not_after > at):
+        if entry is not None and entry.status is not Status.REVOKED and (entry.not_after is None or entry.not_after > at_ms):
             left[entry.purpose] += 1
     return left
 
 
-def _cut_off_warnings(directory: KeyDirectory, participants: Iterable[str], at: int) -> list[str]:
+def _cut_off_warnings(directory: KeyDirectory, participants: Iterable[str], at_ms: int) -> list[str]:
     out = []
     for pid in sorted(set(participants)):
-        left = usable_keys_left(directory, pid, at)
+        left = usable_keys_left(directory, pid, at_ms)
         for purpose, n in left.items():
             if n == 0:
                 out.append(f"{pid} has no usable {purpose.value.lower()} key now: its messages are refused until "
@@ -250,9 +251,9 @@ async def rotate(settings: Settings, store: KeyStore, participants: Participants
                                              "that keeps its own keys publishes its new public keys through the root "
                                              "holder (docs/security.md)")
         keyset = store.keyset(participant_id)
-        at = now_ms()
-        overlap = int(overlap_s * 1000)
-        keyset.rotate(now=at, activate_at=at + overlap, retire_at=at + 2 * overlap)
+        at_ms = now_epoch_ms()
+        overlap_ms = int(overlap_s * 1000)
+        keyset.rotate(now=at_ms, activate_at=at_ms + overlap_ms, retire_at=at_ms + 2 * overlap_ms)
         store.save_keyset(keyset)  # before publishing: a running holder re-reads it when the keys appear
         entries = keyset.public_entries()
         return lambda directory: plan_keys(directory, entries)
@@ -262,14 +263,14 @@ async def rotate(settings: Settings, store: KeyStore, participants: Participants
 
 async def revoke(settings: Settings, store: KeyStore, key_id: str) -> Published:
     published = await change_directory(settings, store, lambda d: plan_revoke(d, key_id))
-    published.warnings = _cut_off_warnings(published.directory, [c.participant for c in published.changes], now_ms())
+    published.warnings = _cut_off_warnings(published.directory, [c.participant for c in published.changes], now_epoch_ms())
     return published
 
 
 async def retire(settings: Settings, store: KeyStore, key_id: str) -> Published:
-    at = now_ms()
-    published = await change_directory(settings, store, lambda d: plan_retire(d, key_id, at))
-    published.warnings = _cut_off_warnings(published.directory, [c.participant for c in published.changes], at + 1)
+    at_ms = now_epoch_ms()
+    published = await change_directory(settings, store, lambda d: plan_retire(d, key_id, at_ms))
+    published.warnings = _cut_off_warnings(published.directory, [c.participant for c in published.changes], at_ms + 1)
     return published
 
 
@@ -278,5 +279,5 @@ async def set_suspended(settings: Settings, store: KeyStore, participants: Parti
     participant = participants.get(participant_id)
     if participant is None:
         raise KeyAdminRefused(UNKNOWN_PARTICIPANT, f"{participant_id!r} is not a registered participant")
-    at = now_ms()
-    return await change_directory(settings, store, lambda d: plan_status(d, participant, suspended, at))
+    at_ms = now_epoch_ms()
+    return await change_directory(settings, store, lambda d: plan_status(d, participant, suspended, at_ms))

@@ -143,7 +143,7 @@ def _as_uuid(name: str, value: Any) -> uuid.UUID:
         raise _refuse(f"{name} is not a UUID") from None
 
 
-def _as_utc_ms(name: str, value: Any) -> datetime:
+def _as_utc_to_the_ms(name: str, value: Any) -> datetime:
     """Aware UTC datetime truncated to milliseconds (the Avro precision the hash must survive)."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise _refuse(f"{name} must be a timezone-aware datetime")
@@ -183,9 +183,9 @@ class RecordDraft:
             raise _refuse("person_token must be a non-empty base64url string")
         for name in ("requester", "provider", "data_item", "legal_basis"):
             _as_text(name, getattr(self, name))
-        put(self, "requested_at", _as_utc_ms("requested_at", self.requested_at))
+        put(self, "requested_at", _as_utc_to_the_ms("requested_at", self.requested_at))
         if self.provided_at is not None:
-            put(self, "provided_at", _as_utc_ms("provided_at", self.provided_at))
+            put(self, "provided_at", _as_utc_to_the_ms("provided_at", self.provided_at))
         try:
             put(self, "status", ProvisionStatus(self.status))
         except ValueError:
@@ -326,8 +326,9 @@ def head_statement(person_token: str, seq: int, last_hash: bytes) -> bytes:
 def anchor_statement(person_token: str, seq: int, last_hash: bytes, purged_before: datetime) -> bytes:
     """What a retention anchor's seal signs: "records up to ``seq`` (ending in ``last_hash``) were purged as
     older than ``purged_before``; the chain goes on from there"."""
-    before_ms = (_as_utc_ms("purged_before", purged_before) - _EPOCH) // _MS
-    return encode_items(_ANCHOR_TAG, person_token.encode("ascii"), _pack_seq(seq), last_hash, _pack_ms(before_ms))
+    purged_before_epoch_ms = (_as_utc_to_the_ms("purged_before", purged_before) - _EPOCH) // _MS
+    return encode_items(_ANCHOR_TAG, person_token.encode("ascii"), _pack_seq(seq), last_hash,
+                        _pack_ms(purged_before_epoch_ms))
 
 
 def record_time(record: RecordDraft | ProvisionRecord) -> datetime:
@@ -778,7 +779,7 @@ class ProvisionStore:
         key = self._signing_key("purge")
         if not conn.is_in_transaction():
             raise RuntimeError("ProvisionStore.purge must run inside the caller's transaction")
-        before = _as_utc_ms("before", before)
+        before = _as_utc_to_the_ms("before", before)
         verifier = key.public()
         candidates = [(r["person_token"], r["upto"]) for r in await conn.fetch(_PURGE_CANDIDATES, before)]
         chains = removed = kept = 0

@@ -464,11 +464,11 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
 
 async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
-    from connectors.client import BusClient
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
     from infra.domain.validation import generate_my_number
     from infra.platform.keystore import KeyStore
     from schemas import types as msg
+    from streams.client import BusClient
 
     rng = random.Random(7)
     authority = KeyStore.for_settings(settings).token_authority()
@@ -522,48 +522,38 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
 
 async def lookups(settings: Settings, sequential: int, sustain_s: float, concurrency: int) -> dict[str, Any]:
     """Inheritance lookups to every participating bank: sequential, then ``concurrency`` in flight."""
-    import asyncpg
-
-    from connectors.client import BusClient
-    from connectors.dicj import DicjDesk
-    from infra.tools.demo_lookups import LookupWorld  # the demo's seeding helpers (accounts, portal numbering)
+    from infra.tools.harness import lookup_world
 
     banks = settings.banks
-    prefix = settings.kafka.topic_prefix
-    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
-    try:
-        async with DicjDesk(settings, group=f"{prefix}.bench-dicj") as dicj, \
-                BusClient(settings, ["portal"], group=f"{prefix}.bench-portal") as portal:
-            w = LookupWorld(settings, conn, dicj, portal)
-            mn, accounts = await w.person({"9000": 2, f"{9000 + banks // 2:04d}": 1, f"{9000 + banks - 1:04d}": 1})
-            for code in accounts:
-                await w.number_via_portal(mn, code)
-            subject = await dicj.token_for("dicj", mn)
-            asked = len(dicj.lookup_banks())
+    async with lookup_world(settings, "bench") as w:
+        dicj = w.dicj
+        mn, accounts = await w.person({"9000": 2, f"{9000 + banks // 2:04d}": 1, f"{9000 + banks - 1:04d}": 1})
+        for code in accounts:
+            await w.number_via_portal(mn, code)
+        subject = await dicj.token_for("dicj", mn)
+        asked = len(dicj.lookup_banks())
 
-            async def one() -> float:
-                started = time.perf_counter()
-                cid = await dicj.start_lookup("INHERITANCE", subject)
-                view = await dicj.wait_result(cid, timeout=600)
-                if len(view["answering_banks"]) != asked or len(view["accounts"]) != 4:
-                    raise RuntimeError(f"incomplete lookup result: {len(view['answering_banks'])} of {asked} banks, "
-                                       f"{len(view['accounts'])} of 4 accounts")
-                return time.perf_counter() - started
-
-            await one()  # warm-up
-            seq = [await one() for _ in range(sequential)]
-            done: list[float] = []
-            stop = time.perf_counter() + sustain_s
-
-            async def worker() -> None:
-                while time.perf_counter() < stop:
-                    done.append(await one())
-
+        async def one() -> float:
             started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - started
-    finally:
-        await conn.close()
+            cid = await dicj.start_lookup("INHERITANCE", subject)
+            view = await dicj.wait_result(cid, timeout=600)
+            if len(view["answering_banks"]) != asked or len(view["accounts"]) != 4:
+                raise RuntimeError(f"incomplete lookup result: {len(view['answering_banks'])} of {asked} banks, "
+                                   f"{len(view['accounts'])} of 4 accounts")
+            return time.perf_counter() - started
+
+        await one()  # warm-up
+        seq = [await one() for _ in range(sequential)]
+        done: list[float] = []
+        stop = time.perf_counter() + sustain_s
+
+        async def worker() -> None:
+            while time.perf_counter() < stop:
+                done.append(await one())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
     return {**lookup_figures(done, seq, elapsed, asked, concurrency), "lookups_total": 1 + len(seq) + len(done)}
 
 

@@ -280,11 +280,11 @@ async def crash_safety(platform: Any, plan: ChaosPlan, *, rng: random.Random | N
     acknowledged record was lost."""
     import asyncpg
 
-    from connectors.client import BusClient
     from connectors.dicj import DicjDesk
     from infra.platform.kafka import producer as make_producer
     from infra.platform.pgdsn import observer_dsn
     from infra.tools.chaos_broker import AckLedger, BrokerKills
+    from streams.client import BusClient
 
     say = say or (lambda _m: None)
     rng = rng or random.Random(20261126)
@@ -648,6 +648,7 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
     """The demo's flows on this platform, recording the My Numbers they generate (for the leak scan)."""
     import infra.tools.demo_accounts as accounts
     import infra.tools.demo_lookups as lookups
+    import infra.tools.harness as harness  # LookupWorld.person makes the lookup flows' people
 
     used: list[str] = []
     original = accounts.generate_my_number
@@ -657,13 +658,13 @@ async def demo_flows(settings: Settings) -> tuple[list[dict], list[str]]:
         used.append(mn)
         return mn
 
-    saved = (accounts.generate_my_number, lookups.generate_my_number)
-    accounts.generate_my_number = lookups.generate_my_number = recording
+    saved = (accounts.generate_my_number, harness.generate_my_number)
+    accounts.generate_my_number = harness.generate_my_number = recording
     try:
         flows, _, _ = await accounts.account_flows(settings)  # flows, records, the demo card
         flows += await lookups.lookup_flows(settings)
     finally:
-        accounts.generate_my_number, lookups.generate_my_number = saved
+        accounts.generate_my_number, harness.generate_my_number = saved
     return flows, used
 
 

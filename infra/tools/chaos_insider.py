@@ -38,7 +38,6 @@ could do.  :func:`insider_attacks` runs on any :class:`infra.platform.stack.Plat
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -46,13 +45,12 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from infra.core.settings import Settings
-from infra.tools.harness import print_report
+from infra.tools.harness import eventually, print_report
 
 log = logging.getLogger("renkei.chaos.insider")
 
@@ -73,18 +71,6 @@ class InsiderReport:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def _until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; TimeoutError naming ``what`` otherwise."""
-    end = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 class _World:
@@ -150,7 +136,7 @@ class _World:
                 found[peek(bytes(r["envelope"])).message_id] = r["reason"]
             return set(message_ids) <= set(found)
 
-        await _until(all_there, timeout, f"{participant}'s dead letters")
+        await eventually(all_there, timeout=timeout, what=f"{participant}'s dead letters")
         return {m: found[m] for m in message_ids}
 
 
@@ -248,7 +234,7 @@ async def database_superuser(w: _World, report: InsiderReport) -> None:
                 v = await verifier.verify(person)
                 return v if v.verdict is Verdict.OK else None
 
-            original = (await _until(checkpointed, 120, "a checkpoint covering the person's records")).records
+            original = (await eventually(checkpointed, timeout=120, what="a checkpoint covering the person's records")).records
             head = (original[-1].seq, original[-1].hash)
             by_agency = [r for r in original if r.requester == AGENCY]
             attacks: dict[str, tuple[list[Any], tuple[int, bytes]]] = {}
@@ -303,7 +289,7 @@ async def _rejections(w: _World, start: dict[int, int], message_ids: set[str], t
                 start[tp.partition] = ends[tp]
             return message_ids <= set(found)
 
-        await _until(all_there, timeout, "the hub's rejections")
+        await eventually(all_there, timeout=timeout, what="the hub's rejections")
     finally:
         await consumer.stop()
     return found
@@ -380,8 +366,8 @@ async def topic_writer(w: _World, report: InsiderReport) -> None:
     message_id = peek(sealed).message_id
     start = await _rejected_ends(w)
     await _produce(w, w.names.ingress, sealed, peek(sealed).subject)
-    await _until(lambda: w.pg.fetchval("SELECT accepted FROM hub_messages WHERE message_id = $1",
-                                       uuid.UUID(message_id)), 90, "the hub to accept the inquiry")
+    await eventually(lambda: w.pg.fetchval("SELECT accepted FROM hub_messages WHERE message_id = $1",
+                                           uuid.UUID(message_id)), timeout=90, what="the hub to accept the inquiry")
     await _produce(w, w.names.ingress, sealed, peek(sealed).subject)
     replayed = await _rejections(w, start, {message_id})
     counts["replay"] = sorted(set(replayed.values()))
@@ -397,8 +383,8 @@ async def insider_attacks(platform: Any, *, rng: random.Random | None = None, sa
     """The three insiders' attacks on ``platform`` (running: hub, registry, banks), each an invariant."""
     import asyncpg
 
-    from connectors.client import BusClient
     from infra.platform.pgdsn import observer_dsn
+    from streams.client import BusClient
 
     say = say or (lambda _m: None)
     report = InsiderReport()

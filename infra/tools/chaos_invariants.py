@@ -4,7 +4,7 @@
 the requests and their outcomes, every envelope on the wire for the run's correlations, the rows
 PostgreSQL holds, the records on the audit topic and the dead letters — and hands them to
 :func:`check`.  Each invariant reads those observations and nothing else, so each is unit-tested
-against seeded violations (tests/unit/test_chaos_invariants.py): an oracle that cannot fail proves
+against seeded violations (tests/unit/tools/test_chaos_invariants.py): an oracle that cannot fail proves
 nothing.
 
 Counting rules, because a key or a DISTINCT can hide exactly what is being looked for:

@@ -35,7 +35,6 @@ from typing import Any
 import asyncpg
 
 from connectors.bank_sim import register_at_counter, registration_status, seed_customer
-from connectors.client import BusClient
 from infra.core.clock import elapsed_ms
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
@@ -44,6 +43,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 
 AGENCY = "agency-city-minato"

@@ -28,24 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
-from connectors.bank_sim import file_numbering_at_counter, seed_customer, set_behaviour
-from connectors.client import BusClient
-from connectors.dicj import DicjDesk
+from connectors.bank_sim import file_numbering_at_counter, set_behaviour
 from infra.core.clock import elapsed_ms
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
-from infra.domain.validation import generate_my_number
-from infra.platform.keystore import KeyStore
-from infra.platform.pgdsn import component_dsn
 from infra.platform.pglayout import BANKS
+from infra.tools.harness import LookupWorld, lookup_world
 from schemas import types as msg
 from streams.participant import ParticipantRuntime
 
@@ -54,37 +47,6 @@ INHERITANCE_DEADLINE_S = 8
 """The demo platform's inheritance deadline (``lookup_deadline_inheritance_s``): short, so the slow bank shows."""
 DEMO_DISASTER = "2026-DEMO-01"
 DIED_ON = "2025-12-01"
-
-
-class LookupWorld:
-    """The demo's seeding helpers for lookups (accounts at banks, portal numbering); ``renkei bench`` seeds with them too."""
-
-    def __init__(self, settings: Settings, conn: asyncpg.Connection, dicj: DicjDesk, portal: BusClient) -> None:
-        self.settings, self.conn, self.dicj, self.portal = settings, conn, dicj, portal
-        self.tokens = KeyStore.for_settings(settings).token_authority()
-        self.rng = random.Random()
-
-    def bank_token(self, my_number: str, code: str) -> str:
-        return self.tokens.token_for(my_number, f"bank-{code}")
-
-    async def person(self, holdings: dict[str, int]) -> tuple[str, dict[str, list[dict]]]:
-        mn = generate_my_number(self.rng)
-        accounts: dict[str, list[dict]] = {}
-        for code, n in holdings.items():
-            for _ in range(n):
-                a = {"bank_code": code, "branch_code": f"{self.rng.randrange(1, 999):03d}", "account_type": "ORDINARY",
-                     "account_number": f"{self.rng.randrange(10**7):07d}", "holder_kana": "スズキ イチロウ"}
-                await seed_customer(self.conn, self.bank_token(mn, code), a)
-                accounts.setdefault(code, []).append(a)
-        return mn, accounts
-
-    async def number_via_portal(self, my_number: str, code: str) -> dict:
-        answer = await self.portal.request(
-            "portal", type=msg.NUMBERING_REQUEST, to=f"bank-{code}", subject=await self.portal.token_for("portal", my_number),
-            body={"bank_codes": [code], "channel": "PORTAL", "receiving_bank_code": None,
-                  "requested_at": datetime.now(UTC)},
-            data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
-        return answer.body
 
 
 async def _numbering(w: LookupWorld) -> dict[str, Any]:
@@ -205,19 +167,12 @@ async def _disaster(w: LookupWorld) -> dict[str, Any]:
 
 async def lookup_flows(settings: Settings) -> list[dict[str, Any]]:
     """The four flows, sharing one DICJ desk (DICJ's own tools, beside its worker) and one portal client."""
-    prefix = settings.kafka.topic_prefix
-    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
-    try:
-        async with DicjDesk(settings, group=f"{prefix}.demo-dicj") as dicj, \
-                BusClient(settings, ["portal"], group=f"{prefix}.demo-portal") as portal:
-            w = LookupWorld(settings, conn, dicj, portal)
-            flows = []
-            for name, flow in (("numbering", _numbering), ("inheritance-lookup", _inheritance),
-                               ("inheritance-application", _application), ("disaster-lookup", _disaster)):
-                try:
-                    flows.append(await flow(w))
-                except Exception as exc:  # one failing flow is reported, the others still run
-                    flows.append({"name": name, "ok": False, "error": type(exc).__name__})
-            return flows
-    finally:
-        await conn.close()
+    async with lookup_world(settings, "demo") as w:
+        flows = []
+        for name, flow in (("numbering", _numbering), ("inheritance-lookup", _inheritance),
+                           ("inheritance-application", _application), ("disaster-lookup", _disaster)):
+            try:
+                flows.append(await flow(w))
+            except Exception as exc:  # one failing flow is reported, the others still run
+                flows.append({"name": name, "ok": False, "error": type(exc).__name__})
+        return flows

@@ -1,5 +1,6 @@
 """What the tools share when they drive a running platform: reading a topic whole, its dead letters, waiting for
-quiet, and printing a report of invariants (``renkei chaos`` and ``renkei chaos --insider``).
+quiet or for a condition, the parties of a lookup (banks' database, DICJ's desk, a portal client), and printing
+a report of invariants (``renkei chaos`` and ``renkei chaos --insider``).
 
 ``renkei bench`` and ``renkei chaos`` (and the integration tests) both use these; keeping them here lets
 the tools import one way only (chaos may use bench's traffic generators, never the reverse).
@@ -8,14 +9,28 @@ the tools import one way only (chaos may use bench's traffic generators, never t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import random
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from infra.core.settings import Settings
+from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.domain.validation import generate_my_number
 from infra.platform.storage import count_everywhere
+from schemas import types as msg
 
-__all__ = ["dead_letter_info", "print_report", "quiesce", "read_topic"]
+if TYPE_CHECKING:  # the CLI imports this module to build its parser: an ops command must not load the key store
+    import asyncpg
+
+    from connectors.dicj import DicjDesk
+    from streams.client import BusClient
+
+__all__ = ["LookupWorld", "dead_letter_info", "eventually", "lookup_world", "print_report", "quiesce", "read_topic"]
 
 log = logging.getLogger("renkei.chaos")
 
@@ -30,6 +45,25 @@ async def quiesce(conn: Any, timeout: float = 120.0) -> None:
         steady = steady + 1 if (pending == 0 and seen == last) else 0
         last = seen
         await asyncio.sleep(0.5)
+
+
+async def eventually(check: Callable[[], Awaitable[Any] | Any], *, timeout: float = 30.0, interval: float = 0.2,
+                     what: str = "the condition") -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, and return that.
+
+    The one poll-until loop of the tools and the integration tests.  On timeout: :class:`TimeoutError` saying
+    what was awaited and for how long — never the values seen, which may be personal data.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 async def read_topic(settings: Settings, topic: str, partitions: int = 1, *, patience_s: float = 120.0) -> list[Any]:
@@ -71,6 +105,67 @@ async def read_topic(settings: Settings, topic: str, partitions: int = 1, *, pat
                 return out
     finally:
         await cons.stop()
+
+
+class LookupWorld:
+    """Seeding helpers for lookups (accounts at banks, portal numbering), for ``renkei demo`` and ``renkei bench``.
+
+    Built by :func:`lookup_world`; ``conn`` is the simulated banks' own database, ``dicj`` DICJ's desk,
+    ``portal`` a portal client.
+    """
+
+    def __init__(self, settings: Settings, conn: asyncpg.Connection, dicj: DicjDesk, portal: BusClient) -> None:
+        from infra.platform.keystore import KeyStore
+
+        self.settings, self.conn, self.dicj, self.portal = settings, conn, dicj, portal
+        self.tokens = KeyStore.for_settings(settings).token_authority()
+        self.rng = random.Random()
+
+    def bank_token(self, my_number: str, code: str) -> str:
+        return self.tokens.token_for(my_number, f"bank-{code}")
+
+    async def person(self, holdings: dict[str, int]) -> tuple[str, dict[str, list[dict]]]:
+        from connectors.bank_sim import seed_customer
+
+        mn = generate_my_number(self.rng)
+        accounts: dict[str, list[dict]] = {}
+        for code, n in holdings.items():
+            for _ in range(n):
+                a = {"bank_code": code, "branch_code": f"{self.rng.randrange(1, 999):03d}", "account_type": "ORDINARY",
+                     "account_number": f"{self.rng.randrange(10**7):07d}", "holder_kana": "スズキ イチロウ"}
+                await seed_customer(self.conn, self.bank_token(mn, code), a)
+                accounts.setdefault(code, []).append(a)
+        return mn, accounts
+
+    async def number_via_portal(self, my_number: str, code: str) -> dict:
+        answer = await self.portal.request(
+            "portal", type=msg.NUMBERING_REQUEST, to=f"bank-{code}", subject=await self.portal.token_for("portal", my_number),
+            body={"bank_codes": [code], "channel": "PORTAL", "receiving_bank_code": None,
+                  "requested_at": datetime.now(UTC)},
+            data_item=DATA_DEPOSIT_ACCOUNT_NUMBERING, basis=BASIS_NUMBERING, timeout=60)
+        return answer.body
+
+
+
+@asynccontextmanager
+async def lookup_world(settings: Settings, tag: str) -> AsyncIterator[LookupWorld]:
+    """The parties of a lookup, started and closed together: the simulated banks' database, DICJ's desk and a
+    portal client (groups ``<prefix>.<tag>-dicj`` and ``<prefix>.<tag>-portal``)."""
+    import asyncpg
+
+    from connectors.dicj import DicjDesk
+    from infra.platform.pgdsn import component_dsn
+    from infra.platform.pglayout import BANKS
+    from streams.client import BusClient
+
+    prefix = settings.kafka.topic_prefix
+    conn = await asyncpg.connect(component_dsn(settings, BANKS))  # the simulated banks' own data
+    try:
+        async with DicjDesk(settings, group=f"{prefix}.{tag}-dicj") as dicj, \
+                BusClient(settings, ["portal"], group=f"{prefix}.{tag}-portal") as portal:
+            yield LookupWorld(settings, conn, dicj, portal)
+    finally:
+        await conn.close()
 
 
 def dead_letter_info(record: Any) -> dict[str, str]:

@@ -21,13 +21,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from connectors.client import BusClient
 from infra.core.settings import KafkaSettings, Settings
 from infra.crypto.pseudonyms import HubPseudonyms
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.pgprovision import drop_database_namespace
 from infra.platform.stack import WORKERS, Platform
+from streams.client import BusClient
 
 __all__ = ["running_platform", "bus", "pg", "PARTICIPANTS_FILE", "isolated_platform", "hub_pseudonyms", "correlation_seen_by",
            "ENTITLED_PROCEDURE"]

@@ -30,7 +30,6 @@ from connectors.bank_sim import apply_lookup_at_counter, lookup_notifications, s
 from connectors.bankfiles import bank_file_connector, render_file, write_atomically
 from connectors.bankhttp import BankHttpConnector
 from connectors.bankhttp_bank import BankChannelClient
-from connectors.client import BusClient
 from connectors.dicj import ANSWERS_TABLE, answer_row_id
 from connectors.jlis_sim import record_death
 from connectors.runtime import RetryPolicy
@@ -42,11 +41,13 @@ from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.stack import Platform
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
-from tests.integration.test_connectors_support import BankEndpoint, eventually
-from tests.integration.test_lookups import bank_token, customer, number_via_portal, wait_for
+from tests.integration.test_connectors_support import BankEndpoint
+from tests.integration.test_lookups import bank_token, customer, number_via_portal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -242,9 +243,9 @@ async def test_an_heirs_lookup_reaches_both_channels_and_a_next_morning_answer_c
     cid = await apply_lookup_at_counter(w.counters, "bank-9003", w.token(mn, "9003"), "INHERITANCE", {
         "application_ref": "CH-HEIR-1", "relationship": "SPOUSE", "date_of_death": DIED_ON,
         "evidence": [{"kind": "RESIDENT_RECORD_REMOVAL", "reference": "RR-1"}]})
-    await wait_for(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = "
-                                       "'bank-9003' AND correlation_id = $1", uuid.UUID(cid)), DEADLINE_S,
-                   "the notification")
+    await eventually(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = "
+                                         "'bank-9003' AND correlation_id = $1", uuid.UUID(cid)),
+                     timeout=DEADLINE_S, what="the notification", interval=0.1)
     [note] = await lookup_notifications(pg, "bank-9003", cid)
     assert (note["status"], note["banks_with_accounts"]) == ("ANSWERED", ["9000", "9001", "9002"])
     assert not note["is_supplement"] and note["banks_not_answered"] == []
@@ -293,9 +294,9 @@ async def test_a_lookup_the_http_bank_answers_later_counts(world, pg):
     assert (status, again["reason"]) == (404, "UNKNOWN_REFERENCE")  # answered once
     status, bad = await w.client.answer_lookup(str(uuid.uuid4()), [{"bank_code": "9000", "branch_code": "1"}])
     assert (status, bad["reason"]) == (400, "INVALID_FIELD")
-    await wait_for(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = "
-                                       "'bank-9003' AND correlation_id = $1", uuid.UUID(cid)), DEADLINE_S,
-                   "the notification")
+    await eventually(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = "
+                                         "'bank-9003' AND correlation_id = $1", uuid.UUID(cid)),
+                     timeout=DEADLINE_S, what="the notification", interval=0.1)
     [note] = await lookup_notifications(pg, "bank-9003", cid)
     assert note["banks_with_accounts"] == [HTTP_CODE] and note["banks_not_answered"] == []
 

@@ -26,7 +26,6 @@ from aiokafka import TopicPartition
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 
 from connectors.bank_sim import enrol_customer, open_account, register_at_counter, registration_status
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.core.errors import StackError
 from infra.core.settings import Settings
@@ -48,11 +47,12 @@ from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
 from infra.tools.chaos import ChaosPlan, crash_safety
 from infra.tools.chaos_broker import ClusterBroker
-from infra.tools.harness import read_topic
+from infra.tools.harness import eventually, read_topic
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
-from tests.integration.test_connectors_support import bank_token, eventually, hold_account
+from tests.integration.test_connectors_support import bank_token, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
 

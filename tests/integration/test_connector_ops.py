@@ -21,7 +21,6 @@ from aiohttp import web
 from connectors.agency import AgencyConnector
 from connectors.bankfiles import bank_file_connector, render_file, write_atomically
 from connectors.bankhttp import BankHttpConnector
-from connectors.client import BusClient
 from connectors.runtime import RetryPolicy
 from connectors.sdk import AgencyClient, InquiryFailed
 from infra.core.settings import Settings
@@ -30,10 +29,11 @@ from infra.ops import high_watermarks, partitions_of, read_range, scan_consumer
 from infra.platform.pgdsn import component_dsn
 from infra.platform.stack import settings_env
 from infra.platform.topics import TopicNames
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.test_connectors_support import (
     BankEndpoint,
-    eventually,
     my_number,
     own_database,
     platform,  # noqa: F401 - the module's fixture

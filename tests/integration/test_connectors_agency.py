@@ -11,9 +11,9 @@ from connectors.sdk import AgencyClient, InquiryFailed
 from infra.platform.kafka import producer
 from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import component_dsn
+from infra.tools.harness import eventually
 from tests.integration.test_connectors_support import (
     account,
-    eventually,
     my_number,
     own_database,
     register_through_portal,

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from connectors.bankfiles import bank_file_connector, parse_file, render_file, write_atomically
-from connectors.client import BusClient
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.metrics_server import fetch_metrics, parse_text, read_endpoint
 from infra.platform.stack import WORKERS
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.test_connectors_support import (
-    eventually,
     my_number,
     own_database,
     platform,  # noqa: F401 - the module's fixture

@@ -23,16 +23,16 @@ from aiohttp import web
 
 from connectors.bankhttp import BankHttpConnector
 from connectors.bankhttp_bank import BankChannelClient
-from connectors.client import BusClient
 from connectors.httpsig import TO_RENKEI, ChannelKey, sign
 from connectors.runtime import RetryPolicy, delivery_row_id
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.metrics_server import parse_text
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.test_connectors_support import (
     BankEndpoint,
-    eventually,
     my_number,
     own_database,
     platform,  # noqa: F401 - the module's fixture

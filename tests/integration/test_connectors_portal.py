@@ -23,7 +23,6 @@ import aiohttp
 import pytest
 
 from connectors.channel_tls import CA_FILE, client_context, server_certificate
-from connectors.client import BusClient
 from connectors.portal import COOKIE, PortalConnector
 from connectors.portal_sessions import session_hash
 from connectors.portal_throttle import LoginThrottle
@@ -44,8 +43,10 @@ from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import create_pool
 from infra.records.provisions import ProvisionStore, RecordDraft
+from infra.tools.harness import eventually
 from schemas import types as msg
-from tests.integration.test_connectors_support import account, eventually, hold_account, my_number, serve_portal
+from streams.client import BusClient
+from tests.integration.test_connectors_support import account, hold_account, my_number, serve_portal
 
 pytestmark = pytest.mark.integration
 

@@ -33,18 +33,18 @@ from aiohttp import web
 from connectors.bank_sim import HANDLERS
 from connectors.bankfiles import render_file, write_atomically
 from connectors.bankhttp_bank import BankChannelClient
-from connectors.client import BusClient
 from connectors.serve import BankChannelLease, LeaseHeld
 from infra.domain.policy import BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.embedded import spawn_python
 from infra.platform.metrics_server import fetch_metrics, read_endpoint
 from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for, with_search_path
 from infra.platform.stack import settings_args, settings_env
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.test_connectors_support import (
     BankEndpoint,
     account,
-    eventually,
     my_number,
     register_through_portal,
     start_platform,

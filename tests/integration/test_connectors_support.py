@@ -8,11 +8,9 @@ and the same real broker.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,7 +24,6 @@ from connectors import channel_keys
 from connectors.bank_sim import seed_customer
 from connectors.bankhttp_bank import verify_check
 from connectors.channel_tls import CA_FILE, server_certificate
-from connectors.client import BusClient
 from connectors.httpsig import AuthFailed, NonceCache
 from connectors.runtime import start_site
 from infra.core.settings import Settings
@@ -35,6 +32,7 @@ from infra.domain.validation import generate_my_number
 from infra.platform.keystore import KeyStore
 from infra.platform.pglayout import ident
 from schemas import types as msg
+from streams.client import BusClient
 
 RNG = random.Random()
 
@@ -99,18 +97,6 @@ async def register_through_portal(platform_settings: Settings, pg: asyncpg.Conne
                                       data_item=DATA_PUBLIC_FUNDS_ACCOUNT, basis=BASIS_REGISTRATION, timeout=60)
     assert answer.meta.type == msg.REGISTRATION_RESULT and answer.body["status"] == "DONE", answer.body
     return token
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 Answer = Callable[[dict], Awaitable[web.Response]]

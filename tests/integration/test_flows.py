@@ -14,7 +14,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import register_at_counter, registration_status
-from connectors.client import BusClient
 from infra.crypto.envelope import peek
 from infra.domain.policy import BASIS_CHANGE, BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import generate_my_number
@@ -22,11 +21,12 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.storage import everywhere
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
-from infra.tools.harness import read_topic
+from infra.tools.harness import eventually, read_topic
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms
-from tests.integration.test_connectors_support import bank_token, eventually, hold_account
+from tests.integration.test_connectors_support import bank_token, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from infra.platform.keystore import KeyStore
 from infra.platform.stack import bootstrap_keys
 from infra.platform.storage import create_pool, migrate
 from infra.platform.topics import TopicNames, apply_layout, layout
+from infra.tools.harness import eventually
 from schemas import types as msg
 from streams.gateway import Inbound
 from streams.hub import HUB_MIGRATIONS, HubService, MessageClaim, claim_messages
@@ -61,12 +61,9 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 async def blocked_on_a_lock(observer: asyncpg.Connection, conn: asyncpg.Connection, timeout: float = 30) -> None:
     """Wait until ``conn``'s statement is waiting for a row lock (not a fixed sleep)."""
     pid = conn.get_server_pid()
-    deadline = time.monotonic() + timeout
-    while not await observer.fetchval(
-            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid):
-        if time.monotonic() > deadline:
-            raise AssertionError("the second claim never waited for the first")
-        await asyncio.sleep(0.02)
+    await eventually(lambda: observer.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                                               pid),
+                     timeout=timeout, interval=0.02, what="the second claim to wait for the first")
 
 
 @pytest.mark.parametrize("second_at, outcome", [((1, 20), (0, 10)), ((0, 10), (0, 10))],

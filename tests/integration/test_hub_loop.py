@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import pytest
 
 from infra.crypto.envelope import peek
 from infra.platform.topics import TopicNames
 from infra.tools.bench import produce_all, seal_inquiries
-from infra.tools.harness import read_topic
+from infra.tools.harness import eventually, read_topic
 from streams.hub_loop import HubLoop
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 
 pytestmark = pytest.mark.integration
-
-
-async def _until(check, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.1)
 
 
 async def test_two_hub_loops_share_ingress_and_a_stopped_one_leaves_nothing_to_redeliver(endpoints, database,
@@ -44,11 +36,13 @@ async def test_two_hub_loops_share_ingress_and_a_stopped_one_leaves_nothing_to_r
             # Wait for the settled assignment: while the group rebalances, the first hub still lists all
             # four partitions beside the second hub's new two (seen in CI), so "settled" means each of the
             # four partitions has exactly one owner and both hubs own some.
-            await _until(lambda: a.consumer.assignment() and b.consumer.assignment()
-                         and not a.consumer.assignment() & b.consumer.assignment()
-                         and len(a.consumer.assignment() | b.consumer.assignment()) == 4)
+            await eventually(lambda: a.consumer.assignment() and b.consumer.assignment()
+                             and not a.consumer.assignment() & b.consumer.assignment()
+                             and len(a.consumer.assignment() | b.consumer.assignment()) == 4,
+                             timeout=120, interval=0.1, what="the two hubs to split the four partitions")
             await produce_all(s, names.ingress, first)
-            await _until(lambda: a.hub.service.totals.received + b.hub.service.totals.received >= 200)
+            await eventually(lambda: a.hub.service.totals.received + b.hub.service.totals.received >= 200,
+                             timeout=120, interval=0.1, what="the 200 inquiries at the two hubs")
             assert a.hub.service.totals.received > 0 and b.hub.service.totals.received > 0  # both worked
         finally:
             await a.stop()
@@ -60,7 +54,8 @@ async def test_two_hub_loops_share_ingress_and_a_stopped_one_leaves_nothing_to_r
         await c.start()
         try:
             await produce_all(s, names.ingress, later)
-            await _until(lambda: c.hub.service.totals.received >= 10)
+            await eventually(lambda: c.hub.service.totals.received >= 10, timeout=120, interval=0.1,
+                             what="the 10 later inquiries at the third hub")
             await asyncio.sleep(1)  # a redelivered batch would show up in the same poll or the next
             assert c.hub.service.totals.received == 10 and c.hub.service.totals.redelivered == 0
         finally:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from infra.platform.stack import settings_env
-from tests.integration.test_connectors_support import account, eventually, register_through_portal
+from infra.tools.harness import eventually
+from tests.integration.test_connectors_support import account, register_through_portal
 from tests.integration.test_participant_cli import flags, person, renkei  # noqa: F401 - fixtures
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 

@@ -32,12 +32,14 @@ from infra.platform.keystore import KeyStore, load_directory
 from infra.platform.metrics_server import fetch_metrics
 from infra.platform.stack import bootstrap_keys, settings_env
 from infra.platform.topics import TopicNames, TopicSpec, apply_layout
+from infra.tools.harness import eventually
 from schemas import codec
 from schemas import types as msg
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE
 from tests.integration.test_flows import person
-from tests.integration.test_ops_hub import endpoint_of, eventually, value
+from tests.integration.test_ops_hub import value
 from tests.integration.test_participant_cli import flags  # noqa: F401 - fixture: the platform's CLI flags
+from tests.integration.waits import endpoint_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,12 +94,12 @@ async def answered_again(bus, agency: str, token: str, *, within: float = 60) ->
         assert opened.meta.type == msg.PROVISION_RESPONSE, opened.meta.type
         return opened.meta.sender_key_id
 
-    return await eventually(attempt, timeout=within, every=0.5)
+    return await eventually(attempt, timeout=within, interval=0.5)
 
 
 async def dead_lettered(settings, message_id: str, reason: str) -> bool:
-    found = (await list_dead_letters(settings, reason_code=reason))["dead_letters"]
-    return any(d["message_id"] == message_id for d in found)
+    found = (await list_dead_letters(settings, reason_code=reason)).dead_letters
+    return any(d.message_id == message_id for d in found)
 
 
 async def audit_events(settings) -> list[dict]:
@@ -205,10 +207,10 @@ async def test_revoked_key_is_refused_by_the_running_hub_within_seconds_then_rot
         (message_id,) = await bus.runtime.send(REVOKED, [inquiry(REVOKED, bad)])
         try:
             return await eventually(lambda: dead_lettered(settings, message_id, "REVOKED_KEY"), timeout=3)
-        except AssertionError:
+        except TimeoutError:
             return False
 
-    await eventually(refused, timeout=30, every=0.5)
+    await eventually(refused, timeout=30, interval=0.5)
     assert time.monotonic() - started < 30
     await answered(bus, GOOD, good)  # everyone else's traffic still flows
 
@@ -255,7 +257,7 @@ async def test_suspended_participant_is_refused_at_once_and_resumed(bus, running
             return opened.body["reason_code"]
         return None  # answered: neither had applied the suspension yet
 
-    assert await eventually(refused_with_notice, timeout=30, every=0.5) == "SUSPENDED"
+    assert await eventually(refused_with_notice, timeout=30, interval=0.5) == "SUSPENDED"
     await answered(bus, GOOD, good)
     # Receivers follow too: the registry applied the status, and a participant runtime refuses its signatures.
     await eventually(lambda: _moved(registry, updates), timeout=30)

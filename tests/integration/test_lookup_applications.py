@@ -25,7 +25,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import apply_lookup_at_counter, lookup_notifications
-from connectors.client import BusClient
 from connectors.jlis_sim import record_death
 from infra.crypto.envelope import Message
 from infra.domain.disasters import Disaster, declare, today_jst
@@ -41,10 +40,12 @@ from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
 from infra.records.provisions import ProvisionStore
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, isolated_platform
-from tests.integration.test_lookups import bank_token, customer, numbered_person, wait_for
+from tests.integration.test_lookups import bank_token, customer, numbered_person
 from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -114,8 +115,9 @@ def heir(ref: str, *, died_on: date = DIED_ON) -> dict:
 
 async def notified(pg, bank: str, cid: str, timeout: float = 60) -> dict:
     """The first notification DICJ sent the bank's counter about application ``cid``."""
-    await wait_for(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = $1 "
-                                       "AND correlation_id = $2", bank, uuid.UUID(cid)), timeout, "DICJ's notification")
+    await eventually(lambda: pg.fetchval("SELECT count(*) > 0 FROM bank_lookup_notifications WHERE participant = $1 "
+                                         "AND correlation_id = $2", bank, uuid.UUID(cid)),
+                     timeout=timeout, what="DICJ's notification", interval=0.1)
     return (await lookup_notifications(pg, bank, cid))[0]
 
 
@@ -301,7 +303,7 @@ async def test_routes_the_policy_does_not_allow_are_refused_with_good_traffic_an
         return await pg.fetchval("SELECT count(*) FROM hub_messages WHERE message_id = ANY($1::uuid[]) AND "
                                  "NOT accepted", [uuid.UUID(m) for m, _ in sent]) == len(sent)
 
-    await wait_for(refused, 60, "the hub's refusals")
+    await eventually(refused, timeout=60, what="the hub's refusals", interval=0.1)
     reasons = {r["message_id"]: r["reason"] for r in await pg.fetch(
         "SELECT message_id, reason FROM hub_messages WHERE message_id = ANY($1::uuid[])", [uuid.UUID(m) for m, _ in sent])}
     assert {what: reasons[uuid.UUID(m)] for m, what in sent} == {what: "UNAUTHORISED" for _, what in sent}

@@ -30,7 +30,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk, answer_row_id
 from infra.crypto.envelope import peek
 from infra.crypto.sealing import UnsealError
@@ -42,7 +41,9 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import correlation_seen_by, hub_pseudonyms, isolated_platform
 from tests.integration.waits import hub_barrier, metric, metrics_url, moved_on
@@ -168,14 +169,6 @@ async def numbered_person(pg, platform, portal, holdings: dict[str, int]) -> tup
     return mn, accounts
 
 
-async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 # ---- 付番申出 -------------------------------------------------------------------------------------
 
 
@@ -217,7 +210,7 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     async def notified() -> bool:
         return bool(await pg.fetchval("SELECT count(*) FROM bank_numbering_results WHERE correlation_id = $1", cid))
 
-    await wait_for(notified, 60, "the numbering result at the receiving bank")
+    await eventually(notified, timeout=60, what="the numbering result at the receiving bank", interval=0.1)
     row = await pg.fetchrow("SELECT * FROM bank_numbering_results WHERE correlation_id = $1", cid)
     import json
 
@@ -230,8 +223,9 @@ async def test_numbering_at_a_bank_counter_goes_via_dicj_and_one_result_comes_ba
     # The person is notified on the portal too, exactly once (in the portal's own correlation id).
     names = hub_pseudonyms(platform.settings)
     at_portal = names.correlation_for(names.conversation(cid, "bank-9001"), "portal")
-    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
-                                       uuid.UUID(at_portal), msg.NUMBERING_RESULT), 30, "the portal's copy")
+    await eventually(lambda: pg.fetchval("SELECT count(*) = 1 FROM client_inbox WHERE correlation_id = $1 AND type = $2",
+                                         uuid.UUID(at_portal), msg.NUMBERING_RESULT),
+                     timeout=30, what="the portal's copy", interval=0.1)
     assert await pg.fetchval("SELECT count(*) FROM bank_numbered_accounts WHERE bank_code = '9002' AND token = $1",
                              bank_token(platform, mn, "9002")) == 2
 
@@ -257,7 +251,7 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
     async def supplemented() -> bool:
         return (await dicj.view(cid))["late_banks"] == ["9003"]
 
-    await wait_for(supplemented, 30, "the supplement")
+    await eventually(supplemented, timeout=30, what="the supplement", interval=0.1)
     view = await dicj.view(cid)
     assert view["missing_banks"] == ["9004"]
     assert [a["account_number"] for a in view["supplement_accounts"]] == [accts["9003"][0]["account_number"]]
@@ -317,14 +311,14 @@ async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
         await set_behaviour(pg, "bank-9002")  # the other tests get one answer from it
     assert view["answering_banks"] == BANKS and view["missing_banks"] == []
     assert len(view["accounts"]) == 1
-    await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 2 FROM hub_messages WHERE type = $1 AND "
-                                       "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
-                   20, "both copies at the hub")
+    await eventually(lambda: pg.fetchval("SELECT count(*) - $2 = 2 FROM hub_messages WHERE type = $1 AND "
+                                         "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
+                     timeout=20, what="both copies at the hub", interval=0.1)
     # ... and a third, once the result is out (a copy that comes late must not pass for a late answer).
     await _answer_again_late(platform, "bank-9002", cid)
-    await wait_for(lambda: pg.fetchval("SELECT count(*) - $2 = 3 FROM hub_messages WHERE type = $1 AND "
-                                       "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
-                   20, "the late copy at the hub")
+    await eventually(lambda: pg.fetchval("SELECT count(*) - $2 = 3 FROM hub_messages WHERE type = $1 AND "
+                                         "sender = 'bank-9002' AND accepted", msg.LOOKUP_ANSWER, before),
+                     timeout=20, what="the late copy at the hub", interval=0.1)
     # The hub decides in the claim transaction that recorded each copy: no supplement was sealed.
     assert await pg.fetchval("SELECT count(*) FROM hub_lookup_outbox WHERE correlation_id = $1", uuid.UUID(cid)) == 1
     await hub_barrier(platform.settings)  # the copies' batches are finished (their results flushed) ...
@@ -362,8 +356,9 @@ async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(p
                                  "('bank-8999', 'bank-8998')")
     # A fan-out with no allowed recipient at all is refused as a whole.
     cid2 = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), banks=["bank-8999", "bank-8998"])
-    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM hub_messages WHERE reason = 'SUSPENDED' AND "
-                                       "type = $1 AND sender = 'dicj'", msg.LOOKUP_DISASTER), 20, "the refusal")
+    await eventually(lambda: pg.fetchval("SELECT count(*) = 1 FROM hub_messages WHERE reason = 'SUSPENDED' AND "
+                                         "type = $1 AND sender = 'dicj'", msg.LOOKUP_DISASTER),
+                     timeout=20, what="the refusal", interval=0.1)
     assert not await pg.fetchval("SELECT count(*) FROM hub_lookups WHERE correlation_id = $1", uuid.UUID(cid2))
 
 
@@ -371,8 +366,9 @@ async def test_hub_worker_killed_mid_gather_emits_the_result_exactly_once(pg, pl
     mn, _ = await numbered_person(pg, platform, portal, {"9001": 1})
     await set_behaviour(pg, "bank-9005", answer_delay_ms=2500)  # still gathering when the hub dies
     cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn))  # every bank, a long deadline
-    await wait_for(lambda: pg.fetchval("SELECT count(*) >= 3 FROM hub_lookup_banks WHERE correlation_id = $1 AND "
-                                       "answered_at IS NOT NULL", uuid.UUID(cid)), 30, "some answers")
+    await eventually(lambda: pg.fetchval("SELECT count(*) >= 3 FROM hub_lookup_banks WHERE correlation_id = $1 AND "
+                                         "answered_at IS NOT NULL", uuid.UUID(cid)),
+                     timeout=30, what="some answers", interval=0.1)
     os.kill(platform.stack.components["hub"].pid, signal.SIGKILL)
     platform.check_children()
     await asyncio.sleep(0.5)
@@ -480,14 +476,14 @@ async def test_reminders_go_once_per_round_to_the_missing_banks_only(pg, platfor
     await set_behaviour(pg, "bank-9005", ignore_inquiries=100)  # never answers
     cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                   designated_bank_codes=["9002", "9005"], disaster_id="2026-TEST-11")
-    await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
-                                       uuid.UUID(cid)), DISASTER_S, "the answering bank")
+    await eventually(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
+                                         uuid.UUID(cid)), timeout=DISASTER_S, what="the answering bank", interval=0.1)
     # many sweeps at once, from this desk and its loop: each due round is claimed once
     await pg.execute("UPDATE dicj_lookups SET next_reminder_at = now() WHERE correlation_id = $1", uuid.UUID(cid))
     await asyncio.gather(*(dicj.send_reminders() for _ in range(4)))
-    await wait_for(lambda: pg.fetchval("SELECT count(*) >= 2 FROM bank_lookups_received WHERE participant = "
-                                       "'bank-9005' AND correlation_id = $1", seen_by(platform, cid, "bank-9005")),
-                   30, "a reminder")
+    await eventually(lambda: pg.fetchval("SELECT count(*) >= 2 FROM bank_lookups_received WHERE participant = "
+                                         "'bank-9005' AND correlation_id = $1", seen_by(platform, cid, "bank-9005")),
+                     timeout=30, what="a reminder", interval=0.1)
     received = await pg.fetch("SELECT reminder FROM bank_lookups_received WHERE participant = 'bank-9005' AND "
                               "correlation_id = $1", seen_by(platform, cid, "bank-9005"))
     rounds = await pg.fetchval("SELECT reminders FROM dicj_lookups WHERE correlation_id = $1", uuid.UUID(cid))
@@ -516,10 +512,11 @@ async def test_the_simulator_never_answers_a_lookup_for_a_bank_whose_channel_is_
     try:
         cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                       designated_bank_codes=["9000", "9005"], disaster_id="2026-TEST-09")
-        await wait_for(lambda: pg.fetchval("SELECT count(*) >= 1 FROM bank_parked_messages WHERE bank_id = "
-                                           "'bank-9005' AND type = $1", msg.LOOKUP_DISASTER), 30, "the parked inquiry")
-        await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
-                                           uuid.UUID(cid)), 30, "the other bank's answer")
+        await eventually(lambda: pg.fetchval("SELECT count(*) >= 1 FROM bank_parked_messages WHERE bank_id = "
+                                             "'bank-9005' AND type = $1", msg.LOOKUP_DISASTER),
+                         timeout=30, what="the parked inquiry", interval=0.1)
+        await eventually(lambda: pg.fetchval("SELECT count(*) = 1 FROM dicj_lookup_answers WHERE correlation_id = $1",
+                                             uuid.UUID(cid)), timeout=30, what="the other bank's answer", interval=0.1)
         # the simulator goes over parked messages every second: two passes, and it left this one
         await moved_on(metric(await metrics_url(platform, "banks"), "renkei_bank_drain_passes_total"),
                        what="the simulator's drain of parked messages")

@@ -37,6 +37,7 @@ from infra.platform.kafka import producer
 from infra.platform.metrics_server import read_endpoint
 from infra.platform.stack import WORKERS
 from infra.platform.topics import TopicNames
+from infra.tools.harness import eventually
 from tests.integration.platform_fixtures import bus, isolated_platform  # noqa: F401
 from tests.integration.test_flows import AGENCY, person
 from tests.integration.waits import hub_barrier
@@ -212,17 +213,14 @@ async def query(api: str, promql: str) -> dict[str, Any]:
 
 
 async def until(check: Any, what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    """:func:`eventually`, counting a Prometheus that does not answer yet as "not yet"."""
+    async def answered() -> Any:
         try:
-            got = await check()
+            return await check()
         except (aiohttp.ClientError, OSError):
-            got = None
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen within {timeout:.0f} s")
-        await asyncio.sleep(0.5)
+            return None
+
+    return await eventually(answered, timeout=timeout, interval=0.5, what=what)
 
 
 @pytest.fixture(scope="module")

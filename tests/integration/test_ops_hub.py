@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,15 +24,16 @@ from infra.ops import Window
 from infra.ops.dlq import list_dead_letters, redrive
 from infra.ops.replay import rewind_group
 from infra.platform.keystore import KeyStore, publish_directory
-from infra.platform.metrics_server import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
-from infra.platform.stack import WORKERS, Platform, wait_for_groups
+from infra.platform.metrics_server import WorkerEndpoint, fetch_health, fetch_metrics
+from infra.platform.stack import WORKERS, wait_for_groups
 from infra.platform.topics import TopicNames
+from infra.tools.harness import eventually
 from schemas import types as msg
 from streams.participant import ClaimedInTransaction, Identity, ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
-from tests.integration.waits import hub_barrier, metric, moved_on
+from tests.integration.waits import endpoint_of, hub_barrier, metric, moved_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,33 +42,10 @@ ROTATING_AGENCY = "agency-mhlw"  # only this module's key-rotation test uses it
 PROCEDURES = {ROTATING_AGENCY: "national-pension", AGENCY: "child-allowance"}  # infra/domain/procedures.toml
 
 
-async def endpoint_of(platform: Platform, name: str, timeout: float = 90) -> WorkerEndpoint:
-    """The metrics endpoint the running worker ``name`` wrote, once its health says ok."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = read_endpoint(platform.settings.state_dir, platform.stack.components[name].pid)
-        if found is not None and (await fetch_health(found))["status"] == "ok":
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} did not report healthy within {timeout:.0f} s")
-        await asyncio.sleep(0.3)
-
-
 def value(samples: dict[str, float], name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(v for k, v in samples.items() if k.split("{")[0] == name and all(w in k for w in want))
-
-
-async def eventually(check, timeout: float = 60, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.0f} s")
-        await asyncio.sleep(every)
 
 
 def inquiry(bus, agency: str, token: str):
@@ -96,7 +73,7 @@ async def test_hub_metrics_move_with_traffic_and_status_lists_every_worker(bus, 
         return now if value(now, "renkei_messages_rejected_total", reason="SUSPENDED") > \
             value(before, "renkei_messages_rejected_total", reason="SUSPENDED") else None
 
-    after = await eventually(moved)
+    after = await eventually(moved, timeout=60, interval=0.3)
     grew = lambda name: value(after, name) - value(before, name)  # noqa: E731
     # token x2, registration request, existence check + answer, result, inquiry + response, refused token
     assert grew("renkei_messages_in_total") >= 9
@@ -169,20 +146,20 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
         basis=BASIS_PROVISION, correlation_id=correlation, procedure=PROCEDURES[ROTATING_AGENCY])])
 
     async def dead_letters(n: int):
-        found = (await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]
+        found = (await list_dead_letters(settings, reason_code="UNKNOWN_KEY")).dead_letters
         return found if len(found) == n else None
 
-    (original,) = await eventually(lambda: dead_letters(1))
-    assert original["message_id"] == message_id and original["redrive_count"] == 0
+    (original,) = await eventually(lambda: dead_letters(1), timeout=60, interval=0.3)
+    assert original.message_id == message_id and original.redrive_count == 0
 
     # A re-drive before the directory knows the key fails again; the new dead letter keeps the history.
     first = await redrive(settings, reason_code="UNKNOWN_KEY", reason="INC-11 too early")
     assert first["redriven"] == 1
-    original, again = await eventually(lambda: dead_letters(2))
-    assert again["message_id"] == message_id and again["redrive_count"] == 1
-    headers = await _headers_at(settings, again["offset"])
-    assert headers["renkei.redrive"] == str(original["offset"])
-    assert headers["renkei.redrive.history"] == str(original["offset"])
+    original, again = await eventually(lambda: dead_letters(2), timeout=60, interval=0.3)
+    assert again.message_id == message_id and again.redrive_count == 1
+    headers = await _headers_at(settings, again.offset)
+    assert headers["renkei.redrive"] == str(original.offset)
+    assert headers["renkei.redrive.history"] == str(original.offset)
     assert headers["renkei.ops.event"] == first["audit"]["id"]
 
     # Publish the rotated keys: the hub and the registry follow the keys topic, no restart.
@@ -195,8 +172,8 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
                 and value(await fetch_metrics(registry.metrics), "renkei_key_directory_updates_total")
                 > registry_updates)
 
-    await eventually(followed)
-    second = await redrive(settings, reason_code="UNKNOWN_KEY", since=str(again["timestamp"]),
+    await eventually(followed, timeout=60, interval=0.3)
+    second = await redrive(settings, reason_code="UNKNOWN_KEY", since=str(again.timestamp),
                            reason="INC-11 directory published")
     assert second["matched"] == 1 and second["redriven"] == 1
 
@@ -204,13 +181,13 @@ async def test_redrive_after_key_rotation_delivers_what_the_hub_refused(bus, pg,
         return await pg.fetchval("SELECT count(*) FROM client_inbox WHERE correlation_id = $1 AND type = $2",
                                  correlation, msg.PROVISION_RESPONSE)
 
-    assert await eventually(answered) == 1
+    assert await eventually(answered, timeout=60, interval=0.3) == 1
     records = await pg.fetch("SELECT requester, provider, status FROM provision_records WHERE correlation_id = $1",
                              hub_pseudonyms(settings).conversation(correlation, ROTATING_AGENCY))
     assert {(r["requester"], r["provider"], r["status"]) for r in records} == {
         (ROTATING_AGENCY, "registry", "REQUESTED"), (ROTATING_AGENCY, "registry", "PROVIDED")}
     await hub_barrier(settings)  # the hub has been through everything sent so far: the re-drive did not fail too
-    assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY"))["dead_letters"]) == 2
+    assert len((await list_dead_letters(settings, reason_code="UNKNOWN_KEY")).dead_letters) == 2
     # The new keys are used end to end from now on: a fresh inquiry is answered directly.
     assert (await inquiry(bus, ROTATING_AGENCY, token)).body["status"] == "REGISTERED"
 
@@ -257,7 +234,7 @@ async def test_rewinding_the_registry_group_reprocesses_without_any_new_effect(b
         }
 
     registry = await endpoint_of(running_platform, "registry")
-    await eventually(lambda: _caught_up(registry))
+    await eventually(lambda: _caught_up(registry), timeout=60, interval=0.3)
     before = await snapshot()
     assert before["accounts"] and before["records"]
 

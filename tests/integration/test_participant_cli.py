@@ -26,7 +26,8 @@ from connectors.commands import exit_code, normalise_my_number, split_codes, sub
 from infra.cli import build_parser, main
 from infra.platform.pgdsn import public_dsn
 from infra.platform.stack import settings_env
-from tests.integration.test_connectors_support import RNG, eventually, my_number
+from infra.tools.harness import eventually
+from tests.integration.test_connectors_support import RNG, my_number
 from tests.unit.leakguard import no_personal_data, used  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_personal_data")]

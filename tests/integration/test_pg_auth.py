@@ -23,7 +23,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from connectors.client import BusClient
 from infra.core.settings import Settings
 from infra.domain.policy import BASIS_PROVISION, BASIS_REGISTRATION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.domain.validation import generate_my_number
@@ -32,6 +31,7 @@ from infra.platform.embedded_pg import superuser_passfile
 from infra.platform.pgdsn import component_dsn, layout_for, public_dsn, records_dsn
 from infra.platform.pgpass import read_passfile
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.test_connectors_support import hold_account
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ holds its first lock, and both sides finish.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import pytest
@@ -23,6 +22,7 @@ from infra.platform.pgdsn import admin_dsn, component_dsn, layout_for
 from infra.platform.pglayout import BANKS, HANDOVER_TABLES, ident
 from infra.platform.pgprovision import grant_shared
 from infra.platform.storage import migrate, migrate_idempotency
+from infra.tools.harness import eventually
 from streams.participant import RUNTIME_MIGRATIONS
 
 pytestmark = pytest.mark.integration
@@ -30,12 +30,10 @@ pytestmark = pytest.mark.integration
 
 async def _waiting_on(observer: asyncpg.Connection, pid: int, table: str, timeout: float = 60.0) -> None:
     """Until backend ``pid`` waits for a lock on ``table`` (``pg_locks``: not granted)."""
-    deadline = time.monotonic() + timeout
-    while not await observer.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "WHERE l.pid = $1 AND NOT l.granted AND c.relname = $2)", pid, table):
-        assert time.monotonic() < deadline, f"the grants never waited for {table}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: observer.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.pid = $1 AND NOT l.granted AND c.relname = $2)", pid, table),
+        timeout=timeout, interval=0.05, what=f"the grants to wait for {table}")
 
 
 async def test_the_grants_finish_while_the_simulators_clean_up_holds_its_first_lock(settings):

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from connectors.client import BusClient
 from connectors.portal_cards import CardStore
 from connectors.portal_schema import migrate_portal
 from infra.cli import main
@@ -29,6 +28,7 @@ from infra.platform.pgdsn import component_dsn, observer_dsn
 from infra.platform.stack import settings_env
 from infra.records.provisions import ProvisionStore
 from schemas import types as msg
+from streams.client import BusClient
 from tests.integration.platform_fixtures import isolated_platform
 from tests.integration.records_world import overwrite, rehash_from
 from tests.integration.test_connectors_support import RNG, hold_account, my_number

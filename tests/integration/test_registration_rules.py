@@ -22,7 +22,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import open_account, register_at_counter, registration_status
-from connectors.client import BusClient
 from infra.crypto.envelope import Message
 from infra.domain.policy import (
     BASIS_ALONGSIDE_PROCEDURE,
@@ -33,10 +32,12 @@ from infra.domain.policy import (
 )
 from infra.domain.validation import generate_my_number
 from infra.platform.pgdsn import observer_dsn
+from infra.tools.harness import eventually
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import ENTITLED_PROCEDURE, hub_pseudonyms, isolated_platform
-from tests.integration.test_connectors_support import bank_token, eventually, hold_account
+from tests.integration.test_connectors_support import bank_token, hold_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

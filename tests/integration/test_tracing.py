@@ -19,11 +19,11 @@ from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
 from infra.platform.kafka import producer
 from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
-from infra.tools.harness import read_topic
+from infra.tools.harness import eventually, read_topic
 from infra.tools.leakscan import Scanner
 from schemas import types as msg
 from tests.integration.platform_fixtures import bus, correlation_seen_by, isolated_platform, pg  # noqa: F401
-from tests.integration.test_connectors_support import eventually, hold_account
+from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, PROCEDURE, account, inquire, now, register
 from tests.integration.test_flows import person as new_person
 

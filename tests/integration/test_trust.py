@@ -26,7 +26,6 @@ import asyncpg
 import pytest
 
 from connectors.bank_sim import set_behaviour
-from connectors.client import BusClient
 from connectors.dicj import DicjDesk
 from infra.crypto.envelope import FANOUT, HubForwarder, Message, Sealer, Verifier, peek
 from infra.domain.policy import (
@@ -41,13 +40,15 @@ from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import Platform
 from infra.platform.storage import everywhere
 from infra.platform.topics import TopicNames
+from infra.tools.harness import eventually
 from schemas import codec
 from schemas import types as msg
+from streams.client import BusClient
 from streams.participant import ParticipantRuntime
 from tests.integration.platform_fixtures import hub_pseudonyms, isolated_platform
 from tests.integration.test_connectors_support import hold_account
 from tests.integration.test_flows import AGENCY, account, inquire, person, register
-from tests.integration.test_lookups import bank_token, numbered_person, wait_for
+from tests.integration.test_lookups import bank_token, numbered_person
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,7 +92,7 @@ async def dead_letters(pg: asyncpg.Connection, participant: str, message_ids: li
             found[peek(bytes(r["envelope"])).message_id] = r["reason"]
         return set(message_ids) <= set(found)
 
-    await wait_for(all_there, timeout, f"{participant}'s dead letters")
+    await eventually(all_there, timeout=timeout, what=f"{participant}'s dead letters", interval=0.1)
     return {m: found[m] for m in message_ids}
 
 
@@ -157,9 +158,9 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     def seen_by(bank: str) -> str:
         return names.correlation_for(names.conversation(cid, "dicj"), bank)
 
-    await wait_for(lambda: pg.fetchval("SELECT count(*) = 2 FROM bank_lookups_received WHERE correlation_id = "
-                                       "ANY($1::uuid[])", [uuid.UUID(seen_by(b)) for b in ("bank-9000", "bank-9001")]),
-                   30, "both banks to get the lookup")
+    await eventually(lambda: pg.fetchval("SELECT count(*) = 2 FROM bank_lookups_received WHERE correlation_id = "
+                                         "ANY($1::uuid[])", [uuid.UUID(seen_by(b)) for b in ("bank-9000", "bank-9001")]),
+                     timeout=30, what="both banks to get the lookup", interval=0.1)
     fake = {"bank_code": "9001", "branch_code": "999", "account_type": "ORDINARY", "account_number": "7654321",
             "holder_kana": "サギ タロウ"}
 
@@ -199,8 +200,9 @@ async def test_a_lookup_answer_counts_only_for_the_bank_that_sent_it_and_only_if
     # DICJ refused the forgery and the smuggled answer; the hub refused the unasked bank's answer.
     assert await dead_letters(pg, "dicj", [as_other_leg, peek(smuggled).message_id]) == {
         as_other_leg: "SENDER_NOT_ALLOWED", peek(smuggled).message_id: "UNSOLICITED"}
-    await wait_for(lambda: pg.fetchval("SELECT reason = 'UNSOLICITED' AND NOT accepted FROM hub_messages "
-                                       "WHERE message_id = $1", uuid.UUID(unasked)), 30, "the hub's refusal")
+    await eventually(lambda: pg.fetchval("SELECT reason = 'UNSOLICITED' AND NOT accepted FROM hub_messages "
+                                         "WHERE message_id = $1", uuid.UUID(unasked)),
+                     timeout=30, what="the hub's refusal", interval=0.1)
     assert not await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE message_id = $1",
                                  uuid.UUID(names.leg_message_id(unasked, "dicj")))
     assert not await pg.fetchval("SELECT count(*) FROM provision_records WHERE message_id = $1",

@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from infra.core.settings import Settings
-from infra.platform.metrics_server import fetch_health, fetch_metrics, read_endpoint
+from infra.platform.metrics_server import WorkerEndpoint, fetch_health, fetch_metrics, read_endpoint
 from infra.platform.topics import TopicNames
-from infra.tools.harness import dead_letter_info, read_topic
+from infra.tools.harness import dead_letter_info, eventually, read_topic
 
 BARRIER_PREFIX = b"renkei-test-barrier:"
 
@@ -58,14 +58,16 @@ def metric(url: str, name: str, **labels: str) -> Callable[[], Awaitable[float]]
 
 async def metrics_url(platform: Any, name: str, *, timeout: float = 90.0) -> str:
     """The ``/metrics`` URL of the platform's worker ``name`` (its current process), once it reports healthy."""
-    deadline = time.monotonic() + timeout
-    while True:
+    return (await endpoint_of(platform, name, timeout=timeout)).metrics
+
+
+async def endpoint_of(platform: Any, name: str, *, timeout: float = 90.0) -> WorkerEndpoint:
+    """The metrics endpoint the running worker ``name`` (its current process) wrote, once its health says ok."""
+    async def healthy() -> WorkerEndpoint | None:
         found = read_endpoint(platform.settings.state_dir, platform.stack.components[name].pid)
-        if found is not None and (await fetch_health(found))["status"] == "ok":
-            return found.metrics
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} did not report healthy within {timeout:.0f} s")
-        await asyncio.sleep(0.3)
+        return found if found is not None and (await fetch_health(found))["status"] == "ok" else None
+
+    return await eventually(healthy, timeout=timeout, interval=0.3, what=f"{name} to report healthy")
 
 
 async def dead_letters(settings: Settings) -> list[dict[str, str]]:

@@ -1,4 +1,5 @@
-"""Every package of Renkei says what it may import and what it offers; every long module says why (issue 17).
+"""Every package of Renkei says what it may import and what it offers; every long module says why; every unit
+test sits in the folder of the package it tests (issue 17).
 
 Each package's ``__init__`` has a docstring stating its rule (``Rule:``) and an ``__all__`` that names
 every public module in it (and, for the two packages with code of their own, ``infra.ops`` and
@@ -94,3 +95,60 @@ def test_the_long_file_check_can_fail(tmp_path):
     (tmp_path / "long.py").write_text('"""Two concerns."""\n' + "x = 1\n" * LONG_FILE)
     (tmp_path / "explained.py").write_text('"""One thing.\n\nWhy this file is long: one table."""\n' + "x = 1\n" * LONG_FILE)
     assert unexplained_long_files([tmp_path / "long.py", tmp_path / "explained.py"], tmp_path) == ["long.py"]
+
+
+# The unit tests mirror the packages (issue 17): a test file sits in the folder of the package it mainly tests.
+# tests/integration stays flat: its tests follow flows across packages (docs/testing.md).
+UNIT = ROOT / "tests" / "unit"
+UNIT_FOLDERS = {"core": "infra/core", "schemas": "schemas", "domain": "infra/domain", "crypto": "infra/crypto",
+                "platform": "infra/platform", "records": "infra/records", "streams": "streams", "ops": "infra/ops",
+                "connectors": "connectors", "tools": "infra/tools", "cli": "infra/cli"}
+LAYOUT_CHECKS = {"test_layers.py", "test_packages.py", "test_tools.py"}
+"""The test files that stay at the top of tests/unit: the layout checks (every package at once) and the test of
+the suite's own helper (tests/tools.py). Helpers shared by several folders (``conftest.py``, ``leakguard.py``,
+``*_world.py``: no ``test_`` prefix) stay at the top too."""
+
+
+def misplaced_unit_tests(unit: Path = UNIT) -> list[str]:
+    found = []
+    where = "tests/unit/<" + "|".join(UNIT_FOLDERS) + ">/"
+    for path in sorted(unit.iterdir()):
+        if path.is_file() and path.name.startswith("test_") and path.name not in LAYOUT_CHECKS:
+            found.append(f"tests/unit/{path.name}: move it to the folder of the package it mainly tests, {where} "
+                         "(docs/testing.md, 'Where a test goes')")
+        elif path.is_dir() and path.name != "__pycache__":
+            if path.name not in UNIT_FOLDERS:
+                found.append(f"tests/unit/{path.name}/ mirrors no package: use one of {where}")
+            elif not (path / "__init__.py").exists():
+                found.append(f"tests/unit/{path.name}/ has no __init__.py (two folders' same-named files would clash)")
+    return found
+
+
+def test_unit_tests_sit_in_the_folder_of_their_package():
+    assert misplaced_unit_tests() == []
+    assert [folder for folder, package in UNIT_FOLDERS.items() if not (ROOT / package / "__init__.py").exists()] == []
+
+
+def test_the_unit_layout_check_can_fail(tmp_path):
+    (tmp_path / "conftest.py").write_text("")
+    (tmp_path / "some_world.py").write_text("")
+    (tmp_path / "test_layers.py").write_text("")
+    (tmp_path / "test_newcomer.py").write_text("")
+    (tmp_path / "crypto").mkdir()
+    (tmp_path / "crypto" / "__init__.py").write_text("")
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "misc").mkdir()
+    found = misplaced_unit_tests(tmp_path)
+    assert len(found) == 3
+    assert found[0].startswith("tests/unit/misc/ mirrors no package")
+    assert found[1] == "tests/unit/ops/ has no __init__.py (two folders' same-named files would clash)"
+    assert found[2].startswith("tests/unit/test_newcomer.py: move it to the folder of the package it mainly tests, "
+                               "tests/unit/<core|schemas|domain|crypto|platform|records|streams|ops|connectors|tools|cli>/")
+
+
+def test_every_test_file_a_mutation_scope_names_is_found_once():
+    from tests.mutation_scope import SCOPES, unit_test_path
+
+    assert all(unit_test_path(name).startswith("tests/unit/") for scope in SCOPES for name in scope.tests)
+    with pytest.raises(LookupError, match="names test_nowhere.py: 0 files"):
+        unit_test_path("test_nowhere.py")

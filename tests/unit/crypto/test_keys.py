@@ -315,7 +315,7 @@ def test_staged_rotation_keeps_sealing_to_the_old_key_until_the_new_one_is_activ
     ks = Keyset.generate("bank-0016", now=T0)
     directory = directory_of(ks)
     old_enc = ks.encryption_key_id
-    now = keys.now_ms()
+    now = keys.now_epoch_ms()
     ks.rotate(now=now, activate_at=now + 60_000, retire_at=now + 120_000)
     for k, v in ROOT.to_records(ks.public_entries()):
         directory.apply_record(k, v)

@@ -93,7 +93,7 @@ def test_acls_confine_each_participant_to_ingress_and_its_own_inbox():
         if p.kind is Kind.HUB:
             assert names.ingress in reads and "renkei.inbox." in writes
         else:
-            # the portal verifies a person's records against the published checkpoints (tests/unit/test_acls.py)
+            # the portal verifies a person's records against the published checkpoints (tests/unit/platform/test_acls.py)
             assert reads == {names.inbox(p.id), names.keys} | ({names.checkpoints} if p.kind is Kind.PORTAL else set())
             assert writes == {names.ingress}
     lines = kafka_acls_commands(bindings)

@@ -67,9 +67,9 @@ def test_dead_letter_metadata_from_headers_without_the_value() -> None:
               [("renkei.reason", b"REPLAYED"), ("renkei.src.partition", b"3"), ("renkei.src.offset", b"x"),
                ("renkei.sender", b"bank-1"), ("renkei.redrive.count", b"2")])
     d = dead_letter(rec)
-    assert (d["reason_code"], d["sender"], d["source_partition"], d["source_offset"], d["redrive_count"]) == (
+    assert (d.reason_code, d.sender, d.source_partition, d.source_offset, d.redrive_count) == (
         "REPLAYED", "bank-1", 3, None, 2)
-    assert "original bytes" not in json.dumps(d)
+    assert "original bytes" not in json.dumps(d.to_json())
 
 
 def test_redrive_headers_count_and_keep_history() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infra.core.retry import Backoff
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_waits_double_to_the_cap_and_never_overflow():

@@ -27,7 +27,7 @@ from infra.core.settings import load_settings, setting_keys, setting_sources
 from infra.platform.stack import WORKERS
 from tests.tools import require
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "infra" / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA = Path(__file__).with_name("compose-spec.json")

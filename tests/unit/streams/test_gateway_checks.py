@@ -228,7 +228,7 @@ def test_a_fanout_skips_a_refused_leg_wherever_it_stands_and_says_why_when_none_
 
     from infra.domain.policy import BASIS_INHERITANCE_LOOKUP, DATA_DEPOSIT_ACCOUNT_HOLDINGS, Policy
     from schemas.types import LOOKUP_INHERITANCE
-    from tests.unit.test_lookups import PARTICIPANTS, LookupWorld
+    from tests.unit.streams.test_lookups import PARTICIPANTS, LookupWorld
 
     lookup_world = LookupWorld()
     core = HubCore(verifier=Verifier(lookup_world.directory, clock=lookup_world.clock), forwarder=lookup_world.hub,

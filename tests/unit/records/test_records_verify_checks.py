@@ -25,7 +25,17 @@ from infra.records.provisions import (
     head_statement,
 )
 from infra.records.records_verify import CheckpointSeen, RecordState, Verdict, judge
-from tests.unit.test_records_checkpoints import KEY, KEYS, T0, TOKEN, chain, checkpoint, evidence, record, sealed_head
+from tests.unit.records.test_records_checkpoints import (
+    KEY,
+    KEYS,
+    T0,
+    TOKEN,
+    chain,
+    checkpoint,
+    evidence,
+    record,
+    sealed_head,
+)
 
 S = RecordState
 NO_EVIDENCE = CheckpointEvidence(None, bucket_of(TOKEN), [], {})

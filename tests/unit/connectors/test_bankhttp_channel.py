@@ -33,7 +33,7 @@ from infra.core.settings import Settings
 from infra.domain.participants import load_participants
 from infra.platform.keystore import KeyStore
 
-DOCS_COPY = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "bank-http.json"
+DOCS_COPY = Path(__file__).resolve().parents[3] / "docs" / "openapi" / "bank-http.json"
 KEYS = keys_from("bank-9002", [("bank-9002.1", b"k" * 32), ("bank-9002.2", b"j" * 32)])
 NOW = 1_750_000_000.0
 BODY = b'{"operation": "REGISTER"}'

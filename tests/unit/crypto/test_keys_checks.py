@@ -23,11 +23,11 @@ from infra.crypto.keys import (
     RootAuthority,
     Status,
     encode_snapshot,
-    now_ms,
+    now_epoch_ms,
 )
+from tests.unit.crypto.test_keys import ROOT, T0
+from tests.unit.crypto.test_keys import directory_of as loaded
 from tests.unit.leakguard import no_personal_data  # noqa: F401 - fixture
-from tests.unit.test_keys import ROOT, T0
-from tests.unit.test_keys import directory_of as loaded
 
 pytestmark = pytest.mark.usefixtures("no_personal_data")
 
@@ -56,9 +56,9 @@ def test_a_signing_key_verifies_up_to_and_at_its_retirement_and_not_after():
 
 def test_retire_defaults_to_now_and_refuses_an_unknown_key():
     directory = loaded(BANK)
-    before = now_ms()
+    before = now_epoch_ms()
     directory.retire(BANK.encryption_key_id)
-    after = now_ms()
+    after = now_epoch_ms()
     entry = directory.entry(BANK.encryption_key_id)
     assert entry.status is Status.RETIRED and before <= entry.not_after <= after
     refused = refusal(directory.retire, "bank-0100:sign:0000000000000000")
@@ -91,7 +91,7 @@ def test_a_suspended_participant_s_key_is_refused_whenever_it_signed():
 
 
 def test_the_key_to_seal_to_is_the_newest_usable_one():
-    now = now_ms()
+    now = now_epoch_ms()
     [_, enc] = BANK.public_entries()
     assert enc.purpose is Purpose.ENCRYPT
     directory = loaded(BANK)
@@ -111,7 +111,7 @@ def test_the_key_to_seal_to_is_the_newest_usable_one():
 
 
 def test_among_active_keys_the_one_already_in_force_and_newest_wins():
-    now = now_ms()
+    now = now_epoch_ms()
     keysets = {n: Keyset.generate("bank-0101", now=t) for n, t in
                (("old", now - 20_000), ("new", now - 10_000), ("future", now + 60_000))}
     entries = {n: next(e for e in k.public_entries() if e.purpose is Purpose.ENCRYPT) for n, k in keysets.items()}

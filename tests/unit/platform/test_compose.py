@@ -19,7 +19,7 @@ from infra.platform.cluster import KafkaCluster, scram_jaas, security_properties
 from infra.platform.cluster_tls import ClusterTls
 from infra.platform.kafka_broker import kafka_version
 
-COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "compose.yaml"
+COMPOSE = Path(__file__).resolve().parents[3] / "infra" / "compose.yaml"
 # What must agree besides security_properties(): the roles, listener names, sizes and internal replication.
 ALSO = ("process.roles", "controller.listener.names", "message.max.bytes",
         "share.coordinator.state.topic.replication.factor", "share.coordinator.state.topic.min.isr")

@@ -24,7 +24,7 @@ from schemas import codec
 from schemas import types as msg
 from streams.notices import masked, notice
 
-STATIC = Path(__file__).parents[2] / "connectors" / "static"
+STATIC = Path(__file__).parents[3] / "connectors" / "static"
 WORDS = json.loads((STATIC / "portal-i18n.json").read_text(encoding="utf-8"))
 
 

@@ -1,7 +1,9 @@
 """A participant as a client of the bus: send a request, await its answer, keep what arrives.
 
-Used by the simulated portal and agencies of the embedded world (and the
-demo).  Every message arriving in the client's inbox is stored in
+Used by the simulated portal and agencies of the embedded world, DICJ's desk,
+the CLI's participant commands, the demo, bench and chaos tools and the
+tests; it lives beside :class:`streams.participant.ParticipantRuntime`, the
+runtime it wraps.  Every message arriving in the client's inbox is stored in
 ``client_inbox`` (the participant's own database) in the runtime's
 transaction, so an answer is never lost even if nobody is awaiting it.
 Tokens (符号) are obtained through the token-issuance exchange: the My Number
@@ -11,7 +13,7 @@ is sealed to the token authority and never travels in the clear.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from infra.core.settings import Settings
 from infra.crypto.envelope import Message, Opened
@@ -41,6 +43,31 @@ async def _keep(ctx: Context) -> None:
         ctx.me, ctx.meta.message_id, ctx.meta.correlation_id, ctx.meta.type, ctx.meta.sender)
 
 
+class Requester(Protocol):
+    """What the token-issuance exchange needs: a started runtime (for the key directory) and ``request``."""
+
+    runtime: ParticipantRuntime
+
+    async def request(self, sender: str, *, type: str, to: str, subject: str, body: dict, data_item: str,
+                      basis: str, timeout: float = 30.0) -> Opened: ...
+
+
+async def obtain_token(client: Requester, participant: str, my_number: str, *, timeout: float = 30.0) -> str:
+    """Obtain ``participant``'s token for a person (符号取得) from the hub's token authority.
+
+    The My Number is sealed to the token authority's key; it never travels in the clear.  Goes through
+    ``client.request`` so a client that turns rejection notices into errors (the CLI's) does so here too.
+    """
+    assert client.runtime.directory is not None
+    issuer = TokenIssuanceClient(participant, client.runtime.directory.encryption_key("hub"))
+    body = codec.decode(issuer.request(my_number), "token_issue_request")
+    answer = await client.request(participant, type=msg.TOKEN_ISSUE_REQUEST, to="hub", subject="",
+                                  body=body, data_item=DATA_PERSON_TOKEN, basis=BASIS_TOKEN_ISSUANCE, timeout=timeout)
+    if answer.meta.type != msg.TOKEN_ISSUE_RESPONSE:
+        raise RuntimeError(f"token issuance answered with {answer.meta.type}")
+    return answer.body["token"].decode()
+
+
 class BusClient:
     """One or more participant identities (e.g. the portal and the agencies) talking to the bus."""
 
@@ -58,14 +85,7 @@ class BusClient:
 
     async def token_for(self, participant: str, my_number: str, *, timeout: float = 30.0) -> str:
         """Obtain ``participant``'s token for a person (符号取得) from the hub's token authority."""
-        assert self.runtime.directory is not None
-        issuer = TokenIssuanceClient(participant, self.runtime.directory.encryption_key("hub"))
-        body = codec.decode(issuer.request(my_number), "token_issue_request")
-        answer = await self.request(participant, type=msg.TOKEN_ISSUE_REQUEST, to="hub", subject="",
-                                    body=body, data_item=DATA_PERSON_TOKEN, basis=BASIS_TOKEN_ISSUANCE, timeout=timeout)
-        if answer.meta.type != msg.TOKEN_ISSUE_RESPONSE:
-            raise RuntimeError(f"token issuance answered with {answer.meta.type}")
-        return answer.body["token"].decode()
+        return await obtain_token(self, participant, my_number, timeout=timeout)
 
     async def request(self, sender: str, *, type: str, to: str, subject: str, body: dict, data_item: str,
                       basis: str, timeout: float = 30.0, procedure: str | None = None) -> Opened:

@@ -27,7 +27,7 @@ from infra.records.checkpoints import (
 )
 from infra.records.provisions import GENESIS_HASH, HEAD_DOMAIN, bucket_of, person_key
 from schemas import codec
-from tests.unit.test_records_checkpoints import KEY, KEYS, T0, TOKEN
+from tests.unit.records.test_records_checkpoints import KEY, KEYS, T0, TOKEN
 
 BODY = {"number": 2, "issued_at": T0, "root": b"\x07" * 32, "buckets": BUCKETS, "chains": 3, "records": 11,
         "previous": b"\x08" * 32}

@@ -175,7 +175,7 @@ TAMPERINGS = {
         ),
         Reason.BAD_SIGNATURE,
     ),
-    # v2's fields, added to an envelope signed without them (tests/unit/test_envelope_meta.py does the rest)
+    # v2's fields, added to an envelope signed without them (tests/unit/crypto/test_envelope_meta.py does the rest)
     "procedure": (lambda r, w: r.update(procedure="child-allowance"), Reason.BAD_SIGNATURE),
     "outcome": (lambda r, w: r.update(outcome="REGISTERED"), Reason.BAD_SIGNATURE),
     "leg": (lambda r, w: r.update(leg={"leg_key": b"k" * 48, "sealed_origin": b"s" * 60}), Reason.UNDECRYPTABLE),

@@ -1,0 +1,1 @@
+"""Unit tests of connectors/ (bank channels, HTTP signatures, inquiry batches, the portal)."""

@@ -1,0 +1,1 @@
+"""Unit tests of infra/core (errors, settings, arguments, clock, retry, logs, tracing)."""

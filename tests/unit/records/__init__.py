@@ -1,0 +1,1 @@
+"""Unit tests of infra/records (provision records, checkpoints, their verification)."""

@@ -1,0 +1,1 @@
+"""Unit tests of schemas/ (the codec, schema compatibility, the bounds on decoding)."""

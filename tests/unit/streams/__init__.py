@@ -1,0 +1,1 @@
+"""Unit tests of streams/ (the hub gateway, lookups, registration rules, send coalescing)."""

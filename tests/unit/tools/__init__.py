@@ -1,0 +1,1 @@
+"""Unit tests of infra/tools (bench figures, chaos invariants, the leak scan, the harness)."""
