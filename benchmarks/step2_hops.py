@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from infra.core.tracing import incoming
 from infra.crypto.envelope import peek
 from infra.platform.stack import WORKERS, Platform
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
-from infra.tools.bench import AGENCY, PROCEDURE, CpuMeter, assign_from, plain_consumer, stack_components
+from infra.tools.bench import AGENCY, PROCEDURE, CpuMeter, assign_from, open_loop, plain_consumer, stack_components
 
 HOPS = ("client_send", "hub_inquiry", "registry", "hub_answer", "client_receive")
 
@@ -71,7 +72,7 @@ async def offer(settings: Settings, rate: float, seconds: float) -> list[Trip]:
     trips: list[Trip] = []
     async with BusClient(settings, [AGENCY], group=f"{settings.kafka.topic_prefix}.hops-client") as bus:
 
-        async def one(i: int, keep: bool) -> None:
+        async def one(i: int, keep: bool = True) -> None:
             sent = time.time()
             answer = await bus.request(
                 AGENCY, type=msg.PROVISION_INQUIRY, to="registry", subject=subjects[i % len(subjects)],
@@ -80,18 +81,9 @@ async def offer(settings: Settings, rate: float, seconds: float) -> list[Trip]:
             if keep:
                 trips.append(Trip(sent, time.time(), answer.meta.message_id))
 
-        async def run(count: int, keep: bool) -> None:
-            tasks = []
-            t0 = time.perf_counter()
-            for i in range(count):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(i, keep)))
-            await asyncio.gather(*tasks)
-
-        await run(max(5, int(rate)), keep=False)  # warm-up: connections, caches, the hub's leg keys
-        await run(int(rate * seconds), keep=True)
+        # warm-up: connections, caches, the hub's leg keys
+        await open_loop(rate, max(5, int(rate)), functools.partial(one, keep=False))
+        await open_loop(rate, int(rate * seconds), one)
     return trips
 
 
