@@ -88,7 +88,8 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="renkei-broker-idle-") as tmp:
         report: dict[str, Any] = {"broker_kind": args.broker, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
-        report.update(await start_times(args.broker, args.starts, Path(tmp)))
+        if args.starts:  # --starts 0: the idle platform only
+            report.update(await start_times(args.broker, args.starts, Path(tmp)))
         report.update(await idle_platform(args.broker, args.seconds, args.settle, Path(tmp)))
         report["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=None if args.json else 2))

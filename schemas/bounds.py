@@ -56,39 +56,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         raise _malformed() from None
 
 
-def _skip_varint(data: bytes, pos: int) -> int:
-    if pos < len(data) and data[pos] < 0x80:  # the common one-byte case, without building a tuple
-        return pos + 1
-    return _varint(data, pos)[1]
-
-
-def _skip_bytes(data: bytes, pos: int) -> int:
-    if pos < len(data) and data[pos] < 0x80:  # lengths under 64: one byte
-        n, pos = data[pos], pos + 1
-        n = (n >> 1) ^ -(n & 1)
-    else:
-        n, pos = _varint(data, pos)
-    if n < 0 or pos + n > len(data):
-        raise _malformed()
-    return pos + n
-
-
-def _skip_fixed(size: int) -> _Skip:
-    def skip(data: bytes, pos: int) -> int:
-        if pos + size > len(data):
-            raise _malformed()
-        return pos + size
-    return skip
-
-
-def _skip_nothing(data: bytes, pos: int) -> int:
-    return pos
-
-
-_PRIMITIVES: dict[str, _Skip] = {
-    "null": _skip_nothing, "boolean": _skip_fixed(1), "int": _skip_varint, "long": _skip_varint,
-    "float": _skip_fixed(4), "double": _skip_fixed(8), "bytes": _skip_bytes, "string": _skip_bytes,
-}
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 
 class ArrayCaps:
@@ -98,12 +66,14 @@ class ArrayCaps:
     array-typed field of that name, at any depth.  ``check(data, offset)`` walks the record that
     starts at ``offset`` and returns the first :class:`CapExceeded`, or None; bytes it cannot
     walk raise ``CodecError(MALFORMED)``.
+
+    The schema is compiled once into Python source (:class:`_Compiler`): one function per named
+    record, every other type stepped over inline. The hub walks every envelope before decoding it, and a
+    closure call per field cost as much as fastavro's whole decode (issue 18).
     """
 
     def __init__(self, source: Any, caps: Mapping[str, int]) -> None:
-        self._caps = dict(caps)
-        self._named: dict[str, _Skip] = {}
-        self._root = self._compile(source, None, "")
+        self._root = _Compiler(dict(caps)).compile(source)
 
     def check(self, data: bytes, offset: int = 0) -> CapExceeded | None:
         try:
@@ -112,72 +82,120 @@ class ArrayCaps:
             return stop.found
         return None
 
-    # -- compiling the schema into skip functions
-    def _compile(self, schema: Any, field: str | None, namespace: str) -> _Skip:
+
+class _Compiler:
+    """Schema → the source of skip functions: ``pos = <step over one value at pos>`` lines, ``n = len(data)``."""
+
+    def __init__(self, caps: dict[str, int]) -> None:
+        self.caps = caps
+        self.functions: list[list[str]] = []
+        self.records: dict[str, str] = {}  # full name → function name
+        self.inline: dict[str, tuple[str, Any]] = {}  # enum / fixed by full name → (kind, size)
+        self.constants: dict[str, Any] = {}
+        self.counter = 0
+
+    def compile(self, source: Any) -> _Skip:
+        root = ["def _root(data, pos):", "    n = len(data)"]
+        root += self.step(source, None, "", 1)
+        root.append("    return pos")
+        self.functions.append(root)
+        scope: dict[str, Any] = {"_varint": _varint, "_malformed": _malformed, "_Stop": _Stop,
+                                 "CapExceeded": CapExceeded, "_named": {}, **self.constants}
+        exec("\n\n".join("\n".join(f) for f in self.functions), scope)  # noqa: S102 - our own generated code
+        scope["_named"].update({full: scope[name] for full, name in self.records.items()})
+        return scope["_root"]
+
+    def var(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    def step(self, schema: Any, field: str | None, namespace: str, depth: int) -> list[str]:
+        pad = "    " * depth
         if isinstance(schema, str):
-            if schema in _PRIMITIVES:
-                return _PRIMITIVES[schema]
-            full = schema if "." in schema else f"{namespace}.{schema}" if namespace else schema
-            named = self._named
-            return lambda data, pos: named[full](data, pos)  # resolved when called: types may recurse
+            return self.primitive(schema, pad) if schema in _PRIMITIVES else self.reference(schema, namespace, pad)
         if isinstance(schema, list):
-            return self._union([self._compile(s, field, namespace) for s in schema])
+            return self.union(schema, field, namespace, depth)
         kind = schema["type"]
         if kind in ("record", "error", "enum", "fixed"):
             namespace = schema.get("namespace", namespace)
             name = schema["name"]
             full = name if "." in name else f"{namespace}.{name}" if namespace else name
             if kind == "enum":
-                skip = _skip_varint
-            elif kind == "fixed":
-                skip = _skip_fixed(int(schema["size"]))
-            else:
-                holder: list[_Skip] = []
-                self._named[full] = lambda data, pos: holder[0](data, pos)
-                fields = [self._compile(f["type"], f["name"], namespace) for f in schema["fields"]]
-                holder.append(self._record(fields))
-                return self._named[full]
-            self._named[full] = skip
-            return skip
+                self.inline[full] = ("int", None)
+                return self.primitive("int", pad)
+            if kind == "fixed":
+                self.inline[full] = ("fixed", int(schema["size"]))
+                return self.fixed(int(schema["size"]), pad)
+            function = self.var("_record")
+            self.records[full] = function
+            body = [f"def {function}(data, pos):", "    n = len(data)"]
+            for f in schema["fields"]:
+                body += self.step(f["type"], f["name"], namespace, 1)
+            self.functions.append([*body, "    return pos"])
+            return [f"{pad}pos = {function}(data, pos)"]
         if kind == "array":
-            return self._array(self._compile(schema["items"], None, namespace), field)
+            return self.array(lambda d: self.step(schema["items"], None, namespace, d), field, depth)
         if kind == "map":
-            value = self._compile(schema["values"], None, namespace)
-            return self._array(lambda data, pos: value(data, _skip_bytes(data, pos)), field)
-        return self._compile(kind, field, namespace)  # {"type": "long", "logicalType": ...}
+            return self.array(lambda d: self.primitive("bytes", "    " * d) + self.step(schema["values"], None,
+                                                                                       namespace, d), field, depth)
+        return self.step(kind, field, namespace, depth)  # {"type": "long", "logicalType": ...}
+
+    def reference(self, name: str, namespace: str, pad: str) -> list[str]:
+        full = name if "." in name else f"{namespace}.{name}" if namespace else name
+        if full in self.inline:
+            kind, size = self.inline[full]
+            return self.fixed(size, pad) if kind == "fixed" else self.primitive("int", pad)
+        if full in self.records:
+            return [f"{pad}pos = {self.records[full]}(data, pos)"]
+        return [f"{pad}pos = _named[{full!r}](data, pos)"]  # resolved when walked, as a type may recurse
 
     @staticmethod
-    def _record(fields: list[_Skip]) -> _Skip:
-        def skip(data: bytes, pos: int) -> int:
-            for f in fields:
-                pos = f(data, pos)
-            return pos
-        return skip
+    def fixed(size: int, pad: str) -> list[str]:
+        return [f"{pad}if pos + {size} > n:", f"{pad}    raise _malformed()", f"{pad}pos += {size}"]
+
+    def primitive(self, kind: str, pad: str) -> list[str]:
+        if kind == "null":
+            return []
+        if kind in ("boolean", "float", "double"):
+            return self.fixed({"boolean": 1, "float": 4, "double": 8}[kind], pad)
+        if kind in ("int", "long"):
+            return [f"{pad}if pos < n and data[pos] < 0x80:", f"{pad}    pos += 1", f"{pad}else:",
+                    f"{pad}    pos = _varint(data, pos)[1]"]
+        size = self.var("size")  # bytes, string
+        return [*self.small_varint(size, pad), f"{pad}if {size} < 0 or pos + {size} > n:",
+                f"{pad}    raise _malformed()", f"{pad}pos += {size}"]
 
     @staticmethod
-    def _union(branches: list[_Skip]) -> _Skip:
-        def skip(data: bytes, pos: int) -> int:
-            index, pos = _varint(data, pos)
-            if not 0 <= index < len(branches):
-                raise _malformed()
-            return branches[index](data, pos)
-        return skip
+    def small_varint(target: str, pad: str) -> list[str]:
+        """``target, pos = <the zig-zag varint at pos>``, one-byte values without a call."""
+        return [f"{pad}if pos < n and data[pos] < 0x80:", f"{pad}    {target} = data[pos]", f"{pad}    pos += 1",
+                f"{pad}    {target} = ({target} >> 1) ^ -({target} & 1)", f"{pad}else:",
+                f"{pad}    {target}, pos = _varint(data, pos)"]
 
-    def _array(self, item: _Skip, field: str | None) -> _Skip:
-        cap = self._caps.get(field) if field is not None else None
+    def union(self, branches: list[Any], field: str | None, namespace: str, depth: int) -> list[str]:
+        pad = "    " * depth
+        index = self.var("branch")
+        lines = self.small_varint(index, pad)
+        for i, branch in enumerate(branches):
+            lines.append(f"{pad}{'if' if i == 0 else 'elif'} {index} == {i}:")
+            lines += self.step(branch, field, namespace, depth + 1) or [f"{pad}    pass"]
+        lines += [f"{pad}else:" if branches else f"{pad}if True:", f"{pad}    raise _malformed()"]
+        return lines
 
-        def skip(data: bytes, pos: int) -> int:
-            total = 0
-            while True:
-                count, pos = _varint(data, pos)
-                if count == 0:
-                    return pos
-                if count < 0:  # a block with its byte size: the size is not trusted, the items are walked
-                    count = -count
-                    _, pos = _varint(data, pos)
-                total += count
-                if cap is not None and total > cap:
-                    raise _Stop(CapExceeded(field or "", cap))
-                for _ in range(count):
-                    pos = item(data, pos)
-        return skip
+    def array(self, item: Callable[[int], list[str]], field: str | None, depth: int) -> list[str]:
+        pad = "    " * depth
+        count, total = self.var("count"), self.var("total")
+        cap = self.caps.get(field) if field is not None else None
+        lines = [f"{pad}{total} = 0", f"{pad}while True:"]
+        lines += self.small_varint(count, pad + "    ")
+        lines += [f"{pad}    if {count} == 0:", f"{pad}        break",
+                  # a block with its byte size: the size is not trusted, the items are walked
+                  f"{pad}    if {count} < 0:", f"{pad}        {count} = -{count}",
+                  f"{pad}        pos = _varint(data, pos)[1]"]
+        if cap is not None:
+            found = self.var("_found")
+            self.constants[found] = CapExceeded(field or "", cap)
+            lines += [f"{pad}    {total} += {count}", f"{pad}    if {total} > {cap}:", f"{pad}        raise _Stop({found})"]
+        lines += [f"{pad}    for _ in range({count}):"]
+        lines += item(depth + 2) or [f"{pad}        pass"]
+        return lines

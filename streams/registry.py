@@ -35,6 +35,7 @@ runs in the participant runtime's transaction, keyed by message id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -340,55 +341,37 @@ def registry_runtime(settings: Settings) -> ParticipantRuntime:
                               migrations={"registry": REGISTRY_MIGRATIONS}, worker=REGISTRY_ID)
 
 
-def build_app(settings: Settings) -> Any:
-    """The registry as a faust app: one agent over its inbox, feeding the participant runtime."""
-    import asyncio
+async def serve(settings: Settings) -> None:
+    """The registry worker until cancelled: the participant runtime's own consume loop over its inbox (one
+    batch per poll, one transaction, one commit), and the sweep of expired existence checks.
 
-    from infra.platform.topics import TopicNames
-    from streams.app import BATCH_MAX, BATCH_WITHIN_S, make_app
-
+    It ran as a faust agent before (issue 18): faust's ``take_events`` waited up to 20 ms for a batch to
+    fill on every poll, its commit timer and agent supervisor ticked while idle, and measured on an idle
+    platform it cost the registry more than twice the CPU of the hub's plain loop
+    (docs/performance.md). The group is the same, ``<prefix>.registry`` (the ACLs' name); a rolling
+    upgrade cannot mix the two in one group (faust's assignor): stop the old worker, then start this one.
+    """
     runtime = registry_runtime(settings)
-    inbox = TopicNames(settings.kafka.topic_prefix).inbox(REGISTRY_ID)
-    app = make_app(settings, f"{settings.kafka.topic_prefix}.{REGISTRY_ID}")
-    topic = app.topic(inbox, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    ready = asyncio.Event()
-
-    @app.task
-    async def _start_runtime() -> None:
-        await runtime.serve_metrics()
-        await runtime.start(consume=False)
-        ready.set()
-
-    @app.timer(interval=sweep_interval(settings.registry_check_deadline_s))
-    async def _expire_checks() -> None:
-        if not ready.is_set():
-            return
-        try:
-            await expire_checks(runtime, settings.registry_check_deadline_s)
-        except Exception as exc:  # database away: the checks wait for the next round
-            log.warning("expiring existence checks failed (%s); retrying", type(exc).__name__)
-
-    @app.agent(topic)
-    async def registry(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await ready.wait()
-            await runtime.handle_records(inbox, [(e.message.value, e.message.partition, e.message.offset,
-                                                  e.message.headers) for e in events])
-            last: dict[Any, int] = {}
-            for e in events:
-                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
-            runtime.metrics.record_lag(app.consumer, last)
-
-    return app
+    await runtime.serve_metrics()
+    await runtime.start()
+    try:
+        interval = sweep_interval(settings.registry_check_deadline_s)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await expire_checks(runtime, settings.registry_check_deadline_s)
+            except Exception as exc:  # database away: the checks wait for the next round
+                log.warning("expiring existence checks failed (%s); retrying", type(exc).__name__)
+    finally:
+        await runtime.stop()  # the batch in hand finishes and commits first
 
 
 def main(argv: list[str] | None = None) -> None:
     from infra.core.arguments import worker_settings
-    from streams.app import run_worker
+    from streams.app import serve_until_signal
 
     settings = worker_settings(argv, participant_id=REGISTRY_ID)
-    run_worker(build_app(settings), log_level=settings.log_level, log_format=settings.log_format,
-               component="registry")
+    serve_until_signal(serve(settings), settings.log_level, settings.log_format, "registry")
 
 
 if __name__ == "__main__":

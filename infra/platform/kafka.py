@@ -76,6 +76,22 @@ def fetch_wait_ms(kafka: KafkaSettings, partitions: int = 1) -> int:
     return max(kafka.tansu_fetch_wait_ms, min(kafka.tansu_fetch_wait_max_ms, partitions // 4))
 
 
+FOLLOWER_FETCH_WAIT_MS = 5000
+"""The held fetch of a follower of a topic that is quiet nearly always (the key directory), on Apache Kafka."""
+
+
+def follower_fetch_wait_ms(kafka: KafkaSettings) -> int:
+    """How long the broker may hold a fetch of a follower of one quiet partition (the key directory's).
+
+    Every worker follows the keys topic, which changes a few times a day: at aiokafka's default wait
+    (500 ms) each of them asked the broker twice a second whether anything arrived, for nothing. On
+    Apache Kafka a held fetch returns as soon as a record arrives, and with one partition nothing can
+    wait behind it, so a rotation or a revocation is seen as soon as before. Tansu answers only when the
+    wait ends: there it stays aiokafka's default.
+    """
+    return 500 if kafka.tansu else max(kafka.fetch_wait_ms, FOLLOWER_FETCH_WAIT_MS)
+
+
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The partitions of ``topic`` (empty if it does not exist), refreshing the consumer's metadata once.
 

@@ -486,7 +486,9 @@ async def follow_directory(settings: Settings, directory: KeyDirectory, *,
     """
     if metrics is not None:
         metrics.watch_directory(directory)
-    cons, tps = await _keys_consumer(settings)
+    from infra.platform.kafka import follower_fetch_wait_ms
+
+    cons, tps = await _keys_consumer(settings, fetch_max_wait_ms=follower_fetch_wait_ms(settings.kafka))
     try:
         while not tps:
             await asyncio.sleep(1.0)

@@ -37,7 +37,7 @@ import random
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -462,6 +462,22 @@ async def register_people(settings: Settings, bus: Any, people: list[str], *, fi
         await conn.close()
 
 
+async def open_loop(rate: float, count: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """Start ``one(0)`` … ``one(count - 1)`` at ``rate`` a second, never waiting for an answer before the next
+    start (open loop: a slow platform queues, it does not slow the offer); returns the seconds the starts
+    took, once every one has finished."""
+    tasks = []
+    t0 = time.perf_counter()
+    for i in range(count):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    sent_s = time.perf_counter() - t0
+    await asyncio.gather(*tasks)
+    return sent_s
+
+
 async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, register: bool = True) -> dict[str, Any]:
     """STEP2 inquiries at a fixed offered rate (open loop): round-trip latency agency → … → agency."""
     from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
@@ -497,16 +513,7 @@ async def step2_round_trips(settings: Settings, rate: float, seconds: float, *, 
             statuses[answer.body["status"]] = statuses.get(answer.body["status"], 0) + 1
 
         async def offer(count: int) -> float:
-            tasks = []
-            t0 = time.perf_counter()
-            for i in range(count):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(i)))
-            sent_s = time.perf_counter() - t0
-            await asyncio.gather(*tasks)
-            return sent_s
+            return await open_loop(rate, count, one)
 
         await offer(int(rate))  # one second of warm-up, not counted
         latencies.clear()

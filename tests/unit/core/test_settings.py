@@ -92,6 +92,14 @@ def test_fetch_wait_is_a_long_poll_on_apache_kafka():
     assert fetch_wait_ms(load_settings(environ={"RENKEI_KAFKA_FETCH_WAIT_MS": "800"}).kafka) == 800
 
 
+def test_the_key_directory_follower_holds_its_fetch_longer_on_apache_kafka_only():
+    from infra.platform.kafka import follower_fetch_wait_ms
+
+    assert follower_fetch_wait_ms(load_settings(environ={}).kafka) == 5000  # answered at once when a key changes
+    assert follower_fetch_wait_ms(load_settings(environ={"RENKEI_KAFKA_FETCH_WAIT_MS": "8000"}).kafka) == 8000
+    assert follower_fetch_wait_ms(load_settings(environ={"RENKEI_BROKER": "tansu"}).kafka) == 500  # held to the end
+
+
 def test_fetch_wait_on_tansu_grows_with_the_partitions_a_consumer_asks_about():
     from infra.platform.kafka import fetch_wait_ms
 

@@ -29,6 +29,18 @@ def test_single_node_properties_are_a_durable_kraft_combined_node(tmp_path):
     assert "log.dirs=" + str(tmp_path / "kafka" / "data") in text.splitlines()
 
 
+def test_one_node_writes_no_idle_metadata_record_twice_a_second_and_keeps_kafkas_durability(tmp_path):
+    props = kb.NodeConfig.single(tmp_path, 1, 2).properties()
+    assert int(props["metadata.max.idle.interval.ms"]) >= 5000  # Kafka's default 500 ms: an idle cost (issue 18)
+    # acks, flushes and replication stay Kafka's own: nothing on the durability side is overridden.
+    assert not [k for k in props if k.startswith(("log.flush", "min.insync", "unclean"))
+                and k not in ("min.insync.replicas", "unclean.leader.election.enable")]
+    assert props["min.insync.replicas"] == "1" and props["unclean.leader.election.enable"] == "false"
+    voters = (kb.Voter(1, "127.0.0.1", 2),)
+    cluster_node = kb.NodeConfig(1, tmp_path, kb.Listener("CLIENT", 1), kb.Listener("CONTROLLER", 2), voters)
+    assert "metadata.max.idle.interval.ms" not in cluster_node.properties()  # a cluster keeps Kafka's default
+
+
 def test_a_cluster_node_is_the_same_config_with_other_voters_listeners_and_overrides(tmp_path):
     voters = tuple(kb.Voter(i, "127.0.0.1", 29090 + i) for i in (1, 2, 3))
     node = kb.NodeConfig(2, tmp_path / "n2", kb.Listener("CLIENT", 29192, "SASL_SSL"),

@@ -223,3 +223,22 @@ def test_full_names_and_map_values_resolve_in_their_namespace():
                                {"full": {"c": "B"}, "ref": {"c": "A"}, "d": b"abc", "m": {"k": b"123"}, "items": [1, 2]})
     assert ArrayCaps(schema, {"items": 2}).check(out.getvalue()) is None
     assert ArrayCaps(schema, {"items": 1}).check(out.getvalue()) == CapExceeded("items", 1)
+
+
+def test_two_byte_branch_indices_and_block_counts_take_the_long_read():
+    """The compiled walker reads one-byte indices and counts inline and longer ones through ``_varint``: a union's
+    branch 65 and an array of 64 and of 65 items (a two-byte count) are stepped over exactly."""
+    branches = [{"type": "fixed", "name": f"F{i}", "size": i % 3 + 1} for i in range(70)]
+    schema = {"type": "record", "name": "Wide", "fields": [
+        {"name": "pick", "type": branches}, {"name": "tail", "type": "string"},
+        {"name": "items", "type": {"type": "array", "items": "int"}}]}
+    parsed = fastavro.parse_schema(copy.deepcopy(schema))
+    for n in (63, 64, 65):
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, parsed, {"pick": ("F65", b"\x01" * (65 % 3 + 1)), "tail": "x" * 70,
+                                                 "items": list(range(n))})
+        data = out.getvalue()
+        assert ArrayCaps(schema, {"items": n}).check(data) is None
+        assert ArrayCaps(schema, {"items": n - 1}).check(data) == CapExceeded("items", n - 1)
+        with pytest.raises(CodecError):
+            ArrayCaps(schema, {}).check(data[:-1])
