@@ -1,0 +1,243 @@
+"""The envelope's checks at their edges (``infra.crypto.envelope``: ``Verifier``, ``Opener``, ``HubForwarder``,
+``MemoryReplayGuard``): each refusal's reason and whole words, the leg keys an opener keeps, the replay guard's
+memory (pure logic, no broker).
+
+Written for the mutation score (docs/testing.md, "Mutation testing"): ``test_envelope.py`` and
+``test_envelope_meta.py`` prove each attack refused by its reason; these pin what an operator reads in the
+dead letter too, and the properties nothing else observes.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import pytest
+
+from infra.core.errors import EnvelopeRejection, Reason
+from infra.crypto import layout
+from infra.crypto.envelope import LEG_KEY_LIFETIME_S, HubForwarder, LegIds, MemoryReplayGuard, Opener
+from infra.crypto.keys import Keyset
+from schemas import codec
+from tests.unit.envelope_world import (
+    T0,
+    World,
+    example_body,
+    fresh_clock,  # noqa: F401 - fixture
+    world,  # noqa: F401 - fixture
+)
+
+PROCEDURE = "test-benefit"
+UPPER = "6F1C1E4E-2F4A-4B8A-9D7E-1B2C3D4E5F60"  # a UUID, but not in its canonical (lowercase) spelling
+
+
+def refusal(fn: Any, *args: Any, **kwargs: Any) -> tuple[Reason, str]:
+    """The reason and the words ``fn(*args, **kwargs)`` is refused with (it must be)."""
+    with pytest.raises(EnvelopeRejection) as info:
+        fn(*args, **kwargs)
+    return info.value.reason, info.value.message
+
+
+def leg_of(world: World, sealed: bytes, hub: HubForwarder | None = None) -> bytes:
+    """``sealed`` forwarded by the hub as a leg with ids of its own."""
+    meta = world.ingress.verify(sealed)
+    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    return (hub or world.hub).forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
+
+
+def edited(envelope: bytes, edit: Any) -> bytes:
+    record = copy.deepcopy(codec.decode(envelope, "envelope"))
+    edit(record)
+    return codec.encode("envelope", record)
+
+
+def leg_key_of_size(world: World, size: int) -> Any:
+    """What anyone with the recipient's public key can seal as a leg key: here one of the wrong size."""
+    def edit(record: dict) -> None:
+        public = world.directory.encryption_key(record["recipient"])
+        record["leg"]["leg_key"] = public.seal(bytes(size), layout.leg_key_info("hub", record["recipient"],
+                                                                                public.key_id))
+    return edit
+
+
+class CountingKeyset:
+    """A participant's keyset that counts the HPKE opens of leg keys (the expensive step an opener caches)."""
+
+    def __init__(self, inner: Keyset) -> None:
+        self._inner = inner
+        self.leg_key_opens = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def decrypt(self, key_id: str, ciphertext: bytes, info: bytes) -> bytes:
+        if info.startswith(layout.LEG_KEY_INFO):
+            self.leg_key_opens += 1
+        return self._inner.decrypt(key_id, ciphertext, info)
+
+
+def counting_opener(world: World, participant: str = "registry") -> tuple[Opener, CountingKeyset]:
+    keyset = CountingKeyset(world.keys[participant])
+    return Opener(keyset, world.directory, MemoryReplayGuard(), participants=world.participants,  # type: ignore[arg-type]
+                  clock=world.clock), keyset
+
+
+# --------------------------------------------------------------------------- a leg's refusals, in words
+
+
+def in_capitals(field: str) -> Any:
+    """The leg's id in capitals, written into the bytes (the Avro string is the id's text; fastavro would
+    write the canonical form back)."""
+    def edit(world: World, leg: bytes) -> bytes:
+        value = codec.decode(leg, "envelope")[field]
+        text = str(value)
+        assert leg.count(text.encode()) == 1
+        return leg.replace(text.encode(), text.upper().encode())
+    return edit
+
+
+def record_edit(change: Any) -> Any:
+    return lambda world, leg: edited(leg, change(world))
+
+
+LEG_REFUSALS = {
+    "countersignature removed": (record_edit(lambda w: lambda r: r.update(countersignature=None)),
+                                 Reason.BAD_SIGNATURE, "a forwarded leg must carry the hub's countersignature"),
+    "message_id in capitals": (in_capitals("message_id"), Reason.MALFORMED,
+                               "message_id and correlation_id must be canonical lowercase UUIDs"),
+    # the message id alone canonical: still refused as malformed, before any key is opened
+    "correlation_id in capitals": (in_capitals("correlation_id"), Reason.MALFORMED,
+                                   "message_id and correlation_id must be canonical lowercase UUIDs"),
+    "procedure in the clear": (record_edit(lambda w: lambda r: r.update(procedure=PROCEDURE)), Reason.MALFORMED,
+                               "a forwarded leg carries its procedure and outcome sealed, not in the clear"),
+    "outcome in the clear": (record_edit(lambda w: lambda r: r.update(outcome="REGISTERED")), Reason.MALFORMED,
+                             "a forwarded leg carries its procedure and outcome sealed, not in the clear"),
+    "a 16-byte leg key": (record_edit(lambda w: leg_key_of_size(w, 16)), Reason.UNDECRYPTABLE,
+                          "the leg key is not a 32-byte key"),
+    "sealed origin altered": (record_edit(lambda w: lambda r: r["leg"].update(
+        sealed_origin=r["leg"]["sealed_origin"][:-1] + b"\x00")), Reason.UNDECRYPTABLE,
+        "the leg's sealed origin does not open under its leg key"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEG_REFUSALS))
+def test_each_refused_leg_says_why_in_words(world, name):
+    edit, reason, words = LEG_REFUSALS[name]
+    leg = leg_of(world, world.seal())
+    opener, _ = counting_opener(world)
+    assert refusal(opener.open, edit(world, leg)) == (reason, words)
+    opener.open(leg)  # the leg as the hub sent it opens
+
+
+def test_a_leg_for_someone_else_says_so_before_any_key_is_tried(world):
+    leg = leg_of(world, world.seal())
+    opener, keyset = counting_opener(world, "bank-1")
+    assert refusal(opener.open, leg) == (Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
+    assert keyset.leg_key_opens == 0
+
+
+# --------------------------------------------------------------------------- the leg keys an opener keeps
+
+
+def test_an_opener_opens_each_leg_key_once_and_a_new_one_when_the_hub_restarts(world):
+    opener, keyset = counting_opener(world)
+    for _ in range(3):  # one hub: one leg key per recipient key and hour
+        opener.open(leg_of(world, world.seal()))
+    assert keyset.leg_key_opens == 1
+    restarted = HubForwarder(world.keys["hub"], world.directory, clock=world.clock)  # a leg key of its own
+    opened = opener.open(leg_of(world, world.seal(), hub=restarted))
+    assert opened.meta.sender == "agency-a" and keyset.leg_key_opens == 2
+    opener.open(leg_of(world, world.seal()))  # the first hub's key is still held
+    assert keyset.leg_key_opens == 2
+
+
+def test_a_leg_key_sealed_by_someone_else_is_not_taken_from_the_cache(world):
+    """A key anyone sealed to us is opened for its own leg: the cache is keyed by the sealed key, not shared."""
+    opener, keyset = counting_opener(world)
+    leg = leg_of(world, world.seal())
+    opener.open(leg)
+    forged = edited(leg_of(world, world.seal()), leg_key_of_size(world, 32))
+    assert refusal(opener.open, forged)[0] is Reason.UNDECRYPTABLE  # its sealed origin is not under that key
+    assert keyset.leg_key_opens == 2
+
+
+
+def test_an_opener_keeps_the_last_256_leg_keys_it_used(world):
+    """Each hub (worker, restart) seals legs under a leg key of its own: 257 of them, and the least recently
+    used is the one opened again."""
+    meta = world.ingress.verify(world.seal())
+    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    hubs = [HubForwarder(world.keys["hub"], world.directory, clock=world.clock) for _ in range(257)]
+    opener, keyset = counting_opener(world)
+
+    def open_from(index: int) -> None:
+        opener.open(hubs[index].forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4()))))
+
+    for index in range(256):
+        open_from(index)
+    open_from(0)  # held: now the most recently used
+    assert keyset.leg_key_opens == 256
+    open_from(256)  # the 257th: the least recently used (hub 1) makes room
+    open_from(256)
+    open_from(0)
+    assert keyset.leg_key_opens == 257
+    open_from(1)
+    assert keyset.leg_key_opens == 258
+
+
+# --------------------------------------------------------------------------- the hub's side
+
+
+def test_the_hub_renews_a_leg_key_when_its_lifetime_is_over(world):
+    hub = HubForwarder(world.keys["hub"], world.directory, clock=world.clock)
+
+    def leg_key() -> bytes:
+        return codec.decode(leg_of(world, world.seal(), hub=hub), "envelope")["leg"]["leg_key"]
+
+    first = leg_key()
+    world.clock.now += LEG_KEY_LIFETIME_S - 1
+    assert leg_key() == first
+    world.clock.now += 1  # exactly its lifetime after it was sealed
+    assert leg_key() != first
+
+
+def test_the_hub_seals_a_leg_key_only_to_a_recipient_key_valid_on_its_own_clock():
+    world = World()
+    meta = world.ingress.verify(world.seal(ttl_s=7_200))  # sealed to the registry's key of T0
+    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    world.keys["registry"].rotate(now=int(T0 * 1000) + 1, retire_at=int(T0 * 1000) + 3_600_000)
+    world.publish(world.keys["registry"])
+
+    def forward_as_a_fresh_hub() -> bytes:
+        hub = HubForwarder(world.keys["hub"], world.directory, clock=world.clock)
+        return hub.forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
+
+    world.clock.now = T0 + 3_599  # the old key retires in a second: still sealed to
+    world.opener("registry").open(forward_as_a_fresh_hub())
+    world.clock.now = T0 + 3_601
+    assert refusal(forward_as_a_fresh_hub) == (Reason.REVOKED_KEY, "encrypt key was retired before the message "
+                                                                   "was created")
+
+
+@pytest.mark.parametrize("ids", [LegIds(str(uuid.UUID(int=1)), UPPER), LegIds(UPPER, str(uuid.UUID(int=1))),
+                                 LegIds("", "")], ids=["correlation_id", "message_id", "empty"])
+def test_the_hub_refuses_leg_ids_that_are_not_canonical(world, ids):
+    meta = world.ingress.verify(world.seal())
+    with pytest.raises(ValueError) as info:
+        world.hub.forward(meta, world.token("registry"), leg=ids)
+    assert str(info.value) == "leg ids must be canonical lowercase UUIDs"
+
+
+def test_the_hubs_limits_apply_to_an_envelope_it_is_given_as_bytes(world):
+    fanout = world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
+                                             to=["bank-1", "bank-2", "bank-3"], subject=world.token("dicj"),
+                                             data_item="deposit_account_holdings", basis="inheritance")
+    two = HubForwarder(world.keys["hub"], world.directory, clock=world.clock, max_wraps=2)
+    assert refusal(two.forward, fanout, "x" * 64, recipient="bank-1") == (
+        Reason.OVERSIZE, "envelope carries more than 2 wraps (one per recipient)")
+    small = HubForwarder(world.keys["hub"], world.directory, clock=world.clock, max_bytes=len(fanout) - 1)
+    assert refusal(small.forward, fanout, "x" * 64, recipient="bank-1") == (
+        Reason.OVERSIZE, f"envelope is {len(fanout)} bytes, maximum is {len(fanout) - 1}")
+    assert world.opener("bank-1").open(world.hub.forward(fanout, world.tokens.translate(
+        world.token("dicj"), "dicj", "bank-1"), recipient="bank-1")).meta.recipient == "bank-1"
