@@ -17,7 +17,7 @@ import pytest
 
 from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto import layout
-from infra.crypto.envelope import LEG_KEY_LIFETIME_S, HubForwarder, LegIds, MemoryReplayGuard, Opener
+from infra.crypto.envelope import LEG_KEY_LIFETIME_S, HubForwarder, LegIds, MemoryReplayGuard, Opener, peek
 from infra.crypto.keys import Keyset
 from schemas import codec
 from tests.unit.envelope_world import (
@@ -241,3 +241,38 @@ def test_the_hubs_limits_apply_to_an_envelope_it_is_given_as_bytes(world):
         Reason.OVERSIZE, f"envelope is {len(fanout)} bytes, maximum is {len(fanout) - 1}")
     assert world.opener("bank-1").open(world.hub.forward(fanout, world.tokens.translate(
         world.token("dicj"), "dicj", "bank-1"), recipient="bank-1")).meta.recipient == "bank-1"
+
+
+def test_the_hub_says_what_is_wrong_with_a_forward_it_is_asked_for(world):
+    """Programming errors of the hub's own code (a peeked envelope, a recipient that is not the envelope's):
+    refused in words that say how to call it right, and the right call goes through."""
+    sealed = world.seal()
+    meta = world.ingress.verify(sealed)
+    subject = world.tokens.translate(meta.subject, meta.sender, "registry")
+    calls = [
+        ((peek(sealed), subject), "forward() needs an EnvelopeMeta returned by Verifier.verify(), not peek()"),
+        ((meta, subject, "bank-1"), "recipient= differs from the envelope's recipient"),
+    ]
+    fanout = world.ingress.verify(world.sealer("dicj").seal_multi(
+        example_body("lookup.inheritance"), type="lookup.inheritance", to=["bank-1", "bank-2"],
+        subject=world.token("dicj"), data_item="deposit_account_holdings", basis="inheritance"))
+    calls += [((fanout, "x" * 64), "forward() of a fan-out needs recipient= one of its wrap recipients"),
+              ((fanout, "x" * 64, "bank-3"), "forward() of a fan-out needs recipient= one of its wrap recipients")]
+    for (envelope, new_subject, *recipient), words in calls:
+        with pytest.raises(ValueError) as info:
+            world.hub.forward(envelope, new_subject, recipient=recipient[0] if recipient else None)
+        assert str(info.value) == words
+    named = world.hub.forward(meta, subject, recipient="registry")  # the envelope's own recipient, named
+    assert world.opener("registry").open(named).meta.subject == world.token("registry")
+
+
+# --------------------------------------------------------------------------- the in-process replay guard
+
+
+def test_the_memory_replay_guard_remembers_its_last_ids_and_forgets_the_least_recently_seen():
+    guard = MemoryReplayGuard(max_entries=3)
+    assert [guard.check_and_remember(i) for i in ("a", "b", "c")] == [True, True, True]
+    assert guard.check_and_remember("a") is False and len(guard) == 3  # all three held; "a" now the most recent
+    assert guard.check_and_remember("d") is True and len(guard) == 3  # "b", the least recently seen, goes
+    assert [guard.check_and_remember(i) for i in ("d", "a", "c")] == [False, False, False]
+    assert guard.check_and_remember("b") is True  # forgotten: new again (why the guard is sized by the TTL)
