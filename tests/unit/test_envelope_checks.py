@@ -276,3 +276,26 @@ def test_the_memory_replay_guard_remembers_its_last_ids_and_forgets_the_least_re
     assert guard.check_and_remember("d") is True and len(guard) == 3  # "b", the least recently seen, goes
     assert [guard.check_and_remember(i) for i in ("d", "a", "c")] == [False, False, False]
     assert guard.check_and_remember("b") is True  # forgotten: new again (why the guard is sized by the TTL)
+
+
+# --------------------------------------------------------------------------- the countersignature
+
+
+def test_a_countersignature_is_judged_by_the_hub_keys_state_when_it_was_made():
+    """A hub key retired at T0+10 s: what it countersigned before still opens, what it countersigned after does not."""
+    world = World()
+    before = world.countersign(world.seal(), forwarded_at_ms=int((T0 + 5) * 1000))
+    after = world.countersign(world.seal(), forwarded_at_ms=int((T0 + 20) * 1000))
+    world.keys["hub"].rotate(now=int(T0 * 1000) + 1, retire_at=int((T0 + 10) * 1000))
+    world.publish(world.keys["hub"])
+    world.clock.now = T0 + 20
+    assert world.opener("registry").open(before).meta.sender == "agency-a"
+    assert refusal(world.opener("registry").open, after) == (Reason.REVOKED_KEY,
+                                                             "sign key was retired before the message was created")
+
+
+def test_a_countersignature_by_anyone_but_the_hub_says_so(world):
+    impostor = HubForwarder(world.keys["bank-1"], world.directory, clock=world.clock)
+    forwarded = impostor.forward(world.ingress.verify(world.seal()), world.token("registry"))
+    assert refusal(world.opener("registry").open, forwarded) == (Reason.BAD_SIGNATURE,
+                                                                 "countersignature is not by the hub")
