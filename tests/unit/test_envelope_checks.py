@@ -17,10 +17,19 @@ import pytest
 
 from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto import layout
-from infra.crypto.envelope import LEG_KEY_LIFETIME_S, HubForwarder, LegIds, MemoryReplayGuard, Opener, peek
+from infra.crypto.envelope import (
+    DEFAULT_SKEW_S,
+    LEG_KEY_LIFETIME_S,
+    HubForwarder,
+    LegIds,
+    MemoryReplayGuard,
+    Opener,
+    peek,
+)
 from infra.crypto.keys import Keyset
 from schemas import codec
 from tests.unit.envelope_world import (
+    OTHER_MY_NUMBER,
     T0,
     World,
     example_body,
@@ -299,3 +308,18 @@ def test_a_countersignature_by_anyone_but_the_hub_says_so(world):
     forwarded = impostor.forward(world.ingress.verify(world.seal()), world.token("registry"))
     assert refusal(world.opener("registry").open, forwarded) == (Reason.BAD_SIGNATURE,
                                                                  "countersignature is not by the hub")
+
+
+def test_a_countersignature_may_be_up_to_the_allowed_skew_ahead_and_no_more(world):
+    now_ms = int(T0 * 1000)
+    at_the_edge = world.countersign(world.seal(), forwarded_at_ms=now_ms + DEFAULT_SKEW_S * 1000)
+    assert world.opener("registry").open(at_the_edge).meta.sender == "agency-a"
+    beyond = world.countersign(world.seal(), forwarded_at_ms=now_ms + DEFAULT_SKEW_S * 1000 + 1)
+    assert refusal(world.opener("registry").open, beyond) == (
+        Reason.EXPIRED, "forwarded in the future (clock skew beyond the allowed maximum)")
+
+
+def test_a_countersignature_that_does_not_verify_says_so(world):
+    forwarded = edited(world.forward(world.seal()), lambda r: r.update(subject=world.token("registry", OTHER_MY_NUMBER)))
+    assert refusal(world.opener("registry").open, forwarded) == (
+        Reason.BAD_SIGNATURE, "hub countersignature or batch proof does not verify")
