@@ -323,3 +323,17 @@ def test_a_countersignature_that_does_not_verify_says_so(world):
     forwarded = edited(world.forward(world.seal()), lambda r: r.update(subject=world.token("registry", OTHER_MY_NUMBER)))
     assert refusal(world.opener("registry").open, forwarded) == (
         Reason.BAD_SIGNATURE, "hub countersignature or batch proof does not verify")
+
+
+# --------------------------------------------------------------------------- times from before 1970
+
+
+def test_a_time_before_1970_in_a_forged_envelope_is_a_bad_signature_not_a_crash(world):
+    """Times are signed as signed 64-bit milliseconds: a negative one is laid out like any other, so a
+    forger's is refused by the signature check (an unsigned layout would raise on it instead)."""
+    forwarded = world.forward(world.seal())
+    back_dated = edited(forwarded, lambda r: r["countersignature"].update(forwarded_at=-1))
+    assert refusal(world.opener("registry").open, back_dated)[0] is Reason.BAD_SIGNATURE
+    for field in ("created_at", "expires_at"):
+        forged = edited(world.seal(), lambda r, field=field: r.update({field: -1}))
+        assert refusal(world.ingress.verify, forged)[0] is Reason.BAD_SIGNATURE
