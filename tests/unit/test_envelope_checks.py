@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from infra.crypto import layout
 from infra.crypto.envelope import (
     DEFAULT_SKEW_S,
     LEG_KEY_LIFETIME_S,
+    MAX_TTL_S,
     HubForwarder,
     LegIds,
     MemoryReplayGuard,
@@ -36,6 +38,7 @@ from tests.unit.envelope_world import (
     fresh_clock,  # noqa: F401 - fixture
     world,  # noqa: F401 - fixture
 )
+from tests.unit.test_envelope import resign
 
 PROCEDURE = "test-benefit"
 UPPER = "6F1C1E4E-2F4A-4B8A-9D7E-1B2C3D4E5F60"  # a UUID, but not in its canonical (lowercase) spelling
@@ -337,3 +340,112 @@ def test_a_time_before_1970_in_a_forged_envelope_is_a_bad_signature_not_a_crash(
     for field in ("created_at", "expires_at"):
         forged = edited(world.seal(), lambda r, field=field: r.update({field: -1}))
         assert refusal(world.ingress.verify, forged)[0] is Reason.BAD_SIGNATURE
+
+
+# --------------------------------------------------------------------------- every refusal, in words
+
+FANOUT_BANKS = ["bank-1", "bank-2"]
+CID = UPPER.lower()  # a correlation id of letters and digits, other than the message id
+
+
+def fanout(world: World) -> bytes:
+    return world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
+                                           to=FANOUT_BANKS, subject=world.token("dicj"),
+                                           data_item="deposit_account_holdings", basis="inheritance")
+
+
+def at_ingress(world: World, envelope: bytes) -> Any:
+    return lambda: world.ingress.verify(envelope)
+
+
+def at(participant: str, envelope: bytes, **options: Any) -> Any:
+    return lambda world: (lambda: world.opener(participant, **options).open(envelope))
+
+
+def lifetime(seconds: int) -> Any:
+    def build(world: World) -> bytes:
+        record = codec.decode(world.seal(), "envelope")
+        record["expires_at"] = record["created_at"] + timedelta(seconds=seconds)
+        return resign(record, world.keys["agency-a"])
+    return build
+
+
+def twice(world: World) -> Any:
+    guard, sealed = MemoryReplayGuard(), world.seal()
+    world.ingress.verify(sealed, replay_guard=guard)
+    return lambda: world.ingress.verify(sealed, replay_guard=guard)
+
+
+def opened_twice(world: World) -> Any:
+    opener, forwarded = world.opener("registry"), world.forward(world.seal())
+    opener.open(forwarded)
+    return lambda: opener.open(forwarded)
+
+
+REFUSALS: dict[str, tuple[Any, Reason, str]] = {
+    # the hub's ingress (Verifier.verify)
+    "ingress: countersigned": (lambda w: at_ingress(w, w.forward(w.seal())), Reason.MALFORMED,
+                               "envelope is already countersigned; only origin envelopes enter the hub"),
+    "ingress: one wrap of a fan-out": (
+        lambda w: at_ingress(w, edited(w.forward(fanout(w), "bank-1"), lambda r: r.update(countersignature=None))),
+        Reason.MALFORMED, "a fan-out envelope entering the hub must carry every wrap"),
+    "ingress: another subject": (
+        lambda w: at_ingress(w, edited(w.seal(), lambda r: r.update(subject=w.token("agency-a", OTHER_MY_NUMBER)))),
+        Reason.BAD_SIGNATURE, "subject does not match the signed subject commitment"),
+    "ingress: seen before": (twice, Reason.REPLAYED, "message id was seen before"),
+    # the origin's shape, key and signature (Verifier._check_origin)
+    "origin: id in capitals": (lambda w: at_ingress(w, in_capitals("message_id")(w, w.seal(correlation_id=CID))),
+                               Reason.MALFORMED, "message_id and correlation_id must be canonical lowercase UUIDs"),
+    "origin: correlation id in capitals": (
+        lambda w: at_ingress(w, in_capitals("correlation_id")(w, w.seal(correlation_id=CID))),
+        Reason.MALFORMED, "message_id and correlation_id must be canonical lowercase UUIDs"),
+    "origin: short commitment": (
+        lambda w: at_ingress(w, edited(w.seal(), lambda r: r.update(subject_commitment=bytes(31)))),
+        Reason.MALFORMED, "subject_commitment must be 32 bytes"),
+    "origin: fan-out to one": (
+        lambda w: at_ingress(w, edited(fanout(w), lambda r: r.update(recipient="bank-1"))),
+        Reason.MALFORMED, "fan-out envelope must be addressed to '*' with no key id"),
+    "origin: fan-out with a key id": (
+        lambda w: at_ingress(w, edited(fanout(w), lambda r: r.update(recipient_key_id="k"))),
+        Reason.MALFORMED, "fan-out envelope must be addressed to '*' with no key id"),
+    "origin: a recipient twice": (
+        lambda w: at_ingress(w, edited(fanout(w), lambda r: r.update(wraps=[*r["wraps"], r["wraps"][0]]))),
+        Reason.MALFORMED, "fan-out envelope lists a recipient twice"),
+    "origin: single with fan-out fields": (
+        lambda w: at_ingress(w, edited(w.seal(), lambda r: r.update(recipient="*"))),
+        Reason.MALFORMED, "single-recipient envelope with fan-out fields"),
+    "origin: another's key": (
+        lambda w: at_ingress(w, edited(w.seal(), lambda r: r.update(sender_key_id=w.keys["agency-b"].signing_key_id))),
+        Reason.BAD_SIGNATURE, "signing key does not belong to the sender"),
+    "origin: a field changed": (
+        lambda w: at_ingress(w, edited(w.seal(), lambda r: r.update(data_item="everything"))),
+        Reason.BAD_SIGNATURE, "origin signature or batch proof does not verify"),
+    "origin: over the lifetime cap": (lambda w: at_ingress(w, lifetime(MAX_TTL_S + 1)(w)), Reason.EXPIRED,
+                                      f"lifetime must be positive and at most {MAX_TTL_S} s"),
+    "origin: no lifetime": (lambda w: at_ingress(w, lifetime(0)(w)), Reason.EXPIRED,
+                            f"lifetime must be positive and at most {MAX_TTL_S} s"),
+    # one copy of a fan-out, at its bank (Opener.open)
+    "copy: recipient not its wrap's": (
+        lambda w: at("bank-2", edited(w.forward(fanout(w), "bank-1"), lambda r: r.update(recipient="bank-2")))(w),
+        Reason.BAD_SIGNATURE, "recipient does not match its wrap"),
+    "copy: a proof that is no path": (
+        lambda w: at("bank-1", edited(w.forward(fanout(w), "bank-1"),
+                                      lambda r: r["wrap_proof"].update(leaf_index=2)))(w),
+        Reason.BAD_SIGNATURE, "wrap proof is ill-formed"),
+    # the recipient (Opener.open)
+    "open: not countersigned": (lambda w: at("registry", w.seal())(w), Reason.BAD_SIGNATURE,
+                                "envelope is not countersigned by the hub"),
+    "open: direct, another subject": (
+        lambda w: at("registry", edited(w.seal(), lambda r: r.update(subject=w.token("agency-a", OTHER_MY_NUMBER))),
+                     require_countersignature=False)(w),
+        Reason.BAD_SIGNATURE, "subject does not match the signed subject commitment"),
+    "open: addressed to another": (lambda w: at("bank-1", w.forward(w.seal()))(w), Reason.WRONG_RECIPIENT,
+                                   "envelope is addressed to another participant"),
+    "open: seen before": (opened_twice, Reason.REPLAYED, "message id was seen before"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_each_refusal_says_its_reason_in_words(world, name):
+    attempt, reason, words = REFUSALS[name]
+    assert refusal(attempt(world)) == (reason, words)
