@@ -30,6 +30,7 @@ from infra.crypto.envelope import (
 )
 from infra.crypto.keys import Keyset
 from schemas import codec
+from schemas.types import BODY_SCHEMA
 from tests.unit.envelope_world import (
     OTHER_MY_NUMBER,
     T0,
@@ -449,3 +450,29 @@ REFUSALS: dict[str, tuple[Any, Reason, str]] = {
 def test_each_refusal_says_its_reason_in_words(world, name):
     attempt, reason, words = REFUSALS[name]
     assert refusal(attempt(world)) == (reason, words)
+
+
+# --------------------------------------------------------------------------- a body its own sender signed wrongly
+
+
+def test_a_body_of_another_type_under_a_valid_signature_is_refused(world):
+    """A sender signs a ``provision.inquiry`` whose sealed body is an ``existence.check``: the body is read only
+    as the type the envelope names, so the recipient never acts on a body of a type it did not accept."""
+    record = codec.decode(world.seal(), "envelope")
+    mid, key_id = str(record["message_id"]), record["recipient_key_id"]
+    other = codec.encode(BODY_SCHEMA["existence.check"], example_body("existence.check"))
+    record["body"] = world.directory.recipient_key(key_id, sealed_at=int(T0 * 1000)).seal(
+        other, layout.body_info(mid, "provision.inquiry", "agency-a", "registry", key_id))
+    confused = world.countersign(resign(record, world.keys["agency-a"]))
+    reason, words = refusal(world.opener("registry").open, confused)
+    assert (reason, words) == (Reason.UNKNOWN_SCHEMA, "body: writer schema is existence_check v1, expected a version "
+                                                      "of provision_inquiry")
+
+
+def test_a_fanout_body_that_does_not_open_under_its_data_key_is_undecryptable(world):
+    """The sender (dicj) signs a fan-out whose body is not sealed under the data key its wraps carry."""
+    record = codec.decode(fanout(world), "envelope")
+    record["body"] = bytes(12) + b"not sealed under the data key"
+    garbled = world.forward(resign(record, world.keys["dicj"]), "bank-1")
+    assert refusal(world.opener("bank-1").open, garbled) == (Reason.UNDECRYPTABLE,
+                                                             "fan-out body does not open under its data key")
