@@ -476,3 +476,36 @@ def test_a_fanout_body_that_does_not_open_under_its_data_key_is_undecryptable(wo
     garbled = world.forward(resign(record, world.keys["dicj"]), "bank-1")
     assert refusal(world.opener("bank-1").open, garbled) == (Reason.UNDECRYPTABLE,
                                                              "fan-out body does not open under its data key")
+
+
+# --------------------------------------------------------------------------- the opener's own settings and keys
+
+
+def test_an_opener_judges_the_countersignature_by_its_own_hub_id_and_skew(world):
+    forwarded = world.forward(world.seal())
+    assert refusal(world.opener("registry", hub_id="hub-2").open, forwarded) == (
+        Reason.BAD_SIGNATURE, "countersignature is not by the hub")
+    ahead = world.countersign(world.seal(), forwarded_at_ms=int((T0 + 45) * 1000))
+    assert refusal(world.opener("registry").open, ahead)[0] is Reason.EXPIRED  # the default skew: 30 s
+    assert world.opener("registry", max_skew_s=60).open(ahead).meta.sender == "agency-a"
+
+
+def test_the_ingress_judges_a_recipient_key_by_its_state_when_the_message_was_created():
+    world = World()
+    sealed = world.seal()  # created at T0, sealed to the registry's key
+    world.keys["registry"].rotate(now=int(T0 * 1000) - 10_000, retire_at=int(T0 * 1000) - 1)
+    world.publish(world.keys["registry"])
+    assert refusal(world.ingress.verify, sealed) == (Reason.REVOKED_KEY,
+                                                     "encrypt key was retired before the message was created")
+    world = World()
+    sealed = world.seal()
+    world.keys["registry"].rotate(now=int(T0 * 1000) - 10_000, retire_at=int(T0 * 1000))
+    world.publish(world.keys["registry"])
+    assert world.ingress.verify(sealed).recipient == "registry"  # retired at its creation: still sealed in time
+
+
+def test_a_body_its_sender_sealed_to_another_participants_key_is_refused(world):
+    record = codec.decode(world.seal(), "envelope")
+    record["recipient_key_id"] = world.keys["bank-1"].encryption_key_id  # signed so by the sender itself
+    assert refusal(world.ingress.verify, resign(record, world.keys["agency-a"])) == (
+        Reason.UNDECRYPTABLE, "body is sealed to a key that is not the recipient's")
