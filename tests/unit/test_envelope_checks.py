@@ -509,3 +509,18 @@ def test_a_body_its_sender_sealed_to_another_participants_key_is_refused(world):
     record["recipient_key_id"] = world.keys["bank-1"].encryption_key_id  # signed so by the sender itself
     assert refusal(world.ingress.verify, resign(record, world.keys["agency-a"])) == (
         Reason.UNDECRYPTABLE, "body is sealed to a key that is not the recipient's")
+
+
+def test_the_ingress_refuses_a_message_from_a_clock_ahead_beyond_the_skew_or_past_its_expiry(world):
+    """At the hub's ingress nothing is countersigned yet: the origin's own times are the only ones checked."""
+    world.clock.now = T0 + DEFAULT_SKEW_S
+    at_the_edge = world.seal()  # created exactly the allowed skew ahead of the hub's clock
+    world.clock.now = T0 + DEFAULT_SKEW_S + 0.001
+    beyond = world.seal()
+    world.clock.now = T0
+    assert world.ingress.verify(at_the_edge).sender == "agency-a"
+    assert refusal(world.ingress.verify, beyond) == (
+        Reason.EXPIRED, "created in the future (clock skew beyond the allowed maximum)")
+    short = world.seal(ttl_s=60)
+    world.clock.now = T0 + 60
+    assert refusal(world.ingress.verify, short) == (Reason.EXPIRED, "message has expired")
