@@ -99,13 +99,13 @@ SCOPES: tuple[Scope, ...] = (
     Scope("infra/records/records_verify.py", ("test_records_checkpoints.py", "test_records_verify_checks.py"),
           "the portal's verdict on a person's records against the signed checkpoint: deletion, rollback, fork",
           exclude=("xǁRecordsVerifierǁ*",)),
-    Scope("infra/crypto/envelope.py", ENVELOPE_TESTS,
+    Scope("infra/crypto/envelope.py", ENVELOPE_TESTS + ("test_envelope_checks.py",),
           "verify, open, forward and the replay guard: every signature, freshness, addressing and ownership check",
           # Narrowed to the classes that hold the checks (about 1,980 mutants in the whole file did not fit a
           # session on the shared machine): sealing, the codec wrapper and the metadata record are left out
           # and named in docs/testing.md.
           functions=("xǁVerifierǁ*", "xǁOpenerǁ*", "xǁHubForwarderǁ*", "xǁMemoryReplayGuardǁ*")),
-    Scope("infra/crypto/layout.py", ENVELOPE_TESTS + ("test_envelope_golden.py", "test_envelope_meta.py"),
+    Scope("infra/crypto/layout.py", ENVELOPE_TESTS + ("test_envelope_golden.py", "test_envelope_checks.py"),
           "the envelope's signed layout (split out of envelope.py): domain separation, the signed leaves, the "
           "bound HPKE infos and AADs"),
     Scope("infra/domain/policy.py", ("test_policy.py", "test_senders.py", "test_envelope.py", "test_caps.py",

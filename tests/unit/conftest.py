@@ -13,6 +13,9 @@ name while judging one). Then:
   It draws 30 examples instead of 100 and does not shrink a failure (a mutant needs a verdict, not a
   minimal example): fewer examples can only let a mutant survive, never kill one, so the score is
   not flattered by it.
+* the tests that judge the repository's source text rather than its behaviour (a long module says why
+  at its top) are deselected in every phase: in ``mutants/`` a mutated module starts with mutmut's
+  imports, before its docstring, so they would fail the clean run and no mutant could be judged.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ if "MUTANT_UNDER_TEST" in os.environ:
     settings.load_profile("mutation")
 
 
+SOURCE_TEXT_TESTS = frozenset({"test_every_long_module_says_why_at_its_top"})
+"""Tests of the source files' text, not of what the code does: meaningless on mutmut's rewritten copy."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    text_only = [item for item in items if item.name in SOURCE_TEXT_TESTS]
+    if text_only:
+        config.hook.pytest_deselected(items=text_only)
+        items[:] = [item for item in items if item.name not in SOURCE_TEXT_TESTS]
+    mutant = os.environ["MUTANT_UNDER_TEST"]
     if "__mutmut_" not in mutant:
         return
     from tests.mutation_scope import tests_for_mutant

@@ -93,9 +93,10 @@ def test_a_record_on_the_audit_topic_is_keyed_by_the_pseudonym_and_carries_every
 def test_a_v1_datum_needs_its_seq_from_the_reader():
     written = record(seq=6, prev=b"\x06" * 32, v2=False)
     datum = {**to_avro(written), "seq": None, "person_token": TOKEN.encode()}
-    with pytest.raises(Rejection, match=r"seq is not in the record \(v1\): pass it") as caught:
+    with pytest.raises(Rejection) as caught:
         from_avro(datum)
     assert caught.value.reason is Reason.RECORD_FAILED
+    assert caught.value.message == "provision record: seq is not in the record (v1): pass it"
     back = from_avro(datum, seq=6)
     assert back == written and chain_hash(back.prev_hash, canonical_bytes(back)) == written.hash
     assert from_avro({**datum, "seq": 6}, seq=99).seq == 6  # the datum's own seq wins
@@ -103,9 +104,10 @@ def test_a_v1_datum_needs_its_seq_from_the_reader():
 
 def test_a_datum_with_a_status_this_reader_does_not_know_is_refused():
     datum = {**to_avro(record()), "status": "UNKNOWN"}
-    with pytest.raises(Rejection, match="status symbol is not one this reader knows") as caught:
+    with pytest.raises(Rejection) as caught:
         from_avro(datum)
     assert caught.value.reason is Reason.RECORD_FAILED
+    assert caught.value.message == "provision record: status symbol is not one this reader knows"
     with pytest.raises(Rejection, match="record_id is not a UUID"):
         from_avro({**to_avro(record()), "record_id": "not-a-uuid"})
 
@@ -124,6 +126,8 @@ def test_the_walk_names_each_break_in_words_and_by_seq():
     walk = walk_chain([one, two, relinked])
     assert [p.text for p in walk.problems] == ["seq 3: prev_hash does not match seq 2 (chain broken)",
                                                "seq 3: hash mismatch (altered)"]
+    # each located at the one record (the portal marks the records inside a problem's span TAMPERED)
+    assert [(p.first, p.last) for p in walk.problems] == [(3, 3), (3, 3)]
     assert (walk.last_seq, walk.last_hash) == (3, relinked.hash)
 
 
@@ -214,7 +218,7 @@ def test_a_record_chained_without_an_id_gets_a_fresh_one_its_hash_covers():
     b = ProvisionRecord.chain(draft, seq=1, prev_hash=GENESIS_HASH)
     assert isinstance(a.record_id, uuid.UUID) and a.record_id != b.record_id and a.hash != b.hash
     assert chain_hash(GENESIS_HASH, canonical_bytes(a)) == a.hash
-    with pytest.raises(ValueError, match="prev_hash must be 32 bytes"):
+    with pytest.raises(ValueError, match=r"^prev_hash must be 32 bytes$"):
         chain_hash(b"\x00" * 31, canonical_bytes(a))
 
 
@@ -273,3 +277,34 @@ def test_an_audit_datum_with_an_id_that_is_not_a_uuid_names_it(name):
     with pytest.raises(Rejection) as caught:
         from_avro({**to_avro(record()), name: "not-a-uuid"})
     assert caught.value.reason is Reason.RECORD_FAILED and caught.value.message == f"provision record: {name} is not a UUID"
+
+
+@pytest.mark.parametrize("name", ["record_id", "message_id", "correlation_id"])
+def test_a_row_with_an_id_that_is_not_a_uuid_names_the_column(name):
+    written = record()
+    row = {f.name: getattr(written, f.name) for f in dataclasses.fields(ProvisionRecord)} | {name: "not-a-uuid"}
+    with pytest.raises(Rejection) as caught:
+        record_from_row(row)
+    assert caught.value.reason is Reason.RECORD_FAILED and caught.value.message == f"provision record: {name} is not a UUID"
+
+
+@pytest.mark.parametrize("not_disclosed", [True, False], ids=["withheld", "disclosed"])
+def test_the_canonical_bytes_are_the_documented_items_in_order(not_disclosed):
+    """Built by hand from ``canonical_bytes``' docstring, as an auditor re-hashing the audit topic would."""
+    written = record(seq=3, prev=b"\x03" * 32, not_disclosed=not_disclosed)
+
+    def item(raw: bytes) -> bytes:
+        return len(raw).to_bytes(4, "big") + raw
+
+    def ms(at: datetime) -> bytes:
+        return int(at.timestamp() * 1000).to_bytes(8, "big", signed=True)
+
+    expected = b"".join((
+        item(b"renkei.provision_record.v2"), item(uuid.UUID(int=903).bytes), item(uuid.UUID(int=3).bytes),
+        item(uuid.UUID(int=500).bytes), item(PERSON.encode()), item(b"agency-nta"), item(b"registry"),
+        item(b"public_funds_account"), item(b"account-registration-act/art9"),
+        item(ms(T0 + timedelta(minutes=3))), item(ms(T0 + timedelta(minutes=3, seconds=5))), item(b"PROVIDED"),
+        item(b"\x01" if not_disclosed else b"\x00"), item((3).to_bytes(8, "big")), item(b"income-tax-refund"),
+    ))
+    assert canonical_bytes(written) == expected
+    assert written.hash == chain_hash(b"\x03" * 32, expected)
