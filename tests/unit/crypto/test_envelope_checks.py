@@ -26,6 +26,7 @@ from infra.crypto.envelope import (
     LegIds,
     MemoryReplayGuard,
     Opener,
+    Verifier,
     peek,
 )
 from infra.crypto.keys import Keyset
@@ -39,7 +40,7 @@ from tests.unit.envelope_world import (
     fresh_clock,  # noqa: F401 - fixture
     world,  # noqa: F401 - fixture
 )
-from tests.unit.test_envelope import resign
+from tests.unit.crypto.test_envelope import resign
 
 PROCEDURE = "test-benefit"
 UPPER = "6F1C1E4E-2F4A-4B8A-9D7E-1B2C3D4E5F60"  # a UUID, but not in its canonical (lowercase) spelling
@@ -55,7 +56,7 @@ def refusal(fn: Any, *args: Any, **kwargs: Any) -> tuple[Reason, str]:
 def leg_of(world: World, sealed: bytes, hub: HubForwarder | None = None) -> bytes:
     """``sealed`` forwarded by the hub as a leg with ids of its own."""
     meta = world.ingress.verify(sealed)
-    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    subject = world.tokens.translate(meta.meta.subject, meta.meta.sender, meta.meta.recipient)
     return (hub or world.hub).forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
 
 
@@ -139,14 +140,14 @@ def test_each_refused_leg_says_why_in_words(world, name):
     edit, reason, words = LEG_REFUSALS[name]
     leg = leg_of(world, world.seal())
     opener, _ = counting_opener(world)
-    assert refusal(opener.open, edit(world, leg)) == (reason, words)
-    opener.open(leg)  # the leg as the hub sent it opens
+    assert refusal(opener.receive, edit(world, leg)) == (reason, words)
+    opener.receive(leg)  # the leg as the hub sent it opens
 
 
 def test_a_leg_for_someone_else_says_so_before_any_key_is_tried(world):
     leg = leg_of(world, world.seal())
     opener, keyset = counting_opener(world, "bank-1")
-    assert refusal(opener.open, leg) == (Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
+    assert refusal(opener.receive, leg) == (Reason.WRONG_RECIPIENT, "envelope is addressed to another participant")
     assert keyset.leg_key_opens == 0
 
 
@@ -156,12 +157,12 @@ def test_a_leg_for_someone_else_says_so_before_any_key_is_tried(world):
 def test_an_opener_opens_each_leg_key_once_and_a_new_one_when_the_hub_restarts(world):
     opener, keyset = counting_opener(world)
     for _ in range(3):  # one hub: one leg key per recipient key and hour
-        opener.open(leg_of(world, world.seal()))
+        opener.receive(leg_of(world, world.seal()))
     assert keyset.leg_key_opens == 1
     restarted = HubForwarder(world.keys["hub"], world.directory, clock=world.clock)  # a leg key of its own
-    opened = opener.open(leg_of(world, world.seal(), hub=restarted))
+    opened = opener.receive(leg_of(world, world.seal(), hub=restarted))
     assert opened.meta.sender == "agency-a" and keyset.leg_key_opens == 2
-    opener.open(leg_of(world, world.seal()))  # the first hub's key is still held
+    opener.receive(leg_of(world, world.seal()))  # the first hub's key is still held
     assert keyset.leg_key_opens == 2
 
 
@@ -169,9 +170,9 @@ def test_a_leg_key_sealed_by_someone_else_is_not_taken_from_the_cache(world):
     """A key anyone sealed to us is opened for its own leg: the cache is keyed by the sealed key, not shared."""
     opener, keyset = counting_opener(world)
     leg = leg_of(world, world.seal())
-    opener.open(leg)
+    opener.receive(leg)
     forged = edited(leg_of(world, world.seal()), leg_key_of_size(world, 32))
-    assert refusal(opener.open, forged)[0] is Reason.UNDECRYPTABLE  # its sealed origin is not under that key
+    assert refusal(opener.receive, forged)[0] is Reason.UNDECRYPTABLE  # its sealed origin is not under that key
     assert keyset.leg_key_opens == 2
 
 
@@ -180,12 +181,12 @@ def test_an_opener_keeps_the_last_256_leg_keys_it_used(world):
     """Each hub (worker, restart) seals legs under a leg key of its own: 257 of them, and the least recently
     used is the one opened again."""
     meta = world.ingress.verify(world.seal())
-    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    subject = world.tokens.translate(meta.meta.subject, meta.meta.sender, meta.meta.recipient)
     hubs = [HubForwarder(world.keys["hub"], world.directory, clock=world.clock) for _ in range(257)]
     opener, keyset = counting_opener(world)
 
     def open_from(index: int) -> None:
-        opener.open(hubs[index].forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4()))))
+        opener.receive(hubs[index].forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4()))))
 
     for index in range(256):
         open_from(index)
@@ -218,7 +219,7 @@ def test_the_hub_renews_a_leg_key_when_its_lifetime_is_over(world):
 def test_the_hub_seals_a_leg_key_only_to_a_recipient_key_valid_on_its_own_clock():
     world = World()
     meta = world.ingress.verify(world.seal(ttl_s=7_200))  # sealed to the registry's key of T0
-    subject = world.tokens.translate(meta.subject, meta.sender, meta.recipient)
+    subject = world.tokens.translate(meta.meta.subject, meta.meta.sender, meta.meta.recipient)
     world.keys["registry"].rotate(now=int(T0 * 1000) + 1, retire_at=int(T0 * 1000) + 3_600_000)
     world.publish(world.keys["registry"])
 
@@ -227,7 +228,7 @@ def test_the_hub_seals_a_leg_key_only_to_a_recipient_key_valid_on_its_own_clock(
         return hub.forward(meta, subject, leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
 
     world.clock.now = T0 + 3_599  # the old key retires in a second: still sealed to
-    world.opener("registry").open(forward_as_a_fresh_hub())
+    world.opener("registry").receive(forward_as_a_fresh_hub())
     world.clock.now = T0 + 3_601
     assert refusal(forward_as_a_fresh_hub) == (Reason.REVOKED_KEY, "encrypt key was retired before the message "
                                                                    "was created")
@@ -242,30 +243,33 @@ def test_the_hub_refuses_leg_ids_that_are_not_canonical(world, ids):
     assert str(info.value) == "leg ids must be canonical lowercase UUIDs"
 
 
-def test_the_hubs_limits_apply_to_an_envelope_it_is_given_as_bytes(world):
+def test_the_hubs_limits_apply_to_an_envelope_at_its_ingress_check(world):
+    """The hub's caps (wraps, bytes) are judged where an envelope enters the hub: the forwarder takes only
+    what that check returned, so a capped envelope never reaches it."""
     fanout = world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
                                              to=["bank-1", "bank-2", "bank-3"], subject=world.token("dicj"),
                                              data_item="deposit_account_holdings", basis="inheritance")
-    two = HubForwarder(world.keys["hub"], world.directory, clock=world.clock, max_wraps=2)
-    assert refusal(two.forward, fanout, "x" * 64, recipient="bank-1") == (
+    two = Verifier(world.directory, clock=world.clock, max_wraps=2)
+    assert refusal(two.verify, fanout) == (
         Reason.OVERSIZE, "envelope carries more than 2 wraps (one per recipient)")
-    small = HubForwarder(world.keys["hub"], world.directory, clock=world.clock, max_bytes=len(fanout) - 1)
-    assert refusal(small.forward, fanout, "x" * 64, recipient="bank-1") == (
+    small = Verifier(world.directory, clock=world.clock, max_bytes=len(fanout) - 1)
+    assert refusal(small.verify, fanout) == (
         Reason.OVERSIZE, f"envelope is {len(fanout)} bytes, maximum is {len(fanout) - 1}")
-    assert world.opener("bank-1").open(world.hub.forward(fanout, world.tokens.translate(
+    assert world.opener("bank-1").receive(world.hub.forward(world.ingress.verify(fanout), world.tokens.translate(
         world.token("dicj"), "dicj", "bank-1"), recipient="bank-1")).meta.recipient == "bank-1"
 
 
 def test_the_hub_says_what_is_wrong_with_a_forward_it_is_asked_for(world):
     """Programming errors of the hub's own code (a peeked envelope, a recipient that is not the envelope's):
-    refused in words that say how to call it right, and the right call goes through."""
+    refused in words that say how to call it right (a peeked one is a TypeError: only a VerifiedEnvelope is
+    forwarded), and the right call goes through."""
     sealed = world.seal()
     meta = world.ingress.verify(sealed)
-    subject = world.tokens.translate(meta.subject, meta.sender, "registry")
-    calls = [
-        ((peek(sealed), subject), "forward() needs an EnvelopeMeta returned by Verifier.verify(), not peek()"),
-        ((meta, subject, "bank-1"), "recipient= differs from the envelope's recipient"),
-    ]
+    subject = world.tokens.translate(meta.meta.subject, meta.meta.sender, "registry")
+    with pytest.raises(TypeError) as refused:
+        world.hub.forward(peek(sealed), subject, recipient=None)
+    assert str(refused.value) == "HubForwarder forwards a VerifiedEnvelope from Verifier.verify, not EnvelopeMeta"
+    calls = [((meta, subject, "bank-1"), "recipient= differs from the envelope's recipient")]
     fanout = world.ingress.verify(world.sealer("dicj").seal_multi(
         example_body("lookup.inheritance"), type="lookup.inheritance", to=["bank-1", "bank-2"],
         subject=world.token("dicj"), data_item="deposit_account_holdings", basis="inheritance"))
@@ -276,7 +280,7 @@ def test_the_hub_says_what_is_wrong_with_a_forward_it_is_asked_for(world):
             world.hub.forward(envelope, new_subject, recipient=recipient[0] if recipient else None)
         assert str(info.value) == words
     named = world.hub.forward(meta, subject, recipient="registry")  # the envelope's own recipient, named
-    assert world.opener("registry").open(named).meta.subject == world.token("registry")
+    assert world.opener("registry").receive(named).meta.subject == world.token("registry")
 
 
 # --------------------------------------------------------------------------- the in-process replay guard
@@ -302,30 +306,30 @@ def test_a_countersignature_is_judged_by_the_hub_keys_state_when_it_was_made():
     world.keys["hub"].rotate(now=int(T0 * 1000) + 1, retire_at=int((T0 + 10) * 1000))
     world.publish(world.keys["hub"])
     world.clock.now = T0 + 20
-    assert world.opener("registry").open(before).meta.sender == "agency-a"
-    assert refusal(world.opener("registry").open, after) == (Reason.REVOKED_KEY,
+    assert world.opener("registry").receive(before).meta.sender == "agency-a"
+    assert refusal(world.opener("registry").receive, after) == (Reason.REVOKED_KEY,
                                                              "sign key was retired before the message was created")
 
 
 def test_a_countersignature_by_anyone_but_the_hub_says_so(world):
     impostor = HubForwarder(world.keys["bank-1"], world.directory, clock=world.clock)
     forwarded = impostor.forward(world.ingress.verify(world.seal()), world.token("registry"))
-    assert refusal(world.opener("registry").open, forwarded) == (Reason.BAD_SIGNATURE,
+    assert refusal(world.opener("registry").receive, forwarded) == (Reason.BAD_SIGNATURE,
                                                                  "countersignature is not by the hub")
 
 
 def test_a_countersignature_may_be_up_to_the_allowed_skew_ahead_and_no_more(world):
     now_ms = int(T0 * 1000)
     at_the_edge = world.countersign(world.seal(), forwarded_at_ms=now_ms + DEFAULT_SKEW_S * 1000)
-    assert world.opener("registry").open(at_the_edge).meta.sender == "agency-a"
+    assert world.opener("registry").receive(at_the_edge).meta.sender == "agency-a"
     beyond = world.countersign(world.seal(), forwarded_at_ms=now_ms + DEFAULT_SKEW_S * 1000 + 1)
-    assert refusal(world.opener("registry").open, beyond) == (
+    assert refusal(world.opener("registry").receive, beyond) == (
         Reason.EXPIRED, "forwarded in the future (clock skew beyond the allowed maximum)")
 
 
 def test_a_countersignature_that_does_not_verify_says_so(world):
     forwarded = edited(world.forward(world.seal()), lambda r: r.update(subject=world.token("registry", OTHER_MY_NUMBER)))
-    assert refusal(world.opener("registry").open, forwarded) == (
+    assert refusal(world.opener("registry").receive, forwarded) == (
         Reason.BAD_SIGNATURE, "hub countersignature or batch proof does not verify")
 
 
@@ -337,7 +341,7 @@ def test_a_time_before_1970_in_a_forged_envelope_is_a_bad_signature_not_a_crash(
     forger's is refused by the signature check (an unsigned layout would raise on it instead)."""
     forwarded = world.forward(world.seal())
     back_dated = edited(forwarded, lambda r: r["countersignature"].update(forwarded_at=-1))
-    assert refusal(world.opener("registry").open, back_dated)[0] is Reason.BAD_SIGNATURE
+    assert refusal(world.opener("registry").receive, back_dated)[0] is Reason.BAD_SIGNATURE
     for field in ("created_at", "expires_at"):
         forged = edited(world.seal(), lambda r, field=field: r.update({field: -1}))
         assert refusal(world.ingress.verify, forged)[0] is Reason.BAD_SIGNATURE
@@ -360,7 +364,7 @@ def at_ingress(world: World, envelope: bytes) -> Any:
 
 
 def at(participant: str, envelope: bytes, **options: Any) -> Any:
-    return lambda world: (lambda: world.opener(participant, **options).open(envelope))
+    return lambda world: (lambda: world.opener(participant, **options).receive(envelope))
 
 
 def lifetime(seconds: int) -> Any:
@@ -379,8 +383,8 @@ def twice(world: World) -> Any:
 
 def opened_twice(world: World) -> Any:
     opener, forwarded = world.opener("registry"), world.forward(world.seal())
-    opener.open(forwarded)
-    return lambda: opener.open(forwarded)
+    opener.receive(forwarded)
+    return lambda: opener.receive(forwarded)
 
 
 REFUSALS: dict[str, tuple[Any, Reason, str]] = {
@@ -464,7 +468,7 @@ def test_a_body_of_another_type_under_a_valid_signature_is_refused(world):
     record["body"] = world.directory.recipient_key(key_id, sealed_at=int(T0 * 1000)).seal(
         other, layout.body_info(mid, "provision.inquiry", "agency-a", "registry", key_id))
     confused = world.countersign(resign(record, world.keys["agency-a"]))
-    reason, words = refusal(world.opener("registry").open, confused)
+    reason, words = refusal(world.opener("registry").receive, confused)
     assert (reason, words) == (Reason.UNKNOWN_SCHEMA, "body: writer schema is existence_check v1, expected a version "
                                                       "of provision_inquiry")
 
@@ -474,7 +478,7 @@ def test_a_fanout_body_that_does_not_open_under_its_data_key_is_undecryptable(wo
     record = codec.decode(fanout(world), "envelope")
     record["body"] = bytes(12) + b"not sealed under the data key"
     garbled = world.forward(resign(record, world.keys["dicj"]), "bank-1")
-    assert refusal(world.opener("bank-1").open, garbled) == (Reason.UNDECRYPTABLE,
+    assert refusal(world.opener("bank-1").receive, garbled) == (Reason.UNDECRYPTABLE,
                                                              "fan-out body does not open under its data key")
 
 
@@ -483,11 +487,11 @@ def test_a_fanout_body_that_does_not_open_under_its_data_key_is_undecryptable(wo
 
 def test_an_opener_judges_the_countersignature_by_its_own_hub_id_and_skew(world):
     forwarded = world.forward(world.seal())
-    assert refusal(world.opener("registry", hub_id="hub-2").open, forwarded) == (
+    assert refusal(world.opener("registry", hub_id="hub-2").receive, forwarded) == (
         Reason.BAD_SIGNATURE, "countersignature is not by the hub")
     ahead = world.countersign(world.seal(), forwarded_at_ms=int((T0 + 45) * 1000))
-    assert refusal(world.opener("registry").open, ahead)[0] is Reason.EXPIRED  # the default skew: 30 s
-    assert world.opener("registry", max_skew_s=60).open(ahead).meta.sender == "agency-a"
+    assert refusal(world.opener("registry").receive, ahead)[0] is Reason.EXPIRED  # the default skew: 30 s
+    assert world.opener("registry", max_skew_s=60).receive(ahead).meta.sender == "agency-a"
 
 
 def test_the_ingress_judges_a_recipient_key_by_its_state_when_the_message_was_created():
@@ -501,7 +505,7 @@ def test_the_ingress_judges_a_recipient_key_by_its_state_when_the_message_was_cr
     sealed = world.seal()
     world.keys["registry"].rotate(now=int(T0 * 1000) - 10_000, retire_at=int(T0 * 1000))
     world.publish(world.keys["registry"])
-    assert world.ingress.verify(sealed).recipient == "registry"  # retired at its creation: still sealed in time
+    assert world.ingress.verify(sealed).meta.recipient == "registry"  # retired at its creation: still sealed in time
 
 
 def test_a_body_its_sender_sealed_to_another_participants_key_is_refused(world):
@@ -518,7 +522,7 @@ def test_the_ingress_refuses_a_message_from_a_clock_ahead_beyond_the_skew_or_pas
     world.clock.now = T0 + DEFAULT_SKEW_S + 0.001
     beyond = world.seal()
     world.clock.now = T0
-    assert world.ingress.verify(at_the_edge).sender == "agency-a"
+    assert world.ingress.verify(at_the_edge).meta.sender == "agency-a"
     assert refusal(world.ingress.verify, beyond) == (
         Reason.EXPIRED, "created in the future (clock skew beyond the allowed maximum)")
     short = world.seal(ttl_s=60)
