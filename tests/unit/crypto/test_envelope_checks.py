@@ -32,6 +32,7 @@ from infra.crypto.envelope import (
 from infra.crypto.keys import Keyset
 from schemas import codec
 from schemas.types import BODY_SCHEMA
+from tests.unit.crypto.test_envelope import resign
 from tests.unit.envelope_world import (
     OTHER_MY_NUMBER,
     T0,
@@ -40,7 +41,6 @@ from tests.unit.envelope_world import (
     fresh_clock,  # noqa: F401 - fixture
     world,  # noqa: F401 - fixture
 )
-from tests.unit.crypto.test_envelope import resign
 
 PROCEDURE = "test-benefit"
 UPPER = "6F1C1E4E-2F4A-4B8A-9D7E-1B2C3D4E5F60"  # a UUID, but not in its canonical (lowercase) spelling
