@@ -152,3 +152,15 @@ def test_every_test_file_a_mutation_scope_names_is_found_once():
     assert all(unit_test_path(name).startswith("tests/unit/") for scope in SCOPES for name in scope.tests)
     with pytest.raises(LookupError, match="names test_nowhere.py: 0 files"):
         unit_test_path("test_nowhere.py")
+
+
+def test_mutmut_mutates_exactly_the_modules_the_mutation_scopes_score():
+    """A module moved or split (envelope.py into verify/open/forward…) must move in both lists: mutmut only
+    mutates ``[tool.mutmut] only_mutate``, and a scope whose file is not there would score nothing."""
+    import tomllib
+
+    from tests.mutation_scope import SCOPES
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert sorted(config["only_mutate"]) == sorted(scope.path for scope in SCOPES)
+    assert all((ROOT / scope.path).is_file() for scope in SCOPES)
