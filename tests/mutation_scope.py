@@ -248,6 +248,26 @@ def sync_data_files(root: Path) -> list[str]:
     return copied
 
 
+def prune_removed(root: Path) -> list[str]:
+    """Delete ``mutants/`` copies of source and test modules that no longer exist (moved or split, like
+    ``connectors/client.py`` or ``tests/unit/test_*.py`` before the tests mirrored the packages): mutmut never
+    removes a copy, and a stale one fails the clean run (a package exports a module it no longer has, or
+    two test files share a name). Returns the paths removed."""
+    import tomllib
+
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    removed = []
+    for top in [*config["source_paths"], "tests"]:
+        copies = root / "mutants" / top
+        for copy in sorted(copies.rglob("*.py")) if copies.is_dir() else ():
+            source = root / copy.relative_to(root / "mutants")
+            if not source.exists():
+                copy.unlink()
+                copy.with_name(copy.name + ".meta").unlink(missing_ok=True)
+                removed.append(str(source.relative_to(root)))
+    return removed
+
+
 def _codes(scope: Scope, root: Path) -> dict[str, int | None]:
     meta = root / "mutants" / f"{scope.path}.meta"
     return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
@@ -280,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if (root / "mutants").exists():
             for path in sync_data_files(root):
                 print(f"refreshed mutants/{path}", flush=True)
+            for path in prune_removed(root):
+                print(f"removed mutants/{path} (gone from the source)", flush=True)
         if args.command == "run":
             names = [g for s in scopes for g in s.globs()]
         else:  # a module never run has no results yet: all of its mutants

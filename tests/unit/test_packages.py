@@ -164,3 +164,20 @@ def test_mutmut_mutates_exactly_the_modules_the_mutation_scopes_score():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     assert sorted(config["only_mutate"]) == sorted(scope.path for scope in SCOPES)
     assert all((ROOT / scope.path).is_file() for scope in SCOPES)
+
+
+def test_a_mutants_copy_of_a_module_gone_from_the_source_is_removed_before_a_run(tmp_path):
+    """mutmut never deletes its copy of a moved module; a stale ``connectors/client.py`` failed the clean run."""
+    from tests.mutation_scope import prune_removed
+
+    (tmp_path / "pyproject.toml").write_text('[tool.mutmut]\nsource_paths = ["pkg"]\n')
+    for path in ("pkg/kept.py", "tests/unit/crypto/test_kept.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    for path in ("pkg/kept.py", "pkg/moved.py", "pkg/moved.py.meta", "tests/unit/test_old.py",
+                 "tests/unit/crypto/test_kept.py"):
+        (tmp_path / "mutants" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mutants" / path).write_text("")
+    assert prune_removed(tmp_path) == ["pkg/moved.py", "tests/unit/test_old.py"]
+    left = sorted(str(p.relative_to(tmp_path / "mutants")) for p in (tmp_path / "mutants").rglob("*") if p.is_file())
+    assert left == ["pkg/kept.py", "tests/unit/crypto/test_kept.py"]
