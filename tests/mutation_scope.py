@@ -103,8 +103,9 @@ SCOPES: tuple[Scope, ...] = (
     # The envelope's checks, one module per primitive since the split (issue 17): scored first on the
     # pre-split envelope.py (docs/testing.md says at which commit); sealing and the codec are left out.
     Scope("infra/crypto/verify.py", ENVELOPE_CHECK_TESTS,
-          "the hub's and an inbox's verification: every signature, freshness, addressing and ownership check",
-          functions=("xǁVerifierǁ*",)),
+          "the hub's and an inbox's verification: every signature, freshness, addressing and ownership check; "
+          "a VerifiedEnvelope only the verifier creates, read-only once made",
+          functions=("xǁVerifierǁ*", "xǁVerifiedEnvelopeǁ*", "x__with_origin_terms")),
     Scope("infra/crypto/open.py", ENVELOPE_CHECK_TESTS,
           "opening: only a VerifiedEnvelope, addressed to this opener, countersigned where required, once",
           functions=("xǁOpenerǁ*",)),
