@@ -528,3 +528,52 @@ def test_the_ingress_refuses_a_message_from_a_clock_ahead_beyond_the_skew_or_pas
     short = world.seal(ttl_s=60)
     world.clock.now = T0 + 60
     assert refusal(world.ingress.verify, short) == (Reason.EXPIRED, "message has expired")
+
+
+def test_the_ingress_judges_a_fanout_wraps_key_by_its_state_when_the_message_was_created():
+    """Each wrap of a fan-out is sealed to its bank's key at the message's creation: a key retired before
+    then is refused, one retired at that very moment still counts (the single-recipient rule, per wrap)."""
+    def fanout(world: World) -> bytes:
+        return world.sealer("dicj").seal_multi(example_body("lookup.inheritance"), type="lookup.inheritance",
+                                               to=["bank-1", "bank-2"], subject=world.token("dicj"),
+                                               data_item="deposit_account_holdings", basis="inheritance")
+
+    for retired_at, refused in ((int(T0 * 1000) - 1, True), (int(T0 * 1000), False)):
+        world = World()
+        sealed = fanout(world)  # created at T0
+        world.keys["bank-2"].rotate(now=int(T0 * 1000) - 10_000, retire_at=retired_at)
+        world.publish(world.keys["bank-2"])
+        if refused:
+            assert refusal(world.ingress.verify, sealed) == (Reason.REVOKED_KEY,
+                                                             "encrypt key was retired before the message was created")
+        else:
+            assert world.ingress.verify(sealed).meta.sender == "dicj"
+
+
+def test_the_ingress_replay_guard_is_keyed_by_each_messages_own_id(world):
+    """Two different messages through one guard both pass; the first one again is REPLAYED."""
+    guard = MemoryReplayGuard()
+    first, second = world.seal(), world.seal()
+    assert world.ingress.verify(first, replay_guard=guard).meta.sender == "agency-a"
+    assert world.ingress.verify(second, replay_guard=guard).meta.sender == "agency-a"
+    assert refusal(world.ingress.verify, first, replay_guard=guard) == (Reason.REPLAYED, "message id was seen before")
+    assert len(guard) == 2
+
+
+def test_a_forwarded_fanout_carrying_more_than_its_one_wrap_is_malformed(world):
+    """The hub forwards a fan-out to each bank with that bank's wrap alone (and its Merkle proof). A copy
+    carrying a second wrap is refused by name before any signature is judged, by a verifier whose caps
+    admit it (an inbox's opener refuses it earlier still: it takes one wrap at most, OVERSIZE)."""
+    fanout = world.ingress.verify(world.sealer("dicj").seal_multi(
+        example_body("lookup.inheritance"), type="lookup.inheritance", to=["bank-1", "bank-2"],
+        subject=world.token("dicj"), data_item="deposit_account_holdings", basis="inheritance"))
+    forwarded = world.hub.forward(fanout, world.tokens.translate(world.token("dicj"), "dicj", "bank-1"),
+                                  recipient="bank-1")
+    delivered = Verifier(world.directory, clock=world.clock)  # default caps: up to 10,000 wraps
+    assert delivered.verify_delivered(forwarded).meta.recipient == "bank-1"  # as the hub sent it
+    record = codec.decode(forwarded, "envelope")
+    assert record["wrap_proof"] is not None and len(record["wraps"]) == 1
+    record["wraps"] = record["wraps"] + [dict(record["wraps"][0], recipient="bank-2")]
+    assert refusal(delivered.verify_delivered, codec.encode("envelope", record)) == (
+        Reason.MALFORMED, "forwarded fan-out envelope must carry exactly one wrap")
+    assert refusal(world.opener("bank-1").verify, codec.encode("envelope", record))[0] is Reason.OVERSIZE
