@@ -30,6 +30,7 @@ from infra.crypto.envelope import (
     peek,
 )
 from infra.crypto.keys import Keyset
+from infra.crypto.legs import LegSealer
 from schemas import codec
 from schemas.types import BODY_SCHEMA
 from tests.unit.crypto.test_envelope import resign
@@ -577,3 +578,17 @@ def test_a_forwarded_fanout_carrying_more_than_its_one_wrap_is_malformed(world):
     assert refusal(delivered.verify_delivered, codec.encode("envelope", record)) == (
         Reason.MALFORMED, "forwarded fan-out envelope must carry exactly one wrap")
     assert refusal(world.opener("bank-1").verify, codec.encode("envelope", record))[0] is Reason.OVERSIZE
+
+
+def test_the_hub_seals_a_leg_key_only_to_a_key_of_the_legs_own_recipient(world):
+    """The hub's own code asked to seal a registry leg to bank-1's key: refused in words, nothing sealed."""
+    sealer = LegSealer(world.keys["hub"], world.directory)
+    record = codec.decode(world.seal(), "envelope")  # addressed to the registry
+    ids = LegIds(str(uuid.uuid4()), str(uuid.uuid4()))
+    record["recipient_key_id"] = world.keys["bank-1"].encryption_key_id
+    with pytest.raises(ValueError) as info:
+        sealer.seal(dict(record), b"origin", ids, T0)
+    assert str(info.value) == "the recipient key does not belong to the recipient"
+    record["recipient_key_id"] = world.keys["registry"].encryption_key_id
+    sealer.seal(record, b"origin", ids, T0)
+    assert record["leg"]["leg_key"] and record["message_id"] == ids.message_id

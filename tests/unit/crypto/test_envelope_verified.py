@@ -41,11 +41,12 @@ def test_a_verified_envelope_carries_what_the_verifier_checked(world):
 
 def test_only_the_verifier_creates_one(world):
     r = codec.decode(world.seal(), "envelope")
-    with pytest.raises(TypeError):
+    only = "^a VerifiedEnvelope is created only by Verifier.verify or Verifier.verify_delivered$"
+    with pytest.raises(TypeError, match=only):
         VerifiedEnvelope(object(), r, r, b"", [], meta=peek(world.seal()), delivered=True, verified_at=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=only):
         VerifiedEnvelope(None, r, r, b"", [], meta=peek(world.seal()), delivered=False, verified_at=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="^VerifiedEnvelope cannot be subclassed$"):
         type("Forged", (VerifiedEnvelope,), {})
 
 
@@ -60,7 +61,8 @@ def test_what_the_verifier_checked_cannot_be_changed_or_copied(world):
     with pytest.raises(TypeError):
         verified.record["recipient"] = "bank-1"  # type: ignore[index]
     for duplicate in (copy.copy, copy.deepcopy, pickle.dumps):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="^a VerifiedEnvelope is not copied or pickled: verify the bytes "
+                                            "where they are used$"):
             duplicate(verified)
 
 
