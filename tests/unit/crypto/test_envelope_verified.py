@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from infra.core.errors import Reason
+from infra.core.errors import EnvelopeRejection, Reason
 from infra.crypto.envelope import LegIds, Message, VerifiedEnvelope, peek
 from infra.crypto.verify import Verifier
 from schemas import codec
@@ -73,8 +73,12 @@ def test_the_opener_refuses_anything_but_an_envelope_verified_as_delivered(world
     opener = world.opener("registry")
     for unverified in (forwarded, bytearray(forwarded), memoryview(forwarded), peek(forwarded),
                        codec.decode(forwarded, "envelope"), world.ingress.verify(world.seal()), None):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError) as refused:
             opener.open(unverified)
+        assert str(refused.value) == (  # words that say how to call it right
+            "Opener.open takes an envelope verified as delivered (Opener.verify), not one verified as it enters "
+            "the hub (Verifier.verify)" if type(unverified).__name__ == "VerifiedEnvelope" else
+            f"Opener.open takes a VerifiedEnvelope from Opener.verify, not {type(unverified).__name__}")
         _good_traffic_still_opens(world)
     assert opener.open(opener.verify(forwarded)).meta.sender == "agency-a"  # the attempts burnt no id
 
@@ -92,7 +96,10 @@ def test_a_lax_verification_does_not_open_at_a_strict_opener(world):
     sealed = world.seal()  # agency-a straight to the registry, never through the hub
     lax = world.opener("registry", require_countersignature=False)
     verified = lax.verify(sealed)
-    assert rejected(world.opener("registry").open, verified) is Reason.BAD_SIGNATURE
+    with pytest.raises(EnvelopeRejection) as refused:
+        world.opener("registry").open(verified)
+    assert (refused.value.reason, refused.value.message) == (Reason.BAD_SIGNATURE,
+                                                             "envelope is not countersigned by the hub")
     _good_traffic_still_opens(world)
     assert lax.open(verified).meta.sender == "agency-a"
 
@@ -110,8 +117,12 @@ def test_the_forwarder_refuses_anything_but_an_envelope_verified_on_ingress(worl
     sealed = world.seal()
     delivered = world.opener("registry").verify(world.forward(world.seal()))
     for unverified in (sealed, peek(sealed), codec.decode(sealed, "envelope"), delivered, None):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError) as refused:
             world.hub.forward(unverified, world.token("registry"))
+        assert str(refused.value) == (
+            "HubForwarder forwards an envelope verified as it enters the hub (Verifier.verify), not one verified "
+            "as delivered" if unverified is delivered else
+            f"HubForwarder forwards a VerifiedEnvelope from Verifier.verify, not {type(unverified).__name__}")
         for position in (0, 1):
             items = [(world.ingress.verify(world.seal()), world.token("registry"))]
             items.insert(position, (unverified, world.token("registry")))
@@ -136,7 +147,10 @@ def test_a_batch_verified_one_by_one_forwards_under_one_countersignature_and_ope
 def test_a_leg_is_verified_only_with_its_recipients_key(world):
     verified = world.ingress.verify(world.seal())
     leg = world.hub.forward(verified, world.token("registry"), leg=LegIds(str(uuid.uuid4()), str(uuid.uuid4())))
-    assert rejected(Verifier(world.directory, clock=world.clock).verify_delivered, leg) is Reason.UNDECRYPTABLE
+    with pytest.raises(EnvelopeRejection) as refused:
+        Verifier(world.directory, clock=world.clock).verify_delivered(leg)
+    assert (refused.value.reason, refused.value.message) == (Reason.UNDECRYPTABLE,
+                                                             "a forwarded leg is verified only by its recipient")
     assert rejected(world.opener("bank-1").verify, leg) is Reason.WRONG_RECIPIENT
     assert world.opener("registry").receive(leg).meta.sender == "agency-a"
 
@@ -161,3 +175,16 @@ def test_the_hub_forwards_the_envelope_its_own_ingress_check_returned(world):
     accepted.verified = good.value  # a bug that hands the forwarder the raw bytes: refused, not countersigned
     with pytest.raises(TypeError):
         core.forward([accepted])
+
+
+def test_an_inbox_verifier_wants_the_hubs_countersignature_unless_told_otherwise(world):
+    """A bare ``Verifier.verify_delivered`` is strict by default: an envelope straight from a participant,
+    never through the hub, is refused; only an explicit ``require_countersignature=False`` admits it."""
+    sealed = world.seal()  # agency-a straight to the registry
+    verifier = Verifier(world.directory, clock=world.clock)
+    with pytest.raises(EnvelopeRejection) as refused:
+        verifier.verify_delivered(sealed)
+    assert (refused.value.reason, refused.value.message) == (Reason.BAD_SIGNATURE,
+                                                             "envelope is not countersigned by the hub")
+    assert verifier.verify_delivered(sealed, require_countersignature=False).meta.sender == "agency-a"
+    assert verifier.verify_delivered(world.forward(world.seal())).delivered  # the hub's forward passes
