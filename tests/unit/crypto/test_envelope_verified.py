@@ -188,3 +188,14 @@ def test_an_inbox_verifier_wants_the_hubs_countersignature_unless_told_otherwise
                                                              "envelope is not countersigned by the hub")
     assert verifier.verify_delivered(sealed, require_countersignature=False).meta.sender == "agency-a"
     assert verifier.verify_delivered(world.forward(world.seal())).delivered  # the hub's forward passes
+
+
+def test_a_strict_openers_verify_refuses_an_envelope_the_hub_never_countersigned(world):
+    """The opener's own setting reaches its verification, not only its open: a strict opener's ``verify``
+    refuses a participant's direct envelope at once (``open`` re-checks it too, as a second line)."""
+    sealed = world.seal()  # agency-a straight to the registry
+    with pytest.raises(EnvelopeRejection) as refused:
+        world.opener("registry").verify(sealed)
+    assert (refused.value.reason, refused.value.message) == (Reason.BAD_SIGNATURE,
+                                                             "envelope is not countersigned by the hub")
+    assert world.opener("registry", require_countersignature=False).verify(sealed).meta.sender == "agency-a"
