@@ -242,3 +242,23 @@ def test_two_byte_branch_indices_and_block_counts_take_the_long_read():
         assert ArrayCaps(schema, {"items": n - 1}).check(data) == CapExceeded("items", n - 1)
         with pytest.raises(CodecError):
             ArrayCaps(schema, {}).check(data[:-1])
+
+
+def test_a_block_with_a_negative_two_byte_count_reads_its_byte_size_and_counts_each_item_once():
+    """Avro lets a writer give an array block as ``-count, byte size, items``. A count of -65 takes the long read
+    (two bytes); the walker must decode its sign, step over the size, and count 65 items, no more."""
+    schema = {"type": "record", "name": "Blocks", "fields": [
+        {"name": "items", "type": {"type": "array", "items": "int"}}, {"name": "tail", "type": "string"}]}
+
+    def zigzag(value: int) -> bytes:
+        n, out = (value << 1) ^ (value >> 63), b""
+        while n >= 0x80:
+            out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+        return out + bytes([n])
+
+    data = zigzag(-65) + zigzag(65) + zigzag(1) * 65 + zigzag(0) + zigzag(3) + b"abc"
+    assert zigzag(-65) == b"\x81\x01"  # two bytes: through _varint
+    parsed = fastavro.parse_schema(copy.deepcopy(schema))
+    assert fastavro.schemaless_reader(io.BytesIO(data), parsed) == {"items": [1] * 65, "tail": "abc"}
+    assert ArrayCaps(schema, {"items": 65}).check(data) is None
+    assert ArrayCaps(schema, {"items": 64}).check(data) == CapExceeded("items", 64)
