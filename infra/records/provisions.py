@@ -45,9 +45,7 @@ refused at construction with ``Rejection(RECORD_FAILED)`` (dead-letter it).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import re
 import struct
 import uuid
@@ -58,11 +56,11 @@ from enum import Enum
 from typing import Any, Final
 
 import asyncpg
-from fastavro import schemaless_writer
 
 from infra.core.errors import Reason, Rejection
 from infra.crypto.records_keys import RecordsKey, Seal
 from infra.platform.storage import migrate
+from schemas import codec
 
 __all__ = [
     "ANCHOR_DOMAIN",
@@ -376,28 +374,15 @@ def audit_record(record: ProvisionRecord, person: str) -> tuple[bytes, bytes]:
     return person.encode("ascii"), encode_audit(to_avro(record))
 
 
-@functools.lru_cache(maxsize=1)
-def _audit_schema() -> tuple[bytes, Any]:
-    from schemas import codec
-    from schemas.catalogue import SINGLE_OBJECT_MARKER
-
-    return SINGLE_OBJECT_MARKER + codec.fingerprint("provision_record"), codec.schema("provision_record")
-
-
 def encode_audit(datum: dict[str, Any]) -> bytes:
     """A :func:`to_avro` datum as ``codec.encode("provision_record", …)`` writes it, without its re-validation.
 
-    The hub publishes one of these per provision, and ``codec.encode``'s fastavro ``validate`` walk was
-    ~7 % of the hub's time (docs/performance.md). The datum is built here from a typed
-    :class:`ProvisionRecord`, never from input, so its shape is known; fastavro's writer still refuses a
-    missing or unknown key (``strict``) or a value of the wrong type. Same bytes as the validating
-    encoder (``tests/unit/test_provisions_avro.py``).
+    The hub publishes one of these per provision; the datum is built here from a typed
+    :class:`ProvisionRecord`, never from input, so its shape is known (``codec.encode_built``: fastavro's
+    strict writer still refuses a missing or unknown key or a value of the wrong type). Same bytes as the
+    validating encoder (``tests/unit/records/test_provisions_avro.py``).
     """
-    header, schema = _audit_schema()
-    buffer = io.BytesIO()
-    buffer.write(header)
-    schemaless_writer(buffer, schema, datum, strict=True)
-    return buffer.getvalue()
+    return codec.encode_built("provision_record", datum)
 
 
 def from_avro(datum: dict[str, Any], *, seq: int | None = None) -> ProvisionRecord:
