@@ -228,14 +228,19 @@ def _selected(modules: list[str]) -> list[Scope]:
     return [by_path[m.removeprefix("./")] for m in modules]
 
 
+def _mutmut_config(root: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
 def sync_data_files(root: Path) -> list[str]:
     """Copy the source packages' non-Python files (policy, participants, Avro schemas) into ``mutants/`` where
     they differ: mutmut copies them only when missing, so after a merge its copy would judge the mutants
     against the old policy or schemas, and its clean run fails. Returns the paths copied."""
     import shutil
-    import tomllib
 
-    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    config = _mutmut_config(root)
     copied = []
     for top in [*config["source_paths"], *config.get("also_copy", [])]:
         for source in sorted((root / top).rglob("*")):
@@ -254,9 +259,7 @@ def prune_removed(root: Path) -> list[str]:
     ``connectors/client.py`` or ``tests/unit/test_*.py`` before the tests mirrored the packages): mutmut never
     removes a copy, and a stale one fails the clean run (a package exports a module it no longer has, or
     two test files share a name). Returns the paths removed."""
-    import tomllib
-
-    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    config = _mutmut_config(root)
     removed = []
     for top in [*config["source_paths"], "tests"]:
         copies = root / "mutants" / top
