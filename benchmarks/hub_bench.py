@@ -9,7 +9,7 @@ PostgreSQL transaction (claim, records, lookups), and emit (countersign,
 produce, acks).  The broker and PostgreSQL are other processes: their CPU is
 not in these figures; an awaited phase's CPU includes what the event loop ran
 meanwhile (aiokafka's fetcher).  ``cpu_us_per_msg["loop (all)"]`` is the whole
-consume-and-process loop.  ``--profile FILE`` also writes a cProfile of the run
+consume-and-process loop, ``gc_us_per_msg`` the garbage collector's share of it.  ``--profile FILE`` also writes a cProfile of the run
 (read it with ``python -m pstats``).
 
     .venv/bin/python -m benchmarks.hub_bench --messages 4000 [--per-message] [--profile /tmp/hub.prof]
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import shutil
 import tempfile
@@ -30,6 +31,21 @@ from typing import Any
 
 from infra.core.settings import KafkaSettings, Settings
 from infra.tools import bench
+
+
+class _GcTime:
+    """CPU time spent in the garbage collector while ``on`` (``gc.callbacks``), and its collections."""
+
+    def __init__(self) -> None:
+        self.on, self.seconds, self.collections, self._started = False, 0.0, 0, 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        elif self.on:
+            self.seconds += time.process_time() - self._started
+            self.collections += 1
 
 
 def _timed(totals: dict[str, float], cpu: dict[str, float], name: str, fn: Any) -> Any:
@@ -57,7 +73,7 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
     from infra.platform.embedded import EmbeddedStack
     from infra.platform.kafka import producer as make_producer
     from streams.gateway import Inbound
-    from streams.hub import HubService, single_partition_first
+    from streams.hub import HubService, settle_heap, single_partition_first
 
     root = Path(tempfile.mkdtemp(prefix="renkei-hub-bench-"))
     try:
@@ -77,6 +93,7 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
             prod = make_producer(s, linger_ms=2, **({} if murmur2 else {"partitioner": single_partition_first}))
             await prod.start()
             service = await HubService.create(s, prod)
+            settle_heap()  # as start_hub does in the worker
             totals: dict[str, float] = defaultdict(float)
             cpu: dict[str, float] = defaultdict(float)
             service.core.decide = _timed(totals, cpu, "decide", service.core.decide)
@@ -86,11 +103,13 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
             cons = bench.plain_consumer(s)
             await cons.start()
             await bench.assign_from(cons, src, 4)
+            gc_time = _GcTime()
             profiler = cProfile.Profile() if profile else None
             batches = 0
             started, cpu_started = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
+            gc_time.on = True
             done = 0
             while done < len(records):
                 got = await cons.getmany(timeout_ms=100, max_records=500)
@@ -102,6 +121,7 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
                     cpu["process (all)"] += time.process_time() - c
                     batches += 1
             elapsed = time.perf_counter() - started
+            gc_time.on = False
             cpu["loop (all)"] = time.process_time() - cpu_started
             if profiler:
                 profiler.disable()
@@ -116,6 +136,7 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
                     "msgs_per_s": round(messages / elapsed), "seal_us_per_msg": round(seal_s / messages * 1e6, 1),
                     "seal_cpu_us_per_msg": round(seal_cpu_s / messages * 1e6, 1),
                     "us_per_msg": per_msg, "cpu_us_per_msg": cpu_per_msg, "forwarded": service.totals.forwarded,
+                    "gc_us_per_msg": round(gc_time.seconds / messages * 1e6, 1), "gc_collections": gc_time.collections,
                     "rejected": service.totals.by_reason}
     finally:
         shutil.rmtree(root, ignore_errors=True)
