@@ -483,7 +483,7 @@ def settle_heap() -> None:
     Keys, schemas, the policy and the directory live as long as the process: ``gc.freeze()`` leaves
     them out of every later collection.  A batch allocates a few hundred container objects per
     message and keeps them until it is produced; with the default young threshold (700) each of
-    them was scanned by two or three collections before reference counting freed it (~25–35 µs of
+    them was scanned by two or three collections before reference counting freed it (30–48 µs of
     CPU a message, docs/performance.md "Issue 18, session 8").  With a young generation larger
     than a batch, most of them are freed before any collection sees them; cycles are still
     collected, a little later.
