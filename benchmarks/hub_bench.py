@@ -2,12 +2,17 @@
 
 Starts an embedded stack (temporary folder), seals N STEP2 inquiries, feeds
 them to ``HubService`` from a plain aiokafka loop in batches of up to 500 and
-prints msgs/s with the wall time spent in each phase of a batch: decide
-(verify, policy, tokens), the PostgreSQL transaction (claim, records,
-lookups), and emit (countersign, produce, acks).  ``--profile FILE`` also
-writes a cProfile of the run (read it with ``python -m pstats``).
+prints msgs/s with the wall time (``us_per_msg``) and this process's CPU time
+(``cpu_us_per_msg``, ``time.process_time``: what other sessions' load moves
+least) spent in each phase of a batch: decide (verify, policy, tokens), the
+PostgreSQL transaction (claim, records, lookups), and emit (countersign,
+produce, acks).  The broker and PostgreSQL are other processes: their CPU is
+not in these figures; an awaited phase's CPU includes what the event loop ran
+meanwhile (aiokafka's fetcher).  ``cpu_us_per_msg["loop (all)"]`` is the whole
+consume-and-process loop, ``gc_us_per_msg`` the garbage collector's share of it.  ``--profile FILE`` also writes a cProfile of the run
+(read it with ``python -m pstats``).
 
-    /tmp/rk/bin/python -m benchmarks.hub_bench --messages 5000 [--per-message] [--profile /tmp/hub.prof]
+    .venv/bin/python -m benchmarks.hub_bench --messages 4000 [--per-message] [--profile /tmp/hub.prof]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import shutil
 import tempfile
@@ -27,21 +33,39 @@ from infra.core.settings import KafkaSettings, Settings
 from infra.tools import bench
 
 
-def _timed(totals: dict[str, float], name: str, fn: Any) -> Any:
+class _GcTime:
+    """CPU time spent in the garbage collector while ``on`` (``gc.callbacks``), and its collections."""
+
+    def __init__(self) -> None:
+        self.on, self.seconds, self.collections, self._started = False, 0.0, 0, 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        elif self.on:
+            self.seconds += time.process_time() - self._started
+            self.collections += 1
+
+
+def _timed(totals: dict[str, float], cpu: dict[str, float], name: str, fn: Any) -> Any:
+    """``fn`` adding its wall time to ``totals[name]`` and this process's CPU time to ``cpu[name]``."""
     if asyncio.iscoroutinefunction(fn):
         async def wrapper(*a: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return await fn(*a, **kw)
             finally:
                 totals[name] += time.perf_counter() - t
+                cpu[name] += time.process_time() - c
     else:
         def wrapper(*a: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
                 totals[name] += time.perf_counter() - t
+                cpu[name] += time.process_time() - c
     return wrapper
 
 
@@ -49,7 +73,7 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
     from infra.platform.embedded import EmbeddedStack
     from infra.platform.kafka import producer as make_producer
     from streams.gateway import Inbound
-    from streams.hub import HubService, single_partition_first
+    from streams.hub import HubService, settle_heap, single_partition_first
 
     root = Path(tempfile.mkdtemp(prefix="renkei-hub-bench-"))
     try:
@@ -59,9 +83,9 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
                             log_level="WARNING")
             plat = await bench.sub_platform(base, root, "thr", banks=5, workers=[])
             s = plat.settings
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             records = bench.seal_inquiries(s, messages, per_message=per_message)
-            seal_s = time.perf_counter() - t
+            seal_s, seal_cpu_s = time.perf_counter() - t, time.process_time() - c
             src = f"{s.kafka.topic_prefix}.bench.hub-src"
             await bench.create_topics(s, {src: 4})
             await bench.produce_all(s, src, records)
@@ -69,29 +93,36 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
             prod = make_producer(s, linger_ms=2, **({} if murmur2 else {"partitioner": single_partition_first}))
             await prod.start()
             service = await HubService.create(s, prod)
+            settle_heap()  # as start_hub does in the worker
             totals: dict[str, float] = defaultdict(float)
-            service.core.decide = _timed(totals, "decide", service.core.decide)
-            service.core.forward = _timed(totals, "countersign", service.core.forward)
-            service._commit = _timed(totals, "pg_transaction", service._commit)
-            service._emit = _timed(totals, "emit (countersign + produce + acks)", service._emit)
+            cpu: dict[str, float] = defaultdict(float)
+            service.core.decide = _timed(totals, cpu, "decide", service.core.decide)
+            service.core.forward = _timed(totals, cpu, "countersign", service.core.forward)
+            service._commit = _timed(totals, cpu, "pg_transaction", service._commit)
+            service._emit = _timed(totals, cpu, "emit (countersign + produce + acks)", service._emit)
             cons = bench.plain_consumer(s)
             await cons.start()
             await bench.assign_from(cons, src, 4)
+            gc_time = _GcTime()
             profiler = cProfile.Profile() if profile else None
             batches = 0
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
+            gc_time.on = True
             done = 0
             while done < len(records):
                 got = await cons.getmany(timeout_ms=100, max_records=500)
                 batch = [Inbound(r.value, r.partition, r.offset, r.key) for rs in got.values() for r in rs]
                 if batch:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     done += (await service.process(batch)).received
                     totals["process (all)"] += time.perf_counter() - t
+                    cpu["process (all)"] += time.process_time() - c
                     batches += 1
             elapsed = time.perf_counter() - started
+            gc_time.on = False
+            cpu["loop (all)"] = time.process_time() - cpu_started
             if profiler:
                 profiler.disable()
                 profiler.dump_stats(profile)
@@ -100,9 +131,12 @@ async def run(messages: int, per_message: bool, profile: str | None, murmur2: bo
             await prod.stop()
             await plat.stop()
             per_msg = {k: round(v / messages * 1e6, 1) for k, v in totals.items()}
+            cpu_per_msg = {k: round(v / messages * 1e6, 1) for k, v in cpu.items()}
             return {"messages": messages, "per_message_signatures": per_message, "batches": batches,
                     "msgs_per_s": round(messages / elapsed), "seal_us_per_msg": round(seal_s / messages * 1e6, 1),
-                    "us_per_msg": per_msg, "forwarded": service.totals.forwarded,
+                    "seal_cpu_us_per_msg": round(seal_cpu_s / messages * 1e6, 1),
+                    "us_per_msg": per_msg, "cpu_us_per_msg": cpu_per_msg, "forwarded": service.totals.forwarded,
+                    "gc_us_per_msg": round(gc_time.seconds / messages * 1e6, 1), "gc_collections": gc_time.collections,
                     "rejected": service.totals.by_reason}
     finally:
         shutil.rmtree(root, ignore_errors=True)

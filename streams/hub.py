@@ -33,9 +33,9 @@ as ``python -m streams.hub_loop`` (``renkei up`` does; ``streams.hub_loop`` driv
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,10 +93,11 @@ SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bool[], $5::text[]
     AS t(message_id, src_partition, src_offset, accepted, reason, type, sender)
 ORDER BY message_id
 ON CONFLICT (message_id) DO NOTHING
-RETURNING message_id
+RETURNING message_id::text
 """
 
-_EARLIER_SQL = "SELECT message_id, src_partition, src_offset FROM hub_messages WHERE message_id = ANY($1::uuid[])"
+_EARLIER_SQL = ("SELECT message_id::text, src_partition, src_offset FROM hub_messages "
+                "WHERE message_id = ANY($1::uuid[])")
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,20 @@ async def claim_messages(conn: asyncpg.Connection, claims: Sequence[MessageClaim
     """
     if not claims:
         return {}
+    # Ids go to PostgreSQL as the canonical strings the envelope checked (asyncpg parses them in C) and come
+    # back as text: no uuid.UUID per message either way.
     inserted = await conn.fetch(
         _CLAIM_SQL,
-        [uuid.UUID(c.message_id) for c in claims], [c.partition for c in claims], [c.offset for c in claims],
+        [c.message_id for c in claims], [c.partition for c in claims], [c.offset for c in claims],
         [c.accepted for c in claims], [c.reason for c in claims], [c.type for c in claims],
         [c.sender for c in claims])
-    ours = {str(r["message_id"]) for r in inserted}
-    others = [uuid.UUID(c.message_id) for c in claims if c.message_id not in ours]
+    ours = {r[0] for r in inserted}
+    others = [c.message_id for c in claims if c.message_id not in ours]
     if not others:
         return {}
-    found: dict[str, tuple[int, int] | None] = {str(m): None for m in others}
+    found: dict[str, tuple[int, int] | None] = dict.fromkeys(others)
     for r in await conn.fetch(_EARLIER_SQL, others):
-        found[str(r["message_id"])] = (r["src_partition"], r["src_offset"])
+        found[r[0]] = (r[1], r[2])
     return found
 
 
@@ -281,7 +284,7 @@ class HubService:
             refused = [d for d in claimed_accepted if not d.accepted]  # e.g. an answer from a bank not asked
             if refused:
                 await conn.executemany("UPDATE hub_messages SET accepted = false, reason = $2 WHERE message_id = $1",
-                                       [(uuid.UUID(d.meta.message_id), d.reason.value) for d in refused])
+                                       [(d.meta.message_id, d.reason.value) for d in refused])
             drafts = [r for d in decisions if d.accepted and d.meta.message_id not in redelivered for r in d.records]
             new_records = await self.records.append(conn, drafts) if drafts else []
             if redelivered:
@@ -320,7 +323,9 @@ class HubService:
                         headers=_leg_headers(d, d.meta.sender))
         person = self.core.pseudonyms.person
         for record in records:
-            key, value = audit_record(record, person(record.person_token))
+            # A v2 record carries its pseudonym (computed for its draft, covered by its hash); a v1 one is keyed
+            # by the same HMAC of its token.
+            key, value = audit_record(record, record.person or person(record.person_token))
             out.add(self.names.audit, value, key=key)
         await out.flush()  # every ack before the caller commits the consumed offsets
         return stats
@@ -468,6 +473,26 @@ def hub_metrics_server(settings: Settings, metrics: Any, health: Callable[[], tu
                          port=settings.ops_port, collect=HubFigures(metrics).collector(service))
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Container allocations (net of frees) before a young collection; Python's default is 700."""
+
+
+def settle_heap() -> None:
+    """Take the hub's start-up objects out of the garbage collector's way, once they are all built.
+
+    Keys, schemas, the policy and the directory live as long as the process: ``gc.freeze()`` leaves
+    them out of every later collection.  A batch allocates a few hundred container objects per
+    message and keeps them until it is produced; with the default young threshold (700) each of
+    them was scanned by two or three collections before reference counting freed it (30–48 µs of
+    CPU a message, docs/performance.md "Issue 18, session 8").  With a young generation larger
+    than a batch, most of them are freed before any collection sees them; cycles are still
+    collected, a little later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
+
+
 async def start_hub(settings: Settings, metrics: Any) -> HubRunning:
     """Producer, ``HubService``, and the key-directory, lookup-sweep and checkpoint tasks (either loop runs it)."""
     from infra.platform.kafka import producer as make_producer
@@ -476,6 +501,7 @@ async def start_hub(settings: Settings, metrics: Any) -> HubRunning:
     prod = make_producer(settings, linger_ms=2, partitioner=single_partition_first)
     await prod.start()
     service = await HubService.create(settings, prod)
+    settle_heap()
     directory = service.directory
     metrics.directory_entries.set(len(directory))
 

@@ -32,6 +32,7 @@ what remains linkable.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import uuid
 from functools import lru_cache
@@ -54,9 +55,11 @@ class HubPseudonyms:
     def __init__(self, secret: bytes, *, cache_size: int = 4096) -> None:
         if len(secret) < 32:
             raise ValueError("the pseudonym secret must be at least 32 bytes")
-        self._leg = _subkey(secret, b"leg")
-        self._record = _subkey(secret, b"record")
-        self._person = _subkey(secret, b"person")
+        # Keyed HMAC states, copied per call: hmac.digest() looks the digest up by name on every call (OpenSSL 3's
+        # fetch), ~40 % of a short HMAC's cost; a copy of a keyed state skips that and the key schedule.
+        self._leg = hmac.new(_subkey(secret, b"leg"), digestmod=hashlib.sha256)
+        self._record = hmac.new(_subkey(secret, b"record"), digestmod=hashlib.sha256)
+        self._person = hmac.new(_subkey(secret, b"person"), digestmod=hashlib.sha256)
         correlation = _subkey(secret, b"correlation")
 
         # One AES-ECB context each way per participant, kept open: ECB maps each 16-byte block on its own,
@@ -84,7 +87,7 @@ class HubPseudonyms:
 
     def leg_message_id(self, message_id: str, recipient: str) -> str:
         """The message id of the leg of ``message_id`` to ``recipient``."""
-        return _uuid_str(hmac.digest(self._leg, f"{message_id}|{recipient}".encode(), "sha256")[:16])
+        return _uuid_str(_mac(self._leg, f"{message_id}|{recipient}".encode())[:16])
 
     def conversation(self, correlation_id: str, participant: str) -> uuid.UUID:
         """The hub-internal conversation of ``participant``'s correlation id (never on the wire)."""
@@ -97,12 +100,19 @@ class HubPseudonyms:
     # -- provision records
     def record_message_id(self, message_id: str | uuid.UUID) -> uuid.UUID:
         """The id a provision record gives the message it is about (one message, one id; never on the wire)."""
-        return uuid.UUID(bytes=hmac.digest(self._record, str(message_id).encode(), "sha256")[:16])
+        return uuid.UUID(bytes=_mac(self._record, str(message_id).encode())[:16])
 
     def person(self, portal_token: str) -> str:
         """The person's pseudonym on the audit topic: base64url, 43 characters."""
-        digest = hmac.digest(self._person, portal_token.encode("ascii"), "sha256")
+        digest = _mac(self._person, portal_token.encode("ascii"))
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _mac(keyed: hmac.HMAC, data: bytes) -> bytes:
+    """HMAC-SHA256 of ``data`` under ``keyed``'s key (the keyed state itself is left as it was)."""
+    state = keyed.copy()
+    state.update(data)
+    return state.digest()
 
 
 def _subkey(secret: bytes, label: bytes) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import uuid
 
 from hypothesis import given, settings
@@ -63,3 +65,19 @@ def test_the_hub_secret_is_apart_from_every_token_key():
     assert AUTHORITY.hub_secret("pseudonyms") != AUTHORITY.hub_secret("other")
     assert len(AUTHORITY.hub_secret("pseudonyms")) == 32
     assert TokenAuthority(bytes(range(32)), bytes(32)).hub_secret("pseudonyms") != AUTHORITY.hub_secret("pseudonyms")
+
+
+def test_each_id_is_the_documented_hmac_and_the_same_on_every_call():
+    """The keyed HMAC states are copied per call, never consumed: every call gives the documented
+    ``HMAC(K, ...)`` under the subkey of its label, however many came before it."""
+    secret = AUTHORITY.hub_secret("pseudonyms")
+
+    def mac(label: bytes, data: bytes) -> bytes:
+        return hmac.digest(hmac.digest(secret, b"renkei pseudonyms v1|" + label, "sha256"), data, "sha256")
+
+    mid, token = str(uuid.uuid4()), "dG9rZW4tZm9yLWEtcGVyc29u"
+    for _ in range(3):
+        assert HUB.leg_message_id(mid, "registry") == str(uuid.UUID(bytes=mac(b"leg", f"{mid}|registry".encode())[:16]))
+        assert HUB.record_message_id(mid) == uuid.UUID(bytes=mac(b"record", mid.encode())[:16])
+        digest = mac(b"person", token.encode())
+        assert HUB.person(token) == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
