@@ -48,7 +48,7 @@ from infra.platform.keystore import KeyStore, follow_directory, load_directory
 from infra.platform.metrics import Counter, WorkerMetrics
 from infra.platform.metrics_server import MetricsServer
 from infra.platform.pgdsn import participants_dsn
-from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
+from infra.platform.storage import claim_each, create_pool, migrate, migrate_idempotency
 from infra.platform.topics import TopicNames
 from streams.coalesce import SendCoalescer
 
@@ -363,10 +363,9 @@ class ParticipantRuntime:
             if self.divert is not None and items:  # decided in the effect's transaction, before any claim
                 diverted = await self.divert(conn, items)
                 items = [item for n, item in enumerate(items) if n not in diverted]
-            wanted: dict[str, list[uuid.UUID]] = {}
-            for item in items:
-                wanted.setdefault(item.ident.participant_id, []).append(uuid.UUID(item.opened.meta.message_id))
-            fresh = {(pid, mid) for pid, ids in wanted.items() for mid in await claim(conn, pid, ids)}
+            # Every identity's claims in one statement (a bank process serves 1,000 identities).
+            fresh = await claim_each(conn, [(item.ident.participant_id, uuid.UUID(item.opened.meta.message_id))
+                                            for item in items])
             outgoing: dict[str, list[Message]] = {}
             traces: dict[str, list[TraceContext | None]] = {}
             for item in items:
@@ -401,13 +400,13 @@ class ParticipantRuntime:
                 if not seal_each:
                     outgoing.setdefault(ident.participant_id, []).extend(ctx.outgoing)
                     traces.setdefault(ident.participant_id, []).extend([ctx.trace] * len(ctx.outgoing))
-            for pid, messages in outgoing.items():  # one batch signature per identity per poll
-                try:
-                    await self._store_outgoing(conn, self.identities[pid], messages, traces[pid])
-                except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
-                    raise
-                except Exception as exc:
-                    raise _SealFailed from exc
+            try:  # one batch signature per identity per poll, every identity's rows in one insert
+                await self._insert_outbox(conn, [row for pid, messages in outgoing.items()
+                                                 for row in self._seal_rows(self.identities[pid], messages, traces[pid])])
+            except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
+                raise
+            except Exception as exc:
+                raise _SealFailed from exc
             if dead:
                 await conn.executemany(
                     "INSERT INTO participant_dead_letters (participant, reason, detail, src_topic, src_partition, "
@@ -424,6 +423,14 @@ class ParticipantRuntime:
     async def _store_outgoing(self, conn: asyncpg.Connection, ident: Identity, messages: list[Message],
                               traces: list[TraceContext | None] | None = None) -> list[str]:
         """Seal ``messages`` into the outbox; each continues its trace in ``traces`` (``None``: a new trace)."""
+        rows = self._seal_rows(ident, messages, traces)
+        await self._insert_outbox(conn, rows)
+        return [str(r[1]) for r in rows]
+
+    @staticmethod
+    def _seal_rows(ident: Identity, messages: list[Message],
+                   traces: list[TraceContext | None] | None = None) -> list[tuple[Any, ...]]:
+        """``messages`` sealed by ``ident`` in one batch signature, as outbox rows."""
         if not messages:
             return []
         envelopes = ident.sealer.seal_batch(messages)
@@ -434,10 +441,14 @@ class ParticipantRuntime:
                                                             "renkei.type": m.type})
             rows.append((ident.participant_id, uuid.UUID(meta.message_id), m.type, m.subject.encode(), env,
                          trace.header))
-        await conn.executemany(
-            "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope, traceparent) "
-            "VALUES ($1, $2, $3, $4, $5, $6)", rows)
-        return [str(r[1]) for r in rows]
+        return rows
+
+    @staticmethod
+    async def _insert_outbox(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await conn.executemany(
+                "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope, traceparent) "
+                "VALUES ($1, $2, $3, $4, $5, $6)", rows)
 
     async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
         """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay.
