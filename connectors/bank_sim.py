@@ -278,14 +278,11 @@ async def link_accounts(conn: Any, bank_code: str, token: str, correlation_id: s
     return "LINKED", len(mine)
 
 
-_NUMBERED = (
-    "SELECT n.bank_code, n.branch_code, n.account_type, n.account_number, a.holder_kana "
-    "FROM bank_numbered_accounts n JOIN bank_accounts a USING (bank_code, branch_code, account_type, account_number) "
-    "WHERE n.bank_code = ${} AND n.token = ${} ORDER BY 2, 3, 4")
-
-
 async def numbered_accounts(conn: Any, bank_code: str, token: str) -> list[dict]:
-    rows = await conn.fetch(_NUMBERED.format(1, 2), bank_code, token)
+    rows = await conn.fetch(
+        "SELECT n.bank_code, n.branch_code, n.account_type, n.account_number, a.holder_kana "
+        "FROM bank_numbered_accounts n JOIN bank_accounts a USING (bank_code, branch_code, account_type, account_number) "
+        "WHERE n.bank_code = $1 AND n.token = $2 ORDER BY 2, 3, 4", bank_code, token)
     return [dict(r) for r in rows]
 
 
@@ -326,8 +323,6 @@ this lookup is being prepared (a delayed answer not yet due)."""
 
 _RECEIVED = ("INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered) "
              "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
-_RECEIVED_WITH_ACCOUNTS = ("WITH received AS (" + _RECEIVED.replace("$6", "true") + ") " + _NUMBERED.format(6, 7))
-"""The receipt of an inquiry the bank answers now, and the person's numbered accounts there, in one statement."""
 
 
 async def on_lookup(ctx: Context) -> None:
@@ -336,8 +331,8 @@ async def on_lookup(ctx: Context) -> None:
     me = ctx.participants.get(ctx.me)
     assert me is not None and me.bank_code is not None
     m = ctx.meta
-    # Two statements for a bank that answers (each leg of a 1,000-bank fan-out runs this): what the bank is
-    # told to do and whether its answer is already being prepared; then the receipt with the accounts.
+    # Two statements for a bank that answers: what the bank is told to do and whether its answer is already
+    # being prepared; then the receipt with the accounts (:func:`_answer_now`).
     state = await ctx.conn.fetchrow(_LOOKUP_STATE, ctx.me, uuid.UUID(m.correlation_id))
     delay, twice, ignore = state["behaviour"] or (0, 0, 0)
     received = (ctx.me, m.message_id, m.correlation_id, m.type, ctx.body.get("reminder", 0))
@@ -357,11 +352,70 @@ async def on_lookup(ctx: Context) -> None:
             "legal_basis, copies, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now() + $8 * interval '1 millisecond')",
             ctx.me, m.sender, m.subject, m.correlation_id, m.data_item, m.legal_basis, copies, delay)
         return
-    accounts = [dict(r) for r in await ctx.conn.fetch(_RECEIVED_WITH_ACCOUNTS, *received, me.bank_code, m.subject)]
-    for _ in range(copies):
-        ctx.outgoing.append(_lookup_answer(me.bank_code, accounts, to=m.sender, subject=m.subject,
-                                           correlation_id=m.correlation_id, data_item=m.data_item,
-                                           basis=m.legal_basis))
+    await _answer_now(ctx.conn, [ctx], copies)
+
+
+_PLAIN_LEGS = """
+SELECT a.n FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS a(bank_id, correlation_id, n)
+WHERE NOT EXISTS (SELECT 1 FROM bank_sim_behaviour b WHERE b.bank_id = a.bank_id)
+  AND NOT EXISTS (SELECT 1 FROM bank_delayed_answers d WHERE d.participant = a.bank_id
+                  AND d.correlation_id = a.correlation_id)
+"""
+"""Which legs of a poll no behaviour touches (none set for the bank, no answer of it being prepared)."""
+
+_RECEIVED_ALL_WITH_ACCOUNTS = """
+WITH a AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[])
+        WITH ORDINALITY AS a(participant, message_id, correlation_id, type, reminder, bank_code, token, n)
+), received AS (
+    INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered)
+    SELECT participant, message_id, correlation_id, type, reminder, true FROM a ORDER BY n
+    ON CONFLICT DO NOTHING
+)
+SELECT a.n, n.bank_code, n.branch_code, n.account_type, n.account_number, acc.holder_kana
+FROM a JOIN bank_numbered_accounts n ON n.bank_code = a.bank_code AND n.token = a.token
+JOIN bank_accounts acc ON (acc.bank_code, acc.branch_code, acc.account_type, acc.account_number)
+                        = (n.bank_code, n.branch_code, n.account_type, n.account_number)
+ORDER BY a.n, n.branch_code, n.account_type, n.account_number
+"""
+"""The receipts of legs the banks answer now, and each leg's numbered accounts (by its ordinal), in one statement."""
+
+
+async def on_lookups(ctxs: list[Context]) -> None:
+    """:func:`on_lookup` for a poll's legs at once (a fan-out reaches the 1,000 banks of this process together):
+    the legs no behaviour touches in two statements in all; any other leg through :func:`on_lookup`, in order.
+    Each leg touches only its own bank's rows, so taking the plain ones together changes no effect."""
+    conn = ctxs[0].conn
+    plain = {r["n"] - 1 for r in await conn.fetch(_PLAIN_LEGS, [c.me for c in ctxs],
+                                                   [uuid.UUID(c.meta.correlation_id) for c in ctxs])}
+    for i, ctx in enumerate(ctxs):  # a slow, forgetful or double-answering bank: its own bank's rows only
+        if i not in plain:
+            await on_lookup(ctx)
+    await _answer_now(conn, [ctx for i, ctx in enumerate(ctxs) if i in plain])
+
+
+async def _answer_now(conn: Any, ctxs: list[Context], copies: int = 1) -> None:
+    """Record each leg as received and answer it (``copies`` times) with the person's numbered accounts there."""
+    if not ctxs:
+        return
+    codes = []
+    for ctx in ctxs:
+        me = ctx.participants.get(ctx.me)
+        assert me is not None and me.bank_code is not None
+        codes.append(me.bank_code)
+    rows = await conn.fetch(_RECEIVED_ALL_WITH_ACCOUNTS, *map(list, zip(*[
+        (c.me, uuid.UUID(c.meta.message_id), uuid.UUID(c.meta.correlation_id), c.meta.type, c.body.get("reminder", 0),
+         code, c.meta.subject) for c, code in zip(ctxs, codes, strict=True)], strict=True)))
+    accounts: dict[int, list[dict]] = {}
+    for r in rows:
+        accounts.setdefault(r["n"] - 1, []).append({k: r[k] for k in ("bank_code", "branch_code", "account_type",
+                                                                       "account_number", "holder_kana")})
+    for i, (ctx, code) in enumerate(zip(ctxs, codes, strict=True)):
+        m = ctx.meta
+        for _ in range(copies):
+            ctx.outgoing.append(_lookup_answer(code, accounts.get(i, []), to=m.sender, subject=m.subject,
+                                               correlation_id=m.correlation_id, data_item=m.data_item,
+                                               basis=m.legal_basis))
 
 
 async def send_delayed_answers(runtime: ParticipantRuntime) -> int:
@@ -599,7 +653,8 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
         bank_ids = [p.id for p in participants_of(settings).banks()]
     runtime = ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or simulator_group(settings),
                                  migrations={"bank-sim": BANK_MIGRATIONS, "bank-handover": HANDOVER_MIGRATIONS},
-                                 worker="banks", database="banks")  # every simulated bank's own system
+                                 worker="banks", database="banks",  # every simulated bank's own system
+                                 batch_handlers={msg.LOOKUP_INHERITANCE: on_lookups, msg.LOOKUP_DISASTER: on_lookups})
     runtime.divert = parking(runtime)
     return runtime
 

@@ -182,16 +182,23 @@ DICJ_MIGRATIONS = [
 ]
 ANSWERS_TABLE = "dicj_lookup_answers"
 
-_FILE_ANSWER = """
-WITH lookup AS (SELECT asked ? $6 AS asked FROM dicj_lookups WHERE correlation_id = $1),
-filed AS (
+_FILE_ANSWERS = """
+WITH a AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bytea[], $5::int[], $6::text[])
+        WITH ORDINALITY AS a(correlation_id, bank_code, message_id, accounts_ct, account_count, sender, n)
+), asked AS (
+    SELECT a.* FROM a JOIN dicj_lookups l ON l.correlation_id = a.correlation_id AND l.asked ? a.sender
+), filed AS (
     INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts_ct, account_count)
-    SELECT $1, $2, $3, $4, $5 FROM lookup WHERE asked
+    SELECT correlation_id, bank_code, message_id, accounts_ct, account_count FROM asked
+    WHERE (SELECT count(*) FROM asked) = (SELECT count(*) FROM a)
+    ORDER BY n
     ON CONFLICT DO NOTHING
 )
-SELECT coalesce((SELECT asked FROM lookup), false)
+SELECT count(*) FROM asked
 """
-"""File a bank's answer if the lookup asked that bank (a bank's second answer is ignored); whether it was asked."""
+"""File banks' answers, each under the bank that sent it, all (in order: a bank's first answer wins, a second is
+ignored) only if the lookup asked every one of them; how many were asked."""
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -301,7 +308,8 @@ class DicjDesk(BusClient):
         }
         self.runtime = ParticipantRuntime(settings, [DICJ_ID], handlers, group=group,
                                           migrations={"dicj": DICJ_MIGRATIONS, "disasters": DISASTER_MIGRATIONS,
-                                                      "jlis-sim": JLIS_MIGRATIONS}, worker="dicj")
+                                                      "jlis-sim": JLIS_MIGRATIONS}, worker="dicj",
+                                          batch_handlers={msg.LOOKUP_ANSWER: self._on_lookup_answers})
         self.numbering_deadline_s = numbering_deadline_s or settings.numbering_deadline_s
         self.deadlines = lookup_deadlines(settings)
         self.reminder_interval_s = settings.lookup_reminder_interval_s
@@ -437,16 +445,24 @@ class DicjDesk(BusClient):
         return await consolidated_view(conn or self.pool, correlation_id, self.sealer)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
-        sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.domain.senders)
-        code = sender.bank_code if sender is not None else None
-        if code is None or ctx.body["bank_code"] != code:
-            raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
-        accounts = [dict(a) for a in ctx.body["accounts"]]
-        asked = await ctx.conn.fetchval(  # the check and the filing in one statement: 1,000 answers a lookup
-            _FILE_ANSWER, uuid.UUID(ctx.meta.correlation_id), code, uuid.UUID(ctx.meta.message_id),
-            self.sealer.seal(DICJ_ID, answer_row_id(ctx.meta.correlation_id, code), "", accounts), len(accounts),
-            ctx.meta.sender)
-        if not asked:  # nothing was filed
+        await self._on_lookup_answers([ctx])
+
+    async def _on_lookup_answers(self, ctxs: list[Context]) -> None:
+        """File answers (a poll's, in one statement): an answer naming another bank than its verified sender is
+        refused SENDER_NOT_ALLOWED, one from a bank the lookup did not ask UNSOLICITED. Either refusal raises; the
+        runtime then files each answer alone, so only the refused one is dead-lettered."""
+        rows = []
+        for ctx in ctxs:
+            sender = ctx.participants.get(ctx.meta.sender)
+            code = sender.bank_code if sender is not None else None
+            if code is None or ctx.body["bank_code"] != code:
+                raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
+            accounts = [dict(a) for a in ctx.body["accounts"]]
+            rows.append((uuid.UUID(ctx.meta.correlation_id), code, uuid.UUID(ctx.meta.message_id),
+                         self.sealer.seal(DICJ_ID, answer_row_id(ctx.meta.correlation_id, code), "", accounts),
+                         len(accounts), ctx.meta.sender))
+        asked = await ctxs[0].conn.fetchval(_FILE_ANSWERS, *map(list, zip(*rows, strict=True)))
+        if asked != len(rows):  # nothing was filed
             raise Rejection(Reason.UNSOLICITED, "a lookup answer from a bank this lookup did not ask")
 
     async def _on_lookup_result(self, ctx: Context) -> None:
