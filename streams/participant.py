@@ -457,7 +457,11 @@ class ParticipantRuntime:
                 await self.batch_handlers[run[0].opened.meta.type](ctxs)
         except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
             raise
-        except Exception:
+        except Rejection:  # one of them is refused: found, and dead-lettered, one by one
+            return False
+        except Exception as exc:  # a bug in the batch handler must not cost the messages their effects
+            log.warning("%s: batch handler for %s failed (%s); handling each message alone", self.group,
+                        run[0].opened.meta.type, type(exc).__name__)
             return False
         for ctx in ctxs:
             outgoing.setdefault(ctx.me, []).extend(ctx.outgoing)
