@@ -372,11 +372,11 @@ WITH a AS (
     SELECT participant, message_id, correlation_id, type, reminder, true FROM a ORDER BY n
     ON CONFLICT DO NOTHING
 )
-SELECT a.n, n.bank_code, n.branch_code, n.account_type, n.account_number, acc.holder_kana
-FROM a JOIN bank_numbered_accounts n ON n.bank_code = a.bank_code AND n.token = a.token
+SELECT a.n, num.bank_code, num.branch_code, num.account_type, num.account_number, acc.holder_kana
+FROM a JOIN bank_numbered_accounts num ON num.bank_code = a.bank_code AND num.token = a.token
 JOIN bank_accounts acc ON (acc.bank_code, acc.branch_code, acc.account_type, acc.account_number)
-                        = (n.bank_code, n.branch_code, n.account_type, n.account_number)
-ORDER BY a.n, n.branch_code, n.account_type, n.account_number
+                        = (num.bank_code, num.branch_code, num.account_type, num.account_number)
+ORDER BY a.n, num.branch_code, num.account_type, num.account_number
 """
 """The receipts of legs the banks answer now, and each leg's numbered accounts (by its ordinal), in one statement."""
 
