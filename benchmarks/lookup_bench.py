@@ -21,8 +21,10 @@ the bank simulator, this process — DICJ's desk) over both phases, divided by e
 ``lookup_cpu_ms_per_lookup`` of ``renkei bench``; ``hub`` is ``lookup_hub_cpu_ms``.
 
 ``--profile DIR``: ``py-spy record`` (install it into the venv) of the hub, the bank simulator and this
-process during the sustained phase, as collapsed stacks (``DIR/<process>.txt``), and the top functions of
-each by share of its samples, leaf (self) and inclusive (``DIR/top.json``).
+process over the first ``--sustain-s`` seconds of the lookup phase (the parties' start, the warm-up lookup —
+a hub worker's first fan-out —, the sequential ones, then the sustained), as collapsed stacks
+(``DIR/<process>.txt``), and the top functions of each by share of its samples, leaf (self) and inclusive
+(``DIR/top.json``).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ async def run(banks: int, lookups: int, sustain_s: float, concurrency: int, keep
                      "dicj (this process)": (os.getpid(), False)}
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            # Started now, sampling for the sustained phase (the sequential phase and warm-up come first).
+            # Started now: the warm-up lookup (the hub's first fan-out) is in the profile.
             spies = [subprocess.Popen([_py_spy(), "record", "--format", "raw", "--nonblocking", "--rate", "50",
                                        "-d", str(int(sustain_s)), "-o", str(profile / f"{name}.txt"), "-p", str(pid)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
