@@ -6,13 +6,15 @@ sizes 1, 16 and 128, each forwarded as before (the origin's ids) and as
 unlinkable legs (ids of their own, the origin's sealed to the recipient:
 ``infra.crypto.pseudonyms`` + ``LegIds``). ``--fanout N`` also times one lookup
 fanned out to N banks through the hub, both ways, and the banks' opening of
-their legs. Run: ``python -m benchmarks.envelope_bench [--messages N] [--fanout N]``.
+their legs, and the N answers: each bank's seal, the hub's verification and countersignature, DICJ's opening
+(the crypto floor of a lookup's legs). Run: ``python -m benchmarks.envelope_bench [--messages N] [--fanout N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import uuid
 from datetime import UTC, datetime
 
 from infra.crypto.envelope import HubForwarder, MemoryReplayGuard, Message, Opener, Sealer, Verifier
@@ -79,8 +81,8 @@ def run(messages: int, batch_size: int | None, kem: str, legs: bool = False) -> 
             (("seal", t_seal), ("hub verify", t_verify), ("hub forward", t_forward), ("open", t_open))}
 
 
-def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
-    """One lookup to ``banks`` banks through the hub, ms: verify + forward as before / as legs; banks' opening."""
+def lookup_world(banks: int) -> tuple[list[str], dict[str, Keyset], KeyDirectory, Participants, TokenAuthority]:
+    """A root, the hub, DICJ and ``banks`` banks with their keys in a directory; the participants; a token authority."""
     root = RootAuthority.generate()
     bank_ids = [f"bank-{9000 + i}" for i in range(banks)]
     keys = {p: Keyset.generate(p) for p in ("hub", "dicj", *bank_ids)}
@@ -88,7 +90,12 @@ def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
         root.snapshot([e for k in keys.values() for e in k.public_entries()]), root.public_key)
     participants = Participants([Participant("hub", Kind.HUB, "hub"), Participant("dicj", Kind.DICJ, "dicj")]
                                 + [Participant(b, Kind.BANK, b, bank_code=b[5:]) for b in bank_ids])
-    tokens = TokenAuthority(bytes(range(32)), bytes(range(32, 64)))
+    return bank_ids, keys, directory, participants, TokenAuthority(bytes(range(32)), bytes(range(32, 64)))
+
+
+def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
+    """One lookup to ``banks`` banks through the hub, ms: verify + forward as before / as legs; banks' opening."""
+    bank_ids, keys, directory, participants, tokens = lookup_world(banks)
     names = HubPseudonyms.of(tokens)
     subject = tokens.token_for(MY_NUMBER, "dicj")
     body = {"receiving_bank_code": None, "requested_at": datetime.now(UTC), "deadline": datetime.now(UTC)}
@@ -123,6 +130,41 @@ def fanout(banks: int, rounds: int = 3) -> dict[str, float]:
     return best
 
 
+def answers(banks: int, rounds: int = 3, batch: int = 500) -> dict[str, float]:
+    """The answers of one lookup to ``banks`` banks, ms: each bank seals its own (one HPKE seal and one signature
+    per bank), the hub verifies them and countersigns them in batches of ``batch``, DICJ opens them."""
+    bank_ids, keys, directory, participants, tokens = lookup_world(banks)
+    names = HubPseudonyms.of(tokens)
+    sealers = {b: Sealer(keys[b], directory) for b in bank_ids}
+    subjects = {b: tokens.token_for(MY_NUMBER, b) for b in bank_ids}
+    to_dicj = tokens.token_for(MY_NUMBER, "dicj")
+    ingress = Verifier(directory)
+    hub = HubForwarder(keys["hub"], directory)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        opener = Opener(keys["dicj"], directory, MemoryReplayGuard(), participants=participants)
+        t = time.perf_counter()
+        sealed = [sealers[b].seal_batch([Message({"bank_code": b[5:], "accounts": [], "answered_at": datetime.now(UTC)},
+                                                 "lookup.answer", "dicj", subjects[b], "deposit_account_holdings",
+                                                 "disaster", correlation_id=str(uuid.uuid4()))])[0]
+                  for b in bank_ids]
+        times = {"banks seal (one signature each)": time.perf_counter() - t}
+        t = time.perf_counter()
+        out: list[bytes] = []
+        for i in range(0, banks, batch):
+            verified = [ingress.verify(s) for s in sealed[i:i + batch]]
+            out += hub.forward_batch([(v, to_dicj, None, names.legs(v.meta.message_id, v.meta.correlation_id,
+                                                                    v.meta.sender, ["dicj"])[0]) for v in verified])
+        times["hub verify + forward"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for envelope in out:
+            opener.receive(envelope)
+        times["dicj open"] = time.perf_counter() - t
+        for k, v in times.items():
+            best[k] = min(best.get(k, v * 1e3), v * 1e3)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1024)
@@ -142,6 +184,9 @@ def main() -> None:
     if args.fanout:
         print(f"one lookup to {args.fanout} banks, ms (best of 3):")
         for k, v in fanout(args.fanout).items():
+            print(f"  {k:<48}{v:>9.1f}")
+        print(f"its {args.fanout} answers, ms (best of 3):")
+        for k, v in answers(args.fanout).items():
             print(f"  {k:<48}{v:>9.1f}")
 
 

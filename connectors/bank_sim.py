@@ -313,41 +313,109 @@ def _lookup_answer(bank_code: str, accounts: list[dict], *, to: str, subject: st
                    correlation_id=correlation_id)
 
 
+_LOOKUP_STATE = """
+SELECT (SELECT ARRAY[answer_delay_ms, answer_twice::int, ignore_inquiries] FROM bank_sim_behaviour
+        WHERE bank_id = $1 FOR UPDATE) AS behaviour,
+       EXISTS (SELECT 1 FROM bank_delayed_answers WHERE participant = $1 AND correlation_id = $2) AS preparing
+"""
+"""A bank's behaviour (locked: a forgetful bank's count goes down once per inquiry), and whether its answer to
+this lookup is being prepared (a delayed answer not yet due)."""
+
+_RECEIVED = ("INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered) "
+             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+
+
 async def on_lookup(ctx: Context) -> None:
     """Inheritance or disaster lookup (or a reminder of one): answer DICJ with the person's numbered accounts
     here (or none)."""
     me = ctx.participants.get(ctx.me)
     assert me is not None and me.bank_code is not None
     m = ctx.meta
-    behaviour = await ctx.conn.fetchrow(
-        "SELECT answer_delay_ms, answer_twice, ignore_inquiries FROM bank_sim_behaviour WHERE bank_id = $1 "
-        "FOR UPDATE", ctx.me)
-    ignored = bool(behaviour and behaviour["ignore_inquiries"] > 0)
-    if ignored:
+    # Two statements for a bank that answers: what the bank is told to do and whether its answer is already
+    # being prepared; then the receipt with the accounts (:func:`_answer_now`).
+    state = await ctx.conn.fetchrow(_LOOKUP_STATE, ctx.me, uuid.UUID(m.correlation_id))
+    delay, twice, ignore = state["behaviour"] or (0, 0, 0)
+    received = (ctx.me, m.message_id, m.correlation_id, m.type, ctx.body.get("reminder", 0))
+    if ignore > 0:  # a forgetful bank: this inquiry is lost in its batch, as if never read
         await ctx.conn.execute("UPDATE bank_sim_behaviour SET ignore_inquiries = ignore_inquiries - 1 "
                                "WHERE bank_id = $1", ctx.me)
-    await ctx.conn.execute(
-        "INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", ctx.me, m.message_id, m.correlation_id, m.type,
-        ctx.body.get("reminder", 0), not ignored)
-    if ignored:  # a forgetful bank: this inquiry is lost in its batch, as if never read
+        await ctx.conn.execute(_RECEIVED, *received, False)
         return
-    if await ctx.conn.fetchval("SELECT 1 FROM bank_delayed_answers WHERE participant = $1 AND correlation_id = $2",
-                               ctx.me, m.correlation_id):
-        return  # a reminder while this bank's answer is still being prepared: it leaves when due, once
-    delay = behaviour["answer_delay_ms"] if behaviour else 0
-    copies = 2 if behaviour and behaviour["answer_twice"] else 1
+    if state["preparing"] or delay > 0:
+        await ctx.conn.execute(_RECEIVED, *received, True)
+        if state["preparing"]:
+            return  # a reminder while this bank's answer is still being prepared: it leaves when due, once
+    copies = 2 if twice else 1
     if delay > 0:
         await ctx.conn.execute(
             "INSERT INTO bank_delayed_answers (participant, requester, subject, correlation_id, data_item, "
             "legal_basis, copies, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now() + $8 * interval '1 millisecond')",
             ctx.me, m.sender, m.subject, m.correlation_id, m.data_item, m.legal_basis, copies, delay)
         return
-    accounts = await numbered_accounts(ctx.conn, me.bank_code, m.subject)
-    for _ in range(copies):
-        ctx.outgoing.append(_lookup_answer(me.bank_code, accounts, to=m.sender, subject=m.subject,
-                                           correlation_id=m.correlation_id, data_item=m.data_item,
-                                           basis=m.legal_basis))
+    await _answer_now(ctx.conn, [ctx], copies)
+
+
+_PLAIN_LEGS = """
+SELECT a.n FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS a(bank_id, correlation_id, n)
+WHERE NOT EXISTS (SELECT 1 FROM bank_sim_behaviour b WHERE b.bank_id = a.bank_id)
+  AND NOT EXISTS (SELECT 1 FROM bank_delayed_answers d WHERE d.participant = a.bank_id
+                  AND d.correlation_id = a.correlation_id)
+"""
+"""Which legs of a poll no behaviour touches (none set for the bank, no answer of it being prepared)."""
+
+_RECEIVED_ALL_WITH_ACCOUNTS = """
+WITH a AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[])
+        WITH ORDINALITY AS a(participant, message_id, correlation_id, type, reminder, bank_code, token, n)
+), received AS (
+    INSERT INTO bank_lookups_received (participant, message_id, correlation_id, type, reminder, answered)
+    SELECT participant, message_id, correlation_id, type, reminder, true FROM a ORDER BY n
+    ON CONFLICT DO NOTHING
+)
+SELECT a.n, num.bank_code, num.branch_code, num.account_type, num.account_number, acc.holder_kana
+FROM a JOIN bank_numbered_accounts num ON num.bank_code = a.bank_code AND num.token = a.token
+JOIN bank_accounts acc ON (acc.bank_code, acc.branch_code, acc.account_type, acc.account_number)
+                        = (num.bank_code, num.branch_code, num.account_type, num.account_number)
+ORDER BY a.n, num.branch_code, num.account_type, num.account_number
+"""
+"""The receipts of legs the banks answer now, and each leg's numbered accounts (by its ordinal), in one statement."""
+
+
+async def on_lookups(ctxs: list[Context]) -> None:
+    """:func:`on_lookup` for a poll's legs at once (a fan-out reaches the 1,000 banks of this process together):
+    the legs no behaviour touches in two statements in all; any other leg through :func:`on_lookup`, in order.
+    Each leg touches only its own bank's rows, so taking the plain ones together changes no effect."""
+    conn = ctxs[0].conn
+    plain = {r["n"] - 1 for r in await conn.fetch(_PLAIN_LEGS, [c.me for c in ctxs],
+                                                   [uuid.UUID(c.meta.correlation_id) for c in ctxs])}
+    for i, ctx in enumerate(ctxs):  # a slow, forgetful or double-answering bank: its own bank's rows only
+        if i not in plain:
+            await on_lookup(ctx)
+    await _answer_now(conn, [ctx for i, ctx in enumerate(ctxs) if i in plain])
+
+
+async def _answer_now(conn: Any, ctxs: list[Context], copies: int = 1) -> None:
+    """Record each leg as received and answer it (``copies`` times) with the person's numbered accounts there."""
+    if not ctxs:
+        return
+    codes = []
+    for ctx in ctxs:
+        me = ctx.participants.get(ctx.me)
+        assert me is not None and me.bank_code is not None
+        codes.append(me.bank_code)
+    rows = await conn.fetch(_RECEIVED_ALL_WITH_ACCOUNTS, *map(list, zip(*[
+        (c.me, uuid.UUID(c.meta.message_id), uuid.UUID(c.meta.correlation_id), c.meta.type, c.body.get("reminder", 0),
+         code, c.meta.subject) for c, code in zip(ctxs, codes, strict=True)], strict=True)))
+    accounts: dict[int, list[dict]] = {}
+    for r in rows:
+        accounts.setdefault(r["n"] - 1, []).append({k: r[k] for k in ("bank_code", "branch_code", "account_type",
+                                                                       "account_number", "holder_kana")})
+    for i, (ctx, code) in enumerate(zip(ctxs, codes, strict=True)):
+        m = ctx.meta
+        for _ in range(copies):
+            ctx.outgoing.append(_lookup_answer(code, accounts.get(i, []), to=m.sender, subject=m.subject,
+                                               correlation_id=m.correlation_id, data_item=m.data_item,
+                                               basis=m.legal_basis))
 
 
 async def send_delayed_answers(runtime: ParticipantRuntime) -> int:
@@ -585,7 +653,8 @@ def bank_runtime(settings: Settings, bank_ids: list[str] | None = None, *, group
         bank_ids = [p.id for p in participants_of(settings).banks()]
     runtime = ParticipantRuntime(settings, bank_ids, HANDLERS, group=group or simulator_group(settings),
                                  migrations={"bank-sim": BANK_MIGRATIONS, "bank-handover": HANDOVER_MIGRATIONS},
-                                 worker="banks", database="banks")  # every simulated bank's own system
+                                 worker="banks", database="banks",  # every simulated bank's own system
+                                 batch_handlers={msg.LOOKUP_INHERITANCE: on_lookups, msg.LOOKUP_DISASTER: on_lookups})
     runtime.divert = parking(runtime)
     return runtime
 

@@ -182,6 +182,24 @@ DICJ_MIGRATIONS = [
 ]
 ANSWERS_TABLE = "dicj_lookup_answers"
 
+_FILE_ANSWERS = """
+WITH a AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bytea[], $5::int[], $6::text[])
+        WITH ORDINALITY AS a(correlation_id, bank_code, message_id, accounts_ct, account_count, sender, n)
+), asked AS (
+    SELECT a.* FROM a JOIN dicj_lookups l ON l.correlation_id = a.correlation_id AND l.asked ? a.sender
+), filed AS (
+    INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts_ct, account_count)
+    SELECT correlation_id, bank_code, message_id, accounts_ct, account_count FROM asked
+    WHERE (SELECT count(*) FROM asked) = (SELECT count(*) FROM a)
+    ORDER BY n
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM asked
+"""
+"""File banks' answers, each under the bank that sent it, all (in order: a bank's first answer wins, a second is
+ignored) only if the lookup asked every one of them; how many were asked."""
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -290,7 +308,8 @@ class DicjDesk(BusClient):
         }
         self.runtime = ParticipantRuntime(settings, [DICJ_ID], handlers, group=group,
                                           migrations={"dicj": DICJ_MIGRATIONS, "disasters": DISASTER_MIGRATIONS,
-                                                      "jlis-sim": JLIS_MIGRATIONS}, worker="dicj")
+                                                      "jlis-sim": JLIS_MIGRATIONS}, worker="dicj",
+                                          batch_handlers={msg.LOOKUP_ANSWER: self._on_lookup_answers})
         self.numbering_deadline_s = numbering_deadline_s or settings.numbering_deadline_s
         self.deadlines = lookup_deadlines(settings)
         self.reminder_interval_s = settings.lookup_reminder_interval_s
@@ -391,36 +410,60 @@ class DicjDesk(BusClient):
                                 ttl_s=self.inquiry_ttl_s(kind)))
         return correlation
 
-    async def wait_result(self, correlation_id: str, *, timeout: float = 60.0, poll_s: float = 0.02) -> dict:
-        """Wait for the hub's consolidated result, then return ``view``."""
+    async def wait_result(self, correlation_id: str, *, timeout: float = 60.0, poll_s: float | None = None) -> dict:
+        """Wait for the hub's consolidated result, then return ``view``.
+
+        The desk's consumer wakes it after each committed batch holding a message of this lookup (an
+        answer, the result): the table is read then, not every 20 ms of a lookup that takes seconds or
+        days.  ``poll_s`` is the fallback read (default 1 s; 20 ms when this desk does not consume).
+        """
         end = time.monotonic() + timeout
         cid = uuid.UUID(correlation_id)
-        while not await self.pool.fetchval(
-                "SELECT 1 FROM dicj_lookup_results WHERE correlation_id = $1 AND NOT is_supplement", cid):
-            if time.monotonic() > end:
-                raise TimeoutError(f"no lookup result for {correlation_id} within {timeout:.0f} s")
-            await asyncio.sleep(poll_s)
-        return await self.view(correlation_id)
+        key = (DICJ_ID, str(cid))
+        waiters = self.runtime.waiters
+        poll_s = poll_s if poll_s is not None else (1.0 if self.runtime.consumer is not None else 0.02)
+        woken: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                # Registered before the read: a batch committed after it resolves the waiter (handle_batch).
+                woken = waiters.get(key)
+                if woken is None or woken.done():
+                    woken = waiters[key] = asyncio.get_running_loop().create_future()
+                if await self.pool.fetchval(
+                        "SELECT 1 FROM dicj_lookup_results WHERE correlation_id = $1 AND NOT is_supplement", cid):
+                    return await self.view(correlation_id)
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no lookup result for {correlation_id} within {timeout:.0f} s")
+                await asyncio.wait([woken], timeout=min(poll_s, left))  # the future is shared, never cancelled
+        finally:
+            if woken is not None and not woken.done() and waiters.get(key) is woken:
+                del waiters[key]
 
     async def view(self, correlation_id: str, conn: asyncpg.Connection | None = None) -> dict:
         """DICJ's consolidated view of one lookup (:func:`consolidated_view`)."""
         return await consolidated_view(conn or self.pool, correlation_id, self.sealer)
 
     async def _on_lookup_answer(self, ctx: Context) -> None:
-        sender = ctx.participants.get(ctx.meta.sender)  # verified by the opener, a bank (infra.domain.senders)
-        code = sender.bank_code if sender is not None else None
-        if code is None or ctx.body["bank_code"] != code:
-            raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
-        asked = await ctx.conn.fetchval("SELECT asked ? $2 FROM dicj_lookups WHERE correlation_id = $1",
-                                        uuid.UUID(ctx.meta.correlation_id), ctx.meta.sender)
-        if not asked:
+        await self._on_lookup_answers([ctx])
+
+    async def _on_lookup_answers(self, ctxs: list[Context]) -> None:
+        """File answers (a poll's, in one statement): an answer naming another bank than its verified sender is
+        refused SENDER_NOT_ALLOWED, one from a bank the lookup did not ask UNSOLICITED. Either refusal raises; the
+        runtime then files each answer alone, so only the refused one is dead-lettered."""
+        rows = []
+        for ctx in ctxs:
+            sender = ctx.participants.get(ctx.meta.sender)
+            code = sender.bank_code if sender is not None else None
+            if code is None or ctx.body["bank_code"] != code:
+                raise Rejection(Reason.SENDER_NOT_ALLOWED, "a lookup answer naming another bank than its sender")
+            accounts = [dict(a) for a in ctx.body["accounts"]]
+            rows.append((uuid.UUID(ctx.meta.correlation_id), code, uuid.UUID(ctx.meta.message_id),
+                         self.sealer.seal(DICJ_ID, answer_row_id(ctx.meta.correlation_id, code), "", accounts),
+                         len(accounts), ctx.meta.sender))
+        asked = await ctxs[0].conn.fetchval(_FILE_ANSWERS, *map(list, zip(*rows, strict=True)))
+        if asked != len(rows):  # nothing was filed
             raise Rejection(Reason.UNSOLICITED, "a lookup answer from a bank this lookup did not ask")
-        accounts = [dict(a) for a in ctx.body["accounts"]]
-        await ctx.conn.execute(
-            "INSERT INTO dicj_lookup_answers (correlation_id, bank_code, message_id, accounts_ct, account_count) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",  # a bank's second answer is ignored
-            ctx.meta.correlation_id, code, ctx.meta.message_id,
-            self.sealer.seal(DICJ_ID, answer_row_id(ctx.meta.correlation_id, code), "", accounts), len(accounts))
 
     async def _on_lookup_result(self, ctx: Context) -> None:
         b, cid = ctx.body, uuid.UUID(ctx.meta.correlation_id)

@@ -39,6 +39,13 @@ class Outgoing:
     async def send(self) -> list[asyncio.Future[Any]]:
         """Hand every record to the producer, in order per topic; the futures resolve on the broker's acks."""
         futures: list[asyncio.Future[Any]] = []
+        # Topics this producer never wrote to (a worker's first fan-out: 1,000 inboxes) are named to its client
+        # all at once, so ONE metadata request fetches them: asked topic by topic, aiokafka sends a request per
+        # new topic naming every topic known before it — a million topic entries for 1,000 inboxes.
+        client = self.producer.client
+        for topic in self._by_topic:
+            if client.cluster.partitions_for_topic(topic) is None:
+                client.add_topic(topic)  # the pending update's future; awaited below through partitions_for
         for topic, records in self._by_topic.items():
             partitions = await self.producer.partitions_for(topic)
             if len(partitions) == 1:

@@ -48,7 +48,7 @@ from infra.platform.keystore import KeyStore, follow_directory, load_directory
 from infra.platform.metrics import Counter, WorkerMetrics
 from infra.platform.metrics_server import MetricsServer
 from infra.platform.pgdsn import participants_dsn
-from infra.platform.storage import claim, create_pool, migrate, migrate_idempotency
+from infra.platform.storage import claim_each, create_pool, migrate, migrate_idempotency
 from infra.platform.topics import TopicNames
 from streams.coalesce import SendCoalescer
 
@@ -132,6 +132,10 @@ class Context:
 
 
 Handler = Callable[[Context], Awaitable[None]]
+BatchHandler = Callable[[list[Context]], Awaitable[None]]
+"""Several messages of one type at once, under one savepoint: exactly the effects and replies of the type's
+:data:`Handler` run on each in turn (the bank simulator answers a poll's lookup legs in a few statements, not a
+few per leg). Should it raise, each message is handled alone by the single handler."""
 Divert = Callable[[asyncpg.Connection, "list[_Item]"], Awaitable[set[int]]]
 """Called in each batch transaction before the claims; returns the indices of the messages this runtime
 must leave alone: not claimed, no effect (another consumer of the same inbox handles them)."""
@@ -178,13 +182,14 @@ class ParticipantRuntime:
 
     def __init__(self, settings: Settings, identities: Iterable[str], handlers: dict[str, Handler], *,
                  group: str, migrations: dict[str, list[str]] | None = None, worker: str = "participant",
-                 database: str | None = None) -> None:
+                 database: str | None = None, batch_handlers: dict[str, BatchHandler] | None = None) -> None:
         """``database``: the component whose role and schema it works in (infra.platform.pglayout; default: the one
         of the participants it serves, e.g. a bank's own connector; the bank simulator names ``banks``)."""
         self.settings = settings
         self.database = database
         self.identity_ids = list(identities)
         self.handlers = handlers
+        self.batch_handlers = batch_handlers or {}  # by type; consecutive messages of it go through it together
         self.group = group
         self.migrations = migrations or {}
         self.names = TopicNames(settings.kafka.topic_prefix)
@@ -363,51 +368,31 @@ class ParticipantRuntime:
             if self.divert is not None and items:  # decided in the effect's transaction, before any claim
                 diverted = await self.divert(conn, items)
                 items = [item for n, item in enumerate(items) if n not in diverted]
-            wanted: dict[str, list[uuid.UUID]] = {}
-            for item in items:
-                wanted.setdefault(item.ident.participant_id, []).append(uuid.UUID(item.opened.meta.message_id))
-            fresh = {(pid, mid) for pid, ids in wanted.items() for mid in await claim(conn, pid, ids)}
+            # Every identity's claims in one statement (a bank process serves 1,000 identities).
+            fresh = await claim_each(conn, [(item.ident.participant_id, uuid.UUID(item.opened.meta.message_id))
+                                            for item in items])
             outgoing: dict[str, list[Message]] = {}
             traces: dict[str, list[TraceContext | None]] = {}
+            todo: list[_Item] = []
             for item in items:
-                ident, opened = item.ident, item.opened
-                key = (ident.participant_id, uuid.UUID(opened.meta.message_id))
+                key = (item.ident.participant_id, uuid.UUID(item.opened.meta.message_id))
                 if key not in fresh:
                     duplicates += 1
                     continue  # already processed (redelivery, replay, or twice in this poll): no second effect
                 fresh.discard(key)
-                handler = self.handlers.get(opened.meta.type)
-                ctx = Context(ident.participant_id, opened, conn, self.participants, trace=item.trace)
-                try:
-                    async with conn.transaction():  # a savepoint: this message's effect alone
-                        if handler is not None:
-                            with log_context(participant=ident.participant_id, message_id=opened.meta.message_id,
-                                             correlation_id=opened.meta.correlation_id,
-                                             trace_id=item.trace.trace_id if item.trace else ""):
-                                await handler(ctx)
-                        if seal_each:
-                            await self._store_outgoing(conn, ident, ctx.outgoing, [ctx.trace] * len(ctx.outgoing))
-                except Rejection as exc:  # the handler refused the content: keep it, move on
-                    dead.append(_DeadLetter(ident, item.topic, item.partition, item.offset, item.value,
-                                            exc.code, exc.message))
+                todo.append(item)
+            for run in self._runs(todo, seal_each):
+                if len(run) > 1 and await self._apply_together(conn, run, outgoing, traces):
                     continue
-                except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
-                    raise
-                except Exception as exc:  # a handler bug must not stall the inbox: keep the message, move on
-                    log.exception("%s: handler for %s failed", ident.participant_id, opened.meta.type)
-                    dead.append(_DeadLetter(ident, item.topic, item.partition, item.offset, item.value,
-                                            "INTERNAL_ERROR", f"handler raised {type(exc).__name__}"))
-                    continue
-                if not seal_each:
-                    outgoing.setdefault(ident.participant_id, []).extend(ctx.outgoing)
-                    traces.setdefault(ident.participant_id, []).extend([ctx.trace] * len(ctx.outgoing))
-            for pid, messages in outgoing.items():  # one batch signature per identity per poll
-                try:
-                    await self._store_outgoing(conn, self.identities[pid], messages, traces[pid])
-                except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
-                    raise
-                except Exception as exc:
-                    raise _SealFailed from exc
+                for item in run:
+                    await self._apply_one(conn, item, seal_each, dead, outgoing, traces)
+            try:  # one batch signature per identity per poll, every identity's rows in one insert
+                await self._insert_outbox(conn, [row for pid, messages in outgoing.items()
+                                                 for row in self._seal_rows(self.identities[pid], messages, traces[pid])])
+            except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
+                raise
+            except Exception as exc:
+                raise _SealFailed from exc
             if dead:
                 await conn.executemany(
                     "INSERT INTO participant_dead_letters (participant, reason, detail, src_topic, src_partition, "
@@ -420,10 +405,81 @@ class ParticipantRuntime:
                         d.offset, d.reason, extra={"participant": d.ident.participant_id, "reason": d.reason})
             self.metrics.reject(d.reason)
 
+    async def _apply_one(self, conn: asyncpg.Connection, item: _Item, seal_each: bool, dead: list[_DeadLetter],
+                         outgoing: dict[str, list[Message]], traces: dict[str, list[TraceContext | None]]) -> None:
+        """One message's effect under its own savepoint; a refusal or a handler bug dead-letters it alone."""
+        ident, opened = item.ident, item.opened
+        handler = self.handlers.get(opened.meta.type)
+        ctx = Context(ident.participant_id, opened, conn, self.participants, trace=item.trace)
+        try:
+            async with conn.transaction():  # a savepoint: this message's effect alone
+                if handler is not None:
+                    with log_context(participant=ident.participant_id, message_id=opened.meta.message_id,
+                                     correlation_id=opened.meta.correlation_id,
+                                     trace_id=item.trace.trace_id if item.trace else ""):
+                        await handler(ctx)
+                if seal_each:
+                    await self._store_outgoing(conn, ident, ctx.outgoing, [ctx.trace] * len(ctx.outgoing))
+        except Rejection as exc:  # the handler refused the content: keep it, move on
+            dead.append(_DeadLetter(ident, item.topic, item.partition, item.offset, item.value,
+                                    exc.code, exc.message))
+            return
+        except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
+            raise
+        except Exception as exc:  # a handler bug must not stall the inbox: keep the message, move on
+            log.exception("%s: handler for %s failed", ident.participant_id, opened.meta.type)
+            dead.append(_DeadLetter(ident, item.topic, item.partition, item.offset, item.value,
+                                    "INTERNAL_ERROR", f"handler raised {type(exc).__name__}"))
+            return
+        if not seal_each:
+            outgoing.setdefault(ident.participant_id, []).extend(ctx.outgoing)
+            traces.setdefault(ident.participant_id, []).extend([ctx.trace] * len(ctx.outgoing))
+
+    def _runs(self, items: list[_Item], seal_each: bool) -> list[list[_Item]]:
+        """Consecutive messages of one type with a batch handler go together (the order of effects is kept);
+        every other message alone."""
+        runs: list[list[_Item]] = []
+        for item in items:
+            type_ = item.opened.meta.type
+            if not seal_each and type_ in self.batch_handlers and runs and runs[-1][0].opened.meta.type == type_:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        return runs
+
+    async def _apply_together(self, conn: asyncpg.Connection, run: list[_Item], outgoing: dict[str, list[Message]],
+                              traces: dict[str, list[TraceContext | None]]) -> bool:
+        """``run``'s effects by its type's batch handler under one savepoint; False, and none of them, if it raised
+        (the caller then handles each message alone, so a refusal or a bug dead-letters only its own message)."""
+        ctxs = [Context(i.ident.participant_id, i.opened, conn, self.participants, trace=i.trace) for i in run]
+        try:
+            async with conn.transaction():
+                await self.batch_handlers[run[0].opened.meta.type](ctxs)
+        except (asyncpg.PostgresConnectionError, OSError, asyncio.TimeoutError):
+            raise
+        except Rejection:  # one of them is refused: found, and dead-lettered, one by one
+            return False
+        except Exception as exc:  # a bug in the batch handler must not cost the messages their effects
+            log.warning("%s: batch handler for %s failed (%s); handling each message alone", self.group,
+                        run[0].opened.meta.type, type(exc).__name__)
+            return False
+        for ctx in ctxs:
+            outgoing.setdefault(ctx.me, []).extend(ctx.outgoing)
+            traces.setdefault(ctx.me, []).extend([ctx.trace] * len(ctx.outgoing))
+        return True
+
     # -- sending -----------------------------------------------------------------------------------
     async def _store_outgoing(self, conn: asyncpg.Connection, ident: Identity, messages: list[Message],
                               traces: list[TraceContext | None] | None = None) -> list[str]:
         """Seal ``messages`` into the outbox; each continues its trace in ``traces`` (``None``: a new trace)."""
+        rows = self._seal_rows(ident, messages, traces)
+        await self._insert_outbox(conn, rows)
+        return [str(r[1]) for r in rows]
+
+    @staticmethod
+    def _seal_rows(ident: Identity, messages: list[Message],
+                   traces: list[TraceContext | None] | None = None) -> list[tuple[Any, ...]]:
+        """``messages`` sealed by ``ident`` in one batch signature, as outbox rows."""
         if not messages:
             return []
         envelopes = ident.sealer.seal_batch(messages)
@@ -434,10 +490,14 @@ class ParticipantRuntime:
                                                             "renkei.type": m.type})
             rows.append((ident.participant_id, uuid.UUID(meta.message_id), m.type, m.subject.encode(), env,
                          trace.header))
-        await conn.executemany(
-            "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope, traceparent) "
-            "VALUES ($1, $2, $3, $4, $5, $6)", rows)
-        return [str(r[1]) for r in rows]
+        return rows
+
+    @staticmethod
+    async def _insert_outbox(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await conn.executemany(
+                "INSERT INTO participant_outbox (sender, message_id, type, kafka_key, envelope, traceparent) "
+                "VALUES ($1, $2, $3, $4, $5, $6)", rows)
 
     async def send(self, sender: str, messages: list[Message], *, conn: asyncpg.Connection | None = None) -> list[str]:
         """Seal ``messages`` from ``sender`` into the outbox (in ``conn``'s transaction if given) and relay.

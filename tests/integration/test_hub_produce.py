@@ -62,3 +62,33 @@ async def test_a_record_larger_than_a_batch_is_refused_and_the_others_still_go(s
     finally:
         await prod.stop()
     assert [r.value for r in await read_topic(settings, topic)] == [b"before", b"after"]
+
+
+async def test_topics_new_to_the_producer_take_one_metadata_request_not_one_each(settings, unique):
+    """A hub worker's first fan-out writes to 1,000 inboxes it never wrote to: their metadata comes in one request
+    (asked topic by topic, aiokafka sent one per new topic, each naming every topic before it)."""
+    inboxes = [f"{unique}.inbox.bank-{9000 + i}" for i in range(60)]
+    await create_topics(settings, dict.fromkeys(inboxes, 1))
+    warm = producer(settings)  # the inboxes' leaders elected and known to the broker, as on a running platform
+    await warm.start()
+    try:
+        out = Outgoing(warm)
+        for topic in inboxes:
+            out.add(topic, b"first")
+        await out.flush()
+    finally:
+        await warm.stop()
+    prod = producer(settings)
+    await prod.start()
+    updates: list[int] = []
+    prod.client.cluster.add_listener(lambda cluster: updates.append(len(cluster.topics())))
+    try:
+        out = Outgoing(prod)
+        for topic in inboxes:
+            out.add(topic, topic.encode())
+        await out.flush()
+    finally:
+        await prod.stop()
+    assert len(updates) <= 2, f"{len(updates)} metadata updates for {len(inboxes)} new topics"
+    for topic in inboxes[::15]:
+        assert [r.value for r in await read_topic(settings, topic)] == [b"first", topic.encode()]

@@ -31,14 +31,20 @@ from aiokafka import TopicPartition
 
 from connectors.bank_sim import enrol_customer, file_numbering_at_counter, open_account, set_behaviour
 from connectors.dicj import DicjDesk, answer_row_id
-from infra.crypto.envelope import peek
+from infra.crypto.envelope import HubForwarder, Message, Sealer, Verifier, peek
 from infra.crypto.sealing import UnsealError
-from infra.domain.policy import BASIS_NUMBERING, DATA_DEPOSIT_ACCOUNT_NUMBERING
+from infra.domain.policy import (
+    BASIS_DISASTER_LOOKUP,
+    BASIS_NUMBERING,
+    DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+    DATA_DEPOSIT_ACCOUNT_NUMBERING,
+)
 from infra.domain.validation import generate_my_number
 from infra.platform.kafka import consumer
 from infra.platform.keystore import KeyStore
 from infra.platform.pgdsn import observer_dsn
 from infra.platform.stack import WORKERS, Platform
+from infra.platform.storage import everywhere
 from infra.platform.topics import INGRESS_PARTITIONS, TopicNames
 from infra.records.provisions import ProvisionStore
 from infra.tools.harness import eventually
@@ -275,7 +281,6 @@ async def test_inheritance_lookup_gathers_none_late_and_missing_into_one_result(
 async def _answer_again_late(platform: Platform, bank: str, cid: str) -> None:
     """``bank`` answers lookup ``cid`` once more, after the result went out: a fresh message id, sealed with the
     bank's own keys, the routing fields of its first answer (a bank system re-sending its answer)."""
-    from infra.crypto.envelope import Message, Sealer
     from infra.platform.kafka import producer
     from infra.tools.harness import read_topic
 
@@ -327,6 +332,40 @@ async def test_duplicate_answers_are_ignored(pg, platform, dicj, portal):
     assert [r["is_supplement"] for r in results] == [False]  # the copies made no supplement
     assert await pg.fetchval("SELECT count(*) FROM dicj_lookup_answers WHERE correlation_id = $1",
                              uuid.UUID(cid)) == len(BANKS)
+
+
+async def test_dicj_files_a_polls_answers_together_and_dead_letters_only_the_unasked_one(pg, platform, dicj, portal):
+    """DICJ files a poll's answers in one statement. One poll holding two asked banks' answers and, between them,
+    an answer from a bank the lookup did not ask (let through by a holder of the hub's keyset, as in test_trust):
+    that one is dead-lettered UNSOLICITED, alone, and both answers beside it are filed."""
+    mn, _ = await numbered_person(pg, platform, portal, {"9000": 1, "9001": 1})
+    for bank in ("bank-9000", "bank-9001"):  # their own answers stay away while the crafted poll is handled
+        await set_behaviour(pg, bank, answer_delay_ms=600_000)
+    cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn), designated_bank_codes=["9000", "9001"],
+                                  disaster_id="2026-NOTO-01")
+    store = KeyStore.for_settings(platform.settings)
+    directory = dicj.runtime.directory
+    hub = HubForwarder(store.keyset("hub"), directory)
+
+    def delivered(code: str) -> bytes:
+        """Bank ``code``'s answer, sealed with its own keys, countersigned as the hub delivers it to DICJ."""
+        [own] = Sealer(store.keyset(f"bank-{code}"), directory).seal_batch([Message(
+            body={"bank_code": code, "accounts": [], "answered_at": datetime.now(UTC)}, type=msg.LOOKUP_ANSWER,
+            to="dicj", subject=bank_token(platform, mn, code), data_item=DATA_DEPOSIT_ACCOUNT_HOLDINGS,
+            basis=BASIS_DISASTER_LOOKUP, correlation_id=cid)])
+        return hub.forward(Verifier(directory).verify(own), store.token_authority().token_for(mn, "dicj"))
+
+    poll = [delivered("9000"), delivered("9002"), delivered("9001")]
+    inbox = TopicNames(platform.settings.kafka.topic_prefix).inbox("dicj")
+    first = 10**12 + _rng.randrange(10**9)  # positions no real record of the inbox has
+    await dicj.runtime.handle_batch([(inbox, env, 0, first + i) for i, env in enumerate(poll)])
+    filed = {r["bank_code"]: str(r["message_id"]) for r in await pg.fetch(
+        "SELECT bank_code, message_id FROM dicj_lookup_answers WHERE correlation_id = $1", uuid.UUID(cid))}
+    assert filed == {"9000": peek(poll[0]).message_id, "9001": peek(poll[2]).message_id}
+    refused = {r["src_offset"]: r["reason"] for r in await pg.fetch(
+        f"SELECT src_offset, reason FROM {await everywhere(pg, 'participant_dead_letters')} d "
+        "WHERE participant = 'dicj' AND src_topic = $1 AND src_offset >= $2", inbox, first)}
+    assert refused == {first + 1: "UNSOLICITED"}
 
 
 async def test_non_participating_and_suspended_banks_never_receive_the_inquiry(pg, platform, dicj, portal):
@@ -409,7 +448,8 @@ async def test_disaster_lookup_goes_only_to_the_designated_banks(pg, platform, d
     mn, accts = await numbered_person(pg, platform, portal, {"9000": 1, "9004": 1})
     cid = await dicj.start_lookup("DISASTER", await dicj.token_for("dicj", mn),
                                   designated_bank_codes=["9000", "9002"], disaster_id="2026-NOTO-01")
-    view = await dicj.wait_result(cid, timeout=DISASTER_S)
+    # No fallback read before the timeout: the desk's consumer must wake the wait when the result is filed.
+    view = await dicj.wait_result(cid, timeout=DISASTER_S, poll_s=3600)
     assert view["answering_banks"] == ["9000", "9002"] and view["missing_banks"] == []
     assert [a["account_number"] for a in view["accounts"]] == [accts["9000"][0]["account_number"]]
     names = hub_pseudonyms(platform.settings)  # each bank got the lookup under a correlation id of its own

@@ -9,7 +9,15 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from infra.platform.storage import applied_versions, claim, create_pool, forget_before, migrate, migrate_idempotency
+from infra.platform.storage import (
+    applied_versions,
+    claim,
+    claim_each,
+    create_pool,
+    forget_before,
+    migrate,
+    migrate_idempotency,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +48,19 @@ async def test_claims_are_per_consumer(pool):
         assert await claim(conn, "hub", [mid]) == {mid}
         assert await claim(conn, "registry", [mid]) == {mid}
         assert await claim(conn, "hub", []) == set()
+
+
+async def test_claims_of_several_consumers_in_one_statement_are_each_consumers_own(pool):
+    """The bank simulator claims a poll for its 1,000 identities at once: one bank's claim is not another's."""
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        assert await claim(conn, "bank-9000", [a]) == {a}  # claimed earlier, one consumer at a time
+        got = await claim_each(conn, [("bank-9000", a), ("bank-9001", a), ("bank-9001", str(b)), ("bank-9001", b),
+                                      ("bank-9002", c)])
+        assert got == {("bank-9001", a), ("bank-9001", b), ("bank-9002", c)}
+        assert await claim_each(conn, [("bank-9001", a), ("bank-9002", c)]) == set()
+        assert await claim_each(conn, []) == set()
+        assert await claim(conn, "bank-9000", [b]) == {b}
 
 
 async def test_a_rolled_back_transaction_does_not_claim(pool):
