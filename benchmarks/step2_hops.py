@@ -17,7 +17,9 @@ it): each record's timestamp is the moment its sender's producer took it (Create
 * ``client_receive`` that → the answer opened in the agency's runtime (produce, broker, fetch, open,
   the client's transaction).
 
-p50 / p99 of each in ms, and of the whole. Timestamps are milliseconds of the wall clock of one
+p50 / p99 of each in ms, and of the whole. ``worker_batch_ms``: how long the hub's and the registry's
+batches took on average (their ``renkei_batch_duration_seconds`` over the run): the part of a hop that
+is the worker's own processing; the rest of it is produce, broker, fetch and waiting. Timestamps are milliseconds of the wall clock of one
 machine, so a hop's figure is good to about 1 ms.
 """
 
@@ -149,6 +151,22 @@ def hop_figures(trips: list[Trip], by_answer: dict[str, dict[str, float]]) -> di
             "hops_ms": {h: percentiles(v) for h, v in per_hop.items()}}
 
 
+async def batch_totals(platform: Platform, names: tuple[str, ...] = ("hub", "registry")) -> dict[str, tuple[float, float]]:
+    """(seconds, batches) of ``renkei_batch_duration_seconds`` so far, per worker, from its ``/metrics``."""
+    from infra.platform.metrics_server import fetch_metrics, read_endpoint
+
+    out: dict[str, tuple[float, float]] = {}
+    for name in names:
+        found = read_endpoint(platform.settings.state_dir, platform.stack.components[name].pid)
+        if found is None:
+            continue
+        samples = await fetch_metrics(found.metrics)
+        total = {k.split("{")[0]: v for k, v in samples.items() if k.startswith("renkei_batch_duration_seconds_")}
+        out[name] = (total.get("renkei_batch_duration_seconds_sum", 0.0),
+                     total.get("renkei_batch_duration_seconds_count", 0.0))
+    return out
+
+
 async def run(rate: float, seconds: float, keep: bool) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="renkei-hops-"))
     settings = Settings(state_dir=state, banks=5, log_level="WARNING")
@@ -163,8 +181,12 @@ async def run(rate: float, seconds: float, keep: bool) -> dict[str, Any]:
         meter = CpuMeter(stack_components(platform.stack, platform))
         await asyncio.sleep(2)
         meter.start()
+        batches = await batch_totals(platform)
         trips = await offer(s, rate, seconds)
         used = meter.stop()
+        after = await batch_totals(platform)
+        out["worker_batch_ms"] = {n: {"mean": round((after[n][0] - batches[n][0]) * 1000 / max(1, after[n][1] - batches[n][1]), 1),
+                                      "batches": int(after[n][1] - batches[n][1])} for n in after if n in batches}
         say(f"{len(trips)} round trips; reading the topics")
         out.update(hop_figures(trips, await legs(s)))
         out["cpu_ms_per_round_trip"] = {n: round(v * 1000 / max(1, len(trips)), 2) for n, v in used.items()}

@@ -35,12 +35,15 @@ from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
 from infra.core.settings import Settings
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.pgnotify import Listener
 from schemas import types as msg
 from streams.participant import Context
 
 log = logging.getLogger("renkei.connector.agency")
 
 NOTIFY_CHANNEL = "agency_inbox"
+PENDING_CHANNEL = "agency_outbox"
+"""Notified (payload: the agency) when an outbox row becomes PENDING: the connector seals it at once."""
 SUPPORTED_ITEMS = {DATA_PUBLIC_FUNDS_ACCOUNT: (msg.PROVISION_INQUIRY, BASIS_PROVISION)}
 """Data item an agency may ask for → (message type, legal basis)."""
 
@@ -82,6 +85,17 @@ AGENCY_MIGRATIONS = [
     CREATE UNIQUE INDEX agency_outbox_batch_line ON agency_outbox (agency, batch_id, batch_line)
         WHERE batch_id IS NOT NULL;
     """,
+    # A row becoming PENDING (written by the SDK or by the agency's own SQL, or re-driven) notifies the
+    # connector at its commit, so it is sealed then and not at the next poll (infra.platform.pgnotify).
+    f"""
+    CREATE FUNCTION agency_outbox_pending_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{PENDING_CHANNEL}', NEW.agency);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER agency_outbox_pending_notify AFTER INSERT OR UPDATE OF status ON agency_outbox
+        FOR EACH ROW WHEN (NEW.status = 'PENDING') EXECUTE FUNCTION agency_outbox_pending_notify();
+    """,
 ]
 """The agency-side tables (component ``connector-agency``); the SDK applies them too."""
 
@@ -96,6 +110,20 @@ class AgencyOutbox(ChannelAdapter):
     def __init__(self, agencies: list[str], *, batch: int = 200) -> None:
         self.agencies = agencies
         self.batch = batch
+        self._pending: Listener | None = None
+
+    async def start(self, runtime: ConnectorRuntime) -> None:
+        await super().start(runtime)
+        self._pending = Listener(runtime.runtime.dsn, PENDING_CHANNEL, self._notified)
+        await self._pending.start()
+
+    async def stop(self) -> None:
+        if self._pending is not None:
+            await self._pending.stop()
+
+    def _notified(self, agency: str | None) -> None:
+        if agency is None or agency in self.agencies:  # None: reconnected, a row may have come meanwhile
+            self.runtime.wake(self.name)
 
     def handlers(self) -> dict:
         return {msg.PROVISION_RESPONSE: self.on_answer, msg.REJECTION_NOTICE: self.on_answer}

@@ -38,7 +38,7 @@ from infra.core.logs import configure_logging
 from infra.core.retry import Backoff
 from infra.core.settings import Settings
 from infra.platform.kafka import consumer as make_consumer
-from infra.platform.kafka import fetch_wait_ms
+from infra.platform.kafka import fetch_wait_ms, fetch_whole_assignment
 from infra.platform.metrics_server import MetricsServer
 from infra.platform.topics import TopicNames
 from streams.gateway import Inbound
@@ -84,6 +84,7 @@ class HubLoop:
         self.consumer = make_consumer(self.settings, self.names.ingress, group_id=self.group,
                                       fetch_max_wait_ms=fetch_wait_ms(self.settings.kafka))
         await self.consumer.start()
+        fetch_whole_assignment(self.consumer)  # each poll takes every buffered record: no partition waits out a fetch
         self._task = asyncio.create_task(self._run(), name="hub-consume")
         log.info("hub ready: consuming %s", self.names.ingress)
 

@@ -48,6 +48,7 @@ from infra.platform.keystore import KeyStore, follow_directory, load_directory
 from infra.platform.metrics import Counter, WorkerMetrics
 from infra.platform.metrics_server import MetricsServer
 from infra.platform.pgdsn import participants_dsn
+from infra.platform.pgnotify import Listener, notify
 from infra.platform.storage import claim_each, create_pool, migrate, migrate_idempotency
 from infra.platform.topics import TopicNames
 from streams.coalesce import SendCoalescer
@@ -56,6 +57,10 @@ log = logging.getLogger("renkei.participant")
 # How long stop() lets the consume loop finish its batch and commit before cancelling it.
 CONSUME_DRAIN_S = 10.0
 DATABASE_RETRY = Backoff(base_s=0.2, cap_s=5.0)  # batch apply and outbox relay wait out a database or broker outage
+RELAY_INTERVAL_S = 1.0
+"""The outbox relay's pass when nothing woke it: rows of a process that did not notify, a notification missed."""
+OUTBOX_CHANNEL = "renkei_outbox"
+"""The NOTIFY channel of rows stored in a caller's transaction (payload: the sender); their relays wake at its commit."""
 
 RUNTIME_MIGRATIONS = [
     """
@@ -195,6 +200,7 @@ class ParticipantRuntime:
         self.names = TopicNames(settings.kafka.topic_prefix)
         self.identities: dict[str, Identity] = {}
         self.by_inbox: dict[str, Identity] = {}
+        self.dsn = ""  # the component's, once started (a channel adapter LISTENs with it too)
         self.pool: asyncpg.Pool | None = None
         self.producer: Any = None
         self.consumer: Any = None
@@ -202,6 +208,8 @@ class ParticipantRuntime:
         self.participants: Participants = participants_of(settings)
         self._relay_lock = asyncio.Lock()
         self._relay_wakeup = asyncio.Event()
+        self._outbox_listener: Listener | None = None
+        self.relay_interval_s = RELAY_INTERVAL_S
         self._tasks: list[asyncio.Task[Any]] = []
         self._consume_task: asyncio.Task[Any] | None = None
         self.waiters: dict[tuple[str, str], asyncio.Future[Opened]] = {}
@@ -221,7 +229,7 @@ class ParticipantRuntime:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, *, consume: bool = True) -> None:
-        from infra.platform.kafka import consumer, fetch_wait_ms, producer
+        from infra.platform.kafka import consumer, fetch_wait_ms, fetch_whole_assignment, producer
 
         store = KeyStore.for_settings(self.settings)
         self.directory = await load_directory(self.settings, store.root_public_key())
@@ -233,14 +241,17 @@ class ParticipantRuntime:
                              self.names.inbox(pid))
             self.identities[pid] = ident
             self.by_inbox[ident.inbox] = ident
-        self.pool = await create_pool(participants_dsn(self.settings, self.identity_ids, self.participants,
-                                                       self.database))
+        self.dsn = participants_dsn(self.settings, self.identity_ids, self.participants, self.database)
+        self.pool = await create_pool(self.dsn)
         await migrate_idempotency(self.pool)
         await migrate(self.pool, "participant-runtime", RUNTIME_MIGRATIONS)
         for component, steps in self.migrations.items():
             await migrate(self.pool, component, steps)
-        self.producer = producer(self.settings, linger_ms=2)
+        # A relay pass sends its rows without a pause in between, so they batch without lingering.
+        self.producer = producer(self.settings, linger_ms=0)
         await self.producer.start()
+        self._outbox_listener = Listener(self.dsn, OUTBOX_CHANNEL, self._outbox_notified)
+        await self._outbox_listener.start()
         self._tasks.append(asyncio.create_task(self._relay_loop(), name=f"{self.group}-relay"))
         # Follow the keys topic: rotated keys work and revoked ones are refused without a restart.
         self._tasks.append(asyncio.create_task(
@@ -251,9 +262,14 @@ class ParticipantRuntime:
             self.consumer = consumer(self.settings, *self.by_inbox, group_id=self.group,
                                      fetch_max_wait_ms=fetch_wait_ms(self.settings.kafka, len(self.by_inbox)))
             await self.consumer.start()
+            fetch_whole_assignment(self.consumer)  # each poll takes every buffered record: no inbox waits out a fetch
             self._consume_task = asyncio.create_task(self._consume_loop(), name=f"{self.group}-consume")
             self._tasks.append(self._consume_task)
         self._started = True
+
+    def _outbox_notified(self, sender: str | None) -> None:
+        if sender is None or sender in self.identities:  # None: the listener reconnected, something may be waiting
+            self._relay_wakeup.set()
 
     def _directory_changed(self, n: int) -> None:
         assert self.directory is not None
@@ -292,6 +308,8 @@ class ParticipantRuntime:
         self._tasks.clear()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
+        if self._outbox_listener is not None:
+            await self._outbox_listener.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -508,14 +526,22 @@ class ParticipantRuntime:
         ident = self.identities[sender]
         if conn is not None:
             ids = await self._store_outgoing(conn, ident, messages)
-        else:  # concurrent sends of one sender share a transaction and a batch signature (streams.coalesce)
-            coalescer = self._coalescers.get(sender)
-            if coalescer is None:
-                # Bound to the sender, not to today's Identity: a rotated keyset seals the very next store.
-                coalescer = self._coalescers[sender] = SendCoalescer(functools.partial(self._store_alone, sender))
-            ids = await coalescer.submit(messages)
-        self._relay_wakeup.set()
+            # Visible at the caller's commit, which only PostgreSQL sees: the relays wake then (a wake-up now
+            # would find nothing and leave the rows to the next timer pass).
+            await notify(conn, OUTBOX_CHANNEL, sender)
+            return ids
+        # Concurrent sends of one sender share a transaction and a batch signature (streams.coalesce).
+        coalescer = self._coalescers.get(sender)
+        if coalescer is None:
+            # Bound to the sender, not to today's Identity: a rotated keyset seals the very next store.
+            coalescer = self._coalescers[sender] = SendCoalescer(functools.partial(self._store_alone, sender))
+        ids = await coalescer.submit(messages)
+        self._relay_wakeup.set()  # committed: this process's relay sends them now
         return ids
+
+    def wake_relay(self) -> None:
+        """Run an outbox relay pass now (rows this process cannot know of: another writer's, after an outage)."""
+        self._relay_wakeup.set()
 
     def send_stores(self, sender: str) -> int:
         """How many transactions ``send`` (without ``conn``) used for ``sender`` so far (benchmarks/client_send_bench.py)."""
@@ -566,7 +592,7 @@ class ParticipantRuntime:
         failures = 0
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._relay_wakeup.wait(), 1.0)
+                await asyncio.wait_for(self._relay_wakeup.wait(), self.relay_interval_s)
             except asyncio.TimeoutError:
                 pass
             if self._stopping:

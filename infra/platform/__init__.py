@@ -23,6 +23,7 @@ __all__ = [
     "metrics_hub",
     "metrics_server",
     "pgdsn",
+    "pgnotify",
     "pglayout",
     "pgpass",
     "pgprovision",

@@ -76,6 +76,30 @@ def fetch_wait_ms(kafka: KafkaSettings, partitions: int = 1) -> int:
     return max(kafka.tansu_fetch_wait_ms, min(kafka.tansu_fetch_wait_max_ms, partitions // 4))
 
 
+WHOLE_ASSIGNMENT_BACKOFF_S = 3600.0
+"""How long aiokafka's fetcher may leave a partition with records still buffered out of its fetches (see below)."""
+
+
+def fetch_whole_assignment(consumer: AIOKafkaConsumer) -> None:
+    """Make a started ``consumer``'s fetches always name every assigned partition.
+
+    For a loop that takes every buffered record at each poll (``getmany()`` over the whole
+    assignment: the hub's, the participant runtime's). aiokafka's fetcher leaves a partition whose
+    records are still buffered out of the next fetch once they have waited ``prefetch_backoff``
+    (0.1 s, not a consumer option): a batch that takes longer than that to process sends a fetch
+    for the other partitions, which Apache Kafka holds up to ``fetch_max_wait_ms`` when nothing
+    arrives; when the loop then takes the buffered records, the partition cannot be fetched again
+    until that held fetch returns (one fetch in flight per broker). A record produced to it
+    meanwhile waited up to the whole wait: at low rate, for a consumer of several partitions,
+    most of a hop. With the backoff this long the fetcher waits for the loop instead, and the
+    moment the loop has taken everything it sends one fetch for every partition.
+
+    The fetcher's attribute has no public setter in aiokafka 0.14 (``tests/unit/platform/
+    test_kafka.py`` fails if it goes); only the FetchResults made after this call take it.
+    """
+    consumer._fetcher._prefetch_backoff = WHOLE_ASSIGNMENT_BACKOFF_S  # no public option: see above
+
+
 FOLLOWER_FETCH_WAIT_MS = 5000
 """The held fetch of a follower of a topic that is quiet nearly always (the key directory), on Apache Kafka."""
 

@@ -64,10 +64,13 @@ FORMAT_TIMEOUT_S = 300.0  # one JVM tool run: seconds when idle, minutes at load
 
 # The JVM options kafka-run-class.sh uses for the broker, with a small heap: a 2-core machine
 # shared with PostgreSQL, the workers and the tests. ExitOnOutOfMemoryError: a broken broker
-# exits (and is reported), it does not limp on.
+# exits (and is reported), it does not limp on. TieredStopAtLevel=1 (C1 only, issue 18): on these
+# shared cores C2 was still compiling a minute into steady low traffic (14 % of a core, more than the
+# broker's request handling), and a fresh broker moved more records per second without it
+# (docs/performance.md, "session 8"); a production cluster runs on machines of its own.
 JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
                "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15", "-XX:+ExitOnOutOfMemoryError",
-               "-Djava.awt.headless=true")
+               "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 # A short-lived tool (the storage formatter) starts in a quarter of the time without C2 and G1
 # (measured at load average 30: 10.6 s instead of 46.8 s, 1.8 s of CPU instead of 4.2 s).
 TOOL_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true")

@@ -12,6 +12,7 @@ from infra.platform.kafka import producer
 from infra.platform.metrics_server import parse_text
 from infra.platform.pgdsn import component_dsn
 from infra.tools.harness import eventually
+from streams.participant import RELAY_INTERVAL_S
 from tests.integration.test_connectors_support import (
     account,
     my_number,
@@ -205,3 +206,26 @@ async def test_health_and_metrics_endpoints(running_platform):
         assert resp.status == 200
         assert "# TYPE renkei_connector_outbox_pending gauge" in text
         assert parse_text(text)['renkei_connector_up{worker="connector-agency"}'] == 1
+
+
+async def test_an_inquiry_goes_out_at_its_commit_not_at_a_timer(connector, sdk):
+    """The outbox row's commit notifies the connector (a trigger on ``agency_outbox``), and the sealed
+    message's commit notifies the relay (``ParticipantRuntime.send(..., conn=)``): with both timers set
+    beyond the test's reach, the inquiry is still answered. Before, it waited for the connector's next
+    poll (0.5 s) and then for the relay's next timer pass (1 s: it was woken before the row committed)."""
+    runtime = connector.runtime.runtime
+    await connector.enrol(AGENCY, "resident-prompt", my_number())
+    connector.adapter.poll_interval_s = 3600.0
+    runtime.relay_interval_s = 3600.0
+    try:
+        # a pass after the change: the loops' next waits are the new timers (each reads its timer after the pass)
+        await moved_on(lambda: connector.runtime.metrics.source_passes.value(connector=connector.adapter.name),
+                       by=1, what="the connector's source pass")
+        await moved_on(runtime.relay_passes.value, by=1, what="the outbox relay")
+        answer = await sdk.inquire("resident-prompt", procedure=PROCEDURE, timeout=30)
+        assert answer.status == "NOT_REGISTERED"
+    finally:
+        del connector.adapter.poll_interval_s  # the class's again
+        runtime.relay_interval_s = RELAY_INTERVAL_S
+        connector.runtime.wake(connector.adapter.name)
+        runtime.wake_relay()
