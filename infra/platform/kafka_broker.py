@@ -66,8 +66,10 @@ FORMAT_TIMEOUT_S = 300.0  # one JVM tool run: seconds when idle, minutes at load
 # shared with PostgreSQL, the workers and the tests. ExitOnOutOfMemoryError: a broken broker
 # exits (and is reported), it does not limp on. TieredStopAtLevel=1 (C1 only, issue 18): on these
 # shared cores C2 was still compiling a minute into steady low traffic (14 % of a core, more than the
-# broker's request handling), and a fresh broker moved more records per second without it
-# (docs/performance.md, "session 8"); a production cluster runs on machines of its own.
+# broker's request handling), and the idle broker and its CPU per STEP2 round trip fell by a third
+# without it. Peak throughput is not settled: alternated runs on a fresh broker moved more records per
+# second, the full bench after the change a fifth fewer (one run each; docs/performance.md, "session 8").
+# A production cluster runs on machines of its own and keeps Kafka's own JVM options.
 JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
                "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15", "-XX:+ExitOnOutOfMemoryError",
                "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
