@@ -154,6 +154,28 @@ def test_a_second_lookup_result_fails_effects_once():
     assert failing(o) == set()
 
 
+def test_a_supplement_results_record_is_its_own_provision_but_no_more():
+    """A late answer's supplement result is recorded apart (seen in a full `renkei chaos` with the broker
+    killed): one more hub record per supplement DICJ filed, and not one more than that."""
+    supplement = RecordSeen("r5s", "h3", LOOKUP, "dicj", "hub", "PROVIDED")
+    o = with_(clean(), lookup_results=[(LOOKUP, "h2", False), (LOOKUP, "h3", True)])
+    o.records.append(supplement)
+    o.audit.append(supplement)
+    assert failing(o) == set()
+    o.records.append(RecordSeen("r5t", "h4", LOOKUP, "dicj", "hub", "PROVIDED"))  # a third, with one supplement
+    o.audit.append(o.records[-1])
+    assert failing(o) == {"registry_and_bank_effects_applied_once"}
+    o = with_(clean(), lookup_results=[(LOOKUP, "h2", False), (LOOKUP, "h3", True)])
+    o.records.append(RecordSeen("r9b", "m9b", LOOKUP, "dicj", "bank-9000", "PROVIDED"))  # not the hub's result
+    o.records.append(RecordSeen("r9c", "m9c", LOOKUP, "dicj", "bank-9000", "PROVIDED"))
+    o.audit.extend(o.records[-2:])
+    assert failing(o) == {"registry_and_bank_effects_applied_once"}
+    o = clean()  # no supplement filed: a second hub result record is a duplicate
+    o.records.append(supplement)
+    o.audit.append(supplement)
+    assert failing(o) == {"registry_and_bank_effects_applied_once"}
+
+
 # -- every_lookup_complete_once ------------------------------------------------------------------------
 
 
