@@ -215,13 +215,20 @@ async def test_an_inquiry_goes_out_at_its_commit_not_at_a_timer(connector, sdk):
     poll (0.5 s) and then for the relay's next timer pass (1 s: it was woken before the row committed)."""
     runtime = connector.runtime.runtime
     await connector.enrol(AGENCY, "resident-prompt", my_number())
+
+    def source_passes() -> float:
+        return connector.runtime.metrics.source_passes.value(connector=connector.adapter.name)
+
+    # The counts are read and the timers set in one step (no await between): a pass counted after it read
+    # the new timer for its next wait (each loop reads its timer after the pass), so once both loops have
+    # counted one more, neither has a timer that could still move the inquiry. (Waiting for one loop and
+    # then for the other missed a relay pass made meanwhile, and waited for a second one for an hour.)
+    sources, relays = source_passes(), runtime.relay_passes.value()
     connector.adapter.poll_interval_s = 3600.0
     runtime.relay_interval_s = 3600.0
     try:
-        # a pass after the change: the loops' next waits are the new timers (each reads its timer after the pass)
-        await moved_on(lambda: connector.runtime.metrics.source_passes.value(connector=connector.adapter.name),
-                       by=1, what="the connector's source pass")
-        await moved_on(runtime.relay_passes.value, by=1, what="the outbox relay")
+        await eventually(lambda: source_passes() > sources and runtime.relay_passes.value() > relays,
+                         timeout=60, what="a pass of the connector's source and of the outbox relay")
         answer = await sdk.inquire("resident-prompt", procedure=PROCEDURE, timeout=30)
         assert answer.status == "NOT_REGISTERED"
     finally:
