@@ -35,7 +35,7 @@ from connectors.runtime import ChannelAdapter, ConnectorRuntime, NotRedrivable
 from infra.core.settings import Settings
 from infra.crypto.envelope import Message
 from infra.domain.policy import BASIS_PROVISION, DATA_PUBLIC_FUNDS_ACCOUNT
-from infra.platform.pgnotify import Listener
+from infra.platform.pgnotify import Listener, notify
 from schemas import types as msg
 from streams.participant import Context
 
@@ -193,7 +193,7 @@ class AgencyOutbox(ChannelAdapter):
             "UPDATE agency_outbox a SET status = 'ANSWERED', answered_at = now(), "
             "sent_at = coalesce(a.sent_at, (SELECT p.sent_at FROM participant_outbox p WHERE p.message_id = a.message_id), now()) "
             "WHERE inquiry_id = $1", inquiry)
-        await ctx.conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(inquiry))
+        await notify(ctx.conn, NOTIFY_CHANNEL, str(inquiry))
 
 
 class AgencyConnector:

@@ -33,6 +33,7 @@ import asyncpg
 
 from connectors.agency import AGENCY_MIGRATIONS, NOTIFY_CHANNEL, SUPPORTED_ITEMS
 from infra.domain.policy import DATA_PUBLIC_FUNDS_ACCOUNT
+from infra.platform.pgnotify import Listener
 from infra.platform.storage import create_pool, migrate
 
 
@@ -63,26 +64,28 @@ class AgencyClient:
         self.agency = agency
         self.poll_interval_s = poll_interval_s
         self.pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
         self._waiting: dict[str, asyncio.Event] = {}
 
     async def __aenter__(self) -> AgencyClient:
         self.pool = await create_pool(self.dsn, min_size=1, max_size=4)
         await migrate(self.pool, "connector-agency", AGENCY_MIGRATIONS)
-        self._listener = await asyncpg.connect(self.dsn)
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        self._listener = Listener(self.dsn, NOTIFY_CHANNEL, self._notified)
+        await self._listener.start()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         if self._listener is not None:
-            await self._listener.close()
+            await self._listener.stop()
         if self.pool is not None:
             await self.pool.close()
 
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        event = self._waiting.get(payload)
-        if event is not None:
-            event.set()
+    def _notified(self, inquiry_id: str | None) -> None:
+        # None: the listener connected again and may have missed answers; every waiter reads its row once more.
+        events = self._waiting.values() if inquiry_id is None else [self._waiting.get(inquiry_id)]
+        for event in events:
+            if event is not None:
+                event.set()
 
     async def submit(self, person_local_id: str, *, procedure: str, item: str = DATA_PUBLIC_FUNDS_ACCOUNT,
                      conn: asyncpg.Connection | None = None) -> str:
