@@ -182,6 +182,12 @@ class _SealFailed(Exception):
     """A reply of the batch could not be sealed; the batch is redone sealing each message's replies alone."""
 
 
+def _collect(ctx: Context, outgoing: dict[str, list[Message]], traces: dict[str, list[TraceContext | None]]) -> None:
+    """File a handled message's replies under its identity, for the poll's one batch signature per identity."""
+    outgoing.setdefault(ctx.me, []).extend(ctx.outgoing)
+    traces.setdefault(ctx.me, []).extend([ctx.trace] * len(ctx.outgoing))
+
+
 class ParticipantRuntime:
     """Inbox → open → (claim + effect + outbox) in one transaction → relay. See the module docstring."""
 
@@ -450,8 +456,7 @@ class ParticipantRuntime:
                                     "INTERNAL_ERROR", f"handler raised {type(exc).__name__}"))
             return
         if not seal_each:
-            outgoing.setdefault(ident.participant_id, []).extend(ctx.outgoing)
-            traces.setdefault(ident.participant_id, []).extend([ctx.trace] * len(ctx.outgoing))
+            _collect(ctx, outgoing, traces)
 
     def _runs(self, items: list[_Item], seal_each: bool) -> list[list[_Item]]:
         """Consecutive messages of one type with a batch handler go together (the order of effects is kept);
@@ -482,8 +487,7 @@ class ParticipantRuntime:
                         run[0].opened.meta.type, type(exc).__name__)
             return False
         for ctx in ctxs:
-            outgoing.setdefault(ctx.me, []).extend(ctx.outgoing)
-            traces.setdefault(ctx.me, []).extend([ctx.trace] * len(ctx.outgoing))
+            _collect(ctx, outgoing, traces)
         return True
 
     # -- sending -----------------------------------------------------------------------------------
