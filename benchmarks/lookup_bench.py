@@ -78,7 +78,7 @@ def top_functions(collapsed: Path, n: int = 15) -> dict[str, Any]:
 async def run(banks: int, lookups: int, sustain_s: float, concurrency: int, keep: bool,
               profile: Path | None = None) -> dict:
     from infra.platform.keystore import KeyStore, load_directory
-    from infra.tools.bench import CpuMeter
+    from infra.tools.bench import CpuMeter, stack_components
     from infra.tools.bench import lookups as measure  # the same lookup phase as `renkei bench`
     from infra.tools.bench_figures import lookup_cost
 
@@ -100,9 +100,7 @@ async def run(banks: int, lookups: int, sustain_s: float, concurrency: int, keep
         out["directory_load_s"] = round(time.perf_counter() - t2, 2)
         out["directory_entries"] = len(directory)
         comps = platform.stack.components
-        processes = {"broker": (comps["broker"].pid, False), "postgres": (comps["postgres"].pid, True),
-                     "hub": (comps["hub"].pid, False), "banks": (comps["banks"].pid, False),
-                     "dicj (this process)": (os.getpid(), False)}
+        processes = stack_components(platform.stack, platform, this_process="dicj (this process)")
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             # Started now: the warm-up lookup (the hub's first fan-out) is in the profile.

@@ -142,11 +142,15 @@ class CpuMeter:
         return {n: end[n] - self._start.get(n, 0.0) for n in end}
 
 
-def stack_components(stack: Any, plat: Any) -> dict[str, tuple[int, bool]]:
+def stack_components(stack: Any, plat: Any, *, this_process: str = "bench process (clients)"
+                     ) -> dict[str, tuple[int, bool]]:
+    """The processes whose CPU a bench meters: ``(pid, with its children)`` by name — the broker, PostgreSQL with
+    its backends, this process (named ``this_process``) and ``plat``'s workers. ``plat`` may run on ``stack``
+    itself (then its broker and PostgreSQL are these, still counted with PostgreSQL's backends)."""
     comps = {"broker": (stack.components["broker"].pid, False), "postgres": (stack.components["postgres"].pid, True),
-             "bench process (clients)": (os.getpid(), False)}
+             this_process: (os.getpid(), False)}
     for name, c in plat.stack.components.items():
-        comps[name] = (c.pid, False)
+        comps.setdefault(name, (c.pid, False))
     return comps
 
 
